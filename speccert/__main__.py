@@ -1,0 +1,3 @@
+from speccert.cli.app import run
+
+run()

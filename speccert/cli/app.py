@@ -1,0 +1,83 @@
+"""`speccert` console script. Each command lives in its own module; this file wires them and maps
+SpeccertError subclasses to one styled line on stderr and the documented exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from speccert import __version__
+from speccert.errors import EXIT_INTERNAL, SpeccertError
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success (gate passed), 1 gate/target failed, 2 usage error, 3 model not supported, "
+    "4 input file unreadable or invalid, 5 internal error (including a certificate broken by the audit)."
+)
+
+app = typer.Typer(
+    name="speccert",
+    help="Certify the L2 robustness of neural networks with sound spectral-norm bounds, and fine-tune "
+    "them until a certificate holds.\n\n" + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"speccert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    pass
+
+
+def _register() -> None:
+    from speccert.cli import bench_cmd, certify_cmd, finetune_cmd, gate_cmd, inspect_cmd, norms_cmd
+
+    app.command("inspect", help=inspect_cmd.__doc__)(inspect_cmd.command)
+    app.command("norms", help=norms_cmd.__doc__)(norms_cmd.command)
+    app.command("certify", help=certify_cmd.__doc__)(certify_cmd.command)
+    app.command("finetune", help=finetune_cmd.__doc__)(finetune_cmd.command)
+    app.command("gate", help=gate_cmd.__doc__)(gate_cmd.command)
+    app.add_typer(bench_cmd.bench_app, name="bench", help=bench_cmd.__doc__)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning library errors into one line and an exit code."""
+    from speccert.cli.common import err
+
+    try:
+        app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except SpeccertError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as exc:  # a bug: keep the user's screen clean unless asked for details
+        if os.environ.get("SPECCERT_DEBUG"):
+            raise
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set SPECCERT_DEBUG=1 for a traceback)",
+                  highlight=False)
+        return EXIT_INTERNAL
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

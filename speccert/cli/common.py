@@ -1,0 +1,68 @@
+"""Options shared by several commands, and the one place models are loaded from CLI arguments."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from speccert.errors import UsageError
+
+# Results go to stdout; progress and errors to stderr, so `--json -` output stays parseable.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ModelArg = Annotated[str, typer.Argument(help="Model: a .onnx, .pt2 or TorchScript file, or 'package.module:factory'.")]
+InputShapeOpt = Annotated[
+    str | None,
+    typer.Option("--input-shape", help="Input shape without the batch axis, e.g. 1,28,28 (needed for "
+                 "'module:factory' specs and models with dynamic dimensions)."),
+]
+WeightsOpt = Annotated[
+    Path | None, typer.Option("--weights", help="state_dict file for a 'package.module:factory' model (read with weights_only=True).")
+]
+TrustPickleOpt = Annotated[
+    bool, typer.Option("--trust-pickle", help="Allow unpickling a whole saved module. Runs code from the file: only for files you trust.")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (cuda when available).")]
+JsonOpt = Annotated[
+    str | None, typer.Option("--json", help="Write the machine-readable report to this path ('-' for stdout).")
+]
+
+
+def load_model(model: str, input_shape: str | None, weights: Path | None, trust_pickle: bool,
+               allow_unsupported: bool = False):  # noqa: ANN201 - returns speccert.ir.Graph
+    from speccert.importers import load, parse_input_shape
+
+    return load(model, parse_input_shape(input_shape), weights=weights, trust_pickle=trust_pickle,
+                allow_unsupported=allow_unsupported)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available on this machine")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UsageError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    return device
+
+
+def write_json(data: Any, target: str) -> None:
+    """Write `data` as JSON to a path or to stdout ('-'). Never overwrites a directory."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=float)
+    if target == "-":
+        sys.stdout.write(text + "\n")
+        return
+    path = Path(target)
+    if path.is_dir():
+        raise UsageError(f"--json {target}: is a folder")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)

@@ -1,0 +1,222 @@
+"""The graph IR: a DAG of nodes over one input tensor, topologically ordered, with static shapes.
+
+Shapes exclude the batch dimension, which stays symbolic. The graph owns its parameters (torch
+tensors held by the ops); `Graph.to_torch()` returns an `nn.Module` whose `nn.Parameter`s share
+storage with them, so training the module trains the graph and the graph can be certified at any step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from speccert.errors import InputError, UsageError
+from speccert.ir.ops import Op, Opaque, Softmax
+
+Tensor = torch.Tensor
+INPUT = "input"
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One operator application. `inputs` name earlier nodes or the graph input (`INPUT`)."""
+
+    name: str
+    op: Op
+    inputs: tuple[str, ...]
+    shape: tuple[int, ...] = ()
+
+    @property
+    def op_type(self) -> str:
+        return self.op.op_type
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a graph came from: file path, format name ('onnx', 'pt2', 'torchscript', 'state_dict',
+    'pickle', 'python'), the file's sha256 and, for ONNX, the original input name / layout."""
+
+    path: str
+    format: str
+    sha256: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Graph:
+    """A DAG over one input. Construct with nodes in topological order; shapes are inferred."""
+
+    def __init__(self, input_shape: tuple[int, ...], nodes: list[Node], output: str | None = None,
+                 source: ModelSource | None = None, dtype: torch.dtype = torch.float32) -> None:
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.source = source
+        self.dtype = dtype
+        self.nodes: list[Node] = []
+        self.output = output if output is not None else (nodes[-1].name if nodes else INPUT)
+        self._check_order(nodes)
+        self.nodes = self._infer_shapes(nodes)
+
+    # ---- structure -------------------------------------------------------------------------------
+    def _check_order(self, nodes: list[Node]) -> None:
+        seen = {INPUT}
+        for node in nodes:
+            if node.name in seen:
+                raise ValueError(f"duplicate node name {node.name!r}")
+            for i in node.inputs:
+                if i not in seen:
+                    raise ValueError(f"node {node.name!r} reads {i!r} before it is defined")
+            n = type(node.op).n_inputs
+            if n >= 0 and len(node.inputs) != n:
+                raise ValueError(f"node {node.name!r} ({node.op_type}) needs {n} inputs, got {len(node.inputs)}")
+            seen.add(node.name)
+        if self.output not in seen:
+            raise ValueError(f"graph output {self.output!r} is not a node")
+
+    def _infer_shapes(self, nodes: list[Node]) -> list[Node]:
+        shapes: dict[str, tuple[int, ...]] = {INPUT: self.input_shape}
+        values: dict[str, Tensor] = {INPUT: torch.zeros((1, *self.input_shape), dtype=self.dtype)}
+        out: list[Node] = []
+        with torch.no_grad():
+            for node in nodes:
+                try:
+                    y = node.op.forward(*(values[i] for i in node.inputs))
+                except NotImplementedError:
+                    y = None
+                except RuntimeError as exc:
+                    ins = ", ".join(str(list(shapes[i])) for i in node.inputs)
+                    raise UsageError(
+                        f"node '{node.name}' ({node.op.describe()}) cannot take input shape {ins}: {exc}".split("\n")[0]
+                    ) from None
+                if y is None:
+                    shape = node.shape
+                    y = torch.zeros((1, *shape), dtype=self.dtype)
+                else:
+                    shape = tuple(y.shape[1:])
+                shapes[node.name] = shape
+                values[node.name] = y
+                out.append(dataclasses.replace(node, shape=shape))
+        return out
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.node(self.output).shape if self.output != INPUT else self.input_shape
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return self.input_shape if name == INPUT else self.node(name).shape
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self.nodes if name in n.inputs]
+
+    def unsupported(self) -> list[Node]:
+        """Nodes that have no Lipschitz bound (Opaque ops, Softmax anywhere but the output)."""
+        bad = [n for n in self.nodes if isinstance(n.op, Opaque)]
+        bad += [n for n in self.nodes if isinstance(n.op, Softmax) and n.name != self.output]
+        return bad
+
+    def parameters(self) -> dict[str, Tensor]:
+        return {f"{n.name}.{k}": v for n in self.nodes for k, v in n.op.parameters().items()}
+
+    def check_finite(self) -> None:
+        """Raise InputError naming every parameter that holds NaN or Inf."""
+        bad = [name for name, t in self.parameters().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise InputError(f"model has NaN or Inf weights in {', '.join(bad)}; refusing to certify it")
+
+    # ---- execution -------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """Run the graph on a batch `x` of shape [N, *input_shape]."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise UsageError(
+                f"input shape {list(x.shape[1:])} does not match the model's input shape {list(self.input_shape)}"
+            )
+        values: dict[str, Tensor] = {INPUT: x}
+        for node in self.nodes:
+            values[node.name] = node.op.forward(*(values[i] for i in node.inputs))
+        return values[self.output]
+
+    def activations(self, x: Tensor) -> dict[str, Tensor]:
+        """Every node's output on `x` (the input under key INPUT)."""
+        values: dict[str, Tensor] = {INPUT: x}
+        for node in self.nodes:
+            values[node.name] = node.op.forward(*(values[i] for i in node.inputs))
+        return values
+
+    __call__ = forward
+
+    def to_torch(self) -> GraphModule:
+        return GraphModule(self)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Graph:
+        """A copy of the graph with every parameter moved (new tensors: no sharing)."""
+        def move(op: Op) -> Op:
+            changes = {}
+            for f in dataclasses.fields(op):
+                v = getattr(op, f.name)
+                if isinstance(v, Tensor):
+                    changes[f.name] = v.detach().to(device=device, dtype=dtype if v.is_floating_point() else None)
+            return dataclasses.replace(op, **changes)
+
+        nodes = [dataclasses.replace(n, op=move(n.op)) for n in self.nodes]
+        return _graph_with_shapes_of(self, nodes, dtype)
+
+    def replace_nodes(self, nodes: list[Node], output: str | None = None) -> Graph:
+        return Graph(self.input_shape, nodes, output or self.output, self.source, self.dtype)
+
+    def __repr__(self) -> str:
+        lines = [f"Graph(input {list(self.input_shape)}, {len(self.nodes)} nodes, output {self.output!r})"]
+        lines += [f"  {n.name}: {n.op.describe()} {list(n.inputs)} -> {list(n.shape)}" for n in self.nodes]
+        return "\n".join(lines)
+
+
+def _graph_with_shapes_of(src: Graph, nodes: list[Node], dtype: torch.dtype | None) -> Graph:
+    """Build a graph whose shapes are copied from `src` (no forward pass on the target device)."""
+    g = Graph.__new__(Graph)
+    g.input_shape, g.source, g.output = src.input_shape, src.source, src.output
+    g.dtype = dtype or src.dtype
+    g.nodes = [dataclasses.replace(n, shape=s.shape) for n, s in zip(nodes, src.nodes, strict=True)]
+    return g
+
+
+class GraphModule(nn.Module):
+    """`nn.Module` view of a Graph. Its parameters *are* the graph's tensors (shared storage):
+    an optimizer step on this module changes the graph. BatchNorm statistics are buffers."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__()
+        self.graph = graph
+        self._params = nn.ParameterDict()
+        self._buffers_dict: dict[str, Tensor] = {}
+        for node in graph.nodes:
+            for key, t in node.op.parameters().items():
+                name = f"{node.name}.{key}".replace(".", "__")
+                if key in ("mean", "var"):
+                    self.register_buffer(name, t, persistent=True)
+                    continue
+                if isinstance(t, nn.Parameter):
+                    self._params[name] = t
+                else:
+                    p = nn.Parameter(t, requires_grad=t.is_floating_point())
+                    self._params[name] = p
+                    # Point the op at the Parameter object itself so both see the same tensor.
+                    object.__setattr__(node.op, key, p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.graph.forward(x)

@@ -1,0 +1,32 @@
+"""Shared fixtures. The VNN-COMP corpus is read from ../shared/onnx-corpus beside the checkout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = Path(os.environ.get("SPECCERT_CORPUS", REPO.parent / "shared" / "onnx-corpus"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"ONNX corpus not found at {CORPUS} (set SPECCERT_CORPUS or check out ../shared)")
+    return CORPUS
+
+
+def corpus_models() -> list[str]:
+    if not CORPUS.is_dir():
+        return []
+    return sorted(p.name for p in CORPUS.iterdir() if (p / "model.onnx").exists())
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
