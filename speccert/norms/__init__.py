@@ -4,54 +4,27 @@ CONTRACT (used by speccert.bounds): `layer_norms(graph, method="auto", device="c
 `fold_linear(graph)` and returns one `LayerNorm` per linear node of the *folded* graph, keyed by node
 name, whose `upper` is a proven `UpperBound` on the node's L2 operator norm (linear part only).
 
-PLACEHOLDER implementation below (sound, loose Frobenius bounds); replaced by the method registry.
+    >>> from speccert.norms import layer_norms
+    >>> norms = layer_norms(graph)                        # doctest: +SKIP
+    >>> [(n.name, n.lower.value, n.upper.value) for n in norms]  # doctest: +SKIP
+
+Methods live one per file (dense, power, fft, gram, fantastic4, lmt, miyato, closed_form,
+nonnegative) in the `METHODS` registry; `auto` (speccert.norms.auto) takes the tightest proven upper
+bound among the applicable ones and a warm-started power iteration for the lower bound.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass, field
-
-import torch
-
-from speccert.ir import Graph, fold_linear
-from speccert.ir.ops import Conv, Linear
-from speccert.norms.result import Estimate, LowerBound, NormResult, UpperBound, round_up
+from speccert.norms.auto import AUTO, LayerNorm, layer_norms, linear_layers
+from speccert.norms.method import METHODS, NormContext, NormMethod, load_methods, register_method
+from speccert.norms.result import Estimate, LowerBound, NormResult, UpperBound
 
 
-@dataclass(frozen=True)
-class LayerNorm:
-    name: str
-    op: str
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    upper: UpperBound
-    lower: LowerBound | None = None
-    others: dict[str, NormResult] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def gap(self) -> float | None:
-        if self.lower is None or self.lower.value <= 0:
-            return None
-        return self.upper.value / self.lower.value - 1.0
+def method_names() -> list[str]:
+    """`auto` followed by every registered method: the choices of `--method`."""
+    return [AUTO, *load_methods().keys()]
 
 
-def layer_norms(graph: Graph, method: str = "auto", device: str = "cpu") -> list[LayerNorm]:
-    g = fold_linear(graph)
-    out = []
-    for node in g.nodes:
-        if not isinstance(node.op, (Linear, Conv)):
-            continue
-        t0 = time.perf_counter()
-        w = node.op.weight.detach().double()
-        fro = float(torch.linalg.norm(w))
-        k = math.prod(w.shape[2:]) if isinstance(node.op, Conv) else 1
-        up = UpperBound(round_up(math.sqrt(k) * fro), "frobenius")
-        out.append(LayerNorm(node.name, node.op.describe(), g.shape_of(node.inputs[0]), node.shape, up,
-                             None, {"frobenius": Estimate(fro, "frobenius")}, time.perf_counter() - t0))
-    return out
-
-
-__all__ = ["Estimate", "LayerNorm", "LowerBound", "NormResult", "UpperBound", "layer_norms"]
+__all__ = ["AUTO", "METHODS", "Estimate", "LayerNorm", "LowerBound", "NormContext", "NormMethod",
+           "NormResult", "UpperBound", "layer_norms", "linear_layers", "load_methods", "method_names",
+           "register_method"]
