@@ -1,0 +1,129 @@
+"""`no_regression`: compare a certify report with a baseline report (pure functions over dicts).
+
+With baseline B and current report C, the rules are
+
+    CRA_C(eps) >= CRA_B(eps) - max_cra_drop        for every radius eps in both reports
+    L_C        <= L_B * max_lipschitz_growth        (L = proven Lipschitz upper bound)
+    clean_C    >= clean_B - max_clean_drop          (only when max_clean_drop is set)
+
+A baseline is a gate JSON (`speccert gate --json`, whose "report" holds the certify report) or a
+certify report (`speccert certify --json`). Differences that make the comparison less meaningful
+(another model file, other data size, other method) are returned as notes, not errors: comparing a
+retrained model with the last release is the point of a baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from speccert.errors import InputError, UsageError
+from speccert.report.policy import RegressionSpec
+from speccert.report.rules import RuleResult, as_float, compare, cra_at
+
+
+def read_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a baseline file and return the certify report inside it. Unreadable or not a report: InputError."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"baseline report not found: {p}" if not p.exists() else f"baseline is not a file: {p}")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read baseline {p}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"baseline {p} is not valid JSON: {exc}") from None
+    return baseline_report(doc, str(p))
+
+
+def baseline_report(doc: Any, src: str = "baseline") -> dict[str, Any]:
+    """The certify report in a baseline document (gate JSON or certify JSON)."""
+    if isinstance(doc, dict) and isinstance(doc.get("report"), dict) and "rules" in doc:
+        doc = doc["report"]
+    if not isinstance(doc, dict) or not isinstance(doc.get("certificate"), dict):
+        raise InputError(f"{src}: not a speccert report (expected the JSON of `speccert certify --json` "
+                         "or `speccert gate --json`, with a 'certificate' section)")
+    return doc
+
+
+def _model(report: dict[str, Any]) -> dict[str, Any]:
+    m = report.get("model")
+    return m if isinstance(m, dict) else {}
+
+
+def _env(report: dict[str, Any]) -> dict[str, Any]:
+    e = report.get("environment")
+    return e if isinstance(e, dict) else {}
+
+
+def comparison_notes(current: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """What differs between the two runs besides the model's weights."""
+    notes = []
+    sha_c, sha_b = _model(current).get("sha256"), _model(base).get("sha256")
+    if sha_c and sha_b and sha_c != sha_b:
+        notes.append(f"baseline is from another model file (sha256 {str(sha_b)[:12]}, now {str(sha_c)[:12]})")
+    elif sha_c and sha_c == sha_b:
+        notes.append("baseline is from the same model file (same sha256)")
+    n_c, n_b = current["certificate"].get("n"), base["certificate"].get("n")
+    if n_c is not None and n_b is not None and n_c != n_b:
+        notes.append(f"baseline was certified on {n_b} points, this run on {n_c}")
+    for key in ("method", "device", "seed"):
+        a, b = _env(current).get(key), _env(base).get(key)
+        if a is not None and b is not None and a != b:
+            notes.append(f"baseline {key} was {b!r}, this run {a!r}")
+    base_eps = {as_float(e) for e in base["certificate"].get("eps") or []}
+    missing = [as_float(e) for e in current["certificate"].get("eps") or [] if cra_at(base, float(e)) is None]
+    if missing and base_eps:
+        notes.append("radii not in the baseline, not compared: " + ", ".join(f"{e:g}" for e in missing if e is not None))
+    return notes
+
+
+def regression_rules(current: dict[str, Any], base: dict[str, Any], spec: RegressionSpec) -> list[RuleResult]:
+    """One rule per radius shared by both reports, one for the Lipschitz bound, and one for clean accuracy
+    when `spec.max_clean_drop` is set."""
+    results: list[RuleResult] = []
+    for e in current["certificate"].get("eps") or []:
+        eps = as_float(e)
+        if eps is None:
+            continue
+        b = cra_at(base, eps)
+        if b is None:
+            continue
+        c = cra_at(current, eps)
+        threshold = b - spec.max_cra_drop
+        ok = compare(c, "min", threshold - 1e-12)  # 1e-12: b - drop is a float subtraction of decimals
+        shown = "missing" if c is None else f"{c:.6g}"
+        message = (f"certified accuracy at eps {eps:g}: {shown} vs baseline {b:.6g} "
+                   f"(may drop by at most {spec.max_cra_drop:g}, so >= {threshold:.6g})")
+        results.append(RuleResult(name=f"no_regression: certified_accuracy@{eps:g}",
+                                  metric="no_regression.certified_accuracy", op=">=", threshold=threshold,
+                                  value=c, passed=ok, message=message, eps=eps, baseline=b))
+    base_radii = [e for e in base["certificate"].get("eps") or [] if as_float(e) is not None]
+    if results == [] and base_radii and current["certificate"].get("eps"):
+        raise UsageError("no_regression: the baseline shares no radius with this run (baseline eps: "
+                         + ", ".join(f"{as_float(e):g}" for e in base_radii) + "); certify at the same eps")
+    lb, lc = as_float(base.get("lipschitz", {}).get("upper")), as_float(current.get("lipschitz", {}).get("upper"))
+    if lb is not None:
+        threshold = lb * spec.max_lipschitz_growth if math.isfinite(lb) else math.inf
+        ok = compare(lc, "max", threshold * (1 + 1e-12))
+        shown = "missing" if lc is None else f"{lc:.6g}"
+        message = (f"Lipschitz upper bound: {shown} vs baseline {lb:.6g} "
+                   f"(may grow by at most x{spec.max_lipschitz_growth:g}, so <= {threshold:.6g})")
+        results.append(RuleResult(name="no_regression: lipschitz_upper", metric="no_regression.lipschitz_upper",
+                                  op="<=", threshold=threshold, value=lc, passed=ok, message=message,
+                                  baseline=lb))
+    if spec.max_clean_drop is not None:
+        cb, cc = as_float(base["certificate"].get("clean_accuracy")), as_float(current["certificate"].get("clean_accuracy"))
+        if cb is not None:
+            threshold = cb - spec.max_clean_drop
+            ok = compare(cc, "min", threshold - 1e-12)
+            shown = "missing" if cc is None else f"{cc:.6g}"
+            message = (f"clean accuracy: {shown} vs baseline {cb:.6g} "
+                       f"(may drop by at most {spec.max_clean_drop:g}, so >= {threshold:.6g})")
+            results.append(RuleResult(name="no_regression: clean_accuracy", metric="no_regression.clean_accuracy",
+                                      op=">=", threshold=threshold, value=cc, passed=ok, message=message,
+                                      baseline=cb))
+    return results

@@ -1,0 +1,98 @@
+"""Markdown summary of a gate run, for pull-request comments and GitHub's job summary.
+
+Sections: a verdict line, the model/data/method line, the rules table (value, threshold, result), the
+certified accuracy by radius (with the baseline when there is one), the worst layers (largest proven
+spectral-norm upper bounds), and notes. Written in append mode, so it can target $GITHUB_STEP_SUMMARY.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from speccert.report.gate_outputs import register_output
+from speccert.report.rules import as_float, cra_at
+
+if TYPE_CHECKING:
+    from speccert.report.gate import GateResult
+
+WORST_LAYERS = 10
+
+
+def cell(text: object) -> str:
+    """Text safe inside a Markdown table cell (pipes escaped, no line breaks)."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def num(v: Any, digits: int = 4) -> str:
+    f = as_float(v)
+    if f is None:
+        return "—"
+    if math.isinf(f):
+        return "∞" if f > 0 else "−∞"
+    return f"{f:.{digits}g}"
+
+
+def _section(report: dict[str, Any], key: str) -> dict[str, Any]:
+    s = report.get(key)
+    return s if isinstance(s, dict) else {}
+
+
+def worst_layers(report: dict[str, Any], k: int = WORST_LAYERS) -> list[dict[str, Any]]:
+    """The k layers with the largest spectral-norm upper bound (ties keep graph order)."""
+    layers = [lay for lay in report.get("layers") or [] if isinstance(lay, dict)]
+    return sorted(layers, key=lambda lay: -(as_float(lay.get("upper")) or 0.0))[:k]
+
+
+@register_output("markdown", append=True)
+def render_markdown(result: GateResult) -> str:
+    """The gate result as a Markdown section (starts and ends with a blank line, for appending)."""
+    report = result.report
+    model, cert, lip, env = (_section(report, k) for k in ("model", "certificate", "lipschitz", "environment"))
+    failed = len(result.failures)
+    verdict = ("✅ **passed**" if result.passed else f"❌ **failed** ({failed} of {len(result.rules)} rules)")
+    lines = ["", f"## speccert gate: {verdict}", ""]
+    sha = str(model.get("sha256") or "")[:12]
+    facts = [f"model `{cell(model.get('path') or '(in-memory graph)')}`" + (f" (sha256 `{sha}`)" if sha else "")]
+    if cert.get("n") is not None:
+        facts.append(f"{cert['n']} points")
+    facts.append(f"method `{cell(env.get('method', result.policy.method))}`")
+    facts.append(f"device `{cell(env.get('device', result.policy.device))}`")
+    facts.append(f"{result.seconds:.1f} s")
+    lines += [" · ".join(facts), ""]
+
+    lines += ["| Rule | Value | Threshold | Result |", "|---|---:|---:|:---:|"]
+    for r in result.rules:
+        value = num(r.value) + (f" (baseline {num(r.baseline)})" if r.baseline is not None else "")
+        lines.append(f"| {cell(r.name)} | {value} | {r.op} {num(r.threshold)} | "
+                     f"{'✅ pass' if r.passed else '❌ fail'} |")
+    lines.append("")
+
+    lines.append(f"Clean accuracy {num(cert.get('clean_accuracy'))} · Lipschitz bound "
+                 f"[{num(lip.get('lower'))}, {num(lip.get('upper'))}] · median certified radius "
+                 f"{num(cert.get('median_radius'))}")
+    lines.append("")
+    radii = [as_float(e) for e in cert.get("eps") or []]
+    if radii:
+        base = result.extra.get("baseline_report")
+        header = "| eps | certified accuracy |" + (" baseline |" if base else "")
+        lines += [header, "|---:|---:|" + ("---:|" if base else "")]
+        for e in radii:
+            if e is None:
+                continue
+            row = f"| {e:g} | {num(cra_at(report, e))} |"
+            if base:
+                row += f" {num(cra_at(base, e))} |"
+            lines.append(row)
+        lines.append("")
+
+    worst = worst_layers(report)
+    if worst:
+        lines += [f"### Worst layers (largest spectral-norm upper bound, top {len(worst)})", "", "| Layer | Op | Lower | Upper | Method |", "|---|---|---:|---:|---|"]
+        for lay in worst:
+            lines.append(f"| {cell(lay.get('name', '?'))} | {cell(lay.get('op', ''))} | {num(lay.get('lower'))} | "
+                         f"{num(lay.get('upper'))} | {cell(lay.get('method', ''))} |")
+        lines.append("")
+    if result.notes:
+        lines += [f"- {cell(n)}" for n in result.notes] + [""]
+    return "\n".join(lines) + "\n"

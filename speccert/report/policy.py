@@ -1,0 +1,398 @@
+"""Gate policies: what data to certify on, at which radii, and which rules the certificate must meet.
+
+A policy is a TOML file (`speccert.toml`) whose only top-level table is `[gate]`, or the same content
+under `[tool.speccert]` in a `pyproject.toml`:
+
+    [gate]
+    eps = [0.1, 0.25, 0.5]          # radii to certify at (rule radii are added automatically)
+    method = "auto"                 # norm method, see `speccert norms --help`
+    device = "cpu"
+    seed = 0
+
+    [gate.data]
+    path = "models/data/fashion_mnist_test_1k.npz"   # relative to the policy file
+    limit = 500
+
+    [[gate.rule]]
+    metric = "certified_accuracy"   # certified_accuracy, clean_accuracy, median_radius: `min`
+    eps = 0.25                      # lipschitz_upper, max_layer_norm: `max`
+    min = 0.6
+
+    [gate.no_regression]            # compare with a baseline report (also `--baseline`)
+    baseline = "reports/last.json"
+    max_cra_drop = 0.02             # certified accuracy may drop by at most this (absolute)
+    max_lipschitz_growth = 1.10     # the Lipschitz upper bound may grow by at most this factor
+
+Every key is checked: an unknown key, a wrong type or a malformed file is a `UsageError` (exit 2)
+naming the key (or the line, for TOML syntax errors). Parsing is pure: no model or data is read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from speccert.errors import InputError, UsageError
+
+POLICY_FILE = "speccert.toml"
+PYPROJECT = "pyproject.toml"
+DEFAULT_MAX_CRA_DROP = 0.01
+DEFAULT_MAX_LIPSCHITZ_GROWTH = 1.05
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the evaluation data comes from and how it is preprocessed before the model sees it."""
+
+    path: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    input_shape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One threshold rule: `metric` (at radius `eps` for per-radius metrics) `bound` `threshold`,
+    where bound is "min" (value >= threshold) or "max" (value <= threshold)."""
+
+    metric: str
+    bound: str
+    threshold: float
+    eps: float | None = None
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        at = f"@{_fmt(self.eps)}" if self.eps is not None else ""
+        op = ">=" if self.bound == "min" else "<="
+        return f"{self.metric}{at} {op} {_fmt(self.threshold)}"
+
+
+@dataclass(frozen=True)
+class RegressionSpec:
+    """`no_regression`: compared with a baseline report, certified accuracy at every shared radius may
+    drop by at most `max_cra_drop` (absolute), the Lipschitz upper bound may grow by at most the factor
+    `max_lipschitz_growth`, and (when set) clean accuracy may drop by at most `max_clean_drop`."""
+
+    baseline: str | None = None
+    max_cra_drop: float = DEFAULT_MAX_CRA_DROP
+    max_lipschitz_growth: float = DEFAULT_MAX_LIPSCHITZ_GROWTH
+    max_clean_drop: float | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A complete gate policy. `eps_all` is the sorted union of `eps` and the radii rules name."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    eps: tuple[float, ...] = ()
+    rules: tuple[RuleSpec, ...] = ()
+    regression: RegressionSpec | None = None
+    method: str = "auto"
+    device: str = "cpu"
+    seed: int = 0
+    second_order: bool = False
+    audit: int = 0
+    source: str | None = None
+
+    @property
+    def eps_all(self) -> tuple[float, ...]:
+        radii = set(self.eps) | {r.eps for r in self.rules if r.eps is not None}
+        return tuple(sorted(radii))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["eps"] = list(self.eps_all)
+        return _lists(d)
+
+
+def _lists(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _lists(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_lists(v) for v in x]
+    return x
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:g}"
+
+
+# ---- metric directions (the rule registry in rules.py holds the evaluation) -------------------------
+# Kept here so parsing stays free of evaluation code; rules.py checks both lists agree.
+MIN_METRICS = ("certified_accuracy", "clean_accuracy", "median_radius")
+MAX_METRICS = ("lipschitz_upper", "max_layer_norm")
+EPS_METRICS = ("certified_accuracy",)
+FRACTION_METRICS = ("certified_accuracy", "clean_accuracy")
+
+_GATE_KEYS = {"eps", "method", "device", "seed", "second_order", "audit", "data", "rule", "no_regression"}
+SPLITS = ("test", "train")
+_DATA_KEYS = {f.name for f in dataclasses.fields(DataSpec)}
+_RULE_KEYS = {"metric", "eps", "min", "max", "name"}
+_REGRESSION_KEYS = {f.name for f in dataclasses.fields(RegressionSpec)}
+
+
+def _unknown(table: dict[str, Any], allowed: set[str], where: str, src: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise UsageError(f"{src}: unknown key '{where}.{key}' (allowed: {', '.join(sorted(allowed))})")
+
+
+def _number(v: Any, key: str, src: str, *, positive: bool = False, nonneg: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise UsageError(f"{src}: '{key}' must be a finite number, got {v!r}")
+    if positive and v <= 0:
+        raise UsageError(f"{src}: '{key}' must be > 0, got {v!r}")
+    if nonneg and v < 0:
+        raise UsageError(f"{src}: '{key}' must be >= 0, got {v!r}")
+    return float(v)
+
+
+def _numbers(v: Any, key: str, src: str, *, positive: bool = False) -> tuple[float, ...]:
+    items = v if isinstance(v, list) else [v]
+    if not items:
+        raise UsageError(f"{src}: '{key}' must not be empty")
+    return tuple(_number(x, f"{key}[{i}]", src, positive=positive) for i, x in enumerate(items))
+
+
+def _int(v: Any, key: str, src: str, *, positive: bool = False) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise UsageError(f"{src}: '{key}' must be an integer, got {v!r}")
+    if positive and v <= 0:
+        raise UsageError(f"{src}: '{key}' must be > 0, got {v!r}")
+    return v
+
+
+def _str(v: Any, key: str, src: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise UsageError(f"{src}: '{key}' must be a non-empty string, got {v!r}")
+    return v
+
+
+def _relative(path: str, base: Path | None) -> str:
+    """Paths in a policy file are relative to the file's folder; absolute paths stay as they are."""
+    p = Path(os.path.expanduser(path))
+    if base is None or p.is_absolute():
+        return str(p)
+    return os.path.normpath(base / p)
+
+
+def make_rule(metric: str, *, min: float | None = None, max: float | None = None,  # noqa: A002
+              eps: float | None = None, name: str | None = None, where: str = "rule",
+              src: str = "policy") -> RuleSpec:
+    """Validate one rule: the metric exists, takes the right bound, and names a radius iff it needs one."""
+    known = MIN_METRICS + MAX_METRICS
+    if metric not in known:
+        raise UsageError(f"{src}: {where}: unknown metric {metric!r} (known: {', '.join(known)}; "
+                         "baseline comparison is [gate.no_regression])")
+    bound = "min" if metric in MIN_METRICS else "max"
+    given = {"min": min, "max": max}
+    if given[bound] is None:
+        other = "max" if bound == "min" else "min"
+        hint = f", not '{other}'" if given[other] is not None else ""
+        raise UsageError(f"{src}: {where}: metric {metric!r} takes '{bound}'{hint}")
+    if given["max" if bound == "min" else "min"] is not None:
+        raise UsageError(f"{src}: {where}: metric {metric!r} takes only '{bound}'")
+    threshold = _number(given[bound], f"{where}.{bound}", src, nonneg=True)
+    if metric in FRACTION_METRICS and threshold > 1:
+        raise UsageError(f"{src}: {where}: {metric} is a fraction in [0, 1], got {threshold:g} "
+                         f"(write {threshold / 100:g} for {threshold:g}%)")
+    if metric in EPS_METRICS:
+        if eps is None:
+            raise UsageError(f"{src}: {where}: metric {metric!r} needs 'eps' (the radius)")
+        eps = _number(eps, f"{where}.eps", src, positive=True)
+    elif eps is not None:
+        raise UsageError(f"{src}: {where}: metric {metric!r} takes no 'eps'")
+    if name is not None:
+        name = _str(name, f"{where}.name", src)
+    return RuleSpec(metric=metric, bound=bound, threshold=threshold, eps=eps, name=name)
+
+
+def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = None) -> Policy:
+    """Build a Policy from a parsed TOML document (the content of speccert.toml or [tool.speccert])."""
+    for key in doc:
+        if key != "gate":
+            raise UsageError(f"{src}: unknown key '{key}' (a policy has one table, [gate])")
+    gate = doc.get("gate")
+    if not isinstance(gate, dict):
+        raise UsageError(f"{src}: missing [gate] table")
+    _unknown(gate, _GATE_KEYS, "gate", src)
+
+    eps = _numbers(gate["eps"], "gate.eps", src, positive=True) if "eps" in gate else ()
+    method = _str(gate.get("method", "auto"), "gate.method", src)
+    device = _str(gate.get("device", "cpu"), "gate.device", src)
+    seed = _int(gate.get("seed", 0), "gate.seed", src)
+    audit = _int(gate.get("audit", 0), "gate.audit", src)
+    if audit < 0:
+        raise UsageError(f"{src}: 'gate.audit' must be >= 0 (points to attack), got {audit}")
+    second_order = gate.get("second_order", False)
+    if not isinstance(second_order, bool):
+        raise UsageError(f"{src}: 'gate.second_order' must be true or false, got {second_order!r}")
+
+    data = DataSpec()
+    if "data" in gate:
+        d = gate["data"]
+        if not isinstance(d, dict):
+            raise UsageError(f"{src}: 'gate.data' must be a table ([gate.data])")
+        _unknown(d, _DATA_KEYS, "gate.data", src)
+        if "split" in d and d["split"] not in SPLITS:
+            raise UsageError(f"{src}: 'gate.data.split' must be one of {', '.join(SPLITS)}, got {d['split']!r}")
+        data = DataSpec(
+            path=_relative(_str(d["path"], "gate.data.path", src), base) if "path" in d else None,
+            split=_str(d["split"], "gate.data.split", src) if "split" in d else None,
+            limit=_int(d["limit"], "gate.data.limit", src, positive=True) if "limit" in d else None,
+            mean=_numbers(d["mean"], "gate.data.mean", src) if "mean" in d else None,
+            std=_numbers(d["std"], "gate.data.std", src, positive=True) if "std" in d else None,
+            input_shape=tuple(_int(v, f"gate.data.input_shape[{i}]", src, positive=True)
+                              for i, v in enumerate(_list(d["input_shape"], "gate.data.input_shape", src)))
+            if "input_shape" in d else None,
+        )
+
+    rules: list[RuleSpec] = []
+    raw_rules = gate.get("rule", [])
+    if not isinstance(raw_rules, list):
+        raise UsageError(f"{src}: 'gate.rule' must be an array of tables ([[gate.rule]])")
+    for i, r in enumerate(raw_rules):
+        where = f"gate.rule[{i}]"
+        if not isinstance(r, dict):
+            raise UsageError(f"{src}: '{where}' must be a table")
+        _unknown(r, _RULE_KEYS, where, src)
+        if "metric" not in r:
+            raise UsageError(f"{src}: '{where}' needs 'metric'")
+        rules.append(make_rule(_str(r["metric"], f"{where}.metric", src), min=r.get("min"),
+                               max=r.get("max"), eps=r.get("eps"), name=r.get("name"), where=where, src=src))
+
+    regression = None
+    if "no_regression" in gate:
+        n = gate["no_regression"]
+        if not isinstance(n, dict):
+            raise UsageError(f"{src}: 'gate.no_regression' must be a table ([gate.no_regression])")
+        regression = parse_regression(n, src, base)
+    return Policy(data=data, eps=eps, rules=tuple(rules), regression=regression, method=method,
+                  device=device, seed=seed, second_order=second_order, audit=audit, source=src)
+
+
+def parse_regression(n: dict[str, Any], src: str = "policy", base: Path | None = None) -> RegressionSpec:
+    _unknown(n, _REGRESSION_KEYS, "gate.no_regression", src)
+    w = "gate.no_regression"
+    growth = _number(n.get("max_lipschitz_growth", DEFAULT_MAX_LIPSCHITZ_GROWTH),
+                     f"{w}.max_lipschitz_growth", src, positive=True)
+    if growth < 1:
+        raise UsageError(f"{src}: '{w}.max_lipschitz_growth' is a factor >= 1, got {growth:g}")
+    return RegressionSpec(
+        baseline=_relative(_str(n["baseline"], f"{w}.baseline", src), base) if "baseline" in n else None,
+        max_cra_drop=_number(n.get("max_cra_drop", DEFAULT_MAX_CRA_DROP), f"{w}.max_cra_drop", src,
+                             nonneg=True),
+        max_lipschitz_growth=growth,
+        max_clean_drop=_number(n["max_clean_drop"], f"{w}.max_clean_drop", src, nonneg=True)
+        if "max_clean_drop" in n else None,
+    )
+
+
+def _list(v: Any, key: str, src: str) -> list[Any]:
+    if not isinstance(v, list) or not v:
+        raise UsageError(f"{src}: '{key}' must be a non-empty list, got {v!r}")
+    return v
+
+
+def read_policy(path: str | os.PathLike[str]) -> Policy:
+    """Read a policy file: `speccert.toml` (top-level [gate]) or a `pyproject.toml` ([tool.speccert.gate]).
+
+    A missing or unreadable file is an InputError (exit 4); bad TOML or bad content a UsageError (exit 2).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"policy file not found: {p}" if not p.exists() else f"policy path is not a file: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read policy {p}: {exc}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"policy {p}: invalid TOML: {exc}") from None
+    src = str(p)
+    if p.name == PYPROJECT:
+        tool = doc.get("tool", {})
+        if not isinstance(tool, dict) or "speccert" not in tool:
+            raise UsageError(f"{p}: no [tool.speccert] table")
+        doc = tool["speccert"]
+        if not isinstance(doc, dict):
+            raise UsageError(f"{p}: 'tool.speccert' must be a table")
+        src = f"{p} [tool.speccert]"
+    return parse_policy(doc, src=src, base=p.resolve().parent)
+
+
+def discover_policy(folder: str | os.PathLike[str] = ".") -> Path | None:
+    """The policy used when none is given: ./speccert.toml, else ./pyproject.toml if it has [tool.speccert]."""
+    base = Path(folder)
+    if (base / POLICY_FILE).is_file():
+        return base / POLICY_FILE
+    pyproject = base / PYPROJECT
+    if pyproject.is_file():
+        try:
+            doc = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return None
+        tool = doc.get("tool")
+        if isinstance(tool, dict) and "speccert" in tool:
+            return pyproject
+    return None
+
+
+def parse_cra_option(text: str) -> RuleSpec:
+    """'--min-cra 0.5@0.25' -> certified_accuracy at eps 0.25 >= 0.5."""
+    value, sep, eps = text.partition("@")
+    if not sep:
+        raise UsageError(f"--min-cra expects ACCURACY@EPS, e.g. 0.5@0.25, got {text!r}")
+    try:
+        v, e = float(value), float(eps)
+    except ValueError:
+        raise UsageError(f"--min-cra expects two numbers as ACCURACY@EPS, got {text!r}") from None
+    return make_rule("certified_accuracy", min=v, eps=e, where=f"--min-cra {text}", src="command line")
+
+
+def parse_eps_option(text: str) -> tuple[float, ...]:
+    """'--eps 0.1,0.25' -> (0.1, 0.25)."""
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"--eps expects numbers separated by commas, got {text!r}") from None
+    return _numbers(values, "--eps", "command line", positive=True)
+
+
+def with_overrides(policy: Policy, *, rules: list[RuleSpec] | None = None, eps: tuple[float, ...] | None = None,
+                   data: str | None = None, limit: int | None = None, method: str | None = None,
+                   device: str | None = None, baseline: str | None = None, max_cra_drop: float | None = None,
+                   max_lipschitz_growth: float | None = None) -> Policy:
+    """Command-line options on top of a policy: rules are added, everything else replaces."""
+    d = policy.data
+    if data is not None:
+        d = dataclasses.replace(d, path=data)
+    if limit is not None:
+        d = dataclasses.replace(d, limit=_int(limit, "--limit", "command line", positive=True))
+    reg = policy.regression
+    if baseline is not None or max_cra_drop is not None or max_lipschitz_growth is not None:
+        reg = reg or RegressionSpec()
+        raw: dict[str, Any] = {}
+        if baseline is not None:
+            raw["baseline"] = baseline
+        if max_cra_drop is not None:
+            raw["max_cra_drop"] = max_cra_drop
+        if max_lipschitz_growth is not None:
+            raw["max_lipschitz_growth"] = max_lipschitz_growth
+        upd = parse_regression(raw, "command line")
+        reg = dataclasses.replace(reg, **{k: getattr(upd, k) for k in raw})
+    return dataclasses.replace(
+        policy, data=d, rules=policy.rules + tuple(rules or ()), eps=eps if eps is not None else policy.eps,
+        method=method or policy.method, device=device or policy.device, regression=reg,
+    )

@@ -1,0 +1,171 @@
+"""Gate rules as pure functions over a certify report dict (`CertifyReport.to_dict()`).
+
+A metric reads one number from the report; a rule compares it with a threshold:
+
+    passed  <=>  value >= threshold   (bound "min": certified_accuracy@eps, clean_accuracy, median_radius)
+    passed  <=>  value <= threshold   (bound "max": lipschitz_upper, max_layer_norm)
+
+A value that is missing or not a finite number never passes (a gate must not pass on a number it could
+not read). Metrics live in the `METRICS` registry; adding one is one `@register_metric` function here and
+its name in `policy.MIN_METRICS` / `MAX_METRICS` (a test checks both agree).
+
+    >>> report = {"certificate": {"eps": [0.25], "certified_accuracy": [0.7], "clean_accuracy": 0.9}}
+    >>> evaluate_rule(make_rule("certified_accuracy", min=0.6, eps=0.25), report).passed
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from speccert.errors import UsageError
+from speccert.registry import Registry
+from speccert.report.policy import RuleSpec, make_rule
+
+__all__ = ["METRICS", "Metric", "RuleResult", "as_float", "cra_at", "evaluate_rule", "evaluate_rules",
+           "make_rule", "register_metric"]
+
+EPS_MATCH = 1e-9  # radii are user-typed decimals: 0.25 in the policy is 0.25 in the report
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """The outcome of one rule. `op` is '>=' or '<='; `value` is None when it could not be measured.
+    `baseline` is the baseline's value for no_regression rules."""
+
+    name: str
+    metric: str
+    op: str
+    threshold: float
+    value: float | None
+    passed: bool
+    message: str
+    eps: float | None = None
+    baseline: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _json_number(v) for k, v in asdict(self).items()}
+
+
+def _json_number(v: Any) -> Any:
+    # JSON has no inf/nan: an unbounded value is written as the string "inf" (schema allows it).
+    if isinstance(v, float) and not math.isfinite(v):
+        return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
+    return v
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    needs_eps: bool
+    read: Callable[[dict[str, Any], float | None], float | None]
+    description: str
+
+
+METRICS: Registry[str, Metric] = Registry("gate metric")
+
+
+def register_metric(name: str, description: str, needs_eps: bool = False) -> Callable[
+        [Callable[[dict[str, Any], float | None], float | None]],
+        Callable[[dict[str, Any], float | None], float | None]]:
+    def deco(fn: Callable[[dict[str, Any], float | None], float | None]) -> Callable[
+            [dict[str, Any], float | None], float | None]:
+        METRICS.add(name, Metric(name, needs_eps, fn, description))
+        return fn
+
+    return deco
+
+
+def as_float(v: Any) -> float | None:
+    """A report number as a float: plain numbers, "inf"/"nan" strings, or {"value": x} wrappers."""
+    if isinstance(v, dict) and "value" in v:
+        v = v["value"]
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def _section(report: dict[str, Any], key: str) -> dict[str, Any]:
+    s = report.get(key)
+    return s if isinstance(s, dict) else {}
+
+
+def cra_at(report: dict[str, Any], eps: float) -> float | None:
+    """Certified accuracy at radius `eps` (matched to the report's radii within 1e-9), or None."""
+    cert = _section(report, "certificate")
+    radii, accs = cert.get("eps") or [], cert.get("certified_accuracy") or []
+    for r, a in zip(radii, accs, strict=False):
+        rf = as_float(r)
+        if rf is not None and abs(rf - eps) <= EPS_MATCH * max(1.0, abs(eps)):
+            return as_float(a)
+    return None
+
+
+@register_metric("certified_accuracy", "fraction of points correctly classified with certified "
+                 "radius >= eps", needs_eps=True)
+def _certified_accuracy(report: dict[str, Any], eps: float | None) -> float | None:
+    assert eps is not None
+    return cra_at(report, eps)
+
+
+@register_metric("clean_accuracy", "fraction of points correctly classified")
+def _clean_accuracy(report: dict[str, Any], eps: float | None) -> float | None:
+    return as_float(_section(report, "certificate").get("clean_accuracy"))
+
+
+@register_metric("median_radius", "median certified radius over the evaluated points (0 if misclassified)")
+def _median_radius(report: dict[str, Any], eps: float | None) -> float | None:
+    return as_float(_section(report, "certificate").get("median_radius"))
+
+
+@register_metric("lipschitz_upper", "proven upper bound on the model's L2 Lipschitz constant")
+def _lipschitz_upper(report: dict[str, Any], eps: float | None) -> float | None:
+    return as_float(_section(report, "lipschitz").get("upper"))
+
+
+@register_metric("max_layer_norm", "largest proven upper bound on a layer's spectral norm")
+def _max_layer_norm(report: dict[str, Any], eps: float | None) -> float | None:
+    uppers = [as_float(layer.get("upper")) for layer in report.get("layers") or [] if isinstance(layer, dict)]
+    if not uppers or any(u is None for u in uppers):
+        return None
+    return max(u for u in uppers if u is not None)
+
+
+def compare(value: float | None, bound: str, threshold: float) -> bool:
+    """value >= threshold (min) or value <= threshold (max); None and NaN never pass."""
+    if value is None or math.isnan(value):
+        return False
+    return value >= threshold if bound == "min" else value <= threshold
+
+
+def evaluate_rule(rule: RuleSpec, report: dict[str, Any]) -> RuleResult:
+    """Measure `rule.metric` in `report` and compare it with the rule's threshold."""
+    try:
+        metric = METRICS.get(rule.metric)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    value = metric.read(report, rule.eps)
+    op = ">=" if rule.bound == "min" else "<="
+    passed = compare(value, rule.bound, rule.threshold)
+    at = f" at eps {rule.eps:g}" if rule.eps is not None else ""
+    if value is None:
+        message = f"{rule.metric}{at} is not in the report; required {op} {rule.threshold:g}"
+    else:
+        verdict = "meets" if passed else "violates"
+        message = f"{rule.metric}{at} = {value:.6g} {verdict} the threshold {op} {rule.threshold:g}"
+    return RuleResult(name=rule.label, metric=rule.metric, op=op, threshold=rule.threshold, value=value,
+                      passed=passed, message=message, eps=rule.eps)
+
+
+def evaluate_rules(rules: tuple[RuleSpec, ...] | list[RuleSpec], report: dict[str, Any]) -> list[RuleResult]:
+    return [evaluate_rule(r, report) for r in rules]
