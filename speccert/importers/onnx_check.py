@@ -1,0 +1,100 @@
+"""Faithfulness of an ONNX import: the IR and onnxruntime must agree on seeded random inputs.
+
+Agreement: max |ir - ort| <= RTOL * max(1, max |ort|) (NaN where both are NaN counts as equal). On a
+mismatch the check reruns onnxruntime with every mapped intermediate tensor as an output and names the
+first IR node that disagrees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+
+from speccert.errors import InternalError
+from speccert.ir.graph import Graph
+
+RTOL = 2e-4
+N_SAMPLES = 3
+
+_NP_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+              onnx.TensorProto.FLOAT16: np.float16}
+
+
+def _max_error(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(max abs difference, tolerance) with NaN/Inf at the same places counted as equal."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    same = (a64 == b64) | (np.isnan(a64) & np.isnan(b64))
+    diff = np.where(same, 0.0, np.abs(a64 - b64))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    finite = np.abs(b64[np.isfinite(b64)])
+    scale = max(1.0, float(finite.max()) if finite.size else 1.0)
+    return float(diff.max()) if diff.size else 0.0, RTOL * scale
+
+
+def _run_ort(model: onnx.ModelProto, input_name: str, x: np.ndarray, batch: int | None,
+             outputs: list[str]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    # The reference is the model as written: no graph rewrites that could hide an importer bug.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise InternalError(f"onnxruntime cannot run the model to check the import: {str(exc).splitlines()[0]}") from None
+    chunk = batch or x.shape[0]
+    parts = [sess.run(outputs, {input_name: x[i:i + chunk]}) for i in range(0, x.shape[0], chunk)]
+    return [np.concatenate([p[k] for p in parts]) if parts[0][k].ndim else parts[0][k] for k in range(len(outputs))]
+
+
+def check_faithful(model: onnx.ModelProto, graph: Graph, input_name: str, batch: int | None,
+                   ir_to_onnx: dict[str, str], seed: int = 0) -> float:
+    """Compare `graph` with onnxruntime on N_SAMPLES uniform [0, 1) inputs; return the max error.
+
+    `batch` is the model's fixed batch size (inputs are fed in chunks of it) or None when symbolic."""
+    elem = next(i.type.tensor_type.elem_type for i in model.graph.input if i.name == input_name)
+    dtype = _NP_DTYPES.get(elem, np.float32)
+    n = N_SAMPLES if batch is None else max(batch, (N_SAMPLES // batch) * batch)
+    x = np.random.default_rng(seed).random((n, *graph.input_shape)).astype(dtype)
+    out_name = model.graph.output[0].name
+    (ref,) = _run_ort(model, input_name, x, batch, [out_name])
+    with torch.no_grad():
+        acts = graph.activations(torch.from_numpy(x.astype(np.float32)).to(graph.dtype))
+    got = acts[graph.output].double().numpy()
+    if got.size != ref.size:
+        raise InternalError(f"import is not faithful: output has {got.size} values, onnxruntime gives {ref.size}")
+    err, tol = _max_error(got.reshape(ref.shape), ref)
+    if err <= tol:
+        return err
+    _localise(model, graph, input_name, x, batch, acts, ir_to_onnx)
+    raise InternalError(f"import is not faithful: output '{out_name}' differs from onnxruntime by {err:.3g} "
+                        f"(tolerance {tol:.3g})")
+
+
+def _localise(model: onnx.ModelProto, graph: Graph, input_name: str, x: np.ndarray, batch: int | None,
+              acts: dict[str, torch.Tensor], ir_to_onnx: dict[str, str]) -> None:
+    """Raise InternalError naming the first IR node whose ONNX tensor disagrees (if one is found)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    names = [(n.name, ir_to_onnx[n.name]) for n in graph.nodes if n.name in ir_to_onnx]
+    for _, t in names:
+        if t not in known:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+            known.add(t)
+    try:
+        values = _run_ort(probe, input_name, x, batch, [t for _, t in names])
+    except Exception:
+        return
+    for (ir, t), ref in zip(names, values, strict=True):
+        got = acts[ir].double().numpy()
+        if got.size != ref.size:
+            raise InternalError(f"import is not faithful at node '{ir}' (ONNX tensor '{t}'): shape "
+                                f"{list(got.shape)} vs onnxruntime {list(ref.shape)}")
+        err, tol = _max_error(got.reshape(ref.shape), ref)
+        if err > tol:
+            raise InternalError(f"import is not faithful at node '{ir}' (ONNX tensor '{t}'): differs from "
+                                f"onnxruntime by {err:.3g} (tolerance {tol:.3g})")

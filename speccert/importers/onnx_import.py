@@ -1,0 +1,289 @@
+"""ONNX -> graph IR (opsets 8-21).
+
+Walk the ONNX nodes in order, keeping every tensor either as a numpy constant or as an `Act` (an IR
+node's output). Nodes whose inputs are all constants are folded with onnx's numpy reference evaluator;
+the others go to the converter registered for (domain, op, opset) in `speccert.importers.onnx_ops`.
+Every node that cannot be converted is collected (op type, node name, reason); the load then fails with
+all of them at once, or, with `allow_unsupported`, keeps each as an `Opaque` node that can still run
+(torch function or the reference evaluator) so `inspect` can show the whole table. The batch axis is
+axis 0 of the ONNX input; IR shapes exclude it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from speccert.errors import InputError, UnsupportedModelError, UsageError
+from speccert.importers.onnx_check import check_faithful
+from speccert.importers.onnx_ops import (
+    MAX_OPSET,
+    MIN_OPSET,
+    Act,
+    NotConvertible,
+    Value,
+    find_converter,
+)
+from speccert.importers.onnx_ops.shape_ops import BATCH
+from speccert.importers.onnx_safety import read_onnx
+from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256
+from speccert.ir.ops import Affine, Linear, Op, Opaque
+
+Problem = tuple[str, str, str]
+
+# Ops that may see the batch sentinel in folded shape tensors without computing with it.
+_SHAPE_SAFE = {"Gather", "Concat", "Unsqueeze", "Squeeze", "Slice", "Cast", "Identity", "Reshape", "Flatten"}
+
+# Unsupported ops that still run in torch (so inspect can infer shapes and the graph can be evaluated).
+_TORCH_FNS: dict[str, Callable[..., torch.Tensor]] = {
+    "Sign": torch.sign, "Abs": torch.abs, "Neg": torch.neg, "Exp": torch.exp, "Log": torch.log,
+    "Sqrt": torch.sqrt, "Floor": torch.floor, "Ceil": torch.ceil, "Round": torch.round, "Mul": torch.mul,
+    "MatMul": torch.matmul, "Div": torch.div, "Reciprocal": torch.reciprocal, "Sin": torch.sin, "Cos": torch.cos,
+}
+
+
+class _Builder:
+    """The converters' BuildContext: adds IR nodes, tracking a sample activation to know shapes."""
+
+    def __init__(self, opset: int, input_shape: tuple[int, ...], batch_fixed_one: bool) -> None:
+        self.opset = opset
+        self.batch_fixed_one = batch_fixed_one
+        self.nodes: list[Node] = []
+        self.samples: dict[str, torch.Tensor] = {INPUT: torch.zeros((1, *input_shape))}
+        self.base = "node"
+        self.created: list[str] = []
+
+    def _unique(self, name: str) -> str:
+        name = name or "node"
+        out, i = name, 1
+        while out in self.samples:
+            out, i = f"{name}_{i}", i + 1
+        return out
+
+    def add(self, op: Op, inputs: Sequence[Act], hint: str = "") -> Act:
+        name = self._unique(self.base + hint)
+        with torch.no_grad():
+            try:
+                y = op.forward(*(self.samples[a.name] for a in inputs))
+            except (RuntimeError, ValueError, NotImplementedError) as exc:
+                raise NotConvertible(f"{op.describe()} cannot run on input shape(s) "
+                                     f"{[list(a.shape) for a in inputs]}: {str(exc).splitlines()[0]}") from None
+        self.samples[name] = y
+        self.nodes.append(Node(name, op, tuple(a.name for a in inputs)))
+        self.created.append(name)
+        return Act(name, tuple(y.shape[1:]))
+
+
+def _fold(node: onnx.NodeProto, inputs: list[Value | None], opset: int) -> list[Value | None]:
+    """Evaluate a node over constants with onnx's reference (numpy) evaluator."""
+    import onnx.reference
+
+    if any(isinstance(v, np.ndarray) and (v.dtype.kind in "iu") and (v == BATCH).any() for v in inputs) \
+            and node.op_type not in _SHAPE_SAFE:
+        raise NotConvertible("computes with the symbolic batch size")
+    feeds = {n: v for n, v in zip(node.input, inputs, strict=False) if n}
+    try:
+        ev = onnx.reference.ReferenceEvaluator(node, opsets={"": opset})
+        outs = ev.run(None, feeds)
+    except Exception as exc:
+        raise NotConvertible(f"cannot fold this constant expression: {str(exc).splitlines()[0]}") from None
+    return [np.asarray(o) for o in outs]
+
+
+def _opaque_fn(node: onnx.NodeProto, inputs: list[Value | None], opset: int, index: int
+               ) -> Callable[..., torch.Tensor] | None:
+    """A function of the activation inputs computing output `index` of `node` (constants bound)."""
+    torch_fn = _TORCH_FNS.get(node.op_type) if index == 0 and node.domain in ("", "ai.onnx") else None
+    consts = {i: torch.from_numpy(np.array(v)) for i, v in enumerate(inputs) if isinstance(v, np.ndarray)}
+
+    def slots(xs: tuple[torch.Tensor, ...]) -> list[torch.Tensor | None]:
+        it = iter(xs)
+        return [next(it) if isinstance(v, Act) else consts.get(i) for i, v in enumerate(inputs)]
+
+    if torch_fn is not None and not node.attribute:
+        fn = torch_fn
+        return lambda *xs: fn(*(s for s in slots(xs) if s is not None))
+    try:
+        import onnx.reference
+
+        ev = onnx.reference.ReferenceEvaluator(node, opsets={"": opset})
+    except Exception:
+        return None
+
+    def run(*xs: torch.Tensor) -> torch.Tensor:
+        feeds = {n: s.detach().cpu().numpy() for n, s in zip(node.input, slots(xs), strict=False) if n and s is not None}
+        out = np.asarray(ev.run(None, feeds)[index])
+        return torch.from_numpy(np.array(out, dtype=np.float32)).to(xs[0].device)
+
+    return run
+
+
+def _input_spec(model: onnx.ModelProto, input_shape: tuple[int, ...] | None
+                ) -> tuple[str, tuple[int, ...], int | None]:
+    inits = {t.name for t in model.graph.initializer}
+    ins = [i for i in model.graph.input if i.name not in inits]
+    if len(ins) != 1:
+        names = ", ".join(repr(i.name) for i in ins)
+        raise UsageError(f"the model has {len(ins)} inputs ({names}); speccert certifies models with exactly one input")
+    inp = ins[0]
+    tt = inp.type.tensor_type
+    if tt.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+        raise UnsupportedModelError(f"input '{inp.name}' has element type "
+                                    f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; a float input is needed")
+    dims: list[int | None] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+    shown = "[" + ", ".join(str(d) if d is not None else "?" for d in dims) + "]"
+    if not tt.HasField("shape") or len(dims) < 2:
+        raise UsageError(f"input '{inp.name}' has shape {shown}: a batch axis followed by the sample's axes is needed")
+    batch, rest = dims[0], dims[1:]
+    if input_shape is not None:
+        if len(input_shape) != len(rest) or any(d is not None and d != s for d, s in zip(rest, input_shape, strict=True)):
+            raise UsageError(f"--input-shape {','.join(map(str, input_shape))} does not match the model input "
+                             f"'{inp.name}' of shape {shown} (batch axis first, not part of --input-shape)")
+        return inp.name, tuple(input_shape), batch
+    if any(d is None for d in rest):
+        raise UsageError(f"model input '{inp.name}' has dynamic dimensions {shown}; pass --input-shape "
+                         "(without the batch axis)")
+    return inp.name, tuple(int(d) for d in rest if d is not None), batch
+
+
+def _merge_bias(nodes: list[Node], output: str) -> list[Node]:
+    """Linear followed only by a shift-only Affine of its outputs (MatMul + Add) -> one Linear."""
+    out = list(nodes)
+    for aff in list(out):
+        if not isinstance(aff.op, Affine) or aff.inputs[0] == INPUT:
+            continue
+        prev = next((n for n in out if n.name == aff.inputs[0]), None)
+        if prev is None or not isinstance(prev.op, Linear) or prev.name == output:
+            continue
+        if sum(prev.name in n.inputs for n in out) != 1 or not bool((aff.op.scale == 1).all()):
+            continue
+        m = prev.op.weight.shape[0]
+        shift = aff.op.shift
+        if shift.dim() > 1 or shift.numel() not in (1, m):
+            continue
+        bias = (prev.op.bias if prev.op.bias is not None else torch.zeros(m)) + shift.expand(m)
+        merged = Node(aff.name, Linear(weight=prev.op.weight, bias=bias.detach().clone()), prev.inputs)
+        out = [merged if n is aff else n for n in out if n is not prev]
+    return out
+
+
+def _prune(nodes: list[Node], output: str) -> list[Node]:
+    live, keep = {output}, []
+    for n in reversed(nodes):
+        if n.name in live:
+            live.update(n.inputs)
+            keep.append(n)
+    return keep[::-1]
+
+
+def load_onnx(path: str | os.PathLike[str], input_shape: tuple[int, ...] | None = None, *, check: bool = True,
+              allow_unsupported: bool = False) -> Graph:
+    """Import an ONNX classifier (opsets 8-21) into the graph IR.
+
+    >>> g = load_onnx("models/mlp.onnx")                       # doctest: +SKIP
+    >>> g.forward(torch.rand(2, *g.input_shape)).shape          # doctest: +SKIP
+
+    Raises InputError (unreadable file, external data outside the folder), UsageError (several inputs,
+    dynamic or wrong input shape), UnsupportedModelError listing every unconvertible node (unless
+    `allow_unsupported`), InternalError when the IR disagrees with onnxruntime (`check`).
+    """
+    path = Path(path)
+    model = read_onnx(path)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UnsupportedModelError(f"{path}: ONNX opset {opset} is outside the supported {MIN_OPSET}-{MAX_OPSET}")
+    input_name, shape, batch = _input_spec(model, input_shape)
+    b = _Builder(opset, shape, batch_fixed_one=batch == 1)
+    values: dict[str, Value | None] = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    values[input_name] = Act(INPUT, shape)
+    problems: list[tuple[Problem, list[str]]] = []
+    ir_to_onnx: dict[str, str] = {}
+    for node in model.graph.node:
+        label = node.name or (node.output[0] if node.output else node.op_type)
+        missing = [n for n in node.input if n and n not in values]
+        if missing:
+            raise InputError(f"{path}: node '{label}' reads undefined tensor(s) {missing} (corrupt model?)")
+        inputs = [values[n] if n else None for n in node.input]
+        b.base, b.created = (node.output[0] if node.output and node.output[0] else label), []
+        try:
+            if node.domain not in ("", "ai.onnx"):
+                raise NotConvertible(f"operator domain '{node.domain}' is not supported")
+            conv = find_converter(node.domain, node.op_type, opset)
+            if node.input and not any(isinstance(v, Act) for v in inputs):
+                outs = _fold(node, inputs, opset)
+            elif conv is None:
+                raise NotConvertible("no converter for this operator (no Lipschitz bound known)")
+            else:
+                outs = conv.fn(b, node, inputs)
+        except NotConvertible as exc:
+            outs = _as_opaque(b, node, inputs, exc.reason, opset)
+            problems.append(((node.op_type, label, exc.reason), list(b.created)))
+        for name, v in zip(node.output, outs, strict=False):
+            if name:
+                values[name] = v
+                if isinstance(v, Act) and v.name in b.created:
+                    ir_to_onnx.setdefault(v.name, name)
+    return _finish(path, model, values, b, problems, ir_to_onnx, input_name, shape, batch, check, allow_unsupported)
+
+
+def _as_opaque(b: _Builder, node: onnx.NodeProto, inputs: list[Value | None], reason: str, opset: int
+               ) -> list[Value | None]:
+    """Opaque IR nodes standing for `node`'s outputs (None where it cannot be evaluated)."""
+    acts = [v for v in inputs if isinstance(v, Act)]
+    b.created = []
+    if not acts:
+        return [None] * len(node.output)
+    outs: list[Value | None] = []
+    for i, _ in enumerate(node.output):
+        fn = _opaque_fn(node, inputs, opset, i)
+        b.base = node.output[i] or b.base
+        try:
+            outs.append(b.add(Opaque(source_op=node.op_type, reason=reason, fn=fn), acts))
+        except NotConvertible:
+            outs.append(None)
+    return outs
+
+
+def _finish(path: Path, model: onnx.ModelProto, values: dict[str, Value | None], b: _Builder,
+            problems: list[tuple[Problem, list[str]]], ir_to_onnx: dict[str, str], input_name: str,
+            shape: tuple[int, ...], batch: int | None, check: bool, allow_unsupported: bool) -> Graph:
+    if len(model.graph.output) != 1:
+        raise UnsupportedModelError(f"{path}: the model has {len(model.graph.output)} outputs; one is needed")
+    out_name = model.graph.output[0].name
+    out = values.get(out_name)
+    if not isinstance(out, Act):
+        report = [p for p, _ in problems]
+        raise UnsupportedModelError(f"{path}: output '{out_name}' cannot be computed from the input"
+                                    + ("" if not report else " (see unsupported nodes)"), report)
+    nodes = _prune(_merge_bias(b.nodes, out.name), out.name)
+    live = {n.name for n in nodes}
+    report = [p for p, created in problems if not created or live.intersection(created)]
+    sha = file_sha256(path)
+    source = ModelSource(str(path), "onnx", sha, {"onnx_input": input_name, "onnx_output": out_name,
+                                                 "onnx_opset": str(max(o.version for o in model.opset_import
+                                                                       if o.domain in ("", "ai.onnx")))})
+    graph = Graph(shape, nodes, out.name, source, torch.float32)
+    for n in graph.unsupported():
+        if not isinstance(n.op, Opaque):
+            report.append((n.op.op_type, n.name, "softmax is only supported as the model's output"))
+    if report and not allow_unsupported:
+        raise UnsupportedModelError(f"{path}: {len(report)} unsupported node(s)", report)
+    if check and not graph.unsupported():
+        check_faithful(model, graph, input_name, batch, {k: v for k, v in ir_to_onnx.items() if k in live})
+    return graph
+
+
+def unsupported_reasons(graph: Graph) -> dict[str, str]:
+    """Node name -> why it has no Lipschitz bound, for every unsupported node of `graph`."""
+    out = {}
+    for n in graph.unsupported():
+        out[n.name] = n.op.reason if isinstance(n.op, Opaque) else "softmax is only supported as the model's output"
+    return out
+
+
+__all__ = ["load_onnx", "unsupported_reasons"]

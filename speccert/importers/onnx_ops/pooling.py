@@ -1,0 +1,157 @@
+"""Converters of pooling and padding: MaxPool, AveragePool, GlobalAveragePool, Pad (constant 0)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from speccert.importers.onnx_ops import (
+    BuildContext,
+    NotConvertible,
+    Value,
+    act,
+    attrs,
+    const,
+    converter,
+)
+from speccert.importers.onnx_ops.examples import one_node, unary
+from speccert.importers.onnx_ops.linear import spatial_padding
+from speccert.ir.ops import AvgPool, GlobalAvgPool, MaxPool, Pad
+
+
+def _onnx_pool_size(n: int, k: int, s: int, d: int, pads: tuple[int, int], ceil_mode: bool) -> int:
+    """ONNX output length: floor/ceil((n + p_b + p_e - ((k-1) d + 1)) / s) + 1, dropping a last window
+    that would start in the end padding (as onnxruntime does)."""
+    span = n + pads[0] + pads[1] - ((k - 1) * d + 1)
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= n + pads[0]:
+        out -= 1
+    return out
+
+
+def _pool_geometry(node: onnx.NodeProto, shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...], tuple[int, ...],
+                                                                          tuple[int, ...], tuple[tuple[int, int], ...]]:
+    a = attrs(node)
+    if "kernel_shape" not in a:
+        raise NotConvertible("kernel_shape is required")
+    kernel = tuple(int(k) for k in a["kernel_shape"])
+    nd = len(kernel)
+    if nd not in (1, 2) or len(shape) != nd + 1:
+        raise NotConvertible(f"{nd}-d pooling on a rank-{len(shape) + 1} input is not supported")
+    strides = tuple(int(s) for s in a.get("strides", [1] * nd))
+    dil = tuple(int(d) for d in a.get("dilations", [1] * nd))
+    pads = spatial_padding(a, shape[1:], kernel, strides, dil)
+    return a, kernel, strides, dil, pads
+
+
+def _check_size(ctx_shape: tuple[int, ...], x_shape: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[int, ...],
+                dil: tuple[int, ...], pads: tuple[tuple[int, int], ...], ceil_mode: bool) -> None:
+    want = tuple(_onnx_pool_size(n, k, s, d, p, ceil_mode)
+                 for n, k, s, d, p in zip(x_shape[1:], kernel, strides, dil, pads, strict=True))
+    if tuple(ctx_shape[1:]) != want:
+        raise NotConvertible(f"ceil_mode output size {list(want)} differs from the IR's {list(ctx_shape[1:])}")
+
+
+def _maxpool_examples() -> list:
+    return [unary("MaxPool", 8, (2, 6, 6), kernel_shape=[2, 2], strides=[2, 2]),
+            unary("MaxPool", 12, (2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 2]),
+            unary("MaxPool", 10, (2, 7, 8), kernel_shape=[3, 2], strides=[2, 2], ceil_mode=1),
+            unary("MaxPool", 12, (2, 9, 9), kernel_shape=[2, 2], dilations=[2, 2], ceil_mode=1, strides=[2, 2]),
+            unary("MaxPool", 11, (2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
+            unary("MaxPool", 13, (2, 10), kernel_shape=[3], strides=[2], pads=[1, 1])]
+
+
+@converter("MaxPool", examples=_maxpool_examples())
+def convert_maxpool(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+    """Max pooling (1-d/2-d) with per-side pads, dilations and ceil_mode; the Indices output is not kept."""
+    x = act(inputs[0], "X")
+    a, kernel, strides, dil, pads = _pool_geometry(node, x.shape)
+    if a.get("storage_order", 0) and len(node.output) > 1:
+        raise NotConvertible("storage_order only matters for the Indices output, which is not supported")
+    ceil = bool(a.get("ceil_mode", 0))
+    y = ctx.add(MaxPool(kernel=kernel, stride=strides, padding=pads, dilation=dil, ceil_mode=ceil), [x])
+    _check_size(y.shape, x.shape, kernel, strides, dil, pads, ceil)
+    return [y] + [None] * (len(node.output) - 1)
+
+
+def _avgpool_examples() -> list:
+    return [unary("AveragePool", 8, (2, 6, 6), kernel_shape=[2, 2], strides=[2, 2]),
+            unary("AveragePool", 11, (2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                  count_include_pad=1),
+            unary("AveragePool", 11, (2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+            unary("AveragePool", 13, (2, 7, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[0, 1, 2, 1],
+                  count_include_pad=1),
+            unary("AveragePool", 10, (2, 8, 8), kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+            unary("AveragePool", 19, (3, 9), kernel_shape=[2], strides=[2], auto_pad="SAME_UPPER",
+                  count_include_pad=1)]
+
+
+@converter("AveragePool", examples=_avgpool_examples())
+def convert_avgpool(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+    """Average pooling: y = (1/|window|) sum over the window, |window| counting padding iff
+    count_include_pad (ONNX default 0, unlike torch)."""
+    x = act(inputs[0], "X")
+    a, kernel, strides, dil, pads = _pool_geometry(node, x.shape)
+    if any(d != 1 for d in dil):
+        raise NotConvertible("dilated AveragePool is not in the IR")
+    include = bool(a.get("count_include_pad", 0))
+    ceil = bool(a.get("ceil_mode", 0))
+    asym = any(b != e or 2 * b > k for (b, e), k in zip(pads, kernel, strict=True))
+    if asym and not include and any(b or e for b, e in pads):
+        raise NotConvertible("asymmetric or wide padding with count_include_pad=0 is not supported")
+    if ceil and any(b or e for b, e in pads):
+        raise NotConvertible("ceil_mode with padding counts windows differently in torch and ONNX")
+    y = ctx.add(AvgPool(kernel=kernel, stride=strides, padding=pads, ceil_mode=ceil, count_include_pad=include), [x])
+    _check_size(y.shape, x.shape, kernel, strides, dil, pads, ceil)
+    return [y]
+
+
+@converter("GlobalAveragePool", examples=[unary("GlobalAveragePool", 8, (3, 5, 4)), unary("GlobalAveragePool", 13, (3, 6))])
+def convert_global_avgpool(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+    """Mean over the spatial axes, which stay as size 1."""
+    x = act(inputs[0], "X")
+    if len(x.shape) < 2:
+        raise NotConvertible("GlobalAveragePool needs spatial axes")
+    return [ctx.add(GlobalAvgPool(), [x])]
+
+
+def _pad_examples() -> list:
+    pads = np.array([0, 0, 1, 2, 0, 0, 3, 0], dtype=np.int64)
+    return [unary("Pad", 8, (2, 4, 4), pads=[0, 0, 1, 2, 0, 0, 3, 0]),
+            lambda: one_node("Pad", (2, 4, 4), ["x", "p"], {"p": pads}, opset=13),
+            lambda: one_node("Pad", (2, 4, 4), ["x", "p", "v"], {"p": pads, "v": np.float32(0)}, opset=11,
+                             mode="constant"),
+            lambda: one_node("Pad", (2, 4, 4), ["x", "p", "", "ax"],
+                             {"p": np.array([1, 1, 2, 0], dtype=np.int64), "ax": np.array([2, -1], dtype=np.int64)},
+                             opset=18)]
+
+
+@converter("Pad", examples=_pad_examples())
+def convert_pad(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+    """Constant-zero padding of non-batch axes (pads laid out [b_0..b_{r-1}, e_0..e_{r-1}])."""
+    a = attrs(node)
+    x = act(inputs[0], "data")
+    r = len(x.shape) + 1
+    if a.get("mode", "constant") != "constant":
+        raise NotConvertible(f"Pad mode {a.get('mode')!r} is not supported (only constant 0)")
+    if ctx.opset < 11:
+        pads = np.asarray(a.get("pads", []), dtype=np.int64)
+        value = float(a.get("value", 0.0))
+        axes = list(range(r))
+    else:
+        pads = const(inputs[1], "pads").astype(np.int64).reshape(-1)
+        value = float(const(inputs[2], "constant_value").reshape(-1)[0]) if len(inputs) > 2 and inputs[2] is not None else 0.0
+        if len(inputs) > 3 and inputs[3] is not None:
+            axes = [int(v) % r for v in const(inputs[3], "axes").reshape(-1)]
+        else:
+            axes = list(range(r))
+    if value != 0.0:
+        raise NotConvertible(f"Pad with constant {value:g} is affine only with 0")
+    if len(pads) != 2 * len(axes):
+        raise NotConvertible(f"pads has {len(pads)} entries for {len(axes)} axes")
+    per_axis = {ax: (int(pads[i]), int(pads[i + len(axes)])) for i, ax in enumerate(axes)}
+    if any(v < 0 for pe in per_axis.values() for v in pe):
+        raise NotConvertible("negative pads (cropping) are not supported")
+    if per_axis.get(0, (0, 0)) != (0, 0):
+        raise NotConvertible("padding the batch axis")
+    return [ctx.add(Pad(tuple(per_axis.get(i, (0, 0)) for i in range(1, r))), [x])]

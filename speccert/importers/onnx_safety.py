@@ -1,0 +1,71 @@
+"""Reading ONNX files safely: clear errors for missing, corrupt or truncated files, and external-data
+locations checked *before* any external file is opened (no absolute paths, nothing outside the model's
+folder, no symlink escaping it)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper
+
+from speccert.errors import InputError
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor the graph holds: initializers and tensor attributes, in subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("g"):
+                yield from _tensors(a.g)
+            for g in a.graphs:
+                yield from _tensors(g)
+
+
+def check_external_data(model: onnx.ModelProto, base: Path) -> None:
+    """Raise InputError if an external-data location is absolute, leaves `base`, or is missing."""
+    root = base.resolve()
+    for t in _tensors(model.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        if not loc or os.path.isabs(loc) or Path(loc).is_absolute() or loc.startswith(("/", "\\")) or ":" in loc:
+            raise InputError(f"tensor '{t.name}': external data location {loc!r} must be a relative path "
+                             "inside the model's folder")
+        target = (root / loc).resolve()
+        if not target.is_relative_to(root):
+            raise InputError(f"tensor '{t.name}': external data location {loc!r} points outside the model's folder")
+        if not target.is_file():
+            raise InputError(f"tensor '{t.name}': external data file {loc!r} not found next to the model")
+
+
+def read_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Parse an ONNX file, load its external data after checking where it points, and return it.
+
+    Raises InputError (exit code 4) for a missing, unreadable, truncated or corrupt file."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"model file not found: {p}")
+    if p.is_dir():
+        raise InputError(f"model path is a folder, not a file: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, OSError, ...
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{p}: not a readable ONNX model (truncated or corrupt?): {first}") from None
+    if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
+        raise InputError(f"{p}: not a readable ONNX model (no graph, nodes or outputs: truncated or corrupt?)")
+    check_external_data(model, p.parent)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph)):
+        try:
+            external_data_helper.load_external_data_for_model(model, str(p.parent))
+        except Exception as exc:
+            raise InputError(f"{p}: cannot read external data: {str(exc).splitlines()[0]}") from None
+    return model
