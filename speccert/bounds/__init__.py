@@ -1,0 +1,7 @@
+"""Composition of per-layer bounds into a global Lipschitz bound, certificates, audit, and certify()."""
+
+from speccert.bounds.certificate import CERTIFICATES
+from speccert.bounds.certify import certify
+from speccert.bounds.lipschitz import LipschitzBound, lipschitz_bound
+
+__all__ = ["CERTIFICATES", "LipschitzBound", "certify", "lipschitz_bound"]

@@ -1,0 +1,108 @@
+"""What every certificate kind provides, the registry of kinds, and the floating-point safety rules.
+
+A certificate kind turns the logits of a batch (and anything it precomputed from the `LipschitzBound`)
+into radii r[b, j]: no perturbation of L2 norm < r[b, j] makes f_j >= f_y (y the label). The radius of a
+point under a kind is min_j r[b, j]; the reported radius of the point is the best (largest) of the kinds.
+
+Floating point: logits are computed in float64 on the folded graph (the certified function). Each margin
+m_j = f_y - f_j is lowered by `MARGIN_SLACK * scale` before use, where `scale` bounds the magnitude of
+every intermediate value (max over nodes v of ||v(0)|| + L_v ||x||): far above the float64 error of the
+forward pass (~width * 2^-53 * magnitudes). Each radius is then multiplied by (1 - RADIUS_SLACK) and
+rounded down, which also absorbs the rounding of the few float64 operations of the radius formula.
+The reported radius therefore never exceeds the exact radius of the certificate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from speccert.bounds.lipschitz import LipschitzBound
+from speccert.ir import INPUT, Graph
+from speccert.registry import Registry
+
+Tensor = torch.Tensor
+
+MARGIN_SLACK = 1e-7
+RADIUS_SLACK = 1e-7
+GRADIENT_SLACK = 1e-7
+
+
+class NotApplicable(Exception):  # noqa: N818 - a signal between certify() and certificate kinds
+    """Raised by a certificate kind's constructor when it cannot be used for this model (with why)."""
+
+
+@dataclass(frozen=True)
+class CertContext:
+    """What certificate kinds may use: the bound, the folded float64 graph on the device, the device."""
+
+    bound: LipschitzBound
+    graph: Graph
+    device: torch.device
+
+
+@dataclass
+class Batch:
+    """One batch: inputs (float64, on device), labels, logits (float64) and safe margins.
+
+    margins[b, j] = f_y - f_j lowered by the float64 allowance (+inf at j = y).
+    """
+
+    x: Tensor
+    y: Tensor
+    logits: Tensor
+    margins: Tensor
+
+
+class Certificate:
+    """Base class: `radii(batch)` -> [B, C] tensor of per-class radii (inf at j = y), before slack."""
+
+    name: str = "?"
+    needs_grad: bool = False
+
+    def __init__(self, ctx: CertContext) -> None:
+        self.ctx = ctx
+
+    def radii(self, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+
+CERTIFICATES: Registry[str, Callable[[CertContext], Certificate]] = Registry("certificate")
+"""Certificate kinds by name, in the order they are tried (filled by `register_certificate`)."""
+
+
+def register_certificate(name: str) -> Callable[[type[Certificate]], type[Certificate]]:
+    def deco(cls: type[Certificate]) -> type[Certificate]:
+        cls.name = name
+        CERTIFICATES.add(name, cls)
+        return cls
+
+    return deco
+
+
+def magnitude_profile(bound: LipschitzBound, graph: Graph) -> tuple[Tensor, Tensor]:
+    """(a, l) over the nodes of the folded graph: ||v(x)|| <= a_v + l_v ||x||, so the largest intermediate
+    value of the forward pass at x is at most max_v (a_v + l_v ||x||)."""
+    zero = torch.zeros((1, *graph.input_shape), dtype=torch.float64, device=next(
+        (t.device for t in graph.parameters().values()), torch.device("cpu")))
+    with torch.no_grad():
+        acts = graph.activations(zero)
+    names = [INPUT, *(n.name for n in graph.nodes)]
+    a = torch.tensor([float(acts[n].norm()) for n in names], dtype=torch.float64)
+    lip = torch.tensor([bound.node_upper[n] for n in names], dtype=torch.float64)
+    return a, lip
+
+
+def safe_margins(logits: Tensor, y: Tensor, scale: Tensor) -> Tensor:
+    """m[b, j] = f_y - f_j - MARGIN_SLACK * scale[b] (inf at j = y): never above the exact margin."""
+    fy = logits.gather(1, y[:, None])
+    m = fy - logits - MARGIN_SLACK * scale[:, None]
+    return m.scatter(1, y[:, None], float("inf"))
+
+
+def finish_radius(r: Tensor) -> Tensor:
+    """Clamp at 0 and shrink by the relative slack: the reported radius is below the exact one."""
+    r = torch.nan_to_num(r, nan=0.0, posinf=float("inf"))
+    return (r.clamp_min(0.0) * (1.0 - RADIUS_SLACK)).nextafter(torch.zeros_like(r))
