@@ -117,7 +117,8 @@ def _opaque_fn(node: onnx.NodeProto, inputs: list[Value | None], opset: int, ind
 
     def run(*xs: torch.Tensor) -> torch.Tensor:
         feeds = {n: s.detach().cpu().numpy() for n, s in zip(node.input, slots(xs), strict=False) if n and s is not None}
-        out = np.asarray(ev.run(None, feeds)[index])
+        results: list = list(ev.run(None, feeds))
+        out = np.asarray(results[index])
         return torch.from_numpy(np.array(out, dtype=np.float32)).to(xs[0].device)
 
     return run

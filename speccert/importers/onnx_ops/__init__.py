@@ -89,7 +89,7 @@ def converter(op_type: str, opsets: tuple[int, int] = (MIN_OPSET, MAX_OPSET), do
 
     def decorator(fn: ConvertFn) -> ConvertFn:
         key = (domain, op_type, (lo, hi))
-        for d, o, (a, b) in ONNX_OPS.keys():
+        for d, o, (a, b) in ONNX_OPS:
             if (d, o) == (domain, op_type) and (d, o, (a, b)) != key and a <= hi and lo <= b:
                 raise KeyError(f"onnx converter: {op_type} opsets {lo}-{hi} overlap the registered {a}-{b}")
         ONNX_OPS.add(key, Converter(op_type, domain, (lo, hi), fn, tuple(examples)))
@@ -109,7 +109,7 @@ def find_converter(domain: str, op_type: str, opset: int) -> Converter | None:
 
 def supported_onnx_ops() -> list[tuple[str, str]]:
     """(op_type, "lo-hi") for every registered converter, sorted by op: the README's support table."""
-    rows = [(o if not d else f"{d}.{o}", f"{lo}-{hi}") for d, o, (lo, hi) in ONNX_OPS.keys()]
+    rows = [(o if not d else f"{d}.{o}", f"{lo}-{hi}") for d, o, (lo, hi) in ONNX_OPS]
     return sorted(rows)
 
 

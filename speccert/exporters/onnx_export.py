@@ -1,0 +1,197 @@
+"""Graph IR -> ONNX (opset 13-21), so a model imported from ONNX and fine-tuned goes back out as ONNX.
+
+The batch axis is a symbolic dimension 'N'; the input and output keep the names the graph's source
+recorded (`ModelSource.extra['onnx_input' / 'onnx_output']`) or are called 'input' / 'output'. The
+layout is the IR's: an NHWC model imported with its internal Transpose keeps that Transpose. Each IR op
+maps to the ONNX op(s) computing exactly the same function; Opaque nodes cannot be exported.
+
+    >>> save_onnx(speccert.load("models/mlp.onnx"), "out.onnx")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from speccert.errors import UnsupportedModelError, UsageError
+from speccert.ir.graph import INPUT, Graph, Node
+from speccert.ir.ops import (
+    Activation,
+    Add,
+    Affine,
+    AvgPool,
+    BatchNorm,
+    Concat,
+    Conv,
+    ConvTranspose,
+    GlobalAvgPool,
+    Linear,
+    MaxPool,
+    Op,
+    Pad,
+    Reshape,
+    Softmax,
+    Transpose,
+)
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._names: set[str] = set()
+
+    def const(self, name: str, value: torch.Tensor | np.ndarray, dtype: type = np.float32) -> str:
+        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        name = self.fresh(name)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr.astype(dtype)), name))
+        return name
+
+    def fresh(self, name: str) -> str:
+        out, i = name, 1
+        while out in self._names:
+            out, i = f"{name}_{i}", i + 1
+        self._names.add(out)
+        return out
+
+    def node(self, op_type: str, inputs: list[str], output: str, **kw: object) -> str:
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=self.fresh(f"{output}/{op_type}"), **kw))
+        return output
+
+
+def _pads(padding: tuple[tuple[int, int], ...]) -> list[int]:
+    return [b for b, _ in padding] + [e for _, e in padding]
+
+
+def _export_op(w: _Writer, node: Node, op: Op, xs: list[str], in_shape: tuple[int, ...], out: str) -> None:
+    name = node.name
+    if isinstance(op, Linear):
+        if len(in_shape) == 1:
+            ins = [xs[0], w.const(f"{name}.weight", op.weight)]
+            ins += [w.const(f"{name}.bias", op.bias)] if op.bias is not None else []
+            w.node("Gemm", ins, out, transB=1)
+        elif op.bias is None:
+            w.node("MatMul", [xs[0], w.const(f"{name}.weight_t", op.weight.T)], out)
+        else:
+            mm = w.node("MatMul", [xs[0], w.const(f"{name}.weight_t", op.weight.T)], w.fresh(f"{name}/matmul"))
+            w.node("Add", [mm, w.const(f"{name}.bias", op.bias)], out)
+    elif isinstance(op, Conv):
+        if op.padding_mode != "zeros":
+            raise UnsupportedModelError(f"node '{name}': Conv with padding_mode={op.padding_mode} cannot be exported")
+        ins = [xs[0], w.const(f"{name}.weight", op.weight)]
+        ins += [w.const(f"{name}.bias", op.bias)] if op.bias is not None else []
+        w.node("Conv", ins, out, kernel_shape=list(op.weight.shape[2:]), strides=list(op.stride),
+               pads=_pads(op.padding), dilations=list(op.dilation), group=op.groups)
+    elif isinstance(op, ConvTranspose):
+        ins = [xs[0], w.const(f"{name}.weight", op.weight)]
+        ins += [w.const(f"{name}.bias", op.bias)] if op.bias is not None else []
+        w.node("ConvTranspose", ins, out, kernel_shape=list(op.weight.shape[2:]), strides=list(op.stride),
+               pads=list(op.padding) * 2, output_padding=list(op.output_padding), dilations=list(op.dilation),
+               group=op.groups)
+    elif isinstance(op, BatchNorm):
+        ins = [xs[0]] + [w.const(f"{name}.{k}", getattr(op, k)) for k in ("weight", "bias", "mean", "var")]
+        w.node("BatchNormalization", ins, out, epsilon=float(op.eps))
+    elif isinstance(op, Affine):
+        cur = xs[0]
+        has_shift = bool((op.shift != 0).any())
+        if not bool((op.scale == 1).all()):
+            cur = w.node("Mul", [cur, w.const(f"{name}.scale", op.scale)], out if not has_shift else w.fresh(f"{name}/mul"))
+        if has_shift or cur == xs[0]:
+            w.node("Add", [cur, w.const(f"{name}.shift", op.shift)], out)
+    elif isinstance(op, Activation):
+        _export_activation(w, op, xs[0], out)
+    elif isinstance(op, MaxPool):
+        w.node("MaxPool", xs, out, kernel_shape=list(op.kernel), strides=list(op.stride), pads=_pads(op.padding),
+               dilations=list(op.dilation), ceil_mode=int(op.ceil_mode))
+    elif isinstance(op, AvgPool):
+        w.node("AveragePool", xs, out, kernel_shape=list(op.kernel), strides=list(op.stride), pads=_pads(op.padding),
+               ceil_mode=int(op.ceil_mode), count_include_pad=int(op.count_include_pad))
+    elif isinstance(op, GlobalAvgPool):
+        w.node("GlobalAveragePool", xs, out)
+    elif isinstance(op, Pad):
+        pads = [0] + [b for b, _ in op.pads] + [0] + [e for _, e in op.pads]
+        w.node("Pad", [xs[0], w.const(f"{name}.pads", np.array(pads), np.int64)], out, mode="constant")
+    elif isinstance(op, Reshape):
+        w.node("Reshape", [xs[0], w.const(f"{name}.shape", np.array([0, *node.shape]), np.int64)], out)
+    elif isinstance(op, Transpose):
+        w.node("Transpose", xs, out, perm=[0, *(p + 1 for p in op.perm)])
+    elif isinstance(op, Add):
+        w.node("Add", xs, out)
+    elif isinstance(op, Concat):
+        w.node("Concat", xs, out, axis=op.axis + 1)
+    elif isinstance(op, Softmax):
+        w.node("LogSoftmax" if op.log else "Softmax", xs, out, axis=-1)
+    else:
+        raise UnsupportedModelError(f"node '{name}': {op.describe()} cannot be exported to ONNX")
+
+
+def _export_activation(w: _Writer, op: Activation, x: str, out: str) -> None:
+    simple: dict[str, Callable[[], str]] = {
+        "identity": lambda: w.node("Identity", [x], out),
+        "relu": lambda: w.node("Relu", [x], out),
+        "sigmoid": lambda: w.node("Sigmoid", [x], out),
+        "tanh": lambda: w.node("Tanh", [x], out),
+        "softplus": lambda: w.node("Softplus", [x], out),
+        "leaky_relu": lambda: w.node("LeakyRelu", [x], out, alpha=float(op.alpha)),
+        "elu": lambda: w.node("Elu", [x], out, alpha=float(op.alpha)),
+    }
+    if op.fn in simple:
+        simple[op.fn]()
+    elif op.fn == "gelu":  # x * 0.5 * (1 + erf(x / sqrt 2)); ONNX Gelu exists only from opset 20
+        d = w.node("Div", [x, w.const(f"{out}.sqrt2", np.array(math.sqrt(2.0)))], w.fresh(f"{out}/div"))
+        e = w.node("Erf", [d], w.fresh(f"{out}/erf"))
+        a = w.node("Add", [e, w.const(f"{out}.one", np.array(1.0))], w.fresh(f"{out}/add"))
+        m = w.node("Mul", [x, a], w.fresh(f"{out}/mul"))
+        w.node("Mul", [m, w.const(f"{out}.half", np.array(0.5))], out)
+    elif op.fn == "silu":
+        s = w.node("Sigmoid", [x], w.fresh(f"{out}/sigmoid"))
+        w.node("Mul", [x, s], out)
+    else:
+        raise UnsupportedModelError(f"activation {op.fn} cannot be exported to ONNX")
+
+
+def graph_to_onnx(graph: Graph, opset: int = 17) -> onnx.ModelProto:
+    """The ONNX model computing `graph` (float32 parameters, symbolic batch axis 'N')."""
+    if not 13 <= opset <= 21:
+        raise UsageError(f"ONNX export supports opsets 13-21, got {opset}")
+    extra = graph.source.extra if graph.source is not None else {}
+    in_name, out_name = extra.get("onnx_input", "input"), extra.get("onnx_output", "output")
+    if in_name == out_name:
+        out_name = out_name + "_out"
+    w = _Writer()
+    w._names.update({in_name, out_name})
+    tensor_of = {INPUT: in_name}
+    for node in graph.nodes:
+        out = out_name if node.name == graph.output else w.fresh(node.name)
+        tensor_of[node.name] = out
+        in_shape = graph.shape_of(node.inputs[0]) if node.inputs else ()
+        _export_op(w, node, node.op, [tensor_of[i] for i in node.inputs], in_shape, out)
+    if graph.output == INPUT:
+        w.node("Identity", [in_name], out_name)
+    x = helper.make_tensor_value_info(in_name, TensorProto.FLOAT, ["N", *graph.input_shape])
+    y = helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", *graph.output_shape])
+    g = helper.make_graph(w.nodes, "speccert", [x], [y], w.inits)
+    ir_version = 8 if opset <= 17 else 9 if opset <= 20 else 10
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version,
+                              producer_name="speccert")
+    onnx.checker.check_model(model)
+    return model
+
+
+def save_onnx(graph: Graph, path: str | os.PathLike[str], opset: int = 17) -> Path:
+    """Write `graph` as an ONNX file (atomically: a temporary file renamed into place); return the path."""
+    model = graph_to_onnx(graph, opset)
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{target} is a folder")
+    tmp = target.with_name(target.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(target)
+    return target
