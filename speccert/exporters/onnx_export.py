@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -61,7 +62,7 @@ class _Writer:
         self._names.add(out)
         return out
 
-    def node(self, op_type: str, inputs: list[str], output: str, **kw: object) -> str:
+    def node(self, op_type: str, inputs: list[str], output: str, **kw: Any) -> str:
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=self.fresh(f"{output}/{op_type}"), **kw))
         return output
 
