@@ -1,0 +1,153 @@
+"""Gate rules and no_regression as pure functions over hand-built certify report dicts."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from speccert.errors import InputError, UsageError
+from speccert.report.baseline import baseline_report, comparison_notes, regression_rules
+from speccert.report.gate import evaluate
+from speccert.report.policy import MAX_METRICS, MIN_METRICS, Policy, RegressionSpec, make_rule
+from speccert.report.rules import METRICS, RuleResult, evaluate_rule
+
+
+def report(cra: tuple[float, ...] = (0.8, 0.6, 0.3), eps: tuple[float, ...] = (0.1, 0.25, 0.5),
+           clean: float = 0.9, lip: float | None = 12.0, uppers: tuple[float | None, ...] = (2.0, 3.5, 1.0),
+           sha: str = "a" * 64, n: int = 100) -> dict[str, Any]:
+    return {
+        "schema_version": "1.0.0", "kind": "certify",
+        "model": {"path": "m.onnx", "sha256": sha, "format": "onnx"},
+        "layers": [{"name": f"l{i}", "op": "Linear", "lower": u, "upper": u, "method": "dense"}
+                   for i, u in enumerate(uppers)],
+        "lipschitz": {"upper": lip, "lower": 1.0},
+        "certificate": {"n": n, "clean_accuracy": clean, "eps": list(eps), "certified_accuracy": list(cra),
+                        "median_radius": 0.3},
+        "environment": {"method": "auto", "device": "cpu", "seed": 0},
+    }
+
+
+def test_registry_matches_policy_directions() -> None:
+    assert set(METRICS.keys()) == set(MIN_METRICS) | set(MAX_METRICS)
+
+
+@pytest.mark.parametrize(("rule", "value", "passed"), [
+    (make_rule("certified_accuracy", min=0.6, eps=0.25), 0.6, True),     # equality passes
+    (make_rule("certified_accuracy", min=0.61, eps=0.25), 0.6, False),
+    (make_rule("certified_accuracy", min=0.3, eps=0.5), 0.3, True),
+    (make_rule("clean_accuracy", min=0.85), 0.9, True),
+    (make_rule("clean_accuracy", min=0.95), 0.9, False),
+    (make_rule("median_radius", min=0.31), 0.3, False),
+    (make_rule("lipschitz_upper", max=12), 12.0, True),
+    (make_rule("lipschitz_upper", max=11.99), 12.0, False),
+    (make_rule("max_layer_norm", max=3), 3.5, False),                    # max over layers, not the first
+    (make_rule("max_layer_norm", max=3.5), 3.5, True),
+])
+def test_rule_values_and_verdicts(rule: Any, value: float, passed: bool) -> None:
+    res = evaluate_rule(rule, report())
+    assert res.value == pytest.approx(value, abs=0)
+    assert res.passed is passed
+    assert f"{value:.6g}" in res.message and f"{rule.threshold:g}" in res.message
+
+
+def test_radius_is_matched_not_indexed() -> None:
+    # eps 0.25 must read the 0.25 column even when the report lists radii in another order
+    r = report(cra=(0.3, 0.8, 0.6), eps=(0.5, 0.1, 0.25))
+    assert evaluate_rule(make_rule("certified_accuracy", min=0.6, eps=0.25), r).value == 0.6
+    assert evaluate_rule(make_rule("certified_accuracy", min=0.0, eps=0.2), r).value is None
+
+
+@pytest.mark.parametrize("r", [report(lip=None), report(uppers=(1.0, None)), report(uppers=())])
+def test_unmeasurable_values_never_pass(r: dict[str, Any]) -> None:
+    # null means infinite or undefined in the report: a max rule must fail, even with a huge threshold
+    rules = [make_rule("lipschitz_upper", max=1e300), make_rule("max_layer_norm", max=1e300)]
+    results = [evaluate_rule(x, r) for x in rules]
+    assert not all(x.passed for x in results)
+    assert any(x.value is None and "not in the report" in x.message for x in results)
+
+
+def test_missing_radius_fails() -> None:
+    res = evaluate_rule(make_rule("certified_accuracy", min=0.0, eps=0.3), report())
+    assert res.value is None and not res.passed
+
+
+def test_evaluate_without_rules_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="no rules"):
+        evaluate(report(), Policy())
+
+
+def test_regression_within_and_beyond_tolerance() -> None:
+    base = report(cra=(0.8, 0.6, 0.3), lip=10.0, sha="b" * 64)
+    cur = report(cra=(0.79, 0.55, 0.3), lip=10.9)
+    spec = RegressionSpec(max_cra_drop=0.02, max_lipschitz_growth=1.1)
+    res = {r.name: r for r in regression_rules(cur, base, spec)}
+    assert set(res) == {"no_regression: certified_accuracy@0.1", "no_regression: certified_accuracy@0.25",
+                        "no_regression: certified_accuracy@0.5", "no_regression: lipschitz_upper"}
+    assert res["no_regression: certified_accuracy@0.1"].passed       # dropped 0.01 <= 0.02
+    assert not res["no_regression: certified_accuracy@0.25"].passed  # dropped 0.05 > 0.02
+    assert res["no_regression: certified_accuracy@0.25"].baseline == 0.6
+    assert res["no_regression: certified_accuracy@0.25"].threshold == pytest.approx(0.58)
+    assert res["no_regression: certified_accuracy@0.5"].passed
+    assert res["no_regression: lipschitz_upper"].passed               # 10.9 <= 11
+    grown = regression_rules(report(lip=11.2), base, spec)
+    assert not [r for r in grown if r.metric == "no_regression.lipschitz_upper"][0].passed
+
+
+def test_regression_exact_tolerance_edge() -> None:
+    # 0.6 - 0.05 is 0.5499999... in floats: a drop of exactly the tolerance must pass
+    base, cur = report(cra=(0.8, 0.6, 0.3)), report(cra=(0.8, 0.55, 0.3))
+    res = regression_rules(cur, base, RegressionSpec(max_cra_drop=0.05))
+    assert all(r.passed for r in res)
+
+
+def test_clean_drop_only_when_asked() -> None:
+    base, cur = report(clean=0.9), report(clean=0.8)
+    assert not any(r.metric == "no_regression.clean_accuracy" for r in regression_rules(cur, base, RegressionSpec()))
+    res = regression_rules(cur, base, RegressionSpec(max_clean_drop=0.05))
+    assert [r.passed for r in res if r.metric == "no_regression.clean_accuracy"] == [False]
+
+
+def test_baseline_from_other_model_is_noted_not_failed() -> None:
+    pol = Policy(regression=RegressionSpec())
+    res = evaluate(report(sha="c" * 64, n=50), pol, report(sha="d" * 64))
+    assert res.passed
+    assert any("another model file" in n for n in res.notes)
+    assert any("100 points" in n and "50" in n for n in res.notes)
+    assert res.baseline is not None and res.baseline["model_sha256"] == "d" * 64
+    same = evaluate(report(), pol, report())
+    assert any("same model file" in n for n in same.notes)
+
+
+def test_baseline_accepts_gate_json_and_rejects_other_json() -> None:
+    inner = report()
+    gate_json = {"schema_version": "1.0", "kind": "speccert-gate", "rules": [], "report": inner}
+    assert baseline_report(gate_json) is inner
+    assert baseline_report(inner) is inner
+    with pytest.raises(InputError, match="not a speccert report"):
+        baseline_report({"hello": 1})
+
+
+def test_baseline_without_shared_radius_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="shares no radius"):
+        regression_rules(report(eps=(0.7,), cra=(0.1,)), report(), RegressionSpec())
+
+
+def test_notes_list_radii_missing_from_baseline() -> None:
+    notes = comparison_notes(report(eps=(0.1, 0.75), cra=(0.8, 0.1)), report())
+    assert any("0.75" in n for n in notes)
+
+
+def test_gate_verdict_and_exit_code() -> None:
+    pol = Policy(rules=(make_rule("certified_accuracy", min=0.5, eps=0.25), make_rule("lipschitz_upper", max=5)))
+    res = evaluate(report(), pol)
+    assert not res.passed and res.exit_code == 1 and [r.metric for r in res.failures] == ["lipschitz_upper"]
+    d = res.to_dict()
+    assert d["summary"] == {"rules": 2, "failed": 1} and d["passed"] is False and d["report"]["kind"] == "certify"
+    ok = evaluate(report(), Policy(rules=(make_rule("lipschitz_upper", max=12),)))
+    assert ok.passed and ok.exit_code == 0
+    with pytest.raises(UsageError, match="finite"):
+        make_rule("lipschitz_upper", max=math.inf)
+    unbounded = RuleResult("r", "lipschitz_upper", "<=", 1.0, math.inf, False, "m")
+    assert unbounded.to_dict()["value"] == "inf"  # JSON has no inf

@@ -1,0 +1,163 @@
+"""Gate policies: the documented TOML shape parses, every bad key / value / file is a UsageError naming it."""
+
+from __future__ import annotations
+
+import re
+import re
+from pathlib import Path
+
+import pytest
+
+from speccert.errors import InputError, UsageError
+from speccert.report.policy import (
+    Policy,
+    discover_policy,
+    make_rule,
+    parse_cra_option,
+    parse_eps_option,
+    read_policy,
+    with_overrides,
+)
+
+FULL = """
+[gate]
+eps = [0.1, 0.5]
+method = "auto"
+device = "cpu"
+seed = 3
+audit = 16
+
+[gate.data]
+path = "data/test.npz"
+split = "test"
+limit = 200
+mean = [0.5]
+std = [0.25]
+input_shape = [1, 28, 28]
+
+[[gate.rule]]
+metric = "certified_accuracy"
+eps = 0.25
+min = 0.6
+
+[[gate.rule]]
+metric = "clean_accuracy"
+min = 0.85
+
+[[gate.rule]]
+metric = "lipschitz_upper"
+max = 40
+
+[[gate.rule]]
+metric = "max_layer_norm"
+max = 3
+name = "no layer above 3"
+
+[gate.no_regression]
+baseline = "reports/last.json"
+max_cra_drop = 0.02
+max_lipschitz_growth = 1.1
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "speccert.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_full_example_parses(tmp_path: Path) -> None:
+    pol = read_policy(_write(tmp_path, FULL))
+    assert pol.eps_all == (0.1, 0.25, 0.5)  # the rule's radius joins the eps list
+    assert [r.metric for r in pol.rules] == ["certified_accuracy", "clean_accuracy", "lipschitz_upper",
+                                             "max_layer_norm"]
+    assert [r.bound for r in pol.rules] == ["min", "min", "max", "max"]
+    assert pol.rules[0].eps == 0.25 and pol.rules[0].threshold == 0.6
+    assert pol.rules[3].label == "no layer above 3"
+    assert pol.rules[2].label == "lipschitz_upper <= 40"
+    assert pol.data.limit == 200 and pol.data.mean == (0.5,) and pol.data.input_shape == (1, 28, 28)
+    assert pol.seed == 3 and pol.audit == 16
+    # paths in the file are relative to the file's folder, not to the current directory
+    assert Path(pol.data.path or "") == tmp_path / "data" / "test.npz"
+    assert pol.regression is not None
+    assert Path(pol.regression.baseline or "") == tmp_path / "reports" / "last.json"
+    assert pol.regression.max_cra_drop == 0.02 and pol.regression.max_lipschitz_growth == 1.1
+
+
+def test_pyproject_tool_table(tmp_path: Path) -> None:
+    text = '[project]\nname = "x"\n\n' + FULL.replace("[gate", "[tool.speccert.gate").replace(
+        "[[gate.rule]]", "[[tool.speccert.gate.rule]]")
+    pol = read_policy(_write(tmp_path, text, "pyproject.toml"))
+    assert len(pol.rules) == 4 and "tool.speccert" in (pol.source or "")
+    assert discover_policy(tmp_path) == tmp_path / "pyproject.toml"
+    _write(tmp_path, FULL)
+    assert discover_policy(tmp_path) == tmp_path / "speccert.toml"  # speccert.toml wins
+
+
+def test_pyproject_without_tool_table_is_an_error(tmp_path: Path) -> None:
+    p = _write(tmp_path, '[project]\nname = "x"\n', "pyproject.toml")
+    with pytest.raises(UsageError, match=r"\[tool.speccert\]"):
+        read_policy(p)
+    assert discover_policy(tmp_path) is None
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("[gate]\nepss = [0.1]\n", "gate.epss"),
+    ("[gate]\n[gate.data]\npth = 'x'\n", "gate.data.pth"),
+    ("[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\nmin = 0.5\nthreshold = 1\n", "gate.rule[0].threshold"),
+    ("[gate]\n[gate.no_regression]\ntolerance = 0.1\n", "gate.no_regression.tolerance"),
+    ("[gates]\n", "gates"),
+])
+def test_unknown_key_is_named(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(f"unknown key '{key}'")):
+        read_policy(_write(tmp_path, text))
+
+
+def test_malformed_toml_reports_the_line(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"invalid TOML.*line 3"):
+        read_policy(_write(tmp_path, "[gate]\neps = [0.1]\nmethod = \n"))
+
+
+@pytest.mark.parametrize(("text", "msg"), [
+    ("[gate]\neps = ['a']\n", "gate.eps\\[0\\]' must be a finite number"),
+    ("[gate]\neps = [-0.1]\n", "must be > 0"),
+    ("[gate]\n[gate.data]\nlimit = 0\n", "gate.data.limit' must be > 0"),
+    ("[gate]\n[gate.data]\nsplit = 'val'\n", "split' must be one of"),
+    ("[gate]\n[[gate.rule]]\nmetric = 'lipschitz_upper'\nmin = 3\n", "takes 'max', not 'min'"),
+    ("[gate]\n[[gate.rule]]\nmetric = 'certified_accuracy'\nmin = 0.5\n", "needs 'eps'"),
+    ("[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\nmin = 85\n", "fraction in \\[0, 1\\]"),
+    ("[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\neps = 0.1\nmin = 0.5\n", "takes no 'eps'"),
+    ("[gate]\n[[gate.rule]]\nmetric = 'robustness'\nmin = 0.5\n", "unknown metric 'robustness'"),
+    ("[gate]\n[[gate.rule]]\nmin = 0.5\n", "needs 'metric'"),
+    ("[gate]\n[gate.no_regression]\nmax_lipschitz_growth = 0.9\n", "factor >= 1"),
+    ("[gate]\nsecond_order = 'yes'\n", "true or false"),
+])
+def test_bad_values_are_usage_errors(tmp_path: Path, text: str, msg: str) -> None:
+    with pytest.raises(UsageError, match=msg):
+        read_policy(_write(tmp_path, text))
+
+
+def test_missing_policy_file_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        read_policy(tmp_path / "nope.toml")
+
+
+def test_command_line_rules_and_overrides() -> None:
+    rule = parse_cra_option("0.5@0.25")
+    assert (rule.metric, rule.bound, rule.threshold, rule.eps) == ("certified_accuracy", "min", 0.5, 0.25)
+    for bad in ("0.5", "a@0.25", "0.5@x", "1.5@0.25"):
+        with pytest.raises(UsageError):
+            parse_cra_option(bad)
+    assert parse_eps_option("0.1, 0.5") == (0.1, 0.5)
+    with pytest.raises(UsageError):
+        parse_eps_option("0.1,abc")
+    base = Policy(rules=(make_rule("clean_accuracy", min=0.8),), eps=(0.1,))
+    pol = with_overrides(base, rules=[rule], data="d.npz", limit=10, method="dense", baseline="b.json",
+                         max_cra_drop=0.0)
+    assert [r.metric for r in pol.rules] == ["clean_accuracy", "certified_accuracy"]
+    assert pol.eps_all == (0.1, 0.25) and pol.data.path == "d.npz" and pol.data.limit == 10
+    assert pol.method == "dense" and pol.regression is not None
+    assert pol.regression.baseline == "b.json" and pol.regression.max_cra_drop == 0.0
+    assert pol.regression.max_lipschitz_growth == 1.05  # default kept
+    with pytest.raises(UsageError, match="--limit"):
+        with_overrides(base, limit=-1)
