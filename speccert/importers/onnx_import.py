@@ -47,6 +47,15 @@ _TORCH_FNS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+_STEP = "discontinuous step function: no Lipschitz bound"
+_KNOWN_REASONS = {
+    "Sign": _STEP, "Floor": _STEP, "Ceil": _STEP, "Round": _STEP,
+    "If": "control flow is not supported", "Loop": "control flow is not supported",
+    "Scan": "control flow is not supported",
+    "Exp": "exp has no global Lipschitz bound", "Log": "log has no global Lipschitz bound",
+}
+
+
 class _Builder:
     """The converters' BuildContext: adds IR nodes, tracking a sample activation to know shapes."""
 
@@ -210,7 +219,7 @@ def load_onnx(path: str | os.PathLike[str], input_shape: tuple[int, ...] | None 
         if missing:
             raise InputError(f"{path}: node '{label}' reads undefined tensor(s) {missing} (corrupt model?)")
         inputs = [values[n] if n else None for n in node.input]
-        b.base, b.created = (node.output[0] if node.output and node.output[0] else label), []
+        b.base, b.created = label, []
         try:
             if node.domain not in ("", "ai.onnx"):
                 raise NotConvertible(f"operator domain '{node.domain}' is not supported")
@@ -218,7 +227,7 @@ def load_onnx(path: str | os.PathLike[str], input_shape: tuple[int, ...] | None 
             if node.input and not any(isinstance(v, Act) for v in inputs):
                 outs = _fold(node, inputs, opset)
             elif conv is None:
-                raise NotConvertible("no converter for this operator (no Lipschitz bound known)")
+                raise NotConvertible(_KNOWN_REASONS.get(node.op_type, "no converter for this operator (no Lipschitz bound known)"))
             else:
                 outs = conv.fn(b, node, inputs)
         except NotConvertible as exc:
@@ -235,6 +244,7 @@ def load_onnx(path: str | os.PathLike[str], input_shape: tuple[int, ...] | None 
 def _as_opaque(b: _Builder, node: onnx.NodeProto, inputs: list[Value | None], reason: str, opset: int
                ) -> list[Value | None]:
     """Opaque IR nodes standing for `node`'s outputs (None where it cannot be evaluated)."""
+    label = b.base
     acts = [v for v in inputs if isinstance(v, Act)]
     b.created = []
     if not acts:
@@ -242,7 +252,7 @@ def _as_opaque(b: _Builder, node: onnx.NodeProto, inputs: list[Value | None], re
     outs: list[Value | None] = []
     for i, _ in enumerate(node.output):
         fn = _opaque_fn(node, inputs, opset, i)
-        b.base = node.output[i] or b.base
+        b.base = label if i == 0 else (node.output[i] or f"{label}:{i}")
         try:
             outs.append(b.add(Opaque(source_op=node.op_type, reason=reason, fn=fn), acts))
         except NotConvertible:
