@@ -36,7 +36,7 @@ def _reasons(graph: Graph) -> dict[str, str]:
 def inspect_report(graph: Graph) -> dict[str, Any]:
     """The inspect report as plain data (what `--json` writes)."""
     reasons = _reasons(graph)
-    rows = []
+    rows: list[dict[str, Any]] = []
     non_finite_all: list[str] = []
     for n in graph.nodes:
         params = n.op.parameters()
