@@ -79,7 +79,7 @@ class _Builder:
         with torch.no_grad():
             try:
                 y = op.forward(*(self.samples[a.name] for a in inputs))
-            except (RuntimeError, ValueError, NotImplementedError) as exc:
+            except Exception as exc:  # any failure to run means the node cannot be represented
                 raise NotConvertible(f"{op.describe()} cannot run on input shape(s) "
                                      f"{[list(a.shape) for a in inputs]}: {str(exc).splitlines()[0]}") from None
         self.samples[name] = y
