@@ -1,0 +1,123 @@
+"""Regenerate the certificate table of models/README.md by running ``speccert certify`` on each model.
+
+Usage (from the repository root)::
+
+    python models/measure.py                 # every model in models/manifest.json
+    python models/measure.py cnn cnn_lip     # some of them (the other rows are kept)
+
+For each model this runs exactly the command printed in its table row,
+
+    speccert certify models/NAME.onnx --data models/data/fashion_mnist_test_1k.npz --eps 0.25,0.5,1 [--second-order]
+
+with ``--json`` added to read the figures back, stores the figures in ``models/measurements.json``
+and rewrites the table between the ``<!-- measure:begin -->`` / ``<!-- measure:end -->`` markers of
+models/README.md. Nothing in the table is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+MANIFEST = HERE / "manifest.json"
+MEASUREMENTS = HERE / "measurements.json"
+README = HERE / "README.md"
+DATA = "models/data/fashion_mnist_test_1k.npz"
+EPS = "0.25,0.5,1"
+BEGIN, END = "<!-- measure:begin -->", "<!-- measure:end -->"
+
+
+def rows_for(name: str, entry: dict) -> list[tuple[str, list[str]]]:
+    """(row key, speccert argv) pairs: every model plain, smooth ones also with --second-order."""
+    base = ["speccert", "certify", f"models/{entry['files']['onnx']['path']}", "--data", DATA, "--eps", EPS]
+    rows = [(name, base)]
+    if entry["architecture"].startswith("smooth"):
+        rows.append((f"{name} (second order)", [*base, "--second-order"]))
+    return rows
+
+
+def run_certify(argv: list[str]) -> tuple[dict, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        # `python -m speccert` is the `speccert` console script, without relying on PATH
+        cmd = [sys.executable, "-m", "speccert", *argv[1:], "--json", str(report)]
+        start = time.time()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        seconds = time.time() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"{shlex.join(argv)} failed ({proc.returncode}):\n{proc.stderr}")
+        return json.loads(report.read_text()), seconds
+
+
+def figures(report: dict, argv: list[str], seconds: float) -> dict:
+    cert = report["certificate"]
+    return {
+        "command": shlex.join(argv),
+        "clean_accuracy": cert["clean_accuracy"],
+        "lipschitz_upper": report["lipschitz"]["upper"],
+        "lipschitz_lower": report["lipschitz"]["lower"],
+        "eps": cert["eps"],
+        "certified_accuracy": cert["certified_accuracy"],
+        "median_radius": cert["median_radius"],
+        "wins": cert["wins"],
+        "n": cert["n"],
+        "model_sha256": report["model"]["sha256"],
+        "seconds": round(seconds, 1),
+    }
+
+
+def table(measurements: dict) -> str:
+    eps = next(iter(measurements.values()))["eps"]
+    head = (
+        "| model | clean acc. | L upper (lower) | "
+        + " | ".join(f"cert. acc. @ {e:g}" for e in eps)
+        + " | median radius | command |"
+    )
+    sep = "|" + "---|" * (5 + len(eps))
+    lines = [head, sep]
+    for key, m in measurements.items():
+        certs = " | ".join(f"{a:.1%}" for a in m["certified_accuracy"])
+        lines.append(
+            f"| {key} | {m['clean_accuracy']:.1%} | {m['lipschitz_upper']:.4g} ({m['lipschitz_lower']:.3g}) | "
+            f"{certs} | {m['median_radius']:.3g} | `{m['command']}` |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    manifest = json.loads(MANIFEST.read_text())["models"]
+    p = argparse.ArgumentParser(description="Regenerate models/README.md's certificate table.")
+    p.add_argument("names", nargs="*", default=list(manifest), help="models to measure (default: all)")
+    a = p.parse_args()
+    unknown = [n for n in a.names if n not in manifest]
+    if unknown:
+        p.error(f"unknown model(s) {unknown}; known: {list(manifest)}")
+    measurements = json.loads(MEASUREMENTS.read_text()) if MEASUREMENTS.exists() else {}
+    for name in a.names:
+        for key, argv in rows_for(name, manifest[name]):
+            report, seconds = run_certify(argv)
+            measurements[key] = figures(report, argv, seconds)
+            print(
+                f"{key}: {json.dumps(measurements[key]['certified_accuracy'])} ({seconds:.0f}s)",
+                file=sys.stderr,
+            )
+    measurements = {k: measurements[k] for k in sorted(measurements)}
+    MEASUREMENTS.write_text(json.dumps(measurements, indent=2) + "\n")
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{README}: markers {BEGIN} / {END} not found")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{BEGIN}\n{table(measurements)}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()
