@@ -13,6 +13,7 @@ unknown key), 3 model not supported, 4 model/data/baseline/policy file unreadabl
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -81,6 +82,8 @@ def command(
     eps: Annotated[str | None, typer.Option("--eps", help="Radii, e.g. 0.1,0.25,0.5 (rule radii are added).")] = None,
     method: Annotated[str | None, typer.Option("--method", help="Norm method (default: the policy's, or auto).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = None,
+    lower_bound: Annotated[bool, typer.Option("--lower-bound", help="Also measure an empirical lower bound on "
+                                              "the Lipschitz constant (slower; not used by rules).")] = False,
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -95,11 +98,11 @@ def command(
     if policy is None and policy_path is not None:
         err.print(f"policy: {policy_path}", highlight=False)
     if input_shape is not None:
-        import dataclasses
-
         from speccert.importers import parse_input_shape
 
         pol = dataclasses.replace(pol, data=dataclasses.replace(pol.data, input_shape=parse_input_shape(input_shape)))
+    if lower_bound:
+        pol = dataclasses.replace(pol, lower_bound=True)
     pol = with_overrides(pol, rules=cli_rules, eps=parse_eps_option(eps) if eps is not None else None, data=data,
                          limit=limit, method=method, device=device, baseline=baseline, max_cra_drop=max_cra_drop,
                          max_lipschitz_growth=max_lipschitz_growth)

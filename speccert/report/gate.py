@@ -159,7 +159,7 @@ def run_certify(model: str | os.PathLike[str] | Graph, policy: Policy, *, weight
                      second_order=policy.second_order, audit=policy.audit, limit=policy.data.limit,
                      mean=list(policy.data.mean) if policy.data.mean is not None else None,
                      std=list(policy.data.std) if policy.data.std is not None else None,
-                     split=policy.data.split or "test", seed=policy.seed)
+                     split=policy.data.split or "test", seed=policy.seed, lower_bound=policy.lower_bound)
     report: dict[str, Any] = result.to_dict()
     return report
 

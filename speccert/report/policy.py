@@ -8,6 +8,8 @@ under `[tool.speccert]` in a `pyproject.toml`:
     method = "auto"                 # norm method, see `speccert norms --help`
     device = "cpu"
     seed = 0
+    audit = 0                       # PGD-attack this many certified points (a broken certificate: exit 5)
+    lower_bound = false             # also measure an empirical lower bound on L (slower; informative)
 
     [gate.data]
     path = "models/data/fashion_mnist_test_1k.npz"   # relative to the policy file
@@ -102,6 +104,7 @@ class Policy:
     seed: int = 0
     second_order: bool = False
     audit: int = 0
+    lower_bound: bool = False
     source: str | None = None
 
     @property
@@ -124,7 +127,7 @@ def _lists(x: Any) -> Any:
 
 
 def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:g}"
+    return "-" if x is None else f"{x:.12g}"
 
 
 # ---- metric directions (the rule registry in rules.py holds the evaluation) -------------------------
@@ -134,7 +137,8 @@ MAX_METRICS = ("lipschitz_upper", "max_layer_norm")
 EPS_METRICS = ("certified_accuracy",)
 FRACTION_METRICS = ("certified_accuracy", "clean_accuracy")
 
-_GATE_KEYS = {"eps", "method", "device", "seed", "second_order", "audit", "data", "rule", "no_regression"}
+_GATE_KEYS = {"eps", "method", "device", "seed", "second_order", "audit", "lower_bound", "data", "rule",
+              "no_regression"}
 SPLITS = ("test", "train")
 _DATA_KEYS = {f.name for f in dataclasses.fields(DataSpec)}
 _RULE_KEYS = {"metric", "eps", "min", "max", "name"}
@@ -169,6 +173,12 @@ def _int(v: Any, key: str, src: str, *, positive: bool = False) -> int:
         raise UsageError(f"{src}: '{key}' must be an integer, got {v!r}")
     if positive and v <= 0:
         raise UsageError(f"{src}: '{key}' must be > 0, got {v!r}")
+    return v
+
+
+def _bool(v: Any, key: str, src: str) -> bool:
+    if not isinstance(v, bool):
+        raise UsageError(f"{src}: '{key}' must be true or false, got {v!r}")
     return v
 
 
@@ -234,9 +244,7 @@ def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = N
     audit = _int(gate.get("audit", 0), "gate.audit", src)
     if audit < 0:
         raise UsageError(f"{src}: 'gate.audit' must be >= 0 (points to attack), got {audit}")
-    second_order = gate.get("second_order", False)
-    if not isinstance(second_order, bool):
-        raise UsageError(f"{src}: 'gate.second_order' must be true or false, got {second_order!r}")
+    second_order, lower_bound = (_bool(gate.get(k, False), f"gate.{k}", src) for k in ("second_order", "lower_bound"))
 
     data = DataSpec()
     if "data" in gate:
@@ -278,7 +286,8 @@ def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = N
             raise UsageError(f"{src}: 'gate.no_regression' must be a table ([gate.no_regression])")
         regression = parse_regression(n, src, base)
     return Policy(data=data, eps=eps, rules=tuple(rules), regression=regression, method=method,
-                  device=device, seed=seed, second_order=second_order, audit=audit, source=src)
+                  device=device, seed=seed, second_order=second_order, audit=audit, lower_bound=lower_bound,
+                  source=src)
 
 
 def parse_regression(n: dict[str, Any], src: str = "policy", base: Path | None = None) -> RegressionSpec:
@@ -319,7 +328,8 @@ def read_policy(path: str | os.PathLike[str]) -> Policy:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"policy {p}: invalid TOML: {exc}") from None
+        where = "" if "line" in str(exc) else f" (line {text.count(chr(10)) + 1}, end of file)"
+        raise UsageError(f"policy {p}: invalid TOML: {exc}{where}") from None
     src = str(p)
     if p.name == PYPROJECT:
         tool = doc.get("tool", {})
