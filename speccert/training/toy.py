@@ -77,10 +77,11 @@ def toy_mlp(act: str = "relu", dtype: torch.dtype = torch.float64, seed: int = 0
 
 
 def separable_data(n: int, shape: tuple[int, ...], classes: int = 3, seed: int = 0, spread: float = 0.15,
-                   dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-    """n points in [0, 1]^shape around `classes` random centres (well separated): (x, y)."""
+                   dtype: torch.dtype = torch.float32, centre_seed: int = 1234) -> tuple[Tensor, Tensor]:
+    """n points in [0, 1]^shape around `classes` random centres (fixed by centre_seed): (x, y).
+    Different `seed`s give independent samples of the same distribution (train / validation)."""
+    centres = torch.rand(classes, *shape, generator=torch.Generator().manual_seed(centre_seed), dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
-    centres = torch.rand(classes, *shape, generator=g, dtype=torch.float64)
     y = torch.arange(n) % classes
     x = centres[y] + spread * torch.randn(n, *shape, generator=g, dtype=torch.float64)
     return x.clamp(0, 1).to(dtype), y.to(torch.int64)
