@@ -1,7 +1,7 @@
-"""Certify a model against a policy and fail the build when a rule does not hold (for CI).
+r"""Certify a model against a policy and fail the build when a rule does not hold (for CI).
 
-Rules come from a policy file (--policy speccert.toml, or [tool.speccert] in a pyproject.toml; by default
-./speccert.toml, else ./pyproject.toml if it has [tool.speccert]) and/or options such as
+Rules come from a policy file (--policy speccert.toml, or \[tool.speccert] in a pyproject.toml; by default
+./speccert.toml, else ./pyproject.toml if it has \[tool.speccert]) and/or options such as
 --min-cra 0.5@0.25 --min-clean 0.85 --max-lipschitz 40 --max-layer-norm 3 --baseline last.json.
 Reports: a table on stdout, --json (gate verdict + rules + the certify report), --junit (one test case per
 rule), --markdown (appends, so it can be "$GITHUB_STEP_SUMMARY"). See docs/gate.md.
@@ -57,7 +57,7 @@ def _rules_from_options(min_cra: list[str] | None, min_clean: float | None, max_
 def command(
     model: ModelArg,
     policy: Annotated[Path | None, typer.Option("--policy", help="Policy TOML: speccert.toml, or a pyproject.toml "
-                                                "with [tool.speccert]. Default: ./speccert.toml if present.")] = None,
+                                                "with \\[tool.speccert]. Default: ./speccert.toml if present.")] = None,
     baseline: Annotated[str | None, typer.Option("--baseline", help="Baseline report (JSON of an earlier gate or "
                                                  "certify run): enables no_regression.")] = None,
     junit: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one test case per rule).")] = None,

@@ -93,7 +93,7 @@ def regression_rules(current: dict[str, Any], base: dict[str, Any], spec: Regres
         if b is None:
             continue
         c = cra_at(current, eps)
-        threshold = b - spec.max_cra_drop
+        threshold = max(0.0, b - spec.max_cra_drop)
         ok = compare(c, "min", threshold - 1e-12)  # 1e-12: b - drop is a float subtraction of decimals
         shown = "missing" if c is None else f"{c:.6g}"
         message = (f"certified accuracy at eps {eps:g}: {shown} vs baseline {b:.6g} "

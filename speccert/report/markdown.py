@@ -68,8 +68,9 @@ def render_markdown(result: GateResult) -> str:
                      f"{'✅ pass' if r.passed else '❌ fail'} |")
     lines.append("")
 
-    lines.append(f"Clean accuracy {num(cert.get('clean_accuracy'))} · Lipschitz bound "
-                 f"[{num(lip.get('lower'))}, {num(lip.get('upper'))}] · median certified radius "
+    bound = (f"Lipschitz constant in [{num(lip.get('lower'))}, {num(lip.get('upper'))}]"
+             if lip.get("lower") is not None else f"Lipschitz constant <= {num(lip.get('upper'))}")
+    lines.append(f"Clean accuracy {num(cert.get('clean_accuracy'))} · {bound} · median certified radius "
                  f"{num(cert.get('median_radius'))}")
     lines.append("")
     radii = [as_float(e) for e in cert.get("eps") or []]
