@@ -24,6 +24,7 @@ from speccert.importers.onnx_ops import (
     supported_onnx_ops,
 )
 from speccert.importers.onnx_ops.examples import model, one_node, randn
+from speccert.importers.onnx_ops.fusions import fuse_activations
 from speccert.ir.ops import Opaque
 
 EXAMPLES = [pytest.param(key, i, id=f"{conv.op_type}-{conv.opsets[0]}-{conv.opsets[1]}-ex{i}")
@@ -51,6 +52,14 @@ def test_every_converter_has_an_example() -> None:
     assert not missing, f"converters without an example model: {missing}"
 
 
+def test_fusion_leaves_unrelated_products_alone(tmp_path: Path) -> None:
+    # sigmoid(x) * relu(x) is not SiLU: it must stay an unsupported product
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Mul", ["r", "s"], ["y"], name="prod")]
+    with pytest.raises(UnsupportedModelError, match="prod"):
+        load_onnx(save(model(nodes, (4,), {}, 13), tmp_path))
+
+
 def test_required_ops_are_registered_over_the_opset_range() -> None:
     listed = {op for op, _ in supported_onnx_ops()}
     assert listed >= REQUIRED
@@ -65,7 +74,8 @@ def test_converter_matches_onnxruntime(key: tuple, index: int, tmp_path: Path) -
     m = conv.examples[index]()
     opset = next(o.version for o in m.opset_import if o.domain == "")
     assert conv.opsets[0] <= opset <= conv.opsets[1], "example outside the converter's opset range"
-    assert any(n.op_type == conv.op_type for n in m.graph.node), "example does not use the op"
+    used = [(n.domain, n.op_type) for n in fuse_activations(m.graph)]
+    assert (conv.domain, conv.op_type) in used, "example does not use the op"
     g = load_onnx(save(m, tmp_path), check=True)
     assert not g.unsupported()
     x = np.random.default_rng(7).standard_normal((3, *g.input_shape)).astype(np.float32)

@@ -44,7 +44,8 @@ from speccert.ir.ops import (
 
 
 class _Writer:
-    def __init__(self) -> None:
+    def __init__(self, opset: int) -> None:
+        self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self._names: set[str] = set()
@@ -145,7 +146,9 @@ def _export_activation(w: _Writer, op: Activation, x: str, out: str) -> None:
     }
     if op.fn in simple:
         simple[op.fn]()
-    elif op.fn == "gelu":  # x * 0.5 * (1 + erf(x / sqrt 2)); ONNX Gelu exists only from opset 20
+    elif op.fn == "gelu" and w.opset >= 20:
+        w.node("Gelu", [x], out)
+    elif op.fn == "gelu":  # x * (1 + erf(x / sqrt 2)) * 0.5 before opset 20 (the importer fuses it back)
         d = w.node("Div", [x, w.const(f"{out}.sqrt2", np.array(math.sqrt(2.0)))], w.fresh(f"{out}/div"))
         e = w.node("Erf", [d], w.fresh(f"{out}/erf"))
         a = w.node("Add", [e, w.const(f"{out}.one", np.array(1.0))], w.fresh(f"{out}/add"))
@@ -166,7 +169,7 @@ def graph_to_onnx(graph: Graph, opset: int = 17) -> onnx.ModelProto:
     in_name, out_name = extra.get("onnx_input", "input"), extra.get("onnx_output", "output")
     if in_name == out_name:
         out_name = out_name + "_out"
-    w = _Writer()
+    w = _Writer(opset)
     w._names.update({in_name, out_name})
     tensor_of = {INPUT: in_name}
     for node in graph.nodes:

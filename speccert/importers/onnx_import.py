@@ -29,6 +29,8 @@ from speccert.importers.onnx_ops import (
     Value,
     find_converter,
 )
+from speccert.importers.onnx_ops.fusions import DOMAIN as FUSED_DOMAIN
+from speccert.importers.onnx_ops.fusions import fuse_activations
 from speccert.importers.onnx_ops.shape_ops import BATCH
 from speccert.importers.onnx_safety import read_onnx
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256
@@ -182,6 +184,30 @@ def _merge_bias(nodes: list[Node], output: str) -> list[Node]:
     return out
 
 
+def _merge_affine(nodes: list[Node], output: str) -> list[Node]:
+    """Affine followed only by an Affine (Mul then Add by constants) -> one Affine:
+    s2 (s1 x + t1) + t2 = (s1 s2) x + (s2 t1 + t2)."""
+    out = list(nodes)
+    changed = True
+    while changed:
+        changed = False
+        for second in out:
+            if not isinstance(second.op, Affine) or second.inputs[0] == INPUT:
+                continue
+            first = next((n for n in out if n.name == second.inputs[0]), None)
+            if first is None or not isinstance(first.op, Affine) or first.name == output:
+                continue
+            if sum(first.name in n.inputs for n in out) != 1:
+                continue
+            s1, t1, s2, t2 = first.op.scale, first.op.shift, second.op.scale, second.op.shift
+            merged = Node(second.name, Affine(scale=(s1 * s2).detach().clone(), shift=(s2 * t1 + t2).detach().clone()),
+                          first.inputs)
+            out = [merged if n is second else n for n in out if n is not first]
+            changed = True
+            break
+    return out
+
+
 def _prune(nodes: list[Node], output: str) -> list[Node]:
     live, keep = {output}, []
     for n in reversed(nodes):
@@ -213,7 +239,7 @@ def load_onnx(path: str | os.PathLike[str], input_shape: tuple[int, ...] | None 
     values[input_name] = Act(INPUT, shape)
     problems: list[tuple[Problem, list[str]]] = []
     ir_to_onnx: dict[str, str] = {}
-    for node in model.graph.node:
+    for node in fuse_activations(model.graph):
         label = node.name or (node.output[0] if node.output else node.op_type)
         missing = [n for n in node.input if n and n not in values]
         if missing:
@@ -221,7 +247,7 @@ def load_onnx(path: str | os.PathLike[str], input_shape: tuple[int, ...] | None 
         inputs = [values[n] if n else None for n in node.input]
         b.base, b.created = label, []
         try:
-            if node.domain not in ("", "ai.onnx"):
+            if node.domain not in ("", "ai.onnx", FUSED_DOMAIN):
                 raise NotConvertible(f"operator domain '{node.domain}' is not supported")
             conv = find_converter(node.domain, node.op_type, opset)
             if node.input and not any(isinstance(v, Act) for v in inputs):
@@ -271,7 +297,7 @@ def _finish(path: Path, model: onnx.ModelProto, values: dict[str, Value | None],
         report = [p for p, _ in problems]
         raise UnsupportedModelError(f"{path}: output '{out_name}' cannot be computed from the input"
                                     + ("" if not report else " (see unsupported nodes)"), report)
-    nodes = _prune(_merge_bias(b.nodes, out.name), out.name)
+    nodes = _prune(_merge_bias(_merge_affine(b.nodes, out.name), out.name), out.name)
     live = {n.name for n in nodes}
     report = [p for p, created in problems if not created or live.intersection(created)]
     sha = file_sha256(path)

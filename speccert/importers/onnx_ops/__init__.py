@@ -148,7 +148,7 @@ def rank_with_batch(a: Act) -> int:
 
 
 def _load_all() -> None:
-    for mod in ("linear", "elementwise", "pooling", "shape_ops"):
+    for mod in ("linear", "elementwise", "pooling", "shape_ops", "fusions"):
         importlib.import_module(f"speccert.importers.onnx_ops.{mod}")
 
 

@@ -1,0 +1,170 @@
+"""Activations that exporters write as several ONNX nodes, fused back into one before conversion.
+
+- SiLU:  y = x * Sigmoid(x)                                   -> speccert.Silu(x)
+- GELU:  y = (x * (Erf(x / sqrt 2) + 1)) * 0.5, in the orders torch and speccert write it
+                                                              -> speccert.Gelu(x)
+(`Div(x, sqrt 2)` may also be `Mul(x, 1/sqrt 2)`; the 0.5 may multiply x first.) Without fusion their
+parts (Erf, a product of two activations) have no Lipschitz bound, yet the whole is 1.13-Lipschitz.
+The fused nodes live in the private domain 'speccert' and have converters like any other op.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from speccert.importers.onnx_ops import BuildContext, Value, act, converter
+from speccert.importers.onnx_ops.examples import model
+from speccert.ir.ops import Activation
+
+DOMAIN = "speccert"
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    out = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output:
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = onnx.numpy_helper.to_array(a.t)
+                elif a.name == "value_float":
+                    out[n.output[0]] = np.asarray(a.f)
+    return out
+
+
+def _is(consts: dict[str, np.ndarray], name: str, value: float) -> bool:
+    c = consts.get(name)
+    return c is not None and c.size == 1 and abs(float(c.reshape(-1)[0]) - value) <= 1e-5 * max(1.0, abs(value))
+
+
+def fuse_activations(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The graph's nodes with SiLU and GELU decompositions replaced by single fused nodes."""
+    nodes = list(graph.node)
+    consts = _constants(graph)
+    keep_outputs = {o.name for o in graph.output}
+
+    def users(name: str) -> list[onnx.NodeProto]:
+        return [n for n in nodes if name in n.input]
+
+    def producer(name: str) -> onnx.NodeProto | None:
+        return next((n for n in nodes if name in n.output), None)
+
+    def other(node: onnx.NodeProto, name: str) -> str | None:
+        ins = list(node.input)
+        if len(ins) != 2 or name not in ins:
+            return None
+        return ins[1] if ins[0] == name else ins[0]
+
+    def private(name: str) -> bool:  # used by exactly one node and not a graph output
+        return len(users(name)) == 1 and name not in keep_outputs
+
+    changed = True
+    while changed:
+        changed = False
+        for n in nodes:
+            fused = _try_silu(n, users, other, private) or _try_gelu(n, users, producer, other, private, consts)
+            if fused is None:
+                continue
+            new_node, dead = fused
+            idx = nodes.index(n)
+            nodes = [m for m in nodes if all(m is not d for d in dead)]
+            nodes.insert(min(idx, len(nodes)), new_node)
+            changed = True
+            break
+    return _toposort(nodes, graph)
+
+
+def _try_silu(n, users, other, private):  # noqa: ANN001, ANN202
+    if n.op_type != "Sigmoid" or not private(n.output[0]):
+        return None
+    (mul,) = users(n.output[0])
+    if mul.op_type != "Mul" or other(mul, n.output[0]) != n.input[0]:
+        return None
+    fused = helper.make_node("Silu", [n.input[0]], [mul.output[0]], name=mul.name or mul.output[0], domain=DOMAIN)
+    return fused, [n, mul]
+
+
+def _try_gelu(n, users, producer, other, private, consts):  # noqa: ANN001, ANN202
+    if n.op_type != "Erf" or not private(n.output[0]):
+        return None
+    scale = producer(n.input[0])
+    if scale is None or not private(n.input[0]) or len(scale.input) != 2:
+        return None
+    x = scale.input[0]
+    if not (scale.op_type == "Div" and _is(consts, scale.input[1], math.sqrt(2.0))
+            or scale.op_type == "Mul" and _is(consts, other(scale, x) or "", 1 / math.sqrt(2.0))):
+        if scale.op_type == "Mul" and _is(consts, x, 1 / math.sqrt(2.0)):
+            x = scale.input[1]
+        else:
+            return None
+    (add,) = users(n.output[0])
+    if add.op_type != "Add" or not _is(consts, other(add, n.output[0]) or "", 1.0) or not private(add.output[0]):
+        return None
+    (mul1,) = users(add.output[0])
+    if mul1.op_type != "Mul":
+        return None
+    left = other(mul1, add.output[0])
+    if left == x:  # (x * (1 + erf)) * 0.5
+        if not private(mul1.output[0]):
+            return None
+        (mul2,) = users(mul1.output[0])
+        if mul2.op_type != "Mul" or not _is(consts, other(mul2, mul1.output[0]) or "", 0.5):
+            return None
+        last, dead = mul2, [scale, n, add, mul1, mul2]
+    else:  # (0.5 * x) * (1 + erf)
+        half = producer(left or "")
+        if half is None or half.op_type != "Mul" or not private(left) or other(half, x) is None \
+                or not _is(consts, other(half, x) or "", 0.5):
+            return None
+        last, dead = mul1, [scale, n, add, half, mul1]
+    fused = helper.make_node("Gelu", [x], [last.output[0]], name=last.name or last.output[0], domain=DOMAIN)
+    return fused, dead
+
+
+def _toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    ready = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {""}
+    out: list[onnx.NodeProto] = []
+    pending = list(nodes)
+    while pending:
+        for i, n in enumerate(pending):
+            if all(x in ready for x in n.input):
+                out.append(n)
+                ready.update(n.output)
+                del pending[i]
+                break
+        else:  # a cycle or a dangling input: leave the rest in order, the importer reports it
+            return out + pending
+    return out
+
+
+def _silu_example() -> onnx.ModelProto:
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]
+    return model(nodes, (3, 5), {}, 13)
+
+
+def _gelu_examples() -> list:
+    sqrt2 = np.array(math.sqrt(2.0), np.float32)
+    torch_style = [helper.make_node("Div", ["x", "c"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+                   helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
+                   helper.make_node("Mul", ["m", "half"], ["y"])]
+    half_first = [helper.make_node("Mul", ["x", "c"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+                  helper.make_node("Add", ["one", "e"], ["a"]), helper.make_node("Mul", ["half", "x"], ["h"]),
+                  helper.make_node("Mul", ["h", "a"], ["y"])]
+    consts = {"one": np.array(1.0, np.float32), "half": np.array(0.5, np.float32)}
+    return [lambda: model(torch_style, (7,), {**consts, "c": sqrt2}, 13),
+            lambda: model(half_first, (2, 3), {**consts, "c": np.array(1 / math.sqrt(2.0), np.float32)}, 17)]
+
+
+@converter("Silu", opsets=(1, 21), domain=DOMAIN, examples=[_silu_example])
+def convert_fused_silu(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+    """x * sigmoid(x) -> Activation('silu')."""
+    return [ctx.add(Activation("silu"), [act(inputs[0])])]
+
+
+@converter("Gelu", opsets=(1, 21), domain=DOMAIN, examples=_gelu_examples())
+def convert_fused_gelu(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+    """x * (1 + erf(x / sqrt 2)) / 2 -> Activation('gelu')."""
+    return [ctx.add(Activation("gelu"), [act(inputs[0])])]
