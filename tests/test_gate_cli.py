@@ -201,6 +201,9 @@ def test_unsupported_model_exit_3(tmp_path: Path, tiny: dict[str, object]) -> No
     (["--data", "{root}/missing.npz", "--min-clean", "0.5"], 4, "missing.npz"),
     (["--data", "{data}", "--min-clean", "0.5", "--baseline", "{root}/none.json"], 4, "none.json"),
     (["--policy", "{root}/none.toml"], 4, "none.toml"),
+    (["--data", "{data}", "--min-clean", "0.5", "--junit", "{root}/nodir/gate.xml"], 2, "does not exist"),
+    (["--data", "{data}", "--min-clean", "0.5", "--method", "bogus"], 2, "bogus"),
+    (["--data", "{data}", "--min-clean", "0.5", "--eps", "0.1,x"], 2, "--eps"),
 ])
 def test_bad_input_exit_codes(tmp_path: Path, tiny: dict[str, object], capsys: pytest.CaptureFixture[str],
                               args: list[str], code: int, text: str) -> None:
