@@ -104,7 +104,7 @@ def test_markdown_appends_and_junit_replaces(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def real_gate(tmp_path_factory: pytest.TempPathFactory) -> GateResult:
+def gated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Graph, GateResult]:
     """speccert.gate() on an in-memory 16-8-3 graph: a real certify report inside the gate JSON."""
     torch.manual_seed(0)
     g = Graph((1, 4, 4), [Node("f", Reshape((-1,)), ("input",)),
@@ -117,7 +117,12 @@ def real_gate(tmp_path_factory: pytest.TempPathFactory) -> GateResult:
     pol = Policy(data=DataSpec(path=str(path)), eps=(0.02,),
                  rules=(make_rule("certified_accuracy", min=0.1, eps=0.05), make_rule("max_layer_norm", max=100)))
     res: GateResult = speccert.gate(g, pol)
-    return res
+    return g, res
+
+
+@pytest.fixture(scope="module")
+def real_gate(gated: tuple[Graph, GateResult]) -> GateResult:
+    return gated[1]
 
 
 def test_gate_json_validates_against_schema(real_gate: GateResult) -> None:
@@ -139,3 +144,14 @@ def test_schema_rejects_broken_documents(real_gate: GateResult, tamper: Any) -> 
     tamper(doc)
     with pytest.raises(InputError):
         validate_gate(doc)
+
+
+def test_same_graph_and_policy_give_the_same_numbers(gated: tuple[Graph, GateResult]) -> None:
+    graph, real_gate = gated
+    again = speccert.gate(graph, real_gate.policy)
+    a, b = real_gate.to_dict()["report"], again.to_dict()["report"]
+    assert a["certificate"] == b["certificate"]
+    assert a["lipschitz"] == b["lipschitz"] and a["samples"] == b["samples"]
+    strip = lambda layers: [{k: v for k, v in lay.items() if k != "seconds"} for lay in layers]  # noqa: E731
+    assert strip(a["layers"]) == strip(b["layers"])
+    assert [r.to_dict() for r in real_gate.rules] == [r.to_dict() for r in again.rules]
