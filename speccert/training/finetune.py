@@ -205,6 +205,10 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
         history = [_record_from(r) for r in ck["history"]]
         best = (tuple(ck["best_score"]), ck["best_epoch"]) if ck.get("best_score") is not None else None  # type: ignore[assignment]
 
+    best_state: dict[str, Tensor] = {}
+    if resume and paths.run_dir is not None and (paths.run_dir / BEST).is_file():
+        best_state.update(load_checkpoint(paths.run_dir / BEST)["model"])
+
     def save(name: str, epoch: int, step_in_epoch: int) -> None:
         if paths.run_dir is None or not info.is_main:
             return
@@ -227,10 +231,12 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
             rec = EpochRecord(epoch, loss, m.clean, dict(m.cra), m.lipschitz, used, check.met,
                               check.missed, time.perf_counter() - t0, why)
             sc = _score(tlist, m)
-            if best is None or sc > best[0]:
+            if best is None or sc > best[0] or (sc == best[0] and best[1] > 0):  # ties: the later trained epoch
                 best = (sc, epoch)
+                best_state.clear()
+                best_state.update({k: v.detach().clone() for k, v in module.state_dict().items()})
                 if paths.run_dir is not None:
-                    atomic_save({"model": module.state_dict(), "epoch": epoch}, paths.run_dir / BEST)
+                    atomic_save({"model": best_state, "epoch": epoch}, paths.run_dir / BEST)
         rec, best, weight = ddp.broadcast_object((rec, best, sched.weight), info)
         assert rec is not None
         sched.weight = weight
@@ -291,15 +297,14 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
         met, _ = evaluate(epoch, s / max(c, 1.0), t0)
         epoch += 1
         save(LAST, epoch, 0)
-    return _finish(g, module, tlist, history, best, paths, info, met, measure)
+    if not met and best_state:  # the budget ran out: keep the best epoch, not the last
+        module.load_state_dict(best_state)
+    return _finish(g, tlist, history, best, paths, info, met, measure)
 
 
-def _finish(g: Graph, module: torch.nn.Module, targets: list[Target], history: list[EpochRecord],
-            best: tuple[tuple[int, float], int] | None, paths: RunPaths, info: ddp.DistInfo, met: bool,
-            measure: Evaluator) -> FinetuneResult:
+def _finish(g: Graph, targets: list[Target], history: list[EpochRecord], best: tuple[tuple[int, float], int] | None,
+            paths: RunPaths, info: ddp.DistInfo, met: bool, measure: Evaluator) -> FinetuneResult:
     best_epoch = best[1] if best is not None else history[-1].epoch
-    if not met and paths.run_dir is not None and (paths.run_dir / BEST).is_file():
-        module.load_state_dict(load_checkpoint(paths.run_dir / BEST)["model"])
     rec = next(r for r in history if r.epoch == best_epoch)
     written, report, notes = None, None, []
     if info.is_main and paths.out is not None:
