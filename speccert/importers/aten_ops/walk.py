@@ -1,0 +1,243 @@
+"""Walk a `torch.export` program (core ATen ops) and build the IR graph through the converter registry.
+
+Why this route: `torch.export` hands us the model as a flat graph of ATen ops with every Python-level
+construct (submodules, functional calls, `x.view(x.size(0), -1)`, normalisation written inline) already
+resolved, and `run_decompositions()` reduces the ~2,000 ATen ops to the small core set (convolution,
+addmm, _native_batch_norm_legit_no_training, max_pool2d_with_indices, mean.dim, view, ...). One small
+converter per core op then covers models written in any style, and TorchScript files reach the same
+table through torch's own TorchScript -> ExportedProgram converter (see torch_import.py). Walking
+`torch.fx.symbolic_trace` instead would see `nn.Module` calls and `torch.*` functions in all their
+Python spellings and cannot trace data-dependent shapes.
+
+Constant sub-graphs (a weight's `permute`, shape arithmetic on `sym_size`) are evaluated here, so
+converters only see input-dependent tensors (`TensorValue`) and concrete constants.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind, OutputKind
+
+from speccert.errors import UnsupportedModelError
+from speccert.importers.aten_ops.base import ATEN_OPS, ConvertContext, NotAvailable, TensorValue, Unsupported
+from speccert.ir.graph import INPUT, Graph, ModelSource, Node
+from speccert.ir.ops import Affine, Opaque
+
+Tensor = torch.Tensor
+
+# Runtime checks torch.export inserts; they compute nothing.
+_IGNORED = {
+    "aten._assert_scalar.default", "aten._assert_tensor_metadata.default", "aten._assert_async.msg",
+    "aten.sym_constrain_range_for_size.default", "aten.sym_constrain_range.default",
+    "aten._functional_assert_async.msg",
+}
+
+
+def op_name(target: Any) -> str:
+    """'aten.convolution.default' for torch.ops.aten.convolution.default; the qualified name otherwise."""
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    return getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or str(target)
+
+
+def _schema_args(target: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    """All schema arguments in order: positional, then keyword-only, defaults filled in."""
+    out: list[Any] = []
+    for i, a in enumerate(target._schema.arguments):
+        if i < len(args) and not a.kwarg_only:
+            out.append(args[i])
+        elif a.name in kwargs:
+            out.append(kwargs[a.name])
+        elif a.has_default_value():
+            out.append(a.default_value)
+        else:
+            out.append(None)
+    return out
+
+
+def _flat(v: Any) -> list[Any]:
+    if isinstance(v, (list, tuple)):
+        return [y for x in v for y in _flat(x)]
+    return [v]
+
+
+def _has_tensor_value(v: Any) -> bool:
+    return any(isinstance(x, (TensorValue, NotAvailable)) for x in _flat(v))
+
+
+def _placeholder_values(ep: ExportedProgram) -> tuple[dict[str, Any], dict[int, str], list[str]]:
+    """Constants for lifted parameters/buffers/constants, their state_dict keys, and the user inputs."""
+    values: dict[str, Any] = {}
+    names: dict[int, str] = {}
+    user: list[str] = []
+    for spec in ep.graph_signature.input_specs:
+        arg_name = getattr(spec.arg, "name", None)
+        if arg_name is None:
+            continue
+        if spec.kind == InputKind.USER_INPUT:
+            user.append(arg_name)
+            continue
+        t: Any = None
+        if spec.target is not None:
+            t = ep.state_dict.get(spec.target, ep.constants.get(spec.target))
+        values[arg_name] = t
+        if isinstance(t, Tensor) and spec.target is not None and spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
+            names[id(t)] = spec.target
+    return values, names, user
+
+
+def _opaque(ctx: ConvertContext, node: torch.fx.Node, env: dict[str, Any], reason: str) -> Any:
+    """An Opaque IR node that runs the original ATen op (so `inspect` still works), or a constant."""
+    inputs: list[TensorValue] = []
+    for v in _flat([env.get(a.name) for a in node.all_input_nodes]):
+        if isinstance(v, TensorValue) and v not in inputs:
+            inputs.append(v)
+    target = node.target
+    if not callable(target) or not inputs:
+        return NotAvailable(f"result of unsupported {op_name(target)}", upstream_failure=True)
+
+    def run(*xs: Tensor) -> Tensor:
+        subst = {v.name: x for v, x in zip(inputs, xs, strict=True)}
+
+        def arg(n: torch.fx.Node) -> Any:
+            v = env[n.name]
+            return subst[v.name] if isinstance(v, TensorValue) else v
+
+        args = torch.fx.node.map_arg(node.args, arg)
+        kwargs = torch.fx.node.map_arg(node.kwargs, arg)
+        try:
+            y = target(*args, **kwargs)  # type: ignore[operator]
+        except RuntimeError as exc:  # e.g. a view baked for the trace's batch size
+            raise NotImplementedError(f"{op_name(target)} cannot run on this input: {exc}") from None
+        return y[0] if isinstance(y, (tuple, list)) else y
+
+    probe = run(*(torch.zeros(v.shape, dtype=v.dtype) for v in inputs))
+    op = Opaque(source_op=op_name(target), reason=reason, fn=run)
+    name = ctx.unique(node.name)
+    ctx.nodes.append(Node(name, op, tuple(v.name for v in inputs), tuple(probe.shape[1:])))
+    return TensorValue(name, tuple(probe.shape), probe.dtype)
+
+
+def _fold(target: Callable[..., Any], node: torch.fx.Node, env: dict[str, Any], ctx: ConvertContext) -> Any:
+    """Evaluate a node none of whose inputs depends on the model input."""
+    args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
+    kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+    with torch.no_grad():
+        y = target(*args, **kwargs)
+    named = [ctx.param_names[id(t)] for t in _flat([args, list(kwargs.values())])
+             if isinstance(t, Tensor) and id(t) in ctx.param_names]
+    if isinstance(y, Tensor) and len(named) == 1:
+        ctx.param_names[id(y)] = named[0]  # `permute(l.weight)` still names the node `l`
+    return y
+
+
+def exported_to_graph(ep: ExportedProgram, input_shape: tuple[int, ...], batch: int, *,
+                      allow_unsupported: bool, source: ModelSource | None = None) -> Graph:
+    """Convert an exported program with one tensor input to a Graph over `input_shape`.
+
+    `batch` is the batch size the program was traced with: reshapes must keep it at axis 0.
+    Every unsupported node is collected (op, node name, reason); unless `allow_unsupported`, they are
+    raised together as UnsupportedModelError, otherwise they become Opaque nodes.
+    """
+    ctx = ConvertContext(batch)
+    env, ctx.param_names, user = _placeholder_values(ep)
+    if len(user) != 1:
+        raise UnsupportedModelError(f"the model takes {len(user)} inputs; speccert needs exactly one tensor input")
+    env[user[0]] = TensorValue(INPUT, (batch, *input_shape))
+    problems: list[tuple[str, str, str]] = []
+    keep_alive: list[Any] = []  # folded constants stay referenced so their ids stay unique
+    output: Any = None
+    for node in ep.graph.nodes:
+        ctx.node_name = node.name
+        if node.op == "placeholder":
+            continue
+        if node.op == "get_attr":
+            env[node.name] = getattr(ep.graph_module, str(node.target))
+            continue
+        if node.op == "output":
+            output = node
+            continue
+        if node.op != "call_function":
+            problems.append((str(node.target), node.name, f"'{node.op}' nodes are not expected in an exported graph"))
+            env[node.name] = NotAvailable(node.name)
+            continue
+        name = op_name(node.target)
+        if name in _IGNORED:
+            env[node.name] = None
+            continue
+        inputs = [env[n.name] for n in node.all_input_nodes]
+        if any(isinstance(v, NotAvailable) and v.upstream_failure for v in _flat(inputs)):
+            env[node.name] = NotAvailable(name, upstream_failure=True)  # reported once, at its source
+            continue
+        try:
+            env[node.name] = _convert(ctx, node, name, inputs, env)
+        except Unsupported as exc:
+            problems.append((name, node.name, str(exc)))
+            env[node.name] = (_opaque(ctx, node, env, str(exc)) if allow_unsupported
+                              else NotAvailable(name, upstream_failure=True))
+        keep_alive.append(env[node.name])
+    if problems and not allow_unsupported:
+        raise UnsupportedModelError("the model uses operations speccert cannot import", problems)
+    assert output is not None
+    outs = [v for v, spec in zip(_flat(output.args[0]), ep.graph_signature.output_specs, strict=False)
+            if spec.kind == OutputKind.USER_OUTPUT]
+    if len(outs) != 1:
+        raise UnsupportedModelError(f"the model returns {len(outs)} outputs; speccert needs exactly one tensor")
+    result = env[outs[0].name] if isinstance(outs[0], torch.fx.Node) else outs[0]
+    if not isinstance(result, TensorValue):
+        raise UnsupportedModelError("the model's output does not depend on its input (or comes from an unsupported op)")
+    return Graph(input_shape, _merge_affine_chains(ctx.nodes, result.name), result.name, source)
+
+
+def _merge_affine_chains(nodes: list[Node], output: str) -> list[Node]:
+    """(x * s1 + t1) * s2 + t2 = x * (s1 s2) + (t1 s2 + t2): one Affine per normalisation, e.g. for
+    `(x - mean) / std`, when the first Affine feeds only the second."""
+    out: list[Node] = []
+    for node in nodes:
+        prev = out[-1] if out else None
+        if (isinstance(node.op, Affine) and prev is not None and isinstance(prev.op, Affine)
+                and node.inputs == (prev.name,) and prev.name != output
+                and sum(prev.name in n.inputs for n in nodes) == 1):
+            s1, t1, s2, t2 = prev.op.scale, prev.op.shift, node.op.scale, node.op.shift
+            merged = Affine((s1 * s2).contiguous(), (t1 * s2 + t2).contiguous())
+            out[-1] = Node(node.name, merged, prev.inputs, node.shape)
+            continue
+        out.append(node)
+    return out
+
+
+def _arg_node(node: torch.fx.Node, i: int) -> torch.fx.Node:
+    a = node.args[i]
+    assert isinstance(a, torch.fx.Node)
+    return a
+
+
+def _convert(ctx: ConvertContext, node: torch.fx.Node, name: str, inputs: list[Any], env: dict[str, Any]) -> Any:
+    target = node.target
+    if target is operator.getitem:
+        seq: Any = env[_arg_node(node, 0).name]
+        return seq[node.args[1]]
+    lost = [v for v in _flat(inputs) if isinstance(v, NotAvailable)]
+    if lost:
+        raise Unsupported(f"uses the {lost[0].what}, which speccert does not compute")
+    if name in ("aten.sym_size.int", "aten.sym_numel.default"):
+        x = env[_arg_node(node, 0).name]
+        if isinstance(x, TensorValue):
+            return x.shape[int(node.args[1])] if name == "aten.sym_size.int" else math.prod(x.shape)  # type: ignore[arg-type]
+    if not _has_tensor_value(inputs):
+        if not callable(target):
+            raise Unsupported(f"cannot evaluate {name}")
+        return _fold(target, node, env, ctx)
+    if not isinstance(target, torch._ops.OpOverload):
+        raise Unsupported(f"Python function {name} applied to input-dependent values")
+    if name not in ATEN_OPS:
+        raise Unsupported("no converter for this ATen op")
+    args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
+    kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+    return ATEN_OPS.get(name)(ctx, _schema_args(target, tuple(args), dict(kwargs)))
