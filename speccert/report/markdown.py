@@ -94,6 +94,7 @@ def render_markdown(result: GateResult) -> str:
             lines.append(f"| {cell(lay.get('name', '?'))} | {cell(lay.get('op', ''))} | {num(lay.get('lower'))} | "
                          f"{num(lay.get('upper'))} | {cell(lay.get('method', ''))} |")
         lines.append("")
-    if result.notes:
-        lines += [f"- {cell(n)}" for n in result.notes] + [""]
+    notes = list(result.notes) + [f"certify: {n}" for n in report.get("notes") or [] if isinstance(n, str)]
+    if notes:
+        lines += [f"- {cell(n)}" for n in notes] + [""]
     return "\n".join(lines) + "\n"
