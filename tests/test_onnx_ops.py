@@ -22,6 +22,7 @@ from speccert.importers.onnx_ops import (
     converter,
     find_converter,
     supported_onnx_ops,
+    supported_onnx_ops_markdown,
 )
 from speccert.importers.onnx_ops.examples import model, one_node, randn
 from speccert.importers.onnx_ops.fusions import fuse_activations
@@ -190,3 +191,9 @@ def test_matmul_bias_add_becomes_one_linear(tmp_path: Path) -> None:
     m = model(nodes, (4,), {"w": randn(4, 3), "b": randn(3, seed=5)}, 13)
     g = load_onnx(save(m, tmp_path))
     assert [n.op_type for n in g.nodes] == ["Linear"] and g.nodes[0].op.bias is not None
+
+
+def test_docs_support_table_is_generated_from_the_registry() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "onnx.md").read_text()
+    table = doc.split("<!-- onnx-ops:begin -->\n")[1].split("<!-- onnx-ops:end -->")[0]
+    assert table == supported_onnx_ops_markdown(), "docs/onnx.md is stale: regenerate its operator table"

@@ -113,6 +113,17 @@ def supported_onnx_ops() -> list[tuple[str, str]]:
     return sorted(rows)
 
 
+def supported_onnx_ops_markdown() -> str:
+    """The support table as Markdown (ONNX op, opsets, what it becomes in the IR), from the registry."""
+    lines = ["| ONNX op | opsets | becomes |", "|---|---|---|"]
+    for (d, o, (lo, hi)), conv in sorted(ONNX_OPS.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        para = (conv.fn.__doc__ or "").strip().split("\n\n")[0]
+        doc = " ".join(ln.strip() for ln in para.splitlines()).replace("|", "\\|")
+        name = o if not d else f"{o} (fused, domain `{d}`)"
+        lines.append(f"| {name} | {lo}-{hi} | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- helpers converters share ----------------------------------------------------------------------
 def attrs(node: onnx.NodeProto) -> dict[str, Any]:
     """The node's attributes as Python values (bytes decoded, tensors as numpy arrays)."""
@@ -156,5 +167,5 @@ _load_all()
 
 __all__ = [
     "MAX_OPSET", "MIN_OPSET", "ONNX_OPS", "Act", "BuildContext", "Converter", "NotConvertible", "Value",
-    "act", "attrs", "const", "converter", "find_converter", "supported_onnx_ops",
+    "act", "attrs", "const", "converter", "find_converter", "supported_onnx_ops", "supported_onnx_ops_markdown",
 ]
