@@ -58,6 +58,7 @@ def test_junit_parses_and_counts() -> None:
     assert first is not None
     assert "0.6" in (first.get("message") or "") and ">= 0.7" in (first.get("message") or "")
     assert "baseline 0.65" in (failed[2].find("failure").text or "")  # type: ignore[union-attr]
+    assert {c.get("classname") for c in cases} == {"speccert.gate.m_onnx"}
     props = {p.get("name"): p.get("value") for p in suite.iter("property")}
     assert props["model.sha256"] == "a" * 64
 

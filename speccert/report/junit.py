@@ -44,7 +44,8 @@ def render_junit(result: GateResult) -> str:
                        ("device", (env or {}).get("device", result.policy.device)), ("seed", result.policy.seed)):
         if value is not None and value != "":
             ET.SubElement(props, "property", name=key, value=str(value))
-    classname = "speccert.gate." + model.replace("/", ".").replace("\\", ".")
+    # dots split class names into packages in CI test views: keep the file name one segment
+    classname = "speccert.gate." + model.replace("\\", "/").split("/")[-1].replace(".", "_")
     for rule in result.rules:
         case = ET.SubElement(suite, "testcase", classname=classname, name=rule.name, time="0")
         if not rule.passed:
