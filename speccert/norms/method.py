@@ -74,5 +74,5 @@ def load_methods() -> Registry[str, NormMethod]:
     global _loaded
     if not _loaded:
         _loaded = True
-        from speccert.norms import closed_form, dense, fft, power  # noqa: F401
+        from speccert.norms import closed_form, dense, fft, gram, power  # noqa: F401
     return METHODS
