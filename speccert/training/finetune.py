@@ -231,7 +231,7 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
             rec = EpochRecord(epoch, loss, m.clean, dict(m.cra), m.lipschitz, used, check.met,
                               check.missed, time.perf_counter() - t0, why)
             sc = _score(tlist, m)
-            if best is None or sc > best[0] or (sc == best[0] and best[1] > 0):  # ties: the later trained epoch
+            if best is None or sc > best[0] or (sc == best[0] and epoch > 0):  # ties: the later trained epoch
                 best = (sc, epoch)
                 best_state.clear()
                 best_state.update({k: v.detach().clone() for k, v in module.state_dict().items()})
