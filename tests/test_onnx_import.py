@@ -180,3 +180,22 @@ def test_gtsrb_binarised_model_is_refused_naming_sign_nodes(corpus_dir: Path) ->
     assert proc.returncode == 3
     assert "Sign (unsupported)" in proc.stdout and "Lipschitz" in proc.stdout
     assert "Sign node" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_external_data_through_a_symlink_leaving_the_folder_is_refused(tmp_path: Path) -> None:
+    p = _external(tmp_path, "weights.bin")
+    outside = tmp_path / "elsewhere.bin"
+    (p.parent / "weights.bin").rename(outside)
+    (p.parent / "weights.bin").symlink_to(outside)
+    with pytest.raises(InputError, match="outside"):
+        load_onnx(p)
+
+
+def test_fixed_batch_model_loads_and_runs_any_batch(tmp_path: Path) -> None:
+    p = tmp_path / "b1.onnx"
+    onnx.save(mlp(batch=1), str(p))
+    g = load_onnx(p)
+    x = np.random.default_rng(0).random((4, 6)).astype(np.float32)
+    sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+    ref = np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(4)])
+    np.testing.assert_allclose(g.forward(torch.from_numpy(x)).detach().numpy(), ref, rtol=1e-5, atol=1e-6)

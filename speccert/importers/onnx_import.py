@@ -130,7 +130,7 @@ def _opaque_fn(node: onnx.NodeProto, inputs: list[Value | None], opset: int, ind
         feeds = {n: s.detach().cpu().numpy() for n, s in zip(node.input, slots(xs), strict=False) if n and s is not None}
         results: list = list(ev.run(None, feeds))
         out = np.asarray(results[index])
-        return torch.from_numpy(np.array(out, dtype=np.float32)).to(xs[0].device)
+        return torch.from_numpy(np.array(out)).to(device=xs[0].device, dtype=xs[0].dtype)
 
     return run
 

@@ -11,6 +11,7 @@ The fused nodes live in the private domain 'speccert' and have converters like a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -43,38 +44,50 @@ def _is(consts: dict[str, np.ndarray], name: str, value: float) -> bool:
 def fuse_activations(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """The graph's nodes with SiLU and GELU decompositions replaced by single fused nodes."""
     nodes = list(graph.node)
+    if not any(n.op_type in ("Sigmoid", "Erf") for n in nodes):
+        return nodes
     consts = _constants(graph)
     keep_outputs = {o.name for o in graph.output}
-
-    def users(name: str) -> list[onnx.NodeProto]:
-        return [n for n in nodes if name in n.input]
-
-    def producer(name: str) -> onnx.NodeProto | None:
-        return next((n for n in nodes if name in n.output), None)
-
-    def other(node: onnx.NodeProto, name: str) -> str | None:
-        ins = list(node.input)
-        if len(ins) != 2 or name not in ins:
-            return None
-        return ins[1] if ins[0] == name else ins[0]
-
-    def private(name: str) -> bool:  # used by exactly one node and not a graph output
-        return len(users(name)) == 1 and name not in keep_outputs
-
-    changed = True
-    while changed:
-        changed = False
+    fused_any = False
+    while True:
+        consumers: dict[str, list[onnx.NodeProto]] = {}
+        producers: dict[str, onnx.NodeProto] = {}
         for n in nodes:
-            fused = _try_silu(n, users, other, private) or _try_gelu(n, users, producer, other, private, consts)
-            if fused is None:
-                continue
-            new_node, dead = fused
-            idx = nodes.index(n)
-            nodes = [m for m in nodes if all(m is not d for d in dead)]
-            nodes.insert(min(idx, len(nodes)), new_node)
-            changed = True
-            break
-    return _toposort(nodes, graph)
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+            for o in n.output:
+                producers[o] = n
+
+        def users(name: str, consumers: dict[str, list[onnx.NodeProto]] = consumers) -> list[onnx.NodeProto]:
+            return consumers.get(name, [])
+
+        def producer(name: str, producers: dict[str, onnx.NodeProto] = producers) -> onnx.NodeProto | None:
+            return producers.get(name)
+
+        def other(node: onnx.NodeProto, name: str) -> str | None:
+            ins = list(node.input)
+            if len(ins) != 2 or name not in ins:
+                return None
+            return ins[1] if ins[0] == name else ins[0]
+
+        def private(name: str, users: Callable[[str], list[onnx.NodeProto]] = users) -> bool:
+            return len(users(name)) == 1 and name not in keep_outputs  # one reader, not a graph output
+
+        fused = None
+        for n in nodes:
+            if n.op_type == "Sigmoid":
+                fused = _try_silu(n, users, other, private)
+            elif n.op_type == "Erf":
+                fused = _try_gelu(n, users, producer, other, private, consts)
+            if fused is not None:
+                break
+        if fused is None:
+            return _toposort(nodes, graph) if fused_any else nodes
+        new_node, dead = fused
+        idx = next(i for i, m in enumerate(nodes) if any(m is d for d in dead))
+        nodes = [m for m in nodes if all(m is not d for d in dead)]
+        nodes.insert(idx, new_node)
+        fused_any = True
 
 
 def _try_silu(n, users, other, private):  # noqa: ANN001, ANN202
