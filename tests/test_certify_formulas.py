@@ -1,0 +1,125 @@
+"""certify() against direct computations from the formulas, the audit's teeth, and its error handling."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from certify_nets import D, mlp
+
+from speccert.bounds import certify
+from speccert.bounds.audit import pgd_l2
+from speccert.bounds.global_margin import GlobalMargin
+from speccert.errors import InputError, InternalError, UsageError
+from speccert.ir import INPUT, Activation, Affine, Graph, Linear, Node, Reshape, Softmax
+
+
+def two_layer(seed: int = 0) -> tuple[Graph, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    w1, b1 = torch.randn(20, 8, generator=gen, dtype=D) / 3, torch.randn(20, generator=gen, dtype=D)
+    w2, b2 = torch.randn(4, 20, generator=gen, dtype=D) / 4, torch.randn(4, generator=gen, dtype=D)
+    g = Graph((8,), [Node("l1", Linear(w1, b1), (INPUT,)), Node("a", Activation("relu"), ("l1",)),
+                     Node("l2", Linear(w2, b2), ("a",))], dtype=D)
+    return g, w1, b1, w2, b2
+
+
+def test_two_layer_mlp_radii_match_the_formulas() -> None:
+    g, w1, b1, w2, b2 = two_layer()
+    x = torch.randn(300, 8, dtype=D)
+    with torch.no_grad():
+        f = torch.relu(x @ w1.T + b1) @ w2.T + b2
+    y = torch.randint(0, 4, (300,))
+    y[:200] = f[:200].argmax(1)  # mostly correct, some wrong
+    rep = certify(g, (x, y), eps=[0.05, 0.1, 0.2], lower_bound=False)
+    s1 = float(torch.linalg.matrix_norm(w1, ord=2))
+    lip = float(torch.linalg.matrix_norm(w2, ord=2)) * s1
+    correct = (f.argmax(1) == y).numpy()
+    for i in range(300):
+        yi = int(y[i])
+        if not correct[i]:
+            assert rep.radius[i] == 0 and rep.kind[i] == "none"
+            continue
+        m = [float(f[i, yi] - f[i, j]) for j in range(4) if j != yi]
+        glob = min(m) / (math.sqrt(2) * lip)
+        pair = min(float(f[i, yi] - f[i, j]) / (float((w2[yi] - w2[j]).norm()) * s1) for j in range(4) if j != yi)
+        for got, want in ((rep.radii["global"][i], glob), (rep.radii["pairwise"][i], pair),
+                          (rep.radius[i], max(glob, pair))):
+            # Equal up to the float64 allowance: margins lowered by 1e-7 x the largest intermediate value.
+            assert got <= want and got == pytest.approx(want, rel=1e-6, abs=1e-6)
+    assert rep.clean_accuracy == pytest.approx(correct.mean())
+    for e, acc in zip(rep.eps, rep.certified_accuracies, strict=True):
+        assert acc == pytest.approx(float((correct & (rep.radius >= e)).mean()))
+    assert rep.certified_accuracies == sorted(rep.certified_accuracies, reverse=True)
+    assert rep.lipschitz_upper == pytest.approx(lip, rel=1e-9) and rep.lipschitz_upper >= lip
+
+
+def test_linear_classifier_pairwise_radius_is_exact() -> None:
+    """For f = W x + b the pairwise radius is the exact distance to the decision boundary: PGD fails at
+    the radius and succeeds just beyond it."""
+    gen = torch.Generator().manual_seed(1)
+    w, b = torch.randn(3, 6, generator=gen, dtype=D), torch.randn(3, generator=gen, dtype=D)
+    g = Graph((6,), [Node("l", Linear(w, b), (INPUT,))], dtype=D)
+    x = torch.randn(50, 6, generator=gen, dtype=D)
+    with torch.no_grad():
+        y = g.forward(x).argmax(1)
+    rep = certify(g, (x, y), eps=[0.1], audit=50, lower_bound=False)
+    r = torch.from_numpy(rep.radius)
+    assert rep.audit is not None and rep.audit.successes == 0 and rep.audit.points == 50
+    assert not bool(pgd_l2(g, x, y, r, steps=30, restarts=2).success.any())
+    assert bool(pgd_l2(g, x, y, r * 1.001 + 1e-9, steps=30, restarts=3).success.all())
+
+
+def test_audit_catches_an_inflated_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
+    g, *_ = two_layer(3)
+    x = torch.randn(64, 8, dtype=D)
+    with torch.no_grad():
+        y = g.forward(x).argmax(1)
+    real = GlobalMargin.radii
+    monkeypatch.setattr(GlobalMargin, "radii", lambda self, batch: real(self, batch) * 50.0)
+    with pytest.raises(InternalError, match="inside its certified radius") as info:
+        certify(g, (x, y), eps=[0.1], audit=64, lower_bound=False)
+    assert info.value.exit_code == 5
+
+
+def test_normalisation_and_softmax_are_certified_in_data_space() -> None:
+    """--mean/--std: the same radii as a graph with the normalisation built in; a final softmax changes
+    nothing (the logits are certified, said in a note)."""
+    torch.manual_seed(4)
+    base = mlp("relu", d=12)
+    mean, std = 0.3, 0.2
+    inner = [Node("norm", Affine(torch.full((12,), 1 / std, dtype=D), torch.full((12,), -mean / std, dtype=D)),
+                  (INPUT,)),
+             *[Node(n.name, n.op, tuple("norm" if i == INPUT else i for i in n.inputs)) for n in base.nodes],
+             Node("sm", Softmax(), ("l3",))]
+    built_in = Graph((12,), inner, dtype=D)
+    x = torch.rand(100, 12, dtype=D)
+    with torch.no_grad():
+        y = built_in.forward(x).argmax(1)
+    a = certify(base, (x, y), eps=[0.01], mean=[mean], std=[std], lower_bound=False)
+    b = certify(built_in, (x, y), eps=[0.01], lower_bound=False)
+    np.testing.assert_allclose(a.radius, b.radius, rtol=1e-6)
+    assert a.clean_accuracy == 1.0 and any("softmax" in n for n in b.notes)
+    assert a.to_dict()["data"]["std"] == [std]
+
+
+def test_bad_data_and_options_give_clear_errors() -> None:
+    g = mlp("relu", d=12, c=5)
+    x = torch.rand(10, 12, dtype=D)
+    with pytest.raises(InputError, match="out of range"):
+        certify(g, (x, torch.full((10,), 7)), lower_bound=False)
+    with pytest.raises(InputError, match="shape"):
+        certify(g, (torch.rand(10, 13), torch.zeros(10, dtype=torch.long)), lower_bound=False)
+    with pytest.raises(InputError, match="empty"):
+        certify(g, (torch.rand(0, 12), torch.zeros(0, dtype=torch.long)), lower_bound=False)
+    with pytest.raises(InputError, match="NaN"):
+        certify(g, (torch.full((2, 12), float("nan")), torch.zeros(2, dtype=torch.long)), lower_bound=False)
+    with pytest.raises(UsageError, match="eps"):
+        certify(g, (x, torch.zeros(10, dtype=torch.long)), eps=[-1.0], lower_bound=False)
+    scalar = Graph((12,), [Node("l", Linear(torch.randn(1, 12, dtype=D), None), (INPUT,))], dtype=D)
+    with pytest.raises(UsageError, match="classifier"):
+        certify(scalar, (x, torch.zeros(10, dtype=torch.long)), lower_bound=False)
+    image = Graph((12,), [Node("r", Reshape((3, 4)), (INPUT,))], dtype=D)
+    with pytest.raises(UsageError, match="classifier"):
+        certify(image, (x, torch.zeros(10, dtype=torch.long)), lower_bound=False)
