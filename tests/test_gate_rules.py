@@ -11,12 +11,22 @@ from gate_report_dicts import report
 from speccert.errors import InputError, UsageError
 from speccert.report.baseline import baseline_report, comparison_notes, regression_rules
 from speccert.report.gate import evaluate
-from speccert.report.policy import MAX_METRICS, MIN_METRICS, Policy, RegressionSpec, make_rule
-from speccert.report.rules import METRICS, RuleResult, evaluate_rule
+from speccert.report.policy import Policy, RegressionSpec, make_rule
+from speccert.report.rules import METRICS, RuleResult, evaluate_rule, register_metric
 
 
-def test_registry_matches_policy_directions() -> None:
-    assert set(METRICS.keys()) == set(MIN_METRICS) | set(MAX_METRICS)
+def test_every_registered_metric_makes_a_rule_with_its_bound() -> None:
+    assert set(METRICS.keys()) >= {"certified_accuracy", "clean_accuracy", "median_radius", "lipschitz_upper",
+                                   "max_layer_norm"}
+    for name, metric in METRICS.items():
+        eps = 0.1 if metric.needs_eps else None
+        rule = make_rule(name, eps=eps, **{metric.bound: 0.5})
+        assert rule.bound == metric.bound and rule.eps == eps
+        other = "max" if metric.bound == "min" else "min"
+        with pytest.raises(UsageError, match=f"takes '{metric.bound}', not '{other}'"):
+            make_rule(name, eps=eps, **{other: 0.5})
+        with pytest.raises(KeyError, match="already registered"):
+            register_metric(name, "again", bound=metric.bound)(metric.read)
 
 
 @pytest.mark.parametrize(("rule", "value", "passed"), [

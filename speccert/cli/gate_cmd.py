@@ -34,7 +34,7 @@ from speccert.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from speccert.report.gate import GateResult
-    from speccert.report.policy import RuleSpec
+    from speccert.report.rules import RuleSpec
 
 
 def _rules_from_options(min_cra: list[str] | None, min_clean: float | None, max_lipschitz: float | None,

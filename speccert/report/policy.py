@@ -32,7 +32,6 @@ naming the key (or the line, for TOML syntax errors). Parsing is pure: no model 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from speccert.errors import InputError, UsageError
+from speccert.report.policy_values import boolean, check_keys, integer, nonempty_list, number, numbers, string
+from speccert.report.rules import RuleSpec, make_rule
 
 POLICY_FILE = "speccert.toml"
 PYPROJECT = "pyproject.toml"
@@ -57,26 +58,6 @@ class DataSpec:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     input_shape: tuple[int, ...] | None = None
-
-
-@dataclass(frozen=True)
-class RuleSpec:
-    """One threshold rule: `metric` (at radius `eps` for per-radius metrics) `bound` `threshold`,
-    where bound is "min" (value >= threshold) or "max" (value <= threshold)."""
-
-    metric: str
-    bound: str
-    threshold: float
-    eps: float | None = None
-    name: str | None = None
-
-    @property
-    def label(self) -> str:
-        if self.name:
-            return self.name
-        at = f"@{_fmt(self.eps)}" if self.eps is not None else ""
-        op = ">=" if self.bound == "min" else "<="
-        return f"{self.metric}{at} {op} {_fmt(self.threshold)}"
 
 
 @dataclass(frozen=True)
@@ -126,66 +107,12 @@ def _lists(x: Any) -> Any:
     return x
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.12g}"
-
-
-# ---- metric directions (the rule registry in rules.py holds the evaluation) -------------------------
-# Kept here so parsing stays free of evaluation code; rules.py checks both lists agree.
-MIN_METRICS = ("certified_accuracy", "clean_accuracy", "median_radius")
-MAX_METRICS = ("lipschitz_upper", "max_layer_norm")
-EPS_METRICS = ("certified_accuracy",)
-FRACTION_METRICS = ("certified_accuracy", "clean_accuracy")
-
 _GATE_KEYS = {"eps", "method", "device", "seed", "second_order", "audit", "lower_bound", "data", "rule",
               "no_regression"}
 SPLITS = ("test", "train")
 _DATA_KEYS = {f.name for f in dataclasses.fields(DataSpec)}
 _RULE_KEYS = {"metric", "eps", "min", "max", "name"}
 _REGRESSION_KEYS = {f.name for f in dataclasses.fields(RegressionSpec)}
-
-
-def _unknown(table: dict[str, Any], allowed: set[str], where: str, src: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise UsageError(f"{src}: unknown key '{where}.{key}' (allowed: {', '.join(sorted(allowed))})")
-
-
-def _number(v: Any, key: str, src: str, *, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise UsageError(f"{src}: '{key}' must be a finite number, got {v!r}")
-    if positive and v <= 0:
-        raise UsageError(f"{src}: '{key}' must be > 0, got {v!r}")
-    if nonneg and v < 0:
-        raise UsageError(f"{src}: '{key}' must be >= 0, got {v!r}")
-    return float(v)
-
-
-def _numbers(v: Any, key: str, src: str, *, positive: bool = False) -> tuple[float, ...]:
-    items = v if isinstance(v, list) else [v]
-    if not items:
-        raise UsageError(f"{src}: '{key}' must not be empty")
-    return tuple(_number(x, f"{key}[{i}]", src, positive=positive) for i, x in enumerate(items))
-
-
-def _int(v: Any, key: str, src: str, *, positive: bool = False) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise UsageError(f"{src}: '{key}' must be an integer, got {v!r}")
-    if positive and v <= 0:
-        raise UsageError(f"{src}: '{key}' must be > 0, got {v!r}")
-    return v
-
-
-def _bool(v: Any, key: str, src: str) -> bool:
-    if not isinstance(v, bool):
-        raise UsageError(f"{src}: '{key}' must be true or false, got {v!r}")
-    return v
-
-
-def _str(v: Any, key: str, src: str) -> str:
-    if not isinstance(v, str) or not v:
-        raise UsageError(f"{src}: '{key}' must be a non-empty string, got {v!r}")
-    return v
 
 
 def _relative(path: str, base: Path | None) -> str:
@@ -196,37 +123,6 @@ def _relative(path: str, base: Path | None) -> str:
     return os.path.normpath(base / p)
 
 
-def make_rule(metric: str, *, min: float | None = None, max: float | None = None,  # noqa: A002
-              eps: float | None = None, name: str | None = None, where: str = "rule",
-              src: str = "policy") -> RuleSpec:
-    """Validate one rule: the metric exists, takes the right bound, and names a radius iff it needs one."""
-    known = MIN_METRICS + MAX_METRICS
-    if metric not in known:
-        raise UsageError(f"{src}: {where}: unknown metric {metric!r} (known: {', '.join(known)}; "
-                         "baseline comparison is [gate.no_regression])")
-    bound = "min" if metric in MIN_METRICS else "max"
-    given = {"min": min, "max": max}
-    if given[bound] is None:
-        other = "max" if bound == "min" else "min"
-        hint = f", not '{other}'" if given[other] is not None else ""
-        raise UsageError(f"{src}: {where}: metric {metric!r} takes '{bound}'{hint}")
-    if given["max" if bound == "min" else "min"] is not None:
-        raise UsageError(f"{src}: {where}: metric {metric!r} takes only '{bound}'")
-    threshold = _number(given[bound], f"{where}.{bound}", src, nonneg=True)
-    if metric in FRACTION_METRICS and threshold > 1:
-        raise UsageError(f"{src}: {where}: {metric} is a fraction in [0, 1], got {threshold:g} "
-                         f"(write {threshold / 100:g} for {threshold:g}%)")
-    if metric in EPS_METRICS:
-        if eps is None:
-            raise UsageError(f"{src}: {where}: metric {metric!r} needs 'eps' (the radius)")
-        eps = _number(eps, f"{where}.eps", src, positive=True)
-    elif eps is not None:
-        raise UsageError(f"{src}: {where}: metric {metric!r} takes no 'eps'")
-    if name is not None:
-        name = _str(name, f"{where}.name", src)
-    return RuleSpec(metric=metric, bound=bound, threshold=threshold, eps=eps, name=name)
-
-
 def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = None) -> Policy:
     """Build a Policy from a parsed TOML document (the content of speccert.toml or [tool.speccert])."""
     for key in doc:
@@ -235,33 +131,33 @@ def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = N
     gate = doc.get("gate")
     if not isinstance(gate, dict):
         raise UsageError(f"{src}: missing [gate] table")
-    _unknown(gate, _GATE_KEYS, "gate", src)
+    check_keys(gate, _GATE_KEYS, "gate", src)
 
-    eps = _numbers(gate["eps"], "gate.eps", src, positive=True) if "eps" in gate else ()
-    method = _str(gate.get("method", "auto"), "gate.method", src)
-    device = _str(gate.get("device", "cpu"), "gate.device", src)
-    seed = _int(gate.get("seed", 0), "gate.seed", src)
-    audit = _int(gate.get("audit", 0), "gate.audit", src)
+    eps = numbers(gate["eps"], "gate.eps", src, positive=True) if "eps" in gate else ()
+    method = string(gate.get("method", "auto"), "gate.method", src)
+    device = string(gate.get("device", "cpu"), "gate.device", src)
+    seed = integer(gate.get("seed", 0), "gate.seed", src)
+    audit = integer(gate.get("audit", 0), "gate.audit", src)
     if audit < 0:
         raise UsageError(f"{src}: 'gate.audit' must be >= 0 (points to attack), got {audit}")
-    second_order, lower_bound = (_bool(gate.get(k, False), f"gate.{k}", src) for k in ("second_order", "lower_bound"))
+    second_order, lower_bound = (boolean(gate.get(k, False), f"gate.{k}", src) for k in ("second_order", "lower_bound"))
 
     data = DataSpec()
     if "data" in gate:
         d = gate["data"]
         if not isinstance(d, dict):
             raise UsageError(f"{src}: 'gate.data' must be a table ([gate.data])")
-        _unknown(d, _DATA_KEYS, "gate.data", src)
+        check_keys(d, _DATA_KEYS, "gate.data", src)
         if "split" in d and d["split"] not in SPLITS:
             raise UsageError(f"{src}: 'gate.data.split' must be one of {', '.join(SPLITS)}, got {d['split']!r}")
         data = DataSpec(
-            path=_relative(_str(d["path"], "gate.data.path", src), base) if "path" in d else None,
-            split=_str(d["split"], "gate.data.split", src) if "split" in d else None,
-            limit=_int(d["limit"], "gate.data.limit", src, positive=True) if "limit" in d else None,
-            mean=_numbers(d["mean"], "gate.data.mean", src) if "mean" in d else None,
-            std=_numbers(d["std"], "gate.data.std", src, positive=True) if "std" in d else None,
-            input_shape=tuple(_int(v, f"gate.data.input_shape[{i}]", src, positive=True)
-                              for i, v in enumerate(_list(d["input_shape"], "gate.data.input_shape", src)))
+            path=_relative(string(d["path"], "gate.data.path", src), base) if "path" in d else None,
+            split=string(d["split"], "gate.data.split", src) if "split" in d else None,
+            limit=integer(d["limit"], "gate.data.limit", src, positive=True) if "limit" in d else None,
+            mean=numbers(d["mean"], "gate.data.mean", src) if "mean" in d else None,
+            std=numbers(d["std"], "gate.data.std", src, positive=True) if "std" in d else None,
+            input_shape=tuple(integer(v, f"gate.data.input_shape[{i}]", src, positive=True)
+                              for i, v in enumerate(nonempty_list(d["input_shape"], "gate.data.input_shape", src)))
             if "input_shape" in d else None,
         )
 
@@ -273,10 +169,10 @@ def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = N
         where = f"gate.rule[{i}]"
         if not isinstance(r, dict):
             raise UsageError(f"{src}: '{where}' must be a table")
-        _unknown(r, _RULE_KEYS, where, src)
+        check_keys(r, _RULE_KEYS, where, src)
         if "metric" not in r:
             raise UsageError(f"{src}: '{where}' needs 'metric'")
-        rules.append(make_rule(_str(r["metric"], f"{where}.metric", src), min=r.get("min"),
+        rules.append(make_rule(string(r["metric"], f"{where}.metric", src), min=r.get("min"),
                                max=r.get("max"), eps=r.get("eps"), name=r.get("name"), where=where, src=src))
 
     regression = None
@@ -291,26 +187,20 @@ def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = N
 
 
 def parse_regression(n: dict[str, Any], src: str = "policy", base: Path | None = None) -> RegressionSpec:
-    _unknown(n, _REGRESSION_KEYS, "gate.no_regression", src)
+    check_keys(n, _REGRESSION_KEYS, "gate.no_regression", src)
     w = "gate.no_regression"
-    growth = _number(n.get("max_lipschitz_growth", DEFAULT_MAX_LIPSCHITZ_GROWTH),
+    growth = number(n.get("max_lipschitz_growth", DEFAULT_MAX_LIPSCHITZ_GROWTH),
                      f"{w}.max_lipschitz_growth", src, positive=True)
     if growth < 1:
         raise UsageError(f"{src}: '{w}.max_lipschitz_growth' is a factor >= 1, got {growth:g}")
     return RegressionSpec(
-        baseline=_relative(_str(n["baseline"], f"{w}.baseline", src), base) if "baseline" in n else None,
-        max_cra_drop=_number(n.get("max_cra_drop", DEFAULT_MAX_CRA_DROP), f"{w}.max_cra_drop", src,
+        baseline=_relative(string(n["baseline"], f"{w}.baseline", src), base) if "baseline" in n else None,
+        max_cra_drop=number(n.get("max_cra_drop", DEFAULT_MAX_CRA_DROP), f"{w}.max_cra_drop", src,
                              nonneg=True),
         max_lipschitz_growth=growth,
-        max_clean_drop=_number(n["max_clean_drop"], f"{w}.max_clean_drop", src, nonneg=True)
+        max_clean_drop=number(n["max_clean_drop"], f"{w}.max_clean_drop", src, nonneg=True)
         if "max_clean_drop" in n else None,
     )
-
-
-def _list(v: Any, key: str, src: str) -> list[Any]:
-    if not isinstance(v, list) or not v:
-        raise UsageError(f"{src}: '{key}' must be a non-empty list, got {v!r}")
-    return v
 
 
 def read_policy(path: str | os.PathLike[str]) -> Policy:
@@ -377,7 +267,7 @@ def parse_eps_option(text: str) -> tuple[float, ...]:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise UsageError(f"--eps expects numbers separated by commas, got {text!r}") from None
-    return _numbers(values, "--eps", "command line", positive=True)
+    return numbers(values, "--eps", "command line", positive=True)
 
 
 def with_overrides(policy: Policy, *, rules: list[RuleSpec] | None = None, eps: tuple[float, ...] | None = None,
@@ -389,7 +279,7 @@ def with_overrides(policy: Policy, *, rules: list[RuleSpec] | None = None, eps: 
     if data is not None:
         d = dataclasses.replace(d, path=data)
     if limit is not None:
-        d = dataclasses.replace(d, limit=_int(limit, "--limit", "command line", positive=True))
+        d = dataclasses.replace(d, limit=integer(limit, "--limit", "command line", positive=True))
     reg = policy.regression
     if baseline is not None or max_cra_drop is not None or max_lipschitz_growth is not None:
         reg = reg or RegressionSpec()

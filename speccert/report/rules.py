@@ -5,9 +5,9 @@ A metric reads one number from the report; a rule compares it with a threshold:
     passed  <=>  value >= threshold   (bound "min": certified_accuracy@eps, clean_accuracy, median_radius)
     passed  <=>  value <= threshold   (bound "max": lipschitz_upper, max_layer_norm)
 
-A value that is missing or not a finite number never passes (a gate must not pass on a number it could
-not read). Metrics live in the `METRICS` registry; adding one is one `@register_metric` function here and
-its name in `policy.MIN_METRICS` / `MAX_METRICS` (a test checks both agree).
+A value that is missing or not a number never passes (a gate must not pass on a number it could not
+read). Metrics live in the `METRICS` registry, each declaring its bound, whether it needs a radius and
+whether it is a fraction; adding a metric is one `@register_metric` function in this file.
 
     >>> report = {"certificate": {"eps": [0.25], "certified_accuracy": [0.7], "clean_accuracy": 0.9}}
     >>> evaluate_rule(make_rule("certified_accuracy", min=0.6, eps=0.25), report).passed
@@ -23,9 +23,9 @@ from typing import Any
 
 from speccert.errors import UsageError
 from speccert.registry import Registry
-from speccert.report.policy import RuleSpec, make_rule
+from speccert.report.policy_values import number, string
 
-__all__ = ["METRICS", "Metric", "RuleResult", "as_float", "cra_at", "evaluate_rule", "evaluate_rules",
+__all__ = ["METRICS", "Metric", "RuleResult", "RuleSpec", "as_float", "cra_at", "evaluate_rule", "evaluate_rules",
            "make_rule", "register_metric"]
 
 EPS_MATCH = 1e-9  # radii are user-typed decimals: 0.25 in the policy is 0.25 in the report
@@ -57,26 +57,92 @@ def _json_number(v: Any) -> Any:
     return v
 
 
+Reader = Callable[[dict[str, Any], float | None], float | None]
+
+
 @dataclass(frozen=True)
 class Metric:
+    """A number read from a certify report. `bound` is "min" (rules say value >= threshold) or "max"."""
+
     name: str
-    needs_eps: bool
-    read: Callable[[dict[str, Any], float | None], float | None]
+    bound: str
+    read: Reader
     description: str
+    needs_eps: bool = False
+    fraction: bool = False
 
 
 METRICS: Registry[str, Metric] = Registry("gate metric")
 
 
-def register_metric(name: str, description: str, needs_eps: bool = False) -> Callable[
-        [Callable[[dict[str, Any], float | None], float | None]],
-        Callable[[dict[str, Any], float | None], float | None]]:
-    def deco(fn: Callable[[dict[str, Any], float | None], float | None]) -> Callable[
-            [dict[str, Any], float | None], float | None]:
-        METRICS.add(name, Metric(name, needs_eps, fn, description))
+def register_metric(name: str, description: str, *, bound: str, needs_eps: bool = False,
+                    fraction: bool = False) -> Callable[[Reader], Reader]:
+    if bound not in ("min", "max"):
+        raise ValueError(f"metric {name!r}: bound must be 'min' or 'max', got {bound!r}")
+
+    def deco(fn: Reader) -> Reader:
+        METRICS.add(name, Metric(name, bound, fn, description, needs_eps, fraction))
         return fn
 
     return deco
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.12g}"
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One threshold rule: `metric` (at radius `eps` for per-radius metrics) `bound` `threshold`,
+    where bound is "min" (value >= threshold) or "max" (value <= threshold)."""
+
+    metric: str
+    bound: str
+    threshold: float
+    eps: float | None = None
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        at = f"@{_fmt(self.eps)}" if self.eps is not None else ""
+        op = ">=" if self.bound == "min" else "<="
+        return f"{self.metric}{at} {op} {_fmt(self.threshold)}"
+
+
+
+def make_rule(metric: str, *, min: float | None = None, max: float | None = None,  # noqa: A002
+              eps: float | None = None, name: str | None = None, where: str = "rule",
+              src: str = "policy") -> RuleSpec:
+    """Validate one rule: the metric exists, takes the right bound, and names a radius iff it needs one."""
+    if metric not in METRICS:
+        raise UsageError(f"{src}: {where}: unknown metric {metric!r} (known: {', '.join(METRICS.keys())}; "
+                         "baseline comparison is [gate.no_regression])")
+    m = METRICS.get(metric)
+    bound = m.bound
+    given = {"min": min, "max": max}
+    if given[bound] is None:
+        other = "max" if bound == "min" else "min"
+        hint = f", not '{other}'" if given[other] is not None else ""
+        raise UsageError(f"{src}: {where}: metric {metric!r} takes '{bound}'{hint}")
+    if given["max" if bound == "min" else "min"] is not None:
+        raise UsageError(f"{src}: {where}: metric {metric!r} takes only '{bound}'")
+    threshold = number(given[bound], f"{where}.{bound}", src, nonneg=True)
+    if m.fraction and threshold > 1:
+        raise UsageError(f"{src}: {where}: {metric} is a fraction in [0, 1], got {threshold:g} "
+                         f"(write {threshold / 100:g} for {threshold:g}%)")
+    if m.needs_eps:
+        if eps is None:
+            raise UsageError(f"{src}: {where}: metric {metric!r} needs 'eps' (the radius)")
+        eps = number(eps, f"{where}.eps", src, positive=True)
+    elif eps is not None:
+        raise UsageError(f"{src}: {where}: metric {metric!r} takes no 'eps'")
+    if name is not None:
+        name = string(name, f"{where}.name", src)
+    return RuleSpec(metric=metric, bound=bound, threshold=threshold, eps=eps, name=name)
+
+
 
 
 def as_float(v: Any) -> float | None:
@@ -112,28 +178,29 @@ def cra_at(report: dict[str, Any], eps: float) -> float | None:
 
 
 @register_metric("certified_accuracy", "fraction of points correctly classified with certified "
-                 "radius >= eps", needs_eps=True)
+                 "radius >= eps", bound="min", needs_eps=True, fraction=True)
 def _certified_accuracy(report: dict[str, Any], eps: float | None) -> float | None:
     assert eps is not None
     return cra_at(report, eps)
 
 
-@register_metric("clean_accuracy", "fraction of points correctly classified")
+@register_metric("clean_accuracy", "fraction of points correctly classified", bound="min", fraction=True)
 def _clean_accuracy(report: dict[str, Any], eps: float | None) -> float | None:
     return as_float(_section(report, "certificate").get("clean_accuracy"))
 
 
-@register_metric("median_radius", "median certified radius over the evaluated points (0 if misclassified)")
+@register_metric("median_radius", "median certified radius over the evaluated points (0 if misclassified)",
+                 bound="min")
 def _median_radius(report: dict[str, Any], eps: float | None) -> float | None:
     return as_float(_section(report, "certificate").get("median_radius"))
 
 
-@register_metric("lipschitz_upper", "proven upper bound on the model's L2 Lipschitz constant")
+@register_metric("lipschitz_upper", "proven upper bound on the model's L2 Lipschitz constant", bound="max")
 def _lipschitz_upper(report: dict[str, Any], eps: float | None) -> float | None:
     return as_float(_section(report, "lipschitz").get("upper"))
 
 
-@register_metric("max_layer_norm", "largest proven upper bound on a layer's spectral norm")
+@register_metric("max_layer_norm", "largest proven upper bound on a layer's spectral norm", bound="max")
 def _max_layer_norm(report: dict[str, Any], eps: float | None) -> float | None:
     uppers = [as_float(layer.get("upper")) for layer in report.get("layers") or [] if isinstance(layer, dict)]
     if not uppers or any(u is None for u in uppers):
