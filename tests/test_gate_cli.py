@@ -173,26 +173,8 @@ def test_malformed_toml_exit_2_with_line(tmp_path: Path, tiny: dict[str, object]
     assert "Traceback" not in p.stderr
 
 
-def test_corrupt_model_exit_4(tmp_path: Path, tiny: dict[str, object]) -> None:
-    corrupt = tmp_path / "corrupt.onnx"
-    corrupt.write_bytes(b"\x08\x07garbage" + bytes(range(256)) * 4)
-    p = run(corrupt, "--data", tiny["data"], "--min-clean", "0.5")
-    assert p.returncode == 4, p.stderr
-    assert "corrupt.onnx" in p.stderr and "Traceback" not in p.stderr
-
-
-def test_unsupported_model_exit_3(tmp_path: Path, tiny: dict[str, object]) -> None:
-    sign = tmp_path / "sign.onnx"
-    rng = np.random.default_rng(1)
-    w = numpy_helper.from_array(rng.standard_normal((3, 16)).astype(np.float32), "w")
-    _save(sign, [helper.make_node("Flatten", ["x"], ["f"], axis=1), helper.make_node("Sign", ["f"], ["s"]),
-                 helper.make_node("Gemm", ["s", "w"], ["y"], transB=1)], [w], 3)
-    p = run(sign, "--data", tiny["data"], "--min-clean", "0.5")
-    assert p.returncode == 3, p.stderr
-    assert "Sign" in p.stderr
-
-
-# The same entry point the console script calls (speccert.cli.app.main), in-process to keep the suite fast.
+# The same entry point the console script calls (speccert.cli.app.main), in-process to keep the suite fast:
+# policy errors, unreadable files (exit 4) and an unsupported model (exit 3).
 @pytest.mark.parametrize(("args", "code", "text"), [
     (["--policy", "{root}/unknown.toml"], 2, "gate.rule[0].minimum"),
     (["--data", "{data}"], 2, "no rules"),
@@ -204,20 +186,30 @@ def test_unsupported_model_exit_3(tmp_path: Path, tiny: dict[str, object]) -> No
     (["--data", "{data}", "--min-clean", "0.5", "--junit", "{root}/nodir/gate.xml"], 2, "does not exist"),
     (["--data", "{data}", "--min-clean", "0.5", "--method", "bogus"], 2, "bogus"),
     (["--data", "{data}", "--min-clean", "0.5", "--eps", "0.1,x"], 2, "--eps"),
+    (["--data", "{data}", "--min-clean", "0.5", "MODEL={root}/corrupt.onnx"], 4, "corrupt.onnx"),
+    (["--data", "{data}", "--min-clean", "0.5", "MODEL={root}/sign.onnx"], 3, "Sign"),
 ])
 def test_bad_input_exit_codes(tmp_path: Path, tiny: dict[str, object], capsys: pytest.CaptureFixture[str],
                               args: list[str], code: int, text: str) -> None:
     from speccert.cli.app import main
 
     (tmp_path / "unknown.toml").write_text("[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\nminimum = 0.5\n")
-    argv = ["gate", str(tiny["model"]), *(a.format(root=tmp_path, data=tiny["data"]) for a in args)]
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage" + bytes(range(256)) * 4)
+    w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32), "w")
+    _save(tmp_path / "sign.onnx", [helper.make_node("Flatten", ["x"], ["f"], axis=1),  # Sign: no Lipschitz bound
+                                   helper.make_node("Sign", ["f"], ["s"]),
+                                   helper.make_node("Gemm", ["s", "w"], ["y"], transB=1)], [w], 3)
+    args = [a.format(root=tmp_path, data=tiny["data"]) for a in args]
+    model = next((a[len("MODEL="):] for a in args if a.startswith("MODEL=")), str(tiny["model"]))
+    argv = ["gate", model, *(a for a in args if not a.startswith("MODEL="))]
     cwd = os.getcwd()
     os.chdir(tmp_path)  # no speccert.toml here to discover
     try:
         assert main(argv) == code
     finally:
         os.chdir(cwd)
-    assert text in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert text in err and "Traceback" not in err
 
 
 @pytest.mark.slow
