@@ -185,6 +185,7 @@ def test_malformed_toml_exit_2_with_line(tmp_path: Path, tiny: dict[str, object]
     (["--policy", "{root}/none.toml"], 4, "none.toml"),
     (["--data", "{data}", "--min-clean", "0.5", "--junit", "{root}/nodir/gate.xml"], 2, "does not exist"),
     (["--data", "{data}", "--min-clean", "0.5", "--method", "bogus"], 2, "bogus"),
+    (["--data", "{data}", "--min-clean", "0.5", "--markdown", ""], 2, "empty path"),
     (["--data", "{data}", "--min-clean", "0.5", "--eps", "0.1,x"], 2, "--eps"),
     (["--data", "{data}", "--min-clean", "0.5", "MODEL={root}/corrupt.onnx"], 4, "corrupt.onnx"),
     (["--data", "{data}", "--min-clean", "0.5", "MODEL={root}/sign.onnx"], 3, "Sign"),

@@ -130,9 +130,13 @@ def test_baseline_without_shared_radius_is_a_usage_error() -> None:
         regression_rules(report(eps=(0.7,), cra=(0.1,)), report(), RegressionSpec())
 
 
-def test_notes_list_radii_missing_from_baseline() -> None:
+def test_notes_list_radii_missing_from_baseline_and_schema_changes() -> None:
     notes = comparison_notes(report(eps=(0.1, 0.75), cra=(0.8, 0.1)), report())
     assert any("0.75" in n for n in notes)
+    assert not any("schema" in n for n in notes)
+    old = report()
+    old["schema_version"] = "0.9.0"
+    assert any("schema 0.9.0" in n for n in comparison_notes(report(), old))
 
 
 def test_gate_verdict_and_exit_code() -> None:

@@ -60,8 +60,8 @@ def command(
                                                 "with \\[tool.speccert]. Default: ./speccert.toml if present.")] = None,
     baseline: Annotated[str | None, typer.Option("--baseline", help="Baseline report (JSON of an earlier gate or "
                                                  "certify run): enables no_regression.")] = None,
-    junit: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one test case per rule).")] = None,
-    markdown: Annotated[Path | None, typer.Option("--markdown", help="Append a Markdown summary here (works with "
+    junit: Annotated[str | None, typer.Option("--junit", help="Write JUnit XML here (one test case per rule).")] = None,
+    markdown: Annotated[str | None, typer.Option("--markdown", help="Append a Markdown summary here (works with "
                                                   "$GITHUB_STEP_SUMMARY).")] = None,
     json_out: JsonOpt = None,
     min_cra: Annotated[list[str] | None, typer.Option("--min-cra", metavar="ACC@EPS", help="Rule: certified "
@@ -128,6 +128,8 @@ def _check_targets(targets: dict[str, str | Path | None]) -> None:
     for opt, target in targets.items():
         if target is None:
             continue
+        if str(target) == "":
+            raise UsageError(f"{opt}: empty path (is the variable you passed, e.g. $GITHUB_STEP_SUMMARY, set?)")
         path = Path(target)
         if path.is_dir():
             raise UsageError(f"{opt} {target}: is a folder")

@@ -67,6 +67,9 @@ def comparison_notes(current: dict[str, Any], base: dict[str, Any]) -> list[str]
         notes.append(f"baseline is from another model file (sha256 {str(sha_b)[:12]}, now {str(sha_c)[:12]})")
     elif sha_c and sha_c == sha_b:
         notes.append("baseline is from the same model file (same sha256)")
+    ver_c, ver_b = str(current.get("schema_version", "")), str(base.get("schema_version", ""))
+    if ver_c and ver_b and ver_c.split(".")[0] != ver_b.split(".")[0]:
+        notes.append(f"baseline report schema {ver_b} differs in major version from this run's {ver_c}")
     n_c, n_b = current["certificate"].get("n"), base["certificate"].get("n")
     if n_c is not None and n_b is not None and n_c != n_b:
         notes.append(f"baseline was certified on {n_b} points, this run on {n_c}")
