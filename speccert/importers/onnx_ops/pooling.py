@@ -82,6 +82,9 @@ def _avgpool_examples() -> list:
             unary("AveragePool", 13, (2, 7, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[0, 1, 2, 1],
                   count_include_pad=1),
             unary("AveragePool", 10, (2, 8, 8), kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+            unary("AveragePool", 13, (2, 8, 7), kernel_shape=[3, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
+            unary("AveragePool", 19, (2, 6, 6), kernel_shape=[3, 3], strides=[3, 3], pads=[1, 1, 1, 1], ceil_mode=1,
+                  count_include_pad=1),
             unary("AveragePool", 19, (3, 9), kernel_shape=[2], strides=[2], auto_pad="SAME_UPPER",
                   count_include_pad=1)]
 
@@ -99,8 +102,6 @@ def convert_avgpool(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value 
     asym = any(b != e or 2 * b > k for (b, e), k in zip(pads, kernel, strict=True))
     if asym and not include and any(b or e for b, e in pads):
         raise NotConvertible("asymmetric or wide padding with count_include_pad=0 is not supported")
-    if ceil and any(b or e for b, e in pads):
-        raise NotConvertible("ceil_mode with padding counts windows differently in torch and ONNX")
     y = ctx.add(AvgPool(kernel=kernel, stride=strides, padding=pads, ceil_mode=ceil, count_include_pad=include), [x])
     _check_size(y.shape, x.shape, kernel, strides, dil, pads, ceil)
     return [y]
