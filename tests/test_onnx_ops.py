@@ -3,6 +3,7 @@ carried by each registration), plus the registry's own rules."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import helper
 
 from speccert.errors import InternalError, UnsupportedModelError
@@ -197,3 +200,25 @@ def test_docs_support_table_is_generated_from_the_registry() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "onnx.md").read_text()
     table = doc.split("<!-- onnx-ops:begin -->\n")[1].split("<!-- onnx-ops:end -->")[0]
     assert table == supported_onnx_ops_markdown(), "docs/onnx.md is stale: regenerate its operator table"
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(st.data())
+def test_random_conv_and_pool_attributes_match_onnxruntime(data: st.DataObject) -> None:
+    k = data.draw(st.tuples(st.integers(1, 3), st.integers(1, 3)))
+    s = data.draw(st.tuples(st.integers(1, 3), st.integers(1, 2)))
+    d = data.draw(st.tuples(st.integers(1, 2), st.integers(1, 2)))
+    pads = data.draw(st.lists(st.integers(0, 2), min_size=4, max_size=4))
+    groups = data.draw(st.sampled_from([1, 2]))
+    h, w = data.draw(st.integers(6, 9)), data.draw(st.integers(5, 8))
+    conv = one_node("Conv", (4, h, w), ["x", "w"], {"w": randn(6, 4 // groups, *k, seed=sum(k))}, opset=13,
+                    strides=list(s), dilations=list(d), pads=pads, group=groups)
+    kp = [min(p, kk - 1) for p, kk in zip(pads, [*k, *k], strict=True)]  # onnxruntime wants pads < kernel
+    pool = one_node("MaxPool", (4, h, w), opset=13, kernel_shape=list(k), strides=list(s), pads=kp,
+                    ceil_mode=data.draw(st.sampled_from([0, 1])))
+    for m in (conv, pool):
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx.save(m, str(Path(tmp) / "m.onnx"))
+            g = load_onnx(Path(tmp) / "m.onnx")
+        x = np.random.default_rng(0).standard_normal((2, 4, h, w)).astype(np.float32)
+        np.testing.assert_allclose(g.forward(torch.from_numpy(x)).numpy(), ort_run(m, x), rtol=1e-5, atol=1e-5)
