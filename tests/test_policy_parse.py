@@ -160,3 +160,7 @@ def test_command_line_rules_and_overrides() -> None:
     assert pol.regression.max_lipschitz_growth == 1.05  # default kept
     with pytest.raises(UsageError, match="--limit"):
         with_overrides(base, limit=-1)
+    with pytest.raises(UsageError, match="--split"):
+        with_overrides(base, split="validation")
+    assert with_overrides(base, seed=7, split="train").seed == 7
+    assert with_overrides(base, split="train").data.split == "train"

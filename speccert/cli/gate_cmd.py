@@ -78,10 +78,13 @@ def command(
     max_lipschitz_growth: Annotated[float | None, typer.Option("--max-lipschitz-growth", help="no_regression: "
                                                                "allowed growth factor of L (default 1.05).")] = None,
     data: Annotated[str | None, typer.Option("--data", help="Data to certify on (overrides the policy's).")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="test or train (IDX folders).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Use the first N samples.")] = None,
     eps: Annotated[str | None, typer.Option("--eps", help="Radii, e.g. 0.1,0.25,0.5 (rule radii are added).")] = None,
     method: Annotated[str | None, typer.Option("--method", help="Norm method (default: the policy's, or auto).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of every random choice (default: the policy's, "
+                                             "or 0).")] = None,
     lower_bound: Annotated[bool, typer.Option("--lower-bound", help="Also measure an empirical lower bound on "
                                               "the Lipschitz constant (slower; not used by rules).")] = False,
     input_shape: InputShapeOpt = None,
@@ -105,8 +108,8 @@ def command(
     if lower_bound:
         pol = dataclasses.replace(pol, lower_bound=True)
     pol = with_overrides(pol, rules=cli_rules, eps=parse_eps_option(eps) if eps is not None else None, data=data,
-                         limit=limit, method=method, device=device, baseline=baseline, max_cra_drop=max_cra_drop,
-                         max_lipschitz_growth=max_lipschitz_growth)
+                         limit=limit, split=split, method=method, device=device, seed=seed, baseline=baseline,
+                         max_cra_drop=max_cra_drop, max_lipschitz_growth=max_lipschitz_growth)
 
     with err.status(f"certifying {model} ...", spinner="dots"):
         result = gate(model, pol, weights=os.fspath(weights) if weights is not None else None,

@@ -272,7 +272,8 @@ def parse_eps_option(text: str) -> tuple[float, ...]:
 
 def with_overrides(policy: Policy, *, rules: list[RuleSpec] | None = None, eps: tuple[float, ...] | None = None,
                    data: str | None = None, limit: int | None = None, method: str | None = None,
-                   device: str | None = None, baseline: str | None = None, max_cra_drop: float | None = None,
+                   device: str | None = None, seed: int | None = None, split: str | None = None,
+                   baseline: str | None = None, max_cra_drop: float | None = None,
                    max_lipschitz_growth: float | None = None) -> Policy:
     """Command-line options on top of a policy: rules are added, everything else replaces."""
     d = policy.data
@@ -280,6 +281,10 @@ def with_overrides(policy: Policy, *, rules: list[RuleSpec] | None = None, eps: 
         d = dataclasses.replace(d, path=data)
     if limit is not None:
         d = dataclasses.replace(d, limit=integer(limit, "--limit", "command line", positive=True))
+    if split is not None:
+        if split not in SPLITS:
+            raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+        d = dataclasses.replace(d, split=split)
     reg = policy.regression
     if baseline is not None or max_cra_drop is not None or max_lipschitz_growth is not None:
         reg = reg or RegressionSpec()
@@ -295,4 +300,5 @@ def with_overrides(policy: Policy, *, rules: list[RuleSpec] | None = None, eps: 
     return dataclasses.replace(
         policy, data=d, rules=policy.rules + tuple(rules or ()), eps=eps if eps is not None else policy.eps,
         method=method or policy.method, device=device or policy.device, regression=reg,
+        seed=integer(seed, "--seed", "command line") if seed is not None else policy.seed,
     )
