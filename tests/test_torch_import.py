@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,15 @@ INPUT_SHAPES: dict[str, tuple[int, ...]] = {
     "mlp": (3, 4), "cnn": (2, 12, 12), "residual": (2, 6, 6), "concat": (1, 6, 6), "normalised": (3, 8, 8),
     "smooth": (6,), "conv1d": (2, 8), "upsample": (2, 4, 4),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
+import logging
 import os
 import pickle
 import sys
@@ -45,10 +47,18 @@ PICKLE_REFUSED = (
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """torch.export and the TorchScript converter warn on stderr; the library never prints."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    """torch.export and the TorchScript converter warn and log to stderr; the library never prints."""
+    loggers = [lg for name, lg in logging.root.manager.loggerDict.items()
+               if name.startswith("torch") and isinstance(lg, logging.Logger) and not lg.disabled]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")  # torch.export also prints partial graphs to sys.stderr
+            yield
+    finally:
+        for lg in loggers:
+            lg.disabled = False
 
 
 def _first_line(exc: BaseException) -> str:
@@ -161,7 +171,8 @@ def _safe_load(path: Path) -> Any:
     if not path.is_file():
         raise InputError(f"weights file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with _quiet():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise InputError(PICKLE_REFUSED.format(path=path)) from None
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt, not a torch file
@@ -351,7 +362,8 @@ def load_torch_file(path: str | os.PathLike[str], input_shape: tuple[int, ...] |
         return _load_torchscript(path, input_shape, check, allow_unsupported)
     if not trust_pickle:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with _quiet():
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - anything beyond plain tensors: refuse without running it
             raise InputError(PICKLE_REFUSED.format(path=path)) from None
         if isinstance(obj, dict):
