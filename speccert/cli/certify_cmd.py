@@ -118,6 +118,9 @@ def command(
             import matplotlib  # noqa: F401
         except ImportError:
             raise UsageError("--plot needs matplotlib: pip install 'speccert[plot]'") from None
+    from speccert.data import load_data
+
+    dataset = load_data(data, split, limit)  # data errors first: they are cheaper to find than model ones
     graph = load_model(model, input_shape, weights, trust_pickle)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -133,9 +136,9 @@ def command(
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        report: CertifyReport = certify(graph, data, eps_list, method=method, device=dev,
+        report: CertifyReport = certify(graph, dataset, eps_list, method=method, device=dev,
                                         second_order=second_order, audit=audit, batch_size=batch_size,
-                                        limit=limit, mean=mean_v, std=std_v, split=split, seed=seed,
+                                        mean=mean_v, std=std_v, split=split, seed=seed,
                                         progress=progress)
     report.model["path"] = report.model.get("path") or model
     d = report.to_dict()
