@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler
 
-from speccert.data import Dataset
+from speccert.data import Dataset, fit_to_model
 from speccert.errors import EXIT_FAILED, SpeccertError, UsageError
 from speccert.ir.graph import Graph
 from speccert.ir.ops import Affine
@@ -162,6 +162,11 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
     val = as_dataset(val_data, "test") if val_data is not None else None
     if val is None:
         train, val = split_validation(train, seed)
+    n_classes = graph.output_shape[0] if len(graph.output_shape) == 1 else 0
+    if n_classes < 2:
+        raise UsageError(f"finetune needs a classifier with a vector of >= 2 logits; this model's output has "
+                         f"shape {list(graph.output_shape)}")
+    train, val = fit_to_model(train, graph.input_shape, n_classes), fit_to_model(val, graph.input_shape, n_classes)
     eps = target_eps(tlist) or [0.5]
     measure = evaluator or certifier_evaluator(val, eps, dev, mean=mean, std=std, batch_size=certify_batch_size)
 
