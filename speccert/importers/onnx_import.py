@@ -226,7 +226,9 @@ def load_onnx(path: str | os.PathLike[str], input_shape: tuple[int, ...] | None 
 
     Raises InputError (unreadable file, external data outside the folder), UsageError (several inputs,
     dynamic or wrong input shape), UnsupportedModelError listing every unconvertible node (unless
-    `allow_unsupported`), InternalError when the IR disagrees with onnxruntime (`check`).
+    `allow_unsupported`), InternalError when the IR disagrees with onnxruntime (`check`). With
+    `allow_unsupported`, unsupported nodes become `Opaque` and the faithfulness check is skipped when any
+    remain (the graph cannot be certified anyway; it only serves `inspect`).
     """
     path = Path(path)
     model = read_onnx(path)
