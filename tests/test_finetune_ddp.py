@@ -24,10 +24,11 @@ def _never(graph) -> Measurement:  # noqa: ANN001
 def _train(tag: str, folder: str) -> None:
     x, y = separable_data(80, (6,), seed=1)
     g = toy_mlp(dtype=torch.float64)
-    finetune(g, (x, y), (x[:10], y[:10]), targets=["cra@0.1>=0.9"], penalty="spectral", penalty_weight=0.5,
-             epochs=2, lr=1e-2, batch_size=20, seed=7, evaluator=_never)
+    res = finetune(g, (x, y), (x[:10], y[:10]), targets=["cra@0.1>=0.9"], penalty="spectral", penalty_weight=0.5,
+                   epochs=2, lr=1e-2, batch_size=20, seed=7, evaluator=_never)
     rank = int(os.environ.get("RANK", "0"))
-    torch.save({k: v.detach() for k, v in g.parameters().items()}, Path(folder) / f"{tag}-rank{rank}.pt")
+    assert res.graph is not None
+    torch.save({k: v.detach() for k, v in res.graph.parameters().items()}, Path(folder) / f"{tag}-rank{rank}.pt")
 
 
 def _worker(rank: int, world: int, port: int, folder: str) -> None:

@@ -14,14 +14,16 @@ outputs; its decisions (stop, penalty weight) are broadcast to the others.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from speccert.errors import UsageError
+from speccert.errors import SpeccertError, UsageError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,23 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn: Callable[[], T], info: DistInfo) -> T:
+    """Run `fn` on rank 0 only and give its result to every rank; a SpeccertError raised there is
+    raised on every rank (so no rank waits forever for a broadcast that never comes)."""
+    if not info.enabled:
+        return fn()
+    result: Any = None
+    if info.is_main:
+        try:
+            result = ("ok", fn())
+        except SpeccertError as exc:
+            result = ("error", exc)
+    kind, value = broadcast_object(result, info)
+    if kind == "error":
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def all_reduce_sum(values: list[float], info: DistInfo, device: str) -> list[float]:

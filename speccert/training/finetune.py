@@ -94,11 +94,21 @@ class FinetuneResult:
     run_dir: Path | None
     targets: list[Target]
     report: Any = None  # the certify report of the written output (CertifyReport)
+    graph: Graph | None = None  # the fine-tuned graph (the best epoch's weights)
     notes: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
         return 0 if self.met else EXIT_FAILED
+
+
+def _private_copy(graph: Graph, device: str) -> Graph:
+    """graph.to(device) with fresh storage even when nothing moves (Graph.to keeps same-device tensors)."""
+    g = graph.to(device)
+    for node in g.nodes:
+        for key, t in node.op.parameters().items():
+            object.__setattr__(node.op, key, t.detach().clone())
+    return g
 
 
 class _Indices(torch.utils.data.Dataset[int]):
@@ -154,7 +164,7 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
     if batch_size % info.world_size:
         raise UsageError(f"--batch-size {batch_size} must be divisible by the number of processes {info.world_size}")
     graph, spec = load_graph(model, input_shape, weights)
-    paths = prepare_paths(graph, spec, out, resume, overwrite, weights)
+    paths = ddp.on_main(lambda: prepare_paths(graph, spec, out, resume, overwrite, weights), info)
     random.seed(seed)
     torch.manual_seed(seed)
 
@@ -170,7 +180,7 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
     eps = target_eps(tlist) or [0.5]
     measure = evaluator or certifier_evaluator(val, eps, dev, mean=mean, std=std, batch_size=certify_batch_size)
 
-    g = graph.to(dev)
+    g = _private_copy(graph, dev)  # the caller's graph is never modified; the result carries the trained one
     module = g.to_torch()
     for node in g.nodes:  # input normalisation is part of the data contract, not a weight
         if isinstance(node.op, Affine):
@@ -321,7 +331,7 @@ def _finish(g: Graph, targets: list[Target], history: list[EpochRecord], best: t
             notes.append(why)
     ddp.barrier(info)
     missed = [] if met else rec.missed
-    return FinetuneResult(met, missed, history, best_epoch, written, paths.run_dir, targets, report, notes)
+    return FinetuneResult(met, missed, history, best_epoch, written, paths.run_dir, targets, report, g, notes)
 
 
 __all__ = ["EpochRecord", "FinetuneResult", "TrainingDiverged", "finetune"]
