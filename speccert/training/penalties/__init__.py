@@ -33,4 +33,11 @@ def make_penalty(name: str, graph, weight: float | None = None, **options) -> Pe
     return PENALTIES.get(name)(graph, weight, **options)
 
 
-__all__ = ["PENALTIES", "Penalty", "make_penalty"]
+def penalty_table_markdown() -> str:
+    """The penalties table of docs/finetune.md, generated from the registry (tests check it is current)."""
+    rows = ["| name | default weight | what it is |", "|---|---|---|"]
+    rows += [f"| `{k}` | {v.default_weight:g} | {v.summary} |" for k, v in PENALTIES.items()]
+    return "\n".join(rows)
+
+
+__all__ = ["PENALTIES", "Penalty", "make_penalty", "penalty_table_markdown"]
