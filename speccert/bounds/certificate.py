@@ -5,11 +5,11 @@ into radii r[b, j]: no perturbation of L2 norm < r[b, j] makes f_j >= f_y (y the
 point under a kind is min_j r[b, j]; the reported radius of the point is the best (largest) of the kinds.
 
 Floating point: logits are computed in float64 on the folded graph (the certified function). Each margin
-m_j = f_y - f_j is lowered by `MARGIN_SLACK * scale` before use, where `scale` bounds the magnitude of
-every intermediate value (max over nodes v of ||v(0)|| + L_v ||x||): far above the float64 error of the
-forward pass (~width * 2^-53 * magnitudes). Each radius is then multiplied by (1 - RADIUS_SLACK) and
-rounded down, which also absorbs the rounding of the few float64 operations of the radius formula.
-The reported radius therefore never exceeds the exact radius of the certificate.
+m_j = f_y - f_j is lowered by a bound on the float64 error of the forward pass at that point
+(speccert.bounds.float_error: per-node rounding errors times the Lipschitz bound from the node to the
+logits). Each radius is then multiplied by (1 - RADIUS_SLACK) and rounded down, which absorbs the
+rounding of the few float64 operations of the radius formula (denominators are rounded up where they are
+built). The reported radius therefore never exceeds the exact radius of the certificate.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from dataclasses import dataclass
 import torch
 
 from speccert.bounds.lipschitz import LipschitzBound
-from speccert.ir import INPUT, Graph
+from speccert.ir import Graph
 from speccert.registry import Registry
 
 Tensor = torch.Tensor
 
-MARGIN_SLACK = 1e-7
 RADIUS_SLACK = 1e-7
 GRADIENT_SLACK = 1e-7
 
@@ -82,23 +81,11 @@ def register_certificate(name: str) -> Callable[[type[Certificate]], type[Certif
     return deco
 
 
-def magnitude_profile(bound: LipschitzBound, graph: Graph) -> tuple[Tensor, Tensor]:
-    """(a, l) over the nodes of the folded graph: ||v(x)|| <= a_v + l_v ||x||, so the largest intermediate
-    value of the forward pass at x is at most max_v (a_v + l_v ||x||)."""
-    zero = torch.zeros((1, *graph.input_shape), dtype=torch.float64, device=next(
-        (t.device for t in graph.parameters().values()), torch.device("cpu")))
-    with torch.no_grad():
-        acts = graph.activations(zero)
-    names = [INPUT, *(n.name for n in graph.nodes)]
-    a = torch.tensor([float(acts[n].norm()) for n in names], dtype=torch.float64)
-    lip = torch.tensor([bound.node_upper[n] for n in names], dtype=torch.float64)
-    return a, lip
-
-
-def safe_margins(logits: Tensor, y: Tensor, scale: Tensor) -> Tensor:
-    """m[b, j] = f_y - f_j - MARGIN_SLACK * scale[b] (inf at j = y): never above the exact margin."""
+def safe_margins(logits: Tensor, y: Tensor, allowance: Tensor) -> Tensor:
+    """m[b, j] = f_y - f_j - allowance[b] (inf at j = y): never above the exact margin when `allowance`
+    bounds the float64 error of f_y - f_j (speccert.bounds.float_error)."""
     fy = logits.gather(1, y[:, None])
-    m = fy - logits - MARGIN_SLACK * scale[:, None]
+    m = fy - logits - allowance[:, None]
     return m.scatter(1, y[:, None], float("inf"))
 
 

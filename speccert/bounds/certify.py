@@ -34,10 +34,10 @@ from speccert.bounds.certificate import (
     Certificate,
     NotApplicable,
     finish_radius,
-    magnitude_profile,
     safe_margins,
 )
 from speccert.bounds.empirical import empirical_lipschitz
+from speccert.bounds.float_error import ErrorModel
 from speccert.bounds.lipschitz import LipschitzBound, lipschitz_bound
 from speccert.data import Dataset, fit_to_model, load_data, make_dataset
 from speccert.errors import InternalError, UsageError
@@ -137,7 +137,7 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
     folded = bound.folded.to(dev, torch.float64)
     ctx = CertContext(bound, folded, dev)
     certs = _certificates(ctx, second_order, notes)
-    a_prof, l_prof = (t.to(dev) for t in magnitude_profile(bound, folded))
+    errors = ErrorModel(bound.folded, {n.name: n.upper for n in bound.layers})
 
     n = len(ds)
     labels = ds.y
@@ -151,9 +151,10 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
         xb = torch.from_numpy(ds.x[start:start + batch_size]).to(device=dev, dtype=torch.float64)
         yb = torch.from_numpy(labels[start:start + batch_size]).to(dev)
         with torch.no_grad():
-            logits = folded.forward(xb)
-        scale = (a_prof[None, :] + l_prof[None, :] * xb.reshape(xb.shape[0], -1).norm(dim=1)[:, None]).amax(1)
-        m = safe_margins(logits, yb, scale)
+            acts = folded.activations(xb)
+        logits = acts[folded.output]
+        m = safe_margins(logits, yb, errors.bound(acts))
+        del acts
         batch = Batch(xb, yb, logits, m)
         pred = logits.argmax(1)
         correct = pred == yb

@@ -12,7 +12,7 @@ from speccert.errors import InputError
 
 @dataclass(frozen=True)
 class Dataset:
-    """x: [N, ...] float32 in the user's data space (uint8 images scaled to [0, 1]); y: [N] int64."""
+    """x: [N, ...] float32 or float64 in the user's data space (uint8 images scaled to [0, 1]); y: [N] int64."""
 
     x: np.ndarray
     y: np.ndarray
@@ -30,12 +30,13 @@ class Dataset:
 
 
 def as_float_images(x: np.ndarray, what: str) -> np.ndarray:
-    """uint8 -> float32 / 255; other numeric arrays -> float32; anything else -> InputError."""
+    """uint8 -> float32 / 255; float64 stays float64 (the exact points certified); other numeric
+    arrays -> float32; anything else -> InputError."""
     if x.dtype == np.uint8:
         return x.astype(np.float32) / np.float32(255.0)
     if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
         raise InputError(f"{what}: inputs must be a real numeric array, got dtype {x.dtype}")
-    return x.astype(np.float32, copy=False)
+    return x if x.dtype == np.float64 else x.astype(np.float32, copy=False)
 
 
 def as_labels(y: np.ndarray, what: str) -> np.ndarray:

@@ -1,0 +1,117 @@
+"""A bound on the float64 rounding error of the logits computed at a point (first order in u = 2^-53).
+
+The certified function is the exact real-number network; the margins certify() uses come from a float64
+forward pass of the folded graph. Every node v adds a local rounding error e_v when it is computed from
+its (already rounded) inputs, and that error reaches the logits amplified by at most D_v, the Lipschitz
+bound of the map node v -> logits (a reverse pass over the DAG: D_out = 1, D_u = sum over consumers c of
+D_c * lambda_c, lambda_c the local factor of c: its norm bound, activation slope, pooling factor, 1 for
+Add/Concat). So ||f_computed(x) - f(x)|| <= sum_v D_v e_v(x) (+ higher-order terms in u), with
+
+    linear node  y = A x + b:  e_v <= gamma(k + 2) (a_v ||x_in|| + ||b||)   (Higham: |fl(Ax) - Ax| <= gamma_k |A||x|)
+        k: terms per output (fan-in), a_v >= || |A| ||_2 (Schur test sqrt(max row sum * max column sum)
+        of |A|, from the weights; ||A||_2 for the non-negative pooling matrices; exact ops: 0)
+    activation:                e_v <= 64 u ||v||      (elementwise library functions: a few ulps)
+    Add:                       e_v <= u ||v||;   max-pool, Concat, Reshape, Transpose, Pad: exact.
+
+certify() lowers every margin by SAFETY * sqrt(2) * that sum (SAFETY = 16 covers the neglected
+higher-order terms and library kernels that are a few times worse than the textbook bound).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from speccert.bounds.lipschitz import maxpool_factor
+from speccert.ir import INPUT, Activation, Add, AvgPool, BatchNorm, Concat, Conv, Graph, Linear, MaxPool
+from speccert.ir import Affine as AffineOp
+from speccert.ir.activations import activation_lipschitz
+from speccert.norms import UpperBound
+from speccert.norms.rounding import gamma
+
+Tensor = torch.Tensor
+U = 2.0**-53
+SAFETY = 16.0
+EXACT = ("Reshape", "Transpose", "Pad", "Concat", "MaxPool")
+
+
+def _local_factor(graph: Graph, name: str, uppers: Mapping[str, UpperBound]) -> float:
+    node = graph.node(name)
+    op = node.op
+    if type(op).linear:
+        return uppers[name].value
+    if isinstance(op, Activation):
+        return activation_lipschitz(op.fn, op.alpha)
+    if isinstance(op, MaxPool):
+        return maxpool_factor(op, graph.shape_of(node.inputs[0]), node.shape)
+    return 1.0  # Add, Concat
+
+
+def downstream_lipschitz(graph: Graph, uppers: Mapping[str, UpperBound]) -> dict[str, float]:
+    """D_v >= Lipschitz constant of (value of node v) -> logits, summed over every path."""
+    d: dict[str, float] = {n.name: 0.0 for n in graph.nodes}
+    d[INPUT] = 0.0
+    d[graph.output] = 1.0
+    for node in reversed(graph.nodes):
+        if d[node.name] == 0.0:
+            continue
+        lam = _local_factor(graph, node.name, uppers)
+        for i in node.inputs:
+            d[i] = d[i] + d[node.name] * lam * (1 + 8 * U)
+    return d
+
+
+def _abs_norm_and_fan_in(graph: Graph, name: str, uppers: Mapping[str, UpperBound]) -> tuple[float, int, float]:
+    """(a_v >= || |A| ||_2, fan-in k, ||b||) of a linear node."""
+    node = graph.node(name)
+    op = node.op
+    if isinstance(op, Linear):
+        w = op.weight.detach().abs().double()
+        b = float(op.bias.detach().double().norm()) if op.bias is not None else 0.0
+        return math.sqrt(float(w.sum(1).max()) * float(w.sum(0).max())), w.shape[1], b
+    if isinstance(op, Conv):
+        w = op.weight.detach().abs().double()  # [c_out, c_in/g, *k]
+        rows = float(w.flatten(1).sum(1).max())  # one output: its whole receptive field
+        g = op.groups
+        cols = float(w.reshape(g, w.shape[0] // g, w.shape[1], -1).sum((1, 3)).max())  # one input: all taps
+        b = float(op.bias.detach().double().norm()) * math.sqrt(math.prod(node.shape[1:])) if op.bias is not None else 0.0
+        return math.sqrt(rows * cols), int(w[0].numel()), b
+    if isinstance(op, (BatchNorm, AffineOp)):
+        # y = s x + t: one multiply and one add per element; ||b|| bounded by the constant vector.
+        t = op.scale_shift()[1] if isinstance(op, BatchNorm) else op.shift
+        full = torch.zeros(node.shape, dtype=torch.float64)
+        return uppers[name].value, 2, float((t.detach().double() + full).norm())
+    if isinstance(op, AvgPool):
+        return uppers[name].value, math.prod(op.kernel), 0.0
+    n_in = math.prod(graph.shape_of(node.inputs[0]))
+    return uppers[name].value * math.sqrt(n_in), n_in, 0.0  # ||A||_F <= sqrt(rank) ||A||_2
+
+
+class ErrorModel:
+    """Per node: (weight D_v * c_v, which norm it multiplies). `bound(acts)` -> per-sample error bound."""
+
+    def __init__(self, graph: Graph, uppers: Mapping[str, UpperBound]) -> None:
+        d = downstream_lipschitz(graph, uppers)
+        self.terms: list[tuple[str, float, float]] = []  # (name of the tensor to take the norm of, coef, const)
+        for node in graph.nodes:
+            op = node.op
+            if node.op_type in EXACT or d[node.name] == 0.0:
+                continue
+            if type(op).linear:
+                a, k, b = _abs_norm_and_fan_in(graph, node.name, uppers)
+                gk = gamma(k + 2)
+                self.terms.append((node.inputs[0], d[node.name] * gk * a, d[node.name] * gk * b))
+            elif isinstance(op, Activation):
+                self.terms.append((node.name, d[node.name] * 64 * U, 0.0))
+            elif isinstance(op, (Add, Concat)):
+                self.terms.append((node.name, d[node.name] * U, 0.0))
+
+    def bound(self, acts: dict[str, Tensor]) -> Tensor:
+        """SAFETY * sqrt(2) * sum_v D_v e_v per sample: an allowance for every margin f_y - f_j."""
+        x = acts[INPUT]
+        total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        for name, coef, const in self.terms:
+            total = total + coef * acts[name].reshape(x.shape[0], -1).norm(dim=1) + const
+        return SAFETY * math.sqrt(2.0) * total
