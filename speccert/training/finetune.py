@@ -37,7 +37,7 @@ from torch.utils.data import DistributedSampler
 from speccert.data import Dataset, fit_to_model
 from speccert.errors import EXIT_FAILED, SpeccertError, UsageError
 from speccert.ir.graph import Graph
-from speccert.ir.ops import Affine
+from speccert.ir.ops import Affine, Softmax
 from speccert.training import ddp
 from speccert.training.checkpoint import (
     BEST,
@@ -102,6 +102,14 @@ class FinetuneResult:
         return 0 if self.met else EXIT_FAILED
 
 
+def _logits_graph(g: Graph) -> Graph:
+    """`g` without a final Softmax/LogSoftmax (sharing its ops and tensors): cross-entropy wants logits."""
+    out = g.node(g.output) if g.output != "input" else None
+    if out is not None and isinstance(out.op, Softmax):
+        return g.replace_nodes([n for n in g.nodes if n is not out], output=out.inputs[0])
+    return g
+
+
 def _private_copy(graph: Graph, device: str) -> Graph:
     """graph.to(device) with fresh storage even when nothing moves (Graph.to keeps same-device tensors)."""
     g = graph.to(device)
@@ -158,6 +166,8 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
     """
     tlist = [t if isinstance(t, Target) else parse_target(t) for t in targets]
     check_unique(tlist)
+    if resume and out is None:
+        raise UsageError("--resume needs --out (checkpoints live in the run folder next to it)")
     if epochs < 0 or batch_size <= 0 or not lr > 0 or checkpoint_every < 0:
         raise UsageError("epochs >= 0, batch size > 0, lr > 0 and checkpoint_every >= 0 are required")
     info, dev = ddp.init_from_env(device)
@@ -181,7 +191,8 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
     measure = evaluator or certifier_evaluator(val, eps, dev, mean=mean, std=std, batch_size=certify_batch_size)
 
     g = _private_copy(graph, dev)  # the caller's graph is never modified; the result carries the trained one
-    module = g.to_torch()
+    tg = _logits_graph(g)  # trains on the logits when the model ends in a softmax (same tensors as g)
+    module = tg.to_torch()
     for node in g.nodes:  # input normalisation is part of the data contract, not a weight
         if isinstance(node.op, Affine):
             for t in node.op.parameters().values():
@@ -189,7 +200,7 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
     opts = dict(penalty_options or {})
     if penalty == "lmt":
         opts.setdefault("eps", max(eps))
-    pen = make_penalty(penalty, g, penalty_weight, **opts).to(dev)
+    pen = make_penalty(penalty, tg, penalty_weight, **opts).to(dev)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     sched = WeightSchedule(float(pen.weight))
