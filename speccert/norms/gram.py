@@ -37,32 +37,55 @@ def scale2(x: Tensor, e: Tensor) -> Tensor:
     return torch.ldexp(x, ee)
 
 
-def gram_upper(a: Tensor, steps: int = 6) -> Tensor:
-    """Proven upper bounds on ||a[i]||_2 for a batch of float64/complex128 matrices a [..., m, n]."""
-    if a.shape[-2] < a.shape[-1]:
-        a = a.mH
-    batch = a.shape[:-2]
-    h = a.reshape(-1, *a.shape[-2:])
-    inflate = 1.0 + gamma(h.shape[-1] * h.shape[-2] + 2.0)
-    fro = torch.linalg.matrix_norm(h) * inflate
-    e0 = _pow2_exponent(fro)
-    h = scale2(h, -e0)
-    exps, errs = [], []
-    for _ in range(steps):
-        m = h.shape[-2]
+class GramChain:
+    """Batched Gram iteration whose state can be advanced, subset and bounded at any step."""
+
+    def __init__(self, a: Tensor) -> None:
+        if a.shape[-2] < a.shape[-1]:
+            a = a.mH
+        h = a.reshape(-1, *a.shape[-2:])
+        fro = torch.linalg.matrix_norm(h) * (1.0 + gamma(h.shape[-1] * h.shape[-2] + 2.0))
+        self.e0 = _pow2_exponent(fro)
+        self.h = scale2(h, -self.e0)
+        self.exps: list[Tensor] = []
+        self.errs: list[Tensor] = []
+
+    @property
+    def steps(self) -> int:
+        return len(self.exps)
+
+    def step(self) -> None:
+        h = self.h
         f = torch.linalg.matrix_norm(h) * (1.0 + gamma(h.shape[-1] * h.shape[-2] + 2.0))
         g = h.mH @ h
-        errs.append(2.0 * gamma(m + 4.0) * f * f)
-        gf = torch.linalg.matrix_norm(g)
-        e = _pow2_exponent(gf)
-        exps.append(e)
-        h = scale2(g, -e)
-    b = torch.linalg.matrix_norm(h) * (1.0 + gamma(h.shape[-1] * h.shape[-2] + 2.0))
-    up = 1.0 + 4.0 * U
-    for e, err in zip(reversed(exps), reversed(errs), strict=True):
-        b = torch.sqrt(scale2(b * up, e) * up + err) * up * up
-    out = scale2(b * up, e0) * up
-    return out.reshape(batch)
+        self.errs.append(2.0 * gamma(h.shape[-2] + 4.0) * f * f)
+        e = _pow2_exponent(torch.linalg.matrix_norm(g))
+        self.exps.append(e)
+        self.h = scale2(g, -e)
+
+    def bound(self) -> Tensor:
+        """Proven upper bounds on the 2-norms of the original matrices (float64, rounded up)."""
+        h = self.h
+        b = torch.linalg.matrix_norm(h) * (1.0 + gamma(h.shape[-1] * h.shape[-2] + 2.0))
+        up = 1.0 + 4.0 * U
+        for e, err in zip(reversed(self.exps), reversed(self.errs), strict=True):
+            b = torch.sqrt(scale2(b * up, e) * up + err) * up * up
+        return scale2(b * up, self.e0) * up
+
+    def subset(self, idx: Tensor) -> GramChain:
+        out = GramChain.__new__(GramChain)
+        out.e0, out.h = self.e0[idx], self.h[idx]
+        out.exps = [e[idx] for e in self.exps]
+        out.errs = [e[idx] for e in self.errs]
+        return out
+
+
+def gram_upper(a: Tensor, steps: int = 6) -> Tensor:
+    """Proven upper bounds on ||a[i]||_2 for a batch of float64/complex128 matrices a [..., m, n]."""
+    chain = GramChain(a)
+    for _ in range(steps):
+        chain.step()
+    return chain.bound().reshape(a.shape[:-2])
 
 
 def gram_upper_scalar(a: Tensor, steps: int = 12) -> float:
