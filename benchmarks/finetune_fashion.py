@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--penalties", default="none,lmt,spectral,fantastic4,weissi,spectreg,curvature")
+    ap.add_argument("--penalties", default="lmt,spectral,fantastic4,weissi,spectreg,none,curvature")
     ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--work", default="/tmp/speccert-bench-finetune")
     ap.add_argument("--json", default=None)
@@ -103,7 +103,13 @@ def main() -> None:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = [row("input model (zoo cnn)", load(a.model), test, a.device, 0.0, 0)]
-    print(f"| {rows[0]['method']} | ... |", file=sys.stderr)
+    print(rows[0], file=sys.stderr, flush=True)
+    if a.baseline:
+        t0 = time.perf_counter()
+        g = spectral_norm_baseline(train, a.epochs, a.lr, a.batch_size, a.device, a.seed)
+        rows.append(row("retrain + torch spectral_norm", g, test, a.device, time.perf_counter() - t0, a.epochs,
+                        "from scratch"))
+        print(rows[-1], file=sys.stderr, flush=True)
     for name in a.penalties.split(","):
         t0 = time.perf_counter()
         out = work / f"cnn-{name}.onnx"
@@ -112,18 +118,12 @@ def main() -> None:
                            batch_size=a.batch_size, out=out, overwrite=True, seed=a.seed, device=a.device)
         except Exception as exc:  # noqa: BLE001 - e.g. curvature on a ReLU net: reported, not fatal
             rows.append({"method": f"finetune {name}", "note": f"not applicable: {exc}"})
-            print(rows[-1], file=sys.stderr)
+            print(rows[-1], file=sys.stderr, flush=True)
             continue
         note = "targets met" if res.met else "budget used"
         rows.append(row(f"finetune {name}", load(str(out)), test, a.device, time.perf_counter() - t0,
                         res.history[-1].epoch, note))
-        print(rows[-1], file=sys.stderr)
-    if a.baseline:
-        t0 = time.perf_counter()
-        g = spectral_norm_baseline(train, a.epochs, a.lr, a.batch_size, a.device, a.seed)
-        rows.append(row("retrain + torch spectral_norm", g, test, a.device, time.perf_counter() - t0, a.epochs,
-                        "from scratch"))
-        print(rows[-1], file=sys.stderr)
+        print(rows[-1], file=sys.stderr, flush=True)
     cols = ["clean", *(f"cra@{e:g}" for e in EPS)]
     print("| method | clean | " + " | ".join(f"CRA @ {e:g}" for e in EPS) + " | L upper | epochs | time (s) | note |")
     print("|---|---|" + "---|" * len(EPS) + "---|---|---|---|")

@@ -144,3 +144,12 @@ def test_refuses_to_overwrite_input_or_existing_output(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no checkpoint"):
         _run(model, tmp_path / "fresh.onnx", resume=True)
     assert model.read_bytes() == before
+
+
+def test_resume_a_finished_run_with_a_larger_budget_continues_it(tmp_path: Path) -> None:
+    model = _model(tmp_path)
+    first = _run(model, tmp_path / "o.onnx", epochs=1)
+    more = _run(model, tmp_path / "o.onnx", epochs=2, resume=True)
+    assert [r.epoch for r in first.history] == [0, 1]  # type: ignore[attr-defined]
+    assert [r.epoch for r in more.history] == [0, 1, 2]  # type: ignore[attr-defined]
+    assert more.history[1] == first.history[1]  # type: ignore[attr-defined]
