@@ -205,11 +205,16 @@ def _load_state_dict(module: nn.Module, sd: dict[str, Tensor], path: Path) -> No
         raise InputError(f"state_dict {path} does not match the model: {detail.strip()}") from None
 
 
+def _cwd_on_path() -> None:
+    """A user's own package in the working folder must import, as it does with `python -m`."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def _import_factory(spec: str) -> Callable[[], Any]:
     mod_name, _, fn_name = spec.partition(":")
-    cwd = os.getcwd()
-    if cwd not in sys.path:  # a user's own package in the working folder
-        sys.path.insert(0, cwd)
+    _cwd_on_path()
     try:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as exc:
@@ -370,6 +375,7 @@ def load_torch_file(path: str | os.PathLike[str], input_shape: tuple[int, ...] |
             raise InputError(f"{path} holds a state_dict (weights only), not a model: load it as "
                              f"'package.module:factory' --weights {path}")
         raise InputError(f"{path} holds a {type(obj).__name__}, not a model")
+    _cwd_on_path()  # the pickled classes must be importable
     try:
         with _quiet():
             obj = torch.load(path, map_location="cpu", weights_only=False)

@@ -117,11 +117,19 @@ def _opaque(ctx: ConvertContext, node: torch.fx.Node, env: dict[str, Any], reaso
             raise NotImplementedError(f"{op_name(target)} cannot run on this input: {exc}") from None
         return y[0] if isinstance(y, (tuple, list)) else y
 
-    probe = run(*(torch.zeros(v.shape, dtype=v.dtype) for v in inputs))
+    try:
+        probe = run(*(torch.zeros(v.shape, dtype=v.dtype) for v in inputs))
+        shape, dtype = tuple(int(d) for d in probe.shape), probe.dtype
+    except (NotImplementedError, TypeError):
+        val = node.meta.get("val")
+        if not isinstance(val, Tensor):
+            return NotAvailable(f"result of unsupported {op_name(target)}", upstream_failure=True)
+        shape = (ctx.batch, *(int(d) for d in val.shape[1:]))
+        dtype = val.dtype
     op = Opaque(source_op=op_name(target), reason=reason, fn=run)
     name = ctx.unique(node.name)
-    ctx.nodes.append(Node(name, op, tuple(v.name for v in inputs), tuple(probe.shape[1:])))
-    return TensorValue(name, tuple(probe.shape), probe.dtype)
+    ctx.nodes.append(Node(name, op, tuple(v.name for v in inputs), shape[1:]))
+    return TensorValue(name, shape, dtype)
 
 
 def _fold(target: Callable[..., Any], node: torch.fx.Node, env: dict[str, Any], ctx: ConvertContext) -> Any:
