@@ -33,6 +33,7 @@ README = HERE / "README.md"
 DATA = "models/data/fashion_mnist_test_1k.npz"
 EPS = "0.25,0.5,1"
 BEGIN, END = "<!-- measure:begin -->", "<!-- measure:end -->"
+ZOO_BEGIN, ZOO_END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
 
 
 def rows_for(name: str, entry: dict) -> list[tuple[str, list[str]]]:
@@ -92,11 +93,42 @@ def table(measurements: dict) -> str:
     return "\n".join(lines)
 
 
+def zoo_table(manifest: dict) -> str:
+    """The models table, from models/manifest.json (written by models/train.py)."""
+    lines = [
+        "| model | architecture | params | test acc. (10k) | subset acc. (1k) | .onnx / .pt2 KB | epochs | "
+        "train s | command |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in manifest.items():
+        r = m["recipe"]
+        recipe = f"{r['epochs']}" + (
+            f", LMT eps {r['lipschitz_margin_eps']:g}" if r["lipschitz_margin_eps"] else ""
+        )
+        sizes = " / ".join(f"{m['files'][f]['bytes'] / 1000:.0f}" for f in ("onnx", "pt2"))
+        lines.append(
+            f"| {name} | {m['architecture']} | {m['parameters']:,} | {m['test_accuracy']:.2%} | "
+            f"{m['subset_accuracy']:.1%} | {sizes} | {recipe} | {m['train_seconds']:.0f} | `{m['command']}` |"
+        )
+    return "\n".join(lines)
+
+
+def replace_between(text: str, begin: str, end: str, body: str) -> str:
+    if begin not in text or end not in text:
+        raise SystemExit(f"{README}: markers {begin} / {end} not found")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
 def main() -> None:
     manifest = json.loads(MANIFEST.read_text())["models"]
     p = argparse.ArgumentParser(description="Regenerate models/README.md's certificate table.")
     p.add_argument("names", nargs="*", default=list(manifest), help="models to measure (default: all)")
+    p.add_argument("--tables-only", action="store_true", help="only re-render the tables from the JSON files")
     a = p.parse_args()
+    if a.tables_only:
+        a.names = []
     unknown = [n for n in a.names if n not in manifest]
     if unknown:
         p.error(f"unknown model(s) {unknown}; known: {list(manifest)}")
@@ -111,12 +143,10 @@ def main() -> None:
             )
     measurements = {k: measurements[k] for k in sorted(measurements)}
     MEASUREMENTS.write_text(json.dumps(measurements, indent=2) + "\n")
-    text = README.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{README}: markers {BEGIN} / {END} not found")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{table(measurements)}\n{END}{tail}")
+    text = replace_between(README.read_text(), ZOO_BEGIN, ZOO_END, zoo_table(manifest))
+    if measurements:
+        text = replace_between(text, BEGIN, END, table(measurements))
+    README.write_text(text)
 
 
 if __name__ == "__main__":
