@@ -173,3 +173,13 @@ def test_converter_matches_the_op(name: str) -> None:
         want = module(x)
         got = graph.forward(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_docs_table_is_generated_from_the_registry() -> None:
+    from pathlib import Path
+
+    from speccert.importers.aten_ops import support_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "pytorch.md").read_text()
+    table = doc.split("<!-- aten-ops:begin -->\n")[1].split("<!-- aten-ops:end -->")[0]
+    assert table == support_markdown(), "regenerate the table in docs/pytorch.md from support_markdown()"

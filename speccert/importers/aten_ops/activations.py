@@ -14,7 +14,7 @@ def _act(ctx: ConvertContext, x: Any, fn: str, alpha: float = 0.0) -> TensorValu
 
 @aten_op("aten.relu.default")
 def relu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """max(x, 0)."""
+    """max(x, 0) -> Activation relu."""
     return _act(ctx, args[0], "relu")
 
 
@@ -36,7 +36,7 @@ def clamp(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten.leaky_relu.default")
 def leaky_relu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """leaky_relu(x, negative_slope)."""
+    """leaky_relu(x, negative_slope) -> Activation leaky_relu."""
     return _act(ctx, args[0], "leaky_relu", float(args[1]))
 
 
@@ -50,13 +50,13 @@ def elu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten.sigmoid.default")
 def sigmoid(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """1 / (1 + exp(-x))."""
+    """1 / (1 + exp(-x)) -> Activation sigmoid."""
     return _act(ctx, args[0], "sigmoid")
 
 
 @aten_op("aten.tanh.default")
 def tanh(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """tanh(x)."""
+    """tanh(x) -> Activation tanh."""
     return _act(ctx, args[0], "tanh")
 
 
@@ -78,5 +78,5 @@ def gelu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten.silu.default")
 def silu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """x * sigmoid(x)."""
+    """x * sigmoid(x) -> Activation silu."""
     return _act(ctx, args[0], "silu")

@@ -58,19 +58,19 @@ def add(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten.sub.Tensor", "aten.sub.Scalar")
 def sub(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """sub(a, b, alpha) = a - alpha*b."""
+    """sub(a, b, alpha) = a - alpha*b: Add (+ Affine) for two tensors, Affine with a constant."""
     return _add(ctx, args[0], args[1], -float(args[2]))
 
 
 @aten_op("aten.rsub.Scalar", "aten.rsub.Tensor")
 def rsub(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """rsub(a, b, alpha) = b - alpha*a."""
+    """rsub(a, b, alpha) = b - alpha*a -> Affine (or Add)."""
     return _add(ctx, args[1], args[0], -float(args[2]))
 
 
 @aten_op("aten.neg.default")
 def neg(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """-x = x * (-1)."""
+    """-x -> Affine(scale=-1)."""
     return _add(ctx, torch.tensor(0.0), args[0], -1.0)
 
 

@@ -22,7 +22,7 @@ from speccert.ir.ops import BatchNorm, Conv, ConvTranspose, Linear
 
 @aten_op("aten.convolution.default")
 def convolution(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)."""
+    """convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups) -> Conv or ConvTranspose."""
     if not bool(args[6]):
         return _conv(ctx, args[0], args[1], args[2], args[3], args[4], args[5], int(args[8]))
     x = tensor_arg(args[0], "transposed convolution input")
@@ -58,13 +58,13 @@ def _conv(ctx: ConvertContext, x_: Any, w_: Any, b_: Any, stride: Any, padding: 
 
 @aten_op("aten.conv1d.default", "aten.conv2d.default", "aten.conv1d.padding", "aten.conv2d.padding")
 def conv(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """conv2d(input, weight, bias, stride, padding (ints, 'same' or 'valid'), dilation, groups)."""
+    """conv1d/conv2d(input, weight, bias, stride, padding (ints, 'same' or 'valid'), dilation, groups) -> Conv."""
     return _conv(ctx, args[0], args[1], args[2], args[3], args[4], args[5], args[6])
 
 
 @aten_op("aten.conv_transpose1d.default", "aten.conv_transpose2d.input")
 def conv_transpose(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)."""
+    """conv_transpose1d/2d(input, weight, bias, stride, padding, output_padding, groups, dilation) -> ConvTranspose."""
     x = tensor_arg(args[0], "transposed convolution input")
     w = const_tensor(args[1], "transposed convolution weight")
     nd = w.dim() - 2
@@ -76,7 +76,7 @@ def conv_transpose(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten.linear.default")
 def linear(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """linear(input, weight, bias): y = x W^T + b over the last axis."""
+    """linear(input, weight, bias) -> Linear: y = x W^T + b over the last axis (constant weight)."""
     x = tensor_arg(args[0], "linear input")
     w = const_tensor(args[1], "linear weight")
     b = None if args[2] is None else ctx.const(const_tensor(args[2], "linear bias"))
@@ -117,13 +117,13 @@ def addmm(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten._native_batch_norm_legit_no_training.default")
 def batch_norm_no_training(ctx: ConvertContext, args: list[Any]) -> tuple[Any, ...]:
-    """(input, weight, bias, running_mean, running_var, momentum, eps) -> (out, save_mean, save_invstd)."""
+    """(input, weight, bias, running_mean, running_var, momentum, eps) -> BatchNorm (eval statistics)."""
     return _batch_norm(ctx, args[0], args[1], args[2], args[3], args[4], float(args[6]))
 
 
 @aten_op("aten.native_batch_norm.default", "aten._native_batch_norm_legit.default")
 def native_batch_norm(ctx: ConvertContext, args: list[Any]) -> tuple[Any, ...]:
-    """(input, weight, bias, running_mean, running_var, training, momentum, eps): eval mode only."""
+    """(input, weight, bias, running_mean, running_var, training, momentum, eps) -> BatchNorm; eval mode only."""
     if bool(args[5]):
         raise Unsupported("batch norm in training mode (uses batch statistics); put the model in eval mode")
     return _batch_norm(ctx, args[0], args[1], args[2], args[3], args[4], float(args[7]))
@@ -131,7 +131,7 @@ def native_batch_norm(ctx: ConvertContext, args: list[Any]) -> tuple[Any, ...]:
 
 @aten_op("aten.batch_norm.default")
 def batch_norm(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """batch_norm(input, weight, bias, mean, var, training, momentum, eps, cudnn_enabled)."""
+    """batch_norm(input, weight, bias, mean, var, training=False, momentum, eps, cudnn_enabled) -> BatchNorm."""
     if bool(args[5]):
         raise Unsupported("batch norm in training mode (uses batch statistics); put the model in eval mode")
     out = _batch_norm(ctx, args[0], args[1], args[2], args[3], args[4], float(args[7]))[0]

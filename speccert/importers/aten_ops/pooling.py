@@ -41,19 +41,19 @@ def _max_pool(ctx: ConvertContext, args: list[Any], nd: int) -> TensorValue:
 
 @aten_op("aten.max_pool2d_with_indices.default")
 def max_pool2d_with_indices(ctx: ConvertContext, args: list[Any]) -> tuple[Any, ...]:
-    """(x, kernel, stride=[] (= kernel), padding, dilation, ceil_mode) -> (out, indices)."""
+    """(x, kernel, stride=[] (= kernel), padding, dilation, ceil_mode) -> MaxPool (indices not available)."""
     return (_max_pool(ctx, args, 2), NotAvailable("max pool indices"))
 
 
 @aten_op("aten.max_pool2d.default")
 def max_pool2d(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)."""
+    """max_pool2d(x, kernel, stride, padding, dilation, ceil_mode) -> MaxPool."""
     return _max_pool(ctx, args, 2)
 
 
 @aten_op("aten.max_pool1d.default")
 def max_pool1d(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """max_pool1d(x, kernel, stride, padding, dilation, ceil_mode)."""
+    """max_pool1d(x, kernel, stride, padding, dilation, ceil_mode) -> MaxPool."""
     return _max_pool(ctx, args, 1)
 
 
@@ -71,13 +71,13 @@ def _avg_pool(ctx: ConvertContext, args: list[Any], nd: int) -> TensorValue:
 
 @aten_op("aten.avg_pool2d.default")
 def avg_pool2d(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override=None)."""
+    """(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override=None) -> AvgPool."""
     return _avg_pool(ctx, args, 2)
 
 
 @aten_op("aten.avg_pool1d.default")
 def avg_pool1d(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """(x, kernel, stride, padding, ceil_mode, count_include_pad)."""
+    """(x, kernel, stride, padding, ceil_mode, count_include_pad) -> AvgPool."""
     return _avg_pool(ctx, args, 1)
 
 
@@ -103,7 +103,7 @@ def adaptive_avg_pool2d(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten.adaptive_avg_pool1d.default")
 def adaptive_avg_pool1d(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """(x, output_size)."""
+    """(x, output_size): 1 -> GlobalAvgPool; an exact divisor -> AvgPool with kernel = stride."""
     return _adaptive(ctx, args, 1)
 
 

@@ -27,7 +27,7 @@ def reshape_to(ctx: ConvertContext, x: TensorValue, target: tuple[int, ...]) -> 
 
 @aten_op("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default", "aten.view_copy.default")
 def view(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """view(x, size): the first entry must be the batch (or -1 standing for it)."""
+    """view/reshape(x, size) -> Reshape: the first entry must be the batch (or -1 standing for it)."""
     x = tensor_arg(args[0], "reshape input")
     size = [int(s) for s in args[1]]
     total = math.prod(x.shape)
@@ -45,7 +45,7 @@ def view(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten.flatten.using_ints")
 def flatten(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """flatten(x, start, end): start must be >= 1 (the batch stays)."""
+    """flatten(x, start, end) -> Reshape: start must be >= 1 (the batch stays)."""
     x = tensor_arg(args[0], "flatten input")
     start = axis(int(args[1]), x.ndim, "flatten start axis")
     end = int(args[2]) % x.ndim
@@ -55,7 +55,7 @@ def flatten(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten.squeeze.dims", "aten.squeeze.dim", "aten.squeeze.default")
 def squeeze(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """squeeze(x[, dims]): drop size-1 non-batch axes."""
+    """squeeze(x[, dims]) -> Reshape: drop size-1 non-batch axes."""
     x = tensor_arg(args[0], "squeeze input")
     if len(args) < 2:
         dims = set(range(1, x.ndim))
@@ -72,7 +72,7 @@ def squeeze(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten.unsqueeze.default")
 def unsqueeze(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """unsqueeze(x, dim) with dim >= 1."""
+    """unsqueeze(x, dim) with dim >= 1 -> Reshape."""
     x = tensor_arg(args[0], "unsqueeze input")
     d = axis(int(args[1]), x.ndim + 1, "unsqueeze axis")
     return reshape_to(ctx, x, (*x.shape[:d], 1, *x.shape[d:]))
@@ -80,7 +80,7 @@ def unsqueeze(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten.permute.default")
 def permute(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """permute(x, dims) with dims[0] = 0 (the batch stays first)."""
+    """permute(x, dims) with dims[0] = 0 (the batch stays first) -> Transpose."""
     x = tensor_arg(args[0], "permute input")
     dims = [int(d) % x.ndim for d in args[1]]
     if dims[0] != 0:
@@ -92,7 +92,7 @@ def permute(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten.transpose.int")
 def transpose(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """transpose(x, a, b) of two non-batch axes."""
+    """transpose(x, a, b) of two non-batch axes -> Transpose."""
     x = tensor_arg(args[0], "transpose input")
     a, b = axis(int(args[1]), x.ndim), axis(int(args[2]), x.ndim)
     dims = list(range(x.ndim))
@@ -102,7 +102,7 @@ def transpose(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten.cat.default")
 def cat(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """cat(tensors, dim) of input-dependent tensors along a non-batch axis."""
+    """cat(tensors, dim) of input-dependent tensors along a non-batch axis -> Concat."""
     xs = list(args[0])
     if not all(isinstance(v, TensorValue) for v in xs):
         raise Unsupported("concatenation of input-dependent tensors with constants")
@@ -129,13 +129,13 @@ def _pad(ctx: ConvertContext, x: TensorValue, pad: list[int], value: float | Non
 
 @aten_op("aten.constant_pad_nd.default")
 def constant_pad_nd(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """constant_pad_nd(x, pad (last axis first, begin/end pairs), value = 0)."""
+    """constant_pad_nd(x, pad (last axis first, begin/end pairs), value = 0) -> Pad."""
     return _pad(ctx, tensor_arg(args[0], "pad input"), list(args[1]), float(args[2]))
 
 
 @aten_op("aten.pad.default")
 def pad(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """pad(x, pad, mode, value): constant zero padding only."""
+    """pad(x, pad, mode, value) -> Pad: constant zero padding only."""
     if args[2] != "constant":
         raise Unsupported(f"{args[2]} padding (only constant zero padding)")
     return _pad(ctx, tensor_arg(args[0], "pad input"), list(args[1]), args[3])

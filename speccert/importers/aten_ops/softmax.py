@@ -17,11 +17,11 @@ def _softmax(ctx: ConvertContext, x_: Any, dim: int, log: bool) -> TensorValue:
 
 @aten_op("aten._softmax.default", "aten.softmax.int")
 def softmax(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """softmax(x, dim, ...)."""
+    """softmax(x, dim, ...) over the last axis -> Softmax."""
     return _softmax(ctx, args[0], int(args[1]), log=False)
 
 
 @aten_op("aten._log_softmax.default", "aten.log_softmax.int")
 def log_softmax(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """log_softmax(x, dim, ...)."""
+    """log_softmax(x, dim, ...) over the last axis -> Softmax(log)."""
     return _softmax(ctx, args[0], int(args[1]), log=True)
