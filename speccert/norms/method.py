@@ -74,5 +74,15 @@ def load_methods() -> Registry[str, NormMethod]:
     global _loaded
     if not _loaded:
         _loaded = True
-        from speccert.norms import closed_form, dense, fft, gram, power  # noqa: F401
+        from speccert.norms import (  # noqa: F401
+            closed_form,
+            dense,
+            fantastic4,
+            fft,
+            gram,
+            lmt,
+            miyato,
+            nonnegative,
+            power,
+        )
     return METHODS
