@@ -271,3 +271,19 @@ def test_faithfulness_check_catches_a_wrong_graph() -> None:
         g.nodes[0].op.bias[0] += 1e-2  # type: ignore[attr-defined, index]
     with pytest.raises(InternalError, match="not faithful"):
         check_faithful(g, m)
+
+
+def test_pt2_with_dynamic_spatial_dims_needs_input_shape(tmp_path: Path) -> None:
+    m = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                      nn.Linear(2, 3)).eval()
+    h = torch.export.Dim("h", min=4, max=32)
+    ep = torch.export.export(m, (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("b"), 2: h, 3: h},))
+    path = tmp_path / "dyn.pt2"
+    torch.export.save(ep, str(path))
+    with pytest.raises(UsageError, match="dynamic input dimensions.*--input-shape"):
+        load(path)
+    g = load(path, (1, 10, 10))
+    x = torch.randn(3, 1, 10, 10)
+    torch.testing.assert_close(g.forward(x), m(x))
+    with pytest.raises(UsageError, match="does not accept input shape"):
+        load(path, (1, 40, 40))  # outside the archive's range for h

@@ -77,7 +77,11 @@ def check_faithful(graph: Graph, reference: Callable[[Tensor], Any], batches: tu
         if i % 2:
             x = torch.rand((b, *graph.input_shape), generator=gen)
         with torch.no_grad():
-            ref = reference(x.to(ref_dtype))
+            try:
+                ref = reference(x.to(ref_dtype))
+            except Exception as exc:  # noqa: BLE001 - e.g. a shape outside an archive's dynamic range
+                raise UsageError(f"{what} does not accept input shape {list(graph.input_shape)}: "
+                                 f"{_first_line(exc)}") from None
             if isinstance(ref, (tuple, list)) and len(ref) == 1:
                 ref = ref[0]
             try:
