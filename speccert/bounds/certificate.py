@@ -92,4 +92,5 @@ def safe_margins(logits: Tensor, y: Tensor, allowance: Tensor) -> Tensor:
 def finish_radius(r: Tensor) -> Tensor:
     """Clamp at 0 and shrink by the relative slack: the reported radius is below the exact one."""
     r = torch.nan_to_num(r, nan=0.0, posinf=float("inf"))
-    return (r.clamp_min(0.0) * (1.0 - RADIUS_SLACK)).nextafter(torch.zeros_like(r))
+    shrunk = (r.clamp_min(0.0) * (1.0 - RADIUS_SLACK)).nextafter(torch.zeros_like(r))
+    return torch.where(torch.isinf(r), r, shrunk)  # a margin that no perturbation can close stays inf

@@ -24,6 +24,13 @@ def _num(v: float | None) -> float | None:
     return float(v)
 
 
+def _quantile(r: np.ndarray, q: float) -> float:
+    """np.quantile, without interpolating between infinite radii (inf - inf)."""
+    if np.isfinite(r).all():
+        return float(np.quantile(r, q))
+    return float(np.quantile(r, q, method="inverted_cdf"))
+
+
 @dataclass(frozen=True)
 class LayerRow:
     """One linear layer of the folded graph: lower <= ||A||_2 <= upper (upper from `method`)."""
@@ -100,10 +107,10 @@ class CertifyReport:
 
     @property
     def median_radius(self) -> float:
-        return float(np.median(self.radius)) if self.n else 0.0
+        return _quantile(self.radius, 0.5) if self.n else 0.0
 
     def radius_quantiles(self) -> dict[str, float | None]:
-        return {f"p{round(q * 100)}": _num(float(np.quantile(self.radius, q))) for q in QUANTILES}
+        return {f"p{round(q * 100)}": _num(_quantile(self.radius, q)) for q in QUANTILES}
 
     @property
     def wins(self) -> dict[str, int]:
@@ -148,8 +155,8 @@ class CertifyReport:
                 "eps": [float(e) for e in self.eps],
                 "certified_accuracy": self.certified_accuracies,
                 "median_radius": _num(self.median_radius),
-                "mean_radius": _num(float(np.mean(np.where(np.isfinite(self.radius), self.radius, 0.0))))
-                if self.n else 0.0,
+                "mean_radius": _num(float(np.mean(self.radius))) if self.n and np.isfinite(self.radius).all()
+                else None,
                 "radius_quantiles": self.radius_quantiles(),
                 "kinds": list(self.kinds),
                 "wins": self.wins,
