@@ -105,11 +105,11 @@ def check_faithful(graph: Graph, reference: Callable[[Tensor], Any], batches: tu
 
 
 # ---- nn.Module ------------------------------------------------------------------------------------
-def _module_dtype(module: nn.Module) -> torch.dtype:
+def _module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
     for t in list(module.parameters()) + list(module.buffers()):
         if t.is_floating_point():
-            return t.dtype
-    return torch.float32
+            return t.dtype, t.device
+    return torch.float32, torch.device("cpu")
 
 
 def _export(module: nn.Module, x: Tensor) -> torch.export.ExportedProgram:
@@ -138,8 +138,8 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...], *, check: bool 
         raise UsageError(f"expected a torch.nn.Module, got {type(module).__name__}")
     input_shape = tuple(int(d) for d in input_shape)
     module = module.eval()
-    dtype = _module_dtype(module)
-    x = torch.randn((TRACE_BATCH, *input_shape), generator=torch.Generator().manual_seed(0)).to(dtype)
+    dtype, device = _module_dtype_device(module)
+    x = torch.randn((TRACE_BATCH, *input_shape), generator=torch.Generator().manual_seed(0)).to(device, dtype)
     try:
         with torch.no_grad():
             module(x)
@@ -149,7 +149,11 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...], *, check: bool 
     ep = _export(module, x)
     graph = _convert(ep, input_shape, TRACE_BATCH, allow_unsupported, source or ModelSource("<module>", "python"))
     if check:
-        check_faithful(graph, module, ref_dtype=dtype)
+        def reference(x: Tensor) -> Any:
+            y = module(x.to(device))
+            return y.cpu() if isinstance(y, Tensor) else y
+
+        check_faithful(graph, reference, ref_dtype=dtype)
     return graph
 
 

@@ -93,8 +93,9 @@ class ConvertContext:
         return TensorValue(name, (self.batch, *y.shape[1:]), y.dtype)
 
     def const(self, t: Tensor) -> Tensor:
-        """A parameter for an IR op: a detached float copy owned by the graph."""
-        return t.detach().to(self.dtype).clone().contiguous()
+        """A parameter for an IR op: a detached float copy on the CPU, owned by the graph (a model on a
+        GPU is imported the same way; `Graph.to(device)` moves it back)."""
+        return t.detach().to(device="cpu", dtype=self.dtype).clone().contiguous()
 
 
 Converter = Callable[[ConvertContext, list[Any]], Any]
