@@ -1,0 +1,74 @@
+"""The README's main job, run as written: certify a bundled model on the bundled data, check the report.
+
+The command is read from the top-level README.md (the first line starting ``speccert certify models/``);
+until the README carries one, the command documented in docs/models.md is used. Its printed figures are
+checked against models/manifest.json (clean accuracy) and, where models/measure.py measured the same
+command, against models/measurements.json (every certified accuracy and the Lipschitz bound).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+DEFAULT_MAIN_JOB = "speccert certify models/cnn_lip.onnx --data models/data/fashion_mnist_test_1k.npz --eps 0.25,0.5,1"
+_ROW = re.compile(r"^[│|]\s*([0-9.]+)\s*[│|]\s*([0-9.]+)%\s*[│|]\s*$")
+
+
+def main_job() -> str:
+    readme = REPO / "README.md"
+    for line in readme.read_text().splitlines() if readme.exists() else []:
+        line = line.strip().lstrip("$ ").strip()
+        if line.startswith("speccert certify models/"):
+            return line
+    return DEFAULT_MAIN_JOB
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+@pytest.mark.slow
+def test_readme_main_job_runs_and_reports_the_recorded_figures() -> None:
+    command = main_job()
+    argv = shlex.split(command)
+    assert argv[:2] == ["speccert", "certify"]
+    model = Path(argv[2])
+    manifest = json.loads((MODELS / "manifest.json").read_text())["models"]
+    assert model.stem in manifest, f"{model} is not a bundled model"
+    # `python -m speccert` is the console script, independent of PATH
+    proc = subprocess.run(
+        [sys.executable, "-m", "speccert", *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+
+    clean = re.search(r"clean accuracy:\s*([0-9.]+)%", out)
+    assert clean, out
+    assert abs(float(clean.group(1)) / 100 - manifest[model.stem]["subset_accuracy"]) <= 0.003
+
+    rows = [(float(e), float(a) / 100) for e, a in (m.groups() for m in map(_ROW.match, out.splitlines()) if m)]
+    eps = [float(t) for t in (_option(argv, "--eps") or "0.1,0.25,0.5").split(",")]
+    assert [e for e, _ in rows] == eps, out
+    accs = [a for _, a in rows]
+    # certified accuracy can only fall as eps grows, and never exceeds clean accuracy
+    assert all(b <= a for a, b in zip(accs, accs[1:], strict=False))
+    assert accs[0] <= float(clean.group(1)) / 100
+
+    upper = re.search(r"upper\s+([0-9.eE+-]+), empirical lower\s+([0-9.eE+-]+)", out)
+    assert upper, out
+    assert float(upper.group(2)) <= float(upper.group(1))  # a sound bound is never below a witness
+
+    measured = json.loads((MODELS / "measurements.json").read_text()) if (MODELS / "measurements.json").exists() else {}
+    same = [m for m in measured.values() if m["command"] == command]
+    if same:
+        assert accs == pytest.approx(same[0]["certified_accuracy"], abs=0.0015)
+        assert float(upper.group(1)) == pytest.approx(same[0]["lipschitz_upper"], rel=1e-3)
