@@ -287,3 +287,32 @@ def test_pt2_with_dynamic_spatial_dims_needs_input_shape(tmp_path: Path) -> None
     torch.testing.assert_close(g.forward(x), m(x))
     with pytest.raises(UsageError, match="does not accept input shape"):
         load(path, (1, 40, 40))  # outside the archive's range for h
+
+
+def test_inspect_marks_unsupported_nodes_with_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "sign.pt2"
+    torch.export.save(torch.export.export(_Unsupported().eval(), (torch.randn(2, 3),)), str(path))
+    proc = _main(capsys, "inspect", str(path))
+    assert proc.returncode == 3
+    assert "aten.sign.default" in proc.stdout and "aten.mul.Tensor" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_checkpoint_dict_and_shared_weights(factory_dir: Path) -> None:
+    ref = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    torch.save({"epoch": 3, "model_state_dict": ref.state_dict()}, factory_dir / "ckpt.pt")
+    g = load_factory("speccert_userfac:mlp", factory_dir / "ckpt.pt", (4,))
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(g.forward(x), ref(x))
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.l(torch.tanh(self.l(x)))
+
+    g = from_module(Tied(), (4,))
+    linears = [n.op for n in g.nodes if n.op_type == "Linear"]
+    assert len(linears) == 2 and linears[0].weight is linears[1].weight  # type: ignore[attr-defined]

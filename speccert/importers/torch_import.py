@@ -188,8 +188,10 @@ def _safe_load(path: Path) -> Any:
 
 
 def _state_dict_of(obj: Any, path: Path) -> dict[str, Tensor]:
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # a training checkpoint {"state_dict": ..., "epoch": ...}
+    for key in ("state_dict", "model_state_dict", "model"):  # a training checkpoint {"state_dict": ..., "epoch": ...}
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
         raise InputError(f"{path} is not a state_dict (a mapping from parameter names to tensors)")
     return obj

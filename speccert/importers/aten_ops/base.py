@@ -67,6 +67,7 @@ class ConvertContext:
         self.node_name = ""
         self.param_names: dict[int, str] = {}  # id(tensor) -> its state_dict key, for node names
         self._names: set[str] = set()
+        self._consts: dict[int, tuple[Tensor, Tensor]] = {}  # id(source) -> (source kept alive, copy)
 
     def unique(self, base: str) -> str:
         name, k = base, 1
@@ -95,7 +96,10 @@ class ConvertContext:
     def const(self, t: Tensor) -> Tensor:
         """A parameter for an IR op: a detached float copy on the CPU, owned by the graph (a model on a
         GPU is imported the same way; `Graph.to(device)` moves it back)."""
-        return t.detach().to(device="cpu", dtype=self.dtype).clone().contiguous()
+        key = id(t)
+        if key not in self._consts:  # a weight used twice (shared) stays one tensor in the graph
+            self._consts[key] = (t, t.detach().to(device="cpu", dtype=self.dtype).clone().contiguous())
+        return self._consts[key][1]
 
 
 Converter = Callable[[ConvertContext, list[Any]], Any]
