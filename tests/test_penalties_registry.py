@@ -39,3 +39,12 @@ def test_every_penalty_documents_itself(name: str) -> None:
     cls = PENALTIES.get(name)
     assert cls.name == name and cls.summary and cls.__doc__
     assert (cls.__module__.rsplit(".", 1)[-1] == name) or name == "none"
+
+
+def test_cli_help_lists_every_registered_penalty(capsys: pytest.CaptureFixture[str]) -> None:
+    from speccert.cli.app import main
+
+    assert main(["finetune", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in PENALTIES.keys():
+        assert name in text
