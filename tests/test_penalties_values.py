@@ -196,7 +196,7 @@ def test_weissi_is_invariant_to_scale_shift_between_layers() -> None:
         pen = make_penalty("weissi", g, weight=1.0)
         _converge(pen)
         pen.eval()
-        vals.append(float(pen(*_zero(), g.to_torch())))
+        vals.append(float(pen(*_zero(), g.to_torch()).detach()))
     assert vals[0] == pytest.approx(vals[1], rel=1e-9)
 
 
