@@ -316,3 +316,19 @@ def test_checkpoint_dict_and_shared_weights(factory_dir: Path) -> None:
     g = from_module(Tied(), (4,))
     linears = [n.op for n in g.nodes if n.op_type == "Linear"]
     assert len(linears) == 2 and linears[0].weight is linears[1].weight  # type: ignore[attr-defined]
+
+
+def test_reflect_padding_and_stray_circular_padding() -> None:
+    with pytest.raises(UnsupportedModelError, match="aten.pad.default node 'pad': reflect padding"):
+        from_module(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), (1, 5, 5))
+
+    class Stray(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(x, (1, 1), mode="circular") * 2
+
+    with pytest.raises(UnsupportedModelError, match="circularly padded"):
+        from_module(Stray(), (2, 5))
+    g = from_module(Stray(), (2, 5), allow_unsupported=True)
+    assert [(n.name, n.op_type) for n in g.nodes] == [("pad", "Opaque"), ("mul", "Affine")]
+    x = torch.randn(3, 2, 5)
+    torch.testing.assert_close(g.forward(x), Stray()(x))

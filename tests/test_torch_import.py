@@ -311,3 +311,22 @@ def test_double_precision_module(dtype: torch.dtype) -> None:
     g = from_module(m, (3,))
     x = torch.randn(4, 3, dtype=dtype)
     torch.testing.assert_close(g.forward(x.float()).double(), m(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["module", "pt2", "script"])
+def test_circular_padding_becomes_a_circular_conv(tmp_path: Path, kind: str) -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"), nn.ReLU(),
+                      nn.Flatten(), nn.Linear(3 * 5 * 5, 2)).eval()
+    shape = (2, 5, 5)
+    graph = from_module(m, shape) if kind == "module" else load(_write(kind, m, shape, tmp_path), shape)
+    conv = graph.nodes[0].op
+    assert conv.padding_mode == "circular" and conv.padding == ((1, 1), (1, 1))  # type: ignore[attr-defined]
+    assert_same(graph, m, shape)
+
+
+def test_circular_conv1d_with_dilation() -> None:
+    m = nn.Sequential(nn.Conv1d(2, 3, 3, padding=2, dilation=2, padding_mode="circular"), nn.Tanh()).eval()
+    g = from_module(m, (2, 7))
+    assert g.nodes[0].op.padding_mode == "circular"  # type: ignore[attr-defined]
+    assert_same(g, m, (2, 7))

@@ -160,17 +160,24 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...], *, check: bool 
 def _convert(ep: torch.export.ExportedProgram, input_shape: tuple[int, ...], batch: int,
              allow_unsupported: bool, source: ModelSource) -> Graph:
     """Convert the program as exported (common layers appear as aten.conv2d, aten.linear, ...); only if
-    some op has no converter, decompose to the core ATen set and convert that (it costs ~0.5 s per call)."""
+    some op has no converter, decompose to the core ATen set and convert that (it costs ~0.5 s per call).
+    If both fail, the ops are reported (or kept as Opaque nodes) as exported: they name what the user
+    wrote (`aten.pad` with mode 'reflect', not the `aten.index` it decomposes into)."""
     try:
         return exported_to_graph(ep, input_shape, batch, allow_unsupported=False, source=source)
-    except UnsupportedModelError:
-        pass
+    except UnsupportedModelError as exc:
+        first = exc
     try:
         with _quiet():
-            ep = ep.run_decompositions()
-    except Exception as exc:  # noqa: BLE001
-        raise UnsupportedModelError(f"cannot decompose the exported model to core ATen ops: {_first_line(exc)}") from None
-    return exported_to_graph(ep, input_shape, batch, allow_unsupported=allow_unsupported, source=source)
+            decomposed = ep.run_decompositions()
+        return exported_to_graph(decomposed, input_shape, batch, allow_unsupported=False, source=source)
+    except UnsupportedModelError:
+        pass
+    except Exception:  # noqa: BLE001 - decomposition itself failed: report the ops as exported
+        pass
+    if not allow_unsupported or not first.problems:
+        raise first
+    return exported_to_graph(ep, input_shape, batch, allow_unsupported=True, source=source)
 
 
 # ---- package.module:factory + state_dict -----------------------------------------------------------

@@ -53,6 +53,15 @@ class NotAvailable:
     upstream_failure: bool = False  # the result of an op already reported as unsupported
 
 
+@dataclass(frozen=True)
+class PendingCircularPad:
+    """`pad(x, mode='circular')`, waiting for the convolution it feeds: together they are one IR Conv
+    with padding_mode 'circular' (how nn.Conv2d(padding_mode='circular') is exported)."""
+
+    value: TensorValue
+    pads: tuple[tuple[int, int], ...]  # per spatial axis (begin, end)
+
+
 class Unsupported(Exception):
     """Raised by a converter: this node cannot become IR nodes. The message says why."""
 
@@ -120,6 +129,8 @@ def aten_op(*names: str) -> Callable[[Converter], Converter]:
 
 def tensor_arg(v: Any, what: str) -> TensorValue:
     """The argument must be an input-dependent tensor (not a constant)."""
+    if isinstance(v, PendingCircularPad):
+        raise Unsupported(f"{what} is circularly padded; circular padding is supported only right before a convolution")
     if not isinstance(v, TensorValue):
         raise Unsupported(f"{what} must be computed from the model input, got a constant")
     return v

@@ -10,6 +10,7 @@ import torch
 from speccert.importers.aten_ops.base import (
     ConvertContext,
     NotAvailable,
+    PendingCircularPad,
     TensorValue,
     Unsupported,
     aten_op,
@@ -38,6 +39,14 @@ def convolution(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 def _conv(ctx: ConvertContext, x_: Any, w_: Any, b_: Any, stride: Any, padding: Any, dilation: Any,
           groups: int) -> TensorValue:
+    mode = "zeros"
+    if isinstance(x_, PendingCircularPad):
+        own = [0] if padding == "valid" else [1] if isinstance(padding, str) else list(ints(padding, len(x_.pads)))
+        if any(p != 0 for p in own):
+            raise Unsupported("circular padding followed by a convolution with zero padding of its own")
+        if any(b != e for b, e in x_.pads):
+            raise Unsupported(f"asymmetric circular padding {list(x_.pads)}")
+        mode, padding, x_ = "circular", [b for b, _ in x_.pads], x_.value
     x = tensor_arg(x_, "convolution input")
     w = const_tensor(w_, "convolution weight")
     b = None if b_ is None else ctx.const(const_tensor(b_, "convolution bias"))
@@ -53,7 +62,7 @@ def _conv(ctx: ConvertContext, x_: Any, w_: Any, b_: Any, stride: Any, padding: 
             pads = tuple((t // 2, t - t // 2) for t in total)
     else:
         pads = tuple((p, p) for p in ints(padding, nd))
-    return ctx.emit(Conv(ctx.const(w), b, ints(stride, nd), pads, dil, int(groups)), [x], like=w_)
+    return ctx.emit(Conv(ctx.const(w), b, ints(stride, nd), pads, dil, int(groups), mode), [x], like=w_)
 
 
 @aten_op("aten.conv1d.default", "aten.conv2d.default", "aten.conv1d.padding", "aten.conv2d.padding")

@@ -9,6 +9,7 @@ from typing import Any
 from speccert.importers.aten_ops.base import (
     ConvertContext,
     NotAvailable,
+    PendingCircularPad,
     TensorValue,
     Unsupported,
     aten_op,
@@ -134,10 +135,20 @@ def constant_pad_nd(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 
 @aten_op("aten.pad.default")
-def pad(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """pad(x, pad, mode, value) -> Pad: constant zero padding only."""
+def pad(ctx: ConvertContext, args: list[Any]) -> TensorValue | PendingCircularPad:
+    """pad(x, pad, mode, value) -> Pad for zeros; mode 'circular' only into a convolution (Conv circular)."""
+    if args[2] == "circular":
+        x = tensor_arg(args[0], "pad input")
+        pad_list = [int(p) for p in args[1]]
+        nd = len(pad_list) // 2
+        if len(pad_list) % 2 or nd > x.ndim - 2:
+            raise Unsupported(f"circular padding {pad_list} of a {x.ndim}-d tensor reaches the channel axis")
+        pads = [(0, 0)] * (x.ndim - 2)
+        for k in range(nd):
+            pads[x.ndim - 3 - k] = (pad_list[2 * k], pad_list[2 * k + 1])
+        return PendingCircularPad(x, tuple(pads))
     if args[2] != "constant":
-        raise Unsupported(f"{args[2]} padding (only constant zero padding)")
+        raise Unsupported(f"{args[2]} padding (only zero padding, and circular padding into a convolution)")
     return _pad(ctx, tensor_arg(args[0], "pad input"), list(args[1]), args[3])
 
 

@@ -21,15 +21,26 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 
 from speccert.errors import UnsupportedModelError
-from speccert.importers.aten_ops.base import ATEN_OPS, ConvertContext, NotAvailable, TensorValue, Unsupported
+from speccert.importers.aten_ops.base import (
+    ATEN_OPS,
+    ConvertContext,
+    NotAvailable,
+    PendingCircularPad,
+    TensorValue,
+    Unsupported,
+)
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node
 from speccert.ir.ops import Affine, Opaque
 
 Tensor = torch.Tensor
+
+_TAKES_CIRCULAR_PAD = {"aten.conv1d.default", "aten.conv2d.default", "aten.conv1d.padding", "aten.conv2d.padding",
+                       "aten.convolution.default"}
 
 # Runtime checks torch.export inserts; they compute nothing.
 _IGNORED = {
@@ -68,7 +79,7 @@ def _flat(v: Any) -> list[Any]:
 
 
 def _has_tensor_value(v: Any) -> bool:
-    return any(isinstance(x, (TensorValue, NotAvailable)) for x in _flat(v))
+    return any(isinstance(x, (TensorValue, NotAvailable, PendingCircularPad)) for x in _flat(v))
 
 
 def _placeholder_values(ep: ExportedProgram) -> tuple[dict[str, Any], dict[int, str], list[str]]:
@@ -90,6 +101,25 @@ def _placeholder_values(ep: ExportedProgram) -> tuple[dict[str, Any], dict[int, 
         if isinstance(t, Tensor) and spec.target is not None and spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
             names[id(t)] = spec.target
     return values, names, user
+
+
+def _materialise_pending(ctx: ConvertContext, node: torch.fx.Node, env: dict[str, Any],
+                         problems: list[tuple[str, str, str]]) -> bool:
+    """Circular padding that does not feed a convolution becomes an Opaque node of its own (reported)."""
+    found = False
+    for a in node.all_input_nodes:
+        v = env.get(a.name)
+        if isinstance(v, PendingCircularPad):
+            pads = [p for b, e in reversed(v.pads) for p in (b, e)]
+            reason = "circular padding not followed by a convolution"
+            op = Opaque(source_op="aten.pad.default", reason=reason,
+                        fn=lambda x, pads=pads: F.pad(x, pads, mode="circular"))
+            consumer, ctx.node_name = ctx.node_name, a.name
+            env[a.name] = ctx.emit(op, [v.value])
+            ctx.node_name = consumer
+            problems.append(("aten.pad.default", a.name, reason))
+            found = True
+    return found
 
 
 def _opaque(ctx: ConvertContext, node: torch.fx.Node, env: dict[str, Any], reason: str) -> Any:
@@ -186,8 +216,16 @@ def exported_to_graph(ep: ExportedProgram, input_shape: tuple[int, ...], batch: 
         try:
             env[node.name] = _convert(ctx, node, name, inputs, env)
         except Unsupported as exc:
-            problems.append((name, node.name, str(exc)))
-            env[node.name] = (_opaque(ctx, node, env, str(exc)) if allow_unsupported
+            reason = str(exc)
+            if allow_unsupported and _materialise_pending(ctx, node, env, problems):
+                try:  # the op itself may be fine once its padded input exists
+                    env[node.name] = _convert(ctx, node, name, [env[n.name] for n in node.all_input_nodes], env)
+                    keep_alive.append(env[node.name])
+                    continue
+                except Unsupported as again:
+                    reason = str(again)
+            problems.append((name, node.name, reason))
+            env[node.name] = (_opaque(ctx, node, env, reason) if allow_unsupported
                               else NotAvailable(name, upstream_failure=True))
         keep_alive.append(env[node.name])
     if problems and not allow_unsupported:
@@ -238,6 +276,10 @@ def _convert(ctx: ConvertContext, node: torch.fx.Node, name: str, inputs: list[A
         x = env[_arg_node(node, 0).name]
         if isinstance(x, TensorValue):
             return x.shape[int(node.args[1])] if name == "aten.sym_size.int" else math.prod(x.shape)  # type: ignore[arg-type]
+    pending = [v for v in _flat(inputs) if isinstance(v, PendingCircularPad)]
+    if pending and name not in _TAKES_CIRCULAR_PAD:
+        raise Unsupported("its input is circularly padded (aten.pad mode 'circular'), which is supported only "
+                          "right before a convolution")
     if not _has_tensor_value(inputs):
         if not callable(target):
             raise Unsupported(f"cannot evaluate {name}")
