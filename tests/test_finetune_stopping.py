@@ -123,3 +123,11 @@ def test_stopping_agrees_with_the_real_certifier() -> None:
     assert [r.met for r in res.history] == holds
     assert holds.index(True) == len(holds) - 1  # stopped at the first epoch where it holds
     assert res.history[0].lipschitz > 0
+
+
+def test_best_epoch_is_the_closest_to_the_targets_not_the_one_meeting_most() -> None:
+    """The input meets only clean; epoch 2 loses a little clean but gains much robustness: epoch 2 is best."""
+    ev, _ = _scripted([(0.95, 0.0), (0.84, 0.3), (0.84, 0.5)])
+    res = finetune(toy_mlp(dtype=torch.float32), _data(), _data(30, 2), targets=["cra@0.1>=0.7", "clean>=0.85"],
+                   penalty="spectral", epochs=2, batch_size=20, evaluator=ev)
+    assert res.best_epoch == 2 and not res.met
