@@ -38,7 +38,7 @@ from speccert.bounds.certificate import (
 )
 from speccert.bounds.empirical import empirical_lipschitz
 from speccert.bounds.float_error import ErrorModel
-from speccert.bounds.lipschitz import LipschitzBound, lipschitz_bound
+from speccert.bounds.lipschitz import LipschitzBound, check_certifiable, lipschitz_bound
 from speccert.data import Dataset, fit_to_model, load_data, make_dataset
 from speccert.errors import InternalError, UsageError
 from speccert.ir import Graph
@@ -65,8 +65,8 @@ def _check_eps(eps: Sequence[float]) -> list[float]:
     return out
 
 
-def _classifier_classes(bound: LipschitzBound) -> int:
-    shape = bound.folded.output_shape
+def _classifier_classes(graph: Graph) -> int:
+    shape = graph.output_shape
     if len(shape) != 1 or shape[0] < 2:
         raise UsageError(f"certify needs a classifier with a vector of >= 2 logits per sample; this model's "
                          f"output has shape {list(shape)}")
@@ -126,12 +126,19 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
     dev = torch.device(device)
     ds = _as_dataset(data, split, limit)
 
+    # Cheap checks first: unsupported operators, NaN weights, the output and the data's fit.
+    check_certifiable(graph)
+    n_classes = _classifier_classes(graph)
+    ds = fit_to_model(ds, graph.input_shape, n_classes)
+
+    def norms_progress(i: int, total: int, name: str) -> None:
+        if progress is not None:
+            progress("bounding layers", i, total)
+
     t0 = time.perf_counter()
     bound = lipschitz_bound(graph, method, dev, mean=list(mean) if mean is not None else None,
-                            std=list(std) if std is not None else None)
+                            std=list(std) if std is not None else None, progress=norms_progress)
     t_norms = time.perf_counter() - t0
-    n_classes = _classifier_classes(bound)
-    ds = fit_to_model(ds, graph.input_shape, n_classes)
     notes = list(bound.notes)
 
     folded = bound.folded.to(dev, torch.float64)

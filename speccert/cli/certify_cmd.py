@@ -126,12 +126,8 @@ def command(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
         tasks: dict[str, TaskID] = {}
-        norms_task = bar.add_task("bounding layers", total=None)
-        tasks["norms"] = norms_task
 
         def progress(stage: str, done: int, total: int) -> None:
-            if "norms" in tasks:
-                bar.remove_task(tasks.pop("norms"))
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
