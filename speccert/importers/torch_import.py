@@ -8,100 +8,37 @@ Route (see `aten_ops/walk.py` for why): every source becomes a `torch.export.Exp
   (`torch._export.converter.TS2EPConverter`), which replays the scripted graph as ATen ops. It is a
   private torch API; if it cannot convert a construct (e.g. data-dependent control flow), the error
   says so and suggests saving with `torch.export` instead;
-then its core-ATen decomposition is converted op by op into the IR, and the IR is checked against the
-original (eval mode) on seeded random inputs: max |IR - original| <= 1e-4 * max |original| + 1e-6.
+then it is converted op by op into the IR (decomposed to core ATen ops only when some op has no
+converter), and the IR is checked against the original (eval mode) on seeded random inputs
+(`torch_check.check_faithful`): max |IR - original| <= 1e-4 * max |original| + 1e-6.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
-import logging
 import os
 import pickle
 import sys
-import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from speccert.errors import InputError, InternalError, UnsupportedModelError, UsageError
+from speccert.errors import InputError, UnsupportedModelError, UsageError
 from speccert.importers.aten_ops import exported_to_graph
+from speccert.importers.torch_check import TRACE_BATCH, check_faithful, first_line, quiet
 from speccert.ir.graph import Graph, ModelSource, file_sha256
 
 Tensor = torch.Tensor
-TRACE_BATCH = 2  # batch size of the traces we make ourselves; the IR's batch axis stays symbolic
-RTOL, ATOL = 1e-4, 1e-6
 
 PICKLE_REFUSED = (
     "{path} is a pickled Python object (torch.save of a whole model): unpickling it runs code stored in the "
     "file, so speccert refuses by default. Save the model with torch.export.save (.pt2) or torch.jit.save, "
     "or as a state_dict for 'package.module:factory' --weights; pass --trust-pickle only for a file you trust"
 )
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """torch.export and the TorchScript converter warn and log to stderr; the library never prints."""
-    loggers = [lg for name, lg in logging.root.manager.loggerDict.items()
-               if name.startswith("torch") and isinstance(lg, logging.Logger) and not lg.disabled]
-    for lg in loggers:
-        lg.disabled = True
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")  # torch.export also prints partial graphs to sys.stderr
-            yield
-    finally:
-        for lg in loggers:
-            lg.disabled = False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:400]
-
-
-# ---- faithfulness ---------------------------------------------------------------------------------
-def check_faithful(graph: Graph, reference: Callable[[Tensor], Any], batches: tuple[int, ...] = (TRACE_BATCH, 3),
-                   ref_dtype: torch.dtype = torch.float32, what: str = "the original module") -> None:
-    """Raise InternalError unless graph(x) matches reference(x) on seeded random inputs:
-    max |graph(x) - ref(x)| <= RTOL * max |ref(x)| + ATOL (NaN must match NaN)."""
-    gen = torch.Generator().manual_seed(20261122)
-    for i, b in enumerate(batches):
-        x = torch.randn((b, *graph.input_shape), generator=gen)
-        if i % 2:
-            x = torch.rand((b, *graph.input_shape), generator=gen)
-        with torch.no_grad():
-            try:
-                ref = reference(x.to(ref_dtype))
-            except Exception as exc:  # noqa: BLE001 - e.g. a shape outside an archive's dynamic range
-                raise UsageError(f"{what} does not accept input shape {list(graph.input_shape)}: "
-                                 f"{_first_line(exc)}") from None
-            if isinstance(ref, (tuple, list)) and len(ref) == 1:
-                ref = ref[0]
-            try:
-                got = graph.forward(x.to(graph.dtype))
-            except NotImplementedError:
-                return  # an Opaque node that cannot run on this batch (allow_unsupported graphs only)
-        if not isinstance(ref, Tensor) or tuple(ref.shape) != tuple(got.shape):
-            shape = list(ref.shape) if isinstance(ref, Tensor) else type(ref).__name__
-            raise InternalError(f"import is not faithful: output shape {list(got.shape)} vs {shape} from {what}")
-        ref64, got64 = ref.detach().double(), got.detach().double()
-        nan = torch.isnan(ref64)
-        if not torch.equal(nan, torch.isnan(got64)):
-            raise InternalError(f"import is not faithful: NaN outputs differ from {what}")
-        scale = float(ref64[~nan].abs().max()) if bool((~nan).any()) else 0.0
-        err = float((ref64 - got64)[~nan].abs().max()) if bool((~nan).any()) else 0.0
-        if not err <= RTOL * scale + ATOL:
-            raise InternalError(
-                f"import is not faithful: max |IR - {what}| = {err:.3g} on a random batch of {b} "
-                f"(output scale {scale:.3g}, tolerance {RTOL * scale + ATOL:.3g}); please report this model"
-            )
 
 
 # ---- nn.Module ------------------------------------------------------------------------------------
@@ -114,11 +51,11 @@ def _module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
 
 def _export(module: nn.Module, x: Tensor) -> torch.export.ExportedProgram:
     try:
-        with _quiet():
+        with quiet():
             return torch.export.export(module, (x,), strict=False)
     except Exception as exc:  # noqa: BLE001 - any export failure is a model torch.export cannot capture
         raise UnsupportedModelError(
-            f"torch.export cannot capture this model ({_first_line(exc)}); data-dependent control flow and "
+            f"torch.export cannot capture this model ({first_line(exc)}); data-dependent control flow and "
             "Python side effects in forward() are not supported"
         ) from None
 
@@ -145,7 +82,7 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...], *, check: bool 
             module(x)
     except Exception as exc:  # noqa: BLE001 - the user's module rejects the shape
         raise UsageError(f"the model does not accept input shape {list(input_shape)} "
-                         f"(without the batch axis): {_first_line(exc)}") from None
+                         f"(without the batch axis): {first_line(exc)}") from None
     ep = _export(module, x)
     graph = _convert(ep, input_shape, TRACE_BATCH, allow_unsupported, source or ModelSource("<module>", "python"))
     if check:
@@ -168,7 +105,7 @@ def _convert(ep: torch.export.ExportedProgram, input_shape: tuple[int, ...], bat
     except UnsupportedModelError as exc:
         first = exc
     try:
-        with _quiet():
+        with quiet():
             decomposed = ep.run_decompositions()
         return exported_to_graph(decomposed, input_shape, batch, allow_unsupported=False, source=source)
     except UnsupportedModelError:
@@ -186,12 +123,12 @@ def _safe_load(path: Path) -> Any:
     if not path.is_file():
         raise InputError(f"weights file not found: {path}")
     try:
-        with _quiet():
+        with quiet():
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise InputError(PICKLE_REFUSED.format(path=path)) from None
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt, not a torch file
-        raise InputError(f"cannot read {path} with torch.load: {_first_line(exc)}") from None
+        raise InputError(f"cannot read {path} with torch.load: {first_line(exc)}") from None
 
 
 def _state_dict_of(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -218,7 +155,7 @@ def _load_state_dict(module: nn.Module, sd: dict[str, Tensor], path: Path) -> No
     try:
         module.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
-        detail = " ".join(str(exc).split("\n\t")[1:2]) or _first_line(exc)
+        detail = " ".join(str(exc).split("\n\t")[1:2]) or first_line(exc)
         raise InputError(f"state_dict {path} does not match the model: {detail.strip()}") from None
 
 
@@ -238,7 +175,7 @@ def _import_factory(spec: str) -> Callable[[], Any]:
         raise InputError(f"cannot import '{mod_name}' for '{spec}': {exc} (run from the folder that holds the "
                          "package, or install it)") from None
     except Exception as exc:  # noqa: BLE001 - errors in the user's module
-        raise InputError(f"importing '{mod_name}' for '{spec}' failed: {_first_line(exc)}") from None
+        raise InputError(f"importing '{mod_name}' for '{spec}' failed: {first_line(exc)}") from None
     factory = getattr(mod, fn_name, None)
     if factory is None or not callable(factory):
         raise InputError(f"'{mod_name}' has no callable '{fn_name}' (model spec '{spec}')")
@@ -257,7 +194,7 @@ def load_factory(spec: str, weights: str | os.PathLike[str] | None, input_shape:
     try:
         module = factory()
     except Exception as exc:  # noqa: BLE001 - the user's factory failed
-        raise InputError(f"'{spec}()' raised {_first_line(exc)}") from None
+        raise InputError(f"'{spec}()' raised {first_line(exc)}") from None
     if not isinstance(module, nn.Module):
         raise InputError(f"'{spec}()' returned {type(module).__name__}, not a torch.nn.Module")
     source = ModelSource(spec, "python")
@@ -321,10 +258,10 @@ def _example_shape(ep: torch.export.ExportedProgram, user_shape: tuple[int, ...]
 
 def _load_pt2(path: Path, input_shape: tuple[int, ...] | None, check: bool, allow_unsupported: bool) -> Graph:
     try:
-        with _quiet():
+        with quiet():
             ep = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - corrupt or incompatible archive
-        raise InputError(f"cannot read {path} as a torch.export archive: {_first_line(exc)}") from None
+        raise InputError(f"cannot read {path} as a torch.export archive: {first_line(exc)}") from None
     shape, batch = _example_shape(ep, input_shape, path)
     source = ModelSource(str(path), "pt2", file_sha256(path))
     graph = _convert(ep, shape, batch, allow_unsupported, source)
@@ -338,24 +275,24 @@ def _load_torchscript(path: Path, input_shape: tuple[int, ...] | None, check: bo
     if input_shape is None:
         raise UsageError(f"{path} is a TorchScript file, which does not record its input shape: give --input-shape")
     try:
-        with _quiet():
+        with quiet():
             sm = torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"cannot read {path} as a TorchScript file: {_first_line(exc)}") from None
+        raise InputError(f"cannot read {path} as a TorchScript file: {first_line(exc)}") from None
     x = torch.randn((TRACE_BATCH, *input_shape), generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
             sm(x)
     except Exception as exc:  # noqa: BLE001
-        raise UsageError(f"{path} does not accept input shape {list(input_shape)}: {_first_line(exc)}") from None
+        raise UsageError(f"{path} does not accept input shape {list(input_shape)}: {first_line(exc)}") from None
     try:
         from torch._export.converter import TS2EPConverter
 
-        with _quiet():
+        with quiet():
             ep = TS2EPConverter(sm, (x,)).convert()
     except Exception as exc:  # noqa: BLE001 - a TorchScript construct without an ATen equivalent
         raise UnsupportedModelError(
-            f"cannot convert TorchScript {path} to ATen ops ({_first_line(exc)}); constructs such as "
+            f"cannot convert TorchScript {path} to ATen ops ({first_line(exc)}); constructs such as "
             "data-dependent control flow cannot be converted: save the model with torch.export (.pt2) instead"
         ) from None
     source = ModelSource(str(path), "torchscript", file_sha256(path))
@@ -384,7 +321,7 @@ def load_torch_file(path: str | os.PathLike[str], input_shape: tuple[int, ...] |
         return _load_torchscript(path, input_shape, check, allow_unsupported)
     if not trust_pickle:
         try:
-            with _quiet():
+            with quiet():
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - anything beyond plain tensors: refuse without running it
             raise InputError(PICKLE_REFUSED.format(path=path)) from None
@@ -394,10 +331,10 @@ def load_torch_file(path: str | os.PathLike[str], input_shape: tuple[int, ...] |
         raise InputError(f"{path} holds a {type(obj).__name__}, not a model")
     _cwd_on_path()  # the pickled classes must be importable
     try:
-        with _quiet():
+        with quiet():
             obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"cannot unpickle {path}: {_first_line(exc)}") from None
+        raise InputError(f"cannot unpickle {path}: {first_line(exc)}") from None
     if not isinstance(obj, nn.Module):
         raise InputError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
     if input_shape is None:
@@ -413,7 +350,7 @@ def save_pt2(graph: Graph, path: str | os.PathLike[str], example_batch: int = 2)
     path = Path(path)
     module = graph.to_torch().eval()
     x = torch.randn((example_batch, *graph.input_shape), generator=torch.Generator().manual_seed(0)).to(graph.dtype)
-    with _quiet():
+    with quiet():
         try:
             ep = torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},))
         except Exception:  # noqa: BLE001 - some graphs specialise the batch; a fixed batch still loads
