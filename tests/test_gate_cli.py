@@ -242,3 +242,15 @@ min = 0.5
     assert [r["passed"] for r in doc["rules"]] == [True, False]
     assert doc["report"]["model"]["sha256"] == json.loads((REPO / "models" / "manifest.json").read_text())[
         "models"]["mlp"]["files"]["onnx"]["sha256"]
+
+
+@pytest.mark.slow
+def test_bundled_lipschitz_cnn_passes_a_robustness_policy(tmp_path: Path) -> None:
+    model, data = REPO / "models" / "cnn_lip.onnx", REPO / "models" / "data" / "fashion_mnist_test_1k.npz"
+    if not model.exists() or not data.exists():
+        pytest.skip("bundled models not present")
+    # models/measurements.json: certified accuracy 0.736 at eps 0.25 and L <= 1.46 on all 1000 points
+    p = run(model, "--data", data, "--limit", "100", "--method", "fft", "--min-cra", "0.5@0.25",
+            "--max-lipschitz", "2", "--junit", tmp_path / "lip.xml", cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert junit_counts(tmp_path / "lip.xml")[:2] == (2, 0)
