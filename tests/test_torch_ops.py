@@ -121,6 +121,7 @@ EXAMPLES: dict[str, Example] = {
     "aten.squeeze.default": Example((3, 1, 4), lambda x, p: aten.squeeze.default(x)),
     "aten.squeeze.dim": Example((3, 1, 4), lambda x, p: aten.squeeze.dim(x, 2)),
     "aten.squeeze.dims": Example((1, 3, 1), lambda x, p: aten.squeeze.dims(x, [1, 3])),
+    "aten.sum.dim_IntList": Example((3, 4, 5), lambda x, p: aten.sum.dim_IntList(x, [2, 3], True)),
     "aten.sub.Scalar": Example((3,), lambda x, p: aten.sub.Scalar(x, 1.5)),
     "aten.sub.Tensor": Example((3,), lambda x, p: aten.sub.Tensor(torch.tanh(x), x, alpha=0.5)),
     "aten.tanh.default": Example((5,), lambda x, p: aten.tanh.default(x)),

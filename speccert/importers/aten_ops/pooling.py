@@ -3,7 +3,10 @@ input size), and mean over all spatial axes (what `torch.export` makes of adapti
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import torch
 
 from speccert.importers.aten_ops.base import (
     ConvertContext,
@@ -14,7 +17,7 @@ from speccert.importers.aten_ops.base import (
     ints,
     tensor_arg,
 )
-from speccert.ir.ops import AvgPool, GlobalAvgPool, MaxPool, Reshape
+from speccert.ir.ops import Affine, AvgPool, GlobalAvgPool, MaxPool, Reshape
 
 
 def _spatial(x: TensorValue, nd: int, what: str) -> None:
@@ -107,16 +110,28 @@ def adaptive_avg_pool1d(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     return _adaptive(ctx, args, 1)
 
 
-@aten_op("aten.mean.dim")
-def mean_dim(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """mean(x, dims, keepdim, dtype) over exactly the spatial axes 2.. : GlobalAvgPool (+ squeeze)."""
-    x = tensor_arg(args[0], "mean input")
+def _spatial_reduce(ctx: ConvertContext, args: list[Any], what: str, scale: bool) -> TensorValue:
+    x = tensor_arg(args[0], f"{what} input")
     if args[1] is None:
-        raise Unsupported("mean over every axis including the batch")
+        raise Unsupported(f"{what} over every axis including the batch")
     dims = sorted({d % x.ndim for d in args[1]})
     if x.ndim < 3 or dims != list(range(2, x.ndim)):
-        raise Unsupported(f"mean over axes {list(args[1])} of a {x.ndim}-d tensor (only over all spatial axes)")
+        raise Unsupported(f"{what} over axes {list(args[1])} of a {x.ndim}-d tensor (only over all spatial axes)")
     y = ctx.emit(GlobalAvgPool(), [x])
+    if scale:  # sum = mean * number of spatial positions
+        y = ctx.emit(Affine(torch.tensor(float(math.prod(x.shape[2:]))), torch.tensor(0.0)), [y])
     if bool(args[2]):
         return y
     return ctx.emit(Reshape((x.shape[1],)), [y])
+
+
+@aten_op("aten.mean.dim")
+def mean_dim(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    """mean(x, dims, keepdim, dtype) over exactly the spatial axes 2.. : GlobalAvgPool (+ squeeze)."""
+    return _spatial_reduce(ctx, args, "mean", scale=False)
+
+
+@aten_op("aten.sum.dim_IntList")
+def sum_dim(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    """sum(x, dims, keepdim, dtype) over exactly the spatial axes: GlobalAvgPool, Affine(H*W) (+ squeeze)."""
+    return _spatial_reduce(ctx, args, "sum", scale=True)
