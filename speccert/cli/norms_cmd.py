@@ -1,9 +1,89 @@
-"""(not yet written)"""
+"""Per-layer spectral norms: a proven [lower, upper] bracket for every linear layer, with method and time.
+
+Examples: `speccert norms model.onnx`, `speccert norms model.onnx --method fantastic4`,
+`speccert norms model.pt2 --device cuda --json -`.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
+import typer
+
+from speccert.cli.common import (
+    DeviceOpt,
+    InputShapeOpt,
+    JsonOpt,
+    ModelArg,
+    TrustPickleOpt,
+    WeightsOpt,
+    err,
+    load_model,
+    out,
+    resolve_device,
+    write_json,
+)
 from speccert.errors import UsageError
 
 
-def command() -> None:
-    raise UsageError("'norms' is not available yet")
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.6g}"
+
+
+def norms_report(norms: list[Any], method: str, device: str) -> dict[str, Any]:
+    return {"schema": "speccert.norms/1", "method": method, "device": device,
+            "layers": [n.to_dict() for n in norms],
+            "total_seconds": sum(n.seconds for n in norms)}
+
+
+def render_table(norms: list[Any], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for col, just in (("layer", "left"), ("operator", "left"), ("in -> out", "left"), ("lower", "right"),
+                      ("upper", "right"), ("gap %", "right"), ("method", "left"), ("s", "right")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for n in norms:
+        gap = n.gap
+        lower = n.lower.value if n.lower is not None else None
+        extra = f" (est {n.estimate.value:.4g})" if n.estimate is not None else ""
+        shapes = f"{'x'.join(map(str, n.in_shape))} -> {'x'.join(map(str, n.out_shape))}"
+        table.add_row(n.name, n.op, shapes, _fmt(lower), _fmt(n.upper.value) + extra,
+                      "-" if gap is None else f"{100 * gap:.3f}", n.method, f"{n.seconds:.2f}")
+    out.print(table)
+    notes = [(n.name, note) for n in norms for note in n.notes]
+    for name, note in notes:
+        err.print(f"[dim]note: {name}: {note}[/]", highlight=False)
+
+
+def command(
+    model: ModelArg,
+    method: Annotated[str, typer.Option("--method", help="auto (default: tightest proven upper bound + power "
+                                        "iteration lower bound) or one method: dense, power, fft, gram, "
+                                        "fantastic4, lmt, miyato, closed_form, nonnegative.")] = "auto",
+    device: DeviceOpt = "cpu",
+    json_out: JsonOpt = None,
+    input_shape: InputShapeOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from speccert.norms import layer_norms, method_names
+
+    if method not in method_names():
+        raise UsageError(f"--method {method!r} is not a norm method (choose from {', '.join(method_names())})")
+    dev = resolve_device(device)
+    graph = load_model(model, input_shape, weights, trust_pickle)
+    with Progress(TextColumn("norms"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.description}"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def progress(i: int, n: int, name: str) -> None:
+            bar.update(task, completed=i, total=n, description=name)
+
+        norms = layer_norms(graph, method=method, device=dev, progress=progress)
+    if json_out is not None:
+        write_json(norms_report(norms, method, dev), json_out)
+    if json_out != "-":
+        render_table(norms, f"{model}: per-layer L2 operator norms ({method}, {dev})")
