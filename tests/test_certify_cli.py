@@ -96,7 +96,7 @@ BAD = {  # case: (model key, data key, extra args, exit code, message)
 }
 # Each subprocess pays the torch import (seconds on a loaded machine): these go through the real
 # console script; the others through the same entry point in-process (speccert.cli.app.main).
-SUBPROCESS = ("labels", "missing", "scalar")
+SUBPROCESS = ("labels", "scalar")
 
 
 def _args(files: dict[str, Path], case: str) -> tuple[list[str], int, str]:
