@@ -332,3 +332,42 @@ def test_reflect_padding_and_stray_circular_padding() -> None:
     assert [(n.name, n.op_type) for n in g.nodes] == [("pad", "Opaque"), ("mul", "Affine")]
     x = torch.randn(3, 2, 5)
     torch.testing.assert_close(g.forward(x), Stray()(x))
+
+
+def _tamper_pt2(good: Path, evil: Path, marker: Path, where: str) -> None:
+    """Copy a real .pt2, putting a code-running pickle where torch's reader would unpickle it."""
+    import io
+    import json
+    import zipfile
+
+    buf = io.BytesIO()
+    torch.save(Evil(marker), buf)
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(evil, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if where == "example inputs" and item.filename.endswith("sample_inputs/model.pt"):
+                data = buf.getvalue()
+            if where == "weights" and item.filename.endswith("model_weights_config.json"):
+                config = json.loads(data)
+                for entry in config["config"].values():
+                    entry["use_pickle"] = True
+                data = json.dumps(config).encode()
+            if where == "weights" and item.filename.endswith("weights/weight_0"):
+                data = buf.getvalue()
+            zout.writestr(item, data)
+
+
+@pytest.mark.parametrize("where", ["example inputs", "weights"])
+def test_pt2_with_code_running_pickle_is_refused_and_never_runs(tmp_path: Path, where: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """torch.export.load itself would unpickle these with weights_only=False (torch 2.13)."""
+    good, evil, marker = tmp_path / "good.pt2", tmp_path / "evil.pt2", tmp_path / "PWNED"
+    torch.export.save(torch.export.export(nn.Linear(3, 2), (torch.randn(2, 3),)), str(good))
+    _tamper_pt2(good, evil, marker, where)
+    with pytest.raises(InputError, match="pickled Python objects.*--trust-pickle"):
+        load(evil)
+    assert not marker.exists()
+    proc = _main(capsys, "inspect", str(evil))
+    assert proc.returncode == 4 and "--trust-pickle" in _one_clean_line(proc)
+    assert not marker.exists()
+    assert torch.load is not None and load(good).input_shape == (3,)  # the guard is lifted afterwards

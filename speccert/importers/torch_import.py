@@ -15,6 +15,7 @@ converter), and the IR is checked against the original (eval mode) on seeded ran
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pickle
@@ -30,6 +31,7 @@ from torch import nn
 from speccert.errors import InputError, UnsupportedModelError, UsageError
 from speccert.importers.aten_ops import exported_to_graph
 from speccert.importers.torch_check import TRACE_BATCH, check_faithful, first_line, quiet
+from speccert.importers.torch_safety import no_code_unpickling
 from speccert.ir.graph import Graph, ModelSource, file_sha256
 
 Tensor = torch.Tensor
@@ -256,10 +258,18 @@ def _example_shape(ep: torch.export.ExportedProgram, user_shape: tuple[int, ...]
     return tuple(int(s) for s in static[1:]), batch  # type: ignore[arg-type]
 
 
-def _load_pt2(path: Path, input_shape: tuple[int, ...] | None, check: bool, allow_unsupported: bool) -> Graph:
+def _load_pt2(path: Path, input_shape: tuple[int, ...] | None, check: bool, allow_unsupported: bool,
+              trust_pickle: bool = False) -> Graph:
+    guard = contextlib.nullcontext() if trust_pickle else no_code_unpickling()
     try:
-        with quiet():
+        with quiet(), guard:
             ep = torch.export.load(str(path))
+    except pickle.UnpicklingError:
+        raise InputError(
+            f"{path} is a torch.export archive holding pickled Python objects (weights, constants or example "
+            "inputs); unpickling them could run code from the file, so speccert refuses by default. Re-save it "
+            "with torch.export.save from plain tensors, or pass --trust-pickle only for a file you trust"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - corrupt or incompatible archive
         raise InputError(f"cannot read {path} as a torch.export archive: {first_line(exc)}") from None
     shape, batch = _example_shape(ep, input_shape, path)
@@ -316,7 +326,7 @@ def load_torch_file(path: str | os.PathLike[str], input_shape: tuple[int, ...] |
         raise InputError(f"model file not found: {path}")
     fmt = detect_format(path)
     if fmt == "pt2":
-        return _load_pt2(path, input_shape, check, allow_unsupported)
+        return _load_pt2(path, input_shape, check, allow_unsupported, trust_pickle)
     if fmt == "torchscript":
         return _load_torchscript(path, input_shape, check, allow_unsupported)
     if not trust_pickle:

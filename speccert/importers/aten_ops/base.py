@@ -94,7 +94,8 @@ class ConvertContext:
         """
         base = self.node_name
         if like is not None and id(like) in self.param_names:
-            base = self.param_names[id(like)].rsplit(".", 1)[0] or base
+            key = self.param_names[id(like)]
+            base = key.rsplit(".", 1)[0] if "." in key else base  # 'conv.weight' -> 'conv'; 'weight' -> fx name
         name = self.unique(base)
         with torch.no_grad():
             zeros = [torch.zeros((1, *v.shape[1:]), dtype=v.dtype) for v in inputs]
