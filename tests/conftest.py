@@ -11,7 +11,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("SPECCERT_CORPUS", REPO.parent / "shared" / "onnx-corpus"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tests use tiny tensors: one thread avoids oversubscription (2 threads made small ops ~10x slower
+# on a loaded 2-core machine).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
