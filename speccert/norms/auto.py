@@ -124,14 +124,15 @@ def _auto(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormRe
 
 
 def _lower(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormResult]:
-    from speccert.norms.fft import fft_bound, warm_vector
+    from speccert.norms.fft import LAST_BOUND, fft_bound, warm_vector
 
     g = layer.conv()
     warm = None
     fft = load_methods().get("fft")
     if g is not None and fft.applies(layer) and fft.refuse(layer, ctx) is None:
         try:
-            warm = warm_vector(g, fft_bound(g, torch.device("cpu"), extra=0), layer)
+            tb = LAST_BOUND.pop(layer, None) or fft_bound(g, torch.device("cpu"), extra=0)
+            warm = warm_vector(g, tb, layer)
         except (RuntimeError, ValueError) as exc:  # a warm start is an optimisation only
             notes.append(f"no warm start: {exc}")
     wctx = NormContext(ctx.device, ctx.memory_limit, ctx.tol, ctx.max_iter, ctx.seed, ctx.dense_max_entries, warm)
@@ -174,7 +175,7 @@ def norm_of_layer(layer: LinearLayer, method: str, ctx: NormContext) -> LayerNor
 
 
 def layer_norms(graph: Graph, method: str = AUTO, device: str | torch.device = "cpu", *,
-                tol: float = 1e-6, max_iter: int = 300, memory_limit: int = 2 << 30,
+                tol: float = 1e-6, max_iter: int = 100, memory_limit: int = 2 << 30,
                 progress: Progress | None = None) -> list[LayerNorm]:
     """One `LayerNorm` per linear node of `fold_linear(graph)`, named as in the folded graph.
 

@@ -246,6 +246,10 @@ def warm_vector(g: ConvGeometry, tb: TorusBound, layer: LinearLayer) -> Tensor:
     return x.reshape(layer.in_shape).clone()
 
 
+# The last torus bound per layer, so auto can warm-start power iteration without recomputing it.
+LAST_BOUND: dict[LinearLayer, TorusBound] = {}
+
+
 @register_method
 class FFTMethod(NormMethod):
     name = "fft"
@@ -271,6 +275,8 @@ class FFTMethod(NormMethod):
         g = layer.conv()
         assert g is not None
         tb = fft_bound(g, ctx.device)
+        LAST_BOUND.clear()
+        LAST_BOUND[layer] = tb
         torus = "x".join(str(p.N) for p in tb.plans[2 - g.ndim:])
         return [UpperBound(tb.value, self.name, iterations=tb.blocks, seconds=time.perf_counter() - t0,
                            note=f"torus {torus}")]

@@ -28,7 +28,7 @@ class NormContext:
     tol: float = 1e-6
     max_iter: int = 500
     seed: int = 0
-    dense_max_entries: int = 4_000_000
+    dense_max_entries: int = 1_000_000
     warm_start: torch.Tensor | None = None  # a starting vector for iterative lower bounds
 
 
