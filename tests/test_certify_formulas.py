@@ -123,3 +123,24 @@ def test_bad_data_and_options_give_clear_errors() -> None:
     image = Graph((12,), [Node("r", Reshape((3, 4)), (INPUT,))], dtype=D)
     with pytest.raises(UsageError, match="classifier"):
         certify(image, (x, torch.zeros(10, dtype=torch.long)), lower_bound=False)
+
+
+def test_float32_fast_path_agrees_with_float64() -> None:
+    """float32 data takes a float32 pass with a float32 error allowance (float64 where it matters):
+    its radii are within the documented 1e-4 of the float64 ones and never above the direct formula."""
+    g, w1, b1, w2, b2 = two_layer(5)
+    x32 = torch.randn(400, 8).float()
+    x64 = x32.double()
+    with torch.no_grad():
+        f = torch.relu(x64 @ w1.T + b1) @ w2.T + b2
+    y = f.argmax(1)
+    y[::7] = (y[::7] + 1) % 4
+    fast = certify(g, (x32, y), eps=[0.1], lower_bound=False)
+    slow = certify(g, (x64, y), eps=[0.1], lower_bound=False)
+    np.testing.assert_array_equal(fast.correct, slow.correct)
+    np.testing.assert_allclose(fast.radius, slow.radius, rtol=2e-4, atol=1e-12)
+    s1 = float(torch.linalg.matrix_norm(w1, ord=2))
+    for i in np.flatnonzero(fast.correct)[:100]:
+        yi = int(y[i])
+        pair = min(float(f[i, yi] - f[i, j]) / (float((w2[yi] - w2[j]).norm()) * s1) for j in range(4) if j != yi)
+        assert fast.radii["pairwise"][i] <= pair

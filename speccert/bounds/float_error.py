@@ -15,6 +15,8 @@ Add/Concat). So ||f_computed(x) - f(x)|| <= sum_v D_v e_v(x) (+ higher-order ter
 
 certify() lowers every margin by SAFETY * sqrt(2) * that sum (SAFETY = 16 covers the neglected
 higher-order terms and library kernels that are a few times worse than the textbook bound).
+With `unit=FLOAT32_UNIT` the same model bounds a float32 pass over a float32 copy of the folded weights:
+rounding each weight to float32 is one more relative error u per product, hence gamma(k + 3).
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from speccert.ir import INPUT, Activation, Add, AvgPool, BatchNorm, Concat, Conv
 from speccert.ir import Affine as AffineOp
 from speccert.ir.activations import activation_lipschitz
 from speccert.norms import UpperBound
-from speccert.norms.rounding import gamma
 
 Tensor = torch.Tensor
 U = 2.0**-53
+FLOAT32_UNIT = 2.0**-24
 SAFETY = 16.0
 EXACT = ("Reshape", "Transpose", "Pad", "Concat", "MaxPool")
 
@@ -92,8 +94,12 @@ def _abs_norm_and_fan_in(graph: Graph, name: str, uppers: Mapping[str, UpperBoun
 class ErrorModel:
     """Per node: (weight D_v * c_v, which norm it multiplies). `bound(acts)` -> per-sample error bound."""
 
-    def __init__(self, graph: Graph, uppers: Mapping[str, UpperBound]) -> None:
+    def __init__(self, graph: Graph, uppers: Mapping[str, UpperBound], unit: float = U) -> None:
         d = downstream_lipschitz(graph, uppers)
+
+        def gamma_u(k: int) -> float:
+            return k * unit / (1.0 - k * unit)
+
         self.terms: list[tuple[str, float, float]] = []  # (name of the tensor to take the norm of, coef, const)
         for node in graph.nodes:
             op = node.op
@@ -101,17 +107,19 @@ class ErrorModel:
                 continue
             if type(op).linear:
                 a, k, b = _abs_norm_and_fan_in(graph, node.name, uppers)
-                gk = gamma(k + 2)
+                gk = gamma_u(k + 3)
                 self.terms.append((node.inputs[0], d[node.name] * gk * a, d[node.name] * gk * b))
             elif isinstance(op, Activation):
-                self.terms.append((node.name, d[node.name] * 64 * U, 0.0))
+                self.terms.append((node.name, d[node.name] * 64 * unit, 0.0))
             elif isinstance(op, (Add, Concat)):
-                self.terms.append((node.name, d[node.name] * U, 0.0))
+                self.terms.append((node.name, d[node.name] * unit, 0.0))
 
     def bound(self, acts: dict[str, Tensor]) -> Tensor:
         """SAFETY * sqrt(2) * sum_v D_v e_v per sample: an allowance for every margin f_y - f_j."""
         x = acts[INPUT]
         total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         for name, coef, const in self.terms:
-            total = total + coef * acts[name].reshape(x.shape[0], -1).norm(dim=1) + const
+            # Norms in float64 (rounded up by 1e-6 relative, far above the error of a float32 sum).
+            norm = acts[name].reshape(x.shape[0], -1).to(torch.float64).norm(dim=1) * (1 + 1e-6)
+            total = total + coef * norm + const
         return SAFETY * math.sqrt(2.0) * total
