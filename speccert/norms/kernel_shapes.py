@@ -46,7 +46,7 @@ def polyphase_kernel(k: Tensor, g: ConvGeometry) -> Tensor:
         qr.append(([x - min(q) for x in q], [o % stride[axis] for o in offs], max(q) - min(q) + 1))
     (q1, r1, n1), (q2, r2, n2) = qr
     co, ci = k.shape[:2]
-    out = torch.zeros((co, stride[0], stride[1], ci, n1, n2), dtype=k.dtype)
+    out = torch.zeros((co, stride[0], stride[1], ci, n1, n2), dtype=k.dtype, device=k.device)
     for a in range(k.shape[2]):
         for b in range(k.shape[3]):
             out[:, r1[a], r2[b], :, q1[a], q2[b]] += k[:, :, a, b]
