@@ -52,6 +52,17 @@ def test_weight_schedule_rule() -> None:
     assert s.update(ts, Measurement(0.9, {0.5: 0.5}, 10))[0] == 1.0  # improving
     assert s.update(ts, Measurement(0.9, {0.5: 0.502}, 10))[0] == 2.0  # stalled (< 0.005 better): raise
     assert s.update(ts, Measurement(0.7, {0.5: 0.6}, 10))[0] == 1.0  # clean missed: lower
+    s2 = WeightSchedule(0.01)
+    s2.observe(ts, Measurement(0.9, {0.5: 0.0}, 200))  # the input model is the reference
+    assert s2.update(ts, Measurement(0.9, {0.5: 0.0}, 150))[0] == 0.02  # no certified progress: raise
+
+
+def test_weight_used_each_epoch_follows_the_rule() -> None:
+    ev, _ = _scripted([(0.9, 0.0), (0.9, 0.0), (0.9, 0.0), (0.8, 0.1)])
+    res = finetune(toy_mlp(dtype=torch.float32), _data(), _data(30, 2), targets=["cra@0.1>=0.7", "clean>=0.85"],
+                   penalty="spectral", penalty_weight=0.1, epochs=3, batch_size=20, evaluator=ev)
+    assert [r.weight for r in res.history] == [0.1, 0.1, 0.2, 0.4]  # weight used in that epoch
+    assert res.history[3].note == "clean target missed: weight lowered"
 
 
 def _scripted(values: list[tuple[float, float]]):  # noqa: ANN202

@@ -255,6 +255,8 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
             m = measure(g)
             check = check_targets(tlist, m)
             used = float(pen.weight)
+            if epoch == 0:
+                sched.observe(tlist, m)
             why = "" if epoch == 0 or check.met else sched.update(tlist, m)[1]
             rec = EpochRecord(epoch, loss, m.clean, dict(m.cra), m.lipschitz, used, check.met,
                               check.missed, time.perf_counter() - t0, why)

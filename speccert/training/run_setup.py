@@ -111,11 +111,10 @@ def prepare_paths(graph: Graph, spec: str | None, out: str | os.PathLike[str] | 
     else:
         if out_p.exists():
             raise UsageError(f"--out {out_p} already exists; pass --overwrite to replace it")
-        if run.exists():
+        if run.is_dir() and any(run.iterdir()):
             raise UsageError(f"a run folder {run} exists; pass --resume to continue it or --overwrite to start over")
     if out_p.is_dir():
         raise UsageError(f"--out {out_p} is a folder")
-    run.mkdir(parents=True, exist_ok=True)
     keys = None
     if fmt == "state_dict":
         if weights is None:

@@ -1,6 +1,6 @@
 """How the penalty weight adapts when progress toward the targets stalls.
 
-After each epoch the certifier's measurement gives every target a distance (accuracy points missing;
+The input model's measurement (epoch 0) is the reference. After each epoch the certifier's measurement gives every target a distance (accuracy points missing;
 log(L / bound) for Lipschitz targets). The rule, with patience P = 1 and factor c = 2:
 - if a *clean* target is missed, robustness is being bought with too much accuracy: weight /= c
   (at most once per epoch, not below `min_weight`);
@@ -28,6 +28,10 @@ class WeightSchedule:
     max_weight: float = 1e4
     best: float = math.inf
     stalled: int = 0
+
+    def observe(self, targets: list[Target], m: Measurement) -> None:
+        """Record the input model's distance (epoch 0) as the reference, without changing the weight."""
+        self.best = min(self.best, sum(t.progress(m) for t in targets if t.metric != "clean"))
 
     def update(self, targets: list[Target], m: Measurement) -> tuple[float, str]:
         """New weight after an epoch measured as `m`, and why it changed ('' when it did not)."""
