@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from certify_nets import D, mlp
+from certify_nets import D, all_nets, mlp
 
 from speccert.bounds import certify
 from speccert.bounds.audit import pgd_l2
@@ -144,3 +144,17 @@ def test_float32_fast_path_agrees_with_float64() -> None:
         yi = int(y[i])
         pair = min(float(f[i, yi] - f[i, j]) / (float((w2[yi] - w2[j]).norm()) * s1) for j in range(4) if j != yi)
         assert fast.radii["pairwise"][i] <= pair
+
+
+@pytest.mark.parametrize("name", sorted(all_nets()))
+def test_no_attack_succeeds_inside_certified_radii_of_random_nets(name: str) -> None:
+    """MLP, CNN (stride, padding, BatchNorm, max-pool), residual, concat, smooth nets: every certified
+    point survives PGD-L2 (untargeted, targeted at each runner-up, random starts) at its radius."""
+    g = all_nets()[name]
+    x = torch.randn(16, *g.input_shape, dtype=D)
+    with torch.no_grad():
+        y = g.forward(x).argmax(1)
+    rep = certify(g, (x, y), eps=[0.01], audit=16, audit_steps=25, audit_restarts=6, lower_bound=False,
+                  second_order=True)
+    assert rep.audit is not None and rep.audit.points == int((rep.radius > 0).sum()) > 0
+    assert rep.audit.successes == 0 and rep.audit.max_lead is not None and rep.audit.max_lead < 0
