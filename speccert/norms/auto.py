@@ -23,7 +23,7 @@ from speccert.norms.result import Estimate, LowerBound, NormResult, UpperBound
 
 AUTO = "auto"
 # Cheap proven upper bounds tried (all, min taken) by auto when no exact method applies.
-AUTO_UPPER = ("fft", "fantastic4", "lmt", "nonnegative")
+AUTO_UPPER = ("fantastic4", "lmt", "fft", "nonnegative")
 # Last resorts for a proven upper bound, in order.
 FALLBACK_UPPER = ("closed_form", "dense", "fft", "fantastic4", "lmt", "nonnegative", "gram")
 
@@ -115,7 +115,11 @@ def _auto(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormRe
         if any(isinstance(r, UpperBound) for r in got):
             return got
     results: list[NormResult] = []
+    g = layer.conv()
+    one_by_one = g is not None and all(k == 1 for k in g.kernel) and not g.circular
     for name in AUTO_UPPER:
+        if one_by_one and name == "fft" and any(isinstance(r, UpperBound) for r in results):
+            continue  # fantastic4 is exact for 1x1 kernels (the conv is W at each kept pixel)
         results += _run(name, layer, ctx, notes)
     if not any(isinstance(r, UpperBound) for r in results):
         results += _run("gram", layer, ctx, notes)
