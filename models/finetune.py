@@ -1,0 +1,114 @@
+"""Make the robust versions of the zoo with ``speccert finetune`` and record them in models/manifest.json.
+
+Usage (from the repository root; needs the full Fashion-MNIST IDX files, see models/README.md)::
+
+    python models/finetune.py cnn            # writes models/cnn_robust.onnx
+    python models/finetune.py                # every model in ROBUST
+
+Each run is exactly the ``speccert finetune`` command stored in the manifest entry (training data: the
+full training set; the certifier that decides when to stop runs on the bundled 2k *training* subset,
+so the 1k test subset stays untouched for the figures in models/README.md). The finetune run folder
+(``<out>.run/``, checkpoints) is removed afterwards; the entry records the accuracy of the output on the
+full test set and on the bundled subset (onnxruntime), its size and sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Same reason as in train.py: OpenMP spin-waiting is ruinous on a shared, oversubscribed CPU.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+MANIFEST = HERE / "manifest.json"
+SUBSET = HERE / "data" / "fashion_mnist_test_1k.npz"
+DATA_DEFAULT = "/usr/share/datasets/fashion-mnist"
+
+# name -> (epochs, targets); penalty lmt (Lipschitz-margin training) for all.
+ROBUST: dict[str, tuple[int, list[str]]] = {
+    "cnn": (8, ["cra@0.5>=0.70", "clean>=0.82"]),
+    "mlp": (8, ["cra@0.5>=0.60", "clean>=0.80"]),
+}
+
+
+def command(name: str, data: str) -> list[str]:
+    epochs, targets = ROBUST[name]
+    argv = ["speccert", "finetune", f"models/{name}.onnx", "--data", data]
+    argv += ["--val", "models/data/fashion_mnist_train_2k.npz", "--penalty", "lmt", "--epochs", str(epochs)]
+    for t in targets:
+        argv += ["--target", t]
+    return [*argv, "--out", f"models/{name}_robust.onnx", "--overwrite", "--seed", "0"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Fine-tune robust versions of the zoo with speccert finetune.")
+    p.add_argument("names", nargs="*", default=list(ROBUST), help=f"models (default: {list(ROBUST)})")
+    p.add_argument("--data", default=os.environ.get("SPECCERT_DATA", DATA_DEFAULT), help="IDX folder")
+    a = p.parse_args()
+    sys.path.insert(0, str(HERE))
+    import onnxruntime as ort
+    from fashion_data import load_split
+    from train import accuracy, sha256
+
+    x_test, y_test = load_split("test", a.data)
+    with np.load(SUBSET) as z:
+        xs, ys = z["x"], z["y"]
+    manifest = json.loads(MANIFEST.read_text())
+    for name in a.names:
+        argv = command(name, a.data)
+        start = time.time()
+        # exit 1 means "budget ended before every target held": the best epoch is still written
+        proc = subprocess.run(
+            [sys.executable, "-m", "speccert", *argv[1:]], cwd=REPO, text=True, capture_output=True
+        )
+        seconds = time.time() - start
+        out = HERE / f"{name}_robust.onnx"
+        if proc.returncode not in (0, 1) or not out.exists():
+            raise SystemExit(f"{shlex.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        run_dir = out.with_name(out.name + ".run")
+        if run_dir.is_dir():
+            for f in run_dir.iterdir():
+                f.unlink()
+            run_dir.rmdir()
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0].name
+
+        def logits(x: np.ndarray, sess=sess, inp=inp) -> np.ndarray:  # noqa: ANN001
+            return np.concatenate([sess.run(None, {inp: x[i : i + 1000]})[0] for i in range(0, len(x), 1000)])
+
+        base = manifest["models"][name]
+        manifest["models"][f"{name}_robust"] = {
+            "architecture": base["architecture"],
+            "parameters": base["parameters"],
+            "input_shape": base["input_shape"],
+            "input_range": base["input_range"],
+            "classes": base["classes"],
+            "finetuned_from": name,
+            "recipe": {"epochs": ROBUST[name][0], "penalty": "lmt", "targets": ROBUST[name][1]},
+            "command": shlex.join(argv).replace(a.data, DATA_DEFAULT),
+            "finetune_exit_code": proc.returncode,
+            "train_seconds": round(seconds, 1),
+            "test_accuracy": accuracy(logits(x_test), y_test),
+            "test_examples": len(y_test),
+            "subset_accuracy": accuracy(logits(xs), ys),
+            "files": {"onnx": {"path": out.name, "bytes": out.stat().st_size, "sha256": sha256(out)}},
+        }
+        manifest["models"] = dict(sorted(manifest["models"].items()))
+        MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+        entry = manifest["models"][f"{name}_robust"]
+        print(f"{name}_robust: exit {proc.returncode}, test acc {entry['test_accuracy']:.4f}, {seconds:.0f}s")
+        print(proc.stdout[-1500:], file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
