@@ -19,7 +19,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
-DEFAULT_MAIN_JOB = "speccert certify models/cnn_lip.onnx --data models/data/fashion_mnist_test_1k.npz --eps 0.25,0.5,1"
+DEFAULT_MAIN_JOB = (
+    "speccert certify models/cnn_lip.onnx --data models/data/fashion_mnist_test_1k.npz --eps 0.25,0.5,1"
+)
 _ROW = re.compile(r"^[│|]\s*([0-9.]+)\s*[│|]\s*([0-9.]+)%\s*[│|]\s*$")
 
 
@@ -55,7 +57,9 @@ def test_readme_main_job_runs_and_reports_the_recorded_figures() -> None:
     assert clean, out
     assert abs(float(clean.group(1)) / 100 - manifest[model.stem]["subset_accuracy"]) <= 0.003
 
-    rows = [(float(e), float(a) / 100) for e, a in (m.groups() for m in map(_ROW.match, out.splitlines()) if m)]
+    rows = [
+        (float(e), float(a) / 100) for e, a in (m.groups() for m in map(_ROW.match, out.splitlines()) if m)
+    ]
     eps = [float(t) for t in (_option(argv, "--eps") or "0.1,0.25,0.5").split(",")]
     assert [e for e, _ in rows] == eps, out
     accs = [a for _, a in rows]
@@ -67,8 +71,61 @@ def test_readme_main_job_runs_and_reports_the_recorded_figures() -> None:
     assert upper, out
     assert float(upper.group(2)) <= float(upper.group(1))  # a sound bound is never below a witness
 
-    measured = json.loads((MODELS / "measurements.json").read_text()) if (MODELS / "measurements.json").exists() else {}
+    measured = (
+        json.loads((MODELS / "measurements.json").read_text())
+        if (MODELS / "measurements.json").exists()
+        else {}
+    )
     same = [m for m in measured.values() if m["command"] == command]
     if same:
         assert accs == pytest.approx(same[0]["certified_accuracy"], abs=0.0015)
         assert float(upper.group(1)) == pytest.approx(same[0]["lipschitz_upper"], rel=1e-3)
+
+
+def _measure_module():  # noqa: ANN202 - models/measure.py
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("measure", MODELS / "measure.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_models_readme_tables_are_the_recorded_figures() -> None:
+    """models/README.md shows exactly what manifest.json and measurements.json hold (nothing typed by hand)."""
+    measure = _measure_module()
+    text = (MODELS / "README.md").read_text()
+    manifest = json.loads((MODELS / "manifest.json").read_text())["models"]
+    measured = json.loads((MODELS / "measurements.json").read_text())
+    assert measure.zoo_table(manifest) in text
+    assert measure.table(measured) in text
+    # every bundled model has a certificate row, and every row names the file it measured
+    assert set(manifest) <= {key.split(" ")[0] for key in measured}
+    for key, m in measured.items():
+        assert f"models/{key.split(' ')[0]}.onnx" in m["command"]
+
+
+MEASURED = json.loads((MODELS / "measurements.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", sorted(MEASURED))
+def test_models_readme_figure_is_reproduced_by_its_command(key: str) -> None:
+    """Re-run each row's command (through the library function the CLI calls) and compare every figure."""
+    import speccert
+    from speccert.bounds import certify
+
+    m = MEASURED[key]
+    argv = shlex.split(m["command"])
+    eps = [float(t) for t in (_option(argv, "--eps") or "").split(",")]
+    data = _option(argv, "--data")
+    assert argv[:2] == ["speccert", "certify"] and data is not None
+    graph = speccert.load(REPO / argv[2])
+    report = certify(graph, REPO / data, eps, second_order="--second-order" in argv).to_dict()
+    cert = report["certificate"]
+    assert report["model"]["sha256"] == m["model_sha256"]
+    assert cert["n"] == m["n"]
+    assert cert["clean_accuracy"] == pytest.approx(m["clean_accuracy"], abs=1e-9)
+    assert cert["certified_accuracy"] == pytest.approx(m["certified_accuracy"], abs=0.0015)
+    assert report["lipschitz"]["upper"] == pytest.approx(m["lipschitz_upper"], rel=1e-6)
