@@ -46,5 +46,5 @@ def test_cli_help_lists_every_registered_penalty(capsys: pytest.CaptureFixture[s
 
     assert main(["finetune", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    for name in PENALTIES.keys():
+    for name in PENALTIES:
         assert name in text
