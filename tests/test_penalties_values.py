@@ -212,9 +212,9 @@ def test_spectreg_equals_projected_jacobian_and_is_unbiased() -> None:
     r = torch.randn(4, 3, dtype=D)
     jac = [torch.autograd.functional.jacobian(lambda v: model(v.unsqueeze(0))[0], x[i]) for i in range(4)]  # [3, 6]
     ref = sum(float((j.T @ r[i]).pow(2).sum()) for i, j in enumerate(jac)) / 4
-    assert float(value) == pytest.approx(ref, rel=1e-10)
+    assert float(value.detach()) == pytest.approx(ref, rel=1e-10)
     frob = sum(float(j.pow(2).sum()) for j in jac) / 4
-    samples = [float(pen(model(x), y, x, model)) for _ in range(1000)]
+    samples = [float(pen(model(x), y, x, model).detach()) for _ in range(1000)]
     mean, sd = sum(samples) / len(samples), torch.tensor(samples).std().item()
     assert abs(mean - frob) < 5 * sd / math.sqrt(len(samples))
 
