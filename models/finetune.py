@@ -38,6 +38,8 @@ DATA_DEFAULT = "/usr/share/datasets/fashion-mnist"
 ROBUST: dict[str, tuple[int, list[str]]] = {
     "cnn": (8, ["cra@0.5>=0.70", "clean>=0.82"]),
     "mlp": (8, ["cra@0.5>=0.60", "clean>=0.80"]),
+    "smooth_cnn": (8, ["cra@0.5>=0.70", "clean>=0.82"]),
+    "resnet": (6, ["cra@0.5>=0.60", "clean>=0.80"]),
 }
 
 
