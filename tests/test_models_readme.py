@@ -26,12 +26,21 @@ _ROW = re.compile(r"^[│|]\s*([0-9.]+)\s*[│|]\s*([0-9.]+)%\s*[│|]\s*$")
 
 
 def main_job() -> str:
+    """The first `speccert certify models/...` command in README.md (it may follow `... &&` on the set-up
+    line, and may continue over backslash-ended lines), else the documented default."""
     readme = REPO / "README.md"
-    for line in readme.read_text().splitlines() if readme.exists() else []:
-        line = line.strip().lstrip("$ ").strip()
-        if line.startswith("speccert certify models/"):
-            return line
-    return DEFAULT_MAIN_JOB
+    text = readme.read_text() if readme.exists() else ""
+    start = text.find("speccert certify models/")
+    if start < 0:
+        return DEFAULT_MAIN_JOB
+    lines = text[start:].splitlines()
+    command = lines[0]
+    for nxt in lines[1:]:
+        if not command.rstrip().endswith("\\"):
+            break
+        command = command.rstrip()[:-1] + " " + nxt.strip()
+    command = re.split(r"&&|;|\||`", command)[0]
+    return " ".join(command.split())
 
 
 def _option(argv: list[str], name: str) -> str | None:
