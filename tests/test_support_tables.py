@@ -24,7 +24,7 @@ def test_every_registry_entry_is_listed() -> None:
     block = support_markdown()
     for op, _ in supported_onnx_ops():
         assert op in block
-    for name in load_methods().keys():
+    for name in load_methods():
         assert f"`{name}`" in block
-    for name in PENALTIES.keys():
+    for name in PENALTIES:
         assert f"`{name}`" in block
