@@ -20,8 +20,9 @@ from speccert.ir import (
 )
 
 
-def _bn(c: int) -> BatchNorm:
-    return BatchNorm(torch.rand(c), torch.rand(c) + 0.5, torch.randn(c), torch.randn(c))
+def _bn(c: int, dtype: torch.dtype) -> BatchNorm:
+    return BatchNorm(torch.rand(c, dtype=dtype), torch.rand(c, dtype=dtype) + 0.5,
+                     torch.randn(c, dtype=dtype), torch.randn(c, dtype=dtype))
 
 
 def _graph(dtype: torch.dtype = torch.float64) -> Graph:
@@ -29,7 +30,7 @@ def _graph(dtype: torch.dtype = torch.float64) -> Graph:
     nodes = [
         Node("norm", Affine(torch.tensor([2.0, 3.0, 4.0], dtype=dtype).reshape(3, 1, 1), t(3, 1, 1)), ("input",)),
         Node("c1", Conv(t(8, 3, 3, 3), t(8), (2, 2), ((1, 1), (1, 1)), (1, 1)), ("norm",)),
-        Node("bn", _bn(8).__class__(*(x.to(dtype) for x in (torch.rand(8), torch.rand(8) + .5, t(8), t(8)))), ("c1",)),
+        Node("bn", _bn(8, dtype), ("c1",)),
         Node("r", Activation("relu"), ("bn",)),
         Node("c2", Conv(t(8, 4, 3, 3), None, (1, 1), ((1, 1), (0, 2)), (1, 1), groups=2), ("r",)),
         Node("add", Add(), ("c2", "r")),
