@@ -11,7 +11,7 @@ x_r[m] = x[m s + r]: tap a reads component r_a = off_a mod s at shift q_a = floo
 wave x_r[m] = v_r exp(2 pi i w m / M) maps to exp(2 pi i w i / M) B(w) v with
     B(w)[o, (r, c)] = sum_{a : r_a = r} W[o, c, a] exp(2 pi i w q_a / M),
 so ||C|| = max over w of ||B(w)||_2 (block-diagonalisation by the unitary DFT); per group likewise,
-block-diagonal over groups. Each ||B(w)|| is bounded by SVD + margin in float64, plus the error made
+block-diagonal over groups. The max of ||B(w)|| is certified by Cholesky factorisations in float64 (speccert.norms.psd), plus the error made
 building B. Circular padding uses the layer's own torus Z_n (exact when s divides n and every output
 position is distinct; a duplicated output row multiplies by sqrt(multiplicity)). Any admissible N gives
 a bound; we take the min over a few. Only half of the spectrum is needed: B(-w) = conj(B(w)).
@@ -27,6 +27,7 @@ import torch
 
 from speccert.norms.layer import ConvGeometry, LinearLayer
 from speccert.norms.method import NormContext, NormMethod, register_method
+from speccert.norms.psd import max_block_norm, max_eigenvalue
 from speccert.norms.result import NormResult, UpperBound
 from speccert.norms.rounding import U, gamma, round_up
 
@@ -98,42 +99,103 @@ class TorusBound:
     blocks: int
 
 
-def block_estimates(b: Tensor, iters: int = 12) -> Tensor:
-    """Batched power-iteration estimates of ||b[i]||_2 (not bounds: they only steer the pruning)."""
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    v = torch.randn(b.shape[0], b.shape[-1], 1, generator=gen, dtype=torch.float64).to(b.device, b.dtype)
-    for _ in range(iters):
-        v = b.mH @ (b @ v)
-        v = v / torch.linalg.vector_norm(v, dim=(-2, -1), keepdim=True).clamp_min(1e-300)
-    return torch.linalg.vector_norm(b @ v, dim=(-2, -1))
+def _block_max(wg: Tensor, p1: Tensor, p2: Tensor, rows: int, cols: int, chunk_bytes: int,
+               block_bound: str) -> tuple[float, tuple[int, int, int], int]:
+    """max over the explicit frequency blocks B(w) (built in complex128) of a proven bound on ||B(w)||."""
+    groups = wg.shape[0]
+    wc = wg.to(torch.complex128)
+    per_x = p2.shape[0] * groups * rows * cols * 16
+    step = max(1, chunk_bytes // max(per_x, 1))
+    best, where = 0.0, (0, 0, 0)
+    nblocks = 0
+    for x0 in range(0, p1.shape[0], step):
+        x1 = min(p1.shape[0], x0 + step)
+        # B[x, y, G, o, r1, r2, c]
+        t = torch.einsum("gocab,xra->xgocrb", wc, p1[x0:x1])
+        b = torch.einsum("xgocrb,ysb->xygorsc", t, p2).reshape(-1, rows, cols)
+        if block_bound == "gram":
+            from speccert.norms.gram import gram_upper
+
+            up = gram_upper(b, 12)
+            i = int(torch.argmax(up))
+            val = float(up[i])
+        else:
+            val, i = max_block_norm(b, floor=best)
+        nblocks += b.shape[0]
+        if val > best:
+            x, rem = divmod(i, p2.shape[0] * groups)
+            y, gi = divmod(rem, groups)
+            best, where = val, (gi, x0 + x, y)
+    return best, where, nblocks
 
 
-def block_uppers(b: Tensor, target: float, rtol: float = 1e-6, max_steps: int = 16) -> Tensor:
-    """Proven upper bounds on ||b[i]||_2, refined (Gram iteration) only where they exceed target*(1+rtol).
+def _tap_gram_max(wg: Tensor, plans: tuple[AxisPlan, AxisPlan], p1: Tensor, p2: Tensor,
+                  chunk_bytes: int) -> tuple[float, tuple[int, int, int], int]:
+    """max over w of a proven bound on ||B(w)||, with the Gram matrices built from tap products.
 
-    Blocks whose current bound (Frobenius, then Gram steps) is already below the largest block's
-    estimate cannot set the maximum, so they are not refined further: the max stays proven.
+    With phi_a(w) the phase of tap a and r(a) its polyphase slot, B(w) = sum_a phi_a(w) W_a P_r(a), so
+        B^H B = sum_{a,b} conj(phi_a) phi_b P_r(a)^T (W_a^T W_b) P_r(b)   (slot blocks (r(a), r(b))),
+        B B^H = sum_{a,b: r(a) = r(b)} phi_a conj(phi_b) W_a W_b^T.
+    The tap products are computed once per torus (real, taps^2 small matrix products) and every
+    frequency's Gram matrix is a short phase-weighted sum of them: taps^2 n^2 work per frequency
+    instead of the n^3 of forming B^H B. Rounding: each tap product errs by <= gamma(k) |W_a|^T |W_b|,
+    each phase coefficient conj(phi_a) phi_b by <= 45 u, the sum over <= taps^2 pairs by gamma(taps^2) times the sum of
+    magnitudes, so entrywise |fl(H) - H| <= kappa sum_{a,b} |W_a|^T |W_b| restricted to the pairs used
+    <= kappa V^T V (or sum_r V_r V_r^T), V_r = sum_{a: r(a) = r} |W_a|; hence
+    ||fl(H) - H||_2 <= kappa ||V||_F^2 with kappa = 2 gamma(k + taps^2 + 40) (the 2 for complex arithmetic).
     """
-    from speccert.norms.gram import GramChain
-
-    bound = torch.linalg.matrix_norm(b) * (1.0 + gamma(b.shape[-1] * b.shape[-2] + 2.0))
-    active = torch.nonzero(bound > target * (1.0 + rtol)).flatten()
-    chain = GramChain(b[active])
-    while active.numel() and chain.steps < max_steps:
-        chain.step()
-        if chain.steps in (2, 4, 6, 8, 10, 12, 14, 16):
-            bound[active] = torch.minimum(bound[active], chain.bound())
-            keep = torch.nonzero(bound[active] > target * (1.0 + rtol)).flatten()
-            active, chain = active[keep], chain.subset(keep)
-    return bound
+    groups, co, ci = wg.shape[0], wg.shape[1], wg.shape[2]
+    k1, k2 = wg.shape[3], wg.shape[4]
+    s2 = plans[1].s
+    slot = torch.tensor([plans[0].r[a1] * s2 + plans[1].r[a2] for a1 in range(k1) for a2 in range(k2)],
+                        device=wg.device)
+    n_slots = plans[0].s * s2
+    # phi[w1, w2, a] = p1[w1, r1(a1), a1] p2[w2, r2(a2), a2] (each tap sits in exactly one slot)
+    phi = torch.einsum("xa,yb->xyab", p1.sum(1), p2.sum(1)).reshape(-1, k1 * k2)
+    n_w = phi.shape[0]
+    left = co >= n_slots * ci  # B^H B is the smaller Gram matrix
+    dim = n_slots * ci if left else co
+    best, where, nblocks = 0.0, (0, 0, 0), 0
+    for gi in range(groups):
+        wt = wg[gi].flatten(2).permute(2, 0, 1)  # [taps, co, ci]
+        absv = torch.zeros((n_slots, co, ci), dtype=torch.float64, device=wg.device)
+        absv.index_add_(0, slot, wt.abs())
+        inner = co if left else ci
+        kappa = 2.0 * gamma(inner + wt.shape[0] ** 2 + 40.0)
+        h_err = kappa * float(absv.square().sum()) * (1.0 + gamma(absv.numel() + 2.0))
+        if left:
+            g = torch.einsum("aoc,bod->abcd", wt, wt)  # W_a^T W_b
+            pairs = [(r, q, torch.nonzero(slot[:, None].eq(r) & slot[None, :].eq(q))) for r in range(n_slots)
+                     for q in range(n_slots)]
+        else:
+            g = torch.einsum("aoc,bpc->abop", wt, wt)  # W_a W_b^T
+            pairs = [(0, 0, torch.nonzero(slot[:, None].eq(slot[None, :])))]
+        step = max(1, chunk_bytes // (dim * dim * 16 * 3))
+        for w0 in range(0, n_w, step):
+            ph = phi[w0:w0 + step]
+            h = torch.zeros((ph.shape[0], dim, dim), dtype=torch.complex128, device=wg.device)
+            hv = h.view(ph.shape[0], n_slots, ci, n_slots, ci) if left else h.view(ph.shape[0], 1, co, 1, co)
+            for r, q, ab in pairs:
+                a, b = ab[:, 0], ab[:, 1]
+                coef = ph[:, a].conj() * ph[:, b] if left else ph[:, a] * ph[:, b].conj()  # [w, pairs]
+                gm = g[a, b].reshape(ab.shape[0], -1)
+                blk = torch.complex(coef.real @ gm, coef.imag @ gm)
+                hv[:, r, :, q, :] = blk.reshape(ph.shape[0], *hv.shape[2:3], hv.shape[4])
+            lam, i = max_eigenvalue(h, h_err, best * best)
+            val = round_up(math.sqrt(lam) * (1.0 + 4.0 * U))
+            nblocks += ph.shape[0]
+            if val > best:
+                x, y = divmod(w0 + i, p2.shape[0])
+                best, where = val, (gi, x, y)
+    return best, where, nblocks
 
 
 def torus_bound(g: ConvGeometry, plans: tuple[AxisPlan, AxisPlan], device: torch.device,
-                chunk_bytes: int = 1 << 26, block_bound: str = "pruned") -> TorusBound:
+                chunk_bytes: int = 1 << 28, block_bound: str = "cholesky") -> TorusBound:
     """max over frequencies and groups of the proven upper bound on ||B(w)||_2.
 
-    block_bound "pruned": Frobenius / Gram bounds refined only for blocks that could be the max;
-    "gram": a fixed 12-step Gram iteration on every block (the plain batched Gram iteration).
+    block_bound "cholesky": the maximum certified by Cholesky factorisations (speccert.norms.psd), tight to
+    ~1e-10; "gram": a fixed 12-step Gram iteration on every block (the plain batched Gram iteration).
     """
     w = g.weight.to(device=device, dtype=torch.float64)
     cout, cin_g = w.shape[0], w.shape[1]
@@ -149,30 +211,11 @@ def torus_bound(g: ConvGeometry, plans: tuple[AxisPlan, AxisPlan], device: torch
     # exactly, then one multiply and cos/sin); bound the construction error's Frobenius norm per block.
     w_fro = float(torch.linalg.norm(w)) * (1 + gamma(w.numel() + 2))
     build_err = 4.0 * (taps + 300) * U * math.sqrt(taps) * w_fro
-    wc = wg.to(torch.complex128)
-    per_x = p2.shape[0] * groups * rows * cols * 16
-    step = max(1, chunk_bytes // max(per_x, 1))
-    best, target, where = -1.0, 0.0, (0, 0, 0)
-    nblocks = 0
-    for x0 in range(0, p1.shape[0], step):
-        x1 = min(p1.shape[0], x0 + step)
-        # B[x, y, G, o, r1, r2, c]
-        t = torch.einsum("gocab,xra->xgocrb", wc, p1[x0:x1])
-        b = torch.einsum("xgocrb,ysb->xygorsc", t, p2).reshape(-1, rows, cols)
-        if block_bound == "gram":
-            from speccert.norms.gram import gram_upper
-
-            up = gram_upper(b, 12)
-        else:
-            target = max(target, float(block_estimates(b).max()))
-            up = block_uppers(b, target)
-        i = int(torch.argmax(up))
-        val = float(up[i])
-        nblocks += b.shape[0]
-        if val > best:
-            x, rem = divmod(i, p2.shape[0] * groups)
-            y, gi = divmod(rem, groups)
-            best, where = val, (gi, x0 + x, y)
+    if block_bound == "cholesky" and taps * taps * min(rows, cols) ** 2 * 8 <= chunk_bytes:
+        best, where, nblocks = _tap_gram_max(wg, plans, p1, p2, chunk_bytes)
+        build_err = 0.0  # the tap route never builds B: its error is inside the bound on H
+    else:
+        best, where, nblocks = _block_max(wg, p1, p2, rows, cols, chunk_bytes, block_bound)
     mult = plans[0].multiplicity * plans[1].multiplicity
     value = round_up((best + build_err) * math.sqrt(mult) * (1 + 4 * U))
     return TorusBound(value, plans, where[0], (where[1], where[2]), nblocks)
@@ -191,7 +234,7 @@ def candidate_plans(g: ConvGeometry, extra: int = 2) -> list[tuple[AxisPlan, Axi
 
 
 def fft_bound(g: ConvGeometry, device: torch.device, extra: int = 2,
-              budget_blocks: int = 2_000_000, block_bound: str = "pruned") -> TorusBound:
+              budget_blocks: int = 2_000_000, block_bound: str = "cholesky") -> TorusBound:
     """The min over a few admissible tori of the torus bound (extra tori only while they are cheap)."""
     g2 = _as_2d(g)
     best: TorusBound | None = None

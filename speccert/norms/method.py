@@ -30,6 +30,7 @@ class NormContext:
     seed: int = 0
     dense_max_entries: int = 1_000_000
     warm_start: torch.Tensor | None = None  # a starting vector for iterative lower bounds
+    upper_hint: float | None = None  # a proven upper bound already known: lower-bound iterations may stop near it
 
 
 class NormMethod:
@@ -80,6 +81,7 @@ def load_methods() -> Registry[str, NormMethod]:
             fantastic4,
             fft,
             gram,
+            lanczos,
             lmt,
             miyato,
             nonnegative,
