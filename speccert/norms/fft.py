@@ -165,20 +165,23 @@ def _tap_gram_max(wg: Tensor, plans: tuple[AxisPlan, AxisPlan], p1: Tensor, p2: 
         h_err = kappa * float(absv.square().sum()) * (1.0 + gamma(absv.numel() + 2.0))
         if left:
             g = torch.einsum("aoc,bod->abcd", wt, wt)  # W_a^T W_b
-            pairs = [(r, q, torch.nonzero(slot[:, None].eq(r) & slot[None, :].eq(q))) for r in range(n_slots)
-                     for q in range(n_slots)]
+            sel = [(r, q, torch.nonzero(slot[:, None].eq(r) & slot[None, :].eq(q))) for r in range(n_slots)
+                   for q in range(n_slots)]
         else:
             g = torch.einsum("aoc,bpc->abop", wt, wt)  # W_a W_b^T
-            pairs = [(0, 0, torch.nonzero(slot[:, None].eq(slot[None, :])))]
-        step = max(1, chunk_bytes // (dim * dim * 16 * 3))
+            sel = [(0, 0, torch.nonzero(slot[:, None].eq(slot[None, :])))]
+        g = g.reshape(wt.shape[0] ** 2, -1)
+        taps = wt.shape[0]
+        pairs = [(r, q, ab[:, 0], ab[:, 1], g if ab.shape[0] == taps * taps else g[ab[:, 0] * taps + ab[:, 1]])
+                 for r, q, ab in sel if ab.shape[0]]
+        del g
+        step = max(1, chunk_bytes // (dim * dim * 16))
         for w0 in range(0, n_w, step):
             ph = phi[w0:w0 + step]
             h = torch.zeros((ph.shape[0], dim, dim), dtype=torch.complex128, device=wg.device)
             hv = h.view(ph.shape[0], n_slots, ci, n_slots, ci) if left else h.view(ph.shape[0], 1, co, 1, co)
-            for r, q, ab in pairs:
-                a, b = ab[:, 0], ab[:, 1]
+            for r, q, a, b, gm in pairs:
                 coef = ph[:, a].conj() * ph[:, b] if left else ph[:, a] * ph[:, b].conj()  # [w, pairs]
-                gm = g[a, b].reshape(ab.shape[0], -1)
                 blk = torch.complex(coef.real @ gm, coef.imag @ gm)
                 hv[:, r, :, q, :] = blk.reshape(ph.shape[0], *hv.shape[2:3], hv.shape[4])
             lam, i = max_eigenvalue(h, h_err, best * best)
@@ -252,47 +255,6 @@ def fft_bound(g: ConvGeometry, device: torch.device, extra: int = 2,
     return best
 
 
-def warm_vector(g: ConvGeometry, tb: TorusBound, layer: LinearLayer) -> Tensor:
-    """The real part of the plane wave attaining the torus bound, restricted to the layer's input."""
-    g2 = _as_2d(g)
-    device = torch.device("cpu")
-    w = g2.weight.to(torch.float64).to(device)
-    groups, co, ci = g2.groups, g2.weight.shape[0] // g2.groups, g2.weight.shape[1]
-    p1 = _phases(tb.plans[0], False, device).to(torch.complex128)[tb.freq[0]]
-    p2 = _phases(tb.plans[1], True, device).to(torch.complex128)[tb.freq[1]]
-    wg = w.reshape(groups, co, ci, *w.shape[2:])[tb.group].to(torch.complex128)
-    b = torch.einsum("ocab,ra,sb->orsc", wg, p1, p2).reshape(co, -1)
-    u, _, vh = torch.linalg.svd(b, full_matrices=False)
-    (a1, a2) = tb.plans
-    if g2.adjoint:
-        vec = u[:, 0]  # the transposed layer's top input direction lives in the conv's output space
-        sizes = g2.out_size
-        m = [torch.arange(sizes[0]), torch.arange(sizes[1])]
-        wave = torch.exp(2j * math.pi * (tb.freq[0] * m[0][:, None] / a1.M + tb.freq[1] * m[1][None, :] / a2.M))
-        full = torch.zeros((groups * co, *sizes), dtype=torch.complex128)
-        full[tb.group * co:(tb.group + 1) * co] = vec[:, None, None] * wave[None]
-    else:
-        v = vh[0].conj().reshape(a1.s, a2.s, ci)
-        i1, i2 = torch.arange(g2.size[0]), torch.arange(g2.size[1])
-        m1, r1 = i1 // a1.s, i1 % a1.s
-        m2, r2 = i2 // a2.s, i2 % a2.s
-        wave = torch.exp(2j * math.pi * (tb.freq[0] * m1[:, None] / a1.M + tb.freq[1] * m2[None, :] / a2.M))
-        amp = v[r1[:, None], r2[None, :], :]  # [n1, n2, ci]
-        full = torch.zeros((groups * ci, *g2.size), dtype=torch.complex128)
-        full[tb.group * ci:(tb.group + 1) * ci] = (amp * wave[..., None]).permute(2, 0, 1)
-    x = full.real
-    if float(torch.linalg.norm(x)) < 1e-8 * float(torch.linalg.norm(full.imag)):
-        x = full.imag
-    channels = layer.in_shape[0]
-    if x.shape[0] != channels:  # AvgPool geometry is one channel standing for all
-        x = x.expand(channels, *x.shape[1:])
-    return x.reshape(layer.in_shape).clone()
-
-
-# The last torus bound per layer, so auto can warm-start power iteration without recomputing it.
-LAST_BOUND: dict[LinearLayer, TorusBound] = {}
-
-
 @register_method
 class FFTMethod(NormMethod):
     name = "fft"
@@ -318,8 +280,6 @@ class FFTMethod(NormMethod):
         g = layer.conv()
         assert g is not None
         tb = fft_bound(g, ctx.device)
-        LAST_BOUND.clear()
-        LAST_BOUND[layer] = tb
         torus = "x".join(str(p.N) for p in tb.plans[2 - g.ndim:])
         return [UpperBound(tb.value, self.name, iterations=tb.blocks, seconds=time.perf_counter() - t0,
                            note=f"torus {torus}")]

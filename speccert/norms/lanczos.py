@@ -49,7 +49,8 @@ def lanczos(layer: LinearLayer, device: torch.device | str = "cpu", dtype: torch
     """Lanczos on A^T A (full re-orthogonalisation); returns the proven lower bound of its Ritz vector.
 
     Stops when the top Ritz value moves by < tol (relative) over 4 steps, or, given `stop_at` (a known
-    upper bound), when sqrt(Ritz value) is within a relative NEAR of it: the bracket is then tight.
+    upper bound), when sqrt(Ritz value) is within a relative NEAR of it (the bracket is then tight) or
+    moves by < 1% of the bracket's relative gap over 4 steps (the gap is then the upper bound's).
     """
     n = layer.n_in
     k_max = max(2, min(max_iter, n))
@@ -70,9 +71,12 @@ def lanczos(layer: LinearLayer, device: torch.device | str = "cpu", dtype: torch
         for j in range(k_max):
             w, _ = apply(basis[j])
             alpha.append(float(basis[j] @ w))
-            for _ in range(2):  # full re-orthogonalisation, twice ("twice is enough")
-                w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+            before = float(torch.linalg.vector_norm(w))
+            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)  # full re-orthogonalisation
             b = float(torch.linalg.vector_norm(w))
+            if b < 0.7 * before:  # cancellation: once more (Kahan-Parlett "twice is enough")
+                w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+                b = float(torch.linalg.vector_norm(w))
             steps = j + 1
             done = b <= 1e-12 * max(abs(alpha[0]), 1e-300) or not math.isfinite(b)
             if steps % 4 == 0 or done or steps == k_max:
@@ -83,8 +87,12 @@ def lanczos(layer: LinearLayer, device: torch.device | str = "cpu", dtype: torch
                 vals, vecs = torch.linalg.eigh(t)
                 theta = float(vals[-1])
                 ritz = vecs[:, -1].to(device=device, dtype=dtype) @ basis[: j + 1]
+                stall = tol
+                if stop_at is not None and theta > 0:
+                    # Progress far below the bracket's gap cannot change it: stop (see the docstring).
+                    stall = max(tol, 0.01 * (stop_at * stop_at / theta - 1.0))
                 near = stop_at is not None and math.sqrt(max(theta, 0.0)) * (1.0 + NEAR) >= stop_at
-                if done or near or abs(theta - theta_prev) <= tol * abs(theta):
+                if done or near or abs(theta - theta_prev) <= stall * abs(theta):
                     break
                 theta_prev = theta
             if done:

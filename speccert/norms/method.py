@@ -25,7 +25,7 @@ class NormContext:
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     memory_limit: int = 2 << 30
-    tol: float = 1e-6
+    tol: float = 1e-5
     max_iter: int = 500
     seed: int = 0
     dense_max_entries: int = 1_000_000

@@ -94,7 +94,7 @@ def max_eigenvalue(h: Tensor, h_err: float, floor: float = 0.0, rel: float = 1e-
             if float(lam.max()) * (1.0 + rel) > t:
                 top = int(pick[torch.argmax(lam)])
             t = max(t * (1.0 + rel * 2.0**attempt), float(lam.max()) * (1.0 + rel))
-        ok = _passes(h[todo], t)
+        ok = _passes(h if todo.numel() == h.shape[0] else h[todo], t)
         todo = todo[~ok]
         if todo.numel() == 0:
             break

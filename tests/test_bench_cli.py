@@ -1,0 +1,44 @@
+"""`speccert bench norms`: auto vs power iteration vs Fantastic-Four, side by side, on real models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from speccert.cli.app import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_norms_json_on_bundled_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "corpus"
+    for name in ("cnn_lip", "resnet"):
+        (corpus / name).mkdir(parents=True)
+        shutil.copy(REPO / "models" / f"{name}.onnx", corpus / name / "model.onnx")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "norms", "--no-resnet", "--corpus", str(corpus), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["models"]) == {"cnn_lip", "resnet"}
+    for entry in report["models"].values():
+        s = entry["summary"]
+        assert set(s) == {"auto", "auto_upper", "power", "fantastic4"}
+        assert s["auto_upper"]["seconds"] <= s["auto"]["seconds"]
+        for row in entry["layers"]:
+            # Every value is measured against the best proven lower bound of the layer.
+            assert row["auto"] >= row["lower"] > 0
+            assert row["power"] <= row["lower"] * (1 + 1e-12)
+            if row["fantastic4"] is not None:
+                # auto never returns a looser bound than Fantastic-Four (it is one of its candidates
+                # or the torus bound, which never exceeds it).
+                assert row["auto"] <= row["fantastic4"] * (1 + 1e-9)
+        convs = [r for r in entry["layers"] if r["conv"]]
+        assert convs and s["auto"]["conv_max_ratio"] == pytest.approx(max(r["auto"] / r["lower"] for r in convs))
+        # auto's own lower bound (Lanczos) ends as high as 100 steps of power iteration, on every layer.
+        assert all(r["auto_lower"] >= r["power"] * (1 - 1e-4) for r in entry["layers"])
+
+
+def test_bench_norms_missing_corpus_is_an_input_error(tmp_path: Path) -> None:
+    assert main(["bench", "norms", "--no-resnet", "--corpus", str(tmp_path / "nope")]) == 4
