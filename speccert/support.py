@@ -58,7 +58,7 @@ def support_markdown() -> str:
         "",
         f"**PyTorch (ATen) operators**: {_aten_ops()}. Details: [docs/pytorch.md](docs/pytorch.md).",
         "",
-        "**Norm methods** (`speccert norms --method`; `auto` takes the tightest proven upper bound and `power` "
+        "**Norm methods** (`speccert norms --method`; `auto` takes the tightest proven upper bound and `lanczos` "
         "for the lower bound):",
         "",
         _norm_methods(),

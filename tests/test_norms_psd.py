@@ -53,3 +53,32 @@ def test_rank_one_with_huge_dynamic_range() -> None:
     b = (u[:, None] * u[None, :])[None]
     got, _ = max_block_norm(b)
     assert float(torch.linalg.norm(u)) ** 2 <= got == pytest.approx(float(torch.linalg.norm(u)) ** 2, rel=1e-9)
+
+
+@pytest.mark.parametrize("cin,cout,k,n,stride,groups,dil", [(3, 5, 3, 7, 1, 1, 1), (4, 4, 3, 8, 2, 2, 1),
+                                                             (2, 6, 5, 9, 3, 1, 1), (6, 3, 3, 6, 1, 3, 2),
+                                                             (8, 2, 2, 5, 2, 1, 1)])
+def test_torus_routes_agree_and_bound_the_conv(cin, cout, k, n, stride, groups, dil) -> None:  # noqa: ANN001
+    """The tap-product route, the explicit-block route and batched Gram iteration give the same torus
+    bound (to their tolerances), above the dense SVD of the zero-padded strided conv."""
+    from speccert.ir import Conv
+    from speccert.norms.fft import _as_2d, candidate_plans, torus_bound
+    from speccert.norms.layer import LinearLayer
+
+    gen = torch.Generator().manual_seed(cin * 100 + k)
+    w = torch.randn(cout, cin // groups, k, k, generator=gen, dtype=torch.float64)
+    p = (k - 1) // 2
+    op = Conv(w, None, (stride, stride), ((p, k - 1 - p), (p, p)), (dil, dil), groups)
+    x = torch.eye(cin * n * n, dtype=torch.float64).reshape(-1, cin, n, n)
+    y = op.forward(x)
+    truth = float(torch.linalg.matrix_norm(y.reshape(x.shape[0], -1).T, 2))
+    layer = LinearLayer("c", op, (cin, n, n), tuple(y.shape[1:]))
+    geo = layer.conv()
+    assert geo is not None
+    plans = candidate_plans(_as_2d(geo), 0)[0]
+    tap = torus_bound(_as_2d(geo), plans, torch.device("cpu")).value
+    blocks = torus_bound(_as_2d(geo), plans, torch.device("cpu"), chunk_bytes=1).value  # forces explicit B
+    gram = torus_bound(_as_2d(geo), plans, torch.device("cpu"), block_bound="gram").value
+    assert truth <= tap and truth <= blocks and truth <= gram
+    assert blocks == pytest.approx(tap, rel=1e-9)
+    assert tap <= gram * (1 + 1e-9)  # Gram iteration is an upper bound on the same block norms
