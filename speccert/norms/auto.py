@@ -1,7 +1,8 @@
 """`layer_norms` and the `auto` strategy: the tightest proven upper bound plus a Lanczos lower
 bound for every linear node of `fold_linear(graph)`.
 
-auto, per layer: an exact closed form if there is one; else the dense SVD if the matrix is small; else
+auto, per layer: an exact closed form if there is one; else the dense SVD if the matrix is small; else the
+Cholesky-certified explicit Gram matrix (`exact`) if its smaller side is <= 2048; else
 the minimum of every applicable cheap upper-bound method (fft, lmt, nonnegative, fantastic4 where fft does
 not apply; gram when nothing else applies), and Lanczos (random start, float32 iteration, float64 check)
 for the lower bound.
@@ -116,6 +117,9 @@ def _auto(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormRe
         got = _run(exact, layer, ctx, [])  # dense being too big is the normal case: no note
         if any(isinstance(r, UpperBound) for r in got):
             return got
+    got = _run("exact", layer, ctx, [])  # too big is the normal case: no note
+    if any(isinstance(r, UpperBound) for r in got):
+        return got + _lower(layer, ctx, notes, got)
     results: list[NormResult] = []
     g = layer.conv()
     one_by_one = g is not None and all(k == 1 for k in g.kernel) and not g.circular

@@ -78,6 +78,7 @@ def load_methods() -> Registry[str, NormMethod]:
         from speccert.norms import (  # noqa: F401
             closed_form,
             dense,
+            exact,
             fantastic4,
             fft,
             gram,
