@@ -23,7 +23,7 @@ from speccert.norms.result import NormResult, UpperBound
 from speccert.norms.rounding import gamma, round_up
 
 EXACT_MAX_DIM = 2048
-EXACT_MAX_ENTRIES = 1 << 24
+EXACT_MAX_ENTRIES = 1 << 25
 
 
 @register_method
