@@ -139,10 +139,11 @@ def _tap_gram_max(wg: Tensor, plans: tuple[AxisPlan, AxisPlan], p1: Tensor, p2: 
     The tap products are computed once per torus (real, taps^2 small matrix products) and every
     frequency's Gram matrix is a short phase-weighted sum of them: taps^2 n^2 work per frequency
     instead of the n^3 of forming B^H B. Rounding: each tap product errs by <= gamma(k) |W_a|^T |W_b|,
-    each phase coefficient conj(phi_a) phi_b by <= 45 u, the sum over <= taps^2 pairs by gamma(taps^2) times the sum of
+    each phase coefficient conj(phi_a) phi_b by <= 60 u (each of its four phase factors: the angle
+    2 pi k / M after <= 3 roundings, <= 13 u absolute, cos/sin <= 1 ulp), the sum over <= taps^2 pairs by gamma(taps^2) times the sum of
     magnitudes, so entrywise |fl(H) - H| <= kappa sum_{a,b} |W_a|^T |W_b| restricted to the pairs used
     <= kappa V^T V (or sum_r V_r V_r^T), V_r = sum_{a: r(a) = r} |W_a|; hence
-    ||fl(H) - H||_2 <= kappa ||V||_F^2 with kappa = 2 gamma(k + taps^2 + 40) (the 2 for complex arithmetic).
+    ||fl(H) - H||_2 <= kappa ||V||_F^2 with kappa = 2 gamma(k + taps^2 + 100) (the 2 for complex arithmetic).
     """
     groups, co, ci = wg.shape[0], wg.shape[1], wg.shape[2]
     k1, k2 = wg.shape[3], wg.shape[4]
@@ -161,7 +162,7 @@ def _tap_gram_max(wg: Tensor, plans: tuple[AxisPlan, AxisPlan], p1: Tensor, p2: 
         absv = torch.zeros((n_slots, co, ci), dtype=torch.float64, device=wg.device)
         absv.index_add_(0, slot, wt.abs())
         inner = co if left else ci
-        kappa = 2.0 * gamma(inner + wt.shape[0] ** 2 + 40.0)
+        kappa = 2.0 * gamma(inner + wt.shape[0] ** 2 + 100.0)
         h_err = kappa * float(absv.square().sum()) * (1.0 + gamma(absv.numel() + 2.0))
         if left:
             g = torch.einsum("aoc,bod->abcd", wt, wt)  # W_a^T W_b
