@@ -126,3 +126,27 @@ def test_second_order_is_refused_with_a_note_for_relu_nets() -> None:
     rep = certify(g, (x, torch.zeros(10, dtype=torch.long)), eps=[0.1], second_order=True, lower_bound=False)
     assert "second_order" not in rep.kinds
     assert any("second_order" in n and "smooth" in n for n in rep.notes)
+
+
+def test_crc_dual_refinement_extends_radii_soundly() -> None:
+    """The CRC dual bound (speccert.bounds.crc) never lowers a closed-form radius, extends most of them
+    on a trained softplus net, and PGD with restarts finds nothing inside the refined radii."""
+    g, x, y = _train_smooth_net()
+    plain = certify(g, (x, y), eps=[0.5], second_order=True, lower_bound=False)
+    refined = certify(g, (x, y), eps=[0.5], second_order=True, lower_bound=False, crc_steps=20)
+    before, after = plain.radii["second_order"], refined.radii["second_order"]
+    correct = plain.correct & (before > 0)
+    assert (after >= before).all()
+    assert (after[correct] > before[correct] * (1 + 1e-6)).mean() > 0.5
+    idx = torch.from_numpy(correct.nonzero()[0])
+    g64 = lipschitz_bound(g).folded
+    res = pgd_l2(g64, x[idx].double(), y[idx], torch.from_numpy(after[idx.numpy()]), steps=40, restarts=4)
+    assert not bool(res.success.any())
+
+
+def test_crc_steps_need_the_second_order_certificate() -> None:
+    from speccert.errors import UsageError
+
+    g, x, y = _train_smooth_net()
+    with pytest.raises(UsageError, match="--crc-steps"):
+        certify(g, (x, y), eps=[0.5], crc_steps=10, lower_bound=False)

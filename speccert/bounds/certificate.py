@@ -40,6 +40,7 @@ class CertContext:
     bound: LipschitzBound
     graph: Graph
     device: torch.device
+    crc_steps: int = 0  # > 0: the second-order certificate's dual refinement (speccert.bounds.crc)
 
 
 @dataclass

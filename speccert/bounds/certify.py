@@ -109,12 +109,13 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
             batch_size: int = 256, limit: int | None = None, mean: Sequence[float] | None = None,
             std: Sequence[float] | None = None, split: str = "test", seed: int = 0,
             lower_bound: bool = True, audit_steps: int = 40, audit_restarts: int = 4,
-            progress: Progress | None = None) -> CertifyReport:
+            crc_steps: int = 0, progress: Progress | None = None) -> CertifyReport:
     """Certify `graph` on `data` (a path, a Dataset or (x, y) arrays); returns a CertifyReport.
 
     radius(x) = max over certificate kinds of min_j r_kind(x, j) (0 if misclassified), with
     global r = (f_y - f_j) / (sqrt(2) L), pairwise r = (f_y - f_j) / (||W_y - W_j|| L_penultimate),
-    second order (smooth nets, `second_order=True`) r = 2 m / (g + sqrt(g^2 + 2 K m)).
+    second order (smooth nets, `second_order=True`) r = 2 m / (g + sqrt(g^2 + 2 K m)), refined by the
+    CRC dual bound with `crc_steps` gradient steps per test (speccert.bounds.crc) when > 0.
     certified_accuracy(eps) = mean(correct and radius >= eps). `audit=N` attacks N certified points at
     their radius with PGD-L2 and raises InternalError on any success.
     """
@@ -124,6 +125,8 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
         raise UsageError(f"batch size must be positive, got {batch_size}")
     if audit < 0:
         raise UsageError(f"--audit must be >= 0, got {audit}")
+    if crc_steps < 0 or (crc_steps > 0 and not second_order):
+        raise UsageError(f"--crc-steps must be >= 0 and needs --second-order, got {crc_steps}")
     dev = torch.device(device)
     ds = _as_dataset(data, split, limit)
 
@@ -143,7 +146,7 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
     notes = list(bound.notes)
 
     folded = bound.folded.to(dev, torch.float64)
-    ctx = CertContext(bound, folded, dev)
+    ctx = CertContext(bound, folded, dev, crc_steps)
     certs = _certificates(ctx, second_order, notes)
     uppers = {n.name: n.upper for n in bound.layers}
     errors = ErrorModel(bound.folded, uppers)
@@ -227,7 +230,7 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
                  "std": list(map(float, std)) if std is not None else None}
     env = {"speccert": speccert.__version__, "torch": torch.__version__, "python": platform.python_version(),
            "device": str(dev), "method": method, "seed": seed, "dtype": "float64",
-           "batch_size": batch_size, "second_order": second_order}
+           "batch_size": batch_size, "second_order": second_order, "crc_steps": crc_steps}
     extra: dict[str, Any] = {"lower_method": "max ||J(x) v|| (power iteration + ascent)" if lower_bound else None,
                              "penultimate_upper": _penultimate(bound),
                              "smooth": bound.curvature is not None}

@@ -30,6 +30,8 @@ from speccert.bounds.certificate import (
     NotApplicable,
     register_certificate,
 )
+from speccert.bounds.crc import refine
+from speccert.bounds.float_error import ErrorModel
 from speccert.bounds.pairwise_margin import final_linear, row_difference_norms
 from speccert.ir import INPUT, Activation, Graph, Reshape
 from speccert.ir.activations import activation_curvature, activation_lipschitz
@@ -88,6 +90,7 @@ class SecondOrder(Certificate):
         super().__init__(ctx)
         self.k = curvature_matrix(ctx).to(ctx.device)
         self.g_abs = GRADIENT_SLACK * ctx.bound.upper
+        self.errors = ErrorModel(ctx.bound.folded, {n.name: n.upper for n in ctx.bound.layers})
 
     def gradient_norms(self, batch: Batch) -> Tensor:
         """g[b, j] = ||grad_x (f_y - f_j)(x_b)||_2 in float64, by one backward pass per class."""
@@ -109,4 +112,12 @@ class SecondOrder(Certificate):
         m = batch.margins
         r = 2.0 * m / (g + torch.sqrt(g * g + 2.0 * k * m.clamp_min(0.0)))
         r = torch.where(m <= 0, torch.zeros_like(r), r)
-        return torch.where(torch.isinf(m), torch.full_like(r, float("inf")), r)
+        r = torch.where(torch.isinf(m), torch.full_like(r, float("inf")), r)
+        if self.ctx.crc_steps > 0:
+            # The dual refinement of the class closest to flipping (the point's radius is the min over j).
+            j = r.argmin(1)
+            r_j = r.gather(1, j[:, None])[:, 0]
+            refined = refine(self.ctx.graph, self.errors, batch.x, batch.y, j, k.gather(1, j[:, None])[:, 0],
+                             g.gather(1, j[:, None])[:, 0], r_j, self.g_abs, steps=self.ctx.crc_steps)
+            r = r.scatter(1, j[:, None], refined[:, None])
+        return r
