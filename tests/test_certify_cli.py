@@ -73,6 +73,16 @@ def test_certify_tables_json_and_plot(files: dict[str, Path]) -> None:
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
+def test_lower_points_sets_the_witness_search(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from speccert.cli.app import main
+
+    assert main(["certify", str(files["model"]), "--data", str(files["ok"]), "--lower-points", "7",
+                 "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "first 7 points" in report["lipschitz"]["lower_method"]
+    assert 0 < report["lipschitz"]["lower"] <= report["lipschitz"]["upper"]
+
+
 def test_json_dash_keeps_stdout_parseable(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from speccert.cli.app import main
 
@@ -93,6 +103,8 @@ BAD = {  # case: (model key, data key, extra args, exit code, message)
     "scalar": ("scalar", "ok", [], 2, "classifier"),
     "eps": ("model", "ok", ["--eps", "0.1,abc"], 2, "--eps"),
     "std": ("model", "ok", ["--mean", "0.1,0.2", "--std", "0.3,0.4"], 2, "channels"),
+    "lower_points": ("model", "ok", ["--lower-points", "0"], 2, "--lower-points"),
+    "crc": ("model", "ok", ["--crc-steps", "5"], 2, "--crc-steps"),
 }
 # Each subprocess pays the torch import (seconds on a loaded machine): these go through the real
 # console script; the others through the same entry point in-process (speccert.cli.app.main).

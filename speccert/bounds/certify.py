@@ -109,7 +109,7 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
             batch_size: int = 256, limit: int | None = None, mean: Sequence[float] | None = None,
             std: Sequence[float] | None = None, split: str = "test", seed: int = 0,
             lower_bound: bool = True, audit_steps: int = 40, audit_restarts: int = 4,
-            crc_steps: int = 0, progress: Progress | None = None) -> CertifyReport:
+            crc_steps: int = 0, lower_points: int = 64, progress: Progress | None = None) -> CertifyReport:
     """Certify `graph` on `data` (a path, a Dataset or (x, y) arrays); returns a CertifyReport.
 
     radius(x) = max over certificate kinds of min_j r_kind(x, j) (0 if misclassified), with
@@ -125,6 +125,8 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
         raise UsageError(f"batch size must be positive, got {batch_size}")
     if audit < 0:
         raise UsageError(f"--audit must be >= 0, got {audit}")
+    if lower_points < 1:
+        raise UsageError(f"--lower-points must be >= 1, got {lower_points}")
     if crc_steps < 0 or (crc_steps > 0 and not second_order):
         raise UsageError(f"--crc-steps must be >= 0 and needs --second-order, got {crc_steps}")
     dev = torch.device(device)
@@ -200,7 +202,7 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
         t0 = time.perf_counter()
         if progress is not None:
             progress("lower bound", 0, 1)
-        xs = torch.from_numpy(ds.x[: min(n, 64)]).to(device=dev, dtype=torch.float64)
+        xs = torch.from_numpy(ds.x[: min(n, lower_points)]).to(device=dev, dtype=torch.float64)
         lower = empirical_lipschitz(folded, xs, seed=seed)
         timing["lower_bound_s"] = time.perf_counter() - t0
         if lower > bound.upper:
@@ -231,7 +233,8 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
     env = {"speccert": speccert.__version__, "torch": torch.__version__, "python": platform.python_version(),
            "device": str(dev), "method": method, "seed": seed, "dtype": "float64",
            "batch_size": batch_size, "second_order": second_order, "crc_steps": crc_steps}
-    extra: dict[str, Any] = {"lower_method": "max ||J(x) v|| (power iteration + ascent)" if lower_bound else None,
+    extra: dict[str, Any] = {"lower_method": (f"max ||J(x) v|| (power iteration + ascent) over the first "
+                                              f"{min(n, lower_points)} points") if lower_bound else None,
                              "penultimate_upper": _penultimate(bound),
                              "smooth": bound.curvature is not None}
     return CertifyReport(model, data_info, _layer_rows(bound), bound.upper, lower, eps_list, labels, preds,

@@ -107,6 +107,8 @@ def command(
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the attack and of the lower-bound search.")] = 0,
+    lower_points: Annotated[int, typer.Option("--lower-points", help="Data points the empirical lower bound "
+                                              "on L starts its ascent from (more: a higher, slower witness).")] = 64,
 ) -> None:
     """Certify a classifier's L2 robustness on labelled data: global Lipschitz bound, certified radii and
     certified accuracy at each eps (a radius is a proven L2 distance in the data's own space)."""
@@ -138,7 +140,7 @@ def command(
         report: CertifyReport = certify(graph, dataset, eps_list, method=method, device=dev,
                                         second_order=second_order, audit=audit, batch_size=batch_size,
                                         mean=mean_v, std=std_v, split=split, seed=seed,
-                                        crc_steps=crc_steps, progress=progress)
+                                        crc_steps=crc_steps, lower_points=lower_points, progress=progress)
     report.model["path"] = report.model.get("path") or model
     d = report.to_dict()
     render(d, err if json_out == "-" else out)
