@@ -11,7 +11,9 @@ from certify_nets import D, all_nets, mlp
 
 from speccert.bounds import certify
 from speccert.bounds.audit import pgd_l2
+from speccert.bounds.float_error import ErrorModel, ieee_float32
 from speccert.bounds.global_margin import GlobalMargin
+from speccert.bounds.lipschitz import lipschitz_bound
 from speccert.errors import InputError, InternalError, UsageError
 from speccert.ir import INPUT, Activation, Affine, Graph, Linear, Node, Reshape, Softmax
 
@@ -144,6 +146,30 @@ def test_float32_fast_path_agrees_with_float64() -> None:
         yi = int(y[i])
         pair = min(float(f[i, yi] - f[i, j]) / (float((w2[yi] - w2[j]).norm()) * s1) for j in range(4) if j != yi)
         assert fast.radii["pairwise"][i] <= pair
+
+
+def test_float32_fast_path_only_where_float32_is_ieee(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TF32/bf16 "fast float32" (or a GPU, where cuDNN may use TF32, FFT or Winograd) breaks the float32
+    error model, so the fast path must then stay off and certify compute in float64."""
+    assert ieee_float32(torch.device("cpu"))
+    assert not ieee_float32(torch.device("cuda"))
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "medium")
+    assert not ieee_float32(torch.device("cpu"))
+
+
+def test_softplus_threshold_error_is_allowed_for() -> None:
+    """torch's softplus returns x above 20 (off by up to 2.07e-9, far more than a few float64 ulps): the
+    margin allowance must cover it, or a margin within 1e-9 of a tie would be certified wrongly."""
+    g = Graph((2,), [Node("s", Activation("softplus"), (INPUT,)),
+                     Node("l", Linear(torch.eye(2, dtype=D), None), ("s",))], dtype=D)
+    bound = lipschitz_bound(g, "auto", torch.device("cpu"))
+    errors = ErrorModel(bound.folded, {n.name: n.upper for n in bound.layers})
+    x = torch.tensor([[20.001, 40.0]], dtype=D)
+    acts = bound.folded.activations(x)
+    exact = x + torch.exp(-x)  # log1p(e^-x) = e^-x (1 + O(e^-x))
+    error = float(((acts[bound.folded.output] - exact) @ torch.tensor([1.0, -1.0], dtype=D)).abs())
+    assert error > 1e-9
+    assert float(errors.bound(acts)[0]) >= error
 
 
 @pytest.mark.parametrize("name", sorted(all_nets()))

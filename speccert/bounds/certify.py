@@ -37,7 +37,7 @@ from speccert.bounds.certificate import (
     safe_margins,
 )
 from speccert.bounds.empirical import empirical_lipschitz
-from speccert.bounds.float_error import FLOAT32_UNIT, ErrorModel
+from speccert.bounds.float_error import FLOAT32_UNIT, ErrorModel, ieee_float32
 from speccert.bounds.lipschitz import LipschitzBound, check_certifiable, lipschitz_bound
 from speccert.data import Dataset, fit_to_model, load_data, make_dataset
 from speccert.errors import InternalError, UsageError
@@ -154,7 +154,7 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
     errors = ErrorModel(bound.folded, uppers)
     # float32 data and first-order certificates only: a float32 pass with a float32 error allowance,
     # float64 again only where that allowance is not negligible (see _fast_margins).
-    fast = ds.x.dtype == np.float32 and not any(c.needs_grad for c in certs)
+    fast = ds.x.dtype == np.float32 and not any(c.needs_grad for c in certs) and ieee_float32(dev)
     fast32 = (bound.folded.to(dev, torch.float32), ErrorModel(bound.folded, uppers, unit=FLOAT32_UNIT)) if fast else None
 
     n = len(ds)
@@ -255,7 +255,7 @@ def _fast_margins(folded32: Graph, errors32: ErrorModel, folded: Graph, errors: 
     float32 unit roundoff (the float32 copy of the weights included). Where the allowance exceeds
     FAST_TOLERANCE times |raw margin| (near-ties, tiny margins) the point is recomputed in float64, so
     the fast path costs at most a relative FAST_TOLERANCE of margin, and never soundness."""
-    with torch.no_grad():
+    with torch.no_grad(), torch.backends.nnpack.flags(enabled=False):
         acts = folded32.activations(x)
     logits = acts[folded32.output].to(torch.float64)
     allowance = errors32.bound(acts)

@@ -16,7 +16,13 @@ Add/Concat). So ||f_computed(x) - f(x)|| <= sum_v D_v e_v(x) (+ higher-order ter
 certify() lowers every margin by SAFETY * sqrt(2) * that sum (SAFETY = 16 covers the neglected
 higher-order terms and library kernels that are a few times worse than the textbook bound).
 With `unit=FLOAT32_UNIT` the same model bounds a float32 pass over a float32 copy of the folded weights:
-rounding each weight to float32 is one more relative error u per product, hence gamma(k + 3).
+rounding each weight to float32 is one more relative error u per product, hence gamma(k + 3). That
+holds only where float32 is computed as IEEE float32 with componentwise-bounded sums: `ieee_float32(dev)`
+(the CPU, with the TF32/bf16 "fast float32" modes off; certify also disables NNPACK, whose Winograd/FFT
+convolutions are not covered). On a GPU cuDNN may pick TF32, FFT or Winograd kernels, so certify stays
+in float64 there.
+softplus returns x above torch's threshold 20, off by log1p(exp(-20)) <= 2.07e-9 in any precision: an
+absolute error per element, added as 2.07e-9 sqrt(n) to the activation's term.
 """
 
 from __future__ import annotations
@@ -37,6 +43,18 @@ U = 2.0**-53
 FLOAT32_UNIT = 2.0**-24
 SAFETY = 16.0
 EXACT = ("Reshape", "Transpose", "Pad", "Concat", "MaxPool")
+ABSOLUTE_ERROR = {"softplus": 2.07e-9}  # per element, beyond a few ulps (see the module doc)
+
+
+def ieee_float32(device: torch.device) -> bool:
+    """True where torch computes float32 as IEEE float32 (no TF32/bf16 substitution): the CPU only."""
+    if device.type != "cpu" or torch.get_float32_matmul_precision() != "highest":
+        return False
+    for part in ("matmul", "conv"):
+        mode = getattr(getattr(torch.backends.mkldnn, part, None), "fp32_precision", None)
+        if mode not in (None, "ieee", "none"):
+            return False
+    return True
 
 
 def _local_factor(graph: Graph, name: str, uppers: Mapping[str, UpperBound]) -> float:
@@ -110,7 +128,8 @@ class ErrorModel:
                 gk = gamma_u(k + 3)
                 self.terms.append((node.inputs[0], d[node.name] * gk * a, d[node.name] * gk * b))
             elif isinstance(op, Activation):
-                self.terms.append((node.name, d[node.name] * 64 * unit, 0.0))
+                absolute = ABSOLUTE_ERROR.get(op.fn, 0.0) * math.sqrt(math.prod(node.shape))
+                self.terms.append((node.name, d[node.name] * 64 * unit, d[node.name] * absolute))
             elif isinstance(op, (Add, Concat)):
                 self.terms.append((node.name, d[node.name] * unit, 0.0))
 
