@@ -164,27 +164,32 @@ def _tap_gram_max(wg: Tensor, plans: tuple[AxisPlan, AxisPlan], p1: Tensor, p2: 
         inner = co if left else ci
         kappa = 2.0 * gamma(inner + wt.shape[0] ** 2 + 100.0)
         h_err = kappa * float(absv.square().sum()) * (1.0 + gamma(absv.numel() + 2.0))
+        # Only pairs a <= b: the (b, a) term is the conjugate transpose of the (a, b) one, so with X the
+        # sum over a < b plus half the a = b terms, H = X + X^H (the same sums, one more addition).
+        taps = wt.shape[0]
+        ia, ib = torch.triu_indices(taps, taps, device=wg.device)
         if left:
-            g = torch.einsum("aoc,bod->abcd", wt, wt)  # W_a^T W_b
-            sel = [(r, q, torch.nonzero(slot[:, None].eq(r) & slot[None, :].eq(q))) for r in range(n_slots)
+            g = torch.einsum("poc,pod->pcd", wt[ia], wt[ib])  # W_a^T W_b
+            sel = [(r, q, torch.nonzero(slot[ia].eq(r) & slot[ib].eq(q))[:, 0]) for r in range(n_slots)
                    for q in range(n_slots)]
         else:
-            g = torch.einsum("aoc,bpc->abop", wt, wt)  # W_a W_b^T
-            sel = [(0, 0, torch.nonzero(slot[:, None].eq(slot[None, :])))]
-        g = g.reshape(wt.shape[0] ** 2, -1)
-        taps = wt.shape[0]
-        pairs = [(r, q, ab[:, 0], ab[:, 1], g if ab.shape[0] == taps * taps else g[ab[:, 0] * taps + ab[:, 1]])
-                 for r, q, ab in sel if ab.shape[0]]
+            g = torch.einsum("poc,pqc->poq", wt[ia], wt[ib])  # W_a W_b^T
+            sel = [(0, 0, torch.nonzero(slot[ia].eq(slot[ib]))[:, 0])]
+        g = g.reshape(ia.shape[0], -1)
+        half = torch.where(ia == ib, 0.5, 1.0).to(torch.float64)
+        pairs = [(r, q, ia[p], ib[p], half[p], g if p.shape[0] == ia.shape[0] else g[p]) for r, q, p in sel if p.shape[0]]
         del g
         step = max(1, chunk_bytes // (dim * dim * 16))
         for w0 in range(0, n_w, step):
             ph = phi[w0:w0 + step]
             h = torch.zeros((ph.shape[0], dim, dim), dtype=torch.complex128, device=wg.device)
             hv = h.view(ph.shape[0], n_slots, ci, n_slots, ci) if left else h.view(ph.shape[0], 1, co, 1, co)
-            for r, q, a, b, gm in pairs:
+            for r, q, a, b, hf, gm in pairs:
                 coef = ph[:, a].conj() * ph[:, b] if left else ph[:, a] * ph[:, b].conj()  # [w, pairs]
+                coef = coef * hf
                 blk = torch.complex(coef.real @ gm, coef.imag @ gm)
-                hv[:, r, :, q, :] = blk.reshape(ph.shape[0], *hv.shape[2:3], hv.shape[4])
+                hv[:, r, :, q, :] += blk.reshape(ph.shape[0], *hv.shape[2:3], hv.shape[4])
+            h = h + h.mH
             lam, i = max_eigenvalue(h, h_err, best * best)
             val = round_up(math.sqrt(lam) * (1.0 + 4.0 * U))
             nblocks += ph.shape[0]

@@ -25,7 +25,7 @@ from speccert.norms.power import PowerResult, certify_lower
 from speccert.norms.result import LowerBound, NormResult
 
 Tensor = torch.Tensor
-NEAR = 2e-5  # stop once the Ritz value is this close (relative) to a known upper bound
+NEAR = 5e-5  # stop once the Ritz value is this close (relative) to a known upper bound
 
 
 def _gram_apply(layer: LinearLayer, dtype: torch.dtype, device: torch.device | str):  # noqa: ANN202
@@ -50,7 +50,7 @@ def lanczos(layer: LinearLayer, device: torch.device | str = "cpu", dtype: torch
 
     Stops when the top Ritz value moves by < tol (relative) over 4 steps, or, given `stop_at` (a known
     upper bound), when sqrt(Ritz value) is within a relative NEAR of it (the bracket is then tight) or
-    moves by < 1% of the bracket's relative gap over 4 steps (the gap is then the upper bound's).
+    moves by < 2% of the bracket's relative gap over 4 steps (the gap is then the upper bound's).
     """
     n = layer.n_in
     k_max = max(2, min(max_iter, n))
@@ -90,7 +90,7 @@ def lanczos(layer: LinearLayer, device: torch.device | str = "cpu", dtype: torch
                 stall = tol
                 if stop_at is not None and theta > 0:
                     # Progress far below the bracket's gap cannot change it: stop (see the docstring).
-                    stall = max(tol, 0.01 * (stop_at * stop_at / theta - 1.0))
+                    stall = max(tol, 0.02 * (stop_at * stop_at / theta - 1.0))
                 near = stop_at is not None and math.sqrt(max(theta, 0.0)) * (1.0 + NEAR) >= stop_at
                 if done or near or abs(theta - theta_prev) <= stall * abs(theta):
                     break
