@@ -104,3 +104,15 @@ def test_pytorch_files_work_too(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "inspect", str(pt2))
     assert code == 0, err
     assert "Linear" in out and "format pt2" in out
+
+
+def test_help_does_not_load_torch() -> None:
+    """`speccert --help` (and each command's --help) must not pay for importing torch (~1-3 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from speccert.cli.app import main; rc = main(['--help']); "
+            "rc = main(['certify', '--help']) if rc == 0 else rc; "
+            "print('torch' in sys.modules, rc)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.stdout.strip().splitlines()[-1] == "False 0", res.stdout + res.stderr

@@ -4,9 +4,8 @@ shape, total parameters). Exit code 3 after the table when some node has no boun
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -22,19 +21,24 @@ from speccert.cli.common import (
     write_json,
 )
 from speccert.errors import EXIT_UNSUPPORTED
-from speccert.ir.graph import Graph
-from speccert.ir.ops import Opaque
+
+if TYPE_CHECKING:  # torch loads only when a command runs: `speccert --help` stays fast
+    from speccert.ir.graph import Graph
 
 SCHEMA = "speccert.inspect/1"
 
 
 def _reasons(graph: Graph) -> dict[str, str]:
+    from speccert.ir.ops import Opaque
+
     return {n.name: (n.op.reason if isinstance(n.op, Opaque) else "softmax is only supported as the model's output")
             for n in graph.unsupported()}
 
 
 def inspect_report(graph: Graph) -> dict[str, Any]:
     """The inspect report as plain data (what `--json` writes)."""
+    import torch
+
     reasons = _reasons(graph)
     rows: list[dict[str, Any]] = []
     non_finite_all: list[str] = []
