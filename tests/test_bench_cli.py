@@ -42,3 +42,26 @@ def test_bench_norms_json_on_bundled_models(tmp_path: Path, capsys: pytest.Captu
 
 def test_bench_norms_missing_corpus_is_an_input_error(tmp_path: Path) -> None:
     assert main(["bench", "norms", "--no-resnet", "--corpus", str(tmp_path / "nope")]) == 4
+
+
+def test_bench_certify_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`speccert bench certify`: the issue-4 figures per model, consistent with each other."""
+    import numpy as np
+
+    corpus = tmp_path / "corpus"
+    (corpus / "cnn_lip").mkdir(parents=True)
+    shutil.copy(REPO / "models" / "cnn_lip.onnx", corpus / "cnn_lip" / "model.onnx")
+    data = np.load(REPO / "models" / "data" / "fashion_mnist_test_1k.npz")
+    np.save(corpus / "cnn_lip" / "x.npy", data["x"][:60])
+    np.save(corpus / "cnn_lip" / "y.npy", data["y"][:60])
+    out = tmp_path / "bench.json"
+    assert main(["bench", "certify", "--no-bundled", "--corpus", str(corpus), "--eps", "0.1,0.5,1",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["models"]["cnn_lip"]
+    assert r["n"] == 60 and r["eps"] == [0.1, 0.5, 1.0]
+    assert r["lipschitz_upper"] >= r["lipschitz_lower"] > 0
+    assert r["ratio"] == pytest.approx(r["lipschitz_upper"] / r["lipschitz_lower"])
+    acc = r["certified_accuracy"]
+    assert r["clean_accuracy"] >= acc[0] >= acc[1] >= acc[2] and acc[0] > 0
+    assert r["throughput_vs_inference"] > 0 and r["seconds"] >= r["norms_s"] + r["certify_s"]
+    assert main(["bench", "certify", "--no-bundled", "--corpus", str(tmp_path / "missing")]) == 4

@@ -1,4 +1,5 @@
-"""Benchmarks: norm methods side by side, tightness and time (`speccert bench norms`)."""
+"""Benchmarks: norm methods side by side, tightness and time (`speccert bench norms`); certify figures and
+throughput per model (`speccert bench certify`)."""
 
 from __future__ import annotations
 
@@ -157,5 +158,80 @@ def norms(
         report["models"][name] = {"summary": summary, "layers": res["layers"]}
         if json_out != "-":
             _render(name, summary, res["layers"], detail)
+    if json_out is not None:
+        write_json(report, json_out)
+
+
+BUNDLED = ("mlp", "cnn", "cnn_lip", "resnet", "smooth_cnn")
+BUNDLED_DATA = REPO / "models" / "data" / "fashion_mnist_test_1k.npz"
+
+
+def bench_certify_one(graph: Any, data: Any, eps: list[float], device: str, limit: int | None) -> dict[str, Any]:
+    """One certify() run: the figures issue 4 asks for, with the certify-vs-plain-inference throughput."""
+    from speccert.bounds import certify
+
+    t0 = time.perf_counter()
+    rep = certify(graph, data, eps=eps, device=device, limit=limit)
+    t = rep.timing
+    return {"n": rep.n, "lipschitz_upper": rep.lipschitz_upper, "lipschitz_lower": rep.lipschitz_lower,
+            "ratio": rep.lipschitz_ratio, "clean_accuracy": rep.clean_accuracy, "eps": eps,
+            "certified_accuracy": rep.certified_accuracies, "seconds": time.perf_counter() - t0,
+            "norms_s": t["norms_s"], "certify_s": t["certify_s"], "inference_s": t["inference_s"],
+            "throughput_vs_inference": t["certify_samples_per_s"] / t["inference_samples_per_s"]
+            if t["inference_samples_per_s"] > 0 else None}
+
+
+@bench_app.command("certify")
+def certify_bench(
+    device: DeviceOpt = "cpu",
+    corpus: Annotated[Path | None, typer.Option("--corpus", help="Folder of VNN-COMP models (<name>/model.onnx "
+                                                "with x.npy, y.npy); default ../shared/onnx-corpus.")] = None,
+    bundled: Annotated[bool, typer.Option("--bundled/--no-bundled", help="Include the models in models/ on "
+                                          "models/data/fashion_mnist_test_1k.npz.")] = True,
+    eps: Annotated[str, typer.Option("--eps", help="Comma-separated radii for the corpus (each model's own "
+                                     "input space).")] = "0.01,0.05,0.1",
+    bundled_eps: Annotated[str, typer.Option("--bundled-eps", help="Radii for the bundled models.")] = "0.25,0.5,1",
+    limit: Annotated[int | None, typer.Option("--limit", help="At most N samples per model.")] = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Per model: Lipschitz upper/lower, clean and certified accuracy, seconds, and the certificate pass's
+    throughput as a fraction of plain inference of the same model on the same data."""
+    from rich.table import Table
+
+    from speccert.cli.certify_cmd import parse_floats
+    from speccert.errors import InputError, SpeccertError
+    from speccert.importers import load
+
+    dev = resolve_device(device)
+    jobs: list[tuple[str, Path, Path, list[float]]] = []
+    if bundled and BUNDLED_DATA.exists():
+        jobs += [(m, REPO / "models" / f"{m}.onnx", BUNDLED_DATA, parse_floats(bundled_eps, "--bundled-eps") or [])
+                 for m in BUNDLED if (REPO / "models" / f"{m}.onnx").exists()]
+    folder = corpus or DEFAULT_CORPUS
+    if corpus is not None and not folder.is_dir():
+        raise InputError(f"--corpus {corpus}: not a folder")
+    if folder.is_dir():
+        jobs += [(p.name, p / "model.onnx", p, parse_floats(eps, "--eps") or []) for p in sorted(folder.iterdir())
+                 if (p / "model.onnx").exists() and (p / "x.npy").exists()]
+    report: dict[str, Any] = {"schema": "speccert.bench.certify/1", "device": dev, "models": {}}
+    for name, model_path, data, eps_list in jobs:
+        err.print(f"certifying {name} ...")
+        try:
+            report["models"][name] = bench_certify_one(load(model_path), data, eps_list, dev, limit)
+        except SpeccertError as exc:
+            err.print(f"note: {name}: skipped ({exc})", highlight=False)
+    if json_out != "-":
+        t = Table(title="certify: Lipschitz bound, accuracy, certified accuracy, time; throughput = certificate "
+                        "pass / plain inference")
+        for c in ("model", "n", "L upper", "L lower", "ratio", "clean", "certified @ eps", "s", "throughput"):
+            t.add_column(c, justify="left" if c in ("model", "certified @ eps") else "right")
+        for name, r in report["models"].items():
+            cert = ", ".join(f"{a:.1%}@{e:g}" for e, a in zip(r["eps"], r["certified_accuracy"], strict=True))
+            t.add_row(name, str(r["n"]), f"{r['lipschitz_upper']:.4g}",
+                      "-" if r["lipschitz_lower"] is None else f"{r['lipschitz_lower']:.4g}",
+                      "-" if r["ratio"] is None else f"{r['ratio']:.3g}", f"{r['clean_accuracy']:.1%}", cert,
+                      f"{r['seconds']:.2f}",
+                      "-" if r["throughput_vs_inference"] is None else f"{r['throughput_vs_inference']:.2f}x")
+        out.print(t)
     if json_out is not None:
         write_json(report, json_out)
