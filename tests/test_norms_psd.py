@@ -82,3 +82,26 @@ def test_torus_routes_agree_and_bound_the_conv(cin, cout, k, n, stride, groups, 
     assert truth <= tap and truth <= blocks and truth <= gram
     assert blocks == pytest.approx(tap, rel=1e-9)
     assert tap <= gram * (1 + 1e-9)  # Gram iteration is an upper bound on the same block norms
+
+
+@pytest.mark.parametrize("cin,cout,n,stride", [(3, 8, 10, 1), (8, 3, 9, 2), (4, 4, 7, 1)])
+def test_exact_method_brackets_the_truth_to_1e8(cin: int, cout: int, n: int, stride: int) -> None:
+    """`exact` returns both sides: the Cholesky-certified upper bound and the certified top singular
+    vector from the same Gram matrix (input side or output side, whichever is smaller)."""
+    from speccert.ir.ops import Conv
+    from speccert.norms.dense import explicit_matrix
+    from speccert.norms.exact import ExactMethod
+    from speccert.norms.layer import LinearLayer
+    from speccert.norms.method import NormContext
+    from speccert.norms.result import LowerBound, UpperBound
+
+    gen = torch.Generator().manual_seed(cin * 100 + n)
+    w = torch.randn(cout, cin, 3, 3, generator=gen, dtype=torch.float64)
+    out = (n + 2 - 3) // stride + 1
+    layer = LinearLayer("c", Conv(w, None, (stride, stride), ((1, 1), (1, 1)), (1, 1)), (cin, n, n),
+                        (cout, out, out))
+    truth = float(torch.linalg.matrix_norm(explicit_matrix(layer, torch.device("cpu")), ord=2))
+    res = ExactMethod().compute(layer, NormContext())
+    up = next(r.value for r in res if isinstance(r, UpperBound))
+    lo = next(r.value for r in res if isinstance(r, LowerBound))
+    assert truth * (1 - 1e-8) <= lo <= truth <= up <= truth * (1 + 1e-8)

@@ -175,7 +175,8 @@ def bench_certify_one(graph: Any, data: Any, eps: list[float], device: str, limi
     t = rep.timing
     return {"n": rep.n, "lipschitz_upper": rep.lipschitz_upper, "lipschitz_lower": rep.lipschitz_lower,
             "ratio": rep.lipschitz_ratio, "clean_accuracy": rep.clean_accuracy, "eps": eps,
-            "certified_accuracy": rep.certified_accuracies, "seconds": time.perf_counter() - t0,
+            "certified_accuracy": rep.certified_accuracies, "median_radius": rep.median_radius,
+            "seconds": time.perf_counter() - t0,
             "norms_s": t["norms_s"], "certify_s": t["certify_s"], "inference_s": t["inference_s"],
             "throughput_vs_inference": t["certify_samples_per_s"] / t["inference_samples_per_s"]
             if t["inference_samples_per_s"] > 0 else None}
@@ -223,14 +224,15 @@ def certify_bench(
     if json_out != "-":
         t = Table(title="certify: Lipschitz bound, accuracy, certified accuracy, time; throughput = certificate "
                         "pass / plain inference")
-        for c in ("model", "n", "L upper", "L lower", "ratio", "clean", "certified @ eps", "s", "throughput"):
+        for c in ("model", "n", "L upper", "L lower", "ratio", "clean", "certified @ eps", "median radius", "s",
+                  "throughput"):
             t.add_column(c, justify="left" if c in ("model", "certified @ eps") else "right")
         for name, r in report["models"].items():
             cert = ", ".join(f"{a:.1%}@{e:g}" for e, a in zip(r["eps"], r["certified_accuracy"], strict=True))
             t.add_row(name, str(r["n"]), f"{r['lipschitz_upper']:.4g}",
                       "-" if r["lipschitz_lower"] is None else f"{r['lipschitz_lower']:.4g}",
                       "-" if r["ratio"] is None else f"{r['ratio']:.3g}", f"{r['clean_accuracy']:.1%}", cert,
-                      f"{r['seconds']:.2f}",
+                      f"{r['median_radius']:.3g}", f"{r['seconds']:.2f}",
                       "-" if r["throughput_vs_inference"] is None else f"{r['throughput_vs_inference']:.2f}x")
         out.print(t)
     if json_out is not None:

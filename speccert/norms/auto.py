@@ -119,7 +119,7 @@ def _auto(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormRe
             return got
     got = _run("exact", layer, ctx, [])  # too big is the normal case: no note
     if any(isinstance(r, UpperBound) for r in got):
-        return got + _lower(layer, ctx, notes, got)
+        return got if any(isinstance(r, LowerBound) for r in got) else got + _lower(layer, ctx, notes, got)
     results: list[NormResult] = []
     g = layer.conv()
     one_by_one = g is not None and all(k == 1 for k in g.kernel) and not g.circular
