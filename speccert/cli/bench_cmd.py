@@ -29,7 +29,7 @@ def _resnet18_graph(size: int, weights: Path | None) -> Any:
     return mod.resnet18_graph(mod.resnet18_module(weights=str(weights) if weights else None), size)
 
 
-def bench_graph(graph: Any, device: str, power_steps: int = 100) -> dict[str, Any]:
+def bench_graph(graph: Any, device: str, power_steps: int = 100, exact_max_dim: int = 2048) -> dict[str, Any]:
     """auto vs plain power iteration (fixed steps, random start) vs Fantastic-Four on every linear layer.
 
     Each method's value is divided by the best proven lower bound found for the layer: >= 1 for upper
@@ -43,7 +43,7 @@ def bench_graph(graph: Any, device: str, power_steps: int = 100) -> dict[str, An
     from speccert.norms.power import power_iteration
 
     load_methods()
-    ctx = NormContext(device=torch.device(device))
+    ctx = NormContext(device=torch.device(device), exact_max_dim=exact_max_dim)
     f4 = METHODS.get("fantastic4")
     rows: list[dict[str, Any]] = []
     times = {"auto": 0.0, "auto_upper": 0.0, "power": 0.0, "fantastic4": 0.0}
@@ -124,6 +124,8 @@ def norms(
                               "file (default: torchvision-style random init; no network here to fetch the zoo's)."
                               )] = None,
     detail: Annotated[bool, typer.Option("--detail", help="Also print every layer.")] = False,
+    exact_max_dim: Annotated[int, typer.Option("--exact-max-dim", help="As in `speccert norms`: exact "
+                             "certificates for convs up to this Gram dimension (25088: ResNet-18's layer4).")] = 2048,
     json_out: JsonOpt = None,
 ) -> None:
     """auto vs plain power iteration (100 steps per layer) vs Fantastic-Four: seconds and tightness."""
@@ -153,7 +155,7 @@ def norms(
     report: dict[str, Any] = {"schema": "speccert.bench.norms/1", "device": dev, "models": {}}
     for name, graph in models:
         err.print(f"benchmarking {name} ...")
-        res = bench_graph(graph, dev)
+        res = bench_graph(graph, dev, exact_max_dim=exact_max_dim)
         summary = summarise(res)
         report["models"][name] = {"summary": summary, "layers": res["layers"]}
         if json_out != "-":
