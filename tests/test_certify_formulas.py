@@ -184,3 +184,26 @@ def test_no_attack_succeeds_inside_certified_radii_of_random_nets(name: str) -> 
                   second_order=True)
     assert rep.audit is not None and rep.audit.points == int((rep.radius > 0).sum()) > 0
     assert rep.audit.successes == 0 and rep.audit.max_lead is not None and rep.audit.max_lead < 0
+
+
+def test_exact_max_dim_tightens_the_bound_of_a_small_map_conv() -> None:
+    """A 64-channel conv on a 6x6 map (Gram side 2304 > 2048): by default bounded on the torus, with
+    exact_max_dim=4096 certified exactly; the global bound can only go down and stays above the truth."""
+    from speccert.ir import Conv
+
+    gen = torch.Generator().manual_seed(3)
+    conv = Conv(torch.randn(64, 64, 3, 3, generator=gen, dtype=D) / 24, None, (1, 1), ((1, 1), (1, 1)), (1, 1))
+    g = Graph((64, 6, 6), [Node("c", conv, (INPUT,)), Node("a", Activation("relu"), ("c",)),
+                           Node("r", Reshape((2304,)), ("a",)),
+                           Node("l", Linear(torch.randn(3, 2304, generator=gen, dtype=D) / 48, None), ("r",))],
+              dtype=D)
+    x = torch.randn(16, 64, 6, 6, generator=gen, dtype=D)
+    y = g(x).argmax(1)
+    base = certify(g, (x, y), eps=[0.1], lower_bound=False)
+    exact = certify(g, (x, y), eps=[0.1], exact_max_dim=4096)
+    row = {r.name: r for r in exact.layers}["c"]
+    assert row.method == "exact" and {r.name: r for r in base.layers}["c"].method != "exact"
+    assert row.lower is not None and row.lower <= row.upper <= row.lower * (1 + 3e-4)
+    assert exact.lipschitz_lower is not None and exact.lipschitz_lower <= exact.lipschitz_upper
+    assert exact.lipschitz_upper <= base.lipschitz_upper
+    assert (exact.radius >= base.radius).all()

@@ -109,7 +109,8 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
             batch_size: int = 256, limit: int | None = None, mean: Sequence[float] | None = None,
             std: Sequence[float] | None = None, split: str = "test", seed: int = 0,
             lower_bound: bool = True, audit_steps: int = 40, audit_restarts: int = 4,
-            crc_steps: int = 0, lower_points: int = 64, progress: Progress | None = None) -> CertifyReport:
+            crc_steps: int = 0, lower_points: int = 64, exact_max_dim: int = 2048,
+            progress: Progress | None = None) -> CertifyReport:
     """Certify `graph` on `data` (a path, a Dataset or (x, y) arrays); returns a CertifyReport.
 
     radius(x) = max over certificate kinds of min_j r_kind(x, j) (0 if misclassified), with
@@ -143,7 +144,8 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
 
     t0 = time.perf_counter()
     bound = lipschitz_bound(graph, method, dev, mean=list(mean) if mean is not None else None,
-                            std=list(std) if std is not None else None, progress=norms_progress)
+                            std=list(std) if std is not None else None, exact_max_dim=exact_max_dim,
+                            progress=norms_progress)
     t_norms = time.perf_counter() - t0
     notes = list(bound.notes)
 
@@ -232,7 +234,8 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
                  "std": list(map(float, std)) if std is not None else None}
     env = {"speccert": speccert.__version__, "torch": torch.__version__, "python": platform.python_version(),
            "device": str(dev), "method": method, "seed": seed, "dtype": "float64",
-           "batch_size": batch_size, "second_order": second_order, "crc_steps": crc_steps}
+           "batch_size": batch_size, "second_order": second_order, "crc_steps": crc_steps,
+           "exact_max_dim": exact_max_dim}
     extra: dict[str, Any] = {"lower_method": (f"max ||J(x) v|| (power iteration + ascent) over the first "
                                               f"{min(n, lower_points)} points") if lower_bound else None,
                              "penultimate_upper": _penultimate(bound),

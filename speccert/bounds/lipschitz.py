@@ -211,7 +211,7 @@ def curvature_bounds(folded: Graph, uppers: Mapping[str, UpperBound], lip: Mappi
 
 def lipschitz_bound(graph: Graph, method: str = "auto", device: str | torch.device = "cpu", *,
                     mean: list[float] | None = None, std: list[float] | None = None,
-                    norms: list[LayerNorm] | None = None,
+                    norms: list[LayerNorm] | None = None, exact_max_dim: int = 2048,
                     progress: Callable[[int, int, str], None] | None = None) -> LipschitzBound:
     """Proven upper bound on the L2 Lipschitz constant of `graph`'s logits (in the data space when
     mean/std prepend a normalisation).
@@ -229,7 +229,7 @@ def lipschitz_bound(graph: Graph, method: str = "auto", device: str | torch.devi
     g64 = g.to("cpu", torch.float64)
     folded = fold_linear(g64)
     if norms is None:
-        norms = layer_norms(g64, method, device, progress=progress)
+        norms = layer_norms(g64, method, device, exact_max_dim=exact_max_dim, progress=progress)
     uppers = {n.name: n.upper for n in norms}
     lip = compose(folded, uppers)
     curv = curvature_bounds(folded, uppers, lip)

@@ -109,6 +109,9 @@ def command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the attack and of the lower-bound search.")] = 0,
     lower_points: Annotated[int, typer.Option("--lower-points", help="Data points the empirical lower bound "
                                               "on L starts its ascent from (more: a higher, slower witness).")] = 64,
+    exact_max_dim: Annotated[int, typer.Option("--exact-max-dim", help="As in `speccert norms`: exact "
+                             "certificates for zero-padded convs up to this Gram dimension (default 2048; "
+                             "larger: one n^3 Cholesky and ~16 n^2 bytes per layer).")] = 2048,
 ) -> None:
     """Certify a classifier's L2 robustness on labelled data: global Lipschitz bound, certified radii and
     certified accuracy at each eps (a radius is a proven L2 distance in the data's own space)."""
@@ -140,7 +143,8 @@ def command(
         report: CertifyReport = certify(graph, dataset, eps_list, method=method, device=dev,
                                         second_order=second_order, audit=audit, batch_size=batch_size,
                                         mean=mean_v, std=std_v, split=split, seed=seed,
-                                        crc_steps=crc_steps, lower_points=lower_points, progress=progress)
+                                        crc_steps=crc_steps, lower_points=lower_points,
+                                        exact_max_dim=exact_max_dim, progress=progress)
     report.model["path"] = report.model.get("path") or model
     d = report.to_dict()
     render(d, err if json_out == "-" else out)
