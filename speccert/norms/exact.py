@@ -97,8 +97,8 @@ def _large_conv(layer: LinearLayer, ctx: NormContext) -> bool:
     """A zero-padded conv whose smaller Gram side is above the explicit route's limit but within the
     user's `exact_max_dim` (opt-in: an n^3 Cholesky factorisation, minutes on a CPU for n ~ 25000)."""
     g = layer.conv()
-    if g is None or g.circular or ctx.exact_max_dim <= EXACT_MAX_DIM:
-        return False
+    if g is None or g.circular or ctx.exact_max_dim <= EXACT_MAX_DIM or all(k == 1 for k in g.kernel):
+        return False  # (1x1 kernels: fantastic4 is exact, W at each kept pixel, in no time)
     d, _ = gram_side(g)
     return EXACT_MAX_DIM < d <= ctx.exact_max_dim or (
         d <= EXACT_MAX_DIM and layer.n_in * layer.n_out > EXACT_MAX_ENTRIES)
