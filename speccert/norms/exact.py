@@ -51,7 +51,8 @@ EXACT_MAX_ENTRIES = 1 << 25
 class ExactMethod(NormMethod):
     name = "exact"
     kinds = ("upper", "lower")
-    summary = "explicit matrix, Gram matrix, Cholesky certificate (smaller side <= 2048; exact to ~1e-10)"
+    summary = ("explicit matrix, Gram matrix, Cholesky certificate (smaller side <= 2048; exact to ~1e-10); "
+               "larger zero-padded convs with --exact-max-dim (tap-assembled Gram matrix)")
 
     def applies(self, layer: LinearLayer) -> bool:
         return True
