@@ -62,7 +62,7 @@ def test_torus_routes_agree_and_bound_the_conv(cin, cout, k, n, stride, groups, 
     """The tap-product route, the explicit-block route and batched Gram iteration give the same torus
     bound (to their tolerances), above the dense SVD of the zero-padded strided conv."""
     from speccert.ir import Conv
-    from speccert.norms.fft import _as_2d, candidate_plans, torus_bound
+    from speccert.norms.fft import candidate_plans, torus_bound
     from speccert.norms.layer import LinearLayer
 
     gen = torch.Generator().manual_seed(cin * 100 + k)
@@ -75,10 +75,10 @@ def test_torus_routes_agree_and_bound_the_conv(cin, cout, k, n, stride, groups, 
     layer = LinearLayer("c", op, (cin, n, n), tuple(y.shape[1:]))
     geo = layer.conv()
     assert geo is not None
-    plans = candidate_plans(_as_2d(geo), 0)[0]
-    tap = torus_bound(_as_2d(geo), plans, torch.device("cpu")).value
-    blocks = torus_bound(_as_2d(geo), plans, torch.device("cpu"), chunk_bytes=1).value  # forces explicit B
-    gram = torus_bound(_as_2d(geo), plans, torch.device("cpu"), block_bound="gram").value
+    plans = candidate_plans(geo.as_2d(), 0)[0]
+    tap = torus_bound(geo.as_2d(), plans, torch.device("cpu")).value
+    blocks = torus_bound(geo.as_2d(), plans, torch.device("cpu"), chunk_bytes=1).value  # forces explicit B
+    gram = torus_bound(geo.as_2d(), plans, torch.device("cpu"), block_bound="gram").value
     assert truth <= tap and truth <= blocks and truth <= gram
     assert blocks == pytest.approx(tap, rel=1e-9)
     assert tap <= gram * (1 + 1e-9)  # Gram iteration is an upper bound on the same block norms

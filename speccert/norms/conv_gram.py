@@ -27,16 +27,9 @@ from speccert.norms.rounding import gamma, round_up
 Tensor = torch.Tensor
 
 
-def _as_2d(g: ConvGeometry) -> ConvGeometry:
-    if g.ndim == 2:
-        return g
-    return ConvGeometry(g.weight.unsqueeze(2), (1, g.size[0]), (1, g.stride[0]), ((0, 0), g.padding[0]),
-                        (1, g.dilation[0]), g.groups, g.circular, g.adjoint)
-
-
 def gram_side(g: ConvGeometry) -> tuple[int, bool]:
     """(dimension of the smaller Gram matrix per group, True if it is A^T A)."""
-    g2 = _as_2d(g)
+    g2 = g.as_2d()
     co, ci = g2.weight.shape[0] // g2.groups, g2.weight.shape[1]
     n_in, n_out = ci * math.prod(g2.size), co * math.prod(g2.out_size)
     return (n_in, True) if n_in <= n_out else (n_out, False)
@@ -65,7 +58,7 @@ def conv_gram(g: ConvGeometry, group: int, device: torch.device) -> tuple[Tensor
     """
     if g.circular:
         raise ValueError("conv_gram handles zero padding only")
-    g2 = _as_2d(g)
+    g2 = g.as_2d()
     co = g2.weight.shape[0] // g2.groups
     w = g2.weight[group * co:(group + 1) * co].to(device=device, dtype=torch.float64)  # [co, ci, k1, k2]
     ci = w.shape[1]

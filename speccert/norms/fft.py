@@ -81,13 +81,6 @@ def _phases(plan: AxisPlan, half: bool, device: torch.device) -> Tensor:
     return ph[:, None, :] * sel[None, :, :]
 
 
-def _as_2d(g: ConvGeometry) -> ConvGeometry:
-    if g.ndim == 2:
-        return g
-    return ConvGeometry(g.weight.unsqueeze(2), (1, g.size[0]), (1, g.stride[0]), ((0, 0), g.padding[0]),
-                        (1, g.dilation[0]), g.groups, g.circular, g.adjoint)
-
-
 @dataclass(frozen=True)
 class TorusBound:
     """The bound on one torus and where it is attained (for warm-starting power iteration)."""
@@ -231,7 +224,7 @@ def torus_bound(g: ConvGeometry, plans: tuple[AxisPlan, AxisPlan], device: torch
 
 
 def candidate_plans(g: ConvGeometry, extra: int = 2) -> list[tuple[AxisPlan, AxisPlan]]:
-    g = _as_2d(g)
+    g = g.as_2d()
     per_axis = [
         _axis_plans(n, pb, pe, k, d, s, out, g.circular, extra)
         for n, (pb, pe), k, d, s, out in zip(g.size, g.padding, g.kernel, g.dilation, g.stride, g.out_size,
@@ -245,7 +238,7 @@ def candidate_plans(g: ConvGeometry, extra: int = 2) -> list[tuple[AxisPlan, Axi
 def fft_bound(g: ConvGeometry, device: torch.device, extra: int = 2,
               budget_blocks: int = 2_000_000, block_bound: str = "cholesky") -> TorusBound:
     """The min over a few admissible tori of the torus bound (extra tori only while they are cheap)."""
-    g2 = _as_2d(g)
+    g2 = g.as_2d()
     best: TorusBound | None = None
     spent = 0
     for plans in candidate_plans(g2, extra):
@@ -276,7 +269,7 @@ class FFTMethod(NormMethod):
         if g is None:
             return 0
         plans = candidate_plans(g, 0)[0]
-        g2 = _as_2d(g)
+        g2 = g.as_2d()
         co, ci = g2.weight.shape[0] // g2.groups, g2.weight.shape[1]
         one_row = (plans[1].M // 2 + 1) * g2.groups * co * ci * plans[0].s * plans[1].s * 16
         return 4 * one_row  # one first-axis frequency at a time, times SVD workspace

@@ -63,6 +63,14 @@ class ConvGeometry:
         return tuple((n + pb + pe - d * (k - 1) - 1) // s + 1 for n, (pb, pe), d, k, s in
                      zip(self.size, self.padding, self.dilation, self.kernel, self.stride, strict=True))
 
+    def as_2d(self) -> ConvGeometry:
+        """The same operator as a 2-d conv (a 1-d conv gets a height-1 axis)."""
+        if self.ndim == 2:
+            return self
+        return ConvGeometry(self.weight.unsqueeze(2), (1, self.size[0]), (1, self.stride[0]),
+                            ((0, 0), self.padding[0]), (1, self.dilation[0]), self.groups, self.circular,
+                            self.adjoint)
+
     def as_conv(self) -> Conv:
         return Conv(self.weight, None, self.stride, self.padding, self.dilation, self.groups,
                     "circular" if self.circular else "zeros")
