@@ -164,8 +164,15 @@ def norms(
         write_json(report, json_out)
 
 
-BUNDLED = ("mlp", "cnn", "cnn_lip", "resnet", "smooth_cnn")
 BUNDLED_DATA = REPO / "models" / "data" / "fashion_mnist_test_1k.npz"
+
+
+def _bundled_models() -> list[str]:
+    """The zoo's trained models, as listed in models/manifest.json (none in an installed package)."""
+    import json
+
+    manifest = REPO / "models" / "manifest.json"
+    return sorted(json.loads(manifest.read_text())["models"]) if manifest.exists() else []
 
 
 def bench_certify_one(graph: Any, data: Any, eps: list[float], device: str, limit: int | None) -> dict[str, Any]:
@@ -209,7 +216,7 @@ def certify_bench(
     jobs: list[tuple[str, Path, Path, list[float]]] = []
     if bundled and BUNDLED_DATA.exists():
         jobs += [(m, REPO / "models" / f"{m}.onnx", BUNDLED_DATA, parse_floats(bundled_eps, "--bundled-eps") or [])
-                 for m in BUNDLED if (REPO / "models" / f"{m}.onnx").exists()]
+                 for m in _bundled_models() if (REPO / "models" / f"{m}.onnx").exists()]
     folder = corpus or DEFAULT_CORPUS
     if corpus is not None and not folder.is_dir():
         raise InputError(f"--corpus {corpus}: not a folder")

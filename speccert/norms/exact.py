@@ -33,13 +33,7 @@ from speccert.norms.lanczos import lanczos
 from speccert.norms.layer import LinearLayer
 from speccert.norms.method import NormContext, NormMethod, register_method
 from speccert.norms.power import certify_lower
-from speccert.norms.psd import (
-    bound_after_cholesky,
-    gram_matrices,
-    max_block_norm,
-    passes_in_place,
-    top_eigenvector,
-)
+from speccert.norms.psd import block_norms_with_gram, bound_after_cholesky, passes_in_place, top_eigenvector
 from speccert.norms.result import LowerBound, NormResult, UpperBound
 from speccert.norms.rounding import gamma, round_up
 
@@ -82,12 +76,11 @@ class ExactMethod(NormMethod):
         a = explicit_matrix(layer, ctx.device)
         fro = float(torch.linalg.norm(a)) * (1.0 + gamma(a.numel() + 2.0))
         build = gamma(layer.n_in + 2.0) * fro
-        value, _ = max_block_norm(a[None])
+        value, _, h = block_norms_with_gram(a[None])
         upper = UpperBound(round_up(value + build), self.name, seconds=time.perf_counter() - t0)
         # The top singular vector from the same Gram matrix: a lower bound as tight as the upper one.
         t1 = time.perf_counter()
-        h = gram_matrices(a[None])[0]
-        v = top_eigenvector(h, value * value)
+        v = top_eigenvector(h[0], value * value)
         x = v if a.shape[0] >= a.shape[1] else a.T @ v  # A^T A: an input vector; A A^T: map it back
         lower = LowerBound(certify_lower(layer, x.reshape(layer.in_shape)), self.name,
                            seconds=time.perf_counter() - t1)

@@ -66,10 +66,17 @@ def max_block_norm(b: Tensor, floor: float = 0.0, rel: float = 1e-10) -> tuple[f
     `floor` is a value already known to be below the final answer (e.g. a previous chunk's maximum):
     blocks certified below it need no eigenvalue solve.
     """
+    value, top, _ = block_norms_with_gram(b, floor, rel)
+    return value, top
+
+
+def block_norms_with_gram(b: Tensor, floor: float = 0.0, rel: float = 1e-10) -> tuple[float, int, Tensor]:
+    """`max_block_norm` plus the Gram matrices it certified (for callers that reuse them)."""
     m = b.shape[-1] if b.shape[-2] < b.shape[-1] else b.shape[-2]
     fro2 = float(torch.linalg.matrix_norm(b).max()) ** 2 * (1.0 + gamma(2.0 * b.shape[-1] * b.shape[-2] + 4.0))
-    lam, top = max_eigenvalue(gram_matrices(b), gamma(2.0 * m + 4.0) * fro2, floor * floor, rel)
-    return round_up(math.sqrt(lam) * (1.0 + 4.0 * 2.0**-53)), top
+    h = gram_matrices(b)
+    lam, top = max_eigenvalue(h, gamma(2.0 * m + 4.0) * fro2, floor * floor, rel)
+    return round_up(math.sqrt(lam) * (1.0 + 4.0 * 2.0**-53)), top, h
 
 
 def top_eigenvector(h: Tensor, t: float, steps: int = 3) -> Tensor:
