@@ -39,6 +39,7 @@ from speccert.norms.rounding import gamma, round_up
 
 EXACT_MAX_DIM = 2048
 EXACT_MAX_ENTRIES = 1 << 25
+LARGE_BYTES_PER_ENTRY = 17  # large-conv route: the Gram matrix (shifted in place) and its Cholesky factor
 
 
 @register_method
@@ -54,14 +55,14 @@ class ExactMethod(NormMethod):
     def memory_bytes(self, layer: LinearLayer, ctx: NormContext) -> int:
         if _large_conv(layer, ctx):
             d, _ = gram_side(layer.conv())  # type: ignore[arg-type]
-            return 17 * d * d  # the Gram matrix (shifted in place) and its Cholesky factor
+            return LARGE_BYTES_PER_ENTRY * d * d
         d = min(layer.n_in, layer.n_out)
         return 8 * (layer.n_in * layer.n_out + 4 * d * d)
 
     def refuse(self, layer: LinearLayer, ctx: NormContext) -> str | None:
         if _large_conv(layer, ctx):
             need = self.memory_bytes(layer, ctx)
-            return None if need <= max(ctx.memory_limit, 17 * ctx.exact_max_dim ** 2) else \
+            return None if need <= max(ctx.memory_limit, LARGE_BYTES_PER_ENTRY * ctx.exact_max_dim ** 2) else \
                 f"exact needs ~{need / 2**30:.1f} GiB"
         d = min(layer.n_in, layer.n_out)
         if d > EXACT_MAX_DIM or layer.n_in * layer.n_out > EXACT_MAX_ENTRIES:
