@@ -43,7 +43,7 @@ def subsets(data: str, train_n: int, val_n: int, test_n: int, seed: int) -> tupl
     tr = load_data(data, "train")
     te = load_data(data, "test")
     perm = np.random.default_rng(seed).permutation(len(tr))
-    ti, vi = np.sort(perm[:train_n]), np.sort(perm[train_n:train_n + val_n])
+    ti, vi = np.sort(perm[:train_n]), np.sort(perm[train_n : train_n + val_n])
     test_i = np.sort(np.random.default_rng(seed + 1).permutation(len(te))[:test_n])
     pick = lambda d, i, s: Dataset(d.x[i], d.y[i], f"{d.source}[{s}]")  # noqa: E731
     return pick(tr, ti, "train"), pick(tr, vi, "val"), pick(te, test_i, "test")
@@ -51,8 +51,15 @@ def subsets(data: str, train_n: int, val_n: int, test_n: int, seed: int) -> tupl
 
 def row(name: str, graph, test: Dataset, device: str, seconds: float, epochs: int, note: str = "") -> dict:  # noqa: ANN001
     rep = certify(graph, test, EPS, device=device, lower_bound=False)
-    return {"method": name, "clean": rep.clean_accuracy, **{f"cra@{e:g}": rep.certified_accuracy(e) for e in EPS},
-            "L_upper": rep.lipschitz_upper, "epochs": epochs, "seconds": seconds, "note": note}
+    return {
+        "method": name,
+        "clean": rep.clean_accuracy,
+        **{f"cra@{e:g}": rep.certified_accuracy(e) for e in EPS},
+        "L_upper": rep.lipschitz_upper,
+        "epochs": epochs,
+        "seconds": seconds,
+        "note": note,
+    }
 
 
 def spectral_norm_baseline(train: Dataset, epochs: int, lr: float, batch: int, device: str, seed: int):  # noqa: ANN201
@@ -107,32 +114,73 @@ def main() -> None:
     if a.baseline:
         t0 = time.perf_counter()
         g = spectral_norm_baseline(train, a.epochs, a.lr, a.batch_size, a.device, a.seed)
-        rows.append(row("retrain + torch spectral_norm", g, test, a.device, time.perf_counter() - t0, a.epochs,
-                        "from scratch"))
+        rows.append(
+            row(
+                "retrain + torch spectral_norm",
+                g,
+                test,
+                a.device,
+                time.perf_counter() - t0,
+                a.epochs,
+                "from scratch",
+            )
+        )
         print(rows[-1], file=sys.stderr, flush=True)
     for name in a.penalties.split(","):
         t0 = time.perf_counter()
         out = work / f"cnn-{name}.onnx"
         try:
-            res = finetune(a.model, train, val, targets=TARGETS, penalty=name, epochs=a.epochs, lr=a.lr,
-                           batch_size=a.batch_size, out=out, overwrite=True, seed=a.seed, device=a.device)
+            res = finetune(
+                a.model,
+                train,
+                val,
+                targets=TARGETS,
+                penalty=name,
+                epochs=a.epochs,
+                lr=a.lr,
+                batch_size=a.batch_size,
+                out=out,
+                overwrite=True,
+                seed=a.seed,
+                device=a.device,
+            )
         except Exception as exc:  # noqa: BLE001 - e.g. curvature on a ReLU net: reported, not fatal
             rows.append({"method": f"finetune {name}", "note": f"not applicable: {exc}"})
             print(rows[-1], file=sys.stderr, flush=True)
             continue
         note = "targets met" if res.met else "budget used"
-        rows.append(row(f"finetune {name}", load(str(out)), test, a.device, time.perf_counter() - t0,
-                        res.history[-1].epoch, note))
+        rows.append(
+            row(
+                f"finetune {name}",
+                load(str(out)),
+                test,
+                a.device,
+                time.perf_counter() - t0,
+                res.history[-1].epoch,
+                note,
+            )
+        )
         print(rows[-1], file=sys.stderr, flush=True)
     cols = ["clean", *(f"cra@{e:g}" for e in EPS)]
-    print("| method | clean | " + " | ".join(f"CRA @ {e:g}" for e in EPS) + " | L upper | epochs | time (s) | note |")
+    print(
+        "| method | clean | "
+        + " | ".join(f"CRA @ {e:g}" for e in EPS)
+        + " | L upper | epochs | time (s) | note |"
+    )
     print("|---|---|" + "---|" * len(EPS) + "---|---|---|---|")
     for r in rows:
         if "clean" not in r:
-            print(f"| {r['method']} | - | " + " | ".join("-" for _ in EPS) + f" | - | - | - | {r['note'][:90]} |")
+            print(
+                f"| {r['method']} | - | "
+                + " | ".join("-" for _ in EPS)
+                + f" | - | - | - | {r['note'][:90]} |"
+            )
             continue
-        print(f"| {r['method']} | " + " | ".join(f"{r[c]:.1%}" for c in cols) +
-              f" | {r['L_upper']:.3g} | {r['epochs']} | {r['seconds']:.0f} | {r['note']} |")
+        print(
+            f"| {r['method']} | "
+            + " | ".join(f"{r[c]:.1%}" for c in cols)
+            + f" | {r['L_upper']:.3g} | {r['epochs']} | {r['seconds']:.0f} | {r['note']} |"
+        )
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows}, indent=2))
 

@@ -73,36 +73,58 @@ def resnet18_module(seed: int = 0, weights: str | None = None) -> ResNet18:
 def _conv(c: nn.Conv2d) -> Conv:
     s, p, d = c.stride, c.padding, c.dilation
     assert isinstance(p, tuple)
-    return Conv(c.weight.detach(), None if c.bias is None else c.bias.detach(), tuple(s),
-                tuple((q, q) for q in p), tuple(d), c.groups)
+    return Conv(
+        c.weight.detach(),
+        None if c.bias is None else c.bias.detach(),
+        tuple(s),
+        tuple((q, q) for q in p),
+        tuple(d),
+        c.groups,
+    )
 
 
 def _bn(b: nn.BatchNorm2d) -> BatchNorm:
     assert b.running_mean is not None and b.running_var is not None
-    return BatchNorm(b.running_mean.detach(), b.running_var.detach(), b.weight.detach(), b.bias.detach(), b.eps)
+    return BatchNorm(
+        b.running_mean.detach(), b.running_var.detach(), b.weight.detach(), b.bias.detach(), b.eps
+    )
 
 
 def resnet18_graph(module: ResNet18 | None = None, size: int = 224) -> Graph:
     """The IR of `module` (a fresh seeded ResNet-18 by default) on a 3 x size x size input."""
     m = module if module is not None else resnet18_module()
-    nodes = [Node("conv1", _conv(m.conv1), ("input",)), Node("bn1", _bn(m.bn1), ("conv1",)),
-             Node("relu", Activation("relu"), ("bn1",)),
-             Node("maxpool", MaxPool((3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)), ("relu",))]
+    nodes = [
+        Node("conv1", _conv(m.conv1), ("input",)),
+        Node("bn1", _bn(m.bn1), ("conv1",)),
+        Node("relu", Activation("relu"), ("bn1",)),
+        Node("maxpool", MaxPool((3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)), ("relu",)),
+    ]
     x = "maxpool"
     for li in range(1, 5):
         for bi, blk in enumerate(getattr(m, f"layer{li}")):
             p = f"layer{li}.{bi}"
-            nodes += [Node(f"{p}.conv1", _conv(blk.conv1), (x,)), Node(f"{p}.bn1", _bn(blk.bn1), (f"{p}.conv1",)),
-                      Node(f"{p}.relu1", Activation("relu"), (f"{p}.bn1",)),
-                      Node(f"{p}.conv2", _conv(blk.conv2), (f"{p}.relu1",)),
-                      Node(f"{p}.bn2", _bn(blk.bn2), (f"{p}.conv2",))]
+            nodes += [
+                Node(f"{p}.conv1", _conv(blk.conv1), (x,)),
+                Node(f"{p}.bn1", _bn(blk.bn1), (f"{p}.conv1",)),
+                Node(f"{p}.relu1", Activation("relu"), (f"{p}.bn1",)),
+                Node(f"{p}.conv2", _conv(blk.conv2), (f"{p}.relu1",)),
+                Node(f"{p}.bn2", _bn(blk.bn2), (f"{p}.conv2",)),
+            ]
             idt = x
             if blk.downsample is not None:
-                nodes += [Node(f"{p}.downsample.0", _conv(blk.downsample[0]), (x,)),
-                          Node(f"{p}.downsample.1", _bn(blk.downsample[1]), (f"{p}.downsample.0",))]
+                nodes += [
+                    Node(f"{p}.downsample.0", _conv(blk.downsample[0]), (x,)),
+                    Node(f"{p}.downsample.1", _bn(blk.downsample[1]), (f"{p}.downsample.0",)),
+                ]
                 idt = f"{p}.downsample.1"
-            nodes += [Node(f"{p}.add", Add(), (f"{p}.bn2", idt)), Node(f"{p}.relu2", Activation("relu"), (f"{p}.add",))]
+            nodes += [
+                Node(f"{p}.add", Add(), (f"{p}.bn2", idt)),
+                Node(f"{p}.relu2", Activation("relu"), (f"{p}.add",)),
+            ]
             x = f"{p}.relu2"
-    nodes += [Node("avgpool", GlobalAvgPool(), (x,)), Node("flatten", Reshape((512,)), ("avgpool",)),
-              Node("fc", Linear(m.fc.weight.detach(), m.fc.bias.detach()), ("flatten",))]
+    nodes += [
+        Node("avgpool", GlobalAvgPool(), (x,)),
+        Node("flatten", Reshape((512,)), ("avgpool",)),
+        Node("fc", Linear(m.fc.weight.detach(), m.fc.bias.detach()), ("flatten",)),
+    ]
     return Graph((3, size, size), nodes)

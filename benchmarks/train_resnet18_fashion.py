@@ -60,7 +60,7 @@ def main() -> int:
     for epoch in range(args.epochs):
         perm = torch.randperm(len(xtr), generator=gen).numpy()
         for i in range(0, len(xtr) - args.batch_size + 1, args.batch_size):
-            idx = perm[i:i + args.batch_size]
+            idx = perm[i : i + args.batch_size]
             loss = F.cross_entropy(model(_prepare(xtr[idx])), torch.from_numpy(ytr[idx]))
             opt.zero_grad()
             loss.backward()
@@ -68,12 +68,16 @@ def main() -> int:
             sched.step()
             step += 1
             if step % 50 == 0:
-                print(f"epoch {epoch} step {step}/{steps} loss {loss.item():.3f} {time.perf_counter() - t0:.0f} s",
-                      flush=True)
+                print(
+                    f"epoch {epoch} step {step}/{steps} loss {loss.item():.3f} {time.perf_counter() - t0:.0f} s",
+                    flush=True,
+                )
     model.eval()
     with torch.no_grad():
-        correct = sum(int((model(_prepare(xte[i:i + 500])).argmax(1) == torch.from_numpy(yte[i:i + 500])).sum())
-                      for i in range(0, len(xte), 500))
+        correct = sum(
+            int((model(_prepare(xte[i : i + 500])).argmax(1) == torch.from_numpy(yte[i : i + 500])).sum())
+            for i in range(0, len(xte), 500)
+        )
     print(f"test accuracy {correct / len(xte):.4f} after {time.perf_counter() - t0:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), args.out)

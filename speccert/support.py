@@ -26,19 +26,30 @@ def _norm_methods() -> str:
     from speccert.norms.method import load_methods
 
     rows = ["| method | gives | what it is |", "|---|---|---|"]
-    rows += [f"| `{name}` | {', '.join(m.kinds)} | {m.summary.replace('|', chr(92) + '|')} |" for name, m in sorted(load_methods().items())]
+    rows += [
+        f"| `{name}` | {', '.join(m.kinds)} | {m.summary.replace('|', chr(92) + '|')} |"
+        for name, m in sorted(load_methods().items())
+    ]
     return "\n".join(rows)
 
 
 def _activations() -> str:
     from speccert.ir.activations import ACTIVATIONS
 
-    rows = ["| activation | slope bound sup\\|f'\\| | curvature bound sup\\|f''\\| (second-order certificate) |",
-            "|---|---|---|"]
+    rows = [
+        "| activation | slope bound sup\\|f'\\| | curvature bound sup\\|f''\\| (second-order certificate) |",
+        "|---|---|---|",
+    ]
     for name, spec in ACTIVATIONS.items():  # registration order is fixed: one module
         curv = spec.curvature(1.0 if name == "elu" else 0.0)
         lip = spec.lipschitz(0.01 if name == "leaky_relu" else 1.0 if name == "elu" else 0.0)
-        note = " (alpha=1; other alpha: not smooth)" if name == "elu" else " (slope 0.01)" if name == "leaky_relu" else ""
+        note = (
+            " (alpha=1; other alpha: not smooth)"
+            if name == "elu"
+            else " (slope 0.01)"
+            if name == "leaky_relu"
+            else ""
+        )
         rows.append(f"| {name}{note} | {lip:g} | {'not smooth' if curv is None else f'{curv:g}'} |")
     return "\n".join(rows)
 
@@ -46,32 +57,34 @@ def _activations() -> str:
 def support_markdown() -> str:
     from speccert.training.penalties import penalty_table_markdown
 
-    return "\n".join([
-        BEGIN,
-        "**Model formats**: ONNX (`.onnx`, opsets 8-21, checked against onnxruntime at load); `torch.export` "
-        "archives (`.pt2`); TorchScript (`.pt`, `.pth`, `.ts`, `.jit`); `package.module:factory` plus a "
-        "state_dict (`--weights`, read with `weights_only=True`); whole pickled modules only with "
-        "`--trust-pickle`. **Data**: `.npz` (x, y), `.npy` pairs, IDX files (MNIST/Fashion-MNIST, gz or not), "
-        "a folder of images by class.",
-        "",
-        f"**ONNX operators** (opset range): {_onnx_ops()}. Details: [docs/onnx.md](docs/onnx.md).",
-        "",
-        f"**PyTorch (ATen) operators**: {_aten_ops()}. Details: [docs/pytorch.md](docs/pytorch.md).",
-        "",
-        "**Norm methods** (`speccert norms --method`; `auto` takes the tightest proven upper bound and `lanczos` "
-        "for the lower bound):",
-        "",
-        _norm_methods(),
-        "",
-        "**Activations** (the constants the certifier uses, rounded up):",
-        "",
-        _activations(),
-        "",
-        "**Fine-tuning penalties** (`speccert finetune --penalty`):",
-        "",
-        penalty_table_markdown(),
-        END,
-    ])
+    return "\n".join(
+        [
+            BEGIN,
+            "**Model formats**: ONNX (`.onnx`, opsets 8-21, checked against onnxruntime at load); `torch.export` "
+            "archives (`.pt2`); TorchScript (`.pt`, `.pth`, `.ts`, `.jit`); `package.module:factory` plus a "
+            "state_dict (`--weights`, read with `weights_only=True`); whole pickled modules only with "
+            "`--trust-pickle`. **Data**: `.npz` (x, y), `.npy` pairs, IDX files (MNIST/Fashion-MNIST, gz or not), "
+            "a folder of images by class.",
+            "",
+            f"**ONNX operators** (opset range): {_onnx_ops()}. Details: [docs/onnx.md](docs/onnx.md).",
+            "",
+            f"**PyTorch (ATen) operators**: {_aten_ops()}. Details: [docs/pytorch.md](docs/pytorch.md).",
+            "",
+            "**Norm methods** (`speccert norms --method`; `auto` takes the tightest proven upper bound and `lanczos` "
+            "for the lower bound):",
+            "",
+            _norm_methods(),
+            "",
+            "**Activations** (the constants the certifier uses, rounded up):",
+            "",
+            _activations(),
+            "",
+            "**Fine-tuning penalties** (`speccert finetune --penalty`):",
+            "",
+            penalty_table_markdown(),
+            END,
+        ]
+    )
 
 
 def replace_block(text: str, block: str) -> str:

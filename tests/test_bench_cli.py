@@ -35,7 +35,9 @@ def test_bench_norms_json_on_bundled_models(tmp_path: Path, capsys: pytest.Captu
                 # or the torus bound, which never exceeds it).
                 assert row["auto"] <= row["fantastic4"] * (1 + 1e-9)
         convs = [r for r in entry["layers"] if r["conv"]]
-        assert convs and s["auto"]["conv_max_ratio"] == pytest.approx(max(r["auto"] / r["lower"] for r in convs))
+        assert convs and s["auto"]["conv_max_ratio"] == pytest.approx(
+            max(r["auto"] / r["lower"] for r in convs)
+        )
         # auto's own lower bound (Lanczos) ends as high as 100 steps of power iteration, on every layer.
         assert all(r["auto_lower"] >= r["power"] * (1 - 1e-4) for r in entry["layers"])
 
@@ -55,8 +57,22 @@ def test_bench_certify_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     np.save(corpus / "cnn_lip" / "x.npy", data["x"][:60])
     np.save(corpus / "cnn_lip" / "y.npy", data["y"][:60])
     out = tmp_path / "bench.json"
-    assert main(["bench", "certify", "--no-bundled", "--corpus", str(corpus), "--eps", "0.1,0.5,1",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "certify",
+                "--no-bundled",
+                "--corpus",
+                str(corpus),
+                "--eps",
+                "0.1,0.5,1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())["models"]["cnn_lip"]
     assert r["n"] == 60 and r["eps"] == [0.1, 0.5, 1.0]
     assert r["lipschitz_upper"] >= r["lipschitz_lower"] > 0

@@ -21,8 +21,10 @@ def jacobian_norms(graph: Graph, x: torch.Tensor) -> torch.Tensor:
     """Exact ||J(x_b)||_2 for a batch: dense Jacobians by one backward pass per output, then SVDs."""
     z = x.detach().requires_grad_(True)
     out = graph.forward(z)
-    rows = [torch.autograd.grad(out[:, c].sum(), z, retain_graph=True)[0].reshape(x.shape[0], -1)
-            for c in range(out.shape[1])]
+    rows = [
+        torch.autograd.grad(out[:, c].sum(), z, retain_graph=True)[0].reshape(x.shape[0], -1)
+        for c in range(out.shape[1])
+    ]
     return torch.linalg.matrix_norm(torch.stack(rows, 1), ord=2)
 
 
@@ -72,14 +74,27 @@ def test_add_sums_and_concat_root_sum_square() -> None:
     w = torch.randn(4, 4, dtype=D)
     s = float(torch.linalg.matrix_norm(w, ord=2))
     # x + W x: the bound is 1 + ||W|| (sum over the two paths).
-    g_add = Graph((4,), [Node("l", Linear(w, None), (INPUT,)),
-                         Node("r", Reshape((4,)), (INPUT,)), Node("add", Add(), ("l", "r"))], dtype=D)
+    g_add = Graph(
+        (4,),
+        [
+            Node("l", Linear(w, None), (INPUT,)),
+            Node("r", Reshape((4,)), (INPUT,)),
+            Node("add", Add(), ("l", "r")),
+        ],
+        dtype=D,
+    )
     assert lipschitz_bound(g_add).upper == pytest.approx(1 + s, rel=1e-9)
     assert lipschitz_bound(g_add).upper >= 1 + s
     # [x, 2x]: sqrt(1 + 4).
-    g_cat = Graph((4,), [Node("a", Reshape((4,)), (INPUT,)),
-                         Node("b", Affine(torch.full((4,), 2.0, dtype=D), torch.zeros(4, dtype=D)), (INPUT,)),
-                         Node("cat", Concat(0), ("a", "b"))], dtype=D)
+    g_cat = Graph(
+        (4,),
+        [
+            Node("a", Reshape((4,)), (INPUT,)),
+            Node("b", Affine(torch.full((4,), 2.0, dtype=D), torch.zeros(4, dtype=D)), (INPUT,)),
+            Node("cat", Concat(0), ("a", "b")),
+        ],
+        dtype=D,
+    )
     ub = lipschitz_bound(g_cat).upper
     assert math.sqrt(5) <= ub <= math.sqrt(5) * (1 + 1e-9)
 
@@ -92,11 +107,21 @@ def window_counts(op: MaxPool, shape: tuple[int, ...]) -> torch.Tensor:
     return (out == 1).reshape(n, -1).sum(1)
 
 
-@pytest.mark.parametrize("n,k,s,p,d,ceil", [
-    (7, 2, 2, 0, 1, False), (7, 3, 1, 1, 1, False), (8, 3, 2, 1, 1, False), (5, 4, 1, 0, 1, False),
-    (6, 5, 2, 2, 1, False), (4, 3, 1, 0, 1, False), (9, 3, 2, 0, 2, False), (7, 2, 2, 0, 1, True),
-    (10, 4, 3, 1, 1, True), (3, 3, 1, 1, 1, False),
-])
+@pytest.mark.parametrize(
+    "n,k,s,p,d,ceil",
+    [
+        (7, 2, 2, 0, 1, False),
+        (7, 3, 1, 1, 1, False),
+        (8, 3, 2, 1, 1, False),
+        (5, 4, 1, 0, 1, False),
+        (6, 5, 2, 2, 1, False),
+        (4, 3, 1, 0, 1, False),
+        (9, 3, 2, 0, 2, False),
+        (7, 2, 2, 0, 1, True),
+        (10, 4, 3, 1, 1, True),
+        (3, 3, 1, 1, 1, False),
+    ],
+)
 def test_maxpool_factor_against_brute_force(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> None:
     op = MaxPool((k, k), (s, s), ((p, p), (p, p)), (d, d), ceil)
     out_shape = tuple(op.forward(torch.zeros(1, 1, n, n, dtype=D)).shape[1:])
@@ -116,9 +141,14 @@ def test_maxpool_factor_against_brute_force(n: int, k: int, s: int, p: int, d: i
     x.view(-1)[i] = 10.0
     for z in (x, torch.rand(1, n, n, dtype=D)):
         jac = torch.autograd.functional.jacobian(lambda t: op.forward(t[None])[0], z)
-        assert float(torch.linalg.matrix_norm(jac.reshape(jac[..., 0, 0, 0].numel(), -1), ord=2)) <= factor + 1e-12
+        assert (
+            float(torch.linalg.matrix_norm(jac.reshape(jac[..., 0, 0, 0].numel(), -1), ord=2))
+            <= factor + 1e-12
+        )
     jac = torch.autograd.functional.jacobian(lambda t: op.forward(t[None])[0], x)
-    assert float(torch.linalg.matrix_norm(jac.reshape(-1, n * n), ord=2)) == pytest.approx(float(counts.max()) ** 0.5)
+    assert float(torch.linalg.matrix_norm(jac.reshape(-1, n * n), ord=2)) == pytest.approx(
+        float(counts.max()) ** 0.5
+    )
 
 
 def test_softmax_output_is_stripped_and_said() -> None:
@@ -131,9 +161,16 @@ def test_softmax_output_is_stripped_and_said() -> None:
 
 def test_opaque_and_inner_softmax_are_refused_by_name() -> None:
     g = mlp()
-    bad = Graph(g.input_shape, [g.nodes[0], Node("sign1", Opaque(source_op="Sign", fn=torch.sign), ("l1",)),
-                                Node("sm_mid", Softmax(), ("sign1",)),
-                                Node("l9", Linear(torch.randn(3, 16, dtype=D), None), ("sm_mid",))], dtype=D)
+    bad = Graph(
+        g.input_shape,
+        [
+            g.nodes[0],
+            Node("sign1", Opaque(source_op="Sign", fn=torch.sign), ("l1",)),
+            Node("sm_mid", Softmax(), ("sign1",)),
+            Node("l9", Linear(torch.randn(3, 16, dtype=D), None), ("sm_mid",)),
+        ],
+        dtype=D,
+    )
     with pytest.raises(UnsupportedModelError, match="sign1") as info:
         lipschitz_bound(bad)
     assert "sm_mid" in str(info.value) and info.value.exit_code == 3
@@ -154,7 +191,8 @@ def test_normalisation_is_part_of_the_certified_function() -> None:
     base = lipschitz_bound(g)
     lb = lipschitz_bound(g, mean=[0.5, 0.4], std=[0.25, 0.5])
     assert lb.folded.nodes[0].name == "input_normalisation" or any(
-        n.name == "input_normalisation" for n in lb.folded.nodes)
+        n.name == "input_normalisation" for n in lb.folded.nodes
+    )
     assert lb.upper <= base.upper / 0.25 * (1 + 1e-9)
     assert lb.upper >= ascent_jacobian_norm(lb.folded, 8, 5)
     with pytest.raises(UsageError, match="channels"):

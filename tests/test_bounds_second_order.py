@@ -15,8 +15,11 @@ from speccert.bounds.certificate import CertContext
 from speccert.bounds.second_order import curvature_matrix
 from speccert.ir import INPUT, Activation, Graph, Linear, Node
 
-SMOOTH = {k: g for k, g in all_nets().items() if k in ("mlp_tanh", "mlp_elu", "concat", "smooth_cnn",
-                                                        "residual_silu")}
+SMOOTH = {
+    k: g
+    for k, g in all_nets().items()
+    if k in ("mlp_tanh", "mlp_elu", "concat", "smooth_cnn", "residual_silu")
+}
 
 
 def margin_gradients(graph: Graph, x: torch.Tensor, y: int, j: int) -> torch.Tensor:
@@ -44,7 +47,8 @@ def test_curvature_bound_above_gradient_lipschitz_quotients(name: str) -> None:
             for step in (1e-3, 0.1, 1.0):
                 x2 = x + step * torch.randn(x.shape, generator=gen, dtype=D)
                 q = (margin_gradients(g, x, y, j) - margin_gradients(g, x2, y, j)).norm(dim=1) / (
-                    (x - x2).reshape(16, -1).norm(dim=1))
+                    (x - x2).reshape(16, -1).norm(dim=1)
+                )
                 worst = max(worst, float((q / k[y, j]).max()))
     assert 0 < worst <= 1.0
 
@@ -53,8 +57,15 @@ def test_radius_matches_the_formula_on_a_one_hidden_layer_net() -> None:
     torch.manual_seed(2)
     w1, b1 = torch.randn(8, 5, dtype=D), torch.randn(8, dtype=D)
     w2, b2 = torch.randn(3, 8, dtype=D) * 0.5, torch.randn(3, dtype=D)
-    g = Graph((5,), [Node("l1", Linear(w1, b1), (INPUT,)), Node("a", Activation("tanh"), ("l1",)),
-                     Node("l2", Linear(w2, b2), ("a",))], dtype=D)
+    g = Graph(
+        (5,),
+        [
+            Node("l1", Linear(w1, b1), (INPUT,)),
+            Node("a", Activation("tanh"), ("l1",)),
+            Node("l2", Linear(w2, b2), ("a",)),
+        ],
+        dtype=D,
+    )
     x = torch.randn(40, 5, dtype=D)
     with torch.no_grad():
         y = g.forward(x).argmax(1)
@@ -68,9 +79,9 @@ def test_radius_matches_the_formula_on_a_one_hidden_layer_net() -> None:
             if j == yi:
                 continue
             kj = kt * float((w2[yi] - w2[j]).abs().max()) * s1**2
-            gj = float(margin_gradients(g, x[i:i + 1], yi, j).norm())
+            gj = float(margin_gradients(g, x[i : i + 1], yi, j).norm())
             with torch.no_grad():
-                out = g.forward(x[i:i + 1])[0]
+                out = g.forward(x[i : i + 1])[0]
             m = float(out[yi] - out[j])
             best = min(best, (-gj + math.sqrt(gj * gj + 2 * kj * m)) / kj)
         r = float(rep.radii["second_order"][i])
@@ -95,9 +106,11 @@ def _train_smooth_net() -> tuple[Graph, torch.Tensor, torch.Tensor]:
         torch.nn.functional.cross_entropy(net(x[:400]), y[:400]).backward()
         opt.step()
     lin = [m for m in net if isinstance(m, torch.nn.Linear)]
-    nodes = [Node("l1", Linear(lin[0].weight.detach(), lin[0].bias.detach()), (INPUT,)),
-             Node("a1", Activation("softplus"), ("l1",)),
-             Node("l2", Linear(lin[1].weight.detach(), lin[1].bias.detach()), ("a1",))]
+    nodes = [
+        Node("l1", Linear(lin[0].weight.detach(), lin[0].bias.detach()), (INPUT,)),
+        Node("a1", Activation("softplus"), ("l1",)),
+        Node("l2", Linear(lin[1].weight.detach(), lin[1].bias.detach()), ("a1",)),
+    ]
     return Graph((6,), nodes), x[400:], y[400:]
 
 

@@ -48,8 +48,9 @@ def linf_box_l2_diameter(eps: tuple[float, ...], shape: tuple[int, ...]) -> floa
 def test_corpus_certificates_consistent_with_falsifications(corpus_dir: Path, name: str) -> None:
     folder = corpus_dir / name
     g = speccert.load(folder / "model.onnx")
-    rep = certify(g, folder, eps=[0.001, 0.01, 0.1], audit=8, audit_steps=20, audit_restarts=3,
-                  lower_bound=False)  # the audit raises InternalError if PGD breaks a certificate
+    rep = certify(
+        g, folder, eps=[0.001, 0.01, 0.1], audit=8, audit_steps=20, audit_restarts=3, lower_bound=False
+    )  # the audit raises InternalError if PGD breaks a certificate
     assert rep.n == len(np.load(folder / "y.npy"))
     assert rep.audit is not None and rep.audit.successes == 0
     if name in PUBLISHED:

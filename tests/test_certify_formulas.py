@@ -22,8 +22,15 @@ def two_layer(seed: int = 0) -> tuple[Graph, torch.Tensor, torch.Tensor, torch.T
     gen = torch.Generator().manual_seed(seed)
     w1, b1 = torch.randn(20, 8, generator=gen, dtype=D) / 3, torch.randn(20, generator=gen, dtype=D)
     w2, b2 = torch.randn(4, 20, generator=gen, dtype=D) / 4, torch.randn(4, generator=gen, dtype=D)
-    g = Graph((8,), [Node("l1", Linear(w1, b1), (INPUT,)), Node("a", Activation("relu"), ("l1",)),
-                     Node("l2", Linear(w2, b2), ("a",))], dtype=D)
+    g = Graph(
+        (8,),
+        [
+            Node("l1", Linear(w1, b1), (INPUT,)),
+            Node("a", Activation("relu"), ("l1",)),
+            Node("l2", Linear(w2, b2), ("a",)),
+        ],
+        dtype=D,
+    )
     return g, w1, b1, w2, b2
 
 
@@ -45,9 +52,14 @@ def test_two_layer_mlp_radii_match_the_formulas() -> None:
             continue
         m = [float(f[i, yi] - f[i, j]) for j in range(4) if j != yi]
         glob = min(m) / (math.sqrt(2) * lip)
-        pair = min(float(f[i, yi] - f[i, j]) / (float((w2[yi] - w2[j]).norm()) * s1) for j in range(4) if j != yi)
-        for got, want in ((rep.radii["global"][i], glob), (rep.radii["pairwise"][i], pair),
-                          (rep.radius[i], max(glob, pair))):
+        pair = min(
+            float(f[i, yi] - f[i, j]) / (float((w2[yi] - w2[j]).norm()) * s1) for j in range(4) if j != yi
+        )
+        for got, want in (
+            (rep.radii["global"][i], glob),
+            (rep.radii["pairwise"][i], pair),
+            (rep.radius[i], max(glob, pair)),
+        ):
             # Equal up to the float64 allowance: margins lowered by 1e-7 x the largest intermediate value.
             assert got <= want and got == pytest.approx(want, rel=1e-6, abs=1e-6)
     assert rep.clean_accuracy == pytest.approx(correct.mean())
@@ -91,10 +103,15 @@ def test_normalisation_and_softmax_are_certified_in_data_space() -> None:
     torch.manual_seed(4)
     base = mlp("relu", d=12)
     mean, std = 0.3, 0.2
-    inner = [Node("norm", Affine(torch.full((12,), 1 / std, dtype=D), torch.full((12,), -mean / std, dtype=D)),
-                  (INPUT,)),
-             *[Node(n.name, n.op, tuple("norm" if i == INPUT else i for i in n.inputs)) for n in base.nodes],
-             Node("sm", Softmax(), ("l3",))]
+    inner = [
+        Node(
+            "norm",
+            Affine(torch.full((12,), 1 / std, dtype=D), torch.full((12,), -mean / std, dtype=D)),
+            (INPUT,),
+        ),
+        *[Node(n.name, n.op, tuple("norm" if i == INPUT else i for i in n.inputs)) for n in base.nodes],
+        Node("sm", Softmax(), ("l3",)),
+    ]
     built_in = Graph((12,), inner, dtype=D)
     x = torch.rand(100, 12, dtype=D)
     with torch.no_grad():
@@ -144,7 +161,9 @@ def test_float32_fast_path_agrees_with_float64() -> None:
     s1 = float(torch.linalg.matrix_norm(w1, ord=2))
     for i in np.flatnonzero(fast.correct)[:100]:
         yi = int(y[i])
-        pair = min(float(f[i, yi] - f[i, j]) / (float((w2[yi] - w2[j]).norm()) * s1) for j in range(4) if j != yi)
+        pair = min(
+            float(f[i, yi] - f[i, j]) / (float((w2[yi] - w2[j]).norm()) * s1) for j in range(4) if j != yi
+        )
         assert fast.radii["pairwise"][i] <= pair
 
 
@@ -160,8 +179,11 @@ def test_float32_fast_path_only_where_float32_is_ieee(monkeypatch: pytest.Monkey
 def test_softplus_threshold_error_is_allowed_for() -> None:
     """torch's softplus returns x above 20 (off by up to 2.07e-9, far more than a few float64 ulps): the
     margin allowance must cover it, or a margin within 1e-9 of a tie would be certified wrongly."""
-    g = Graph((2,), [Node("s", Activation("softplus"), (INPUT,)),
-                     Node("l", Linear(torch.eye(2, dtype=D), None), ("s",))], dtype=D)
+    g = Graph(
+        (2,),
+        [Node("s", Activation("softplus"), (INPUT,)), Node("l", Linear(torch.eye(2, dtype=D), None), ("s",))],
+        dtype=D,
+    )
     bound = lipschitz_bound(g, "auto", torch.device("cpu"))
     errors = ErrorModel(bound.folded, {n.name: n.upper for n in bound.layers})
     x = torch.tensor([[20.001, 40.0]], dtype=D)
@@ -180,8 +202,16 @@ def test_no_attack_succeeds_inside_certified_radii_of_random_nets(name: str) -> 
     x = torch.randn(16, *g.input_shape, dtype=D)
     with torch.no_grad():
         y = g.forward(x).argmax(1)
-    rep = certify(g, (x, y), eps=[0.01], audit=16, audit_steps=25, audit_restarts=6, lower_bound=False,
-                  second_order=True)
+    rep = certify(
+        g,
+        (x, y),
+        eps=[0.01],
+        audit=16,
+        audit_steps=25,
+        audit_restarts=6,
+        lower_bound=False,
+        second_order=True,
+    )
     assert rep.audit is not None and rep.audit.points == int((rep.radius > 0).sum()) > 0
     assert rep.audit.successes == 0 and rep.audit.max_lead is not None and rep.audit.max_lead < 0
 
@@ -192,11 +222,19 @@ def test_exact_max_dim_tightens_the_bound_of_a_small_map_conv() -> None:
     from speccert.ir import Conv
 
     gen = torch.Generator().manual_seed(3)
-    conv = Conv(torch.randn(64, 64, 3, 3, generator=gen, dtype=D) / 24, None, (1, 1), ((1, 1), (1, 1)), (1, 1))
-    g = Graph((64, 6, 6), [Node("c", conv, (INPUT,)), Node("a", Activation("relu"), ("c",)),
-                           Node("r", Reshape((2304,)), ("a",)),
-                           Node("l", Linear(torch.randn(3, 2304, generator=gen, dtype=D) / 48, None), ("r",))],
-              dtype=D)
+    conv = Conv(
+        torch.randn(64, 64, 3, 3, generator=gen, dtype=D) / 24, None, (1, 1), ((1, 1), (1, 1)), (1, 1)
+    )
+    g = Graph(
+        (64, 6, 6),
+        [
+            Node("c", conv, (INPUT,)),
+            Node("a", Activation("relu"), ("c",)),
+            Node("r", Reshape((2304,)), ("a",)),
+            Node("l", Linear(torch.randn(3, 2304, generator=gen, dtype=D) / 48, None), ("r",)),
+        ],
+        dtype=D,
+    )
     x = torch.randn(16, 64, 6, 6, generator=gen, dtype=D)
     y = g(x).argmax(1)
     base = certify(g, (x, y), eps=[0.1], lower_bound=False)

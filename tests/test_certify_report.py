@@ -41,9 +41,14 @@ def test_report_validates_and_round_trips_through_json() -> None:
 
 def test_infinite_radius_is_null_and_still_valid() -> None:
     """A constant classifier (zero weights) is robust everywhere: radius inf, written as null."""
-    g = Graph((3,), [Node("l", Linear(torch.zeros(2, 3, dtype=D), torch.tensor([1.0, 0.0], dtype=D)), (INPUT,))],
-              dtype=D)
-    rep = certify(g, (torch.rand(4, 3, dtype=D), torch.zeros(4, dtype=torch.long)), eps=[1e6], lower_bound=False)
+    g = Graph(
+        (3,),
+        [Node("l", Linear(torch.zeros(2, 3, dtype=D), torch.tensor([1.0, 0.0], dtype=D)), (INPUT,))],
+        dtype=D,
+    )
+    rep = certify(
+        g, (torch.rand(4, 3, dtype=D), torch.zeros(4, dtype=torch.long)), eps=[1e6], lower_bound=False
+    )
     d = rep.to_dict()
     validate_report(d)
     assert d["certificate"]["certified_accuracy"] == [1.0]
@@ -54,7 +59,9 @@ def test_schema_rejects_a_broken_report() -> None:
     assert load_schema()["properties"]["schema_version"]["pattern"].startswith("^1")
     torch.manual_seed(0)
     g = mlp("relu", d=12, c=5)
-    d = certify(g, (torch.rand(5, 12, dtype=D), torch.zeros(5, dtype=torch.long)), lower_bound=False).to_dict()
+    d = certify(
+        g, (torch.rand(5, 12, dtype=D), torch.zeros(5, dtype=torch.long)), lower_bound=False
+    ).to_dict()
     del d["certificate"]["median_radius"]
     with pytest.raises(InputError, match="median_radius"):
         validate_report(d)

@@ -27,20 +27,29 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture()
 def cnn(tmp_path: Path) -> Path:
-    nodes = [helper.make_node("Sub", ["x", "mean"], ["c"], name="centre"),
-             helper.make_node("Conv", ["c", "w", "b"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["h"], ["r"], name="relu1"),
-             helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
-             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
-             helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1)]
-    inits = {"mean": np.float32(0.5), "w": randn(4, 1, 3, 3), "b": randn(4, seed=1),
-             "fw": randn(10, 4 * 4 * 4, seed=2), "fb": randn(10, seed=3)}
+    nodes = [
+        helper.make_node("Sub", ["x", "mean"], ["c"], name="centre"),
+        helper.make_node("Conv", ["c", "w", "b"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+        helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1),
+    ]
+    inits = {
+        "mean": np.float32(0.5),
+        "w": randn(4, 1, 3, 3),
+        "b": randn(4, seed=1),
+        "fw": randn(10, 4 * 4 * 4, seed=2),
+        "fb": randn(10, seed=3),
+    }
     p = tmp_path / "cnn.onnx"
     onnx.save(model(nodes, (1, 8, 8), inits, 13), str(p))
     return p
 
 
-def test_table_lists_every_node_with_shapes_params_and_support(cnn: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_table_lists_every_node_with_shapes_params_and_support(
+    cnn: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run(capsys, "inspect", str(cnn))
     assert code == 0, err
     for name in ("centre", "conv1", "relu1", "pool", "flat", "fc"):
@@ -70,9 +79,11 @@ def test_json_report_matches_the_graph(cnn: Path, tmp_path: Path, capsys: pytest
 
 
 def test_unsupported_nodes_are_marked_and_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], name="fc1", transB=1),
-             helper.make_node("Sign", ["h"], ["s"], name="binarise"),
-             helper.make_node("Gemm", ["s", "w2"], ["y"], name="fc2", transB=1)]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w"], ["h"], name="fc1", transB=1),
+        helper.make_node("Sign", ["h"], ["s"], name="binarise"),
+        helper.make_node("Gemm", ["s", "w2"], ["y"], name="fc2", transB=1),
+    ]
     p = tmp_path / "bnn.onnx"
     onnx.save(model(nodes, (5,), {"w": randn(6, 5), "w2": randn(3, 6)}, 13), str(p))
     code, out, err = run(capsys, "inspect", str(p))
@@ -83,7 +94,9 @@ def test_unsupported_nodes_are_marked_and_exit_3(tmp_path: Path, capsys: pytest.
     code, out, _ = run(capsys, "inspect", str(p), "--json", "-")
     assert code == 3
     report = json.loads(out)
-    assert report["unsupported"] == [{"op": "Sign", "node": "binarise", "reason": report["nodes"][1]["reason"]}]
+    assert report["unsupported"] == [
+        {"op": "Sign", "node": "binarise", "reason": report["nodes"][1]["reason"]}
+    ]
 
 
 def test_help_is_the_module_docstring(capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,8 +124,10 @@ def test_help_does_not_load_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from speccert.cli.app import main; rc = main(['--help']); "
-            "rc = main(['certify', '--help']) if rc == 0 else rc; "
-            "print('torch' in sys.modules, rc)")
+    code = (
+        "import sys; from speccert.cli.app import main; rc = main(['--help']); "
+        "rc = main(['certify', '--help']) if rc == 0 else rc; "
+        "print('torch' in sys.modules, rc)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert res.stdout.strip().splitlines()[-1] == "False 0", res.stdout + res.stderr

@@ -56,8 +56,9 @@ def write_png(path: Path, img: np.ndarray, filters: tuple[int, ...] = (0, 1, 2, 
         return struct.pack(">I", len(body)) + t + body + struct.pack(">I", zlib.crc32(t + body))
 
     head = struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
 
 
 def test_npz_and_npy_pairs(tmp_path: Path) -> None:
@@ -83,7 +84,9 @@ def test_idx_folder_by_split_and_single_file(tmp_path: Path, gz: bool) -> None:
     rng = np.random.default_rng(1)
     sfx = ".gz" if gz else ""
     for prefix, n in (("t10k", 5), ("train", 9)):
-        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte{sfx}", rng.integers(0, 256, (n, 6, 6), dtype=np.uint8), gz)
+        write_idx(
+            tmp_path / f"{prefix}-images-idx3-ubyte{sfx}", rng.integers(0, 256, (n, 6, 6), dtype=np.uint8), gz
+        )
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte{sfx}", (np.arange(n) % 10).astype(np.uint8), gz)
     test, train = load_data(tmp_path), load_data(tmp_path, split="train")
     assert test.x.shape == (5, 6, 6) and train.x.shape == (9, 6, 6) and test.split == "test"
@@ -94,7 +97,9 @@ def test_idx_folder_by_split_and_single_file(tmp_path: Path, gz: bool) -> None:
 
 
 def test_idx_corrupt_and_missing_labels(tmp_path: Path) -> None:
-    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 2, 3, 3) + b"x")
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(
+        b"\x00\x00\x08\x03" + struct.pack(">3I", 2, 3, 3) + b"x"
+    )
     with pytest.raises(InputError, match="labels"):
         load_data(tmp_path)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(2, dtype=np.uint8), False)

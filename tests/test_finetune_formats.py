@@ -32,8 +32,19 @@ def _never(graph) -> Measurement:  # noqa: ANN001
 
 
 def _trained(spec: str, out: Path, weights: Path | None = None):  # noqa: ANN202
-    return finetune(spec, TRAIN, VAL, targets=["cra@0.1>=0.9"], penalty="spectral", epochs=1, batch_size=20,
-                    out=out, weights=weights, input_shape=(6,), evaluator=_never)
+    return finetune(
+        spec,
+        TRAIN,
+        VAL,
+        targets=["cra@0.1>=0.9"],
+        penalty="spectral",
+        epochs=1,
+        batch_size=20,
+        out=out,
+        weights=weights,
+        input_shape=(6,),
+        evaluator=_never,
+    )
 
 
 def test_state_dict_in_state_dict_out_with_the_same_keys(tmp_path: Path) -> None:
@@ -44,7 +55,9 @@ def test_state_dict_in_state_dict_out_with_the_same_keys(tmp_path: Path) -> None
     assert list(sd0) == list(sd1)
     for k in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):  # eval-mode BN: statistics frozen
         assert torch.equal(sd0[k], sd1[k])
-    assert not torch.equal(sd0["0.weight"], sd1["0.weight"]) and not torch.equal(sd0["1.weight"], sd1["1.weight"])
+    assert not torch.equal(sd0["0.weight"], sd1["0.weight"]) and not torch.equal(
+        sd0["1.weight"], sd1["1.weight"]
+    )
     net = tiny_net()
     net.load_state_dict(sd1)
     g = speccert.load("test_finetune_formats:tiny_net", (6,), weights=tmp_path / "out.pt")
@@ -72,8 +85,16 @@ def test_onnx_in_onnx_out_and_report_is_of_the_written_file(tmp_path: Path) -> N
     from speccert.data import make_dataset
 
     val = make_dataset(VAL[0].numpy(), VAL[1].numpy(), "val")
-    res = finetune(str(tmp_path / "in.onnx"), TRAIN, VAL, targets=["lipschitz<=1000"], penalty="lmt", epochs=1,
-                   out=tmp_path / "o.onnx", evaluator=certifier_evaluator(val, [0.1]))
+    res = finetune(
+        str(tmp_path / "in.onnx"),
+        TRAIN,
+        VAL,
+        targets=["lipschitz<=1000"],
+        penalty="lmt",
+        epochs=1,
+        out=tmp_path / "o.onnx",
+        evaluator=certifier_evaluator(val, [0.1]),
+    )
     assert res.met and res.report is not None
     assert res.report.model["path"] == str(tmp_path / "o.onnx")
 
@@ -84,8 +105,17 @@ def test_a_few_steps_of_spectral_lower_the_certified_lipschitz_bound() -> None:
     g = toy_cnn(dtype=torch.float32, bn=True)
     before = lipschitz_bound(g).upper
     x, y = separable_data(40, (1, 8, 8), seed=1)
-    res = finetune(g, (x, y), (x[:10], y[:10]), targets=["lipschitz<=0.001"], penalty="spectral",
-                   penalty_weight=1.0, epochs=2, lr=1e-2, batch_size=20)
+    res = finetune(
+        g,
+        (x, y),
+        (x[:10], y[:10]),
+        targets=["lipschitz<=0.001"],
+        penalty="spectral",
+        penalty_weight=1.0,
+        epochs=2,
+        lr=1e-2,
+        batch_size=20,
+    )
     assert res.graph is not None and lipschitz_bound(g).upper == before  # the input graph is not modified
     after = lipschitz_bound(res.graph).upper
     assert after < 0.8 * before
@@ -116,7 +146,9 @@ def test_every_registered_penalty_trains_and_round_trips_its_state(name: str) ->
         assert float(pen(model(x), y, x, model).detach()) != 0.0
 
 
-def test_cli_bad_target_and_unknown_penalty_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bad_target_and_unknown_penalty_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     np.savez(tmp_path / "d.npz", x=TRAIN[0].numpy(), y=TRAIN[1].numpy())
     from speccert.exporters.onnx_export import save_onnx
 
@@ -126,20 +158,55 @@ def test_cli_bad_target_and_unknown_penalty_exit_2(tmp_path: Path, capsys: pytes
     assert "bad target" in capsys.readouterr().err
     assert main(["finetune", *base, "--target", "clean>=0.5", "--penalty", "nope"]) == 2
     assert "choose one of" in capsys.readouterr().err
-    assert main(["finetune", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "--out",
-                 str(tmp_path / "m.onnx"), "--target", "clean>=0.5", "--overwrite"]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                str(tmp_path / "m.onnx"),
+                "--data",
+                str(tmp_path / "d.npz"),
+                "--out",
+                str(tmp_path / "m.onnx"),
+                "--target",
+                "clean>=0.5",
+                "--overwrite",
+            ]
+        )
+        == 2
+    )
     assert "refusing to overwrite the input" in capsys.readouterr().err
 
 
-def test_cli_runs_and_exits_0_when_the_target_holds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_runs_and_exits_0_when_the_target_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     np.savez(tmp_path / "d.npz", x=TRAIN[0].numpy(), y=TRAIN[1].numpy())
     np.savez(tmp_path / "v.npz", x=VAL[0].numpy(), y=VAL[1].numpy())
     from speccert.exporters.onnx_export import save_onnx
 
     save_onnx(toy_mlp(dtype=torch.float32), tmp_path / "m.onnx")
-    code = main(["finetune", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "--val",
-                 str(tmp_path / "v.npz"), "--target", "clean>=0.9", "--epochs", "6", "--lr", "0.01",
-                 "--batch-size", "20", "--out", str(tmp_path / "o.onnx"), "--penalty", "spectral"])
+    code = main(
+        [
+            "finetune",
+            str(tmp_path / "m.onnx"),
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--val",
+            str(tmp_path / "v.npz"),
+            "--target",
+            "clean>=0.9",
+            "--epochs",
+            "6",
+            "--lr",
+            "0.01",
+            "--batch-size",
+            "20",
+            "--out",
+            str(tmp_path / "o.onnx"),
+            "--penalty",
+            "spectral",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "every target met" in captured.out and "Certify report of the output model" in captured.out

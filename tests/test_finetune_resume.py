@@ -38,8 +38,16 @@ def _model(tmp_path: Path) -> Path:
 
 
 def _run(model: Path, out: Path, **kw) -> object:  # noqa: ANN003
-    args = dict(targets=["cra@0.1>=0.9"], penalty="spectral", epochs=3, lr=5e-3, batch_size=20, seed=3,
-                checkpoint_every=3, evaluator=accuracy_evaluator)
+    args = dict(
+        targets=["cra@0.1>=0.9"],
+        penalty="spectral",
+        epochs=3,
+        lr=5e-3,
+        batch_size=20,
+        seed=3,
+        checkpoint_every=3,
+        evaluator=accuracy_evaluator,
+    )
     args.update(kw)
     return finetune(str(model), TRAIN, VAL, out=out, **args)
 
@@ -75,7 +83,7 @@ def test_resume_after_injected_crash_matches_uninterrupted(tmp_path: Path) -> No
     assert [r.weight for r in res.history] == [r.weight for r in ref.history]  # type: ignore[attr-defined]
 
 
-KILL_SCRIPT = textwrap.dedent('''
+KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys, torch
     sys.path.insert(0, sys.argv[3])
     torch.set_num_threads(int(sys.argv[4]))
@@ -85,7 +93,7 @@ KILL_SCRIPT = textwrap.dedent('''
         if epoch == 2 and step == 3:  # global step 7: the last checkpoint was at step 6
             os.kill(os.getpid(), signal.SIGKILL)
     _run(Path(sys.argv[1]), Path(sys.argv[2]), on_step=die)
-''')
+""")
 
 
 def test_resume_after_kill_9_matches_uninterrupted(tmp_path: Path) -> None:
@@ -93,8 +101,18 @@ def test_resume_after_kill_9_matches_uninterrupted(tmp_path: Path) -> None:
     _run(model, tmp_path / "a.onnx")
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(model), str(tmp_path / "b.onnx"),
-                           str(Path(__file__).parent), str(torch.get_num_threads())], capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(model),
+            str(tmp_path / "b.onnx"),
+            str(Path(__file__).parent),
+            str(torch.get_num_threads()),
+        ],
+        capture_output=True,
+        timeout=300,
+    )
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     run = run_dir_for(tmp_path / "b.onnx")
     assert not (tmp_path / "b.onnx").exists()
@@ -123,8 +141,17 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path: 
     x, y = TRAIN[0].clone().numpy(), TRAIN[1].numpy()
     x[:, 0] = 1e38  # overflows to inf in the first layer: a diverging run (loaders refuse NaN inputs)
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch 1, step 1") as exc:
-        finetune(str(model), Dataset(x, y, "poisoned"), VAL, targets=["cra@0.1>=0.9"], penalty="spectral", epochs=2, batch_size=20,
-                 out=tmp_path / "o.onnx", evaluator=accuracy_evaluator)
+        finetune(
+            str(model),
+            Dataset(x, y, "poisoned"),
+            VAL,
+            targets=["cra@0.1>=0.9"],
+            penalty="spectral",
+            epochs=2,
+            batch_size=20,
+            out=tmp_path / "o.onnx",
+            evaluator=accuracy_evaluator,
+        )
     assert exc.value.exit_code == 1
     ck = load_checkpoint(run_dir_for(tmp_path / "o.onnx") / "last.pt")
     assert all(torch.isfinite(v).all() for v in ck["model"].values())

@@ -12,19 +12,34 @@ from speccert.training.targets import Measurement, check_targets, parse_target, 
 from speccert.training.toy import separable_data, toy_mlp
 
 
-@pytest.mark.parametrize("text,metric,op,value,eps", [
-    ("cra@0.5>=0.70", "cra", ">=", 0.70, 0.5),
-    (" CRA@1 >= 70% ", "cra", ">=", 0.70, 1.0),
-    ("clean>=0.85", "clean", ">=", 0.85, None),
-    ("lipschitz<=5", "lipschitz", "<=", 5.0, None),
-])
+@pytest.mark.parametrize(
+    "text,metric,op,value,eps",
+    [
+        ("cra@0.5>=0.70", "cra", ">=", 0.70, 0.5),
+        (" CRA@1 >= 70% ", "cra", ">=", 0.70, 1.0),
+        ("clean>=0.85", "clean", ">=", 0.85, None),
+        ("lipschitz<=5", "lipschitz", "<=", 5.0, None),
+    ],
+)
 def test_parse_target(text: str, metric: str, op: str, value: float, eps: float | None) -> None:
     t = parse_target(text)
     assert (t.metric, t.op, t.value, t.eps) == (metric, op, pytest.approx(value), eps)
 
 
-@pytest.mark.parametrize("bad", ["cra>=0.7", "cra@0.5<=0.7", "clean>=1.5", "lipschitz>=5", "lipschitz<=0",
-                                 "acc>=0.9", "cra@-1>=0.5", "clean>=abc", ""])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "cra>=0.7",
+        "cra@0.5<=0.7",
+        "clean>=1.5",
+        "lipschitz>=5",
+        "lipschitz<=0",
+        "acc>=0.9",
+        "cra@-1>=0.5",
+        "clean>=abc",
+        "",
+    ],
+)
 def test_bad_targets_are_usage_errors(bad: str) -> None:
     with pytest.raises(UsageError) as exc:
         parse_target(bad)
@@ -41,7 +56,10 @@ def test_check_targets_and_shortfall() -> None:
     m = Measurement(clean=0.9, cra={0.5: 0.65}, lipschitz=6.0)
     c = check_targets(ts, m)
     assert not c.met
-    assert c.missed == ["cra@0.5>=0.7: measured 0.6500, short by 0.0500", "lipschitz<=5: measured 6, 1 too high"]
+    assert c.missed == [
+        "cra@0.5>=0.7: measured 0.6500, short by 0.0500",
+        "lipschitz<=5: measured 6, 1 too high",
+    ]
     assert check_targets(ts, Measurement(0.85, {0.5: 0.7}, 5.0)).met  # boundaries hold
 
 
@@ -59,8 +77,17 @@ def test_weight_schedule_rule() -> None:
 
 def test_weight_used_each_epoch_follows_the_rule() -> None:
     ev, _ = _scripted([(0.9, 0.0), (0.9, 0.0), (0.9, 0.0), (0.8, 0.1)])
-    res = finetune(toy_mlp(dtype=torch.float32), _data(), _data(30, 2), targets=["cra@0.1>=0.7", "clean>=0.85"],
-                   penalty="spectral", penalty_weight=0.1, epochs=3, batch_size=20, evaluator=ev)
+    res = finetune(
+        toy_mlp(dtype=torch.float32),
+        _data(),
+        _data(30, 2),
+        targets=["cra@0.1>=0.7", "clean>=0.85"],
+        penalty="spectral",
+        penalty_weight=0.1,
+        epochs=3,
+        batch_size=20,
+        evaluator=ev,
+    )
     assert [r.weight for r in res.history] == [0.1, 0.1, 0.2, 0.4]  # weight used in that epoch
     assert res.history[3].note == "clean target missed: weight lowered"
 
@@ -82,8 +109,16 @@ def _data(n: int = 60, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_stops_at_the_first_epoch_the_evaluator_says_every_target_holds() -> None:
     ev, calls = _scripted([(0.5, 0.1), (0.8, 0.4), (0.9, 0.69), (0.9, 0.70), (0.95, 0.9)])
-    res = finetune(toy_mlp(dtype=torch.float32), _data(), _data(30, 2), targets=["cra@0.1>=0.7", "clean>=0.85"],
-                   penalty="spectral", epochs=10, batch_size=20, evaluator=ev)
+    res = finetune(
+        toy_mlp(dtype=torch.float32),
+        _data(),
+        _data(30, 2),
+        targets=["cra@0.1>=0.7", "clean>=0.85"],
+        penalty="spectral",
+        epochs=10,
+        batch_size=20,
+        evaluator=ev,
+    )
     assert res.met and res.exit_code == 0
     assert [r.epoch for r in res.history] == [0, 1, 2, 3]  # epoch 0 = the input model
     assert len(calls) == 4 and res.best_epoch == 3
@@ -92,8 +127,16 @@ def test_stops_at_the_first_epoch_the_evaluator_says_every_target_holds() -> Non
 
 def test_budget_exhausted_exit_1_names_the_missed_target_and_keeps_the_best() -> None:
     ev, _ = _scripted([(0.5, 0.1), (0.9, 0.6), (0.9, 0.5)])
-    res = finetune(toy_mlp(dtype=torch.float32), _data(), _data(30, 2), targets=["cra@0.1>=0.7", "clean>=0.85"],
-                   penalty="spectral", epochs=2, batch_size=20, evaluator=ev)
+    res = finetune(
+        toy_mlp(dtype=torch.float32),
+        _data(),
+        _data(30, 2),
+        targets=["cra@0.1>=0.7", "clean>=0.85"],
+        penalty="spectral",
+        epochs=2,
+        batch_size=20,
+        evaluator=ev,
+    )
     assert not res.met and res.exit_code == 1
     assert res.best_epoch == 1
     assert res.missed == ["cra@0.1>=0.7: measured 0.6000, short by 0.1000"]
@@ -127,8 +170,17 @@ def test_stopping_agrees_with_the_real_certifier() -> None:
         reports.append((independent.certified_accuracy(0.1), independent.clean_accuracy))
         return m
 
-    res = finetune(toy_mlp(dtype=torch.float32), _data(300, 1), (xv, yv), targets=["cra@0.1>=0.9", "clean>=0.9"],
-                   penalty="lmt", epochs=8, lr=1e-2, batch_size=30, evaluator=ev)
+    res = finetune(
+        toy_mlp(dtype=torch.float32),
+        _data(300, 1),
+        (xv, yv),
+        targets=["cra@0.1>=0.9", "clean>=0.9"],
+        penalty="lmt",
+        epochs=8,
+        lr=1e-2,
+        batch_size=30,
+        evaluator=ev,
+    )
     assert res.met
     holds = [cra >= 0.9 and clean >= 0.9 for cra, clean in reports]
     assert [r.met for r in res.history] == holds
@@ -139,6 +191,14 @@ def test_stopping_agrees_with_the_real_certifier() -> None:
 def test_best_epoch_is_the_closest_to_the_targets_not_the_one_meeting_most() -> None:
     """The input meets only clean; epoch 2 loses a little clean but gains much robustness: epoch 2 is best."""
     ev, _ = _scripted([(0.95, 0.0), (0.84, 0.3), (0.84, 0.5)])
-    res = finetune(toy_mlp(dtype=torch.float32), _data(), _data(30, 2), targets=["cra@0.1>=0.7", "clean>=0.85"],
-                   penalty="spectral", epochs=2, batch_size=20, evaluator=ev)
+    res = finetune(
+        toy_mlp(dtype=torch.float32),
+        _data(),
+        _data(30, 2),
+        targets=["cra@0.1>=0.7", "clean>=0.85"],
+        penalty="spectral",
+        epochs=2,
+        batch_size=20,
+        evaluator=ev,
+    )
     assert res.best_epoch == 2 and not res.met

@@ -27,8 +27,13 @@ pytestmark = pytest.mark.skipif(SPECCERT is None, reason="the speccert console s
 
 
 def _save(path: Path, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], n_out: int) -> None:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_out])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_out])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -44,10 +49,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     b1 = (rng.standard_normal(8) * 0.1).astype(np.float32)
     w2 = (rng.standard_normal((3, 8)) * 0.4).astype(np.float32)
     b2 = np.zeros(3, np.float32)
-    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1),
-             helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], transB=1),
-             helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1),
+    ]
     inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
     _save(root / "tiny.onnx", nodes, inits, 3)
     x = rng.random((40, 1, 4, 4)).astype(np.float32)
@@ -61,8 +68,14 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 def run(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("SPECCERT_DEBUG", None)
-    return subprocess.run([str(SPECCERT), "gate", *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [str(SPECCERT), "gate", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
 
 
 def junit_counts(path: Path) -> tuple[int, int, list[ET.Element]]:
@@ -91,15 +104,24 @@ metric = "clean_accuracy"
 min = 1.0
 [[gate.rule]]
 metric = "max_layer_norm"
-max = {tiny['max_norm'] * 1.001}
+max = {tiny["max_norm"] * 1.001}
 [[gate.rule]]
 metric = "certified_accuracy"
 eps = 0.01
 min = 0.0
 """)
     (root / "summary.md").write_text("# earlier step\n")
-    p = run(tiny["model"], "--policy", policy, "--json", root / "pass.json", "--junit", root / "pass.xml",
-            "--markdown", root / "summary.md")
+    p = run(
+        tiny["model"],
+        "--policy",
+        policy,
+        "--json",
+        root / "pass.json",
+        "--junit",
+        root / "pass.xml",
+        "--markdown",
+        root / "summary.md",
+    )
     return p, root
 
 
@@ -123,8 +145,21 @@ def test_failing_rules_exit_1_with_values_in_junit(tiny: dict[str, object]) -> N
     root = tiny["root"]
     assert isinstance(root, Path)
     below = float(tiny["max_norm"]) * 0.99  # type: ignore[arg-type]  # a sound upper bound is above this
-    p = run(tiny["model"], "--data", tiny["data"], "--min-cra", "1.0@50", "--max-layer-norm", f"{below:.6f}",
-            "--min-clean", "0.5", "--junit", root / "fail.xml", "--json", "-")
+    p = run(
+        tiny["model"],
+        "--data",
+        tiny["data"],
+        "--min-cra",
+        "1.0@50",
+        "--max-layer-norm",
+        f"{below:.6f}",
+        "--min-clean",
+        "0.5",
+        "--junit",
+        root / "fail.xml",
+        "--json",
+        "-",
+    )
     assert p.returncode == 1, p.stderr
     doc = json.loads(p.stdout)  # --json - keeps stdout pure JSON; the table goes to stderr
     validate_gate(doc)
@@ -138,8 +173,9 @@ def test_failing_rules_exit_1_with_values_in_junit(tiny: dict[str, object]) -> N
     assert f"{float(f'{below:.6f}'):g}" in (msg or "") and "violates" in (msg or "")
 
 
-def test_regression_against_baseline(passed: tuple[subprocess.CompletedProcess[str], Path],
-                                     tiny: dict[str, object]) -> None:
+def test_regression_against_baseline(
+    passed: tuple[subprocess.CompletedProcess[str], Path], tiny: dict[str, object]
+) -> None:
     _, root = passed
     base = json.loads((root / "pass.json").read_text())
     # a baseline that was better at eps 0.05 and had a smaller L: the current model regressed there,
@@ -151,12 +187,27 @@ def test_regression_against_baseline(passed: tuple[subprocess.CompletedProcess[s
     base["report"]["lipschitz"]["upper"] = lip / 2
     base["report"]["model"]["sha256"] = "0" * 64
     (root / "better.json").write_text(json.dumps(base))
-    p = run(tiny["model"], "--data", tiny["data"], "--eps", "0.01,0.05", "--baseline", root / "better.json",
-            "--max-cra-drop", "0", "--junit", root / "reg.xml", "--json", root / "reg.json")
+    p = run(
+        tiny["model"],
+        "--data",
+        tiny["data"],
+        "--eps",
+        "0.01,0.05",
+        "--baseline",
+        root / "better.json",
+        "--max-cra-drop",
+        "0",
+        "--junit",
+        root / "reg.xml",
+        "--json",
+        root / "reg.json",
+    )
     assert p.returncode == 1, p.stdout + p.stderr
     _, failed, cases = junit_counts(root / "reg.xml")
     assert {c.get("name") for c in cases if c.find("failure") is not None} == {
-        "no_regression: certified_accuracy@0.05", "no_regression: lipschitz_upper"}
+        "no_regression: certified_accuracy@0.05",
+        "no_regression: lipschitz_upper",
+    }
     assert failed == 2 and "another model file" in p.stdout
     reg = json.loads((root / "reg.json").read_text())
     validate_gate(reg)
@@ -175,33 +226,51 @@ def test_malformed_toml_exit_2_with_line(tmp_path: Path, tiny: dict[str, object]
 
 # The same entry point the console script calls (speccert.cli.app.main), in-process to keep the suite fast:
 # policy errors, unreadable files (exit 4) and an unsupported model (exit 3).
-@pytest.mark.parametrize(("args", "code", "text"), [
-    (["--policy", "{root}/unknown.toml"], 2, "gate.rule[0].minimum"),
-    (["--data", "{data}"], 2, "no rules"),
-    (["--min-cra", "0.5"], 2, "ACCURACY@EPS"),
-    (["--min-clean", "0.5"], 2, "no data"),
-    (["--data", "{root}/missing.npz", "--min-clean", "0.5"], 4, "missing.npz"),
-    (["--data", "{data}", "--min-clean", "0.5", "--baseline", "{root}/none.json"], 4, "none.json"),
-    (["--policy", "{root}/none.toml"], 4, "none.toml"),
-    (["--data", "{data}", "--min-clean", "0.5", "--junit", "{root}/nodir/gate.xml"], 2, "does not exist"),
-    (["--data", "{data}", "--min-clean", "0.5", "--method", "bogus"], 2, "bogus"),
-    (["--data", "{data}", "--min-clean", "0.5", "--markdown", ""], 2, "empty path"),
-    (["--data", "{data}", "--min-clean", "0.5", "--eps", "0.1,x"], 2, "--eps"),
-    (["--data", "{data}", "--min-clean", "0.5", "MODEL={root}/corrupt.onnx"], 4, "corrupt.onnx"),
-    (["--data", "{data}", "--min-clean", "0.5", "MODEL={root}/sign.onnx"], 3, "Sign"),
-])
-def test_bad_input_exit_codes(tmp_path: Path, tiny: dict[str, object], capsys: pytest.CaptureFixture[str],
-                              args: list[str], code: int, text: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (["--policy", "{root}/unknown.toml"], 2, "gate.rule[0].minimum"),
+        (["--data", "{data}"], 2, "no rules"),
+        (["--min-cra", "0.5"], 2, "ACCURACY@EPS"),
+        (["--min-clean", "0.5"], 2, "no data"),
+        (["--data", "{root}/missing.npz", "--min-clean", "0.5"], 4, "missing.npz"),
+        (["--data", "{data}", "--min-clean", "0.5", "--baseline", "{root}/none.json"], 4, "none.json"),
+        (["--policy", "{root}/none.toml"], 4, "none.toml"),
+        (["--data", "{data}", "--min-clean", "0.5", "--junit", "{root}/nodir/gate.xml"], 2, "does not exist"),
+        (["--data", "{data}", "--min-clean", "0.5", "--method", "bogus"], 2, "bogus"),
+        (["--data", "{data}", "--min-clean", "0.5", "--markdown", ""], 2, "empty path"),
+        (["--data", "{data}", "--min-clean", "0.5", "--eps", "0.1,x"], 2, "--eps"),
+        (["--data", "{data}", "--min-clean", "0.5", "MODEL={root}/corrupt.onnx"], 4, "corrupt.onnx"),
+        (["--data", "{data}", "--min-clean", "0.5", "MODEL={root}/sign.onnx"], 3, "Sign"),
+    ],
+)
+def test_bad_input_exit_codes(
+    tmp_path: Path,
+    tiny: dict[str, object],
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    code: int,
+    text: str,
+) -> None:
     from speccert.cli.app import main
 
-    (tmp_path / "unknown.toml").write_text("[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\nminimum = 0.5\n")
+    (tmp_path / "unknown.toml").write_text(
+        "[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\nminimum = 0.5\n"
+    )
     (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage" + bytes(range(256)) * 4)
     w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32), "w")
-    _save(tmp_path / "sign.onnx", [helper.make_node("Flatten", ["x"], ["f"], axis=1),  # Sign: no Lipschitz bound
-                                   helper.make_node("Sign", ["f"], ["s"]),
-                                   helper.make_node("Gemm", ["s", "w"], ["y"], transB=1)], [w], 3)
+    _save(
+        tmp_path / "sign.onnx",
+        [
+            helper.make_node("Flatten", ["x"], ["f"], axis=1),  # Sign: no Lipschitz bound
+            helper.make_node("Sign", ["f"], ["s"]),
+            helper.make_node("Gemm", ["s", "w"], ["y"], transB=1),
+        ],
+        [w],
+        3,
+    )
     args = [a.format(root=tmp_path, data=tiny["data"]) for a in args]
-    model = next((a[len("MODEL="):] for a in args if a.startswith("MODEL=")), str(tiny["model"]))
+    model = next((a[len("MODEL=") :] for a in args if a.startswith("MODEL=")), str(tiny["model"]))
     argv = ["gate", model, *(a for a in args if not a.startswith("MODEL="))]
     cwd = os.getcwd()
     os.chdir(tmp_path)  # no speccert.toml here to discover
@@ -240,8 +309,12 @@ min = 0.5
     doc = json.loads((tmp_path / "mlp.json").read_text())
     validate_gate(doc)
     assert [r["passed"] for r in doc["rules"]] == [True, False]
-    assert doc["report"]["model"]["sha256"] == json.loads((REPO / "models" / "manifest.json").read_text())[
-        "models"]["mlp"]["files"]["onnx"]["sha256"]
+    assert (
+        doc["report"]["model"]["sha256"]
+        == json.loads((REPO / "models" / "manifest.json").read_text())["models"]["mlp"]["files"]["onnx"][
+            "sha256"
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -250,7 +323,21 @@ def test_bundled_lipschitz_cnn_passes_a_robustness_policy(tmp_path: Path) -> Non
     if not model.exists() or not data.exists():
         pytest.skip("bundled models not present")
     # models/measurements.json: certified accuracy 0.736 at eps 0.25 and L <= 1.46 on all 1000 points
-    p = run(model, "--data", data, "--limit", "100", "--method", "fft", "--min-cra", "0.5@0.25",
-            "--max-lipschitz", "2", "--junit", tmp_path / "lip.xml", cwd=tmp_path)
+    p = run(
+        model,
+        "--data",
+        data,
+        "--limit",
+        "100",
+        "--method",
+        "fft",
+        "--min-cra",
+        "0.5@0.25",
+        "--max-lipschitz",
+        "2",
+        "--junit",
+        tmp_path / "lip.xml",
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert junit_counts(tmp_path / "lip.xml")[:2] == (2, 0)

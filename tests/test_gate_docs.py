@@ -33,8 +33,13 @@ def test_policies_in_gate_md_parse() -> None:
         assert pol.rules
     full = parse_policy(tomllib.loads(blocks[1]), src="docs/gate.md")
     # the reference example shows every metric and every [gate] key
-    assert {r.metric for r in full.rules} == {"certified_accuracy", "clean_accuracy", "median_radius",
-                                              "lipschitz_upper", "max_layer_norm"}
+    assert {r.metric for r in full.rules} == {
+        "certified_accuracy",
+        "clean_accuracy",
+        "median_radius",
+        "lipschitz_upper",
+        "max_layer_norm",
+    }
     assert full.regression is not None and full.regression.max_clean_drop == 0.01
 
 
@@ -63,5 +68,7 @@ def test_ci_yaml_and_makefile_blocks() -> None:
     hook = yaml.safe_load(precommit)["repos"][0]["hooks"][0]
     assert hook["entry"].startswith("speccert gate") and hook["pass_filenames"] is False
     (make,) = _blocks(DOCS / "ci.md", "make")
-    assert all(line.startswith("\t") for line in make.splitlines() if line.startswith(("speccert", " speccert")))
+    assert all(
+        line.startswith("\t") for line in make.splitlines() if line.startswith(("speccert", " speccert"))
+    )
     assert "\tspeccert gate $(MODEL)" in make

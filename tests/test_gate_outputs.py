@@ -26,10 +26,17 @@ from speccert.report.policy import DataSpec, Policy, RegressionSpec, make_rule
 def _result(**kw: Any) -> GateResult:
     r = report(uppers=tuple(float(i) for i in range(14)), **kw)
     r["layers"][3]["name"] = "a|b <odd> & name"
-    pol = Policy(rules=(make_rule("certified_accuracy", min=0.7, eps=0.25), make_rule("clean_accuracy", min=0.5),
-                        make_rule("lipschitz_upper", max=10, name="L <= 10 & \"tight\"")),
-                 regression=RegressionSpec(max_cra_drop=0.0))
-    return evaluate(r, pol, report(cra=(0.8, 0.65, 0.3), sha="f" * 64), baseline_source="last.json", seconds=1.5)
+    pol = Policy(
+        rules=(
+            make_rule("certified_accuracy", min=0.7, eps=0.25),
+            make_rule("clean_accuracy", min=0.5),
+            make_rule("lipschitz_upper", max=10, name='L <= 10 & "tight"'),
+        ),
+        regression=RegressionSpec(max_cra_drop=0.0),
+    )
+    return evaluate(
+        r, pol, report(cra=(0.8, 0.65, 0.3), sha="f" * 64), baseline_source="last.json", seconds=1.5
+    )
 
 
 def test_registry_lists_both_formats_and_refuses_duplicates() -> None:
@@ -50,8 +57,11 @@ def test_junit_parses_and_counts() -> None:
     # rules: cra@0.25 (0.6 < 0.7 fails), clean passes, L=12 > 10 fails; regression: cra@0.25 0.6 < 0.65 fails,
     # cra@0.1 and @0.5 equal pass, L 12 <= 12*1.05 passes
     assert len(cases) == len(res.rules) == 7
-    assert [c.get("name") for c in failed] == ["certified_accuracy@0.25 >= 0.7", 'L <= 10 & "tight"',
-                                              "no_regression: certified_accuracy@0.25"]
+    assert [c.get("name") for c in failed] == [
+        "certified_accuracy@0.25 >= 0.7",
+        'L <= 10 & "tight"',
+        "no_regression: certified_accuracy@0.25",
+    ]
     assert root.get("tests") == suite.get("tests") == "7"
     assert root.get("failures") == suite.get("failures") == "3"
     first = failed[0].find("failure")
@@ -70,7 +80,7 @@ def test_markdown_tables() -> None:
     assert any(line.startswith("## speccert gate: ❌ **failed** (3 of 7 rules)") for line in lines)
     header = lines.index("| Rule | Value | Threshold | Result |")
     rows = []
-    for line in lines[header + 2:]:
+    for line in lines[header + 2 :]:
         if not line.startswith("|"):
             break
         rows.append(line)
@@ -79,9 +89,20 @@ def test_markdown_tables() -> None:
     assert any("0.6 (baseline 0.65)" in r for r in rows)
     # worst layers: the 10 largest upper bounds, largest first; pipes escaped so the table stays a table
     w = lines.index("| Layer | Op | Lower | Upper | Method |")
-    layer_rows = [ln for ln in lines[w + 2:w + 12]]
+    layer_rows = [ln for ln in lines[w + 2 : w + 12]]
     assert all(ln.startswith("| l") or ln.startswith("| a") for ln in layer_rows)
-    assert [float(r.split("|")[4]) for r in layer_rows] == [13.0, 12.0, 11.0, 10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0]
+    assert [float(r.split("|")[4]) for r in layer_rows] == [
+        13.0,
+        12.0,
+        11.0,
+        10.0,
+        9.0,
+        8.0,
+        7.0,
+        6.0,
+        5.0,
+        4.0,
+    ]
     assert [lay["upper"] for lay in worst_layers(res.report, 3)] == [13.0, 12.0, 11.0]
     assert "a\\|b" not in md  # layer 3 (upper 3.0) is not among the worst 10
     odd = report(uppers=(5.0,))
@@ -108,15 +129,23 @@ def test_markdown_appends_and_junit_replaces(tmp_path: Path) -> None:
 def gated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Graph, GateResult]:
     """speccert.gate() on an in-memory 16-8-3 graph: a real certify report inside the gate JSON."""
     torch.manual_seed(0)
-    g = Graph((1, 4, 4), [Node("f", Reshape((-1,)), ("input",)),
-                          Node("l1", Linear(torch.randn(8, 16) * 0.3, torch.zeros(8)), ("f",)),
-                          Node("r", Activation("relu"), ("l1",)),
-                          Node("l2", Linear(torch.randn(3, 8) * 0.3, torch.zeros(3)), ("r",))])
+    g = Graph(
+        (1, 4, 4),
+        [
+            Node("f", Reshape((-1,)), ("input",)),
+            Node("l1", Linear(torch.randn(8, 16) * 0.3, torch.zeros(8)), ("f",)),
+            Node("r", Activation("relu"), ("l1",)),
+            Node("l2", Linear(torch.randn(3, 8) * 0.3, torch.zeros(3)), ("r",)),
+        ],
+    )
     x = torch.rand(30, 1, 4, 4)
     path = tmp_path_factory.mktemp("data") / "d.npz"
     np.savez(path, x=x.numpy(), y=g.forward(x).argmax(1).numpy())
-    pol = Policy(data=DataSpec(path=str(path)), eps=(0.02,),
-                 rules=(make_rule("certified_accuracy", min=0.1, eps=0.05), make_rule("max_layer_norm", max=100)))
+    pol = Policy(
+        data=DataSpec(path=str(path)),
+        eps=(0.02,),
+        rules=(make_rule("certified_accuracy", min=0.1, eps=0.05), make_rule("max_layer_norm", max=100)),
+    )
     res: GateResult = speccert.gate(g, pol)
     return g, res
 
@@ -133,13 +162,16 @@ def test_gate_json_validates_against_schema(real_gate: GateResult) -> None:
     assert doc["passed"] is real_gate.passed
 
 
-@pytest.mark.parametrize("tamper", [
-    lambda d: d.update(passed=not d["passed"]),                       # verdict disagrees with the rules
-    lambda d: d["report"].pop("certificate"),                         # embedded report checked by its schema
-    lambda d: d["rules"][0].update(op="=="),
-    lambda d: d.update(extra_key=1),
-    lambda d: d.update(schema_version="2"),
-])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda d: d.update(passed=not d["passed"]),  # verdict disagrees with the rules
+        lambda d: d["report"].pop("certificate"),  # embedded report checked by its schema
+        lambda d: d["rules"][0].update(op="=="),
+        lambda d: d.update(extra_key=1),
+        lambda d: d.update(schema_version="2"),
+    ],
+)
 def test_schema_rejects_broken_documents(real_gate: GateResult, tamper: Any) -> None:
     doc = copy.deepcopy(json.loads(json.dumps(real_gate.to_dict())))
     tamper(doc)

@@ -16,8 +16,13 @@ from speccert.report.rules import METRICS, RuleResult, evaluate_rule, register_m
 
 
 def test_every_registered_metric_makes_a_rule_with_its_bound() -> None:
-    assert set(METRICS.keys()) >= {"certified_accuracy", "clean_accuracy", "median_radius", "lipschitz_upper",
-                                   "max_layer_norm"}
+    assert set(METRICS.keys()) >= {
+        "certified_accuracy",
+        "clean_accuracy",
+        "median_radius",
+        "lipschitz_upper",
+        "max_layer_norm",
+    }
     for name, metric in METRICS.items():
         eps = 0.1 if metric.needs_eps else None
         rule = make_rule(name, eps=eps, **{metric.bound: 0.5})
@@ -29,18 +34,21 @@ def test_every_registered_metric_makes_a_rule_with_its_bound() -> None:
             register_metric(name, "again", bound=metric.bound)(metric.read)
 
 
-@pytest.mark.parametrize(("rule", "value", "passed"), [
-    (make_rule("certified_accuracy", min=0.6, eps=0.25), 0.6, True),     # equality passes
-    (make_rule("certified_accuracy", min=0.61, eps=0.25), 0.6, False),
-    (make_rule("certified_accuracy", min=0.3, eps=0.5), 0.3, True),
-    (make_rule("clean_accuracy", min=0.85), 0.9, True),
-    (make_rule("clean_accuracy", min=0.95), 0.9, False),
-    (make_rule("median_radius", min=0.31), 0.3, False),
-    (make_rule("lipschitz_upper", max=12), 12.0, True),
-    (make_rule("lipschitz_upper", max=11.99), 12.0, False),
-    (make_rule("max_layer_norm", max=3), 3.5, False),                    # max over layers, not the first
-    (make_rule("max_layer_norm", max=3.5), 3.5, True),
-])
+@pytest.mark.parametrize(
+    ("rule", "value", "passed"),
+    [
+        (make_rule("certified_accuracy", min=0.6, eps=0.25), 0.6, True),  # equality passes
+        (make_rule("certified_accuracy", min=0.61, eps=0.25), 0.6, False),
+        (make_rule("certified_accuracy", min=0.3, eps=0.5), 0.3, True),
+        (make_rule("clean_accuracy", min=0.85), 0.9, True),
+        (make_rule("clean_accuracy", min=0.95), 0.9, False),
+        (make_rule("median_radius", min=0.31), 0.3, False),
+        (make_rule("lipschitz_upper", max=12), 12.0, True),
+        (make_rule("lipschitz_upper", max=11.99), 12.0, False),
+        (make_rule("max_layer_norm", max=3), 3.5, False),  # max over layers, not the first
+        (make_rule("max_layer_norm", max=3.5), 3.5, True),
+    ],
+)
 def test_rule_values_and_verdicts(rule: Any, value: float, passed: bool) -> None:
     res = evaluate_rule(rule, report())
     assert res.value == pytest.approx(value, abs=0)
@@ -79,14 +87,18 @@ def test_regression_within_and_beyond_tolerance() -> None:
     cur = report(cra=(0.79, 0.55, 0.3), lip=10.9)
     spec = RegressionSpec(max_cra_drop=0.02, max_lipschitz_growth=1.1)
     res = {r.name: r for r in regression_rules(cur, base, spec)}
-    assert set(res) == {"no_regression: certified_accuracy@0.1", "no_regression: certified_accuracy@0.25",
-                        "no_regression: certified_accuracy@0.5", "no_regression: lipschitz_upper"}
-    assert res["no_regression: certified_accuracy@0.1"].passed       # dropped 0.01 <= 0.02
+    assert set(res) == {
+        "no_regression: certified_accuracy@0.1",
+        "no_regression: certified_accuracy@0.25",
+        "no_regression: certified_accuracy@0.5",
+        "no_regression: lipschitz_upper",
+    }
+    assert res["no_regression: certified_accuracy@0.1"].passed  # dropped 0.01 <= 0.02
     assert not res["no_regression: certified_accuracy@0.25"].passed  # dropped 0.05 > 0.02
     assert res["no_regression: certified_accuracy@0.25"].baseline == 0.6
     assert res["no_regression: certified_accuracy@0.25"].threshold == pytest.approx(0.58)
     assert res["no_regression: certified_accuracy@0.5"].passed
-    assert res["no_regression: lipschitz_upper"].passed               # 10.9 <= 11
+    assert res["no_regression: lipschitz_upper"].passed  # 10.9 <= 11
     grown = regression_rules(report(lip=11.2), base, spec)
     assert not [r for r in grown if r.metric == "no_regression.lipschitz_upper"][0].passed
 
@@ -100,7 +112,9 @@ def test_regression_exact_tolerance_edge() -> None:
 
 def test_clean_drop_only_when_asked() -> None:
     base, cur = report(clean=0.9), report(clean=0.8)
-    assert not any(r.metric == "no_regression.clean_accuracy" for r in regression_rules(cur, base, RegressionSpec()))
+    assert not any(
+        r.metric == "no_regression.clean_accuracy" for r in regression_rules(cur, base, RegressionSpec())
+    )
     res = regression_rules(cur, base, RegressionSpec(max_clean_drop=0.05))
     assert [r.passed for r in res if r.metric == "no_regression.clean_accuracy"] == [False]
 
@@ -140,11 +154,17 @@ def test_notes_list_radii_missing_from_baseline_and_schema_changes() -> None:
 
 
 def test_gate_verdict_and_exit_code() -> None:
-    pol = Policy(rules=(make_rule("certified_accuracy", min=0.5, eps=0.25), make_rule("lipschitz_upper", max=5)))
+    pol = Policy(
+        rules=(make_rule("certified_accuracy", min=0.5, eps=0.25), make_rule("lipschitz_upper", max=5))
+    )
     res = evaluate(report(), pol)
     assert not res.passed and res.exit_code == 1 and [r.metric for r in res.failures] == ["lipschitz_upper"]
     d = res.to_dict()
-    assert d["summary"] == {"rules": 2, "failed": 1} and d["passed"] is False and d["report"]["kind"] == "certify"
+    assert (
+        d["summary"] == {"rules": 2, "failed": 1}
+        and d["passed"] is False
+        and d["report"]["kind"] == "certify"
+    )
     ok = evaluate(report(), Policy(rules=(make_rule("lipschitz_upper", max=12),)))
     assert ok.passed and ok.exit_code == 0
     with pytest.raises(UsageError, match="finite"):

@@ -21,14 +21,22 @@ from speccert.ir import (
 
 
 def _bn(c: int, dtype: torch.dtype) -> BatchNorm:
-    return BatchNorm(torch.rand(c, dtype=dtype), torch.rand(c, dtype=dtype) + 0.5,
-                     torch.randn(c, dtype=dtype), torch.randn(c, dtype=dtype))
+    return BatchNorm(
+        torch.rand(c, dtype=dtype),
+        torch.rand(c, dtype=dtype) + 0.5,
+        torch.randn(c, dtype=dtype),
+        torch.randn(c, dtype=dtype),
+    )
 
 
 def _graph(dtype: torch.dtype = torch.float64) -> Graph:
     t = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
     nodes = [
-        Node("norm", Affine(torch.tensor([2.0, 3.0, 4.0], dtype=dtype).reshape(3, 1, 1), t(3, 1, 1)), ("input",)),
+        Node(
+            "norm",
+            Affine(torch.tensor([2.0, 3.0, 4.0], dtype=dtype).reshape(3, 1, 1), t(3, 1, 1)),
+            ("input",),
+        ),
         Node("c1", Conv(t(8, 3, 3, 3), t(8), (2, 2), ((1, 1), (1, 1)), (1, 1)), ("norm",)),
         Node("bn", _bn(8, dtype), ("c1",)),
         Node("r", Activation("relu"), ("bn",)),

@@ -29,15 +29,19 @@ def _norm2(a: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(a, 2))
 
 
-@pytest.mark.parametrize("cin,cout,k,n,stride", [(2, 3, 3, 6, 1), (3, 2, 5, 7, 1), (2, 2, 3, 8, 2), (1, 4, 3, 6, 3)])
+@pytest.mark.parametrize(
+    "cin,cout,k,n,stride", [(2, 3, 3, 6, 1), (3, 2, 5, 7, 1), (2, 2, 3, 8, 2), (1, 4, 3, 6, 3)]
+)
 def test_fft_on_circular_conv_equals_dense_svd(cin, cout, k, n, stride) -> None:  # noqa: ANN001
     # A full circular conv (output = every torus position, stride dividing n) is unitarily block-diagonal.
     p = (k - 1) // 2
     w = torch.randn(cout, cin, k, k, dtype=torch.float64)
     pads = ((p, k - 1 - p), (p, k - 1 - p))
+
     # Circular per-side padding expressed explicitly (the IR's circular mode is symmetric).
     def circ(x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(F.pad(x, [p, k - 1 - p, p, k - 1 - p], mode="circular"), w, stride=stride)
+
     basis = torch.eye(cin * n * n, dtype=torch.float64).reshape(-1, cin, n, n)
     truth = _norm2(circ(basis).reshape(basis.shape[0], -1).T)
     if k % 2 == 1:
@@ -66,13 +70,25 @@ def test_bn_folded_norm_below_conv_norm_times_bn_scale() -> None:
     w = torch.randn(c, 3, 3, 3, dtype=torch.float64)
     gamma, var = torch.randn(c, dtype=torch.float64), torch.rand(c, dtype=torch.float64) + 0.2
     bn = BatchNorm(torch.randn(c, dtype=torch.float64), var, gamma, torch.randn(c, dtype=torch.float64))
-    g = Graph((3, 6, 6), [Node("conv", Conv(w, None, (1, 1), ((1, 1), (1, 1)), (1, 1)), ("input",)),
-                          Node("bn", bn, ("conv",))], dtype=torch.float64)
+    g = Graph(
+        (3, 6, 6),
+        [
+            Node("conv", Conv(w, None, (1, 1), ((1, 1), (1, 1)), (1, 1)), ("input",)),
+            Node("bn", bn, ("conv",)),
+        ],
+        dtype=torch.float64,
+    )
     norms = {n.name: n for n in layer_norms(g)}
     assert list(norms) == [n.name for n in fold_linear(g).nodes if type(n.op).linear] == ["conv"]
     conv_truth = _norm2(_explicit(Conv(w, None, (1, 1), ((1, 1), (1, 1)), (1, 1)), (3, 6, 6)))
-    folded_truth = _norm2(_explicit(fold_linear(g).nodes[0].op.__class__(
-        fold_linear(g).nodes[0].op.weight, None, (1, 1), ((1, 1), (1, 1)), (1, 1)), (3, 6, 6)))
+    folded_truth = _norm2(
+        _explicit(
+            fold_linear(g)
+            .nodes[0]
+            .op.__class__(fold_linear(g).nodes[0].op.weight, None, (1, 1), ((1, 1), (1, 1)), (1, 1)),
+            (3, 6, 6),
+        )
+    )
     bound = conv_truth * float((gamma.abs() / torch.sqrt(var + bn.eps)).max())
     assert folded_truth <= bound * (1 + 1e-12)
     assert norms["conv"].lower is not None and norms["conv"].lower.value <= folded_truth * (1 + 1e-12)
@@ -101,20 +117,32 @@ def test_nan_weights_refused_with_layer_named() -> None:
 
 
 def test_too_big_for_dense_falls_back_with_note() -> None:
-    g = Graph((2, 12, 12), [Node("c", Conv(torch.randn(3, 2, 3, 3), None, (1, 1), ((1, 1), (1, 1)), (1, 1)),
-                                         ("input",))])
+    g = Graph(
+        (2, 12, 12),
+        [Node("c", Conv(torch.randn(3, 2, 3, 3), None, (1, 1), ((1, 1), (1, 1)), (1, 1)), ("input",))],
+    )
     (n,) = layer_norms(g, method="dense", memory_limit=1 << 10)
     assert n.method != "dense" and any("dense" in note for note in n.notes)
-    truth = _norm2(_explicit(Conv(g.nodes[0].op.weight.double(), None, (1, 1), ((1, 1), (1, 1)), (1, 1)),
-                             (2, 12, 12)))
+    truth = _norm2(
+        _explicit(Conv(g.nodes[0].op.weight.double(), None, (1, 1), ((1, 1), (1, 1)), (1, 1)), (2, 12, 12))
+    )
     assert n.upper.value >= truth * (1 - 1e-9)
 
 
 def test_every_method_name_runs_on_a_small_model() -> None:
-    g = Graph((1, 6, 6), [Node("c", Conv(torch.randn(2, 1, 3, 3), torch.randn(2), (1, 1), ((1, 1), (1, 1)), (1, 1)),
-                                         ("input",)),
-                           Node("r", Activation("relu"), ("c",)), Node("f", Reshape((72,)), ("r",)),
-                           Node("fc", Linear(torch.randn(5, 72)), ("f",))])
+    g = Graph(
+        (1, 6, 6),
+        [
+            Node(
+                "c",
+                Conv(torch.randn(2, 1, 3, 3), torch.randn(2), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+                ("input",),
+            ),
+            Node("r", Activation("relu"), ("c",)),
+            Node("f", Reshape((72,)), ("r",)),
+            Node("fc", Linear(torch.randn(5, 72)), ("f",)),
+        ],
+    )
     for m in method_names():
         norms = layer_norms(g, method=m)
         assert [n.name for n in norms] == ["c", "f", "fc"]
@@ -123,8 +151,10 @@ def test_every_method_name_runs_on_a_small_model() -> None:
 
 
 def test_auto_gives_tight_brackets() -> None:
-    g = Graph((4, 20, 20), [Node("c", Conv(torch.randn(6, 4, 3, 3), None, (1, 1), ((1, 1), (1, 1)), (1, 1)),
-                                           ("input",))])
+    g = Graph(
+        (4, 20, 20),
+        [Node("c", Conv(torch.randn(6, 4, 3, 3), None, (1, 1), ((1, 1), (1, 1)), (1, 1)), ("input",))],
+    )
     (n,) = layer_norms(g, memory_limit=1 << 30)
     assert n.gap is not None and 0 <= n.gap < 0.01
 

@@ -52,12 +52,21 @@ def test_rank_one_with_huge_dynamic_range() -> None:
     u = torch.tensor([1e8, 1.0, 1e-8], dtype=torch.float64)
     b = (u[:, None] * u[None, :])[None]
     got, _ = max_block_norm(b)
-    assert float(torch.linalg.norm(u)) ** 2 <= got == pytest.approx(float(torch.linalg.norm(u)) ** 2, rel=1e-9)
+    assert (
+        float(torch.linalg.norm(u)) ** 2 <= got == pytest.approx(float(torch.linalg.norm(u)) ** 2, rel=1e-9)
+    )
 
 
-@pytest.mark.parametrize("cin,cout,k,n,stride,groups,dil", [(3, 5, 3, 7, 1, 1, 1), (4, 4, 3, 8, 2, 2, 1),
-                                                             (2, 6, 5, 9, 3, 1, 1), (6, 3, 3, 6, 1, 3, 2),
-                                                             (8, 2, 2, 5, 2, 1, 1)])
+@pytest.mark.parametrize(
+    "cin,cout,k,n,stride,groups,dil",
+    [
+        (3, 5, 3, 7, 1, 1, 1),
+        (4, 4, 3, 8, 2, 2, 1),
+        (2, 6, 5, 9, 3, 1, 1),
+        (6, 3, 3, 6, 1, 3, 2),
+        (8, 2, 2, 5, 2, 1, 1),
+    ],
+)
 def test_torus_routes_agree_and_bound_the_conv(cin, cout, k, n, stride, groups, dil) -> None:  # noqa: ANN001
     """The tap-product route, the explicit-block route and batched Gram iteration give the same torus
     bound (to their tolerances), above the dense SVD of the zero-padded strided conv."""
@@ -98,8 +107,9 @@ def test_exact_method_brackets_the_truth_to_1e8(cin: int, cout: int, n: int, str
     gen = torch.Generator().manual_seed(cin * 100 + n)
     w = torch.randn(cout, cin, 3, 3, generator=gen, dtype=torch.float64)
     out = (n + 2 - 3) // stride + 1
-    layer = LinearLayer("c", Conv(w, None, (stride, stride), ((1, 1), (1, 1)), (1, 1)), (cin, n, n),
-                        (cout, out, out))
+    layer = LinearLayer(
+        "c", Conv(w, None, (stride, stride), ((1, 1), (1, 1)), (1, 1)), (cin, n, n), (cout, out, out)
+    )
     truth = float(torch.linalg.matrix_norm(explicit_matrix(layer, torch.device("cpu")), ord=2))
     res = ExactMethod().compute(layer, NormContext())
     up = next(r.value for r in res if isinstance(r, UpperBound))
@@ -108,7 +118,9 @@ def test_exact_method_brackets_the_truth_to_1e8(cin: int, cout: int, n: int, str
 
 
 @pytest.mark.parametrize("cin,cout,n,stride,groups", [(64, 64, 6, 1, 1), (40, 96, 16, 2, 2)])
-def test_exact_large_conv_route_brackets_the_truth(cin: int, cout: int, n: int, stride: int, groups: int) -> None:
+def test_exact_large_conv_route_brackets_the_truth(
+    cin: int, cout: int, n: int, stride: int, groups: int
+) -> None:
     """Above 2048 and with the opt-in `exact_max_dim`, convs are certified from the tap-assembled Gram
     matrix by one in-place Cholesky at (Lanczos lower bound * (1 + 1e-4))^2; without it, `exact` refuses."""
     from speccert.ir.ops import Conv
@@ -122,8 +134,9 @@ def test_exact_large_conv_route_brackets_the_truth(cin: int, cout: int, n: int, 
     gen = torch.Generator().manual_seed(n)
     w = torch.randn(cout, cin // groups, 3, 3, generator=gen, dtype=torch.float64)
     out = (n + 2 - 3) // stride + 1
-    layer = LinearLayer("c", Conv(w, None, (stride, stride), ((1, 1), (1, 1)), (1, 1), groups), (cin, n, n),
-                        (cout, out, out))
+    layer = LinearLayer(
+        "c", Conv(w, None, (stride, stride), ((1, 1), (1, 1)), (1, 1), groups), (cin, n, n), (cout, out, out)
+    )
     d, _ = gram_side(layer.conv())  # type: ignore[arg-type]
     assert d > 2048 or layer.n_in * layer.n_out > 1 << 25
     method = ExactMethod()
@@ -134,18 +147,32 @@ def test_exact_large_conv_route_brackets_the_truth(cin: int, cout: int, n: int, 
     if layer.n_in * layer.n_out <= 1 << 23:
         truth = float(torch.linalg.matrix_norm(explicit_matrix(layer, torch.device("cpu")), ord=2))
     else:  # the Gram assembly is checked against explicit matrices in the test below
-        truth = max(float(torch.linalg.eigvalsh(conv_gram(layer.conv(), gi, torch.device("cpu"))[0])[-1])
-                    for gi in range(groups)) ** 0.5
+        truth = (
+            max(
+                float(torch.linalg.eigvalsh(conv_gram(layer.conv(), gi, torch.device("cpu"))[0])[-1])
+                for gi in range(groups)
+            )
+            ** 0.5
+        )
     up = next(r.value for r in res if isinstance(r, UpperBound))
     lo = next(r.value for r in res if isinstance(r, LowerBound))
     assert lo <= truth <= up <= truth * (1 + 3e-4)
 
 
-@pytest.mark.parametrize("cin,cout,k,n,s,p,d,g", [(3, 5, 3, 7, 1, 1, 1, 1), (4, 6, 3, 8, 2, 1, 1, 2),
-                                                   (2, 3, 5, 9, 3, 2, 1, 1), (6, 3, 3, 9, 1, 2, 2, 3),
-                                                   (8, 2, 2, 5, 2, 0, 1, 1), (2, 8, 3, 6, 2, 1, 1, 1)])
-def test_conv_gram_matches_the_explicit_matrix(cin: int, cout: int, k: int, n: int, s: int, p: int, d: int,
-                                                g: int) -> None:
+@pytest.mark.parametrize(
+    "cin,cout,k,n,s,p,d,g",
+    [
+        (3, 5, 3, 7, 1, 1, 1, 1),
+        (4, 6, 3, 8, 2, 1, 1, 2),
+        (2, 3, 5, 9, 3, 2, 1, 1),
+        (6, 3, 3, 9, 1, 2, 2, 3),
+        (8, 2, 2, 5, 2, 0, 1, 1),
+        (2, 8, 3, 6, 2, 1, 1, 1),
+    ],
+)
+def test_conv_gram_matches_the_explicit_matrix(
+    cin: int, cout: int, k: int, n: int, s: int, p: int, d: int, g: int
+) -> None:
     """The tap-assembled Gram matrix (either side, stride, dilation, padding, groups) has the explicit
     matrix's spectrum, and its rounding-error bound covers the difference."""
     from speccert.ir.ops import Conv
@@ -169,6 +196,6 @@ def test_conv_gram_matches_the_explicit_matrix(cin: int, cout: int, k: int, n: i
         spectra.append(torch.linalg.eigvalsh(h))
     full = torch.linalg.eigvalsh(a.T @ a if left else a @ a.T)
     got = torch.sort(torch.cat(spectra)).values
-    top = full[-got.numel():]  # per-group Gram matrices together have the full Gram's non-zero spectrum
+    top = full[-got.numel() :]  # per-group Gram matrices together have the full Gram's non-zero spectrum
     assert torch.allclose(got[-5:], top[-5:], rtol=1e-10, atol=1e-9 * float(full[-1]))
     assert err >= 0

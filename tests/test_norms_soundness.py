@@ -34,7 +34,9 @@ def _pad_arg(pads: tuple[tuple[int, int], ...]) -> list[int]:
     return out
 
 
-def truth_conv(w: torch.Tensor, size: tuple[int, ...], stride, pads, dil, groups: int, circular: bool) -> float:
+def truth_conv(
+    w: torch.Tensor, size: tuple[int, ...], stride, pads, dil, groups: int, circular: bool
+) -> float:
     cin = w.shape[1] * groups
     n = cin * math.prod(size)
     basis = torch.eye(n, dtype=torch.float64).reshape(n, cin, *size)
@@ -59,7 +61,9 @@ def check_all_methods(layer: LinearLayer, truth: float) -> int:
         for r in method.compute(layer, CTX):
             assert math.isfinite(r.value), (name, r)
             if isinstance(r, UpperBound):
-                assert r.value >= truth * (1 - REL), f"{name} upper {r.value} < truth {truth} on {layer.describe()}"
+                assert r.value >= truth * (1 - REL), (
+                    f"{name} upper {r.value} < truth {truth} on {layer.describe()}"
+                )
             elif isinstance(r, LowerBound):
                 assert r.value <= truth * (1 + REL) + 1e-300, f"{name} lower {r.value} > truth {truth}"
             else:
@@ -92,8 +96,12 @@ def conv_layers(draw):  # noqa: ANN001, ANN201
     return w, size, stride, pads, dil, groups, circular
 
 
-SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @SETTINGS
@@ -108,8 +116,15 @@ def test_conv_every_method_brackets_the_truth(spec) -> None:  # noqa: ANN001
 
 
 @settings(max_examples=15, deadline=None, derandomize=True)
-@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2),
-       st.integers(0, 1), st.integers(2, 7))
+@given(
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.integers(0, 2),
+    st.integers(0, 1),
+    st.integers(2, 7),
+)
 def test_conv_transpose_brackets_the_truth(cin, cout, k, s, p, op_pad, n) -> None:  # noqa: ANN001
     p = min(p, k - 1)
     op_pad = min(op_pad, s - 1)
@@ -130,10 +145,15 @@ def test_dense_shapes(m, n) -> None:  # noqa: ANN001
     assert check_all_methods(layer, truth) >= 3
 
 
-@pytest.mark.parametrize("kernel,stride,pad,ceil,count", [
-    ((2, 2), (2, 2), ((0, 0), (0, 0)), False, True), ((3, 3), (1, 1), ((1, 1), (1, 1)), False, True),
-    ((3, 3), (2, 2), ((1, 1), (1, 1)), True, False), ((3, 2), (2, 1), ((1, 1), (0, 1)), False, True),
-])
+@pytest.mark.parametrize(
+    "kernel,stride,pad,ceil,count",
+    [
+        ((2, 2), (2, 2), ((0, 0), (0, 0)), False, True),
+        ((3, 3), (1, 1), ((1, 1), (1, 1)), False, True),
+        ((3, 3), (2, 2), ((1, 1), (1, 1)), True, False),
+        ((3, 2), (2, 1), ((1, 1), (0, 1)), False, True),
+    ],
+)
 def test_avgpool_brackets_the_truth(kernel, stride, pad, ceil, count) -> None:  # noqa: ANN001
     op = AvgPool(kernel, stride, pad, ceil, count)
     in_shape = (2, 7, 6)
@@ -143,12 +163,22 @@ def test_avgpool_brackets_the_truth(kernel, stride, pad, ceil, count) -> None:  
     assert check_all_methods(layer, truth) >= 2
 
 
-@pytest.mark.parametrize("op,in_shape", [
-    (GlobalAvgPool(), (3, 4, 5)),
-    (Pad(((0, 0), (1, 2), (0, 3))), (2, 3, 3)),
-    (BatchNorm(torch.rand(4, dtype=torch.float64), torch.rand(4, dtype=torch.float64) + 0.1,
-               torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)), (4, 3, 3)),
-])
+@pytest.mark.parametrize(
+    "op,in_shape",
+    [
+        (GlobalAvgPool(), (3, 4, 5)),
+        (Pad(((0, 0), (1, 2), (0, 3))), (2, 3, 3)),
+        (
+            BatchNorm(
+                torch.rand(4, dtype=torch.float64),
+                torch.rand(4, dtype=torch.float64) + 0.1,
+                torch.randn(4, dtype=torch.float64),
+                torch.randn(4, dtype=torch.float64),
+            ),
+            (4, 3, 3),
+        ),
+    ],
+)
 def test_closed_forms_are_exact(op, in_shape) -> None:  # noqa: ANN001
     lin = linear_part(op)
     truth = truth_matrix_of(lin, in_shape)

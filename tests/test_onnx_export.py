@@ -39,8 +39,11 @@ from speccert.ir import (
 )
 from tests.conftest import corpus_models
 
-EXAMPLES = [pytest.param(key, i, id=f"{conv.op_type}-ex{i}")
-            for key, conv in ONNX_OPS.items() for i in range(len(conv.examples))]
+EXAMPLES = [
+    pytest.param(key, i, id=f"{conv.op_type}-ex{i}")
+    for key, conv in ONNX_OPS.items()
+    for i in range(len(conv.examples))
+]
 
 
 def ort_run(path: Path, x: np.ndarray) -> np.ndarray:
@@ -57,7 +60,9 @@ def assert_round_trip(g: Graph, tmp_path: Path, opset: int = 17, batch: int = 3)
     g2 = load_onnx(p)  # runs its own faithfulness check against onnxruntime too
     assert g2.input_shape == g.input_shape and g2.output_shape == g.output_shape
     with torch.no_grad():
-        np.testing.assert_allclose(g2.forward(torch.from_numpy(x)).double().numpy(), want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            g2.forward(torch.from_numpy(x)).double().numpy(), want, rtol=1e-5, atol=1e-5
+        )
     return g2
 
 
@@ -77,7 +82,9 @@ def _ir_graph() -> Graph:
         Node("c1", Conv(t(6, 3, 3, 3), t(6), (1, 1), ((1, 0), (2, 1)), (1, 1)), ("norm",)),  # [6, 6, 7]
         Node("bn", BatchNorm(t(6).abs(), t(6).abs() + 0.5, t(6), t(6)), ("c1",)),
         Node("act", Activation("silu"), ("bn",)),
-        Node("ct", ConvTranspose(t(6, 3, 2, 2), t(6), (2, 2), (1, 1), (1, 0), (1, 1), groups=2), ("act",)),  # [6, 11, 12]
+        Node(
+            "ct", ConvTranspose(t(6, 3, 2, 2), t(6), (2, 2), (1, 1), (1, 0), (1, 1), groups=2), ("act",)
+        ),  # [6, 11, 12]
         Node("mp", MaxPool((2, 2), (2, 2), ((0, 1), (0, 0)), (1, 1)), ("ct",)),  # [6, 6, 6]
         Node("g", Activation("gelu"), ("mp",)),
         # (onnxruntime's optimiser fuses Pad into the next pool and then rejects pads >= kernel: keep them small)
@@ -99,14 +106,34 @@ def _ir_graph() -> Graph:
 
 def test_ir_graph_with_every_op_round_trips(tmp_path: Path) -> None:
     g = _ir_graph()
-    assert {type(n.op) for n in g.nodes} >= {Affine, Conv, BatchNorm, Activation, ConvTranspose, MaxPool, Pad,
-                                             AvgPool, GlobalAvgPool, Transpose, Add, Concat, Reshape, Linear, Softmax}
+    assert {type(n.op) for n in g.nodes} >= {
+        Affine,
+        Conv,
+        BatchNorm,
+        Activation,
+        ConvTranspose,
+        MaxPool,
+        Pad,
+        AvgPool,
+        GlobalAvgPool,
+        Transpose,
+        Add,
+        Concat,
+        Reshape,
+        Linear,
+        Softmax,
+    }
     assert_round_trip(g, tmp_path)
 
 
 def test_linear_on_a_3d_tensor_and_identity_graph(tmp_path: Path) -> None:
-    g = Graph((4, 5), [Node("lin", Linear(torch.randn(3, 5), torch.randn(3)), ("input",)),
-                       Node("r", Activation("elu", 0.7), ("lin",))])
+    g = Graph(
+        (4, 5),
+        [
+            Node("lin", Linear(torch.randn(3, 5), torch.randn(3)), ("input",)),
+            Node("r", Activation("elu", 0.7), ("lin",)),
+        ],
+    )
     assert_round_trip(g, tmp_path)
     assert_round_trip(Graph((4,), []), tmp_path)
 
@@ -128,8 +155,18 @@ def test_unexportable_graphs_are_refused(tmp_path: Path) -> None:
     g = Graph((3,), [Node("s", Opaque(source_op="Sign", fn=torch.sign), ("input",))])
     with pytest.raises(UnsupportedModelError, match="Sign"):
         save_onnx(g, tmp_path / "x.onnx")
-    circ = Graph((1, 5, 5), [Node("c", Conv(torch.randn(1, 1, 3, 3), None, (1, 1), ((1, 1), (1, 1)), (1, 1),
-                                            padding_mode="circular"), ("input",))])
+    circ = Graph(
+        (1, 5, 5),
+        [
+            Node(
+                "c",
+                Conv(
+                    torch.randn(1, 1, 3, 3), None, (1, 1), ((1, 1), (1, 1)), (1, 1), padding_mode="circular"
+                ),
+                ("input",),
+            )
+        ],
+    )
     with pytest.raises(UnsupportedModelError, match="circular"):
         save_onnx(circ, tmp_path / "x.onnx")
     with pytest.raises(UsageError):
@@ -162,8 +199,16 @@ def test_torch_module_exported_by_torch_imports_equal(tmp_path: Path) -> None:
     p = tmp_path / "net.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (x,), str(p), dynamo=False, input_names=["img"], output_names=["logits"],
-                          dynamic_axes={"img": {0: "N"}, "logits": {0: "N"}}, opset_version=13)
+        torch.onnx.export(
+            net,
+            (x,),
+            str(p),
+            dynamo=False,
+            input_names=["img"],
+            output_names=["logits"],
+            dynamic_axes={"img": {0: "N"}, "logits": {0: "N"}},
+            opset_version=13,
+        )
     g = load_onnx(p)
     xs = torch.rand(5, 2, 8, 8)
     with torch.no_grad():

@@ -24,8 +24,12 @@ from tests.conftest import corpus_models
 
 
 def mlp(batch: int | str = "N", x_shape: tuple = (6,)) -> onnx.ModelProto:
-    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], transB=1),
-             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"]),
+        helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1),
+    ]
     d = int(np.prod([s if isinstance(s, int) else 2 for s in x_shape]))
     inits = {"w1": randn(16, d, seed=1), "b1": randn(16, seed=2), "w2": randn(3, 16, seed=3)}
     return model(nodes, x_shape, inits, 13, batch=batch)
@@ -33,7 +37,9 @@ def mlp(batch: int | str = "N", x_shape: tuple = (6,)) -> onnx.ModelProto:
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     """The real console entry point in a fresh interpreter (slow on a busy machine: used sparingly)."""
-    return subprocess.run([sys.executable, "-m", "speccert", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "speccert", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
@@ -77,7 +83,9 @@ def test_cli_several_inputs_and_dynamic_dims(tmp_path: Path, capsys: pytest.Capt
     assert_one_clean_line(main(capsys, "inspect", str(tmp_path / "two.onnx")), 2, "2 inputs")
     onnx.save(mlp(x_shape=(2, "H")), str(tmp_path / "dyn.onnx"))
     assert_one_clean_line(main(capsys, "inspect", str(tmp_path / "dyn.onnx")), 2, "dynamic", "--input-shape")
-    assert_one_clean_line(main(capsys, "inspect", str(tmp_path / "dyn.onnx"), "--input-shape", "3,2"), 2, "does not match")
+    assert_one_clean_line(
+        main(capsys, "inspect", str(tmp_path / "dyn.onnx"), "--input-shape", "3,2"), 2, "does not match"
+    )
     ok = main(capsys, "inspect", str(tmp_path / "dyn.onnx"), "--input-shape", "2,2", "--json", "-")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["input_shape"] == [2, 2]
@@ -113,8 +121,9 @@ def test_external_data_inside_the_folder_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("where", ["absolute", "dotdot", "missing"])
-def test_external_data_escaping_the_folder_is_refused(tmp_path: Path, where: str,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_external_data_escaping_the_folder_is_refused(
+    tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     secret = tmp_path / "secret.bin"
     p = _external(tmp_path, "weights.bin")
     secret.write_bytes((p.parent / "weights.bin").read_bytes())  # a readable file outside the folder
@@ -157,9 +166,15 @@ def test_corpus_model_matches_onnxruntime(corpus_dir: Path, name: str) -> None:
     inp = sess.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
     chunk = fixed or len(x)
-    ref = np.concatenate([sess.run(None, {inp.name: x[i:i + chunk].reshape(chunk, *inp.shape[1:])
-                                              if fixed else x[i:i + chunk]})[0].reshape(chunk, -1)
-                          for i in range(0, len(x), chunk)])
+    ref = np.concatenate(
+        [
+            sess.run(
+                None,
+                {inp.name: x[i : i + chunk].reshape(chunk, *inp.shape[1:]) if fixed else x[i : i + chunk]},
+            )[0].reshape(chunk, -1)
+            for i in range(0, len(x), chunk)
+        ]
+    )
     with torch.no_grad():
         got = g.forward(torch.from_numpy(x)).reshape(len(x), -1).numpy()
     scale = max(1.0, float(np.abs(ref).max()))
@@ -197,5 +212,5 @@ def test_fixed_batch_model_loads_and_runs_any_batch(tmp_path: Path) -> None:
     g = load_onnx(p)
     x = np.random.default_rng(0).random((4, 6)).astype(np.float32)
     sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-    ref = np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(4)])
+    ref = np.concatenate([sess.run(None, {"x": x[i : i + 1]})[0] for i in range(4)])
     np.testing.assert_allclose(g.forward(torch.from_numpy(x)).detach().numpy(), ref, rtol=1e-5, atol=1e-6)

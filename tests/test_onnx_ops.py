@@ -31,13 +31,46 @@ from speccert.importers.onnx_ops.examples import model, one_node, randn
 from speccert.importers.onnx_ops.fusions import fuse_activations
 from speccert.ir.ops import Opaque
 
-EXAMPLES = [pytest.param(key, i, id=f"{conv.op_type}-{conv.opsets[0]}-{conv.opsets[1]}-ex{i}")
-            for key, conv in ONNX_OPS.items() for i in range(len(conv.examples))]
+EXAMPLES = [
+    pytest.param(key, i, id=f"{conv.op_type}-{conv.opsets[0]}-{conv.opsets[1]}-ex{i}")
+    for key, conv in ONNX_OPS.items()
+    for i in range(len(conv.examples))
+]
 
-REQUIRED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Elu",
-            "Sigmoid", "Tanh", "Softplus", "Gelu", "Identity", "Dropout", "BatchNormalization", "MaxPool",
-            "AveragePool", "GlobalAveragePool", "Pad", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-            "Concat", "Constant", "Softmax", "LogSoftmax", "Shape"}
+REQUIRED = {
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Relu",
+    "LeakyRelu",
+    "Elu",
+    "Sigmoid",
+    "Tanh",
+    "Softplus",
+    "Gelu",
+    "Identity",
+    "Dropout",
+    "BatchNormalization",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Pad",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Concat",
+    "Constant",
+    "Softmax",
+    "LogSoftmax",
+    "Shape",
+}
 
 
 def ort_run(m: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -58,8 +91,11 @@ def test_every_converter_has_an_example() -> None:
 
 def test_fusion_leaves_unrelated_products_alone(tmp_path: Path) -> None:
     # sigmoid(x) * relu(x) is not SiLU: it must stay an unsupported product
-    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Relu", ["x"], ["r"]),
-             helper.make_node("Mul", ["r", "s"], ["y"], name="prod")]
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["s"]),
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Mul", ["r", "s"], ["y"], name="prod"),
+    ]
     with pytest.raises(UnsupportedModelError, match="prod"):
         load_onnx(save(model(nodes, (4,), {}, 13), tmp_path))
 
@@ -106,9 +142,11 @@ def test_duplicate_and_overlapping_registration_raise() -> None:
 
 
 def _sign_and_product() -> onnx.ModelProto:
-    nodes = [helper.make_node("Sign", ["x"], ["s"], name="sign_node"),
-             helper.make_node("Mul", ["s", "x"], ["p"], name="product"),
-             helper.make_node("Gemm", ["p", "w"], ["y"], name="fc", transB=1)]
+    nodes = [
+        helper.make_node("Sign", ["x"], ["s"], name="sign_node"),
+        helper.make_node("Mul", ["s", "x"], ["p"], name="product"),
+        helper.make_node("Gemm", ["p", "w"], ["y"], name="fc", transB=1),
+    ]
     return model(nodes, (4,), {"w": randn(3, 4)}, 13)
 
 
@@ -140,19 +178,23 @@ def test_unknown_op_runs_through_the_reference_evaluator(tmp_path: Path) -> None
     np.testing.assert_allclose(g.forward(torch.from_numpy(x)).numpy(), ort_run(m, x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("op", "kw", "x_shape", "inits", "inputs", "reason"), [
-    ("Transpose", {"perm": [1, 0, 2]}, (3, 4), {}, ["x"], "batch"),
-    ("Flatten", {"axis": 0}, (3, 4), {}, ["x"], "batch"),
-    ("Unsqueeze", {"axes": [0]}, (3,), {}, ["x"], "batch"),
-    ("Concat", {"axis": 0}, (3,), {}, ["x", "x"], "batch"),
-    ("Softmax", {"axis": 1}, (3, 4), {}, ["x"], "last"),
-    ("Pad", {"mode": "reflect", "pads": [0, 1, 0, 1]}, (5,), {}, ["x"], "reflect"),
-    ("Gemm", {"transA": 1}, (4,), {"w": randn(4, 3)}, ["x", "w"], "batch"),
-    ("MatMul", {}, (4,), {"w": randn(2, 3)}, ["w", "x"], "batch"),
-    ("Div", {}, (4,), {"c": randn(4)}, ["c", "x"], "Lipschitz"),
-])
-def test_ops_that_leave_the_ir_are_refused_with_a_reason(op: str, kw: dict, x_shape: tuple, inits: dict,
-                                                         inputs: list, reason: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("op", "kw", "x_shape", "inits", "inputs", "reason"),
+    [
+        ("Transpose", {"perm": [1, 0, 2]}, (3, 4), {}, ["x"], "batch"),
+        ("Flatten", {"axis": 0}, (3, 4), {}, ["x"], "batch"),
+        ("Unsqueeze", {"axes": [0]}, (3,), {}, ["x"], "batch"),
+        ("Concat", {"axis": 0}, (3,), {}, ["x", "x"], "batch"),
+        ("Softmax", {"axis": 1}, (3, 4), {}, ["x"], "last"),
+        ("Pad", {"mode": "reflect", "pads": [0, 1, 0, 1]}, (5,), {}, ["x"], "reflect"),
+        ("Gemm", {"transA": 1}, (4,), {"w": randn(4, 3)}, ["x", "w"], "batch"),
+        ("MatMul", {}, (4,), {"w": randn(2, 3)}, ["w", "x"], "batch"),
+        ("Div", {}, (4,), {"c": randn(4)}, ["c", "x"], "Lipschitz"),
+    ],
+)
+def test_ops_that_leave_the_ir_are_refused_with_a_reason(
+    op: str, kw: dict, x_shape: tuple, inits: dict, inputs: list, reason: str, tmp_path: Path
+) -> None:
     opset = 10 if op == "Pad" else 11 if op == "Unsqueeze" else 13
     m = one_node(op, x_shape, inputs, inits, opset=opset, **kw)
     with pytest.raises(UnsupportedModelError, match=reason):
@@ -160,8 +202,11 @@ def test_ops_that_leave_the_ir_are_refused_with_a_reason(op: str, kw: dict, x_sh
 
 
 def test_shape_arithmetic_with_the_batch_size_is_refused(tmp_path: Path) -> None:
-    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Mul", ["s", "two"], ["s2"]),
-             helper.make_node("Reshape", ["x", "s2"], ["y"])]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Mul", ["s", "two"], ["s2"]),
+        helper.make_node("Reshape", ["x", "s2"], ["y"]),
+    ]
     m = model(nodes, (4,), {"two": np.array([2, 1], np.int64)}, 13)
     with pytest.raises(UnsupportedModelError, match="batch"):
         load_onnx(save(m, tmp_path))
@@ -179,12 +224,17 @@ def test_opset_outside_range_is_refused(tmp_path: Path) -> None:
         load_onnx(save(m, tmp_path))
 
 
-def test_unfaithful_converter_is_caught_and_localised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unfaithful_converter_is_caught_and_localised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = next(k for k in ONNX_OPS if k[1] == "Tanh")
     sigmoid = ONNX_OPS.get(next(k for k in ONNX_OPS if k[1] == "Sigmoid"))
     monkeypatch.setitem(ONNX_OPS._entries, key, Converter("Tanh", "", key[2], sigmoid.fn))
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="first"), helper.make_node("Tanh", ["r"], ["t"], name="bad"),
-             helper.make_node("Gemm", ["t", "w"], ["y"], name="fc", transB=1)]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="first"),
+        helper.make_node("Tanh", ["r"], ["t"], name="bad"),
+        helper.make_node("Gemm", ["t", "w"], ["y"], name="fc", transB=1),
+    ]
     with pytest.raises(InternalError, match="'bad'.*differs from onnxruntime"):
         load_onnx(save(model(nodes, (4,), {"w": randn(2, 4)}, 13), tmp_path))
 
@@ -211,14 +261,32 @@ def test_random_conv_and_pool_attributes_match_onnxruntime(data: st.DataObject) 
     pads = data.draw(st.lists(st.integers(0, 2), min_size=4, max_size=4))
     groups = data.draw(st.sampled_from([1, 2]))
     h, w = data.draw(st.integers(6, 9)), data.draw(st.integers(5, 8))
-    conv = one_node("Conv", (4, h, w), ["x", "w"], {"w": randn(6, 4 // groups, *k, seed=sum(k))}, opset=13,
-                    strides=list(s), dilations=list(d), pads=pads, group=groups)
+    conv = one_node(
+        "Conv",
+        (4, h, w),
+        ["x", "w"],
+        {"w": randn(6, 4 // groups, *k, seed=sum(k))},
+        opset=13,
+        strides=list(s),
+        dilations=list(d),
+        pads=pads,
+        group=groups,
+    )
     kp = [min(p, kk - 1) for p, kk in zip(pads, [*k, *k], strict=True)]  # onnxruntime wants pads < kernel
-    pool = one_node("MaxPool", (4, h, w), opset=13, kernel_shape=list(k), strides=list(s), pads=kp,
-                    ceil_mode=data.draw(st.sampled_from([0, 1])))
+    pool = one_node(
+        "MaxPool",
+        (4, h, w),
+        opset=13,
+        kernel_shape=list(k),
+        strides=list(s),
+        pads=kp,
+        ceil_mode=data.draw(st.sampled_from([0, 1])),
+    )
     for m in (conv, pool):
         with tempfile.TemporaryDirectory() as tmp:
             onnx.save(m, str(Path(tmp) / "m.onnx"))
             g = load_onnx(Path(tmp) / "m.onnx")
         x = np.random.default_rng(0).standard_normal((2, 4, h, w)).astype(np.float32)
-        np.testing.assert_allclose(g.forward(torch.from_numpy(x)).numpy(), ort_run(m, x), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            g.forward(torch.from_numpy(x)).numpy(), ort_run(m, x), rtol=1e-5, atol=1e-5
+        )

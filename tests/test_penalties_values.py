@@ -81,8 +81,8 @@ def test_spectral_gradient_is_lambda_sigma_u_vT_for_a_matrix() -> None:
     torch.testing.assert_close(w.grad, expected, rtol=1e-12, atol=1e-14)
     # the value is (lambda/2) sum sigma^2 with the same sigmas
     s2 = float(pen.sigmas.iters["l2"].u @ g.node("l2").op.weight.detach() @ pen.sigmas.iters["l2"].v)
-    assert float(value.detach()) == pytest.approx(0.15 * (sigma ** 2 + s2 ** 2), rel=1e-12)
-    assert not torch.allclose(w.grad, 0.3 * sigma ** 2 * torch.outer(it.u, it.v))  # not the sigma^3 bug
+    assert float(value.detach()) == pytest.approx(0.15 * (sigma**2 + s2**2), rel=1e-12)
+    assert not torch.allclose(w.grad, 0.3 * sigma**2 * torch.outer(it.u, it.v))  # not the sigma^3 bug
 
 
 @pytest.mark.parametrize("make", [toy_cnn, toy_resnet], ids=["cnn_bn", "resnet"])
@@ -94,7 +94,7 @@ def test_spectral_converges_to_operator_norm_and_its_gradient(make) -> None:  # 
     logits, y, x = _zero()
     value = pen(logits, y, x, g.to_torch())
     exact = _exact_sigmas(g)
-    ref = sum(s ** 2 for s in exact.values())  # (lambda/2) * 2 * ... with lambda = 2
+    ref = sum(s**2 for s in exact.values())  # (lambda/2) * 2 * ... with lambda = 2
     assert float(value.detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
     for got, want in zip(_grads(g, value), _grads(g, ref), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
@@ -122,7 +122,9 @@ def test_spectral_kernel_mode_is_the_reshaped_kernel_norm() -> None:
     assert sig["c2"] != pytest.approx(float(_exact_sigmas(g)["c2"]), rel=1e-3)
 
 
-@pytest.mark.parametrize("stride,pad,mode", [(1, 1, "zeros"), (2, 1, "zeros"), (1, 0, "zeros"), (1, 1, "circular")])
+@pytest.mark.parametrize(
+    "stride,pad,mode", [(1, 1, "zeros"), (2, 1, "zeros"), (1, 0, "zeros"), (1, 1, "circular")]
+)
 def test_fantastic4_bound_is_above_the_dense_operator_norm(stride: int, pad: int, mode: str) -> None:
     gen = torch.Generator().manual_seed(stride * 10 + pad)
     for trial in range(4):
@@ -210,7 +212,9 @@ def test_spectreg_equals_projected_jacobian_and_is_unbiased() -> None:
     value = pen(model(x), y, x, model)
     torch.manual_seed(5)
     r = torch.randn(4, 3, dtype=D)
-    jac = [torch.autograd.functional.jacobian(lambda v: model(v.unsqueeze(0))[0], x[i]) for i in range(4)]  # [3, 6]
+    jac = [
+        torch.autograd.functional.jacobian(lambda v: model(v.unsqueeze(0))[0], x[i]) for i in range(4)
+    ]  # [3, 6]
     ref = sum(float((j.T @ r[i]).pow(2).sum()) for i, j in enumerate(jac)) / 4
     assert float(value.detach()) == pytest.approx(ref, rel=1e-10)
     frob = sum(float(j.pow(2).sum()) for j in jac) / 4
@@ -288,12 +292,21 @@ def test_lmt_loss_is_cross_entropy_of_shifted_logits(form: str) -> None:
     for got, want in zip(_grads(g, loss), _grads(g, ref), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     # the contract: CE + forward == loss
-    assert float(F.cross_entropy(logits, y) + pen(logits, y, x, model)) == pytest.approx(float(loss), rel=1e-12)
+    assert float(F.cross_entropy(logits, y) + pen(logits, y, x, model)) == pytest.approx(
+        float(loss), rel=1e-12
+    )
 
 
 def test_lmt_pairwise_needs_linear_head() -> None:
     conv = Conv(torch.randn(3, 1, 3, 3, dtype=D), None, (1, 1), ((0, 0), (0, 0)), (1, 1))
-    g = Graph((1, 3, 3), [Node("c", conv, ("input",)), Node("r", __import__("speccert.ir", fromlist=["Reshape"]).Reshape((3,)), ("c",))], dtype=D)
+    g = Graph(
+        (1, 3, 3),
+        [
+            Node("c", conv, ("input",)),
+            Node("r", __import__("speccert.ir", fromlist=["Reshape"]).Reshape((3,)), ("c",)),
+        ],
+        dtype=D,
+    )
     with pytest.raises(UsageError, match="Linear last layer"):
         make_penalty("lmt", g, form="pairwise")
     make_penalty("lmt", g, form="global")

@@ -68,8 +68,12 @@ def _write(tmp_path: Path, text: str, name: str = "speccert.toml") -> Path:
 def test_full_example_parses(tmp_path: Path) -> None:
     pol = read_policy(_write(tmp_path, FULL))
     assert pol.eps_all == (0.1, 0.25, 0.5)  # the rule's radius joins the eps list
-    assert [r.metric for r in pol.rules] == ["certified_accuracy", "clean_accuracy", "lipschitz_upper",
-                                             "max_layer_norm"]
+    assert [r.metric for r in pol.rules] == [
+        "certified_accuracy",
+        "clean_accuracy",
+        "lipschitz_upper",
+        "max_layer_norm",
+    ]
     assert [r.bound for r in pol.rules] == ["min", "min", "max", "max"]
     assert pol.rules[0].eps == 0.25 and pol.rules[0].threshold == 0.6
     assert pol.rules[3].label == "no layer above 3"
@@ -85,7 +89,8 @@ def test_full_example_parses(tmp_path: Path) -> None:
 
 def test_pyproject_tool_table(tmp_path: Path) -> None:
     text = '[project]\nname = "x"\n\n' + FULL.replace("[gate", "[tool.speccert.gate").replace(
-        "[[gate.rule]]", "[[tool.speccert.gate.rule]]")
+        "[[gate.rule]]", "[[tool.speccert.gate.rule]]"
+    )
     pol = read_policy(_write(tmp_path, text, "pyproject.toml"))
     assert len(pol.rules) == 4 and "tool.speccert" in (pol.source or "")
     assert discover_policy(tmp_path) == tmp_path / "pyproject.toml"
@@ -100,13 +105,19 @@ def test_pyproject_without_tool_table_is_an_error(tmp_path: Path) -> None:
     assert discover_policy(tmp_path) is None
 
 
-@pytest.mark.parametrize(("text", "key"), [
-    ("[gate]\nepss = [0.1]\n", "gate.epss"),
-    ("[gate]\n[gate.data]\npth = 'x'\n", "gate.data.pth"),
-    ("[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\nmin = 0.5\nthreshold = 1\n", "gate.rule[0].threshold"),
-    ("[gate]\n[gate.no_regression]\ntolerance = 0.1\n", "gate.no_regression.tolerance"),
-    ("[gates]\n", "gates"),
-])
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[gate]\nepss = [0.1]\n", "gate.epss"),
+        ("[gate]\n[gate.data]\npth = 'x'\n", "gate.data.pth"),
+        (
+            "[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\nmin = 0.5\nthreshold = 1\n",
+            "gate.rule[0].threshold",
+        ),
+        ("[gate]\n[gate.no_regression]\ntolerance = 0.1\n", "gate.no_regression.tolerance"),
+        ("[gates]\n", "gates"),
+    ],
+)
 def test_unknown_key_is_named(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(UsageError, match=re.escape(f"unknown key '{key}'")):
         read_policy(_write(tmp_path, text))
@@ -117,20 +128,23 @@ def test_malformed_toml_reports_the_line(tmp_path: Path) -> None:
         read_policy(_write(tmp_path, "[gate]\neps = [0.1]\nmethod = \n"))
 
 
-@pytest.mark.parametrize(("text", "msg"), [
-    ("[gate]\neps = ['a']\n", "gate.eps\\[0\\]' must be a finite number"),
-    ("[gate]\neps = [-0.1]\n", "must be > 0"),
-    ("[gate]\n[gate.data]\nlimit = 0\n", "gate.data.limit' must be > 0"),
-    ("[gate]\n[gate.data]\nsplit = 'val'\n", "split' must be one of"),
-    ("[gate]\n[[gate.rule]]\nmetric = 'lipschitz_upper'\nmin = 3\n", "takes 'max', not 'min'"),
-    ("[gate]\n[[gate.rule]]\nmetric = 'certified_accuracy'\nmin = 0.5\n", "needs 'eps'"),
-    ("[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\nmin = 85\n", "fraction in \\[0, 1\\]"),
-    ("[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\neps = 0.1\nmin = 0.5\n", "takes no 'eps'"),
-    ("[gate]\n[[gate.rule]]\nmetric = 'robustness'\nmin = 0.5\n", "unknown metric 'robustness'"),
-    ("[gate]\n[[gate.rule]]\nmin = 0.5\n", "needs 'metric'"),
-    ("[gate]\n[gate.no_regression]\nmax_lipschitz_growth = 0.9\n", "factor >= 1"),
-    ("[gate]\nsecond_order = 'yes'\n", "true or false"),
-])
+@pytest.mark.parametrize(
+    ("text", "msg"),
+    [
+        ("[gate]\neps = ['a']\n", "gate.eps\\[0\\]' must be a finite number"),
+        ("[gate]\neps = [-0.1]\n", "must be > 0"),
+        ("[gate]\n[gate.data]\nlimit = 0\n", "gate.data.limit' must be > 0"),
+        ("[gate]\n[gate.data]\nsplit = 'val'\n", "split' must be one of"),
+        ("[gate]\n[[gate.rule]]\nmetric = 'lipschitz_upper'\nmin = 3\n", "takes 'max', not 'min'"),
+        ("[gate]\n[[gate.rule]]\nmetric = 'certified_accuracy'\nmin = 0.5\n", "needs 'eps'"),
+        ("[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\nmin = 85\n", "fraction in \\[0, 1\\]"),
+        ("[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\neps = 0.1\nmin = 0.5\n", "takes no 'eps'"),
+        ("[gate]\n[[gate.rule]]\nmetric = 'robustness'\nmin = 0.5\n", "unknown metric 'robustness'"),
+        ("[gate]\n[[gate.rule]]\nmin = 0.5\n", "needs 'metric'"),
+        ("[gate]\n[gate.no_regression]\nmax_lipschitz_growth = 0.9\n", "factor >= 1"),
+        ("[gate]\nsecond_order = 'yes'\n", "true or false"),
+    ],
+)
 def test_bad_values_are_usage_errors(tmp_path: Path, text: str, msg: str) -> None:
     with pytest.raises(UsageError, match=msg):
         read_policy(_write(tmp_path, text))
@@ -151,8 +165,9 @@ def test_command_line_rules_and_overrides() -> None:
     with pytest.raises(UsageError):
         parse_eps_option("0.1,abc")
     base = Policy(rules=(make_rule("clean_accuracy", min=0.8),), eps=(0.1,))
-    pol = with_overrides(base, rules=[rule], data="d.npz", limit=10, method="dense", baseline="b.json",
-                         max_cra_drop=0.0)
+    pol = with_overrides(
+        base, rules=[rule], data="d.npz", limit=10, method="dense", baseline="b.json", max_cra_drop=0.0
+    )
     assert [r.metric for r in pol.rules] == ["clean_accuracy", "certified_accuracy"]
     assert pol.eps_all == (0.1, 0.25) and pol.data.path == "d.npz" and pol.data.limit == 10
     assert pol.method == "dense" and pol.regression is not None

@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_support_block_is_current() -> None:
     text = README.read_text()
     assert BEGIN in text and END in text
-    current = text[text.index(BEGIN): text.index(END) + len(END)]
+    current = text[text.index(BEGIN) : text.index(END) + len(END)]
     assert current == support_markdown(), "README support tables are stale: run `python -m speccert.support`"
 
 

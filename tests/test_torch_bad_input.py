@@ -19,7 +19,7 @@ from speccert.importers import load
 from speccert.importers.torch_import import check_faithful, from_module, load_factory, load_torch_file
 from speccert.ir.ops import Opaque
 
-FACTORY_SOURCE = '''
+FACTORY_SOURCE = """
 from torch import nn
 
 
@@ -33,7 +33,7 @@ def broken():
 
 def not_a_module():
     return 42
-'''
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -55,8 +55,9 @@ class Evil:
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "speccert", *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "speccert", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def _main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -144,12 +145,15 @@ def test_missing_weights_file(factory_dir: Path) -> None:
         load_factory("speccert_userfac:mlp", factory_dir / "nope.pt", (4,))
 
 
-@pytest.mark.parametrize(("spec", "match"), [
-    ("speccert_no_such_pkg.nets:make", "cannot import 'speccert_no_such_pkg.nets'"),
-    ("speccert_userfac:nothing", "has no callable 'nothing'"),
-    ("speccert_userfac:broken", "raised ValueError: no such variant"),
-    ("speccert_userfac:not_a_module", "returned int, not a torch.nn.Module"),
-])
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("speccert_no_such_pkg.nets:make", "cannot import 'speccert_no_such_pkg.nets'"),
+        ("speccert_userfac:nothing", "has no callable 'nothing'"),
+        ("speccert_userfac:broken", "raised ValueError: no such variant"),
+        ("speccert_userfac:not_a_module", "returned int, not a torch.nn.Module"),
+    ],
+)
 def test_bad_factory_specs(factory_dir: Path, spec: str, match: str) -> None:
     with pytest.raises(InputError, match=match):
         load_factory(spec, None, (4,))
@@ -170,7 +174,9 @@ def test_nan_weights_are_named(factory_dir: Path) -> None:
         g.check_finite()
 
 
-def test_pt2_input_shape_from_archive_and_wrong_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pt2_input_shape_from_archive_and_wrong_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).eval()
     path = tmp_path / "m.pt2"
     torch.export.save(torch.export.export(m, (torch.randn(2, 1, 6, 6),)), str(path))
@@ -197,7 +203,9 @@ def test_corrupt_files(tmp_path: Path, damage: str, capsys: pytest.CaptureFixtur
     torch.export.save(torch.export.export(nn.Linear(3, 2), (torch.randn(2, 3),)), str(good))
     bad = tmp_path / "bad.pt2"
     data = good.read_bytes()
-    bad.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"not a model at all", "empty": b""}[damage])
+    bad.write_bytes(
+        {"truncate": data[: len(data) // 2], "garbage": b"not a model at all", "empty": b""}[damage]
+    )
     with pytest.raises(InputError):
         load(bad)
     proc = _main(capsys, "inspect", str(bad))
@@ -222,8 +230,10 @@ class _Unsupported(nn.Module):
 def test_unsupported_ops_are_all_reported_at_once() -> None:
     with pytest.raises(UnsupportedModelError) as info:
         from_module(_Unsupported(), (3,))
-    assert [(op, node) for op, node, _ in info.value.problems] == [("aten.sign.default", "sign"),
-                                                                    ("aten.mul.Tensor", "mul")]
+    assert [(op, node) for op, node, _ in info.value.problems] == [
+        ("aten.sign.default", "sign"),
+        ("aten.mul.Tensor", "mul"),
+    ]
     assert "product of two input-dependent tensors" in str(info.value)
     assert info.value.exit_code == 3
 
@@ -274,10 +284,13 @@ def test_faithfulness_check_catches_a_wrong_graph() -> None:
 
 
 def test_pt2_with_dynamic_spatial_dims_needs_input_shape(tmp_path: Path) -> None:
-    m = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                      nn.Linear(2, 3)).eval()
+    m = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3)
+    ).eval()
     h = torch.export.Dim("h", min=4, max=32)
-    ep = torch.export.export(m, (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("b"), 2: h, 3: h},))
+    ep = torch.export.export(
+        m, (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("b"), 2: h, 3: h},)
+    )
     path = tmp_path / "dyn.pt2"
     torch.export.save(ep, str(path))
     with pytest.raises(UsageError, match="dynamic input dimensions.*--input-shape"):
@@ -289,7 +302,9 @@ def test_pt2_with_dynamic_spatial_dims_needs_input_shape(tmp_path: Path) -> None
         load(path, (1, 40, 40))  # outside the archive's range for h
 
 
-def test_inspect_marks_unsupported_nodes_with_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_marks_unsupported_nodes_with_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "sign.pt2"
     torch.export.save(torch.export.export(_Unsupported().eval(), (torch.randn(2, 3),)), str(path))
     proc = _main(capsys, "inspect", str(path))
@@ -358,8 +373,9 @@ def _tamper_pt2(good: Path, evil: Path, marker: Path, where: str) -> None:
 
 
 @pytest.mark.parametrize("where", ["example inputs", "weights"])
-def test_pt2_with_code_running_pickle_is_refused_and_never_runs(tmp_path: Path, where: str,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_pt2_with_code_running_pickle_is_refused_and_never_runs(
+    tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """torch.export.load itself would unpickle these with weights_only=False (torch 2.13)."""
     good, evil, marker = tmp_path / "good.pt2", tmp_path / "evil.pt2", tmp_path / "PWNED"
     torch.export.save(torch.export.export(nn.Linear(3, 2), (torch.randn(2, 3),)), str(good))

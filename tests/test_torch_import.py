@@ -152,8 +152,14 @@ def upsample():
 '''
 
 INPUT_SHAPES: dict[str, tuple[int, ...]] = {
-    "mlp": (3, 4), "cnn": (2, 12, 12), "residual": (2, 6, 6), "concat": (1, 6, 6), "normalised": (3, 8, 8),
-    "smooth": (6,), "conv1d": (2, 8), "upsample": (2, 4, 4),
+    "mlp": (3, 4),
+    "cnn": (2, 12, 12),
+    "residual": (2, 6, 6),
+    "concat": (1, 6, 6),
+    "normalised": (3, 8, 8),
+    "smooth": (6,),
+    "conv1d": (2, 8),
+    "upsample": (2, 4, 4),
 }
 
 
@@ -220,8 +226,9 @@ def test_file_formats_match_the_module(nets: types.ModuleType, tmp_path: Path, n
 
 
 @pytest.mark.parametrize("name", sorted(INPUT_SHAPES))
-def test_factory_with_state_dict(nets: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 name: str) -> None:
+def test_factory_with_state_dict(
+    nets: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
     trained = getattr(nets, name)()
     with torch.no_grad():  # weights differ from what the factory builds: they must come from the file
         for p in trained.parameters():
@@ -295,8 +302,8 @@ def test_functional_spellings() -> None:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = F.conv1d(x.transpose(1, 2), self.c, padding=1)  # [N, 4, 6]
-            y = y.permute(0, 2, 1).unsqueeze(1).squeeze(1)      # [N, 6, 4]
-            y = 2.0 - F.relu(y) @ self.w.t() / 3.0              # [N, 6, 5]
+            y = y.permute(0, 2, 1).unsqueeze(1).squeeze(1)  # [N, 6, 4]
+            y = 2.0 - F.relu(y) @ self.w.t() / 3.0  # [N, 6, 5]
             return F.pad(y, (1, 0)).reshape(-1, 36)
 
     m = Functional().eval()
@@ -316,8 +323,12 @@ def test_double_precision_module(dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("kind", ["module", "pt2", "script"])
 def test_circular_padding_becomes_a_circular_conv(tmp_path: Path, kind: str) -> None:
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"), nn.ReLU(),
-                      nn.Flatten(), nn.Linear(3 * 5 * 5, 2)).eval()
+    m = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 5 * 5, 2),
+    ).eval()
     shape = (2, 5, 5)
     graph = from_module(m, shape) if kind == "module" else load(_write(kind, m, shape, tmp_path), shape)
     conv = graph.nodes[0].op

@@ -36,76 +36,116 @@ def _bn(x: T, p: dict[str, T]) -> tuple[T, T, T, T]:
 
 BN = {"w": (3,), "b": (3,), "m": (3,), "v": (3,)}
 EXAMPLES: dict[str, Example] = {
-    "aten._adaptive_avg_pool2d.default": Example((2, 4, 6), lambda x, p: aten._adaptive_avg_pool2d.default(x, [2, 3])),
+    "aten._adaptive_avg_pool2d.default": Example(
+        (2, 4, 6), lambda x, p: aten._adaptive_avg_pool2d.default(x, [2, 3])
+    ),
     "aten._log_softmax.default": Example((5,), lambda x, p: aten._log_softmax.default(x, -1, False)),
     "aten._native_batch_norm_legit.default": Example(
-        (3, 4, 4), lambda x, p: aten._native_batch_norm_legit.default(x, *_bn(x, p), False, 0.1, 1e-3)[0], BN),
+        (3, 4, 4), lambda x, p: aten._native_batch_norm_legit.default(x, *_bn(x, p), False, 0.1, 1e-3)[0], BN
+    ),
     "aten._native_batch_norm_legit_no_training.default": Example(
-        (3, 4, 4), lambda x, p: aten._native_batch_norm_legit_no_training.default(x, *_bn(x, p), 0.1, 1e-5)[0], BN),
+        (3, 4, 4),
+        lambda x, p: aten._native_batch_norm_legit_no_training.default(x, *_bn(x, p), 0.1, 1e-5)[0],
+        BN,
+    ),
     "aten._softmax.default": Example((5,), lambda x, p: aten._softmax.default(x, 1, False)),
     "aten._to_copy.default": Example((3,), lambda x, p: aten._to_copy.default(x, dtype=torch.float32) * 2),
     "aten._unsafe_view.default": Example((3, 4), lambda x, p: aten._unsafe_view.default(x * 1, [2, 12])),
-    "aten.adaptive_avg_pool1d.default": Example((3, 6), lambda x, p: aten.adaptive_avg_pool1d.default(x, [2])),
-    "aten.adaptive_avg_pool2d.default": Example((3, 5, 5), lambda x, p: aten.adaptive_avg_pool2d.default(x, [1, 1])),
+    "aten.adaptive_avg_pool1d.default": Example(
+        (3, 6), lambda x, p: aten.adaptive_avg_pool1d.default(x, [2])
+    ),
+    "aten.adaptive_avg_pool2d.default": Example(
+        (3, 5, 5), lambda x, p: aten.adaptive_avg_pool2d.default(x, [1, 1])
+    ),
     "aten.add.Scalar": Example((3,), lambda x, p: aten.add.Scalar(x, 2.5)),
     "aten.add.Tensor": Example((3, 2), lambda x, p: aten.add.Tensor(torch.relu(x), x, alpha=2)),
-    "aten.addmm.default": Example((4,), lambda x, p: aten.addmm.default(p["b"], x, p["w"], beta=0.5, alpha=2),
-                                  {"b": (3,), "w": (4, 3)}),
+    "aten.addmm.default": Example(
+        (4,), lambda x, p: aten.addmm.default(p["b"], x, p["w"], beta=0.5, alpha=2), {"b": (3,), "w": (4, 3)}
+    ),
     "aten.alias.default": Example((3,), lambda x, p: aten.alias.default(x) * 2),
-    "aten.avg_pool1d.default": Example((2, 7), lambda x, p: aten.avg_pool1d.default(x, [3], [2], [1], False, False)),
-    "aten.avg_pool2d.default": Example((2, 5, 5), lambda x, p: aten.avg_pool2d.default(x, [2, 2], [1, 1], [1, 1])),
+    "aten.avg_pool1d.default": Example(
+        (2, 7), lambda x, p: aten.avg_pool1d.default(x, [3], [2], [1], False, False)
+    ),
+    "aten.avg_pool2d.default": Example(
+        (2, 5, 5), lambda x, p: aten.avg_pool2d.default(x, [2, 2], [1, 1], [1, 1])
+    ),
     "aten.batch_norm.default": Example(
-        (3, 4), lambda x, p: aten.batch_norm.default(x, *_bn(x, p), False, 0.1, 1e-5, False), BN),
+        (3, 4), lambda x, p: aten.batch_norm.default(x, *_bn(x, p), False, 0.1, 1e-5, False), BN
+    ),
     "aten.cat.default": Example((2, 3), lambda x, p: aten.cat.default([torch.relu(x), x, -x], 2)),
     "aten.clamp.default": Example((4,), lambda x, p: aten.clamp.default(x, 0.0)),
     "aten.clamp_min.default": Example((4,), lambda x, p: aten.clamp_min.default(x, 0.0)),
     "aten.clone.default": Example((4,), lambda x, p: aten.clone.default(x) * 3),
-    "aten.constant_pad_nd.default": Example((2, 3, 3), lambda x, p: aten.constant_pad_nd.default(x, [1, 2, 0, 1], 0.0)),
+    "aten.constant_pad_nd.default": Example(
+        (2, 3, 3), lambda x, p: aten.constant_pad_nd.default(x, [1, 2, 0, 1], 0.0)
+    ),
     "aten.contiguous.default": Example((2, 3), lambda x, p: aten.contiguous.default(x.transpose(1, 2))),
-    "aten.conv1d.default": Example((2, 9), lambda x, p: aten.conv1d.default(x, p["w"], p["b"], [2], [1], [2], 1),
-                                   {"w": (4, 2, 3), "b": (4,)}),
-    "aten.conv1d.padding": Example((2, 9), lambda x, p: aten.conv1d.padding(x, p["w"], None, [1], "same", [1], 2),
-                                   {"w": (4, 1, 4)}),
-    "aten.conv2d.default": Example((4, 7, 6), lambda x, p: aten.conv2d.default(x, p["w"], p["b"], [2, 1], [1, 2],
-                                                                               [1, 2], 2),
-                                   {"w": (6, 2, 3, 3), "b": (6,)}),
-    "aten.conv2d.padding": Example((2, 6, 6), lambda x, p: aten.conv2d.padding(x, p["w"], p["b"], [1, 1], "same",
-                                                                               [2, 1], 1),
-                                   {"w": (3, 2, 2, 4), "b": (3,)}),
+    "aten.conv1d.default": Example(
+        (2, 9),
+        lambda x, p: aten.conv1d.default(x, p["w"], p["b"], [2], [1], [2], 1),
+        {"w": (4, 2, 3), "b": (4,)},
+    ),
+    "aten.conv1d.padding": Example(
+        (2, 9), lambda x, p: aten.conv1d.padding(x, p["w"], None, [1], "same", [1], 2), {"w": (4, 1, 4)}
+    ),
+    "aten.conv2d.default": Example(
+        (4, 7, 6),
+        lambda x, p: aten.conv2d.default(x, p["w"], p["b"], [2, 1], [1, 2], [1, 2], 2),
+        {"w": (6, 2, 3, 3), "b": (6,)},
+    ),
+    "aten.conv2d.padding": Example(
+        (2, 6, 6),
+        lambda x, p: aten.conv2d.padding(x, p["w"], p["b"], [1, 1], "same", [2, 1], 1),
+        {"w": (3, 2, 2, 4), "b": (3,)},
+    ),
     "aten.conv_transpose1d.default": Example(
-        (2, 5), lambda x, p: aten.conv_transpose1d.default(x, p["w"], p["b"], [2], [1], [1], 1, [1]),
-        {"w": (2, 3, 3), "b": (3,)}),
+        (2, 5),
+        lambda x, p: aten.conv_transpose1d.default(x, p["w"], p["b"], [2], [1], [1], 1, [1]),
+        {"w": (2, 3, 3), "b": (3,)},
+    ),
     "aten.conv_transpose2d.input": Example(
-        (4, 3, 3), lambda x, p: aten.conv_transpose2d.input(x, p["w"], None, [2, 2], [0, 1], [1, 0], 2, [1, 1]),
-        {"w": (4, 1, 3, 3)}),
+        (4, 3, 3),
+        lambda x, p: aten.conv_transpose2d.input(x, p["w"], None, [2, 2], [0, 1], [1, 0], 2, [1, 1]),
+        {"w": (4, 1, 3, 3)},
+    ),
     "aten.convolution.default": Example(
-        (2, 4, 4), lambda x, p: aten.convolution.default(x, p["w"], p["b"], [2, 2], [1, 1], [1, 1], True, [1, 1], 1),
-        {"w": (2, 3, 3, 3), "b": (3,)}),
+        (2, 4, 4),
+        lambda x, p: aten.convolution.default(x, p["w"], p["b"], [2, 2], [1, 1], [1, 1], True, [1, 1], 1),
+        {"w": (2, 3, 3, 3), "b": (3,)},
+    ),
     "aten.detach.default": Example((3,), lambda x, p: aten.detach.default(x) + 1),
     "aten.div.Scalar": Example((3,), lambda x, p: aten.div.Scalar(x, 4.0)),
     "aten.div.Tensor": Example((3, 2), lambda x, p: aten.div.Tensor(x, p["c"].abs() + 0.5), {"c": (3, 1)}),
-    "aten.div.Tensor_mode": Example((3,), lambda x, p: aten.div.Tensor_mode(x, p["c"] + 3, rounding_mode=None),
-                                    {"c": (3,)}),
+    "aten.div.Tensor_mode": Example(
+        (3,), lambda x, p: aten.div.Tensor_mode(x, p["c"] + 3, rounding_mode=None), {"c": (3,)}
+    ),
     "aten.dropout.default": Example((4,), lambda x, p: aten.dropout.default(x, 0.5, False) * 2),
     "aten.elu.default": Example((5,), lambda x, p: aten.elu.default(x, 0.7)),
     "aten.flatten.using_ints": Example((2, 3, 2), lambda x, p: aten.flatten.using_ints(x, 2, 3)),
     "aten.gelu.default": Example((5,), lambda x, p: aten.gelu.default(x)),
     "aten.leaky_relu.default": Example((5,), lambda x, p: aten.leaky_relu.default(x, 0.2)),
-    "aten.lift_fresh_copy.default": Example((3,), lambda x, p: x + aten.lift_fresh_copy.default(torch.tensor([1.0, 2.0, 3.0]))),
-    "aten.linear.default": Example((2, 4), lambda x, p: aten.linear.default(x, p["w"], p["b"]), {"w": (3, 4), "b": (3,)}),
+    "aten.lift_fresh_copy.default": Example(
+        (3,), lambda x, p: x + aten.lift_fresh_copy.default(torch.tensor([1.0, 2.0, 3.0]))
+    ),
+    "aten.linear.default": Example(
+        (2, 4), lambda x, p: aten.linear.default(x, p["w"], p["b"]), {"w": (3, 4), "b": (3,)}
+    ),
     "aten.log_softmax.int": Example((5,), lambda x, p: aten.log_softmax.int(x, -1)),
     "aten.matmul.default": Example((3, 4), lambda x, p: aten.matmul.default(x, p["w"]), {"w": (4, 2)}),
     "aten.max_pool1d.default": Example((2, 7), lambda x, p: aten.max_pool1d.default(x, [2], [], [1])),
-    "aten.max_pool2d.default": Example((2, 7, 7), lambda x, p: aten.max_pool2d.default(x, [3, 3], [2, 2], [1, 1],
-                                                                                       [1, 1], True)),
+    "aten.max_pool2d.default": Example(
+        (2, 7, 7), lambda x, p: aten.max_pool2d.default(x, [3, 3], [2, 2], [1, 1], [1, 1], True)
+    ),
     "aten.max_pool2d_with_indices.default": Example(
-        (2, 6, 6), lambda x, p: aten.max_pool2d_with_indices.default(x, [2, 2], [2, 1], [1, 0], [1, 2])[0]),
+        (2, 6, 6), lambda x, p: aten.max_pool2d_with_indices.default(x, [2, 2], [2, 1], [1, 0], [1, 2])[0]
+    ),
     "aten.mean.dim": Example((3, 4, 5), lambda x, p: aten.mean.dim(x, [-1, 2], False)),
     "aten.mm.default": Example((4,), lambda x, p: aten.mm.default(x, p["w"]), {"w": (4, 3)}),
     "aten.mul.Scalar": Example((3,), lambda x, p: aten.mul.Scalar(x, -3.0)),
     "aten.mul.Tensor": Example((2, 3), lambda x, p: aten.mul.Tensor(p["c"], x), {"c": (1, 3)}),
     "aten.native_batch_norm.default": Example(
-        (3, 4), lambda x, p: aten.native_batch_norm.default(x, *_bn(x, p), False, 0.1, 1e-5)[0], BN),
+        (3, 4), lambda x, p: aten.native_batch_norm.default(x, *_bn(x, p), False, 0.1, 1e-5)[0], BN
+    ),
     "aten.native_dropout.default": Example((4,), lambda x, p: aten.native_dropout.default(x, 0.5, False)[0]),
     "aten.neg.default": Example((4,), lambda x, p: aten.neg.default(x)),
     "aten.pad.default": Example((2, 4), lambda x, p: aten.pad.default(x, [1, 3], "constant", None)),
@@ -137,7 +177,9 @@ class OneOp(nn.Module):
         super().__init__()
         self.fn = ex.fn
         g = torch.Generator().manual_seed(3)
-        self.p = nn.ParameterDict({k: nn.Parameter(torch.randn(s, generator=g), requires_grad=False) for k, s in ex.params.items()})
+        self.p = nn.ParameterDict(
+            {k: nn.Parameter(torch.randn(s, generator=g), requires_grad=False) for k, s in ex.params.items()}
+        )
 
     def forward(self, x: T) -> T:
         return self.fn(x, dict(self.p.items()))
@@ -168,7 +210,9 @@ def test_converter_matches_the_op(name: str) -> None:
     ep = torch.export.export(module, (x,))
     if name not in {op_name(n.target) for n in ep.graph.nodes}:
         ep = ep.run_decompositions()
-    assert name in {op_name(n.target) for n in ep.graph.nodes}, f"{name} does not appear in the exported graph"
+    assert name in {op_name(n.target) for n in ep.graph.nodes}, (
+        f"{name} does not appear in the exported graph"
+    )
     graph = exported_to_graph(ep, ex.shape, 2, allow_unsupported=False)
     with torch.no_grad():
         want = module(x)

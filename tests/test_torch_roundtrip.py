@@ -46,10 +46,27 @@ class ResNetLike(nn.Module):
 
 MODELS = {
     "resnet_like": (ResNetLike, (2, 8, 8)),
-    "mlp_smooth": (lambda: nn.Sequential(nn.Linear(5, 7), nn.Softplus(), nn.Linear(7, 7), nn.Sigmoid(),
-                                         nn.Linear(7, 2), nn.LogSoftmax(dim=1)), (5,)),
-    "conv_elu": (lambda: nn.Sequential(nn.Conv2d(1, 3, 3, dilation=2, padding=2), nn.ELU(), nn.AvgPool2d(2),
-                                       nn.Flatten(), nn.Linear(3 * 3 * 3, 2)), (1, 6, 6)),
+    "mlp_smooth": (
+        lambda: nn.Sequential(
+            nn.Linear(5, 7),
+            nn.Softplus(),
+            nn.Linear(7, 7),
+            nn.Sigmoid(),
+            nn.Linear(7, 2),
+            nn.LogSoftmax(dim=1),
+        ),
+        (5,),
+    ),
+    "conv_elu": (
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 3, 3, dilation=2, padding=2),
+            nn.ELU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(3 * 3 * 3, 2),
+        ),
+        (1, 6, 6),
+    ),
 }
 
 
@@ -82,14 +99,24 @@ def test_torch_to_onnx_import_equals_torch_import(tmp_path: Path, name: str) -> 
     path = tmp_path / "m.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        )
     from_onnx = load(path)
     from_torch = from_module(model, shape)
     assert from_onnx.input_shape == from_torch.input_shape
     xs = torch.randn(5, *shape)
     torch.testing.assert_close(from_onnx.forward(xs), from_torch.forward(xs), rtol=1e-4, atol=1e-5)
     # both importers see the same weight layers (the ONNX exporter may fold BatchNorm into the conv)
-    layers = [[n.op.weight.shape for n in g.nodes if n.op_type in ("Conv", "Linear")]  # type: ignore[attr-defined]
-              for g in (from_onnx, from_torch)]
+    layers = [
+        [n.op.weight.shape for n in g.nodes if n.op_type in ("Conv", "Linear")]  # type: ignore[attr-defined]
+        for g in (from_onnx, from_torch)
+    ]
     assert layers[0] == layers[1]

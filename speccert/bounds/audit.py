@@ -52,8 +52,9 @@ def _targets(graph: Graph, x: Tensor, y: Tensor, k: int) -> Tensor | None:
     return order[:, k - 1]
 
 
-def pgd_l2(graph: Graph, x: Tensor, y: Tensor, radius: Tensor, *, steps: int = 40, restarts: int = 4,
-           seed: int = 0) -> AttackResult:
+def pgd_l2(
+    graph: Graph, x: Tensor, y: Tensor, radius: Tensor, *, steps: int = 40, restarts: int = 4, seed: int = 0
+) -> AttackResult:
     """Maximise max_{j != y} f_j - f_y over ||d|| <= radius (per point); float64 on x's device."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     r = _shape(radius.to(x), x)
@@ -75,8 +76,11 @@ def pgd_l2(graph: Graph, x: Tensor, y: Tensor, radius: Tensor, *, steps: int = 4
             with torch.enable_grad():
                 logits = graph.forward(x + d)
                 lead = _lead(logits, y)
-                loss = lead if target is None else (logits.gather(1, target[:, None])[:, 0]
-                                                    - logits.gather(1, y[:, None])[:, 0])
+                loss = (
+                    lead
+                    if target is None
+                    else (logits.gather(1, target[:, None])[:, 0] - logits.gather(1, y[:, None])[:, 0])
+                )
                 (g,) = torch.autograd.grad(loss.sum(), d)
             lead = lead.detach()
             better = lead > best_lead

@@ -69,8 +69,10 @@ def _check_eps(eps: Sequence[float]) -> list[float]:
 def _classifier_classes(graph: Graph) -> int:
     shape = graph.output_shape
     if len(shape) != 1 or shape[0] < 2:
-        raise UsageError(f"certify needs a classifier with a vector of >= 2 logits per sample; this model's "
-                         f"output has shape {list(shape)}")
+        raise UsageError(
+            f"certify needs a classifier with a vector of >= 2 logits per sample; this model's "
+            f"output has shape {list(shape)}"
+        )
     return shape[0]
 
 
@@ -87,9 +89,19 @@ def _certificates(ctx: CertContext, second: bool, notes: list[str]) -> list[Cert
 
 
 def _layer_rows(bound: LipschitzBound) -> list[LayerRow]:
-    return [LayerRow(n.name, n.op, tuple(n.in_shape), tuple(n.out_shape), n.upper.value,
-                     n.lower.value if n.lower is not None else None, n.upper.method, n.seconds)
-            for n in bound.layers]
+    return [
+        LayerRow(
+            n.name,
+            n.op,
+            tuple(n.in_shape),
+            tuple(n.out_shape),
+            n.upper.value,
+            n.lower.value if n.lower is not None else None,
+            n.upper.method,
+            n.seconds,
+        )
+        for n in bound.layers
+    ]
 
 
 def _plain_inference_seconds(graph: Graph, x: np.ndarray, batch_size: int, device: torch.device) -> float:
@@ -98,19 +110,35 @@ def _plain_inference_seconds(graph: Graph, x: np.ndarray, batch_size: int, devic
     t0 = time.perf_counter()
     with torch.no_grad():
         for i in range(0, x.shape[0], batch_size):
-            g.forward(torch.from_numpy(x[i:i + batch_size]).to(device=device, dtype=graph.dtype))
+            g.forward(torch.from_numpy(x[i : i + batch_size]).to(device=device, dtype=graph.dtype))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
 
 
-def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5), *, method: str = "auto",
-            device: str | torch.device = "cpu", second_order: bool = False, audit: int = 0,
-            batch_size: int = 256, limit: int | None = None, mean: Sequence[float] | None = None,
-            std: Sequence[float] | None = None, split: str = "test", seed: int = 0,
-            lower_bound: bool = True, audit_steps: int = 40, audit_restarts: int = 4,
-            crc_steps: int = 0, lower_points: int = 64, exact_max_dim: int = 2048,
-            progress: Progress | None = None) -> CertifyReport:
+def certify(
+    graph: Graph,
+    data: DataLike,
+    eps: Sequence[float] = (0.1, 0.25, 0.5),
+    *,
+    method: str = "auto",
+    device: str | torch.device = "cpu",
+    second_order: bool = False,
+    audit: int = 0,
+    batch_size: int = 256,
+    limit: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    split: str = "test",
+    seed: int = 0,
+    lower_bound: bool = True,
+    audit_steps: int = 40,
+    audit_restarts: int = 4,
+    crc_steps: int = 0,
+    lower_points: int = 64,
+    exact_max_dim: int = 2048,
+    progress: Progress | None = None,
+) -> CertifyReport:
     """Certify `graph` on `data` (a path, a Dataset or (x, y) arrays); returns a CertifyReport.
 
     radius(x) = max over certificate kinds of min_j r_kind(x, j) (0 if misclassified), with
@@ -143,9 +171,15 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
             progress("bounding layers", i, total)
 
     t0 = time.perf_counter()
-    bound = lipschitz_bound(graph, method, dev, mean=list(mean) if mean is not None else None,
-                            std=list(std) if std is not None else None, exact_max_dim=exact_max_dim,
-                            progress=norms_progress)
+    bound = lipschitz_bound(
+        graph,
+        method,
+        dev,
+        mean=list(mean) if mean is not None else None,
+        std=list(std) if std is not None else None,
+        exact_max_dim=exact_max_dim,
+        progress=norms_progress,
+    )
     t_norms = time.perf_counter() - t0
     notes = list(bound.notes)
 
@@ -157,7 +191,11 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
     # float32 data and first-order certificates only: a float32 pass with a float32 error allowance,
     # float64 again only where that allowance is not negligible (see _fast_margins).
     fast = ds.x.dtype == np.float32 and not any(c.needs_grad for c in certs) and ieee_float32(dev)
-    fast32 = (bound.folded.to(dev, torch.float32), ErrorModel(bound.folded, uppers, unit=FLOAT32_UNIT)) if fast else None
+    fast32 = (
+        (bound.folded.to(dev, torch.float32), ErrorModel(bound.folded, uppers, unit=FLOAT32_UNIT))
+        if fast
+        else None
+    )
 
     n = len(ds)
     labels = ds.y
@@ -168,8 +206,8 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
     for start in range(0, n, batch_size):
         if progress is not None:
             progress("certify", start, n)
-        xnp = ds.x[start:start + batch_size]
-        yb = torch.from_numpy(labels[start:start + batch_size]).to(dev)
+        xnp = ds.x[start : start + batch_size]
+        yb = torch.from_numpy(labels[start : start + batch_size]).to(dev)
         if fast32 is not None:
             xb = torch.from_numpy(xnp).to(device=dev)
             logits, m, redone = _fast_margins(fast32[0], fast32[1], folded, errors, xb, yb)
@@ -196,7 +234,9 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
     names = [c.name for c in certs]
     stacked = np.stack([per_kind[k] for k in names]) if names else np.zeros((1, n))
     radius = stacked.max(0)
-    kind = np.where(radius > 0, np.asarray(names, dtype=object)[stacked.argmax(0)] if names else "none", "none")
+    kind = np.where(
+        radius > 0, np.asarray(names, dtype=object)[stacked.argmax(0)] if names else "none", "none"
+    )
 
     timing = {"norms_s": t_norms, "certify_s": t_cert}
     lower = None
@@ -208,16 +248,25 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
         lower = empirical_lipschitz(folded, xs, seed=seed)
         timing["lower_bound_s"] = time.perf_counter() - t0
         if lower > bound.upper:
-            raise InternalError(f"the measured Jacobian norm {lower:.6g} exceeds the proven Lipschitz bound "
-                                f"{bound.upper:.6g}: a norm bound is wrong")
+            raise InternalError(
+                f"the measured Jacobian norm {lower:.6g} exceeds the proven Lipschitz bound "
+                f"{bound.upper:.6g}: a norm bound is wrong"
+            )
 
     audit_summary = None
     if audit > 0:
         t0 = time.perf_counter()
-        audit_summary = _audit(folded, ds, radius, audit, batch_size, dev, audit_steps, audit_restarts, seed,
-                               progress)
-        audit_summary = AuditSummary(audit_summary.points, audit_summary.restarts, audit_summary.steps,
-                                     audit_summary.successes, audit_summary.max_lead, time.perf_counter() - t0)
+        audit_summary = _audit(
+            folded, ds, radius, audit, batch_size, dev, audit_steps, audit_restarts, seed, progress
+        )
+        audit_summary = AuditSummary(
+            audit_summary.points,
+            audit_summary.restarts,
+            audit_summary.steps,
+            audit_summary.successes,
+            audit_summary.max_lead,
+            time.perf_counter() - t0,
+        )
         timing["audit_s"] = audit_summary.seconds
 
     timing["inference_s"] = _plain_inference_seconds(graph, ds.x, batch_size, dev)
@@ -226,22 +275,63 @@ def certify(graph: Graph, data: DataLike, eps: Sequence[float] = (0.1, 0.25, 0.5
     timing["inference_samples_per_s"] = n / timing["inference_s"] if timing["inference_s"] > 0 else 0.0
 
     src = graph.source
-    model = {"path": src.path if src else "", "sha256": src.sha256 if src else "",
-             "format": src.format if src else "graph", "input_shape": list(graph.input_shape),
-             "n_classes": n_classes, "certified_output": bound.logits}
-    data_info = {"path": ds.source, "split": ds.split, "n": n,
-                 "mean": list(map(float, mean)) if mean is not None else None,
-                 "std": list(map(float, std)) if std is not None else None}
-    env = {"speccert": speccert.__version__, "torch": torch.__version__, "python": platform.python_version(),
-           "device": str(dev), "method": method, "seed": seed, "dtype": "float64",
-           "batch_size": batch_size, "second_order": second_order, "crc_steps": crc_steps,
-           "exact_max_dim": exact_max_dim}
-    extra: dict[str, Any] = {"lower_method": (f"max ||J(x) v|| (power iteration + ascent) over the first "
-                                              f"{min(n, lower_points)} points") if lower_bound else None,
-                             "penultimate_upper": _penultimate(bound),
-                             "smooth": bound.curvature is not None}
-    return CertifyReport(model, data_info, _layer_rows(bound), bound.upper, lower, eps_list, labels, preds,
-                         margins, radius, kind, per_kind, names, timing, env, notes, audit_summary, extra)
+    model = {
+        "path": src.path if src else "",
+        "sha256": src.sha256 if src else "",
+        "format": src.format if src else "graph",
+        "input_shape": list(graph.input_shape),
+        "n_classes": n_classes,
+        "certified_output": bound.logits,
+    }
+    data_info = {
+        "path": ds.source,
+        "split": ds.split,
+        "n": n,
+        "mean": list(map(float, mean)) if mean is not None else None,
+        "std": list(map(float, std)) if std is not None else None,
+    }
+    env = {
+        "speccert": speccert.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(dev),
+        "method": method,
+        "seed": seed,
+        "dtype": "float64",
+        "batch_size": batch_size,
+        "second_order": second_order,
+        "crc_steps": crc_steps,
+        "exact_max_dim": exact_max_dim,
+    }
+    extra: dict[str, Any] = {
+        "lower_method": (
+            f"max ||J(x) v|| (power iteration + ascent) over the first {min(n, lower_points)} points"
+        )
+        if lower_bound
+        else None,
+        "penultimate_upper": _penultimate(bound),
+        "smooth": bound.curvature is not None,
+    }
+    return CertifyReport(
+        model,
+        data_info,
+        _layer_rows(bound),
+        bound.upper,
+        lower,
+        eps_list,
+        labels,
+        preds,
+        margins,
+        radius,
+        kind,
+        per_kind,
+        names,
+        timing,
+        env,
+        notes,
+        audit_summary,
+        extra,
+    )
 
 
 def _margins64(folded: Graph, errors: ErrorModel, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -252,8 +342,9 @@ def _margins64(folded: Graph, errors: ErrorModel, x: Tensor, y: Tensor) -> tuple
     return logits, safe_margins(logits, y, errors.bound(acts))
 
 
-def _fast_margins(folded32: Graph, errors32: ErrorModel, folded: Graph, errors: ErrorModel, x: Tensor,
-                  y: Tensor) -> tuple[Tensor, Tensor, float]:
+def _fast_margins(
+    folded32: Graph, errors32: ErrorModel, folded: Graph, errors: ErrorModel, x: Tensor, y: Tensor
+) -> tuple[Tensor, Tensor, float]:
     """(logits, safe margins, fraction recomputed in float64) from a float32 forward pass (float32 points x), its error allowed for with the
     float32 unit roundoff (the float32 copy of the weights included). Where the allowance exceeds
     FAST_TOLERANCE times |raw margin| (near-ties, tiny margins) the point is recomputed in float64, so
@@ -281,14 +372,24 @@ def _penultimate(bound: LipschitzBound) -> float | None:
     return bound.node_upper[u]
 
 
-def _audit(folded: Graph, ds: Dataset, radius: np.ndarray, n_points: int, batch_size: int, dev: torch.device,
-           steps: int, restarts: int, seed: int, progress: Progress | None) -> AuditSummary:
+def _audit(
+    folded: Graph,
+    ds: Dataset,
+    radius: np.ndarray,
+    n_points: int,
+    batch_size: int,
+    dev: torch.device,
+    steps: int,
+    restarts: int,
+    seed: int,
+    progress: Progress | None,
+) -> AuditSummary:
     idx = np.flatnonzero((radius > 0) & np.isfinite(radius))[:n_points]
     max_lead = float("-inf")
     for start in range(0, idx.size, batch_size):
         if progress is not None:
             progress("audit", start, idx.size)
-        sel = idx[start:start + batch_size]
+        sel = idx[start : start + batch_size]
         xb = torch.from_numpy(ds.x[sel]).to(device=dev, dtype=torch.float64)
         yb = torch.from_numpy(ds.y[sel]).to(dev)
         rb = torch.from_numpy(radius[sel]).to(dev)
@@ -299,7 +400,8 @@ def _audit(folded: Graph, ds: Dataset, radius: np.ndarray, n_points: int, batch_
             raise InternalError(
                 f"audit: PGD found an adversarial example for sample {int(sel[k])} at L2 distance "
                 f"{float(res.delta_norm[k]):.6g} inside its certified radius {float(rb[k]):.6g} "
-                f"(wrong class ahead by {float(res.lead[k]):.3g}): a certificate is wrong")
+                f"(wrong class ahead by {float(res.lead[k]):.3g}): a certificate is wrong"
+            )
     if progress is not None:
         progress("audit", idx.size, idx.size)
     return AuditSummary(int(idx.size), restarts, steps, 0, max_lead if idx.size else None, 0.0)

@@ -30,7 +30,9 @@ SLACK = 1e-9
 ETA_FRACTIONS = (1.0, 0.25, 0.0625)
 
 
-def _margin_and_grad(graph: Graph, errors: ErrorModel, x: Tensor, y: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
+def _margin_and_grad(
+    graph: Graph, errors: ErrorModel, x: Tensor, y: Tensor, j: Tensor
+) -> tuple[Tensor, Tensor]:
     """(m_j(x) lowered by its float64 allowance, grad m_j(x)) per sample."""
     z = x.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -43,8 +45,18 @@ def _margin_and_grad(graph: Graph, errors: ErrorModel, x: Tensor, y: Tensor, j: 
     return m.detach() - allowance, grad.reshape(x.shape[0], -1)
 
 
-def _certified(graph: Graph, errors: ErrorModel, x0: Tensor, y: Tensor, j: Tensor, k: Tensor, g0: Tensor,
-               rho: Tensor, g_abs: float, steps: int) -> Tensor:
+def _certified(
+    graph: Graph,
+    errors: ErrorModel,
+    x0: Tensor,
+    y: Tensor,
+    j: Tensor,
+    k: Tensor,
+    g0: Tensor,
+    rho: Tensor,
+    g_abs: float,
+    steps: int,
+) -> Tensor:
     """Boolean per sample: one of the dual bounds (eta from ETA_FRACTIONS) proves m_j > 0 on the ball."""
     ok = torch.zeros_like(rho, dtype=torch.bool)
     for frac in ETA_FRACTIONS:
@@ -52,8 +64,18 @@ def _certified(graph: Graph, errors: ErrorModel, x0: Tensor, y: Tensor, j: Tenso
     return ok
 
 
-def _certified_at(graph: Graph, errors: ErrorModel, x0: Tensor, y: Tensor, j: Tensor, k: Tensor, s: Tensor,
-                  rho: Tensor, g_abs: float, steps: int) -> Tensor:
+def _certified_at(
+    graph: Graph,
+    errors: ErrorModel,
+    x0: Tensor,
+    y: Tensor,
+    j: Tensor,
+    k: Tensor,
+    s: Tensor,
+    rho: Tensor,
+    g_abs: float,
+    steps: int,
+) -> Tensor:
     """The dual test with eta = K/2 + s/(2 rho) (any s > 0 is valid; s = g0 is the closed form's eta)."""
     eta = k / 2 + s / (2 * rho)
     # mu = 2 eta - K = s / rho in exact arithmetic; lowered for eta's own rounding (<= 2u K).
@@ -74,8 +96,19 @@ def _certified_at(graph: Graph, errors: ErrorModel, x0: Tensor, y: Tensor, j: Te
     return (best > 0) & (mu > 0)
 
 
-def refine(graph: Graph, errors: ErrorModel, x0: Tensor, y: Tensor, j: Tensor, k: Tensor, g0: Tensor,
-           r0: Tensor, g_abs: float, steps: int = 20, bisections: int = 6) -> Tensor:
+def refine(
+    graph: Graph,
+    errors: ErrorModel,
+    x0: Tensor,
+    y: Tensor,
+    j: Tensor,
+    k: Tensor,
+    g0: Tensor,
+    r0: Tensor,
+    g_abs: float,
+    steps: int = 20,
+    bisections: int = 6,
+) -> Tensor:
     """The largest radius in [r0, 2 r0] the dual test certifies (bisection), never below r0.
 
     r0: the closed-form radius of class j (certified); k: its curvature bound K_j; g0: ||grad m_j(x0)||.

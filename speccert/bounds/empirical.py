@@ -40,8 +40,9 @@ def _vjp(graph: Graph, x: Tensor, u: Tensor) -> Tensor:
     return g
 
 
-def jacobian_norm_lower(graph: Graph, x: Tensor, iters: int = 8, rel_step: float = 1e-4,
-                        seed: int = 0) -> tuple[Tensor, Tensor]:
+def jacobian_norm_lower(
+    graph: Graph, x: Tensor, iters: int = 8, rel_step: float = 1e-4, seed: int = 0
+) -> tuple[Tensor, Tensor]:
     """Per sample: (a lower bound on Lip(f) near x, the last unit direction v of the power iteration)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
@@ -59,8 +60,9 @@ def jacobian_norm_lower(graph: Graph, x: Tensor, iters: int = 8, rel_step: float
     return best, v
 
 
-def empirical_lipschitz(graph: Graph, x: Tensor, *, iters: int = 8, ascent_steps: int = 10, top: int = 8,
-                        seed: int = 0) -> float:
+def empirical_lipschitz(
+    graph: Graph, x: Tensor, *, iters: int = 8, ascent_steps: int = 10, top: int = 8, seed: int = 0
+) -> float:
     """A lower bound on Lip(logits) from the points `x` (float64, on the graph's device).
 
     Power iteration at every point, then `ascent_steps` of normalised gradient ascent on the difference

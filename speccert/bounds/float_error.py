@@ -83,7 +83,9 @@ def downstream_lipschitz(graph: Graph, uppers: Mapping[str, UpperBound]) -> dict
     return d
 
 
-def _abs_norm_and_fan_in(graph: Graph, name: str, uppers: Mapping[str, UpperBound]) -> tuple[float, int, float]:
+def _abs_norm_and_fan_in(
+    graph: Graph, name: str, uppers: Mapping[str, UpperBound]
+) -> tuple[float, int, float]:
     """(a_v >= || |A| ||_2, fan-in k, ||b||) of a linear node."""
     node = graph.node(name)
     op = node.op
@@ -96,7 +98,11 @@ def _abs_norm_and_fan_in(graph: Graph, name: str, uppers: Mapping[str, UpperBoun
         rows = float(w.flatten(1).sum(1).max())  # one output: its whole receptive field
         g = op.groups
         cols = float(w.reshape(g, w.shape[0] // g, w.shape[1], -1).sum((1, 3)).max())  # one input: all taps
-        b = float(op.bias.detach().double().norm()) * math.sqrt(math.prod(node.shape[1:])) if op.bias is not None else 0.0
+        b = (
+            float(op.bias.detach().double().norm()) * math.sqrt(math.prod(node.shape[1:]))
+            if op.bias is not None
+            else 0.0
+        )
         return math.sqrt(rows * cols), int(w[0].numel()), b
     if isinstance(op, (BatchNorm, AffineOp)):
         # y = s x + t: one multiply and one add per element; ||b|| bounded by the constant vector.
@@ -118,7 +124,9 @@ class ErrorModel:
         def gamma_u(k: int) -> float:
             return k * unit / (1.0 - k * unit)
 
-        self.terms: list[tuple[str, float, float]] = []  # (name of the tensor to take the norm of, coef, const)
+        self.terms: list[
+            tuple[str, float, float]
+        ] = []  # (name of the tensor to take the norm of, coef, const)
         for node in graph.nodes:
             op = node.op
             if node.op_type in EXACT or d[node.name] == 0.0:

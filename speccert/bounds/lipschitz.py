@@ -110,8 +110,10 @@ def with_input_normalisation(graph: Graph, mean: list[float] | None, std: list[f
         if len(vals) not in (1, n):
             raise UsageError(f"{name} has {len(vals)} values; --mean and --std need 1 or the same count")
     if n > 1 and (len(shape) < 2 or shape[0] != n):
-        raise UsageError(f"{n} per-channel --mean/--std values, but the model's input shape {list(shape)} "
-                         f"does not have {n} channels on its first axis")
+        raise UsageError(
+            f"{n} per-channel --mean/--std values, but the model's input shape {list(shape)} "
+            f"does not have {n} channels on its first axis"
+        )
     view = (n,) + (1,) * (len(shape) - 1) if n > 1 else (1,) * len(shape)
     m = torch.tensor(mean_v if len(mean_v) == n else mean_v * n, dtype=torch.float64).reshape(view)
     s = torch.tensor(std_v if len(std_v) == n else std_v * n, dtype=torch.float64).reshape(view)
@@ -178,13 +180,15 @@ def compose(folded: Graph, uppers: Mapping[str, UpperBound]) -> dict[str, float]
         elif isinstance(op, Concat):
             lip[node.name] = round_up(math.sqrt(round_up(sum(round_up(v * v) for v in ins))))
         else:
-            raise UnsupportedModelError("cannot certify this model",
-                                        [(op.op_type, node.name, "no Lipschitz bound for this operator")])
+            raise UnsupportedModelError(
+                "cannot certify this model", [(op.op_type, node.name, "no Lipschitz bound for this operator")]
+            )
     return lip
 
 
-def curvature_bounds(folded: Graph, uppers: Mapping[str, UpperBound], lip: Mapping[str, float]
-                     ) -> dict[str, float] | None:
+def curvature_bounds(
+    folded: Graph, uppers: Mapping[str, UpperBound], lip: Mapping[str, float]
+) -> dict[str, float] | None:
     """H_v for every node (Lipschitz constant of the node's derivative), or None if some operator is not
     smooth (relu, leaky_relu, elu with alpha != 1, max-pool)."""
     curv: dict[str, float] = {INPUT: 0.0}
@@ -209,10 +213,17 @@ def curvature_bounds(folded: Graph, uppers: Mapping[str, UpperBound], lip: Mappi
     return curv
 
 
-def lipschitz_bound(graph: Graph, method: str = "auto", device: str | torch.device = "cpu", *,
-                    mean: list[float] | None = None, std: list[float] | None = None,
-                    norms: list[LayerNorm] | None = None, exact_max_dim: int = 2048,
-                    progress: Callable[[int, int, str], None] | None = None) -> LipschitzBound:
+def lipschitz_bound(
+    graph: Graph,
+    method: str = "auto",
+    device: str | torch.device = "cpu",
+    *,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    norms: list[LayerNorm] | None = None,
+    exact_max_dim: int = 2048,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> LipschitzBound:
     """Proven upper bound on the L2 Lipschitz constant of `graph`'s logits (in the data space when
     mean/std prepend a normalisation).
 
@@ -235,6 +246,8 @@ def lipschitz_bound(graph: Graph, method: str = "auto", device: str | torch.devi
     curv = curvature_bounds(folded, uppers, lip)
     notes = []
     if stripped is not None:
-        notes.append(f"the output {folded.output!r} is certified (logits): the final softmax node "
-                     f"{stripped!r} does not change the argmax")
+        notes.append(
+            f"the output {folded.output!r} is certified (logits): the final softmax node "
+            f"{stripped!r} does not change the argmax"
+        )
     return LipschitzBound(lip[folded.output], tuple(norms), folded, lip, curv, stripped, None, tuple(notes))

@@ -117,7 +117,17 @@ class SecondOrder(Certificate):
             # The dual refinement of the class closest to flipping (the point's radius is the min over j).
             j = r.argmin(1)
             r_j = r.gather(1, j[:, None])[:, 0]
-            refined = refine(self.ctx.graph, self.errors, batch.x, batch.y, j, k.gather(1, j[:, None])[:, 0],
-                             g.gather(1, j[:, None])[:, 0], r_j, self.g_abs, steps=self.ctx.crc_steps)
+            refined = refine(
+                self.ctx.graph,
+                self.errors,
+                batch.x,
+                batch.y,
+                j,
+                k.gather(1, j[:, None])[:, 0],
+                g.gather(1, j[:, None])[:, 0],
+                r_j,
+                self.g_abs,
+                steps=self.ctx.crc_steps,
+            )
             r = r.scatter(1, j[:, None], refined[:, None])
         return r

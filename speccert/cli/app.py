@@ -36,7 +36,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     pass
 
@@ -73,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: keep the user's screen clean unless asked for details
         if os.environ.get("SPECCERT_DEBUG"):
             raise
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set SPECCERT_DEBUG=1 for a traceback)",
-                  highlight=False)
+        err.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set SPECCERT_DEBUG=1 for a traceback)",
+            highlight=False,
+        )
         return EXIT_INTERNAL
     return 0
 

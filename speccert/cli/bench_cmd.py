@@ -54,8 +54,13 @@ def bench_graph(graph: Any, device: str, power_steps: int = 100, exact_max_dim: 
         # The upper-bound methods alone (auto's lower bound is extra work Fantastic-Four does not do).
         times["auto_upper"] += sum(r.seconds for r in ln.others.values() if r.kind == "upper")
         t0 = time.perf_counter()
-        pw = power_iteration(layer, ctx.device, torch.float32 if ctx.device.type == "cuda" else torch.float64,
-                             max_iter=power_steps, fixed_steps=True)
+        pw = power_iteration(
+            layer,
+            ctx.device,
+            torch.float32 if ctx.device.type == "cuda" else torch.float64,
+            max_iter=power_steps,
+            fixed_steps=True,
+        )
         times["power"] += time.perf_counter() - t0
         f4v = None
         if f4.applies(layer):
@@ -63,10 +68,21 @@ def bench_graph(graph: Any, device: str, power_steps: int = 100, exact_max_dim: 
             f4v = f4.compute(layer, ctx)[0].value
             times["fantastic4"] += time.perf_counter() - t0
         best_lower = max(ln.lower.value if ln.lower else 0.0, pw.lower)
-        rows.append({"layer": layer.name, "op": layer.describe(), "conv": layer.conv() is not None,
-                     "lower": best_lower, "auto": ln.upper.value, "auto_upper": ln.upper.value,
-                     "auto_method": ln.method, "auto_lower": ln.lower.value if ln.lower else None,
-                     "power": pw.lower, "fantastic4": f4v, "seconds": ln.seconds})
+        rows.append(
+            {
+                "layer": layer.name,
+                "op": layer.describe(),
+                "conv": layer.conv() is not None,
+                "lower": best_lower,
+                "auto": ln.upper.value,
+                "auto_upper": ln.upper.value,
+                "auto_method": ln.method,
+                "auto_lower": ln.lower.value if ln.lower else None,
+                "power": pw.lower,
+                "fantastic4": f4v,
+                "seconds": ln.seconds,
+            }
+        )
     return {"layers": rows, "seconds": times}
 
 
@@ -76,11 +92,14 @@ def summarise(result: dict[str, Any]) -> dict[str, dict[str, float | int | None]
     for m in ("auto", "auto_upper", "power", "fantastic4"):
         ratios = [r[m] / r["lower"] for r in rows if r[m] is not None and r["lower"] > 0]
         conv = [r[m] / r["lower"] for r in rows if r[m] is not None and r["lower"] > 0 and r["conv"]]
-        summary[m] = {"layers": len(ratios), "seconds": result["seconds"][m],
-                      "max_ratio": max(ratios) if ratios else None,
-                      "median_ratio": statistics.median(ratios) if ratios else None,
-                      "conv_max_ratio": max(conv) if conv else None,
-                      "conv_median_ratio": statistics.median(conv) if conv else None}
+        summary[m] = {
+            "layers": len(ratios),
+            "seconds": result["seconds"][m],
+            "max_ratio": max(ratios) if ratios else None,
+            "median_ratio": statistics.median(ratios) if ratios else None,
+            "conv_max_ratio": max(conv) if conv else None,
+            "conv_median_ratio": statistics.median(conv) if conv else None,
+        }
     return summary
 
 
@@ -89,17 +108,38 @@ def _render(name: str, summary: dict[str, dict[str, Any]], rows: list[dict[str, 
 
     auto_s = summary["auto"]["seconds"] or 1e-12
     t = Table(title=f"{name}: value / best proven lower bound, per layer")
-    for c in ("method", "layers", "total s", "x auto time", "max ratio", "median ratio", "conv max", "conv median"):
+    for c in (
+        "method",
+        "layers",
+        "total s",
+        "x auto time",
+        "max ratio",
+        "median ratio",
+        "conv max",
+        "conv median",
+    ):
         t.add_column(c, justify="left" if c == "method" else "right")
 
     def f(x: float | None, p: int = 6) -> str:
         return "-" if x is None else f"{x:.{p}f}"
 
-    labels = {"auto": "auto (upper; time: upper + lower)", "auto_upper": "auto (upper; time: upper only)",
-              "power": "power, 100 steps (lower)", "fantastic4": "fantastic4 (upper)"}
+    labels = {
+        "auto": "auto (upper; time: upper + lower)",
+        "auto_upper": "auto (upper; time: upper only)",
+        "power": "power, 100 steps (lower)",
+        "fantastic4": "fantastic4 (upper)",
+    }
     for m, s in summary.items():
-        t.add_row(labels[m], str(s["layers"]), f"{s['seconds']:.2f}", f"{s['seconds'] / auto_s:.2f}",
-                  f(s["max_ratio"]), f(s["median_ratio"]), f(s["conv_max_ratio"]), f(s["conv_median_ratio"]))
+        t.add_row(
+            labels[m],
+            str(s["layers"]),
+            f"{s['seconds']:.2f}",
+            f"{s['seconds'] / auto_s:.2f}",
+            f(s["max_ratio"]),
+            f(s["median_ratio"]),
+            f(s["conv_max_ratio"]),
+            f(s["conv_median_ratio"]),
+        )
     out.print(t)
     if detail:
         d = Table(title=f"{name}: per layer")
@@ -107,25 +147,52 @@ def _render(name: str, summary: dict[str, dict[str, Any]], rows: list[dict[str, 
             d.add_column(c)
         for r in rows:
             gap = 100 * (r["auto"] / r["lower"] - 1) if r["lower"] > 0 else None
-            d.add_row(r["layer"], r["op"], f"{r['lower']:.6g}", f"{r['auto']:.6g}", f(gap, 3), r["auto_method"],
-                      "-" if r["fantastic4"] is None else f"{r['fantastic4']:.6g}", f"{r['power']:.6g}",
-                      f"{r['seconds']:.2f}")
+            d.add_row(
+                r["layer"],
+                r["op"],
+                f"{r['lower']:.6g}",
+                f"{r['auto']:.6g}",
+                f(gap, 3),
+                r["auto_method"],
+                "-" if r["fantastic4"] is None else f"{r['fantastic4']:.6g}",
+                f"{r['power']:.6g}",
+                f"{r['seconds']:.2f}",
+            )
         out.print(d)
 
 
 @bench_app.command("norms")
 def norms(
     device: DeviceOpt = "cpu",
-    corpus: Annotated[Path | None, typer.Option("--corpus", help="Folder of VNN-COMP models (<name>/model.onnx); "
-                                                "default ../shared/onnx-corpus.")] = None,
-    resnet: Annotated[bool, typer.Option("--resnet/--no-resnet", help="Include the ResNet-18 (BatchNorm folded).")] = True,
-    resnet_size: Annotated[int, typer.Option("--resnet-size", help="ResNet-18 input side (ImageNet: 224).")] = 224,
-    resnet_weights: Annotated[Path | None, typer.Option("--resnet-weights", help="torchvision resnet18 state_dict "
-                              "file (default: torchvision-style random init; no network here to fetch the zoo's)."
-                              )] = None,
+    corpus: Annotated[
+        Path | None,
+        typer.Option(
+            "--corpus", help="Folder of VNN-COMP models (<name>/model.onnx); default ../shared/onnx-corpus."
+        ),
+    ] = None,
+    resnet: Annotated[
+        bool, typer.Option("--resnet/--no-resnet", help="Include the ResNet-18 (BatchNorm folded).")
+    ] = True,
+    resnet_size: Annotated[
+        int, typer.Option("--resnet-size", help="ResNet-18 input side (ImageNet: 224).")
+    ] = 224,
+    resnet_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--resnet-weights",
+            help="torchvision resnet18 state_dict "
+            "file (default: torchvision-style random init; no network here to fetch the zoo's).",
+        ),
+    ] = None,
     detail: Annotated[bool, typer.Option("--detail", help="Also print every layer.")] = False,
-    exact_max_dim: Annotated[int, typer.Option("--exact-max-dim", help="As in `speccert norms`: exact "
-                             "certificates for convs up to this Gram dimension (25088: ResNet-18's layer4).")] = 2048,
+    exact_max_dim: Annotated[
+        int,
+        typer.Option(
+            "--exact-max-dim",
+            help="As in `speccert norms`: exact "
+            "certificates for convs up to this Gram dimension (25088: ResNet-18's layer4).",
+        ),
+    ] = 2048,
     json_out: JsonOpt = None,
 ) -> None:
     """auto vs plain power iteration (100 steps per layer) vs Fantastic-Four: seconds and tightness."""
@@ -139,8 +206,13 @@ def norms(
         if g is None:
             err.print("note: benchmarks/resnet18.py not found (installed package?); skipping ResNet-18")
         else:
-            models.append((f"resnet18 ({resnet_size}x{resnet_size}, "
-                           f"{'weights ' + str(resnet_weights) if resnet_weights else 'random init'})", g))
+            models.append(
+                (
+                    f"resnet18 ({resnet_size}x{resnet_size}, "
+                    f"{'weights ' + str(resnet_weights) if resnet_weights else 'random init'})",
+                    g,
+                )
+            )
     folder = corpus or DEFAULT_CORPUS
     if folder.is_dir():
         for sub in sorted(p for p in folder.iterdir() if (p / "model.onnx").exists()):
@@ -175,32 +247,59 @@ def _bundled_models() -> list[str]:
     return sorted(json.loads(manifest.read_text())["models"]) if manifest.exists() else []
 
 
-def bench_certify_one(graph: Any, data: Any, eps: list[float], device: str, limit: int | None) -> dict[str, Any]:
+def bench_certify_one(
+    graph: Any, data: Any, eps: list[float], device: str, limit: int | None
+) -> dict[str, Any]:
     """One certify() run: the figures issue 4 asks for, with the certify-vs-plain-inference throughput."""
     from speccert.bounds import certify
 
     t0 = time.perf_counter()
     rep = certify(graph, data, eps=eps, device=device, limit=limit)
     t = rep.timing
-    return {"n": rep.n, "lipschitz_upper": rep.lipschitz_upper, "lipschitz_lower": rep.lipschitz_lower,
-            "ratio": rep.lipschitz_ratio, "clean_accuracy": rep.clean_accuracy, "eps": eps,
-            "certified_accuracy": rep.certified_accuracies, "median_radius": rep.median_radius,
-            "seconds": time.perf_counter() - t0,
-            "norms_s": t["norms_s"], "certify_s": t["certify_s"], "inference_s": t["inference_s"],
-            "throughput_vs_inference": t["certify_samples_per_s"] / t["inference_samples_per_s"]
-            if t["inference_samples_per_s"] > 0 else None}
+    return {
+        "n": rep.n,
+        "lipschitz_upper": rep.lipschitz_upper,
+        "lipschitz_lower": rep.lipschitz_lower,
+        "ratio": rep.lipschitz_ratio,
+        "clean_accuracy": rep.clean_accuracy,
+        "eps": eps,
+        "certified_accuracy": rep.certified_accuracies,
+        "median_radius": rep.median_radius,
+        "seconds": time.perf_counter() - t0,
+        "norms_s": t["norms_s"],
+        "certify_s": t["certify_s"],
+        "inference_s": t["inference_s"],
+        "throughput_vs_inference": t["certify_samples_per_s"] / t["inference_samples_per_s"]
+        if t["inference_samples_per_s"] > 0
+        else None,
+    }
 
 
 @bench_app.command("certify")
 def certify_bench(
     device: DeviceOpt = "cpu",
-    corpus: Annotated[Path | None, typer.Option("--corpus", help="Folder of VNN-COMP models (<name>/model.onnx "
-                                                "with x.npy, y.npy); default ../shared/onnx-corpus.")] = None,
-    bundled: Annotated[bool, typer.Option("--bundled/--no-bundled", help="Include the models in models/ on "
-                                          "models/data/fashion_mnist_test_1k.npz.")] = True,
-    eps: Annotated[str, typer.Option("--eps", help="Comma-separated radii for the corpus (each model's own "
-                                     "input space).")] = "0.01,0.05,0.1",
-    bundled_eps: Annotated[str, typer.Option("--bundled-eps", help="Radii for the bundled models.")] = "0.25,0.5,1",
+    corpus: Annotated[
+        Path | None,
+        typer.Option(
+            "--corpus",
+            help="Folder of VNN-COMP models (<name>/model.onnx "
+            "with x.npy, y.npy); default ../shared/onnx-corpus.",
+        ),
+    ] = None,
+    bundled: Annotated[
+        bool,
+        typer.Option(
+            "--bundled/--no-bundled",
+            help="Include the models in models/ on models/data/fashion_mnist_test_1k.npz.",
+        ),
+    ] = True,
+    eps: Annotated[
+        str,
+        typer.Option("--eps", help="Comma-separated radii for the corpus (each model's own input space)."),
+    ] = "0.01,0.05,0.1",
+    bundled_eps: Annotated[
+        str, typer.Option("--bundled-eps", help="Radii for the bundled models.")
+    ] = "0.25,0.5,1",
     limit: Annotated[int | None, typer.Option("--limit", help="At most N samples per model.")] = None,
     json_out: JsonOpt = None,
 ) -> None:
@@ -215,14 +314,20 @@ def certify_bench(
     dev = resolve_device(device)
     jobs: list[tuple[str, Path, Path, list[float]]] = []
     if bundled and BUNDLED_DATA.exists():
-        jobs += [(m, REPO / "models" / f"{m}.onnx", BUNDLED_DATA, parse_floats(bundled_eps, "--bundled-eps") or [])
-                 for m in _bundled_models() if (REPO / "models" / f"{m}.onnx").exists()]
+        jobs += [
+            (m, REPO / "models" / f"{m}.onnx", BUNDLED_DATA, parse_floats(bundled_eps, "--bundled-eps") or [])
+            for m in _bundled_models()
+            if (REPO / "models" / f"{m}.onnx").exists()
+        ]
     folder = corpus or DEFAULT_CORPUS
     if corpus is not None and not folder.is_dir():
         raise InputError(f"--corpus {corpus}: not a folder")
     if folder.is_dir():
-        jobs += [(p.name, p / "model.onnx", p, parse_floats(eps, "--eps") or []) for p in sorted(folder.iterdir())
-                 if (p / "model.onnx").exists() and (p / "x.npy").exists()]
+        jobs += [
+            (p.name, p / "model.onnx", p, parse_floats(eps, "--eps") or [])
+            for p in sorted(folder.iterdir())
+            if (p / "model.onnx").exists() and (p / "x.npy").exists()
+        ]
     report: dict[str, Any] = {"schema": "speccert.bench.certify/1", "device": dev, "models": {}}
     for name, model_path, data, eps_list in jobs:
         err.print(f"certifying {name} ...")
@@ -231,18 +336,37 @@ def certify_bench(
         except SpeccertError as exc:
             err.print(f"note: {name}: skipped ({exc})", highlight=False)
     if json_out != "-":
-        t = Table(title="certify: Lipschitz bound, accuracy, certified accuracy, time; throughput = certificate "
-                        "pass / plain inference")
-        for c in ("model", "n", "L upper", "L lower", "ratio", "clean", "certified @ eps", "median radius", "s",
-                  "throughput"):
+        t = Table(
+            title="certify: Lipschitz bound, accuracy, certified accuracy, time; throughput = certificate "
+            "pass / plain inference"
+        )
+        for c in (
+            "model",
+            "n",
+            "L upper",
+            "L lower",
+            "ratio",
+            "clean",
+            "certified @ eps",
+            "median radius",
+            "s",
+            "throughput",
+        ):
             t.add_column(c, justify="left" if c in ("model", "certified @ eps") else "right")
         for name, r in report["models"].items():
             cert = ", ".join(f"{a:.1%}@{e:g}" for e, a in zip(r["eps"], r["certified_accuracy"], strict=True))
-            t.add_row(name, str(r["n"]), f"{r['lipschitz_upper']:.4g}",
-                      "-" if r["lipschitz_lower"] is None else f"{r['lipschitz_lower']:.4g}",
-                      "-" if r["ratio"] is None else f"{r['ratio']:.3g}", f"{r['clean_accuracy']:.1%}", cert,
-                      f"{r['median_radius']:.3g}", f"{r['seconds']:.2f}",
-                      "-" if r["throughput_vs_inference"] is None else f"{r['throughput_vs_inference']:.2f}x")
+            t.add_row(
+                name,
+                str(r["n"]),
+                f"{r['lipschitz_upper']:.4g}",
+                "-" if r["lipschitz_lower"] is None else f"{r['lipschitz_lower']:.4g}",
+                "-" if r["ratio"] is None else f"{r['ratio']:.3g}",
+                f"{r['clean_accuracy']:.1%}",
+                cert,
+                f"{r['median_radius']:.3g}",
+                f"{r['seconds']:.2f}",
+                "-" if r["throughput_vs_inference"] is None else f"{r['throughput_vs_inference']:.2f}x",
+            )
         out.print(t)
     if json_out is not None:
         write_json(report, json_out)

@@ -49,11 +49,15 @@ def render(report_dict: dict, console) -> None:  # type: ignore[no-untyped-def] 
     for col in ("layer", "op", "lower", "upper", "method"):
         table.add_column(col, justify="right" if col in ("lower", "upper") else "left")
     for row in report_dict["layers"]:
-        table.add_row(row["name"], row["op"], _fmt(row["lower"], ".6g"), _fmt(row["upper"], ".6g"), row["method"])
+        table.add_row(
+            row["name"], row["op"], _fmt(row["lower"], ".6g"), _fmt(row["upper"], ".6g"), row["method"]
+        )
     console.print(table)
     lip = report_dict["lipschitz"]
-    console.print(f"Lipschitz bound of the logits (L2, data space): upper [bold]{_fmt(lip['upper'], '.6g')}[/], "
-                  f"empirical lower {_fmt(lip['lower'], '.6g')}, ratio {_fmt(lip['ratio'], '.3f')}")
+    console.print(
+        f"Lipschitz bound of the logits (L2, data space): upper [bold]{_fmt(lip['upper'], '.6g')}[/], "
+        f"empirical lower {_fmt(lip['lower'], '.6g')}, ratio {_fmt(lip['ratio'], '.3f')}"
+    )
     cert = report_dict["certificate"]
     console.print(f"Samples: {cert['n']}   clean accuracy: [bold]{cert['clean_accuracy']:.2%}[/]")
     t = Table(title="Certified accuracy (L2)", title_justify="left")
@@ -63,55 +67,117 @@ def render(report_dict: dict, console) -> None:  # type: ignore[no-untyped-def] 
         t.add_row(f"{e:g}", f"{a:.2%}")
     console.print(t)
     q = cert["radius_quantiles"]
-    console.print("Certified radius: median " + _fmt(cert["median_radius"], ".4g") + "  quantiles " +
-                  "  ".join(f"{k} {_fmt(v, '.4g')}" for k, v in q.items()))
+    console.print(
+        "Certified radius: median "
+        + _fmt(cert["median_radius"], ".4g")
+        + "  quantiles "
+        + "  ".join(f"{k} {_fmt(v, '.4g')}" for k, v in q.items())
+    )
     wins = cert["wins"]
     console.print("Best certificate per point: " + ", ".join(f"{k} {v}" for k, v in wins.items()))
     if report_dict.get("audit"):
         a = report_dict["audit"]
-        console.print(f"Audit: PGD-L2 ({a['restarts']} restarts x {a['steps']} steps) on {a['points']} certified "
-                      f"points: {a['successes']} successes")
+        console.print(
+            f"Audit: PGD-L2 ({a['restarts']} restarts x {a['steps']} steps) on {a['points']} certified "
+            f"points: {a['successes']} successes"
+        )
     for note in report_dict.get("notes", []):
         console.print(f"[dim]note: {note}[/]")
     tm = report_dict["timing"]
-    console.print(f"[dim]time {tm['total_s']:.2f} s (norms {tm.get('norms_s', 0):.2f} s, certificates "
-                  f"{tm.get('certify_s', 0):.2f} s); {tm.get('certify_samples_per_s', 0):.0f} samples/s vs plain "
-                  f"inference {tm.get('inference_samples_per_s', 0):.0f} samples/s[/]")
+    console.print(
+        f"[dim]time {tm['total_s']:.2f} s (norms {tm.get('norms_s', 0):.2f} s, certificates "
+        f"{tm.get('certify_s', 0):.2f} s); {tm.get('certify_samples_per_s', 0):.0f} samples/s vs plain "
+        f"inference {tm.get('inference_samples_per_s', 0):.0f} samples/s[/]"
+    )
 
 
 def command(
     model: ModelArg,
-    data: Annotated[str, typer.Option("--data", help="Labelled data: .npz (x, y), x.npy + y.npy, IDX files "
-                                      "(file or folder, .gz or not), or a folder of images by class.")],
-    split: Annotated[str, typer.Option("--split", help="test or train (for a folder of IDX files).")] = "test",
-    eps: Annotated[str, typer.Option("--eps", help="L2 radii (data space) at which to report certified "
-                                     "accuracy, comma-separated.")] = "0.1,0.25,0.5",
-    mean: Annotated[str | None, typer.Option("--mean", help="Normalisation mean (one value or one per "
-                                             "channel), prepended to the model and certified with it.")] = None,
-    std: Annotated[str | None, typer.Option("--std", help="Normalisation std (one value or one per channel).")] = None,
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Labelled data: .npz (x, y), x.npy + y.npy, IDX files "
+            "(file or folder, .gz or not), or a folder of images by class.",
+        ),
+    ],
+    split: Annotated[
+        str, typer.Option("--split", help="test or train (for a folder of IDX files).")
+    ] = "test",
+    eps: Annotated[
+        str,
+        typer.Option(
+            "--eps", help="L2 radii (data space) at which to report certified accuracy, comma-separated."
+        ),
+    ] = "0.1,0.25,0.5",
+    mean: Annotated[
+        str | None,
+        typer.Option(
+            "--mean",
+            help="Normalisation mean (one value or one per "
+            "channel), prepended to the model and certified with it.",
+        ),
+    ] = None,
+    std: Annotated[
+        str | None, typer.Option("--std", help="Normalisation std (one value or one per channel).")
+    ] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N samples.")] = None,
-    second_order: Annotated[bool, typer.Option("--second-order", help="Also use the curvature-based "
-                                               "certificate (networks with smooth activations only).")] = False,
-    crc_steps: Annotated[int, typer.Option("--crc-steps", help="With --second-order: refine each radius by "
-                                           "the CRC dual bound, N gradient steps per bisection test (0 = off; "
-                                           "20 is a good start; costs ~6N forward+backward passes).")] = 0,
-    audit: Annotated[int, typer.Option("--audit", help="Attack N certified points with PGD-L2 at their "
-                                       "certified radius; any success is an error (exit 5).")] = 0,
-    method: Annotated[str, typer.Option("--method", help="Norm method for every layer (auto = tightest "
-                                        "proven bound).")] = "auto",
+    second_order: Annotated[
+        bool,
+        typer.Option(
+            "--second-order",
+            help="Also use the curvature-based certificate (networks with smooth activations only).",
+        ),
+    ] = False,
+    crc_steps: Annotated[
+        int,
+        typer.Option(
+            "--crc-steps",
+            help="With --second-order: refine each radius by "
+            "the CRC dual bound, N gradient steps per bisection test (0 = off; "
+            "20 is a good start; costs ~6N forward+backward passes).",
+        ),
+    ] = 0,
+    audit: Annotated[
+        int,
+        typer.Option(
+            "--audit",
+            help="Attack N certified points with PGD-L2 at their "
+            "certified radius; any success is an error (exit 5).",
+        ),
+    ] = 0,
+    method: Annotated[
+        str, typer.Option("--method", help="Norm method for every layer (auto = tightest proven bound).")
+    ] = "auto",
     device: DeviceOpt = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per batch.")] = 256,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write a certified-accuracy-vs-eps PNG here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a certified-accuracy-vs-eps PNG here.")
+    ] = None,
     json_out: JsonOpt = None,
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the attack and of the lower-bound search.")] = 0,
-    lower_points: Annotated[int, typer.Option("--lower-points", help="Data points the empirical lower bound "
-                                              "on L starts its ascent from (more: a higher, slower witness).")] = 64,
-    exact_max_dim: Annotated[int, typer.Option("--exact-max-dim", help="As in `speccert norms`: exact "
-                             "certificates for zero-padded convs up to this Gram dimension (default 2048; "
-                             "larger: one n^3 Cholesky and ~16 n^2 bytes per layer).")] = 2048,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the attack and of the lower-bound search.")
+    ] = 0,
+    lower_points: Annotated[
+        int,
+        typer.Option(
+            "--lower-points",
+            help="Data points the empirical lower bound "
+            "on L starts its ascent from (more: a higher, slower witness).",
+        ),
+    ] = 64,
+    exact_max_dim: Annotated[
+        int,
+        typer.Option(
+            "--exact-max-dim",
+            help="As in `speccert norms`: exact "
+            "certificates for zero-padded convs up to this Gram dimension (default 2048; "
+            "larger: one n^3 Cholesky and ~16 n^2 bytes per layer).",
+        ),
+    ] = 2048,
 ) -> None:
     """Certify a classifier's L2 robustness on labelled data: global Lipschitz bound, certified radii and
     certified accuracy at each eps (a radius is a proven L2 distance in the data's own space)."""
@@ -131,8 +197,14 @@ def command(
     dataset = load_data(data, split, limit)  # data errors first: they are cheaper to find than model ones
     graph = load_model(model, input_shape, weights, trust_pickle)
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         tasks: dict[str, TaskID] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -140,11 +212,24 @@ def command(
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        report: CertifyReport = certify(graph, dataset, eps_list, method=method, device=dev,
-                                        second_order=second_order, audit=audit, batch_size=batch_size,
-                                        mean=mean_v, std=std_v, split=split, seed=seed,
-                                        crc_steps=crc_steps, lower_points=lower_points,
-                                        exact_max_dim=exact_max_dim, progress=progress)
+        report: CertifyReport = certify(
+            graph,
+            dataset,
+            eps_list,
+            method=method,
+            device=dev,
+            second_order=second_order,
+            audit=audit,
+            batch_size=batch_size,
+            mean=mean_v,
+            std=std_v,
+            split=split,
+            seed=seed,
+            crc_steps=crc_steps,
+            lower_points=lower_points,
+            exact_max_dim=exact_max_dim,
+            progress=progress,
+        )
     report.model["path"] = report.model.get("path") or model
     d = report.to_dict()
     render(d, err if json_out == "-" else out)

@@ -20,30 +20,54 @@ _WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
 out = Console(soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, soft_wrap=True)
 
-ModelArg = Annotated[str, typer.Argument(help="Model: a .onnx, .pt2 or TorchScript file, or 'package.module:factory'.")]
+ModelArg = Annotated[
+    str, typer.Argument(help="Model: a .onnx, .pt2 or TorchScript file, or 'package.module:factory'.")
+]
 InputShapeOpt = Annotated[
     str | None,
-    typer.Option("--input-shape", help="Input shape without the batch axis, e.g. 1,28,28 (needed for "
-                 "'module:factory' specs and models with dynamic dimensions)."),
+    typer.Option(
+        "--input-shape",
+        help="Input shape without the batch axis, e.g. 1,28,28 (needed for "
+        "'module:factory' specs and models with dynamic dimensions).",
+    ),
 ]
 WeightsOpt = Annotated[
-    Path | None, typer.Option("--weights", help="state_dict file for a 'package.module:factory' model (read with weights_only=True).")
+    Path | None,
+    typer.Option(
+        "--weights",
+        help="state_dict file for a 'package.module:factory' model (read with weights_only=True).",
+    ),
 ]
 TrustPickleOpt = Annotated[
-    bool, typer.Option("--trust-pickle", help="Allow unpickling a whole saved module. Runs code from the file: only for files you trust.")
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Allow unpickling a whole saved module. Runs code from the file: only for files you trust.",
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (cuda when available).")]
 JsonOpt = Annotated[
-    str | None, typer.Option("--json", help="Write the machine-readable report to this path ('-' for stdout).")
+    str | None,
+    typer.Option("--json", help="Write the machine-readable report to this path ('-' for stdout)."),
 ]
 
 
-def load_model(model: str, input_shape: str | None, weights: Path | None, trust_pickle: bool,
-               allow_unsupported: bool = False):  # noqa: ANN201 - returns speccert.ir.Graph
+def load_model(
+    model: str,
+    input_shape: str | None,
+    weights: Path | None,
+    trust_pickle: bool,
+    allow_unsupported: bool = False,
+):  # noqa: ANN201 - returns speccert.ir.Graph
     from speccert.importers import load, parse_input_shape
 
-    return load(model, parse_input_shape(input_shape), weights=weights, trust_pickle=trust_pickle,
-                allow_unsupported=allow_unsupported)
+    return load(
+        model,
+        parse_input_shape(input_shape),
+        weights=weights,
+        trust_pickle=trust_pickle,
+        allow_unsupported=allow_unsupported,
+    )
 
 
 def resolve_device(device: str) -> str:

@@ -50,42 +50,105 @@ def _options(items: list[str] | None) -> dict[str, Any]:
 
 def _epoch_table(rec: Any, eps: list[float]) -> Table:
     t = Table(title=f"epoch {rec.epoch}" + (" (input model)" if rec.epoch == 0 else ""), title_justify="left")
-    for col in ("loss", "clean acc", "L upper", *(f"cert acc @{e:g}" for e in eps), "penalty weight", "targets"):
+    for col in (
+        "loss",
+        "clean acc",
+        "L upper",
+        *(f"cert acc @{e:g}" for e in eps),
+        "penalty weight",
+        "targets",
+    ):
         t.add_column(col, justify="right")
     loss = "-" if rec.loss != rec.loss else f"{rec.loss:.4f}"
-    t.add_row(loss, f"{rec.clean:.2%}", f"{rec.lipschitz:.4g}", *(f"{rec.cra.get(e, 0.0):.2%}" for e in eps),
-              f"{rec.weight:.4g}", "[green]met[/]" if rec.met else f"[yellow]{len(rec.missed)} missed[/]")
+    t.add_row(
+        loss,
+        f"{rec.clean:.2%}",
+        f"{rec.lipschitz:.4g}",
+        *(f"{rec.cra.get(e, 0.0):.2%}" for e in eps),
+        f"{rec.weight:.4g}",
+        "[green]met[/]" if rec.met else f"[yellow]{len(rec.missed)} missed[/]",
+    )
     return t
 
 
 def command(
     model: ModelArg,
-    data: Annotated[str, typer.Option("--data", help="Training data: .npz (x, y), x.npy + y.npy, IDX files or folder "
-                                      "(train split), or a folder of images by class.")],
-    out_path: Annotated[Path, typer.Option("--out", help="Output model, in the input's format (.onnx, .pt2, or a "
-                                           "state_dict .pt for module:factory). Never the input file.")],
-    target: Annotated[list[str], typer.Option("--target", help="Target to reach, repeatable: 'cra@EPS>=V', "
-                                              "'clean>=V', 'lipschitz<=V'.")],
-    val: Annotated[str | None, typer.Option("--val", help="Validation data the certifier runs on (default: the test "
-                                            "split of an IDX folder, else a seeded 10% of --data).")] = None,
-    penalty: Annotated[str, typer.Option("--penalty", help="lmt, spectral, fantastic4, weissi, spectreg, curvature "
-                                         "or none (see the penalties table in docs/finetune.md).")] = "lmt",
-    weight: Annotated[float | None, typer.Option("--weight", help="Initial penalty weight (default: the "
-                                                 "penalty's own; it adapts when progress stalls).")] = None,
-    penalty_option: Annotated[list[str] | None, typer.Option("--penalty-option", help="Penalty option key=value, "
-                                                             "e.g. conv_mode=kernel, form=global, variant=datagrad.")] = None,
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Training data: .npz (x, y), x.npy + y.npy, IDX files or folder "
+            "(train split), or a folder of images by class.",
+        ),
+    ],
+    out_path: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Output model, in the input's format (.onnx, .pt2, or a "
+            "state_dict .pt for module:factory). Never the input file.",
+        ),
+    ],
+    target: Annotated[
+        list[str],
+        typer.Option(
+            "--target", help="Target to reach, repeatable: 'cra@EPS>=V', 'clean>=V', 'lipschitz<=V'."
+        ),
+    ],
+    val: Annotated[
+        str | None,
+        typer.Option(
+            "--val",
+            help="Validation data the certifier runs on (default: the test "
+            "split of an IDX folder, else a seeded 10% of --data).",
+        ),
+    ] = None,
+    penalty: Annotated[
+        str,
+        typer.Option(
+            "--penalty",
+            help="lmt, spectral, fantastic4, weissi, spectreg, curvature "
+            "or none (see the penalties table in docs/finetune.md).",
+        ),
+    ] = "lmt",
+    weight: Annotated[
+        float | None,
+        typer.Option(
+            "--weight",
+            help="Initial penalty weight (default: the penalty's own; it adapts when progress stalls).",
+        ),
+    ] = None,
+    penalty_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--penalty-option",
+            help="Penalty option key=value, e.g. conv_mode=kernel, form=global, variant=datagrad.",
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Epoch budget.")] = 10,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch size (split across torchrun ranks).")] = 128,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in <out>.run/.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out and its run folder "
-                                            "(never the input).")] = False,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Also checkpoint every N steps "
-                                                  "(0: only every epoch).")] = 0,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Global batch size (split across torchrun ranks).")
+    ] = 128,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the last checkpoint in <out>.run/.")
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace an existing --out and its run folder (never the input)."),
+    ] = False,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", help="Also checkpoint every N steps (0: only every epoch).")
+    ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed: same seed, same run.")] = 0,
     device: DeviceOpt = "cpu",
-    mean: Annotated[str | None, typer.Option("--mean", help="Normalisation mean applied to the data before the "
-                                             "model (certified in data space).")] = None,
+    mean: Annotated[
+        str | None,
+        typer.Option(
+            "--mean",
+            help="Normalisation mean applied to the data before the model (certified in data space).",
+        ),
+    ] = None,
     std: Annotated[str | None, typer.Option("--std", help="Normalisation std.")] = None,
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
@@ -112,9 +175,16 @@ def command(
         val_data = data  # an IDX folder: train on its train split, certify on its test split
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
 
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=err, transient=True,
-                  disable=not main) as bar:
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not main,
+    ) as bar:
         tasks: dict[int, Any] = {}
 
         def on_step(epoch: int, step: int, total: int, loss: float) -> None:
@@ -129,21 +199,49 @@ def command(
             if rec.note:
                 bar.console.print(f"[dim]{rec.note}[/]")
 
-        res = finetune(model, data, val_data, targets=tlist, penalty=penalty, penalty_weight=weight,
-                       penalty_options=_options(penalty_option), epochs=epochs, lr=lr, batch_size=batch_size,
-                       out=out_path, resume=resume, overwrite=overwrite, seed=seed, device=dev,
-                       checkpoint_every=checkpoint_every, mean=mean_v, std=std_v,
-                       input_shape=parse_input_shape(input_shape), weights=weights, on_epoch=on_epoch,
-                       on_step=on_step)
+        res = finetune(
+            model,
+            data,
+            val_data,
+            targets=tlist,
+            penalty=penalty,
+            penalty_weight=weight,
+            penalty_options=_options(penalty_option),
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            out=out_path,
+            resume=resume,
+            overwrite=overwrite,
+            seed=seed,
+            device=dev,
+            checkpoint_every=checkpoint_every,
+            mean=mean_v,
+            std=std_v,
+            input_shape=parse_input_shape(input_shape),
+            weights=weights,
+            on_epoch=on_epoch,
+            on_step=on_step,
+        )
     if not main:
         raise typer.Exit(res.exit_code)
     report = res.report.to_dict(samples=False) if res.report is not None else None
     if json_out is not None:
-        write_json({"finetune": {"met": res.met, "missed": res.missed, "best_epoch": res.best_epoch,
-                                 "output": str(res.output) if res.output else None,
-                                 "history": [r.__dict__ | {"cra": {str(k): v for k, v in r.cra.items()}}
-                                             for r in res.history]},
-                    "report": report}, json_out)
+        write_json(
+            {
+                "finetune": {
+                    "met": res.met,
+                    "missed": res.missed,
+                    "best_epoch": res.best_epoch,
+                    "output": str(res.output) if res.output else None,
+                    "history": [
+                        r.__dict__ | {"cra": {str(k): v for k, v in r.cra.items()}} for r in res.history
+                    ],
+                },
+                "report": report,
+            },
+            json_out,
+        )
     if json_out != "-":
         if report is not None:
             out.print(f"[bold]Certify report of the output model[/] {res.output}")
@@ -153,8 +251,10 @@ def command(
         if res.met:
             out.print(f"[green]every target met[/] at epoch {res.best_epoch}; wrote {res.output}")
         else:
-            out.print(f"[red]targets missed[/] after {res.history[-1].epoch} epochs; best epoch "
-                      f"{res.best_epoch} written to {res.output}:")
+            out.print(
+                f"[red]targets missed[/] after {res.history[-1].epoch} epochs; best epoch "
+                f"{res.best_epoch} written to {res.output}:"
+            )
             for m in res.missed:
                 out.print(f"  - {m}")
     raise typer.Exit(res.exit_code)

@@ -37,8 +37,13 @@ if TYPE_CHECKING:
     from speccert.report.rules import RuleSpec
 
 
-def _rules_from_options(min_cra: list[str] | None, min_clean: float | None, max_lipschitz: float | None,
-                        max_layer_norm: float | None, min_median_radius: float | None) -> list[RuleSpec]:
+def _rules_from_options(
+    min_cra: list[str] | None,
+    min_clean: float | None,
+    max_lipschitz: float | None,
+    max_layer_norm: float | None,
+    min_median_radius: float | None,
+) -> list[RuleSpec]:
     from speccert.report.policy import make_rule, parse_cra_option
 
     rules = [parse_cra_option(t) for t in min_cra or []]
@@ -56,37 +61,88 @@ def _rules_from_options(min_cra: list[str] | None, min_clean: float | None, max_
 
 def command(
     model: ModelArg,
-    policy: Annotated[Path | None, typer.Option("--policy", help="Policy TOML: speccert.toml, or a pyproject.toml "
-                                                "with \\[tool.speccert]. Default: ./speccert.toml if present.")] = None,
-    baseline: Annotated[str | None, typer.Option("--baseline", help="Baseline report (JSON of an earlier gate or "
-                                                 "certify run): enables no_regression.")] = None,
-    junit: Annotated[str | None, typer.Option("--junit", help="Write JUnit XML here (one test case per rule).")] = None,
-    markdown: Annotated[str | None, typer.Option("--markdown", help="Append a Markdown summary here (works with "
-                                                  "$GITHUB_STEP_SUMMARY).")] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            help="Policy TOML: speccert.toml, or a pyproject.toml "
+            "with \\[tool.speccert]. Default: ./speccert.toml if present.",
+        ),
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            help="Baseline report (JSON of an earlier gate or certify run): enables no_regression.",
+        ),
+    ] = None,
+    junit: Annotated[
+        str | None, typer.Option("--junit", help="Write JUnit XML here (one test case per rule).")
+    ] = None,
+    markdown: Annotated[
+        str | None,
+        typer.Option("--markdown", help="Append a Markdown summary here (works with $GITHUB_STEP_SUMMARY)."),
+    ] = None,
     json_out: JsonOpt = None,
-    min_cra: Annotated[list[str] | None, typer.Option("--min-cra", metavar="ACC@EPS", help="Rule: certified "
-                                                      "accuracy at radius EPS >= ACC, e.g. 0.5@0.25. Repeatable.")] = None,
-    min_clean: Annotated[float | None, typer.Option("--min-clean", help="Rule: clean accuracy >= this.")] = None,
-    max_lipschitz: Annotated[float | None, typer.Option("--max-lipschitz", help="Rule: proven Lipschitz upper "
-                                                        "bound <= this.")] = None,
-    max_layer_norm: Annotated[float | None, typer.Option("--max-layer-norm", help="Rule: every layer's proven "
-                                                         "spectral-norm upper bound <= this.")] = None,
-    min_median_radius: Annotated[float | None, typer.Option("--min-median-radius", help="Rule: median certified "
-                                                            "radius >= this.")] = None,
-    max_cra_drop: Annotated[float | None, typer.Option("--max-cra-drop", help="no_regression: allowed absolute "
-                                                       "drop of certified accuracy (default 0.01).")] = None,
-    max_lipschitz_growth: Annotated[float | None, typer.Option("--max-lipschitz-growth", help="no_regression: "
-                                                               "allowed growth factor of L (default 1.05).")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="Data to certify on (overrides the policy's).")] = None,
+    min_cra: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--min-cra",
+            metavar="ACC@EPS",
+            help="Rule: certified accuracy at radius EPS >= ACC, e.g. 0.5@0.25. Repeatable.",
+        ),
+    ] = None,
+    min_clean: Annotated[
+        float | None, typer.Option("--min-clean", help="Rule: clean accuracy >= this.")
+    ] = None,
+    max_lipschitz: Annotated[
+        float | None, typer.Option("--max-lipschitz", help="Rule: proven Lipschitz upper bound <= this.")
+    ] = None,
+    max_layer_norm: Annotated[
+        float | None,
+        typer.Option(
+            "--max-layer-norm", help="Rule: every layer's proven spectral-norm upper bound <= this."
+        ),
+    ] = None,
+    min_median_radius: Annotated[
+        float | None, typer.Option("--min-median-radius", help="Rule: median certified radius >= this.")
+    ] = None,
+    max_cra_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cra-drop",
+            help="no_regression: allowed absolute drop of certified accuracy (default 0.01).",
+        ),
+    ] = None,
+    max_lipschitz_growth: Annotated[
+        float | None,
+        typer.Option(
+            "--max-lipschitz-growth", help="no_regression: allowed growth factor of L (default 1.05)."
+        ),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data to certify on (overrides the policy's).")
+    ] = None,
     split: Annotated[str | None, typer.Option("--split", help="test or train (IDX folders).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Use the first N samples.")] = None,
-    eps: Annotated[str | None, typer.Option("--eps", help="Radii, e.g. 0.1,0.25,0.5 (rule radii are added).")] = None,
-    method: Annotated[str | None, typer.Option("--method", help="Norm method (default: the policy's, or auto).")] = None,
+    eps: Annotated[
+        str | None, typer.Option("--eps", help="Radii, e.g. 0.1,0.25,0.5 (rule radii are added).")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="Norm method (default: the policy's, or auto).")
+    ] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of every random choice (default: the policy's, "
-                                             "or 0).")] = None,
-    lower_bound: Annotated[bool, typer.Option("--lower-bound", help="Also measure an empirical lower bound on "
-                                              "the Lipschitz constant (slower; not used by rules).")] = False,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of every random choice (default: the policy's, or 0).")
+    ] = None,
+    lower_bound: Annotated[
+        bool,
+        typer.Option(
+            "--lower-bound",
+            help="Also measure an empirical lower bound on "
+            "the Lipschitz constant (slower; not used by rules).",
+        ),
+    ] = False,
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -95,7 +151,9 @@ def command(
     from speccert.report.gate_outputs import write_output
     from speccert.report.policy import Policy, discover_policy, parse_eps_option, read_policy, with_overrides
 
-    _check_targets({"--json": json_out if json_out != "-" else None, "--junit": junit, "--markdown": markdown})
+    _check_targets(
+        {"--json": json_out if json_out != "-" else None, "--junit": junit, "--markdown": markdown}
+    )
     cli_rules = _rules_from_options(min_cra, min_clean, max_lipschitz, max_layer_norm, min_median_radius)
     policy_path = policy if policy is not None else discover_policy(".")
     pol = read_policy(policy_path) if policy_path is not None else Policy(source="command line")
@@ -104,16 +162,30 @@ def command(
     if input_shape is not None:
         from speccert.importers import parse_input_shape
 
-        pol = dataclasses.replace(pol, data=dataclasses.replace(pol.data, input_shape=parse_input_shape(input_shape)))
+        pol = dataclasses.replace(
+            pol, data=dataclasses.replace(pol.data, input_shape=parse_input_shape(input_shape))
+        )
     if lower_bound:
         pol = dataclasses.replace(pol, lower_bound=True)
-    pol = with_overrides(pol, rules=cli_rules, eps=parse_eps_option(eps) if eps is not None else None, data=data,
-                         limit=limit, split=split, method=method, device=device, seed=seed, baseline=baseline,
-                         max_cra_drop=max_cra_drop, max_lipschitz_growth=max_lipschitz_growth)
+    pol = with_overrides(
+        pol,
+        rules=cli_rules,
+        eps=parse_eps_option(eps) if eps is not None else None,
+        data=data,
+        limit=limit,
+        split=split,
+        method=method,
+        device=device,
+        seed=seed,
+        baseline=baseline,
+        max_cra_drop=max_cra_drop,
+        max_lipschitz_growth=max_lipschitz_growth,
+    )
 
     with err.status(f"certifying {model} ...", spinner="dots"):
-        result = gate(model, pol, weights=os.fspath(weights) if weights is not None else None,
-                      trust_pickle=trust_pickle)
+        result = gate(
+            model, pol, weights=os.fspath(weights) if weights is not None else None, trust_pickle=trust_pickle
+        )
 
     if json_out is not None:
         write_json(result.to_dict(), json_out)
@@ -132,7 +204,9 @@ def _check_targets(targets: dict[str, str | Path | None]) -> None:
         if target is None:
             continue
         if str(target) == "":
-            raise UsageError(f"{opt}: empty path (is the variable you passed, e.g. $GITHUB_STEP_SUMMARY, set?)")
+            raise UsageError(
+                f"{opt}: empty path (is the variable you passed, e.g. $GITHUB_STEP_SUMMARY, set?)"
+            )
         path = Path(target)
         if path.is_dir():
             raise UsageError(f"{opt} {target}: is a folder")
@@ -156,8 +230,12 @@ def _render(result: GateResult, to_stderr: bool) -> None:
     table.add_column("result", justify="center")
     for r in result.rules:
         value = num(r.value, 6) + (f" (baseline {num(r.baseline, 6)})" if r.baseline is not None else "")
-        table.add_row(r.name, value, f"{r.op} {num(r.threshold, 6)}",
-                      "[green]pass[/]" if r.passed else "[bold red]FAIL[/]")
+        table.add_row(
+            r.name,
+            value,
+            f"{r.op} {num(r.threshold, 6)}",
+            "[green]pass[/]" if r.passed else "[bold red]FAIL[/]",
+        )
     console.print(table)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)

@@ -31,8 +31,12 @@ SCHEMA = "speccert.inspect/1"
 def _reasons(graph: Graph) -> dict[str, str]:
     from speccert.ir.ops import Opaque
 
-    return {n.name: (n.op.reason if isinstance(n.op, Opaque) else "softmax is only supported as the model's output")
-            for n in graph.unsupported()}
+    return {
+        n.name: (
+            n.op.reason if isinstance(n.op, Opaque) else "softmax is only supported as the model's output"
+        )
+        for n in graph.unsupported()
+    }
 
 
 def inspect_report(graph: Graph) -> dict[str, Any]:
@@ -44,20 +48,26 @@ def inspect_report(graph: Graph) -> dict[str, Any]:
     non_finite_all: list[str] = []
     for n in graph.nodes:
         params = n.op.parameters()
-        bad = [f"{n.name}.{k}" for k, t in params.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = [
+            f"{n.name}.{k}"
+            for k, t in params.items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
         non_finite_all += bad
-        rows.append({
-            "name": n.name,
-            "operator": n.op.describe(),
-            "op_type": n.op_type,
-            "inputs": list(n.inputs),
-            "input_shapes": [list(graph.shape_of(i)) for i in n.inputs],
-            "output_shape": list(n.shape),
-            "params": int(sum(t.numel() for t in params.values())),
-            "lipschitz_supported": n.name not in reasons,
-            "reason": reasons.get(n.name),
-            "non_finite": bad,
-        })
+        rows.append(
+            {
+                "name": n.name,
+                "operator": n.op.describe(),
+                "op_type": n.op_type,
+                "inputs": list(n.inputs),
+                "input_shapes": [list(graph.shape_of(i)) for i in n.inputs],
+                "output_shape": list(n.shape),
+                "params": int(sum(t.numel() for t in params.values())),
+                "lipschitz_supported": n.name not in reasons,
+                "reason": reasons.get(n.name),
+                "non_finite": bad,
+            }
+        )
     src = graph.source
     return {
         "schema": SCHEMA,
@@ -69,8 +79,15 @@ def inspect_report(graph: Graph) -> dict[str, Any]:
         "output": graph.output,
         "total_params": int(sum(r["params"] for r in rows)),
         "nodes": rows,
-        "unsupported": [{"op": r["op_type"] if r["op_type"] != "Opaque" else r["operator"].split(" ")[0],
-                         "node": r["name"], "reason": r["reason"]} for r in rows if not r["lipschitz_supported"]],
+        "unsupported": [
+            {
+                "op": r["op_type"] if r["op_type"] != "Opaque" else r["operator"].split(" ")[0],
+                "node": r["name"],
+                "reason": r["reason"],
+            }
+            for r in rows
+            if not r["lipschitz_supported"]
+        ],
         "non_finite_parameters": non_finite_all,
     }
 
@@ -113,14 +130,22 @@ def command(
         console = out if out.is_terminal else Console(file=out.file, width=200, soft_wrap=True)
         console.print(_table(report))
         sha = (report["sha256"] or "")[:16]
-        out.print(f"format {report['format']}  sha256 {sha}…  input {report['input_shape']}  "
-                  f"output {report['output_shape']}  nodes {len(report['nodes'])}  "
-                  f"params {report['total_params']:,}", highlight=False)
+        out.print(
+            f"format {report['format']}  sha256 {sha}…  input {report['input_shape']}  "
+            f"output {report['output_shape']}  nodes {len(report['nodes'])}  "
+            f"params {report['total_params']:,}",
+            highlight=False,
+        )
     if report["non_finite_parameters"]:
-        err.print(f"[yellow]warning:[/] NaN or Inf weights in {', '.join(report['non_finite_parameters'])}; "
-                  "certify and norms will refuse this model", highlight=False)
+        err.print(
+            f"[yellow]warning:[/] NaN or Inf weights in {', '.join(report['non_finite_parameters'])}; "
+            "certify and norms will refuse this model",
+            highlight=False,
+        )
     if report["unsupported"]:
         listing = "; ".join(f"{u['op']} node '{u['node']}': {u['reason']}" for u in report["unsupported"])
-        err.print(f"[bold red]error:[/] {len(report['unsupported'])} node(s) without a Lipschitz bound: {listing}",
-                  highlight=False)
+        err.print(
+            f"[bold red]error:[/] {len(report['unsupported'])} node(s) without a Lipschitz bound: {listing}",
+            highlight=False,
+        )
         raise typer.Exit(EXIT_UNSUPPORTED)

@@ -31,25 +31,45 @@ def _fmt(x: float | None) -> str:
 
 
 def norms_report(norms: list[Any], method: str, device: str) -> dict[str, Any]:
-    return {"schema": "speccert.norms/1", "method": method, "device": device,
-            "layers": [n.to_dict() for n in norms],
-            "total_seconds": sum(n.seconds for n in norms)}
+    return {
+        "schema": "speccert.norms/1",
+        "method": method,
+        "device": device,
+        "layers": [n.to_dict() for n in norms],
+        "total_seconds": sum(n.seconds for n in norms),
+    }
 
 
 def render_table(norms: list[Any], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title, show_lines=False)
-    for col, just in (("layer", "left"), ("operator", "left"), ("in -> out", "left"), ("lower", "right"),
-                      ("upper", "right"), ("gap %", "right"), ("method", "left"), ("s", "right")):
+    for col, just in (
+        ("layer", "left"),
+        ("operator", "left"),
+        ("in -> out", "left"),
+        ("lower", "right"),
+        ("upper", "right"),
+        ("gap %", "right"),
+        ("method", "left"),
+        ("s", "right"),
+    ):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for n in norms:
         gap = n.gap
         lower = n.lower.value if n.lower is not None else None
         extra = f" (est {n.estimate.value:.4g})" if n.estimate is not None else ""
         shapes = f"{'x'.join(map(str, n.in_shape))} -> {'x'.join(map(str, n.out_shape))}"
-        table.add_row(n.name, n.op, shapes, _fmt(lower), _fmt(n.upper.value) + extra,
-                      "-" if gap is None else f"{100 * gap:.3f}", n.method, f"{n.seconds:.2f}")
+        table.add_row(
+            n.name,
+            n.op,
+            shapes,
+            _fmt(lower),
+            _fmt(n.upper.value) + extra,
+            "-" if gap is None else f"{100 * gap:.3f}",
+            n.method,
+            f"{n.seconds:.2f}",
+        )
     out.print(table)
     notes = [(n.name, note) for n in norms for note in n.notes]
     for name, note in notes:
@@ -58,28 +78,48 @@ def render_table(norms: list[Any], title: str) -> None:
 
 def command(
     model: ModelArg,
-    method: Annotated[str, typer.Option("--method", help="auto (default: tightest proven upper bound + power "
-                                        "iteration lower bound) or one method: dense, power, fft, gram, "
-                                        "fantastic4, lmt, miyato, closed_form, nonnegative.")] = "auto",
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="auto (default: tightest proven upper bound + power "
+            "iteration lower bound) or one method: dense, power, fft, gram, "
+            "fantastic4, lmt, miyato, closed_form, nonnegative.",
+        ),
+    ] = "auto",
     device: DeviceOpt = "cpu",
     json_out: JsonOpt = None,
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
-    exact_max_dim: Annotated[int, typer.Option("--exact-max-dim", help="Certify zero-padded convs exactly up "
-                             "to this Gram dimension (default 2048; 25088 covers ResNet-18's 7x7 maps: one "
-                             "n^3 Cholesky and ~16 n^2 bytes per layer: ~70 s and 10 GB each on 2 CPU cores).")] = 2048,
+    exact_max_dim: Annotated[
+        int,
+        typer.Option(
+            "--exact-max-dim",
+            help="Certify zero-padded convs exactly up "
+            "to this Gram dimension (default 2048; 25088 covers ResNet-18's 7x7 maps: one "
+            "n^3 Cholesky and ~16 n^2 bytes per layer: ~70 s and 10 GB each on 2 CPU cores).",
+        ),
+    ] = 2048,
 ) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from speccert.norms import layer_norms, method_names
 
     if method not in method_names():
-        raise UsageError(f"--method {method!r} is not a norm method (choose from {', '.join(method_names())})")
+        raise UsageError(
+            f"--method {method!r} is not a norm method (choose from {', '.join(method_names())})"
+        )
     dev = resolve_device(device)
     graph = load_model(model, input_shape, weights, trust_pickle)
-    with Progress(TextColumn("norms"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.description}"),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
+    with Progress(
+        TextColumn("norms"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} {task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         task = bar.add_task("", total=None)
 
         def progress(i: int, n: int, name: str) -> None:

@@ -54,13 +54,20 @@ def as_labels(y: np.ndarray, what: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, source: str, split: str | None = None,
-                 classes: tuple[str, ...] | None = None) -> Dataset:
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    source: str,
+    split: str | None = None,
+    classes: tuple[str, ...] | None = None,
+) -> Dataset:
     x = as_float_images(np.asarray(x), source)
     y = as_labels(y, source)
     if x.ndim < 2:
-        raise InputError(f"{source}: inputs must have a sample axis and at least one feature axis, "
-                         f"got shape {list(x.shape)}")
+        raise InputError(
+            f"{source}: inputs must have a sample axis and at least one feature axis, "
+            f"got shape {list(x.shape)}"
+        )
     if x.shape[0] != y.shape[0]:
         raise InputError(f"{source}: {x.shape[0]} inputs but {y.shape[0]} labels")
     if x.shape[0] == 0:
@@ -88,11 +95,15 @@ def fit_to_model(data: Dataset, input_shape: tuple[int, ...], n_classes: int) ->
             hint = ""
             if same_count and sorted(shape) == sorted(input_shape):
                 hint = " (same sizes in another order: transpose the data, e.g. HWC -> CHW, first)"
-            raise InputError(f"{data.source}: samples have shape {list(shape)} but the model takes "
-                             f"{list(input_shape)}{hint}")
+            raise InputError(
+                f"{data.source}: samples have shape {list(shape)} but the model takes "
+                f"{list(input_shape)}{hint}"
+            )
     bad = (data.y < 0) | (data.y >= n_classes)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise InputError(f"{data.source}: label {int(data.y[i])} of sample {i} is out of range: the model has "
-                         f"{n_classes} classes (0..{n_classes - 1}); {int(bad.sum())} labels out of range")
+        raise InputError(
+            f"{data.source}: label {int(data.y[i])} of sample {i} is out of range: the model has "
+            f"{n_classes} classes (0..{n_classes - 1}); {int(bad.sum())} labels out of range"
+        )
     return Dataset(np.ascontiguousarray(x), data.y, data.source, data.split, data.classes)

@@ -15,8 +15,14 @@ import numpy as np
 
 from speccert.errors import InputError
 
-_DTYPES: dict[int, np.dtype] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-           0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 SPLIT_PREFIX = {"test": "t10k", "train": "train"}
 
 
@@ -36,8 +42,9 @@ def read_idx(path: Path) -> np.ndarray:
     dtype = _DTYPES[raw[2]]
     need = math.prod(dims) * dtype.itemsize
     if len(raw) - header != need:
-        raise InputError(f"{path}: IDX header declares {list(dims)} ({need} bytes) but holds "
-                         f"{len(raw) - header} bytes")
+        raise InputError(
+            f"{path}: IDX header declares {list(dims)} ({need} bytes) but holds {len(raw) - header} bytes"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -55,8 +62,10 @@ def idx_pair_in_folder(folder: Path, split: str) -> tuple[Path, Path] | None:
     labels = _find(folder, f"{prefix}-labels-idx1-ubyte")
     if images is None and labels is None:
         if any(p.name.endswith(("-ubyte", "-ubyte.gz")) for p in folder.iterdir()):
-            raise InputError(f"{folder}: no {prefix}-images-idx3-ubyte(.gz) / {prefix}-labels-idx1-ubyte(.gz) "
-                             f"for --split {split}")
+            raise InputError(
+                f"{folder}: no {prefix}-images-idx3-ubyte(.gz) / {prefix}-labels-idx1-ubyte(.gz) "
+                f"for --split {split}"
+            )
         return None
     if images is None or labels is None:
         missing = f"{prefix}-images-idx3-ubyte" if images is None else f"{prefix}-labels-idx1-ubyte"

@@ -21,14 +21,14 @@ def _read_pnm(path: Path) -> np.ndarray:
     tokens: list[bytes] = []
     pos = 0
     while len(tokens) < 4:
-        while pos < len(raw) and raw[pos:pos + 1].isspace():
+        while pos < len(raw) and raw[pos : pos + 1].isspace():
             pos += 1
-        if raw[pos:pos + 1] == b"#":
-            while pos < len(raw) and raw[pos:pos + 1] != b"\n":
+        if raw[pos : pos + 1] == b"#":
+            while pos < len(raw) and raw[pos : pos + 1] != b"\n":
                 pos += 1
             continue
         start = pos
-        while pos < len(raw) and not raw[pos:pos + 1].isspace():
+        while pos < len(raw) and not raw[pos : pos + 1].isspace():
             pos += 1
         if start == pos:
             raise InputError(f"{path}: truncated PGM/PPM header")
@@ -56,10 +56,16 @@ def read_image(path: Path) -> np.ndarray:
     except ImportError:
         if suffix == ".png":
             return read_png(path)
-        raise InputError(f"{path}: reading {suffix} images needs Pillow (pip install pillow); "
-                         "PNG, PGM/PPM and .npy work without it") from None
+        raise InputError(
+            f"{path}: reading {suffix} images needs Pillow (pip install pillow); "
+            "PNG, PGM/PPM and .npy work without it"
+        ) from None
     with Image.open(path) as im:
-        mode = im.mode if im.mode in ("L", "RGB") else ("RGB" if "A" in im.mode or im.mode in ("P", "CMYK") else "L")
+        mode = (
+            im.mode
+            if im.mode in ("L", "RGB")
+            else ("RGB" if "A" in im.mode or im.mode in ("P", "CMYK") else "L")
+        )
         return np.asarray(im.convert(mode))
 
 
@@ -67,8 +73,9 @@ def read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ..
     """(x [N, C, H, W] or as stored for .npy, y [N], class names)."""
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
     if not classes:
-        raise InputError(f"{root}: a data folder needs one sub-folder of images per class "
-                         "(or IDX files, or x.npy/y.npy)")
+        raise InputError(
+            f"{root}: a data folder needs one sub-folder of images per class (or IDX files, or x.npy/y.npy)"
+        )
     xs: list[np.ndarray] = []
     ys: list[int] = []
     for label, name in enumerate(classes):
@@ -78,8 +85,9 @@ def read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ..
                 if f.suffix.lower() != ".npy":
                     img = img[None] if img.ndim == 2 else np.moveaxis(img, -1, 0)
                 if xs and img.shape != xs[0].shape:
-                    raise InputError(f"{f}: shape {list(img.shape)} differs from the first image's "
-                                     f"{list(xs[0].shape)}")
+                    raise InputError(
+                        f"{f}: shape {list(img.shape)} differs from the first image's {list(xs[0].shape)}"
+                    )
                 xs.append(img)
                 ys.append(label)
     if not xs:

@@ -36,7 +36,9 @@ def _load_npz(path: Path) -> Dataset:
         with np.load(path, allow_pickle=False) as z:
             keys = list(z.keys())
             if "x" not in keys or "y" not in keys:
-                raise InputError(f"{path}: an .npz data file needs arrays 'x' and 'y' (found: {', '.join(keys) or 'none'})")
+                raise InputError(
+                    f"{path}: an .npz data file needs arrays 'x' and 'y' (found: {', '.join(keys) or 'none'})"
+                )
             x, y = z["x"], z["y"]
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise InputError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
@@ -50,8 +52,10 @@ def _labels_for(path: Path) -> Path:
     elif name.endswith("_x.npy"):
         cand = path.with_name(name[: -len("_x.npy")] + "_y.npy")
     else:
-        raise InputError(f"{path}: cannot tell where its labels are; name the inputs x.npy (labels y.npy), "
-                         "<name>_x.npy (labels <name>_y.npy), or use an .npz with x and y")
+        raise InputError(
+            f"{path}: cannot tell where its labels are; name the inputs x.npy (labels y.npy), "
+            "<name>_x.npy (labels <name>_y.npy), or use an .npz with x and y"
+        )
     if not cand.is_file():
         raise InputError(f"{path}: labels file {cand.name} not found beside it")
     return cand
@@ -82,5 +86,7 @@ def load_data(path: str | os.PathLike[str], split: str = "test", limit: int | No
         return make_dataset(_npy(p), _npy(_labels_for(p)), str(p)).head(limit)
     if name.endswith(("-ubyte", "-ubyte.gz")):
         return make_dataset(read_idx(p), read_idx(labels_beside(p)), str(p)).head(limit)
-    raise InputError(f"{p}: unknown data format; expected .npz (x, y), .npy pairs, IDX files, or a folder "
-                     "(IDX files, x.npy/y.npy, or one sub-folder of images per class)")
+    raise InputError(
+        f"{p}: unknown data format; expected .npz (x, y), .npy pairs, IDX files, or a folder "
+        "(IDX files, x.npy/y.npy, or one sub-folder of images per class)"
+    )

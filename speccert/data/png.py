@@ -56,8 +56,8 @@ def read_png(path: Path) -> np.ndarray:
         raise InputError(f"{path}: not a PNG file")
     pos, idat, header = 8, [], None
     while pos + 8 <= len(raw):
-        length, ctype = struct.unpack(">I4s", raw[pos:pos + 8])
-        body = raw[pos + 8:pos + 8 + length]
+        length, ctype = struct.unpack(">I4s", raw[pos : pos + 8])
+        body = raw[pos + 8 : pos + 8 + length]
         pos += 12 + length
         if ctype == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)
@@ -69,8 +69,10 @@ def read_png(path: Path) -> np.ndarray:
         raise InputError(f"{path}: PNG without a header")
     width, height, depth, color, _, _, interlace = header
     if depth != 8 or color not in _CHANNELS or interlace != 0:
-        raise InputError(f"{path}: only 8-bit non-interlaced grey/RGB(A) PNGs can be read without Pillow "
-                         f"(bit depth {depth}, colour type {color}, interlace {interlace})")
+        raise InputError(
+            f"{path}: only 8-bit non-interlaced grey/RGB(A) PNGs can be read without Pillow "
+            f"(bit depth {depth}, colour type {color}, interlace {interlace})"
+        )
     ch = _CHANNELS[color]
     try:
         data = zlib.decompress(b"".join(idat))

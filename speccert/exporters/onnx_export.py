@@ -64,7 +64,9 @@ class _Writer:
         return out
 
     def node(self, op_type: str, inputs: list[str], output: str, **kw: Any) -> str:
-        self.nodes.append(helper.make_node(op_type, inputs, [output], name=self.fresh(f"{output}/{op_type}"), **kw))
+        self.nodes.append(
+            helper.make_node(op_type, inputs, [output], name=self.fresh(f"{output}/{op_type}"), **kw)
+        )
         return output
 
 
@@ -82,21 +84,41 @@ def _export_op(w: _Writer, node: Node, op: Op, xs: list[str], in_shape: tuple[in
         elif op.bias is None:
             w.node("MatMul", [xs[0], w.const(f"{name}.weight_t", op.weight.T)], out)
         else:
-            mm = w.node("MatMul", [xs[0], w.const(f"{name}.weight_t", op.weight.T)], w.fresh(f"{name}/matmul"))
+            mm = w.node(
+                "MatMul", [xs[0], w.const(f"{name}.weight_t", op.weight.T)], w.fresh(f"{name}/matmul")
+            )
             w.node("Add", [mm, w.const(f"{name}.bias", op.bias)], out)
     elif isinstance(op, Conv):
         if op.padding_mode != "zeros":
-            raise UnsupportedModelError(f"node '{name}': Conv with padding_mode={op.padding_mode} cannot be exported")
+            raise UnsupportedModelError(
+                f"node '{name}': Conv with padding_mode={op.padding_mode} cannot be exported"
+            )
         ins = [xs[0], w.const(f"{name}.weight", op.weight)]
         ins += [w.const(f"{name}.bias", op.bias)] if op.bias is not None else []
-        w.node("Conv", ins, out, kernel_shape=list(op.weight.shape[2:]), strides=list(op.stride),
-               pads=_pads(op.padding), dilations=list(op.dilation), group=op.groups)
+        w.node(
+            "Conv",
+            ins,
+            out,
+            kernel_shape=list(op.weight.shape[2:]),
+            strides=list(op.stride),
+            pads=_pads(op.padding),
+            dilations=list(op.dilation),
+            group=op.groups,
+        )
     elif isinstance(op, ConvTranspose):
         ins = [xs[0], w.const(f"{name}.weight", op.weight)]
         ins += [w.const(f"{name}.bias", op.bias)] if op.bias is not None else []
-        w.node("ConvTranspose", ins, out, kernel_shape=list(op.weight.shape[2:]), strides=list(op.stride),
-               pads=list(op.padding) * 2, output_padding=list(op.output_padding), dilations=list(op.dilation),
-               group=op.groups)
+        w.node(
+            "ConvTranspose",
+            ins,
+            out,
+            kernel_shape=list(op.weight.shape[2:]),
+            strides=list(op.stride),
+            pads=list(op.padding) * 2,
+            output_padding=list(op.output_padding),
+            dilations=list(op.dilation),
+            group=op.groups,
+        )
     elif isinstance(op, BatchNorm):
         ins = [xs[0]] + [w.const(f"{name}.{k}", getattr(op, k)) for k in ("weight", "bias", "mean", "var")]
         w.node("BatchNormalization", ins, out, epsilon=float(op.eps))
@@ -104,17 +126,37 @@ def _export_op(w: _Writer, node: Node, op: Op, xs: list[str], in_shape: tuple[in
         cur = xs[0]
         has_shift = bool((op.shift != 0).any())
         if not bool((op.scale == 1).all()):
-            cur = w.node("Mul", [cur, w.const(f"{name}.scale", op.scale)], out if not has_shift else w.fresh(f"{name}/mul"))
+            cur = w.node(
+                "Mul",
+                [cur, w.const(f"{name}.scale", op.scale)],
+                out if not has_shift else w.fresh(f"{name}/mul"),
+            )
         if has_shift or cur == xs[0]:
             w.node("Add", [cur, w.const(f"{name}.shift", op.shift)], out)
     elif isinstance(op, Activation):
         _export_activation(w, op, xs[0], out)
     elif isinstance(op, MaxPool):
-        w.node("MaxPool", xs, out, kernel_shape=list(op.kernel), strides=list(op.stride), pads=_pads(op.padding),
-               dilations=list(op.dilation), ceil_mode=int(op.ceil_mode))
+        w.node(
+            "MaxPool",
+            xs,
+            out,
+            kernel_shape=list(op.kernel),
+            strides=list(op.stride),
+            pads=_pads(op.padding),
+            dilations=list(op.dilation),
+            ceil_mode=int(op.ceil_mode),
+        )
     elif isinstance(op, AvgPool):
-        w.node("AveragePool", xs, out, kernel_shape=list(op.kernel), strides=list(op.stride), pads=_pads(op.padding),
-               ceil_mode=int(op.ceil_mode), count_include_pad=int(op.count_include_pad))
+        w.node(
+            "AveragePool",
+            xs,
+            out,
+            kernel_shape=list(op.kernel),
+            strides=list(op.stride),
+            pads=_pads(op.padding),
+            ceil_mode=int(op.ceil_mode),
+            count_include_pad=int(op.count_include_pad),
+        )
     elif isinstance(op, GlobalAvgPool):
         w.node("GlobalAveragePool", xs, out)
     elif isinstance(op, Pad):
@@ -183,8 +225,9 @@ def graph_to_onnx(graph: Graph, opset: int = 17) -> onnx.ModelProto:
     y = helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", *graph.output_shape])
     g = helper.make_graph(w.nodes, "speccert", [x], [y], w.inits)
     ir_version = 8 if opset <= 17 else 9 if opset <= 20 else 10
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version,
-                              producer_name="speccert")
+    model = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version, producer_name="speccert"
+    )
     onnx.checker.check_model(model)
     return model
 

@@ -37,9 +37,15 @@ def is_factory_spec(spec: str) -> bool:
     return bool(mod) and bool(fn) and "/" not in mod and "\\" not in mod and fn.isidentifier()
 
 
-def load(spec: str | os.PathLike[str], input_shape: tuple[int, ...] | None = None, *,
-         weights: str | os.PathLike[str] | None = None, trust_pickle: bool = False,
-         check: bool = True, allow_unsupported: bool = False) -> Graph:
+def load(
+    spec: str | os.PathLike[str],
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    trust_pickle: bool = False,
+    check: bool = True,
+    allow_unsupported: bool = False,
+) -> Graph:
     """Load a model into the graph IR and check it computes what the original computes.
 
     >>> g = speccert.load("models/mlp.onnx")            # doctest: +SKIP
@@ -67,8 +73,9 @@ def load(spec: str | os.PathLike[str], input_shape: tuple[int, ...] | None = Non
     if suffix in TORCH_SUFFIXES:
         from speccert.importers.torch_import import load_torch_file
 
-        return load_torch_file(path, input_shape, trust_pickle=trust_pickle, check=check,
-                               allow_unsupported=allow_unsupported)
+        return load_torch_file(
+            path, input_shape, trust_pickle=trust_pickle, check=check, allow_unsupported=allow_unsupported
+        )
     raise UsageError(
         f"cannot tell the format of {spec!r}: expected .onnx, .pt2, a TorchScript file "
         f"({', '.join(TORCH_SUFFIXES[1:])}) or 'package.module:factory' with --weights"

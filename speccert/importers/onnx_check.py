@@ -17,8 +17,11 @@ from speccert.ir.graph import Graph
 RTOL = 2e-4
 N_SAMPLES = 3
 
-_NP_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-              onnx.TensorProto.FLOAT16: np.float16}
+_NP_DTYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16,
+}
 
 
 def _max_error(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -32,8 +35,9 @@ def _max_error(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(diff.max()) if diff.size else 0.0, RTOL * scale
 
 
-def _run_ort(model: onnx.ModelProto, input_name: str, x: np.ndarray, batch: int | None,
-             outputs: list[str]) -> list[np.ndarray]:
+def _run_ort(
+    model: onnx.ModelProto, input_name: str, x: np.ndarray, batch: int | None, outputs: list[str]
+) -> list[np.ndarray]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -44,14 +48,25 @@ def _run_ort(model: onnx.ModelProto, input_name: str, x: np.ndarray, batch: int 
     try:
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise InternalError(f"onnxruntime cannot run the model to check the import: {str(exc).splitlines()[0]}") from None
+        raise InternalError(
+            f"onnxruntime cannot run the model to check the import: {str(exc).splitlines()[0]}"
+        ) from None
     chunk = batch or x.shape[0]
-    parts = [sess.run(outputs, {input_name: x[i:i + chunk]}) for i in range(0, x.shape[0], chunk)]
-    return [np.concatenate([p[k] for p in parts]) if parts[0][k].ndim else parts[0][k] for k in range(len(outputs))]
+    parts = [sess.run(outputs, {input_name: x[i : i + chunk]}) for i in range(0, x.shape[0], chunk)]
+    return [
+        np.concatenate([p[k] for p in parts]) if parts[0][k].ndim else parts[0][k]
+        for k in range(len(outputs))
+    ]
 
 
-def check_faithful(model: onnx.ModelProto, graph: Graph, input_name: str, batch: int | None,
-                   ir_to_onnx: dict[str, str], seed: int = 0) -> float:
+def check_faithful(
+    model: onnx.ModelProto,
+    graph: Graph,
+    input_name: str,
+    batch: int | None,
+    ir_to_onnx: dict[str, str],
+    seed: int = 0,
+) -> float:
     """Compare `graph` with onnxruntime on N_SAMPLES uniform [0, 1) inputs; return the max error.
 
     `batch` is the model's fixed batch size (inputs are fed in chunks of it) or None when symbolic."""
@@ -65,17 +80,28 @@ def check_faithful(model: onnx.ModelProto, graph: Graph, input_name: str, batch:
         acts = graph.activations(torch.from_numpy(x.astype(np.float32)).to(graph.dtype))
     got = acts[graph.output].double().numpy()
     if got.size != ref.size:
-        raise InternalError(f"import is not faithful: output has {got.size} values, onnxruntime gives {ref.size}")
+        raise InternalError(
+            f"import is not faithful: output has {got.size} values, onnxruntime gives {ref.size}"
+        )
     err, tol = _max_error(got.reshape(ref.shape), ref)
     if err <= tol:
         return err
     _localise(model, graph, input_name, x, batch, acts, ir_to_onnx)
-    raise InternalError(f"import is not faithful: output '{out_name}' differs from onnxruntime by {err:.3g} "
-                        f"(tolerance {tol:.3g})")
+    raise InternalError(
+        f"import is not faithful: output '{out_name}' differs from onnxruntime by {err:.3g} "
+        f"(tolerance {tol:.3g})"
+    )
 
 
-def _localise(model: onnx.ModelProto, graph: Graph, input_name: str, x: np.ndarray, batch: int | None,
-              acts: dict[str, torch.Tensor], ir_to_onnx: dict[str, str]) -> None:
+def _localise(
+    model: onnx.ModelProto,
+    graph: Graph,
+    input_name: str,
+    x: np.ndarray,
+    batch: int | None,
+    acts: dict[str, torch.Tensor],
+    ir_to_onnx: dict[str, str],
+) -> None:
     """Raise InternalError naming the first IR node whose ONNX tensor disagrees (if one is found)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -92,9 +118,13 @@ def _localise(model: onnx.ModelProto, graph: Graph, input_name: str, x: np.ndarr
     for (ir, t), ref in zip(names, values, strict=True):
         got = acts[ir].double().numpy()
         if got.size != ref.size:
-            raise InternalError(f"import is not faithful at node '{ir}' (ONNX tensor '{t}'): shape "
-                                f"{list(got.shape)} vs onnxruntime {list(ref.shape)}")
+            raise InternalError(
+                f"import is not faithful at node '{ir}' (ONNX tensor '{t}'): shape "
+                f"{list(got.shape)} vs onnxruntime {list(ref.shape)}"
+            )
         err, tol = _max_error(got.reshape(ref.shape), ref)
         if err > tol:
-            raise InternalError(f"import is not faithful at node '{ir}' (ONNX tensor '{t}'): differs from "
-                                f"onnxruntime by {err:.3g} (tolerance {tol:.3g})")
+            raise InternalError(
+                f"import is not faithful at node '{ir}' (ONNX tensor '{t}'): differs from "
+                f"onnxruntime by {err:.3g} (tolerance {tol:.3g})"
+            )

@@ -43,18 +43,35 @@ _SHAPE_SAFE = {"Gather", "Concat", "Unsqueeze", "Squeeze", "Slice", "Cast", "Ide
 
 # Unsupported ops that still run in torch (so inspect can infer shapes and the graph can be evaluated).
 _TORCH_FNS: dict[str, Callable[..., torch.Tensor]] = {
-    "Sign": torch.sign, "Abs": torch.abs, "Neg": torch.neg, "Exp": torch.exp, "Log": torch.log,
-    "Sqrt": torch.sqrt, "Floor": torch.floor, "Ceil": torch.ceil, "Round": torch.round, "Mul": torch.mul,
-    "MatMul": torch.matmul, "Div": torch.div, "Reciprocal": torch.reciprocal, "Sin": torch.sin, "Cos": torch.cos,
+    "Sign": torch.sign,
+    "Abs": torch.abs,
+    "Neg": torch.neg,
+    "Exp": torch.exp,
+    "Log": torch.log,
+    "Sqrt": torch.sqrt,
+    "Floor": torch.floor,
+    "Ceil": torch.ceil,
+    "Round": torch.round,
+    "Mul": torch.mul,
+    "MatMul": torch.matmul,
+    "Div": torch.div,
+    "Reciprocal": torch.reciprocal,
+    "Sin": torch.sin,
+    "Cos": torch.cos,
 }
 
 
 _STEP = "discontinuous step function: no Lipschitz bound"
 _KNOWN_REASONS = {
-    "Sign": _STEP, "Floor": _STEP, "Ceil": _STEP, "Round": _STEP,
-    "If": "control flow is not supported", "Loop": "control flow is not supported",
+    "Sign": _STEP,
+    "Floor": _STEP,
+    "Ceil": _STEP,
+    "Round": _STEP,
+    "If": "control flow is not supported",
+    "Loop": "control flow is not supported",
     "Scan": "control flow is not supported",
-    "Exp": "exp has no global Lipschitz bound", "Log": "log has no global Lipschitz bound",
+    "Exp": "exp has no global Lipschitz bound",
+    "Log": "log has no global Lipschitz bound",
 }
 
 
@@ -82,8 +99,10 @@ class _Builder:
             try:
                 y = op.forward(*(self.samples[a.name] for a in inputs))
             except Exception as exc:  # any failure to run means the node cannot be represented
-                raise NotConvertible(f"{op.describe()} cannot run on input shape(s) "
-                                     f"{[list(a.shape) for a in inputs]}: {str(exc).splitlines()[0]}") from None
+                raise NotConvertible(
+                    f"{op.describe()} cannot run on input shape(s) "
+                    f"{[list(a.shape) for a in inputs]}: {str(exc).splitlines()[0]}"
+                ) from None
         self.samples[name] = y
         self.nodes.append(Node(name, op, tuple(a.name for a in inputs)))
         self.created.append(name)
@@ -94,8 +113,10 @@ def _fold(node: onnx.NodeProto, inputs: list[Value | None], opset: int) -> list[
     """Evaluate a node over constants with onnx's reference (numpy) evaluator."""
     import onnx.reference
 
-    if any(isinstance(v, np.ndarray) and (v.dtype.kind in "iu") and (v == BATCH).any() for v in inputs) \
-            and node.op_type not in _SHAPE_SAFE:
+    if (
+        any(isinstance(v, np.ndarray) and (v.dtype.kind in "iu") and (v == BATCH).any() for v in inputs)
+        and node.op_type not in _SHAPE_SAFE
+    ):
         raise NotConvertible("computes with the symbolic batch size")
     feeds = {n: v for n, v in zip(node.input, inputs, strict=False) if n}
     try:
@@ -106,8 +127,9 @@ def _fold(node: onnx.NodeProto, inputs: list[Value | None], opset: int) -> list[
     return [np.asarray(o) for o in outs]
 
 
-def _opaque_fn(node: onnx.NodeProto, inputs: list[Value | None], opset: int, index: int
-               ) -> Callable[..., torch.Tensor] | None:
+def _opaque_fn(
+    node: onnx.NodeProto, inputs: list[Value | None], opset: int, index: int
+) -> Callable[..., torch.Tensor] | None:
     """A function of the activation inputs computing output `index` of `node` (constants bound)."""
     torch_fn = _TORCH_FNS.get(node.op_type) if index == 0 and node.domain in ("", "ai.onnx") else None
     consts = {i: torch.from_numpy(np.array(v)) for i, v in enumerate(inputs) if isinstance(v, np.ndarray)}
@@ -127,7 +149,11 @@ def _opaque_fn(node: onnx.NodeProto, inputs: list[Value | None], opset: int, ind
         return None
 
     def run(*xs: torch.Tensor) -> torch.Tensor:
-        feeds = {n: s.detach().cpu().numpy() for n, s in zip(node.input, slots(xs), strict=False) if n and s is not None}
+        feeds = {
+            n: s.detach().cpu().numpy()
+            for n, s in zip(node.input, slots(xs), strict=False)
+            if n and s is not None
+        }
         results: list = list(ev.run(None, feeds))
         out = np.asarray(results[index])
         return torch.from_numpy(np.array(out)).to(device=xs[0].device, dtype=xs[0].dtype)
@@ -135,31 +161,46 @@ def _opaque_fn(node: onnx.NodeProto, inputs: list[Value | None], opset: int, ind
     return run
 
 
-def _input_spec(model: onnx.ModelProto, input_shape: tuple[int, ...] | None
-                ) -> tuple[str, tuple[int, ...], int | None]:
+def _input_spec(
+    model: onnx.ModelProto, input_shape: tuple[int, ...] | None
+) -> tuple[str, tuple[int, ...], int | None]:
     inits = {t.name for t in model.graph.initializer}
     ins = [i for i in model.graph.input if i.name not in inits]
     if len(ins) != 1:
         names = ", ".join(repr(i.name) for i in ins)
-        raise UsageError(f"the model has {len(ins)} inputs ({names}); speccert certifies models with exactly one input")
+        raise UsageError(
+            f"the model has {len(ins)} inputs ({names}); speccert certifies models with exactly one input"
+        )
     inp = ins[0]
     tt = inp.type.tensor_type
     if tt.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
-        raise UnsupportedModelError(f"input '{inp.name}' has element type "
-                                    f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; a float input is needed")
-    dims: list[int | None] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+        raise UnsupportedModelError(
+            f"input '{inp.name}' has element type "
+            f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; a float input is needed"
+        )
+    dims: list[int | None] = [
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim
+    ]
     shown = "[" + ", ".join(str(d) if d is not None else "?" for d in dims) + "]"
     if not tt.HasField("shape") or len(dims) < 2:
-        raise UsageError(f"input '{inp.name}' has shape {shown}: a batch axis followed by the sample's axes is needed")
+        raise UsageError(
+            f"input '{inp.name}' has shape {shown}: a batch axis followed by the sample's axes is needed"
+        )
     batch, rest = dims[0], dims[1:]
     if input_shape is not None:
-        if len(input_shape) != len(rest) or any(d is not None and d != s for d, s in zip(rest, input_shape, strict=True)):
-            raise UsageError(f"--input-shape {','.join(map(str, input_shape))} does not match the model input "
-                             f"'{inp.name}' of shape {shown} (batch axis first, not part of --input-shape)")
+        if len(input_shape) != len(rest) or any(
+            d is not None and d != s for d, s in zip(rest, input_shape, strict=True)
+        ):
+            raise UsageError(
+                f"--input-shape {','.join(map(str, input_shape))} does not match the model input "
+                f"'{inp.name}' of shape {shown} (batch axis first, not part of --input-shape)"
+            )
         return inp.name, tuple(input_shape), batch
     if any(d is None for d in rest):
-        raise UsageError(f"model input '{inp.name}' has dynamic dimensions {shown}; pass --input-shape "
-                         "(without the batch axis)")
+        raise UsageError(
+            f"model input '{inp.name}' has dynamic dimensions {shown}; pass --input-shape "
+            "(without the batch axis)"
+        )
     return inp.name, tuple(int(d) for d in rest if d is not None), batch
 
 
@@ -200,8 +241,11 @@ def _merge_affine(nodes: list[Node], output: str) -> list[Node]:
             if sum(first.name in n.inputs for n in out) != 1:
                 continue
             s1, t1, s2, t2 = first.op.scale, first.op.shift, second.op.scale, second.op.shift
-            merged = Node(second.name, Affine(scale=(s1 * s2).detach().clone(), shift=(s2 * t1 + t2).detach().clone()),
-                          first.inputs)
+            merged = Node(
+                second.name,
+                Affine(scale=(s1 * s2).detach().clone(), shift=(s2 * t1 + t2).detach().clone()),
+                first.inputs,
+            )
             out = [merged if n is second else n for n in out if n is not first]
             changed = True
             break
@@ -217,8 +261,13 @@ def _prune(nodes: list[Node], output: str) -> list[Node]:
     return keep[::-1]
 
 
-def load_onnx(path: str | os.PathLike[str], input_shape: tuple[int, ...] | None = None, *, check: bool = True,
-              allow_unsupported: bool = False) -> Graph:
+def load_onnx(
+    path: str | os.PathLike[str],
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    check: bool = True,
+    allow_unsupported: bool = False,
+) -> Graph:
     """Import an ONNX classifier (opsets 8-21) into the graph IR.
 
     >>> g = load_onnx("models/mlp.onnx")                       # doctest: +SKIP
@@ -234,7 +283,9 @@ def load_onnx(path: str | os.PathLike[str], input_shape: tuple[int, ...] | None 
     model = read_onnx(path)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UnsupportedModelError(f"{path}: ONNX opset {opset} is outside the supported {MIN_OPSET}-{MAX_OPSET}")
+        raise UnsupportedModelError(
+            f"{path}: ONNX opset {opset} is outside the supported {MIN_OPSET}-{MAX_OPSET}"
+        )
     input_name, shape, batch = _input_spec(model, input_shape)
     b = _Builder(opset, shape, batch_fixed_one=batch == 1)
     values: dict[str, Value | None] = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -255,7 +306,11 @@ def load_onnx(path: str | os.PathLike[str], input_shape: tuple[int, ...] | None 
             if node.input and not any(isinstance(v, Act) for v in inputs):
                 outs = _fold(node, inputs, opset)
             elif conv is None:
-                raise NotConvertible(_KNOWN_REASONS.get(node.op_type, "no converter for this operator (no Lipschitz bound known)"))
+                raise NotConvertible(
+                    _KNOWN_REASONS.get(
+                        node.op_type, "no converter for this operator (no Lipschitz bound known)"
+                    )
+                )
             else:
                 outs = conv.fn(b, node, inputs)
         except NotConvertible as exc:
@@ -266,11 +321,14 @@ def load_onnx(path: str | os.PathLike[str], input_shape: tuple[int, ...] | None 
                 values[name] = v
                 if isinstance(v, Act) and v.name in b.created:
                     ir_to_onnx.setdefault(v.name, name)
-    return _finish(path, model, values, b, problems, ir_to_onnx, input_name, shape, batch, check, allow_unsupported)
+    return _finish(
+        path, model, values, b, problems, ir_to_onnx, input_name, shape, batch, check, allow_unsupported
+    )
 
 
-def _as_opaque(b: _Builder, node: onnx.NodeProto, inputs: list[Value | None], reason: str, opset: int
-               ) -> list[Value | None]:
+def _as_opaque(
+    b: _Builder, node: onnx.NodeProto, inputs: list[Value | None], reason: str, opset: int
+) -> list[Value | None]:
     """Opaque IR nodes standing for `node`'s outputs (None where it cannot be evaluated)."""
     label = b.base
     acts = [v for v in inputs if isinstance(v, Act)]
@@ -288,24 +346,44 @@ def _as_opaque(b: _Builder, node: onnx.NodeProto, inputs: list[Value | None], re
     return outs
 
 
-def _finish(path: Path, model: onnx.ModelProto, values: dict[str, Value | None], b: _Builder,
-            problems: list[tuple[Problem, list[str]]], ir_to_onnx: dict[str, str], input_name: str,
-            shape: tuple[int, ...], batch: int | None, check: bool, allow_unsupported: bool) -> Graph:
+def _finish(
+    path: Path,
+    model: onnx.ModelProto,
+    values: dict[str, Value | None],
+    b: _Builder,
+    problems: list[tuple[Problem, list[str]]],
+    ir_to_onnx: dict[str, str],
+    input_name: str,
+    shape: tuple[int, ...],
+    batch: int | None,
+    check: bool,
+    allow_unsupported: bool,
+) -> Graph:
     if len(model.graph.output) != 1:
         raise UnsupportedModelError(f"{path}: the model has {len(model.graph.output)} outputs; one is needed")
     out_name = model.graph.output[0].name
     out = values.get(out_name)
     if not isinstance(out, Act):
         report = [p for p, _ in problems]
-        raise UnsupportedModelError(f"{path}: output '{out_name}' cannot be computed from the input"
-                                    + ("" if not report else " (see unsupported nodes)"), report)
+        raise UnsupportedModelError(
+            f"{path}: output '{out_name}' cannot be computed from the input"
+            + ("" if not report else " (see unsupported nodes)"),
+            report,
+        )
     nodes = _prune(_merge_bias(_merge_affine(b.nodes, out.name), out.name), out.name)
     live = {n.name for n in nodes}
     report = [p for p, created in problems if not created or live.intersection(created)]
     sha = file_sha256(path)
-    source = ModelSource(str(path), "onnx", sha, {"onnx_input": input_name, "onnx_output": out_name,
-                                                 "onnx_opset": str(max(o.version for o in model.opset_import
-                                                                       if o.domain in ("", "ai.onnx")))})
+    source = ModelSource(
+        str(path),
+        "onnx",
+        sha,
+        {
+            "onnx_input": input_name,
+            "onnx_output": out_name,
+            "onnx_opset": str(max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))),
+        },
+    )
     graph = Graph(shape, nodes, out.name, source, torch.float32)
     for n in graph.unsupported():
         if not isinstance(n.op, Opaque):
@@ -321,7 +399,9 @@ def unsupported_reasons(graph: Graph) -> dict[str, str]:
     """Node name -> why it has no Lipschitz bound, for every unsupported node of `graph`."""
     out = {}
     for n in graph.unsupported():
-        out[n.name] = n.op.reason if isinstance(n.op, Opaque) else "softmax is only supported as the model's output"
+        out[n.name] = (
+            n.op.reason if isinstance(n.op, Opaque) else "softmax is only supported as the model's output"
+        )
     return out
 
 

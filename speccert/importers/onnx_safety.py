@@ -36,12 +36,22 @@ def check_external_data(model: onnx.ModelProto, base: Path) -> None:
             continue
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
-        if not loc or os.path.isabs(loc) or Path(loc).is_absolute() or loc.startswith(("/", "\\")) or ":" in loc:
-            raise InputError(f"tensor '{t.name}': external data location {loc!r} must be a relative path "
-                             "inside the model's folder")
+        if (
+            not loc
+            or os.path.isabs(loc)
+            or Path(loc).is_absolute()
+            or loc.startswith(("/", "\\"))
+            or ":" in loc
+        ):
+            raise InputError(
+                f"tensor '{t.name}': external data location {loc!r} must be a relative path "
+                "inside the model's folder"
+            )
         target = (root / loc).resolve()
         if not target.is_relative_to(root):
-            raise InputError(f"tensor '{t.name}': external data location {loc!r} points outside the model's folder")
+            raise InputError(
+                f"tensor '{t.name}': external data location {loc!r} points outside the model's folder"
+            )
         if not target.is_file():
             raise InputError(f"tensor '{t.name}': external data file {loc!r} not found next to the model")
 
@@ -61,7 +71,9 @@ def read_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{p}: not a readable ONNX model (truncated or corrupt?): {first}") from None
     if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
-        raise InputError(f"{p}: not a readable ONNX model (no graph, nodes or outputs: truncated or corrupt?)")
+        raise InputError(
+            f"{p}: not a readable ONNX model (no graph, nodes or outputs: truncated or corrupt?)"
+        )
     check_external_data(model, p.parent)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph)):
         try:

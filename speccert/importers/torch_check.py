@@ -23,8 +23,11 @@ RTOL, ATOL = 1e-4, 1e-6
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """torch.export and the TorchScript converter warn and log to stderr; the library never prints."""
-    loggers = [lg for name, lg in logging.root.manager.loggerDict.items()
-               if name.startswith("torch") and isinstance(lg, logging.Logger) and not lg.disabled]
+    loggers = [
+        lg
+        for name, lg in logging.root.manager.loggerDict.items()
+        if name.startswith("torch") and isinstance(lg, logging.Logger) and not lg.disabled
+    ]
     for lg in loggers:
         lg.disabled = True
     try:
@@ -42,8 +45,13 @@ def first_line(exc: BaseException) -> str:
 
 
 # ---- faithfulness ---------------------------------------------------------------------------------
-def check_faithful(graph: Graph, reference: Callable[[Tensor], Any], batches: tuple[int, ...] = (TRACE_BATCH, 3),
-                   ref_dtype: torch.dtype = torch.float32, what: str = "the original module") -> None:
+def check_faithful(
+    graph: Graph,
+    reference: Callable[[Tensor], Any],
+    batches: tuple[int, ...] = (TRACE_BATCH, 3),
+    ref_dtype: torch.dtype = torch.float32,
+    what: str = "the original module",
+) -> None:
     """Raise InternalError unless graph(x) matches reference(x) on seeded random inputs:
     max |graph(x) - ref(x)| <= RTOL * max |ref(x)| + ATOL (NaN must match NaN)."""
     gen = torch.Generator().manual_seed(20261122)
@@ -55,8 +63,9 @@ def check_faithful(graph: Graph, reference: Callable[[Tensor], Any], batches: tu
             try:
                 ref = reference(x.to(ref_dtype))
             except Exception as exc:  # noqa: BLE001 - e.g. a shape outside an archive's dynamic range
-                raise UsageError(f"{what} does not accept input shape {list(graph.input_shape)}: "
-                                 f"{first_line(exc)}") from None
+                raise UsageError(
+                    f"{what} does not accept input shape {list(graph.input_shape)}: {first_line(exc)}"
+                ) from None
             if isinstance(ref, (tuple, list)) and len(ref) == 1:
                 ref = ref[0]
             try:
@@ -65,7 +74,9 @@ def check_faithful(graph: Graph, reference: Callable[[Tensor], Any], batches: tu
                 return  # an Opaque node that cannot run on this batch (allow_unsupported graphs only)
         if not isinstance(ref, Tensor) or tuple(ref.shape) != tuple(got.shape):
             shape = list(ref.shape) if isinstance(ref, Tensor) else type(ref).__name__
-            raise InternalError(f"import is not faithful: output shape {list(got.shape)} vs {shape} from {what}")
+            raise InternalError(
+                f"import is not faithful: output shape {list(got.shape)} vs {shape} from {what}"
+            )
         ref64, got64 = ref.detach().double(), got.detach().double()
         nan = torch.isnan(ref64)
         if not torch.equal(nan, torch.isnan(got64)):

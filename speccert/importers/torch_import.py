@@ -62,8 +62,14 @@ def _export(module: nn.Module, x: Tensor) -> torch.export.ExportedProgram:
         ) from None
 
 
-def from_module(module: nn.Module, input_shape: tuple[int, ...], *, check: bool = True,
-                allow_unsupported: bool = False, source: ModelSource | None = None) -> Graph:
+def from_module(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    check: bool = True,
+    allow_unsupported: bool = False,
+    source: ModelSource | None = None,
+) -> Graph:
     """Convert an `nn.Module` (put in eval mode) taking one tensor of shape [N, *input_shape] to a Graph.
 
     The module is captured with `torch.export` at batch size 2, decomposed to core ATen ops, converted op
@@ -83,11 +89,16 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...], *, check: bool 
         with torch.no_grad():
             module(x)
     except Exception as exc:  # noqa: BLE001 - the user's module rejects the shape
-        raise UsageError(f"the model does not accept input shape {list(input_shape)} "
-                         f"(without the batch axis): {first_line(exc)}") from None
+        raise UsageError(
+            f"the model does not accept input shape {list(input_shape)} "
+            f"(without the batch axis): {first_line(exc)}"
+        ) from None
     ep = _export(module, x)
-    graph = _convert(ep, input_shape, TRACE_BATCH, allow_unsupported, source or ModelSource("<module>", "python"))
+    graph = _convert(
+        ep, input_shape, TRACE_BATCH, allow_unsupported, source or ModelSource("<module>", "python")
+    )
     if check:
+
         def reference(x: Tensor) -> Any:
             y = module(x.to(device))
             return y.cpu() if isinstance(y, Tensor) else y
@@ -96,8 +107,13 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...], *, check: bool 
     return graph
 
 
-def _convert(ep: torch.export.ExportedProgram, input_shape: tuple[int, ...], batch: int,
-             allow_unsupported: bool, source: ModelSource) -> Graph:
+def _convert(
+    ep: torch.export.ExportedProgram,
+    input_shape: tuple[int, ...],
+    batch: int,
+    allow_unsupported: bool,
+    source: ModelSource,
+) -> Graph:
     """Convert the program as exported (common layers appear as aten.conv2d, aten.linear, ...); only if
     some op has no converter, decompose to the core ATen set and convert that (it costs ~0.5 s per call).
     If both fail, the ops are reported (or kept as Opaque nodes) as exported: they name what the user
@@ -134,11 +150,17 @@ def _safe_load(path: Path) -> Any:
 
 
 def _state_dict_of(obj: Any, path: Path) -> dict[str, Tensor]:
-    for key in ("state_dict", "model_state_dict", "model"):  # a training checkpoint {"state_dict": ..., "epoch": ...}
+    for key in (
+        "state_dict",
+        "model_state_dict",
+        "model",
+    ):  # a training checkpoint {"state_dict": ..., "epoch": ...}
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    ):
         raise InputError(f"{path} is not a state_dict (a mapping from parameter names to tensors)")
     return obj
 
@@ -146,13 +168,16 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, Tensor]:
 def _load_state_dict(module: nn.Module, sd: dict[str, Tensor], path: Path) -> None:
     expected = set(module.state_dict())
     if sd and all(k.startswith("module.") for k in sd) and not expected & set(sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}  # saved from DistributedDataParallel
+        sd = {k[len("module.") :]: v for k, v in sd.items()}  # saved from DistributedDataParallel
     missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
     if missing or unexpected:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
 
-        parts = ([f"missing {show(missing)}"] if missing else []) + ([f"unexpected {show(unexpected)}"] if unexpected else [])
+        parts = ([f"missing {show(missing)}"] if missing else []) + (
+            [f"unexpected {show(unexpected)}"] if unexpected else []
+        )
         raise InputError(f"state_dict {path} does not match the model: {'; '.join(parts)}")
     try:
         module.load_state_dict(sd, strict=True)
@@ -174,8 +199,10 @@ def _import_factory(spec: str) -> Callable[[], Any]:
     try:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as exc:
-        raise InputError(f"cannot import '{mod_name}' for '{spec}': {exc} (run from the folder that holds the "
-                         "package, or install it)") from None
+        raise InputError(
+            f"cannot import '{mod_name}' for '{spec}': {exc} (run from the folder that holds the "
+            "package, or install it)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - errors in the user's module
         raise InputError(f"importing '{mod_name}' for '{spec}' failed: {first_line(exc)}") from None
     factory = getattr(mod, fn_name, None)
@@ -184,14 +211,22 @@ def _import_factory(spec: str) -> Callable[[], Any]:
     return factory  # type: ignore[no-any-return]
 
 
-def load_factory(spec: str, weights: str | os.PathLike[str] | None, input_shape: tuple[int, ...] | None, *,
-                 check: bool = True, allow_unsupported: bool = False) -> Graph:
+def load_factory(
+    spec: str,
+    weights: str | os.PathLike[str] | None,
+    input_shape: tuple[int, ...] | None,
+    *,
+    check: bool = True,
+    allow_unsupported: bool = False,
+) -> Graph:
     """Build a model with `factory()` from 'package.module:factory', load `weights` (a state_dict read with
     `torch.load(weights_only=True)`; keys must match exactly) and convert it. `input_shape` is required.
     Without `weights`, the factory's own parameters are used."""
     if input_shape is None:
-        raise UsageError(f"'{spec}' needs --input-shape (e.g. --input-shape 1,28,28): a Python factory does not "
-                         "say what input it takes")
+        raise UsageError(
+            f"'{spec}' needs --input-shape (e.g. --input-shape 1,28,28): a Python factory does not "
+            "say what input it takes"
+        )
     factory = _import_factory(spec)
     try:
         module = factory()
@@ -232,14 +267,21 @@ def detect_format(path: Path) -> str:
     raise InputError(f"{path} is a zip archive but not one PyTorch writes (.pt2, TorchScript or torch.save)")
 
 
-def _example_shape(ep: torch.export.ExportedProgram, user_shape: tuple[int, ...] | None, path: Path) -> tuple[tuple[int, ...], int]:
+def _example_shape(
+    ep: torch.export.ExportedProgram, user_shape: tuple[int, ...] | None, path: Path
+) -> tuple[tuple[int, ...], int]:
     """(input shape without batch, trace batch) from the archive's input placeholder and example inputs."""
     phs = [n for n in ep.graph.nodes if n.op == "placeholder"]
-    user = [s.arg.name for s in ep.graph_signature.user_inputs_spec()] if hasattr(ep.graph_signature, "user_inputs_spec") \
+    user = (
+        [s.arg.name for s in ep.graph_signature.user_inputs_spec()]
+        if hasattr(ep.graph_signature, "user_inputs_spec")
         else list(ep.graph_signature.user_inputs)
+    )
     val = next((n.meta.get("val") for n in phs if n.name in user), None)
     if len(user) != 1 or not isinstance(val, Tensor):
-        raise UnsupportedModelError(f"{path} takes {len(user)} inputs; speccert needs exactly one tensor input")
+        raise UnsupportedModelError(
+            f"{path} takes {len(user)} inputs; speccert needs exactly one tensor input"
+        )
     dims = list(val.shape)
     static = [d if isinstance(d, int) else None for d in dims]
     batch = static[0]
@@ -248,18 +290,27 @@ def _example_shape(ep: torch.export.ExportedProgram, user_shape: tuple[int, ...]
         batch = int(ex[0][0].shape[0])
     batch = batch if batch is not None else TRACE_BATCH
     if user_shape is not None:
-        if len(user_shape) != len(dims) - 1 or any(s is not None and s != u for s, u in zip(static[1:], user_shape, strict=True)):
+        if len(user_shape) != len(dims) - 1 or any(
+            s is not None and s != u for s, u in zip(static[1:], user_shape, strict=True)
+        ):
             want = [s if s is not None else "?" for s in static[1:]]
-            raise UsageError(f"--input-shape {','.join(map(str, user_shape))} does not fit {path}, which takes {want} "
-                             "(without the batch axis)")
+            raise UsageError(
+                f"--input-shape {','.join(map(str, user_shape))} does not fit {path}, which takes {want} "
+                "(without the batch axis)"
+            )
         return user_shape, batch
     if any(s is None for s in static[1:]):
         raise UsageError(f"{path} has dynamic input dimensions {dims[1:]}: give --input-shape")
     return tuple(int(s) for s in static[1:]), batch  # type: ignore[arg-type]
 
 
-def _load_pt2(path: Path, input_shape: tuple[int, ...] | None, check: bool, allow_unsupported: bool,
-              trust_pickle: bool = False) -> Graph:
+def _load_pt2(
+    path: Path,
+    input_shape: tuple[int, ...] | None,
+    check: bool,
+    allow_unsupported: bool,
+    trust_pickle: bool = False,
+) -> Graph:
     guard = contextlib.nullcontext() if trust_pickle else no_code_unpickling()
     try:
         with quiet(), guard:
@@ -281,9 +332,13 @@ def _load_pt2(path: Path, input_shape: tuple[int, ...] | None, check: bool, allo
     return graph
 
 
-def _load_torchscript(path: Path, input_shape: tuple[int, ...] | None, check: bool, allow_unsupported: bool) -> Graph:
+def _load_torchscript(
+    path: Path, input_shape: tuple[int, ...] | None, check: bool, allow_unsupported: bool
+) -> Graph:
     if input_shape is None:
-        raise UsageError(f"{path} is a TorchScript file, which does not record its input shape: give --input-shape")
+        raise UsageError(
+            f"{path} is a TorchScript file, which does not record its input shape: give --input-shape"
+        )
     try:
         with quiet():
             sm = torch.jit.load(str(path), map_location="cpu").eval()
@@ -294,7 +349,9 @@ def _load_torchscript(path: Path, input_shape: tuple[int, ...] | None, check: bo
         with torch.no_grad():
             sm(x)
     except Exception as exc:  # noqa: BLE001
-        raise UsageError(f"{path} does not accept input shape {list(input_shape)}: {first_line(exc)}") from None
+        raise UsageError(
+            f"{path} does not accept input shape {list(input_shape)}: {first_line(exc)}"
+        ) from None
     try:
         from torch._export.converter import TS2EPConverter
 
@@ -312,8 +369,14 @@ def _load_torchscript(path: Path, input_shape: tuple[int, ...] | None, check: bo
     return graph
 
 
-def load_torch_file(path: str | os.PathLike[str], input_shape: tuple[int, ...] | None = None, *,
-                    trust_pickle: bool = False, check: bool = True, allow_unsupported: bool = False) -> Graph:
+def load_torch_file(
+    path: str | os.PathLike[str],
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    trust_pickle: bool = False,
+    check: bool = True,
+    allow_unsupported: bool = False,
+) -> Graph:
     """Load a .pt2 archive, a TorchScript file or (with `trust_pickle`) a pickled whole module into a Graph.
 
     The format is told by the file's zip layout, not its suffix. `input_shape` (without the batch axis) is
@@ -336,8 +399,10 @@ def load_torch_file(path: str | os.PathLike[str], input_shape: tuple[int, ...] |
         except Exception:  # noqa: BLE001 - anything beyond plain tensors: refuse without running it
             raise InputError(PICKLE_REFUSED.format(path=path)) from None
         if isinstance(obj, dict):
-            raise InputError(f"{path} holds a state_dict (weights only), not a model: load it as "
-                             f"'package.module:factory' --weights {path}")
+            raise InputError(
+                f"{path} holds a state_dict (weights only), not a model: load it as "
+                f"'package.module:factory' --weights {path}"
+            )
         raise InputError(f"{path} holds a {type(obj).__name__}, not a model")
     _cwd_on_path()  # the pickled classes must be importable
     try:
@@ -348,9 +413,16 @@ def load_torch_file(path: str | os.PathLike[str], input_shape: tuple[int, ...] |
     if not isinstance(obj, nn.Module):
         raise InputError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
     if input_shape is None:
-        raise UsageError(f"{path} is a pickled module, which does not record its input shape: give --input-shape")
-    return from_module(obj, input_shape, check=check, allow_unsupported=allow_unsupported,
-                       source=ModelSource(str(path), "pickle", file_sha256(path)))
+        raise UsageError(
+            f"{path} is a pickled module, which does not record its input shape: give --input-shape"
+        )
+    return from_module(
+        obj,
+        input_shape,
+        check=check,
+        allow_unsupported=allow_unsupported,
+        source=ModelSource(str(path), "pickle", file_sha256(path)),
+    )
 
 
 # ---- export ---------------------------------------------------------------------------------------
@@ -359,10 +431,14 @@ def save_pt2(graph: Graph, path: str | os.PathLike[str], example_batch: int = 2)
     else fixed at `example_batch`); written to a temporary file first, then renamed."""
     path = Path(path)
     module = graph.to_torch().eval()
-    x = torch.randn((example_batch, *graph.input_shape), generator=torch.Generator().manual_seed(0)).to(graph.dtype)
+    x = torch.randn((example_batch, *graph.input_shape), generator=torch.Generator().manual_seed(0)).to(
+        graph.dtype
+    )
     with quiet():
         try:
-            ep = torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},))
+            ep = torch.export.export(
+                module, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},)
+            )
         except Exception:  # noqa: BLE001 - some graphs specialise the batch; a fixed batch still loads
             ep = torch.export.export(module, (x,))
         tmp = path.with_name(f".{path.stem}.tmp.pt2")

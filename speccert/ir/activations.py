@@ -29,8 +29,12 @@ class ActivationSpec:
 ACTIVATIONS: Registry[str, ActivationSpec] = Registry("activation")
 
 
-def _add(name: str, fn: Callable[[Tensor, float], Tensor], lip: Callable[[float], float],
-         curv: Callable[[float], float | None]) -> None:
+def _add(
+    name: str,
+    fn: Callable[[Tensor, float], Tensor],
+    lip: Callable[[float], float],
+    curv: Callable[[float], float | None],
+) -> None:
     ACTIVATIONS.add(name, ActivationSpec(name, fn, lip, curv))
 
 
@@ -57,4 +61,3 @@ def activation_lipschitz(name: str, alpha: float = 0.0) -> float:
 
 def activation_curvature(name: str, alpha: float = 0.0) -> float | None:
     return ACTIVATIONS.get(name).curvature(alpha)
-

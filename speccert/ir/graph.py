@@ -58,8 +58,14 @@ def file_sha256(path: str | Path) -> str:
 class Graph:
     """A DAG over one input. Construct with nodes in topological order; shapes are inferred."""
 
-    def __init__(self, input_shape: tuple[int, ...], nodes: list[Node], output: str | None = None,
-                 source: ModelSource | None = None, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        nodes: list[Node],
+        output: str | None = None,
+        source: ModelSource | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.input_shape = tuple(int(d) for d in input_shape)
         self.source = source
         self.dtype = dtype
@@ -79,7 +85,9 @@ class Graph:
                     raise ValueError(f"node {node.name!r} reads {i!r} before it is defined")
             n = type(node.op).n_inputs
             if n >= 0 and len(node.inputs) != n:
-                raise ValueError(f"node {node.name!r} ({node.op_type}) needs {n} inputs, got {len(node.inputs)}")
+                raise ValueError(
+                    f"node {node.name!r} ({node.op_type}) needs {n} inputs, got {len(node.inputs)}"
+                )
             seen.add(node.name)
         if self.output not in seen:
             raise ValueError(f"graph output {self.output!r} is not a node")
@@ -97,7 +105,9 @@ class Graph:
                 except RuntimeError as exc:
                     ins = ", ".join(str(list(shapes[i])) for i in node.inputs)
                     raise UsageError(
-                        f"node '{node.name}' ({node.op.describe()}) cannot take input shape {ins}: {exc}".split("\n")[0]
+                        f"node '{node.name}' ({node.op.describe()}) cannot take input shape {ins}: {exc}".split(
+                            "\n"
+                        )[0]
                     ) from None
                 if y is None:
                     shape = node.shape
@@ -136,7 +146,11 @@ class Graph:
 
     def check_finite(self) -> None:
         """Raise InputError naming every parameter that holds NaN or Inf."""
-        bad = [name for name, t in self.parameters().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        bad = [
+            name
+            for name, t in self.parameters().items()
+            if t.is_floating_point() and not torch.isfinite(t).all()
+        ]
         if bad:
             raise InputError(f"model has NaN or Inf weights in {', '.join(bad)}; refusing to certify it")
 
@@ -166,12 +180,15 @@ class Graph:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Graph:
         """A copy of the graph with every parameter moved (new tensors: no sharing)."""
+
         def move(op: Op) -> Op:
             changes = {}
             for f in dataclasses.fields(op):
                 v = getattr(op, f.name)
                 if isinstance(v, Tensor):
-                    changes[f.name] = v.detach().to(device=device, dtype=dtype if v.is_floating_point() else None)
+                    changes[f.name] = v.detach().to(
+                        device=device, dtype=dtype if v.is_floating_point() else None
+                    )
             return dataclasses.replace(op, **changes)
 
         nodes = [dataclasses.replace(n, op=move(n.op)) for n in self.nodes]

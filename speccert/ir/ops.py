@@ -138,8 +138,16 @@ class ConvTranspose(Op):
 
     def forward(self, *xs: Tensor) -> Tensor:
         convt = F.conv_transpose1d if self.ndim == 1 else F.conv_transpose2d
-        return convt(xs[0], self.weight, self.bias, self.stride, self.padding, self.output_padding,
-                     self.groups, self.dilation)
+        return convt(
+            xs[0],
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
 
     def parameters(self) -> dict[str, Tensor]:
         return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
@@ -361,6 +369,20 @@ class Opaque(Op):
 
 
 ALL_OPS: tuple[type[Op], ...] = (
-    Linear, Conv, ConvTranspose, BatchNorm, Affine, Activation, MaxPool, AvgPool, GlobalAvgPool, Pad,
-    Reshape, Transpose, Add, Concat, Softmax, Opaque,
+    Linear,
+    Conv,
+    ConvTranspose,
+    BatchNorm,
+    Affine,
+    Activation,
+    MaxPool,
+    AvgPool,
+    GlobalAvgPool,
+    Pad,
+    Reshape,
+    Transpose,
+    Add,
+    Concat,
+    Softmax,
+    Opaque,
 )

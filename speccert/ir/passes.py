@@ -55,8 +55,10 @@ def _fold_after(prev: Node, bn: Node) -> Node | None:
     s, t = st
     # The scale must be constant over everything but the channel axis (axis 0 of the shape).
     s0, t0 = s.reshape(s.shape[0], -1)[:, 0], t.reshape(t.shape[0], -1)[:, 0]
-    if not (torch.equal(s, s0.reshape((-1,) + (1,) * (s.dim() - 1)).expand_as(s))
-            and torch.equal(t, t0.reshape((-1,) + (1,) * (t.dim() - 1)).expand_as(t))):
+    if not (
+        torch.equal(s, s0.reshape((-1,) + (1,) * (s.dim() - 1)).expand_as(s))
+        and torch.equal(t, t0.reshape((-1,) + (1,) * (t.dim() - 1)).expand_as(t))
+    ):
         return None
     if isinstance(op, Linear) and len(prev.shape) != 1:
         return None
@@ -100,8 +102,11 @@ def _fold_before(graph: Graph, nodes: list[Node], scaler: Node) -> tuple[Node, l
     else:
         return None
     shift = Affine(scale=torch.ones_like(s), shift=t / s)
-    return (Node(scaler.name, shift, scaler.inputs, scaler.shape), chain,
-            Node(cur.name, dataclasses.replace(op, weight=w), cur.inputs, cur.shape))
+    return (
+        Node(scaler.name, shift, scaler.inputs, scaler.shape),
+        chain,
+        Node(cur.name, dataclasses.replace(op, weight=w), cur.inputs, cur.shape),
+    )
 
 
 def _merge_linear(a: Node, b: Node) -> Node:
@@ -123,7 +128,13 @@ def fold_linear(graph: Graph) -> Graph:
     while changed:
         changed = False
         g = Graph.__new__(Graph)  # cheap view for shape lookups over the current node list
-        g.input_shape, g.output, g.nodes, g.source, g.dtype = graph.input_shape, output, nodes, graph.source, graph.dtype
+        g.input_shape, g.output, g.nodes, g.source, g.dtype = (
+            graph.input_shape,
+            output,
+            nodes,
+            graph.source,
+            graph.dtype,
+        )
         for node in nodes:
             if isinstance(node.op, (BatchNorm, Affine)) and node.inputs[0] != INPUT:
                 prev_list = [n for n in nodes if n.name == node.inputs[0]]
@@ -134,8 +145,12 @@ def fold_linear(graph: Graph) -> Graph:
                         # The merged layer keeps the layer's name; the BatchNorm's consumers read it.
                         merged = dataclasses.replace(merged, shape=node.shape)
                         nodes = [merged if n is prev else n for n in nodes if n is not node]
-                        nodes = [dataclasses.replace(n, inputs=tuple(prev.name if i == node.name else i
-                                                                     for i in n.inputs)) for n in nodes]
+                        nodes = [
+                            dataclasses.replace(
+                                n, inputs=tuple(prev.name if i == node.name else i for i in n.inputs)
+                            )
+                            for n in nodes
+                        ]
                         output = prev.name if output == node.name else output
                         changed = True
                         break

@@ -25,6 +25,19 @@ def method_names() -> list[str]:
     return [AUTO, *load_methods().keys()]
 
 
-__all__ = ["AUTO", "METHODS", "Estimate", "LayerNorm", "LowerBound", "NormContext", "NormMethod",
-           "NormResult", "UpperBound", "layer_norms", "linear_layers", "load_methods", "method_names",
-           "register_method"]
+__all__ = [
+    "AUTO",
+    "METHODS",
+    "Estimate",
+    "LayerNorm",
+    "LowerBound",
+    "NormContext",
+    "NormMethod",
+    "NormResult",
+    "UpperBound",
+    "layer_norms",
+    "linear_layers",
+    "load_methods",
+    "method_names",
+    "register_method",
+]

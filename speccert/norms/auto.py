@@ -76,20 +76,38 @@ class LayerNorm:
         def res(r: NormResult | None) -> dict[str, object] | None:
             if r is None:
                 return None
-            return {"value": r.value, "kind": r.kind, "method": r.method, "iterations": r.iterations,
-                    "seconds": r.seconds, "note": r.note}
+            return {
+                "value": r.value,
+                "kind": r.kind,
+                "method": r.method,
+                "iterations": r.iterations,
+                "seconds": r.seconds,
+                "note": r.note,
+            }
 
-        return {"name": self.name, "op": self.op, "in_shape": list(self.in_shape),
-                "out_shape": list(self.out_shape), "upper": res(self.upper), "lower": res(self.lower),
-                "estimate": res(self.estimate), "gap": self.gap, "seconds": self.seconds,
-                "notes": list(self.notes), "others": {k: res(v) for k, v in self.others.items()}}
+        return {
+            "name": self.name,
+            "op": self.op,
+            "in_shape": list(self.in_shape),
+            "out_shape": list(self.out_shape),
+            "upper": res(self.upper),
+            "lower": res(self.lower),
+            "estimate": res(self.estimate),
+            "gap": self.gap,
+            "seconds": self.seconds,
+            "notes": list(self.notes),
+            "others": {k: res(v) for k, v in self.others.items()},
+        }
 
 
 def linear_layers(graph: Graph) -> list[LinearLayer]:
     """The linear nodes of `fold_linear(graph)` as bias-free operators, in graph order."""
     g = fold_linear(graph)
-    return [LinearLayer(n.name, linear_part(n.op), g.shape_of(n.inputs[0]), n.shape)
-            for n in g.nodes if type(n.op).linear]
+    return [
+        LinearLayer(n.name, linear_part(n.op), g.shape_of(n.inputs[0]), n.shape)
+        for n in g.nodes
+        if type(n.op).linear
+    ]
 
 
 def _run(name: str, layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormResult]:
@@ -106,8 +124,9 @@ def _run(name: str, layer: LinearLayer, ctx: NormContext, notes: list[str]) -> l
     return method.compute(layer, ctx)
 
 
-def _best(results: list[NormResult], kind: type[NormResult], pick: Callable[..., NormResult]
-          ) -> NormResult | None:
+def _best(
+    results: list[NormResult], kind: type[NormResult], pick: Callable[..., NormResult]
+) -> NormResult | None:
     found = [r for r in results if isinstance(r, kind)]
     return pick(found, key=lambda r: r.value) if found else None
 
@@ -150,7 +169,9 @@ def _run_fft_first(layer: LinearLayer, ctx: NormContext, results: list[NormResul
     return any(isinstance(r, UpperBound) for r in got)
 
 
-def _lower(layer: LinearLayer, ctx: NormContext, notes: list[str], results: list[NormResult]) -> list[NormResult]:
+def _lower(
+    layer: LinearLayer, ctx: NormContext, notes: list[str], results: list[NormResult]
+) -> list[NormResult]:
     """Lanczos from a random start (a torus plane-wave warm start was measured to help as often as it hurt),
     stopping early once the bracket is tight against the best upper bound found."""
     ups = [r.value for r in results if isinstance(r, UpperBound)]
@@ -163,8 +184,10 @@ def _fallback_upper(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> U
         got = [r for r in _run(name, layer, ctx, notes) if isinstance(r, UpperBound)]
         if got:
             return got[0]
-    raise UnsupportedModelError("no norm method can bound this layer",
-                                [(layer.op_type, layer.name, "no applicable upper-bound method fits in memory")])
+    raise UnsupportedModelError(
+        "no norm method can bound this layer",
+        [(layer.op_type, layer.name, "no applicable upper-bound method fits in memory")],
+    )
 
 
 def norm_of_layer(layer: LinearLayer, method: str, ctx: NormContext) -> LayerNorm:
@@ -188,14 +211,31 @@ def norm_of_layer(layer: LinearLayer, method: str, ctx: NormContext) -> LayerNor
     est = _best(results, Estimate, max)
     others = {f"{r.method}/{r.kind}": r for r in results}
     assert isinstance(up, UpperBound)
-    return LayerNorm(layer.name, layer.describe(), layer.in_shape, layer.out_shape, up,
-                     lo if isinstance(lo, LowerBound) else None, others, time.perf_counter() - t0,
-                     est if isinstance(est, Estimate) else None, tuple(notes))
+    return LayerNorm(
+        layer.name,
+        layer.describe(),
+        layer.in_shape,
+        layer.out_shape,
+        up,
+        lo if isinstance(lo, LowerBound) else None,
+        others,
+        time.perf_counter() - t0,
+        est if isinstance(est, Estimate) else None,
+        tuple(notes),
+    )
 
 
-def layer_norms(graph: Graph, method: str = AUTO, device: str | torch.device = "cpu", *,
-                tol: float = 1e-5, max_iter: int = 100, memory_limit: int = 2 << 30,
-                exact_max_dim: int = 2048, progress: Progress | None = None) -> list[LayerNorm]:
+def layer_norms(
+    graph: Graph,
+    method: str = AUTO,
+    device: str | torch.device = "cpu",
+    *,
+    tol: float = 1e-5,
+    max_iter: int = 100,
+    memory_limit: int = 2 << 30,
+    exact_max_dim: int = 2048,
+    progress: Progress | None = None,
+) -> list[LayerNorm]:
     """One `LayerNorm` per linear node of `fold_linear(graph)`, named as in the folded graph.
 
     upper: a proven bound ||A||_2 <= upper (float64, rounded up); lower: ||A v|| / ||v|| for some v.
@@ -210,7 +250,9 @@ def layer_norms(graph: Graph, method: str = AUTO, device: str | torch.device = "
         raise UsageError(f"unknown norm method {method!r} (known: {', '.join([AUTO, *methods.keys()])})")
     graph.check_finite()
     dev = torch.device(device)
-    ctx = NormContext(device=dev, memory_limit=memory_limit, tol=tol, max_iter=max_iter, exact_max_dim=exact_max_dim)
+    ctx = NormContext(
+        device=dev, memory_limit=memory_limit, tol=tol, max_iter=max_iter, exact_max_dim=exact_max_dim
+    )
     layers = linear_layers(graph)
     out = []
     for i, layer in enumerate(layers):

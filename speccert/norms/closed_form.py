@@ -53,5 +53,7 @@ class ClosedFormMethod(NormMethod):
         assert v is not None
         dt = time.perf_counter() - t0
         # Each value is one or two correctly rounded float64 operations away from exact: 16 ulps cover it.
-        return [UpperBound(round_up(v, 16), self.name, seconds=dt),
-                LowerBound(round_down(v, 16), self.name, seconds=dt)]
+        return [
+            UpperBound(round_up(v, 16), self.name, seconds=dt),
+            LowerBound(round_down(v, 16), self.name, seconds=dt),
+        ]

@@ -60,7 +60,7 @@ def conv_gram(g: ConvGeometry, group: int, device: torch.device) -> tuple[Tensor
         raise ValueError("conv_gram handles zero padding only")
     g2 = g.as_2d()
     co = g2.weight.shape[0] // g2.groups
-    w = g2.weight[group * co:(group + 1) * co].to(device=device, dtype=torch.float64)  # [co, ci, k1, k2]
+    w = g2.weight[group * co : (group + 1) * co].to(device=device, dtype=torch.float64)  # [co, ci, k1, k2]
     ci = w.shape[1]
     wt = w.flatten(2).permute(2, 0, 1)  # [taps, co, ci]
     taps = wt.shape[0]

@@ -52,8 +52,13 @@ def dense_bracket(a: Tensor, fan_in: int | None = None) -> tuple[float, float]:
     v = vh[0]
     av = a @ v
     abs_av = a.abs() @ v.abs()
-    lower = lower_from_product(float(torch.linalg.norm(av)), float(torch.linalg.norm(abs_av)),
-                               float(torch.linalg.norm(v)), n, max(m, n))
+    lower = lower_from_product(
+        float(torch.linalg.norm(av)),
+        float(torch.linalg.norm(abs_av)),
+        float(torch.linalg.norm(v)),
+        n,
+        max(m, n),
+    )
     return lower, upper
 
 

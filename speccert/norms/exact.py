@@ -46,8 +46,10 @@ LARGE_BYTES_PER_ENTRY = 17  # large-conv route: the Gram matrix (shifted in plac
 class ExactMethod(NormMethod):
     name = "exact"
     kinds = ("upper", "lower")
-    summary = ("explicit matrix, Gram matrix, Cholesky certificate (smaller side <= 2048; exact to ~1e-10); "
-               "larger zero-padded convs with --exact-max-dim (tap-assembled Gram matrix)")
+    summary = (
+        "explicit matrix, Gram matrix, Cholesky certificate (smaller side <= 2048; exact to ~1e-10); "
+        "larger zero-padded convs with --exact-max-dim (tap-assembled Gram matrix)"
+    )
 
     def applies(self, layer: LinearLayer) -> bool:
         return True
@@ -62,12 +64,17 @@ class ExactMethod(NormMethod):
     def refuse(self, layer: LinearLayer, ctx: NormContext) -> str | None:
         if _large_conv(layer, ctx):
             need = self.memory_bytes(layer, ctx)
-            return None if need <= max(ctx.memory_limit, LARGE_BYTES_PER_ENTRY * ctx.exact_max_dim ** 2) else \
-                f"exact needs ~{need / 2**30:.1f} GiB"
+            return (
+                None
+                if need <= max(ctx.memory_limit, LARGE_BYTES_PER_ENTRY * ctx.exact_max_dim**2)
+                else f"exact needs ~{need / 2**30:.1f} GiB"
+            )
         d = min(layer.n_in, layer.n_out)
         if d > EXACT_MAX_DIM or layer.n_in * layer.n_out > EXACT_MAX_ENTRIES:
-            return f"explicit {layer.n_out}x{layer.n_in} matrix too large (limits: side {EXACT_MAX_DIM}, " \
-                   f"{EXACT_MAX_ENTRIES:,} entries)"
+            return (
+                f"explicit {layer.n_out}x{layer.n_in} matrix too large (limits: side {EXACT_MAX_DIM}, "
+                f"{EXACT_MAX_ENTRIES:,} entries)"
+            )
         return super().refuse(layer, ctx)
 
     def compute(self, layer: LinearLayer, ctx: NormContext) -> list[NormResult]:
@@ -83,8 +90,9 @@ class ExactMethod(NormMethod):
         t1 = time.perf_counter()
         v = top_eigenvector(h[0], value * value)
         x = v if a.shape[0] >= a.shape[1] else a.T @ v  # A^T A: an input vector; A A^T: map it back
-        lower = LowerBound(certify_lower(layer, x.reshape(layer.in_shape)), self.name,
-                           seconds=time.perf_counter() - t1)
+        lower = LowerBound(
+            certify_lower(layer, x.reshape(layer.in_shape)), self.name, seconds=time.perf_counter() - t1
+        )
         return [upper, lower]
 
 
@@ -96,7 +104,8 @@ def _large_conv(layer: LinearLayer, ctx: NormContext) -> bool:
         return False  # (1x1 kernels: fantastic4 is exact, W at each kept pixel, in no time)
     d, _ = gram_side(g)
     return EXACT_MAX_DIM < d <= ctx.exact_max_dim or (
-        d <= EXACT_MAX_DIM and layer.n_in * layer.n_out > EXACT_MAX_ENTRIES)
+        d <= EXACT_MAX_DIM and layer.n_in * layer.n_out > EXACT_MAX_ENTRIES
+    )
 
 
 def _large_conv_bracket(layer: LinearLayer, ctx: NormContext, name: str) -> list[NormResult]:
@@ -122,4 +131,7 @@ def _large_conv_bracket(layer: LinearLayer, ctx: NormContext, name: str) -> list
         else:
             return [lower]  # not certified: auto falls back to the next upper-bound method
     value = round_up(math.sqrt(worst) * (1.0 + 4.0 * 2.0**-53))
-    return [UpperBound(value, name, seconds=time.perf_counter() - t0, note=f"tap Gram {n}x{n}, Cholesky"), lower]
+    return [
+        UpperBound(value, name, seconds=time.perf_counter() - t0, note=f"tap Gram {n}x{n}, Cholesky"),
+        lower,
+    ]

@@ -50,8 +50,9 @@ class AxisPlan:
         return self.M * self.s
 
 
-def _axis_plans(n: int, pb: int, pe: int, k: int, d: int, s: int, out: int, circular: bool,
-                extra: int) -> list[AxisPlan]:
+def _axis_plans(
+    n: int, pb: int, pe: int, k: int, d: int, s: int, out: int, circular: bool, extra: int
+) -> list[AxisPlan]:
     offs = [a * d - pb for a in range(k)]
     if circular:
         if n % s == 0:
@@ -64,8 +65,10 @@ def _axis_plans(n: int, pb: int, pe: int, k: int, d: int, s: int, out: int, circ
     t_max = (out - 1) * s + (k - 1) * d - pb
     n_min = max(n + pb, t_max + 1, s * out, 1)
     n_min = -(-n_min // s) * s
-    return [AxisPlan(n, (n_min + j * s) // s, s, tuple(o // s for o in offs), tuple(o % s for o in offs))
-            for j in range(extra + 1)]
+    return [
+        AxisPlan(n, (n_min + j * s) // s, s, tuple(o // s for o in offs), tuple(o % s for o in offs))
+        for j in range(extra + 1)
+    ]
 
 
 def _phases(plan: AxisPlan, half: bool, device: torch.device) -> Tensor:
@@ -92,8 +95,9 @@ class TorusBound:
     blocks: int
 
 
-def _block_max(wg: Tensor, p1: Tensor, p2: Tensor, rows: int, cols: int, chunk_bytes: int,
-               block_bound: str) -> tuple[float, tuple[int, int, int], int]:
+def _block_max(
+    wg: Tensor, p1: Tensor, p2: Tensor, rows: int, cols: int, chunk_bytes: int, block_bound: str
+) -> tuple[float, tuple[int, int, int], int]:
     """max over the explicit frequency blocks B(w) (built in complex128) of a proven bound on ||B(w)||."""
     groups = wg.shape[0]
     wc = wg.to(torch.complex128)
@@ -122,8 +126,9 @@ def _block_max(wg: Tensor, p1: Tensor, p2: Tensor, rows: int, cols: int, chunk_b
     return best, where, nblocks
 
 
-def _tap_gram_max(wg: Tensor, plans: tuple[AxisPlan, AxisPlan], p1: Tensor, p2: Tensor,
-                  chunk_bytes: int) -> tuple[float, tuple[int, int, int], int]:
+def _tap_gram_max(
+    wg: Tensor, plans: tuple[AxisPlan, AxisPlan], p1: Tensor, p2: Tensor, chunk_bytes: int
+) -> tuple[float, tuple[int, int, int], int]:
     """max over w of a proven bound on ||B(w)||, with the Gram matrices built from tap products.
 
     With phi_a(w) the phase of tap a and r(a) its polyphase slot, B(w) = sum_a phi_a(w) W_a P_r(a), so
@@ -141,8 +146,9 @@ def _tap_gram_max(wg: Tensor, plans: tuple[AxisPlan, AxisPlan], p1: Tensor, p2: 
     groups, co, ci = wg.shape[0], wg.shape[1], wg.shape[2]
     k1, k2 = wg.shape[3], wg.shape[4]
     s2 = plans[1].s
-    slot = torch.tensor([plans[0].r[a1] * s2 + plans[1].r[a2] for a1 in range(k1) for a2 in range(k2)],
-                        device=wg.device)
+    slot = torch.tensor(
+        [plans[0].r[a1] * s2 + plans[1].r[a2] for a1 in range(k1) for a2 in range(k2)], device=wg.device
+    )
     n_slots = plans[0].s * s2
     # phi[w1, w2, a] = p1[w1, r1(a1), a1] p2[w2, r2(a2), a2] (each tap sits in exactly one slot)
     phi = torch.einsum("xa,yb->xyab", p1.sum(1), p2.sum(1)).reshape(-1, k1 * k2)
@@ -163,18 +169,25 @@ def _tap_gram_max(wg: Tensor, plans: tuple[AxisPlan, AxisPlan], p1: Tensor, p2: 
         ia, ib = torch.triu_indices(taps, taps, device=wg.device)
         if left:
             g = torch.einsum("poc,pod->pcd", wt[ia], wt[ib])  # W_a^T W_b
-            sel = [(r, q, torch.nonzero(slot[ia].eq(r) & slot[ib].eq(q))[:, 0]) for r in range(n_slots)
-                   for q in range(n_slots)]
+            sel = [
+                (r, q, torch.nonzero(slot[ia].eq(r) & slot[ib].eq(q))[:, 0])
+                for r in range(n_slots)
+                for q in range(n_slots)
+            ]
         else:
             g = torch.einsum("poc,pqc->poq", wt[ia], wt[ib])  # W_a W_b^T
             sel = [(0, 0, torch.nonzero(slot[ia].eq(slot[ib]))[:, 0])]
         g = g.reshape(ia.shape[0], -1)
         half = torch.where(ia == ib, 0.5, 1.0).to(torch.float64)
-        pairs = [(r, q, ia[p], ib[p], half[p], g if p.shape[0] == ia.shape[0] else g[p]) for r, q, p in sel if p.shape[0]]
+        pairs = [
+            (r, q, ia[p], ib[p], half[p], g if p.shape[0] == ia.shape[0] else g[p])
+            for r, q, p in sel
+            if p.shape[0]
+        ]
         del g
         step = max(1, chunk_bytes // (dim * dim * 16))
         for w0 in range(0, n_w, step):
-            ph = phi[w0:w0 + step]
+            ph = phi[w0 : w0 + step]
             h = torch.zeros((ph.shape[0], dim, dim), dtype=torch.complex128, device=wg.device)
             hv = h.view(ph.shape[0], n_slots, ci, n_slots, ci) if left else h.view(ph.shape[0], 1, co, 1, co)
             for r, q, a, b, hf, gm in pairs:
@@ -192,8 +205,13 @@ def _tap_gram_max(wg: Tensor, plans: tuple[AxisPlan, AxisPlan], p1: Tensor, p2: 
     return best, where, nblocks
 
 
-def torus_bound(g: ConvGeometry, plans: tuple[AxisPlan, AxisPlan], device: torch.device,
-                chunk_bytes: int = 1 << 28, block_bound: str = "cholesky") -> TorusBound:
+def torus_bound(
+    g: ConvGeometry,
+    plans: tuple[AxisPlan, AxisPlan],
+    device: torch.device,
+    chunk_bytes: int = 1 << 28,
+    block_bound: str = "cholesky",
+) -> TorusBound:
     """max over frequencies and groups of the proven upper bound on ||B(w)||_2.
 
     block_bound "cholesky": the maximum certified by Cholesky factorisations (speccert.norms.psd), tight to
@@ -227,16 +245,24 @@ def candidate_plans(g: ConvGeometry, extra: int = 2) -> list[tuple[AxisPlan, Axi
     g = g.as_2d()
     per_axis = [
         _axis_plans(n, pb, pe, k, d, s, out, g.circular, extra)
-        for n, (pb, pe), k, d, s, out in zip(g.size, g.padding, g.kernel, g.dilation, g.stride, g.out_size,
-                                             strict=True)
+        for n, (pb, pe), k, d, s, out in zip(
+            g.size, g.padding, g.kernel, g.dilation, g.stride, g.out_size, strict=True
+        )
     ]
     count = max(len(p) for p in per_axis)
-    return [(per_axis[0][min(j, len(per_axis[0]) - 1)], per_axis[1][min(j, len(per_axis[1]) - 1)])
-            for j in range(count)]
+    return [
+        (per_axis[0][min(j, len(per_axis[0]) - 1)], per_axis[1][min(j, len(per_axis[1]) - 1)])
+        for j in range(count)
+    ]
 
 
-def fft_bound(g: ConvGeometry, device: torch.device, extra: int = 2,
-              budget_blocks: int = 2_000_000, block_bound: str = "cholesky") -> TorusBound:
+def fft_bound(
+    g: ConvGeometry,
+    device: torch.device,
+    extra: int = 2,
+    budget_blocks: int = 2_000_000,
+    block_bound: str = "cholesky",
+) -> TorusBound:
     """The min over a few admissible tori of the torus bound (extra tori only while they are cheap)."""
     g2 = g.as_2d()
     best: TorusBound | None = None
@@ -279,6 +305,13 @@ class FFTMethod(NormMethod):
         g = layer.conv()
         assert g is not None
         tb = fft_bound(g, ctx.device)
-        torus = "x".join(str(p.N) for p in tb.plans[2 - g.ndim:])
-        return [UpperBound(tb.value, self.name, iterations=tb.blocks, seconds=time.perf_counter() - t0,
-                           note=f"torus {torus}")]
+        torus = "x".join(str(p.N) for p in tb.plans[2 - g.ndim :])
+        return [
+            UpperBound(
+                tb.value,
+                self.name,
+                iterations=tb.blocks,
+                seconds=time.perf_counter() - t0,
+                note=f"torus {torus}",
+            )
+        ]

@@ -33,7 +33,9 @@ def scale2(x: Tensor, e: Tensor) -> Tensor:
     """x * 2^e per batch entry (exact: only exponents change), for real or complex [B, m, n]."""
     ee = e.to(torch.float64).reshape(-1, *([1] * (x.dim() - 1)))
     if x.is_complex():
-        return torch.view_as_complex(torch.ldexp(torch.view_as_real(x.resolve_conj()), ee[..., None]).contiguous())
+        return torch.view_as_complex(
+            torch.ldexp(torch.view_as_real(x.resolve_conj()), ee[..., None]).contiguous()
+        )
     return torch.ldexp(x, ee)
 
 
@@ -124,5 +126,12 @@ class GramMethod(NormMethod):
         g = layer.conv()
         assert g is not None
         tb = fft_bound(g, ctx.device, block_bound="gram")
-        return [UpperBound(tb.value, self.name, iterations=self.steps, seconds=time.perf_counter() - t0,
-                           note="on FFT frequency blocks")]
+        return [
+            UpperBound(
+                tb.value,
+                self.name,
+                iterations=self.steps,
+                seconds=time.perf_counter() - t0,
+                note="on FFT frequency blocks",
+            )
+        ]

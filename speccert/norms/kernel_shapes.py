@@ -23,15 +23,19 @@ def as_2d_kernel(w: Tensor) -> Tensor:
 
 def reshapings(k: Tensor) -> dict[str, Tensor]:
     co, ci, h, w = k.shape
-    return {"T": k.reshape(co, ci * h * w), "U": k.permute(0, 2, 3, 1).reshape(co * h * w, ci),
-            "R": k.permute(0, 2, 1, 3).reshape(co * h, ci * w), "S": k.permute(0, 3, 1, 2).reshape(co * w, ci * h)}
+    return {
+        "T": k.reshape(co, ci * h * w),
+        "U": k.permute(0, 2, 3, 1).reshape(co * h * w, ci),
+        "R": k.permute(0, 2, 1, 3).reshape(co * h, ci * w),
+        "S": k.permute(0, 3, 1, 2).reshape(co * w, ci * h),
+    }
 
 
 def group_kernels(g: ConvGeometry) -> list[Tensor]:
     """The per-group kernels [c_out/g, c_in/g, h, w] in float64 (the conv is block-diagonal over groups)."""
     w = as_2d_kernel(g.weight.to(torch.float64))
     co = w.shape[0] // g.groups
-    return [w[i * co:(i + 1) * co] for i in range(g.groups)]
+    return [w[i * co : (i + 1) * co] for i in range(g.groups)]
 
 
 def polyphase_kernel(k: Tensor, g: ConvGeometry) -> Tensor:
@@ -57,4 +61,6 @@ def undilated_ok(g: ConvGeometry) -> bool:
     """Whether reshaped-kernel bounds of stride-1 convs apply to this geometry (see fantastic4)."""
     if not g.circular:
         return all(p >= 0 for pp in g.padding for p in pp)
-    return all(d == 1 and o * s <= n for d, o, s, n in zip(g.dilation, g.out_size, g.stride, g.size, strict=True))
+    return all(
+        d == 1 and o * s <= n for d, o, s, n in zip(g.dilation, g.out_size, g.stride, g.size, strict=True)
+    )

@@ -30,8 +30,12 @@ NEAR = 5e-5  # stop once the Ritz value is this close (relative) to a known uppe
 
 def _gram_apply(layer: LinearLayer, dtype: torch.dtype, device: torch.device | str):  # noqa: ANN202
     """q -> (A^T A q, ||A q||) with one forward and one backward pass."""
-    op = LinearLayer(layer.name, _cast(layer.op, torch.empty(0, dtype=dtype, device=device)), layer.in_shape,
-                     layer.out_shape).op
+    op = LinearLayer(
+        layer.name,
+        _cast(layer.op, torch.empty(0, dtype=dtype, device=device)),
+        layer.in_shape,
+        layer.out_shape,
+    ).op
 
     def apply(q: Tensor) -> tuple[Tensor, float]:
         x = q.reshape(1, *layer.in_shape).detach().requires_grad_(True)
@@ -43,9 +47,16 @@ def _gram_apply(layer: LinearLayer, dtype: torch.dtype, device: torch.device | s
     return apply
 
 
-def lanczos(layer: LinearLayer, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-            max_iter: int = 64, tol: float = 1e-6, x0: Tensor | None = None, seed: int = 0,
-            stop_at: float | None = None) -> PowerResult:
+def lanczos(
+    layer: LinearLayer,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    max_iter: int = 64,
+    tol: float = 1e-6,
+    x0: Tensor | None = None,
+    seed: int = 0,
+    stop_at: float | None = None,
+) -> PowerResult:
     """Lanczos on A^T A (full re-orthogonalisation); returns the proven lower bound of its Ritz vector.
 
     Stops when the top Ritz value moves by < tol (relative) over 4 steps, or, given `stop_at` (a known
@@ -58,7 +69,9 @@ def lanczos(layer: LinearLayer, device: torch.device | str = "cpu", dtype: torch
     start = torch.randn(n, generator=gen, dtype=torch.float64)
     if x0 is not None:  # a warm start plus a little noise, so no direction is missing
         w0 = x0.reshape(-1).to(torch.float64)
-        start = w0 / torch.linalg.vector_norm(w0).clamp_min(1e-300) + 1e-2 * start / torch.linalg.vector_norm(start)
+        start = w0 / torch.linalg.vector_norm(w0).clamp_min(1e-300) + 1e-2 * start / torch.linalg.vector_norm(
+            start
+        )
     q = (start / torch.linalg.vector_norm(start)).to(device=device, dtype=dtype)
     apply = _gram_apply(layer, dtype, device)
     basis = torch.zeros((k_max + 1, n), dtype=dtype, device=device)
@@ -121,7 +134,22 @@ class LanczosMethod(NormMethod):
 
     def compute(self, layer: LinearLayer, ctx: NormContext) -> list[NormResult]:
         t0 = time.perf_counter()
-        res = lanczos(layer, ctx.device, torch.float32, min(ctx.max_iter, 128), ctx.tol, ctx.warm_start, ctx.seed,
-                      ctx.upper_hint)
-        return [LowerBound(res.lower, self.name, iterations=res.iterations, tolerance=ctx.tol,
-                           seconds=time.perf_counter() - t0)]
+        res = lanczos(
+            layer,
+            ctx.device,
+            torch.float32,
+            min(ctx.max_iter, 128),
+            ctx.tol,
+            ctx.warm_start,
+            ctx.seed,
+            ctx.upper_hint,
+        )
+        return [
+            LowerBound(
+                res.lower,
+                self.name,
+                iterations=res.iterations,
+                tolerance=ctx.tol,
+                seconds=time.perf_counter() - t0,
+            )
+        ]

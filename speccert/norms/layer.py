@@ -60,20 +60,38 @@ class ConvGeometry:
 
     @property
     def out_size(self) -> tuple[int, ...]:
-        return tuple((n + pb + pe - d * (k - 1) - 1) // s + 1 for n, (pb, pe), d, k, s in
-                     zip(self.size, self.padding, self.dilation, self.kernel, self.stride, strict=True))
+        return tuple(
+            (n + pb + pe - d * (k - 1) - 1) // s + 1
+            for n, (pb, pe), d, k, s in zip(
+                self.size, self.padding, self.dilation, self.kernel, self.stride, strict=True
+            )
+        )
 
     def as_2d(self) -> ConvGeometry:
         """The same operator as a 2-d conv (a 1-d conv gets a height-1 axis)."""
         if self.ndim == 2:
             return self
-        return ConvGeometry(self.weight.unsqueeze(2), (1, self.size[0]), (1, self.stride[0]),
-                            ((0, 0), self.padding[0]), (1, self.dilation[0]), self.groups, self.circular,
-                            self.adjoint)
+        return ConvGeometry(
+            self.weight.unsqueeze(2),
+            (1, self.size[0]),
+            (1, self.stride[0]),
+            ((0, 0), self.padding[0]),
+            (1, self.dilation[0]),
+            self.groups,
+            self.circular,
+            self.adjoint,
+        )
 
     def as_conv(self) -> Conv:
-        return Conv(self.weight, None, self.stride, self.padding, self.dilation, self.groups,
-                    "circular" if self.circular else "zeros")
+        return Conv(
+            self.weight,
+            None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            "circular" if self.circular else "zeros",
+        )
 
 
 @dataclass(frozen=True)
@@ -107,12 +125,26 @@ class LinearLayer:
         if isinstance(op, Conv):
             if op.padding_mode not in ("zeros", "circular"):
                 return None
-            return ConvGeometry(op.weight.detach(), tuple(self.in_shape[1:]), op.stride, op.padding,
-                                op.dilation, op.groups, op.padding_mode == "circular")
+            return ConvGeometry(
+                op.weight.detach(),
+                tuple(self.in_shape[1:]),
+                op.stride,
+                op.padding,
+                op.dilation,
+                op.groups,
+                op.padding_mode == "circular",
+            )
         if isinstance(op, ConvTranspose):
             # conv_transpose(x) = A^T x for the conv A with the same weight, acting on the output size.
-            return ConvGeometry(op.weight.detach(), tuple(self.out_shape[1:]), op.stride,
-                                tuple((p, p) for p in op.padding), op.dilation, op.groups, adjoint=True)
+            return ConvGeometry(
+                op.weight.detach(),
+                tuple(self.out_shape[1:]),
+                op.stride,
+                tuple((p, p) for p in op.padding),
+                op.dilation,
+                op.groups,
+                adjoint=True,
+            )
         if isinstance(op, AvgPool) and op.count_include_pad and not op.ceil_mode:
             # Every channel is averaged alike: the norm is that of a one-channel conv with weight 1/|k|.
             k = op.kernel
@@ -172,5 +204,15 @@ def linear_part(op: Op) -> Op:
     return op
 
 
-LINEAR_TYPES = (Linear, Conv, ConvTranspose, BatchNorm, Affine, AvgPool, GlobalAvgPool, Pad, Reshape,
-                Transpose)
+LINEAR_TYPES = (
+    Linear,
+    Conv,
+    ConvTranspose,
+    BatchNorm,
+    Affine,
+    AvgPool,
+    GlobalAvgPool,
+    Pad,
+    Reshape,
+    Transpose,
+)

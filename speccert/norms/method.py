@@ -30,8 +30,12 @@ class NormContext:
     seed: int = 0
     dense_max_entries: int = 1_000_000
     warm_start: torch.Tensor | None = None  # a starting vector for iterative lower bounds
-    upper_hint: float | None = None  # a proven upper bound already known: lower-bound iterations may stop near it
-    exact_max_dim: int = 2048  # `exact` on convs whose smaller Gram side is up to this (above 2048: opt-in, n^3)
+    upper_hint: float | None = (
+        None  # a proven upper bound already known: lower-bound iterations may stop near it
+    )
+    exact_max_dim: int = (
+        2048  # `exact` on convs whose smaller Gram side is up to this (above 2048: opt-in, n^3)
+    )
 
 
 class NormMethod:

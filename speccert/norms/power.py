@@ -45,22 +45,37 @@ def certify_lower(layer: LinearLayer, x: Tensor) -> float:
         ax = layer.apply(xd)
         abs_layer = LinearLayer(layer.name, _abs_op(layer), layer.in_shape, layer.out_shape)
         abs_ax = abs_layer.apply(xd.abs())
-    return lower_from_product(float(torch.linalg.norm(ax)), float(torch.linalg.norm(abs_ax)),
-                              float(torch.linalg.norm(xd)), _fan_in(layer), max(layer.n_in, layer.n_out))
+    return lower_from_product(
+        float(torch.linalg.norm(ax)),
+        float(torch.linalg.norm(abs_ax)),
+        float(torch.linalg.norm(xd)),
+        _fan_in(layer),
+        max(layer.n_in, layer.n_out),
+    )
 
 
 def _abs_op(layer: LinearLayer):  # noqa: ANN202 - an Op
     import dataclasses
 
     op = _cast(layer.op, torch.empty(0, dtype=torch.float64))
-    changes = {f.name: getattr(op, f.name).abs() for f in dataclasses.fields(op)
-               if isinstance(getattr(op, f.name), Tensor) and getattr(op, f.name).is_floating_point()}
+    changes = {
+        f.name: getattr(op, f.name).abs()
+        for f in dataclasses.fields(op)
+        if isinstance(getattr(op, f.name), Tensor) and getattr(op, f.name).is_floating_point()
+    }
     return dataclasses.replace(op, **changes) if changes else op
 
 
-def power_iteration(layer: LinearLayer, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
-                    max_iter: int = 100, tol: float = 1e-6, x0: Tensor | None = None, seed: int = 0,
-                    fixed_steps: bool = False) -> PowerResult:
+def power_iteration(
+    layer: LinearLayer,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float64,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    x0: Tensor | None = None,
+    seed: int = 0,
+    fixed_steps: bool = False,
+) -> PowerResult:
     """Power iteration on A^T A; returns a proven lower bound, the last estimate and the vector."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     if x0 is None:
@@ -109,5 +124,12 @@ class PowerMethod(NormMethod):
         t0 = time.perf_counter()
         dtype = torch.float32 if ctx.device.type == "cuda" else torch.float64
         res = power_iteration(layer, ctx.device, dtype, ctx.max_iter, ctx.tol, ctx.warm_start, ctx.seed)
-        return [LowerBound(res.lower, self.name, iterations=res.iterations, tolerance=ctx.tol,
-                           seconds=time.perf_counter() - t0)]
+        return [
+            LowerBound(
+                res.lower,
+                self.name,
+                iterations=res.iterations,
+                tolerance=ctx.tol,
+                seconds=time.perf_counter() - t0,
+            )
+        ]

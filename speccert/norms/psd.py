@@ -73,7 +73,9 @@ def max_block_norm(b: Tensor, floor: float = 0.0, rel: float = 1e-10) -> tuple[f
 def block_norms_with_gram(b: Tensor, floor: float = 0.0, rel: float = 1e-10) -> tuple[float, int, Tensor]:
     """`max_block_norm` plus the Gram matrices it certified (for callers that reuse them)."""
     m = b.shape[-1] if b.shape[-2] < b.shape[-1] else b.shape[-2]
-    fro2 = float(torch.linalg.matrix_norm(b).max()) ** 2 * (1.0 + gamma(2.0 * b.shape[-1] * b.shape[-2] + 4.0))
+    fro2 = float(torch.linalg.matrix_norm(b).max()) ** 2 * (
+        1.0 + gamma(2.0 * b.shape[-1] * b.shape[-2] + 4.0)
+    )
     h = gram_matrices(b)
     lam, top = max_eigenvalue(h, gamma(2.0 * m + 4.0) * fro2, floor * floor, rel)
     return round_up(math.sqrt(lam) * (1.0 + 4.0 * 2.0**-53)), top, h
@@ -149,4 +151,4 @@ def passes_in_place(h: Tensor, t: float) -> bool:
     if int(info) != 0:
         return False
     # chunked: a NaN or infinity anywhere in R makes a column block's sum non-finite
-    return all(bool(torch.isfinite(r[:, i:i + 2048].sum()).item()) for i in range(0, r.shape[1], 2048))
+    return all(bool(torch.isfinite(r[:, i : i + 2048].sum()).item()) for i in range(0, r.shape[1], 2048))

@@ -67,5 +67,13 @@ def top_right_vector(a: torch.Tensor) -> torch.Tensor:
     return vh[..., 0, :].conj()
 
 
-__all__ = ["U", "gamma", "lower_from_product", "round_down", "round_up", "svd_error", "top_right_vector",
-           "upper_from_svd"]
+__all__ = [
+    "U",
+    "gamma",
+    "lower_from_product",
+    "round_down",
+    "round_up",
+    "svd_error",
+    "top_right_vector",
+    "upper_from_svd",
+]

@@ -29,7 +29,9 @@ def read_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a baseline file and return the certify report inside it. Unreadable or not a report: InputError."""
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"baseline report not found: {p}" if not p.exists() else f"baseline is not a file: {p}")
+        raise InputError(
+            f"baseline report not found: {p}" if not p.exists() else f"baseline is not a file: {p}"
+        )
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -44,8 +46,10 @@ def baseline_report(doc: Any, src: str = "baseline") -> dict[str, Any]:
     if isinstance(doc, dict) and isinstance(doc.get("report"), dict) and "rules" in doc:
         doc = doc["report"]
     if not isinstance(doc, dict) or not isinstance(doc.get("certificate"), dict):
-        raise InputError(f"{src}: not a speccert report (expected the JSON of `speccert certify --json` "
-                         "or `speccert gate --json`, with a 'certificate' section)")
+        raise InputError(
+            f"{src}: not a speccert report (expected the JSON of `speccert certify --json` "
+            "or `speccert gate --json`, with a 'certificate' section)"
+        )
     return doc
 
 
@@ -80,7 +84,10 @@ def comparison_notes(current: dict[str, Any], base: dict[str, Any]) -> list[str]
     base_eps = {as_float(e) for e in base["certificate"].get("eps") or []}
     missing = [as_float(e) for e in current["certificate"].get("eps") or [] if cra_at(base, float(e)) is None]
     if missing and base_eps:
-        notes.append("radii not in the baseline, not compared: " + ", ".join(f"{e:g}" for e in missing if e is not None))
+        notes.append(
+            "radii not in the baseline, not compared: "
+            + ", ".join(f"{e:g}" for e in missing if e is not None)
+        )
     return notes
 
 
@@ -99,34 +106,77 @@ def regression_rules(current: dict[str, Any], base: dict[str, Any], spec: Regres
         threshold = max(0.0, b - spec.max_cra_drop)
         ok = compare(c, "min", threshold - 1e-12)  # 1e-12: b - drop is a float subtraction of decimals
         shown = "missing" if c is None else f"{c:.6g}"
-        message = (f"certified accuracy at eps {eps:g}: {shown} vs baseline {b:.6g} "
-                   f"(may drop by at most {spec.max_cra_drop:g}, so >= {threshold:.6g})")
-        results.append(RuleResult(name=f"no_regression: certified_accuracy@{eps:g}",
-                                  metric="no_regression.certified_accuracy", op=">=", threshold=threshold,
-                                  value=c, passed=ok, message=message, eps=eps, baseline=b))
+        message = (
+            f"certified accuracy at eps {eps:g}: {shown} vs baseline {b:.6g} "
+            f"(may drop by at most {spec.max_cra_drop:g}, so >= {threshold:.6g})"
+        )
+        results.append(
+            RuleResult(
+                name=f"no_regression: certified_accuracy@{eps:g}",
+                metric="no_regression.certified_accuracy",
+                op=">=",
+                threshold=threshold,
+                value=c,
+                passed=ok,
+                message=message,
+                eps=eps,
+                baseline=b,
+            )
+        )
     base_radii = [e for e in base["certificate"].get("eps") or [] if as_float(e) is not None]
     if results == [] and base_radii and current["certificate"].get("eps"):
-        raise UsageError("no_regression: the baseline shares no radius with this run (baseline eps: "
-                         + ", ".join(f"{as_float(e):g}" for e in base_radii) + "); certify at the same eps")
-    lb, lc = as_float(base.get("lipschitz", {}).get("upper")), as_float(current.get("lipschitz", {}).get("upper"))
+        raise UsageError(
+            "no_regression: the baseline shares no radius with this run (baseline eps: "
+            + ", ".join(f"{as_float(e):g}" for e in base_radii)
+            + "); certify at the same eps"
+        )
+    lb, lc = (
+        as_float(base.get("lipschitz", {}).get("upper")),
+        as_float(current.get("lipschitz", {}).get("upper")),
+    )
     if lb is not None:
         threshold = lb * spec.max_lipschitz_growth if math.isfinite(lb) else math.inf
         ok = compare(lc, "max", threshold * (1 + 1e-12))
         shown = "missing" if lc is None else f"{lc:.6g}"
-        message = (f"Lipschitz upper bound: {shown} vs baseline {lb:.6g} "
-                   f"(may grow by at most x{spec.max_lipschitz_growth:g}, so <= {threshold:.6g})")
-        results.append(RuleResult(name="no_regression: lipschitz_upper", metric="no_regression.lipschitz_upper",
-                                  op="<=", threshold=threshold, value=lc, passed=ok, message=message,
-                                  baseline=lb))
+        message = (
+            f"Lipschitz upper bound: {shown} vs baseline {lb:.6g} "
+            f"(may grow by at most x{spec.max_lipschitz_growth:g}, so <= {threshold:.6g})"
+        )
+        results.append(
+            RuleResult(
+                name="no_regression: lipschitz_upper",
+                metric="no_regression.lipschitz_upper",
+                op="<=",
+                threshold=threshold,
+                value=lc,
+                passed=ok,
+                message=message,
+                baseline=lb,
+            )
+        )
     if spec.max_clean_drop is not None:
-        cb, cc = as_float(base["certificate"].get("clean_accuracy")), as_float(current["certificate"].get("clean_accuracy"))
+        cb, cc = (
+            as_float(base["certificate"].get("clean_accuracy")),
+            as_float(current["certificate"].get("clean_accuracy")),
+        )
         if cb is not None:
             threshold = cb - spec.max_clean_drop
             ok = compare(cc, "min", threshold - 1e-12)
             shown = "missing" if cc is None else f"{cc:.6g}"
-            message = (f"clean accuracy: {shown} vs baseline {cb:.6g} "
-                       f"(may drop by at most {spec.max_clean_drop:g}, so >= {threshold:.6g})")
-            results.append(RuleResult(name="no_regression: clean_accuracy", metric="no_regression.clean_accuracy",
-                                      op=">=", threshold=threshold, value=cc, passed=ok, message=message,
-                                      baseline=cb))
+            message = (
+                f"clean accuracy: {shown} vs baseline {cb:.6g} "
+                f"(may drop by at most {spec.max_clean_drop:g}, so >= {threshold:.6g})"
+            )
+            results.append(
+                RuleResult(
+                    name="no_regression: clean_accuracy",
+                    metric="no_regression.clean_accuracy",
+                    op=">=",
+                    threshold=threshold,
+                    value=cc,
+                    passed=ok,
+                    message=message,
+                    baseline=cb,
+                )
+            )
     return results

@@ -28,7 +28,9 @@ def plot_certified_accuracy(report: CertifyReport, path: str | Path, title: str 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'speccert[plot]' (or pip install matplotlib)") from None
+        raise UsageError(
+            "--plot needs matplotlib: pip install 'speccert[plot]' (or pip install matplotlib)"
+        ) from None
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"--plot {path}: is a folder")

@@ -130,32 +130,49 @@ class CertifyReport:
         rows = []
         if samples:
             for i in range(self.n):
-                rows.append({
-                    "index": i,
-                    "label": int(self.labels[i]),
-                    "prediction": int(self.predictions[i]),
-                    "margin": _num(float(self.margins[i])),
-                    "radius": _num(float(self.radius[i])),
-                    "certificate": None if self.kind[i] == "none" else str(self.kind[i]),
-                    "radii": {k: _num(float(v[i])) for k, v in self.radii.items()},
-                })
+                rows.append(
+                    {
+                        "index": i,
+                        "label": int(self.labels[i]),
+                        "prediction": int(self.predictions[i]),
+                        "margin": _num(float(self.margins[i])),
+                        "radius": _num(float(self.radius[i])),
+                        "certificate": None if self.kind[i] == "none" else str(self.kind[i]),
+                        "radii": {k: _num(float(v[i])) for k, v in self.radii.items()},
+                    }
+                )
         return {
             "schema_version": SCHEMA_VERSION,
             "kind": "certify",
             "model": dict(self.model),
             "data": dict(self.data),
-            "layers": [{"name": r.name, "op": r.op, "in_shape": list(r.in_shape), "out_shape": list(r.out_shape),
-                        "lower": _num(r.lower), "upper": _num(r.upper), "method": r.method,
-                        "seconds": r.seconds} for r in self.layers],
-            "lipschitz": {"upper": _num(self.lipschitz_upper), "lower": _num(self.lipschitz_lower),
-                          "ratio": _num(self.lipschitz_ratio), **self.lipschitz_extra},
+            "layers": [
+                {
+                    "name": r.name,
+                    "op": r.op,
+                    "in_shape": list(r.in_shape),
+                    "out_shape": list(r.out_shape),
+                    "lower": _num(r.lower),
+                    "upper": _num(r.upper),
+                    "method": r.method,
+                    "seconds": r.seconds,
+                }
+                for r in self.layers
+            ],
+            "lipschitz": {
+                "upper": _num(self.lipschitz_upper),
+                "lower": _num(self.lipschitz_lower),
+                "ratio": _num(self.lipschitz_ratio),
+                **self.lipschitz_extra,
+            },
             "certificate": {
                 "n": self.n,
                 "clean_accuracy": self.clean_accuracy,
                 "eps": [float(e) for e in self.eps],
                 "certified_accuracy": self.certified_accuracies,
                 "median_radius": _num(self.median_radius),
-                "mean_radius": _num(float(np.mean(self.radius))) if self.n and np.isfinite(self.radius).all()
+                "mean_radius": _num(float(np.mean(self.radius)))
+                if self.n and np.isfinite(self.radius).all()
                 else None,
                 "radius_quantiles": self.radius_quantiles(),
                 "kinds": list(self.kinds),
@@ -164,10 +181,16 @@ class CertifyReport:
                 "space": "data",
             },
             "samples": rows,
-            "audit": None if self.audit is None else {
-                "points": self.audit.points, "restarts": self.audit.restarts, "steps": self.audit.steps,
-                "successes": self.audit.successes, "max_lead": _num(self.audit.max_lead),
-                "seconds": self.audit.seconds},
+            "audit": None
+            if self.audit is None
+            else {
+                "points": self.audit.points,
+                "restarts": self.audit.restarts,
+                "steps": self.audit.steps,
+                "successes": self.audit.successes,
+                "max_lead": _num(self.audit.max_lead),
+                "seconds": self.audit.seconds,
+            },
             "notes": list(self.notes),
             "timing": {k: float(v) for k, v in self.timing.items()},
             "environment": dict(self.environment),

@@ -78,8 +78,14 @@ class GateResult:
         }
 
 
-def evaluate(report: dict[str, Any], policy: Policy, baseline: dict[str, Any] | None = None, *,
-             baseline_source: str | None = None, seconds: float = 0.0) -> GateResult:
+def evaluate(
+    report: dict[str, Any],
+    policy: Policy,
+    baseline: dict[str, Any] | None = None,
+    *,
+    baseline_source: str | None = None,
+    seconds: float = 0.0,
+) -> GateResult:
     """Pure: the policy's rules over a certify report dict, plus no_regression against `baseline`
     (a certify report dict, or a gate JSON dict) when the policy asks for it."""
     results = evaluate_rules(policy.rules, report)
@@ -88,25 +94,43 @@ def evaluate(report: dict[str, Any], policy: Policy, baseline: dict[str, Any] | 
     extra: dict[str, Any] = {}
     if policy.regression is not None:
         if baseline is None:
-            raise UsageError("no_regression needs a baseline report: set [gate.no_regression] baseline "
-                             "or pass --baseline")
+            raise UsageError(
+                "no_regression needs a baseline report: set [gate.no_regression] baseline or pass --baseline"
+            )
         base = baseline_report(baseline, baseline_source or "baseline")
         results += regression_rules(report, base, policy.regression)
         notes += comparison_notes(report, base)
         extra["baseline_report"] = base
         model = base.get("model") if isinstance(base.get("model"), dict) else {}
-        info = {"path": baseline_source, "model_sha256": (model or {}).get("sha256"),
-                "schema_version": base.get("schema_version")}
+        info = {
+            "path": baseline_source,
+            "model_sha256": (model or {}).get("sha256"),
+            "schema_version": base.get("schema_version"),
+        }
     if not results:
-        raise UsageError("the policy has no rules: add [[gate.rule]] tables or [gate.no_regression], or "
-                         "options such as --min-cra 0.5@0.25 / --max-lipschitz 40")
-    return GateResult(rules=tuple(results), report=report, policy=policy, baseline=info, notes=tuple(notes),
-                      seconds=seconds, extra=extra)
+        raise UsageError(
+            "the policy has no rules: add [[gate.rule]] tables or [gate.no_regression], or "
+            "options such as --min-cra 0.5@0.25 / --max-lipschitz 40"
+        )
+    return GateResult(
+        rules=tuple(results),
+        report=report,
+        policy=policy,
+        baseline=info,
+        notes=tuple(notes),
+        seconds=seconds,
+        extra=extra,
+    )
 
 
-def gate(model: str | os.PathLike[str] | Graph, policy: Policy | str | os.PathLike[str], *,
-         baseline: str | os.PathLike[str] | dict[str, Any] | None = None, weights: str | None = None,
-         trust_pickle: bool = False) -> GateResult:
+def gate(
+    model: str | os.PathLike[str] | Graph,
+    policy: Policy | str | os.PathLike[str],
+    *,
+    baseline: str | os.PathLike[str] | dict[str, Any] | None = None,
+    weights: str | None = None,
+    trust_pickle: bool = False,
+) -> GateResult:
     """Certify `model` on the policy's data at every radius its rules name, then evaluate the rules.
 
     `policy` is a Policy or a policy file path (speccert.toml / pyproject.toml). `baseline` (a report path
@@ -123,8 +147,9 @@ def gate(model: str | os.PathLike[str] | Graph, policy: Policy | str | os.PathLi
     if policy.regression is not None:
         src = baseline if baseline is not None else policy.regression.baseline
         if src is None:
-            raise UsageError("no_regression needs a baseline report: set [gate.no_regression] baseline "
-                             "or pass --baseline")
+            raise UsageError(
+                "no_regression needs a baseline report: set [gate.no_regression] baseline or pass --baseline"
+            )
         if isinstance(src, dict):
             base_doc, base_src = src, "baseline"
         else:
@@ -135,8 +160,13 @@ def gate(model: str | os.PathLike[str] | Graph, policy: Policy | str | os.PathLi
     return evaluate(report, policy, base_doc, baseline_source=base_src, seconds=time.perf_counter() - t0)
 
 
-def run_certify(model: str | os.PathLike[str] | Graph, policy: Policy, *, weights: str | None = None,
-                trust_pickle: bool = False) -> dict[str, Any]:
+def run_certify(
+    model: str | os.PathLike[str] | Graph,
+    policy: Policy,
+    *,
+    weights: str | None = None,
+    trust_pickle: bool = False,
+) -> dict[str, Any]:
     """Load the model and data named by the policy and return `certify(...).to_dict()`, seeded."""
     import torch
 
@@ -155,11 +185,21 @@ def run_certify(model: str | os.PathLike[str] | Graph, policy: Policy, *, weight
     else:
         graph = load(model, policy.data.input_shape, weights=weights, trust_pickle=trust_pickle)
     assert policy.data.path is not None
-    result = certify(graph, policy.data.path, eps=list(policy.eps_all), method=policy.method, device=device,
-                     second_order=policy.second_order, audit=policy.audit, limit=policy.data.limit,
-                     mean=list(policy.data.mean) if policy.data.mean is not None else None,
-                     std=list(policy.data.std) if policy.data.std is not None else None,
-                     split=policy.data.split or "test", seed=policy.seed, lower_bound=policy.lower_bound)
+    result = certify(
+        graph,
+        policy.data.path,
+        eps=list(policy.eps_all),
+        method=policy.method,
+        device=device,
+        second_order=policy.second_order,
+        audit=policy.audit,
+        limit=policy.data.limit,
+        mean=list(policy.data.mean) if policy.data.mean is not None else None,
+        std=list(policy.data.std) if policy.data.std is not None else None,
+        split=policy.data.split or "test",
+        seed=policy.seed,
+        lower_bound=policy.lower_bound,
+    )
     report: dict[str, Any] = result.to_dict()
     return report
 
@@ -177,12 +217,15 @@ def validate_gate(doc: dict[str, Any]) -> None:
         import jsonschema
         from referencing import Registry, Resource
     except ImportError:
-        raise InputError("validating a gate report needs the jsonschema package (pip install jsonschema)") from None
+        raise InputError(
+            "validating a gate report needs the jsonschema package (pip install jsonschema)"
+        ) from None
     from speccert.report.schema import load_schema
 
     report_schema = load_schema()
     registry: Registry[Any] = Registry().with_resource(
-        report_schema["$id"], Resource.from_contents(report_schema))
+        report_schema["$id"], Resource.from_contents(report_schema)
+    )
     validator = jsonschema.Draft202012Validator(gate_schema(), registry=registry)
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
     if errors:
@@ -190,5 +233,7 @@ def validate_gate(doc: dict[str, Any]) -> None:
         where = "/".join(str(p) for p in e.absolute_path) or "(root)"
         raise InputError(f"gate report does not match schema {GATE_SCHEMA_VERSION} at {where}: {e.message}")
     summary = doc["summary"]
-    if summary["failed"] != sum(not r["passed"] for r in doc["rules"]) or doc["passed"] != (summary["failed"] == 0):
+    if summary["failed"] != sum(not r["passed"] for r in doc["rules"]) or doc["passed"] != (
+        summary["failed"] == 0
+    ):
         raise InputError("gate report is inconsistent: 'passed'/'summary' disagree with the rules")

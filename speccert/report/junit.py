@@ -32,16 +32,30 @@ def render_junit(result: GateResult) -> str:
     model = _model_name(result.report)
     n, failed = len(result.rules), len(result.failures)
     seconds = f"{result.seconds:.3f}"
-    root = ET.Element("testsuites", name="speccert gate", tests=str(n), failures=str(failed), errors="0",
-                      time=seconds)
-    suite = ET.SubElement(root, "testsuite", name=f"speccert gate {model}", tests=str(n), failures=str(failed),
-                          errors="0", skipped="0", time=seconds)
+    root = ET.Element(
+        "testsuites", name="speccert gate", tests=str(n), failures=str(failed), errors="0", time=seconds
+    )
+    suite = ET.SubElement(
+        root,
+        "testsuite",
+        name=f"speccert gate {model}",
+        tests=str(n),
+        failures=str(failed),
+        errors="0",
+        skipped="0",
+        time=seconds,
+    )
     props = ET.SubElement(suite, "properties")
     model_info = result.report.get("model") if isinstance(result.report.get("model"), dict) else {}
     env = result.report.get("environment") if isinstance(result.report.get("environment"), dict) else {}
-    for key, value in (("model", model), ("model.sha256", (model_info or {}).get("sha256")),
-                       ("policy", result.policy.source), ("method", result.policy.method),
-                       ("device", (env or {}).get("device", result.policy.device)), ("seed", result.policy.seed)):
+    for key, value in (
+        ("model", model),
+        ("model.sha256", (model_info or {}).get("sha256")),
+        ("policy", result.policy.source),
+        ("method", result.policy.method),
+        ("device", (env or {}).get("device", result.policy.device)),
+        ("seed", result.policy.seed),
+    ):
         if value is not None and value != "":
             ET.SubElement(props, "property", name=key, value=str(value))
     # dots split class names into packages in CI test views: keep the file name one segment
@@ -50,10 +64,11 @@ def render_junit(result: GateResult) -> str:
         case = ET.SubElement(suite, "testcase", classname=classname, name=rule.name, time="0")
         if not rule.passed:
             base = f"; baseline {_value(rule.baseline)}" if rule.baseline is not None else ""
-            failure = ET.SubElement(case, "failure", type="GateRuleFailed",
-                                    message=f"{rule.message}")
-            failure.text = (f"measured: {_value(rule.value)}\nrequired: {rule.op} {rule.threshold:.6g}{base}\n"
-                            f"{rule.message}")
+            failure = ET.SubElement(case, "failure", type="GateRuleFailed", message=f"{rule.message}")
+            failure.text = (
+                f"measured: {_value(rule.value)}\nrequired: {rule.op} {rule.threshold:.6g}{base}\n"
+                f"{rule.message}"
+            )
         else:
             out = ET.SubElement(case, "system-out")
             out.text = rule.message

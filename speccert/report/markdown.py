@@ -48,12 +48,16 @@ def worst_layers(report: dict[str, Any], k: int = WORST_LAYERS) -> list[dict[str
 def render_markdown(result: GateResult) -> str:
     """The gate result as a Markdown section (starts and ends with a blank line, for appending)."""
     report = result.report
-    model, cert, lip, env = (_section(report, k) for k in ("model", "certificate", "lipschitz", "environment"))
+    model, cert, lip, env = (
+        _section(report, k) for k in ("model", "certificate", "lipschitz", "environment")
+    )
     failed = len(result.failures)
-    verdict = ("✅ **passed**" if result.passed else f"❌ **failed** ({failed} of {len(result.rules)} rules)")
+    verdict = "✅ **passed**" if result.passed else f"❌ **failed** ({failed} of {len(result.rules)} rules)"
     lines = ["", f"## speccert gate: {verdict}", ""]
     sha = str(model.get("sha256") or "")[:12]
-    facts = [f"model `{cell(model.get('path') or '(in-memory graph)')}`" + (f" (sha256 `{sha}`)" if sha else "")]
+    facts = [
+        f"model `{cell(model.get('path') or '(in-memory graph)')}`" + (f" (sha256 `{sha}`)" if sha else "")
+    ]
     if cert.get("n") is not None:
         facts.append(f"{cert['n']} points")
     facts.append(f"method `{cell(env.get('method', result.policy.method))}`")
@@ -64,14 +68,21 @@ def render_markdown(result: GateResult) -> str:
     lines += ["| Rule | Value | Threshold | Result |", "|---|---:|---:|:---:|"]
     for r in result.rules:
         value = num(r.value) + (f" (baseline {num(r.baseline)})" if r.baseline is not None else "")
-        lines.append(f"| {cell(r.name)} | {value} | {r.op} {num(r.threshold)} | "
-                     f"{'✅ pass' if r.passed else '❌ fail'} |")
+        lines.append(
+            f"| {cell(r.name)} | {value} | {r.op} {num(r.threshold)} | "
+            f"{'✅ pass' if r.passed else '❌ fail'} |"
+        )
     lines.append("")
 
-    bound = (f"Lipschitz constant in [{num(lip.get('lower'))}, {num(lip.get('upper'))}]"
-             if lip.get("lower") is not None else f"Lipschitz constant <= {num(lip.get('upper'))}")
-    lines.append(f"Clean accuracy {num(cert.get('clean_accuracy'))} · {bound} · median certified radius "
-                 f"{num(cert.get('median_radius'))}")
+    bound = (
+        f"Lipschitz constant in [{num(lip.get('lower'))}, {num(lip.get('upper'))}]"
+        if lip.get("lower") is not None
+        else f"Lipschitz constant <= {num(lip.get('upper'))}"
+    )
+    lines.append(
+        f"Clean accuracy {num(cert.get('clean_accuracy'))} · {bound} · median certified radius "
+        f"{num(cert.get('median_radius'))}"
+    )
     lines.append("")
     radii = [as_float(e) for e in cert.get("eps") or []]
     if radii:
@@ -89,10 +100,17 @@ def render_markdown(result: GateResult) -> str:
 
     worst = worst_layers(report)
     if worst:
-        lines += [f"### Worst layers (largest spectral-norm upper bound, top {len(worst)})", "", "| Layer | Op | Lower | Upper | Method |", "|---|---|---:|---:|---|"]
+        lines += [
+            f"### Worst layers (largest spectral-norm upper bound, top {len(worst)})",
+            "",
+            "| Layer | Op | Lower | Upper | Method |",
+            "|---|---|---:|---:|---|",
+        ]
         for lay in worst:
-            lines.append(f"| {cell(lay.get('name', '?'))} | {cell(lay.get('op', ''))} | {num(lay.get('lower'))} | "
-                         f"{num(lay.get('upper'))} | {cell(lay.get('method', ''))} |")
+            lines.append(
+                f"| {cell(lay.get('name', '?'))} | {cell(lay.get('op', ''))} | {num(lay.get('lower'))} | "
+                f"{num(lay.get('upper'))} | {cell(lay.get('method', ''))} |"
+            )
         lines.append("")
     notes = list(result.notes) + [f"certify: {n}" for n in report.get("notes") or [] if isinstance(n, str)]
     if notes:

@@ -107,8 +107,18 @@ def _lists(x: Any) -> Any:
     return x
 
 
-_GATE_KEYS = {"eps", "method", "device", "seed", "second_order", "audit", "lower_bound", "data", "rule",
-              "no_regression"}
+_GATE_KEYS = {
+    "eps",
+    "method",
+    "device",
+    "seed",
+    "second_order",
+    "audit",
+    "lower_bound",
+    "data",
+    "rule",
+    "no_regression",
+}
 SPLITS = ("test", "train")
 _DATA_KEYS = {f.name for f in dataclasses.fields(DataSpec)}
 _RULE_KEYS = {"metric", "eps", "min", "max", "name"}
@@ -140,7 +150,9 @@ def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = N
     audit = integer(gate.get("audit", 0), "gate.audit", src)
     if audit < 0:
         raise UsageError(f"{src}: 'gate.audit' must be >= 0 (points to attack), got {audit}")
-    second_order, lower_bound = (boolean(gate.get(k, False), f"gate.{k}", src) for k in ("second_order", "lower_bound"))
+    second_order, lower_bound = (
+        boolean(gate.get(k, False), f"gate.{k}", src) for k in ("second_order", "lower_bound")
+    )
 
     data = DataSpec()
     if "data" in gate:
@@ -149,16 +161,21 @@ def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = N
             raise UsageError(f"{src}: 'gate.data' must be a table ([gate.data])")
         check_keys(d, _DATA_KEYS, "gate.data", src)
         if "split" in d and d["split"] not in SPLITS:
-            raise UsageError(f"{src}: 'gate.data.split' must be one of {', '.join(SPLITS)}, got {d['split']!r}")
+            raise UsageError(
+                f"{src}: 'gate.data.split' must be one of {', '.join(SPLITS)}, got {d['split']!r}"
+            )
         data = DataSpec(
             path=_relative(string(d["path"], "gate.data.path", src), base) if "path" in d else None,
             split=string(d["split"], "gate.data.split", src) if "split" in d else None,
             limit=integer(d["limit"], "gate.data.limit", src, positive=True) if "limit" in d else None,
             mean=numbers(d["mean"], "gate.data.mean", src) if "mean" in d else None,
             std=numbers(d["std"], "gate.data.std", src, positive=True) if "std" in d else None,
-            input_shape=tuple(integer(v, f"gate.data.input_shape[{i}]", src, positive=True)
-                              for i, v in enumerate(nonempty_list(d["input_shape"], "gate.data.input_shape", src)))
-            if "input_shape" in d else None,
+            input_shape=tuple(
+                integer(v, f"gate.data.input_shape[{i}]", src, positive=True)
+                for i, v in enumerate(nonempty_list(d["input_shape"], "gate.data.input_shape", src))
+            )
+            if "input_shape" in d
+            else None,
         )
 
     rules: list[RuleSpec] = []
@@ -172,8 +189,17 @@ def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = N
         check_keys(r, _RULE_KEYS, where, src)
         if "metric" not in r:
             raise UsageError(f"{src}: '{where}' needs 'metric'")
-        rules.append(make_rule(string(r["metric"], f"{where}.metric", src), min=r.get("min"),
-                               max=r.get("max"), eps=r.get("eps"), name=r.get("name"), where=where, src=src))
+        rules.append(
+            make_rule(
+                string(r["metric"], f"{where}.metric", src),
+                min=r.get("min"),
+                max=r.get("max"),
+                eps=r.get("eps"),
+                name=r.get("name"),
+                where=where,
+                src=src,
+            )
+        )
 
     regression = None
     if "no_regression" in gate:
@@ -181,25 +207,41 @@ def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = N
         if not isinstance(n, dict):
             raise UsageError(f"{src}: 'gate.no_regression' must be a table ([gate.no_regression])")
         regression = parse_regression(n, src, base)
-    return Policy(data=data, eps=eps, rules=tuple(rules), regression=regression, method=method,
-                  device=device, seed=seed, second_order=second_order, audit=audit, lower_bound=lower_bound,
-                  source=src)
+    return Policy(
+        data=data,
+        eps=eps,
+        rules=tuple(rules),
+        regression=regression,
+        method=method,
+        device=device,
+        seed=seed,
+        second_order=second_order,
+        audit=audit,
+        lower_bound=lower_bound,
+        source=src,
+    )
 
 
 def parse_regression(n: dict[str, Any], src: str = "policy", base: Path | None = None) -> RegressionSpec:
     check_keys(n, _REGRESSION_KEYS, "gate.no_regression", src)
     w = "gate.no_regression"
-    growth = number(n.get("max_lipschitz_growth", DEFAULT_MAX_LIPSCHITZ_GROWTH),
-                     f"{w}.max_lipschitz_growth", src, positive=True)
+    growth = number(
+        n.get("max_lipschitz_growth", DEFAULT_MAX_LIPSCHITZ_GROWTH),
+        f"{w}.max_lipschitz_growth",
+        src,
+        positive=True,
+    )
     if growth < 1:
         raise UsageError(f"{src}: '{w}.max_lipschitz_growth' is a factor >= 1, got {growth:g}")
     return RegressionSpec(
         baseline=_relative(string(n["baseline"], f"{w}.baseline", src), base) if "baseline" in n else None,
-        max_cra_drop=number(n.get("max_cra_drop", DEFAULT_MAX_CRA_DROP), f"{w}.max_cra_drop", src,
-                             nonneg=True),
+        max_cra_drop=number(
+            n.get("max_cra_drop", DEFAULT_MAX_CRA_DROP), f"{w}.max_cra_drop", src, nonneg=True
+        ),
         max_lipschitz_growth=growth,
         max_clean_drop=number(n["max_clean_drop"], f"{w}.max_clean_drop", src, nonneg=True)
-        if "max_clean_drop" in n else None,
+        if "max_clean_drop" in n
+        else None,
     )
 
 
@@ -210,7 +252,9 @@ def read_policy(path: str | os.PathLike[str]) -> Policy:
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"policy file not found: {p}" if not p.exists() else f"policy path is not a file: {p}")
+        raise InputError(
+            f"policy file not found: {p}" if not p.exists() else f"policy path is not a file: {p}"
+        )
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -270,11 +314,21 @@ def parse_eps_option(text: str) -> tuple[float, ...]:
     return numbers(values, "--eps", "command line", positive=True)
 
 
-def with_overrides(policy: Policy, *, rules: list[RuleSpec] | None = None, eps: tuple[float, ...] | None = None,
-                   data: str | None = None, limit: int | None = None, method: str | None = None,
-                   device: str | None = None, seed: int | None = None, split: str | None = None,
-                   baseline: str | None = None, max_cra_drop: float | None = None,
-                   max_lipschitz_growth: float | None = None) -> Policy:
+def with_overrides(
+    policy: Policy,
+    *,
+    rules: list[RuleSpec] | None = None,
+    eps: tuple[float, ...] | None = None,
+    data: str | None = None,
+    limit: int | None = None,
+    method: str | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    split: str | None = None,
+    baseline: str | None = None,
+    max_cra_drop: float | None = None,
+    max_lipschitz_growth: float | None = None,
+) -> Policy:
     """Command-line options on top of a policy: rules are added, everything else replaces."""
     d = policy.data
     if data is not None:
@@ -298,7 +352,12 @@ def with_overrides(policy: Policy, *, rules: list[RuleSpec] | None = None, eps: 
         upd = parse_regression(raw, "command line")
         reg = dataclasses.replace(reg, **{k: getattr(upd, k) for k in raw})
     return dataclasses.replace(
-        policy, data=d, rules=policy.rules + tuple(rules or ()), eps=eps if eps is not None else policy.eps,
-        method=method or policy.method, device=device or policy.device, regression=reg,
+        policy,
+        data=d,
+        rules=policy.rules + tuple(rules or ()),
+        eps=eps if eps is not None else policy.eps,
+        method=method or policy.method,
+        device=device or policy.device,
+        regression=reg,
         seed=integer(seed, "--seed", "command line") if seed is not None else policy.seed,
     )

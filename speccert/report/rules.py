@@ -25,8 +25,18 @@ from speccert.errors import UsageError
 from speccert.registry import Registry
 from speccert.report.policy_values import number, string
 
-__all__ = ["METRICS", "Metric", "RuleResult", "RuleSpec", "as_float", "cra_at", "evaluate_rule", "evaluate_rules",
-           "make_rule", "register_metric"]
+__all__ = [
+    "METRICS",
+    "Metric",
+    "RuleResult",
+    "RuleSpec",
+    "as_float",
+    "cra_at",
+    "evaluate_rule",
+    "evaluate_rules",
+    "make_rule",
+    "register_metric",
+]
 
 EPS_MATCH = 1e-9  # radii are user-typed decimals: 0.25 in the policy is 0.25 in the report
 
@@ -75,8 +85,9 @@ class Metric:
 METRICS: Registry[str, Metric] = Registry("gate metric")
 
 
-def register_metric(name: str, description: str, *, bound: str, needs_eps: bool = False,
-                    fraction: bool = False) -> Callable[[Reader], Reader]:
+def register_metric(
+    name: str, description: str, *, bound: str, needs_eps: bool = False, fraction: bool = False
+) -> Callable[[Reader], Reader]:
     if bound not in ("min", "max"):
         raise ValueError(f"metric {name!r}: bound must be 'min' or 'max', got {bound!r}")
 
@@ -111,14 +122,22 @@ class RuleSpec:
         return f"{self.metric}{at} {op} {_fmt(self.threshold)}"
 
 
-
-def make_rule(metric: str, *, min: float | None = None, max: float | None = None,  # noqa: A002
-              eps: float | None = None, name: str | None = None, where: str = "rule",
-              src: str = "policy") -> RuleSpec:
+def make_rule(
+    metric: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,  # noqa: A002
+    eps: float | None = None,
+    name: str | None = None,
+    where: str = "rule",
+    src: str = "policy",
+) -> RuleSpec:
     """Validate one rule: the metric exists, takes the right bound, and names a radius iff it needs one."""
     if metric not in METRICS:
-        raise UsageError(f"{src}: {where}: unknown metric {metric!r} (known: {', '.join(METRICS.keys())}; "
-                         "baseline comparison is [gate.no_regression])")
+        raise UsageError(
+            f"{src}: {where}: unknown metric {metric!r} (known: {', '.join(METRICS.keys())}; "
+            "baseline comparison is [gate.no_regression])"
+        )
     m = METRICS.get(metric)
     bound = m.bound
     given = {"min": min, "max": max}
@@ -130,8 +149,10 @@ def make_rule(metric: str, *, min: float | None = None, max: float | None = None
         raise UsageError(f"{src}: {where}: metric {metric!r} takes only '{bound}'")
     threshold = number(given[bound], f"{where}.{bound}", src, nonneg=True)
     if m.fraction and threshold > 1:
-        raise UsageError(f"{src}: {where}: {metric} is a fraction in [0, 1], got {threshold:g} "
-                         f"(write {threshold / 100:g} for {threshold:g}%)")
+        raise UsageError(
+            f"{src}: {where}: {metric} is a fraction in [0, 1], got {threshold:g} "
+            f"(write {threshold / 100:g} for {threshold:g}%)"
+        )
     if m.needs_eps:
         if eps is None:
             raise UsageError(f"{src}: {where}: metric {metric!r} needs 'eps' (the radius)")
@@ -141,8 +162,6 @@ def make_rule(metric: str, *, min: float | None = None, max: float | None = None
     if name is not None:
         name = string(name, f"{where}.name", src)
     return RuleSpec(metric=metric, bound=bound, threshold=threshold, eps=eps, name=name)
-
-
 
 
 def as_float(v: Any) -> float | None:
@@ -177,8 +196,13 @@ def cra_at(report: dict[str, Any], eps: float) -> float | None:
     return None
 
 
-@register_metric("certified_accuracy", "fraction of points correctly classified with certified "
-                 "radius >= eps", bound="min", needs_eps=True, fraction=True)
+@register_metric(
+    "certified_accuracy",
+    "fraction of points correctly classified with certified radius >= eps",
+    bound="min",
+    needs_eps=True,
+    fraction=True,
+)
 def _certified_accuracy(report: dict[str, Any], eps: float | None) -> float | None:
     assert eps is not None
     return cra_at(report, eps)
@@ -189,8 +213,9 @@ def _clean_accuracy(report: dict[str, Any], eps: float | None) -> float | None:
     return as_float(_section(report, "certificate").get("clean_accuracy"))
 
 
-@register_metric("median_radius", "median certified radius over the evaluated points (0 if misclassified)",
-                 bound="min")
+@register_metric(
+    "median_radius", "median certified radius over the evaluated points (0 if misclassified)", bound="min"
+)
 def _median_radius(report: dict[str, Any], eps: float | None) -> float | None:
     return as_float(_section(report, "certificate").get("median_radius"))
 
@@ -230,8 +255,16 @@ def evaluate_rule(rule: RuleSpec, report: dict[str, Any]) -> RuleResult:
     else:
         verdict = "meets" if passed else "violates"
         message = f"{rule.metric}{at} = {value:.6g} {verdict} the threshold {op} {rule.threshold:g}"
-    return RuleResult(name=rule.label, metric=rule.metric, op=op, threshold=rule.threshold, value=value,
-                      passed=passed, message=message, eps=rule.eps)
+    return RuleResult(
+        name=rule.label,
+        metric=rule.metric,
+        op=op,
+        threshold=rule.threshold,
+        value=value,
+        passed=passed,
+        message=message,
+        eps=rule.eps,
+    )
 
 
 def evaluate_rules(rules: tuple[RuleSpec, ...] | list[RuleSpec], report: dict[str, Any]) -> list[RuleResult]:

@@ -31,7 +31,9 @@ def validate_report(report: dict[str, Any]) -> None:
     try:
         import jsonschema
     except ImportError:
-        raise InputError("validating a report needs the jsonschema package (pip install jsonschema)") from None
+        raise InputError(
+            "validating a report needs the jsonschema package (pip install jsonschema)"
+        ) from None
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(report), key=lambda e: list(e.absolute_path))
     if errors:
@@ -40,5 +42,6 @@ def validate_report(report: dict[str, Any]) -> None:
         raise InputError(f"report does not match schema {SCHEMA_VERSION} at {where}: {e.message}")
     major = str(report.get("schema_version", "")).split(".")[0]
     if major != SCHEMA_VERSION.split(".")[0]:
-        raise InputError(f"report schema version {report.get('schema_version')} is not compatible with "
-                         f"{SCHEMA_VERSION}")
+        raise InputError(
+            f"report schema version {report.get('schema_version')} is not compatible with {SCHEMA_VERSION}"
+        )

@@ -17,17 +17,33 @@ from speccert.training.targets import Measurement
 Evaluator = Callable[[Graph], Measurement]
 
 
-def certifier_evaluator(val: Dataset, eps: Sequence[float], device: str = "cpu", *,
-                        mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                        batch_size: int = 256, second_order: bool = True) -> Evaluator:
+def certifier_evaluator(
+    val: Dataset,
+    eps: Sequence[float],
+    device: str = "cpu",
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    batch_size: int = 256,
+    second_order: bool = True,
+) -> Evaluator:
     """Measure a graph with speccert.certify on `val` at radii `eps` (the report rides along)."""
     eps_list = [float(e) for e in eps]
 
     def evaluate(graph: Graph) -> Measurement:
         from speccert.bounds import certify
 
-        rep = certify(graph, val, eps_list, device=device, second_order=second_order, lower_bound=False,
-                      batch_size=batch_size, mean=mean, std=std)
+        rep = certify(
+            graph,
+            val,
+            eps_list,
+            device=device,
+            second_order=second_order,
+            lower_bound=False,
+            batch_size=batch_size,
+            mean=mean,
+            std=std,
+        )
         cra = {e: float(rep.certified_accuracy(e)) for e in eps_list}
         return Measurement(rep.clean_accuracy, cra, float(rep.lipschitz_upper), rep.median_radius, report=rep)
 

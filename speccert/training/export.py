@@ -32,14 +32,18 @@ def output_format(graph: Graph) -> str:
     fmt = graph.source.format if graph.source is not None else ""
     if fmt in SUFFIXES:
         return fmt
-    raise UsageError(f"cannot write a fine-tuned model back as {fmt or 'an in-memory graph'}: fine-tune an "
-                     "ONNX file, a .pt2 archive, or 'package.module:factory' with --weights")
+    raise UsageError(
+        f"cannot write a fine-tuned model back as {fmt or 'an in-memory graph'}: fine-tune an "
+        "ONNX file, a .pt2 archive, or 'package.module:factory' with --weights"
+    )
 
 
 def check_out_suffix(fmt: str, out: Path) -> None:
     if out.suffix.lower() not in SUFFIXES[fmt]:
-        raise UsageError(f"--out {out}: the input is {fmt}, so the output must end with "
-                         f"{' or '.join(SUFFIXES[fmt])} (the output keeps the input's format)")
+        raise UsageError(
+            f"--out {out}: the input is {fmt}, so the output must end with "
+            f"{' or '.join(SUFFIXES[fmt])} (the output keeps the input's format)"
+        )
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -73,15 +77,22 @@ def key_map(graph: Graph, state_dict: dict[str, Tensor], trainable: list[str]) -
                 found = key
                 break
         if found is None:
-            raise UsageError(f"cannot map the model's parameter '{name}' back to a key of the weights file; "
-                             "the fine-tuned state_dict could not keep the input's keys")
+            raise UsageError(
+                f"cannot map the model's parameter '{name}' back to a key of the weights file; "
+                "the fine-tuned state_dict could not keep the input's keys"
+            )
         used.add(found)
         out[name] = found
     return out
 
 
-def save_like_input(graph: Graph, out: Path, *, weights: str | os.PathLike[str] | None = None,
-                    keys: dict[str, str] | None = None) -> Path:
+def save_like_input(
+    graph: Graph,
+    out: Path,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    keys: dict[str, str] | None = None,
+) -> Path:
     """Write `graph` (any device) to `out` in the input's format, atomically."""
     fmt = output_format(graph)
     check_out_suffix(fmt, out)
@@ -95,8 +106,9 @@ def save_like_input(graph: Graph, out: Path, *, weights: str | os.PathLike[str] 
         try:
             from speccert.importers.torch_import import save_pt2
         except ImportError:
-            raise UsageError("writing .pt2 needs speccert.importers.torch_import.save_pt2, which this "
-                             "installation lacks") from None
+            raise UsageError(
+                "writing .pt2 needs speccert.importers.torch_import.save_pt2, which this installation lacks"
+            ) from None
         save_pt2(g, out)
         return out
     if weights is None or keys is None:

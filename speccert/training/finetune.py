@@ -151,16 +151,33 @@ def _score(targets: list[Target], m: Measurement) -> tuple[int, float]:
     return int(check.met), -check.distance
 
 
-def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | tuple[Any, Any],
-             val_data: Dataset | str | os.PathLike[str] | tuple[Any, Any] | None = None,
-             targets: Sequence[str | Target] = ("cra@0.5>=0.7",), penalty: str = "lmt", *,
-             penalty_weight: float | None = None, penalty_options: dict[str, Any] | None = None,
-             epochs: int = 10, lr: float = 1e-3, batch_size: int = 128, out: str | os.PathLike[str] | None = None,
-             resume: bool = False, overwrite: bool = False, seed: int = 0, device: str = "cpu",
-             checkpoint_every: int = 0, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-             input_shape: tuple[int, ...] | None = None, weights: str | os.PathLike[str] | None = None,
-             evaluator: Evaluator | None = None, on_epoch: Callable[[EpochRecord], None] | None = None,
-             on_step: StepHook | None = None, certify_batch_size: int = 256) -> FinetuneResult:
+def finetune(
+    model: Graph | str,
+    train_data: Dataset | str | os.PathLike[str] | tuple[Any, Any],
+    val_data: Dataset | str | os.PathLike[str] | tuple[Any, Any] | None = None,
+    targets: Sequence[str | Target] = ("cra@0.5>=0.7",),
+    penalty: str = "lmt",
+    *,
+    penalty_weight: float | None = None,
+    penalty_options: dict[str, Any] | None = None,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+    checkpoint_every: int = 0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    evaluator: Evaluator | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_step: StepHook | None = None,
+    certify_batch_size: int = 256,
+) -> FinetuneResult:
     """Fine-tune `model` until every target holds on `val_data` (see the module docstring).
 
     targets: strings "cra@EPS>=V", "clean>=V", "lipschitz<=V" (or Target objects). penalty: a key of
@@ -174,7 +191,9 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
         raise UsageError("epochs >= 0, batch size > 0, lr > 0 and checkpoint_every >= 0 are required")
     info, dev = ddp.init_from_env(device)
     if batch_size % info.world_size:
-        raise UsageError(f"--batch-size {batch_size} must be divisible by the number of processes {info.world_size}")
+        raise UsageError(
+            f"--batch-size {batch_size} must be divisible by the number of processes {info.world_size}"
+        )
     graph, spec = load_graph(model, input_shape, weights)
     paths = ddp.on_main(lambda: prepare_paths(graph, spec, out, resume, overwrite, weights), info)
     random.seed(seed)
@@ -186,11 +205,18 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
         train, val = split_validation(train, seed)
     n_classes = graph.output_shape[0] if len(graph.output_shape) == 1 else 0
     if n_classes < 2:
-        raise UsageError(f"finetune needs a classifier with a vector of >= 2 logits; this model's output has "
-                         f"shape {list(graph.output_shape)}")
-    train, val = fit_to_model(train, graph.input_shape, n_classes), fit_to_model(val, graph.input_shape, n_classes)
+        raise UsageError(
+            f"finetune needs a classifier with a vector of >= 2 logits; this model's output has "
+            f"shape {list(graph.output_shape)}"
+        )
+    train, val = (
+        fit_to_model(train, graph.input_shape, n_classes),
+        fit_to_model(val, graph.input_shape, n_classes),
+    )
     eps = target_eps(tlist) or [0.5]
-    measure = evaluator or certifier_evaluator(val, eps, dev, mean=mean, std=std, batch_size=certify_batch_size)
+    measure = evaluator or certifier_evaluator(
+        val, eps, dev, mean=mean, std=std, batch_size=certify_batch_size
+    )
 
     g = _private_copy(graph, dev)  # the caller's graph is never modified; the result carries the trained one
     tg = _logits_graph(g)  # trains on the logits when the model ends in a softmax (same tensors as g)
@@ -220,8 +246,10 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
     if resume and paths.run_dir is not None:
         ck = load_checkpoint(paths.run_dir / LAST)
         if ck.get("model_sha") != paths.model_sha or ck.get("penalty") != penalty:
-            raise UsageError(f"the checkpoint in {paths.run_dir} belongs to another model or penalty; "
-                             "start a new run (--overwrite) instead of --resume")
+            raise UsageError(
+                f"the checkpoint in {paths.run_dir} belongs to another model or penalty; "
+                "start a new run (--overwrite) instead of --resume"
+            )
         module.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         for gparam in opt.param_groups:
@@ -240,13 +268,24 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
     def save(name: str, epoch: int, step_in_epoch: int) -> None:
         if paths.run_dir is None or not info.is_main:
             return
-        atomic_save({
-            "model": module.state_dict(), "optimizer": opt.state_dict(), "penalty_state": pen.state_dict(),
-            "penalty": penalty, "schedule": sched.state_dict(), "rng": rng_state(), "epoch": epoch,
-            "step_in_epoch": step_in_epoch, "global_step": global_step, "model_sha": paths.model_sha,
-            "history": [_record_dict(r) for r in history],
-            "best_score": list(best[0]) if best else None, "best_epoch": best[1] if best else -1,
-        }, paths.run_dir / name)
+        atomic_save(
+            {
+                "model": module.state_dict(),
+                "optimizer": opt.state_dict(),
+                "penalty_state": pen.state_dict(),
+                "penalty": penalty,
+                "schedule": sched.state_dict(),
+                "rng": rng_state(),
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": global_step,
+                "model_sha": paths.model_sha,
+                "history": [_record_dict(r) for r in history],
+                "best_score": list(best[0]) if best else None,
+                "best_epoch": best[1] if best else -1,
+            },
+            paths.run_dir / name,
+        )
 
     def evaluate(epoch: int, loss: float, t0: float) -> tuple[bool, EpochRecord]:
         nonlocal best
@@ -258,8 +297,18 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
             if epoch == 0:
                 sched.observe(tlist, m)
             why = "" if epoch == 0 or check.met else sched.update(tlist, m)[1]
-            rec = EpochRecord(epoch, loss, m.clean, dict(m.cra), m.lipschitz, used, check.met,
-                              check.missed, time.perf_counter() - t0, why)
+            rec = EpochRecord(
+                epoch,
+                loss,
+                m.clean,
+                dict(m.cra),
+                m.lipschitz,
+                used,
+                check.met,
+                check.missed,
+                time.perf_counter() - t0,
+                why,
+            )
             sc = _score(tlist, m)
             if best is None or sc > best[0] or (sc == best[0] and epoch > 0):  # ties: the later trained epoch
                 best = (sc, epoch)
@@ -288,11 +337,17 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
     epoch = start_epoch
     while not met and epoch <= epochs:
         t0 = time.perf_counter()
-        sampler: DistributedSampler[int] = DistributedSampler(_Indices(n), num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                     seed=seed, drop_last=False)
+        sampler: DistributedSampler[int] = DistributedSampler(
+            _Indices(n),
+            num_replicas=info.world_size,
+            rank=info.rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=False,
+        )
         sampler.set_epoch(epoch)
         order = list(sampler)
-        batches = [order[i:i + per_rank] for i in range(0, len(order), per_rank)]
+        batches = [order[i : i + per_rank] for i in range(0, len(order), per_rank)]
         module.train()
         pen.train()
         tot, cnt = 0.0, 0
@@ -306,9 +361,11 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
             bad = ddp.all_reduce_sum([0.0 if torch.isfinite(loss).item() else 1.0], info, dev)[0]
             if bad:
                 where = paths.run_dir / LAST if paths.run_dir is not None else "none (no --out)"
-                raise TrainingDiverged(f"the loss became {float(loss.detach()):g} at epoch {epoch}, step {k + 1}; "
-                                       f"stopped before applying it. Last good checkpoint: {where}. "
-                                       "Try a smaller --lr or penalty weight, then --resume")
+                raise TrainingDiverged(
+                    f"the loss became {float(loss.detach()):g} at epoch {epoch}, step {k + 1}; "
+                    f"stopped before applying it. Last good checkpoint: {where}. "
+                    "Try a smaller --lr or penalty weight, then --resume"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             ddp.average_gradients(params, info)
@@ -332,8 +389,16 @@ def finetune(model: Graph | str, train_data: Dataset | str | os.PathLike[str] | 
     return _finish(g, tlist, history, best, paths, info, met, measure)
 
 
-def _finish(g: Graph, targets: list[Target], history: list[EpochRecord], best: tuple[tuple[int, float], int] | None,
-            paths: RunPaths, info: ddp.DistInfo, met: bool, measure: Evaluator) -> FinetuneResult:
+def _finish(
+    g: Graph,
+    targets: list[Target],
+    history: list[EpochRecord],
+    best: tuple[tuple[int, float], int] | None,
+    paths: RunPaths,
+    info: ddp.DistInfo,
+    met: bool,
+    measure: Evaluator,
+) -> FinetuneResult:
     best_epoch = best[1] if best is not None else history[-1].epoch
     rec = next(r for r in history if r.epoch == best_epoch)
     written, report, notes = None, None, []

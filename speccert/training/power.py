@@ -34,11 +34,20 @@ class PowerIteration(nn.Module):
     u: Tensor
     v: Tensor
 
-    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], generator: torch.Generator,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        generator: torch.Generator,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
-        self.register_buffer("v", _unit(torch.randn(in_shape, generator=generator, dtype=torch.float64)).to(dtype))
-        self.register_buffer("u", _unit(torch.randn(out_shape, generator=generator, dtype=torch.float64)).to(dtype))
+        self.register_buffer(
+            "v", _unit(torch.randn(in_shape, generator=generator, dtype=torch.float64)).to(dtype)
+        )
+        self.register_buffer(
+            "u", _unit(torch.randn(out_shape, generator=generator, dtype=torch.float64)).to(dtype)
+        )
 
     def step(self, apply: Callable[[Tensor], Tensor], n: int = 1) -> None:
         """n power-iteration steps on A = apply (which maps a batch [1, *in] to [1, *out])."""

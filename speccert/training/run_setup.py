@@ -27,8 +27,9 @@ from speccert.training.evaluate import Evaluator
 from speccert.training.export import check_out_suffix, key_map, output_format, read_state_dict
 
 
-def load_graph(model: Graph | str, input_shape: tuple[int, ...] | None,
-               weights: str | os.PathLike[str] | None) -> tuple[Graph, str | None]:
+def load_graph(
+    model: Graph | str, input_shape: tuple[int, ...] | None, weights: str | os.PathLike[str] | None
+) -> tuple[Graph, str | None]:
     if isinstance(model, Graph):
         return model, None
     from speccert.importers import load
@@ -50,8 +51,10 @@ def split_validation(train: Dataset, seed: int) -> tuple[Dataset, Dataset]:
     n_val = max(1, min(10_000, n // 10))
     perm = np.random.default_rng(seed).permutation(n)
     vi, ti = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    return (Dataset(train.x[ti], train.y[ti], train.source, train.split, train.classes),
-            Dataset(train.x[vi], train.y[vi], train.source + " (held-out 10%)", train.split, train.classes))
+    return (
+        Dataset(train.x[ti], train.y[ti], train.source, train.split, train.classes),
+        Dataset(train.x[vi], train.y[vi], train.source + " (held-out 10%)", train.split, train.classes),
+    )
 
 
 @dataclass
@@ -86,8 +89,14 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def prepare_paths(graph: Graph, spec: str | None, out: str | os.PathLike[str] | None, resume: bool,
-                  overwrite: bool, weights: str | os.PathLike[str] | None) -> RunPaths:
+def prepare_paths(
+    graph: Graph,
+    spec: str | None,
+    out: str | os.PathLike[str] | None,
+    resume: bool,
+    overwrite: bool,
+    weights: str | os.PathLike[str] | None,
+) -> RunPaths:
     src = graph.source
     sha = src.sha256 if src is not None and src.sha256 else ""
     if weights is not None and Path(weights).is_file():
@@ -112,16 +121,23 @@ def prepare_paths(graph: Graph, spec: str | None, out: str | os.PathLike[str] | 
         if out_p.exists():
             raise UsageError(f"--out {out_p} already exists; pass --overwrite to replace it")
         if run.is_dir() and any(run.iterdir()):
-            raise UsageError(f"a run folder {run} exists; pass --resume to continue it or --overwrite to start over")
+            raise UsageError(
+                f"a run folder {run} exists; pass --resume to continue it or --overwrite to start over"
+            )
     if out_p.is_dir():
         raise UsageError(f"--out {out_p} is a folder")
     keys = None
     if fmt == "state_dict":
         if weights is None:
             raise UsageError("fine-tuning a 'module:factory' model needs --weights (its state_dict)")
-        trainable = [name for name, t in graph.parameters().items()
-                     if t.is_floating_point() and not name.endswith((".mean", ".var")) and
-                     type(graph.node(name.rsplit(".", 1)[0]).op).__name__ != "Affine"]
+        trainable = [
+            name
+            for name, t in graph.parameters().items()
+            if t.is_floating_point()
+            and not name.endswith((".mean", ".var"))
+            and type(graph.node(name.rsplit(".", 1)[0]).op).__name__ != "Affine"
+        ]
         keys = key_map(graph, read_state_dict(weights), trainable)
-    return RunPaths(out_p, run, sha, spec, str(weights) if weights is not None else None, keys,
-                    graph.input_shape)
+    return RunPaths(
+        out_p, run, sha, spec, str(weights) if weights is not None else None, keys, graph.input_shape
+    )

@@ -147,8 +147,10 @@ def find_segments(graph: Graph) -> list[Segment]:
     Raises UnsupportedModelError for Opaque nodes (nothing can be bounded through them)."""
     bad = graph.unsupported()
     if bad:
-        raise UnsupportedModelError("cannot fine-tune with bounds through", [
-            (n.op_type, n.name, getattr(n.op, "reason", "no Lipschitz bound")) for n in bad])
+        raise UnsupportedModelError(
+            "cannot fine-tune with bounds through",
+            [(n.op_type, n.name, getattr(n.op, "reason", "no Lipschitz bound")) for n in bad],
+        )
     taken: set[str] = set()
     out: list[Segment] = []
     for node in graph.nodes:

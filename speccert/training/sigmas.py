@@ -42,7 +42,9 @@ def _kernel_matrix(w: Tensor) -> Tensor:
 class SegmentSigmas(nn.Module):
     """Persistent power-iteration estimates of every segment's spectral norm."""
 
-    def __init__(self, graph: Graph, conv_mode: str = "operator", seed: int = 0, const_iters: int = 100) -> None:
+    def __init__(
+        self, graph: Graph, conv_mode: str = "operator", seed: int = 0, const_iters: int = 100
+    ) -> None:
         super().__init__()
         if conv_mode not in CONV_MODES:
             raise UsageError(f"conv_mode must be one of {', '.join(CONV_MODES)}, got {conv_mode!r}")
@@ -68,6 +70,7 @@ class SegmentSigmas(nn.Module):
                 exact = seg.exact_constant_norm()
                 if exact is None:  # pools etc.: a constant, estimated once to convergence
                     pi = PowerIteration(seg.in_shape, seg.out_shape, gen, torch.float64)
+
                     def apply64(x: Tensor, seg: Segment = seg) -> Tensor:
                         return seg.apply(x.to(dtype)).to(torch.float64)
 
@@ -117,8 +120,9 @@ def _maxpool_factor(op: MaxPool, in_shape: tuple[int, ...]) -> float:
     return math.sqrt(max(f, 1))
 
 
-def compose_lipschitz(graph: Graph, sigmas: dict[str, Tensor], *, slopes: bool = True,
-                      upto: str | None = None) -> Tensor:
+def compose_lipschitz(
+    graph: Graph, sigmas: dict[str, Tensor], *, slopes: bool = True, upto: str | None = None
+) -> Tensor:
     """L of the output (or of node `upto`) from per-segment sigmas over the DAG.
 
     slopes=False treats every activation, pool and constant as 1 (the weight-scale-invariant form)."""
@@ -130,8 +134,9 @@ def compose_curvature(graph: Graph, sigmas: dict[str, Tensor]) -> tuple[Tensor, 
     return _compose(graph, sigmas, True, None, curvature=True)
 
 
-def _compose(graph: Graph, sigmas: dict[str, Tensor], slopes: bool, upto: str | None,
-             curvature: bool) -> tuple[Tensor, Tensor]:
+def _compose(
+    graph: Graph, sigmas: dict[str, Tensor], slopes: bool, upto: str | None, curvature: bool
+) -> tuple[Tensor, Tensor]:
     segs = segment_of(find_segments(graph))
     one = torch.ones((), dtype=graph.dtype)
     lip: dict[str, Tensor] = {INPUT: one}
@@ -152,8 +157,10 @@ def _compose(graph: Graph, sigmas: dict[str, Tensor], slopes: bool, upto: str | 
             if curvature:
                 c = activation_curvature(node.op.fn, node.op.alpha)
                 if c is None:
-                    raise UsageError(f"the curvature bound needs smooth activations; node '{node.name}' is "
-                                     f"{node.op.fn} (use softplus, tanh, sigmoid, gelu, silu or elu(1))")
+                    raise UsageError(
+                        f"the curvature bound needs smooth activations; node '{node.name}' is "
+                        f"{node.op.fn} (use softplus, tanh, sigmoid, gelu, silu or elu(1))"
+                    )
                 curv[node.name] = a * curv[ins[0]] + c * lip[ins[0]] ** 2
         elif isinstance(node.op, Add):
             lip[node.name] = lip[ins[0]] + lip[ins[1]]
@@ -163,13 +170,17 @@ def _compose(graph: Graph, sigmas: dict[str, Tensor], slopes: bool, upto: str | 
             curv[node.name] = torch.sqrt(sum((curv[i] ** 2 for i in ins), torch.zeros_like(one)))
         elif isinstance(node.op, MaxPool):
             if curvature:
-                raise UsageError(f"the curvature bound needs a smooth network; node '{node.name}' is a MaxPool")
+                raise UsageError(
+                    f"the curvature bound needs a smooth network; node '{node.name}' is a MaxPool"
+                )
             f = _maxpool_factor(node.op, graph.shape_of(ins[0])) if slopes else 1.0
             lip[node.name], curv[node.name] = f * lip[ins[0]], f * curv[ins[0]]
         elif isinstance(node.op, Softmax):  # output only: certificates are on the logits
             lip[node.name], curv[node.name] = lip[ins[0]], curv[ins[0]]
         else:
-            raise UnsupportedModelError("no bound for", [(node.op_type, node.name, "not handled by training bounds")])
+            raise UnsupportedModelError(
+                "no bound for", [(node.op_type, node.name, "not handled by training bounds")]
+            )
         if upto is not None and node.name == upto:
             return lip[node.name], curv[node.name]
     out = graph.output

@@ -20,8 +20,12 @@ from typing import Any
 
 from speccert.errors import UsageError
 
-_PATTERN = re.compile(r"^(?P<metric>cra@(?P<eps>[0-9.eE+-]+)|clean|lipschitz)(?P<op>>=|<=)(?P<value>[0-9.eE+-]+)(?P<pct>%?)$")
-GRAMMAR = "'cra@EPS>=VALUE', 'clean>=VALUE' or 'lipschitz<=VALUE' (e.g. cra@0.5>=0.70, clean>=0.85, lipschitz<=5)"
+_PATTERN = re.compile(
+    r"^(?P<metric>cra@(?P<eps>[0-9.eE+-]+)|clean|lipschitz)(?P<op>>=|<=)(?P<value>[0-9.eE+-]+)(?P<pct>%?)$"
+)
+GRAMMAR = (
+    "'cra@EPS>=VALUE', 'clean>=VALUE' or 'lipschitz<=VALUE' (e.g. cra@0.5>=0.70, clean>=0.85, lipschitz<=5)"
+)
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,9 @@ def parse_target(text: str) -> Target:
     op = m["op"]
     if metric in ("cra", "clean"):
         if op != ">=":
-            raise UsageError(f"bad target {raw!r}: accuracy targets use '>=' (e.g. {metric if metric == 'clean' else 'cra@0.5'}>=0.7)")
+            raise UsageError(
+                f"bad target {raw!r}: accuracy targets use '>=' (e.g. {metric if metric == 'clean' else 'cra@0.5'}>=0.7)"
+            )
         if not 0.0 <= value <= 1.0:
             raise UsageError(f"bad target {raw!r}: an accuracy must be in [0, 1] (or a percentage)")
         if eps is not None and eps <= 0:

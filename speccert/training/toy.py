@@ -18,13 +18,31 @@ def toy_cnn(act: str = "relu", dtype: torch.dtype = torch.float64, seed: int = 0
     def t(*s: int, scale: float = 0.5) -> Tensor:
         return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)
 
-    nodes = [Node("norm", Affine(torch.tensor(2.0, dtype=dtype).reshape(1, 1, 1),
-                                 torch.tensor(-1.0, dtype=dtype).reshape(1, 1, 1)), ("input",))]
+    nodes = [
+        Node(
+            "norm",
+            Affine(
+                torch.tensor(2.0, dtype=dtype).reshape(1, 1, 1),
+                torch.tensor(-1.0, dtype=dtype).reshape(1, 1, 1),
+            ),
+            ("input",),
+        )
+    ]
     nodes.append(Node("c1", Conv(t(4, 1, 3, 3), t(4), (2, 2), ((1, 1), (1, 1)), (1, 1)), ("norm",)))
     last = "c1"
     if bn:
-        nodes.append(Node("bn1", BatchNorm(t(4, scale=0.1), (torch.rand(4, generator=g, dtype=torch.float64) + 0.5).to(dtype),
-                                           (1 + t(4, scale=0.1)), t(4, scale=0.1)), ("c1",)))
+        nodes.append(
+            Node(
+                "bn1",
+                BatchNorm(
+                    t(4, scale=0.1),
+                    (torch.rand(4, generator=g, dtype=torch.float64) + 0.5).to(dtype),
+                    (1 + t(4, scale=0.1)),
+                    t(4, scale=0.1),
+                ),
+                ("c1",),
+            )
+        )
         last = "bn1"
     nodes += [
         Node("a1", Activation(act), (last,)),
@@ -60,8 +78,14 @@ def toy_resnet(dtype: torch.dtype = torch.float64, seed: int = 0) -> Graph:
     return Graph((1, 4, 4), nodes, dtype=dtype)
 
 
-def toy_mlp(act: str = "relu", dtype: torch.dtype = torch.float64, seed: int = 0, d_in: int = 6,
-            hidden: int = 16, classes: int = 3) -> Graph:
+def toy_mlp(
+    act: str = "relu",
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    d_in: int = 6,
+    hidden: int = 16,
+    classes: int = 3,
+) -> Graph:
     """Linear d_in->hidden -> act -> Linear hidden->classes."""
     g = torch.Generator().manual_seed(seed)
 
@@ -76,11 +100,20 @@ def toy_mlp(act: str = "relu", dtype: torch.dtype = torch.float64, seed: int = 0
     return Graph((d_in,), nodes, dtype=dtype)
 
 
-def separable_data(n: int, shape: tuple[int, ...], classes: int = 3, seed: int = 0, spread: float = 0.15,
-                   dtype: torch.dtype = torch.float32, centre_seed: int = 1234) -> tuple[Tensor, Tensor]:
+def separable_data(
+    n: int,
+    shape: tuple[int, ...],
+    classes: int = 3,
+    seed: int = 0,
+    spread: float = 0.15,
+    dtype: torch.dtype = torch.float32,
+    centre_seed: int = 1234,
+) -> tuple[Tensor, Tensor]:
     """n points in [0, 1]^shape around `classes` random centres (fixed by centre_seed): (x, y).
     Different `seed`s give independent samples of the same distribution (train / validation)."""
-    centres = torch.rand(classes, *shape, generator=torch.Generator().manual_seed(centre_seed), dtype=torch.float64)
+    centres = torch.rand(
+        classes, *shape, generator=torch.Generator().manual_seed(centre_seed), dtype=torch.float64
+    )
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % classes
     x = centres[y] + spread * torch.randn(n, *shape, generator=g, dtype=torch.float64)

@@ -24,6 +24,18 @@ def support_markdown() -> str:
 
 
 __all__ = [
-    "ATEN_OPS", "support_markdown", "support_table", "ConvertContext", "TensorValue", "Unsupported", "activations", "arithmetic", "aten_op",
-    "exported_to_graph", "layers", "pooling", "shape", "softmax",
+    "ATEN_OPS",
+    "support_markdown",
+    "support_table",
+    "ConvertContext",
+    "TensorValue",
+    "Unsupported",
+    "activations",
+    "arithmetic",
+    "aten_op",
+    "exported_to_graph",
+    "layers",
+    "pooling",
+    "shape",
+    "softmax",
 ]

@@ -29,7 +29,9 @@ def scale_shift(ctx: ConvertContext, x: TensorValue, scale: torch.Tensor, shift:
     except RuntimeError as exc:
         raise Unsupported(f"constant does not broadcast to the input: {exc}") from None
     if full != tuple(feat):
-        raise Unsupported(f"a constant of shape {list(scale.shape)} would broadcast the tensor {list(feat)} to {list(full)}")
+        raise Unsupported(
+            f"a constant of shape {list(scale.shape)} would broadcast the tensor {list(feat)} to {list(full)}"
+        )
     shape = torch.broadcast_shapes(scale.shape, shift.shape)
     op = Affine(ctx.const(torch.broadcast_to(scale, shape)), ctx.const(torch.broadcast_to(shift, shape)))
     return ctx.emit(op, [x])
@@ -103,4 +105,3 @@ def div_mode(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     if args[2] is not None:
         raise Unsupported(f"division with rounding_mode={args[2]!r} is piecewise constant")
     return div(ctx, args[:2])
-

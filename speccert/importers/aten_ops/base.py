@@ -95,7 +95,9 @@ class ConvertContext:
         base = self.node_name
         if like is not None and id(like) in self.param_names:
             key = self.param_names[id(like)]
-            base = key.rsplit(".", 1)[0] if "." in key else base  # 'conv.weight' -> 'conv'; 'weight' -> fx name
+            base = (
+                key.rsplit(".", 1)[0] if "." in key else base
+            )  # 'conv.weight' -> 'conv'; 'weight' -> fx name
         name = self.unique(base)
         with torch.no_grad():
             zeros = [torch.zeros((1, *v.shape[1:]), dtype=v.dtype) for v in inputs]
@@ -131,7 +133,9 @@ def aten_op(*names: str) -> Callable[[Converter], Converter]:
 def tensor_arg(v: Any, what: str) -> TensorValue:
     """The argument must be an input-dependent tensor (not a constant)."""
     if isinstance(v, PendingCircularPad):
-        raise Unsupported(f"{what} is circularly padded; circular padding is supported only right before a convolution")
+        raise Unsupported(
+            f"{what} is circularly padded; circular padding is supported only right before a convolution"
+        )
     if not isinstance(v, TensorValue):
         raise Unsupported(f"{what} must be computed from the model input, got a constant")
     return v

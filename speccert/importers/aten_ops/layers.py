@@ -32,16 +32,30 @@ def convolution(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     if nd not in (1, 2):
         raise Unsupported(f"{nd}-d transposed convolution (only 1-d and 2-d are supported)")
     b = None if args[2] is None else ctx.const(const_tensor(args[2], "transposed convolution bias"))
-    op = ConvTranspose(ctx.const(w), b, ints(args[3], nd), ints(args[4], nd), ints(args[7], nd), ints(args[5], nd),
-                       int(args[8]))
+    op = ConvTranspose(
+        ctx.const(w),
+        b,
+        ints(args[3], nd),
+        ints(args[4], nd),
+        ints(args[7], nd),
+        ints(args[5], nd),
+        int(args[8]),
+    )
     return ctx.emit(op, [x], like=args[1])
 
 
-def _conv(ctx: ConvertContext, x_: Any, w_: Any, b_: Any, stride: Any, padding: Any, dilation: Any,
-          groups: int) -> TensorValue:
+def _conv(
+    ctx: ConvertContext, x_: Any, w_: Any, b_: Any, stride: Any, padding: Any, dilation: Any, groups: int
+) -> TensorValue:
     mode = "zeros"
     if isinstance(x_, PendingCircularPad):
-        own = [0] if padding == "valid" else [1] if isinstance(padding, str) else list(ints(padding, len(x_.pads)))
+        own = (
+            [0]
+            if padding == "valid"
+            else [1]
+            if isinstance(padding, str)
+            else list(ints(padding, len(x_.pads)))
+        )
         if any(p != 0 for p in own):
             raise Unsupported("circular padding followed by a convolution with zero padding of its own")
         if any(b != e for b, e in x_.pads):
@@ -78,8 +92,15 @@ def conv_transpose(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     w = const_tensor(args[1], "transposed convolution weight")
     nd = w.dim() - 2
     b = None if args[2] is None else ctx.const(const_tensor(args[2], "transposed convolution bias"))
-    op = ConvTranspose(ctx.const(w), b, ints(args[3], nd), ints(args[4], nd), ints(args[5], nd), ints(args[7], nd),
-                       int(args[6]))
+    op = ConvTranspose(
+        ctx.const(w),
+        b,
+        ints(args[3], nd),
+        ints(args[4], nd),
+        ints(args[5], nd),
+        ints(args[7], nd),
+        int(args[6]),
+    )
     return ctx.emit(op, [x], like=args[1])
 
 
@@ -148,8 +169,9 @@ def batch_norm(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     return out
 
 
-def _batch_norm(ctx: ConvertContext, x_: Any, w_: Any, b_: Any, mean_: Any, var_: Any,
-                eps: float) -> tuple[Any, ...]:
+def _batch_norm(
+    ctx: ConvertContext, x_: Any, w_: Any, b_: Any, mean_: Any, var_: Any, eps: float
+) -> tuple[Any, ...]:
     x = tensor_arg(x_, "batch norm input")
     if x.ndim < 2:
         raise Unsupported("batch norm needs a channel axis")
@@ -163,4 +185,3 @@ def _batch_norm(ctx: ConvertContext, x_: Any, w_: Any, b_: Any, mean_: Any, var_
     y = ctx.emit(op, [x], like=mean_ if w_ is None else w_)
     gone = NotAvailable("batch statistics")
     return (y, gone, gone)
-

@@ -92,8 +92,10 @@ def _adaptive(ctx: ConvertContext, args: list[Any], nd: int) -> TensorValue:
     if all(o == 1 for o in out):
         return ctx.emit(GlobalAvgPool(), [x])
     if any(s % o for s, o in zip(size, out, strict=True)):
-        raise Unsupported(f"adaptive average pool from {list(size)} to {list(out)}: sizes do not divide "
-                          "(windows overlap unevenly)")
+        raise Unsupported(
+            f"adaptive average pool from {list(size)} to {list(out)}: sizes do not divide "
+            "(windows overlap unevenly)"
+        )
     kernel = tuple(s // o for s, o in zip(size, out, strict=True))
     return ctx.emit(AvgPool(kernel, kernel, tuple((0, 0) for _ in kernel)), [x])
 
@@ -116,7 +118,9 @@ def _spatial_reduce(ctx: ConvertContext, args: list[Any], what: str, scale: bool
         raise Unsupported(f"{what} over every axis including the batch")
     dims = sorted({d % x.ndim for d in args[1]})
     if x.ndim < 3 or dims != list(range(2, x.ndim)):
-        raise Unsupported(f"{what} over axes {list(args[1])} of a {x.ndim}-d tensor (only over all spatial axes)")
+        raise Unsupported(
+            f"{what} over axes {list(args[1])} of a {x.ndim}-d tensor (only over all spatial axes)"
+        )
     y = ctx.emit(GlobalAvgPool(), [x])
     if scale:  # sum = mean * number of spatial positions
         y = ctx.emit(Affine(torch.tensor(float(math.prod(x.shape[2:]))), torch.tensor(0.0)), [y])

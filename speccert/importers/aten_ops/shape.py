@@ -50,7 +50,7 @@ def flatten(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     x = tensor_arg(args[0], "flatten input")
     start = axis(int(args[1]), x.ndim, "flatten start axis")
     end = int(args[2]) % x.ndim
-    shape = (*x.shape[:start], math.prod(x.shape[start:end + 1]), *x.shape[end + 1:])
+    shape = (*x.shape[:start], math.prod(x.shape[start : end + 1]), *x.shape[end + 1 :])
     return reshape_to(ctx, x, shape)
 
 
@@ -152,8 +152,13 @@ def pad(ctx: ConvertContext, args: list[Any]) -> TensorValue | PendingCircularPa
     return _pad(ctx, tensor_arg(args[0], "pad input"), list(args[1]), args[3])
 
 
-@aten_op("aten.clone.default", "aten.alias.default", "aten.detach.default", "aten.contiguous.default",
-         "aten.lift_fresh_copy.default")
+@aten_op(
+    "aten.clone.default",
+    "aten.alias.default",
+    "aten.detach.default",
+    "aten.contiguous.default",
+    "aten.lift_fresh_copy.default",
+)
 def identity(ctx: ConvertContext, args: list[Any]) -> Any:
     """Copies and views that change nothing: the value itself."""
     return args[0]

@@ -39,13 +39,21 @@ from speccert.ir.ops import Affine, Opaque
 
 Tensor = torch.Tensor
 
-_TAKES_CIRCULAR_PAD = {"aten.conv1d.default", "aten.conv2d.default", "aten.conv1d.padding", "aten.conv2d.padding",
-                       "aten.convolution.default"}
+_TAKES_CIRCULAR_PAD = {
+    "aten.conv1d.default",
+    "aten.conv2d.default",
+    "aten.conv1d.padding",
+    "aten.conv2d.padding",
+    "aten.convolution.default",
+}
 
 # Runtime checks torch.export inserts; they compute nothing.
 _IGNORED = {
-    "aten._assert_scalar.default", "aten._assert_tensor_metadata.default", "aten._assert_async.msg",
-    "aten.sym_constrain_range_for_size.default", "aten.sym_constrain_range.default",
+    "aten._assert_scalar.default",
+    "aten._assert_tensor_metadata.default",
+    "aten._assert_async.msg",
+    "aten.sym_constrain_range_for_size.default",
+    "aten.sym_constrain_range.default",
     "aten._functional_assert_async.msg",
 }
 
@@ -98,13 +106,18 @@ def _placeholder_values(ep: ExportedProgram) -> tuple[dict[str, Any], dict[int, 
         if spec.target is not None:
             t = ep.state_dict.get(spec.target, ep.constants.get(spec.target))
         values[arg_name] = t
-        if isinstance(t, Tensor) and spec.target is not None and spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
+        if (
+            isinstance(t, Tensor)
+            and spec.target is not None
+            and spec.kind in (InputKind.PARAMETER, InputKind.BUFFER)
+        ):
             names[id(t)] = spec.target
     return values, names, user
 
 
-def _materialise_pending(ctx: ConvertContext, node: torch.fx.Node, env: dict[str, Any],
-                         problems: list[tuple[str, str, str]]) -> bool:
+def _materialise_pending(
+    ctx: ConvertContext, node: torch.fx.Node, env: dict[str, Any], problems: list[tuple[str, str, str]]
+) -> bool:
     """Circular padding that does not feed a convolution becomes an Opaque node of its own (reported)."""
     found = False
     for a in node.all_input_nodes:
@@ -112,8 +125,11 @@ def _materialise_pending(ctx: ConvertContext, node: torch.fx.Node, env: dict[str
         if isinstance(v, PendingCircularPad):
             pads = [p for b, e in reversed(v.pads) for p in (b, e)]
             reason = "circular padding not followed by a convolution"
-            op = Opaque(source_op="aten.pad.default", reason=reason,
-                        fn=lambda x, pads=pads: F.pad(x, pads, mode="circular"))
+            op = Opaque(
+                source_op="aten.pad.default",
+                reason=reason,
+                fn=lambda x, pads=pads: F.pad(x, pads, mode="circular"),
+            )
             consumer, ctx.node_name = ctx.node_name, a.name
             env[a.name] = ctx.emit(op, [v.value])
             ctx.node_name = consumer
@@ -168,15 +184,24 @@ def _fold(target: Callable[..., Any], node: torch.fx.Node, env: dict[str, Any], 
     kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
     with torch.no_grad():
         y = target(*args, **kwargs)
-    named = [ctx.param_names[id(t)] for t in _flat([args, list(kwargs.values())])
-             if isinstance(t, Tensor) and id(t) in ctx.param_names]
+    named = [
+        ctx.param_names[id(t)]
+        for t in _flat([args, list(kwargs.values())])
+        if isinstance(t, Tensor) and id(t) in ctx.param_names
+    ]
     if isinstance(y, Tensor) and len(named) == 1:
         ctx.param_names[id(y)] = named[0]  # `permute(l.weight)` still names the node `l`
     return y
 
 
-def exported_to_graph(ep: ExportedProgram, input_shape: tuple[int, ...], batch: int, *,
-                      allow_unsupported: bool, source: ModelSource | None = None) -> Graph:
+def exported_to_graph(
+    ep: ExportedProgram,
+    input_shape: tuple[int, ...],
+    batch: int,
+    *,
+    allow_unsupported: bool,
+    source: ModelSource | None = None,
+) -> Graph:
     """Convert an exported program with one tensor input to a Graph over `input_shape`.
 
     `batch` is the batch size the program was traced with: reshapes must keep it at axis 0.
@@ -186,7 +211,9 @@ def exported_to_graph(ep: ExportedProgram, input_shape: tuple[int, ...], batch: 
     ctx = ConvertContext(batch)
     env, ctx.param_names, user = _placeholder_values(ep)
     if len(user) != 1:
-        raise UnsupportedModelError(f"the model takes {len(user)} inputs; speccert needs exactly one tensor input")
+        raise UnsupportedModelError(
+            f"the model takes {len(user)} inputs; speccert needs exactly one tensor input"
+        )
     env[user[0]] = TensorValue(INPUT, (batch, *input_shape))
     problems: list[tuple[str, str, str]] = []
     keep_alive: list[Any] = []  # folded constants stay referenced so their ids stay unique
@@ -202,7 +229,9 @@ def exported_to_graph(ep: ExportedProgram, input_shape: tuple[int, ...], batch: 
             output = node
             continue
         if node.op != "call_function":
-            problems.append((str(node.target), node.name, f"'{node.op}' nodes are not expected in an exported graph"))
+            problems.append(
+                (str(node.target), node.name, f"'{node.op}' nodes are not expected in an exported graph")
+            )
             env[node.name] = NotAvailable(node.name)
             continue
         name = op_name(node.target)
@@ -219,25 +248,37 @@ def exported_to_graph(ep: ExportedProgram, input_shape: tuple[int, ...], batch: 
             reason = str(exc)
             if allow_unsupported and _materialise_pending(ctx, node, env, problems):
                 try:  # the op itself may be fine once its padded input exists
-                    env[node.name] = _convert(ctx, node, name, [env[n.name] for n in node.all_input_nodes], env)
+                    env[node.name] = _convert(
+                        ctx, node, name, [env[n.name] for n in node.all_input_nodes], env
+                    )
                     keep_alive.append(env[node.name])
                     continue
                 except Unsupported as again:
                     reason = str(again)
             problems.append((name, node.name, reason))
-            env[node.name] = (_opaque(ctx, node, env, reason) if allow_unsupported
-                              else NotAvailable(name, upstream_failure=True))
+            env[node.name] = (
+                _opaque(ctx, node, env, reason)
+                if allow_unsupported
+                else NotAvailable(name, upstream_failure=True)
+            )
         keep_alive.append(env[node.name])
     if problems and not allow_unsupported:
         raise UnsupportedModelError("the model uses operations speccert cannot import", problems)
     assert output is not None
-    outs = [v for v, spec in zip(_flat(output.args[0]), ep.graph_signature.output_specs, strict=False)
-            if spec.kind == OutputKind.USER_OUTPUT]
+    outs = [
+        v
+        for v, spec in zip(_flat(output.args[0]), ep.graph_signature.output_specs, strict=False)
+        if spec.kind == OutputKind.USER_OUTPUT
+    ]
     if len(outs) != 1:
-        raise UnsupportedModelError(f"the model returns {len(outs)} outputs; speccert needs exactly one tensor")
+        raise UnsupportedModelError(
+            f"the model returns {len(outs)} outputs; speccert needs exactly one tensor"
+        )
     result = env[outs[0].name] if isinstance(outs[0], torch.fx.Node) else outs[0]
     if not isinstance(result, TensorValue):
-        raise UnsupportedModelError("the model's output does not depend on its input (or comes from an unsupported op)")
+        raise UnsupportedModelError(
+            "the model's output does not depend on its input (or comes from an unsupported op)"
+        )
     return Graph(input_shape, _merge_affine_chains(ctx.nodes, result.name), result.name, source)
 
 
@@ -247,9 +288,14 @@ def _merge_affine_chains(nodes: list[Node], output: str) -> list[Node]:
     out: list[Node] = []
     for node in nodes:
         prev = out[-1] if out else None
-        if (isinstance(node.op, Affine) and prev is not None and isinstance(prev.op, Affine)
-                and node.inputs == (prev.name,) and prev.name != output
-                and sum(prev.name in n.inputs for n in nodes) == 1):
+        if (
+            isinstance(node.op, Affine)
+            and prev is not None
+            and isinstance(prev.op, Affine)
+            and node.inputs == (prev.name,)
+            and prev.name != output
+            and sum(prev.name in n.inputs for n in nodes) == 1
+        ):
             s1, t1, s2, t2 = prev.op.scale, prev.op.shift, node.op.scale, node.op.shift
             merged = Affine((s1 * s2).contiguous(), (t1 * s2 + t2).contiguous())
             out[-1] = Node(node.name, merged, prev.inputs, node.shape)
@@ -264,7 +310,9 @@ def _arg_node(node: torch.fx.Node, i: int) -> torch.fx.Node:
     return a
 
 
-def _convert(ctx: ConvertContext, node: torch.fx.Node, name: str, inputs: list[Any], env: dict[str, Any]) -> Any:
+def _convert(
+    ctx: ConvertContext, node: torch.fx.Node, name: str, inputs: list[Any], env: dict[str, Any]
+) -> Any:
     target = node.target
     if target is operator.getitem:
         seq: Any = env[_arg_node(node, 0).name]
@@ -278,8 +326,10 @@ def _convert(ctx: ConvertContext, node: torch.fx.Node, name: str, inputs: list[A
             return x.shape[int(node.args[1])] if name == "aten.sym_size.int" else math.prod(x.shape)  # type: ignore[arg-type]
     pending = [v for v in _flat(inputs) if isinstance(v, PendingCircularPad)]
     if pending and name not in _TAKES_CIRCULAR_PAD:
-        raise Unsupported("its input is circularly padded (aten.pad mode 'circular'), which is supported only "
-                          "right before a convolution")
+        raise Unsupported(
+            "its input is circularly padded (aten.pad mode 'circular'), which is supported only "
+            "right before a convolution"
+        )
     if not _has_tensor_value(inputs):
         if not callable(target):
             raise Unsupported(f"cannot evaluate {name}")

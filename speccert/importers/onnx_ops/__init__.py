@@ -79,8 +79,12 @@ ConverterKey = tuple[str, str, tuple[int, int]]
 ONNX_OPS: Registry[ConverterKey, Converter] = Registry("onnx converter")
 
 
-def converter(op_type: str, opsets: tuple[int, int] = (MIN_OPSET, MAX_OPSET), domain: str = "",
-              examples: Sequence[ExampleFn] = ()) -> Callable[[ConvertFn], ConvertFn]:
+def converter(
+    op_type: str,
+    opsets: tuple[int, int] = (MIN_OPSET, MAX_OPSET),
+    domain: str = "",
+    examples: Sequence[ExampleFn] = (),
+) -> Callable[[ConvertFn], ConvertFn]:
     """Register `fn` as the converter of `op_type` for opsets lo..hi (inclusive). A duplicate key, or a
     range overlapping an existing one for the same op, raises KeyError."""
     lo, hi = opsets
@@ -142,7 +146,9 @@ def act(v: Value | None, what: str = "input") -> Act:
     """`v` as an activation; a constant here means the node does not depend on the model input."""
     if isinstance(v, Act):
         return v
-    raise NotConvertible(f"{what} must depend on the model input (got {'nothing' if v is None else 'a constant'})")
+    raise NotConvertible(
+        f"{what} must depend on the model input (got {'nothing' if v is None else 'a constant'})"
+    )
 
 
 def const(v: Value | None, what: str = "input") -> np.ndarray:
@@ -166,6 +172,19 @@ def _load_all() -> None:
 _load_all()
 
 __all__ = [
-    "MAX_OPSET", "MIN_OPSET", "ONNX_OPS", "Act", "BuildContext", "Converter", "NotConvertible", "Value",
-    "act", "attrs", "const", "converter", "find_converter", "supported_onnx_ops", "supported_onnx_ops_markdown",
+    "MAX_OPSET",
+    "MIN_OPSET",
+    "ONNX_OPS",
+    "Act",
+    "BuildContext",
+    "Converter",
+    "NotConvertible",
+    "Value",
+    "act",
+    "attrs",
+    "const",
+    "converter",
+    "find_converter",
+    "supported_onnx_ops",
+    "supported_onnx_ops_markdown",
 ]

@@ -23,8 +23,15 @@ def randn(*shape: int, seed: int = 0) -> np.ndarray:
     return rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def model(nodes: Sequence[onnx.NodeProto], x_shape: Sequence[int | str], inits: Mapping[str, Any],
-          opset: int, output: str = "y", batch: int | str = "N", x_name: str = "x") -> onnx.ModelProto:
+def model(
+    nodes: Sequence[onnx.NodeProto],
+    x_shape: Sequence[int | str],
+    inits: Mapping[str, Any],
+    opset: int,
+    output: str = "y",
+    batch: int | str = "N",
+    x_name: str = "x",
+) -> onnx.ModelProto:
     """A model over one float input [batch, *x_shape] with the given nodes, initializers and output."""
     x = helper.make_tensor_value_info(x_name, TensorProto.FLOAT, [batch, *x_shape])
     y = helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
@@ -34,9 +41,15 @@ def model(nodes: Sequence[onnx.NodeProto], x_shape: Sequence[int | str], inits: 
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
 
 
-def one_node(op_type: str, x_shape: Sequence[int], inputs: Sequence[str] = ("x",),
-             inits: Mapping[str, Any] | None = None, opset: int = 13, n_outputs: int = 1,
-             **attributes: Any) -> onnx.ModelProto:
+def one_node(
+    op_type: str,
+    x_shape: Sequence[int],
+    inputs: Sequence[str] = ("x",),
+    inits: Mapping[str, Any] | None = None,
+    opset: int = 13,
+    n_outputs: int = 1,
+    **attributes: Any,
+) -> onnx.ModelProto:
     """A model whose single node `op_type` reads `inputs` ('x' = the model input, '' = omitted)."""
     outputs = ["y"] + [f"y{i}" for i in range(1, n_outputs)]
     node = helper.make_node(op_type, list(inputs), outputs, name=f"{op_type.lower()}_0", **attributes)

@@ -38,7 +38,9 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 def _is(consts: dict[str, np.ndarray], name: str, value: float) -> bool:
     c = consts.get(name)
-    return c is not None and c.size == 1 and abs(float(c.reshape(-1)[0]) - value) <= 1e-5 * max(1.0, abs(value))
+    return (
+        c is not None and c.size == 1 and abs(float(c.reshape(-1)[0]) - value) <= 1e-5 * max(1.0, abs(value))
+    )
 
 
 def fuse_activations(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -96,7 +98,9 @@ def _try_silu(n, users, other, private):  # noqa: ANN001, ANN202
     (mul,) = users(n.output[0])
     if mul.op_type != "Mul" or other(mul, n.output[0]) != n.input[0]:
         return None
-    fused = helper.make_node("Silu", [n.input[0]], [mul.output[0]], name=mul.name or mul.output[0], domain=DOMAIN)
+    fused = helper.make_node(
+        "Silu", [n.input[0]], [mul.output[0]], name=mul.name or mul.output[0], domain=DOMAIN
+    )
     return fused, [n, mul]
 
 
@@ -107,14 +111,22 @@ def _try_gelu(n, users, producer, other, private, consts):  # noqa: ANN001, ANN2
     if scale is None or not private(n.input[0]) or len(scale.input) != 2:
         return None
     x = scale.input[0]
-    if not (scale.op_type == "Div" and _is(consts, scale.input[1], math.sqrt(2.0))
-            or scale.op_type == "Mul" and _is(consts, other(scale, x) or "", 1 / math.sqrt(2.0))):
+    if not (
+        scale.op_type == "Div"
+        and _is(consts, scale.input[1], math.sqrt(2.0))
+        or scale.op_type == "Mul"
+        and _is(consts, other(scale, x) or "", 1 / math.sqrt(2.0))
+    ):
         if scale.op_type == "Mul" and _is(consts, x, 1 / math.sqrt(2.0)):
             x = scale.input[1]
         else:
             return None
     (add,) = users(n.output[0])
-    if add.op_type != "Add" or not _is(consts, other(add, n.output[0]) or "", 1.0) or not private(add.output[0]):
+    if (
+        add.op_type != "Add"
+        or not _is(consts, other(add, n.output[0]) or "", 1.0)
+        or not private(add.output[0])
+    ):
         return None
     (mul1,) = users(add.output[0])
     if mul1.op_type != "Mul":
@@ -129,8 +141,13 @@ def _try_gelu(n, users, producer, other, private, consts):  # noqa: ANN001, ANN2
         last, dead = mul2, [scale, n, add, mul1, mul2]
     else:  # (0.5 * x) * (1 + erf)
         half = producer(left or "")
-        if half is None or half.op_type != "Mul" or not private(left) or other(half, x) is None \
-                or not _is(consts, other(half, x) or "", 0.5):
+        if (
+            half is None
+            or half.op_type != "Mul"
+            or not private(left)
+            or other(half, x) is None
+            or not _is(consts, other(half, x) or "", 0.5)
+        ):
             return None
         last, dead = mul1, [scale, n, add, half, mul1]
     fused = helper.make_node("Gelu", [x], [last.output[0]], name=last.name or last.output[0], domain=DOMAIN)
@@ -160,24 +177,38 @@ def _silu_example() -> onnx.ModelProto:
 
 def _gelu_examples() -> list:
     sqrt2 = np.array(math.sqrt(2.0), np.float32)
-    torch_style = [helper.make_node("Div", ["x", "c"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
-                   helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
-                   helper.make_node("Mul", ["m", "half"], ["y"])]
-    half_first = [helper.make_node("Mul", ["x", "c"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
-                  helper.make_node("Add", ["one", "e"], ["a"]), helper.make_node("Mul", ["half", "x"], ["h"]),
-                  helper.make_node("Mul", ["h", "a"], ["y"])]
+    torch_style = [
+        helper.make_node("Div", ["x", "c"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["a"]),
+        helper.make_node("Mul", ["x", "a"], ["m"]),
+        helper.make_node("Mul", ["m", "half"], ["y"]),
+    ]
+    half_first = [
+        helper.make_node("Mul", ["x", "c"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["one", "e"], ["a"]),
+        helper.make_node("Mul", ["half", "x"], ["h"]),
+        helper.make_node("Mul", ["h", "a"], ["y"]),
+    ]
     consts = {"one": np.array(1.0, np.float32), "half": np.array(0.5, np.float32)}
-    return [lambda: model(torch_style, (7,), {**consts, "c": sqrt2}, 13),
-            lambda: model(half_first, (2, 3), {**consts, "c": np.array(1 / math.sqrt(2.0), np.float32)}, 17)]
+    return [
+        lambda: model(torch_style, (7,), {**consts, "c": sqrt2}, 13),
+        lambda: model(half_first, (2, 3), {**consts, "c": np.array(1 / math.sqrt(2.0), np.float32)}, 17),
+    ]
 
 
 @converter("Silu", opsets=(1, 21), domain=DOMAIN, examples=[_silu_example])
-def convert_fused_silu(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+def convert_fused_silu(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
     """x * sigmoid(x) -> Activation('silu')."""
     return [ctx.add(Activation("silu"), [act(inputs[0])])]
 
 
 @converter("Gelu", opsets=(1, 21), domain=DOMAIN, examples=_gelu_examples())
-def convert_fused_gelu(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+def convert_fused_gelu(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
     """x * (1 + erf(x / sqrt 2)) / 2 -> Activation('gelu')."""
     return [ctx.add(Activation("gelu"), [act(inputs[0])])]

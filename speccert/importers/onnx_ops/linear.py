@@ -28,8 +28,13 @@ def tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
 
 
-def spatial_padding(a: dict, in_spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
-                    dilations: Sequence[int]) -> tuple[tuple[int, int], ...]:
+def spatial_padding(
+    a: dict,
+    in_spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+) -> tuple[tuple[int, int], ...]:
     """Per-axis (begin, end) padding from ONNX `pads` / `auto_pad`.
 
     SAME_*: out = ceil(in / s), total = max((out - 1) s + (k - 1) d + 1 - in, 0), the odd pixel at the end
@@ -57,11 +62,22 @@ def spatial_padding(a: dict, in_spatial: Sequence[int], kernel: Sequence[int], s
 
 def _gemm_examples() -> list:
     w, b = randn(6, 5, seed=1), randn(6, seed=2)
-    ex = [lambda: one_node("Gemm", (5,), ["x", "w", "b"], {"w": w, "b": b}, opset=11, transB=1),
-          lambda: one_node("Gemm", (5,), ["x", "w", "b"], {"w": w.T.copy(), "b": b.reshape(1, 6)}, opset=13,
-                           alpha=0.5, beta=2.0),
-          lambda: one_node("Gemm", (5,), ["x", "w"], {"w": w}, opset=13, transB=1, alpha=-1.5),
-          lambda: one_node("Gemm", (5,), ["x", "w", "c"], {"w": w.T.copy(), "c": np.float32(0.25)}, opset=8, beta=3.0)]
+    ex = [
+        lambda: one_node("Gemm", (5,), ["x", "w", "b"], {"w": w, "b": b}, opset=11, transB=1),
+        lambda: one_node(
+            "Gemm",
+            (5,),
+            ["x", "w", "b"],
+            {"w": w.T.copy(), "b": b.reshape(1, 6)},
+            opset=13,
+            alpha=0.5,
+            beta=2.0,
+        ),
+        lambda: one_node("Gemm", (5,), ["x", "w"], {"w": w}, opset=13, transB=1, alpha=-1.5),
+        lambda: one_node(
+            "Gemm", (5,), ["x", "w", "c"], {"w": w.T.copy(), "c": np.float32(0.25)}, opset=8, beta=3.0
+        ),
+    ]
     return ex
 
 
@@ -71,7 +87,9 @@ def convert_gemm(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | N
     Linear(weight = alpha B'^T, bias = beta C)."""
     a = attrs(node)
     if not isinstance(inputs[0], Act):
-        raise NotConvertible("only Gemm with the activation as A is supported (A constant would move the batch axis)")
+        raise NotConvertible(
+            "only Gemm with the activation as A is supported (A constant would move the batch axis)"
+        )
     x = inputs[0]
     if len(x.shape) != 1:
         raise NotConvertible(f"Gemm needs a 2-d activation [N, K], got [N, {', '.join(map(str, x.shape))}]")
@@ -93,9 +111,11 @@ def convert_gemm(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | N
 
 
 def _matmul_examples() -> list:
-    return [lambda: one_node("MatMul", (5,), ["x", "w"], {"w": randn(5, 7)}, opset=13),
-            lambda: one_node("MatMul", (3, 5), ["x", "w"], {"w": randn(5, 2)}, opset=9),
-            lambda: one_node("MatMul", (5,), ["x", "w"], {"w": randn(5)}, opset=13)]
+    return [
+        lambda: one_node("MatMul", (5,), ["x", "w"], {"w": randn(5, 7)}, opset=13),
+        lambda: one_node("MatMul", (3, 5), ["x", "w"], {"w": randn(5, 2)}, opset=9),
+        lambda: one_node("MatMul", (5,), ["x", "w"], {"w": randn(5)}, opset=13),
+    ]
 
 
 @converter("MatMul", examples=_matmul_examples())
@@ -120,15 +140,26 @@ def _conv_examples() -> list:
     wg = randn(6, 2, 3, 2, seed=3)
     return [
         lambda: one_node("Conv", (3, 8, 8), ["x", "w", "b"], {"w": w, "b": b}, opset=11, pads=[1, 1, 1, 1]),
-        lambda: one_node("Conv", (3, 9, 8), ["x", "w"], {"w": w}, opset=13, pads=[0, 1, 2, 1], strides=[2, 1]),
-        lambda: one_node("Conv", (3, 9, 9), ["x", "w", "b"], {"w": w, "b": b}, opset=8, dilations=[2, 1],
-                         strides=[1, 2]),
-        lambda: one_node("Conv", (4, 7, 8), ["x", "w"], {"w": wg}, opset=13, group=2, auto_pad="SAME_UPPER",
-                         strides=[2, 2]),
+        lambda: one_node(
+            "Conv", (3, 9, 8), ["x", "w"], {"w": w}, opset=13, pads=[0, 1, 2, 1], strides=[2, 1]
+        ),
+        lambda: one_node(
+            "Conv", (3, 9, 9), ["x", "w", "b"], {"w": w, "b": b}, opset=8, dilations=[2, 1], strides=[1, 2]
+        ),
+        lambda: one_node(
+            "Conv", (4, 7, 8), ["x", "w"], {"w": wg}, opset=13, group=2, auto_pad="SAME_UPPER", strides=[2, 2]
+        ),
         lambda: one_node("Conv", (4, 7, 8), ["x", "w"], {"w": wg}, opset=18, group=2, auto_pad="SAME_LOWER"),
         lambda: one_node("Conv", (3, 8, 8), ["x", "w"], {"w": w}, opset=21, auto_pad="VALID"),
-        lambda: one_node("Conv", (3, 10), ["x", "w", "b"], {"w": randn(5, 3, 3, seed=4), "b": randn(5)}, opset=13,
-                         pads=[2, 0], strides=[3]),
+        lambda: one_node(
+            "Conv",
+            (3, 10),
+            ["x", "w", "b"],
+            {"w": randn(5, 3, 3, seed=4), "b": randn(5)},
+            opset=13,
+            pads=[2, 0],
+            strides=[3],
+        ),
     ]
 
 
@@ -148,30 +179,53 @@ def convert_conv(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | N
     pads = spatial_padding(a, x.shape[1:], w.shape[2:], strides, dil)
     b = inputs[2] if len(inputs) > 2 else None
     bias = tensor(const(b, "B")) if b is not None else None
-    op = Conv(weight=tensor(w), bias=bias, stride=strides, padding=pads, dilation=dil,
-              groups=int(a.get("group", 1)))
+    op = Conv(
+        weight=tensor(w), bias=bias, stride=strides, padding=pads, dilation=dil, groups=int(a.get("group", 1))
+    )
     return [ctx.add(op, [x])]
 
 
 def _convt_examples() -> list:
     w, b = randn(3, 4, 3, 3, seed=1), randn(4, seed=2)
     return [
-        lambda: one_node("ConvTranspose", (3, 5, 5), ["x", "w", "b"], {"w": w, "b": b}, opset=11,
-                         strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 0]),
-        lambda: one_node("ConvTranspose", (3, 5, 6), ["x", "w"], {"w": w}, opset=13, strides=[2, 1],
-                         pads=[1, 0, 0, 0]),
-        lambda: one_node("ConvTranspose", (4, 5, 5), ["x", "w"], {"w": randn(4, 2, 2, 3, seed=3)}, opset=17,
-                         group=2, dilations=[2, 1]),
-        lambda: one_node("ConvTranspose", (3, 4, 4), ["x", "w"], {"w": w}, opset=13, strides=[2, 2],
-                         output_shape=[7, 7]),
-        lambda: model([onnx.helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[3])], (3, 6),
-                      {"w": randn(3, 2, 4, seed=5)}, 13),
+        lambda: one_node(
+            "ConvTranspose",
+            (3, 5, 5),
+            ["x", "w", "b"],
+            {"w": w, "b": b},
+            opset=11,
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+            output_padding=[1, 0],
+        ),
+        lambda: one_node(
+            "ConvTranspose", (3, 5, 6), ["x", "w"], {"w": w}, opset=13, strides=[2, 1], pads=[1, 0, 0, 0]
+        ),
+        lambda: one_node(
+            "ConvTranspose",
+            (4, 5, 5),
+            ["x", "w"],
+            {"w": randn(4, 2, 2, 3, seed=3)},
+            opset=17,
+            group=2,
+            dilations=[2, 1],
+        ),
+        lambda: one_node(
+            "ConvTranspose", (3, 4, 4), ["x", "w"], {"w": w}, opset=13, strides=[2, 2], output_shape=[7, 7]
+        ),
+        lambda: model(
+            [onnx.helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[3])],
+            (3, 6),
+            {"w": randn(3, 2, 4, seed=5)},
+            13,
+        ),
     ]
 
 
 @converter("ConvTranspose", examples=_convt_examples())
-def convert_conv_transpose(ctx: BuildContext, node: onnx.NodeProto,
-                           inputs: list[Value | None]) -> list[Value | None]:
+def convert_conv_transpose(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
     """Transposed convolution. ONNX pads (b, e) with e <= b map to torch padding b and output_padding
     increased by b - e (torch computes those extra end rows, it does not zero them)."""
     a = attrs(node)
@@ -179,7 +233,9 @@ def convert_conv_transpose(ctx: BuildContext, node: onnx.NodeProto,
     w = const(inputs[1], "W")
     nd = w.ndim - 2
     if nd not in (1, 2) or len(x.shape) != nd + 1:
-        raise NotConvertible(f"{nd}-d transposed convolution on a rank-{len(x.shape) + 1} input is not supported")
+        raise NotConvertible(
+            f"{nd}-d transposed convolution on a rank-{len(x.shape) + 1} input is not supported"
+        )
     strides = [int(s) for s in a.get("strides", [1] * nd)]
     dil = [int(d) for d in a.get("dilations", [1] * nd)]
     out_pad = [int(p) for p in a.get("output_padding", [0] * nd)]
@@ -187,7 +243,11 @@ def convert_conv_transpose(ctx: BuildContext, node: onnx.NodeProto,
     full = [s * (n - 1) + op + k for s, n, op, k in zip(strides, x.shape[1:], out_pad, k_eff, strict=True)]
     auto = a.get("auto_pad", "NOTSET")
     if "output_shape" in a or auto in ("SAME_UPPER", "SAME_LOWER"):
-        target = list(a["output_shape"])[-nd:] if "output_shape" in a else [n * s for n, s in zip(x.shape[1:], strides, strict=True)]
+        target = (
+            list(a["output_shape"])[-nd:]
+            if "output_shape" in a
+            else [n * s for n, s in zip(x.shape[1:], strides, strict=True)]
+        )
         totals = [f - t for f, t in zip(full, target, strict=True)]
         if any(t < 0 for t in totals):
             raise NotConvertible("output_shape larger than the full transposed convolution")
@@ -209,6 +269,13 @@ def convert_conv_transpose(ctx: BuildContext, node: onnx.NodeProto,
         torch_out_pad.append(extra)
     b = inputs[2] if len(inputs) > 2 else None
     bias = tensor(const(b, "B")) if b is not None else None
-    op_ = ConvTranspose(weight=tensor(w), bias=bias, stride=tuple(strides), padding=tuple(torch_pad),
-                        output_padding=tuple(torch_out_pad), dilation=tuple(dil), groups=int(a.get("group", 1)))
+    op_ = ConvTranspose(
+        weight=tensor(w),
+        bias=bias,
+        stride=tuple(strides),
+        padding=tuple(torch_pad),
+        output_padding=tuple(torch_out_pad),
+        dilation=tuple(dil),
+        groups=int(a.get("group", 1)),
+    )
     return [ctx.add(op_, [x])]

@@ -29,8 +29,9 @@ def _onnx_pool_size(n: int, k: int, s: int, d: int, pads: tuple[int, int], ceil_
     return out
 
 
-def _pool_geometry(node: onnx.NodeProto, shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...], tuple[int, ...],
-                                                                          tuple[int, ...], tuple[tuple[int, int], ...]]:
+def _pool_geometry(
+    node: onnx.NodeProto, shape: tuple[int, ...]
+) -> tuple[dict, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[tuple[int, int], ...]]:
     a = attrs(node)
     if "kernel_shape" not in a:
         raise NotConvertible("kernel_shape is required")
@@ -44,25 +45,40 @@ def _pool_geometry(node: onnx.NodeProto, shape: tuple[int, ...]) -> tuple[dict, 
     return a, kernel, strides, dil, pads
 
 
-def _check_size(ctx_shape: tuple[int, ...], x_shape: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[int, ...],
-                dil: tuple[int, ...], pads: tuple[tuple[int, int], ...], ceil_mode: bool) -> None:
-    want = tuple(_onnx_pool_size(n, k, s, d, p, ceil_mode)
-                 for n, k, s, d, p in zip(x_shape[1:], kernel, strides, dil, pads, strict=True))
+def _check_size(
+    ctx_shape: tuple[int, ...],
+    x_shape: tuple[int, ...],
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    dil: tuple[int, ...],
+    pads: tuple[tuple[int, int], ...],
+    ceil_mode: bool,
+) -> None:
+    want = tuple(
+        _onnx_pool_size(n, k, s, d, p, ceil_mode)
+        for n, k, s, d, p in zip(x_shape[1:], kernel, strides, dil, pads, strict=True)
+    )
     if tuple(ctx_shape[1:]) != want:
-        raise NotConvertible(f"ceil_mode output size {list(want)} differs from the IR's {list(ctx_shape[1:])}")
+        raise NotConvertible(
+            f"ceil_mode output size {list(want)} differs from the IR's {list(ctx_shape[1:])}"
+        )
 
 
 def _maxpool_examples() -> list:
-    return [unary("MaxPool", 8, (2, 6, 6), kernel_shape=[2, 2], strides=[2, 2]),
-            unary("MaxPool", 12, (2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 2]),
-            unary("MaxPool", 10, (2, 7, 8), kernel_shape=[3, 2], strides=[2, 2], ceil_mode=1),
-            unary("MaxPool", 12, (2, 9, 9), kernel_shape=[2, 2], dilations=[2, 2], ceil_mode=1, strides=[2, 2]),
-            unary("MaxPool", 11, (2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
-            unary("MaxPool", 13, (2, 10), kernel_shape=[3], strides=[2], pads=[1, 1])]
+    return [
+        unary("MaxPool", 8, (2, 6, 6), kernel_shape=[2, 2], strides=[2, 2]),
+        unary("MaxPool", 12, (2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 2]),
+        unary("MaxPool", 10, (2, 7, 8), kernel_shape=[3, 2], strides=[2, 2], ceil_mode=1),
+        unary("MaxPool", 12, (2, 9, 9), kernel_shape=[2, 2], dilations=[2, 2], ceil_mode=1, strides=[2, 2]),
+        unary("MaxPool", 11, (2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
+        unary("MaxPool", 13, (2, 10), kernel_shape=[3], strides=[2], pads=[1, 1]),
+    ]
 
 
 @converter("MaxPool", examples=_maxpool_examples())
-def convert_maxpool(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+def convert_maxpool(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
     """Max pooling (1-d/2-d) with per-side pads, dilations and ceil_mode; the Indices output is not kept."""
     x = act(inputs[0], "X")
     a, kernel, strides, dil, pads = _pool_geometry(node, x.shape)
@@ -75,22 +91,57 @@ def convert_maxpool(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value 
 
 
 def _avgpool_examples() -> list:
-    return [unary("AveragePool", 8, (2, 6, 6), kernel_shape=[2, 2], strides=[2, 2]),
-            unary("AveragePool", 11, (2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
-                  count_include_pad=1),
-            unary("AveragePool", 11, (2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
-            unary("AveragePool", 13, (2, 7, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[0, 1, 2, 1],
-                  count_include_pad=1),
-            unary("AveragePool", 10, (2, 8, 8), kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
-            unary("AveragePool", 13, (2, 8, 7), kernel_shape=[3, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
-            unary("AveragePool", 19, (2, 6, 6), kernel_shape=[3, 3], strides=[3, 3], pads=[1, 1, 1, 1], ceil_mode=1,
-                  count_include_pad=1),
-            unary("AveragePool", 19, (3, 9), kernel_shape=[2], strides=[2], auto_pad="SAME_UPPER",
-                  count_include_pad=1)]
+    return [
+        unary("AveragePool", 8, (2, 6, 6), kernel_shape=[2, 2], strides=[2, 2]),
+        unary(
+            "AveragePool",
+            11,
+            (2, 7, 7),
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+            count_include_pad=1,
+        ),
+        unary("AveragePool", 11, (2, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        unary(
+            "AveragePool",
+            13,
+            (2, 7, 6),
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            pads=[0, 1, 2, 1],
+            count_include_pad=1,
+        ),
+        unary("AveragePool", 10, (2, 8, 8), kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+        unary(
+            "AveragePool", 13, (2, 8, 7), kernel_shape=[3, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1
+        ),
+        unary(
+            "AveragePool",
+            19,
+            (2, 6, 6),
+            kernel_shape=[3, 3],
+            strides=[3, 3],
+            pads=[1, 1, 1, 1],
+            ceil_mode=1,
+            count_include_pad=1,
+        ),
+        unary(
+            "AveragePool",
+            19,
+            (3, 9),
+            kernel_shape=[2],
+            strides=[2],
+            auto_pad="SAME_UPPER",
+            count_include_pad=1,
+        ),
+    ]
 
 
 @converter("AveragePool", examples=_avgpool_examples())
-def convert_avgpool(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+def convert_avgpool(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
     """Average pooling: y = (1/|window|) sum over the window, |window| counting padding iff
     count_include_pad (ONNX default 0, unlike torch)."""
     x = act(inputs[0], "X")
@@ -102,13 +153,20 @@ def convert_avgpool(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value 
     asym = any(b != e or 2 * b > k for (b, e), k in zip(pads, kernel, strict=True))
     if asym and not include and any(b or e for b, e in pads):
         raise NotConvertible("asymmetric or wide padding with count_include_pad=0 is not supported")
-    y = ctx.add(AvgPool(kernel=kernel, stride=strides, padding=pads, ceil_mode=ceil, count_include_pad=include), [x])
+    y = ctx.add(
+        AvgPool(kernel=kernel, stride=strides, padding=pads, ceil_mode=ceil, count_include_pad=include), [x]
+    )
     _check_size(y.shape, x.shape, kernel, strides, dil, pads, ceil)
     return [y]
 
 
-@converter("GlobalAveragePool", examples=[unary("GlobalAveragePool", 8, (3, 5, 4)), unary("GlobalAveragePool", 13, (3, 6))])
-def convert_global_avgpool(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+@converter(
+    "GlobalAveragePool",
+    examples=[unary("GlobalAveragePool", 8, (3, 5, 4)), unary("GlobalAveragePool", 13, (3, 6))],
+)
+def convert_global_avgpool(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
     """Mean over the spatial axes, which stay as size 1."""
     x = act(inputs[0], "X")
     if len(x.shape) < 2:
@@ -118,13 +176,20 @@ def convert_global_avgpool(ctx: BuildContext, node: onnx.NodeProto, inputs: list
 
 def _pad_examples() -> list:
     pads = np.array([0, 0, 1, 2, 0, 0, 3, 0], dtype=np.int64)
-    return [unary("Pad", 8, (2, 4, 4), pads=[0, 0, 1, 2, 0, 0, 3, 0]),
-            lambda: one_node("Pad", (2, 4, 4), ["x", "p"], {"p": pads}, opset=13),
-            lambda: one_node("Pad", (2, 4, 4), ["x", "p", "v"], {"p": pads, "v": np.float32(0)}, opset=11,
-                             mode="constant"),
-            lambda: one_node("Pad", (2, 4, 4), ["x", "p", "", "ax"],
-                             {"p": np.array([1, 1, 2, 0], dtype=np.int64), "ax": np.array([2, -1], dtype=np.int64)},
-                             opset=18)]
+    return [
+        unary("Pad", 8, (2, 4, 4), pads=[0, 0, 1, 2, 0, 0, 3, 0]),
+        lambda: one_node("Pad", (2, 4, 4), ["x", "p"], {"p": pads}, opset=13),
+        lambda: one_node(
+            "Pad", (2, 4, 4), ["x", "p", "v"], {"p": pads, "v": np.float32(0)}, opset=11, mode="constant"
+        ),
+        lambda: one_node(
+            "Pad",
+            (2, 4, 4),
+            ["x", "p", "", "ax"],
+            {"p": np.array([1, 1, 2, 0], dtype=np.int64), "ax": np.array([2, -1], dtype=np.int64)},
+            opset=18,
+        ),
+    ]
 
 
 @converter("Pad", examples=_pad_examples())
@@ -141,7 +206,11 @@ def convert_pad(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | No
         axes = list(range(r))
     else:
         pads = const(inputs[1], "pads").astype(np.int64).reshape(-1)
-        value = float(const(inputs[2], "constant_value").reshape(-1)[0]) if len(inputs) > 2 and inputs[2] is not None else 0.0
+        value = (
+            float(const(inputs[2], "constant_value").reshape(-1)[0])
+            if len(inputs) > 2 and inputs[2] is not None
+            else 0.0
+        )
         if len(inputs) > 3 and inputs[3] is not None:
             axes = [int(v) % r for v in const(inputs[3], "axes").reshape(-1)]
         else:

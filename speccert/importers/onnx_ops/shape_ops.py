@@ -32,9 +32,17 @@ def _reshape(ctx: BuildContext, x: Act, shape: tuple[int, ...]) -> Act:
     return act(x) if shape == x.shape else ctx.add(Reshape(shape), [x])
 
 
-@converter("Flatten", examples=[unary("Flatten", 13, (2, 3, 4)), unary("Flatten", 9, (1, 3, 4), axis=2),
-                                unary("Flatten", 13, (5,), axis=-1)])
-def convert_flatten(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+@converter(
+    "Flatten",
+    examples=[
+        unary("Flatten", 13, (2, 3, 4)),
+        unary("Flatten", 9, (1, 3, 4), axis=2),
+        unary("Flatten", 13, (5,), axis=-1),
+    ],
+)
+def convert_flatten(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
     """Flatten(axis) -> [prod(d_0..d_{axis-1}), prod(rest)]; the batch stays separate only when the
     non-batch axes before `axis` all have size 1."""
     x = act(inputs[0])
@@ -43,24 +51,37 @@ def convert_flatten(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value 
     axis = axis + r if axis < 0 else axis
     if axis == 0 or int(np.prod(x.shape[: axis - 1])) != 1:
         raise NotConvertible(f"Flatten(axis={axis}) would merge the batch axis with others")
-    return [_reshape(ctx, x, (int(np.prod(x.shape[axis - 1:])),))]
+    return [_reshape(ctx, x, (int(np.prod(x.shape[axis - 1 :])),))]
 
 
 def _reshape_examples() -> list:
-    shape_sub = [onnx.helper.make_node("Shape", ["x"], ["s"]),
-                 onnx.helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
-                 onnx.helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]),
-                 onnx.helper.make_node("Concat", ["n1", "rest"], ["target"], axis=0),
-                 onnx.helper.make_node("Reshape", ["x", "target"], ["y"])]
-    consts = {"zero": np.array(0, dtype=np.int64), "ax": np.array([0], dtype=np.int64),
-              "rest": np.array([-1], dtype=np.int64)}
-    return [lambda: one_node("Reshape", (2, 3, 4), ["x", "s"], {"s": np.array([-1, 4, 6], dtype=np.int64)}, opset=13),
-            lambda: one_node("Reshape", (2, 3, 4), ["x", "s"], {"s": np.array([0, 3, -1, 2], dtype=np.int64)}, opset=14),
-            lambda: model(shape_sub, (2, 3, 4), consts, 13)]
+    shape_sub = [
+        onnx.helper.make_node("Shape", ["x"], ["s"]),
+        onnx.helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        onnx.helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]),
+        onnx.helper.make_node("Concat", ["n1", "rest"], ["target"], axis=0),
+        onnx.helper.make_node("Reshape", ["x", "target"], ["y"]),
+    ]
+    consts = {
+        "zero": np.array(0, dtype=np.int64),
+        "ax": np.array([0], dtype=np.int64),
+        "rest": np.array([-1], dtype=np.int64),
+    }
+    return [
+        lambda: one_node(
+            "Reshape", (2, 3, 4), ["x", "s"], {"s": np.array([-1, 4, 6], dtype=np.int64)}, opset=13
+        ),
+        lambda: one_node(
+            "Reshape", (2, 3, 4), ["x", "s"], {"s": np.array([0, 3, -1, 2], dtype=np.int64)}, opset=14
+        ),
+        lambda: model(shape_sub, (2, 3, 4), consts, 13),
+    ]
 
 
 @converter("Reshape", opsets=(8, 21), examples=_reshape_examples())
-def convert_reshape(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+def convert_reshape(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
     """Reshape to a constant target whose first entry is the batch (0, -1, the BATCH sentinel, or 1 for a
     model with a fixed batch of 1)."""
     x = act(inputs[0], "data")
@@ -92,9 +113,16 @@ def convert_reshape(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value 
     return [_reshape(ctx, x, tuple(rest))]
 
 
-@converter("Transpose", examples=[unary("Transpose", 13, (2, 3, 4), perm=[0, 3, 1, 2]),
-                                  unary("Transpose", 8, (2, 3), perm=[0, 2, 1])])
-def convert_transpose(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+@converter(
+    "Transpose",
+    examples=[
+        unary("Transpose", 13, (2, 3, 4), perm=[0, 3, 1, 2]),
+        unary("Transpose", 8, (2, 3), perm=[0, 2, 1]),
+    ],
+)
+def convert_transpose(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
     """A permutation that keeps axis 0 (the batch) in place."""
     x = act(inputs[0])
     r = len(x.shape) + 1
@@ -122,9 +150,17 @@ def _axes(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None], r
     return sorted(v + rank if v < 0 else v for v in raw)
 
 
-@converter("Squeeze", examples=[unary("Squeeze", 11, (1, 3, 1), axes=[1, -1]), unary("Squeeze", 13, (3, 1, 2)),
-                                lambda: one_node("Squeeze", (1, 4), ["x", "a"], {"a": np.array([1], np.int64)}, opset=13)])
-def convert_squeeze(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+@converter(
+    "Squeeze",
+    examples=[
+        unary("Squeeze", 11, (1, 3, 1), axes=[1, -1]),
+        unary("Squeeze", 13, (3, 1, 2)),
+        lambda: one_node("Squeeze", (1, 4), ["x", "a"], {"a": np.array([1], np.int64)}, opset=13),
+    ],
+)
+def convert_squeeze(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
     """Drop size-1 non-batch axes (all of them when no axes are given)."""
     x = act(inputs[0])
     axes = _axes(ctx, node, inputs, len(x.shape) + 1)
@@ -139,12 +175,23 @@ def convert_squeeze(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value 
     return [_reshape(ctx, x, tuple(d for i, d in enumerate(x.shape) if i + 1 not in axes))]
 
 
-@converter("Unsqueeze", examples=[unary("Unsqueeze", 11, (3, 4), axes=[1, -1]),
-                                  lambda: one_node("Unsqueeze", (3,), ["x", "a"], {"a": np.array([2], np.int64)}, opset=13)])
-def convert_unsqueeze(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+@converter(
+    "Unsqueeze",
+    examples=[
+        unary("Unsqueeze", 11, (3, 4), axes=[1, -1]),
+        lambda: one_node("Unsqueeze", (3,), ["x", "a"], {"a": np.array([2], np.int64)}, opset=13),
+    ],
+)
+def convert_unsqueeze(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
     """Insert size-1 axes (indices refer to the output's axes); axis 0 would displace the batch."""
     x = act(inputs[0])
-    out_rank = len(x.shape) + 1 + (len(const(inputs[1]).reshape(-1)) if ctx.opset >= 13 else len(attrs(node).get("axes", [])))
+    out_rank = (
+        len(x.shape)
+        + 1
+        + (len(const(inputs[1]).reshape(-1)) if ctx.opset >= 13 else len(attrs(node).get("axes", [])))
+    )
     axes = _axes(ctx, node, inputs, out_rank)
     if not axes:
         raise NotConvertible("Unsqueeze without axes")
@@ -157,9 +204,15 @@ def convert_unsqueeze(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Valu
 
 
 def _concat_examples() -> list:
-    nodes = [onnx.helper.make_node("Relu", ["x"], ["r"]), onnx.helper.make_node("Sigmoid", ["x"], ["s"]),
-             onnx.helper.make_node("Concat", ["x", "r", "s"], ["y"], axis=1)]
-    nodes2 = [onnx.helper.make_node("Relu", ["x"], ["r"]), onnx.helper.make_node("Concat", ["r", "x"], ["y"], axis=-1)]
+    nodes = [
+        onnx.helper.make_node("Relu", ["x"], ["r"]),
+        onnx.helper.make_node("Sigmoid", ["x"], ["s"]),
+        onnx.helper.make_node("Concat", ["x", "r", "s"], ["y"], axis=1),
+    ]
+    nodes2 = [
+        onnx.helper.make_node("Relu", ["x"], ["r"]),
+        onnx.helper.make_node("Concat", ["r", "x"], ["y"], axis=-1),
+    ]
     return [lambda: model(nodes, (2, 3, 3), {}, 13), lambda: model(nodes2, (2, 3), {}, 8)]
 
 
@@ -177,19 +230,31 @@ def convert_concat(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value |
 
 def _constant_examples() -> list:
     c = onnx.numpy_helper.from_array(np.full((3, 1), 2.0, dtype=np.float32), "c")
-    nodes = [onnx.helper.make_node("Constant", [], ["c"], value=c), onnx.helper.make_node("Mul", ["x", "c"], ["y"])]
-    nodes2 = [onnx.helper.make_node("Constant", [], ["c"], value_float=0.5), onnx.helper.make_node("Add", ["x", "c"], ["y"])]
+    nodes = [
+        onnx.helper.make_node("Constant", [], ["c"], value=c),
+        onnx.helper.make_node("Mul", ["x", "c"], ["y"]),
+    ]
+    nodes2 = [
+        onnx.helper.make_node("Constant", [], ["c"], value_float=0.5),
+        onnx.helper.make_node("Add", ["x", "c"], ["y"]),
+    ]
     return [lambda: model(nodes, (3, 4), {}, 13), lambda: model(nodes2, (3, 4), {}, 13)]
 
 
 @converter("Constant", examples=_constant_examples())
-def convert_constant(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+def convert_constant(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
     """A constant tensor from `value` or value_float(s) / value_int(s)."""
     a = attrs(node)
     if "value" in a:
         return [np.asarray(a["value"])]
-    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
-                       ("value_ints", np.int64)):
+    for key, dtype in (
+        ("value_float", np.float32),
+        ("value_floats", np.float32),
+        ("value_int", np.int64),
+        ("value_ints", np.int64),
+    ):
         if key in a:
             return [np.asarray(a[key], dtype=dtype)]
     raise NotConvertible(f"Constant with {', '.join(a) or 'no value'} is not supported")
@@ -201,4 +266,4 @@ def convert_shape(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | 
     x = act(inputs[0])
     full = np.array([BATCH, *x.shape], dtype=np.int64)
     a = attrs(node)
-    return [full[int(a.get("start", 0)): a.get("end")]]
+    return [full[int(a.get("start", 0)) : a.get("end")]]

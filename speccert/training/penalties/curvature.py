@@ -32,7 +32,9 @@ class CurvaturePenalty(Penalty):
     default_weight = 0.01
     summary = "λ·K, product-form Hessian bound of the second-order certificate (Singla & Feizi CRT)"
 
-    def __init__(self, graph, weight: float | None = None, conv_mode: str = "operator", seed: int = 0) -> None:  # noqa: ANN001
+    def __init__(
+        self, graph, weight: float | None = None, conv_mode: str = "operator", seed: int = 0
+    ) -> None:  # noqa: ANN001
         super().__init__(graph, weight)
         self.sigmas = SegmentSigmas(graph, conv_mode, seed)
         compose_curvature(graph, {s.name: torch.ones((), dtype=graph.dtype) for s in self.sigmas.segments})

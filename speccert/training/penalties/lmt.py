@@ -39,8 +39,15 @@ class LMTPenalty(Penalty):
     default_weight = 1.0
     summary = "CE with √2·ε·L added to non-target logits (Tsuzuku et al. 2018); pairwise last-layer form"
 
-    def __init__(self, graph, weight: float | None = None, eps: float = 0.5, form: str = "pairwise",  # noqa: ANN001
-                 conv_mode: str = "operator", seed: int = 0) -> None:
+    def __init__(
+        self,
+        graph,
+        weight: float | None = None,
+        eps: float = 0.5,
+        form: str = "pairwise",  # noqa: ANN001
+        conv_mode: str = "operator",
+        seed: int = 0,
+    ) -> None:
         super().__init__(graph, weight)
         if form not in FORMS:
             raise UsageError(f"lmt form must be one of {', '.join(FORMS)}, got {form!r}")
@@ -73,7 +80,9 @@ class LMTPenalty(Penalty):
         seg = next(s for s in self.sigmas.segments if s.name == self._head)
         w = seg.effective_weight()  # [classes, features]
         src = seg.first.inputs[0]
-        lip_pen = torch.ones((), dtype=w.dtype) if src == INPUT else compose_lipschitz(self.graph, sig, upto=src)
+        lip_pen = (
+            torch.ones((), dtype=w.dtype) if src == INPUT else compose_lipschitz(self.graph, sig, upto=src)
+        )
         diff = (w[y].unsqueeze(1) - w.unsqueeze(0)).norm(dim=2)  # [batch, classes], 0 at j = y
         self._last = {"L_pen_est": float(lip_pen.detach())}
         return eps.to(w.dtype) * diff * lip_pen

@@ -30,7 +30,9 @@ class SpectralPenalty(Penalty):
     default_weight = 0.01
     summary = "(λ/2)·Σ σ(W_l)², one power-iteration step per training step (Yoshida & Miyato 2017)"
 
-    def __init__(self, graph, weight: float | None = None, conv_mode: str = "operator", seed: int = 0) -> None:  # noqa: ANN001
+    def __init__(
+        self, graph, weight: float | None = None, conv_mode: str = "operator", seed: int = 0
+    ) -> None:  # noqa: ANN001
         super().__init__(graph, weight)
         self.sigmas = SegmentSigmas(graph, conv_mode, seed)
         self._last: dict[str, float] = {}
@@ -42,7 +44,7 @@ class SpectralPenalty(Penalty):
     def term(self, logits: Tensor, y: Tensor, x: Tensor, model: Model) -> Tensor:
         sig = self.layer_sigmas()
         self._last = {k: float(v.detach()) for k, v in sig.items()}
-        return 0.5 * sum((s ** 2 for s in sig.values()), logits.new_zeros(()))
+        return 0.5 * sum((s**2 for s in sig.values()), logits.new_zeros(()))
 
     def steer(self) -> dict[str, float]:
         return {f"sigma[{k}]": v for k, v in self._last.items()}

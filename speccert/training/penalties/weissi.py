@@ -39,7 +39,9 @@ class WeissiPenalty(Penalty):
     default_weight = 0.1
     summary = "λ·Σ log σ(W_l), residual blocks log(1+Π σ) (Liu, Cui & Chan; scale-shift invariant)"
 
-    def __init__(self, graph, weight: float | None = None, conv_mode: str = "operator", seed: int = 0) -> None:  # noqa: ANN001
+    def __init__(
+        self, graph, weight: float | None = None, conv_mode: str = "operator", seed: int = 0
+    ) -> None:  # noqa: ANN001
         super().__init__(graph, weight)
         self.sigmas = SegmentSigmas(graph, conv_mode, seed)
         self._last = 0.0
