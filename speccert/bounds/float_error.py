@@ -11,7 +11,10 @@ Add/Concat). So ||f_computed(x) - f(x)|| <= sum_v D_v e_v(x) (+ higher-order ter
         k: terms per output (fan-in), a_v >= || |A| ||_2 (Schur test sqrt(max row sum * max column sum)
         of |A|, from the weights; ||A||_2 for the non-negative pooling matrices; exact ops: 0)
     activation:                e_v <= 64 u ||v||      (elementwise library functions: a few ulps)
-    Add:                       e_v <= u ||v||;   max-pool, Concat, Reshape, Transpose, Pad: exact.
+    Add:                       e_v <= u ||v||;   max-pool, Concat, Reshape, Transpose, Pad, Slice: exact.
+    Standardize (blocks of n):   e_v <= gamma(n + 5) (||x_in|| / sqrt(eps) + sqrt(numel)) + 64 u ||v||
+        (the mean's error gamma(n) ||x_blk|| is amplified by 1/s <= 1/sqrt(eps); the variance, sqrt and
+        division add gamma(n + 5) relative error to outputs whose block norms are <= sqrt(n)).
 
 certify() lowers every margin by SAFETY * sqrt(2) * that sum (SAFETY = 16 covers the neglected
 higher-order terms and library kernels that are a few times worse than the textbook bound).
@@ -32,8 +35,20 @@ from collections.abc import Mapping
 
 import torch
 
-from speccert.bounds.lipschitz import maxpool_factor
-from speccert.ir import INPUT, Activation, Add, AvgPool, BatchNorm, Concat, Conv, Graph, Linear, MaxPool
+from speccert.bounds.lipschitz import maxpool_factor, standardize_factor
+from speccert.ir import (
+    INPUT,
+    Activation,
+    Add,
+    AvgPool,
+    BatchNorm,
+    Concat,
+    Conv,
+    Graph,
+    Linear,
+    MaxPool,
+    Standardize,
+)
 from speccert.ir import Affine as AffineOp
 from speccert.ir.activations import activation_lipschitz
 from speccert.norms import UpperBound
@@ -42,7 +57,7 @@ Tensor = torch.Tensor
 U = 2.0**-53
 FLOAT32_UNIT = 2.0**-24
 SAFETY = 16.0
-EXACT = ("Reshape", "Transpose", "Pad", "Concat", "MaxPool")
+EXACT = ("Reshape", "Transpose", "Pad", "Concat", "MaxPool", "Slice")
 ABSOLUTE_ERROR = {"softplus": 2.07e-9}  # per element, beyond a few ulps (see the module doc)
 
 
@@ -66,7 +81,9 @@ def _local_factor(graph: Graph, name: str, uppers: Mapping[str, UpperBound]) -> 
         return activation_lipschitz(op.fn, op.alpha)
     if isinstance(op, MaxPool):
         return maxpool_factor(op, graph.shape_of(node.inputs[0]), node.shape)
-    return 1.0  # Add, Concat
+    if isinstance(op, Standardize):
+        return standardize_factor(op)
+    return 1.0  # Add, Concat, Slice
 
 
 def downstream_lipschitz(graph: Graph, uppers: Mapping[str, UpperBound]) -> dict[str, float]:
@@ -140,6 +157,14 @@ class ErrorModel:
                 self.terms.append((node.name, d[node.name] * 64 * unit, d[node.name] * absolute))
             elif isinstance(op, (Add, Concat)):
                 self.terms.append((node.name, d[node.name] * unit, 0.0))
+            elif isinstance(op, Standardize):
+                n = math.prod(node.shape[len(node.shape) - op.axes :])
+                gk = gamma_u(n + 5)
+                numel = math.sqrt(math.prod(node.shape))
+                self.terms.append(
+                    (node.inputs[0], d[node.name] * gk * standardize_factor(op), d[node.name] * gk * numel)
+                )
+                self.terms.append((node.name, d[node.name] * 64 * unit, 0.0))
 
     def bound(self, acts: dict[str, Tensor]) -> Tensor:
         """SAFETY * sqrt(2) * sum_v D_v e_v per sample: an allowance for every margin f_y - f_j."""

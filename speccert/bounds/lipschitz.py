@@ -7,6 +7,8 @@ For every node v of `fold_linear(graph)` we bound L_v, the L2 Lipschitz constant
     MaxPool:                L_v = sqrt(c_1 * ... * c_d) * L_in,  c_i = min(k_i, ceil((d_i (k_i-1)+1) / s_i), n_out_i)
     Add:                    L_v = L_a + L_b
     Concat:                 L_v = sqrt(L_a^2 + L_b^2 + ...)
+    Slice (a selection):    L_v = L_in
+    Standardize (LayerNorm/GroupNorm without affine): L_v = L_in / sqrt(eps)   (see ir.ops.Standardize)
 
 c_i bounds how many pooling windows contain one input pixel along axis i; a max-pool's Jacobian (where it
 exists) picks one input per output, so ||J||_2^2 is the largest number of windows that pick the same
@@ -32,7 +34,20 @@ from dataclasses import dataclass, field
 import torch
 
 from speccert.errors import InternalError, UnsupportedModelError, UsageError
-from speccert.ir import INPUT, Activation, Add, Affine, Concat, Graph, MaxPool, Node, Softmax, fold_linear
+from speccert.ir import (
+    INPUT,
+    Activation,
+    Add,
+    Affine,
+    Concat,
+    Graph,
+    MaxPool,
+    Node,
+    Slice,
+    Softmax,
+    Standardize,
+    fold_linear,
+)
 from speccert.ir.activations import activation_curvature, activation_lipschitz
 from speccert.norms import LayerNorm, UpperBound, layer_norms
 from speccert.norms.result import round_up
@@ -91,6 +106,15 @@ def maxpool_factor(op: MaxPool, in_shape: tuple[int, ...], out_shape: tuple[int,
         counts.append(min(k, -(-(d * (k - 1) + 1) // s), n_out))
     del in_shape
     return round_up(math.sqrt(math.prod(counts)))
+
+
+def standardize_factor(op: Standardize) -> float:
+    """1/sqrt(eps) rounded up: the Lipschitz constant of a Standardize node (see ir.ops.Standardize)."""
+    if not (op.eps > 0 and math.isfinite(op.eps)):
+        raise UnsupportedModelError(
+            f"LayerNorm/GroupNorm with eps={op.eps} has no Lipschitz bound (eps must be > 0)"
+        )
+    return round_up(1.0 / math.sqrt(op.eps), 4)
 
 
 def with_input_normalisation(graph: Graph, mean: list[float] | None, std: list[float] | None) -> Graph:
@@ -179,6 +203,10 @@ def compose(folded: Graph, uppers: Mapping[str, UpperBound]) -> dict[str, float]
             lip[node.name] = _add(ins[0], ins[1])
         elif isinstance(op, Concat):
             lip[node.name] = round_up(math.sqrt(round_up(sum(round_up(v * v) for v in ins))))
+        elif isinstance(op, Slice):
+            lip[node.name] = ins[0]
+        elif isinstance(op, Standardize):
+            lip[node.name] = _mul(standardize_factor(op), ins[0])
         else:
             raise UnsupportedModelError(
                 "cannot certify this model", [(op.op_type, node.name, "no Lipschitz bound for this operator")]
@@ -208,7 +236,11 @@ def curvature_bounds(
             curv[node.name] = _add(ins[0], ins[1])
         elif isinstance(op, Concat):
             curv[node.name] = round_up(math.sqrt(round_up(sum(round_up(v * v) for v in ins))))
-        else:
+        elif isinstance(
+            op, Slice
+        ):  # linear and 1-Lipschitz: the derivative's Lipschitz constant carries over
+            curv[node.name] = ins[0]
+        else:  # Standardize's curvature is not derived here: no second-order certificate
             return None
     return curv
 

@@ -109,6 +109,19 @@ class _Builder:
         return Act(name, tuple(y.shape[1:]))
 
 
+def _one_node_model(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int) -> onnx.ModelProto:
+    """`node` alone in a model importing the original model's opset: the reference evaluator picks
+    each op's kernel from the model's opset imports (a bare node would run with the newest kernel, so
+    opset-9 `Unsqueeze(axes=...)` would fail under the opset-13 signature)."""
+    ins = [
+        onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), None)
+        for n, v in feeds.items()
+    ]
+    outs = [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
+    g = onnx.helper.make_graph([node], "fold", ins, outs)
+    return onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", opset)])
+
+
 def _fold(node: onnx.NodeProto, inputs: list[Value | None], opset: int) -> list[Value | None]:
     """Evaluate a node over constants with onnx's reference (numpy) evaluator."""
     import onnx.reference
@@ -120,7 +133,7 @@ def _fold(node: onnx.NodeProto, inputs: list[Value | None], opset: int) -> list[
         raise NotConvertible("computes with the symbolic batch size")
     feeds = {n: v for n, v in zip(node.input, inputs, strict=False) if n}
     try:
-        ev = onnx.reference.ReferenceEvaluator(node, opsets={"": opset})
+        ev = onnx.reference.ReferenceEvaluator(_one_node_model(node, feeds, opset))
         outs = ev.run(None, feeds)
     except Exception as exc:
         raise NotConvertible(f"cannot fold this constant expression: {str(exc).splitlines()[0]}") from None
@@ -144,7 +157,12 @@ def _opaque_fn(
     try:
         import onnx.reference
 
-        ev = onnx.reference.ReferenceEvaluator(node, opsets={"": opset})
+        like = {
+            n: v if isinstance(v, np.ndarray) else np.zeros(1, np.float32)  # activations are float
+            for n, v in zip(node.input, inputs, strict=False)
+            if n and v is not None
+        }
+        ev = onnx.reference.ReferenceEvaluator(_one_node_model(node, like, opset))
     except Exception:
         return None
 

@@ -18,7 +18,9 @@ from speccert.ir.ops import (
     Opaque,
     Pad,
     Reshape,
+    Slice,
     Softmax,
+    Standardize,
     Transpose,
 )
 from speccert.ir.passes import fold_linear
@@ -37,6 +39,7 @@ __all__ = [
     "GlobalAvgPool",
     "Graph",
     "GraphModule",
+    "Standardize",
     "Linear",
     "MaxPool",
     "ModelSource",
@@ -45,6 +48,7 @@ __all__ = [
     "Opaque",
     "Pad",
     "Reshape",
+    "Slice",
     "Softmax",
     "Transpose",
     "file_sha256",

@@ -211,6 +211,54 @@ class Activation(Op):
 
 
 @dataclass(frozen=True, eq=False)
+class Standardize(Op):
+    """Normalisation over the last `axes` axes, without an affine part (importers write gamma, beta as
+    an Affine node after it): y = (x - mean) / sqrt(var + eps), mean and biased var over those axes.
+
+    LayerNorm over channels is axes = 1 on a channels-last tensor; GroupNorm is a Reshape to
+    [groups, rest], this op with axes = 1, a Reshape back and a per-channel Affine.
+    Lipschitz constant 1/sqrt(eps): per normalised block of n entries, with y0 = x - mean (an
+    orthogonal projection P of x, norm 1) and s = sqrt(|y0|^2 / n + eps), the Jacobian is
+    (1/s) (I - y0 y0^T / (n s^2)) P, whose norm is 1/s <= 1/sqrt(eps) (the sup, reached as the
+    block's variance goes to 0); blocks are independent, so the Jacobian is block-diagonal. How loose:
+    at an input of variance v the local slope is 1/sqrt(v + eps), smaller by sqrt(eps / (v + eps)).
+    """
+
+    op_type: ClassVar[str] = "Standardize"
+    axes: int = 1
+    eps: float = 1e-5
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        x = xs[0]
+        return F.layer_norm(x, x.shape[x.dim() - self.axes :], None, None, self.eps)
+
+    def describe(self) -> str:
+        return f"Standardize last {self.axes} axes eps={self.eps:g}"
+
+
+@dataclass(frozen=True, eq=False)
+class Slice(Op):
+    """x[..., start:stop:step, ...] along non-batch `axis` (0 = first after batch): a coordinate
+    selection (channel split: Split, Slice, chunk), 1-Lipschitz (a restriction to coordinates).
+    It is bounded by its composition rule (factor 1), not by a norm method, so it is not `linear`."""
+
+    op_type: ClassVar[str] = "Slice"
+    axis: int = 0
+    start: int = 0
+    stop: int = 0
+    step: int = 1
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        index: list[slice] = [slice(None)] * xs[0].dim()
+        index[self.axis + 1] = slice(self.start, self.stop, self.step)
+        return xs[0][tuple(index)]
+
+    def describe(self) -> str:
+        step = f":{self.step}" if self.step != 1 else ""
+        return f"Slice axis {self.axis} [{self.start}:{self.stop}{step}]"
+
+
+@dataclass(frozen=True, eq=False)
 class MaxPool(Op):
     op_type: ClassVar[str] = "MaxPool"
     kernel: tuple[int, ...]
@@ -384,5 +432,7 @@ ALL_OPS: tuple[type[Op], ...] = (
     Add,
     Concat,
     Softmax,
+    Standardize,
+    Slice,
     Opaque,
 )

@@ -24,10 +24,22 @@ import math
 import torch
 from torch import nn
 
+from speccert.bounds.lipschitz import standardize_factor
 from speccert.errors import UnsupportedModelError, UsageError
 from speccert.ir.activations import activation_curvature, activation_lipschitz
 from speccert.ir.graph import INPUT, Graph
-from speccert.ir.ops import Activation, Add, BatchNorm, Concat, Conv, Linear, MaxPool, Softmax
+from speccert.ir.ops import (
+    Activation,
+    Add,
+    BatchNorm,
+    Concat,
+    Conv,
+    Linear,
+    MaxPool,
+    Slice,
+    Softmax,
+    Standardize,
+)
 from speccert.training.power import MatrixPowerIteration, PowerIteration
 from speccert.training.segments import Segment, bn_scale, find_segments, segment_of
 
@@ -174,6 +186,13 @@ def _compose(
                     f"the curvature bound needs a smooth network; node '{node.name}' is a MaxPool"
                 )
             f = _maxpool_factor(node.op, graph.shape_of(ins[0])) if slopes else 1.0
+            lip[node.name], curv[node.name] = f * lip[ins[0]], f * curv[ins[0]]
+        elif isinstance(node.op, Slice):  # a coordinate selection: 1-Lipschitz, linear
+            lip[node.name], curv[node.name] = lip[ins[0]], curv[ins[0]]
+        elif isinstance(node.op, Standardize):
+            if curvature:
+                raise UsageError(f"the curvature bound does not cover Standardize (node '{node.name}')")
+            f = standardize_factor(node.op) if slopes else 1.0
             lip[node.name], curv[node.name] = f * lip[ins[0]], f * curv[ins[0]]
         elif isinstance(node.op, Softmax):  # output only: certificates are on the logits
             lip[node.name], curv[node.name] = lip[ins[0]], curv[ins[0]]

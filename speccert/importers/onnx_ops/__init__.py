@@ -165,7 +165,16 @@ def rank_with_batch(a: Act) -> int:
 
 
 def _load_all() -> None:
-    for mod in ("linear", "elementwise", "pooling", "shape_ops", "fusions"):
+    for mod in (
+        "linear",
+        "elementwise",
+        "pooling",
+        "shape_ops",
+        "fusions",
+        "piecewise",
+        "selection",
+        "normalization",
+    ):
         importlib.import_module(f"speccert.importers.onnx_ops.{mod}")
 
 

@@ -144,12 +144,13 @@ _activation("Tanh", "tanh")
 _activation("Softplus", "softplus")
 
 
-@converter("Gelu", opsets=(20, 21), examples=[unary("Gelu", 20)])
+@converter("Gelu", opsets=(20, 21), examples=[unary("Gelu", 20), unary("Gelu", 20, approximate="tanh")])
 def convert_gelu(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
-    """Gelu with approximate='none' (the erf form); the tanh approximation is not in the IR."""
-    if attrs(node).get("approximate", "none") != "none":
-        raise NotConvertible("Gelu approximate='tanh' is not in the IR (only the exact erf form)")
-    return [ctx.add(Activation("gelu"), [act(inputs[0])])]
+    """Gelu: approximate='none' (erf form) -> Activation('gelu'), 'tanh' -> Activation('gelu_tanh')."""
+    mode = attrs(node).get("approximate", "none")
+    if mode not in ("none", "tanh"):
+        raise NotConvertible(f"Gelu approximate={mode!r}")
+    return [ctx.add(Activation("gelu" if mode == "none" else "gelu_tanh"), [act(inputs[0])])]
 
 
 @converter("Identity", examples=[unary("Identity", 13), unary("Identity", 8)])

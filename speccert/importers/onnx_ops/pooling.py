@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import torch
 
+from speccert.importers.lowering import mean
 from speccert.importers.onnx_ops import (
+    Act,
     BuildContext,
     NotConvertible,
     Value,
@@ -16,7 +19,7 @@ from speccert.importers.onnx_ops import (
 )
 from speccert.importers.onnx_ops.examples import one_node, unary
 from speccert.importers.onnx_ops.linear import spatial_padding
-from speccert.ir.ops import AvgPool, GlobalAvgPool, MaxPool, Pad
+from speccert.ir.ops import Affine, AvgPool, GlobalAvgPool, MaxPool, Pad
 
 
 def _onnx_pool_size(n: int, k: int, s: int, d: int, pads: tuple[int, int], ceil_mode: bool) -> int:
@@ -225,3 +228,58 @@ def convert_pad(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | No
     if per_axis.get(0, (0, 0)) != (0, 0):
         raise NotConvertible("padding the batch axis")
     return [ctx.add(Pad(tuple(per_axis.get(i, (0, 0)) for i in range(1, r))), [x])]
+
+
+def _reduce_examples(op: str) -> list:
+    return [
+        unary(op, 13, (3, 4, 5), axes=[2, 3], keepdims=1),
+        unary(op, 11, (3, 4, 5), axes=[-1, -2], keepdims=0),
+        unary(op, 13, (6, 5), axes=[1], keepdims=0),
+        lambda: one_node(op, (3, 4, 5), ["x", "a"], {"a": np.array([1, 3], np.int64)}, opset=18, keepdims=0),
+    ]
+
+
+def _reduce(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None], scale: bool) -> Act:
+    x = act(inputs[0], "data")
+    a = attrs(node)
+    r = len(x.shape) + 1
+    if ctx.opset >= 18 or (node.op_type == "ReduceSum" and ctx.opset >= 13):
+        given = len(inputs) > 1 and inputs[1] is not None
+        axes = [int(v) for v in const(inputs[1], "axes").reshape(-1)] if given else None
+    else:
+        axes = [int(v) for v in a["axes"]] if "axes" in a else None
+    if not axes:
+        if a.get("noop_with_empty_axes", 0):
+            return x
+        raise NotConvertible(f"{node.op_type} over every axis, the batch included")
+    axes = [v + r if v < 0 else v for v in axes]
+    if 0 in axes:
+        raise NotConvertible(f"{node.op_type} over the batch axis")
+    y = mean(lambda op, v: ctx.add(op, [v]), x, x.shape, [v - 1 for v in axes], bool(a.get("keepdims", 1)))
+    if scale:  # sum = mean * number of reduced entries
+        n = float(np.prod([x.shape[v - 1] for v in axes]))
+        y = ctx.add(Affine(scale=torch.tensor(n), shift=torch.tensor(0.0)), [y])
+    return y
+
+
+@converter("ReduceMean", examples=_reduce_examples("ReduceMean"))
+def convert_reduce_mean(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
+    """Mean over non-batch axes (over the spatial axes it is a global average pool): Transpose,
+    Reshape, GlobalAvgPool (norm 1/sqrt(#reduced)), Reshape."""
+    return [_reduce(ctx, node, inputs, scale=False)]
+
+
+@converter(
+    "ReduceSum",
+    examples=[
+        unary("ReduceSum", 11, (3, 4, 5), axes=[2, 3], keepdims=0),
+        lambda: one_node("ReduceSum", (3, 4), ["x", "a"], {"a": np.array([1], np.int64)}, opset=13),
+    ],
+)
+def convert_reduce_sum(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
+    """Sum over non-batch axes: the mean's chain, then Affine(#reduced)."""
+    return [_reduce(ctx, node, inputs, scale=True)]

@@ -1,0 +1,142 @@
+"""Composite operators written as short chains of IR ops, shared by the ONNX and ATen importers.
+
+Each lowering takes the input's shape without the batch axis and `emit(op, value) -> value`, the
+importer's way to append one IR node; it returns the final value. Every chain computes the operator
+exactly (the faithfulness check at load compares it with onnxruntime / torch) and is bounded by the
+rules of its parts:
+
+- clip(x, a, b) = a + clip(x - a; b - a):      Affine(1, -a), Activation clip(b - a), Affine(1, a)
+  max(x, c) = c + relu(x - c);  min(x, c) = c - relu(c - x)        (all 1-Lipschitz, Affines of norm 1)
+- mean over axes: Transpose (reduced axes last), Reshape [K, R], GlobalAvgPool (norm 1/sqrt(R)),
+  Reshape to the result; a mean over all trailing spatial axes is a single GlobalAvgPool.
+- layer norm over the last k axes: Standardize(k, eps) (1/sqrt(eps)-Lipschitz), Affine(gamma, beta).
+- group norm: Reshape [G, rest], Standardize(1, eps), Reshape back, per-channel Affine(gamma, beta).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+from speccert.ir.ops import Activation, Affine, GlobalAvgPool, Op, Reshape, Standardize, Transpose
+
+V = TypeVar("V")
+Emit = Callable[[Op, V], V]
+
+
+class LoweringError(ValueError):
+    """The operator's arguments are outside what the chain computes (the message says why)."""
+
+
+def _affine(scale: float | torch.Tensor, shift: float | torch.Tensor) -> Affine:
+    s = torch.as_tensor(scale, dtype=torch.float32)
+    t = torch.as_tensor(shift, dtype=torch.float32)
+    return Affine(scale=s.clone(), shift=t.clone())
+
+
+def clip(emit: Emit[V], x: V, low: float | None, high: float | None) -> V:
+    """clamp(x, low, high) for scalar bounds (None = unbounded on that side)."""
+    if low is not None and high is not None:
+        if low > high:
+            raise LoweringError(f"clip with min {low:g} > max {high:g}")
+        y = emit(_affine(1.0, -low), x)
+        y = emit(Activation("clip", float(high - low)), y)
+        return emit(_affine(1.0, low), y)
+    if low is not None:
+        return max_const(emit, x, torch.tensor(float(low)))
+    if high is not None:
+        return min_const(emit, x, torch.tensor(float(high)))
+    return x
+
+
+def max_const(emit: Emit[V], x: V, c: torch.Tensor) -> V:
+    """max(x, c) = c + relu(x - c), c a constant broadcastable to x (checked by the caller)."""
+    y = emit(_affine(1.0, -c), x)
+    y = emit(Activation("relu"), y)
+    return emit(_affine(1.0, c), y)
+
+
+def min_const(emit: Emit[V], x: V, c: torch.Tensor) -> V:
+    """min(x, c) = c - relu(c - x)."""
+    y = emit(_affine(-1.0, c), x)
+    y = emit(Activation("relu"), y)
+    return emit(_affine(-1.0, c), y)
+
+
+def hardsigmoid(emit: Emit[V], x: V, alpha: float, beta: float) -> V:
+    """max(0, min(1, alpha x + beta)) = clip(alpha x + beta; 1)."""
+    y = emit(_affine(alpha, beta), x)
+    return emit(Activation("clip", 1.0), y)
+
+
+def mean(emit: Emit[V], x: V, shape: tuple[int, ...], axes: list[int], keepdims: bool) -> V:
+    """Mean over non-batch `axes` (0 = first axis after the batch) of a tensor of `shape`."""
+    axes = sorted({a % len(shape) for a in axes}) if shape else []
+    out_keep = tuple(1 if i in axes else d for i, d in enumerate(shape))
+    out = out_keep if keepdims else tuple(d for i, d in enumerate(shape) if i not in axes)
+    reduced = math.prod(shape[i] for i in axes)
+    if reduced == 1:
+        return x if out == shape else emit(Reshape(out), x)
+    if len(shape) >= 2 and axes == list(range(1, len(shape))):
+        y = emit(GlobalAvgPool(), x)  # [C, 1, ..., 1]
+        return y if out == out_keep else emit(Reshape(out), y)
+    kept = [i for i in range(len(shape)) if i not in axes]
+    perm = tuple(kept + axes)
+    if perm != tuple(range(len(shape))):
+        x = emit(Transpose(perm), x)
+    x = emit(Reshape((math.prod(shape[i] for i in kept), reduced)), x)
+    x = emit(GlobalAvgPool(), x)
+    after = (math.prod(shape[i] for i in kept), 1)
+    return x if out == after else emit(Reshape(out), x)
+
+
+def layer_norm(
+    emit: Emit[V],
+    x: V,
+    shape: tuple[int, ...],
+    axes: int,
+    eps: float,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> V:
+    """Layer norm over the last `axes` axes with optional elementwise weight and bias (shape of
+    those axes)."""
+    if not 1 <= axes <= len(shape):
+        raise LoweringError(f"layer norm over the last {axes} axes of a {len(shape)}-axis tensor")
+    y = emit(Standardize(axes=axes, eps=float(eps)), x)
+    return _scale_shift(emit, y, weight, bias, shape[len(shape) - axes :])
+
+
+def group_norm(
+    emit: Emit[V],
+    x: V,
+    shape: tuple[int, ...],
+    groups: int,
+    eps: float,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> V:
+    """Group norm over channel axis 0 of `shape` ([C, *spatial]) with per-channel weight and bias."""
+    c = shape[0]
+    if groups <= 0 or c % groups:
+        raise LoweringError(f"group norm with {groups} groups over {c} channels")
+    y = emit(Reshape((groups, math.prod(shape) // groups)), x)
+    y = emit(Standardize(axes=1, eps=float(eps)), y)
+    y = emit(Reshape(tuple(shape)), y)
+    view = (c,) + (1,) * (len(shape) - 1)
+    w = None if weight is None else weight.reshape(view)
+    b = None if bias is None else bias.reshape(view)
+    return _scale_shift(emit, y, w, b, view)
+
+
+def _scale_shift(
+    emit: Emit[V], y: V, weight: torch.Tensor | None, bias: torch.Tensor | None, shape: tuple[int, ...]
+) -> V:
+    if weight is None and bias is None:
+        return y
+    w = torch.ones(shape) if weight is None else weight.detach().reshape(shape)
+    b = torch.zeros(shape) if bias is None else bias.detach().reshape(shape)
+    return emit(Affine(scale=w.float().clone(), shift=b.float().clone()), y)
