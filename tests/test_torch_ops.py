@@ -73,8 +73,41 @@ EXAMPLES: dict[str, Example] = {
         (3, 4), lambda x, p: aten.batch_norm.default(x, *_bn(x, p), False, 0.1, 1e-5, False), BN
     ),
     "aten.cat.default": Example((2, 3), lambda x, p: aten.cat.default([torch.relu(x), x, -x], 2)),
-    "aten.clamp.default": Example((4,), lambda x, p: aten.clamp.default(x, 0.0)),
-    "aten.clamp_min.default": Example((4,), lambda x, p: aten.clamp_min.default(x, 0.0)),
+    "aten.clamp.default": Example(
+        (4,), lambda x, p: aten.clamp.default(x, 0.0) + aten.clamp.default(x, -0.5, 0.7)
+    ),
+    "aten.clamp_min.default": Example((4,), lambda x, p: aten.clamp_min.default(x, 0.3)),
+    "aten.clamp_max.default": Example((4,), lambda x, p: aten.clamp_max.default(x, -0.2)),
+    "aten.hardtanh.default": Example((3, 4), lambda x, p: aten.hardtanh.default(x * 4, 0.0, 6.0)),
+    "aten.relu6.default": Example((3, 4), lambda x, p: aten.relu6.default(x * 4)),
+    "aten.hardswish.default": Example((3, 4), lambda x, p: aten.hardswish.default(x * 4)),
+    "aten.hardsigmoid.default": Example((3, 4), lambda x, p: aten.hardsigmoid.default(x * 4)),
+    "aten.abs.default": Example((5,), lambda x, p: aten.abs.default(x)),
+    "aten.maximum.default": Example((2, 3), lambda x, p: aten.maximum.default(x, p["c"]), {"c": (3,)}),
+    "aten.minimum.default": Example((2, 3), lambda x, p: aten.minimum.default(p["c"], x), {"c": (2, 1)}),
+    "aten.layer_norm.default": Example(
+        (3, 5), lambda x, p: aten.layer_norm.default(x, [5], p["w"], p["b"], 1e-3), {"w": (5,), "b": (5,)}
+    ),
+    "aten.native_layer_norm.default": Example(
+        (2, 3, 4),
+        lambda x, p: aten.native_layer_norm.default(x, [3, 4], p["w"], None, 1e-5)[0],
+        {"w": (3, 4)},
+    ),
+    "aten.group_norm.default": Example(
+        (4, 3, 3), lambda x, p: aten.group_norm.default(x, 2, p["w"], p["b"], 1e-5), {"w": (4,), "b": (4,)}
+    ),
+    "aten.native_group_norm.default": Example(
+        (4, 3), lambda x, p: aten.native_group_norm.default(x, p["w"], None, 2, 4, 3, 4, 1e-5)[0], {"w": (4,)}
+    ),
+    "aten.split.Tensor": Example((5, 2), lambda x, p: torch.cat(aten.split.Tensor(x, 2, 1)[::-1], 1)),
+    "aten.split_with_sizes.default": Example(
+        (2, 6), lambda x, p: torch.relu(aten.split_with_sizes.default(x, [1, 4, 1], -1)[1])
+    ),
+    "aten.chunk.default": Example((4, 3), lambda x, p: aten.chunk.default(x, 2, 1)[1] * 2),
+    "aten.slice.Tensor": Example((6, 3), lambda x, p: aten.slice.Tensor(x, 1, 1, 5, 2)),
+    "aten.narrow.default": Example((6, 3), lambda x, p: aten.narrow.default(x, 2, 1, 2)),
+    "aten.select.int": Example((3, 4), lambda x, p: aten.select.int(x, 1, -1)),
+    "aten.unbind.int": Example((3, 4), lambda x, p: aten.unbind.int(x, 2)[1] * 2),
     "aten.clone.default": Example((4,), lambda x, p: aten.clone.default(x) * 3),
     "aten.constant_pad_nd.default": Example(
         (2, 3, 3), lambda x, p: aten.constant_pad_nd.default(x, [1, 2, 0, 1], 0.0)
@@ -122,7 +155,9 @@ EXAMPLES: dict[str, Example] = {
     "aten.dropout.default": Example((4,), lambda x, p: aten.dropout.default(x, 0.5, False) * 2),
     "aten.elu.default": Example((5,), lambda x, p: aten.elu.default(x, 0.7)),
     "aten.flatten.using_ints": Example((2, 3, 2), lambda x, p: aten.flatten.using_ints(x, 2, 3)),
-    "aten.gelu.default": Example((5,), lambda x, p: aten.gelu.default(x)),
+    "aten.gelu.default": Example(
+        (5,), lambda x, p: aten.gelu.default(x) + aten.gelu.default(x, approximate="tanh")
+    ),
     "aten.leaky_relu.default": Example((5,), lambda x, p: aten.leaky_relu.default(x, 0.2)),
     "aten.lift_fresh_copy.default": Example(
         (3,), lambda x, p: x + aten.lift_fresh_copy.default(torch.tensor([1.0, 2.0, 3.0]))
@@ -139,7 +174,10 @@ EXAMPLES: dict[str, Example] = {
     "aten.max_pool2d_with_indices.default": Example(
         (2, 6, 6), lambda x, p: aten.max_pool2d_with_indices.default(x, [2, 2], [2, 1], [1, 0], [1, 2])[0]
     ),
-    "aten.mean.dim": Example((3, 4, 5), lambda x, p: aten.mean.dim(x, [-1, 2], False)),
+    "aten.mean.dim": Example(
+        (3, 4, 5),
+        lambda x, p: torch.cat([aten.mean.dim(x, [-1, 2], False), aten.mean.dim(x, [1], True).flatten(1)], 1),
+    ),
     "aten.mm.default": Example((4,), lambda x, p: aten.mm.default(x, p["w"]), {"w": (4, 3)}),
     "aten.mul.Scalar": Example((3,), lambda x, p: aten.mul.Scalar(x, -3.0)),
     "aten.mul.Tensor": Example((2, 3), lambda x, p: aten.mul.Tensor(p["c"], x), {"c": (1, 3)}),
@@ -161,7 +199,12 @@ EXAMPLES: dict[str, Example] = {
     "aten.squeeze.default": Example((3, 1, 4), lambda x, p: aten.squeeze.default(x)),
     "aten.squeeze.dim": Example((3, 1, 4), lambda x, p: aten.squeeze.dim(x, 2)),
     "aten.squeeze.dims": Example((1, 3, 1), lambda x, p: aten.squeeze.dims(x, [1, 3])),
-    "aten.sum.dim_IntList": Example((3, 4, 5), lambda x, p: aten.sum.dim_IntList(x, [2, 3], True)),
+    "aten.sum.dim_IntList": Example(
+        (3, 4, 5),
+        lambda x, p: torch.cat(
+            [aten.sum.dim_IntList(x, [2, 3]), aten.sum.dim_IntList(x, [1], True).flatten(1)], 1
+        ),
+    ),
     "aten.sub.Scalar": Example((3,), lambda x, p: aten.sub.Scalar(x, 1.5)),
     "aten.sub.Tensor": Example((3,), lambda x, p: aten.sub.Tensor(torch.tanh(x), x, alpha=0.5)),
     "aten.tanh.default": Example((5,), lambda x, p: aten.tanh.default(x)),

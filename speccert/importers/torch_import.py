@@ -117,7 +117,17 @@ def _convert(
     """Convert the program as exported (common layers appear as aten.conv2d, aten.linear, ...); only if
     some op has no converter, decompose to the core ATen set and convert that (it costs ~0.5 s per call).
     If both fail, the ops are reported (or kept as Opaque nodes) as exported: they name what the user
-    wrote (`aten.pad` with mode 'reflect', not the `aten.index` it decomposes into)."""
+    wrote (`aten.pad` with mode 'reflect', not the `aten.index` it decomposes into). A program with
+    in-place ops (`relu_`, `hardtanh_`, `add_`: archives saved from a training-IR export) is
+    functionalised first (decompositions with an empty table), so every value is used as computed."""
+    if _has_mutation(ep):
+        try:
+            with quiet():
+                ep = ep.run_decompositions({})
+        except Exception as exc:  # noqa: BLE001 - functionalisation failed: the ops cannot be read safely
+            raise UnsupportedModelError(
+                f"cannot functionalise the in-place ops of this program: {first_line(exc)}"
+            ) from None
     try:
         return exported_to_graph(ep, input_shape, batch, allow_unsupported=False, source=source)
     except UnsupportedModelError as exc:
@@ -133,6 +143,15 @@ def _convert(
     if not allow_unsupported or not first.problems:
         raise first
     return exported_to_graph(ep, input_shape, batch, allow_unsupported=True, source=source)
+
+
+def _has_mutation(ep: torch.export.ExportedProgram) -> bool:
+    """True when a call in the program mutates a tensor in place (a mutable ATen schema)."""
+    for n in ep.graph.nodes:
+        schema = getattr(n.target, "_schema", None) if n.op == "call_function" else None
+        if schema is not None and schema.is_mutable:
+            return True
+    return False
 
 
 # ---- package.module:factory + state_dict -----------------------------------------------------------

@@ -1,7 +1,17 @@
 """ATen-op converters for the PyTorch importer: one small function per core ATen op, registered in
 `ATEN_OPS` by its overload name. Importing this package registers them all."""
 
-from speccert.importers.aten_ops import activations, arithmetic, layers, pooling, shape, softmax
+from speccert.importers.aten_ops import (
+    activations,
+    arithmetic,
+    layers,
+    normalization,
+    piecewise,
+    pooling,
+    selection,
+    shape,
+    softmax,
+)
 from speccert.importers.aten_ops.base import ATEN_OPS, ConvertContext, TensorValue, Unsupported, aten_op
 from speccert.importers.aten_ops.walk import exported_to_graph
 
@@ -35,6 +45,9 @@ __all__ = [
     "aten_op",
     "exported_to_graph",
     "layers",
+    "normalization",
+    "piecewise",
+    "selection",
     "pooling",
     "shape",
     "softmax",

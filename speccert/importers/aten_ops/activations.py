@@ -18,22 +18,6 @@ def relu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     return _act(ctx, args[0], "relu")
 
 
-@aten_op("aten.clamp_min.default")
-def clamp_min(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """clamp_min(x, 0) is relu (other thresholds are not in the activation set)."""
-    if float(args[1]) != 0.0:
-        raise Unsupported(f"clamp_min at {args[1]} (only 0, i.e. relu, is supported)")
-    return _act(ctx, args[0], "relu")
-
-
-@aten_op("aten.clamp.default")
-def clamp(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """clamp(x, 0, None) is relu."""
-    if args[2] is not None or args[1] is None or float(args[1]) != 0.0:
-        raise Unsupported(f"clamp to [{args[1]}, {args[2]}] (only clamp(min=0), i.e. relu, is supported)")
-    return _act(ctx, args[0], "relu")
-
-
 @aten_op("aten.leaky_relu.default")
 def leaky_relu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     """leaky_relu(x, negative_slope) -> Activation leaky_relu."""
@@ -70,10 +54,10 @@ def softplus(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 @aten_op("aten.gelu.default")
 def gelu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """x * Phi(x), the exact (erf) form; the tanh approximation is a different function."""
-    if args[1] != "none":
-        raise Unsupported(f"gelu with approximate={args[1]!r} (only the exact erf form)")
-    return _act(ctx, args[0], "gelu")
+    """x * Phi(x): approximate='none' -> Activation gelu, 'tanh' -> Activation gelu_tanh."""
+    if args[1] not in ("none", "tanh"):
+        raise Unsupported(f"gelu with approximate={args[1]!r}")
+    return _act(ctx, args[0], "gelu" if args[1] == "none" else "gelu_tanh")
 
 
 @aten_op("aten.silu.default")

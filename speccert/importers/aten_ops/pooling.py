@@ -17,7 +17,8 @@ from speccert.importers.aten_ops.base import (
     ints,
     tensor_arg,
 )
-from speccert.ir.ops import Affine, AvgPool, GlobalAvgPool, MaxPool, Reshape
+from speccert.importers.lowering import mean
+from speccert.ir.ops import Affine, AvgPool, GlobalAvgPool, MaxPool, Op
 
 
 def _spatial(x: TensorValue, nd: int, what: str) -> None:
@@ -114,28 +115,29 @@ def adaptive_avg_pool1d(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 
 def _spatial_reduce(ctx: ConvertContext, args: list[Any], what: str, scale: bool) -> TensorValue:
     x = tensor_arg(args[0], f"{what} input")
-    if args[1] is None:
+    if args[1] is None or len(args[1]) == 0:
         raise Unsupported(f"{what} over every axis including the batch")
     dims = sorted({d % x.ndim for d in args[1]})
-    if x.ndim < 3 or dims != list(range(2, x.ndim)):
-        raise Unsupported(
-            f"{what} over axes {list(args[1])} of a {x.ndim}-d tensor (only over all spatial axes)"
-        )
-    y = ctx.emit(GlobalAvgPool(), [x])
-    if scale:  # sum = mean * number of spatial positions
-        y = ctx.emit(Affine(torch.tensor(float(math.prod(x.shape[2:]))), torch.tensor(0.0)), [y])
-    if bool(args[2]):
-        return y
-    return ctx.emit(Reshape((x.shape[1],)), [y])
+    if 0 in dims:
+        raise Unsupported(f"{what} over the batch axis")
+
+    def emit(op: Op, v: TensorValue) -> TensorValue:
+        return ctx.emit(op, [v])
+
+    y = mean(emit, x, x.shape[1:], [d - 1 for d in dims], bool(args[2]))
+    if scale:  # sum = mean * number of reduced entries
+        y = ctx.emit(Affine(torch.tensor(float(math.prod(x.shape[d] for d in dims))), torch.tensor(0.0)), [y])
+    return y
 
 
 @aten_op("aten.mean.dim")
 def mean_dim(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """mean(x, dims, keepdim, dtype) over exactly the spatial axes 2.. : GlobalAvgPool (+ squeeze)."""
+    """mean(x, dims, keepdim, dtype) over non-batch axes: GlobalAvgPool over all spatial axes, else
+    Transpose, Reshape, GlobalAvgPool, Reshape."""
     return _spatial_reduce(ctx, args, "mean", scale=False)
 
 
 @aten_op("aten.sum.dim_IntList")
 def sum_dim(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """sum(x, dims, keepdim, dtype) over exactly the spatial axes: GlobalAvgPool, Affine(H*W) (+ squeeze)."""
+    """sum(x, dims, keepdim, dtype) over non-batch axes: the mean's chain, then Affine(#reduced)."""
     return _spatial_reduce(ctx, args, "sum", scale=True)

@@ -316,6 +316,10 @@ def _convert(
     target = node.target
     if target is operator.getitem:
         seq: Any = env[_arg_node(node, 0).name]
+        if not isinstance(seq, (list, tuple)):  # the producer was kept as one Opaque tensor
+            raise Unsupported(
+                f"uses one result of {op_name(_arg_node(node, 0).target)}, which is unsupported"
+            )
         return seq[node.args[1]]
     lost = [v for v in _flat(inputs) if isinstance(v, NotAvailable)]
     if lost:
