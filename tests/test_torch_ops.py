@@ -62,6 +62,13 @@ EXAMPLES: dict[str, Example] = {
     "aten.addmm.default": Example(
         (4,), lambda x, p: aten.addmm.default(p["b"], x, p["w"], beta=0.5, alpha=2), {"b": (3,), "w": (4, 3)}
     ),
+    "aten.addcmul.default": Example(
+        (2, 3),
+        lambda x, p: (
+            aten.addcmul.default(p["b"], p["a"], x, value=0.5) + aten.addcmul.default(x, x * 0 + 1, p["a"])
+        ),
+        {"a": (3,), "b": (2, 3)},
+    ),
     "aten.alias.default": Example((3,), lambda x, p: aten.alias.default(x) * 2),
     "aten.avg_pool1d.default": Example(
         (2, 7), lambda x, p: aten.avg_pool1d.default(x, [3], [2], [1], False, False)

@@ -38,7 +38,9 @@ from speccert.ir.ops import (
     Op,
     Pad,
     Reshape,
+    Slice,
     Softmax,
+    Standardize,
     Transpose,
 )
 
@@ -172,6 +174,20 @@ def _export_op(w: _Writer, node: Node, op: Op, xs: list[str], in_shape: tuple[in
         w.node("Concat", xs, out, axis=op.axis + 1)
     elif isinstance(op, Softmax):
         w.node("LogSoftmax" if op.log else "Softmax", xs, out, axis=-1)
+    elif isinstance(op, Slice):
+        ints = [np.array([v]) for v in (op.start, op.stop, op.axis + 1, op.step)]
+        names = [
+            w.const(f"{name}.{k}", v, np.int64)
+            for k, v in zip(("starts", "ends", "axes", "steps"), ints, strict=True)
+        ]
+        w.node("Slice", [xs[0], *names], out)
+    elif isinstance(op, Standardize):
+        if w.opset < 17:
+            raise UnsupportedModelError(f"node '{name}': LayerNormalization needs ONNX opset >= 17")
+        ones = np.ones(node.shape[len(node.shape) - op.axes :])
+        w.node(
+            "LayerNormalization", [xs[0], w.const(f"{name}.scale", ones)], out, axis=-op.axes, epsilon=op.eps
+        )
     else:
         raise UnsupportedModelError(f"node '{name}': {op.describe()} cannot be exported to ONNX")
 
@@ -196,6 +212,18 @@ def _export_activation(w: _Writer, op: Activation, x: str, out: str) -> None:
         a = w.node("Add", [e, w.const(f"{out}.one", np.array(1.0))], w.fresh(f"{out}/add"))
         m = w.node("Mul", [x, a], w.fresh(f"{out}/mul"))
         w.node("Mul", [m, w.const(f"{out}.half", np.array(0.5))], out)
+    elif op.fn == "clip":
+        lo, hi = w.const(f"{out}.min", np.array(0.0)), w.const(f"{out}.max", np.array(op.alpha))
+        w.node("Clip", [x, lo, hi], out)
+    elif op.fn == "abs":
+        w.node("Abs", [x], out)
+    elif op.fn == "hardswish" and w.opset >= 14:
+        w.node("HardSwish", [x], out)
+    elif op.fn == "hardswish":  # x * HardSigmoid(x) before opset 14 (the importer fuses it back)
+        h = w.node("HardSigmoid", [x], w.fresh(f"{out}/hardsigmoid"), alpha=1.0 / 6.0, beta=0.5)
+        w.node("Mul", [x, h], out)
+    elif op.fn == "gelu_tanh" and w.opset >= 20:
+        w.node("Gelu", [x], out, approximate="tanh")
     elif op.fn == "silu":
         s = w.node("Sigmoid", [x], w.fresh(f"{out}/sigmoid"))
         w.node("Mul", [x, s], out)

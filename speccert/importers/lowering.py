@@ -42,9 +42,9 @@ def clip(emit: Emit[V], x: V, low: float | None, high: float | None) -> V:
     if low is not None and high is not None:
         if low > high:
             raise LoweringError(f"clip with min {low:g} > max {high:g}")
-        y = emit(_affine(1.0, -low), x)
+        y = emit(_affine(1.0, -low), x) if low != 0 else x
         y = emit(Activation("clip", float(high - low)), y)
-        return emit(_affine(1.0, low), y)
+        return emit(_affine(1.0, low), y) if low != 0 else y
     if low is not None:
         return max_const(emit, x, torch.tensor(float(low)))
     if high is not None:
@@ -87,7 +87,9 @@ def mean(emit: Emit[V], x: V, shape: tuple[int, ...], axes: list[int], keepdims:
     perm = tuple(kept + axes)
     if perm != tuple(range(len(shape))):
         x = emit(Transpose(perm), x)
-    x = emit(Reshape((math.prod(shape[i] for i in kept), reduced)), x)
+    two_d = (math.prod(shape[i] for i in kept), reduced)
+    if tuple(shape[i] for i in perm) != two_d:
+        x = emit(Reshape(two_d), x)
     x = emit(GlobalAvgPool(), x)
     after = (math.prod(shape[i] for i in kept), 1)
     return x if out == after else emit(Reshape(out), x)
@@ -139,4 +141,6 @@ def _scale_shift(
         return y
     w = torch.ones(shape) if weight is None else weight.detach().reshape(shape)
     b = torch.zeros(shape) if bias is None else bias.detach().reshape(shape)
+    if bool((w == 1).all()) and not bool(b.any()):
+        return y
     return emit(Affine(scale=w.float().clone(), shift=b.float().clone()), y)

@@ -33,6 +33,7 @@ from speccert.importers.onnx_ops.fusions import DOMAIN as FUSED_DOMAIN
 from speccert.importers.onnx_ops.fusions import fuse_activations
 from speccert.importers.onnx_ops.shape_ops import BATCH
 from speccert.importers.onnx_safety import read_onnx
+from speccert.importers.problems import group_problems
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256
 from speccert.ir.ops import Affine, Linear, Op, Opaque
 
@@ -407,7 +408,7 @@ def _finish(
         if not isinstance(n.op, Opaque):
             report.append((n.op.op_type, n.name, "softmax is only supported as the model's output"))
     if report and not allow_unsupported:
-        raise UnsupportedModelError(f"{path}: {len(report)} unsupported node(s)", report)
+        raise UnsupportedModelError(f"{path}: {len(report)} unsupported node(s)", group_problems(report))
     if check and not graph.unsupported():
         check_faithful(model, graph, input_name, batch, {k: v for k, v in ir_to_onnx.items() if k in live})
     return graph

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from speccert.importers.aten_ops.base import ConvertContext, TensorValue, Unsupported, aten_op, const_tensor
+from speccert.importers.problems import product_reason
 from speccert.ir.ops import Add, Affine
 
 
@@ -81,11 +82,28 @@ def mul(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     """x * c with c constant: Affine(scale=c). The product of two input-dependent tensors is not linear."""
     a, b = args[0], args[1]
     if isinstance(a, TensorValue) and isinstance(b, TensorValue):
-        raise Unsupported("product of two input-dependent tensors (data-dependent, no Lipschitz bound)")
+        raise Unsupported(product_reason(a.shape[1:], b.shape[1:]))
     x, c = (a, b) if isinstance(a, TensorValue) else (b, a)
     if not isinstance(x, TensorValue):
         raise Unsupported("no operand depends on the input")
     return scale_shift(ctx, x, const_tensor(c, "multiplier"), torch.tensor(0.0))
+
+
+@aten_op("aten.addcmul.default")
+def addcmul(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    """addcmul(s, t1, t2, value) = s + value * t1 * t2 with at most one of t1, t2 input-dependent
+    (ResMLP's affine layer: beta + alpha * x): Affine, plus Add when s depends on the input too."""
+    s, t1, t2, value = args[0], args[1], args[2], float(args[3])
+    if isinstance(t1, TensorValue) and isinstance(t2, TensorValue):
+        raise Unsupported(product_reason(t1.shape[1:], t2.shape[1:]))
+    if isinstance(t1, TensorValue) or isinstance(t2, TensorValue):
+        x, c = (t1, t2) if isinstance(t1, TensorValue) else (t2, t1)
+        scale = value * const_tensor(c, "addcmul factor")
+        if isinstance(s, TensorValue):
+            return _add(ctx, s, scale_shift(ctx, x, scale, torch.tensor(0.0)), 1.0)
+        return scale_shift(ctx, x, scale, const_tensor(s, "addcmul input"))
+    prod = value * const_tensor(t1, "addcmul factor") * const_tensor(t2, "addcmul factor")
+    return _add(ctx, s, prod, 1.0)
 
 
 @aten_op("aten.div.Tensor", "aten.div.Scalar")

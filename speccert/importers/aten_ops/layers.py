@@ -18,6 +18,7 @@ from speccert.importers.aten_ops.base import (
     ints,
     tensor_arg,
 )
+from speccert.importers.problems import ATTENTION
 from speccert.ir.ops import BatchNorm, Conv, ConvTranspose, Linear
 
 
@@ -126,6 +127,8 @@ def _weight_of(ctx: ConvertContext, mat: Any, what: str) -> torch.Tensor:
 @aten_op("aten.mm.default", "aten.matmul.default")
 def mm(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     """mm(x, M) / matmul(x, M) with constant 2-d M: Linear with weight M^T and no bias."""
+    if isinstance(args[0], TensorValue) and isinstance(args[1], TensorValue):
+        raise Unsupported(ATTENTION)
     x = tensor_arg(args[0], "mm left operand (x @ W with W constant is the supported form)")
     w = _weight_of(ctx, args[1], "mm right operand")
     return ctx.emit(Linear(ctx.const(w), None), [x], like=args[1])

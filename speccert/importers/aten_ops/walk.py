@@ -34,6 +34,7 @@ from speccert.importers.aten_ops.base import (
     TensorValue,
     Unsupported,
 )
+from speccert.importers.problems import ATTENTION, group_problems
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node
 from speccert.ir.ops import Affine, Opaque
 
@@ -55,6 +56,15 @@ _IGNORED = {
     "aten.sym_constrain_range_for_size.default",
     "aten.sym_constrain_range.default",
     "aten._functional_assert_async.msg",
+}
+
+
+_KNOWN_REASONS = {
+    "aten.scaled_dot_product_attention.default": ATTENTION,
+    "aten._scaled_dot_product_flash_attention_for_cpu.default": ATTENTION,
+    "aten._scaled_dot_product_efficient_attention.default": ATTENTION,
+    "aten.bmm.default": ATTENTION,
+    "aten.baddbmm.default": ATTENTION,
 }
 
 
@@ -263,7 +273,9 @@ def exported_to_graph(
             )
         keep_alive.append(env[node.name])
     if problems and not allow_unsupported:
-        raise UnsupportedModelError("the model uses operations speccert cannot import", problems)
+        raise UnsupportedModelError(
+            "the model uses operations speccert cannot import", group_problems(problems)
+        )
     assert output is not None
     outs = [
         v
@@ -341,7 +353,7 @@ def _convert(
     if not isinstance(target, torch._ops.OpOverload):
         raise Unsupported(f"Python function {name} applied to input-dependent values")
     if name not in ATEN_OPS:
-        raise Unsupported("no converter for this ATen op")
+        raise Unsupported(_KNOWN_REASONS.get(name, "no converter for this ATen op"))
     args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
     kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
     return ATEN_OPS.get(name)(ctx, _schema_args(target, tuple(args), dict(kwargs)))

@@ -19,6 +19,7 @@ from speccert.importers.onnx_ops import (
 )
 from speccert.importers.onnx_ops.examples import model, one_node, randn, unary
 from speccert.importers.onnx_ops.linear import tensor
+from speccert.importers.problems import product_reason
 from speccert.ir.ops import Activation, Add, Affine, BatchNorm, Softmax
 
 
@@ -102,7 +103,7 @@ def convert_mul(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | No
     """x * c -> Affine(c, 0). A product of two activations is not Lipschitz-bounded."""
     a, b = inputs[0], inputs[1]
     if isinstance(a, Act) and isinstance(b, Act):
-        raise NotConvertible("product of two activations has no global Lipschitz bound")
+        raise NotConvertible(product_reason(a.shape, b.shape))
     x, c = (a, const(b)) if isinstance(a, Act) else (act(b), const(a))
     return [_affine(ctx, x, c, 0.0)]
 

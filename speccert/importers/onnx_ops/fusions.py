@@ -1,6 +1,7 @@
 """Activations that exporters write as several ONNX nodes, fused back into one before conversion.
 
 - SiLU:  y = x * Sigmoid(x)                                   -> speccert.Silu(x)
+- hardswish: y = x * HardSigmoid(x; alpha 1/6, beta 1/2)       -> speccert.Hardswish(x)
 - GELU:  y = (x * (Erf(x / sqrt 2) + 1)) * 0.5, in the orders torch and speccert write it
                                                               -> speccert.Gelu(x)
 (`Div(x, sqrt 2)` may also be `Mul(x, 1/sqrt 2)`; the 0.5 may multiply x first.) Without fusion their
@@ -46,7 +47,7 @@ def _is(consts: dict[str, np.ndarray], name: str, value: float) -> bool:
 def fuse_activations(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """The graph's nodes with SiLU and GELU decompositions replaced by single fused nodes."""
     nodes = list(graph.node)
-    if not any(n.op_type in ("Sigmoid", "Erf") for n in nodes):
+    if not any(n.op_type in ("Sigmoid", "Erf", "HardSigmoid") for n in nodes):
         return nodes
     consts = _constants(graph)
     keep_outputs = {o.name for o in graph.output}
@@ -79,6 +80,8 @@ def fuse_activations(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
         for n in nodes:
             if n.op_type == "Sigmoid":
                 fused = _try_silu(n, users, other, private)
+            elif n.op_type == "HardSigmoid":
+                fused = _try_hardswish(n, users, other, private)
             elif n.op_type == "Erf":
                 fused = _try_gelu(n, users, producer, other, private, consts)
             if fused is not None:
@@ -92,16 +95,24 @@ def fuse_activations(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
         fused_any = True
 
 
-def _try_silu(n, users, other, private):  # noqa: ANN001, ANN202
-    if n.op_type != "Sigmoid" or not private(n.output[0]):
+def _try_silu(n, users, other, private, kind="Sigmoid", name="Silu"):  # noqa: ANN001, ANN202
+    if n.op_type != kind or not private(n.output[0]):
         return None
     (mul,) = users(n.output[0])
     if mul.op_type != "Mul" or other(mul, n.output[0]) != n.input[0]:
         return None
     fused = helper.make_node(
-        "Silu", [n.input[0]], [mul.output[0]], name=mul.name or mul.output[0], domain=DOMAIN
+        name, [n.input[0]], [mul.output[0]], name=mul.name or mul.output[0], domain=DOMAIN
     )
     return fused, [n, mul]
+
+
+def _try_hardswish(n, users, other, private):  # noqa: ANN001, ANN202
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+    if abs(a.get("alpha", 0.2) - 1 / 6) > 1e-6 or abs(a.get("beta", 0.5) - 0.5) > 1e-6:
+        return None
+    fused = _try_silu(n, users, other, private, kind="HardSigmoid", name="Hardswish")
+    return fused
 
 
 def _try_gelu(n, users, producer, other, private, consts):  # noqa: ANN001, ANN202
@@ -204,6 +215,22 @@ def convert_fused_silu(
 ) -> list[Value | None]:
     """x * sigmoid(x) -> Activation('silu')."""
     return [ctx.add(Activation("silu"), [act(inputs[0])])]
+
+
+def _hardswish_example() -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("HardSigmoid", ["x"], ["s"], alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["s", "x"], ["y"]),
+    ]
+    return model(nodes, (3, 5), {}, 13)
+
+
+@converter("Hardswish", opsets=(1, 21), domain=DOMAIN, examples=[_hardswish_example])
+def convert_fused_hardswish(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
+    """x * HardSigmoid(x; 1/6, 1/2) -> Activation('hardswish')."""
+    return [ctx.add(Activation("hardswish"), [act(inputs[0])])]
 
 
 @converter("Gelu", opsets=(1, 21), domain=DOMAIN, examples=_gelu_examples())

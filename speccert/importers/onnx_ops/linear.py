@@ -20,6 +20,7 @@ from speccert.importers.onnx_ops import (
     converter,
 )
 from speccert.importers.onnx_ops.examples import model, one_node, randn
+from speccert.importers.problems import ATTENTION
 from speccert.ir.ops import Conv, ConvTranspose, Linear, Reshape
 
 
@@ -122,7 +123,7 @@ def _matmul_examples() -> list:
 def convert_matmul(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
     """X @ W with W a constant [K, M] (or [K]): Linear(weight = W^T) on the last axis."""
     if isinstance(inputs[0], Act) and isinstance(inputs[1], Act):
-        raise NotConvertible("product of two activations (data-dependent MatMul) has no Lipschitz bound")
+        raise NotConvertible(ATTENTION)
     x = act(inputs[0], "A (a constant @ activation would move the batch axis)")
     w = const(inputs[1], "B")
     if not x.shape:
