@@ -190,3 +190,43 @@ def test_slice_pieces_concatenated_back_keep_the_bound_exact() -> None:
     assert 1.0 <= lipschitz_bound(g).upper <= math.sqrt(2) * (1 + 1e-12)
     single = Graph((6,), [Node("s", Slice(axis=0, start=2, stop=6), (INPUT,))], "s", dtype=D)
     assert lipschitz_bound(single).upper == 1.0
+
+
+def test_certify_densenet_block_with_batchnorm_after_concat() -> None:
+    # DenseNet normalises the concatenation of its features: a BatchNorm that cannot fold into a conv,
+    # on a [C, H, W] map with C != W. The rounding-error model broadcast its [C] shift against W and
+    # certify failed ("size of tensor a (64) must match b (56)").
+    from speccert.bounds import certify
+    from speccert.ir import Add, BatchNorm, Conv, GlobalAvgPool, Reshape
+
+    torch.manual_seed(0)
+    conv = lambda ci, co: Conv(
+        torch.randn(co, ci, 3, 3, dtype=D) * 0.2, None, (1, 1), ((1, 1), (1, 1)), (1, 1)
+    )  # noqa: E731
+    c = 5
+    nodes = [
+        Node("c0", conv(2, 3), (INPUT,)),
+        Node("cat", Concat(axis=0), ("c0", INPUT)),
+        Node(
+            "bn",
+            BatchNorm(
+                torch.randn(c, dtype=D),
+                torch.rand(c, dtype=D) + 0.5,
+                torch.randn(c, dtype=D),
+                torch.randn(c, dtype=D),
+            ),
+            ("cat",),
+        ),
+        Node("r", Activation("relu"), ("bn",)),
+        Node("c1", conv(c, c), ("r",)),
+        Node("res", Add(), ("c1", "cat")),
+        Node("gap", GlobalAvgPool(), ("res",)),
+        Node("flat", Reshape((c,)), ("gap",)),
+        Node("fc", Linear(torch.randn(3, c, dtype=D), torch.zeros(3, dtype=D)), ("flat",)),
+    ]
+    g = Graph((2, 6, 7), nodes, "fc", dtype=D)
+    x = torch.randn(8, 2, 6, 7, dtype=D)
+    with torch.no_grad():
+        y = g.forward(x).argmax(1)
+    rep = certify(g, (x, y), eps=[0.01], lower_bound=False)
+    assert len(rep.radius) == 8 and all(r >= 0 for r in rep.radius)

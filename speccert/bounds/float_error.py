@@ -124,6 +124,8 @@ def _abs_norm_and_fan_in(
     if isinstance(op, (BatchNorm, AffineOp)):
         # y = s x + t: one multiply and one add per element; ||b|| bounded by the constant vector.
         t = op.scale_shift()[1] if isinstance(op, BatchNorm) else op.shift
+        if isinstance(op, BatchNorm):  # per channel (axis 0): [C] -> [C, 1, ..., 1] to broadcast
+            t = t.reshape((-1,) + (1,) * (len(node.shape) - 1))
         full = torch.zeros(node.shape, dtype=torch.float64)
         return uppers[name].value, 2, float((t.detach().double() + full).norm())
     if isinstance(op, AvgPool):
