@@ -129,3 +129,38 @@ def test_repeated_products_are_reported_once_per_kind(tmp_path: Path) -> None:
     assert "squeeze-excitation" in problems[0][2] and "attention" in problems[1][2]
     assert problems[0][1] == "gate0, gate1, gate2 and 9 more"
     assert len(str(info.value)) < 600
+
+
+def test_opset9_attention_export_is_refused_in_one_line_naming_attention(tmp_path: Path) -> None:
+    class Attention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = torch.nn.Linear(8, 24)
+            self.head = torch.nn.Linear(8 * 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = x.view(x.size(0), 4, 8)
+            q, k, v = self.qkv(t).chunk(3, dim=-1)
+            a = torch.softmax(q @ k.transpose(1, 2), dim=-1)
+            return self.head((a @ v).view(x.size(0), -1))
+
+    p = tmp_path / "attn9.onnx"
+    try:
+        torch.onnx.export(
+            Attention().eval(),
+            (torch.randn(2, 32),),
+            str(p),
+            dynamo=False,
+            opset_version=9,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "N"}},
+        )
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"legacy ONNX export unavailable: {exc}")
+    with pytest.raises(UnsupportedModelError) as info:
+        load_onnx(p)
+    text = str(info.value)
+    assert "attention" in text and "NoneType" not in text and len(text) < 800
+    assert all("×" in op or op in ("MatMul", "Softmax") for op, _, _ in info.value.problems), (
+        info.value.problems
+    )
