@@ -30,7 +30,6 @@ from typing import Any
 MODELS: dict[str, tuple[str, str, int, dict[str, Any]]] = {
     "resnet18": ("torchvision", "resnet18", 32, {}),
     "resnet18 (timm)": ("timm", "resnet18", 32, {}),
-    "vgg11_bn": ("torchvision", "vgg11_bn", 224, {}),
     "densenet121": ("torchvision", "densenet121", 32, {}),
     "squeezenet1_0": ("torchvision", "squeezenet1_0", 32, {}),
     "regnet_x_400mf": ("torchvision", "regnet_x_400mf", 32, {}),
@@ -41,6 +40,8 @@ MODELS: dict[str, tuple[str, str, int, dict[str, Any]]] = {
     "resmlp": ("timm", "resmlp_12_224", 32, {"img_size": 32}),
     "mixer": ("timm", "mixer_s16_224", 32, {"img_size": 32}),
     "vit_tiny": ("timm", "vit_tiny_patch16_224", 32, {"img_size": 32}),
+    # VGG's adaptive pool to 7x7 needs >= 224 inputs (smaller ones would be upsampled).
+    "vgg11_bn": ("torchvision", "vgg11_bn", 224, {}),
 }
 ROUTES = ("pt2", "onnx-legacy", "onnx-dynamo")
 
@@ -87,7 +88,7 @@ def export(name: str, route: str, path: Path) -> None:
             )
 
 
-def measure(path: Path, route: str, method: str) -> dict[str, Any]:
+def measure(path: Path, route: str, method: str) -> dict[str, Any]:  # noqa: PLR0911
     """Load with speccert (faithfulness check included), then the global Lipschitz upper bound."""
     import torch
 
@@ -114,6 +115,8 @@ def measure(path: Path, route: str, method: str) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - an internal error is what the table must show
         return {"status": "error (exit 5)", "why": f"{type(exc).__name__}: {str(exc).splitlines()[0][:140]}"}
     inspect_s = time.perf_counter() - t0
+    if method == "none":
+        return {"status": "loads", "why": "", "inspect_s": inspect_s, "L_upper": "-", "norms_s": 0.0}
     t1 = time.perf_counter()
     try:
         lb = lipschitz_bound(graph, method)
@@ -135,16 +138,18 @@ def _one(name: str, route: str, exports: Path, speccert: Path, timeout: float, m
     path = exports / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}-{route}{suffix}"
     env = {**os.environ, "PYTHONPATH": str(speccert)}
     if not path.exists():
+        tmp = path.with_name(f".{os.getpid()}-{path.name}")
         r = subprocess.run(
-            [sys.executable, __file__, "--export", name, route, str(path)],
+            [sys.executable, __file__, "--export", name, route, str(tmp)],
             env=env,
             capture_output=True,
             text=True,
             timeout=timeout,
         )
-        if r.returncode != 0 or not path.exists():
+        if r.returncode != 0 or not tmp.exists():
             tail = (r.stderr.strip().splitlines() or ["?"])[-1][:160]
             return {"status": "export failed", "why": tail}
+        tmp.replace(path)
     try:
         r = subprocess.run(
             [sys.executable, __file__, "--measure", route, str(path), method],
@@ -167,6 +172,8 @@ def _fmt(row: dict[str, Any]) -> str:
         extra = f" ({row['inspect_s']:.1f} s)" if "inspect_s" in row else ""
         return f"{row['status']}: {row['why']}{extra}"
     up = row["L_upper"]
+    if up == "-":
+        return f"loads, {row['inspect_s']:.1f} s"
     up_s = f"{up:.3g}" if isinstance(up, float) else str(up)
     return f"loads, {row['inspect_s']:.1f} s; L ≤ {up_s} ({row['norms_s']:.1f} s)"
 
@@ -187,7 +194,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--export", nargs=3, metavar=("NAME", "ROUTE", "PATH"), help=argparse.SUPPRESS)
     ap.add_argument("--measure", nargs=3, metavar=("ROUTE", "PATH", "METHOD"), help=argparse.SUPPRESS)
-    ap.add_argument("--method", default="fft", help="norm method for the Lipschitz bound (default fft)")
+    ap.add_argument(
+        "--method", default="fft", help="norm method for the Lipschitz bound (default fft; none: load only)"
+    )
     ap.add_argument("--only", default="", help="comma-separated model names (default: all)")
     ap.add_argument("--exports", default="/tmp/speccert-arch-exports", help="folder for exported files")
     ap.add_argument(

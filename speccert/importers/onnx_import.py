@@ -132,7 +132,7 @@ def _fold(node: onnx.NodeProto, inputs: list[Value | None], opset: int) -> list[
         and node.op_type not in _SHAPE_SAFE
     ):
         raise NotConvertible("computes with the symbolic batch size")
-    feeds = {n: v for n, v in zip(node.input, inputs, strict=False) if n}
+    feeds = {n: v for n, v in zip(node.input, inputs, strict=False) if n and isinstance(v, np.ndarray)}
     try:
         ev = onnx.reference.ReferenceEvaluator(_one_node_model(node, feeds, opset))
         outs = ev.run(None, feeds)

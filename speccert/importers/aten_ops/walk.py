@@ -332,7 +332,7 @@ def _convert(
             raise Unsupported(
                 f"uses one result of {op_name(_arg_node(node, 0).target)}, which is unsupported"
             )
-        return seq[node.args[1]]
+        return seq[int(node.args[1])]  # type: ignore[arg-type]
     lost = [v for v in _flat(inputs) if isinstance(v, NotAvailable)]
     if lost:
         raise Unsupported(f"uses the {lost[0].what}, which speccert does not compute")
