@@ -19,7 +19,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from speccert.report.gate import validate_gate
+from speccert.gate.workflow import validate_gate
 
 REPO = Path(__file__).resolve().parents[1]
 SPECCERT = shutil.which("speccert")

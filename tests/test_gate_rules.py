@@ -9,10 +9,11 @@ import pytest
 from gate_report_dicts import report
 
 from speccert.errors import InputError, UsageError
-from speccert.report.baseline import baseline_report, comparison_notes, regression_rules
-from speccert.report.gate import evaluate
-from speccert.report.policy import Policy, RegressionSpec, make_rule
-from speccert.report.rules import METRICS, RuleResult, evaluate_rule, register_metric
+from speccert.gate.baseline import baseline_report, comparison_notes, regression_rules
+from speccert.gate.metrics import METRICS, metric
+from speccert.gate.policy import Policy, RegressionSpec, make_rule
+from speccert.gate.rules import RuleResult, evaluate_rule
+from speccert.gate.workflow import evaluate
 
 
 def test_every_registered_metric_makes_a_rule_with_its_bound() -> None:
@@ -23,15 +24,16 @@ def test_every_registered_metric_makes_a_rule_with_its_bound() -> None:
         "lipschitz_upper",
         "max_layer_norm",
     }
-    for name, metric in METRICS.items():
-        eps = 0.1 if metric.needs_eps else None
-        rule = make_rule(name, eps=eps, **{metric.bound: 0.5})
-        assert rule.bound == metric.bound and rule.eps == eps
-        other = "max" if metric.bound == "min" else "min"
-        with pytest.raises(UsageError, match=f"takes '{metric.bound}', not '{other}'"):
+    for name, m in METRICS.items():
+        eps = 0.1 if m.needs_eps else None
+        rule = make_rule(name, eps=eps, **{m.bound: 0.5})
+        assert rule.bound == m.bound and rule.eps == eps and m.name == name and m.description
+        other = "max" if m.bound == "min" else "min"
+        with pytest.raises(UsageError, match=f"takes '{m.bound}', not '{other}'"):
             make_rule(name, eps=eps, **{other: 0.5})
+        # the metric's name is its reader's name: registering the same reader again is a duplicate
         with pytest.raises(KeyError, match="already registered"):
-            register_metric(name, "again", bound=metric.bound)(metric.read)
+            metric(bound=m.bound, reads=m.reads)(m.read)
 
 
 @pytest.mark.parametrize(

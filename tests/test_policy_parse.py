@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from speccert.errors import InputError, UsageError
-from speccert.report.policy import (
+from speccert.gate.policy import (
     Policy,
     discover_policy,
     make_rule,

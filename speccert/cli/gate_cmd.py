@@ -9,6 +9,8 @@ rule), --markdown (appends, so it can be "$GITHUB_STEP_SUMMARY"). See docs/gate.
 Exit codes: 0 every rule passed, 1 a rule failed, 2 usage or policy error (bad option, malformed TOML,
 unknown key), 3 model not supported, 4 model/data/baseline/policy file unreadable or invalid,
 5 internal error.
+
+Policy metrics (\[\[gate.rule]] metric = ...):
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ from speccert.cli.common import (
     write_json,
 )
 from speccert.errors import EXIT_OK, UsageError
+from speccert.gate.metrics import metrics_help
+
+__doc__ = (__doc__ or "") + "\n" + metrics_help()  # the metric list comes from the registry
 
 if TYPE_CHECKING:
-    from speccert.report.gate import GateResult
-    from speccert.report.rules import RuleSpec
+    from speccert.gate.rules import RuleSpec
+    from speccert.gate.workflow import GateResult
 
 
 def _rules_from_options(
@@ -44,7 +49,7 @@ def _rules_from_options(
     max_layer_norm: float | None,
     min_median_radius: float | None,
 ) -> list[RuleSpec]:
-    from speccert.report.policy import make_rule, parse_cra_option
+    from speccert.gate.policy import make_rule, parse_cra_option
 
     rules = [parse_cra_option(t) for t in min_cra or []]
     src = "command line"
@@ -147,9 +152,9 @@ def command(
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
 ) -> None:
-    from speccert.report.gate import gate
-    from speccert.report.gate_outputs import write_output
-    from speccert.report.policy import Policy, discover_policy, parse_eps_option, read_policy, with_overrides
+    from speccert.gate.outputs import write_output
+    from speccert.gate.policy import Policy, discover_policy, parse_eps_option, read_policy, with_overrides
+    from speccert.gate.workflow import gate
 
     _check_targets(
         {"--json": json_out if json_out != "-" else None, "--junit": junit, "--markdown": markdown}
@@ -217,7 +222,7 @@ def _check_targets(targets: dict[str, str | Path | None]) -> None:
 def _render(result: GateResult, to_stderr: bool) -> None:
     from rich.table import Table
 
-    from speccert.report.markdown import num
+    from speccert.gate.markdown import num
 
     console = err if to_stderr else out
     model = result.report.get("model") or {}

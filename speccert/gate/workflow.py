@@ -10,7 +10,7 @@ Same model file + same policy -> same numbers: the run is seeded (`policy.seed`)
 the model's sha256, versions, device and methods, so a baseline comparison means something.
 
     >>> import speccert
-    >>> from speccert.report.policy import Policy, DataSpec, make_rule
+    >>> from speccert.gate.policy import Policy, DataSpec, make_rule
     >>> p = Policy(data=DataSpec(path="models/data/fashion_mnist_test_1k.npz", limit=200),
     ...            rules=(make_rule("certified_accuracy", min=0.5, eps=0.25),))
     >>> speccert.gate("models/mlp.onnx", p).passed                 # doctest: +SKIP
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from speccert.errors import EXIT_FAILED, EXIT_OK, InputError, UsageError
-from speccert.report.baseline import baseline_report, comparison_notes, read_baseline, regression_rules
-from speccert.report.policy import Policy, read_policy
-from speccert.report.rules import RuleResult, evaluate_rules
+from speccert.gate.baseline import baseline_report, comparison_notes, read_baseline, regression_rules
+from speccert.gate.policy import Policy, read_policy
+from speccert.gate.rules import RuleResult, evaluate_rules
 
 if TYPE_CHECKING:
     from speccert.ir import Graph

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from speccert.errors import InputError, UsageError
-from speccert.report.policy_values import boolean, check_keys, integer, nonempty_list, number, numbers, string
-from speccert.report.rules import RuleSpec, make_rule
+from speccert.gate.rules import RuleSpec, make_rule
+from speccert.gate.values import boolean, check_keys, integer, nonempty_list, number, numbers, string
 
 POLICY_FILE = "speccert.toml"
 PYPROJECT = "pyproject.toml"

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from speccert.errors import InputError, UsageError
-from speccert.report.policy import RegressionSpec
-from speccert.report.rules import RuleResult, as_float, compare, cra_at
+from speccert.gate.metrics import as_float, cra_at
+from speccert.gate.policy import RegressionSpec
+from speccert.gate.rules import RuleResult, compare
 
 
 def read_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
