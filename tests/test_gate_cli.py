@@ -8,12 +8,14 @@ Ground truth for thresholds: dense SVD of the weights (a layer's proven upper bo
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import gate_report_dicts
 import numpy as np
 import onnx
 import pytest
@@ -242,6 +244,13 @@ def test_malformed_toml_exit_2_with_line(tmp_path: Path, tiny: dict[str, object]
         (["--data", "{data}", "--min-clean", "0.5", "--eps", "0.1,x"], 2, "--eps"),
         (["--data", "{data}", "--min-clean", "0.5", "MODEL={root}/corrupt.onnx"], 4, "corrupt.onnx"),
         (["--data", "{data}", "--min-clean", "0.5", "MODEL={root}/sign.onnx"], 3, "Sign"),
+        # fail closed (issue 17): a NaN / out-of-range / other-schema baseline, before any certification
+        (["--data", "{data}", "--baseline", "{root}/nan.json"], 4, "'certificate.certified_accuracy[1]'"),
+        (["--data", "{data}", "--baseline", "{root}/neg.json"], 4, "'lipschitz.upper' must be"),
+        (["--data", "{data}", "--baseline", "{root}/v9.json"], 4, "report schema 9.0.0"),
+        (["--policy", "{root}/deep.toml"], 4, "nested too deeply"),
+        (["--policy", "{root}/huge.toml"], 4, "a policy file is at most"),
+        (["--data", "{data}", "--min-cra", "150%@0.1"], 2, "an accuracy must be in [0, 1]"),
     ],
 )
 def test_bad_input_exit_codes(
@@ -257,6 +266,16 @@ def test_bad_input_exit_codes(
     (tmp_path / "unknown.toml").write_text(
         "[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\nminimum = 0.5\n"
     )
+    base = gate_report_dicts.report()
+    base["certificate"]["certified_accuracy"][1] = math.nan
+    (tmp_path / "nan.json").write_text(json.dumps(base))  # json writes NaN; Python reads it back
+    base = gate_report_dicts.report(lip=-5.0)
+    (tmp_path / "neg.json").write_text(json.dumps(base))
+    base = gate_report_dicts.report()
+    base["schema_version"] = "9.0.0"
+    (tmp_path / "v9.json").write_text(json.dumps(base))
+    (tmp_path / "deep.toml").write_text("[gate]\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    (tmp_path / "huge.toml").write_text("[gate]\neps = [" + "0.1," * (2**18 + 10) + "0.1]\n")
     (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage" + bytes(range(256)) * 4)
     w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32), "w")
     _save(
@@ -280,6 +299,7 @@ def test_bad_input_exit_codes(
         os.chdir(cwd)
     err = capsys.readouterr().err
     assert text in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err  # one line, whatever the error
 
 
 @pytest.mark.slow

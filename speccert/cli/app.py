@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except SpeccertError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        from rich.markup import escape  # the message holds user text (paths, TOML keys): never markup
+
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

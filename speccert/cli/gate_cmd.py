@@ -44,17 +44,18 @@ if TYPE_CHECKING:
 
 def _rules_from_options(
     min_cra: list[str] | None,
-    min_clean: float | None,
+    min_clean: str | None,
     max_lipschitz: float | None,
     max_layer_norm: float | None,
     min_median_radius: float | None,
 ) -> list[RuleSpec]:
-    from speccert.gate.policy import make_rule, parse_cra_option
+    from speccert.gate.options import COMMAND_LINE as src
+    from speccert.gate.options import parse_clean_option, parse_cra_option
+    from speccert.gate.rules import make_rule
 
     rules = [parse_cra_option(t) for t in min_cra or []]
-    src = "command line"
     if min_clean is not None:
-        rules.append(make_rule("clean_accuracy", min=min_clean, where="--min-clean", src=src))
+        rules.append(parse_clean_option(min_clean))
     if min_median_radius is not None:
         rules.append(make_rule("median_radius", min=min_median_radius, where="--min-median-radius", src=src))
     if max_lipschitz is not None:
@@ -94,11 +95,12 @@ def command(
         typer.Option(
             "--min-cra",
             metavar="ACC@EPS",
-            help="Rule: certified accuracy at radius EPS >= ACC, e.g. 0.5@0.25. Repeatable.",
+            help="Rule: certified accuracy at radius EPS >= ACC, e.g. 0.5@0.25 or 50%@0.25. Repeatable.",
         ),
     ] = None,
     min_clean: Annotated[
-        float | None, typer.Option("--min-clean", help="Rule: clean accuracy >= this.")
+        str | None,
+        typer.Option("--min-clean", metavar="ACC", help="Rule: clean accuracy >= ACC, e.g. 0.85 or 85%."),
     ] = None,
     max_lipschitz: Annotated[
         float | None, typer.Option("--max-lipschitz", help="Rule: proven Lipschitz upper bound <= this.")
@@ -152,8 +154,9 @@ def command(
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
 ) -> None:
+    from speccert.gate.options import parse_eps_option, with_overrides
     from speccert.gate.outputs import write_output
-    from speccert.gate.policy import Policy, discover_policy, parse_eps_option, read_policy, with_overrides
+    from speccert.gate.policy import Policy, discover_policy, read_policy
     from speccert.gate.workflow import gate
 
     _check_targets(
