@@ -361,3 +361,53 @@ def test_bundled_lipschitz_cnn_passes_a_robustness_policy(tmp_path: Path) -> Non
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert junit_counts(tmp_path / "lip.xml")[:2] == (2, 0)
+
+
+def _main_in(folder: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from speccert.cli.app import main
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        code = main(argv)
+    finally:
+        os.chdir(cwd)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_no_rules_names_the_tables_and_says_whether_a_policy_was_found(
+    tmp_path: Path, tiny: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # before: "add [] tables or , or options" (rich ate the names) and no word on the policy file
+    code, _, err = _main_in(tmp_path, ["gate", str(tiny["model"])], capsys)
+    assert code == 2, err
+    assert "[[gate.rule]]" in err and "[gate.no_regression]" in err
+    assert "no policy file found" in err and "Traceback" not in err
+    (tmp_path / "speccert.toml").write_text("[gate]\neps = [0.1]\n")
+    code, _, err = _main_in(tmp_path, ["gate", str(tiny["model"])], capsys)
+    assert code == 2 and "the policy speccert.toml has no rules" in err and "[[gate.rule]]" in err, err
+
+
+@pytest.mark.parametrize("folder", ["[brackets]", "[", "[bold red]x[/]"])
+def test_bracketed_paths_and_names_print_literally_and_keep_the_exit_code(
+    tmp_path: Path, tiny: dict[str, object], capsys: pytest.CaptureFixture[str], folder: str
+) -> None:
+    # "[" + "/v2]model.onnx" puts "[/v2]" in the path: rich raised MarkupError -> exit 1 ("gate failed")
+    where = tmp_path / folder / ("v2]" if folder == "[" else "")
+    where.mkdir(parents=True)
+    model = where / "net[best].onnx"
+    shutil.copy(str(tiny["model"]), model)
+    assert "[" in str(model)
+    policy = where / "speccert.toml"
+    for threshold, expected in ((tiny["max_norm"] * 1.001, 0), (tiny["max_norm"] * 0.5, 1)):
+        policy.write_text(
+            f'[gate]\n[gate.data]\npath = "{tiny["data"]}"\n[[gate.rule]]\nmetric = "max_layer_norm"\n'
+            f'max = {threshold}\nname = "[bold]every layer[/] [/v2]"\n'
+        )
+        code, out, err = _main_in(where, ["gate", str(model), "--policy", str(policy)], capsys)
+        assert code == expected, out + err
+        assert str(model) in out.replace("\n", "")  # the title names the model as written
+        assert "[bold]every layer[/] [/v2]" in out and "Traceback" not in err
+    code, _, err = _main_in(where, ["gate", str(model), "--policy", str(where / "none[/v2].toml")], capsys)
+    assert code == 4 and "none[/v2].toml" in err, err

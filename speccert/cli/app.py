@@ -59,6 +59,8 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning library errors into one line and an exit code."""
+    from rich.markup import escape  # messages hold user text (paths, TOML keys): never markup
+
     from speccert.cli.common import err
 
     try:
@@ -67,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except SpeccertError as exc:
-        from rich.markup import escape  # the message holds user text (paths, TOML keys): never markup
-
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SPECCERT_DEBUG"):
             raise
         err.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set SPECCERT_DEBUG=1 for a traceback)",
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
+            "(set SPECCERT_DEBUG=1 for a traceback)",
             highlight=False,
         )
         return EXIT_INTERNAL

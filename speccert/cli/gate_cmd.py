@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.text import Text
 
 from speccert.cli.common import (
     InputShapeOpt,
@@ -154,7 +155,7 @@ def command(
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
 ) -> None:
-    from speccert.gate.options import parse_eps_option, with_overrides
+    from speccert.gate.options import COMMAND_LINE, parse_eps_option, with_overrides
     from speccert.gate.outputs import write_output
     from speccert.gate.policy import Policy, discover_policy, read_policy
     from speccert.gate.workflow import gate
@@ -164,9 +165,9 @@ def command(
     )
     cli_rules = _rules_from_options(min_cra, min_clean, max_lipschitz, max_layer_norm, min_median_radius)
     policy_path = policy if policy is not None else discover_policy(".")
-    pol = read_policy(policy_path) if policy_path is not None else Policy(source="command line")
+    pol = read_policy(policy_path) if policy_path is not None else Policy(source=COMMAND_LINE)
     if policy is None and policy_path is not None:
-        err.print(f"policy: {policy_path}", highlight=False)
+        err.print(f"policy: {policy_path}", highlight=False, markup=False)
     if input_shape is not None:
         from speccert.importers import parse_input_shape
 
@@ -190,7 +191,7 @@ def command(
         max_lipschitz_growth=max_lipschitz_growth,
     )
 
-    with err.status(f"certifying {model} ...", spinner="dots"):
+    with err.status(Text(f"certifying {model} ..."), spinner="dots"):  # Text: the path is not markup
         result = gate(
             model, pol, weights=os.fspath(weights) if weights is not None else None, trust_pickle=trust_pickle
         )
@@ -223,6 +224,8 @@ def _check_targets(targets: dict[str, str | Path | None]) -> None:
 
 
 def _render(result: GateResult, to_stderr: bool) -> None:
+    """The rules table and verdict. Paths, rule names, notes and messages are user text: they go in as
+    plain `Text` (never parsed as markup), so `[/v2]` in a path prints as written and cannot raise."""
     from rich.table import Table
 
     from speccert.gate.markdown import num
@@ -231,7 +234,7 @@ def _render(result: GateResult, to_stderr: bool) -> None:
     model = result.report.get("model") or {}
     cert = result.report.get("certificate") or {}
     title = f"speccert gate: {model.get('path', '?')} ({cert.get('n', '?')} points, {result.seconds:.1f} s)"
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     table.add_column("rule")
     table.add_column("value", justify="right")
     table.add_column("threshold", justify="right")
@@ -239,17 +242,18 @@ def _render(result: GateResult, to_stderr: bool) -> None:
     for r in result.rules:
         value = num(r.value, 6) + (f" (baseline {num(r.baseline, 6)})" if r.baseline is not None else "")
         table.add_row(
-            r.name,
-            value,
-            f"{r.op} {num(r.threshold, 6)}",
-            "[green]pass[/]" if r.passed else "[bold red]FAIL[/]",
+            Text(r.name),
+            Text(value),
+            Text(f"{r.op} {num(r.threshold, 6)}"),
+            Text("pass", style="green") if r.passed else Text("FAIL", style="bold red"),
         )
     console.print(table)
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(Text(f"note: {note}"), highlight=False)
+    n, failed = len(result.rules), len(result.failures)
     if result.passed:
-        console.print(f"[bold green]PASSED[/]: all {len(result.rules)} rules hold")
+        console.print(Text.assemble(("PASSED", "bold green"), f": all {n} rules hold"))
     else:
-        console.print(f"[bold red]FAILED[/]: {len(result.failures)} of {len(result.rules)} rules do not hold")
+        console.print(Text.assemble(("FAILED", "bold red"), f": {failed} of {n} rules do not hold"))
         for r in result.failures:
-            console.print(f"  - {r.message}", highlight=False)
+            console.print(Text(f"  - {r.message}"), highlight=False)

@@ -10,12 +10,12 @@ import dataclasses
 from typing import Any
 
 from speccert.errors import UsageError
-from speccert.gate.policy import SPLITS, Policy, RegressionSpec, parse_regression
+from speccert.gate.policy import COMMAND_LINE, SPLITS, Policy, RegressionSpec, parse_regression
 from speccert.gate.rules import RuleSpec, make_rule
 from speccert.gate.values import integer, numbers
 from speccert.training.targets import parse_accuracy
 
-COMMAND_LINE = "command line"
+__all__ = ["COMMAND_LINE", "parse_clean_option", "parse_cra_option", "parse_eps_option", "with_overrides"]
 
 
 def parse_cra_option(text: str) -> RuleSpec:

@@ -43,6 +43,7 @@ from speccert.gate.rules import RuleSpec, make_rule
 from speccert.gate.values import boolean, check_keys, integer, nonempty_list, number, numbers, string
 
 POLICY_FILE = "speccert.toml"
+COMMAND_LINE = "command line"  # the source of a policy built from options alone (no file found)
 PYPROJECT = "pyproject.toml"
 DEFAULT_MAX_CRA_DROP = 0.01
 DEFAULT_MAX_LIPSCHITZ_GROWTH = 1.05
