@@ -97,7 +97,8 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["eps"] = list(self.eps_all)
-        return _lists(d)
+        out: dict[str, Any] = _lists(d)
+        return out
 
 
 def _lists(x: Any) -> Any:
