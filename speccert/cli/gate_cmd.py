@@ -228,7 +228,7 @@ def _render(result: GateResult, to_stderr: bool) -> None:
     plain `Text` (never parsed as markup), so `[/v2]` in a path prints as written and cannot raise."""
     from rich.table import Table
 
-    from speccert.gate.markdown import num
+    from speccert.gate.outputs.markdown import num
 
     console = err if to_stderr else out
     model = result.report.get("model") or {}
