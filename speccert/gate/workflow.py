@@ -127,7 +127,7 @@ def no_rules_error(policy: Policy) -> UsageError:
     elif policy.source == COMMAND_LINE:
         where = (
             f"no policy file found (no --policy, no ./{POLICY_FILE}, no ./{PYPROJECT} with "
-            "[tool.speccert]) and no rule options given"
+            "[tool.speccert]) and no rule options given, so the gate has no rules"
         )
     else:
         where = f"the policy {policy.source} has no rules"
