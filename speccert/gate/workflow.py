@@ -155,7 +155,7 @@ def gate(
     if not isinstance(policy, Policy):
         policy = read_policy(policy)
     if not policy.rules and policy.regression is None:
-        evaluate({}, policy)  # raises the "no rules" UsageError before any expensive work
+        raise no_rules_error(policy)  # before any expensive work
     base_doc: dict[str, Any] | None = None
     base_src: str | None = None
     if policy.regression is not None:
