@@ -37,7 +37,7 @@ def scale2(x: Tensor, e: Tensor) -> Tensor:
 
 
 class GramChain:
-    """Batched Gram iteration whose state can be advanced, subset and bounded at any step."""
+    """Batched Gram iteration whose state can be advanced and bounded at any step."""
 
     def __init__(self, a: Tensor) -> None:
         if a.shape[-2] < a.shape[-1]:
@@ -70,13 +70,6 @@ class GramChain:
         for e, err in zip(reversed(self.exps), reversed(self.errs), strict=True):
             b = torch.sqrt(scale2(b * up, e) * up + err) * up * up
         return scale2(b * up, self.e0) * up
-
-    def subset(self, idx: Tensor) -> GramChain:
-        out = GramChain.__new__(GramChain)
-        out.e0, out.h = self.e0[idx], self.h[idx]
-        out.exps = [e[idx] for e in self.exps]
-        out.errs = [e[idx] for e in self.errs]
-        return out
 
 
 def gram_upper(a: Tensor, steps: int = 6) -> Tensor:
