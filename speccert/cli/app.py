@@ -59,7 +59,7 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning library errors into one line and an exit code."""
-    from speccert.cli.common import err
+    from speccert.cli.console import err, styled
 
     try:
         app(args=argv, standalone_mode=True)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except SpeccertError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        err.print(styled("[bold red]error:[/] {}", exc), highlight=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SPECCERT_DEBUG"):
             raise
         err.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set SPECCERT_DEBUG=1 for a traceback)",
+            styled(
+                "[bold red]internal error:[/] {}: {} (set SPECCERT_DEBUG=1 for a traceback)",
+                type(exc).__name__,
+                exc,
+            ),
             highlight=False,
         )
         return EXIT_INTERNAL

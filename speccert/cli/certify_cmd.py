@@ -21,6 +21,7 @@ from speccert.cli.common import (
     load_model,
     out,
     resolve_device,
+    styled,
     write_json,
 )
 from speccert.errors import UsageError
@@ -55,11 +56,17 @@ def render(report_dict: dict, console) -> None:  # type: ignore[no-untyped-def] 
     console.print(table)
     lip = report_dict["lipschitz"]
     console.print(
-        f"Lipschitz bound of the logits (L2, data space): upper [bold]{_fmt(lip['upper'], '.6g')}[/], "
-        f"empirical lower {_fmt(lip['lower'], '.6g')}, ratio {_fmt(lip['ratio'], '.3f')}"
+        styled(
+            "Lipschitz bound of the logits (L2, data space): upper [bold]{}[/], empirical lower {}, ratio {}",
+            _fmt(lip["upper"], ".6g"),
+            _fmt(lip["lower"], ".6g"),
+            _fmt(lip["ratio"], ".3f"),
+        )
     )
     cert = report_dict["certificate"]
-    console.print(f"Samples: {cert['n']}   clean accuracy: [bold]{cert['clean_accuracy']:.2%}[/]")
+    console.print(
+        styled("Samples: {}   clean accuracy: [bold]{}[/]", cert["n"], f"{cert['clean_accuracy']:.2%}")
+    )
     t = Table(title="Certified accuracy (L2)", title_justify="left")
     t.add_column("eps", justify="right")
     t.add_column("certified accuracy", justify="right")
@@ -82,12 +89,13 @@ def render(report_dict: dict, console) -> None:  # type: ignore[no-untyped-def] 
             f"points: {a['successes']} successes"
         )
     for note in report_dict.get("notes", []):
-        console.print(f"[dim]note: {note}[/]")
+        console.print(f"note: {note}", style="dim")
     tm = report_dict["timing"]
     console.print(
-        f"[dim]time {tm['total_s']:.2f} s (norms {tm.get('norms_s', 0):.2f} s, certificates "
+        f"time {tm['total_s']:.2f} s (norms {tm.get('norms_s', 0):.2f} s, certificates "
         f"{tm.get('certify_s', 0):.2f} s); {tm.get('certify_samples_per_s', 0):.0f} samples/s vs plain "
-        f"inference {tm.get('inference_samples_per_s', 0):.0f} samples/s[/]"
+        f"inference {tm.get('inference_samples_per_s', 0):.0f} samples/s",
+        style="dim",
     )
 
 
@@ -198,7 +206,7 @@ def command(
     graph = load_model(model, input_shape, weights, trust_pickle)
 
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from speccert.cli.console import err, out, styled
 from speccert.errors import UsageError
 
-# Results go to stdout; progress and errors to stderr, so `--json -` output stays parseable.
-# Piped or redirected output (CI logs, files) gets a wide fixed width instead of rich's 80 columns, so
-# tables are not folded into unreadable cells; COLUMNS still wins when set.
-_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
-out = Console(soft_wrap=True, width=_WIDTH)
-err = Console(stderr=True, soft_wrap=True)
+__all__ = ["err", "out", "styled"]  # re-exported: commands import their consoles from here
 
 ModelArg = Annotated[
     str, typer.Argument(help="Model: a .onnx, .pt2 or TorchScript file, or 'package.module:factory'.")

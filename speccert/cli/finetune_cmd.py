@@ -19,6 +19,7 @@ from speccert.cli.common import (
     err,
     out,
     resolve_device,
+    styled,
     write_json,
 )
 from speccert.errors import UsageError
@@ -66,7 +67,7 @@ def _epoch_table(rec: Any, eps: list[float]) -> Table:
         f"{rec.lipschitz:.4g}",
         *(f"{rec.cra.get(e, 0.0):.2%}" for e in eps),
         f"{rec.weight:.4g}",
-        "[green]met[/]" if rec.met else f"[yellow]{len(rec.missed)} missed[/]",
+        styled("[green]met[/]") if rec.met else styled("[yellow]{} missed[/]", len(rec.missed)),
     )
     return t
 
@@ -176,7 +177,7 @@ def command(
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
 
     with Progress(
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
@@ -197,7 +198,7 @@ def command(
                 bar.remove_task(tasks[rec.epoch])
             bar.console.print(_epoch_table(rec, eps))
             if rec.note:
-                bar.console.print(f"[dim]{rec.note}[/]")
+                bar.console.print(rec.note, style="dim")
 
         res = finetune(
             model,
@@ -244,16 +245,20 @@ def command(
         )
     if json_out != "-":
         if report is not None:
-            out.print(f"[bold]Certify report of the output model[/] {res.output}")
+            out.print(styled("[bold]Certify report of the output model[/] {}", res.output))
             render(report, out)
         for note in res.notes:
-            err.print(f"[dim]note: {note}[/]")
+            err.print(f"note: {note}", style="dim")
         if res.met:
-            out.print(f"[green]every target met[/] at epoch {res.best_epoch}; wrote {res.output}")
+            out.print(styled("[green]every target met[/] at epoch {}; wrote {}", res.best_epoch, res.output))
         else:
             out.print(
-                f"[red]targets missed[/] after {res.history[-1].epoch} epochs; best epoch "
-                f"{res.best_epoch} written to {res.output}:"
+                styled(
+                    "[red]targets missed[/] after {} epochs; best epoch {} written to {}:",
+                    res.history[-1].epoch,
+                    res.best_epoch,
+                    res.output,
+                )
             )
             for m in res.missed:
                 out.print(f"  - {m}")

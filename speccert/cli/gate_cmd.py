@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.text import Text
 
 from speccert.cli.common import (
     InputShapeOpt,
@@ -28,6 +29,7 @@ from speccert.cli.common import (
     WeightsOpt,
     err,
     out,
+    styled,
     write_json,
 )
 from speccert.errors import EXIT_OK, UsageError
@@ -182,7 +184,7 @@ def command(
         max_lipschitz_growth=max_lipschitz_growth,
     )
 
-    with err.status(f"certifying {model} ...", spinner="dots"):
+    with err.status(Text(f"certifying {model} ..."), spinner="dots"):
         result = gate(
             model, pol, weights=os.fspath(weights) if weights is not None else None, trust_pickle=trust_pickle
         )
@@ -234,14 +236,16 @@ def _render(result: GateResult, to_stderr: bool) -> None:
             r.name,
             value,
             f"{r.op} {num(r.threshold, 6)}",
-            "[green]pass[/]" if r.passed else "[bold red]FAIL[/]",
+            styled("[green]pass[/]") if r.passed else styled("[bold red]FAIL[/]"),
         )
     console.print(table)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     if result.passed:
-        console.print(f"[bold green]PASSED[/]: all {len(result.rules)} rules hold")
+        console.print(styled("[bold green]PASSED[/]: all {} rules hold", len(result.rules)))
     else:
-        console.print(f"[bold red]FAILED[/]: {len(result.failures)} of {len(result.rules)} rules do not hold")
+        console.print(
+            styled("[bold red]FAILED[/]: {} of {} rules do not hold", len(result.failures), len(result.rules))
+        )
         for r in result.failures:
             console.print(f"  - {r.message}", highlight=False)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from speccert.cli.common import (
     InputShapeOpt,
@@ -18,8 +18,10 @@ from speccert.cli.common import (
     err,
     load_model,
     out,
+    styled,
     write_json,
 )
+from speccert.cli.console import make_console
 from speccert.errors import EXIT_UNSUPPORTED
 
 if TYPE_CHECKING:  # torch loads only when a command runs: `speccert --help` stays fast
@@ -104,10 +106,10 @@ def _table(report: dict[str, Any]) -> Table:
         table.add_column("warning")
     for r in report["nodes"]:
         shapes = " + ".join(str(s) for s in r["input_shapes"]) + f" -> {r['output_shape']}"
-        ok = "[green]yes[/]" if r["lipschitz_supported"] else f"[red]no[/]: {r['reason']}"
-        cells = [r["name"], r["operator"], shapes, f"{r['params']:,}", ok]
+        ok = styled("[green]yes[/]") if r["lipschitz_supported"] else styled("[red]no[/]: {}", r["reason"])
+        cells: list[str | Text] = [r["name"], r["operator"], shapes, f"{r['params']:,}", ok]
         if warn:
-            cells.append("[yellow]NaN/Inf weights[/]" if r["non_finite"] else "")
+            cells.append(styled("[yellow]NaN/Inf weights[/]") if r["non_finite"] else "")
         table.add_row(*cells)
     return table
 
@@ -127,7 +129,7 @@ def command(
         write_json(report, json)
     if json != "-":
         # Wide enough for long ONNX node names when the output is not a terminal (a pipe, a CI log).
-        console = out if out.is_terminal else Console(file=out.file, width=200, soft_wrap=True)
+        console = out if out.is_terminal else make_console(file=out.file, width=200, soft_wrap=True)
         console.print(_table(report))
         sha = (report["sha256"] or "")[:16]
         out.print(
@@ -138,14 +140,20 @@ def command(
         )
     if report["non_finite_parameters"]:
         err.print(
-            f"[yellow]warning:[/] NaN or Inf weights in {', '.join(report['non_finite_parameters'])}; "
-            "certify and norms will refuse this model",
+            styled(
+                "[yellow]warning:[/] NaN or Inf weights in {}; certify and norms will refuse this model",
+                ", ".join(report["non_finite_parameters"]),
+            ),
             highlight=False,
         )
     if report["unsupported"]:
         listing = "; ".join(f"{u['op']} node '{u['node']}': {u['reason']}" for u in report["unsupported"])
         err.print(
-            f"[bold red]error:[/] {len(report['unsupported'])} node(s) without a Lipschitz bound: {listing}",
+            styled(
+                "[bold red]error:[/] {} node(s) without a Lipschitz bound: {}",
+                len(report["unsupported"]),
+                listing,
+            ),
             highlight=False,
         )
         raise typer.Exit(EXIT_UNSUPPORTED)

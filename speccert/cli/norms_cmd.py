@@ -73,7 +73,7 @@ def render_table(norms: list[Any], title: str) -> None:
     out.print(table)
     notes = [(n.name, note) for n in norms for note in n.notes]
     for name, note in notes:
-        err.print(f"[dim]note: {name}: {note}[/]", highlight=False)
+        err.print(f"note: {name}: {note}", style="dim", highlight=False)
 
 
 def command(
@@ -115,7 +115,7 @@ def command(
     with Progress(
         TextColumn("norms"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} {task.description}"),
+        TextColumn("{task.completed}/{task.total} {task.description}", markup=False),  # node names
         TimeElapsedColumn(),
         console=err,
         transient=True,
