@@ -15,6 +15,7 @@ from speccert.cli.common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    RandomWeightsOpt,
     TrustPickleOpt,
     WeightsOpt,
     err,
@@ -166,6 +167,7 @@ def command(
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    random_weights: RandomWeightsOpt = False,
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of the attack and of the lower-bound search.")
     ] = 0,
@@ -203,7 +205,7 @@ def command(
     from speccert.data import load_data
 
     dataset = load_data(data, split, limit)  # data errors first: they are cheaper to find than model ones
-    graph = load_model(model, input_shape, weights, trust_pickle)
+    graph = load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights)
 
     with Progress(
         TextColumn("{task.description}", markup=False),
@@ -239,6 +241,8 @@ def command(
             progress=progress,
         )
     report.model["path"] = report.model.get("path") or model
+    if random_weights and weights is None:
+        report.model["weights"] = "random_init"  # the note on stderr said so too
     d = report.to_dict()
     render(d, err if json_out == "-" else out)
     if plot is not None:

@@ -32,6 +32,15 @@ WeightsOpt = Annotated[
         help="state_dict file for a 'package.module:factory' model (read with weights_only=True).",
     ),
 ]
+RandomWeightsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--random-weights",
+        help="Use a 'package.module:factory' model without --weights: its untrained, random "
+        "initialisation (said so in the output and the report).",
+    ),
+]
+RANDOM_WEIGHTS_NOTE = "weights: the factory's random initialisation (--random-weights), not a trained model"
 TrustPickleOpt = Annotated[
     bool,
     typer.Option(
@@ -52,16 +61,23 @@ def load_model(
     weights: Path | None,
     trust_pickle: bool,
     allow_unsupported: bool = False,
+    random_weights: bool = False,
 ):  # noqa: ANN201 - returns speccert.ir.Graph
-    from speccert.importers import load, parse_input_shape
+    """Load the model named on the command line. A factory without --weights needs --random-weights,
+    and then a note says so on stderr (the certify report also records it)."""
+    from speccert.importers import is_factory_spec, load, parse_input_shape
 
-    return load(
+    graph = load(
         model,
         parse_input_shape(input_shape),
         weights=weights,
         trust_pickle=trust_pickle,
         allow_unsupported=allow_unsupported,
+        random_weights=random_weights,
     )
+    if random_weights and weights is None and is_factory_spec(model):
+        err.print(f"note: {RANDOM_WEIGHTS_NOTE}", style="yellow")
+    return graph
 
 
 def resolve_device(device: str) -> str:

@@ -13,6 +13,7 @@ from speccert.cli.common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    RandomWeightsOpt,
     TrustPickleOpt,
     WeightsOpt,
     err,
@@ -119,11 +120,14 @@ def command(
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    random_weights: RandomWeightsOpt = False,
     json: JsonOpt = None,
 ) -> None:
     import typer
 
-    graph = load_model(model, input_shape, weights, trust_pickle, allow_unsupported=True)
+    graph = load_model(
+        model, input_shape, weights, trust_pickle, allow_unsupported=True, random_weights=random_weights
+    )
     report = inspect_report(graph)
     if json is not None:
         write_json(report, json)

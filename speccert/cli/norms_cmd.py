@@ -15,6 +15,7 @@ from speccert.cli.common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    RandomWeightsOpt,
     TrustPickleOpt,
     WeightsOpt,
     err,
@@ -92,6 +93,7 @@ def command(
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    random_weights: RandomWeightsOpt = False,
     exact_max_dim: Annotated[
         int,
         typer.Option(
@@ -111,7 +113,7 @@ def command(
             f"--method {method!r} is not a norm method (choose from {', '.join(method_names())})"
         )
     dev = resolve_device(device)
-    graph = load_model(model, input_shape, weights, trust_pickle)
+    graph = load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights)
     with Progress(
         TextColumn("norms"),
         BarColumn(),
