@@ -98,3 +98,63 @@ def test_path_with_factory_explains_the_dotted_form(
     code, _, err = _run(capsys, "inspect", spec, "--input-shape", "1,4,4")
     line = _line(err)
     assert code == 2 and "'speccert_mine.mynet:small_net'" in line and "not found" not in line
+
+
+OUTPUTS = {  # command: [(option, extra args)]
+    "certify": [("--json", []), ("--plot", [])],
+    "inspect": [("--json", [])],
+    "norms": [("--json", [])],
+    "gate": [
+        ("--json", ["--min-clean", "0"]),
+        ("--junit", ["--min-clean", "0"]),
+        ("--markdown", ["--min-clean", "0"]),
+    ],
+    "finetune": [("--json", ["--out", "o.pt", "--target", "clean>=0.1"])],
+    "bench norms": [("--json", ["--no-resnet"])],
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "extra"), [(c, o, e) for c, opts in OUTPUTS.items() for o, e in opts]
+)
+def test_output_into_missing_folder_is_refused_before_the_work(
+    pkg: Path, command: str, option: str, extra: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing folder is exit 4 with one line, before any model is even loaded: the model named
+    here does not exist, so a later check would have failed with 'not found' instead."""
+    data = [] if command in ("inspect", "norms", "bench norms") else ["--data", "d.npz"]
+    model = [] if command == "bench norms" else ["nothere.onnx"]
+    target = str(pkg / "no_such_folder" / "out.file")
+    code, _, err = _run(capsys, *command.split(), *model, *data, option, target, *extra)
+    line = _line(err)
+    assert code == 4 and option in line and "does not exist" in line
+
+
+def test_finetune_out_creates_its_folder_but_not_into_a_file(
+    pkg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (pkg / "afile").write_text("")
+    code, _, err = _run(
+        capsys,
+        "finetune",
+        "nothere.onnx",
+        "--data",
+        "d.npz",
+        "--out",
+        "afile/sub/o.onnx",
+        "--target",
+        "clean>=0.1",
+    )
+    assert code == 4 and "--out" in _line(err)
+    code, _, err = _run(
+        capsys,
+        "finetune",
+        "nothere.onnx",
+        "--data",
+        "d.npz",
+        "--out",
+        "new/sub/o.onnx",
+        "--target",
+        "clean>=0.1",
+    )
+    assert code == 4 and "model file not found" in _line(err)  # got past the output check

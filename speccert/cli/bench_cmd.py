@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from speccert.cli.common import DeviceOpt, JsonOpt, err, out, resolve_device, write_json
+from speccert.cli.common import DeviceOpt, JsonOpt, check_outputs, err, out, resolve_device, write_json
 
 bench_app = typer.Typer(no_args_is_help=True)
 
@@ -200,6 +200,7 @@ def norms(
     from speccert.importers import load
 
     dev = resolve_device(device)
+    check_outputs({"--json": json_out})
     models: list[tuple[str, Any]] = []
     if resnet:
         g = _resnet18_graph(resnet_size, resnet_weights)
@@ -312,6 +313,7 @@ def certify_bench(
     from speccert.importers import load
 
     dev = resolve_device(device)
+    check_outputs({"--json": json_out})
     jobs: list[tuple[str, Path, Path, list[float]]] = []
     if bundled and BUNDLED_DATA.exists():
         jobs += [

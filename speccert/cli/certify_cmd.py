@@ -18,6 +18,7 @@ from speccert.cli.common import (
     RandomWeightsOpt,
     TrustPickleOpt,
     WeightsOpt,
+    check_outputs,
     err,
     load_model,
     out,
@@ -197,6 +198,7 @@ def command(
     eps_list = parse_floats(eps, "--eps") or []
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
     dev = resolve_device(device)
+    check_outputs({"--json": json_out, "--plot": plot})
     if plot is not None:
         try:
             import matplotlib  # noqa: F401

@@ -16,6 +16,7 @@ from speccert.cli.common import (
     JsonOpt,
     ModelArg,
     WeightsOpt,
+    check_outputs,
     err,
     out,
     resolve_device,
@@ -170,6 +171,7 @@ def command(
     tlist = parse_targets(target)
     eps = target_eps(tlist) or [0.5]
     dev = resolve_device(device)
+    check_outputs({"--json": json_out, "--out": out_path}, create_folders=frozenset({"--out"}))
     main = int(os.environ.get("RANK", "0")) == 0
     val_data: str | None = val
     if val_data is None and Path(data).is_dir():

@@ -27,12 +27,13 @@ from speccert.cli.common import (
     ModelArg,
     TrustPickleOpt,
     WeightsOpt,
+    check_outputs,
     err,
     out,
     styled,
     write_json,
 )
-from speccert.errors import EXIT_OK, UsageError
+from speccert.errors import EXIT_OK
 
 if TYPE_CHECKING:
     from speccert.report.gate import GateResult
@@ -153,9 +154,7 @@ def command(
     from speccert.report.gate_outputs import write_output
     from speccert.report.policy import Policy, discover_policy, parse_eps_option, read_policy, with_overrides
 
-    _check_targets(
-        {"--json": json_out if json_out != "-" else None, "--junit": junit, "--markdown": markdown}
-    )
+    check_outputs({"--json": json_out, "--junit": junit, "--markdown": markdown})
     cli_rules = _rules_from_options(min_cra, min_clean, max_lipschitz, max_layer_norm, min_median_radius)
     policy_path = policy if policy is not None else discover_policy(".")
     pol = read_policy(policy_path) if policy_path is not None else Policy(source="command line")
@@ -198,22 +197,6 @@ def command(
     _render(result, to_stderr=json_out == "-")
     if result.exit_code != EXIT_OK:
         raise typer.Exit(result.exit_code)
-
-
-def _check_targets(targets: dict[str, str | Path | None]) -> None:
-    """Refuse unwritable report paths before spending time on certification."""
-    for opt, target in targets.items():
-        if target is None:
-            continue
-        if str(target) == "":
-            raise UsageError(
-                f"{opt}: empty path (is the variable you passed, e.g. $GITHUB_STEP_SUMMARY, set?)"
-            )
-        path = Path(target)
-        if path.is_dir():
-            raise UsageError(f"{opt} {target}: is a folder")
-        if not path.parent.is_dir():
-            raise UsageError(f"{opt} {target}: folder {path.parent} does not exist")
 
 
 def _render(result: GateResult, to_stderr: bool) -> None:

@@ -16,6 +16,7 @@ from speccert.cli.common import (
     RandomWeightsOpt,
     TrustPickleOpt,
     WeightsOpt,
+    check_outputs,
     err,
     load_model,
     out,
@@ -125,6 +126,7 @@ def command(
 ) -> None:
     import typer
 
+    check_outputs({"--json": json})
     graph = load_model(
         model, input_shape, weights, trust_pickle, allow_unsupported=True, random_weights=random_weights
     )

@@ -18,6 +18,7 @@ from speccert.cli.common import (
     RandomWeightsOpt,
     TrustPickleOpt,
     WeightsOpt,
+    check_outputs,
     err,
     load_model,
     out,
@@ -113,6 +114,7 @@ def command(
             f"--method {method!r} is not a norm method (choose from {', '.join(method_names())})"
         )
     dev = resolve_device(device)
+    check_outputs({"--json": json_out})
     graph = load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights)
     with Progress(
         TextColumn("norms"),
