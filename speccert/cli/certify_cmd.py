@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from speccert.cli.common import (
+    DecisionOpt,
     DeviceOpt,
     InputShapeOpt,
     JsonOpt,
@@ -169,6 +170,7 @@ def command(
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
     random_weights: RandomWeightsOpt = False,
+    decision: DecisionOpt = "argmax",
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of the attack and of the lower-bound search.")
     ] = 0,
@@ -193,10 +195,12 @@ def command(
     """Certify a classifier's L2 robustness on labelled data: global Lipschitz bound, certified radii and
     certified accuracy at each eps (a radius is a proven L2 distance in the data's own space)."""
     from speccert.bounds import certify
+    from speccert.ir.decision import check_decision, decide_by
     from speccert.report.certify_report import CertifyReport
 
     eps_list = parse_floats(eps, "--eps") or []
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
+    check_decision(decision)
     dev = resolve_device(device)
     check_outputs({"--json": json_out, "--plot": plot})
     if plot is not None:
@@ -207,7 +211,9 @@ def command(
     from speccert.data import load_data
 
     dataset = load_data(data, split, limit)  # data errors first: they are cheaper to find than model ones
-    graph = load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights)
+    graph = decide_by(
+        load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights), decision
+    )
 
     with Progress(
         TextColumn("{task.description}", markup=False),

@@ -42,6 +42,14 @@ RandomWeightsOpt = Annotated[
     ),
 ]
 RANDOM_WEIGHTS_NOTE = "weights: the factory's random initialisation (--random-weights), not a trained model"
+DecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--decision",
+        help="How the model picks its class: argmax (default: the largest logit) or argmin (the "
+        "smallest, e.g. ACAS Xu-style cost outputs). Certificates are about this decision.",
+    ),
+]
 TrustPickleOpt = Annotated[
     bool,
     typer.Option(

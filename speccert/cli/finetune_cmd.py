@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from speccert.cli.common import (
+    DecisionOpt,
     DeviceOpt,
     InputShapeOpt,
     JsonOpt,
@@ -155,6 +156,7 @@ def command(
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     json_out: JsonOpt = None,
+    decision: DecisionOpt = "argmax",
 ) -> None:
     """Fine-tune a model until a certificate target holds on held-out data (measured by the certifier),
     then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first."""
@@ -168,6 +170,9 @@ def command(
 
     if penalty not in PENALTIES:
         raise UsageError(f"--penalty {penalty!r}: choose one of {', '.join(PENALTIES.keys())}")
+    from speccert.ir.decision import check_decision
+
+    check_decision(decision)
     tlist = parse_targets(target)
     eps = target_eps(tlist) or [0.5]
     dev = resolve_device(device)
@@ -225,6 +230,7 @@ def command(
             weights=weights,
             on_epoch=on_epoch,
             on_step=on_step,
+            decision=decision,
         )
     if not main:
         raise typer.Exit(res.exit_code)

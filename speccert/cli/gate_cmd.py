@@ -22,6 +22,7 @@ import typer
 from rich.text import Text
 
 from speccert.cli.common import (
+    DecisionOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
@@ -36,6 +37,7 @@ from speccert.cli.common import (
 from speccert.errors import EXIT_OK
 
 if TYPE_CHECKING:
+    from speccert.ir import Graph
     from speccert.report.gate import GateResult
     from speccert.report.rules import RuleSpec
 
@@ -149,12 +151,15 @@ def command(
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    decision: DecisionOpt = "argmax",
 ) -> None:
+    from speccert.ir.decision import check_decision, decide_by
     from speccert.report.gate import gate
     from speccert.report.gate_outputs import write_output
     from speccert.report.policy import Policy, discover_policy, parse_eps_option, read_policy, with_overrides
 
     check_outputs({"--json": json_out, "--junit": junit, "--markdown": markdown})
+    check_decision(decision)
     cli_rules = _rules_from_options(min_cra, min_clean, max_lipschitz, max_layer_norm, min_median_radius)
     policy_path = policy if policy is not None else discover_policy(".")
     pol = read_policy(policy_path) if policy_path is not None else Policy(source="command line")
@@ -184,8 +189,18 @@ def command(
     )
 
     with err.status(Text(f"certifying {model} ..."), spinner="dots"):
+        target: str | Graph = model
+        if decision != "argmax":  # load here: gate() certifies a given graph as it is
+            from speccert.importers import load
+
+            target = decide_by(
+                load(model, pol.data.input_shape, weights=weights, trust_pickle=trust_pickle), decision
+            )
         result = gate(
-            model, pol, weights=os.fspath(weights) if weights is not None else None, trust_pickle=trust_pickle
+            target,
+            pol,
+            weights=os.fspath(weights) if weights is not None else None,
+            trust_pickle=trust_pickle,
         )
 
     if json_out is not None:

@@ -81,6 +81,7 @@ def inspect_report(graph: Graph) -> dict[str, Any]:
         "input_shape": list(graph.input_shape),
         "output_shape": list(graph.output_shape),
         "output": graph.output,
+        "decision": "argmax",  # what certify/gate/finetune assume unless --decision argmin
         "total_params": int(sum(r["params"] for r in rows)),
         "nodes": rows,
         "unsupported": [
@@ -142,6 +143,11 @@ def command(
             f"format {report['format']}  sha256 {sha}…  input {report['input_shape']}  "
             f"output {report['output_shape']}  nodes {len(report['nodes'])}  "
             f"params {report['total_params']:,}",
+            highlight=False,
+        )
+        out.print(
+            "decision: argmax of the output (the default; certify, gate and finetune take "
+            "--decision argmin for models that pick the smallest output, e.g. ACAS Xu costs)",
             highlight=False,
         )
     if report["non_finite_parameters"]:
