@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -57,10 +58,27 @@ def _register() -> None:
 _register()
 
 
+def _one_line_warning(  # noqa: PLR0913 - the signature of warnings.showwarning
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """A Python warning from a library (numpy, torch) as one styled line, not a source excerpt."""
+    from speccert.cli.console import err, styled
+
+    err.print(
+        styled("[yellow]warning:[/] {}", str(message).splitlines()[0] if str(message) else category.__name__)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning library errors into one line and an exit code."""
     from speccert.cli.console import err, styled
 
+    shown, warnings.showwarning = warnings.showwarning, _one_line_warning
     try:
         app(args=argv, standalone_mode=True)
     except SystemExit as exc:
@@ -84,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             highlight=False,
         )
         return EXIT_INTERNAL
+    finally:
+        warnings.showwarning = shown
     return 0
 
 

@@ -11,7 +11,16 @@ from typing import Annotated, Any
 
 import typer
 
-from speccert.cli.common import DeviceOpt, JsonOpt, check_outputs, err, out, resolve_device, write_json
+from speccert.cli.common import (
+    DeviceOpt,
+    JsonOpt,
+    check_exact_max_dim,
+    check_outputs,
+    err,
+    out,
+    resolve_device,
+    write_json,
+)
 
 bench_app = typer.Typer(no_args_is_help=True)
 
@@ -201,6 +210,7 @@ def norms(
 
     dev = resolve_device(device)
     check_outputs({"--json": json_out})
+    check_exact_max_dim(exact_max_dim)
     models: list[tuple[str, Any]] = []
     if resnet:
         g = _resnet18_graph(resnet_size, resnet_weights)

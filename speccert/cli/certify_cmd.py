@@ -3,6 +3,7 @@ certified accuracy at each eps (a radius is a proven L2 distance in the data's o
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,7 @@ from speccert.cli.common import (
     RandomWeightsOpt,
     TrustPickleOpt,
     WeightsOpt,
+    check_exact_max_dim,
     check_outputs,
     err,
     load_model,
@@ -41,6 +43,25 @@ def parse_floats(text: str | None, option: str) -> list[float] | None:
     if not vals:
         raise UsageError(f"{option} needs at least one number")
     return vals
+
+
+def parse_eps(text: str, option: str = "--eps") -> list[float]:
+    """Radii: finite and > 0 (at 0 certified accuracy is the clean accuracy, reported anyway); the
+    same rule as the gate's rule radii."""
+    vals = parse_floats(text, option) or []
+    if any(not math.isfinite(v) or v <= 0 for v in vals):
+        raise UsageError(f"{option} values must be finite and > 0, got {vals}")
+    return vals
+
+
+def check_crc(crc_steps: int, second_order: bool) -> None:
+    if crc_steps < 0:
+        raise UsageError(f"--crc-steps must be >= 0, got {crc_steps}")
+    if crc_steps > 0 and not second_order:
+        raise UsageError(
+            f"--crc-steps {crc_steps} refines the second-order certificate, which is off: add "
+            "--second-order (or leave --crc-steps out)"
+        )
 
 
 def _fmt(v: float | None, spec: str = ".4g") -> str:
@@ -198,7 +219,9 @@ def command(
     from speccert.ir.decision import check_decision, decide_by
     from speccert.report.certify_report import CertifyReport
 
-    eps_list = parse_floats(eps, "--eps") or []
+    eps_list = parse_eps(eps)
+    check_crc(crc_steps, second_order)
+    check_exact_max_dim(exact_max_dim)
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
     check_decision(decision)
     dev = resolve_device(device)
@@ -222,6 +245,7 @@ def command(
         TimeElapsedColumn(),
         console=err,
         transient=True,
+        disable=not err.is_terminal,  # a finished bar leaves a blank line in logs and pipes
     ) as bar:
         tasks: dict[str, TaskID] = {}
 

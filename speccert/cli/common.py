@@ -142,3 +142,10 @@ def check_outputs(
             raise InputError(f"{opt} {target}: folder {path.parent} does not exist")
         if not os.access(folder, os.W_OK):
             raise InputError(f"{opt} {target}: folder {folder} is not writable")
+
+
+def check_exact_max_dim(value: int) -> int:
+    """--exact-max-dim is a Gram dimension: 0 turns `exact` off, a negative one is a typo."""
+    if value < 0:
+        raise UsageError(f"--exact-max-dim must be >= 0 (0 turns exact certificates off), got {value}")
+    return value

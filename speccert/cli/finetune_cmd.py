@@ -1,5 +1,6 @@
 """Fine-tune a model until a certificate target holds on held-out data (measured by the certifier),
-then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first."""
+then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first.
+Per-epoch tables and the final report go to stdout (stderr with --json -); progress and notes to stderr."""
 
 from __future__ import annotations
 
@@ -49,6 +50,23 @@ def _options(items: list[str] | None) -> dict[str, Any]:
                 continue
         opts[key.strip().replace("-", "_")] = v
     return opts
+
+
+def _refuse_unwritable_format(model: str) -> None:
+    """finetune writes its output in the input's format; TorchScript and pickles cannot be written
+    back, so say so before loading (a TorchScript load took 13 s before the refusal)."""
+    from speccert.importers import TORCH_SUFFIXES, is_factory_spec
+    from speccert.importers.torch_import import detect_format
+
+    path = Path(model)
+    if is_factory_spec(model) or path.suffix.lower() not in TORCH_SUFFIXES or not path.is_file():
+        return
+    fmt = detect_format(path)
+    if fmt in ("torchscript", "pickle"):
+        raise UsageError(
+            f"finetune writes the model back in its input's format and cannot write {fmt}: give it the "
+            "model as .pt2 (torch.export.save), ONNX, or 'package.module:factory' --weights STATE_DICT"
+        )
 
 
 def _epoch_table(rec: Any, eps: list[float]) -> Table:
@@ -159,7 +177,8 @@ def command(
     decision: DecisionOpt = "argmax",
 ) -> None:
     """Fine-tune a model until a certificate target holds on held-out data (measured by the certifier),
-    then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first."""
+        then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first.
+    Per-epoch tables and the final report go to stdout (stderr with --json -); progress and notes to stderr."""
     import os
 
     from speccert.cli.certify_cmd import parse_floats, render
@@ -173,6 +192,7 @@ def command(
     from speccert.ir.decision import check_decision
 
     check_decision(decision)
+    _refuse_unwritable_format(model)
     tlist = parse_targets(target)
     eps = target_eps(tlist) or [0.5]
     dev = resolve_device(device)
@@ -183,6 +203,7 @@ def command(
         val_data = data  # an IDX folder: train on its train split, certify on its test split
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
 
+    results = err if json_out == "-" else out  # `--json -` keeps stdout for the JSON alone
     with Progress(
         TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
@@ -191,7 +212,7 @@ def command(
         TimeElapsedColumn(),
         console=err,
         transient=True,
-        disable=not main,
+        disable=not main or not err.is_terminal,  # a finished bar leaves a blank line in logs
     ) as bar:
         tasks: dict[int, Any] = {}
 
@@ -203,9 +224,9 @@ def command(
         def on_epoch(rec: Any) -> None:
             if rec.epoch in tasks:
                 bar.remove_task(tasks[rec.epoch])
-            bar.console.print(_epoch_table(rec, eps))
+            results.print(_epoch_table(rec, eps))  # results on stdout, like the final report
             if rec.note:
-                bar.console.print(rec.note, style="dim")
+                err.print(rec.note, style="dim")
 
         res = finetune(
             model,

@@ -18,6 +18,7 @@ from speccert.cli.common import (
     RandomWeightsOpt,
     TrustPickleOpt,
     WeightsOpt,
+    check_exact_max_dim,
     check_outputs,
     err,
     load_model,
@@ -73,7 +74,7 @@ def render_table(norms: list[Any], title: str) -> None:
             f"{n.seconds:.2f}",
         )
     out.print(table)
-    notes = [(n.name, note) for n in norms for note in n.notes]
+    notes = dict.fromkeys((n.name, note) for n in norms for note in n.notes)  # once each, in order
     for name, note in notes:
         err.print(f"note: {name}: {note}", style="dim", highlight=False)
 
@@ -115,6 +116,7 @@ def command(
         )
     dev = resolve_device(device)
     check_outputs({"--json": json_out})
+    check_exact_max_dim(exact_max_dim)
     graph = load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights)
     with Progress(
         TextColumn("norms"),
@@ -123,6 +125,7 @@ def command(
         TimeElapsedColumn(),
         console=err,
         transient=True,
+        disable=not err.is_terminal,  # a finished bar leaves a blank line in logs and pipes
     ) as bar:
         task = bar.add_task("", total=None)
 
