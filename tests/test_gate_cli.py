@@ -236,7 +236,7 @@ def test_malformed_toml_exit_2_with_line(tmp_path: Path, tiny: dict[str, object]
         (["--data", "{root}/missing.npz", "--min-clean", "0.5"], 4, "missing.npz"),
         (["--data", "{data}", "--min-clean", "0.5", "--baseline", "{root}/none.json"], 4, "none.json"),
         (["--policy", "{root}/none.toml"], 4, "none.toml"),
-        (["--data", "{data}", "--min-clean", "0.5", "--junit", "{root}/nodir/gate.xml"], 2, "does not exist"),
+        (["--data", "{data}", "--min-clean", "0.5", "--junit", "{root}/nodir/gate.xml"], 4, "does not exist"),
         (["--data", "{data}", "--min-clean", "0.5", "--method", "bogus"], 2, "bogus"),
         (["--data", "{data}", "--min-clean", "0.5", "--markdown", ""], 2, "empty path"),
         (["--data", "{data}", "--min-clean", "0.5", "--eps", "0.1,x"], 2, "--eps"),

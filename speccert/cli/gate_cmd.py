@@ -19,20 +19,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.text import Text
 
 from speccert.cli.common import (
+    DecisionOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
     TrustPickleOpt,
     WeightsOpt,
+    check_outputs,
     err,
     out,
+    styled,
     write_json,
 )
-from speccert.errors import EXIT_OK, UsageError
+from speccert.errors import EXIT_OK
 
 if TYPE_CHECKING:
+    from speccert.ir import Graph
     from speccert.report.gate import GateResult
     from speccert.report.rules import RuleSpec
 
@@ -146,14 +151,15 @@ def command(
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    decision: DecisionOpt = "argmax",
 ) -> None:
+    from speccert.ir.decision import check_decision, decide_by
     from speccert.report.gate import gate
     from speccert.report.gate_outputs import write_output
     from speccert.report.policy import Policy, discover_policy, parse_eps_option, read_policy, with_overrides
 
-    _check_targets(
-        {"--json": json_out if json_out != "-" else None, "--junit": junit, "--markdown": markdown}
-    )
+    check_outputs({"--json": json_out, "--junit": junit, "--markdown": markdown})
+    check_decision(decision)
     cli_rules = _rules_from_options(min_cra, min_clean, max_lipschitz, max_layer_norm, min_median_radius)
     policy_path = policy if policy is not None else discover_policy(".")
     pol = read_policy(policy_path) if policy_path is not None else Policy(source="command line")
@@ -182,9 +188,19 @@ def command(
         max_lipschitz_growth=max_lipschitz_growth,
     )
 
-    with err.status(f"certifying {model} ...", spinner="dots"):
+    with err.status(Text(f"certifying {model} ..."), spinner="dots"):
+        target: str | Graph = model
+        if decision != "argmax":  # load here: gate() certifies a given graph as it is
+            from speccert.importers import load
+
+            target = decide_by(
+                load(model, pol.data.input_shape, weights=weights, trust_pickle=trust_pickle), decision
+            )
         result = gate(
-            model, pol, weights=os.fspath(weights) if weights is not None else None, trust_pickle=trust_pickle
+            target,
+            pol,
+            weights=os.fspath(weights) if weights is not None else None,
+            trust_pickle=trust_pickle,
         )
 
     if json_out is not None:
@@ -196,22 +212,6 @@ def command(
     _render(result, to_stderr=json_out == "-")
     if result.exit_code != EXIT_OK:
         raise typer.Exit(result.exit_code)
-
-
-def _check_targets(targets: dict[str, str | Path | None]) -> None:
-    """Refuse unwritable report paths before spending time on certification."""
-    for opt, target in targets.items():
-        if target is None:
-            continue
-        if str(target) == "":
-            raise UsageError(
-                f"{opt}: empty path (is the variable you passed, e.g. $GITHUB_STEP_SUMMARY, set?)"
-            )
-        path = Path(target)
-        if path.is_dir():
-            raise UsageError(f"{opt} {target}: is a folder")
-        if not path.parent.is_dir():
-            raise UsageError(f"{opt} {target}: folder {path.parent} does not exist")
 
 
 def _render(result: GateResult, to_stderr: bool) -> None:
@@ -234,14 +234,16 @@ def _render(result: GateResult, to_stderr: bool) -> None:
             r.name,
             value,
             f"{r.op} {num(r.threshold, 6)}",
-            "[green]pass[/]" if r.passed else "[bold red]FAIL[/]",
+            styled("[green]pass[/]") if r.passed else styled("[bold red]FAIL[/]"),
         )
     console.print(table)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     if result.passed:
-        console.print(f"[bold green]PASSED[/]: all {len(result.rules)} rules hold")
+        console.print(styled("[bold green]PASSED[/]: all {} rules hold", len(result.rules)))
     else:
-        console.print(f"[bold red]FAILED[/]: {len(result.failures)} of {len(result.rules)} rules do not hold")
+        console.print(
+            styled("[bold red]FAILED[/]: {} of {} rules do not hold", len(result.failures), len(result.rules))
+        )
         for r in result.failures:
             console.print(f"  - {r.message}", highlight=False)
