@@ -232,7 +232,7 @@ def test_malformed_toml_exit_2_with_line(tmp_path: Path, tiny: dict[str, object]
     ("args", "code", "text"),
     [
         (["--policy", "{root}/unknown.toml"], 2, "gate.rule[0].minimum"),
-        (["--data", "{data}"], 2, "no rules"),
+        (["--data", "{data}"], 2, "no policy file found"),
         (["--min-cra", "0.5"], 2, "ACCURACY@EPS"),
         (["--min-clean", "0.5"], 2, "no data"),
         (["--data", "{root}/missing.npz", "--min-clean", "0.5"], 4, "missing.npz"),
