@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from onnx import TensorProto, helper, numpy_helper
 from speccert.gate.workflow import validate_gate
 
 REPO = Path(__file__).resolve().parents[1]
-SPECCERT = shutil.which("speccert")
+# The console script beside this interpreter first (a venv run without activating it), then PATH.
+SPECCERT = shutil.which("speccert", path=os.path.dirname(sys.executable)) or shutil.which("speccert")
 pytestmark = pytest.mark.skipif(SPECCERT is None, reason="the speccert console script is not installed")
 
 
