@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from onnx import TensorProto, helper, numpy_helper
 from speccert.gate.workflow import validate_gate
 
 REPO = Path(__file__).resolve().parents[1]
-SPECCERT = shutil.which("speccert")
+# The console script beside this interpreter first (a venv run without activating it), then PATH.
+SPECCERT = shutil.which("speccert", path=os.path.dirname(sys.executable)) or shutil.which("speccert")
 pytestmark = pytest.mark.skipif(SPECCERT is None, reason="the speccert console script is not installed")
 
 
@@ -232,13 +234,13 @@ def test_malformed_toml_exit_2_with_line(tmp_path: Path, tiny: dict[str, object]
     ("args", "code", "text"),
     [
         (["--policy", "{root}/unknown.toml"], 2, "gate.rule[0].minimum"),
-        (["--data", "{data}"], 2, "no rules"),
+        (["--data", "{data}"], 2, "no policy file found"),
         (["--min-cra", "0.5"], 2, "ACCURACY@EPS"),
         (["--min-clean", "0.5"], 2, "no data"),
         (["--data", "{root}/missing.npz", "--min-clean", "0.5"], 4, "missing.npz"),
         (["--data", "{data}", "--min-clean", "0.5", "--baseline", "{root}/none.json"], 4, "none.json"),
         (["--policy", "{root}/none.toml"], 4, "none.toml"),
-        (["--data", "{data}", "--min-clean", "0.5", "--junit", "{root}/nodir/gate.xml"], 2, "does not exist"),
+        (["--data", "{data}", "--min-clean", "0.5", "--junit", "{root}/nodir/gate.xml"], 4, "does not exist"),
         (["--data", "{data}", "--min-clean", "0.5", "--method", "bogus"], 2, "bogus"),
         (["--data", "{data}", "--min-clean", "0.5", "--markdown", ""], 2, "empty path"),
         (["--data", "{data}", "--min-clean", "0.5", "--eps", "0.1,x"], 2, "--eps"),

@@ -24,16 +24,18 @@ import typer
 from rich.text import Text
 
 from speccert.cli.common import (
+    DecisionOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
     TrustPickleOpt,
     WeightsOpt,
+    check_outputs,
     err,
     out,
     write_json,
 )
-from speccert.errors import EXIT_OK, UsageError
+from speccert.errors import EXIT_OK
 from speccert.gate.metrics import metrics_help
 
 __doc__ = (__doc__ or "") + "\n" + metrics_help()  # the metric list comes from the registry
@@ -41,6 +43,7 @@ __doc__ = (__doc__ or "") + "\n" + metrics_help()  # the metric list comes from 
 if TYPE_CHECKING:
     from speccert.gate.rules import RuleSpec
     from speccert.gate.workflow import GateResult
+    from speccert.ir import Graph
 
 
 def _rules_from_options(
@@ -154,15 +157,16 @@ def command(
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    decision: DecisionOpt = "argmax",
 ) -> None:
     from speccert.gate.options import COMMAND_LINE, parse_eps_option, with_overrides
     from speccert.gate.outputs import write_output
     from speccert.gate.policy import Policy, discover_policy, read_policy
     from speccert.gate.workflow import gate
+    from speccert.ir.decision import check_decision, decide_by
 
-    _check_targets(
-        {"--json": json_out if json_out != "-" else None, "--junit": junit, "--markdown": markdown}
-    )
+    check_outputs({"--json": json_out, "--junit": junit, "--markdown": markdown})
+    check_decision(decision)
     cli_rules = _rules_from_options(min_cra, min_clean, max_lipschitz, max_layer_norm, min_median_radius)
     policy_path = policy if policy is not None else discover_policy(".")
     pol = read_policy(policy_path) if policy_path is not None else Policy(source=COMMAND_LINE)
@@ -192,8 +196,18 @@ def command(
     )
 
     with err.status(Text(f"certifying {model} ..."), spinner="dots"):  # Text: the path is not markup
+        target: str | Graph = model
+        if decision != "argmax":  # load here: gate() certifies a given graph as it is
+            from speccert.importers import load
+
+            target = decide_by(
+                load(model, pol.data.input_shape, weights=weights, trust_pickle=trust_pickle), decision
+            )
         result = gate(
-            model, pol, weights=os.fspath(weights) if weights is not None else None, trust_pickle=trust_pickle
+            target,
+            pol,
+            weights=os.fspath(weights) if weights is not None else None,
+            trust_pickle=trust_pickle,
         )
 
     if json_out is not None:
@@ -205,22 +219,6 @@ def command(
     _render(result, to_stderr=json_out == "-")
     if result.exit_code != EXIT_OK:
         raise typer.Exit(result.exit_code)
-
-
-def _check_targets(targets: dict[str, str | Path | None]) -> None:
-    """Refuse unwritable report paths before spending time on certification."""
-    for opt, target in targets.items():
-        if target is None:
-            continue
-        if str(target) == "":
-            raise UsageError(
-                f"{opt}: empty path (is the variable you passed, e.g. $GITHUB_STEP_SUMMARY, set?)"
-            )
-        path = Path(target)
-        if path.is_dir():
-            raise UsageError(f"{opt} {target}: is a folder")
-        if not path.parent.is_dir():
-            raise UsageError(f"{opt} {target}: folder {path.parent} does not exist")
 
 
 def _render(result: GateResult, to_stderr: bool) -> None:
