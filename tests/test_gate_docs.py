@@ -89,3 +89,10 @@ def test_gate_help_lists_every_registered_metric() -> None:
     assert "[[gate.rule]]" in result.output  # escaped for rich: the brackets survive
     for name, m in load_metrics().items():
         assert f"{name} ({m.bound}" in result.output and m.description in result.output
+
+
+def test_readme_gate_section_names_every_metric() -> None:
+    readme = (DOCS.parent / "README.md").read_text()
+    section = readme[readme.index("### gate") : readme.index("## Exit codes")]
+    for name in load_metrics():
+        assert f"`{name}`" in section, f"README's gate section does not name metric {name}"
