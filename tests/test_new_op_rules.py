@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from speccert.bounds import lipschitz_bound
-from speccert.bounds.lipschitz import standardize_factor
+from speccert.bounds.compose import standardize_factor
 from speccert.importers.lowering import clip, group_norm, layer_norm, mean
 from speccert.ir import INPUT, Activation, Concat, Graph, Linear, Node, Slice, Standardize
 from speccert.ir.activations import activation_curvature, activation_lipschitz
@@ -189,7 +189,7 @@ def test_slice_pieces_concatenated_back_keep_the_bound_exact() -> None:
     g = Graph((6,), nodes, "c", dtype=D)
     assert 1.0 <= lipschitz_bound(g).upper <= math.sqrt(2) * (1 + 1e-12)
     single = Graph((6,), [Node("s", Slice(axis=0, start=2, stop=6), (INPUT,))], "s", dtype=D)
-    assert lipschitz_bound(single).upper == 1.0
+    assert 1.0 <= lipschitz_bound(single).upper <= 1.0 + 1e-12  # factor 1, rounded up
 
 
 def test_certify_densenet_block_with_batchnorm_after_concat() -> None:
@@ -200,9 +200,10 @@ def test_certify_densenet_block_with_batchnorm_after_concat() -> None:
     from speccert.ir import Add, BatchNorm, Conv, GlobalAvgPool, Reshape
 
     torch.manual_seed(0)
-    conv = lambda ci, co: Conv(
-        torch.randn(co, ci, 3, 3, dtype=D) * 0.2, None, (1, 1), ((1, 1), (1, 1)), (1, 1)
-    )  # noqa: E731
+
+    def conv(ci: int, co: int) -> Conv:
+        return Conv(torch.randn(co, ci, 3, 3, dtype=D) * 0.2, None, (1, 1), ((1, 1), (1, 1)), (1, 1))
+
     c = 5
     nodes = [
         Node("c0", conv(2, 3), (INPUT,)),
