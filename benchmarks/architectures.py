@@ -175,7 +175,7 @@ def _fmt(row: dict[str, Any]) -> str:
     if up == "-":
         return f"loads, {row['inspect_s']:.1f} s"
     up_s = f"{up:.3g}" if isinstance(up, float) else str(up)
-    return f"loads, {row['inspect_s']:.1f} s; L ≤ {up_s} ({row['norms_s']:.1f} s)"
+    return f"loads, {row['inspect_s']:.1f} s; L ≤ {up_s} ({row.get('method', '')} {row['norms_s']:.1f} s)"
 
 
 def markdown(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
@@ -216,13 +216,21 @@ def main() -> None:
     exports = Path(a.exports)
     exports.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, dict[str, Any]]] = {}
+    if a.json and Path(a.json).exists():  # resume: rows already measured are kept
+        rows = json.loads(Path(a.json).read_text())
     for name in names:
-        rows[name] = {}
+        rows.setdefault(name, {})
         for route in ROUTES:
-            rows[name][route] = _one(name, route, exports, Path(a.speccert), a.timeout, a.method)
+            if route in rows[name]:
+                continue
+            rows[name][route] = {
+                **_one(name, route, exports, Path(a.speccert), a.timeout, a.method),
+                "method": a.method,
+            }
             print(f"{name:18s} {route:12s} {_fmt(rows[name][route])}", flush=True)
-    if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=1))
+            if a.json:
+                Path(a.json).write_text(json.dumps(rows, indent=1))
+    rows = {n: rows[n] for n in MODELS if n in rows}
     if a.out:
         p = Path(a.out)
         text = p.read_text()

@@ -341,3 +341,32 @@ def test_circular_conv1d_with_dilation() -> None:
     g = from_module(m, (2, 7))
     assert g.nodes[0].op.padding_mode == "circular"  # type: ignore[attr-defined]
     assert_same(g, m, (2, 7))
+
+
+def test_in_place_ops_are_functionalised_before_conversion() -> None:
+    # torch >= 2.14 keeps relu_/hardtanh_/silu_/add_ in exported programs; a mutated tensor that is read
+    # again (the residual here reads h after relu_ changed it in place) must be converted as computed.
+    from speccert.importers.torch_import import _has_mutation, from_module
+
+    class InPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+            self.act = nn.ReLU6(inplace=True)
+            self.silu = nn.SiLU(inplace=True)
+            self.drop = nn.Dropout(0.3, inplace=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.conv(x)
+            h.add_(1.0)
+            y = self.silu(self.act(h * 4))
+            return self.drop(y + h).flatten(1)
+
+    m = InPlace().eval()
+    x = torch.randn(2, 2, 5, 5)
+    ep = torch.export.export(m, (x,), strict=False)
+    g = from_module(m, (2, 5, 5))  # the faithfulness check compares with the module itself
+    with torch.no_grad():
+        torch.testing.assert_close(g.forward(x), m(x), rtol=1e-5, atol=1e-6)
+    if _has_mutation(ep):  # torch >= 2.14: functionalising removes every in-place op
+        assert not _has_mutation(ep.run_decompositions({}))
