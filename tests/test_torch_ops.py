@@ -79,7 +79,17 @@ EXAMPLES: dict[str, Example] = {
     "aten.batch_norm.default": Example(
         (3, 4), lambda x, p: aten.batch_norm.default(x, *_bn(x, p), False, 0.1, 1e-5, False), BN
     ),
-    "aten.cat.default": Example((2, 3), lambda x, p: aten.cat.default([torch.relu(x), x, -x], 2)),
+    "aten.cat.default": Example(
+        (2, 3),
+        lambda x, p: torch.cat(
+            [
+                aten.cat.default([torch.relu(x), x, -x], 2).flatten(1),
+                aten.cat.default([p["c"].expand(x.shape[0], 1, 3), x], 1).flatten(1),
+            ],
+            1,
+        ),
+        {"c": (1, 1, 3)},
+    ),
     "aten.clamp.default": Example(
         (4,), lambda x, p: aten.clamp.default(x, 0.0) + aten.clamp.default(x, -0.5, 0.7)
     ),

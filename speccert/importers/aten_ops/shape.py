@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from speccert.importers.aten_ops.base import (
     ConvertContext,
     NotAvailable,
@@ -14,9 +16,10 @@ from speccert.importers.aten_ops.base import (
     Unsupported,
     aten_op,
     axis,
+    const_tensor,
     tensor_arg,
 )
-from speccert.ir.ops import Concat, Pad, Reshape, Transpose
+from speccert.ir.ops import Affine, Concat, Pad, Reshape, Transpose
 
 
 def reshape_to(ctx: ConvertContext, x: TensorValue, target: tuple[int, ...]) -> TensorValue:
@@ -106,11 +109,39 @@ def cat(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     """cat(tensors, dim) of input-dependent tensors along a non-batch axis -> Concat."""
     xs = list(args[0])
     if not all(isinstance(v, TensorValue) for v in xs):
-        raise Unsupported("concatenation of input-dependent tensors with constants")
+        return _cat_with_constants(ctx, xs, int(args[1]))
     d = axis(int(args[1]), xs[0].ndim, "concatenation axis")
     if len(xs) == 1:
         return xs[0]
     return ctx.emit(Concat(d - 1), xs)
+
+
+def _cat_with_constants(ctx: ConvertContext, xs: list[Any], dim: int) -> TensorValue:
+    """cat([c_before..., x..., c_after...]) with constants around one block of input-dependent tensors
+    (a ViT's class token): Pad (zeros where the constants go, norm 1), then Affine adding them."""
+    kinds = "".join("x" if isinstance(v, TensorValue) else "c" for v in xs)
+    if "xcx" in kinds.replace("xx", "x") or "x" not in kinds:
+        raise Unsupported("concatenation with constants between input-dependent tensors")
+    tvs = [v for v in xs if isinstance(v, TensorValue)]
+    d = axis(dim, tvs[0].ndim, "concatenation axis")
+    x = tvs[0] if len(tvs) == 1 else ctx.emit(Concat(d - 1), tvs)
+    consts = []
+    for v in xs:
+        if isinstance(v, TensorValue):
+            continue
+        c = const_tensor(v, "concatenated constant").detach()
+        if c.dim() != x.ndim or not bool((c == c[:1]).all()):
+            raise Unsupported("concatenation with a constant that varies along the batch axis")
+        consts.append(c[0])
+    first = kinds.index("x")
+    before = sum(c.shape[d - 1] for c in consts[:first])
+    after = sum(c.shape[d - 1] for c in consts[first:])
+    pads = [(0, 0)] * (x.ndim - 1)
+    pads[d - 1] = (before, after)
+    y = ctx.emit(Pad(tuple(pads)), [x])
+    zeros = torch.zeros(x.shape[1:], dtype=consts[0].dtype)
+    shift = torch.cat([*consts[:first], zeros, *consts[first:]], dim=d - 1)
+    return ctx.emit(Affine(ctx.const(torch.ones(())), ctx.const(shift)), [y])
 
 
 def _pad(ctx: ConvertContext, x: TensorValue, pad: list[int], value: float | None) -> TensorValue:
