@@ -68,6 +68,10 @@ _KNOWN_REASONS = {
 }
 
 
+class _UpstreamOpaque(Unsupported):
+    """A node that only unpacks the result of an op already reported as unsupported."""
+
+
 def op_name(target: Any) -> str:
     """'aten.convolution.default' for torch.ops.aten.convolution.default; the qualified name otherwise."""
     if isinstance(target, torch._ops.OpOverload):
@@ -176,7 +180,7 @@ def _opaque(ctx: ConvertContext, node: torch.fx.Node, env: dict[str, Any], reaso
     try:
         probe = run(*(torch.zeros(v.shape, dtype=v.dtype) for v in inputs))
         shape, dtype = tuple(int(d) for d in probe.shape), probe.dtype
-    except (NotImplementedError, TypeError):
+    except Exception:  # noqa: BLE001 - the probe is best effort; the exported shape is the fallback
         val = node.meta.get("val")
         if not isinstance(val, Tensor):
             return NotAvailable(f"result of unsupported {op_name(target)}", upstream_failure=True)
@@ -254,6 +258,10 @@ def exported_to_graph(
             continue
         try:
             env[node.name] = _convert(ctx, node, name, inputs, env)
+        except _UpstreamOpaque as exc:  # already reported at its source
+            env[node.name] = _opaque(ctx, node, env, str(exc))
+            keep_alive.append(env[node.name])
+            continue
         except Unsupported as exc:
             reason = str(exc)
             if allow_unsupported and _materialise_pending(ctx, node, env, problems):
@@ -266,11 +274,9 @@ def exported_to_graph(
                 except Unsupported as again:
                     reason = str(again)
             problems.append((name, node.name, reason))
-            env[node.name] = (
-                _opaque(ctx, node, env, reason)
-                if allow_unsupported
-                else NotAvailable(name, upstream_failure=True)
-            )
+            # An Opaque stand-in (shape from a probe run) lets the walk go on, so later problems are
+            # reported too (a ViT's attention products behind a permute that moves the batch axis).
+            env[node.name] = _opaque(ctx, node, env, reason)
         keep_alive.append(env[node.name])
     if problems and not allow_unsupported:
         raise UnsupportedModelError(
@@ -329,9 +335,7 @@ def _convert(
     if target is operator.getitem:
         seq: Any = env[_arg_node(node, 0).name]
         if not isinstance(seq, (list, tuple)):  # the producer was kept as one Opaque tensor
-            raise Unsupported(
-                f"uses one result of {op_name(_arg_node(node, 0).target)}, which is unsupported"
-            )
+            raise _UpstreamOpaque(f"one result of the unsupported {op_name(_arg_node(node, 0).target)}")
         return seq[int(node.args[1])]  # type: ignore[arg-type]
     lost = [v for v in _flat(inputs) if isinstance(v, NotAvailable)]
     if lost:
