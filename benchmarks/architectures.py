@@ -185,7 +185,7 @@ def markdown(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
     ]
     for name, per_route in rows.items():
         size = MODELS[name][2]
-        cells = [_fmt(per_route[r]).replace("|", "/") for r in ROUTES if r in per_route]
+        cells = [_fmt(per_route[r]).replace("|", "/") if r in per_route else "not measured" for r in ROUTES]
         lines.append(f"| {name} | 3×{size}×{size} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -205,6 +205,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per export and per measurement")
     ap.add_argument("--json", default="", help="write the rows as JSON here")
     ap.add_argument("--out", default="", help="Markdown file whose architectures table is replaced")
+    ap.add_argument("--marker", default="architectures", help="table markers in --out: <!-- NAME:begin -->")
+    ap.add_argument("--render-only", action="store_true", help="only render the rows already in --json")
     a = ap.parse_args()
     if a.export:
         export(a.export[0], a.export[1], Path(a.export[2]))
@@ -221,7 +223,7 @@ def main() -> None:
     for name in names:
         rows.setdefault(name, {})
         for route in ROUTES:
-            if route in rows[name]:
+            if route in rows[name] or a.render_only:
                 continue
             rows[name][route] = {
                 **_one(name, route, exports, Path(a.speccert), a.timeout, a.method),
@@ -234,11 +236,10 @@ def main() -> None:
     if a.out:
         p = Path(a.out)
         text = p.read_text()
-        head, rest = text.split("<!-- architectures:begin -->\n")
-        _, tail = rest.split("<!-- architectures:end -->")
-        p.write_text(
-            head + "<!-- architectures:begin -->\n" + markdown(rows) + "<!-- architectures:end -->" + tail
-        )
+        begin, end = f"<!-- {a.marker}:begin -->\n", f"<!-- {a.marker}:end -->"
+        head, rest = text.split(begin)
+        _, tail = rest.split(end)
+        p.write_text(head + begin + markdown(rows) + end + tail)
 
 
 if __name__ == "__main__":
