@@ -127,6 +127,9 @@ def _fold(node: onnx.NodeProto, inputs: list[Value | None], opset: int) -> list[
     """Evaluate a node over constants with onnx's reference (numpy) evaluator."""
     import onnx.reference
 
+    if node.op_type == "Expand" and len(inputs) == 2 and isinstance(inputs[1], np.ndarray):
+        # A constant broadcast to the batch size (a ViT's class token): size 1 broadcasts the same way.
+        inputs = [inputs[0], np.where(inputs[1] == BATCH, 1, inputs[1])]
     if (
         any(isinstance(v, np.ndarray) and (v.dtype.kind in "iu") and (v == BATCH).any() for v in inputs)
         and node.op_type not in _SHAPE_SAFE
@@ -311,12 +314,20 @@ def load_onnx(
     values[input_name] = Act(INPUT, shape)
     problems: list[tuple[Problem, list[str]]] = []
     ir_to_onnx: dict[str, str] = {}
+    failed: set[str] = set()  # outputs of reported nodes that have no value
     for node in fuse_activations(model.graph):
         label = node.name or (node.output[0] if node.output else node.op_type)
         missing = [n for n in node.input if n and n not in values]
         if missing:
             raise InputError(f"{path}: node '{label}' reads undefined tensor(s) {missing} (corrupt model?)")
         inputs = [values[n] if n else None for n in node.input]
+        if any(n and values[n] is None and n in failed for n in node.input):
+            # Downstream of a node already reported (and not evaluable): reported once, at its source.
+            failed.update(o for o in node.output if o)
+            for o in node.output:
+                if o:
+                    values[o] = None
+            continue
         b.base, b.created = label, []
         try:
             if node.domain not in ("", "ai.onnx", FUSED_DOMAIN):
@@ -335,6 +346,7 @@ def load_onnx(
         except NotConvertible as exc:
             outs = _as_opaque(b, node, inputs, exc.reason, opset)
             problems.append(((node.op_type, label, exc.reason), list(b.created)))
+            failed.update(o for o, v in zip(node.output, outs, strict=False) if o and v is None)
         for name, v in zip(node.output, outs, strict=False):
             if name:
                 values[name] = v

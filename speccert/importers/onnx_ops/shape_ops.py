@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import torch
 
 from speccert.importers.onnx_ops import (
     Act,
@@ -22,7 +23,7 @@ from speccert.importers.onnx_ops import (
     converter,
 )
 from speccert.importers.onnx_ops.examples import model, one_node, unary
-from speccert.ir.ops import Concat, Reshape, Transpose
+from speccert.ir.ops import Affine, Concat, Pad, Reshape, Transpose
 
 BATCH = 1_000_000_007
 """Sentinel for the symbolic batch size inside folded shape tensors."""
@@ -213,19 +214,72 @@ def _concat_examples() -> list:
         onnx.helper.make_node("Relu", ["x"], ["r"]),
         onnx.helper.make_node("Concat", ["r", "x"], ["y"], axis=-1),
     ]
-    return [lambda: model(nodes, (2, 3, 3), {}, 13), lambda: model(nodes2, (2, 3), {}, 8)]
+    nodes3 = [  # a class token expanded to the batch, then prepended (how ViTs are exported)
+        onnx.helper.make_node("Shape", ["x"], ["s"]),
+        onnx.helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        onnx.helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]),
+        onnx.helper.make_node("Concat", ["n1", "rest"], ["shape"], axis=0),
+        onnx.helper.make_node("Expand", ["cls", "shape"], ["c"]),
+        onnx.helper.make_node("Relu", ["x"], ["r"]),
+        onnx.helper.make_node("Concat", ["c", "r"], ["y"], axis=1),
+    ]
+    consts = {
+        "cls": np.arange(4, dtype=np.float32).reshape(1, 1, 4),
+        "zero": np.array(0, np.int64),
+        "ax": np.array([0], np.int64),
+        "rest": np.array([1, 4], np.int64),
+    }
+    return [
+        lambda: model(nodes, (2, 3, 3), {}, 13),
+        lambda: model(nodes2, (2, 3), {}, 8),
+        lambda: model(nodes3, (3, 4), consts, 13),
+    ]
 
 
 @converter("Concat", examples=_concat_examples())
 def convert_concat(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
     """Concatenation of activations along a non-batch axis."""
-    xs = [act(v, "every Concat input (mixing constants and activations is not supported)") for v in inputs]
+    if any(not isinstance(v, Act) for v in inputs):
+        return [_concat_with_constants(ctx, node, inputs)]
+    xs = [act(v, "every Concat input") for v in inputs]
     r = len(xs[0].shape) + 1
     axis = int(attrs(node).get("axis", 1))
     axis = axis + r if axis < 0 else axis
     if axis == 0:
         raise NotConvertible("Concat along the batch axis")
     return [ctx.add(Concat(axis=axis - 1), xs)]
+
+
+def _concat_with_constants(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> Act:
+    """Constants (batch axis 1) before/after one block of activations: Pad with zeros, Affine adding
+    the constants (a ViT's class token)."""
+    kinds = "".join("x" if isinstance(v, Act) else "c" for v in inputs)
+    if "x" not in kinds or "xc" in kinds and "cx" in kinds[kinds.index("xc") :]:
+        raise NotConvertible("Concat with constants between activations")
+    xs = [v for v in inputs if isinstance(v, Act)]
+    r = len(xs[0].shape) + 1
+    ax = int(attrs(node).get("axis", 1))
+    ax = ax + r if ax < 0 else ax
+    if ax == 0:
+        raise NotConvertible("Concat along the batch axis")
+    x = xs[0] if len(xs) == 1 else ctx.add(Concat(axis=ax - 1), xs)
+    consts = []
+    for v in inputs:
+        if isinstance(v, Act):
+            continue
+        c = np.asarray(const(v), dtype=np.float32)
+        if c.ndim != r or c.shape[0] != 1:
+            raise NotConvertible("Concat with a constant that varies along the batch axis")
+        consts.append(c[0])
+    first = kinds.index("x")
+    pads = [(0, 0)] * (r - 1)
+    pads[ax - 1] = (
+        sum(c.shape[ax - 1] for c in consts[:first]),
+        sum(c.shape[ax - 1] for c in consts[first:]),
+    )
+    y = ctx.add(Pad(tuple(pads)), [x])
+    shift = np.concatenate([*consts[:first], np.zeros(x.shape, np.float32), *consts[first:]], axis=ax - 1)
+    return ctx.add(Affine(scale=torch.tensor(1.0), shift=torch.from_numpy(shift)), [y])
 
 
 def _constant_examples() -> list:
