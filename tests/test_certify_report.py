@@ -9,9 +9,9 @@ import torch
 from certify_nets import D, mlp
 
 from speccert.bounds import certify
+from speccert.bounds.schema import SCHEMA_VERSION, load_schema, validate_report
 from speccert.errors import InputError
 from speccert.ir import INPUT, Graph, Linear, Node
-from speccert.report.schema import SCHEMA_VERSION, load_schema, validate_report
 
 pytest.importorskip("jsonschema")
 

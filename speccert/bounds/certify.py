@@ -36,13 +36,13 @@ from speccert.bounds.certificate import (
     finish_radius,
     safe_margins,
 )
+from speccert.bounds.certify_result import AuditSummary, CertifyReport, LayerRow
 from speccert.bounds.empirical import empirical_lipschitz
 from speccert.bounds.float_error import FLOAT32_UNIT, ErrorModel, ieee_float32
 from speccert.bounds.lipschitz import LipschitzBound, check_certifiable, lipschitz_bound
 from speccert.data import Dataset, fit_to_model, load_data, make_dataset
 from speccert.errors import InternalError, UsageError
 from speccert.ir import Graph
-from speccert.report.certify_report import AuditSummary, CertifyReport, LayerRow
 
 Tensor = torch.Tensor
 Progress = Callable[[str, int, int], None]

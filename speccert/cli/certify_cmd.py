@@ -182,7 +182,7 @@ def command(
     """Certify a classifier's L2 robustness on labelled data: global Lipschitz bound, certified radii and
     certified accuracy at each eps (a radius is a proven L2 distance in the data's own space)."""
     from speccert.bounds import certify
-    from speccert.report.certify_report import CertifyReport
+    from speccert.bounds.certify_result import CertifyReport
 
     eps_list = parse_floats(eps, "--eps") or []
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")

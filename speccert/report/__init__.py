@@ -1,2 +1,3 @@
-"""Reports: the certify report and its JSON schema (certify_report.py, schema.py), the CI gate (gate.py,
-policy.py, rules.py, baseline.py) and its renderings (junit.py, markdown.py, registered in gate_outputs.py)."""
+"""Renderings of results computed below (the certify result and its schema live in speccert.bounds):
+the certify plot, and for now the CI gate (gate.py, policy.py, rules.py, baseline.py) with its renderings
+(junit.py, markdown.py, registered in gate_outputs.py), which move to their own package speccert.gate."""

@@ -220,7 +220,7 @@ def validate_gate(doc: dict[str, Any]) -> None:
         raise InputError(
             "validating a gate report needs the jsonschema package (pip install jsonschema)"
         ) from None
-    from speccert.report.schema import load_schema
+    from speccert.bounds.schema import load_schema
 
     report_schema = load_schema()
     registry: Registry[Any] = Registry().with_resource(

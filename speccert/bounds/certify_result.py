@@ -1,6 +1,6 @@
 """The result of `certify()`: plain data, with `to_dict()` giving the versioned JSON report.
 
-The JSON layout is fixed by speccert/report/report.schema.json (`SCHEMA_VERSION`); renderers (rich,
+The JSON layout is fixed by speccert/bounds/report.schema.json (`SCHEMA_VERSION`); renderers (rich,
 Markdown, JUnit) and the gate read the dict, never the objects. Infinite radii (a constant margin)
 are written as null.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from speccert.report.schema import SCHEMA_VERSION
+from speccert.bounds.schema import SCHEMA_VERSION
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
