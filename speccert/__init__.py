@@ -19,6 +19,7 @@ _LAZY = {
     "layer_norms": ("speccert.norms", "layer_norms"),
     "lipschitz_bound": ("speccert.bounds", "lipschitz_bound"),
     "certify": ("speccert.bounds", "certify"),
+    "CertifyOptions": ("speccert.bounds", "CertifyOptions"),
     "finetune": ("speccert.training", "finetune"),
     "gate": ("speccert.report.gate", "gate"),
 }

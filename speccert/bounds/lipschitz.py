@@ -21,6 +21,7 @@ from speccert.bounds.compose import RoundedUp, compose, maxpool_factor, upper_no
 from speccert.errors import UnsupportedModelError, UsageError
 from speccert.ir import INPUT, Affine, Graph, Node, Softmax, fold_linear
 from speccert.norms import LayerNorm, UpperBound, layer_norms
+from speccert.norms.exact import EXACT_MAX_DIM
 
 NORMALISATION_NODE = "input_normalisation"
 __all__ = ["LipschitzBound", "compose_bounds", "lipschitz_bound", "maxpool_factor"]
@@ -140,7 +141,7 @@ def lipschitz_bound(
     mean: list[float] | None = None,
     std: list[float] | None = None,
     norms: list[LayerNorm] | None = None,
-    exact_max_dim: int = 2048,
+    exact_max_dim: int = EXACT_MAX_DIM,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> LipschitzBound:
     """Proven upper bound on the L2 Lipschitz constant of `graph`'s logits (in the data space when

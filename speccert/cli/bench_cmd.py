@@ -251,10 +251,10 @@ def bench_certify_one(
     graph: Any, data: Any, eps: list[float], device: str, limit: int | None
 ) -> dict[str, Any]:
     """One certify() run: the figures issue 4 asks for, with the certify-vs-plain-inference throughput."""
-    from speccert.bounds import certify
+    from speccert.bounds import CertifyOptions, certify
 
     t0 = time.perf_counter()
-    rep = certify(graph, data, eps=eps, device=device, limit=limit)
+    rep = certify(graph, data, eps, CertifyOptions(device=device), limit=limit)
     t = rep.timing
     return {
         "n": rep.n,

@@ -170,23 +170,34 @@ def command(
         ),
     ] = 64,
     exact_max_dim: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--exact-max-dim",
             help="As in `speccert norms`: exact "
-            "certificates for zero-padded convs up to this Gram dimension (default 2048; "
-            "larger: one n^3 Cholesky and ~16 n^2 bytes per layer).",
+            "certificates for zero-padded convs up to this Gram dimension (default: the `exact` method's "
+            "own limit, EXACT_MAX_DIM; larger: one n^3 Cholesky and ~16 n^2 bytes per layer).",
+            show_default=False,
         ),
-    ] = 2048,
+    ] = None,
 ) -> None:
     """Certify a classifier's L2 robustness on labelled data: global Lipschitz bound, certified radii and
     certified accuracy at each eps (a radius is a proven L2 distance in the data's own space)."""
-    from speccert.bounds import certify
+    from speccert.bounds import CertifyOptions, certify
     from speccert.bounds.certify_result import CertifyReport
 
     eps_list = parse_floats(eps, "--eps") or []
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
-    dev = resolve_device(device)
+    options = CertifyOptions().replace(
+        method=method,
+        device=resolve_device(device),
+        second_order=second_order,
+        audit=audit,
+        batch_size=batch_size,
+        seed=seed,
+        crc_steps=crc_steps,
+        lower_points=lower_points,
+        **({} if exact_max_dim is None else {"exact_max_dim": exact_max_dim}),
+    )
     if plot is not None:
         try:
             import matplotlib  # noqa: F401
@@ -213,22 +224,7 @@ def command(
             bar.update(tasks[stage], completed=done, total=total)
 
         report: CertifyReport = certify(
-            graph,
-            dataset,
-            eps_list,
-            method=method,
-            device=dev,
-            second_order=second_order,
-            audit=audit,
-            batch_size=batch_size,
-            mean=mean_v,
-            std=std_v,
-            split=split,
-            seed=seed,
-            crc_steps=crc_steps,
-            lower_points=lower_points,
-            exact_max_dim=exact_max_dim,
-            progress=progress,
+            graph, dataset, eps_list, options, mean=mean_v, std=std_v, split=split, progress=progress
         )
     report.model["path"] = report.model.get("path") or model
     d = report.to_dict()
