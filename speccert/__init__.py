@@ -21,8 +21,10 @@ _LAZY = {
     "certify": ("speccert.bounds", "certify"),
     "CertifyOptions": ("speccert.bounds", "CertifyOptions"),
     "finetune": ("speccert.training", "finetune"),
-    "gate": ("speccert.report.gate", "gate"),
 }
+# `speccert.gate` is a package (the CI gate workflow) whose module object is callable, so
+# `speccert.gate(model, policy)` works both before and after `import speccert.gate`.
+_LAZY_MODULES = {"gate": "speccert.gate"}
 
 
 def __getattr__(name: str) -> Any:
@@ -31,7 +33,11 @@ def __getattr__(name: str) -> Any:
 
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(_LAZY_MODULES[name])
     raise AttributeError(f"module 'speccert' has no attribute {name!r}")
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY, *_LAZY_MODULES]

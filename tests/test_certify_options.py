@@ -12,7 +12,7 @@ from certify_nets import D, mlp
 
 from speccert.bounds import CertifyOptions, certify
 from speccert.errors import UsageError
-from speccert.norms.exact import EXACT_MAX_DIM
+from speccert.norms.method import EXACT_MAX_DIM
 from speccert.training.evaluate import STOPPING_RULE_OPTIONS
 
 

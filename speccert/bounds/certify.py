@@ -40,6 +40,7 @@ from speccert.bounds.sample_pass import Progress, Samples, certify_samples
 from speccert.data import Dataset, fit_to_model, load_data, make_dataset
 from speccert.errors import InternalError, UsageError
 from speccert.ir import Graph
+from speccert.ir.decision import decision_of
 
 Tensor = torch.Tensor
 DataLike = str | Path | Dataset | tuple[Any, Any]
@@ -278,6 +279,7 @@ def _model_info(graph: Graph, bound: LipschitzBound) -> dict[str, Any]:
         "input_shape": list(graph.input_shape),
         "n_classes": graph.output_shape[0],
         "certified_output": bound.logits,
+        "decision": decision_of(graph),
     }
 
 

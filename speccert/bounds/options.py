@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from speccert.errors import UsageError
-from speccert.norms.exact import EXACT_MAX_DIM
+from speccert.norms.method import EXACT_MAX_DIM
 
 
 @dataclass(frozen=True)
