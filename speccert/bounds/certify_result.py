@@ -91,7 +91,7 @@ class CertifyReport:
 
     @property
     def correct(self) -> np.ndarray:
-        return self.predictions == self.labels
+        return np.asarray(self.predictions == self.labels)
 
     @property
     def clean_accuracy(self) -> float:

@@ -50,7 +50,7 @@ class Samples:
         stacked = (
             np.stack([self.per_kind[k] for k in self.names]) if self.names else np.zeros((1, len(self.preds)))
         )
-        return stacked.max(0)
+        return np.asarray(stacked.max(0))
 
     def kind(self) -> np.ndarray:
         stacked = (
