@@ -127,71 +127,74 @@ class CertifyReport:
     # ---- JSON ------------------------------------------------------------------------------------
     def to_dict(self, samples: bool = True) -> dict[str, Any]:
         """The versioned report (see report.schema.json). `samples=False` leaves the list empty."""
-        rows = []
-        if samples:
-            for i in range(self.n):
-                rows.append(
-                    {
-                        "index": i,
-                        "label": int(self.labels[i]),
-                        "prediction": int(self.predictions[i]),
-                        "margin": _num(float(self.margins[i])),
-                        "radius": _num(float(self.radius[i])),
-                        "certificate": None if self.kind[i] == "none" else str(self.kind[i]),
-                        "radii": {k: _num(float(v[i])) for k, v in self.radii.items()},
-                    }
-                )
         return {
             "schema_version": SCHEMA_VERSION,
             "kind": "certify",
             "model": dict(self.model),
             "data": dict(self.data),
-            "layers": [
-                {
-                    "name": r.name,
-                    "op": r.op,
-                    "in_shape": list(r.in_shape),
-                    "out_shape": list(r.out_shape),
-                    "lower": _num(r.lower),
-                    "upper": _num(r.upper),
-                    "method": r.method,
-                    "seconds": r.seconds,
-                }
-                for r in self.layers
-            ],
+            "layers": [_layer_dict(r) for r in self.layers],
             "lipschitz": {
                 "upper": _num(self.lipschitz_upper),
                 "lower": _num(self.lipschitz_lower),
                 "ratio": _num(self.lipschitz_ratio),
                 **self.lipschitz_extra,
             },
-            "certificate": {
-                "n": self.n,
-                "clean_accuracy": self.clean_accuracy,
-                "eps": [float(e) for e in self.eps],
-                "certified_accuracy": self.certified_accuracies,
-                "median_radius": _num(self.median_radius),
-                "mean_radius": _num(float(np.mean(self.radius)))
-                if self.n and np.isfinite(self.radius).all()
-                else None,
-                "radius_quantiles": self.radius_quantiles(),
-                "kinds": list(self.kinds),
-                "wins": self.wins,
-                "norm": "l2",
-                "space": "data",
-            },
-            "samples": rows,
-            "audit": None
-            if self.audit is None
-            else {
-                "points": self.audit.points,
-                "restarts": self.audit.restarts,
-                "steps": self.audit.steps,
-                "successes": self.audit.successes,
-                "max_lead": _num(self.audit.max_lead),
-                "seconds": self.audit.seconds,
-            },
+            "certificate": self._certificate_dict(),
+            "samples": [self._sample_dict(i) for i in range(self.n)] if samples else [],
+            "audit": None if self.audit is None else _audit_dict(self.audit),
             "notes": list(self.notes),
             "timing": {k: float(v) for k, v in self.timing.items()},
             "environment": dict(self.environment),
         }
+
+    def _certificate_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "clean_accuracy": self.clean_accuracy,
+            "eps": [float(e) for e in self.eps],
+            "certified_accuracy": self.certified_accuracies,
+            "median_radius": _num(self.median_radius),
+            "mean_radius": _num(float(np.mean(self.radius)))
+            if self.n and np.isfinite(self.radius).all()
+            else None,
+            "radius_quantiles": self.radius_quantiles(),
+            "kinds": list(self.kinds),
+            "wins": self.wins,
+            "norm": "l2",
+            "space": "data",
+        }
+
+    def _sample_dict(self, i: int) -> dict[str, Any]:
+        return {
+            "index": i,
+            "label": int(self.labels[i]),
+            "prediction": int(self.predictions[i]),
+            "margin": _num(float(self.margins[i])),
+            "radius": _num(float(self.radius[i])),
+            "certificate": None if self.kind[i] == "none" else str(self.kind[i]),
+            "radii": {k: _num(float(v[i])) for k, v in self.radii.items()},
+        }
+
+
+def _layer_dict(r: LayerRow) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "op": r.op,
+        "in_shape": list(r.in_shape),
+        "out_shape": list(r.out_shape),
+        "lower": _num(r.lower),
+        "upper": _num(r.upper),
+        "method": r.method,
+        "seconds": r.seconds,
+    }
+
+
+def _audit_dict(a: AuditSummary) -> dict[str, Any]:
+    return {
+        "points": a.points,
+        "restarts": a.restarts,
+        "steps": a.steps,
+        "successes": a.successes,
+        "max_lead": _num(a.max_lead),
+        "seconds": a.seconds,
+    }
