@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -69,7 +70,7 @@ def _fmt(v: float | None, spec: str = ".4g") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def render(report_dict: dict, console) -> None:  # type: ignore[no-untyped-def]  # rich Console
+def render(report_dict: dict[str, Any], console: Console) -> None:
     """The human-readable summary of a certify report dict (stdout unless --json -)."""
     table = Table(title="Per-layer spectral norms (folded graph)", title_justify="left")
     for col in ("layer", "op", "lower", "upper", "method"):
