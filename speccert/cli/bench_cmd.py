@@ -13,7 +13,16 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from speccert.cli.common import DeviceOpt, JsonOpt, err, out, resolve_device, write_json
+from speccert.cli.common import (
+    DeviceOpt,
+    JsonOpt,
+    check_exact_max_dim,
+    check_outputs,
+    err,
+    out,
+    resolve_device,
+    write_json,
+)
 from speccert.cli.norms_cmd import layer_progress
 
 bench_app = typer.Typer(no_args_is_help=True)
@@ -216,6 +225,8 @@ def norms(
     from speccert.importers import load
 
     dev = resolve_device(device)
+    check_outputs({"--json": json_out})
+    check_exact_max_dim(exact_max_dim)
     models: list[tuple[str, Any]] = []
     if resnet:
         g = _resnet18_graph(resnet_size, resnet_weights)
@@ -329,6 +340,7 @@ def certify_bench(
     from speccert.importers import load
 
     dev = resolve_device(device)
+    check_outputs({"--json": json_out})
     jobs: list[tuple[str, Path, Path, list[float]]] = []
     if bundled and BUNDLED_DATA.exists():
         jobs += [

@@ -20,8 +20,11 @@ from speccert.cli.common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    RandomWeightsOpt,
     TrustPickleOpt,
     WeightsOpt,
+    check_exact_max_dim,
+    check_outputs,
     err,
     load_model,
     out,
@@ -75,9 +78,9 @@ def render_table(norms: list[Any], title: str) -> None:
             f"{n.seconds:.2f}",
         )
     out.print(table)
-    notes = [(n.name, note) for n in norms for note in n.notes]
+    notes = dict.fromkeys((n.name, note) for n in norms for note in n.notes)  # once each, in order
     for name, note in notes:
-        err.print(f"[dim]note: {name}: {note}[/]", highlight=False)
+        err.print(f"note: {name}: {note}", style="dim", highlight=False)
 
 
 @contextmanager
@@ -95,6 +98,7 @@ def layer_progress(label: str) -> Iterator[Callable[[int, int, str], None]]:
         TimeElapsedColumn(),
         console=err,
         transient=True,
+        disable=not err.is_terminal,  # a finished bar leaves a blank line in logs and pipes
     ) as bar:
         task = bar.add_task("", total=None)
 
@@ -112,6 +116,7 @@ def command(
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    random_weights: RandomWeightsOpt = False,
     exact_max_dim: Annotated[
         int,
         typer.Option(
@@ -126,7 +131,9 @@ def command(
 
     norm_methods.check(method)
     dev = resolve_device(device)
-    graph = load_model(model, input_shape, weights, trust_pickle)
+    check_outputs({"--json": json_out})
+    check_exact_max_dim(exact_max_dim)
+    graph = load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights)
     with layer_progress("norms") as progress:
         norms = layer_norms(graph, method=method, device=dev, exact_max_dim=exact_max_dim, progress=progress)
     if json_out is not None:
