@@ -24,8 +24,8 @@ corpus is skipped, and counted, when the corpus is absent.
     python -m speccert.devtools.docs --update   # rewrite the shown outputs from real runs (with --all: all)
 
 `--update` keeps a command's shown output when the new run fails (exit != 0 and a first line
-"error:"/"Traceback") but the document did not show a failure: it prints the failure instead, so a
-missing file never becomes documentation.
+"error:"/"Traceback") but the document did not show a failure (an error, or a non-zero `echo $?` right
+after the command): it prints the failure instead, so a missing file never becomes documentation.
 """
 
 from __future__ import annotations
@@ -279,6 +279,14 @@ def _failed(out: str, rc: int) -> bool:
     return rc != 0 and (first.startswith(("error:", "internal error:", "Traceback")) or not first)
 
 
+def _shows_failure(results: list[tuple[Command, str, int]], k: int) -> bool:
+    """The document expects command k to fail: an `echo $?` right after it shows a non-zero code."""
+    if k + 1 >= len(results):
+        return False
+    nxt = results[k + 1][0]
+    return nxt.text.strip() == "echo $?" and nxt.expected[:1] not in ([], ["0"])
+
+
 @dataclass
 class Outcome:
     session: Session
@@ -296,11 +304,12 @@ def check_session(session: Session, work: Path, run_slow: bool, update: bool) ->
     if session.needs_corpus and not corpus_dir().is_dir():
         return Outcome(session, f"needs the ONNX corpus (not found at {corpus_dir()}; set SPECCERT_CORPUS)")
     outcome = Outcome(session)
-    for cmd, out, rc in run_session(session, work):
+    results = run_session(session, work)
+    for k, (cmd, out, rc) in enumerate(results):
         shown = "\n".join(cmd.expected)
         new = [ln.rstrip() for ln in out.rstrip("\n").splitlines()]
         if update:
-            if _failed(out, rc) and not _failed(shown, 1 if shown else 0):
+            if _failed(out, rc) and not (_failed(shown, 1 if shown else 0) or _shows_failure(results, k)):
                 outcome.problems.append(
                     f"`{cmd.text.splitlines()[0]}` failed (kept the shown output): {out.strip()[:300]}"
                 )
