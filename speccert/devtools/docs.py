@@ -37,6 +37,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,6 +294,7 @@ class Outcome:
     skipped: str = ""  # why, when not run
     problems: list[str] = field(default_factory=list)
     updates: dict[int, list[str]] = field(default_factory=dict)  # out_start -> new output lines
+    seconds: float = 0.0
 
 
 def check_session(session: Session, work: Path, run_slow: bool, update: bool) -> Outcome:
@@ -304,7 +306,9 @@ def check_session(session: Session, work: Path, run_slow: bool, update: bool) ->
     if session.needs_corpus and not corpus_dir().is_dir():
         return Outcome(session, f"needs the ONNX corpus (not found at {corpus_dir()}; set SPECCERT_CORPUS)")
     outcome = Outcome(session)
+    t0 = time.perf_counter()
     results = run_session(session, work)
+    outcome.seconds = time.perf_counter() - t0
     for k, (cmd, out, rc) in enumerate(results):
         shown = "\n".join(cmd.expected)
         new = [ln.rstrip() for ln in out.rstrip("\n").splitlines()]
@@ -370,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"skip {o.session.name}: {o.skipped}")
                 continue
             ran += 1
+            print(f"{'ok  ' if not o.problems else 'FAIL'} {o.session.name} ({o.seconds:.1f} s)")
             for p in o.problems:
                 failed += 1
                 print(f"{'FAIL' if not args.update else 'kept'} {o.session.name}: {p}")
