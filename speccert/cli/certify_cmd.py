@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from speccert.cli import norm_methods
 from speccert.cli.common import (
     DecisionOpt,
     DeviceOpt,
@@ -179,9 +180,7 @@ def command(
             "certified radius; any success is an error (exit 5).",
         ),
     ] = 0,
-    method: Annotated[
-        str, typer.Option("--method", help="Norm method for every layer (auto = tightest proven bound).")
-    ] = "auto",
+    method: Annotated[str, norm_methods.option()] = "auto",
     device: DeviceOpt = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per batch.")] = 256,
     plot: Annotated[
