@@ -148,7 +148,7 @@ def parse(path: Path) -> list[Session]:
 
 
 # ---- masking and comparison ---------------------------------------------------------------------
-TIME = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?=\s?(?:s|ms|min)\b(?![,\d]))")
+TIME = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?=\s?(?:s|ms|min)\b)")
 RATE = re.compile(r"\d+(?:\.\d+)?(?=\s?(?:samples|steps|points)/s\b)")
 SHA = re.compile(r"(sha256\s+)[0-9a-f]{8,64}")
 TIME_COLUMNS = {"s", "seconds", "time", "time (s)", "throughput"}
