@@ -169,7 +169,8 @@ def command(
             "--crc-steps",
             help="With --second-order: refine each radius by "
             "the CRC dual bound, N gradient steps per bisection test (0 = off; "
-            "20 is a good start; costs ~6N forward+backward passes).",
+            "20 is a good start; costs ~18N forward+backward passes per batch: 6 bisection tests x 3 "
+            "values of the dual's eta, as docs/certify.md states).",
         ),
     ] = 0,
     audit: Annotated[
