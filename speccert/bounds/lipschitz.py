@@ -117,8 +117,7 @@ def with_input_normalisation(graph: Graph, mean: list[float] | None, std: list[f
     view = (n,) + (1,) * (len(shape) - 1) if n > 1 else (1,) * len(shape)
     m = torch.tensor(mean_v if len(mean_v) == n else mean_v * n, dtype=torch.float64).reshape(view)
     s = torch.tensor(std_v if len(std_v) == n else std_v * n, dtype=torch.float64).reshape(view)
-    dtype = graph.dtype
-    op = Affine(scale=(1.0 / s).to(dtype), shift=(-m / s).to(dtype))
+    op = Affine(scale=1.0 / s, shift=-m / s)  # float64: 1/std rounded to float32 is another model
     name = NORMALISATION_NODE
     while any(nd.name == name for nd in graph.nodes):
         name += "_"
