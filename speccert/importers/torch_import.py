@@ -31,7 +31,7 @@ from torch import nn
 from speccert.errors import InputError, UnsupportedModelError, UsageError
 from speccert.importers.aten_ops import exported_to_graph
 from speccert.importers.torch_check import TRACE_BATCH, check_faithful, first_line, quiet
-from speccert.importers.torch_safety import no_code_unpickling
+from speccert.importers.torch_safety import check_archive_sizes, no_code_unpickling
 from speccert.ir.graph import Graph, ModelSource, file_sha256
 
 Tensor = torch.Tensor
@@ -311,6 +311,7 @@ def _load_pt2(
     allow_unsupported: bool,
     trust_pickle: bool = False,
 ) -> Graph:
+    check_archive_sizes(path)
     guard = contextlib.nullcontext() if trust_pickle else no_code_unpickling()
     try:
         with quiet(), guard:
