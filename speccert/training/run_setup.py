@@ -122,7 +122,7 @@ def dataset_digest(ds: Dataset) -> str:
     for a in (ds.x, ds.y):
         arr = np.ascontiguousarray(a)
         h.update(f"{arr.dtype.str}{arr.shape}".encode())
-        h.update(memoryview(arr).cast("B"))
+        h.update(arr.tobytes())
     return h.hexdigest()
 
 
