@@ -71,6 +71,6 @@ def check_bytes(what: str, nbytes: int | float) -> None:
     budget = memory_budget()
     if nbytes > budget:
         raise InputError(
-            f"{what} declares {human(nbytes)}, more than the memory budget of {human(budget)} "
+            f"{what} would take {human(nbytes)}, more than the memory budget of {human(budget)} "
             f"(set {ENV} to allow more)"
         )
