@@ -75,3 +75,15 @@ def test_reported_radii_not_above_exact(name: str, subset: tuple[np.ndarray, np.
             f"{name} {kind}: {over.sum()} radii above the exact certificate, max relative excess "
             f"{((reported - promised) / promised)[over].max():.3g}"
         )
+
+
+def test_cli_normalisation_is_folded_exactly(subset: tuple[np.ndarray, np.ndarray]) -> None:
+    """--mean/--std given to certify: 1/std and -mean/std stay float64 (not rounded to the graph's float32)."""
+    x, _ = subset
+    mean, std = 0.2860, 0.3530
+    mlp = Float64Model(MODELS / "mlp.onnx")
+    exact = mlp((x.astype(np.float64) - mean) / std)
+    bound = speccert.lipschitz_bound(speccert.load(MODELS / "mlp.onnx"), mean=[mean], std=[std])
+    with torch.no_grad():
+        folded = bound.folded.to("cpu", torch.float64).forward(torch.from_numpy(x).double()).numpy()
+    assert np.abs(folded - exact).max() <= REL * np.abs(exact).max()
