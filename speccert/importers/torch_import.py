@@ -140,6 +140,8 @@ def _safe_load(path: Path) -> Any:
     """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
     if not path.is_file():
         raise InputError(f"weights file not found: {path}")
+    if zipfile.is_zipfile(path):
+        check_archive_sizes(path)  # members' declared sizes, before torch.load inflates them
     try:
         with quiet():
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -261,6 +263,7 @@ def detect_format(path: Path) -> str:
     if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
         return "pt2"
     if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
+        check_archive_sizes(path)
         return "torchscript"
     if any(n.endswith("/data.pkl") for n in names):
         return "pickle"
