@@ -87,3 +87,29 @@ def test_cli_normalisation_is_folded_exactly(subset: tuple[np.ndarray, np.ndarra
     with torch.no_grad():
         folded = bound.folded.to("cpu", torch.float64).forward(torch.from_numpy(x).double()).numpy()
     assert np.abs(folded - exact).max() <= REL * np.abs(exact).max()
+
+
+def test_gemm_alpha_beta_are_not_rounded_to_float32(tmp_path: Path) -> None:
+    """alpha B and beta C of a Gemm are exact real products, not float32 numbers: the certified graph keeps
+    them exact (a float64 scale after Linear(B), folded in float64)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w, c = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    node = helper.make_node("Gemm", ["x", "w", "c"], ["y"], transB=1, alpha=0.3, beta=0.7)
+    graph = helper.make_graph(
+        [node],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(c, "c")],
+    )
+    path = tmp_path / "gemm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    x = rng.standard_normal((50, 5))
+    exact = Float64Model(path)(x)
+    bound = speccert.lipschitz_bound(speccert.load(path))
+    with torch.no_grad():
+        folded = bound.folded.to("cpu", torch.float64).forward(torch.from_numpy(x)).numpy()
+    assert np.abs(folded - exact).max() <= REL * np.abs(exact).max()
