@@ -83,8 +83,9 @@ def with_input_normalisation(graph: Graph, mean: list[float] | None, std: list[f
     m = torch.tensor(mean_v if len(mean_v) == n else mean_v * n, dtype=torch.float64).reshape(view)
     s = torch.tensor(std_v if len(std_v) == n else std_v * n, dtype=torch.float64).reshape(view)
     dtype = graph.dtype
-    op = Affine(scale=(1.0 / s).to(dtype), shift=(-m / s).to(dtype))
-    if not (torch.isfinite(op.scale).all() and torch.isfinite(op.shift).all()):
+    op = Affine(scale=1.0 / s, shift=-m / s)  # float64: 1/std rounded to float32 is another model
+    # the model still runs in its dtype (a cast in Affine.forward): the constants must fit it
+    if not (torch.isfinite(op.scale.to(dtype)).all() and torch.isfinite(op.shift.to(dtype)).all()):
         raise UsageError(  # e.g. --std 1e-300: the normalisation overflows, not the model's weights
             f"--mean/--std {mean_v}/{std_v}: 1/std or mean/std overflows {str(dtype).removeprefix('torch.')} "
             "(std too small for the model's precision)"

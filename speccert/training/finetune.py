@@ -44,13 +44,21 @@ from speccert.training.checkpoint import (
     BEST,
     LAST,
     atomic_save,
+    check_same_config,
     load_checkpoint,
     rng_state,
     set_rng_state,
 )
 from speccert.training.evaluate import Evaluator, certifier_evaluator
 from speccert.training.penalties import make_penalty
-from speccert.training.run_setup import RunPaths, as_dataset, load_graph, prepare_paths, split_validation
+from speccert.training.run_setup import (
+    RunPaths,
+    as_dataset,
+    load_graph,
+    prepare_paths,
+    run_config,
+    split_validation,
+)
 from speccert.training.schedule import WeightSchedule
 from speccert.training.targets import (
     Measurement,
@@ -221,6 +229,17 @@ def finetune(
         fit_to_model(train, graph.input_shape, n_classes),
         fit_to_model(val, graph.input_shape, n_classes),
     )
+    config = run_config(
+        seed=seed,
+        batch_size=batch_size,
+        penalty=penalty,
+        penalty_weight=penalty_weight,
+        penalty_options=penalty_options,
+        train=train,
+        val=val,
+        mean=mean,
+        std=std,
+    )
     eps = target_eps(tlist) or [0.5]
     measure = evaluator or certifier_evaluator(
         val, eps, dev, mean=mean, std=std, batch_size=certify_batch_size
@@ -256,8 +275,9 @@ def finetune(
     history: list[EpochRecord] = []
     start_epoch, start_step, global_step = 0, 0, 0
     best: tuple[tuple[int, float], int] | None = None
-    if resume and paths.run_dir is not None:
+    if resume and paths.run_dir is not None and (paths.run_dir / LAST).is_file():  # else: from step 0
         ck = load_checkpoint(paths.run_dir / LAST)
+        check_same_config(ck.get("config"), config, paths.run_dir)
         if ck.get("model_sha") != paths.model_sha or ck.get("penalty") != penalty:
             raise UsageError(
                 f"the checkpoint in {paths.run_dir} belongs to another model or penalty; "
@@ -293,6 +313,7 @@ def finetune(
                 "step_in_epoch": step_in_epoch,
                 "global_step": global_step,
                 "model_sha": paths.model_sha,
+                "config": config,
                 "history": [_record_dict(r) for r in history],
                 "best_score": list(best[0]) if best else None,
                 "best_epoch": best[1] if best else -1,
