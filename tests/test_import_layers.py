@@ -19,14 +19,14 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "speccert"
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "registry", ""),  # "": the root package speccert/__init__.py
+    ("errors", "registry", "limits", ""),  # "": the root package speccert/__init__.py
     ("ir",),
     ("importers", "exporters", "norms", "data"),
     ("bounds",),
     ("report", "training"),
     ("gate",),  # speccert.gate: the CI gate workflow (its own package above the renderers)
     ("cli", "support"),
-    ("__main__",),
+    ("__main__", "devtools"),  # devtools: maintainers' scripts (executed docs) that run the CLI
 )
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

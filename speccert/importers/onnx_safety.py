@@ -73,7 +73,7 @@ def _declared_bytes(t: onnx.TensorProto) -> int:
         size = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
     except (KeyError, ValueError, TypeError):
         raise InputError(f"tensor '{t.name}' has an unknown element type {t.data_type}") from None
-    return math.prod(t.dims) * size
+    return int(math.prod(t.dims)) * int(size)
 
 
 def check_tensor_sizes(model: onnx.ModelProto) -> None:
