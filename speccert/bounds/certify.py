@@ -25,6 +25,7 @@ import torch
 
 import speccert
 from speccert.bounds import global_margin, pairwise_margin  # noqa: F401 - registers the kinds
+from speccert.bounds import margin_aware as _margin_aware  # noqa: F401
 from speccert.bounds import second_order as _second_order  # noqa: F401
 from speccert.bounds.audit import pgd_l2
 from speccert.bounds.certificate import (
