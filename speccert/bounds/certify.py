@@ -25,6 +25,7 @@ import torch
 
 import speccert
 from speccert.bounds import global_margin, pairwise_margin  # noqa: F401 - registers the kinds
+from speccert.bounds import local as _local  # noqa: F401
 from speccert.bounds import margin_aware as _margin_aware  # noqa: F401
 from speccert.bounds import second_order as _second_order  # noqa: F401
 from speccert.bounds.audit import pgd_l2
@@ -77,10 +78,16 @@ def _classifier_classes(graph: Graph) -> int:
     return shape[0]
 
 
-def _certificates(ctx: CertContext, second: bool, notes: list[str]) -> list[Certificate]:
+def _certificates(
+    ctx: CertContext, second: bool, notes: list[str], chosen: Sequence[str] | None = None
+) -> list[Certificate]:
+    """The kinds to run: `chosen` names (None: every kind that is not opt-in), second order only
+    with `second`."""
     out: list[Certificate] = []
     for name, cls in CERTIFICATES.items():
         if name == "second_order" and not second:
+            continue
+        if (name not in chosen) if chosen is not None else getattr(cls, "opt_in", False):
             continue
         try:
             out.append(cls(ctx))
@@ -139,6 +146,7 @@ def certify(
     lower_points: int = 64,
     exact_max_dim: int = 2048,
     progress: Progress | None = None,
+    certificates: Sequence[str] | None = None,
 ) -> CertifyReport:
     """Certify `graph` on `data` (a path, a Dataset or (x, y) arrays); returns a CertifyReport.
 
@@ -186,7 +194,7 @@ def certify(
 
     folded = bound.folded.to(dev, torch.float64)
     ctx = CertContext(bound, folded, dev, crc_steps)
-    certs = _certificates(ctx, second_order, notes)
+    certs = _certificates(ctx, second_order, notes, _chosen_kinds(certificates))
     uppers = {n.name: n.upper for n in bound.layers}
     errors = ErrorModel(bound.folded, uppers)
     # float32 data and first-order certificates only: a float32 pass with a float32 error allowance,
@@ -333,6 +341,20 @@ def certify(
         audit_summary,
         extra,
     )
+
+
+def _chosen_kinds(names: Sequence[str] | None) -> list[str] | None:
+    """None (the default kinds), or the named kinds; "all" = every registered kind."""
+    if names is None:
+        return None
+    known = CERTIFICATES.keys()
+    out = list(known) if "all" in names else list(names)
+    unknown = [n for n in out if n not in known]
+    if unknown or not out:
+        raise UsageError(
+            f"unknown certificate {', '.join(unknown) or '(none)'}; choose from {', '.join(known)} or all"
+        )
+    return out
 
 
 def _margins64(folded: Graph, errors: ErrorModel, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
