@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,23 @@ def test_local_is_exact_where_no_unit_can_switch() -> None:
     # the runner-up may not be the closest class, so exact is only an upper bound per point
     assert np.all(rep.radii["local"] <= exact[near] * (1 + 1e-9))
     assert np.median(rep.radii["local"] / exact[near]) > 0.99
+
+
+def test_certificate_option_of_the_cli(tmp_path: Path) -> None:
+    from tests.test_certify_cli import onnx_classifier, run
+
+    model = onnx_classifier(tmp_path / "m.onnx")
+    x = np.random.default_rng(0).random((40, 1, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(40, dtype=np.int64))
+    proc = run(
+        model, "--data", tmp_path / "d.npz", "--certificate", "global,local", "--json", tmp_path / "r.json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["certificate"]["kinds"] == ["global", "local"]
+    assert "median gain over global" in proc.stdout
+    rows = [r for r in rep["samples"] if r["radius"]]
+    assert rows and all(r["radii"]["local"] >= 0 for r in rows)
+    bad = run(model, "--data", tmp_path / "d.npz", "--certificate", "nonsense")
+    assert bad.returncode == 2 and "unknown certificate nonsense" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -81,13 +81,14 @@ def _classifier_classes(graph: Graph) -> int:
 def _certificates(
     ctx: CertContext, second: bool, notes: list[str], chosen: Sequence[str] | None = None
 ) -> list[Certificate]:
-    """The kinds to run: `chosen` names (None: every kind that is not opt-in), second order only
-    with `second`."""
+    """The kinds to run: `chosen` names, or (None) every kind that is not opt-in, second order
+    only with `second`."""
     out: list[Certificate] = []
     for name, cls in CERTIFICATES.items():
-        if name == "second_order" and not second:
-            continue
-        if (name not in chosen) if chosen is not None else getattr(cls, "opt_in", False):
+        if chosen is not None:
+            if name not in chosen:
+                continue
+        elif getattr(cls, "opt_in", False) or (name == "second_order" and not second):
             continue
         try:
             out.append(cls(ctx))

@@ -212,7 +212,7 @@ def pool_fixed(op: MaxPool, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     lw, hw = _pool_windows(op, lo), _pool_windows(op, hi)
     best, arg = lw.max(2)
     others = hw.scatter(2, arg[:, :, None], -math.inf).amax(2)
-    return best > others, arg
+    return best >= others, arg  # a_p >= a_q on the whole ball: max = a_p there (ties included)
 
 
 def _lip_interval(
@@ -236,12 +236,16 @@ def ball_bounds(graph: Graph, stages: list[Stage], x: Tensor, r: Tensor) -> Ball
     out = BallBounds([], [], [], [])
     for st in stages[:-1]:
         assert st.act is not None
-        c, rad = centre_radius(lo, hi)
-        zc, zrad = box_affine(graph, st.block, c, rad)
-        ec, erad = box_affine(graph, st.block, ec, erad)
-        llo, lhi, elo, ehi = _lip_interval(st, r, m, ec, erad)
-        zlo = torch.maximum(_down(zc - zrad), llo)
-        zhi = torch.minimum(_up(zc + zrad), lhi)
+        if st.block:
+            c, rad = centre_radius(lo, hi)
+            zc, zrad = box_affine(graph, st.block, c, rad)
+            ec, erad = box_affine(graph, st.block, ec, erad)
+            llo, lhi, elo, ehi = _lip_interval(st, r, m, ec, erad)
+            zlo = torch.maximum(_down(zc - zrad), llo)
+            zhi = torch.minimum(_up(zc + zrad), lhi)
+        else:  # a nonlinearity right after another: its intervals as they are (exact zeros stay exact)
+            zlo, zhi = lo, hi
+            elo, ehi = _down(ec - erad), _up(ec + erad)
         op = st.act.op
         if isinstance(op, MaxPool):
             fixed, arg = pool_fixed(op, zlo, zhi)
@@ -252,7 +256,8 @@ def ball_bounds(graph: Graph, stages: list[Stage], x: Tensor, r: Tensor) -> Ball
             out.l_unstable.append(l_z)
             m = _up(l_z * st.pool_factor * (1.0 + 4 * U))
             lo, hi = op.forward(zlo), op.forward(zhi)
-            ec, erad = centre_radius(op.forward(elo), op.forward(ehi))
+            elo, ehi = op.forward(elo), op.forward(ehi)
+            ec, erad = centre_radius(elo, ehi)
             cols = None
             continue
         active, dead = zlo > 0, zhi <= 0

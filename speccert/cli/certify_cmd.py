@@ -43,6 +43,19 @@ def _fmt(v: float | None, spec: str = ".4g") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _gain(report_dict: dict) -> str:
+    """'; median gain over global Nx' over the points with a positive global radius ('' if none)."""
+    ratios = [
+        row["radius"] / row["radii"]["global"]
+        for row in report_dict.get("samples", [])
+        if (row["radii"].get("global") or 0) > 0 and row["radius"] is not None
+    ]
+    if not ratios or len(report_dict["certificate"]["kinds"]) < 2:
+        return ""
+    ratios.sort()
+    return f"; median gain over global {ratios[len(ratios) // 2]:.3g}x"
+
+
 def render(report_dict: dict, console) -> None:  # type: ignore[no-untyped-def]  # rich Console
     """The human-readable summary of a certify report dict (stdout unless --json -)."""
     table = Table(title="Per-layer spectral norms (folded graph)", title_justify="left")
@@ -74,7 +87,9 @@ def render(report_dict: dict, console) -> None:  # type: ignore[no-untyped-def] 
         + "  ".join(f"{k} {_fmt(v, '.4g')}" for k, v in q.items())
     )
     wins = cert["wins"]
-    console.print("Best certificate per point: " + ", ".join(f"{k} {v}" for k, v in wins.items()))
+    console.print(
+        "Best certificate per point: " + ", ".join(f"{k} {v}" for k, v in wins.items()) + _gain(report_dict)
+    )
     if report_dict.get("audit"):
         a = report_dict["audit"]
         console.print(
@@ -169,6 +184,15 @@ def command(
             "on L starts its ascent from (more: a higher, slower witness).",
         ),
     ] = 64,
+    certificate: Annotated[
+        str,
+        typer.Option(
+            "--certificate",
+            help="Certificate kinds, comma-separated: global, pairwise, margin, local, "
+            "second_order, or all (default: every kind but local; local costs ~0.1-1 s per point on "
+            "CPU, see docs/certify.md).",
+        ),
+    ] = "default",
     exact_max_dim: Annotated[
         int,
         typer.Option(
@@ -229,6 +253,9 @@ def command(
             lower_points=lower_points,
             exact_max_dim=exact_max_dim,
             progress=progress,
+            certificates=None
+            if certificate == "default"
+            else [c.strip() for c in certificate.split(",") if c.strip()],
         )
     report.model["path"] = report.model.get("path") or model
     d = report.to_dict()
