@@ -5,11 +5,12 @@ Over the ball, the gradient of the margin m_j = f_y - f_j is (a.e., and its Clar
 T the exact affine tail (speccert.bounds.linear_tail), A_k the affine blocks and D_k the Jacobians of
 the nonlinearities, constrained by speccert.bounds.local_bounds: a ReLU unit is 1 (active), 0 (dead)
 or anywhere in [0, 1] (unstable); a max-pool window whose winner is fixed picks that winner. Going
-backward with v = c^T T, each nonlinearity splits v into its fixed part (propagated exactly, by the
-transposed block) and its unstable part, whose contribution is bounded by ||v_unstable|| times the
-Lipschitz bound of x -> z_k restricted to the unstable units (ReLU; the max-pool factor times that of
-z_k for a pool). Hence for every x' in the ball
-    ||g(x')|| <= L_j(r) = sum_k ||v_k,unstable|| L_k,unstable + ||v_0|| + rounding,
+backward with v = c^T T, each ReLU writes D = D_fixed + (1/2) P_u + E, |E| <= (1/2) P_u: the centre
+v^T (D_fixed + P_u / 2) goes on exactly (by the transposed block) and the rest is bounded by
+(1/2) ||v_unstable|| times the Lipschitz bound of x -> z_k restricted to the unstable units; a max-pool
+routes its fixed windows exactly and bounds the others by ||v_unstable|| times its window factor and
+the Lipschitz bound of z_k. Hence for every x' in the ball
+    ||g(x')|| <= L_j(r) = sum_k w_k ||v_k,unstable|| L_k,unstable + ||v_0|| + rounding,
 and m_j(x + d) >= m_j(x) - L_j(r) ||d||. The radius is the largest r (log-bisection, bounds re-derived
 at each r) with m_j(x) - allowance > L_j(r) r for every j; any r that passes is proven on its own,
 so the search needs no monotonicity. With no unstable unit the bound is ||grad m_j(x)|| (exact).
@@ -30,12 +31,13 @@ from speccert.bounds.certificate import Batch, CertContext, Certificate, registe
 from speccert.bounds.linear_tail import tail_rows
 from speccert.bounds.local_bounds import BallBounds, Stage, _inner, ball_bounds, build_stages
 from speccert.ir import Graph, MaxPool, Node
-from speccert.norms.rounding import gamma
+from speccert.norms.rounding import gamma, svd_error
 
 Tensor = torch.Tensor
 U = 2.0**-53
 SEARCH_STEPS = 12  # log-bisection over [1e-4, 1] x the upper end: radius within 0.2 % of the best
 SEARCH_SPAN = 1e-4
+REFINE_MAX_ROWS = 512  # unstable units of one layer whose rows are propagated exactly (else norms)
 CHUNK = 32  # points per backward pass (memory: CHUNK x classes x features float64)
 
 
@@ -66,6 +68,14 @@ def pool_vjp(op: MaxPool, v: Tensor, winner: Tensor, in_shape: tuple[int, ...]) 
     return out.reshape(b, c, co, h, w)[..., pt : pt + in_shape[1], pl : pl + in_shape[2]]
 
 
+def spectral_upper(r: Tensor) -> Tensor:
+    """Per point >= ||R_b||_2 for a batch of matrices R [B, m, n] (SVD + its error margin)."""
+    m, n = r.shape[1], r.shape[2]
+    sigma = torch.linalg.svdvals(r)[:, 0]
+    fro = r.flatten(1).norm(dim=1) * (1.0 + gamma(m * n + 2))
+    return (sigma + svd_error(m, n) * fro) * (1.0 + 4 * U)
+
+
 def _norms(v: Tensor) -> Tensor:
     return v.flatten(2).norm(dim=2) * (1.0 + gamma(v[0, 0].numel() + 4))
 
@@ -84,9 +94,48 @@ class LocalModel:
         terms = len(self.stages) + 1
         self.rounding = terms * gamma(inner) * math.sqrt(2.0) * prod * (1.0 + 1e-6)
 
+    def refine(self, bb: BallBounds) -> None:
+        """Tighten l_unstable of every ReLU stage (bottom up): the rows R = P_U A_k of its unstable units
+        go backward like the margin vectors (fixed part exact, unstable part bounded by the refined
+        bounds below), spectral norms by SVD: ||R D J|| <= ||R_c J'|| + 1/2 ||R P_u||_2 l_u."""
+        for k, st in enumerate(self.stages[:-1]):
+            unstable = bb.unstable[k]
+            b = unstable.shape[0]
+            if isinstance(st.act.op if st.act else None, MaxPool):
+                continue
+            flat = unstable.reshape(b, -1)
+            count = int(flat.sum(1).max())
+            if count == 0 or count > REFINE_MAX_ROWS:
+                continue
+            idx = torch.sort(flat.to(torch.int64), dim=1, descending=True, stable=True).indices[:, :count]
+            valid = flat.gather(1, idx).to(torch.float64)
+            rows = torch.zeros((b, count, flat.shape[1]), dtype=torch.float64)
+            rows.scatter_(2, idx[:, :, None], valid[:, :, None])
+            rows = block_vjp(self.graph, st.block, rows.reshape(b * count, *st.z_shape))
+            total = torch.zeros(b, dtype=torch.float64)
+            for j in range(k - 1, -1, -1):
+                low = self.stages[j]
+                assert low.act is not None
+                rows = rows.reshape(b, count, *low.act.shape)
+                uj, fj = bb.unstable[j][:, None], bb.fixed[j][:, None]
+                winner = bb.winner[j]
+                if isinstance(low.act.op, MaxPool) and winner is not None:
+                    total = (
+                        total + spectral_upper((rows * uj).flatten(2)) * bb.l_unstable[j] * low.pool_factor
+                    )
+                    rows = pool_vjp(low.act.op, rows * fj, winner, low.z_shape)
+                else:
+                    total = total + 0.5 * spectral_upper((rows * uj).flatten(2)) * bb.l_unstable[j]
+                    rows = rows * fj + 0.5 * (rows * uj)
+                rows = block_vjp(self.graph, low.block, rows.reshape(b * count, *low.z_shape))
+            total = total + spectral_upper(rows.reshape(b, count, -1))
+            total = (total + self.rounding * math.sqrt(count)) * (1.0 + gamma(4 * len(self.stages) + 8))
+            bb.l_unstable[k] = torch.minimum(bb.l_unstable[k], total)
+
     def lipschitz(self, x: Tensor, y: Tensor, r: Tensor) -> Tensor:
         """L[b, j] >= sup over B(x_b, r_b) of ||grad (f_y - f_j)|| (0 at j = y)."""
         bb: BallBounds = ball_bounds(self.graph, self.stages, x, r)
+        self.refine(bb)
         b, n_cls = x.shape[0], self.rows.shape[0]
         v = self.rows[y][:, None, :] - self.rows[None, :, :]  # [B, C, n]
         total = torch.zeros((b, n_cls), dtype=torch.float64)
@@ -95,12 +144,13 @@ class LocalModel:
             assert st.act is not None
             v = v.reshape(b, n_cls, *st.act.shape)
             unstable, fixed = bb.unstable[k][:, None], bb.fixed[k][:, None]
-            factor = st.pool_factor
-            total = total + _norms(v * unstable) * (bb.l_unstable[k][:, None] * factor)
-            vs = v * fixed
             winner = bb.winner[k]
             if isinstance(st.act.op, MaxPool) and winner is not None:
-                vs = pool_vjp(st.act.op, vs, winner, st.z_shape)
+                total = total + _norms(v * unstable) * (bb.l_unstable[k][:, None] * st.pool_factor)
+                vs = pool_vjp(st.act.op, v * fixed, winner, st.z_shape)
+            else:  # unstable slope 1/2 + d, |d| <= 1/2: the centre goes on exactly, half the mass is bounded
+                total = total + 0.5 * _norms(v * unstable) * bb.l_unstable[k][:, None]
+                vs = v * fixed + 0.5 * (v * unstable)
             vs = vs.reshape(b * n_cls, *st.z_shape)
             v = block_vjp(self.graph, st.block, vs).reshape(b, n_cls, -1)
             del nxt

@@ -31,7 +31,7 @@ from speccert.norms.rounding import gamma, svd_error
 
 Tensor = torch.Tensor
 U = 2.0**-53
-SVD_MAX_ENTRIES = 1 << 17  # masked Linear blocks up to this size get a per-point dense SVD
+SVD_MAX_ENTRIES = 1 << 18  # masked Linear blocks up to this size get a per-point dense SVD
 
 
 def _down(t: Tensor) -> Tensor:
