@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from speccert.bounds.certificate import NotApplicable
+from speccert.bounds.compose import maxpool_factor
 from speccert.bounds.linear_tail import absolute_op, affine_chain
-from speccert.bounds.lipschitz import LipschitzBound, maxpool_factor
+from speccert.bounds.lipschitz import LipschitzBound
 from speccert.ir import INPUT, Activation, Affine, BatchNorm, Conv, Graph, Linear, MaxPool, Node, Reshape
 from speccert.norms.result import round_up
 from speccert.norms.rounding import gamma, svd_error
