@@ -113,7 +113,7 @@ def table(rows: list[dict]) -> str:
     out = [head]
     for r in rows:
 
-        def f(k: str) -> str:
+        def f(k: str, r: dict = r) -> str:
             v = r.get(k)
             return "-" if v is None else f"{v:.3g}"
 
