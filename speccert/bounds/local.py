@@ -37,7 +37,7 @@ Tensor = torch.Tensor
 U = 2.0**-53
 SEARCH_STEPS = 12  # log-bisection over [1e-4, 1] x the upper end: radius within 0.2 % of the best
 SEARCH_SPAN = 1e-4
-REFINE_MAX_ROWS = 512  # unstable units of one layer whose rows are propagated exactly (else norms)
+REFINE_MAX_ROWS = 128  # unstable units of one layer whose rows are propagated exactly (else norms)
 CHUNK = 32  # points per backward pass (memory: CHUNK x classes x features float64)
 
 
