@@ -57,10 +57,13 @@ def conv_pool_net(seed: int, c: int, n: int, k: int, pool: int, classes: int) ->
         dtype=D,
     )
     flat = int(np.prod(g.output_shape))
-    head = torch.randn(classes, flat, generator=gen, dtype=D) / flat**0.5
+    hidden = torch.randn(8, flat, generator=gen, dtype=D) * (2.0 / flat) ** 0.5
+    head = torch.randn(classes, 8, generator=gen, dtype=D) / 8**0.5
     nodes = g.nodes + [
         Node("flat", Reshape((flat,)), ("pool",)),
-        Node("out", Linear(head, torch.zeros(classes, dtype=D)), ("flat",)),
+        Node("fc", Linear(hidden, torch.randn(8, generator=gen, dtype=D) * 0.1), ("flat",)),
+        Node("relu2", Activation("relu"), ("fc",)),
+        Node("out", Linear(head, torch.zeros(classes, dtype=D)), ("relu2",)),
     ]
     return Graph((1, n, n), nodes, dtype=D)
 

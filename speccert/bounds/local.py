@@ -38,6 +38,8 @@ U = 2.0**-53
 SEARCH_STEPS = 12  # log-bisection over [1e-4, 1] x the upper end: radius within 0.2 % of the best
 SEARCH_SPAN = 1e-4
 REFINE_MAX_ROWS = 128  # unstable units of one layer whose rows are propagated exactly (else norms)
+UNIT_MAX = 4096  # layers up to this many units get per-unit Lipschitz intervals
+UNIT_CHUNK = 256
 CHUNK = 32  # points per backward pass (memory: CHUNK x classes x features float64)
 
 
@@ -94,68 +96,76 @@ class LocalModel:
         terms = len(self.stages) + 1
         self.rounding = terms * gamma(inner) * math.sqrt(2.0) * prod * (1.0 + 1e-6)
 
-    def refine(self, bb: BallBounds) -> None:
-        """Tighten l_unstable of every ReLU stage (bottom up): the rows R = P_U A_k of its unstable units
-        go backward like the margin vectors (fixed part exact, unstable part bounded by the refined
-        bounds below), spectral norms by SVD: ||R D J|| <= ||R_c J'|| + 1/2 ||R P_u||_2 l_u."""
-        for k, st in enumerate(self.stages[:-1]):
-            unstable = bb.unstable[k]
-            b = unstable.shape[0]
-            if isinstance(st.act.op if st.act else None, MaxPool):
-                continue
-            flat = unstable.reshape(b, -1)
-            count = int(flat.sum(1).max())
-            if count == 0 or count > REFINE_MAX_ROWS:
-                continue
-            idx = torch.sort(flat.to(torch.int64), dim=1, descending=True, stable=True).indices[:, :count]
-            valid = flat.gather(1, idx).to(torch.float64)
-            rows = torch.zeros((b, count, flat.shape[1]), dtype=torch.float64)
-            rows.scatter_(2, idx[:, :, None], valid[:, :, None])
-            rows = block_vjp(self.graph, st.block, rows.reshape(b * count, *st.z_shape))
-            total = torch.zeros(b, dtype=torch.float64)
-            for j in range(k - 1, -1, -1):
-                low = self.stages[j]
-                assert low.act is not None
-                rows = rows.reshape(b, count, *low.act.shape)
-                uj, fj = bb.unstable[j][:, None], bb.fixed[j][:, None]
-                winner = bb.winner[j]
-                if isinstance(low.act.op, MaxPool) and winner is not None:
-                    total = (
-                        total + spectral_upper((rows * uj).flatten(2)) * bb.l_unstable[j] * low.pool_factor
-                    )
-                    rows = pool_vjp(low.act.op, rows * fj, winner, low.z_shape)
-                else:
-                    total = total + 0.5 * spectral_upper((rows * uj).flatten(2)) * bb.l_unstable[j]
-                    rows = rows * fj + 0.5 * (rows * uj)
-                rows = block_vjp(self.graph, low.block, rows.reshape(b * count, *low.z_shape))
-            total = total + spectral_upper(rows.reshape(b, count, -1))
-            total = (total + self.rounding * math.sqrt(count)) * (1.0 + gamma(4 * len(self.stages) + 8))
-            bb.l_unstable[k] = torch.minimum(bb.l_unstable[k], total)
+    def descend(self, v: Tensor, bb: BallBounds, top: int, spectral: bool = False) -> Tensor:
+        """Bound over the ball of ||v^T D_top A_top ... D_0 A_0|| for rows v [B, N, ...] living at the
+        output of stage `top`'s nonlinearity (top = -1: at the input): per row [B, N], or of the whole
+        matrix [B] with `spectral`. Rounding of the backward products is added by the caller."""
+        b, n = v.shape[:2]
+
+        def norm(t: Tensor) -> Tensor:
+            return spectral_upper(t.flatten(2)) if spectral else _norms(t)
+
+        def per(t: Tensor) -> Tensor:
+            return t if spectral else t[:, None]
+
+        total = torch.zeros((b,) if spectral else (b, n), dtype=torch.float64)
+        for j in range(top, -1, -1):
+            st = self.stages[j]
+            assert st.act is not None
+            v = v.reshape(b, n, *st.act.shape)
+            unstable, fixed = bb.unstable[j][:, None], bb.fixed[j][:, None]
+            winner = bb.winner[j]
+            if isinstance(st.act.op, MaxPool) and winner is not None:
+                total = total + norm(v * unstable) * per(bb.l_unstable[j] * st.pool_factor)
+                vs = pool_vjp(st.act.op, v * fixed, winner, st.z_shape)
+            else:  # unstable slope 1/2 + d, |d| <= 1/2: the centre goes on exactly, half the mass is bounded
+                total = total + 0.5 * norm(v * unstable) * per(bb.l_unstable[j])
+                vs = v * fixed + 0.5 * (v * unstable)
+            v = block_vjp(self.graph, st.block, vs.reshape(b * n, *st.z_shape)).reshape(b, n, -1)
+        return total + norm(v.reshape(b, n, -1))
+
+    def _finish(self, total: Tensor, rows: float) -> Tensor:
+        slack = 1.0 + gamma(4 * len(self.stages) + 8)
+        return (total + self.rounding * math.sqrt(rows)) * slack
+
+    def refine(self, k: int, bb: BallBounds) -> None:
+        """Tighten l_unstable of ReLU stage k: the rows R = P_U A_k of its unstable units go backward like
+        the margin vectors (spectral norms by SVD): ||R D J|| <= ||R_c J'|| + 1/2 ||R P_u||_2 l_u."""
+        st = self.stages[k]
+        if st.act is None or isinstance(st.act.op, MaxPool):
+            return
+        flat = bb.unstable[k].reshape(bb.unstable[k].shape[0], -1)
+        b, count = flat.shape[0], int(flat.sum(1).max())
+        if count == 0 or count > REFINE_MAX_ROWS:
+            return
+        idx = torch.sort(flat.to(torch.int64), dim=1, descending=True, stable=True).indices[:, :count]
+        rows = torch.zeros((b, count, flat.shape[1]), dtype=torch.float64)
+        rows.scatter_(2, idx[:, :, None], flat.gather(1, idx).to(torch.float64)[:, :, None])
+        rows = block_vjp(self.graph, st.block, rows.reshape(b * count, *st.z_shape)).reshape(b, count, -1)
+        total = self._finish(self.descend(rows, bb, k - 1, spectral=True), count)
+        bb.l_unstable[k] = torch.minimum(bb.l_unstable[k], total)
+
+    def unit_lipschitz(self, k: int, bb: BallBounds) -> Tensor | None:
+        """Per unit of z_k, >= sup over the ball of ||grad z_k,i|| (rows of A_k sent down), or None."""
+        st = self.stages[k]
+        n_units = math.prod(st.z_shape)
+        if k == 0 or not st.block or n_units > UNIT_MAX:
+            return None
+        b = bb.fixed[0].shape[0]
+        out = []
+        for start in range(0, n_units, UNIT_CHUNK):
+            n = min(UNIT_CHUNK, n_units - start)
+            eye = torch.zeros((n, n_units), dtype=torch.float64)
+            eye[torch.arange(n), torch.arange(start, start + n)] = 1.0
+            rows = block_vjp(self.graph, st.block, eye.reshape(n, *st.z_shape)).reshape(1, n, -1)
+            out.append(self._finish(self.descend(rows.expand(b, n, -1), bb, k - 1), 2.0))
+        return torch.cat(out, 1).reshape(b, *st.z_shape)
 
     def lipschitz(self, x: Tensor, y: Tensor, r: Tensor) -> Tensor:
         """L[b, j] >= sup over B(x_b, r_b) of ||grad (f_y - f_j)|| (0 at j = y)."""
-        bb: BallBounds = ball_bounds(self.graph, self.stages, x, r)
-        self.refine(bb)
-        b, n_cls = x.shape[0], self.rows.shape[0]
+        bb: BallBounds = ball_bounds(self.graph, self.stages, x, r, self.refine, self.unit_lipschitz)
         v = self.rows[y][:, None, :] - self.rows[None, :, :]  # [B, C, n]
-        total = torch.zeros((b, n_cls), dtype=torch.float64)
-        for k in range(len(self.stages) - 2, -1, -1):
-            st, nxt = self.stages[k], self.stages[k + 1]
-            assert st.act is not None
-            v = v.reshape(b, n_cls, *st.act.shape)
-            unstable, fixed = bb.unstable[k][:, None], bb.fixed[k][:, None]
-            winner = bb.winner[k]
-            if isinstance(st.act.op, MaxPool) and winner is not None:
-                total = total + _norms(v * unstable) * (bb.l_unstable[k][:, None] * st.pool_factor)
-                vs = pool_vjp(st.act.op, v * fixed, winner, st.z_shape)
-            else:  # unstable slope 1/2 + d, |d| <= 1/2: the centre goes on exactly, half the mass is bounded
-                total = total + 0.5 * _norms(v * unstable) * bb.l_unstable[k][:, None]
-                vs = v * fixed + 0.5 * (v * unstable)
-            vs = vs.reshape(b * n_cls, *st.z_shape)
-            v = block_vjp(self.graph, st.block, vs).reshape(b, n_cls, -1)
-            del nxt
-        total = total + _norms(v.reshape(b, n_cls, -1)[..., None])
-        total = (total + self.rounding) * (1.0 + gamma(4 * len(self.stages) + 8))
+        total = self._finish(self.descend(v, bb, len(self.stages) - 2), 2.0)
         return total.scatter(1, y[:, None], 0.0)
 
 

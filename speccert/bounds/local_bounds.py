@@ -17,6 +17,7 @@ each A_k an affine block (speccert.bounds.linear_tail) and s_k a ReLU or a max-p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -217,17 +218,30 @@ def pool_fixed(op: MaxPool, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _lip_interval(
-    st: Stage, r: Tensor, m: Tensor, ec: Tensor, erad: Tensor
+    st: Stage, r: Tensor, m: Tensor, ec: Tensor, erad: Tensor, unit: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(lo, hi) of z over the ball from Lipschitz rows, and (lo, hi) enclosing the exact z(x)."""
     view = (-1,) + (1,) * (ec.dim() - 1)
-    lip = _up(r.reshape(view) * st.rownorm[None] * m.reshape(view) * (1.0 + 4 * U))
+    per_unit = st.rownorm[None] * m.reshape(view)
+    if unit is not None:
+        per_unit = torch.minimum(per_unit, unit)
+    lip = _up(r.reshape(view) * per_unit * (1.0 + 4 * U))
     elo, ehi = _down(ec - erad), _up(ec + erad)
     return _down(elo - lip), _up(ehi + lip), elo, ehi
 
 
-def ball_bounds(graph: Graph, stages: list[Stage], x: Tensor, r: Tensor) -> BallBounds:
-    """Masks and Lipschitz bounds of every nonlinear stage over B(x_b, r_b), per point (float64)."""
+def ball_bounds(
+    graph: Graph,
+    stages: list[Stage],
+    x: Tensor,
+    r: Tensor,
+    refine: Callable[[int, BallBounds], None] | None = None,
+    unit_lipschitz: Callable[[int, BallBounds], Tensor | None] | None = None,
+) -> BallBounds:
+    """Masks and Lipschitz bounds of every nonlinear stage over B(x_b, r_b), per point (float64).
+
+    `unit_lipschitz(k, bounds so far)` may give per-unit Lipschitz bounds of z_k over the ball (tighter
+    than ||row_i|| M); `refine(k, bounds)` may tighten stage k's l_unstable once its masks are known."""
     b = x.shape[0]
     rr = r.reshape((-1,) + (1,) * (x.dim() - 1))
     lo, hi = _down(x - rr), _up(x + rr)
@@ -241,7 +255,8 @@ def ball_bounds(graph: Graph, stages: list[Stage], x: Tensor, r: Tensor) -> Ball
             c, rad = centre_radius(lo, hi)
             zc, zrad = box_affine(graph, st.block, c, rad)
             ec, erad = box_affine(graph, st.block, ec, erad)
-            llo, lhi, elo, ehi = _lip_interval(st, r, m, ec, erad)
+            unit = unit_lipschitz(len(out.fixed), out) if unit_lipschitz is not None else None
+            llo, lhi, elo, ehi = _lip_interval(st, r, m, ec, erad, unit)
             zlo = torch.maximum(_down(zc - zrad), llo)
             zhi = torch.minimum(_up(zc + zrad), lhi)
         else:  # a nonlinearity right after another: its intervals as they are (exact zeros stay exact)
@@ -269,6 +284,8 @@ def ball_bounds(graph: Graph, stages: list[Stage], x: Tensor, r: Tensor) -> Ball
         out.winner.append(None)
         out.l_unstable.append(_up(masked_norm(st, unstable.to(torch.float64), cols) * m * (1.0 + 4 * U)))
         m = _up(masked_norm(st, nondead, cols) * m * (1.0 + 4 * U))
+        if refine is not None:
+            refine(len(out.fixed) - 1, out)
         lo, hi = zlo.clamp_min(0.0), zhi.clamp_min(0.0)
         ec, erad = centre_radius(elo.clamp_min(0.0), ehi.clamp_min(0.0))
         cols = nondead
