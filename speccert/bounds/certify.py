@@ -160,6 +160,7 @@ def certify(
     """
     t_start = time.perf_counter()
     eps_list = _check_eps(eps)
+    chosen = _chosen_kinds(certificates)
     if batch_size <= 0:
         raise UsageError(f"batch size must be positive, got {batch_size}")
     if audit < 0:
@@ -195,7 +196,7 @@ def certify(
 
     folded = bound.folded.to(dev, torch.float64)
     ctx = CertContext(bound, folded, dev, crc_steps)
-    certs = _certificates(ctx, second_order, notes, _chosen_kinds(certificates))
+    certs = _certificates(ctx, second_order, notes, chosen)
     uppers = {n.name: n.upper for n in bound.layers}
     errors = ErrorModel(bound.folded, uppers)
     # float32 data and first-order certificates only: a float32 pass with a float32 error allowance,
