@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import typer.main
+from typer.testing import CliRunner
 
 from speccert.cli.app import app
-from speccert.report.policy import parse_policy
+from speccert.gate.metrics import METRICS, docs_block
+from speccert.gate.policy import parse_policy
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -72,3 +74,18 @@ def test_ci_yaml_and_makefile_blocks() -> None:
         line.startswith("\t") for line in make.splitlines() if line.startswith(("speccert", " speccert"))
     )
     assert "\tspeccert gate $(MODEL)" in make
+
+
+def test_metric_table_in_gate_md_is_generated_from_the_registry() -> None:
+    text = (DOCS / "gate.md").read_text()
+    assert docs_block() in text, "docs/gate.md metric table is stale: run `python -m speccert.gate.metrics`"
+    for name in METRICS:
+        assert f"| `{name}` |" in docs_block()
+
+
+def test_gate_help_lists_every_registered_metric() -> None:
+    result = CliRunner().invoke(app, ["gate", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "[[gate.rule]]" in result.output  # escaped for rich: the brackets survive
+    for name, m in METRICS.items():
+        assert f"{name} ({m.bound}" in result.output and m.description in result.output

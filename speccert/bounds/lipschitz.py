@@ -83,6 +83,11 @@ def with_input_normalisation(graph: Graph, mean: list[float] | None, std: list[f
     s = torch.tensor(std_v if len(std_v) == n else std_v * n, dtype=torch.float64).reshape(view)
     dtype = graph.dtype
     op = Affine(scale=(1.0 / s).to(dtype), shift=(-m / s).to(dtype))
+    if not (torch.isfinite(op.scale).all() and torch.isfinite(op.shift).all()):
+        raise UsageError(  # e.g. --std 1e-300: the normalisation overflows, not the model's weights
+            f"--mean/--std {mean_v}/{std_v}: 1/std or mean/std overflows {str(dtype).removeprefix('torch.')} "
+            "(std too small for the model's precision)"
+        )
     name = NORMALISATION_NODE
     while any(nd.name == name for nd in graph.nodes):
         name += "_"

@@ -36,6 +36,7 @@ from torch.utils.data import DistributedSampler
 
 from speccert.data import Dataset, fit_to_model
 from speccert.errors import EXIT_FAILED, SpeccertError, UsageError
+from speccert.ir.decision import check_decision, decide_by
 from speccert.ir.graph import Graph
 from speccert.ir.ops import Affine, Softmax
 from speccert.training import ddp
@@ -100,6 +101,11 @@ class FinetuneResult:
     @property
     def exit_code(self) -> int:
         return 0 if self.met else EXIT_FAILED
+
+
+def _deciding(measure: Evaluator, decision: str) -> Evaluator:
+    """The evaluator applied to the graph that decides by `decision` (the written file never has it)."""
+    return lambda graph: measure(decide_by(graph, decision))
 
 
 def _logits_graph(g: Graph) -> Graph:
@@ -177,11 +183,13 @@ def finetune(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     on_step: StepHook | None = None,
     certify_batch_size: int = 256,
+    decision: str = "argmax",
 ) -> FinetuneResult:
     """Fine-tune `model` until every target holds on `val_data` (see the module docstring).
 
     targets: strings "cra@EPS>=V", "clean>=V", "lipschitz<=V" (or Target objects). penalty: a key of
-    PENALTIES. batch_size is the global batch (split across ranks under torchrun).
+    PENALTIES. batch_size is the global batch (split across ranks under torchrun). decision: "argmin"
+    trains and certifies -logits (speccert.ir.decision) and writes the model without the negation.
     """
     tlist = [t if isinstance(t, Target) else parse_target(t) for t in targets]
     check_unique(tlist)
@@ -217,18 +225,23 @@ def finetune(
     measure = evaluator or certifier_evaluator(
         val, eps, dev, mean=mean, std=std, batch_size=certify_batch_size
     )
+    if check_decision(decision) != "argmax":
+        measure = _deciding(measure, decision)
 
     g = _private_copy(graph, dev)  # the caller's graph is never modified; the result carries the trained one
-    tg = _logits_graph(g)  # trains on the logits when the model ends in a softmax (same tensors as g)
+    # Trains on the logits when the model ends in a softmax (same tensors as g); argmin models on -logits.
+    lg = _logits_graph(g)
+    tg = decide_by(lg, decision)
     module = tg.to_torch()
-    for node in g.nodes:  # input normalisation is part of the data contract, not a weight
+    for node in tg.nodes:  # input normalisation (and the argmin negation) is not a weight
         if isinstance(node.op, Affine):
             for t in node.op.parameters().values():
                 t.requires_grad_(False)
     opts = dict(penalty_options or {})
     if penalty == "lmt":
         opts.setdefault("eps", max(eps))
-    pen = make_penalty(penalty, tg, penalty_weight, **opts).to(dev)
+    # On the logits graph: every penalty's bound is the same for -logits (norms of W_y - W_j, Jacobians).
+    pen = make_penalty(penalty, lg, penalty_weight, **opts).to(dev)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     sched = WeightSchedule(float(pen.weight))

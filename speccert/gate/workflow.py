@@ -10,7 +10,7 @@ Same model file + same policy -> same numbers: the run is seeded (`policy.seed`)
 the model's sha256, versions, device and methods, so a baseline comparison means something.
 
     >>> import speccert
-    >>> from speccert.report.policy import Policy, DataSpec, make_rule
+    >>> from speccert.gate.policy import Policy, DataSpec, make_rule
     >>> p = Policy(data=DataSpec(path="models/data/fashion_mnist_test_1k.npz", limit=200),
     ...            rules=(make_rule("certified_accuracy", min=0.5, eps=0.25),))
     >>> speccert.gate("models/mlp.onnx", p).passed                 # doctest: +SKIP
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from speccert.errors import EXIT_FAILED, EXIT_OK, InputError, UsageError
-from speccert.report.baseline import baseline_report, comparison_notes, read_baseline, regression_rules
-from speccert.report.policy import Policy, read_policy
-from speccert.report.rules import RuleResult, evaluate_rules
+from speccert.gate.baseline import baseline_report, comparison_notes, read_baseline, regression_rules
+from speccert.gate.policy import COMMAND_LINE, POLICY_FILE, PYPROJECT, Policy, read_policy
+from speccert.gate.rules import RuleResult, evaluate_rules
 
 if TYPE_CHECKING:
     from speccert.ir import Graph
@@ -108,10 +108,7 @@ def evaluate(
             "schema_version": base.get("schema_version"),
         }
     if not results:
-        raise UsageError(
-            "the policy has no rules: add [[gate.rule]] tables or [gate.no_regression], or "
-            "options such as --min-cra 0.5@0.25 / --max-lipschitz 40"
-        )
+        raise no_rules_error(policy)
     return GateResult(
         rules=tuple(results),
         report=report,
@@ -120,6 +117,23 @@ def evaluate(
         notes=tuple(notes),
         seconds=seconds,
         extra=extra,
+    )
+
+
+def no_rules_error(policy: Policy) -> UsageError:
+    """The gate has nothing to check: say where rules come from, and whether a policy file was read."""
+    if policy.source is None:
+        where = "the policy has no rules"
+    elif policy.source == COMMAND_LINE:
+        where = (
+            f"no policy file found (no --policy, no ./{POLICY_FILE}, no ./{PYPROJECT} with "
+            "[tool.speccert]) and no rule options given"
+        )
+    else:
+        where = f"the policy {policy.source} has no rules"
+    return UsageError(
+        f"{where}: add [[gate.rule]] tables or [gate.no_regression] to a policy, or options such as "
+        "--min-cra 0.5@0.25 / --max-lipschitz 40"
     )
 
 

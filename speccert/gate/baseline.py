@@ -7,7 +7,8 @@ With baseline B and current report C, the rules are
     clean_C    >= clean_B - max_clean_drop          (only when max_clean_drop is set)
 
 A baseline is a gate JSON (`speccert gate --json`, whose "report" holds the certify report) or a
-certify report (`speccert certify --json`). Differences that make the comparison less meaningful
+certify report (`speccert certify --json`); its values are checked first (baseline_check.py: the gate
+fails closed on NaN, out-of-range or missing values and on another schema). Differences that make the comparison less meaningful
 (another model file, other data size, other method) are returned as notes, not errors: comparing a
 retrained model with the last release is the point of a baseline.
 """
@@ -21,8 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from speccert.errors import InputError, UsageError
-from speccert.report.policy import RegressionSpec
-from speccert.report.rules import RuleResult, as_float, compare, cra_at
+from speccert.gate.baseline_check import check_baseline
+from speccert.gate.metrics import as_float, cra_at
+from speccert.gate.policy import RegressionSpec
+from speccert.gate.rules import RuleResult, compare
+
+# A certify report of 60,000 points with per-point radii is about 10 MB; a larger file is not a report.
+MAX_BASELINE_BYTES = 64 * 2**20
 
 
 def read_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -33,16 +39,24 @@ def read_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"baseline report not found: {p}" if not p.exists() else f"baseline is not a file: {p}"
         )
     try:
+        size = p.stat().st_size
+        if size > MAX_BASELINE_BYTES:
+            raise InputError(
+                f"baseline {p} is {size / 2**20:.0f} MiB; a speccert report is at most "
+                f"{MAX_BASELINE_BYTES // 2**20} MiB"
+            )
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read baseline {p}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"baseline {p} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InputError(f"baseline {p} is nested too deeply to be a speccert report") from None
     return baseline_report(doc, str(p))
 
 
 def baseline_report(doc: Any, src: str = "baseline") -> dict[str, Any]:
-    """The certify report in a baseline document (gate JSON or certify JSON)."""
+    """The certify report in a baseline document (gate JSON or certify JSON), checked (InputError)."""
     if isinstance(doc, dict) and isinstance(doc.get("report"), dict) and "rules" in doc:
         doc = doc["report"]
     if not isinstance(doc, dict) or not isinstance(doc.get("certificate"), dict):
@@ -50,7 +64,7 @@ def baseline_report(doc: Any, src: str = "baseline") -> dict[str, Any]:
             f"{src}: not a speccert report (expected the JSON of `speccert certify --json` "
             "or `speccert gate --json`, with a 'certificate' section)"
         )
-    return doc
+    return check_baseline(doc, src)
 
 
 def _model(report: dict[str, Any]) -> dict[str, Any]:
@@ -71,9 +85,8 @@ def comparison_notes(current: dict[str, Any], base: dict[str, Any]) -> list[str]
         notes.append(f"baseline is from another model file (sha256 {str(sha_b)[:12]}, now {str(sha_c)[:12]})")
     elif sha_c and sha_c == sha_b:
         notes.append("baseline is from the same model file (same sha256)")
-    ver_c, ver_b = str(current.get("schema_version", "")), str(base.get("schema_version", ""))
-    if ver_c and ver_b and ver_c.split(".")[0] != ver_b.split(".")[0]:
-        notes.append(f"baseline report schema {ver_b} differs in major version from this run's {ver_c}")
+    if as_float(base.get("lipschitz", {}).get("upper")) is None:
+        notes.append("the baseline has no finite Lipschitz bound (null): the Lipschitz bound is not compared")
     n_c, n_b = current["certificate"].get("n"), base["certificate"].get("n")
     if n_c is not None and n_b is not None and n_c != n_b:
         notes.append(f"baseline was certified on {n_b} points, this run on {n_c}")
@@ -135,7 +148,12 @@ def regression_rules(current: dict[str, Any], base: dict[str, Any], spec: Regres
         as_float(current.get("lipschitz", {}).get("upper")),
     )
     if lb is not None:
-        threshold = lb * spec.max_lipschitz_growth if math.isfinite(lb) else math.inf
+        threshold = lb * spec.max_lipschitz_growth
+        if not math.isfinite(threshold):  # a vacuous rule would pass any model: fail closed
+            raise InputError(
+                f"no_regression: baseline Lipschitz bound {lb:g} times max_lipschitz_growth "
+                f"{spec.max_lipschitz_growth:g} is not a finite number"
+            )
         ok = compare(lc, "max", threshold * (1 + 1e-12))
         shown = "missing" if lc is None else f"{lc:.6g}"
         message = (

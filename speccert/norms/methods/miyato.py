@@ -16,10 +16,12 @@ from speccert.norms.method import NormContext, NormMethod, register_method
 from speccert.norms.result import Estimate, NormResult
 
 
-@register_method
+@register_method("miyato")
 class MiyatoMethod(NormMethod):
-    name = "miyato"
+    """‖T‖ (spectral normalisation); not a bound for convs"""
+
     kinds = ("estimate",)
+    applies_to = "convs, Linear"
     summary = "reshaped-kernel norm ||T|| (spectral normalisation); a heuristic, not a bound"
 
     def applies(self, layer: LinearLayer) -> bool:

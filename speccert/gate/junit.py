@@ -11,10 +11,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
-from speccert.report.gate_outputs import register_output
+from speccert.gate.outputs import register_output
 
 if TYPE_CHECKING:
-    from speccert.report.gate import GateResult
+    from speccert.gate.workflow import GateResult
 
 
 def _model_name(report: dict[str, Any]) -> str:

@@ -1,20 +1,17 @@
-"""`dense`: the explicit matrix of the layer and its SVD in float64, plus a floating-point margin.
+"""The explicit matrix of a layer, and its SVD in float64 plus a floating-point margin.
 
 A is built by applying the layer's linear part to the identity basis in float64 (for a Linear layer the
 weight is A). Then ||A||_2 <= sigma_computed + svd_error(m, n) ||A||_F (Weyl + backward stability, see
 speccert.norms.rounding), and ||A v|| / ||v|| for the computed top right singular vector v is a proven
-lower bound once recomputed with its own error term. Exact up to ~1e-12; only for small layers.
+lower bound once recomputed with its own error term. Exact up to ~1e-12; only for small layers (the
+`dense` method). `exact` builds the same matrix and certifies its Gram matrix instead (speccert.norms.psd).
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from speccert.norms.layer import LinearLayer
-from speccert.norms.method import NormContext, NormMethod, register_method
-from speccert.norms.result import LowerBound, NormResult, UpperBound
 from speccert.norms.rounding import gamma, lower_from_product, upper_from_svd
 
 Tensor = torch.Tensor
@@ -60,30 +57,3 @@ def dense_bracket(a: Tensor, fan_in: int | None = None) -> tuple[float, float]:
         max(m, n),
     )
     return lower, upper
-
-
-@register_method
-class DenseMethod(NormMethod):
-    name = "dense"
-    kinds = ("upper", "lower")
-    summary = "explicit matrix + float64 SVD + rounding margin (small layers; exact to ~1e-12)"
-
-    def applies(self, layer: LinearLayer) -> bool:
-        return True
-
-    def memory_bytes(self, layer: LinearLayer, ctx: NormContext) -> int:
-        # The matrix, its SVD factors (U is m x k, Vh k x n) and the workspace: about 4 copies.
-        return 4 * 8 * layer.n_in * layer.n_out
-
-    def refuse(self, layer: LinearLayer, ctx: NormContext) -> str | None:
-        entries = layer.n_in * layer.n_out
-        if entries > ctx.dense_max_entries:
-            return f"dense matrix {layer.n_out}x{layer.n_in} exceeds {ctx.dense_max_entries:,} entries"
-        return super().refuse(layer, ctx)
-
-    def compute(self, layer: LinearLayer, ctx: NormContext) -> list[NormResult]:
-        t0 = time.perf_counter()
-        a = explicit_matrix(layer, ctx.device)
-        lower, upper = dense_bracket(a)
-        dt = time.perf_counter() - t0
-        return [UpperBound(upper, self.name, seconds=dt), LowerBound(lower, self.name, seconds=dt)]

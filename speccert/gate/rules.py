@@ -6,8 +6,8 @@ A metric reads one number from the report; a rule compares it with a threshold:
     passed  <=>  value <= threshold   (bound "max": lipschitz_upper, max_layer_norm)
 
 A value that is missing or not a number never passes (a gate must not pass on a number it could not
-read). Metrics live in the `METRICS` registry, each declaring its bound, whether it needs a radius and
-whether it is a fraction; adding a metric is one `@register_metric` function in this file.
+read). Metrics live in the `METRICS` registry (metrics.py), each declaring its bound, whether it needs a
+radius and whether it is a fraction; adding a metric is one `@metric` function there.
 
     >>> report = {"certificate": {"eps": [0.25], "certified_accuracy": [0.7], "clean_accuracy": 0.9}}
     >>> evaluate_rule(make_rule("certified_accuracy", min=0.6, eps=0.25), report).passed
@@ -17,28 +17,14 @@ whether it is a fraction; adding a metric is one `@register_metric` function in 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from speccert.errors import UsageError
-from speccert.registry import Registry
-from speccert.report.policy_values import number, string
+from speccert.gate.metrics import METRICS
+from speccert.gate.values import number, string
 
-__all__ = [
-    "METRICS",
-    "Metric",
-    "RuleResult",
-    "RuleSpec",
-    "as_float",
-    "cra_at",
-    "evaluate_rule",
-    "evaluate_rules",
-    "make_rule",
-    "register_metric",
-]
-
-EPS_MATCH = 1e-9  # radii are user-typed decimals: 0.25 in the policy is 0.25 in the report
+__all__ = ["RuleResult", "RuleSpec", "compare", "evaluate_rule", "evaluate_rules", "make_rule"]
 
 
 @dataclass(frozen=True)
@@ -65,37 +51,6 @@ def _json_number(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
     return v
-
-
-Reader = Callable[[dict[str, Any], float | None], float | None]
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A number read from a certify report. `bound` is "min" (rules say value >= threshold) or "max"."""
-
-    name: str
-    bound: str
-    read: Reader
-    description: str
-    needs_eps: bool = False
-    fraction: bool = False
-
-
-METRICS: Registry[str, Metric] = Registry("gate metric")
-
-
-def register_metric(
-    name: str, description: str, *, bound: str, needs_eps: bool = False, fraction: bool = False
-) -> Callable[[Reader], Reader]:
-    if bound not in ("min", "max"):
-        raise ValueError(f"metric {name!r}: bound must be 'min' or 'max', got {bound!r}")
-
-    def deco(fn: Reader) -> Reader:
-        METRICS.add(name, Metric(name, bound, fn, description, needs_eps, fraction))
-        return fn
-
-    return deco
 
 
 def _fmt(x: float | None) -> str:
@@ -162,75 +117,6 @@ def make_rule(
     if name is not None:
         name = string(name, f"{where}.name", src)
     return RuleSpec(metric=metric, bound=bound, threshold=threshold, eps=eps, name=name)
-
-
-def as_float(v: Any) -> float | None:
-    """A report number as a float: plain numbers, "inf"/"nan" strings, or {"value": x} wrappers."""
-    if isinstance(v, dict) and "value" in v:
-        v = v["value"]
-    if isinstance(v, bool) or v is None:
-        return None
-    if isinstance(v, int | float):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return None
-    return None
-
-
-def _section(report: dict[str, Any], key: str) -> dict[str, Any]:
-    s = report.get(key)
-    return s if isinstance(s, dict) else {}
-
-
-def cra_at(report: dict[str, Any], eps: float) -> float | None:
-    """Certified accuracy at radius `eps` (matched to the report's radii within 1e-9), or None."""
-    cert = _section(report, "certificate")
-    radii, accs = cert.get("eps") or [], cert.get("certified_accuracy") or []
-    for r, a in zip(radii, accs, strict=False):
-        rf = as_float(r)
-        if rf is not None and abs(rf - eps) <= EPS_MATCH * max(1.0, abs(eps)):
-            return as_float(a)
-    return None
-
-
-@register_metric(
-    "certified_accuracy",
-    "fraction of points correctly classified with certified radius >= eps",
-    bound="min",
-    needs_eps=True,
-    fraction=True,
-)
-def _certified_accuracy(report: dict[str, Any], eps: float | None) -> float | None:
-    assert eps is not None
-    return cra_at(report, eps)
-
-
-@register_metric("clean_accuracy", "fraction of points correctly classified", bound="min", fraction=True)
-def _clean_accuracy(report: dict[str, Any], eps: float | None) -> float | None:
-    return as_float(_section(report, "certificate").get("clean_accuracy"))
-
-
-@register_metric(
-    "median_radius", "median certified radius over the evaluated points (0 if misclassified)", bound="min"
-)
-def _median_radius(report: dict[str, Any], eps: float | None) -> float | None:
-    return as_float(_section(report, "certificate").get("median_radius"))
-
-
-@register_metric("lipschitz_upper", "proven upper bound on the model's L2 Lipschitz constant", bound="max")
-def _lipschitz_upper(report: dict[str, Any], eps: float | None) -> float | None:
-    return as_float(_section(report, "lipschitz").get("upper"))
-
-
-@register_metric("max_layer_norm", "largest proven upper bound on a layer's spectral norm", bound="max")
-def _max_layer_norm(report: dict[str, Any], eps: float | None) -> float | None:
-    uppers = [as_float(layer.get("upper")) for layer in report.get("layers") or [] if isinstance(layer, dict)]
-    if not uppers or any(u is None for u in uppers):
-        return None
-    return max(u for u in uppers if u is not None)
 
 
 def compare(value: float | None, bound: str, threshold: float) -> bool:

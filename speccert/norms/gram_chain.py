@@ -1,4 +1,4 @@
-"""`gram`: Gram iteration (Delattre et al., ICML 2023), a proven upper bound at every step.
+"""The Gram chain: Gram iteration (Delattre et al., ICML 2023), a proven upper bound at every step.
 
 With G_0 = A and G_{k+1} = G_k^H G_k, ||A||_2 = ||G_k||_2^(1/2^k) <= ||G_k||_F^(1/2^k), converging
 super-linearly. In floating point we keep every iterate rescaled by a power of two (exact) and account
@@ -6,18 +6,15 @@ for the product's rounding error E_k (|E_k| <= 2 gamma(m+4) |G_k|^H |G_k| entryw
 ||E_k||_F <= 2 gamma(m+4) ||G_k||_F^2). Since ||G_k||_2^2 = ||G_k^H G_k||_2 <= ||fl(G_k^H G_k)||_2 + ||E_k||_2,
 the chain b_K = ||G_K||_F, b_k = sqrt(2^{e_{k+1}} b_{k+1} + eps_k) (each step rounded up) ends in a
 proven b_0 >= ||A||_2. Batched: `gram_upper` takes [..., m, n] (frequency blocks, real or complex).
-As a method it applies to Linear layers (the weight) and convolutions (the FFT frequency blocks).
+Used by the `gram` method (weights, and torus frequency blocks through `max_gram_bound`) and by the
+reshaped-kernel methods (`fantastic4`, `lmt`) for the norms of their reshaped kernels.
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from speccert.norms.layer import LinearLayer
-from speccert.norms.method import NormContext, NormMethod, register_method
-from speccert.norms.result import NormResult, UpperBound, round_up
+from speccert.norms.result import round_up
 from speccert.norms.rounding import U, gamma
 
 Tensor = torch.Tensor
@@ -40,7 +37,7 @@ def scale2(x: Tensor, e: Tensor) -> Tensor:
 
 
 class GramChain:
-    """Batched Gram iteration whose state can be advanced, subset and bounded at any step."""
+    """Batched Gram iteration whose state can be advanced and bounded at any step."""
 
     def __init__(self, a: Tensor) -> None:
         if a.shape[-2] < a.shape[-1]:
@@ -74,13 +71,6 @@ class GramChain:
             b = torch.sqrt(scale2(b * up, e) * up + err) * up * up
         return scale2(b * up, self.e0) * up
 
-    def subset(self, idx: Tensor) -> GramChain:
-        out = GramChain.__new__(GramChain)
-        out.e0, out.h = self.e0[idx], self.h[idx]
-        out.exps = [e[idx] for e in self.exps]
-        out.errs = [e[idx] for e in self.errs]
-        return out
-
 
 def gram_upper(a: Tensor, steps: int = 6) -> Tensor:
     """Proven upper bounds on ||a[i]||_2 for a batch of float64/complex128 matrices a [..., m, n]."""
@@ -94,44 +84,9 @@ def gram_upper_scalar(a: Tensor, steps: int = 12) -> float:
     return round_up(float(gram_upper(a.to(torch.float64) if not a.is_complex() else a, steps)))
 
 
-@register_method
-class GramMethod(NormMethod):
-    name = "gram"
-    kinds = ("upper",)
-    summary = "Gram iteration ||G_k||_F^(1/2^k) with rounding-error chain (dense; FFT blocks for convs)"
-    steps = 12
-
-    def applies(self, layer: LinearLayer) -> bool:
-        from speccert.norms.fft import FFTMethod
-
-        return layer.matrix() is not None or FFTMethod().applies(layer)
-
-    def memory_bytes(self, layer: LinearLayer, ctx: NormContext) -> int:
-        w = layer.matrix()
-        if w is not None:
-            m, n = w.shape
-            return 8 * (m * n + 2 * min(m, n) ** 2)
-        from speccert.norms.fft import FFTMethod
-
-        return FFTMethod().memory_bytes(layer, ctx)
-
-    def compute(self, layer: LinearLayer, ctx: NormContext) -> list[NormResult]:
-        t0 = time.perf_counter()
-        w = layer.matrix()
-        if w is not None:
-            v = gram_upper_scalar(w.to(device=ctx.device, dtype=torch.float64), self.steps)
-            return [UpperBound(v, self.name, iterations=self.steps, seconds=time.perf_counter() - t0)]
-        from speccert.norms.fft import fft_bound
-
-        g = layer.conv()
-        assert g is not None
-        tb = fft_bound(g, ctx.device, block_bound="gram")
-        return [
-            UpperBound(
-                tb.value,
-                self.name,
-                iterations=self.steps,
-                seconds=time.perf_counter() - t0,
-                note="on FFT frequency blocks",
-            )
-        ]
+def max_gram_bound(blocks: Tensor, floor: float = 0.0, steps: int = 12) -> tuple[float, int]:
+    """(proven upper bound on max_i ||blocks[i]||_2, its index) by a fixed `steps`-step Gram iteration on
+    every block (a `speccert.norms.torus.BlockBound`; `floor` is not needed by this bound)."""
+    up = gram_upper(blocks, steps)
+    i = int(torch.argmax(up))
+    return float(up[i]), i

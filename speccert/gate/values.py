@@ -14,13 +14,17 @@ def check_keys(table: dict[str, Any], allowed: set[str], where: str, src: str) -
             raise UsageError(f"{src}: unknown key '{where}.{key}' (allowed: {', '.join(sorted(allowed))})")
 
 
-def number(v: Any, key: str, src: str, *, positive: bool = False, nonneg: bool = False) -> float:
+def number(
+    v: Any, key: str, src: str, *, positive: bool = False, nonneg: bool = False, at_most: float | None = None
+) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
         raise UsageError(f"{src}: '{key}' must be a finite number, got {v!r}")
     if positive and v <= 0:
         raise UsageError(f"{src}: '{key}' must be > 0, got {v!r}")
     if nonneg and v < 0:
         raise UsageError(f"{src}: '{key}' must be >= 0, got {v!r}")
+    if at_most is not None and v > at_most:
+        raise UsageError(f"{src}: '{key}' must be <= {at_most:g}, got {v!r}")
     return float(v)
 
 
@@ -31,11 +35,17 @@ def numbers(v: Any, key: str, src: str, *, positive: bool = False) -> tuple[floa
     return tuple(number(x, f"{key}[{i}]", src, positive=positive) for i, x in enumerate(items))
 
 
+# torch seeds and sizes are 64-bit integers: a larger Python int would fail deep inside torch (exit 5).
+INT64_MAX = 2**63 - 1
+
+
 def integer(v: Any, key: str, src: str, *, positive: bool = False) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise UsageError(f"{src}: '{key}' must be an integer, got {v!r}")
     if positive and v <= 0:
         raise UsageError(f"{src}: '{key}' must be > 0, got {v!r}")
+    if not -INT64_MAX - 1 <= v <= INT64_MAX:
+        raise UsageError(f"{src}: '{key}' must fit in 64 bits, got {v!r}")
     return v
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from speccert.report.gate_outputs import register_output
-from speccert.report.rules import as_float, cra_at
+from speccert.gate.metrics import as_float, cra_at, section
+from speccert.gate.outputs import register_output
 
 if TYPE_CHECKING:
-    from speccert.report.gate import GateResult
+    from speccert.gate.workflow import GateResult
 
 WORST_LAYERS = 10
 
@@ -33,11 +33,6 @@ def num(v: Any, digits: int = 4) -> str:
     return f"{f:.{digits}g}"
 
 
-def _section(report: dict[str, Any], key: str) -> dict[str, Any]:
-    s = report.get(key)
-    return s if isinstance(s, dict) else {}
-
-
 def worst_layers(report: dict[str, Any], k: int = WORST_LAYERS) -> list[dict[str, Any]]:
     """The k layers with the largest spectral-norm upper bound (ties keep graph order)."""
     layers = [lay for lay in report.get("layers") or [] if isinstance(lay, dict)]
@@ -48,9 +43,7 @@ def worst_layers(report: dict[str, Any], k: int = WORST_LAYERS) -> list[dict[str
 def render_markdown(result: GateResult) -> str:
     """The gate result as a Markdown section (starts and ends with a blank line, for appending)."""
     report = result.report
-    model, cert, lip, env = (
-        _section(report, k) for k in ("model", "certificate", "lipschitz", "environment")
-    )
+    model, cert, lip, env = (section(report, k) for k in ("model", "certificate", "lipschitz", "environment"))
     failed = len(result.failures)
     verdict = "✅ **passed**" if result.passed else f"❌ **failed** ({failed} of {len(result.rules)} rules)"
     lines = ["", f"## speccert gate: {verdict}", ""]

@@ -16,7 +16,7 @@ from speccert.errors import UsageError
 from speccert.registry import Registry
 
 if TYPE_CHECKING:
-    from speccert.report.gate import GateResult
+    from speccert.gate.workflow import GateResult
 
 Renderer = Callable[["GateResult"], str]
 
@@ -41,7 +41,7 @@ def register_output(name: str, *, append: bool) -> Callable[[Renderer], Renderer
 
 def load_outputs() -> Registry[str, Output]:
     """Import the modules that register outputs (kept lazy so `speccert --help` stays fast)."""
-    from speccert.report import junit, markdown  # noqa: F401
+    from speccert.gate import junit, markdown  # noqa: F401
 
     return OUTPUTS
 

@@ -13,16 +13,19 @@ import torch
 
 from speccert.ir.ops import AvgPool
 from speccert.norms.layer import LinearLayer
-from speccert.norms.method import NormContext, NormMethod, register_method
+from speccert.norms.method import AutoRole, NormContext, NormMethod, register_method
 from speccert.norms.result import NormResult, UpperBound, round_up
 from speccert.norms.rounding import gamma
 
 
-@register_method
+@register_method("nonnegative")
 class NonnegativeMethod(NormMethod):
-    name = "nonnegative"
+    """√(‖A‖₁‖A‖∞) from A·1 and Aᵀ·1"""
+
     kinds = ("upper",)
     summary = "sqrt(max row sum * max column sum) for non-negative operators (average pooling)"
+    applies_to = "AvgPool (any mode)"
+    auto = AutoRole("upper", order=40, fallback=5)
 
     def applies(self, layer: LinearLayer) -> bool:
         return isinstance(layer.op, AvgPool)

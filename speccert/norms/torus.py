@@ -1,4 +1,4 @@
-"""`fft`: a proven upper bound for convolutions from the frequency blocks of a circular convolution.
+"""Torus blocks: a proven upper bound for convolutions from the frequency blocks of a circular convolution.
 
 Why it is sound. Per spatial axis, let the zero-padded conv read input index t = i*s + a*d - p_begin for
 output i < out and tap a < k (indices outside [0, n) read zeros). Embed x at [0, n) of a torus Z_N. If
@@ -15,23 +15,28 @@ block-diagonal over groups. The max of ||B(w)|| is certified by Cholesky factori
 building B. Circular padding uses the layer's own torus Z_n (exact when s divides n and every output
 position is distinct; a duplicated output row multiplies by sqrt(multiplicity)). Any admissible N gives
 a bound; we take the min over a few. Only half of the spectrum is needed: B(-w) = conj(B(w)).
+
+The per-block bound is pluggable (`BlockBound`): by default the Cholesky certificate of speccert.norms.psd
+(with the Gram matrices assembled from tap products when they fit); the `gram` method passes Gram
+iteration (speccert.norms.gram_chain.max_gram_bound). This module knows no norm method.
 """
 
 from __future__ import annotations
 
 import math
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from speccert.norms.layer import ConvGeometry, LinearLayer
-from speccert.norms.method import NormContext, NormMethod, register_method
+from speccert.norms.layer import ConvGeometry
 from speccert.norms.psd import max_block_norm, max_eigenvalue
-from speccert.norms.result import NormResult, UpperBound
 from speccert.norms.rounding import U, gamma, round_up
 
 Tensor = torch.Tensor
+# (blocks [B, m, n], a value known to be below the answer) -> (proven bound on max_i ||blocks[i]||_2,
+# index of a block attaining it)
+BlockBound = Callable[[Tensor, float], tuple[float, int]]
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ class TorusBound:
 
 
 def _block_max(
-    wg: Tensor, p1: Tensor, p2: Tensor, rows: int, cols: int, chunk_bytes: int, block_bound: str
+    wg: Tensor, p1: Tensor, p2: Tensor, rows: int, cols: int, chunk_bytes: int, block_bound: BlockBound
 ) -> tuple[float, tuple[int, int, int], int]:
     """max over the explicit frequency blocks B(w) (built in complex128) of a proven bound on ||B(w)||."""
     groups = wg.shape[0]
@@ -110,14 +115,7 @@ def _block_max(
         # B[x, y, G, o, r1, r2, c]
         t = torch.einsum("gocab,xra->xgocrb", wc, p1[x0:x1])
         b = torch.einsum("xgocrb,ysb->xygorsc", t, p2).reshape(-1, rows, cols)
-        if block_bound == "gram":
-            from speccert.norms.gram import gram_upper
-
-            up = gram_upper(b, 12)
-            i = int(torch.argmax(up))
-            val = float(up[i])
-        else:
-            val, i = max_block_norm(b, floor=best)
+        val, i = block_bound(b, best)
         nblocks += b.shape[0]
         if val > best:
             x, rem = divmod(i, p2.shape[0] * groups)
@@ -210,12 +208,13 @@ def torus_bound(
     plans: tuple[AxisPlan, AxisPlan],
     device: torch.device,
     chunk_bytes: int = 1 << 28,
-    block_bound: str = "cholesky",
+    block_bound: BlockBound | None = None,
 ) -> TorusBound:
     """max over frequencies and groups of the proven upper bound on ||B(w)||_2.
 
-    block_bound "cholesky": the maximum certified by Cholesky factorisations (speccert.norms.psd), tight to
-    ~1e-10; "gram": a fixed 12-step Gram iteration on every block (the plain batched Gram iteration).
+    block_bound None: the maximum certified by Cholesky factorisations (speccert.norms.psd), tight to
+    ~1e-10, from tap-product Gram matrices when they fit in `chunk_bytes`; otherwise the given bound on
+    every explicit block (e.g. a fixed 12-step Gram iteration, speccert.norms.gram_chain.max_gram_bound).
     """
     w = g.weight.to(device=device, dtype=torch.float64)
     cout, cin_g = w.shape[0], w.shape[1]
@@ -231,14 +230,19 @@ def torus_bound(
     # exactly, then one multiply and cos/sin); bound the construction error's Frobenius norm per block.
     w_fro = float(torch.linalg.norm(w)) * (1 + gamma(w.numel() + 2))
     build_err = 4.0 * (taps + 300) * U * math.sqrt(taps) * w_fro
-    if block_bound == "cholesky" and taps * taps * min(rows, cols) ** 2 * 8 <= chunk_bytes:
+    if block_bound is None and taps * taps * min(rows, cols) ** 2 * 8 <= chunk_bytes:
         best, where, nblocks = _tap_gram_max(wg, plans, p1, p2, chunk_bytes)
         build_err = 0.0  # the tap route never builds B: its error is inside the bound on H
     else:
-        best, where, nblocks = _block_max(wg, p1, p2, rows, cols, chunk_bytes, block_bound)
+        bound = _cholesky_block_bound if block_bound is None else block_bound
+        best, where, nblocks = _block_max(wg, p1, p2, rows, cols, chunk_bytes, bound)
     mult = plans[0].multiplicity * plans[1].multiplicity
     value = round_up((best + build_err) * math.sqrt(mult) * (1 + 4 * U))
     return TorusBound(value, plans, where[0], (where[1], where[2]), nblocks)
+
+
+def _cholesky_block_bound(b: Tensor, floor: float) -> tuple[float, int]:
+    return max_block_norm(b, floor=floor)
 
 
 def candidate_plans(g: ConvGeometry, extra: int = 2) -> list[tuple[AxisPlan, AxisPlan]]:
@@ -261,7 +265,7 @@ def fft_bound(
     device: torch.device,
     extra: int = 2,
     budget_blocks: int = 2_000_000,
-    block_bound: str = "cholesky",
+    block_bound: BlockBound | None = None,
 ) -> TorusBound:
     """The min over a few admissible tori of the torus bound (extra tori only while they are cheap)."""
     g2 = g.as_2d()
@@ -280,38 +284,20 @@ def fft_bound(
     return best
 
 
-@register_method
-class FFTMethod(NormMethod):
-    name = "fft"
-    kinds = ("upper",)
-    summary = "zero-padded conv as a compression of a circular conv; max of frequency-block norms"
+def applies(g: ConvGeometry | None) -> bool:
+    """Whether the torus bound covers this convolution (1-d or 2-d, no cropping by negative padding)."""
+    return g is not None and g.ndim in (1, 2) and all(p >= 0 for pp in g.padding for p in pp)
 
-    def applies(self, layer: LinearLayer) -> bool:
-        g = layer.conv()
-        return g is not None and g.ndim in (1, 2) and all(p >= 0 for pp in g.padding for p in pp)
 
-    def memory_bytes(self, layer: LinearLayer, ctx: NormContext) -> int:
-        g = layer.conv()
-        if g is None:
-            return 0
-        plans = candidate_plans(g, 0)[0]
-        g2 = g.as_2d()
-        co, ci = g2.weight.shape[0] // g2.groups, g2.weight.shape[1]
-        one_row = (plans[1].M // 2 + 1) * g2.groups * co * ci * plans[0].s * plans[1].s * 16
-        return 4 * one_row  # one first-axis frequency at a time, times SVD workspace
+def memory_bytes(g: ConvGeometry) -> int:
+    """Peak extra memory of `fft_bound`: one first-axis frequency of blocks at a time, times SVD workspace."""
+    plans = candidate_plans(g, 0)[0]
+    g2 = g.as_2d()
+    co, ci = g2.weight.shape[0] // g2.groups, g2.weight.shape[1]
+    one_row = (plans[1].M // 2 + 1) * g2.groups * co * ci * plans[0].s * plans[1].s * 16
+    return 4 * one_row
 
-    def compute(self, layer: LinearLayer, ctx: NormContext) -> list[NormResult]:
-        t0 = time.perf_counter()
-        g = layer.conv()
-        assert g is not None
-        tb = fft_bound(g, ctx.device)
-        torus = "x".join(str(p.N) for p in tb.plans[2 - g.ndim :])
-        return [
-            UpperBound(
-                tb.value,
-                self.name,
-                iterations=tb.blocks,
-                seconds=time.perf_counter() - t0,
-                note=f"torus {torus}",
-            )
-        ]
+
+def torus_label(tb: TorusBound, ndim: int) -> str:
+    """The torus size as shown to users, e.g. "16x16" (a 1-d conv's unit axis left out)."""
+    return "x".join(str(p.N) for p in tb.plans[2 - ndim :])

@@ -9,7 +9,7 @@ to the bound. On small feature maps this removes the torus bound's excess over z
 ~10% on 7x7 maps) at the cost of O(n^3) work on the smaller side.
 The same H gives the lower bound: its top eigenvector by inverse iteration with the Cholesky factor of
 t I - H at the certified t (one more factorisation, three triangular solve pairs), turned into an input
-vector x and checked as ||A x|| / ||x|| in float64 (speccert.norms.power.certify_lower), so the bracket
+vector x and checked as ||A x|| / ||x|| in float64 (speccert.norms.krylov.certify_lower), so the bracket
 is as tight as the upper bound and auto needs no Lanczos run for these layers.
 
 Larger zero-padded convolutions, opt-in (`exact_max_dim`, `--exact-max-dim`): the Gram matrix on the
@@ -28,28 +28,35 @@ import time
 import torch
 
 from speccert.norms.conv_gram import conv_gram, gram_side
-from speccert.norms.dense import explicit_matrix
-from speccert.norms.lanczos import lanczos
+from speccert.norms.explicit import explicit_matrix
+from speccert.norms.krylov import certify_lower, lanczos
 from speccert.norms.layer import LinearLayer
-from speccert.norms.method import NormContext, NormMethod, register_method
-from speccert.norms.power import certify_lower
+from speccert.norms.method import EXACT_MAX_DIM, AutoRole, NormContext, NormMethod, register_method
 from speccert.norms.psd import block_norms_with_gram, bound_after_cholesky, passes_in_place, top_eigenvector
 from speccert.norms.result import LowerBound, NormResult, UpperBound
 from speccert.norms.rounding import gamma, round_up
 
-EXACT_MAX_DIM = 2048
 EXACT_MAX_ENTRIES = 1 << 25
 LARGE_BYTES_PER_ENTRY = 17  # large-conv route: the Gram matrix (shifted in place) and its Cholesky factor
 
 
-@register_method
+@register_method("exact")
 class ExactMethod(NormMethod):
-    name = "exact"
+    """explicit matrix, its Gram matrix H, and a Cholesky factorisation of tI − H proving λmax(H) ≤ t
+    (rounding of every step bounded, `speccert/norms/psd.py`); the lower bound from H's top eigenvector
+    (inverse iteration with the same kind of factor); bracket ~1e-9. Opt-in for larger convs: H assembled
+    from the kernel's tap products (`conv_gram.py`, no explicit A), t from the Lanczos lower bound × (1 +
+    1e-4), one Cholesky; bracket ~1e-4"""
+
     kinds = ("upper", "lower")
     summary = (
         "explicit matrix, Gram matrix, Cholesky certificate (smaller side <= 2048; exact to ~1e-10); "
         "larger zero-padded convs with --exact-max-dim (tap-assembled Gram matrix)"
     )
+    applies_to = (
+        "all (smaller side ≤ 2048, ≤ 33.5M entries); zero-padded convs up to `--exact-max-dim` (opt-in)"
+    )
+    auto = AutoRole("decisive", order=2)
 
     def applies(self, layer: LinearLayer) -> bool:
         return True
@@ -116,14 +123,18 @@ def _large_conv_bracket(layer: LinearLayer, ctx: NormContext, name: str) -> list
     t0 = time.perf_counter()
     g = layer.conv()
     assert g is not None
-    low = lanczos(layer, ctx.device, torch.float32, 128, 1e-7)
+    low = lanczos(
+        layer, ctx.device, torch.float32, 128, 1e-7, on_step=lambda j, k: ctx.tell(f"exact: lanczos {j}/{k}")
+    )
     lower = LowerBound(low.lower, name, iterations=low.iterations, seconds=time.perf_counter() - t0)
     worst = 0.0
     for gi in range(g.groups):
         for slack in (1e-4, 1e-3):
             t = (low.lower * (1.0 + slack)) ** 2
+            ctx.tell(f"exact: tap Gram matrix, group {gi + 1}/{g.groups}")
             h, h_err = conv_gram(g, gi, ctx.device)
             n = h.shape[0]
+            ctx.tell(f"exact: Cholesky {n}x{n}, group {gi + 1}/{g.groups}")
             if passes_in_place(h, t):
                 worst = max(worst, bound_after_cholesky(t, n, h_err))
                 break

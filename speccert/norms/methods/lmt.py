@@ -12,14 +12,14 @@ from __future__ import annotations
 import math
 import time
 
-from speccert.norms.gram import gram_upper_scalar
+from speccert.norms.gram_chain import gram_upper_scalar
 from speccert.norms.kernel_shapes import group_kernels
-from speccert.norms.layer import LinearLayer
-from speccert.norms.method import NormContext, NormMethod, register_method
+from speccert.norms.layer import ConvGeometry, LinearLayer
+from speccert.norms.method import AutoRole, NormContext, NormMethod, register_method
 from speccert.norms.result import NormResult, UpperBound, round_up
 
 
-def overlap_count(g) -> int:  # noqa: ANN001 - ConvGeometry
+def overlap_count(g: ConvGeometry) -> int:
     count = 1
     for k, d, s, n, o in zip(g.kernel, g.dilation, g.stride, g.size, g.out_size, strict=True):
         c = min(k, -(-(d * (k - 1) + 1) // s))
@@ -29,11 +29,14 @@ def overlap_count(g) -> int:  # noqa: ANN001 - ConvGeometry
     return count
 
 
-@register_method
+@register_method("lmt")
 class LMTMethod(NormMethod):
-    name = "lmt"
+    """‖T‖·√(windows covering a pixel) (Tsuzuku et al. 2018)"""
+
     kinds = ("upper",)
     summary = "Tsuzuku et al.: ||T|| * sqrt(max windows covering a pixel) (stride-aware)"
+    applies_to = "convs"
+    auto = AutoRole("upper", order=20, fallback=4)
 
     def applies(self, layer: LinearLayer) -> bool:
         g = layer.conv()

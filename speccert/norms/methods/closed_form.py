@@ -16,7 +16,7 @@ import torch
 
 from speccert.ir.ops import GlobalAvgPool, Pad, Reshape, Transpose
 from speccert.norms.layer import LinearLayer
-from speccert.norms.method import NormContext, NormMethod, register_method
+from speccert.norms.method import AutoRole, NormContext, NormMethod, register_method
 from speccert.norms.result import LowerBound, NormResult, UpperBound, round_down, round_up
 
 
@@ -34,11 +34,14 @@ def closed_form_value(layer: LinearLayer) -> float | None:
     return None
 
 
-@register_method
+@register_method("closed_form")
 class ClosedFormMethod(NormMethod):
-    name = "closed_form"
+    """exact formulas in float64, 16 ulps of rounding allowance on each side"""
+
     kinds = ("upper", "lower")
     summary = "exact formulas: diagonal ops max|scale|, GlobalAvgPool 1/sqrt(HW), Pad/Reshape/Transpose 1"
+    applies_to = "BatchNorm/Affine (max|scale|), GlobalAvgPool (1/√HW), Pad/Reshape/Transpose (1)"
+    auto = AutoRole("decisive", order=0, fallback=0)
 
     def applies(self, layer: LinearLayer) -> bool:
         if isinstance(layer.op, Pad):

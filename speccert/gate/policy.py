@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from speccert.errors import InputError, UsageError
-from speccert.report.policy_values import boolean, check_keys, integer, nonempty_list, number, numbers, string
-from speccert.report.rules import RuleSpec, make_rule
+from speccert.gate.rules import RuleSpec, make_rule
+from speccert.gate.values import boolean, check_keys, integer, nonempty_list, number, numbers, string
 
 POLICY_FILE = "speccert.toml"
+COMMAND_LINE = "command line"  # the source of a policy built from options alone (no file found)
 PYPROJECT = "pyproject.toml"
 DEFAULT_MAX_CRA_DROP = 0.01
 DEFAULT_MAX_LIPSCHITZ_GROWTH = 1.05
@@ -235,35 +236,53 @@ def parse_regression(n: dict[str, Any], src: str = "policy", base: Path | None =
         raise UsageError(f"{src}: '{w}.max_lipschitz_growth' is a factor >= 1, got {growth:g}")
     return RegressionSpec(
         baseline=_relative(string(n["baseline"], f"{w}.baseline", src), base) if "baseline" in n else None,
-        max_cra_drop=number(
-            n.get("max_cra_drop", DEFAULT_MAX_CRA_DROP), f"{w}.max_cra_drop", src, nonneg=True
+        max_cra_drop=number(  # accuracies are fractions: a drop above 1 would make the rule vacuous
+            n.get("max_cra_drop", DEFAULT_MAX_CRA_DROP), f"{w}.max_cra_drop", src, nonneg=True, at_most=1.0
         ),
         max_lipschitz_growth=growth,
-        max_clean_drop=number(n["max_clean_drop"], f"{w}.max_clean_drop", src, nonneg=True)
+        max_clean_drop=number(n["max_clean_drop"], f"{w}.max_clean_drop", src, nonneg=True, at_most=1.0)
         if "max_clean_drop" in n
         else None,
     )
 
 
+# A policy is a few hundred bytes; parsing is pure-Python (a 10 MB file took 58 s), so refuse big files
+# before reading them. pyproject.toml files share the cap: theirs is generous for a project file.
+MAX_POLICY_BYTES = 2**20
+
+
+def _load_toml(p: Path) -> tuple[dict[str, Any], str]:
+    """Parse a policy file (size-capped); InputError for unreadable, huge or absurdly nested files."""
+    try:
+        size = p.stat().st_size
+        if size > MAX_POLICY_BYTES:
+            raise InputError(f"policy {p} is {size:,} bytes; a policy file is at most {MAX_POLICY_BYTES:,}")
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read policy {p}: {exc}") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        where = "" if "line" in str(exc) else f" (line {text.count(chr(10)) + 1}, end of file)"
+        raise UsageError(f"policy {p}: invalid TOML: {exc}{where}") from None
+    except RecursionError:
+        raise InputError(
+            f"policy {p}: nested too deeply to be a policy (arrays or tables inside each other)"
+        ) from None
+
+
 def read_policy(path: str | os.PathLike[str]) -> Policy:
     """Read a policy file: `speccert.toml` (top-level [gate]) or a `pyproject.toml` ([tool.speccert.gate]).
 
-    A missing or unreadable file is an InputError (exit 4); bad TOML or bad content a UsageError (exit 2).
+    A missing, unreadable, oversized or too deeply nested file is an InputError (exit 4); bad TOML or
+    bad content a UsageError (exit 2).
     """
     p = Path(path)
     if not p.is_file():
         raise InputError(
             f"policy file not found: {p}" if not p.exists() else f"policy path is not a file: {p}"
         )
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read policy {p}: {exc}") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        where = "" if "line" in str(exc) else f" (line {text.count(chr(10)) + 1}, end of file)"
-        raise UsageError(f"policy {p}: invalid TOML: {exc}{where}") from None
+    doc, _ = _load_toml(p)
     src = str(p)
     if p.name == PYPROJECT:
         tool = doc.get("tool", {})
@@ -284,80 +303,10 @@ def discover_policy(folder: str | os.PathLike[str] = ".") -> Path | None:
     pyproject = base / PYPROJECT
     if pyproject.is_file():
         try:
-            doc = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            doc, _ = _load_toml(pyproject)
+        except UsageError:  # not valid TOML: not a policy (a broken pyproject is someone else's error)
             return None
         tool = doc.get("tool")
         if isinstance(tool, dict) and "speccert" in tool:
             return pyproject
     return None
-
-
-def parse_cra_option(text: str) -> RuleSpec:
-    """'--min-cra 0.5@0.25' -> certified_accuracy at eps 0.25 >= 0.5."""
-    value, sep, eps = text.partition("@")
-    if not sep:
-        raise UsageError(f"--min-cra expects ACCURACY@EPS, e.g. 0.5@0.25, got {text!r}")
-    try:
-        v, e = float(value), float(eps)
-    except ValueError:
-        raise UsageError(f"--min-cra expects two numbers as ACCURACY@EPS, got {text!r}") from None
-    return make_rule("certified_accuracy", min=v, eps=e, where=f"--min-cra {text}", src="command line")
-
-
-def parse_eps_option(text: str) -> tuple[float, ...]:
-    """'--eps 0.1,0.25' -> (0.1, 0.25)."""
-    try:
-        values = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise UsageError(f"--eps expects numbers separated by commas, got {text!r}") from None
-    return numbers(values, "--eps", "command line", positive=True)
-
-
-def with_overrides(
-    policy: Policy,
-    *,
-    rules: list[RuleSpec] | None = None,
-    eps: tuple[float, ...] | None = None,
-    data: str | None = None,
-    limit: int | None = None,
-    method: str | None = None,
-    device: str | None = None,
-    seed: int | None = None,
-    split: str | None = None,
-    baseline: str | None = None,
-    max_cra_drop: float | None = None,
-    max_lipschitz_growth: float | None = None,
-) -> Policy:
-    """Command-line options on top of a policy: rules are added, everything else replaces."""
-    d = policy.data
-    if data is not None:
-        d = dataclasses.replace(d, path=data)
-    if limit is not None:
-        d = dataclasses.replace(d, limit=integer(limit, "--limit", "command line", positive=True))
-    if split is not None:
-        if split not in SPLITS:
-            raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-        d = dataclasses.replace(d, split=split)
-    reg = policy.regression
-    if baseline is not None or max_cra_drop is not None or max_lipschitz_growth is not None:
-        reg = reg or RegressionSpec()
-        raw: dict[str, Any] = {}
-        if baseline is not None:
-            raw["baseline"] = baseline
-        if max_cra_drop is not None:
-            raw["max_cra_drop"] = max_cra_drop
-        if max_lipschitz_growth is not None:
-            raw["max_lipschitz_growth"] = max_lipschitz_growth
-        upd = parse_regression(raw, "command line")
-        reg = dataclasses.replace(reg, **{k: getattr(upd, k) for k in raw})
-    return dataclasses.replace(
-        policy,
-        data=d,
-        rules=policy.rules + tuple(rules or ()),
-        eps=eps if eps is not None else policy.eps,
-        method=method or policy.method,
-        device=device or policy.device,
-        regression=reg,
-        seed=integer(seed, "--seed", "command line") if seed is not None else policy.seed,
-    )

@@ -6,7 +6,7 @@ stride-1 conv splits exactly into d1*d2 independent undilated convs over residue
 undilated kernel's bound covers any stride, dilation and per-side zero padding. We also apply it to
 the polyphase kernel (a strided conv as a stride-1 conv over polyphase components) and keep the
 smaller. Groups: block-diagonal, max over groups. Each matrix norm is bounded by Gram iteration
-(speccert.norms.gram), so the result is proven. Circular padding: only without dilation and with
+(speccert.norms.gram_chain), so the result is proven. Circular padding: only without dilation and with
 distinct output positions (then a compression of the circular conv on Z_n, where the bound holds).
 """
 
@@ -15,24 +15,31 @@ from __future__ import annotations
 import math
 import time
 
-from speccert.norms.gram import gram_upper_scalar
+import torch
+
+from speccert.norms.gram_chain import gram_upper_scalar
 from speccert.norms.kernel_shapes import group_kernels, polyphase_kernel, reshapings, undilated_ok
 from speccert.norms.layer import LinearLayer
-from speccert.norms.method import NormContext, NormMethod, register_method
+from speccert.norms.method import AutoRole, NormContext, NormMethod, register_method
 from speccert.norms.result import NormResult, UpperBound, round_up
 
+Tensor = torch.Tensor
 
-def fantastic4_kernel(k) -> float:  # noqa: ANN001 - a [c_out, c_in, h, w] float64 tensor
-    """sqrt(h w) * min over the four reshapings of a proven bound on their 2-norms."""
+
+def fantastic4_kernel(k: Tensor) -> float:
+    """sqrt(h w) * min over the four reshapings of a proven bound on their 2-norms (k: [c_out, c_in, h, w])."""
     best = min(gram_upper_scalar(m, 10) for m in reshapings(k).values())
     return round_up(math.sqrt(k.shape[2] * k.shape[3]) * best)
 
 
-@register_method
+@register_method("fantastic4")
 class Fantastic4Method(NormMethod):
-    name = "fantastic4"
+    """√(hw)·min(‖R‖,‖S‖,‖T‖,‖U‖) (Singla & Feizi 2021), also on the polyphase kernel"""
+
     kinds = ("upper",)
     summary = "Singla & Feizi: sqrt(hw) * min of four reshaped-kernel norms (also on the polyphase kernel)"
+    applies_to = "convs"
+    auto = AutoRole("upper", order=10, fallback=3)
 
     def applies(self, layer: LinearLayer) -> bool:
         g = layer.conv()
