@@ -155,7 +155,11 @@ def certify(
     radius(x) = max over certificate kinds of min_j r_kind(x, j) (0 if misclassified), with
     global r = (f_y - f_j) / (sqrt(2) L), pairwise r = (f_y - f_j) / (||W_y - W_j|| L_penultimate),
     second order (smooth nets, `second_order=True`) r = 2 m / (g + sqrt(g^2 + 2 K m)), refined by the
-    CRC dual bound with `crc_steps` gradient steps per test (speccert.bounds.crc) when > 0.
+    CRC dual bound with `crc_steps` gradient steps per test (speccert.bounds.crc) when > 0,
+    margin-aware r = (f_y - f_j) / (||T_y - T_j|| L_u) with T the merged affine tail
+    (speccert.bounds.margin_aware) and, opt-in, the local certificate over B(x, r)
+    (speccert.bounds.local). `certificates` names the kinds to run (or ["all"]); None runs every kind
+    that is not opt-in.
     certified_accuracy(eps) = mean(correct and radius >= eps). `audit=N` attacks N certified points at
     their radius with PGD-L2 and raises InternalError on any success.
     """
