@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
 from speccert.bounds.linear_tail import tail_rows
-from speccert.bounds.local_bounds import BallBounds, Stage, _inner, ball_bounds, build_stages
+from speccert.bounds.local_bounds import BallBounds, Stage, ball_bounds, build_stages, inner_dimension
 from speccert.ir import Graph, MaxPool, Node
 from speccert.norms.rounding import gamma, svd_error
 
@@ -89,7 +89,7 @@ class LocalModel:
         self.graph = ctx.bound.folded
         self.stages: list[Stage] = build_stages(ctx.bound)
         self.rows = tail_rows(self.graph).rows
-        inner = sum(_inner(self.graph, n) for st in self.stages for n in st.block) + 8
+        inner = sum(inner_dimension(self.graph, n) for st in self.stages for n in st.block) + 8
         prod = 1.0
         for st in self.stages:
             prod *= st.schur * st.pool_factor

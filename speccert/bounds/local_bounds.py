@@ -58,7 +58,7 @@ class Stage:
     pool_factor: float = 1.0
 
 
-def _inner(graph: Graph, node: Node) -> int:
+def inner_dimension(graph: Graph, node: Node) -> int:
     op = node.op
     if isinstance(op, (Linear, Conv)):
         return int(op.weight[0].numel()) + 4
@@ -102,7 +102,7 @@ def _rownorm(graph: Graph, block: list[Node], upper: float, z_shape: tuple[int, 
             ones = torch.ones((1, *graph.shape_of(node.inputs[0])), dtype=torch.float64)
             sq = Conv(w2, None, op.stride, op.padding, op.dilation, op.groups).forward(ones)[0]
         if sq is not None:
-            r = (sq * (1.0 + gamma(_inner(graph, node) + 4))).sqrt() * (1.0 + 4 * U)
+            r = (sq * (1.0 + gamma(inner_dimension(graph, node) + 4))).sqrt() * (1.0 + 4 * U)
             return r.reshape(z_shape).clamp_max(upper)
     return torch.full(z_shape, upper, dtype=torch.float64)
 
@@ -148,7 +148,7 @@ def box_affine(graph: Graph, block: list[Node], c: Tensor, rad: Tensor) -> tuple
     """(centre, radius) enclosing A h + b for every h in the box c +- rad (rounding included)."""
     for node in block:
         op = node.op
-        k = _inner(graph, node)
+        k = inner_dimension(graph, node)
         absop = absolute_op(op, c.dim() - 1)
         new_c = op.forward(c)
         if k == 0:  # permutations and zero padding: exact
