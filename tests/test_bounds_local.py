@@ -106,7 +106,7 @@ def check_local(g: Graph, x: torch.Tensor, tmp_path: Path) -> dict[str, np.ndarr
     return rep.radii
 
 
-shapes = settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+shapes = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @shapes
