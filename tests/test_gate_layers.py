@@ -24,7 +24,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def _hits(folder: str, forbidden: tuple[str, ...]) -> list[str]:
-    files = sorted((PKG / folder).glob("*.py"))
+    files = sorted((PKG / folder).rglob("*.py"))
     assert files
     return [
         f"{f.name} imports {name}"

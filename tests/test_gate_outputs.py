@@ -15,9 +15,9 @@ from gate_report_dicts import report
 
 import speccert
 from speccert.errors import InputError
-from speccert.gate.junit import render_junit
-from speccert.gate.markdown import render_markdown, worst_layers
 from speccert.gate.outputs import load_outputs, register_output, write_output
+from speccert.gate.outputs.junit import render_junit
+from speccert.gate.outputs.markdown import render_markdown, worst_layers
 from speccert.gate.policy import DataSpec, Policy, RegressionSpec, make_rule
 from speccert.gate.workflow import GateResult, evaluate, validate_gate
 from speccert.ir import Activation, Graph, Linear, Node, Reshape

@@ -226,13 +226,13 @@ def _render(result: GateResult, to_stderr: bool) -> None:
     plain `Text` (never parsed as markup), so `[/v2]` in a path prints as written and cannot raise."""
     from rich.table import Table
 
-    from speccert.gate.markdown import num
+    from speccert.gate.outputs.markdown import num
 
     console = err if to_stderr else out
     model = result.report.get("model") or {}
     cert = result.report.get("certificate") or {}
     title = f"speccert gate: {model.get('path', '?')} ({cert.get('n', '?')} points, {result.seconds:.1f} s)"
-    table = Table(title=Text(title), title_justify="left")
+    table = Table(title=Text(title, style="table.title"), title_justify="left")
     table.add_column("rule")
     table.add_column("value", justify="right")
     table.add_column("threshold", justify="right")

@@ -3,12 +3,13 @@
 Layer: above bounds/, report/ and training/, below cli/. Modules, bottom to top:
 
 - `values.py`   checked reads of policy values (each error names its key);
-- `metrics.py`  the registry of gate metrics (one decorated reader per metric);
+- `metrics/`    the registry of gate metrics, one module (one decorated reader) per metric;
 - `rules.py`    a rule = metric + bound + threshold, evaluated over a certify report dict;
-- `policy.py`   the policy file (speccert.toml / [tool.speccert]) and command-line overrides;
-- `baseline.py` no_regression: a baseline report, validated (fail closed), compared with this run;
+- `policy.py`   the policy file (speccert.toml / [tool.speccert]); `options.py` command-line overrides;
+- `baseline.py` no_regression: a baseline report, checked by `baseline_check.py` (the gate fails
+                closed on a value it cannot compare with), compared with this run;
 - `workflow.py` `gate()`: load, certify, evaluate; `GateResult` and its JSON (gate.schema.json);
-- `outputs.py`  the registry of output formats; `junit.py`, `markdown.py` register there.
+- `outputs/`    the registry of output formats, one module per format (`junit.py`, `markdown.py`).
 
     >>> import speccert
     >>> speccert.gate("models/mlp.onnx", "speccert.toml").passed        # doctest: +SKIP

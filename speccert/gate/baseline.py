@@ -104,97 +104,91 @@ def comparison_notes(current: dict[str, Any], base: dict[str, Any]) -> list[str]
     return notes
 
 
-def regression_rules(current: dict[str, Any], base: dict[str, Any], spec: RegressionSpec) -> list[RuleResult]:
-    """One rule per radius shared by both reports, one for the Lipschitz bound, and one for clean accuracy
-    when `spec.max_clean_drop` is set."""
-    results: list[RuleResult] = []
+# Thresholds are float arithmetic on decimals (0.6 - 0.05 = 0.5499999...): a value exactly at the
+# tolerance must pass, so each comparison gets this much relative slack.
+_SLACK = 1e-12
+
+
+def _compared(
+    what: str,
+    metric: str,
+    bound: str,
+    value: float | None,
+    base: float,
+    threshold: float,
+    allowance: str,
+    eps: float | None = None,
+) -> RuleResult:
+    """One no_regression rule: `value` against `threshold`, which was derived from the baseline `base`."""
+    op = ">=" if bound == "min" else "<="
+    ok = compare(value, bound, threshold - _SLACK if bound == "min" else threshold * (1 + _SLACK))
+    shown = "missing" if value is None else f"{value:.6g}"
+    return RuleResult(
+        name=f"no_regression: {metric}" + (f"@{eps:g}" if eps is not None else ""),
+        metric=f"no_regression.{metric}",
+        op=op,
+        threshold=threshold,
+        value=value,
+        passed=ok,
+        message=f"{what}: {shown} vs baseline {base:.6g} ({allowance}, so {op} {threshold:.6g})",
+        eps=eps,
+        baseline=base,
+    )
+
+
+def _cra_rules(current: dict[str, Any], base: dict[str, Any], drop: float) -> list[RuleResult]:
+    """CRA_C(eps) >= CRA_B(eps) - drop at every radius both reports hold."""
+    results = []
     for e in current["certificate"].get("eps") or []:
         eps = as_float(e)
-        if eps is None:
+        b = cra_at(base, eps) if eps is not None else None
+        if eps is None or b is None:
             continue
-        b = cra_at(base, eps)
-        if b is None:
-            continue
-        c = cra_at(current, eps)
-        threshold = max(0.0, b - spec.max_cra_drop)
-        ok = compare(c, "min", threshold - 1e-12)  # 1e-12: b - drop is a float subtraction of decimals
-        shown = "missing" if c is None else f"{c:.6g}"
-        message = (
-            f"certified accuracy at eps {eps:g}: {shown} vs baseline {b:.6g} "
-            f"(may drop by at most {spec.max_cra_drop:g}, so >= {threshold:.6g})"
-        )
+        allowance = f"may drop by at most {drop:g}"
         results.append(
-            RuleResult(
-                name=f"no_regression: certified_accuracy@{eps:g}",
-                metric="no_regression.certified_accuracy",
-                op=">=",
-                threshold=threshold,
-                value=c,
-                passed=ok,
-                message=message,
-                eps=eps,
-                baseline=b,
+            _compared(
+                f"certified accuracy at eps {eps:g}",
+                "certified_accuracy",
+                "min",
+                cra_at(current, eps),
+                b,
+                max(0.0, b - drop),
+                allowance,
+                eps,
             )
         )
     base_radii = [e for e in base["certificate"].get("eps") or [] if as_float(e) is not None]
-    if results == [] and base_radii and current["certificate"].get("eps"):
+    if not results and base_radii and current["certificate"].get("eps"):
         raise UsageError(
             "no_regression: the baseline shares no radius with this run (baseline eps: "
             + ", ".join(f"{as_float(e):g}" for e in base_radii)
             + "); certify at the same eps"
         )
-    lb, lc = (
-        as_float(base.get("lipschitz", {}).get("upper")),
-        as_float(current.get("lipschitz", {}).get("upper")),
-    )
-    if lb is not None:
-        threshold = lb * spec.max_lipschitz_growth
+    return results
+
+
+def regression_rules(current: dict[str, Any], base: dict[str, Any], spec: RegressionSpec) -> list[RuleResult]:
+    """One rule per radius shared by both reports, one for the Lipschitz bound, and one for clean accuracy
+    when `spec.max_clean_drop` is set."""
+    results = _cra_rules(current, base, spec.max_cra_drop)
+    lb = as_float(base.get("lipschitz", {}).get("upper"))
+    if lb is not None:  # None: the baseline has no finite bound, nothing to regress from (noted)
+        growth = spec.max_lipschitz_growth
+        threshold = lb * growth
         if not math.isfinite(threshold):  # a vacuous rule would pass any model: fail closed
             raise InputError(
                 f"no_regression: baseline Lipschitz bound {lb:g} times max_lipschitz_growth "
-                f"{spec.max_lipschitz_growth:g} is not a finite number"
+                f"{growth:g} is not a finite number"
             )
-        ok = compare(lc, "max", threshold * (1 + 1e-12))
-        shown = "missing" if lc is None else f"{lc:.6g}"
-        message = (
-            f"Lipschitz upper bound: {shown} vs baseline {lb:.6g} "
-            f"(may grow by at most x{spec.max_lipschitz_growth:g}, so <= {threshold:.6g})"
-        )
+        lc = as_float(current.get("lipschitz", {}).get("upper"))
+        allowance = f"may grow by at most x{growth:g}"
         results.append(
-            RuleResult(
-                name="no_regression: lipschitz_upper",
-                metric="no_regression.lipschitz_upper",
-                op="<=",
-                threshold=threshold,
-                value=lc,
-                passed=ok,
-                message=message,
-                baseline=lb,
-            )
+            _compared("Lipschitz upper bound", "lipschitz_upper", "max", lc, lb, threshold, allowance)
         )
-    if spec.max_clean_drop is not None:
-        cb, cc = (
-            as_float(base["certificate"].get("clean_accuracy")),
-            as_float(current["certificate"].get("clean_accuracy")),
-        )
-        if cb is not None:
-            threshold = cb - spec.max_clean_drop
-            ok = compare(cc, "min", threshold - 1e-12)
-            shown = "missing" if cc is None else f"{cc:.6g}"
-            message = (
-                f"clean accuracy: {shown} vs baseline {cb:.6g} "
-                f"(may drop by at most {spec.max_clean_drop:g}, so >= {threshold:.6g})"
-            )
-            results.append(
-                RuleResult(
-                    name="no_regression: clean_accuracy",
-                    metric="no_regression.clean_accuracy",
-                    op=">=",
-                    threshold=threshold,
-                    value=cc,
-                    passed=ok,
-                    message=message,
-                    baseline=cb,
-                )
-            )
+    cb = as_float(base["certificate"].get("clean_accuracy"))
+    if spec.max_clean_drop is not None and cb is not None:
+        cc = as_float(current["certificate"].get("clean_accuracy"))
+        drop = spec.max_clean_drop
+        allowance = f"may drop by at most {drop:g}"
+        results.append(_compared("clean accuracy", "clean_accuracy", "min", cc, cb, cb - drop, allowance))
     return results

@@ -50,9 +50,9 @@ def _table(doc: dict[str, Any], key: str, src: str) -> dict[str, Any]:
     return value
 
 
-def _nonneg(v: Any, key: str, src: str) -> float:
+def _nonneg(v: Any, key: str, src: str, want: str = "a finite number >= 0") -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-        raise _bad(src, key, v, "a finite number >= 0")
+        raise _bad(src, key, v, want)
     return float(v)
 
 
@@ -61,11 +61,7 @@ def _nullable(table: dict[str, Any], key: str, where: str, src: str) -> float | 
     if key not in table:
         raise InputError(f"{_name(src)}: missing key '{where}.{key}'")
     v = table[key]
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-        raise _bad(src, f"{where}.{key}", v, "a finite number >= 0 or null")
-    return float(v)
+    return None if v is None else _nonneg(v, f"{where}.{key}", src, "a finite number >= 0 or null")
 
 
 def _fraction(v: Any, key: str, src: str) -> float:

@@ -97,7 +97,8 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["eps"] = list(self.eps_all)
-        return _lists(d)
+        out: dict[str, Any] = _lists(d)
+        return out
 
 
 def _lists(x: Any) -> Any:
@@ -134,6 +135,53 @@ def _relative(path: str, base: Path | None) -> str:
     return os.path.normpath(base / p)
 
 
+def _parse_data(d: Any, src: str, base: Path | None) -> DataSpec:
+    if not isinstance(d, dict):
+        raise UsageError(f"{src}: 'gate.data' must be a table ([gate.data])")
+    check_keys(d, _DATA_KEYS, "gate.data", src)
+    if "split" in d and d["split"] not in SPLITS:
+        raise UsageError(f"{src}: 'gate.data.split' must be one of {', '.join(SPLITS)}, got {d['split']!r}")
+    return DataSpec(
+        path=_relative(string(d["path"], "gate.data.path", src), base) if "path" in d else None,
+        split=string(d["split"], "gate.data.split", src) if "split" in d else None,
+        limit=integer(d["limit"], "gate.data.limit", src, positive=True) if "limit" in d else None,
+        mean=numbers(d["mean"], "gate.data.mean", src) if "mean" in d else None,
+        std=numbers(d["std"], "gate.data.std", src, positive=True) if "std" in d else None,
+        input_shape=tuple(
+            integer(v, f"gate.data.input_shape[{i}]", src, positive=True)
+            for i, v in enumerate(nonempty_list(d["input_shape"], "gate.data.input_shape", src))
+        )
+        if "input_shape" in d
+        else None,
+    )
+
+
+def _parse_rules(raw_rules: Any, src: str) -> list[RuleSpec]:
+    if not isinstance(raw_rules, list):
+        raise UsageError(f"{src}: 'gate.rule' must be an array of tables ([[gate.rule]])")
+    rules = []
+    for i, r in enumerate(raw_rules):
+        where = f"gate.rule[{i}]"
+        if not isinstance(r, dict):
+            raise UsageError(f"{src}: '{where}' must be a table")
+        check_keys(r, _RULE_KEYS, where, src)
+        if "metric" not in r:
+            raise UsageError(f"{src}: '{where}' needs 'metric'")
+        metric = string(r["metric"], f"{where}.metric", src)
+        rules.append(
+            make_rule(
+                metric,
+                min=r.get("min"),
+                max=r.get("max"),
+                eps=r.get("eps"),
+                name=r.get("name"),
+                where=where,
+                src=src,
+            )
+        )
+    return rules
+
+
 def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = None) -> Policy:
     """Build a Policy from a parsed TOML document (the content of speccert.toml or [tool.speccert])."""
     for key in doc:
@@ -155,52 +203,8 @@ def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = N
         boolean(gate.get(k, False), f"gate.{k}", src) for k in ("second_order", "lower_bound")
     )
 
-    data = DataSpec()
-    if "data" in gate:
-        d = gate["data"]
-        if not isinstance(d, dict):
-            raise UsageError(f"{src}: 'gate.data' must be a table ([gate.data])")
-        check_keys(d, _DATA_KEYS, "gate.data", src)
-        if "split" in d and d["split"] not in SPLITS:
-            raise UsageError(
-                f"{src}: 'gate.data.split' must be one of {', '.join(SPLITS)}, got {d['split']!r}"
-            )
-        data = DataSpec(
-            path=_relative(string(d["path"], "gate.data.path", src), base) if "path" in d else None,
-            split=string(d["split"], "gate.data.split", src) if "split" in d else None,
-            limit=integer(d["limit"], "gate.data.limit", src, positive=True) if "limit" in d else None,
-            mean=numbers(d["mean"], "gate.data.mean", src) if "mean" in d else None,
-            std=numbers(d["std"], "gate.data.std", src, positive=True) if "std" in d else None,
-            input_shape=tuple(
-                integer(v, f"gate.data.input_shape[{i}]", src, positive=True)
-                for i, v in enumerate(nonempty_list(d["input_shape"], "gate.data.input_shape", src))
-            )
-            if "input_shape" in d
-            else None,
-        )
-
-    rules: list[RuleSpec] = []
-    raw_rules = gate.get("rule", [])
-    if not isinstance(raw_rules, list):
-        raise UsageError(f"{src}: 'gate.rule' must be an array of tables ([[gate.rule]])")
-    for i, r in enumerate(raw_rules):
-        where = f"gate.rule[{i}]"
-        if not isinstance(r, dict):
-            raise UsageError(f"{src}: '{where}' must be a table")
-        check_keys(r, _RULE_KEYS, where, src)
-        if "metric" not in r:
-            raise UsageError(f"{src}: '{where}' needs 'metric'")
-        rules.append(
-            make_rule(
-                string(r["metric"], f"{where}.metric", src),
-                min=r.get("min"),
-                max=r.get("max"),
-                eps=r.get("eps"),
-                name=r.get("name"),
-                where=where,
-                src=src,
-            )
-        )
+    data = _parse_data(gate["data"], src, base) if "data" in gate else DataSpec()
+    rules = _parse_rules(gate.get("rule", []), src)
 
     regression = None
     if "no_regression" in gate:

@@ -6,8 +6,8 @@ A metric reads one number from the report; a rule compares it with a threshold:
     passed  <=>  value <= threshold   (bound "max": lipschitz_upper, max_layer_norm)
 
 A value that is missing or not a number never passes (a gate must not pass on a number it could not
-read). Metrics live in the `METRICS` registry (metrics.py), each declaring its bound, whether it needs a
-radius and whether it is a fraction; adding a metric is one `@metric` function there.
+read). Metrics live in the `METRICS` registry (the speccert/gate/metrics package, one module per metric),
+each declaring its bound, whether it needs a radius and whether it is a fraction.
 
     >>> report = {"certificate": {"eps": [0.25], "certified_accuracy": [0.7], "clean_accuracy": 0.9}}
     >>> evaluate_rule(make_rule("certified_accuracy", min=0.6, eps=0.25), report).passed
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from speccert.errors import UsageError
-from speccert.gate.metrics import METRICS
+from speccert.gate.metrics import load_metrics
 from speccert.gate.values import number, string
 
 __all__ = ["RuleResult", "RuleSpec", "compare", "evaluate_rule", "evaluate_rules", "make_rule"]
@@ -88,12 +88,13 @@ def make_rule(
     src: str = "policy",
 ) -> RuleSpec:
     """Validate one rule: the metric exists, takes the right bound, and names a radius iff it needs one."""
-    if metric not in METRICS:
+    metrics = load_metrics()
+    if metric not in metrics:
         raise UsageError(
-            f"{src}: {where}: unknown metric {metric!r} (known: {', '.join(METRICS.keys())}; "
+            f"{src}: {where}: unknown metric {metric!r} (known: {', '.join(metrics.keys())}; "
             "baseline comparison is [gate.no_regression])"
         )
-    m = METRICS.get(metric)
+    m = metrics.get(metric)
     bound = m.bound
     given = {"min": min, "max": max}
     if given[bound] is None:
@@ -129,7 +130,7 @@ def compare(value: float | None, bound: str, threshold: float) -> bool:
 def evaluate_rule(rule: RuleSpec, report: dict[str, Any]) -> RuleResult:
     """Measure `rule.metric` in `report` and compare it with the rule's threshold."""
     try:
-        metric = METRICS.get(rule.metric)
+        metric = load_metrics().get(rule.metric)
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from None
     value = metric.read(report, rule.eps)

@@ -127,7 +127,7 @@ def no_rules_error(policy: Policy) -> UsageError:
     elif policy.source == COMMAND_LINE:
         where = (
             f"no policy file found (no --policy, no ./{POLICY_FILE}, no ./{PYPROJECT} with "
-            "[tool.speccert]) and no rule options given"
+            "[tool.speccert]) and no rule options given, so the gate has no rules"
         )
     else:
         where = f"the policy {policy.source} has no rules"
@@ -155,7 +155,7 @@ def gate(
     if not isinstance(policy, Policy):
         policy = read_policy(policy)
     if not policy.rules and policy.regression is None:
-        evaluate({}, policy)  # raises the "no rules" UsageError before any expensive work
+        raise no_rules_error(policy)  # before any expensive work
     base_doc: dict[str, Any] | None = None
     base_src: str | None = None
     if policy.regression is not None:

@@ -1,4 +1,5 @@
 """The registry of gate output formats (JUnit XML, Markdown, ...): each renders a GateResult to text.
+A new format is one module in this package with one `@register_output` function.
 
 `append` says how the file is written: Markdown appends, so `--markdown "$GITHUB_STEP_SUMMARY"` adds to
 the job summary other steps wrote; JUnit replaces the file (atomically).
@@ -40,10 +41,9 @@ def register_output(name: str, *, append: bool) -> Callable[[Renderer], Renderer
 
 
 def load_outputs() -> Registry[str, Output]:
-    """Import the modules that register outputs (kept lazy so `speccert --help` stays fast)."""
-    from speccert.gate import junit, markdown  # noqa: F401
-
-    return OUTPUTS
+    """The registry with every format of this package registered: each module of speccert/gate/outputs/
+    is one format (imported on first use, so `speccert --help` stays fast)."""
+    return OUTPUTS.load_package(__name__)
 
 
 def write_output(name: str, result: GateResult, target: str | os.PathLike[str]) -> None:

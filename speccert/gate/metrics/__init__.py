@@ -1,7 +1,8 @@
 """The registry of gate metrics: each reads one number from a certify report dict.
 
-A metric is one decorated function; its name is the function's name, its description the first line
-of its docstring, so both are written once:
+A metric is one module of this package holding one decorated function; its name is the function's
+name, its description the first line of its docstring, so both are written once (a new metric is one
+new file here; `load_metrics()` imports every module of the package):
 
     @metric(bound="min", reads="`certificate.clean_accuracy`", fraction=True)
     def clean_accuracy(report, eps):   # docstring: "fraction of points correctly classified"
@@ -10,12 +11,12 @@ of its docstring, so both are written once:
 `bound` says which side a rule takes: "min" (passed <=> value >= threshold) or "max" (value <=
 threshold). A reader returns None when the report does not hold the number (a rule on it never passes).
 The policy reference in docs/gate.md and the metric list in `speccert gate --help` are generated from
-`METRICS`; `python -m speccert.gate.metrics` rewrites the docs table, and a test fails when it is stale.
+the registry; `python -m speccert.gate.metrics` rewrites the docs table, and a test fails when it is
+stale.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,17 @@ from typing import Any
 
 from speccert.registry import Registry
 
-__all__ = ["METRICS", "Metric", "as_float", "cra_at", "metric", "metrics_help", "metrics_table_markdown"]
+__all__ = [
+    "METRICS",
+    "Metric",
+    "as_float",
+    "cra_at",
+    "load_metrics",
+    "metric",
+    "metrics_help",
+    "metrics_table_markdown",
+    "section",
+]
 
 EPS_MATCH = 1e-9  # radii are user-typed decimals: 0.25 in the policy is 0.25 in the report
 
@@ -45,6 +56,11 @@ class Metric:
 
 
 METRICS: Registry[str, Metric] = Registry("gate metric")
+
+
+def load_metrics() -> Registry[str, Metric]:
+    """The registry with every metric of this package registered (modules imported once, sorted)."""
+    return METRICS.load_package(__name__)
 
 
 def metric(
@@ -97,44 +113,10 @@ def cra_at(report: dict[str, Any], eps: float) -> float | None:
     return None
 
 
-@metric(bound="min", reads="`certificate.certified_accuracy` at `eps`", needs_eps=True, fraction=True)
-def certified_accuracy(report: dict[str, Any], eps: float | None) -> float | None:
-    """fraction of points correctly classified with certified radius >= eps"""
-    assert eps is not None
-    return cra_at(report, eps)
-
-
-@metric(bound="min", reads="`certificate.clean_accuracy`", fraction=True)
-def clean_accuracy(report: dict[str, Any], eps: float | None) -> float | None:
-    """fraction of points correctly classified"""
-    return as_float(section(report, "certificate").get("clean_accuracy"))
-
-
-@metric(bound="min", reads="`certificate.median_radius`")
-def median_radius(report: dict[str, Any], eps: float | None) -> float | None:
-    """median certified radius over the evaluated points (0 if misclassified)"""
-    return as_float(section(report, "certificate").get("median_radius"))
-
-
-@metric(bound="max", reads="`lipschitz.upper`")
-def lipschitz_upper(report: dict[str, Any], eps: float | None) -> float | None:
-    """proven upper bound on the model's L2 Lipschitz constant"""
-    return as_float(section(report, "lipschitz").get("upper"))
-
-
-@metric(bound="max", reads="max of `layers[].upper`")
-def max_layer_norm(report: dict[str, Any], eps: float | None) -> float | None:
-    """largest proven upper bound on a layer's spectral norm"""
-    uppers = [as_float(layer.get("upper")) for layer in report.get("layers") or [] if isinstance(layer, dict)]
-    if not uppers or any(u is None for u in uppers):
-        return None
-    return max(u for u in uppers if u is not None)
-
-
 def metrics_table_markdown() -> str:
     """The policy reference's metric table (docs/gate.md), one row per registered metric."""
     rows = ["| metric | bound | what it is | reads | needs `eps` |", "|---|---|---|---|---|"]
-    for name, m in METRICS.items():
+    for name, m in load_metrics().items():
         bound = f"`{m.bound}`" + (" (a fraction in [0, 1])" if m.fraction else "")
         rows.append(
             f"| `{name}` | {bound} | {m.description} | {m.reads} | {'yes' if m.needs_eps else 'no'} |"
@@ -145,7 +127,7 @@ def metrics_table_markdown() -> str:
 def metrics_help() -> str:
     """One line per metric for `speccert gate --help` (rich markup: brackets escaped)."""
     lines = []
-    for name, m in METRICS.items():
+    for name, m in load_metrics().items():
         eps = ", at eps" if m.needs_eps else ""
         lines.append(f"{name} ({m.bound}{eps}): {m.description}".replace("[", "\\["))
     return "\n\n".join(lines)
@@ -167,8 +149,3 @@ def rewrite_docs(path: Path) -> bool:
     if new != text:
         path.write_text(new, encoding="utf-8")
     return new != text
-
-
-if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "docs/gate.md"
-    print(f"{target}: {'rewritten' if rewrite_docs(target) else 'up to date'}")  # noqa: T201

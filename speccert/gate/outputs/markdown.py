@@ -39,14 +39,10 @@ def worst_layers(report: dict[str, Any], k: int = WORST_LAYERS) -> list[dict[str
     return sorted(layers, key=lambda lay: -(as_float(lay.get("upper")) or 0.0))[:k]
 
 
-@register_output("markdown", append=True)
-def render_markdown(result: GateResult) -> str:
-    """The gate result as a Markdown section (starts and ends with a blank line, for appending)."""
-    report = result.report
-    model, cert, lip, env = (section(report, k) for k in ("model", "certificate", "lipschitz", "environment"))
+def _header(result: GateResult) -> list[str]:
+    model, cert, env = (section(result.report, k) for k in ("model", "certificate", "environment"))
     failed = len(result.failures)
     verdict = "✅ **passed**" if result.passed else f"❌ **failed** ({failed} of {len(result.rules)} rules)"
-    lines = ["", f"## speccert gate: {verdict}", ""]
     sha = str(model.get("sha256") or "")[:12]
     facts = [
         f"model `{cell(model.get('path') or '(in-memory graph)')}`" + (f" (sha256 `{sha}`)" if sha else "")
@@ -56,55 +52,70 @@ def render_markdown(result: GateResult) -> str:
     facts.append(f"method `{cell(env.get('method', result.policy.method))}`")
     facts.append(f"device `{cell(env.get('device', result.policy.device))}`")
     facts.append(f"{result.seconds:.1f} s")
-    lines += [" · ".join(facts), ""]
+    return ["", f"## speccert gate: {verdict}", "", " · ".join(facts), ""]
 
-    lines += ["| Rule | Value | Threshold | Result |", "|---|---:|---:|:---:|"]
+
+def _rules_table(result: GateResult) -> list[str]:
+    lines = ["| Rule | Value | Threshold | Result |", "|---|---:|---:|:---:|"]
     for r in result.rules:
         value = num(r.value) + (f" (baseline {num(r.baseline)})" if r.baseline is not None else "")
         lines.append(
-            f"| {cell(r.name)} | {value} | {r.op} {num(r.threshold)} | "
-            f"{'✅ pass' if r.passed else '❌ fail'} |"
+            f"| {cell(r.name)} | {value} | {r.op} {num(r.threshold)} | {'✅ pass' if r.passed else '❌ fail'} |"
         )
-    lines.append("")
+    return [*lines, ""]
 
+
+def _certificate(result: GateResult) -> list[str]:
+    report = result.report
+    cert, lip = section(report, "certificate"), section(report, "lipschitz")
     bound = (
         f"Lipschitz constant in [{num(lip.get('lower'))}, {num(lip.get('upper'))}]"
         if lip.get("lower") is not None
         else f"Lipschitz constant <= {num(lip.get('upper'))}"
     )
-    lines.append(
+    lines = [
         f"Clean accuracy {num(cert.get('clean_accuracy'))} · {bound} · median certified radius "
-        f"{num(cert.get('median_radius'))}"
-    )
-    lines.append("")
-    radii = [as_float(e) for e in cert.get("eps") or []]
+        f"{num(cert.get('median_radius'))}",
+        "",
+    ]
+    radii = [e for e in (as_float(x) for x in cert.get("eps") or []) if e is not None]
     if radii:
         base = result.extra.get("baseline_report")
-        header = "| eps | certified accuracy |" + (" baseline |" if base else "")
-        lines += [header, "|---:|---:|" + ("---:|" if base else "")]
-        for e in radii:
-            if e is None:
-                continue
-            row = f"| {e:g} | {num(cra_at(report, e))} |"
-            if base:
-                row += f" {num(cra_at(base, e))} |"
-            lines.append(row)
-        lines.append("")
-
-    worst = worst_layers(report)
-    if worst:
         lines += [
-            f"### Worst layers (largest spectral-norm upper bound, top {len(worst)})",
-            "",
-            "| Layer | Op | Lower | Upper | Method |",
-            "|---|---|---:|---:|---|",
+            "| eps | certified accuracy |" + (" baseline |" if base else ""),
+            "|---:|---:|" + ("---:|" if base else ""),
         ]
-        for lay in worst:
+        for e in radii:
             lines.append(
-                f"| {cell(lay.get('name', '?'))} | {cell(lay.get('op', ''))} | {num(lay.get('lower'))} | "
-                f"{num(lay.get('upper'))} | {cell(lay.get('method', ''))} |"
+                f"| {e:g} | {num(cra_at(report, e))} |" + (f" {num(cra_at(base, e))} |" if base else "")
             )
         lines.append("")
+    return lines
+
+
+def _worst_layers(report: dict[str, Any]) -> list[str]:
+    worst = worst_layers(report)
+    if not worst:
+        return []
+    lines = [
+        f"### Worst layers (largest spectral-norm upper bound, top {len(worst)})",
+        "",
+        "| Layer | Op | Lower | Upper | Method |",
+        "|---|---|---:|---:|---|",
+    ]
+    for lay in worst:
+        lines.append(
+            f"| {cell(lay.get('name', '?'))} | {cell(lay.get('op', ''))} | {num(lay.get('lower'))} | "
+            f"{num(lay.get('upper'))} | {cell(lay.get('method', ''))} |"
+        )
+    return [*lines, ""]
+
+
+@register_output("markdown", append=True)
+def render_markdown(result: GateResult) -> str:
+    """The gate result as a Markdown section (starts and ends with a blank line, for appending)."""
+    report = result.report
+    lines = _header(result) + _rules_table(result) + _certificate(result) + _worst_layers(report)
     notes = list(result.notes) + [f"certify: {n}" for n in report.get("notes") or [] if isinstance(n, str)]
     if notes:
         lines += [f"- {cell(n)}" for n in notes] + [""]
