@@ -28,7 +28,12 @@ def test_report_validates_and_round_trips_through_json() -> None:
     assert set(d) >= {"model", "layers", "lipschitz", "certificate", "samples", "timing", "environment"}
     cert = d["certificate"]
     assert cert["certified_accuracy"][0] == pytest.approx(cert["clean_accuracy"])  # eps = 0
-    assert sum(cert["wins"].values()) == 30 and set(cert["kinds"]) == {"global", "pairwise", "second_order"}
+    assert sum(cert["wins"].values()) == 30 and set(cert["kinds"]) == {
+        "global",
+        "pairwise",
+        "margin",
+        "second_order",
+    }
     assert len(d["samples"]) == 30 and d["samples"][3]["index"] == 3
     for s in d["samples"]:
         assert (s["certificate"] is None) == (s["radius"] == 0)

@@ -27,6 +27,8 @@ import torch
 
 import speccert
 from speccert.bounds import global_margin, pairwise_margin  # noqa: F401 - registers the kinds
+from speccert.bounds import local as _local  # noqa: F401
+from speccert.bounds import margin_aware as _margin_aware  # noqa: F401
 from speccert.bounds import second_order as _second_order  # noqa: F401
 from speccert.bounds.audit import pgd_l2
 from speccert.bounds.certificate import (
@@ -36,7 +38,7 @@ from speccert.bounds.certify_result import AuditSummary, CertifyReport, LayerRow
 from speccert.bounds.empirical import empirical_lipschitz
 from speccert.bounds.lipschitz import LipschitzBound, check_certifiable, lipschitz_bound
 from speccert.bounds.options import CertifyOptions, options_from
-from speccert.bounds.sample_pass import Progress, Samples, certify_samples
+from speccert.bounds.sample_pass import Progress, Samples, certify_samples, check_kinds
 from speccert.data import Dataset, fit_to_model, load_data, make_dataset
 from speccert.errors import InternalError, UsageError
 from speccert.ir import Graph
@@ -121,7 +123,11 @@ def certify(
     radius(x) = max over certificate kinds of min_j r_kind(x, j) (0 if misclassified), with
     global r = (f_y - f_j) / (sqrt(2) L), pairwise r = (f_y - f_j) / (||W_y - W_j|| L_penultimate),
     second order (smooth nets, `second_order=True`) r = 2 m / (g + sqrt(g^2 + 2 K m)), refined by the
-    CRC dual bound with `crc_steps` gradient steps per test (speccert.bounds.crc) when > 0.
+    CRC dual bound with `crc_steps` gradient steps per test (speccert.bounds.crc) when > 0,
+    margin-aware r = (f_y - f_j) / (||T_y - T_j|| L_u) with T the merged affine tail
+    (speccert.bounds.margin_aware) and, opt-in, the local certificate over B(x, r)
+    (speccert.bounds.local). `certificates` names the kinds to run (or ["all"]); None runs every kind
+    that is not opt-in.
     certified_accuracy(eps) = mean(correct and radius >= eps). `audit=N` attacks N certified points at
     their radius with PGD-L2 and raises InternalError on any success.
     """
@@ -129,6 +135,7 @@ def certify(
     opts = options_from(options, overrides, "certify")
     eps_list = _check_eps(eps)
     opts.validate()
+    check_kinds(opts.certificates)
     dev = torch.device(opts.device)
     ds = _as_dataset(data, split, limit)
 

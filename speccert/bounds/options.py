@@ -28,6 +28,8 @@ class CertifyOptions:
     lower_bound: measure an empirical lower bound on L from `lower_points` data points.
     batch_size: samples per forward pass. seed: of the attack and of the lower-bound search.
     audit: attack this many certified points with PGD-L2 (`audit_steps`, `audit_restarts`).
+    certificates: the certificate kinds to run (names in speccert.bounds.certificate.CERTIFICATES, or
+        "all"); None = every kind that is not opt-in (the local certificate is opt-in).
     """
 
     method: str = "auto"
@@ -42,11 +44,14 @@ class CertifyOptions:
     audit: int = 0
     audit_steps: int = 40
     audit_restarts: int = 4
+    certificates: tuple[str, ...] | None = None
 
     def replace(self, **changes: Any) -> CertifyOptions:
         """A copy with `changes` (field names of this class; anything else is a TypeError)."""
         if "device" in changes:
             changes["device"] = str(changes["device"])
+        if changes.get("certificates") is not None:
+            changes["certificates"] = tuple(changes["certificates"])
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:

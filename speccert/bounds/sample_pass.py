@@ -8,7 +8,7 @@ float32 pass with the float32 allowance, redone in float64 where that allowance 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,7 @@ from speccert.bounds.float_error import FLOAT32_UNIT, ErrorModel, ieee_float32
 from speccert.bounds.lipschitz import LipschitzBound
 from speccert.bounds.options import CertifyOptions
 from speccert.data import Dataset
+from speccert.errors import UsageError
 from speccert.ir import Graph
 
 Tensor = torch.Tensor
@@ -60,10 +61,29 @@ class Samples:
         return np.where(self.radius > 0, best, "none")
 
 
-def _certificates(ctx: CertContext, second: bool, notes: list[str]) -> list[Certificate]:
+def check_kinds(names: Sequence[str] | None) -> None:
+    """Raise UsageError (one line) unless `names` is None or names registered kinds ("all" = every one)."""
+    if names is None:
+        return
+    known = CERTIFICATES.keys()
+    out = list(known) if "all" in names else list(names)
+    unknown = [n for n in out if n not in known]
+    if unknown or not out:
+        raise UsageError(
+            f"unknown certificate {', '.join(unknown) or '(none)'}; choose from {', '.join(known)} or all"
+        )
+
+
+def _certificates(ctx: CertContext, opts: CertifyOptions, notes: list[str]) -> list[Certificate]:
+    """The kinds to run: `opts.certificates` (or "all"), else every kind that is not opt-in, second
+    order only with `opts.second_order`."""
+    chosen = opts.certificates
     out: list[Certificate] = []
     for name, cls in CERTIFICATES.items():
-        if name == "second_order" and not second:
+        if chosen is not None:
+            if name not in chosen and "all" not in chosen:
+                continue
+        elif getattr(cls, "opt_in", False) or (name == "second_order" and not opts.second_order):
             continue
         try:
             out.append(cls(ctx))
@@ -82,7 +102,7 @@ def certify_samples(
     progress: Progress | None,
 ) -> Samples:
     """Every certificate kind on every sample, in batches; float32 fast path where it is sound."""
-    certs = _certificates(CertContext(bound, folded, dev, opts.crc_steps), opts.second_order, notes)
+    certs = _certificates(CertContext(bound, folded, dev, opts.crc_steps), opts, notes)
     uppers = {n.name: n.upper for n in bound.layers}
     errors = ErrorModel(bound.folded, uppers)
     # float32 data and first-order certificates only: a float32 pass with a float32 error allowance,

@@ -70,6 +70,19 @@ def _fmt(v: float | None, spec: str = ".4g") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _gain(report_dict: dict[str, Any]) -> str:
+    """'; median gain over global Nx' over the points with a positive global radius ('' if none)."""
+    ratios = [
+        row["radius"] / row["radii"]["global"]
+        for row in report_dict.get("samples", [])
+        if (row["radii"].get("global") or 0) > 0 and row["radius"] is not None
+    ]
+    if not ratios or len(report_dict["certificate"]["kinds"]) < 2:
+        return ""
+    ratios.sort()
+    return f"; median gain over global {ratios[len(ratios) // 2]:.3g}x"
+
+
 def render(report_dict: dict[str, Any], console: Console) -> None:
     """The human-readable summary of a certify report dict (stdout unless --json -)."""
     table = Table(title="Per-layer spectral norms (folded graph)", title_justify="left")
@@ -107,7 +120,9 @@ def render(report_dict: dict[str, Any], console: Console) -> None:
         + "  ".join(f"{k} {_fmt(v, '.4g')}" for k, v in q.items())
     )
     wins = cert["wins"]
-    console.print("Best certificate per point: " + ", ".join(f"{k} {v}" for k, v in wins.items()))
+    console.print(
+        "Best certificate per point: " + ", ".join(f"{k} {v}" for k, v in wins.items()) + _gain(report_dict)
+    )
     if report_dict.get("audit"):
         a = report_dict["audit"]
         console.print(
@@ -204,6 +219,15 @@ def command(
             "on L starts its ascent from (more: a higher, slower witness).",
         ),
     ] = 64,
+    certificate: Annotated[
+        str,
+        typer.Option(
+            "--certificate",
+            help="Certificate kinds, comma-separated: global, pairwise, margin, local, "
+            "second_order, or all (default: every kind but local; local costs ~0.1-1 s per point on "
+            "CPU, see docs/certify.md).",
+        ),
+    ] = "default",
     exact_max_dim: Annotated[
         int | None,
         typer.Option(
@@ -236,8 +260,15 @@ def command(
         seed=seed,
         crc_steps=crc_steps,
         lower_points=lower_points,
+        certificates=None
+        if certificate == "default"
+        else tuple(c.strip() for c in certificate.split(",") if c.strip()),
         **({} if exact_max_dim is None else {"exact_max_dim": exact_max_dim}),
     )
+    import speccert.bounds.certify  # noqa: F401 - registers every certificate kind
+    from speccert.bounds.sample_pass import check_kinds
+
+    check_kinds(options.certificates)  # a misspelt kind is exit 2 before any work
     check_outputs({"--json": json_out, "--plot": plot})
     if plot is not None:
         try:
