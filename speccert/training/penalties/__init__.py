@@ -1,36 +1,60 @@
 """Penalties registry: one file per penalty, each registered by name (STYLE.md rules 1-2).
 
-Adding a penalty: a new file here with `@PENALTIES.register("name")` on an `nn.Module` subclass of
-`Penalty`, and its import below. `speccert finetune --penalty` takes its choices from this registry,
-and tests/test_penalties_registry.py tests every entry (forward, backward, finite values, state_dict).
+Adding a penalty is one new file in this package: an `nn.Module` subclass of `Penalty` decorated with
+`@register_penalty("name")` (the decorator sets the class's `name`, so it is written once). The package
+loads every module in it at import (sorted, deterministic), so nothing here lists the penalties; the
+`--penalty` choices and help of `speccert finetune`, the table of docs/finetune.md and
+tests/test_penalties_registry.py (forward, backward, finite values, state_dict) all come from the
+registry.
 """
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from speccert.registry import Registry
 from speccert.training.penalties.base import Penalty
 
 PENALTIES: Registry[str, type[Penalty]] = Registry("penalty")
-
-# Registration happens at import; the order is the order of `--penalty` choices.
-from speccert.training.penalties import (  # noqa: E402,F401
-    curvature,
-    fantastic4,
-    lmt,
-    none,
-    spectral,
-    spectreg,
-    weissi,
-)
+P = TypeVar("P", bound=type[Penalty])
+_NOT_ENTRIES = frozenset({"base"})  # modules of this package that register nothing
 
 
-def make_penalty(name: str, graph, weight: float | None = None, **options) -> Penalty:  # noqa: ANN001
+def register_penalty(name: str) -> Callable[[P], P]:
+    """Class decorator: `cls.name = name` and `PENALTIES[name] = cls` (a duplicate name raises)."""
+
+    def decorator(cls: P) -> P:
+        cls.name = name
+        PENALTIES.add(name, cls)
+        return cls
+
+    return decorator
+
+
+def _load_all() -> None:
+    """Import every module of this package (sorted by name), which registers its penalty.
+
+    A minimal stand-in for `Registry.load_package` until it lands in speccert/registry.py."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name not in _NOT_ENTRIES and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def make_penalty(name: str, graph: Any, weight: float | None = None, **options: Any) -> Penalty:
     """Build the penalty `name` for `graph` (UsageError listing the choices for an unknown name)."""
     from speccert.errors import UsageError
 
     if name not in PENALTIES:
         raise UsageError(f"unknown penalty {name!r}; choose one of: {', '.join(PENALTIES.keys())}")
     return PENALTIES.get(name)(graph, weight, **options)
+
+
+def penalty_help() -> str:
+    """The `--penalty` help text of the CLI, generated from the registry."""
+    return "Single penalty: " + "; ".join(f"{k} = {v.summary}" for k, v in PENALTIES.items()) + "."
 
 
 def penalty_table_markdown() -> str:
@@ -40,4 +64,13 @@ def penalty_table_markdown() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["PENALTIES", "Penalty", "make_penalty", "penalty_table_markdown"]
+_load_all()
+
+__all__ = [
+    "PENALTIES",
+    "Penalty",
+    "make_penalty",
+    "penalty_help",
+    "penalty_table_markdown",
+    "register_penalty",
+]
