@@ -42,6 +42,7 @@ class Recipe:
     lr_decay: str = "constant"
     grad_clip: float = 0.0  # max global gradient L2 norm (0: off)
     adapt_weight: bool = True  # WeightSchedule raises/lowers the penalty weight between epochs
+    init_lipschitz: float = 0.0  # > 0: first rescale the logits so the certified L is this (rescale.py)
 
     def __post_init__(self) -> None:
         if self.lr_decay not in DECAYS:
@@ -101,5 +102,19 @@ def recipe_table_markdown() -> str:
         rows.append(f"| `{k}` | {pen} | {sched} | {r.grad_clip:g} | {r.epochs} | {r.summary} |")
     return "\n".join(rows)
 
+
+# The recipes. Each line's figures (and how they were measured) are in docs/finetune.md.
+register_recipe(
+    Recipe(
+        name="lmt-anneal",
+        summary="LMT pairwise margin ramped from 0 over the first half of the run, cosine lr decay",
+        penalty="lmt",
+        penalty_options=MappingProxyType({"anneal": 0.5}),
+        lr=1e-3,
+        epochs=20,
+        lr_decay="cosine",
+        adapt_weight=False,
+    )
+)
 
 __all__ = ["RECIPES", "Recipe", "get_recipe", "recipe_help", "recipe_table_markdown", "register_recipe"]

@@ -155,6 +155,7 @@ class FinetuneRun:
         n_batches = math.ceil(math.ceil(len(train) / info.world_size) / self.per_rank)
         self.total_steps = max(1, n_batches * r.epochs)
         self.started = time.perf_counter()
+        self.notes: list[str] = []
 
     # -- restore / checkpoint ------------------------------------------------------------------
     def restore(self) -> None:
@@ -333,8 +334,9 @@ class FinetuneRun:
         until every target holds, the epoch budget or the time budget ends."""
         epochs = self.cfg.recipe.epochs
         if not self.history:
-            self.evaluate(math.nan, time.perf_counter())
+            first = self.evaluate(math.nan, time.perf_counter())
             self.epoch = 1
+            self._initial_rescale(first)
             self.checkpoint()
         met, stop = self.history[-1].met, ""
         while not met and self.epoch <= epochs:
@@ -350,10 +352,25 @@ class FinetuneRun:
             self.module.load_state_dict(self.best_state)
         return self._finish(met, stop)
 
+    def _initial_rescale(self, first: EpochRecord) -> None:
+        """Recipe `init_lipschitz`: logits times L*/L (the certifier's L of the input), same predictions."""
+        target = self.cfg.recipe.init_lipschitz
+        if target <= 0 or first.met or not (math.isfinite(first.lipschitz) and first.lipschitz > 0):
+            return
+        from speccert.training.rescale import rescale_logits
+
+        how = rescale_logits(self.g, target / first.lipschitz)
+        self.notes.append(
+            f"initial rescale ({how}): logits x {target / first.lipschitz:.4g}, certified L {first.lipschitz:.4g} "
+            f"-> about {target:g}, predictions unchanged"
+            if how
+            else "initial rescale skipped: an op after the last weighted layer does not carry a scale"
+        )
+
     def _finish(self, met: bool, stop: str) -> FinetuneResult:
         best_epoch = self.best[1] if self.best is not None else self.history[-1].epoch
         rec = next(r for r in self.history if r.epoch == best_epoch)
-        written, report, notes = None, None, [stop] if stop else []
+        written, report, notes = None, None, [*self.notes, *([stop] if stop else [])]
         if self.info.is_main and self.paths.out is not None:
             from speccert.training.export import save_like_input
 
