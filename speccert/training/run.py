@@ -371,10 +371,10 @@ class FinetuneRun:
         best_epoch = self.best[1] if self.best is not None else self.history[-1].epoch
         rec = next(r for r in self.history if r.epoch == best_epoch)
         written, report, notes = None, None, [*self.notes, *([stop] if stop else [])]
-        if self.info.is_main and self.paths.out is not None:
+        p = self.paths
+        if self.info.is_main and p.out is not None:
             from speccert.training.export import save_like_input
 
-            p = self.paths
             written = save_like_input(self.g, p.out, weights=p.weights, keys=p.keys)
             report, why = p.reload_report(written, self.measure)
             if why:
