@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from speccert.cli.common import (
     DeviceOpt,
@@ -80,7 +81,7 @@ def _epoch_table(rec: Any, eps: list[float]) -> Table:
 def _pareto_table(res: Any, eps: list[float]) -> Table:
     """The epochs no other epoch beats on both clean and certified accuracy (weights in the run folder)."""
     where = f" (weights: {res.run_dir}/epoch-N.pt)" if res.run_dir is not None else ""
-    t = Table(title=f"Pareto front, clean vs certified @{max(eps):g}{where}", title_justify="left")
+    t = Table(title=Text(f"Pareto front, clean vs certified @{max(eps):g}{where}"), title_justify="left")
     for col in ("epoch", "clean acc", *(f"cert acc @{e:g}" for e in eps), "L upper", "written"):
         t.add_column(col, justify="right")
     for r in res.pareto:
@@ -193,7 +194,7 @@ def command(
     then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first."""
     import os
 
-    from speccert.cli.certify_cmd import parse_floats, render
+    from speccert.cli.certify_cmd import parse_floats
     from speccert.importers import parse_input_shape
     from speccert.training.finetune import finetune
     from speccert.training.penalties import PENALTIES
@@ -239,7 +240,7 @@ def command(
                 bar.remove_task(tasks[rec.epoch])
             bar.console.print(_epoch_table(rec, eps))
             if rec.note:
-                bar.console.print(f"[dim]{rec.note}[/]")
+                bar.console.print(Text(rec.note, style="dim"))
 
         res = finetune(
             model,
@@ -267,8 +268,16 @@ def command(
             on_epoch=on_epoch,
             on_step=on_step,
         )
-    if not main:
-        raise typer.Exit(res.exit_code)
+    if main:
+        _render_result(res, eps, json_out)
+    raise typer.Exit(res.exit_code)
+
+
+def _render_result(res: Any, eps: list[float], json_out: str | None) -> None:
+    """The closing output: JSON (history, Pareto epochs, the output's certify report) and/or the
+    certify report of the written file, the Pareto table, notes and the verdict."""
+    from speccert.cli.certify_cmd import render
+
     report = res.report.to_dict(samples=False) if res.report is not None else None
     if json_out is not None:
         write_json(
@@ -289,19 +298,21 @@ def command(
         )
     if json_out != "-":
         if report is not None:
-            out.print(f"[bold]Certify report of the output model[/] {res.output}")
+            out.print(Text("Certify report of the output model ", style="bold") + Text(str(res.output)))
             render(report, out)
         if len(res.history) > 1:
             out.print(_pareto_table(res, eps))
         for note in res.notes:
-            err.print(f"[dim]note: {note}[/]")
+            err.print(Text(f"note: {note}", style="dim"))
         if res.met:
-            out.print(f"[green]every target met[/] at epoch {res.best_epoch}; wrote {res.output}")
-        else:
             out.print(
-                f"[red]targets missed[/] after {res.history[-1].epoch} epochs; best epoch "
-                f"{res.best_epoch} written to {res.output}:"
+                Text("every target met", style="green")
+                + Text(f" at epoch {res.best_epoch}; wrote {res.output}")
             )
+        else:
+            tail = (
+                f" after {res.history[-1].epoch} epochs; best epoch {res.best_epoch} written to {res.output}:"
+            )
+            out.print(Text("targets missed", style="red") + Text(tail))
             for m in res.missed:
-                out.print(f"  - {m}")
-    raise typer.Exit(res.exit_code)
+                out.print(Text(f"  - {m}"))
