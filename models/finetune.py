@@ -54,6 +54,18 @@ def command(name: str, data: str) -> list[str]:
     return [*argv, "--out", f"models/{name}_robust.onnx", "--overwrite", "--seed", "0"]
 
 
+def recipe_entry(name: str) -> dict:
+    """How the model was made: the single penalty, and the named recipe when one was used."""
+    how, epochs, targets = ROBUST[name]
+    kind, _, what = how.partition(":")
+    if kind == "recipe":
+        sys.path.insert(0, str(REPO))
+        from speccert.training.recipes import get_recipe
+
+        return {"recipe": what, "penalty": get_recipe(what).penalty, "epochs": epochs, "targets": targets}
+    return {"penalty": what, "epochs": epochs, "targets": targets}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="Fine-tune robust versions of the zoo with speccert finetune.")
     p.add_argument("names", nargs="*", default=list(ROBUST), help=f"models (default: {list(ROBUST)})")
@@ -98,11 +110,7 @@ def main() -> None:
             "input_range": base["input_range"],
             "classes": base["classes"],
             "finetuned_from": name,
-            "recipe": {
-                ROBUST[name][0].partition(":")[0]: ROBUST[name][0].partition(":")[2],
-                "epochs": ROBUST[name][1],
-                "targets": ROBUST[name][2],
-            },
+            "recipe": recipe_entry(name),
             "command": shlex.join(argv).replace(a.data, DATA_DEFAULT),
             "finetune_exit_code": proc.returncode,
             "train_seconds": round(seconds, 1),
