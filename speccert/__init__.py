@@ -20,8 +20,10 @@ _LAZY = {
     "lipschitz_bound": ("speccert.bounds", "lipschitz_bound"),
     "certify": ("speccert.bounds", "certify"),
     "finetune": ("speccert.training", "finetune"),
-    "gate": ("speccert.report.gate", "gate"),
 }
+# `speccert.gate` is a package (the CI gate workflow) whose module object is callable, so
+# `speccert.gate(model, policy)` works both before and after `import speccert.gate`.
+_LAZY_MODULES = {"gate": "speccert.gate"}
 
 
 def __getattr__(name: str) -> Any:
@@ -30,7 +32,11 @@ def __getattr__(name: str) -> Any:
 
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(_LAZY_MODULES[name])
     raise AttributeError(f"module 'speccert' has no attribute {name!r}")
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY, *_LAZY_MODULES]

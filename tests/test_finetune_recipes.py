@@ -107,7 +107,7 @@ def test_recipe_runs_end_to_end_and_the_written_file_certifies(name: str, tmp_pa
         str(CNN), str(TRAIN_2K), val, ["cra@0.5>=0.99", "clean>=0.99"], recipe=name, epochs=1, out=out
     )
     assert [r.epoch for r in res.history] == [0, 1] and not res.met and res.exit_code == 1
-    assert res.history[1].lipschitz < res.history[0].lipschitz / 2  # one epoch already moves the bound
+    assert res.history[1].lipschitz < 0.9 * res.history[0].lipschitz  # one epoch already moves the bound
     best = next(r for r in res.history if r.epoch == res.best_epoch)
     rep = certify(speccert.load(str(out)), val, [0.5], second_order=True, lower_bound=False)
     assert rep.clean_accuracy == pytest.approx(best.clean)
@@ -195,3 +195,19 @@ def test_cli_help_lists_every_recipe(capsys: pytest.CaptureFixture[str]) -> None
     text = " ".join(capsys.readouterr().out.split())
     for name in RECIPES:
         assert name in text
+
+
+def test_mean_std_normalise_the_training_data(tmp_path: Path) -> None:
+    """--mean/--std reach the training loop: the same run on pre-normalised data trains the same weights."""
+    model = tmp_path / "in.onnx"
+    save_onnx(toy_mlp(dtype=torch.float32), model)
+    x, y = TRAIN
+    kw = dict(
+        targets=["cra@0.1>=0.9"], penalty="spectral", epochs=1, batch_size=20, seed=3, evaluator=_evaluator
+    )
+    a = finetune(str(model), (x, y), VAL, mean=[0.5], std=[0.25], **kw)
+    b = finetune(str(model), ((x - 0.5) / 0.25, y), VAL, **kw)
+    c = finetune(str(model), (x, y), VAL, **kw)
+    pa, pb, pc = (r.graph.parameters() for r in (a, b, c))
+    assert all(torch.allclose(pa[k], pb[k], atol=1e-6) for k in pa)
+    assert not all(torch.allclose(pa[k], pc[k], atol=1e-6) for k in pa)

@@ -8,21 +8,25 @@ Ground truth for thresholds: dense SVD of the weights (a layer's proven upper bo
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import gate_report_dicts
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from speccert.report.gate import validate_gate
+from speccert.gate.workflow import validate_gate
 
 REPO = Path(__file__).resolve().parents[1]
-SPECCERT = shutil.which("speccert")
+# The console script beside this interpreter first (a venv run without activating it), then PATH.
+SPECCERT = shutil.which("speccert", path=os.path.dirname(sys.executable)) or shutil.which("speccert")
 pytestmark = pytest.mark.skipif(SPECCERT is None, reason="the speccert console script is not installed")
 
 
@@ -230,18 +234,25 @@ def test_malformed_toml_exit_2_with_line(tmp_path: Path, tiny: dict[str, object]
     ("args", "code", "text"),
     [
         (["--policy", "{root}/unknown.toml"], 2, "gate.rule[0].minimum"),
-        (["--data", "{data}"], 2, "no rules"),
+        (["--data", "{data}"], 2, "no policy file found"),
         (["--min-cra", "0.5"], 2, "ACCURACY@EPS"),
         (["--min-clean", "0.5"], 2, "no data"),
         (["--data", "{root}/missing.npz", "--min-clean", "0.5"], 4, "missing.npz"),
         (["--data", "{data}", "--min-clean", "0.5", "--baseline", "{root}/none.json"], 4, "none.json"),
         (["--policy", "{root}/none.toml"], 4, "none.toml"),
-        (["--data", "{data}", "--min-clean", "0.5", "--junit", "{root}/nodir/gate.xml"], 2, "does not exist"),
+        (["--data", "{data}", "--min-clean", "0.5", "--junit", "{root}/nodir/gate.xml"], 4, "does not exist"),
         (["--data", "{data}", "--min-clean", "0.5", "--method", "bogus"], 2, "bogus"),
         (["--data", "{data}", "--min-clean", "0.5", "--markdown", ""], 2, "empty path"),
         (["--data", "{data}", "--min-clean", "0.5", "--eps", "0.1,x"], 2, "--eps"),
         (["--data", "{data}", "--min-clean", "0.5", "MODEL={root}/corrupt.onnx"], 4, "corrupt.onnx"),
         (["--data", "{data}", "--min-clean", "0.5", "MODEL={root}/sign.onnx"], 3, "Sign"),
+        # fail closed (issue 17): a NaN / out-of-range / other-schema baseline, before any certification
+        (["--data", "{data}", "--baseline", "{root}/nan.json"], 4, "'certificate.certified_accuracy[1]'"),
+        (["--data", "{data}", "--baseline", "{root}/neg.json"], 4, "'lipschitz.upper' must be"),
+        (["--data", "{data}", "--baseline", "{root}/v9.json"], 4, "report schema 9.0.0"),
+        (["--policy", "{root}/deep.toml"], 4, "nested too deeply"),
+        (["--policy", "{root}/huge.toml"], 4, "a policy file is at most"),
+        (["--data", "{data}", "--min-cra", "150%@0.1"], 2, "an accuracy must be in [0, 1]"),
     ],
 )
 def test_bad_input_exit_codes(
@@ -257,6 +268,16 @@ def test_bad_input_exit_codes(
     (tmp_path / "unknown.toml").write_text(
         "[gate]\n[[gate.rule]]\nmetric = 'clean_accuracy'\nminimum = 0.5\n"
     )
+    base = gate_report_dicts.report()
+    base["certificate"]["certified_accuracy"][1] = math.nan
+    (tmp_path / "nan.json").write_text(json.dumps(base))  # json writes NaN; Python reads it back
+    base = gate_report_dicts.report(lip=-5.0)
+    (tmp_path / "neg.json").write_text(json.dumps(base))
+    base = gate_report_dicts.report()
+    base["schema_version"] = "9.0.0"
+    (tmp_path / "v9.json").write_text(json.dumps(base))
+    (tmp_path / "deep.toml").write_text("[gate]\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    (tmp_path / "huge.toml").write_text("[gate]\neps = [" + "0.1," * (2**18 + 10) + "0.1]\n")
     (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage" + bytes(range(256)) * 4)
     w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32), "w")
     _save(
@@ -280,6 +301,7 @@ def test_bad_input_exit_codes(
         os.chdir(cwd)
     err = capsys.readouterr().err
     assert text in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err  # one line, whatever the error
 
 
 @pytest.mark.slow
@@ -341,3 +363,53 @@ def test_bundled_lipschitz_cnn_passes_a_robustness_policy(tmp_path: Path) -> Non
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert junit_counts(tmp_path / "lip.xml")[:2] == (2, 0)
+
+
+def _main_in(folder: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from speccert.cli.app import main
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        code = main(argv)
+    finally:
+        os.chdir(cwd)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_no_rules_names_the_tables_and_says_whether_a_policy_was_found(
+    tmp_path: Path, tiny: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # before: "add [] tables or , or options" (rich ate the names) and no word on the policy file
+    code, _, err = _main_in(tmp_path, ["gate", str(tiny["model"])], capsys)
+    assert code == 2, err
+    assert "[[gate.rule]]" in err and "[gate.no_regression]" in err
+    assert "no policy file found" in err and "Traceback" not in err
+    (tmp_path / "speccert.toml").write_text("[gate]\neps = [0.1]\n")
+    code, _, err = _main_in(tmp_path, ["gate", str(tiny["model"])], capsys)
+    assert code == 2 and "the policy speccert.toml has no rules" in err and "[[gate.rule]]" in err, err
+
+
+@pytest.mark.parametrize("folder", ["[brackets]", "[", "[bold red]x[/]"])
+def test_bracketed_paths_and_names_print_literally_and_keep_the_exit_code(
+    tmp_path: Path, tiny: dict[str, object], capsys: pytest.CaptureFixture[str], folder: str
+) -> None:
+    # "[" + "/v2]model.onnx" puts "[/v2]" in the path: rich raised MarkupError -> exit 1 ("gate failed")
+    where = tmp_path / folder / ("v2]" if folder == "[" else "")
+    where.mkdir(parents=True)
+    model = where / "net[best].onnx"
+    shutil.copy(str(tiny["model"]), model)
+    assert "[" in str(model)
+    policy = where / "speccert.toml"
+    for threshold, expected in ((tiny["max_norm"] * 1.001, 0), (tiny["max_norm"] * 0.5, 1)):
+        policy.write_text(
+            f'[gate]\n[gate.data]\npath = "{tiny["data"]}"\n[[gate.rule]]\nmetric = "max_layer_norm"\n'
+            f'max = {threshold}\nname = "[bold]every layer[/] [/v2]"\n'
+        )
+        code, out, err = _main_in(where, ["gate", str(model), "--policy", str(policy)], capsys)
+        assert code == expected, out + err
+        assert str(model) in out.replace("\n", "")  # the title names the model as written
+        assert "[bold]every layer[/] [/v2]" in out and "Traceback" not in err
+    code, _, err = _main_in(where, ["gate", str(model), "--policy", str(where / "none[/v2].toml")], capsys)
+    assert code == 4 and "none[/v2].toml" in err, err

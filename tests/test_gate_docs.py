@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import typer.main
+from typer.testing import CliRunner
 
 from speccert.cli.app import app
-from speccert.report.policy import parse_policy
+from speccert.gate.metrics import docs_block, load_metrics
+from speccert.gate.policy import parse_policy
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -22,7 +24,7 @@ def _blocks(path: Path, lang: str) -> list[str]:
 
 def _gate_options() -> set[str]:
     cmd = typer.main.get_command(app).commands["gate"]  # type: ignore[attr-defined]
-    return {o for p in cmd.params for o in p.opts if o.startswith("--")}
+    return {o for p in cmd.params for o in p.opts if o.startswith("--")} | {"--help"}
 
 
 def test_policies_in_gate_md_parse() -> None:
@@ -72,3 +74,25 @@ def test_ci_yaml_and_makefile_blocks() -> None:
         line.startswith("\t") for line in make.splitlines() if line.startswith(("speccert", " speccert"))
     )
     assert "\tspeccert gate $(MODEL)" in make
+
+
+def test_metric_table_in_gate_md_is_generated_from_the_registry() -> None:
+    text = (DOCS / "gate.md").read_text()
+    assert docs_block() in text, "docs/gate.md metric table is stale: run `python -m speccert.gate.metrics`"
+    for name in load_metrics():
+        assert f"| `{name}` |" in docs_block()
+
+
+def test_gate_help_lists_every_registered_metric() -> None:
+    result = CliRunner().invoke(app, ["gate", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "[[gate.rule]]" in result.output  # escaped for rich: the brackets survive
+    for name, m in load_metrics().items():
+        assert f"{name} ({m.bound}" in result.output and m.description in result.output
+
+
+def test_readme_gate_section_names_every_metric() -> None:
+    readme = (DOCS.parent / "README.md").read_text()
+    section = readme[readme.index("### gate") : readme.index("## Exit codes")]
+    for name in load_metrics():
+        assert f"`{name}`" in section, f"README's gate section does not name metric {name}"

@@ -15,12 +15,12 @@ from gate_report_dicts import report
 
 import speccert
 from speccert.errors import InputError
+from speccert.gate.outputs import load_outputs, register_output, write_output
+from speccert.gate.outputs.junit import render_junit
+from speccert.gate.outputs.markdown import render_markdown, worst_layers
+from speccert.gate.policy import DataSpec, Policy, RegressionSpec, make_rule
+from speccert.gate.workflow import GateResult, evaluate, validate_gate
 from speccert.ir import Activation, Graph, Linear, Node, Reshape
-from speccert.report.gate import GateResult, evaluate, validate_gate
-from speccert.report.gate_outputs import load_outputs, register_output, write_output
-from speccert.report.junit import render_junit
-from speccert.report.markdown import render_markdown, worst_layers
-from speccert.report.policy import DataSpec, Policy, RegressionSpec, make_rule
 
 
 def _result(**kw: Any) -> GateResult:

@@ -3,35 +3,38 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
 from gate_report_dicts import report
 
 from speccert.errors import InputError, UsageError
-from speccert.report.baseline import baseline_report, comparison_notes, regression_rules
-from speccert.report.gate import evaluate
-from speccert.report.policy import Policy, RegressionSpec, make_rule
-from speccert.report.rules import METRICS, RuleResult, evaluate_rule, register_metric
+from speccert.gate.baseline import baseline_report, comparison_notes, regression_rules
+from speccert.gate.metrics import load_metrics, metric
+from speccert.gate.policy import Policy, RegressionSpec, make_rule
+from speccert.gate.rules import RuleResult, evaluate_rule
+from speccert.gate.workflow import evaluate
 
 
 def test_every_registered_metric_makes_a_rule_with_its_bound() -> None:
-    assert set(METRICS.keys()) >= {
+    assert set(load_metrics().keys()) >= {
         "certified_accuracy",
         "clean_accuracy",
         "median_radius",
         "lipschitz_upper",
         "max_layer_norm",
     }
-    for name, metric in METRICS.items():
-        eps = 0.1 if metric.needs_eps else None
-        rule = make_rule(name, eps=eps, **{metric.bound: 0.5})
-        assert rule.bound == metric.bound and rule.eps == eps
-        other = "max" if metric.bound == "min" else "min"
-        with pytest.raises(UsageError, match=f"takes '{metric.bound}', not '{other}'"):
+    for name, m in load_metrics().items():
+        eps = 0.1 if m.needs_eps else None
+        rule = make_rule(name, eps=eps, **{m.bound: 0.5})
+        assert rule.bound == m.bound and rule.eps == eps and m.name == name and m.description
+        other = "max" if m.bound == "min" else "min"
+        with pytest.raises(UsageError, match=f"takes '{m.bound}', not '{other}'"):
             make_rule(name, eps=eps, **{other: 0.5})
+        # the metric's name is its reader's name: registering the same reader again is a duplicate
         with pytest.raises(KeyError, match="already registered"):
-            register_metric(name, "again", bound=metric.bound)(metric.read)
+            metric(bound=m.bound, reads=m.reads)(m.read)
 
 
 @pytest.mark.parametrize(
@@ -148,9 +151,6 @@ def test_notes_list_radii_missing_from_baseline_and_schema_changes() -> None:
     notes = comparison_notes(report(eps=(0.1, 0.75), cra=(0.8, 0.1)), report())
     assert any("0.75" in n for n in notes)
     assert not any("schema" in n for n in notes)
-    old = report()
-    old["schema_version"] = "0.9.0"
-    assert any("schema 0.9.0" in n for n in comparison_notes(report(), old))
 
 
 def test_gate_verdict_and_exit_code() -> None:
@@ -171,3 +171,81 @@ def test_gate_verdict_and_exit_code() -> None:
         make_rule("lipschitz_upper", max=math.inf)
     unbounded = RuleResult("r", "lipschitz_upper", "<=", 1.0, math.inf, False, "m")
     assert unbounded.to_dict()["value"] == "inf"  # JSON has no inf
+
+
+_DELETE = object()
+
+
+def _baseline(path: str, value: Any) -> dict[str, Any]:
+    root = report()
+    doc: Any = root
+    *parents, leaf = path.split(".")
+    for key in parents:
+        doc = doc[key]
+    if value is _DELETE:
+        del doc[leaf]
+    else:
+        doc[leaf] = value
+    return root
+
+
+BAD_BASELINES = [
+    ("certificate.certified_accuracy", [math.nan, 0.6, 0.3], "certificate.certified_accuracy[0]"),
+    ("certificate.certified_accuracy", [0.8, -5, 0.3], "certificate.certified_accuracy[1]"),
+    ("certificate.certified_accuracy", [0.8, 0.6, 1e308], "certificate.certified_accuracy[2]"),
+    ("certificate.certified_accuracy", [0.8, 0.6], "certificate.certified_accuracy"),
+    ("certificate.certified_accuracy", [0.8, 0.9, 0.3], "certificate.certified_accuracy[1]"),  # > at 0.1
+    ("certificate.certified_accuracy", ["0.8", 0.6, 0.3], "certificate.certified_accuracy[0]"),
+    ("certificate.clean_accuracy", math.nan, "certificate.clean_accuracy"),
+    ("certificate.clean_accuracy", 1e308, "certificate.clean_accuracy"),
+    ("certificate.clean_accuracy", 0.5, "certificate.certified_accuracy[0]"),  # cra 0.8 > clean 0.5
+    ("certificate.clean_accuracy", _DELETE, "certificate.clean_accuracy"),
+    ("certificate.eps", [0.1, math.inf, 0.5], "certificate.eps[1]"),
+    ("certificate.eps", [0.1, -5, 0.5], "certificate.eps[1]"),
+    ("certificate.eps", _DELETE, "certificate.eps"),
+    ("certificate.median_radius", -5, "certificate.median_radius"),
+    ("certificate.median_radius", math.nan, "certificate.median_radius"),
+    ("certificate.n", 0, "certificate.n"),
+    ("lipschitz.upper", math.nan, "lipschitz.upper"),
+    ("lipschitz.upper", -5, "lipschitz.upper"),
+    ("lipschitz.upper", math.inf, "lipschitz.upper"),
+    ("lipschitz.upper", "12", "lipschitz.upper"),
+    ("lipschitz.upper", 0.5, "lipschitz.lower"),  # lower 1.0 > upper 0.5
+    ("lipschitz", _DELETE, "lipschitz"),
+    ("model", _DELETE, "model"),
+    ("schema_version", "2.0.0", "schema 2.0.0"),
+    ("schema_version", "0.9.0", "schema 0.9.0"),
+    ("schema_version", _DELETE, "schema_version"),
+    ("kind", "speccert-gate", "kind"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "named"), BAD_BASELINES)
+def test_bad_baseline_fails_closed_naming_the_key(path: str, value: Any, named: str) -> None:
+    # Before: NaN made no_regression vacuous and the gate passed (exit 0); -5 / 1e308 were accepted.
+    # The current run here regresses badly (CRA 0, L 1e6): only a vacuous comparison could pass it.
+    bad = _baseline(path, value)
+    pol = Policy(regression=RegressionSpec())
+    with pytest.raises(InputError, match=re.escape(named)) as exc:
+        evaluate(report(cra=(0.0, 0.0, 0.0), clean=0.1, lip=1e6), pol, bad, baseline_source="last.json")
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith("baseline last.json: ")
+    with pytest.raises(InputError, match=re.escape(named)):  # also when it comes inside a gate JSON
+        baseline_report({"schema_version": "1.0", "kind": "speccert-gate", "rules": [], "report": bad})
+
+
+def test_baseline_lipschitz_times_growth_must_stay_finite() -> None:
+    pol = Policy(regression=RegressionSpec(max_lipschitz_growth=1.5))
+    with pytest.raises(InputError, match="not a finite number"):
+        evaluate(report(lip=1e6), pol, report(lip=1.7e308))
+
+
+def test_baseline_without_a_finite_lipschitz_bound_is_noted() -> None:
+    res = evaluate(report(), Policy(regression=RegressionSpec()), report(lip=None))
+    assert any("no finite Lipschitz bound" in n for n in res.notes)
+    assert not any(r.metric == "no_regression.lipschitz_upper" for r in res.rules)
+
+
+def test_valid_baseline_still_compares() -> None:
+    res = evaluate(report(), Policy(regression=RegressionSpec()), report(lip=None))
+    assert res.passed and len(res.rules) == 3

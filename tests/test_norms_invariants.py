@@ -13,9 +13,9 @@ from speccert.cli.app import main
 from speccert.errors import EXIT_INPUT, EXIT_USAGE, InputError
 from speccert.ir import Activation, BatchNorm, Conv, Graph, Linear, Node, Reshape, fold_linear
 from speccert.norms import METHODS, LowerBound, UpperBound, layer_norms, load_methods, method_names
-from speccert.norms.fft import fft_bound
 from speccert.norms.layer import LinearLayer
 from speccert.norms.method import NormContext
+from speccert.norms.torus import fft_bound
 
 load_methods()
 

@@ -71,8 +71,9 @@ def test_torus_routes_agree_and_bound_the_conv(cin, cout, k, n, stride, groups, 
     """The tap-product route, the explicit-block route and batched Gram iteration give the same torus
     bound (to their tolerances), above the dense SVD of the zero-padded strided conv."""
     from speccert.ir import Conv
-    from speccert.norms.fft import candidate_plans, torus_bound
+    from speccert.norms.gram_chain import max_gram_bound
     from speccert.norms.layer import LinearLayer
+    from speccert.norms.torus import candidate_plans, torus_bound
 
     gen = torch.Generator().manual_seed(cin * 100 + k)
     w = torch.randn(cout, cin // groups, k, k, generator=gen, dtype=torch.float64)
@@ -87,7 +88,7 @@ def test_torus_routes_agree_and_bound_the_conv(cin, cout, k, n, stride, groups, 
     plans = candidate_plans(geo.as_2d(), 0)[0]
     tap = torus_bound(geo.as_2d(), plans, torch.device("cpu")).value
     blocks = torus_bound(geo.as_2d(), plans, torch.device("cpu"), chunk_bytes=1).value  # forces explicit B
-    gram = torus_bound(geo.as_2d(), plans, torch.device("cpu"), block_bound="gram").value
+    gram = torus_bound(geo.as_2d(), plans, torch.device("cpu"), block_bound=max_gram_bound).value
     assert truth <= tap and truth <= blocks and truth <= gram
     assert blocks == pytest.approx(tap, rel=1e-9)
     assert tap <= gram * (1 + 1e-9)  # Gram iteration is an upper bound on the same block norms
@@ -98,10 +99,10 @@ def test_exact_method_brackets_the_truth_to_1e8(cin: int, cout: int, n: int, str
     """`exact` returns both sides: the Cholesky-certified upper bound and the certified top singular
     vector from the same Gram matrix (input side or output side, whichever is smaller)."""
     from speccert.ir.ops import Conv
-    from speccert.norms.dense import explicit_matrix
-    from speccert.norms.exact import ExactMethod
+    from speccert.norms.explicit import explicit_matrix
     from speccert.norms.layer import LinearLayer
     from speccert.norms.method import NormContext
+    from speccert.norms.methods.exact import ExactMethod
     from speccert.norms.result import LowerBound, UpperBound
 
     gen = torch.Generator().manual_seed(cin * 100 + n)
@@ -125,10 +126,10 @@ def test_exact_large_conv_route_brackets_the_truth(
     matrix by one in-place Cholesky at (Lanczos lower bound * (1 + 1e-4))^2; without it, `exact` refuses."""
     from speccert.ir.ops import Conv
     from speccert.norms.conv_gram import conv_gram, gram_side
-    from speccert.norms.dense import explicit_matrix
-    from speccert.norms.exact import ExactMethod
+    from speccert.norms.explicit import explicit_matrix
     from speccert.norms.layer import LinearLayer
     from speccert.norms.method import NormContext
+    from speccert.norms.methods.exact import ExactMethod
     from speccert.norms.result import LowerBound, UpperBound
 
     gen = torch.Generator().manual_seed(n)
@@ -177,7 +178,7 @@ def test_conv_gram_matches_the_explicit_matrix(
     matrix's spectrum, and its rounding-error bound covers the difference."""
     from speccert.ir.ops import Conv
     from speccert.norms.conv_gram import conv_gram, gram_side
-    from speccert.norms.dense import explicit_matrix
+    from speccert.norms.explicit import explicit_matrix
     from speccert.norms.layer import LinearLayer
 
     gen = torch.Generator().manual_seed(cin + 10 * n)

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 from speccert.errors import InputError, UsageError
-from speccert.report.policy import (
-    Policy,
-    discover_policy,
-    make_rule,
-    parse_cra_option,
-    parse_eps_option,
-    read_policy,
-    with_overrides,
-)
+from speccert.gate.options import parse_clean_option, parse_cra_option, parse_eps_option, with_overrides
+from speccert.gate.policy import MAX_POLICY_BYTES, Policy, discover_policy, make_rule, read_policy
+from speccert.training.targets import parse_target
 
 FULL = """
 [gate]
@@ -179,3 +174,69 @@ def test_command_line_rules_and_overrides() -> None:
         with_overrides(base, split="validation")
     assert with_overrides(base, seed=7, split="train").seed == 7
     assert with_overrides(base, split="train").data.split == "train"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("gate.no_regression.max_cra_drop", "5", "must be <= 1"),  # a drop > 1 makes the rule vacuous
+        ("gate.no_regression.max_cra_drop", "nan", "finite"),
+        ("gate.no_regression.max_clean_drop", "1.5", "must be <= 1"),
+        ("gate.no_regression.max_lipschitz_growth", "inf", "finite"),
+        ("gate.seed", str(2**64), "64 bits"),  # torch.manual_seed overflowed: exit 5 before
+        ("gate.data.limit", str(2**70), "64 bits"),
+    ],
+)
+def test_out_of_range_policy_values_are_refused(tmp_path: Path, key: str, value: str, match: str) -> None:
+    table, _, leaf = key.rpartition(".")
+    text = (
+        f"[gate]\neps = [0.1]\n[{table}]\n{leaf} = {value}\n"
+        if table != "gate"
+        else f"[gate]\n{leaf} = {value}\n"
+    )
+    with pytest.raises(UsageError, match=match) as exc:
+        read_policy(_write(tmp_path, text))
+    assert key in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_deeply_nested_policy_is_an_input_error_not_a_crash(tmp_path: Path) -> None:
+    # tomllib recurses per nesting level: 5000 levels raised RecursionError (exit 5, a traceback)
+    path = _write(tmp_path, "[gate]\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(InputError, match="nested too deeply"):
+        read_policy(path)
+
+
+def test_huge_policy_is_refused_before_parsing(tmp_path: Path) -> None:
+    # 10 MB of TOML took 58 s to parse; the size is checked first, so this returns at once
+    path = tmp_path / "speccert.toml"
+    path.write_text("[gate]\neps = [" + "0.1," * (2**18 + 10) + "0.1]\n")
+    assert path.stat().st_size > MAX_POLICY_BYTES
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match="a policy file is at most"):
+        read_policy(path)
+    assert time.perf_counter() - t0 < 1.0
+    (tmp_path / "speccert.toml").unlink()
+    (tmp_path / "pyproject.toml").write_text("[tool.x]\ny = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(InputError, match="nested too deeply"):
+        discover_policy(tmp_path)
+
+
+@pytest.mark.parametrize(("text", "value"), [("50%@0.25", 0.5), ("0.5@0.25", 0.5), ("100%@1", 1.0)])
+def test_min_cra_accepts_percentages_like_finetune_targets(text: str, value: float) -> None:
+    rule = parse_cra_option(text)
+    acc, _, eps = text.partition("@")
+    target = parse_target(f"cra@{eps}>={acc}")  # finetune's grammar: the same accuracy
+    assert rule.threshold == value == target.value and rule.eps == target.eps == float(eps)
+    assert parse_clean_option(acc).threshold == value
+
+
+@pytest.mark.parametrize("acc", ["150%", "1.5", "-1%", "nan", "inf", "x%"])
+def test_gate_and_finetune_refuse_the_same_accuracies(acc: str) -> None:
+    with pytest.raises(UsageError, match="accuracy") as gate_err:
+        parse_cra_option(f"{acc}@0.25")
+    with pytest.raises(UsageError, match="accuracy"):
+        parse_clean_option(acc)
+    if acc not in ("nan", "inf", "x%"):  # finetune's grammar refuses these earlier, as malformed
+        with pytest.raises(UsageError, match="accuracy") as ft_err:
+            parse_target(f"cra@0.25>={acc}")
+        assert str(gate_err.value).split(": ", 1)[1] == str(ft_err.value).split(": ", 1)[1]

@@ -42,6 +42,7 @@ from speccert.bounds.lipschitz import LipschitzBound, check_certifiable, lipschi
 from speccert.data import Dataset, fit_to_model, load_data, make_dataset
 from speccert.errors import InternalError, UsageError
 from speccert.ir import Graph
+from speccert.ir.decision import decision_of
 from speccert.report.certify_report import AuditSummary, CertifyReport, LayerRow
 
 Tensor = torch.Tensor
@@ -282,6 +283,7 @@ def certify(
         "input_shape": list(graph.input_shape),
         "n_classes": n_classes,
         "certified_output": bound.logits,
+        "decision": decision_of(graph),
     }
     data_info = {
         "path": ds.source,

@@ -1,26 +1,12 @@
 """Global L2 Lipschitz bound of a graph's logits, composed over the DAG from per-layer upper bounds.
 
-For every node v of `fold_linear(graph)` we bound L_v, the L2 Lipschitz constant of x -> v(x):
+For every node v of `fold_linear(graph)` we bound L_v, the L2 Lipschitz constant of x -> v(x), and,
+when every operator is smooth, H_v, the Lipschitz constant of its derivative, by the one table of
+per-op rules in speccert.bounds.compose (linear: ||A||_2 L_in with ||A||_2 <= the layer's UpperBound;
+activation: its slope; MaxPool: sqrt(prod c_i); Add: sum; Concat: root sum of squares).
 
-    linear node (A x + c):  L_v = ||A||_2 * L_in          (||A||_2 <= the layer's UpperBound)
-    activation sigma:       L_v = sup|sigma'| * L_in       (speccert.ir.activations, rounded up)
-    MaxPool:                L_v = sqrt(c_1 * ... * c_d) * L_in,  c_i = min(k_i, ceil((d_i (k_i-1)+1) / s_i), n_out_i)
-    Add:                    L_v = L_a + L_b
-    Concat:                 L_v = sqrt(L_a^2 + L_b^2 + ...)
-
-c_i bounds how many pooling windows contain one input pixel along axis i; a max-pool's Jacobian (where it
-exists) picks one input per output, so ||J||_2^2 is the largest number of windows that pick the same
-pixel <= prod c_i. For dilation 1, c_i = ceil(min(k, n + 2p - k + 1) / s) (DESIGN.md's formula).
-
-For networks whose activations are all smooth, `curvature_bounds` also bounds H_v, the Lipschitz constant
-of the derivative Dv (so ||D^2 v(x)[h, h]|| <= H_v ||h||^2):
-
-    linear:      H_v = ||A|| H_in
-    activation:  H_v = sup|sigma''| L_in^2 + sup|sigma'| H_in     (|sigma''(u) (Du h)^2|_2 <= K ||Du h||_2^2)
-    Add:         H_a + H_b;    Concat: sqrt(sum H^2)
-
-Every float64 operation is followed by an upward rounding, so each value is a proven upper bound.
-Only `UpperBound` results reach the composition (mypy enforces the parameter type).
+Every float64 operation is followed by an upward rounding (compose.RoundedUp), so each value is a
+proven upper bound. Only `UpperBound` results reach the composition (mypy enforces the parameter type).
 """
 
 from __future__ import annotations
@@ -31,13 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from speccert.errors import InternalError, UnsupportedModelError, UsageError
-from speccert.ir import INPUT, Activation, Add, Affine, Concat, Graph, MaxPool, Node, Softmax, fold_linear
-from speccert.ir.activations import activation_curvature, activation_lipschitz
+from speccert.bounds.compose import RoundedUp, compose, maxpool_factor, upper_norms
+from speccert.errors import UnsupportedModelError, UsageError
+from speccert.ir import INPUT, Affine, Graph, Node, Softmax, fold_linear
 from speccert.norms import LayerNorm, UpperBound, layer_norms
-from speccert.norms.result import round_up
 
 NORMALISATION_NODE = "input_normalisation"
+__all__ = ["LipschitzBound", "compose_bounds", "lipschitz_bound", "maxpool_factor"]
 
 
 @dataclass(frozen=True)
@@ -71,28 +57,6 @@ class LipschitzBound:
         return self.upper / self.lower
 
 
-def _mul(a: float, b: float) -> float:
-    return round_up(a * b)
-
-
-def _add(a: float, b: float) -> float:
-    return round_up(a + b)
-
-
-def maxpool_factor(op: MaxPool, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> float:
-    """sqrt(prod_i c_i), c_i the most windows along spatial axis i that contain one input pixel.
-
-    Pixel p lies in window j iff p - (j s - pad) is one of the k taps 0, d, ..., d (k-1): at most k
-    windows (one per tap), at most ceil((d (k-1) + 1) / s) (the window starts within a span of
-    d (k-1) + 1 positions, spaced s apart), at most the number of windows n_out.
-    """
-    counts = []
-    for k, s, d, n_out in zip(op.kernel, op.stride, op.dilation, out_shape[1:], strict=True):
-        counts.append(min(k, -(-(d * (k - 1) + 1) // s), n_out))
-    del in_shape
-    return round_up(math.sqrt(math.prod(counts)))
-
-
 def with_input_normalisation(graph: Graph, mean: list[float] | None, std: list[float] | None) -> Graph:
     """Prepend x -> (x - mean) / std as an Affine node: part of the certified function, so radii are in
     the user's (un-normalised) data space. mean/std: one value, or one per channel (axis 0 of the input)."""
@@ -119,6 +83,11 @@ def with_input_normalisation(graph: Graph, mean: list[float] | None, std: list[f
     s = torch.tensor(std_v if len(std_v) == n else std_v * n, dtype=torch.float64).reshape(view)
     dtype = graph.dtype
     op = Affine(scale=(1.0 / s).to(dtype), shift=(-m / s).to(dtype))
+    if not (torch.isfinite(op.scale).all() and torch.isfinite(op.shift).all()):
+        raise UsageError(  # e.g. --std 1e-300: the normalisation overflows, not the model's weights
+            f"--mean/--std {mean_v}/{std_v}: 1/std or mean/std overflows {str(dtype).removeprefix('torch.')} "
+            "(std too small for the model's precision)"
+        )
     name = NORMALISATION_NODE
     while any(nd.name == name for nd in graph.nodes):
         name += "_"
@@ -158,59 +127,14 @@ def logits_graph(graph: Graph) -> tuple[Graph, str | None]:
     return graph.replace_nodes(nodes, output=logits), out.name
 
 
-def compose(folded: Graph, uppers: Mapping[str, UpperBound]) -> dict[str, float]:
-    """L_v for every node of `folded` (see module docstring); `uppers` keyed by linear node name."""
-    lip: dict[str, float] = {INPUT: 1.0}
-    for node in folded.nodes:
-        ins = [lip[i] for i in node.inputs]
-        op = node.op
-        if type(op).linear:
-            if node.name not in uppers:
-                raise InternalError(f"no norm bound for linear node '{node.name}' ({op.op_type})")
-            ub = uppers[node.name]
-            if not math.isfinite(ub.value) or ub.value < 0:
-                raise InternalError(f"norm bound of '{node.name}' is {ub.value}")
-            lip[node.name] = _mul(ub.value, ins[0])
-        elif isinstance(op, Activation):
-            lip[node.name] = _mul(activation_lipschitz(op.fn, op.alpha), ins[0])
-        elif isinstance(op, MaxPool):
-            lip[node.name] = _mul(maxpool_factor(op, folded.shape_of(node.inputs[0]), node.shape), ins[0])
-        elif isinstance(op, Add):
-            lip[node.name] = _add(ins[0], ins[1])
-        elif isinstance(op, Concat):
-            lip[node.name] = round_up(math.sqrt(round_up(sum(round_up(v * v) for v in ins))))
-        else:
-            raise UnsupportedModelError(
-                "cannot certify this model", [(op.op_type, node.name, "no Lipschitz bound for this operator")]
-            )
-    return lip
-
-
-def curvature_bounds(
-    folded: Graph, uppers: Mapping[str, UpperBound], lip: Mapping[str, float]
-) -> dict[str, float] | None:
-    """H_v for every node (Lipschitz constant of the node's derivative), or None if some operator is not
-    smooth (relu, leaky_relu, elu with alpha != 1, max-pool)."""
-    curv: dict[str, float] = {INPUT: 0.0}
-    for node in folded.nodes:
-        op = node.op
-        ins = [curv[i] for i in node.inputs]
-        if type(op).linear:
-            curv[node.name] = _mul(uppers[node.name].value, ins[0])
-        elif isinstance(op, Activation):
-            k = activation_curvature(op.fn, op.alpha)
-            if k is None:
-                return None
-            slope = activation_lipschitz(op.fn, op.alpha)
-            l_in = lip[node.inputs[0]]
-            curv[node.name] = _add(_mul(k, _mul(l_in, l_in)), _mul(slope, ins[0]))
-        elif isinstance(op, Add):
-            curv[node.name] = _add(ins[0], ins[1])
-        elif isinstance(op, Concat):
-            curv[node.name] = round_up(math.sqrt(round_up(sum(round_up(v * v) for v in ins))))
-        else:
-            return None
-    return curv
+def compose_bounds(
+    folded: Graph, uppers: Mapping[str, UpperBound]
+) -> tuple[dict[str, float], dict[str, float] | None]:
+    """(L_v, H_v or None when some operator is not smooth) for every node of `folded`, in rounded-up
+    float64 by the rules of speccert.bounds.compose; `uppers` keyed by linear node name."""
+    norm_of = upper_norms({name: ub.value for name, ub in uppers.items()})
+    out = compose(folded, norm_of, RoundedUp(), curvature=True)
+    return out.lipschitz, out.curvature
 
 
 def lipschitz_bound(
@@ -242,8 +166,7 @@ def lipschitz_bound(
     if norms is None:
         norms = layer_norms(g64, method, device, exact_max_dim=exact_max_dim, progress=progress)
     uppers = {n.name: n.upper for n in norms}
-    lip = compose(folded, uppers)
-    curv = curvature_bounds(folded, uppers, lip)
+    lip, curv = compose_bounds(folded, uppers)
     notes = []
     if stripped is not None:
         notes.append(

@@ -6,7 +6,7 @@ so m_j stays positive for r < (-g_j + sqrt(g_j^2 + 2 K_j m_j)) / K_j = 2 m_j / (
 (the second form avoids cancellation).
 
 K_j generalises Singla & Feizi's product formula to DAGs with per-layer upper bounds
-(speccert.bounds.lipschitz.curvature_bounds gives H_v, the Lipschitz constant of each node's derivative):
+(speccert.bounds.compose.compose gives H_v, the Lipschitz constant of each node's derivative):
 - final Linear W fed (through Reshapes) by a smooth activation a = sigma(p), w = W_y - W_j:
       K_j = sup|sigma''| ||w||_inf L_p^2 + sup|sigma'| ||w||_2 H_p
   because w^T D^2 a [h, h] = sum_i w_i sigma''(p_i) (Dp h)_i^2 + sum_i w_i sigma'(p_i) D^2 p_i [h, h];

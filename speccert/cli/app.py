@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -57,17 +58,34 @@ def _register() -> None:
 _register()
 
 
+def _one_line_warning(  # noqa: PLR0913 - the signature of warnings.showwarning
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """A Python warning from a library (numpy, torch) as one styled line, not a source excerpt."""
+    from speccert.cli.console import err, styled
+
+    err.print(
+        styled("[yellow]warning:[/] {}", str(message).splitlines()[0] if str(message) else category.__name__)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning library errors into one line and an exit code."""
-    from speccert.cli.common import err
+    from speccert.cli.console import err, styled
 
+    shown, warnings.showwarning = warnings.showwarning, _one_line_warning
     try:
         app(args=argv, standalone_mode=True)
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except SpeccertError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        err.print(styled("[bold red]error:[/] {}", exc), highlight=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -76,10 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SPECCERT_DEBUG"):
             raise
         err.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set SPECCERT_DEBUG=1 for a traceback)",
+            styled(
+                "[bold red]internal error:[/] {}: {} (set SPECCERT_DEBUG=1 for a traceback)",
+                type(exc).__name__,
+                exc,
+            ),
             highlight=False,
         )
         return EXIT_INTERNAL
+    finally:
+        warnings.showwarning = shown
     return 0
 
 

@@ -6,12 +6,24 @@ from __future__ import annotations
 import importlib.util
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from speccert.cli.common import DeviceOpt, JsonOpt, err, out, resolve_device, write_json
+from speccert.cli.common import (
+    DeviceOpt,
+    JsonOpt,
+    check_exact_max_dim,
+    check_outputs,
+    err,
+    out,
+    resolve_device,
+    write_json,
+)
+from speccert.cli.norms_cmd import layer_progress
 
 bench_app = typer.Typer(no_args_is_help=True)
 
@@ -29,30 +41,41 @@ def _resnet18_graph(size: int, weights: Path | None) -> Any:
     return mod.resnet18_graph(mod.resnet18_module(weights=str(weights) if weights else None), size)
 
 
-def bench_graph(graph: Any, device: str, power_steps: int = 100, exact_max_dim: int = 2048) -> dict[str, Any]:
+def bench_graph(
+    graph: Any,
+    device: str,
+    power_steps: int = 100,
+    exact_max_dim: int = 2048,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict[str, Any]:
     """auto vs plain power iteration (fixed steps, random start) vs Fantastic-Four on every linear layer.
 
     Each method's value is divided by the best proven lower bound found for the layer: >= 1 for upper
-    bounds (1 = exact), <= 1 for power iteration (how far below the truth it stops).
+    bounds (1 = exact), <= 1 for power iteration (how far below the truth it stops). `progress(i, n, text)`
+    as in `layer_norms`.
     """
     import torch
 
     from speccert.norms import METHODS, load_methods
-    from speccert.norms.auto import linear_layers, norm_of_layer
+    from speccert.norms.auto import linear_layers, norm_of_layer, with_progress
+    from speccert.norms.krylov import power_iteration
     from speccert.norms.method import NormContext
-    from speccert.norms.power import power_iteration
 
     load_methods()
     ctx = NormContext(device=torch.device(device), exact_max_dim=exact_max_dim)
     f4 = METHODS.get("fantastic4")
     rows: list[dict[str, Any]] = []
     times = {"auto": 0.0, "auto_upper": 0.0, "power": 0.0, "fantastic4": 0.0}
-    for layer in linear_layers(graph):
+    layers = linear_layers(graph)
+    tell = progress or (lambda i, n, text: None)
+    for i, layer in enumerate(layers):
+        tell(i, len(layers), f"{layer.name}: auto")
         t0 = time.perf_counter()
-        ln = norm_of_layer(layer, "auto", ctx)
+        ln = norm_of_layer(layer, "auto", with_progress(ctx, progress, i, len(layers), f"{layer.name}: auto"))
         times["auto"] += time.perf_counter() - t0
         # The upper-bound methods alone (auto's lower bound is extra work Fantastic-Four does not do).
         times["auto_upper"] += sum(r.seconds for r in ln.others.values() if r.kind == "upper")
+        tell(i, len(layers), f"{layer.name}: power({power_steps})")
         t0 = time.perf_counter()
         pw = power_iteration(
             layer,
@@ -64,6 +87,7 @@ def bench_graph(graph: Any, device: str, power_steps: int = 100, exact_max_dim: 
         times["power"] += time.perf_counter() - t0
         f4v = None
         if f4.applies(layer):
+            tell(i, len(layers), f"{layer.name}: fantastic4")
             t0 = time.perf_counter()
             f4v = f4.compute(layer, ctx)[0].value
             times["fantastic4"] += time.perf_counter() - t0
@@ -83,6 +107,7 @@ def bench_graph(graph: Any, device: str, power_steps: int = 100, exact_max_dim: 
                 "seconds": ln.seconds,
             }
         )
+    tell(len(layers), len(layers), "")
     return {"layers": rows, "seconds": times}
 
 
@@ -200,6 +225,8 @@ def norms(
     from speccert.importers import load
 
     dev = resolve_device(device)
+    check_outputs({"--json": json_out})
+    check_exact_max_dim(exact_max_dim)
     models: list[tuple[str, Any]] = []
     if resnet:
         g = _resnet18_graph(resnet_size, resnet_weights)
@@ -226,8 +253,9 @@ def norms(
         raise InputError(f"--corpus {corpus}: not a folder")
     report: dict[str, Any] = {"schema": "speccert.bench.norms/1", "device": dev, "models": {}}
     for name, graph in models:
-        err.print(f"benchmarking {name} ...")
-        res = bench_graph(graph, dev, exact_max_dim=exact_max_dim)
+        err.print(f"benchmarking {escape(name)} ...")
+        with layer_progress(name) as progress:
+            res = bench_graph(graph, dev, exact_max_dim=exact_max_dim, progress=progress)
         summary = summarise(res)
         report["models"][name] = {"summary": summary, "layers": res["layers"]}
         if json_out != "-":
@@ -312,6 +340,7 @@ def certify_bench(
     from speccert.importers import load
 
     dev = resolve_device(device)
+    check_outputs({"--json": json_out})
     jobs: list[tuple[str, Path, Path, list[float]]] = []
     if bundled and BUNDLED_DATA.exists():
         jobs += [

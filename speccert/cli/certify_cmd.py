@@ -3,6 +3,7 @@ certified accuracy at each eps (a radius is a proven L2 distance in the data's o
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -10,17 +11,23 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from speccert.cli import norm_methods
 from speccert.cli.common import (
+    DecisionOpt,
     DeviceOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    RandomWeightsOpt,
     TrustPickleOpt,
     WeightsOpt,
+    check_exact_max_dim,
+    check_outputs,
     err,
     load_model,
     out,
     resolve_device,
+    styled,
     write_json,
 )
 from speccert.errors import UsageError
@@ -39,6 +46,25 @@ def parse_floats(text: str | None, option: str) -> list[float] | None:
     return vals
 
 
+def parse_eps(text: str, option: str = "--eps") -> list[float]:
+    """Radii: finite and > 0 (at 0 certified accuracy is the clean accuracy, reported anyway); the
+    same rule as the gate's rule radii."""
+    vals = parse_floats(text, option) or []
+    if any(not math.isfinite(v) or v <= 0 for v in vals):
+        raise UsageError(f"{option} values must be finite and > 0, got {vals}")
+    return vals
+
+
+def check_crc(crc_steps: int, second_order: bool) -> None:
+    if crc_steps < 0:
+        raise UsageError(f"--crc-steps must be >= 0, got {crc_steps}")
+    if crc_steps > 0 and not second_order:
+        raise UsageError(
+            f"--crc-steps {crc_steps} refines the second-order certificate, which is off: add "
+            "--second-order (or leave --crc-steps out)"
+        )
+
+
 def _fmt(v: float | None, spec: str = ".4g") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -55,11 +81,17 @@ def render(report_dict: dict, console) -> None:  # type: ignore[no-untyped-def] 
     console.print(table)
     lip = report_dict["lipschitz"]
     console.print(
-        f"Lipschitz bound of the logits (L2, data space): upper [bold]{_fmt(lip['upper'], '.6g')}[/], "
-        f"empirical lower {_fmt(lip['lower'], '.6g')}, ratio {_fmt(lip['ratio'], '.3f')}"
+        styled(
+            "Lipschitz bound of the logits (L2, data space): upper [bold]{}[/], empirical lower {}, ratio {}",
+            _fmt(lip["upper"], ".6g"),
+            _fmt(lip["lower"], ".6g"),
+            _fmt(lip["ratio"], ".3f"),
+        )
     )
     cert = report_dict["certificate"]
-    console.print(f"Samples: {cert['n']}   clean accuracy: [bold]{cert['clean_accuracy']:.2%}[/]")
+    console.print(
+        styled("Samples: {}   clean accuracy: [bold]{}[/]", cert["n"], f"{cert['clean_accuracy']:.2%}")
+    )
     t = Table(title="Certified accuracy (L2)", title_justify="left")
     t.add_column("eps", justify="right")
     t.add_column("certified accuracy", justify="right")
@@ -82,12 +114,13 @@ def render(report_dict: dict, console) -> None:  # type: ignore[no-untyped-def] 
             f"points: {a['successes']} successes"
         )
     for note in report_dict.get("notes", []):
-        console.print(f"[dim]note: {note}[/]")
+        console.print(f"note: {note}", style="dim")
     tm = report_dict["timing"]
     console.print(
-        f"[dim]time {tm['total_s']:.2f} s (norms {tm.get('norms_s', 0):.2f} s, certificates "
+        f"time {tm['total_s']:.2f} s (norms {tm.get('norms_s', 0):.2f} s, certificates "
         f"{tm.get('certify_s', 0):.2f} s); {tm.get('certify_samples_per_s', 0):.0f} samples/s vs plain "
-        f"inference {tm.get('inference_samples_per_s', 0):.0f} samples/s[/]"
+        f"inference {tm.get('inference_samples_per_s', 0):.0f} samples/s",
+        style="dim",
     )
 
 
@@ -146,9 +179,7 @@ def command(
             "certified radius; any success is an error (exit 5).",
         ),
     ] = 0,
-    method: Annotated[
-        str, typer.Option("--method", help="Norm method for every layer (auto = tightest proven bound).")
-    ] = "auto",
+    method: Annotated[str, norm_methods.option()] = "auto",
     device: DeviceOpt = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per batch.")] = 256,
     plot: Annotated[
@@ -158,6 +189,8 @@ def command(
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    random_weights: RandomWeightsOpt = False,
+    decision: DecisionOpt = "argmax",
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of the attack and of the lower-bound search.")
     ] = 0,
@@ -182,11 +215,16 @@ def command(
     """Certify a classifier's L2 robustness on labelled data: global Lipschitz bound, certified radii and
     certified accuracy at each eps (a radius is a proven L2 distance in the data's own space)."""
     from speccert.bounds import certify
+    from speccert.ir.decision import check_decision, decide_by
     from speccert.report.certify_report import CertifyReport
 
-    eps_list = parse_floats(eps, "--eps") or []
+    eps_list = parse_eps(eps)
+    check_crc(crc_steps, second_order)
+    check_exact_max_dim(exact_max_dim)
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
+    check_decision(decision)
     dev = resolve_device(device)
+    check_outputs({"--json": json_out, "--plot": plot})
     if plot is not None:
         try:
             import matplotlib  # noqa: F401
@@ -195,15 +233,18 @@ def command(
     from speccert.data import load_data
 
     dataset = load_data(data, split, limit)  # data errors first: they are cheaper to find than model ones
-    graph = load_model(model, input_shape, weights, trust_pickle)
+    graph = decide_by(
+        load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights), decision
+    )
 
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
         transient=True,
+        disable=not err.is_terminal,  # a finished bar leaves a blank line in logs and pipes
     ) as bar:
         tasks: dict[str, TaskID] = {}
 
@@ -231,6 +272,8 @@ def command(
             progress=progress,
         )
     report.model["path"] = report.model.get("path") or model
+    if random_weights and weights is None:
+        report.model["weights"] = "random_init"  # the note on stderr said so too
     d = report.to_dict()
     render(d, err if json_out == "-" else out)
     if plot is not None:

@@ -9,16 +9,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from speccert.errors import UsageError
+from speccert.cli.console import err, out, styled
+from speccert.errors import InputError, UsageError
 
-# Results go to stdout; progress and errors to stderr, so `--json -` output stays parseable.
-# Piped or redirected output (CI logs, files) gets a wide fixed width instead of rich's 80 columns, so
-# tables are not folded into unreadable cells; COLUMNS still wins when set.
-_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
-out = Console(soft_wrap=True, width=_WIDTH)
-err = Console(stderr=True, soft_wrap=True)
+__all__ = ["err", "out", "styled"]  # re-exported: commands import their consoles from here
 
 ModelArg = Annotated[
     str, typer.Argument(help="Model: a .onnx, .pt2 or TorchScript file, or 'package.module:factory'.")
@@ -36,6 +31,23 @@ WeightsOpt = Annotated[
     typer.Option(
         "--weights",
         help="state_dict file for a 'package.module:factory' model (read with weights_only=True).",
+    ),
+]
+RandomWeightsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--random-weights",
+        help="Use a 'package.module:factory' model without --weights: its untrained, random "
+        "initialisation (said so in the output and the report).",
+    ),
+]
+RANDOM_WEIGHTS_NOTE = "weights: the factory's random initialisation (--random-weights), not a trained model"
+DecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--decision",
+        help="How the model picks its class: argmax (default: the largest logit) or argmin (the "
+        "smallest, e.g. ACAS Xu-style cost outputs). Certificates are about this decision.",
     ),
 ]
 TrustPickleOpt = Annotated[
@@ -58,16 +70,23 @@ def load_model(
     weights: Path | None,
     trust_pickle: bool,
     allow_unsupported: bool = False,
+    random_weights: bool = False,
 ):  # noqa: ANN201 - returns speccert.ir.Graph
-    from speccert.importers import load, parse_input_shape
+    """Load the model named on the command line. A factory without --weights needs --random-weights,
+    and then a note says so on stderr (the certify report also records it)."""
+    from speccert.importers import is_factory_spec, load, parse_input_shape
 
-    return load(
+    graph = load(
         model,
         parse_input_shape(input_shape),
         weights=weights,
         trust_pickle=trust_pickle,
         allow_unsupported=allow_unsupported,
+        random_weights=random_weights,
     )
+    if random_weights and weights is None and is_factory_spec(model):
+        err.print(f"note: {RANDOM_WEIGHTS_NOTE}", style="yellow")
+    return graph
 
 
 def resolve_device(device: str) -> str:
@@ -94,3 +113,39 @@ def write_json(data: Any, target: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text + "\n")
     tmp.replace(path)
+
+
+def check_outputs(
+    targets: dict[str, str | Path | None], create_folders: frozenset[str] = frozenset()
+) -> None:
+    """Refuse an unwritable output path before any work starts (not after a long run, as exit 5).
+
+    `targets` maps an option ('--json') to its path (None: not given; '-': stdout). A missing folder is
+    exit 4, except for options in `create_folders` (finetune's --out makes its folder), which need the
+    nearest existing folder above them to be writable. An empty path is exit 2 (an unset variable).
+    """
+    for opt, target in targets.items():
+        if target is None or str(target) == "-":
+            continue
+        if str(target) == "":
+            raise UsageError(
+                f"{opt}: empty path (is the variable you passed, e.g. $GITHUB_STEP_SUMMARY, set?)"
+            )
+        path = Path(target)
+        if path.is_dir():
+            raise InputError(f"{opt} {target}: is a folder, not a file")
+        folder = path.parent
+        if opt in create_folders:
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+        if not folder.is_dir():
+            raise InputError(f"{opt} {target}: folder {path.parent} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise InputError(f"{opt} {target}: folder {folder} is not writable")
+
+
+def check_exact_max_dim(value: int) -> int:
+    """--exact-max-dim is a Gram dimension: 0 turns `exact` off, a negative one is a typo."""
+    if value < 0:
+        raise UsageError(f"--exact-max-dim must be >= 0 (0 turns exact certificates off), got {value}")
+    return value

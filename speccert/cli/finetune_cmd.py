@@ -1,5 +1,6 @@
 """Fine-tune a model until a certificate target holds on held-out data (measured by the certifier),
-then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first."""
+then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first.
+Per-epoch tables and the final report go to stdout (stderr with --json -); progress and notes to stderr."""
 
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ from rich.table import Table
 from rich.text import Text
 
 from speccert.cli.common import (
+    DecisionOpt,
     DeviceOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
     WeightsOpt,
+    check_outputs,
     err,
     out,
     resolve_device,
+    styled,
     write_json,
 )
 from speccert.errors import UsageError
@@ -55,6 +59,23 @@ def _options(items: list[str] | None) -> dict[str, Any]:
     return opts
 
 
+def _refuse_unwritable_format(model: str) -> None:
+    """finetune writes its output in the input's format; TorchScript and pickles cannot be written
+    back, so say so before loading (a TorchScript load took 13 s before the refusal)."""
+    from speccert.importers import TORCH_SUFFIXES, is_factory_spec
+    from speccert.importers.torch_import import detect_format
+
+    path = Path(model)
+    if is_factory_spec(model) or path.suffix.lower() not in TORCH_SUFFIXES or not path.is_file():
+        return
+    fmt = detect_format(path)
+    if fmt in ("torchscript", "pickle"):
+        raise UsageError(
+            f"finetune writes the model back in its input's format and cannot write {fmt}: give it the "
+            "model as .pt2 (torch.export.save), ONNX, or 'package.module:factory' --weights STATE_DICT"
+        )
+
+
 def _epoch_table(rec: Any, eps: list[float]) -> Table:
     t = Table(title=f"epoch {rec.epoch}" + (" (input model)" if rec.epoch == 0 else ""), title_justify="left")
     for col in (
@@ -73,7 +94,7 @@ def _epoch_table(rec: Any, eps: list[float]) -> Table:
         f"{rec.lipschitz:.4g}",
         *(f"{rec.cra.get(e, 0.0):.2%}" for e in eps),
         f"{rec.weight:.4g}",
-        "[green]met[/]" if rec.met else f"[yellow]{len(rec.missed)} missed[/]",
+        styled("[green]met[/]") if rec.met else styled("[yellow]{} missed[/]", len(rec.missed)),
     )
     return t
 
@@ -189,9 +210,11 @@ def command(
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     json_out: JsonOpt = None,
+    decision: DecisionOpt = "argmax",
 ) -> None:
     """Fine-tune a model until a certificate target holds on held-out data (measured by the certifier),
-    then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first."""
+        then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first.
+    Per-epoch tables and the final report go to stdout (stderr with --json -); progress and notes to stderr."""
     import os
 
     from speccert.cli.certify_cmd import parse_floats
@@ -209,24 +232,30 @@ def command(
         raise UsageError("give --recipe or --penalty, not both (a recipe names its penalty)")
     if time_budget is not None and not time_budget > 0:
         raise UsageError(f"--time-budget must be > 0 minutes, got {time_budget:g}")
+    from speccert.ir.decision import check_decision
+
+    check_decision(decision)
+    _refuse_unwritable_format(model)
     tlist = parse_targets(target)
     eps = target_eps(tlist) or [0.5]
     dev = resolve_device(device)
+    check_outputs({"--json": json_out, "--out": out_path}, create_folders=frozenset({"--out"}))
     main = int(os.environ.get("RANK", "0")) == 0
     val_data: str | None = val
     if val_data is None and Path(data).is_dir():
         val_data = data  # an IDX folder: train on its train split, certify on its test split
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
 
+    results = err if json_out == "-" else out  # `--json -` keeps stdout for the JSON alone
     with Progress(
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
         TimeElapsedColumn(),
         console=err,
         transient=True,
-        disable=not main,
+        disable=not main or not err.is_terminal,  # a finished bar leaves a blank line in logs
     ) as bar:
         tasks: dict[int, Any] = {}
 
@@ -238,9 +267,9 @@ def command(
         def on_epoch(rec: Any) -> None:
             if rec.epoch in tasks:
                 bar.remove_task(tasks[rec.epoch])
-            bar.console.print(_epoch_table(rec, eps))
+            results.print(_epoch_table(rec, eps))  # results on stdout, like the final report
             if rec.note:
-                bar.console.print(Text(rec.note, style="dim"))
+                err.print(rec.note, style="dim")
 
         res = finetune(
             model,
@@ -267,6 +296,7 @@ def command(
             weights=weights,
             on_epoch=on_epoch,
             on_step=on_step,
+            decision=decision,
         )
     if main:
         _render_result(res, eps, json_out)
@@ -298,21 +328,22 @@ def _render_result(res: Any, eps: list[float], json_out: str | None) -> None:
         )
     if json_out != "-":
         if report is not None:
-            out.print(Text("Certify report of the output model ", style="bold") + Text(str(res.output)))
+            out.print(styled("[bold]Certify report of the output model[/] {}", res.output))
             render(report, out)
         if len(res.history) > 1:
             out.print(_pareto_table(res, eps))
         for note in res.notes:
-            err.print(Text(f"note: {note}", style="dim"))
+            err.print(f"note: {note}", style="dim")
         if res.met:
-            out.print(
-                Text("every target met", style="green")
-                + Text(f" at epoch {res.best_epoch}; wrote {res.output}")
-            )
+            out.print(styled("[green]every target met[/] at epoch {}; wrote {}", res.best_epoch, res.output))
         else:
-            tail = (
-                f" after {res.history[-1].epoch} epochs; best epoch {res.best_epoch} written to {res.output}:"
+            out.print(
+                styled(
+                    "[red]targets missed[/] after {} epochs; best epoch {} written to {}:",
+                    res.history[-1].epoch,
+                    res.best_epoch,
+                    res.output,
+                )
             )
-            out.print(Text("targets missed", style="red") + Text(tail))
             for m in res.missed:
                 out.print(Text(f"  - {m}"))

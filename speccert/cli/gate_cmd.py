@@ -9,6 +9,8 @@ rule), --markdown (appends, so it can be "$GITHUB_STEP_SUMMARY"). See docs/gate.
 Exit codes: 0 every rule passed, 1 a rule failed, 2 usage or policy error (bad option, malformed TOML,
 unknown key), 3 model not supported, 4 model/data/baseline/policy file unreadable or invalid,
 5 internal error.
+
+Policy metrics (\[\[gate.rule]] metric = ...):
 """
 
 from __future__ import annotations
@@ -19,37 +21,45 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.text import Text
 
 from speccert.cli.common import (
+    DecisionOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
     TrustPickleOpt,
     WeightsOpt,
+    check_outputs,
     err,
     out,
     write_json,
 )
-from speccert.errors import EXIT_OK, UsageError
+from speccert.errors import EXIT_OK
+from speccert.gate.metrics import metrics_help
+
+__doc__ = (__doc__ or "") + "\n" + metrics_help()  # the metric list comes from the registry
 
 if TYPE_CHECKING:
-    from speccert.report.gate import GateResult
-    from speccert.report.rules import RuleSpec
+    from speccert.gate.rules import RuleSpec
+    from speccert.gate.workflow import GateResult
+    from speccert.ir import Graph
 
 
 def _rules_from_options(
     min_cra: list[str] | None,
-    min_clean: float | None,
+    min_clean: str | None,
     max_lipschitz: float | None,
     max_layer_norm: float | None,
     min_median_radius: float | None,
 ) -> list[RuleSpec]:
-    from speccert.report.policy import make_rule, parse_cra_option
+    from speccert.gate.options import COMMAND_LINE as src
+    from speccert.gate.options import parse_clean_option, parse_cra_option
+    from speccert.gate.rules import make_rule
 
     rules = [parse_cra_option(t) for t in min_cra or []]
-    src = "command line"
     if min_clean is not None:
-        rules.append(make_rule("clean_accuracy", min=min_clean, where="--min-clean", src=src))
+        rules.append(parse_clean_option(min_clean))
     if min_median_radius is not None:
         rules.append(make_rule("median_radius", min=min_median_radius, where="--min-median-radius", src=src))
     if max_lipschitz is not None:
@@ -89,11 +99,12 @@ def command(
         typer.Option(
             "--min-cra",
             metavar="ACC@EPS",
-            help="Rule: certified accuracy at radius EPS >= ACC, e.g. 0.5@0.25. Repeatable.",
+            help="Rule: certified accuracy at radius EPS >= ACC, e.g. 0.5@0.25 or 50%@0.25. Repeatable.",
         ),
     ] = None,
     min_clean: Annotated[
-        float | None, typer.Option("--min-clean", help="Rule: clean accuracy >= this.")
+        str | None,
+        typer.Option("--min-clean", metavar="ACC", help="Rule: clean accuracy >= ACC, e.g. 0.85 or 85%."),
     ] = None,
     max_lipschitz: Annotated[
         float | None, typer.Option("--max-lipschitz", help="Rule: proven Lipschitz upper bound <= this.")
@@ -146,19 +157,21 @@ def command(
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    decision: DecisionOpt = "argmax",
 ) -> None:
-    from speccert.report.gate import gate
-    from speccert.report.gate_outputs import write_output
-    from speccert.report.policy import Policy, discover_policy, parse_eps_option, read_policy, with_overrides
+    from speccert.gate.options import COMMAND_LINE, parse_eps_option, with_overrides
+    from speccert.gate.outputs import write_output
+    from speccert.gate.policy import Policy, discover_policy, read_policy
+    from speccert.gate.workflow import gate
+    from speccert.ir.decision import check_decision, decide_by
 
-    _check_targets(
-        {"--json": json_out if json_out != "-" else None, "--junit": junit, "--markdown": markdown}
-    )
+    check_outputs({"--json": json_out, "--junit": junit, "--markdown": markdown})
+    check_decision(decision)
     cli_rules = _rules_from_options(min_cra, min_clean, max_lipschitz, max_layer_norm, min_median_radius)
     policy_path = policy if policy is not None else discover_policy(".")
-    pol = read_policy(policy_path) if policy_path is not None else Policy(source="command line")
+    pol = read_policy(policy_path) if policy_path is not None else Policy(source=COMMAND_LINE)
     if policy is None and policy_path is not None:
-        err.print(f"policy: {policy_path}", highlight=False)
+        err.print(f"policy: {policy_path}", highlight=False, markup=False)
     if input_shape is not None:
         from speccert.importers import parse_input_shape
 
@@ -182,9 +195,19 @@ def command(
         max_lipschitz_growth=max_lipschitz_growth,
     )
 
-    with err.status(f"certifying {model} ...", spinner="dots"):
+    with err.status(Text(f"certifying {model} ..."), spinner="dots"):  # Text: the path is not markup
+        target: str | Graph = model
+        if decision != "argmax":  # load here: gate() certifies a given graph as it is
+            from speccert.importers import load
+
+            target = decide_by(
+                load(model, pol.data.input_shape, weights=weights, trust_pickle=trust_pickle), decision
+            )
         result = gate(
-            model, pol, weights=os.fspath(weights) if weights is not None else None, trust_pickle=trust_pickle
+            target,
+            pol,
+            weights=os.fspath(weights) if weights is not None else None,
+            trust_pickle=trust_pickle,
         )
 
     if json_out is not None:
@@ -198,32 +221,18 @@ def command(
         raise typer.Exit(result.exit_code)
 
 
-def _check_targets(targets: dict[str, str | Path | None]) -> None:
-    """Refuse unwritable report paths before spending time on certification."""
-    for opt, target in targets.items():
-        if target is None:
-            continue
-        if str(target) == "":
-            raise UsageError(
-                f"{opt}: empty path (is the variable you passed, e.g. $GITHUB_STEP_SUMMARY, set?)"
-            )
-        path = Path(target)
-        if path.is_dir():
-            raise UsageError(f"{opt} {target}: is a folder")
-        if not path.parent.is_dir():
-            raise UsageError(f"{opt} {target}: folder {path.parent} does not exist")
-
-
 def _render(result: GateResult, to_stderr: bool) -> None:
+    """The rules table and verdict. Paths, rule names, notes and messages are user text: they go in as
+    plain `Text` (never parsed as markup), so `[/v2]` in a path prints as written and cannot raise."""
     from rich.table import Table
 
-    from speccert.report.markdown import num
+    from speccert.gate.outputs.markdown import num
 
     console = err if to_stderr else out
     model = result.report.get("model") or {}
     cert = result.report.get("certificate") or {}
     title = f"speccert gate: {model.get('path', '?')} ({cert.get('n', '?')} points, {result.seconds:.1f} s)"
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title, style="table.title"), title_justify="left")
     table.add_column("rule")
     table.add_column("value", justify="right")
     table.add_column("threshold", justify="right")
@@ -231,17 +240,18 @@ def _render(result: GateResult, to_stderr: bool) -> None:
     for r in result.rules:
         value = num(r.value, 6) + (f" (baseline {num(r.baseline, 6)})" if r.baseline is not None else "")
         table.add_row(
-            r.name,
-            value,
-            f"{r.op} {num(r.threshold, 6)}",
-            "[green]pass[/]" if r.passed else "[bold red]FAIL[/]",
+            Text(r.name),
+            Text(value),
+            Text(f"{r.op} {num(r.threshold, 6)}"),
+            Text("pass", style="green") if r.passed else Text("FAIL", style="bold red"),
         )
     console.print(table)
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(Text(f"note: {note}"), highlight=False)
+    n, failed = len(result.rules), len(result.failures)
     if result.passed:
-        console.print(f"[bold green]PASSED[/]: all {len(result.rules)} rules hold")
+        console.print(Text.assemble(("PASSED", "bold green"), f": all {n} rules hold"))
     else:
-        console.print(f"[bold red]FAILED[/]: {len(result.failures)} of {len(result.rules)} rules do not hold")
+        console.print(Text.assemble(("FAILED", "bold red"), f": {failed} of {n} rules do not hold"))
         for r in result.failures:
-            console.print(f"  - {r.message}", highlight=False)
+            console.print(Text(f"  - {r.message}"), highlight=False)

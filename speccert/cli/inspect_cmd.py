@@ -6,20 +6,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from speccert.cli.common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    RandomWeightsOpt,
     TrustPickleOpt,
     WeightsOpt,
+    check_outputs,
     err,
     load_model,
     out,
+    styled,
     write_json,
 )
+from speccert.cli.console import make_console
 from speccert.errors import EXIT_UNSUPPORTED
 
 if TYPE_CHECKING:  # torch loads only when a command runs: `speccert --help` stays fast
@@ -77,6 +81,7 @@ def inspect_report(graph: Graph) -> dict[str, Any]:
         "input_shape": list(graph.input_shape),
         "output_shape": list(graph.output_shape),
         "output": graph.output,
+        "decision": "argmax",  # what certify/gate/finetune assume unless --decision argmin
         "total_params": int(sum(r["params"] for r in rows)),
         "nodes": rows,
         "unsupported": [
@@ -104,10 +109,10 @@ def _table(report: dict[str, Any]) -> Table:
         table.add_column("warning")
     for r in report["nodes"]:
         shapes = " + ".join(str(s) for s in r["input_shapes"]) + f" -> {r['output_shape']}"
-        ok = "[green]yes[/]" if r["lipschitz_supported"] else f"[red]no[/]: {r['reason']}"
-        cells = [r["name"], r["operator"], shapes, f"{r['params']:,}", ok]
+        ok = styled("[green]yes[/]") if r["lipschitz_supported"] else styled("[red]no[/]: {}", r["reason"])
+        cells: list[str | Text] = [r["name"], r["operator"], shapes, f"{r['params']:,}", ok]
         if warn:
-            cells.append("[yellow]NaN/Inf weights[/]" if r["non_finite"] else "")
+            cells.append(styled("[yellow]NaN/Inf weights[/]") if r["non_finite"] else "")
         table.add_row(*cells)
     return table
 
@@ -117,17 +122,21 @@ def command(
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    random_weights: RandomWeightsOpt = False,
     json: JsonOpt = None,
 ) -> None:
     import typer
 
-    graph = load_model(model, input_shape, weights, trust_pickle, allow_unsupported=True)
+    check_outputs({"--json": json})
+    graph = load_model(
+        model, input_shape, weights, trust_pickle, allow_unsupported=True, random_weights=random_weights
+    )
     report = inspect_report(graph)
     if json is not None:
         write_json(report, json)
     if json != "-":
         # Wide enough for long ONNX node names when the output is not a terminal (a pipe, a CI log).
-        console = out if out.is_terminal else Console(file=out.file, width=200, soft_wrap=True)
+        console = out if out.is_terminal else make_console(file=out.file, width=200, soft_wrap=True)
         console.print(_table(report))
         sha = (report["sha256"] or "")[:16]
         out.print(
@@ -136,16 +145,27 @@ def command(
             f"params {report['total_params']:,}",
             highlight=False,
         )
+        out.print(
+            "decision: argmax of the output (the default; certify, gate and finetune take "
+            "--decision argmin for models that pick the smallest output, e.g. ACAS Xu costs)",
+            highlight=False,
+        )
     if report["non_finite_parameters"]:
         err.print(
-            f"[yellow]warning:[/] NaN or Inf weights in {', '.join(report['non_finite_parameters'])}; "
-            "certify and norms will refuse this model",
+            styled(
+                "[yellow]warning:[/] NaN or Inf weights in {}; certify and norms will refuse this model",
+                ", ".join(report["non_finite_parameters"]),
+            ),
             highlight=False,
         )
     if report["unsupported"]:
         listing = "; ".join(f"{u['op']} node '{u['node']}': {u['reason']}" for u in report["unsupported"])
         err.print(
-            f"[bold red]error:[/] {len(report['unsupported'])} node(s) without a Lipschitz bound: {listing}",
+            styled(
+                "[bold red]error:[/] {} node(s) without a Lipschitz bound: {}",
+                len(report["unsupported"]),
+                listing,
+            ),
             highlight=False,
         )
         raise typer.Exit(EXIT_UNSUPPORTED)

@@ -1,4 +1,6 @@
-"""Per-layer spectral norms: a proven [lower, upper] bracket for every linear layer, with method and time.
+"""Per-layer spectral norms: a proven bracket, lower <= norm <= upper, for every linear layer, with the
+method and the time. The upper bound is the tightest proven one (`auto`) or the chosen method's; the
+lower bound is proven too (the norm of A v for an explicit v).
 
 Examples: `speccert norms model.onnx`, `speccert norms model.onnx --method fantastic4`,
 `speccert norms model.pt2 --device cuda --json -`.
@@ -6,24 +8,29 @@ Examples: `speccert norms model.onnx`, `speccert norms model.onnx --method fanta
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 
+from speccert.cli import norm_methods
 from speccert.cli.common import (
     DeviceOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    RandomWeightsOpt,
     TrustPickleOpt,
     WeightsOpt,
+    check_exact_max_dim,
+    check_outputs,
     err,
     load_model,
     out,
     resolve_device,
     write_json,
 )
-from speccert.errors import UsageError
 
 
 def _fmt(x: float | None) -> str:
@@ -71,27 +78,44 @@ def render_table(norms: list[Any], title: str) -> None:
             f"{n.seconds:.2f}",
         )
     out.print(table)
-    notes = [(n.name, note) for n in norms for note in n.notes]
+    notes = dict.fromkeys((n.name, note) for n in norms for note in n.notes)  # once each, in order
     for name, note in notes:
-        err.print(f"[dim]note: {name}: {note}[/]", highlight=False)
+        err.print(f"note: {name}: {note}", style="dim", highlight=False)
+
+
+@contextmanager
+def layer_progress(label: str) -> Iterator[Callable[[int, int, str], None]]:
+    """A transient bar on stderr over the layers of one model; the callback is `layer_norms`'s `progress`
+    (layer i of n, and what runs inside it now). Layer names are user text: never read as markup."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn(escape(label)),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} {task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,  # a finished bar leaves a blank line in logs and pipes
+    ) as bar:
+        task = bar.add_task("", total=None)
+
+        def progress(i: int, n: int, text: str) -> None:
+            bar.update(task, completed=i, total=n, description=escape(text))
+
+        yield progress
 
 
 def command(
     model: ModelArg,
-    method: Annotated[
-        str,
-        typer.Option(
-            "--method",
-            help="auto (default: tightest proven upper bound + power "
-            "iteration lower bound) or one method: dense, power, fft, gram, "
-            "fantastic4, lmt, miyato, closed_form, nonnegative.",
-        ),
-    ] = "auto",
+    method: Annotated[str, norm_methods.option()] = "auto",
     device: DeviceOpt = "cpu",
     json_out: JsonOpt = None,
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    random_weights: RandomWeightsOpt = False,
     exact_max_dim: Annotated[
         int,
         typer.Option(
@@ -102,29 +126,14 @@ def command(
         ),
     ] = 2048,
 ) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from speccert.norms import layer_norms
 
-    from speccert.norms import layer_norms, method_names
-
-    if method not in method_names():
-        raise UsageError(
-            f"--method {method!r} is not a norm method (choose from {', '.join(method_names())})"
-        )
+    norm_methods.check(method)
     dev = resolve_device(device)
-    graph = load_model(model, input_shape, weights, trust_pickle)
-    with Progress(
-        TextColumn("norms"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} {task.description}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("", total=None)
-
-        def progress(i: int, n: int, name: str) -> None:
-            bar.update(task, completed=i, total=n, description=name)
-
+    check_outputs({"--json": json_out})
+    check_exact_max_dim(exact_max_dim)
+    graph = load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights)
+    with layer_progress("norms") as progress:
         norms = layer_norms(graph, method=method, device=dev, exact_max_dim=exact_max_dim, progress=progress)
     if json_out is not None:
         write_json(norms_report(norms, method, dev), json_out)

@@ -37,6 +37,20 @@ def is_factory_spec(spec: str) -> bool:
     return bool(mod) and bool(fn) and "/" not in mod and "\\" not in mod and fn.isidentifier()
 
 
+def _explain_factory_path(spec: str) -> None:
+    """'mine/mynet.py:SmallNet' is a file path plus a factory name, which the factory form does not take."""
+    mod, sep, fn = spec.rpartition(":")
+    if not sep or not mod or not fn.isidentifier():
+        return
+    if mod.endswith(".py") or "/" in mod or "\\" in mod:
+        dotted = mod.removesuffix(".py").replace("\\", "/").strip("/").replace("/", ".")
+        raise UsageError(
+            f"'{spec}' is not a model file; a Python model is named 'package.module:factory' with dots, not "
+            f"a path: e.g. '{dotted}:{fn}', run from the folder that holds '{dotted.split('.')[0]}' (or "
+            "with it installed), plus --weights STATE_DICT and --input-shape"
+        )
+
+
 def load(
     spec: str | os.PathLike[str],
     input_shape: tuple[int, ...] | None = None,
@@ -45,6 +59,7 @@ def load(
     trust_pickle: bool = False,
     check: bool = True,
     allow_unsupported: bool = False,
+    random_weights: bool = False,
 ) -> Graph:
     """Load a model into the graph IR and check it computes what the original computes.
 
@@ -54,14 +69,24 @@ def load(
     `check` runs the faithfulness check (IR vs onnxruntime or the original module on random inputs).
     `allow_unsupported` returns graphs with `Opaque` nodes (for `inspect`) instead of raising
     UnsupportedModelError.
+    A 'package.module:factory' spec needs `weights` (a state_dict); without them the factory's random
+    initialisation would be certified, so that takes `random_weights=True`.
     """
     spec = os.fspath(spec)
     if is_factory_spec(spec):
-        from speccert.importers.torch_import import load_factory
+        from speccert.importers.torch_import import _import_factory, load_factory
 
+        if weights is None and not random_weights and input_shape is not None:
+            _import_factory(spec)  # a spec that does not import is the first thing to report
+            raise UsageError(
+                f"'{spec}' without --weights would be the factory's untrained, random initialisation: pass "
+                "--weights STATE_DICT (the trained parameters), or --random-weights to use it on purpose "
+                "(certify, inspect and norms)"
+            )
         return load_factory(spec, weights, input_shape, check=check, allow_unsupported=allow_unsupported)
     path = Path(spec)
     if not path.exists():
+        _explain_factory_path(spec)
         raise InputError(f"model file not found: {spec}")
     if path.is_dir():
         raise InputError(f"model path is a folder, not a file: {spec}")

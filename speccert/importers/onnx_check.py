@@ -28,7 +28,8 @@ def _max_error(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """(max abs difference, tolerance) with NaN/Inf at the same places counted as equal."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     same = (a64 == b64) | (np.isnan(a64) & np.isnan(b64))
-    diff = np.where(same, 0.0, np.abs(a64 - b64))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where both have Inf: masked by `same`
+        diff = np.where(same, 0.0, np.abs(a64 - b64))
     diff = np.where(np.isnan(diff), np.inf, diff)
     finite = np.abs(b64[np.isfinite(b64)])
     scale = max(1.0, float(finite.max()) if finite.size else 1.0)

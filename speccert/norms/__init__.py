@@ -8,26 +8,43 @@ name, whose `upper` is a proven `UpperBound` on the node's L2 operator norm (lin
     >>> norms = layer_norms(graph)                        # doctest: +SKIP
     >>> [(n.name, n.lower.value, n.upper.value) for n in norms]  # doctest: +SKIP
 
-Methods live one per file (dense, power, fft, gram, fantastic4, lmt, miyato, closed_form,
-nonnegative) in the `METHODS` registry; `auto` (speccert.norms.auto) takes the tightest proven upper
-bound among the applicable ones and a warm-started power iteration for the lower bound.
+Layout, bottom to top (tests/test_norms_layering.py checks it):
+- base: `result` (UpperBound / LowerBound / Estimate), `rounding` (floating-point error bounds), `layer`
+  (the linear part of a node as an operator);
+- kernels, the mathematics, which know no method: `torus` (frequency blocks of a circular conv),
+  `gram_chain` (Gram iteration), `krylov` (power iteration, Lanczos, the float64 lower-bound check),
+  `explicit` (explicit matrix and SVD), `psd` (Cholesky certificates), `conv_gram` (tap-assembled Gram
+  matrices), `kernel_shapes` (reshaped and polyphase kernels);
+- `method`: the contract, the `METHODS` registry and `AutoRole`;
+- `methods/`: one thin module per method, loaded by the registry itself; none imports another;
+- `auto`: `layer_norms` and the `auto` strategy, built from the roles the methods declare;
+- `catalog`: the methods' names and summaries without importing torch (CLI help), and the generated
+  docs table.
 """
 
 from __future__ import annotations
 
 from speccert.norms.auto import AUTO, LayerNorm, layer_norms, linear_layers
-from speccert.norms.method import METHODS, NormContext, NormMethod, load_methods, register_method
+from speccert.norms.method import (
+    METHODS,
+    AutoRole,
+    NormContext,
+    NormMethod,
+    load_methods,
+    register_method,
+)
 from speccert.norms.result import Estimate, LowerBound, NormResult, UpperBound
 
 
 def method_names() -> list[str]:
-    """`auto` followed by every registered method: the choices of `--method`."""
-    return [AUTO, *load_methods().keys()]
+    """`auto` followed by every registered method, sorted: the choices of `--method`."""
+    return [AUTO, *sorted(load_methods().keys())]
 
 
 __all__ = [
     "AUTO",
     "METHODS",
+    "AutoRole",
     "Estimate",
     "LayerNorm",
     "LowerBound",

@@ -1,12 +1,13 @@
-"""`layer_norms` and the `auto` strategy: the tightest proven upper bound plus a Lanczos lower
-bound for every linear node of `fold_linear(graph)`.
+"""`layer_norms` and the `auto` strategy: the tightest proven upper bound plus a proven lower bound for
+every linear node of `fold_linear(graph)`.
 
-auto, per layer: an exact closed form if there is one; else the dense SVD if the matrix is small; else the
-Cholesky-certified explicit Gram matrix (`exact`) if its smaller side is <= 2048; else
-the minimum of every applicable cheap upper-bound method (fft, lmt, nonnegative, fantastic4 where fft does
-not apply; gram when nothing else applies), and Lanczos (random start, float32 iteration, float64 check)
-for the lower bound.
-A method that would need more memory than the limit is skipped with a note (never an OOM crash).
+auto, per layer, from the roles the methods declare (`NormMethod.auto`, an `AutoRole`; `auto_summary()`
+says it in words for the CLI and docs): the "decisive" methods in order (closed form, dense SVD of a small
+matrix, the Cholesky-certified explicit Gram matrix), the first that gives an upper bound decides;
+else the minimum of every applicable "upper" method (a method is skipped once one that supersedes it
+gave a bound), the "last_resort" ones only when none did; the "lower" methods (Lanczos) give the lower
+bound. A method that would need more memory than the limit is skipped with a note (never an OOM crash).
+This module names no method: adding one is one file in speccert/norms/methods/.
 """
 
 from __future__ import annotations
@@ -21,14 +22,10 @@ import torch
 from speccert.errors import UnsupportedModelError, UsageError
 from speccert.ir import Graph, fold_linear
 from speccert.norms.layer import LinearLayer, linear_part
-from speccert.norms.method import NormContext, load_methods
+from speccert.norms.method import EXACT_MAX_DIM, NormContext, NormMethod, Stage, load_methods
 from speccert.norms.result import Estimate, LowerBound, NormResult, UpperBound
 
 AUTO = "auto"
-# Cheap proven upper bounds tried (all, min taken) by auto when no exact method applies.
-AUTO_UPPER = ("fantastic4", "lmt", "fft", "nonnegative")  # fft runs first where it applies
-# Last resorts for a proven upper bound, in order.
-FALLBACK_UPPER = ("closed_form", "dense", "fft", "fantastic4", "lmt", "nonnegative", "gram")
 
 Progress = Callable[[int, int, str], None]
 
@@ -110,17 +107,20 @@ def linear_layers(graph: Graph) -> list[LinearLayer]:
     ]
 
 
-def _run(name: str, layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormResult]:
-    methods = load_methods()
-    if name not in methods:
-        return []
-    method = methods.get(name)
+def _staged(stage: Stage) -> list[NormMethod]:
+    """The methods of one `auto` stage, in their declared order (ties: by name)."""
+    found = [m for m in load_methods().values() if m.auto.stage == stage]
+    return sorted(found, key=lambda m: (m.auto.order, m.name))
+
+
+def _run(method: NormMethod, layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormResult]:
     if not method.applies(layer):
         return []
     why = method.refuse(layer, ctx)
     if why is not None:
-        notes.append(f"{name} skipped: {why}")
+        notes.append(f"{method.name} skipped: {why}")
         return []
+    ctx.tell(method.name)
     return method.compute(layer, ctx)
 
 
@@ -131,62 +131,69 @@ def _best(
     return pick(found, key=lambda r: r.value) if found else None
 
 
+def _has_upper(results: list[NormResult]) -> bool:
+    return any(isinstance(r, UpperBound) for r in results)
+
+
 def _auto(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormResult]:
-    for exact in ("closed_form", "dense"):
-        got = _run(exact, layer, ctx, [])  # dense being too big is the normal case: no note
-        if any(isinstance(r, UpperBound) for r in got):
-            return got
-    got = _run("exact", layer, ctx, [])  # too big is the normal case: no note
-    if any(isinstance(r, UpperBound) for r in got):
-        return got if any(isinstance(r, LowerBound) for r in got) else got + _lower(layer, ctx, notes, got)
+    for method in _staged("decisive"):
+        got = _run(method, layer, ctx, [])  # too big is the normal case for these: no note
+        if _has_upper(got):
+            has_lower = any(isinstance(r, LowerBound) for r in got)
+            return got if has_lower else got + _lower(layer, ctx, notes, got)
     results: list[NormResult] = []
-    g = layer.conv()
-    one_by_one = g is not None and all(k == 1 for k in g.kernel) and not g.circular
-    ran_fft = False
-    for name in AUTO_UPPER:
-        if name == "fft" and (ran_fft or (one_by_one and any(isinstance(r, UpperBound) for r in results))):
-            continue  # already run, or fantastic4 is exact for 1x1 kernels (W at each kept pixel)
-        if name == "fantastic4" and g is not None and not one_by_one and not g.circular:
-            ran_fft = True
-            if _run_fft_first(layer, ctx, results, notes):
-                continue  # the torus bound never exceeds Fantastic-Four (see below): F4 would only cost time
-        results += _run(name, layer, ctx, notes)
-    if not any(isinstance(r, UpperBound) for r in results):
-        results += _run("gram", layer, ctx, notes)
+    superseded: set[str] = set()
+    for method in sorted(_staged("upper"), key=lambda m: (m.auto_order(layer), m.name)):
+        if method.name in superseded or method.auto_skip(layer, results):
+            continue
+        got = _run(method, layer, ctx, notes)
+        if _has_upper(got):
+            superseded.update(method.auto.supersedes)
+        results += got
+    if not _has_upper(results):
+        for method in _staged("last_resort"):
+            results += _run(method, layer, ctx, notes)
     results += _lower(layer, ctx, notes, results)
     return results
-
-
-def _run_fft_first(layer: LinearLayer, ctx: NormContext, results: list[NormResult], notes: list[str]) -> bool:
-    """Run fft into `results`; True if it gave an upper bound.
-
-    Fantastic-Four bounds the symbol sup_w ||K^(w)|| of the (polyphase) kernel over all frequencies, the
-    torus bound is the max over one frequency grid of the same symbol, so fft <= fantastic4 up to the
-    1e-10 rounding allowances: when fft applies, fantastic4 is skipped.
-    """
-    got = _run("fft", layer, ctx, notes)
-    results += got
-    return any(isinstance(r, UpperBound) for r in got)
 
 
 def _lower(
     layer: LinearLayer, ctx: NormContext, notes: list[str], results: list[NormResult]
 ) -> list[NormResult]:
-    """Lanczos from a random start (a torus plane-wave warm start was measured to help as often as it hurt),
-    stopping early once the bracket is tight against the best upper bound found."""
+    """The "lower" stage (Lanczos from a random start: a torus plane-wave warm start was measured to help
+    as often as it hurt), told the best upper bound found so that it can stop once the bracket is tight."""
     ups = [r.value for r in results if isinstance(r, UpperBound)]
     lctx = dataclasses.replace(ctx, upper_hint=min(ups) if ups else None)
-    return _run("lanczos", layer, lctx, notes)
+    return [r for method in _staged("lower") for r in _run(method, layer, lctx, notes)]
 
 
 def _fallback_upper(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> UpperBound:
-    for name in FALLBACK_UPPER:
-        got = [r for r in _run(name, layer, ctx, notes) if isinstance(r, UpperBound)]
+    fallbacks = [m for m in load_methods().values() if m.auto.fallback is not None]
+    for method in sorted(fallbacks, key=lambda m: (m.auto.fallback, m.name)):
+        got = [r for r in _run(method, layer, ctx, notes) if isinstance(r, UpperBound)]
         if got:
             return got[0]
     raise UnsupportedModelError(
         "no norm method can bound this layer",
         [(layer.op_type, layer.name, "no applicable upper-bound method fits in memory")],
+    )
+
+
+def auto_summary() -> str:
+    """What `auto` does, in words, from the roles the registered methods declare."""
+
+    def names(stage: Stage) -> str:
+        return ", ".join(f"`{m.name}`" for m in _staged(stage))
+
+    supersede = "; ".join(
+        f"`{m.name}` supersedes {', '.join(f'`{s}`' for s in m.auto.supersedes)}"
+        for m in _staged("upper")
+        if m.auto.supersedes
+    )
+    return (
+        f"first of {names('decisive')} that gives an upper bound; else the minimum of {names('upper')} "
+        f"where they apply (skipping a method superseded by one that gave a bound: {supersede}), "
+        f"{names('last_resort')} when none does; lower bound: {names('lower')}"
     )
 
 
@@ -198,7 +205,7 @@ def norm_of_layer(layer: LinearLayer, method: str, ctx: NormContext) -> LayerNor
         results = _auto(layer, ctx, notes)
     else:
         m = load_methods().get(method)
-        results = _run(method, layer, ctx, notes)
+        results = _run(m, layer, ctx, notes)
         if not m.applies(layer):
             notes.append(f"{method} does not apply to {layer.op_type}")
     up = _best(results, UpperBound, min)
@@ -225,6 +232,17 @@ def norm_of_layer(layer: LinearLayer, method: str, ctx: NormContext) -> LayerNor
     )
 
 
+def with_progress(ctx: NormContext, progress: Progress | None, i: int, n: int, name: str) -> NormContext:
+    """`ctx` whose notes from inside layer `i` of `n` reach `progress` as "name: note"."""
+    if progress is None:
+        return ctx
+
+    def note(text: str) -> None:
+        progress(i, n, f"{name}: {text}")
+
+    return dataclasses.replace(ctx, note=note)
+
+
 def layer_norms(
     graph: Graph,
     method: str = AUTO,
@@ -233,14 +251,15 @@ def layer_norms(
     tol: float = 1e-5,
     max_iter: int = 100,
     memory_limit: int = 2 << 30,
-    exact_max_dim: int = 2048,
+    exact_max_dim: int = EXACT_MAX_DIM,
     progress: Progress | None = None,
 ) -> list[LayerNorm]:
     """One `LayerNorm` per linear node of `fold_linear(graph)`, named as in the folded graph.
 
     upper: a proven bound ||A||_2 <= upper (float64, rounded up); lower: ||A v|| / ||v|| for some v.
-    `method`: "auto" or a registered method (`method_names()`); `progress(i, n, layer_name)` is called
-    before each layer. Raises InputError when a weight is NaN/Inf (the parameter is named).
+    `method`: "auto" or a registered method (`method_names()`); `progress(i, n, text)` is called before
+    each layer (text: its name) and while one runs (text: "name: method" or a step of a long method,
+    e.g. "layer4.1.conv2: exact: Cholesky 25088x25088"). Raises InputError when a weight is NaN/Inf (the parameter is named).
     `exact_max_dim` > 2048 lets `exact` certify zero-padded convs whose smaller Gram side is up to that
     (one n^3 Cholesky factorisation in ~16 n^2 bytes: ResNet-18's 7x7 maps, n = 25088, take ~70 s each on
     a CPU), which removes the torus bound's excess on small feature maps.
@@ -258,7 +277,7 @@ def layer_norms(
     for i, layer in enumerate(layers):
         if progress is not None:
             progress(i, len(layers), layer.name)
-        out.append(norm_of_layer(layer, method, ctx))
+        out.append(norm_of_layer(layer, method, with_progress(ctx, progress, i, len(layers), layer.name)))
     if progress is not None:
         progress(len(layers), len(layers), "")
     return out

@@ -82,17 +82,6 @@ class ConvGeometry:
             self.adjoint,
         )
 
-    def as_conv(self) -> Conv:
-        return Conv(
-            self.weight,
-            None,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            "circular" if self.circular else "zeros",
-        )
-
 
 @dataclass(frozen=True)
 class LinearLayer:

@@ -1,22 +1,37 @@
 """The norm-method contract and its registry (STYLE.md rule 1: one registry per kind of extension).
 
-A method is one file in speccert/norms/ holding a `NormMethod` subclass decorated with
-`@register_method`. It declares which layers it applies to (`applies`), how much memory it needs for
-a layer (`memory_bytes`, so callers fall back instead of running out of memory) and computes a list
-of results (`compute`): proven `UpperBound`s, proven `LowerBound`s or `Estimate`s. Methods never live
-inside op classes, so a new method touches exactly one new file (plus its import in `_load_methods`).
+A method is one module in speccert/norms/methods/ holding a `NormMethod` subclass decorated with
+`@register_method("name")`; the registry loads that package itself (`load_methods`), so adding a method
+touches that one file. A method declares which layers it applies to (`applies`), how much memory it
+needs for a layer (`memory_bytes`, so callers fall back instead of running out of memory), its place in
+the `auto` strategy (`auto`, an `AutoRole`) and computes a list of results (`compute`): proven
+`UpperBound`s, proven `LowerBound`s or `Estimate`s. Methods are thin: the mathematics lives in kernel
+modules of speccert.norms (torus, gram_chain, krylov, explicit, psd, conv_gram, kernel_shapes), and no
+method module imports another.
+
+    >>> @register_method("twice_frobenius")                       # doctest: +SKIP
+    ... class TwiceFrobenius(NormMethod):
+    ...     kinds = ("upper",)
+    ...     summary = "2 ||W||_F (a loose bound, for illustration)"
+    ...     applies_to = "Linear"
+    ...     def applies(self, layer): return layer.matrix() is not None
+    ...     def compute(self, layer, ctx): ...
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
 from speccert.norms.layer import LinearLayer
 from speccert.norms.result import NormResult
 from speccert.registry import Registry
+
+EXACT_MAX_DIM = 2048  # `exact`'s explicit route: the smaller side of the matrix, at most (n^3 work)
+METHODS_PACKAGE = "speccert.norms.methods"
 
 
 @dataclass(frozen=True)
@@ -34,16 +49,48 @@ class NormContext:
         None  # a proven upper bound already known: lower-bound iterations may stop near it
     )
     exact_max_dim: int = (
-        2048  # `exact` on convs whose smaller Gram side is up to this (above 2048: opt-in, n^3)
+        EXACT_MAX_DIM  # `exact` on convs whose smaller Gram side is up to this (above: opt-in, n^3)
     )
+    # Told what a long computation on one layer is doing now ("lanczos 32/128", "Cholesky 25088x25088"),
+    # for progress displays; never changes a result.
+    note: Callable[[str], None] | None = None
+
+    def tell(self, text: str) -> None:
+        if self.note is not None:
+            self.note(text)
+
+
+Stage = Literal["decisive", "upper", "last_resort", "lower"]
+
+
+@dataclass(frozen=True)
+class AutoRole:
+    """How `auto` (speccert.norms.auto) uses a method.
+
+    stage: "decisive" methods (exact to ~1e-9, where they fit) are tried first, in `order`; the first to
+    give an upper bound decides the layer (with a lower bound from the "lower" stage if it gave none).
+    Otherwise every applicable "upper"
+    method runs, in `order`, and the smallest upper bound is kept; "last_resort" methods run only when
+    none of them gave one; "lower" methods give the lower bound. None: auto never runs it.
+    supersedes: methods this one makes redundant once it has given an upper bound on a layer (they are
+    not run after it). fallback: position among the upper bounds tried, in order, when the method a user
+    asked for gives none (None: never used as a fallback).
+    """
+
+    stage: Stage | None = None
+    order: int = 0
+    supersedes: tuple[str, ...] = ()
+    fallback: int | None = None
 
 
 class NormMethod:
     """Base class: one algorithm that bounds or estimates ||A||_2 of some layers."""
 
-    name: ClassVar[str] = "?"
+    name: ClassVar[str] = "?"  # set by @register_method
     kinds: ClassVar[tuple[str, ...]] = ()  # which of "upper", "lower", "estimate" it produces
-    summary: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line: CLI help and the README's support table
+    applies_to: ClassVar[str] = "all"  # which layers, in words (docs/norms.md)
+    auto: ClassVar[AutoRole] = AutoRole()
 
     def applies(self, layer: LinearLayer) -> bool:
         raise NotImplementedError
@@ -59,6 +106,14 @@ class NormMethod:
             return f"{self.name} needs ~{need / 2**30:.1f} GiB > limit {ctx.memory_limit / 2**30:.1f} GiB"
         return None
 
+    def auto_order(self, layer: LinearLayer) -> int:
+        """Position within its `auto` stage on this layer (default: `auto.order`)."""
+        return self.auto.order
+
+    def auto_skip(self, layer: LinearLayer, earlier: Sequence[NormResult]) -> bool:
+        """Whether auto may skip this method on this layer given the results already computed."""
+        return False
+
     def compute(self, layer: LinearLayer, ctx: NormContext) -> list[NormResult]:
         raise NotImplementedError
 
@@ -66,31 +121,17 @@ class NormMethod:
 METHODS: Registry[str, NormMethod] = Registry("norm methods")
 
 
-def register_method(cls: type[NormMethod]) -> type[NormMethod]:
-    """Class decorator: instantiate the method and register it under `cls.name`."""
-    METHODS.add(cls.name, cls())
-    return cls
+def register_method(name: str) -> Callable[[type[NormMethod]], type[NormMethod]]:
+    """Class decorator: name the method (once, here), instantiate it and register it under that name."""
 
+    def decorator(cls: type[NormMethod]) -> type[NormMethod]:
+        cls.name = name
+        METHODS.add(name, cls())
+        return cls
 
-_loaded = False
+    return decorator
 
 
 def load_methods() -> Registry[str, NormMethod]:
-    """Import every method module once (each registers itself) and return the registry."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from speccert.norms import (  # noqa: F401
-            closed_form,
-            dense,
-            exact,
-            fantastic4,
-            fft,
-            gram,
-            lanczos,
-            lmt,
-            miyato,
-            nonnegative,
-            power,
-        )
-    return METHODS
+    """The registry, with every module of speccert/norms/methods/ imported (each registers itself)."""
+    return METHODS.load_package(METHODS_PACKAGE)

@@ -18,7 +18,7 @@ proof of that once its rounding error is accounted for:
 
 Hence ||B||_2^2 <= t + 2u (t + e_H) + gamma(2n + 4) n (t + e_H) / (1 - gamma(2n + 4)) + e_H (every term rounded
 up), e_H = gamma(2m + 4) ||B||_F^2 when H is formed from B, or the bound of `max_eigenvalue`'s caller
-(speccert.norms.fft builds H from the kernel's tap products). This needs t only slightly above the true
+(speccert.norms.torus builds H from the kernel's tap products). This needs t only slightly above the true
 maximum (relative 1e-10 by default), so the bound is tight to ~1e-10 where Gram iteration needs many squarings to get within 1e-3 on large blocks:
 the test is one Gram matrix and one Cholesky per block, and an eigenvalue solve only for the few
 blocks that fail at the current t (those decide the maximum).
@@ -85,7 +85,7 @@ def top_eigenvector(h: Tensor, t: float, steps: int = 3) -> Tensor:
     """A unit vector close to the top eigenvector of the Hermitian matrix h, given t > lambda_max(h) with
     t I - h positive definite (a t that `max_eigenvalue` certified): inverse iteration with that Cholesky
     factor, which converges at the rate (t - lambda_1) / (t - lambda_2), about 1e-8 per step there.
-    A candidate for a lower bound only (speccert.norms.power.certify_lower checks it)."""
+    A candidate for a lower bound only (speccert.norms.krylov.certify_lower checks it)."""
     s = -h
     s.diagonal().add_(t * (1.0 + 1e-9))  # keep it definite when t is exactly lambda_max (zero blocks)
     r, info = torch.linalg.cholesky_ex(s)

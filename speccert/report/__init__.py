@@ -1,2 +1,2 @@
-"""Reports: the certify report and its JSON schema (certify_report.py, schema.py), the CI gate (gate.py,
-policy.py, rules.py, baseline.py) and its renderings (junit.py, markdown.py, registered in gate_outputs.py)."""
+"""Reports: the certify report and its JSON schema (certify_report.py, schema.py) and the certify plot.
+The CI gate (policy, rules, baseline, JUnit/Markdown outputs) is a workflow above this layer: speccert.gate."""

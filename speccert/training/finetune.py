@@ -37,6 +37,7 @@ import torch
 
 from speccert.data import Dataset, fit_to_model
 from speccert.errors import UsageError
+from speccert.ir.decision import check_decision, decide_by
 from speccert.ir.graph import Graph
 from speccert.training import ddp
 from speccert.training.evaluate import Evaluator, certifier_evaluator
@@ -69,6 +70,11 @@ def resolve_recipe(
     if lr is not None:
         changes["lr"] = lr
     return dataclasses.replace(r, **changes) if changes else r
+
+
+def _deciding(measure: Evaluator, decision: str) -> Evaluator:
+    """The evaluator applied to the graph that decides by `decision` (the written file never has it)."""
+    return lambda graph: measure(decide_by(graph, decision))
 
 
 def _datasets(
@@ -115,13 +121,15 @@ def finetune(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     on_step: StepHook | None = None,
     certify_batch_size: int = 256,
+    decision: str = "argmax",
 ) -> FinetuneResult:
     """Fine-tune `model` until every target holds on `val_data` (see the module docstring).
 
     targets: strings "cra@EPS>=V", "clean>=V", "lipschitz<=V" (or Target objects). recipe: a key of
     RECIPES (or a Recipe); penalty: a key of PENALTIES (its plain recipe); epochs, lr: override the
     recipe's. time_budget: seconds; no epoch starts that would end past it (judged by the last one).
-    batch_size is the global batch (split across ranks under torchrun).
+    batch_size is the global batch (split across ranks under torchrun). decision: "argmin" trains and
+    certifies -logits (speccert.ir.decision) and writes the model without the negation.
     """
     tlist = [t if isinstance(t, Target) else parse_target(t) for t in targets]
     check_unique(tlist)
@@ -144,16 +152,21 @@ def finetune(
     measure = evaluator or certifier_evaluator(
         val, eps, dev, mean=mean, std=std, batch_size=certify_batch_size
     )
+    if check_decision(decision) != "argmax":
+        measure = _deciding(measure, decision)
     cfg = RunConfig(
-        rec,
-        tlist,
-        eps,
-        penalty_weight,
-        dict(penalty_options or {}),
-        batch_size,
-        seed,
-        checkpoint_every,
-        time_budget,
+        recipe=rec,
+        targets=tlist,
+        eps=eps,
+        penalty_weight=penalty_weight,
+        penalty_options=dict(penalty_options or {}),
+        batch_size=batch_size,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        time_budget=time_budget,
+        mean=None if mean is None else tuple(mean),
+        std=None if std is None else tuple(std),
+        decision=decision,
     )
     run = FinetuneRun(graph, train, measure, cfg, paths, info, dev, Hooks(on_epoch, on_step))
     if resume:

@@ -21,6 +21,7 @@ from torch.utils.data import DistributedSampler
 
 from speccert.data import Dataset
 from speccert.errors import EXIT_FAILED, SpeccertError, UsageError
+from speccert.ir.decision import decide_by
 from speccert.ir.graph import Graph
 from speccert.ir.ops import Affine, Softmax
 from speccert.training import ddp
@@ -58,6 +59,7 @@ class RunConfig:
     time_budget: float | None = None  # seconds; no epoch starts that the last one says would overrun
     mean: tuple[float, ...] | None = None  # data normalisation applied before the model
     std: tuple[float, ...] | None = None
+    decision: str = "argmax"  # "argmin": train and certify -logits (speccert.ir.decision)
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,11 @@ class FinetuneRun:
             cfg, paths, info, device, hooks, measure,
         )  # fmt: skip
         self.g = private_copy(graph, device)  # the caller's graph is never modified
-        tg = logits_graph(self.g)  # trains on the logits when the model ends in a softmax (same tensors)
+        # Trains on the logits when the model ends in a softmax (same tensors); argmin models on -logits.
+        lg = logits_graph(self.g)
+        tg = decide_by(lg, cfg.decision)
         self.module = tg.to_torch()
-        for node in self.g.nodes:  # input normalisation is part of the data contract, not a weight
+        for node in tg.nodes:  # input normalisation (and the argmin negation) is not a weight
             if isinstance(node.op, Affine):
                 for t in node.op.parameters().values():
                     t.requires_grad_(False)
@@ -141,7 +145,8 @@ class FinetuneRun:
         cls_opts = make_penalty_class(r.penalty).target_options(cfg.eps)
         opts = cls_opts | dict(r.penalty_options) | cfg.penalty_options
         weight = cfg.penalty_weight if cfg.penalty_weight is not None else r.penalty_weight
-        self.pen = make_penalty(r.penalty, tg, weight, **opts).to(device)
+        # On the logits graph: every penalty's bound is the same for -logits (norms of W_y - W_j, Jacobians).
+        self.pen = make_penalty(r.penalty, lg, weight, **opts).to(device)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(self.params, lr=r.lr)
         self.sched = WeightSchedule(float(self.pen.weight))

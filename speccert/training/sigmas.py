@@ -8,8 +8,9 @@ conv_mode:
 - "kernel": Miyato et al.'s heuristic, the norm of the kernel reshaped to [c_out, c_in*kh*kw]
   (cheaper; neither an upper nor a lower bound of the operator norm).
 
-`compose_lipschitz` combines them with the DAG rules of the certifier (DESIGN.md): linear segment
-sigma*L, activation slope*L, Add L_a + L_b, Concat sqrt(sum L_i^2), MaxPool sqrt(c_h*c_w).
+`compose_lipschitz` combines them with the certifier's own rules table and composition
+(speccert.bounds.compose, in differentiable tensors): linear segment sigma*L, activation slope*L,
+Add L_a + L_b, Concat sqrt(sum L_i^2), MaxPool sqrt(prod c_i).
 `compose_curvature` carries (L, K) where K bounds the Lipschitz constant of the Jacobian:
 linear (sigma L, sigma K); smooth activation with slope a and curvature c: (a L, a K + c L^2);
 Add sums; the rule is (g o h)'s K <= K_g L_h^2 + L_g K_h.
@@ -19,15 +20,15 @@ training and never certify.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from speccert.errors import UnsupportedModelError, UsageError
-from speccert.ir.activations import activation_curvature, activation_lipschitz
-from speccert.ir.graph import INPUT, Graph
-from speccert.ir.ops import Activation, Add, BatchNorm, Concat, Conv, Linear, MaxPool, Softmax
+from speccert.bounds.compose import Composed, compose
+from speccert.errors import UsageError
+from speccert.ir.graph import Graph, Node
+from speccert.ir.ops import Activation, BatchNorm, Conv, Linear
 from speccert.training.power import MatrixPowerIteration, PowerIteration
 from speccert.training.segments import Segment, bn_scale, find_segments, segment_of
 
@@ -109,15 +110,26 @@ class SegmentSigmas(nn.Module):
         return {seg.name: self.sigma(seg, steps) for seg in self.segments}
 
 
-def _maxpool_factor(op: MaxPool, in_shape: tuple[int, ...]) -> float:
-    """sqrt(prod_axes c) with c = ceil(min(k, n + 2p - k + 1) / s): how many windows can cover one pixel."""
-    f = 1
-    for ax, (k, s) in enumerate(zip(op.kernel, op.stride, strict=True)):
-        n = in_shape[1 + ax]
-        p = sum(op.padding[ax])
-        keff = (op.dilation[ax] if op.dilation else 1) * (k - 1) + 1
-        f *= math.ceil(min(keff, n + p - keff + 1) / s)
-    return math.sqrt(max(f, 1))
+class _Tensors:
+    """Differentiable torch scalars in the graph's dtype (training's arithmetic for compose)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def const(self, x: float) -> Tensor:
+        return torch.full((), x, dtype=self.dtype)
+
+    def mul(self, factor: Tensor | float, value: Tensor) -> Tensor:
+        return factor * value
+
+    def add(self, a: Tensor, b: Tensor) -> Tensor:
+        return a + b
+
+    def square(self, a: Tensor) -> Tensor:
+        return a**2
+
+    def hypot(self, xs: Sequence[Tensor]) -> Tensor:
+        return torch.sqrt(sum((x**2 for x in xs), torch.zeros((), dtype=self.dtype)))
 
 
 def compose_lipschitz(
@@ -126,62 +138,39 @@ def compose_lipschitz(
     """L of the output (or of node `upto`) from per-segment sigmas over the DAG.
 
     slopes=False treats every activation, pool and constant as 1 (the weight-scale-invariant form)."""
-    return _compose(graph, sigmas, slopes, upto, curvature=False)[0]
+    out = _compose(graph, sigmas, slopes, upto, curvature=False)
+    return out.lipschitz[upto if upto is not None else graph.output]
 
 
 def compose_curvature(graph: Graph, sigmas: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """(L, K) of the output: K bounds ||Hessian|| of every output coordinate (given exact sigmas)."""
-    return _compose(graph, sigmas, True, None, curvature=True)
+    out = _compose(graph, sigmas, True, None, curvature=True)
+    if out.curvature is None:
+        node = out.rough
+        assert node is not None
+        if isinstance(node.op, Activation):
+            raise UsageError(
+                f"the curvature bound needs smooth activations; node '{node.name}' is "
+                f"{node.op.fn} (use softplus, tanh, sigmoid, gelu, silu or elu(1))"
+            )
+        raise UsageError(
+            f"the curvature bound needs a smooth network; node '{node.name}' is a {node.op_type}"
+        )
+    return out.lipschitz[graph.output], out.curvature[graph.output]
 
 
 def _compose(
     graph: Graph, sigmas: dict[str, Tensor], slopes: bool, upto: str | None, curvature: bool
-) -> tuple[Tensor, Tensor]:
+) -> Composed[Tensor]:
+    """speccert.bounds.compose over the segments: a segment's last node carries its sigma, the nodes
+    before it pass their input's bounds on; weightless segments count 1 when slopes=False."""
     segs = segment_of(find_segments(graph))
     one = torch.ones((), dtype=graph.dtype)
-    lip: dict[str, Tensor] = {INPUT: one}
-    curv: dict[str, Tensor] = {INPUT: torch.zeros((), dtype=graph.dtype)}
-    for node in graph.nodes:
-        ins = node.inputs
-        if node.name in segs:
-            seg = segs[node.name]
-            if node is not seg.nodes[-1]:
-                lip[node.name], curv[node.name] = lip[ins[0]], curv[ins[0]]
-                continue
-            first_in = seg.first.inputs[0]
-            s = sigmas[seg.name] if (slopes or seg.layer is not None) else one
-            lip[node.name], curv[node.name] = s * lip[first_in], s * curv[first_in]
-        elif isinstance(node.op, Activation):
-            a = activation_lipschitz(node.op.fn, node.op.alpha) if slopes else 1.0
-            lip[node.name], curv[node.name] = a * lip[ins[0]], a * curv[ins[0]]
-            if curvature:
-                c = activation_curvature(node.op.fn, node.op.alpha)
-                if c is None:
-                    raise UsageError(
-                        f"the curvature bound needs smooth activations; node '{node.name}' is "
-                        f"{node.op.fn} (use softplus, tanh, sigmoid, gelu, silu or elu(1))"
-                    )
-                curv[node.name] = a * curv[ins[0]] + c * lip[ins[0]] ** 2
-        elif isinstance(node.op, Add):
-            lip[node.name] = lip[ins[0]] + lip[ins[1]]
-            curv[node.name] = curv[ins[0]] + curv[ins[1]]
-        elif isinstance(node.op, Concat):
-            lip[node.name] = torch.sqrt(sum((lip[i] ** 2 for i in ins), torch.zeros_like(one)))
-            curv[node.name] = torch.sqrt(sum((curv[i] ** 2 for i in ins), torch.zeros_like(one)))
-        elif isinstance(node.op, MaxPool):
-            if curvature:
-                raise UsageError(
-                    f"the curvature bound needs a smooth network; node '{node.name}' is a MaxPool"
-                )
-            f = _maxpool_factor(node.op, graph.shape_of(ins[0])) if slopes else 1.0
-            lip[node.name], curv[node.name] = f * lip[ins[0]], f * curv[ins[0]]
-        elif isinstance(node.op, Softmax):  # output only: certificates are on the logits
-            lip[node.name], curv[node.name] = lip[ins[0]], curv[ins[0]]
-        else:
-            raise UnsupportedModelError(
-                "no bound for", [(node.op_type, node.name, "not handled by training bounds")]
-            )
-        if upto is not None and node.name == upto:
-            return lip[node.name], curv[node.name]
-    out = graph.output
-    return lip[out], curv[out]
+
+    def norm_of(node: Node) -> Tensor | None:
+        seg = segs[node.name]
+        if node is not seg.nodes[-1]:
+            return None
+        return sigmas[seg.name] if (slopes or seg.layer is not None) else one
+
+    return compose(graph, norm_of, _Tensors(graph.dtype), curvature=curvature, slopes=slopes, upto=upto)

@@ -96,6 +96,21 @@ def _number(text: str, what: str, raw: str) -> float:
     return v
 
 
+def parse_accuracy(text: str, what: str) -> float:
+    """An accuracy as a fraction: "0.7" -> 0.7, "70%" -> 0.7. The one parser for accuracies typed by users
+    (finetune targets, gate's --min-cra / --min-clean). UsageError (naming `what`) unless in [0, 1]."""
+    s = text.strip()
+    pct = s.endswith("%")
+    try:
+        v = float(s[:-1] if pct else s)
+    except ValueError:
+        raise UsageError(f"{what}: {text!r} is not an accuracy (e.g. 0.7 or 70%)") from None
+    v = v / 100.0 if pct else v
+    if not 0.0 <= v <= 1.0:  # also refuses nan and inf
+        raise UsageError(f"{what}: an accuracy must be in [0, 1] (or a percentage), got {text!r}")
+    return v
+
+
 def parse_target(text: str) -> Target:
     """Parse one target string; UsageError (one line, the grammar) when it is malformed."""
     raw = text
@@ -104,7 +119,6 @@ def parse_target(text: str) -> Target:
     if m is None:
         raise UsageError(f"bad target {raw!r}; expected {GRAMMAR}")
     metric = "cra" if m["metric"].startswith("cra") else m["metric"]
-    value = _number(m["value"], "value", raw) / (100.0 if m["pct"] else 1.0)
     eps = _number(m["eps"], "eps", raw) if metric == "cra" else None
     op = m["op"]
     if metric in ("cra", "clean"):
@@ -112,13 +126,13 @@ def parse_target(text: str) -> Target:
             raise UsageError(
                 f"bad target {raw!r}: accuracy targets use '>=' (e.g. {metric if metric == 'clean' else 'cra@0.5'}>=0.7)"
             )
-        if not 0.0 <= value <= 1.0:
-            raise UsageError(f"bad target {raw!r}: an accuracy must be in [0, 1] (or a percentage)")
+        value = parse_accuracy(m["value"] + m["pct"], f"bad target {raw!r}")
         if eps is not None and eps <= 0:
             raise UsageError(f"bad target {raw!r}: eps must be > 0")
     else:
         if op != "<=":
             raise UsageError(f"bad target {raw!r}: Lipschitz targets use '<=' (e.g. lipschitz<=5)")
+        value = _number(m["value"], "value", raw) / (100.0 if m["pct"] else 1.0)
         if value <= 0:
             raise UsageError(f"bad target {raw!r}: the Lipschitz bound must be > 0")
     return Target(metric, op, value, eps)

@@ -10,8 +10,6 @@ registry.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,7 +18,6 @@ from speccert.training.penalties.base import Penalty
 
 PENALTIES: Registry[str, type[Penalty]] = Registry("penalty")
 P = TypeVar("P", bound=type[Penalty])
-_NOT_ENTRIES = frozenset({"base"})  # modules of this package that register nothing
 
 
 def register_penalty(name: str) -> Callable[[P], P]:
@@ -32,15 +29,6 @@ def register_penalty(name: str) -> Callable[[P], P]:
         return cls
 
     return decorator
-
-
-def _load_all() -> None:
-    """Import every module of this package (sorted by name), which registers its penalty.
-
-    A minimal stand-in for `Registry.load_package` until it lands in speccert/registry.py."""
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name not in _NOT_ENTRIES and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
 
 
 def make_penalty(name: str, graph: Any, weight: float | None = None, **options: Any) -> Penalty:
@@ -64,7 +52,7 @@ def penalty_table_markdown() -> str:
     return "\n".join(rows)
 
 
-_load_all()
+PENALTIES.load_package(__name__)  # base.py registers nothing; every other module one penalty
 
 __all__ = [
     "PENALTIES",

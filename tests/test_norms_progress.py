@@ -1,0 +1,28 @@
+"""Progress inside a model's norms: the callback hears each layer and what runs inside it (the method, a
+Lanczos step), the last call says the model is done, and listening never changes a result."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from speccert.ir import Conv, Graph, Node
+from speccert.norms import layer_norms
+
+
+def test_progress_reports_methods_and_lanczos_steps_without_changing_results() -> None:
+    gen = torch.Generator().manual_seed(0)
+    # 24 channels on 10x10: both Gram sides 2400 > 2048, so auto runs the torus bound, then Lanczos.
+    conv = Conv(torch.randn(24, 24, 3, 3, generator=gen), None, (1, 1), ((1, 1), (1, 1)), (1, 1))
+    g = Graph((24, 10, 10), [Node("c", conv, ("input",))])
+    calls: list[tuple[int, int, str]] = []
+    (heard,) = layer_norms(g, progress=lambda i, n, text: calls.append((i, n, text)))
+    (quiet,) = layer_norms(g)
+    assert heard.upper.value == quiet.upper.value and heard.lower is not None and quiet.lower is not None
+    assert heard.lower.value == quiet.lower.value and heard.method == "fft"
+    texts = [t for _, _, t in calls]
+    assert texts[0] == "c" and "c: fft" in texts and calls[-1] == (1, 1, "")
+    steps = [t for t in texts if re.fullmatch(r"c: lanczos \d+/\d+", t)]
+    assert steps and steps[0] == "c: lanczos 0/100"
+    assert all(i == 0 and n == 1 for i, n, _ in calls[:-1])
