@@ -27,7 +27,7 @@ from speccert.ir.ops import Affine, Softmax
 from speccert.training import ddp
 from speccert.training.checkpoint import BEST, LAST, atomic_save, load_checkpoint, rng_state, set_rng_state
 from speccert.training.evaluate import Evaluator
-from speccert.training.penalties import make_penalty
+from speccert.training.penalties import make_penalty, penalty_class
 from speccert.training.recipes import Recipe
 from speccert.training.records import EpochRecord, FinetuneResult, pareto_front
 from speccert.training.run_setup import RunPaths
@@ -142,7 +142,7 @@ class FinetuneRun:
                 for t in node.op.parameters().values():
                     t.requires_grad_(False)
         r = cfg.recipe
-        cls_opts = make_penalty_class(r.penalty).target_options(cfg.eps)
+        cls_opts = penalty_class(r.penalty).target_options(cfg.eps)
         opts = cls_opts | dict(r.penalty_options) | cfg.penalty_options
         weight = cfg.penalty_weight if cfg.penalty_weight is not None else r.penalty_weight
         # On the logits graph: every penalty's bound is the same for -logits (norms of W_y - W_j, Jacobians).
@@ -389,14 +389,6 @@ class FinetuneRun:
             met, [] if met else rec.missed, self.history, best_epoch, written, self.paths.run_dir,
             self.cfg.targets, report, self.g, notes, pareto_front(self.history, max(self.cfg.eps)),
         )  # fmt: skip
-
-
-def make_penalty_class(name: str) -> Any:
-    from speccert.training.penalties import PENALTIES
-
-    if name not in PENALTIES:
-        raise UsageError(f"unknown penalty {name!r}; choose one of: {', '.join(PENALTIES.keys())}")
-    return PENALTIES.get(name)
 
 
 __all__ = ["FinetuneRun", "Hooks", "RunConfig", "TrainingDiverged", "logits_graph", "private_copy"]

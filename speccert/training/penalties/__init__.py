@@ -31,13 +31,18 @@ def register_penalty(name: str) -> Callable[[P], P]:
     return decorator
 
 
-def make_penalty(name: str, graph: Any, weight: float | None = None, **options: Any) -> Penalty:
-    """Build the penalty `name` for `graph` (UsageError listing the choices for an unknown name)."""
+def penalty_class(name: str) -> type[Penalty]:
+    """The registered penalty `name` (UsageError listing the choices for an unknown name)."""
     from speccert.errors import UsageError
 
     if name not in PENALTIES:
         raise UsageError(f"unknown penalty {name!r}; choose one of: {', '.join(PENALTIES.keys())}")
-    return PENALTIES.get(name)(graph, weight, **options)
+    return PENALTIES.get(name)
+
+
+def make_penalty(name: str, graph: Any, weight: float | None = None, **options: Any) -> Penalty:
+    """Build the penalty `name` for `graph` (UsageError listing the choices for an unknown name)."""
+    return penalty_class(name)(graph, weight, **options)
 
 
 def penalty_help() -> str:
