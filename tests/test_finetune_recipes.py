@@ -211,3 +211,12 @@ def test_mean_std_normalise_the_training_data(tmp_path: Path) -> None:
     pa, pb, pc = (r.graph.parameters() for r in (a, b, c))
     assert all(torch.allclose(pa[k], pb[k], atol=1e-6) for k in pa)
     assert not all(torch.allclose(pa[k], pc[k], atol=1e-6) for k in pa)
+
+
+def test_catalog_json_and_docs_tables_are_current() -> None:
+    """penalties.json (the CLI's --penalty help, read without torch) and docs/finetune.md's tables are
+    what `python -m speccert.training.catalog` generates from the registries."""
+    from speccert.training.catalog import CATALOG_JSON, DOCS, catalog_json, docs_text
+
+    assert CATALOG_JSON.read_text(encoding="utf-8") == catalog_json()
+    assert DOCS.read_text(encoding="utf-8") == docs_text()

@@ -30,7 +30,7 @@ from speccert.errors import UsageError
 
 
 def _penalty_help() -> str:
-    from speccert.training.penalties import penalty_help
+    from speccert.training.catalog import penalty_help  # reads penalties.json: no torch for --help
 
     return penalty_help() + " Default lmt when no --recipe is given (see docs/finetune.md)."
 

@@ -3,7 +3,8 @@
 Adding a penalty is one new file in this package: an `nn.Module` subclass of `Penalty` decorated with
 `@register_penalty("name")` (the decorator sets the class's `name`, so it is written once). The package
 loads every module in it at import (sorted, deterministic), so nothing here lists the penalties; the
-`--penalty` choices and help of `speccert finetune`, the table of docs/finetune.md and
+`--penalty` choices of `speccert finetune`, its help (through penalties.json, see
+speccert.training.catalog), the table of docs/finetune.md and
 tests/test_penalties_registry.py (forward, backward, finite values, state_dict) all come from the
 registry.
 """
@@ -45,11 +46,6 @@ def make_penalty(name: str, graph: Any, weight: float | None = None, **options: 
     return penalty_class(name)(graph, weight, **options)
 
 
-def penalty_help() -> str:
-    """The `--penalty` help text of the CLI, generated from the registry."""
-    return "Single penalty: " + "; ".join(f"{k} = {v.summary}" for k, v in PENALTIES.items()) + "."
-
-
 def penalty_table_markdown() -> str:
     """The penalties table of docs/finetune.md, generated from the registry (tests check it is current)."""
     rows = ["| name | default weight | what it is |", "|---|---|---|"]
@@ -63,7 +59,7 @@ __all__ = [
     "PENALTIES",
     "Penalty",
     "make_penalty",
-    "penalty_help",
+    "penalty_class",
     "penalty_table_markdown",
     "register_penalty",
 ]
