@@ -60,9 +60,12 @@ def main() -> int:
     for size in (int(x) for x in args.sizes.split(",")):
         rows.append(measure(size, args.device))
         print(f"size {size}: {rows[-1]['wall_s']:.1f} s", file=sys.stderr, flush=True)
+        print(
+            table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True
+        )  # each row as soon as it is known
+        if args.json is not None:
+            args.json.write_text(json.dumps(rows, indent=1))
     print(table(rows))
-    if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=1))
     return 0
 
 

@@ -109,7 +109,7 @@ def zoo_table(manifest: dict) -> str:
         if r.get("lipschitz_margin_eps"):
             recipe += f", LMT eps {r['lipschitz_margin_eps']:g}"
         if "finetuned_from" in m:
-            recipe += f" (speccert finetune of {m['finetuned_from']}, {r['penalty']})"
+            recipe += f" (speccert finetune of {m['finetuned_from']}, {r.get('recipe', r['penalty'])})"
         sizes = " / ".join(
             f"{m['files'][f]['bytes'] / 1000:.0f}" if f in m["files"] else "-" for f in ("onnx", "pt2")
         )

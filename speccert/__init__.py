@@ -19,6 +19,7 @@ _LAZY = {
     "layer_norms": ("speccert.norms", "layer_norms"),
     "lipschitz_bound": ("speccert.bounds", "lipschitz_bound"),
     "certify": ("speccert.bounds", "certify"),
+    "CertifyOptions": ("speccert.bounds", "CertifyOptions"),
     "finetune": ("speccert.training", "finetune"),
 }
 # `speccert.gate` is a package (the CI gate workflow) whose module object is callable, so

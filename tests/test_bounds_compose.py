@@ -123,3 +123,17 @@ def test_the_three_users_agree_on_the_zoo(zoo_bound: LipschitzBound) -> None:
     else:
         with pytest.raises(UsageError, match="smooth"):
             compose_curvature(folded, sig)
+
+
+def test_rounded_up_hypot_is_above_the_exact_root_sum_of_squares() -> None:
+    """Many tiny squares beside a large one: a plain float sum drops every tiny term, so one final
+    round_up is not enough; the certifier's Concat rule must stay above the exact value."""
+    from fractions import Fraction
+
+    from speccert.bounds.compose import RoundedUp
+
+    cases = [[1.0] + [2.0**-27] * 1000, [3.0, 4.0], [0.1, 0.2, 0.3, 0.4, 0.5, 1e-9, 7.0]]
+    for xs in cases:
+        h = RoundedUp().hypot(xs)
+        assert Fraction(h) ** 2 >= sum(Fraction(v) ** 2 for v in xs), xs
+    assert RoundedUp().hypot([3.0, 4.0]) <= 5.0 * (1 + 1e-14)  # still tight

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from speccert.report.schema import validate_report
+from speccert.bounds.schema import validate_report
 
 
 def onnx_classifier(path: Path, n_out: int = 3, seed: int = 0) -> Path:

@@ -9,9 +9,9 @@ import torch
 from certify_nets import D, mlp
 
 from speccert.bounds import certify
+from speccert.bounds.schema import SCHEMA_VERSION, load_schema, validate_report
 from speccert.errors import InputError
 from speccert.ir import INPUT, Graph, Linear, Node
-from speccert.report.schema import SCHEMA_VERSION, load_schema, validate_report
 
 pytest.importorskip("jsonschema")
 
@@ -28,7 +28,12 @@ def test_report_validates_and_round_trips_through_json() -> None:
     assert set(d) >= {"model", "layers", "lipschitz", "certificate", "samples", "timing", "environment"}
     cert = d["certificate"]
     assert cert["certified_accuracy"][0] == pytest.approx(cert["clean_accuracy"])  # eps = 0
-    assert sum(cert["wins"].values()) == 30 and set(cert["kinds"]) == {"global", "pairwise", "second_order"}
+    assert sum(cert["wins"].values()) == 30 and set(cert["kinds"]) == {
+        "global",
+        "pairwise",
+        "margin",
+        "second_order",
+    }
     assert len(d["samples"]) == 30 and d["samples"][3]["index"] == 3
     for s in d["samples"]:
         assert (s["certificate"] is None) == (s["radius"] == 0)

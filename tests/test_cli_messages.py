@@ -139,3 +139,13 @@ def test_finetune_refuses_torchscript_before_loading_it(
         capsys, "finetune", f["ts"], "--data", f["data"], "--out", f["dir"] / "o.pt", "--target", "clean>=0.1"
     )
     assert code == 2 and "cannot write torchscript" in _error(err) and ".pt2" in err
+
+
+def test_bench_without_corpus_says_what_it_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPECCERT_CORPUS", str(tmp_path / "no_corpus"))
+    code, _, err = _run(capsys, "bench", "norms", "--no-resnet")
+    assert code == 4 and "ONNX corpus not found at" in err and "SPECCERT_CORPUS" in err and "nothing" in err
+    code, _, err = _run(capsys, "bench", "certify", "--no-bundled")
+    assert code == 4 and "ONNX corpus not found at" in err and "running the 0 bundled models only" in err

@@ -1,7 +1,7 @@
 """The README's main job, run as written: certify a bundled model on the bundled data, check the report.
 
 The command is read from the top-level README.md (the first line starting ``speccert certify models/``);
-until the README carries one, the command documented in docs/models.md is used. Its printed figures are
+until the README carries one, DEFAULT_MAIN_JOB below is used. Its printed figures are
 checked against models/manifest.json (clean accuracy) and, where models/measure.py measured the same
 command, against models/measurements.json (every certified accuracy and the Lipschitz bound).
 """

@@ -251,8 +251,9 @@ def test_graph_structure_and_names(nets: types.ModuleType) -> None:
     affine = [n for n in g.nodes if n.op_type == "Affine"]
     assert len(affine) == 1  # (x - mean) / std is one elementwise affine map
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-    torch.testing.assert_close(affine[0].op.scale.flatten(), 1 / std)  # type: ignore[attr-defined]
-    torch.testing.assert_close(affine[0].op.shift.flatten(), -mean / std)  # type: ignore[attr-defined]
+    # float64 from the module's float32 buffers: 1/std is the exact reciprocal, not a float32 rounding
+    torch.testing.assert_close(affine[0].op.scale.flatten(), 1 / std.double(), rtol=0, atol=0)  # type: ignore[attr-defined]
+    torch.testing.assert_close(affine[0].op.shift.flatten(), -mean.double() / std.double())  # type: ignore[attr-defined]
     assert g.nodes[-1].op_type == "Softmax" and g.nodes[-1].op.log  # type: ignore[attr-defined]
 
 

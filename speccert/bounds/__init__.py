@@ -3,5 +3,6 @@
 from speccert.bounds.certificate import CERTIFICATES
 from speccert.bounds.certify import certify
 from speccert.bounds.lipschitz import LipschitzBound, lipschitz_bound
+from speccert.bounds.options import CertifyOptions
 
-__all__ = ["CERTIFICATES", "LipschitzBound", "certify", "lipschitz_bound"]
+__all__ = ["CERTIFICATES", "CertifyOptions", "LipschitzBound", "certify", "lipschitz_bound"]

@@ -61,6 +61,7 @@ class Certificate:
 
     name: str = "?"
     needs_grad: bool = False
+    opt_in: bool = False  # expensive kinds run only when asked for by name (certify(certificates=...))
 
     def __init__(self, ctx: CertContext) -> None:
         self.ctx = ctx

@@ -205,7 +205,13 @@ class RoundedUp:
         return round_up(a * a)
 
     def hypot(self, xs: Sequence[float]) -> float:
-        return round_up(math.sqrt(round_up(sum(round_up(v * v) for v in xs))))
+        # Each partial sum rounded up (one rounding per addition; a plain sum() of 3+ squares could end
+        # below the exact sum by more than the one final round_up covers). Two inputs: as before.
+        squares = [round_up(v * v) for v in xs]
+        total = squares[0] if squares else 0.0
+        for sq in squares[1:]:
+            total = round_up(total + sq)
+        return round_up(math.sqrt(total))
 
 
 @dataclass(frozen=True)

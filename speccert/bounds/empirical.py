@@ -11,6 +11,8 @@ have slow second derivatives on CPU). The input-gradient norms of the margin fun
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from speccert.ir import Graph
@@ -19,7 +21,7 @@ Tensor = torch.Tensor
 
 
 def _norms(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], -1).norm(dim=1)
+    return cast(Tensor, t.reshape(t.shape[0], -1).norm(dim=1))  # torch types Tensor.norm as Any
 
 
 def _col(t: Tensor, like: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ from speccert.bounds.compose import RoundedUp, compose, maxpool_factor, upper_no
 from speccert.errors import UnsupportedModelError, UsageError
 from speccert.ir import INPUT, Affine, Graph, Node, Softmax, fold_linear
 from speccert.norms import LayerNorm, UpperBound, layer_norms
+from speccert.norms.method import EXACT_MAX_DIM
 
 NORMALISATION_NODE = "input_normalisation"
 __all__ = ["LipschitzBound", "compose_bounds", "lipschitz_bound", "maxpool_factor"]
@@ -82,8 +83,9 @@ def with_input_normalisation(graph: Graph, mean: list[float] | None, std: list[f
     m = torch.tensor(mean_v if len(mean_v) == n else mean_v * n, dtype=torch.float64).reshape(view)
     s = torch.tensor(std_v if len(std_v) == n else std_v * n, dtype=torch.float64).reshape(view)
     dtype = graph.dtype
-    op = Affine(scale=(1.0 / s).to(dtype), shift=(-m / s).to(dtype))
-    if not (torch.isfinite(op.scale).all() and torch.isfinite(op.shift).all()):
+    op = Affine(scale=1.0 / s, shift=-m / s)  # float64: 1/std rounded to float32 is another model
+    # the model still runs in its dtype (a cast in Affine.forward): the constants must fit it
+    if not (torch.isfinite(op.scale.to(dtype)).all() and torch.isfinite(op.shift.to(dtype)).all()):
         raise UsageError(  # e.g. --std 1e-300: the normalisation overflows, not the model's weights
             f"--mean/--std {mean_v}/{std_v}: 1/std or mean/std overflows {str(dtype).removeprefix('torch.')} "
             "(std too small for the model's precision)"
@@ -145,7 +147,7 @@ def lipschitz_bound(
     mean: list[float] | None = None,
     std: list[float] | None = None,
     norms: list[LayerNorm] | None = None,
-    exact_max_dim: int = 2048,
+    exact_max_dim: int = EXACT_MAX_DIM,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> LipschitzBound:
     """Proven upper bound on the L2 Lipschitz constant of `graph`'s logits (in the data space when

@@ -19,6 +19,7 @@ bound) and K_j is rounded up, so the radius formula (decreasing in g and K, incr
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 
@@ -104,7 +105,7 @@ class SecondOrder(Certificate):
                 jac.append(gc.reshape(x.shape[0], -1))
         jm = torch.stack(jac, 1)  # [B, C, d]
         jy = jm[torch.arange(x.shape[0], device=x.device), batch.y]  # [B, d]
-        return (jy[:, None, :] - jm).norm(dim=-1)
+        return cast(Tensor, (jy[:, None, :] - jm).norm(dim=-1))  # torch types Tensor.norm as Any
 
     def radii(self, batch: Batch) -> Tensor:
         g = self.gradient_norms(batch) * (1.0 + GRADIENT_SLACK) + self.g_abs

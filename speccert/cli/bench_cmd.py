@@ -31,6 +31,20 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CORPUS = REPO.parent / "shared" / "onnx-corpus"
 
 
+def _corpus(option: Path | None) -> Path:
+    """--corpus, else $SPECCERT_CORPUS, else ../shared/onnx-corpus beside the checkout."""
+    import os
+
+    return option or Path(os.environ.get("SPECCERT_CORPUS") or DEFAULT_CORPUS)
+
+
+def _missing_corpus_note(folder: Path, what: str) -> None:
+    err.print(
+        f"note: ONNX corpus not found at {folder} (set --corpus or SPECCERT_CORPUS; see README.md); {what}",
+        highlight=False,
+    )
+
+
 def _resnet18_graph(size: int, weights: Path | None) -> Any:
     path = REPO / "benchmarks" / "resnet18.py"
     spec = importlib.util.spec_from_file_location("speccert_bench_resnet18", path)
@@ -240,7 +254,9 @@ def norms(
                     g,
                 )
             )
-    folder = corpus or DEFAULT_CORPUS
+    folder = _corpus(corpus)
+    if corpus is None and not folder.is_dir():
+        _missing_corpus_note(folder, "its models are skipped")
     if folder.is_dir():
         for sub in sorted(p for p in folder.iterdir() if (p / "model.onnx").exists()):
             try:
@@ -251,6 +267,10 @@ def norms(
         from speccert.errors import InputError
 
         raise InputError(f"--corpus {corpus}: not a folder")
+    if not models:
+        from speccert.errors import InputError
+
+        raise InputError("bench norms: nothing to benchmark (no ResNet-18 and no corpus models)")
     report: dict[str, Any] = {"schema": "speccert.bench.norms/1", "device": dev, "models": {}}
     for name, graph in models:
         err.print(f"benchmarking {escape(name)} ...")
@@ -279,10 +299,10 @@ def bench_certify_one(
     graph: Any, data: Any, eps: list[float], device: str, limit: int | None
 ) -> dict[str, Any]:
     """One certify() run: the figures issue 4 asks for, with the certify-vs-plain-inference throughput."""
-    from speccert.bounds import certify
+    from speccert.bounds import CertifyOptions, certify
 
     t0 = time.perf_counter()
-    rep = certify(graph, data, eps=eps, device=device, limit=limit)
+    rep = certify(graph, data, eps, CertifyOptions(device=device), limit=limit)
     t = rep.timing
     return {
         "n": rep.n,
@@ -348,15 +368,19 @@ def certify_bench(
             for m in _bundled_models()
             if (REPO / "models" / f"{m}.onnx").exists()
         ]
-    folder = corpus or DEFAULT_CORPUS
+    folder = _corpus(corpus)
     if corpus is not None and not folder.is_dir():
         raise InputError(f"--corpus {corpus}: not a folder")
+    if not folder.is_dir():
+        _missing_corpus_note(folder, f"running the {len(jobs)} bundled models only")
     if folder.is_dir():
         jobs += [
             (p.name, p / "model.onnx", p, parse_floats(eps, "--eps") or [])
             for p in sorted(folder.iterdir())
             if (p / "model.onnx").exists() and (p / "x.npy").exists()
         ]
+    if not jobs:
+        raise InputError("bench certify: nothing to certify (no bundled models and no corpus models)")
     report: dict[str, Any] = {"schema": "speccert.bench.certify/1", "device": dev, "models": {}}
     for name, model_path, data, eps_list in jobs:
         err.print(f"certifying {name} ...")

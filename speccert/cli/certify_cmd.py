@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -69,7 +70,20 @@ def _fmt(v: float | None, spec: str = ".4g") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def render(report_dict: dict, console) -> None:  # type: ignore[no-untyped-def]  # rich Console
+def _gain(report_dict: dict[str, Any]) -> str:
+    """'; median gain over global Nx' over the points with a positive global radius ('' if none)."""
+    ratios = [
+        row["radius"] / row["radii"]["global"]
+        for row in report_dict.get("samples", [])
+        if (row["radii"].get("global") or 0) > 0 and row["radius"] is not None
+    ]
+    if not ratios or len(report_dict["certificate"]["kinds"]) < 2:
+        return ""
+    ratios.sort()
+    return f"; median gain over global {ratios[len(ratios) // 2]:.3g}x"
+
+
+def render(report_dict: dict[str, Any], console: Console) -> None:
     """The human-readable summary of a certify report dict (stdout unless --json -)."""
     table = Table(title="Per-layer spectral norms (folded graph)", title_justify="left")
     for col in ("layer", "op", "lower", "upper", "method"):
@@ -106,7 +120,9 @@ def render(report_dict: dict, console) -> None:  # type: ignore[no-untyped-def] 
         + "  ".join(f"{k} {_fmt(v, '.4g')}" for k, v in q.items())
     )
     wins = cert["wins"]
-    console.print("Best certificate per point: " + ", ".join(f"{k} {v}" for k, v in wins.items()))
+    console.print(
+        "Best certificate per point: " + ", ".join(f"{k} {v}" for k, v in wins.items()) + _gain(report_dict)
+    )
     if report_dict.get("audit"):
         a = report_dict["audit"]
         console.print(
@@ -168,7 +184,8 @@ def command(
             "--crc-steps",
             help="With --second-order: refine each radius by "
             "the CRC dual bound, N gradient steps per bisection test (0 = off; "
-            "20 is a good start; costs ~6N forward+backward passes).",
+            "20 is a good start; costs ~18N forward+backward passes per batch: 6 bisection tests x 3 "
+            "values of the dual's eta, as docs/certify.md states).",
         ),
     ] = 0,
     audit: Annotated[
@@ -202,28 +219,56 @@ def command(
             "on L starts its ascent from (more: a higher, slower witness).",
         ),
     ] = 64,
+    certificate: Annotated[
+        str,
+        typer.Option(
+            "--certificate",
+            help="Certificate kinds, comma-separated: global, pairwise, margin, local, "
+            "second_order, or all (default: every kind but local; local costs ~0.1-1 s per point on "
+            "CPU, see docs/certify.md).",
+        ),
+    ] = "default",
     exact_max_dim: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--exact-max-dim",
             help="As in `speccert norms`: exact "
-            "certificates for zero-padded convs up to this Gram dimension (default 2048; "
-            "larger: one n^3 Cholesky and ~16 n^2 bytes per layer).",
+            "certificates for zero-padded convs up to this Gram dimension (default: the `exact` method's "
+            "own limit, EXACT_MAX_DIM; larger: one n^3 Cholesky and ~16 n^2 bytes per layer).",
+            show_default=False,
         ),
-    ] = 2048,
+    ] = None,
 ) -> None:
     """Certify a classifier's L2 robustness on labelled data: global Lipschitz bound, certified radii and
     certified accuracy at each eps (a radius is a proven L2 distance in the data's own space)."""
-    from speccert.bounds import certify
+    from speccert.bounds import CertifyOptions, certify
+    from speccert.bounds.certify_result import CertifyReport
     from speccert.ir.decision import check_decision, decide_by
-    from speccert.report.certify_report import CertifyReport
 
     eps_list = parse_eps(eps)
     check_crc(crc_steps, second_order)
-    check_exact_max_dim(exact_max_dim)
+    if exact_max_dim is not None:
+        check_exact_max_dim(exact_max_dim)
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
     check_decision(decision)
-    dev = resolve_device(device)
+    options = CertifyOptions().replace(
+        method=method,
+        device=resolve_device(device),
+        second_order=second_order,
+        audit=audit,
+        batch_size=batch_size,
+        seed=seed,
+        crc_steps=crc_steps,
+        lower_points=lower_points,
+        certificates=None
+        if certificate == "default"
+        else tuple(c.strip() for c in certificate.split(",") if c.strip()),
+        **({} if exact_max_dim is None else {"exact_max_dim": exact_max_dim}),
+    )
+    import speccert.bounds.certify  # noqa: F401 - registers every certificate kind
+    from speccert.bounds.sample_pass import check_kinds
+
+    check_kinds(options.certificates)  # a misspelt kind is exit 2 before any work
     check_outputs({"--json": json_out, "--plot": plot})
     if plot is not None:
         try:
@@ -254,22 +299,7 @@ def command(
             bar.update(tasks[stage], completed=done, total=total)
 
         report: CertifyReport = certify(
-            graph,
-            dataset,
-            eps_list,
-            method=method,
-            device=dev,
-            second_order=second_order,
-            audit=audit,
-            batch_size=batch_size,
-            mean=mean_v,
-            std=std_v,
-            split=split,
-            seed=seed,
-            crc_steps=crc_steps,
-            lower_points=lower_points,
-            exact_max_dim=exact_max_dim,
-            progress=progress,
+            graph, dataset, eps_list, options, mean=mean_v, std=std_v, split=split, progress=progress
         )
     report.model["path"] = report.model.get("path") or model
     if random_weights and weights is None:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from speccert.cli.common import (
     DecisionOpt,
@@ -29,9 +30,15 @@ from speccert.errors import UsageError
 
 
 def _penalty_help() -> str:
-    from speccert.training.penalties import PENALTIES
+    from speccert.training.catalog import penalty_help  # reads penalties.json: no torch for --help
 
-    return "Penalty: " + "; ".join(f"{k} = {v.summary}" for k, v in PENALTIES.items()) + "."
+    return penalty_help() + " Default lmt when no --recipe is given (see docs/finetune.md)."
+
+
+def _recipe_help() -> str:
+    from speccert.training.recipes import recipe_help
+
+    return recipe_help() + " Explicit --epochs, --lr, --weight and --penalty-option override it."
 
 
 def _options(items: list[str] | None) -> dict[str, Any]:
@@ -92,6 +99,24 @@ def _epoch_table(rec: Any, eps: list[float]) -> Table:
     return t
 
 
+def _pareto_table(res: Any, eps: list[float]) -> Table:
+    """The epochs no other epoch beats on both clean and certified accuracy (weights in the run folder)."""
+    where = f" (weights: {res.run_dir}/epoch-N.pt)" if res.run_dir is not None else ""
+    t = Table(title=Text(f"Pareto front, clean vs certified @{max(eps):g}{where}"), title_justify="left")
+    for col in ("epoch", "clean acc", *(f"cert acc @{e:g}" for e in eps), "L upper", "written"):
+        t.add_column(col, justify="right")
+    for r in res.pareto:
+        mark = "yes" if r.epoch == res.best_epoch else ""
+        t.add_row(
+            str(r.epoch),
+            f"{r.clean:.2%}",
+            *(f"{r.cra.get(e, 0.0):.2%}" for e in eps),
+            f"{r.lipschitz:.4g}",
+            mark,
+        )
+    return t
+
+
 def command(
     model: ModelArg,
     data: Annotated[
@@ -125,13 +150,13 @@ def command(
         ),
     ] = None,
     penalty: Annotated[
-        str,
-        typer.Option(
-            "--penalty",
-            help="lmt, spectral, fantastic4, weissi, spectreg, curvature "
-            "or none (see the penalties table in docs/finetune.md).",
-        ),
-    ] = "lmt",
+        str | None,
+        typer.Option("--penalty", help=_penalty_help()),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option("--recipe", help=_recipe_help()),
+    ] = None,
     weight: Annotated[
         float | None,
         typer.Option(
@@ -146,8 +171,19 @@ def command(
             help="Penalty option key=value, e.g. conv_mode=kernel, form=global, variant=datagrad.",
         ),
     ] = None,
-    epochs: Annotated[int, typer.Option("--epochs", help="Epoch budget.")] = 10,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Epoch budget (default: the recipe's; 10 for --penalty).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Adam peak learning rate (default: the recipe's; 1e-3).")
+    ] = None,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--time-budget",
+            help="Minutes; no epoch starts that would end past it (judged by the last epoch's time).",
+        ),
+    ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Global batch size (split across torchrun ranks).")
     ] = 128,
@@ -181,14 +217,21 @@ def command(
     Per-epoch tables and the final report go to stdout (stderr with --json -); progress and notes to stderr."""
     import os
 
-    from speccert.cli.certify_cmd import parse_floats, render
+    from speccert.cli.certify_cmd import parse_floats
     from speccert.importers import parse_input_shape
     from speccert.training.finetune import finetune
     from speccert.training.penalties import PENALTIES
+    from speccert.training.recipes import RECIPES
     from speccert.training.targets import parse_targets, target_eps
 
-    if penalty not in PENALTIES:
+    if penalty is not None and penalty not in PENALTIES:
         raise UsageError(f"--penalty {penalty!r}: choose one of {', '.join(PENALTIES.keys())}")
+    if recipe is not None and recipe not in RECIPES:
+        raise UsageError(f"--recipe {recipe!r}: choose one of {', '.join(RECIPES.keys())}")
+    if recipe is not None and penalty is not None:
+        raise UsageError("give --recipe or --penalty, not both (a recipe names its penalty)")
+    if time_budget is not None and not time_budget > 0:
+        raise UsageError(f"--time-budget must be > 0 minutes, got {time_budget:g}")
     from speccert.ir.decision import check_decision
 
     check_decision(decision)
@@ -234,11 +277,13 @@ def command(
             val_data,
             targets=tlist,
             penalty=penalty,
+            recipe=recipe,
             penalty_weight=weight,
             penalty_options=_options(penalty_option),
             epochs=epochs,
             lr=lr,
             batch_size=batch_size,
+            time_budget=None if time_budget is None else time_budget * 60.0,
             out=out_path,
             resume=resume,
             overwrite=overwrite,
@@ -253,8 +298,16 @@ def command(
             on_step=on_step,
             decision=decision,
         )
-    if not main:
-        raise typer.Exit(res.exit_code)
+    if main:
+        _render_result(res, eps, json_out)
+    raise typer.Exit(res.exit_code)
+
+
+def _render_result(res: Any, eps: list[float], json_out: str | None) -> None:
+    """The closing output: JSON (history, Pareto epochs, the output's certify report) and/or the
+    certify report of the written file, the Pareto table, notes and the verdict."""
+    from speccert.cli.certify_cmd import render
+
     report = res.report.to_dict(samples=False) if res.report is not None else None
     if json_out is not None:
         write_json(
@@ -263,6 +316,7 @@ def command(
                     "met": res.met,
                     "missed": res.missed,
                     "best_epoch": res.best_epoch,
+                    "pareto": [r.epoch for r in res.pareto],
                     "output": str(res.output) if res.output else None,
                     "history": [
                         r.__dict__ | {"cra": {str(k): v for k, v in r.cra.items()}} for r in res.history
@@ -276,6 +330,8 @@ def command(
         if report is not None:
             out.print(styled("[bold]Certify report of the output model[/] {}", res.output))
             render(report, out)
+        if len(res.history) > 1:
+            out.print(_pareto_table(res, eps))
         for note in res.notes:
             err.print(f"note: {note}", style="dim")
         if res.met:
@@ -290,5 +346,4 @@ def command(
                 )
             )
             for m in res.missed:
-                out.print(f"  - {m}")
-    raise typer.Exit(res.exit_code)
+                out.print(Text(f"  - {m}"))

@@ -88,12 +88,13 @@ def layer_progress(label: str) -> Iterator[Callable[[int, int, str], None]]:
     """A transient bar on stderr over the layers of one model; the callback is `layer_norms`'s `progress`
     (layer i of n, and what runs inside it now). Layer names are user text: never read as markup."""
     from rich.markup import escape
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
         TextColumn(escape(label)),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} {task.description}"),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
         TimeElapsedColumn(),
         console=err,
         transient=True,

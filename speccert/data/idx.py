@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import gzip
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from speccert.errors import InputError
+from speccert.limits import check_bytes
 
 _DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
@@ -26,26 +28,38 @@ _DTYPES: dict[int, np.dtype] = {
 SPLIT_PREFIX = {"test": "t10k", "train": "train"}
 
 
+def _read_capped(path: Path) -> tuple[np.dtype, tuple[int, ...], bytes]:
+    """(dtype, dims, data) reading exactly the bytes the header declares, streaming through gzip:
+    the declared size is checked against the memory budget first, and a file (or gzip stream) holding
+    more or less than declared is refused without inflating the rest (a gzip bomb stops there)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _DTYPES:
+            raise InputError(f"{path}: not an IDX file (bad magic number)")
+        ndim = head[3]
+        raw_dims = f.read(4 * ndim)
+        if len(raw_dims) < 4 * ndim:
+            raise InputError(f"{path}: truncated IDX header")
+        dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4", count=ndim))
+        dtype = _DTYPES[head[2]]
+        need = math.prod(dims) * dtype.itemsize
+        check_bytes(f"{path}: an IDX array of shape {list(dims)}", max(need, 4 * math.prod(dims)))
+        data = f.read(need)
+        extra = len(f.read(1))
+    if len(data) != need or extra:
+        held = f"{len(data)}" if not extra else f"more than {need}"
+        raise InputError(f"{path}: IDX header declares {list(dims)} ({need} bytes) but holds {held} bytes")
+    return dtype, dims, data
+
+
 def read_idx(path: Path) -> np.ndarray:
     """One IDX file as a numpy array of its declared dtype and shape (InputError if malformed)."""
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise InputError(f"cannot read IDX file {path}: {exc}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise InputError(f"{path}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise InputError(f"{path}: truncated IDX header")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = _DTYPES[raw[2]]
-    need = math.prod(dims) * dtype.itemsize
-    if len(raw) - header != need:
-        raise InputError(
-            f"{path}: IDX header declares {list(dims)} ({need} bytes) but holds {len(raw) - header} bytes"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+        dtype, dims, data = _read_capped(path)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise InputError(f"cannot read IDX file {path}: {str(exc).splitlines()[0]}") from None
+    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def _find(folder: Path, stem: str) -> Path | None:

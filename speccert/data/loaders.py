@@ -19,6 +19,7 @@ from speccert.data.dataset import Dataset, make_dataset
 from speccert.data.idx import idx_pair_in_folder, labels_beside, read_idx
 from speccert.data.image_folder import read_image_folder
 from speccert.errors import InputError, UsageError
+from speccert.limits import check_bytes
 
 SPLITS = ("test", "train")
 _LABEL_NAMES = {"x.npy": "y.npy", "images.npy": "labels.npy", "inputs.npy": "labels.npy", "X.npy": "Y.npy"}
@@ -33,6 +34,8 @@ def _npy(path: Path) -> np.ndarray:
 
 def _load_npz(path: Path) -> Dataset:
     try:
+        with zipfile.ZipFile(path) as zf:  # members are inflated whole: check what they declare first
+            check_bytes(f"{path}: the arrays", sum(i.file_size for i in zf.infolist()))
         with np.load(path, allow_pickle=False) as z:
             keys = list(z.keys())
             if "x" not in keys or "y" not in keys:

@@ -22,8 +22,8 @@ import math
 import re
 from typing import Any
 
+from speccert.bounds.schema import SCHEMA_VERSION
 from speccert.errors import InputError
-from speccert.report.schema import SCHEMA_VERSION
 
 CERTIFY_KIND = "certify"
 _VERSION = re.compile(r"^([0-9]+)\.[0-9]+\.[0-9]+$")

@@ -184,7 +184,7 @@ def run_certify(
     """Load the model and data named by the policy and return `certify(...).to_dict()`, seeded."""
     import torch
 
-    from speccert.bounds import certify
+    from speccert.bounds import CertifyOptions, certify
     from speccert.importers import load
     from speccert.ir import Graph
 
@@ -199,20 +199,23 @@ def run_certify(
     else:
         graph = load(model, policy.data.input_shape, weights=weights, trust_pickle=trust_pickle)
     assert policy.data.path is not None
-    result = certify(
-        graph,
-        policy.data.path,
-        eps=list(policy.eps_all),
+    options = CertifyOptions(
         method=policy.method,
         device=device,
         second_order=policy.second_order,
         audit=policy.audit,
+        seed=policy.seed,
+        lower_bound=policy.lower_bound,
+    )
+    result = certify(
+        graph,
+        policy.data.path,
+        list(policy.eps_all),
+        options,
         limit=policy.data.limit,
         mean=list(policy.data.mean) if policy.data.mean is not None else None,
         std=list(policy.data.std) if policy.data.std is not None else None,
         split=policy.data.split or "test",
-        seed=policy.seed,
-        lower_bound=policy.lower_bound,
     )
     report: dict[str, Any] = result.to_dict()
     return report
@@ -234,7 +237,7 @@ def validate_gate(doc: dict[str, Any]) -> None:
         raise InputError(
             "validating a gate report needs the jsonschema package (pip install jsonschema)"
         ) from None
-    from speccert.report.schema import load_schema
+    from speccert.bounds.schema import load_schema
 
     report_schema = load_schema()
     registry: Registry[Any] = Registry().with_resource(

@@ -11,6 +11,7 @@ axis 0 of the ONNX input; IR shapes exclude it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ from speccert.importers.onnx_safety import read_onnx
 from speccert.importers.problems import group_problems
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256
 from speccert.ir.ops import Affine, Linear, Op, Opaque
+from speccert.limits import check_bytes
 
 Problem = tuple[str, str, str]
 
@@ -241,8 +243,14 @@ def _merge_bias(nodes: list[Node], output: str) -> list[Node]:
         shift = aff.op.shift
         if shift.dim() > 1 or shift.numel() not in (1, m):
             continue
-        bias = (prev.op.bias if prev.op.bias is not None else torch.zeros(m)) + shift.expand(m)
-        merged = Node(aff.name, Linear(weight=prev.op.weight, bias=bias.detach().clone()), prev.inputs)
+        w = prev.op.weight
+        exact = (
+            prev.op.bias if prev.op.bias is not None else torch.zeros(m)
+        ).double() + shift.double().expand(m)
+        bias = exact.to(w.dtype)
+        if not torch.equal(bias.double(), exact):
+            continue  # b + c is not a float32 number: fold_linear adds it in float64 when certifying
+        merged = Node(aff.name, Linear(weight=w, bias=bias.detach().clone()), prev.inputs)
         out = [merged if n is aff else n for n in out if n is not prev]
     return out
 
@@ -309,6 +317,8 @@ def load_onnx(
             f"{path}: ONNX opset {opset} is outside the supported {MIN_OPSET}-{MAX_OPSET}"
         )
     input_name, shape, batch = _input_spec(model, input_shape)
+    # a float64 sample of the declared input is the least the import allocates (before it does)
+    check_bytes(f"model input '{input_name}' of shape {list(shape)}", 8 * math.prod(shape))
     b = _Builder(opset, shape, batch_fixed_one=batch == 1)
     values: dict[str, Value | None] = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     values[input_name] = Act(INPUT, shape)

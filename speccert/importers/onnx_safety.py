@@ -1,9 +1,12 @@
 """Reading ONNX files safely: clear errors for missing, corrupt or truncated files, and external-data
 locations checked *before* any external file is opened (no absolute paths, nothing outside the model's
-folder, no symlink escaping it)."""
+folder, no symlink escaping it). Every tensor's declared size (dims x element size) is checked against
+the data it holds and against the memory budget (speccert.limits) before external data is read: onnx's
+loader crashes the process on a multi-gigabyte external tensor instead of raising."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +15,11 @@ import onnx
 from onnx import external_data_helper
 
 from speccert.errors import InputError
+from speccert.limits import check_bytes
+
+# Element types whose raw bytes are not itemsize * count (packed 4-bit) or have no fixed size (string).
+_NO_FIXED_SIZE = {onnx.TensorProto.STRING, 21, 22, 23}
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -56,6 +64,41 @@ def check_external_data(model: onnx.ModelProto, base: Path) -> None:
             raise InputError(f"tensor '{t.name}': external data file {loc!r} not found next to the model")
 
 
+def _declared_bytes(t: onnx.TensorProto) -> int:
+    if any(d < 0 for d in t.dims):
+        raise InputError(f"tensor '{t.name}' has negative dimensions {list(t.dims)}")
+    if t.data_type in _NO_FIXED_SIZE or t.data_type == onnx.TensorProto.UNDEFINED:
+        return 0
+    try:
+        size = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise InputError(f"tensor '{t.name}' has an unknown element type {t.data_type}") from None
+    return int(math.prod(t.dims)) * int(size)
+
+
+def check_tensor_sizes(model: onnx.ModelProto) -> None:
+    """Raise InputError for a tensor whose dims disagree with the data it holds (none at all, or a
+    different count), or when the tensors together declare more than the memory budget."""
+    total = 0
+    for t in _tensors(model.graph):
+        nbytes = _declared_bytes(t)
+        total += nbytes
+        n = math.prod(t.dims)
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in _NO_FIXED_SIZE or n == 0:
+            continue
+        counts = [len(getattr(t, f)) for f in _TYPED_FIELDS if len(getattr(t, f))]
+        if not t.raw_data and not counts:
+            raise InputError(f"tensor '{t.name}' declares dims {list(t.dims)} but holds no data")
+        per = 2 if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+        if (t.raw_data and len(t.raw_data) != nbytes) or (counts and counts[0] != n * per):
+            held = len(t.raw_data) if t.raw_data else counts[0]
+            raise InputError(
+                f"tensor '{t.name}' declares dims {list(t.dims)} ({nbytes} bytes) but holds "
+                f"{held} {'bytes' if t.raw_data else 'values'}"
+            )
+    check_bytes("the model's tensors", total)
+
+
 def read_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Parse an ONNX file, load its external data after checking where it points, and return it.
 
@@ -75,6 +118,7 @@ def read_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
             f"{p}: not a readable ONNX model (no graph, nodes or outputs: truncated or corrupt?)"
         )
     check_external_data(model, p.parent)
+    check_tensor_sizes(model)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph)):
         try:
             external_data_helper.load_external_data_for_model(model, str(p.parent))

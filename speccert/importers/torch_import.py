@@ -31,7 +31,7 @@ from torch import nn
 from speccert.errors import InputError, UnsupportedModelError, UsageError
 from speccert.importers.aten_ops import exported_to_graph
 from speccert.importers.torch_check import TRACE_BATCH, check_faithful, first_line, quiet
-from speccert.importers.torch_safety import no_code_unpickling
+from speccert.importers.torch_safety import check_archive_sizes, no_code_unpickling
 from speccert.ir.graph import Graph, ModelSource, file_sha256
 
 Tensor = torch.Tensor
@@ -159,6 +159,8 @@ def _safe_load(path: Path) -> Any:
     """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
     if not path.is_file():
         raise InputError(f"weights file not found: {path}")
+    if zipfile.is_zipfile(path):
+        check_archive_sizes(path)  # members' declared sizes, before torch.load inflates them
     try:
         with quiet():
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -280,6 +282,7 @@ def detect_format(path: Path) -> str:
     if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
         return "pt2"
     if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
+        check_archive_sizes(path)
         return "torchscript"
     if any(n.endswith("/data.pkl") for n in names):
         return "pickle"
@@ -330,6 +333,7 @@ def _load_pt2(
     allow_unsupported: bool,
     trust_pickle: bool = False,
 ) -> Graph:
+    check_archive_sizes(path)
     guard = contextlib.nullcontext() if trust_pickle else no_code_unpickling()
     try:
         with quiet(), guard:

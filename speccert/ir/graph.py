@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 
 from speccert.errors import InputError, UsageError
-from speccert.ir.ops import Op, Opaque, Softmax
+from speccert.ir.ops import BatchNorm, Op, Opaque, Softmax
+from speccert.limits import check_bytes
 
 Tensor = torch.Tensor
 INPUT = "input"
@@ -72,6 +74,7 @@ class Graph:
         self.nodes: list[Node] = []
         self.output = output if output is not None else (nodes[-1].name if nodes else INPUT)
         self._check_order(nodes)
+        _check_batchnorms(nodes)
         self.nodes = self._infer_shapes(nodes)
 
     # ---- structure -------------------------------------------------------------------------------
@@ -94,6 +97,7 @@ class Graph:
 
     def _infer_shapes(self, nodes: list[Node]) -> list[Node]:
         shapes: dict[str, tuple[int, ...]] = {INPUT: self.input_shape}
+        check_bytes(f"model input of shape {list(self.input_shape)}", 8 * math.prod(self.input_shape))
         values: dict[str, Tensor] = {INPUT: torch.zeros((1, *self.input_shape), dtype=self.dtype)}
         out: list[Node] = []
         with torch.no_grad():
@@ -201,6 +205,22 @@ class Graph:
         lines = [f"Graph(input {list(self.input_shape)}, {len(self.nodes)} nodes, output {self.output!r})"]
         lines += [f"  {n.name}: {n.op.describe()} {list(n.inputs)} -> {list(n.shape)}" for n in self.nodes]
         return "\n".join(lines)
+
+
+def _check_batchnorms(nodes: list[Node]) -> None:
+    """A BatchNorm divides by sqrt(var + eps): a negative or zero var + eps is an invalid model (NaN or
+    Inf outputs), refused at load with the channel named rather than certified or crashed on later."""
+    for node in nodes:
+        op = node.op
+        if isinstance(op, BatchNorm):
+            den = op.var.detach().double() + float(op.eps)
+            bad = torch.nonzero(~(den > 0) | ~torch.isfinite(den)).flatten()
+            if bad.numel():
+                c = int(bad[0])
+                raise InputError(
+                    f"BatchNorm node '{node.name}': var + eps must be positive, but channel {c} has "
+                    f"var {float(op.var[c]):g} and eps {float(op.eps):g}"
+                )
 
 
 def _graph_with_shapes_of(src: Graph, nodes: list[Node], dtype: torch.dtype | None) -> Graph:

@@ -180,7 +180,9 @@ class BatchNorm(Op):
 class Affine(Op):
     """Elementwise y = x * scale + shift, scale/shift broadcastable to the input (without batch).
 
-    Input normalisation ((x - mean) / std) and Mul/Div/Add/Sub by constants become this op.
+    Input normalisation ((x - mean) / std) and Mul/Div/Add/Sub by constants become this op. Importers keep
+    scale/shift in float64, computed from the file's values (1/std is not a float32 number): the certified
+    function is the file's, not one with float32-rounded constants. A run casts them to the input's dtype.
     """
 
     op_type: ClassVar[str] = "Affine"
@@ -189,7 +191,8 @@ class Affine(Op):
     shift: Tensor
 
     def forward(self, *xs: Tensor) -> Tensor:
-        return xs[0] * self.scale + self.shift
+        x = xs[0]
+        return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
 
     def parameters(self) -> dict[str, Tensor]:
         return {"scale": self.scale, "shift": self.shift}

@@ -64,7 +64,8 @@ def _fold_after(prev: Node, bn: Node) -> Node | None:
         return None
     w = op.weight.detach() * s0.reshape((-1,) + (1,) * (op.weight.dim() - 1))
     b = (op.bias.detach() if op.bias is not None else torch.zeros_like(s0)) * s0 + t0
-    new_op = dataclasses.replace(op, weight=w, bias=b)
+    # Affine constants are float64 (exact); the layer keeps its dtype (float64 when certifying)
+    new_op = dataclasses.replace(op, weight=w.to(op.weight.dtype), bias=b.to(op.weight.dtype))
     return Node(prev.name, new_op, prev.inputs, prev.shape)
 
 
@@ -105,7 +106,7 @@ def _fold_before(graph: Graph, nodes: list[Node], scaler: Node) -> tuple[Node, l
     return (
         Node(scaler.name, shift, scaler.inputs, scaler.shape),
         chain,
-        Node(cur.name, dataclasses.replace(op, weight=w), cur.inputs, cur.shape),
+        Node(cur.name, dataclasses.replace(op, weight=w.to(op.weight.dtype)), cur.inputs, cur.shape),
     )
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from speccert.bounds.certify_result import CertifyReport
 from speccert.errors import InputError, UsageError
-from speccert.report.certify_report import CertifyReport
 
 
 def certified_accuracy_curve(report: CertifyReport, points: int = 200) -> tuple[np.ndarray, np.ndarray]:

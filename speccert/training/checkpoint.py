@@ -4,6 +4,11 @@
 the best so far. Each write goes to a temporary file in the same folder, is flushed and fsync'ed,
 then `os.replace`d over the old one, so a `kill -9` at any instant leaves either the old or the new
 checkpoint, never a torn one. Files are read back with `torch.load(weights_only=True)` (no pickled code).
+
+A kill between `mkstemp` and `os.replace` leaves a `<name>.*.tmp` file: never a valid checkpoint, so
+`remove_stale_temp` deletes them when a run starts or resumes. Each checkpoint records the run's
+configuration (`run_config` in speccert.training.run_setup); `check_same_config` refuses to resume with a
+different one and names the keys that differ.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import torch
 
-from speccert.errors import InputError
+from speccert.errors import InputError, UsageError
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -49,6 +54,30 @@ def atomic_save(obj: Any, path: Path) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def remove_stale_temp(run_dir: Path) -> list[Path]:
+    """Delete the temporary files an interrupted `atomic_save` left in `run_dir`; return them."""
+    stale = [p for name in (LAST, BEST) for p in run_dir.glob(name + ".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def check_same_config(saved: dict[str, Any] | None, now: dict[str, Any], where: Path) -> None:
+    """Refuse to resume the run in `where` with settings other than those its checkpoint records.
+
+    A checkpoint written before configurations were recorded (`saved` None) is accepted as is."""
+    if saved is None:
+        return
+    keys = sorted(set(saved) | set(now))
+    diff = [k for k in keys if saved.get(k) != now.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in diff)
+        raise UsageError(
+            f"--resume: the run in {where} was started with other settings ({shown}); resume with the "
+            "same settings, or start over with --overwrite"
+        )
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

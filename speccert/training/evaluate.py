@@ -10,41 +10,40 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from speccert.bounds.options import CertifyOptions
 from speccert.data import Dataset
 from speccert.ir.graph import Graph
 from speccert.training.targets import Measurement
 
 Evaluator = Callable[[Graph], Measurement]
+# The stopping rule measures with the tightest certificate the certifier has (second order is used
+# where the network is smooth, reported as not applicable elsewhere) and needs no empirical lower bound.
+# Every other setting is CertifyOptions' own default: one source for certify, gate, bench and here.
+STOPPING_RULE_OPTIONS = CertifyOptions(second_order=True, lower_bound=False)
 
 
 def certifier_evaluator(
     val: Dataset,
     eps: Sequence[float],
-    device: str = "cpu",
+    device: str | None = None,
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    batch_size: int = 256,
-    second_order: bool = True,
+    batch_size: int | None = None,
+    options: CertifyOptions = STOPPING_RULE_OPTIONS,
 ) -> Evaluator:
-    """Measure a graph with speccert.certify on `val` at radii `eps` (the report rides along)."""
+    """Measure a graph with speccert.certify(graph, val, eps, options) (the report rides along).
+
+    `device` and `batch_size`, when given, replace those fields of `options` (the CLI's flags)."""
     eps_list = [float(e) for e in eps]
+    changes = {k: v for k, v in (("device", device), ("batch_size", batch_size)) if v is not None}
+    opts = options.replace(**changes)
 
     def evaluate(graph: Graph) -> Measurement:
         from speccert.bounds import certify
 
-        rep = certify(
-            graph,
-            val,
-            eps_list,
-            device=device,
-            second_order=second_order,
-            lower_bound=False,
-            batch_size=batch_size,
-            mean=mean,
-            std=std,
-        )
-        if second_order:  # tried opportunistically, never asked for by the user: no "not used" note
+        rep = certify(graph, val, eps_list, opts, mean=mean, std=std)
+        if opts.second_order:  # tried opportunistically, never asked for by the user: no "not used" note
             rep.notes[:] = [n for n in rep.notes if not n.startswith("second_order certificate not used")]
         cra = {e: float(rep.certified_accuracy(e)) for e in eps_list}
         return Measurement(rep.clean_accuracy, cra, float(rep.lipschitz_upper), rep.median_radius, report=rep)

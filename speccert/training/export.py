@@ -96,7 +96,7 @@ def save_like_input(
     """Write `graph` (any device) to `out` in the input's format, atomically."""
     fmt = output_format(graph)
     check_out_suffix(fmt, out)
-    g = graph.to("cpu")
+    g = graph.to("cpu", graph.dtype)  # Affine constants are float64 in memory: write the graph's dtype
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         from speccert.exporters.onnx_export import save_onnx

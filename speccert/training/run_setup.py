@@ -10,8 +10,10 @@ Without `--val`, a seeded 10% of the training data is held out for the certifier
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import torch
 from speccert.data import Dataset, load_data, make_dataset
 from speccert.errors import SpeccertError, UsageError
 from speccert.ir.graph import Graph, file_sha256
-from speccert.training.checkpoint import run_dir_for
+from speccert.training.checkpoint import BEST, LAST, remove_stale_temp, run_dir_for
 from speccert.training.evaluate import Evaluator
 from speccert.training.export import check_out_suffix, key_map, output_format, read_state_dict
 
@@ -89,6 +91,70 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _check_run_folder(out: Path, run: Path, resume: bool, overwrite: bool) -> None:
+    """Apply the path rules to the run folder. A run killed before its first complete `last.pt` (only
+    temp files, perhaps a `best.pt`) has no progress to keep: --resume starts it again from step 0."""
+    if run.is_dir():
+        remove_stale_temp(run)
+    if resume:
+        if not run.is_dir():
+            raise UsageError(
+                f"--resume: no checkpoint to resume: no run folder {run} (start without --resume)"
+            )
+        if not (run / LAST).is_file():
+            (run / BEST).unlink(missing_ok=True)  # from the interrupted first epoch; it restarts
+    elif overwrite:
+        if run.is_dir():
+            shutil.rmtree(run)
+    else:
+        if out.exists():
+            raise UsageError(f"--out {out} already exists; pass --overwrite to replace it")
+        if run.is_dir() and any(run.iterdir()):
+            state = "" if (run / LAST).is_file() else " (interrupted before its first checkpoint)"
+            raise UsageError(
+                f"a run folder {run} exists{state}; pass --resume to continue it or --overwrite to start over"
+            )
+
+
+def dataset_digest(ds: Dataset) -> str:
+    """sha256 of a dataset's arrays (dtype, shape and bytes of x and y): the data a run trained on."""
+    h = hashlib.sha256()
+    for a in (ds.x, ds.y):
+        arr = np.ascontiguousarray(a)
+        h.update(f"{arr.dtype.str}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def run_config(
+    *,
+    seed: int,
+    batch_size: int,
+    penalty: str,
+    penalty_weight: float | None,
+    penalty_options: dict[str, Any] | None,
+    train: Dataset,
+    val: Dataset,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> dict[str, Any]:
+    """What makes two runs the same run, recorded in every checkpoint (plain values: weights_only).
+
+    Not recorded: lr (lowering it is the advice after a diverged run), epochs and targets (a finished
+    run may be continued with a larger budget)."""
+    return {
+        "seed": int(seed),
+        "batch_size": int(batch_size),
+        "penalty": str(penalty),
+        "penalty_weight": None if penalty_weight is None else float(penalty_weight),
+        "penalty_options": repr(sorted((penalty_options or {}).items())),
+        "train_data": f"sha256:{dataset_digest(train)}",  # the content, wherever the file now lies
+        "val_data": f"sha256:{dataset_digest(val)}",
+        "mean": None if mean is None else [float(m) for m in mean],
+        "std": None if std is None else [float(s) for s in std],
+    }
+
+
 def prepare_paths(
     graph: Graph,
     spec: str | None,
@@ -111,19 +177,7 @@ def prepare_paths(
         if _same_file(out_p, p):
             raise UsageError(f"--out {out_p} is the input file {p}; refusing to overwrite the input model")
     run = run_dir_for(out_p)
-    if resume:
-        if not (run / "last.pt").is_file():
-            raise UsageError(f"--resume: no checkpoint at {run / 'last.pt'} (start without --resume)")
-    elif overwrite:
-        if run.is_dir():
-            shutil.rmtree(run)
-    else:
-        if out_p.exists():
-            raise UsageError(f"--out {out_p} already exists; pass --overwrite to replace it")
-        if run.is_dir() and any(run.iterdir()):
-            raise UsageError(
-                f"a run folder {run} exists; pass --resume to continue it or --overwrite to start over"
-            )
+    _check_run_folder(out_p, run, resume, overwrite)
     if out_p.is_dir():
         raise UsageError(f"--out {out_p} is a folder")
     keys = None

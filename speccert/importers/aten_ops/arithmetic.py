@@ -34,7 +34,11 @@ def scale_shift(ctx: ConvertContext, x: TensorValue, scale: torch.Tensor, shift:
             f"a constant of shape {list(scale.shape)} would broadcast the tensor {list(feat)} to {list(full)}"
         )
     shape = torch.broadcast_shapes(scale.shape, shift.shape)
-    op = Affine(ctx.const(torch.broadcast_to(scale, shape)), ctx.const(torch.broadcast_to(shift, shape)))
+    # float64 like the ONNX importer's: 1/std is not a float32 number (see ir.ops.Affine)
+    scale64, shift64 = (
+        torch.broadcast_to(t, shape).to(torch.float64).clone().contiguous() for t in (scale, shift)
+    )
+    op = Affine(scale64, shift64)
     return ctx.emit(op, [x])
 
 

@@ -43,7 +43,8 @@ def _broadcast_const(x: Act, c: np.ndarray) -> torch.Tensor:
         ) from None
     if tuple(shape) != tuple(x.shape):
         raise NotConvertible(f"constant of shape {list(c.shape)} would enlarge the input {list(x.shape)}")
-    return tensor(c)
+    # float64: 1/c of a Div is not a float32 number, and the certificate is of the file's function
+    return torch.from_numpy(np.array(c, dtype=np.float64, copy=True))
 
 
 def _affine(

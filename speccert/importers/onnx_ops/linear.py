@@ -21,7 +21,7 @@ from speccert.importers.onnx_ops import (
 )
 from speccert.importers.onnx_ops.examples import model, one_node, randn
 from speccert.importers.problems import ATTENTION
-from speccert.ir.ops import Conv, ConvTranspose, Linear, Reshape
+from speccert.ir.ops import Affine, Conv, ConvTranspose, Linear, Reshape
 
 
 def tensor(a: np.ndarray) -> torch.Tensor:
@@ -78,6 +78,10 @@ def _gemm_examples() -> list:
         lambda: one_node(
             "Gemm", (5,), ["x", "w", "c"], {"w": w.T.copy(), "c": np.float32(0.25)}, opset=8, beta=3.0
         ),
+        # alpha 0.3 and beta 0.7 times float32 numbers are not float32 numbers (kept exact, float64)
+        lambda: one_node(
+            "Gemm", (5,), ["x", "w", "c"], {"w": w.T.copy(), "c": randn(6, seed=5)}, alpha=0.3, beta=0.7
+        ),
     ]
     return ex
 
@@ -107,8 +111,19 @@ def convert_gemm(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | N
             if c.shape[0] != 1:
                 raise NotConvertible("C with one row per batch element is not supported")
             c = c[0]
-        bias = tensor(np.broadcast_to(beta * c, (w.shape[0],)))
-    return [ctx.add(Linear(weight=tensor(w), bias=bias), [x])]
+        bias = np.broadcast_to(beta * c, (w.shape[0],))
+    if _is_float32(w) and (bias is None or _is_float32(bias)):
+        return [ctx.add(Linear(weight=tensor(w), bias=None if bias is None else tensor(bias)), [x])]
+    # alpha B or beta C is not a float32 number: keep them exact as a float64 Affine after Linear(B)
+    # (fold_linear multiplies them in, in float64, when certifying)
+    y = ctx.add(Linear(weight=tensor(b.T)), [x], hint="/linear")
+    shift = np.zeros(w.shape[0]) if bias is None else bias
+    scale = np.full(w.shape[0], alpha)
+    return [ctx.add(Affine(scale=torch.from_numpy(scale), shift=torch.from_numpy(shift.copy())), [y])]
+
+
+def _is_float32(a: np.ndarray) -> bool:
+    return bool((a.astype(np.float32).astype(np.float64) == a).all())
 
 
 def _matmul_examples() -> list:

@@ -15,7 +15,7 @@ cross-entropy instead). `weight` is a buffer, so it is checkpointed with the pen
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -30,7 +30,8 @@ Model = Callable[[Tensor], Tensor]
 
 
 class Penalty(nn.Module):
-    """Base class. Subclasses set `name`, `default_weight`, `summary` and implement `term`."""
+    """Base class. Subclasses set `default_weight` and `summary` and implement `term`; the registry
+    decorator `register_penalty("name")` sets `name`."""
 
     name: ClassVar[str] = "?"
     default_weight: ClassVar[float] = 1.0
@@ -50,6 +51,17 @@ class Penalty(nn.Module):
 
     def set_weight(self, value: float) -> None:
         self.weight.fill_(float(value))
+
+    @classmethod
+    def target_options(cls, eps: Sequence[float]) -> dict[str, Any]:
+        """Options this penalty takes from the run's target radii (defaults; the user's options win).
+
+        The hook that lets `finetune` stay ignorant of penalty names (LMT trains for the largest eps)."""
+        return {}
+
+    def set_progress(self, fraction: float) -> None:
+        """Called before every training step with the fraction of the run's steps done, in [0, 1]
+        (annealing schedules; a function of the global step, so a resumed run sees the same values)."""
 
     def term(self, logits: Tensor, y: Tensor, x: Tensor, model: Model) -> Tensor:
         """The unweighted penalty value."""

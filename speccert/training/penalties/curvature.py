@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import torch
 
-from speccert.training.penalties import PENALTIES
+from speccert.training.penalties import register_penalty
 from speccert.training.penalties.base import Model, Penalty
 from speccert.training.sigmas import SegmentSigmas, compose_curvature
 
 Tensor = torch.Tensor
 
 
-@PENALTIES.register("curvature")
+@register_penalty("curvature")
 class CurvaturePenalty(Penalty):
     """lambda * K, the product-form bound on the output's Hessian norm (smooth activations only)."""
 
-    name = "curvature"
     default_weight = 0.01
     summary = "λ·K, product-form Hessian bound of the second-order certificate (Singla & Feizi CRT)"
 

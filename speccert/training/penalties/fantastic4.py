@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from speccert.ir.ops import Conv
-from speccert.training.penalties import PENALTIES
+from speccert.training.penalties import register_penalty
 from speccert.training.penalties.base import Model, Penalty
 from speccert.training.power import MatrixPowerIteration
 from speccert.training.sigmas import SegmentSigmas
@@ -55,11 +55,10 @@ def fantastic4_bound_exact(k: Tensor, groups: int = 1) -> float:
     return best
 
 
-@PENALTIES.register("fantastic4")
+@register_penalty("fantastic4")
 class Fantastic4Penalty(Penalty):
     """lambda * sum over conv layers of sqrt(hw) * min_i ||R_i(K_l)||_2 (Singla & Feizi 2021)."""
 
-    name = "fantastic4"
     default_weight = 0.01
     summary = "λ·Σ_conv √(hw)·min of 4 reshaped-kernel norms (Singla & Feizi 2021)"
 

@@ -8,14 +8,17 @@ that margin by adding it to every non-target logit before the cross-entropy:
 
 where L composes per-layer sigmas (persistent power iteration, differentiable) over the DAG with the
 certifier's rules, w_k are the rows of the last Linear layer and L_pen the Lipschitz estimate of its
-input (the certifier's tighter pairwise last-layer form). eps' = weight * eps: the penalty weight
-scales the training margin (1 = the target eps), and finetune's schedule raises it when the certified
-accuracy stalls. `forward` returns CE(shifted) - CE(plain), so loss = CE + forward is the LMT loss.
+input (the certifier's tighter pairwise last-layer form). eps' = weight * ramp * eps: the penalty
+weight scales the training margin (1 = the target eps), finetune's schedule raises it when the
+certified accuracy stalls, and `anneal=a` ramps it linearly from 0 over the first fraction a of the
+run (default 0: no ramp). `forward` returns CE(shifted) - CE(plain), so loss = CE + forward is the LMT loss.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from speccert.errors import UsageError
 from speccert.ir.graph import INPUT
 from speccert.ir.ops import Linear, Softmax
-from speccert.training.penalties import PENALTIES
+from speccert.training.penalties import register_penalty
 from speccert.training.penalties.base import Model, Penalty
 from speccert.training.sigmas import SegmentSigmas, compose_lipschitz
 
@@ -31,11 +34,10 @@ Tensor = torch.Tensor
 FORMS = ("global", "pairwise")
 
 
-@PENALTIES.register("lmt")
+@register_penalty("lmt")
 class LMTPenalty(Penalty):
     """Cross-entropy on logits shifted by the Lipschitz margin sqrt(2)*eps*L (or the pairwise form)."""
 
-    name = "lmt"
     default_weight = 1.0
     summary = "CE with √2·ε·L added to non-target logits (Tsuzuku et al. 2018); pairwise last-layer form"
 
@@ -47,8 +49,13 @@ class LMTPenalty(Penalty):
         form: str = "pairwise",  # noqa: ANN001
         conv_mode: str = "operator",
         seed: int = 0,
+        anneal: float = 0.0,
     ) -> None:
         super().__init__(graph, weight)
+        if not 0.0 <= anneal <= 1.0:
+            raise UsageError(f"lmt anneal must be a fraction of the run in [0, 1], got {anneal}")
+        self.anneal = float(anneal)
+        self._ramp = 1.0 if anneal == 0 else 0.0
         if form not in FORMS:
             raise UsageError(f"lmt form must be one of {', '.join(FORMS)}, got {form!r}")
         if not eps > 0:
@@ -58,6 +65,15 @@ class LMTPenalty(Penalty):
         self.sigmas = SegmentSigmas(graph, conv_mode, seed)
         self._head = self._last_linear() if form == "pairwise" else None
         self._last: dict[str, float] = {}
+
+    @classmethod
+    def target_options(cls, eps: Sequence[float]) -> dict[str, Any]:
+        return {"eps": max(eps)} if eps else {}
+
+    def set_progress(self, fraction: float) -> None:
+        # eps annealing (BRONet, Lai et al. 2025): the margin grows linearly over the first `anneal` of
+        # the run, so the untouched model is not hit by a margin of sqrt(2)*eps*L with L in the hundreds.
+        self._ramp = 1.0 if self.anneal == 0 else min(1.0, max(0.0, fraction) / self.anneal)
 
     def _last_linear(self) -> str:
         out = self.graph.node(self.graph.output)
@@ -71,7 +87,7 @@ class LMTPenalty(Penalty):
     def shift(self, y: Tensor, n_classes: int) -> Tensor:
         """The per-logit margin [batch, classes] added before the cross-entropy (0 at the target)."""
         sig = self.sigmas()
-        eps = self.weight * self.eps
+        eps = self.weight * (self.eps * self._ramp)
         onehot = F.one_hot(y, n_classes).to(self.graph.dtype)
         if self._head is None:
             lip = compose_lipschitz(self.graph, sig)

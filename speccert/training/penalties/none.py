@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from speccert.training.penalties import PENALTIES
+from speccert.training.penalties import register_penalty
 from speccert.training.penalties.base import Model, Penalty
 
 Tensor = torch.Tensor
 
 
-@PENALTIES.register("none")
+@register_penalty("none")
 class NoPenalty(Penalty):
     """Penalty 0: fine-tune with cross-entropy alone."""
 
-    name = "none"
     default_weight = 0.0
     summary = "no penalty (cross-entropy only)"
 

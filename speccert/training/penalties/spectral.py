@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import torch
 
-from speccert.training.penalties import PENALTIES
+from speccert.training.penalties import register_penalty
 from speccert.training.penalties.base import Model, Penalty
 from speccert.training.sigmas import SegmentSigmas
 
 Tensor = torch.Tensor
 
 
-@PENALTIES.register("spectral")
+@register_penalty("spectral")
 class SpectralPenalty(Penalty):
     """(lambda/2) * sum over weighted layers of sigma_l^2 (Yoshida & Miyato 2017)."""
 
-    name = "spectral"
     default_weight = 0.01
     summary = "(λ/2)·Σ σ(W_l)², one power-iteration step per training step (Yoshida & Miyato 2017)"
 

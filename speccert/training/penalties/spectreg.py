@@ -18,18 +18,17 @@ import torch
 import torch.nn.functional as F
 
 from speccert.errors import UsageError
-from speccert.training.penalties import PENALTIES
+from speccert.training.penalties import register_penalty
 from speccert.training.penalties.base import Model, Penalty
 
 Tensor = torch.Tensor
 VARIANTS = ("projection", "datagrad")
 
 
-@PENALTIES.register("spectreg")
+@register_penalty("spectreg")
 class SpectRegPenalty(Penalty):
     """lambda * mean ||grad_x (r^T f(x))||^2 (r Gaussian), or the DataGrad ||grad_x CE||^2 variant."""
 
-    name = "spectreg"
     default_weight = 0.01
     summary = "λ·‖∇ₓ(rᵀf(x))‖², r~N(0,I): unbiased Frobenius-Jacobian penalty (Varga et al.); or DataGrad"
     needs_input = True

@@ -24,18 +24,17 @@ from __future__ import annotations
 
 import torch
 
-from speccert.training.penalties import PENALTIES
+from speccert.training.penalties import register_penalty
 from speccert.training.penalties.base import Model, Penalty
 from speccert.training.sigmas import SegmentSigmas, compose_lipschitz
 
 Tensor = torch.Tensor
 
 
-@PENALTIES.register("weissi")
+@register_penalty("weissi")
 class WeissiPenalty(Penalty):
     """lambda * log(prod-over-DAG of sigma_l): sum log sigma_l on chains, sum log(1 + prod) on blocks."""
 
-    name = "weissi"
     default_weight = 0.1
     summary = "λ·Σ log σ(W_l), residual blocks log(1+Π σ) (Liu, Cui & Chan; scale-shift invariant)"
 

@@ -1,0 +1,114 @@
+"""The affine tail of a graph (every linear operator after the last nonlinearity) as explicit rows.
+
+The logits are f(x) = T(u(x)) where u is the last nonlinear node (or the input) and T = A_m ... A_1 + b
+is the chain of single-input affine nodes after it (Linear, Conv, BatchNorm, Affine, pooling by
+averages, Pad, Reshape, Transpose: conv -> BN -> flatten -> linear chains included). `tail_rows`
+forms J = dT/du (one row per logit, [C, n_u]) by one reverse pass of the tail in float64, and the same
+pass with every operator replaced by its entrywise absolute value gives |A_m| ... |A_1| rows, which bound
+the rounding of J (Higham, *Accuracy and Stability*, section 3.5: the computed product of matrices is
+exact up to gamma(K) |A_m| ... |A_1| componentwise, K the sum of the inner dimensions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from speccert.bounds.certificate import NotApplicable
+from speccert.ir import (
+    INPUT,
+    Affine,
+    AvgPool,
+    BatchNorm,
+    Conv,
+    ConvTranspose,
+    GlobalAvgPool,
+    Graph,
+    Linear,
+    Node,
+)
+from speccert.ir.ops import Op
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class TailRows:
+    """rows[c] = gradient of logit c w.r.t. the tail's input u (float64, computed); abs_rows[c] >= the
+    same with |A_k| for A_k (rounded: bound it with `inner` = K); `start` names u."""
+
+    start: str
+    rows: Tensor
+    abs_rows: Tensor
+    inner: int
+    nodes: tuple[Node, ...]
+
+
+def affine_chain(graph: Graph, end: str) -> tuple[str, list[Node]]:
+    """(u, [A_1, ..., A_m]): the longest chain of single-input affine nodes ending at `end`."""
+    chain: list[Node] = []
+    name = end
+    while name != INPUT:
+        node = graph.node(name)
+        if not type(node.op).linear or len(node.inputs) != 1:
+            break
+        chain.append(node)
+        name = node.inputs[0]
+    return name, chain[::-1]
+
+
+def _inner_dimension(graph: Graph, node: Node) -> int:
+    """Terms summed per entry of a forward or transposed product with this operator (generous)."""
+    op = node.op
+    if isinstance(op, (Linear, Conv, ConvTranspose)):
+        return int(op.weight.numel())  # >= fan-in and fan-out of the op and of its transpose
+    if isinstance(op, AvgPool):
+        return math.prod(op.kernel)
+    if isinstance(op, GlobalAvgPool):
+        return math.prod(graph.shape_of(node.inputs[0])[1:])
+    if isinstance(op, (BatchNorm, Affine)):
+        return 2
+    return 0  # Pad, Reshape, Transpose: exact
+
+
+def absolute_op(op: Op, ndim: int) -> Op:
+    """The operator with its linear part replaced by the entrywise absolute value, constant dropped
+    (`ndim`: axes of its input without the batch)."""
+    if isinstance(op, (Linear, Conv, ConvTranspose)):
+        return dataclasses.replace(op, weight=op.weight.detach().abs(), bias=None)
+    if isinstance(op, BatchNorm):
+        s = op.scale_shift()[0].detach().abs().reshape((-1,) + (1,) * (ndim - 1))
+        return Affine(scale=s, shift=torch.zeros_like(s))
+    if isinstance(op, Affine):
+        return Affine(scale=op.scale.detach().abs(), shift=torch.zeros_like(op.shift))
+    return op  # pooling by averages, Pad, Reshape, Transpose: already non-negative
+
+
+def _rows(nodes: list[Node], shape: tuple[int, ...], n_out: int, absolute: bool) -> Tensor:
+    u = torch.zeros((n_out, *shape), dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        h = u
+        for node in nodes:
+            op = node.op
+            if absolute:
+                op = absolute_op(op, h.dim() - 1)
+            h = op.forward(h)
+        (g,) = torch.autograd.grad(h.reshape(n_out, -1), u, torch.eye(n_out, dtype=torch.float64))
+    return g.reshape(n_out, -1).detach()
+
+
+def tail_rows(graph: Graph, end: str | None = None) -> TailRows:
+    """Rows of the affine tail ending at `end` (default the output) of a float64 graph on the CPU."""
+    end = graph.output if end is None else end
+    start, chain = affine_chain(graph, end)
+    if not chain:
+        raise NotApplicable("the logits come straight from a nonlinearity (no affine tail)")
+    shape = graph.shape_of(start)
+    n_out = math.prod(graph.shape_of(end))
+    rows = _rows(chain, shape, n_out, absolute=False)
+    abs_rows = _rows(chain, shape, n_out, absolute=True)
+    inner = sum(_inner_dimension(graph, n) for n in chain) + 4
+    return TailRows(start, rows, abs_rows, inner, tuple(chain))

@@ -1,0 +1,79 @@
+"""`CertifyOptions`: every setting of a certify run, in one frozen object passed unchanged by the
+`certify` command, the CI gate, fine-tuning's evaluator and `bench` (one default per setting, here).
+
+    >>> opts = CertifyOptions(method="fft", second_order=True)
+    >>> opts.replace(device="cuda").device
+    'cuda'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from speccert.errors import UsageError
+from speccert.norms.method import EXACT_MAX_DIM
+
+
+@dataclass(frozen=True)
+class CertifyOptions:
+    """How to certify (what to certify, the model, data and eps, are arguments of `certify`).
+
+    method: norm method for every layer (speccert.norms; "auto" = the tightest proven bound).
+    device: where the certificates run ("cpu", "cuda", "cuda:1").
+    exact_max_dim: largest Gram side the `exact` method certifies for zero-padded convs.
+    second_order: also use the curvature certificate (smooth networks), refined by `crc_steps` CRC
+        gradient steps per test when > 0.
+    lower_bound: measure an empirical lower bound on L from `lower_points` data points.
+    batch_size: samples per forward pass. seed: of the attack and of the lower-bound search.
+    audit: attack this many certified points with PGD-L2 (`audit_steps`, `audit_restarts`).
+    certificates: the certificate kinds to run (names in speccert.bounds.certificate.CERTIFICATES, or
+        "all"); None = every kind that is not opt-in (the local certificate is opt-in).
+    """
+
+    method: str = "auto"
+    device: str = "cpu"
+    exact_max_dim: int = EXACT_MAX_DIM
+    second_order: bool = False
+    crc_steps: int = 0
+    lower_bound: bool = True
+    lower_points: int = 64
+    batch_size: int = 256
+    seed: int = 0
+    audit: int = 0
+    audit_steps: int = 40
+    audit_restarts: int = 4
+    certificates: tuple[str, ...] | None = None
+
+    def replace(self, **changes: Any) -> CertifyOptions:
+        """A copy with `changes` (field names of this class; anything else is a TypeError)."""
+        if "device" in changes:
+            changes["device"] = str(changes["device"])
+        if changes.get("certificates") is not None:
+            changes["certificates"] = tuple(changes["certificates"])
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        """Raise UsageError (one line, naming the CLI option) for an out-of-range setting."""
+        if self.batch_size <= 0:
+            raise UsageError(f"batch size must be positive, got {self.batch_size}")
+        if self.audit < 0:
+            raise UsageError(f"--audit must be >= 0, got {self.audit}")
+        if self.lower_points < 1:
+            raise UsageError(f"--lower-points must be >= 1, got {self.lower_points}")
+        if self.crc_steps < 0 or (self.crc_steps > 0 and not self.second_order):
+            raise UsageError(f"--crc-steps must be >= 0 and needs --second-order, got {self.crc_steps}")
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def options_from(options: CertifyOptions | None, overrides: dict[str, Any], caller: str) -> CertifyOptions:
+    """`options` (default CertifyOptions()) with keyword overrides; an unknown keyword is the TypeError
+    Python gives for a function's unexpected keyword argument."""
+    unknown = sorted(set(overrides) - set(CertifyOptions.fields()))
+    if unknown:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}")
+    return (options or CertifyOptions()).replace(**overrides)

@@ -1,0 +1,1 @@
+"""Tools for developing speccert (not part of the public API): executed docs."""

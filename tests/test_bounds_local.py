@@ -1,0 +1,184 @@
+"""Local certificate: sound against strong attacks (checked in onnxruntime), tighter than global."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from certify_nets import D
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from speccert.bounds import certify
+from speccert.bounds.audit import pgd_l2
+from speccert.exporters import save_onnx
+from speccert.ir import INPUT, Activation, BatchNorm, Conv, Graph, Linear, MaxPool, Node, Reshape
+
+
+def relu_mlp(seed: int, d: int, widths: list[int], classes: int) -> Graph:
+    gen = torch.Generator().manual_seed(seed)
+    nodes, prev, n_in = [], INPUT, d
+    for i, w in enumerate(widths):
+        weight = torch.randn(w, n_in, generator=gen, dtype=D) * (2.0 / n_in) ** 0.5
+        nodes += [
+            Node(f"l{i}", Linear(weight, torch.randn(w, generator=gen, dtype=D) * 0.1), (prev,)),
+            Node(f"a{i}", Activation("relu"), (f"l{i}",)),
+        ]
+        prev, n_in = f"a{i}", w
+    head = torch.randn(classes, n_in, generator=gen, dtype=D) / n_in**0.5
+    nodes.append(Node("out", Linear(head, torch.zeros(classes, dtype=D)), (prev,)))
+    return Graph((d,), nodes, dtype=D)
+
+
+def conv_pool_net(seed: int, c: int, n: int, k: int, pool: int, classes: int) -> Graph:
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(c, 1, k, k, generator=gen, dtype=D) / k
+    bn = BatchNorm(
+        torch.randn(c, generator=gen, dtype=D) * 0.1,
+        torch.rand(c, generator=gen, dtype=D) + 0.5,
+        torch.rand(c, generator=gen, dtype=D) + 0.5,
+        torch.randn(c, generator=gen, dtype=D) * 0.1,
+    )
+    g = Graph(
+        (1, n, n),
+        [
+            Node(
+                "conv",
+                Conv(w, torch.randn(c, generator=gen, dtype=D) * 0.1, (1, 1), ((1, 1), (1, 1)), (1, 1)),
+                (INPUT,),
+            ),
+            Node("bn", bn, ("conv",)),
+            Node("relu", Activation("relu"), ("bn",)),
+            Node("pool", MaxPool((pool, pool), (pool, pool), ((0, 0), (0, 0)), (1, 1)), ("relu",)),
+        ],
+        dtype=D,
+    )
+    flat = int(np.prod(g.output_shape))
+    hidden = torch.randn(8, flat, generator=gen, dtype=D) * (2.0 / flat) ** 0.5
+    head = torch.randn(classes, 8, generator=gen, dtype=D) / 8**0.5
+    nodes = g.nodes + [
+        Node("flat", Reshape((flat,)), ("pool",)),
+        Node("fc", Linear(hidden, torch.randn(8, generator=gen, dtype=D) * 0.1), ("flat",)),
+        Node("relu2", Activation("relu"), ("fc",)),
+        Node("out", Linear(head, torch.zeros(classes, dtype=D)), ("relu2",)),
+    ]
+    return Graph((1, n, n), nodes, dtype=D)
+
+
+def attack_distance(
+    g: Graph, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, onnx: Path
+) -> np.ndarray:
+    """Smallest L2 distance at which PGD-L2 (restarts) finds a point that onnxruntime misclassifies
+    (doubling then bisection on the attack radius); inf where none is found up to 64x `start`."""
+    sess = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+
+    def adversarial(eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        res = pgd_l2(g, x, y, eps, steps=40, restarts=5, seed=1)
+        xa = (x + res.delta).numpy().astype(np.float32)
+        pred = sess.run(None, {sess.get_inputs()[0].name: xa})[0].argmax(1)
+        return torch.from_numpy(pred != y.numpy()) & res.success, res.delta_norm
+
+    best = torch.full((x.shape[0],), float("inf"), dtype=D)
+    lo, hi = start.clone(), start * 64
+    ok, dist = adversarial(hi)
+    best = torch.where(ok, dist, best)
+    for _ in range(6):
+        mid = (lo * hi).sqrt()
+        ok, dist = adversarial(mid)
+        best = torch.where(ok, torch.minimum(best, dist), best)
+        lo, hi = torch.where(ok, lo, mid), torch.where(ok, mid, hi)
+    return best.numpy()
+
+
+def check_local(g: Graph, x: torch.Tensor, tmp_path: Path) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        y = g.forward(x).argmax(1)
+    rep = certify(g, (x, y), eps=[0.1], lower_bound=False, certificates=["all"], audit=x.shape[0])
+    local = rep.radii["local"]
+    onnx = save_onnx(g.to("cpu", torch.float32), tmp_path / "net.onnx")
+    keep = local > 0
+    dist = attack_distance(g, x[keep], y[keep], torch.from_numpy(local[keep]), onnx)
+    assert np.all(local[keep] <= dist), "an attack beat a local radius: the certificate is wrong"
+    assert np.all(local <= rep.radius)
+    return rep.radii
+
+
+shapes = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@shapes
+@given(
+    seed=st.integers(0, 10_000),
+    d=st.integers(2, 10),
+    widths=st.lists(st.integers(3, 20), min_size=1, max_size=3),
+    classes=st.integers(2, 5),
+)
+def test_local_radius_of_relu_mlps_is_sound_and_beats_global(
+    seed: int, d: int, widths: list[int], classes: int, tmp_path: Path
+) -> None:
+    g = relu_mlp(seed, d, widths, classes)
+    x = torch.randn(10, d, generator=torch.Generator().manual_seed(seed + 1), dtype=D)
+    radii = check_local(g, x, tmp_path)
+    assert (
+        np.all(radii["local"] >= radii["global"] * (1 - 1e-9) - 1e-12)
+        or np.median(radii["local"] / np.maximum(radii["global"], 1e-300)) > 1.0
+    )
+
+
+@shapes
+@given(
+    seed=st.integers(0, 10_000),
+    c=st.integers(1, 4),
+    n=st.integers(4, 8),
+    k=st.integers(1, 3),
+    pool=st.integers(1, 2),
+    classes=st.integers(2, 4),
+)
+def test_local_radius_of_conv_maxpool_nets_is_sound(
+    seed: int, c: int, n: int, k: int, pool: int, classes: int, tmp_path: Path
+) -> None:
+    g = conv_pool_net(seed, c, n, k, pool, classes)
+    x = torch.randn(8, 1, n, n, generator=torch.Generator().manual_seed(seed + 1), dtype=D)
+    check_local(g, x, tmp_path)
+
+
+def test_local_is_exact_where_no_unit_can_switch() -> None:
+    """Tiny margins: every unit is stable on the ball, so the radius is m / ||grad m(x)|| (to 1e-3,
+    the bisection's resolution), never above it."""
+    g = relu_mlp(5, 6, [8, 8], 3)
+    x = torch.randn(200, 6, generator=torch.Generator().manual_seed(2), dtype=D)
+    xr = x.clone().requires_grad_(True)
+    f = g.forward(xr)
+    y = f.argmax(1)
+    top2 = f.topk(2, dim=1)
+    m = top2.values[:, 0] - top2.values[:, 1]
+    (gm,) = torch.autograd.grad(m.sum(), xr)
+    exact = (m / gm.norm(dim=1)).detach().numpy()
+    near = np.argsort(exact)[:20]  # the points closest to a boundary
+    rep = certify(g, (x[near], y[near]), eps=[0.1], lower_bound=False, certificates=["local"])
+    # the runner-up may not be the closest class, so exact is only an upper bound per point
+    assert np.all(rep.radii["local"] <= exact[near] * (1 + 1e-9))
+    assert np.median(rep.radii["local"] / exact[near]) > 0.99
+
+
+def test_certificate_option_of_the_cli(tmp_path: Path) -> None:
+    from tests.test_certify_cli import onnx_classifier, run
+
+    model = onnx_classifier(tmp_path / "m.onnx")
+    x = np.random.default_rng(0).random((40, 1, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(40, dtype=np.int64))
+    proc = run(
+        model, "--data", tmp_path / "d.npz", "--certificate", "global,local", "--json", tmp_path / "r.json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["certificate"]["kinds"] == ["global", "local"]
+    assert "median gain over global" in proc.stdout
+    rows = [r for r in rep["samples"] if r["radius"]]
+    assert rows and all(r["radii"]["local"] >= 0 for r in rows)
+    bad = run(model, "--data", tmp_path / "d.npz", "--certificate", "nonsense")
+    assert bad.returncode == 2 and "unknown certificate nonsense" in bad.stderr
+    assert "Traceback" not in bad.stderr
