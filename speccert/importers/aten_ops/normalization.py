@@ -4,6 +4,7 @@ and an Affine for the weight and bias (speccert.importers.lowering)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from speccert.importers.lowering import LoweringError, group_norm, layer_norm
 from speccert.ir.ops import Op
 
 
-def _emitter(ctx: ConvertContext):  # noqa: ANN202 - the lowering's emit callback
+def _emitter(ctx: ConvertContext) -> Callable[[Op, TensorValue], TensorValue]:
     def emit(op: Op, v: TensorValue) -> TensorValue:
         return ctx.emit(op, [v])
 
@@ -65,12 +66,12 @@ def native_layer_norm(ctx: ConvertContext, args: list[Any]) -> tuple[Any, ...]:
 
 
 def _group_norm(ctx: ConvertContext, x: Any, groups: int, w: Any, b: Any, eps: float) -> TensorValue:
-    x = tensor_arg(x, "group norm input")
+    tv = tensor_arg(x, "group norm input")
     try:
         return group_norm(
             _emitter(ctx),
-            x,
-            x.shape[1:],
+            tv,
+            tv.shape[1:],
             int(groups),
             float(eps),
             _param(ctx, w, "group norm weight"),

@@ -4,6 +4,7 @@ between Affine shifts (speccert.importers.lowering)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from speccert.importers.lowering import LoweringError, clip, hardsigmoid, max_co
 from speccert.ir.ops import Activation, Op
 
 
-def _emitter(ctx: ConvertContext):  # noqa: ANN202 - the lowering's emit callback
+def _emitter(ctx: ConvertContext) -> Callable[[Op, TensorValue], TensorValue]:
     def emit(op: Op, v: TensorValue) -> TensorValue:
         return ctx.emit(op, [v])
 
@@ -28,13 +29,13 @@ def _emitter(ctx: ConvertContext):  # noqa: ANN202 - the lowering's emit callbac
 
 
 def _clamp(ctx: ConvertContext, x: Any, low: Any, high: Any) -> TensorValue:
-    x = tensor_arg(x, "clamp input")
+    tv = tensor_arg(x, "clamp input")
     for v in (low, high):
         if v is not None and not isinstance(v, (int, float)):
             raise Unsupported("clamp to tensor bounds (only scalar bounds are supported)")
     try:
         return clip(
-            _emitter(ctx), x, None if low is None else float(low), None if high is None else float(high)
+            _emitter(ctx), tv, None if low is None else float(low), None if high is None else float(high)
         )
     except LoweringError as exc:
         raise Unsupported(str(exc)) from None
@@ -63,7 +64,8 @@ def clamp(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 @aten_op("aten.clamp_min.default")
 def clamp_min(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     """clamp_min(x, c) = max(x, c): relu for c = 0, else c + relu(x - c)."""
-    return clamp(ctx, [args[0], args[1], None])
+    y: TensorValue = clamp(ctx, [args[0], args[1], None])
+    return y
 
 
 @aten_op("aten.clamp_max.default")

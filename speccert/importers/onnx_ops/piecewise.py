@@ -4,6 +4,8 @@ shifts (speccert.importers.lowering), each 1-Lipschitz (hardswish 3/2, HardSigmo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 import torch
@@ -15,7 +17,7 @@ from speccert.importers.onnx_ops.examples import one_node, randn, unary
 from speccert.ir.ops import Activation, Affine, Op
 
 
-def _emitter(ctx: BuildContext):  # noqa: ANN202 - the lowering's emit callback
+def _emitter(ctx: BuildContext) -> Callable[[Op, Act], Act]:
     def emit(op: Op, v: Act) -> Act:
         return ctx.add(op, [v])
 
