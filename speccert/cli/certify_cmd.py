@@ -176,6 +176,7 @@ def command(
         typer.Option(
             "--second-order",
             help="Also use the curvature-based certificate (networks with smooth activations only).",
+            metavar="",
         ),
     ] = False,
     crc_steps: Annotated[

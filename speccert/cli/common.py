@@ -39,6 +39,7 @@ RandomWeightsOpt = Annotated[
         "--random-weights",
         help="Use a 'package.module:factory' model without --weights: its untrained, random "
         "initialisation (said so in the output and the report).",
+        metavar="",
     ),
 ]
 RANDOM_WEIGHTS_NOTE = "weights: the factory's random initialisation (--random-weights), not a trained model"
@@ -55,6 +56,7 @@ TrustPickleOpt = Annotated[
     typer.Option(
         "--trust-pickle",
         help="Allow unpickling a whole saved module. Runs code from the file: only for files you trust.",
+        metavar="",
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (cuda when available).")]

@@ -188,11 +188,13 @@ def command(
         int, typer.Option("--batch-size", help="Global batch size (split across torchrun ranks).")
     ] = 128,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the last checkpoint in <out>.run/.")
+        bool, typer.Option("--resume", help="Continue from the last checkpoint in <out>.run/.", metavar="")
     ] = False,
     overwrite: Annotated[
         bool,
-        typer.Option("--overwrite", help="Replace an existing --out and its run folder (never the input)."),
+        typer.Option(
+            "--overwrite", help="Replace an existing --out and its run folder (never the input).", metavar=""
+        ),
     ] = False,
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", help="Also checkpoint every N steps (0: only every epoch).")

@@ -152,6 +152,7 @@ def command(
             "--lower-bound",
             help="Also measure an empirical lower bound on "
             "the Lipschitz constant (slower; not used by rules).",
+            metavar="",
         ),
     ] = False,
     input_shape: InputShapeOpt = None,
