@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from resnet18 import resnet18_graph, resnet18_module  # noqa: E402
 
-from speccert.cli.bench_cmd import bench_graph, summarise  # noqa: E402
+from speccert.cli.bench_norms_cmd import bench_graph, summarise  # noqa: E402
 
 METHODS = ("auto", "auto_upper", "power", "fantastic4")
 

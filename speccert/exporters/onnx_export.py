@@ -76,120 +76,180 @@ def _pads(padding: tuple[tuple[int, int], ...]) -> list[int]:
     return [b for b, _ in padding] + [e for _, e in padding]
 
 
-def _export_op(w: _Writer, node: Node, op: Op, xs: list[str], in_shape: tuple[int, ...], out: str) -> None:
+def _bias(w: _Writer, name: str, op: Linear | Conv | ConvTranspose) -> list[str]:
+    return [w.const(f"{name}.bias", op.bias)] if op.bias is not None else []
+
+
+def _export_linear(
+    w: _Writer, node: Node, op: Linear, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
     name = node.name
-    if isinstance(op, Linear):
-        if len(in_shape) == 1:
-            ins = [xs[0], w.const(f"{name}.weight", op.weight)]
-            ins += [w.const(f"{name}.bias", op.bias)] if op.bias is not None else []
-            w.node("Gemm", ins, out, transB=1)
-        elif op.bias is None:
-            w.node("MatMul", [xs[0], w.const(f"{name}.weight_t", op.weight.T)], out)
-        else:
-            mm = w.node(
-                "MatMul", [xs[0], w.const(f"{name}.weight_t", op.weight.T)], w.fresh(f"{name}/matmul")
-            )
-            w.node("Add", [mm, w.const(f"{name}.bias", op.bias)], out)
-    elif isinstance(op, Conv):
-        if op.padding_mode != "zeros":
-            raise UnsupportedModelError(
-                f"node '{name}': Conv with padding_mode={op.padding_mode} cannot be exported"
-            )
-        ins = [xs[0], w.const(f"{name}.weight", op.weight)]
-        ins += [w.const(f"{name}.bias", op.bias)] if op.bias is not None else []
-        w.node(
-            "Conv",
-            ins,
-            out,
-            kernel_shape=list(op.weight.shape[2:]),
-            strides=list(op.stride),
-            pads=_pads(op.padding),
-            dilations=list(op.dilation),
-            group=op.groups,
-        )
-    elif isinstance(op, ConvTranspose):
-        ins = [xs[0], w.const(f"{name}.weight", op.weight)]
-        ins += [w.const(f"{name}.bias", op.bias)] if op.bias is not None else []
-        w.node(
-            "ConvTranspose",
-            ins,
-            out,
-            kernel_shape=list(op.weight.shape[2:]),
-            strides=list(op.stride),
-            pads=list(op.padding) * 2,
-            output_padding=list(op.output_padding),
-            dilations=list(op.dilation),
-            group=op.groups,
-        )
-    elif isinstance(op, BatchNorm):
-        ins = [xs[0]] + [w.const(f"{name}.{k}", getattr(op, k)) for k in ("weight", "bias", "mean", "var")]
-        w.node("BatchNormalization", ins, out, epsilon=float(op.eps))
-    elif isinstance(op, Affine):
-        cur = xs[0]
-        has_shift = bool((op.shift != 0).any())
-        if not bool((op.scale == 1).all()):
-            cur = w.node(
-                "Mul",
-                [cur, w.const(f"{name}.scale", op.scale)],
-                out if not has_shift else w.fresh(f"{name}/mul"),
-            )
-        if has_shift or cur == xs[0]:
-            w.node("Add", [cur, w.const(f"{name}.shift", op.shift)], out)
-    elif isinstance(op, Activation):
-        _export_activation(w, op, xs[0], out)
-    elif isinstance(op, MaxPool):
-        w.node(
-            "MaxPool",
-            xs,
-            out,
-            kernel_shape=list(op.kernel),
-            strides=list(op.stride),
-            pads=_pads(op.padding),
-            dilations=list(op.dilation),
-            ceil_mode=int(op.ceil_mode),
-        )
-    elif isinstance(op, AvgPool):
-        w.node(
-            "AveragePool",
-            xs,
-            out,
-            kernel_shape=list(op.kernel),
-            strides=list(op.stride),
-            pads=_pads(op.padding),
-            ceil_mode=int(op.ceil_mode),
-            count_include_pad=int(op.count_include_pad),
-        )
-    elif isinstance(op, GlobalAvgPool):
-        w.node("GlobalAveragePool", xs, out)
-    elif isinstance(op, Pad):
-        pads = [0] + [b for b, _ in op.pads] + [0] + [e for _, e in op.pads]
-        w.node("Pad", [xs[0], w.const(f"{name}.pads", np.array(pads), np.int64)], out, mode="constant")
-    elif isinstance(op, Reshape):
-        w.node("Reshape", [xs[0], w.const(f"{name}.shape", np.array([0, *node.shape]), np.int64)], out)
-    elif isinstance(op, Transpose):
-        w.node("Transpose", xs, out, perm=[0, *(p + 1 for p in op.perm)])
-    elif isinstance(op, Add):
-        w.node("Add", xs, out)
-    elif isinstance(op, Concat):
-        w.node("Concat", xs, out, axis=op.axis + 1)
-    elif isinstance(op, Softmax):
-        w.node("LogSoftmax" if op.log else "Softmax", xs, out, axis=-1)
-    elif isinstance(op, Slice):
-        ints = [np.array([v]) for v in (op.start, op.stop, op.axis + 1, op.step)]
-        names = [
-            w.const(f"{name}.{k}", v, np.int64)
-            for k, v in zip(("starts", "ends", "axes", "steps"), ints, strict=True)
-        ]
-        w.node("Slice", [xs[0], *names], out)
-    elif isinstance(op, Standardize):
-        if w.opset < 17:
-            raise UnsupportedModelError(f"node '{name}': LayerNormalization needs ONNX opset >= 17")
-        ones = np.ones(node.shape[len(node.shape) - op.axes :])
-        w.node(
-            "LayerNormalization", [xs[0], w.const(f"{name}.scale", ones)], out, axis=-op.axes, epsilon=op.eps
-        )
+    if len(in_shape) == 1:
+        w.node("Gemm", [xs[0], w.const(f"{name}.weight", op.weight), *_bias(w, name, op)], out, transB=1)
+    elif op.bias is None:
+        w.node("MatMul", [xs[0], w.const(f"{name}.weight_t", op.weight.T)], out)
     else:
-        raise UnsupportedModelError(f"node '{name}': {op.describe()} cannot be exported to ONNX")
+        mm = w.node("MatMul", [xs[0], w.const(f"{name}.weight_t", op.weight.T)], w.fresh(f"{name}/matmul"))
+        w.node("Add", [mm, w.const(f"{name}.bias", op.bias)], out)
+
+
+def _export_conv(
+    w: _Writer, node: Node, op: Conv, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
+    name = node.name
+    if op.padding_mode != "zeros":
+        raise UnsupportedModelError(
+            f"node '{name}': Conv with padding_mode={op.padding_mode} cannot be exported"
+        )
+    w.node(
+        "Conv",
+        [xs[0], w.const(f"{name}.weight", op.weight), *_bias(w, name, op)],
+        out,
+        kernel_shape=list(op.weight.shape[2:]),
+        strides=list(op.stride),
+        pads=_pads(op.padding),
+        dilations=list(op.dilation),
+        group=op.groups,
+    )
+
+
+def _export_conv_transpose(
+    w: _Writer, node: Node, op: ConvTranspose, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
+    name = node.name
+    w.node(
+        "ConvTranspose",
+        [xs[0], w.const(f"{name}.weight", op.weight), *_bias(w, name, op)],
+        out,
+        kernel_shape=list(op.weight.shape[2:]),
+        strides=list(op.stride),
+        pads=list(op.padding) * 2,
+        output_padding=list(op.output_padding),
+        dilations=list(op.dilation),
+        group=op.groups,
+    )
+
+
+def _export_batchnorm(
+    w: _Writer, node: Node, op: BatchNorm, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
+    ins = [xs[0]] + [w.const(f"{node.name}.{k}", getattr(op, k)) for k in ("weight", "bias", "mean", "var")]
+    w.node("BatchNormalization", ins, out, epsilon=float(op.eps))
+
+
+def _export_affine(
+    w: _Writer, node: Node, op: Affine, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
+    name = node.name
+    cur = xs[0]
+    has_shift = bool((op.shift != 0).any())
+    if not bool((op.scale == 1).all()):
+        cur = w.node(
+            "Mul",
+            [cur, w.const(f"{name}.scale", op.scale)],
+            out if not has_shift else w.fresh(f"{name}/mul"),
+        )
+    if has_shift or cur == xs[0]:
+        w.node("Add", [cur, w.const(f"{name}.shift", op.shift)], out)
+
+
+def _export_maxpool(
+    w: _Writer, node: Node, op: MaxPool, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
+    w.node(
+        "MaxPool",
+        xs,
+        out,
+        kernel_shape=list(op.kernel),
+        strides=list(op.stride),
+        pads=_pads(op.padding),
+        dilations=list(op.dilation),
+        ceil_mode=int(op.ceil_mode),
+    )
+
+
+def _export_avgpool(
+    w: _Writer, node: Node, op: AvgPool, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
+    w.node(
+        "AveragePool",
+        xs,
+        out,
+        kernel_shape=list(op.kernel),
+        strides=list(op.stride),
+        pads=_pads(op.padding),
+        ceil_mode=int(op.ceil_mode),
+        count_include_pad=int(op.count_include_pad),
+    )
+
+
+def _export_pad(w: _Writer, node: Node, op: Pad, xs: list[str], in_shape: tuple[int, ...], out: str) -> None:
+    pads = [0] + [b for b, _ in op.pads] + [0] + [e for _, e in op.pads]
+    w.node("Pad", [xs[0], w.const(f"{node.name}.pads", np.array(pads), np.int64)], out, mode="constant")
+
+
+def _export_reshape(
+    w: _Writer, node: Node, op: Reshape, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
+    w.node("Reshape", [xs[0], w.const(f"{node.name}.shape", np.array([0, *node.shape]), np.int64)], out)
+
+
+def _export_slice(
+    w: _Writer, node: Node, op: Slice, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
+    ints = [np.array([v]) for v in (op.start, op.stop, op.axis + 1, op.step)]
+    names = [
+        w.const(f"{node.name}.{k}", v, np.int64)
+        for k, v in zip(("starts", "ends", "axes", "steps"), ints, strict=True)
+    ]
+    w.node("Slice", [xs[0], *names], out)
+
+
+def _export_standardize(
+    w: _Writer, node: Node, op: Standardize, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
+    name = node.name
+    if w.opset < 17:
+        raise UnsupportedModelError(f"node '{name}': LayerNormalization needs ONNX opset >= 17")
+    ones = np.ones(node.shape[len(node.shape) - op.axes :])
+    w.node("LayerNormalization", [xs[0], w.const(f"{name}.scale", ones)], out, axis=-op.axes, epsilon=op.eps)
+
+
+_Exporter = Callable[[_Writer, Node, Any, list[str], tuple[int, ...], str], object]
+
+# One exporter per IR op class; `_export_op` looks the op's class (or the nearest base) up here.
+_EXPORTERS: dict[type[Op], _Exporter] = {
+    Linear: _export_linear,
+    Conv: _export_conv,
+    ConvTranspose: _export_conv_transpose,
+    BatchNorm: _export_batchnorm,
+    Affine: _export_affine,
+    Activation: lambda w, node, op, xs, in_shape, out: _export_activation(w, op, xs[0], out),
+    MaxPool: _export_maxpool,
+    AvgPool: _export_avgpool,
+    GlobalAvgPool: lambda w, node, op, xs, in_shape, out: w.node("GlobalAveragePool", xs, out),
+    Pad: _export_pad,
+    Reshape: _export_reshape,
+    Transpose: lambda w, node, op, xs, in_shape, out: w.node(
+        "Transpose", xs, out, perm=[0, *(p + 1 for p in op.perm)]
+    ),
+    Add: lambda w, node, op, xs, in_shape, out: w.node("Add", xs, out),
+    Concat: lambda w, node, op, xs, in_shape, out: w.node("Concat", xs, out, axis=op.axis + 1),
+    Softmax: lambda w, node, op, xs, in_shape, out: w.node(
+        "LogSoftmax" if op.log else "Softmax", xs, out, axis=-1
+    ),
+    Slice: _export_slice,
+    Standardize: _export_standardize,
+}
+
+
+def _export_op(w: _Writer, node: Node, op: Op, xs: list[str], in_shape: tuple[int, ...], out: str) -> None:
+    for cls in type(op).__mro__:
+        exporter = _EXPORTERS.get(cls)
+        if exporter is not None:
+            exporter(w, node, op, xs, in_shape, out)
+            return
+    raise UnsupportedModelError(f"node '{node.name}': {op.describe()} cannot be exported to ONNX")
 
 
 def _export_activation(w: _Writer, op: Activation, x: str, out: str) -> None:

@@ -311,11 +311,7 @@ def load_onnx(
     """
     path = Path(path)
     model = read_onnx(path)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UnsupportedModelError(
-            f"{path}: ONNX opset {opset} is outside the supported {MIN_OPSET}-{MAX_OPSET}"
-        )
+    opset = _opset(path, model)
     input_name, shape, batch = _input_spec(model, input_shape)
     # a float64 sample of the declared input is the least the import allocates (before it does)
     check_bytes(f"model input '{input_name}' of shape {list(shape)}", 8 * math.prod(shape))
@@ -338,25 +334,7 @@ def load_onnx(
                 if o:
                     values[o] = None
             continue
-        b.base, b.created = label, []
-        try:
-            if node.domain not in ("", "ai.onnx", FUSED_DOMAIN):
-                raise NotConvertible(f"operator domain '{node.domain}' is not supported")
-            conv = find_converter(node.domain, node.op_type, opset)
-            if node.input and not any(isinstance(v, Act) for v in inputs):
-                outs = _fold(node, inputs, opset)
-            elif conv is None:
-                raise NotConvertible(
-                    _KNOWN_REASONS.get(
-                        node.op_type, "no converter for this operator (no Lipschitz bound known)"
-                    )
-                )
-            else:
-                outs = conv.fn(b, node, inputs)
-        except NotConvertible as exc:
-            outs = _as_opaque(b, node, inputs, exc.reason, opset)
-            problems.append(((node.op_type, label, exc.reason), list(b.created)))
-            failed.update(o for o, v in zip(node.output, outs, strict=False) if o and v is None)
+        outs = _convert_node(b, node, inputs, label, opset, problems, failed)
         for name, v in zip(node.output, outs, strict=False):
             if name:
                 values[name] = v
@@ -365,6 +343,46 @@ def load_onnx(
     return _finish(
         path, model, values, b, problems, ir_to_onnx, input_name, shape, batch, check, allow_unsupported
     )
+
+
+def _opset(path: Path, model: onnx.ModelProto) -> int:
+    """The model's default-domain opset, which must lie in the supported range."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UnsupportedModelError(
+            f"{path}: ONNX opset {opset} is outside the supported {MIN_OPSET}-{MAX_OPSET}"
+        )
+    return opset
+
+
+def _convert_node(
+    b: _Builder,
+    node: onnx.NodeProto,
+    inputs: list[Value | None],
+    label: str,
+    opset: int,
+    problems: list[tuple[Problem, list[str]]],
+    failed: set[str],
+) -> list[Value | None]:
+    """`node`'s output values: folded, converted, or (its problem recorded) Opaque stand-ins."""
+    b.base, b.created = label, []
+    try:
+        if node.domain not in ("", "ai.onnx", FUSED_DOMAIN):
+            raise NotConvertible(f"operator domain '{node.domain}' is not supported")
+        conv = find_converter(node.domain, node.op_type, opset)
+        if node.input and not any(isinstance(v, Act) for v in inputs):
+            outs = _fold(node, inputs, opset)
+        elif conv is None:
+            raise NotConvertible(
+                _KNOWN_REASONS.get(node.op_type, "no converter for this operator (no Lipschitz bound known)")
+            )
+        else:
+            outs = conv.fn(b, node, inputs)
+    except NotConvertible as exc:
+        outs = _as_opaque(b, node, inputs, exc.reason, opset)
+        problems.append(((node.op_type, label, exc.reason), list(b.created)))
+        failed.update(o for o, v in zip(node.output, outs, strict=False) if o and v is None)
+    return outs
 
 
 def _as_opaque(

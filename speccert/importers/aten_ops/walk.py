@@ -234,55 +234,79 @@ def exported_to_graph(
     output: Any = None
     for node in ep.graph.nodes:
         ctx.node_name = node.name
-        if node.op == "placeholder":
-            continue
-        if node.op == "get_attr":
-            env[node.name] = getattr(ep.graph_module, str(node.target))
-            continue
         if node.op == "output":
             output = node
-            continue
-        if node.op != "call_function":
-            problems.append(
-                (str(node.target), node.name, f"'{node.op}' nodes are not expected in an exported graph")
-            )
-            env[node.name] = NotAvailable(node.name)
-            continue
-        name = op_name(node.target)
-        if name in _IGNORED:
-            env[node.name] = None
-            continue
-        inputs = [env[n.name] for n in node.all_input_nodes]
-        if any(isinstance(v, NotAvailable) and v.upstream_failure for v in _flat(inputs)):
-            env[node.name] = NotAvailable(name, upstream_failure=True)  # reported once, at its source
-            continue
-        try:
-            env[node.name] = _convert(ctx, node, name, inputs, env)
-        except _UpstreamOpaque as exc:  # already reported at its source
-            env[node.name] = _opaque(ctx, node, env, str(exc))
-            keep_alive.append(env[node.name])
-            continue
-        except Unsupported as exc:
-            reason = str(exc)
-            if allow_unsupported and _materialise_pending(ctx, node, env, problems):
-                try:  # the op itself may be fine once its padded input exists
-                    env[node.name] = _convert(
-                        ctx, node, name, [env[n.name] for n in node.all_input_nodes], env
-                    )
-                    keep_alive.append(env[node.name])
-                    continue
-                except Unsupported as again:
-                    reason = str(again)
-            problems.append((name, node.name, reason))
-            # An Opaque stand-in (shape from a probe run) lets the walk go on, so later problems are
-            # reported too (a ViT's attention products behind a permute that moves the batch axis).
-            env[node.name] = _opaque(ctx, node, env, reason)
-        keep_alive.append(env[node.name])
+        elif node.op != "placeholder":
+            _walk_node(ep, ctx, node, env, problems, keep_alive, allow_unsupported)
     if problems and not allow_unsupported:
         raise UnsupportedModelError(
             "the model uses operations speccert cannot import", group_problems(problems)
         )
     assert output is not None
+    result = _graph_result(ep, output, env)
+    return Graph(input_shape, _merge_affine_chains(ctx.nodes, result.name), result.name, source)
+
+
+def _walk_node(
+    ep: ExportedProgram,
+    ctx: ConvertContext,
+    node: torch.fx.Node,
+    env: dict[str, Any],
+    problems: list[tuple[str, str, str]],
+    keep_alive: list[Any],
+    allow_unsupported: bool,
+) -> None:
+    """Set `env[node.name]` for one node of the walk (neither a placeholder nor the output)."""
+    if node.op == "get_attr":
+        env[node.name] = getattr(ep.graph_module, str(node.target))
+        return
+    if node.op != "call_function":
+        problems.append(
+            (str(node.target), node.name, f"'{node.op}' nodes are not expected in an exported graph")
+        )
+        env[node.name] = NotAvailable(node.name)
+        return
+    name = op_name(node.target)
+    if name in _IGNORED:
+        env[node.name] = None
+        return
+    inputs = [env[n.name] for n in node.all_input_nodes]
+    if any(isinstance(v, NotAvailable) and v.upstream_failure for v in _flat(inputs)):
+        env[node.name] = NotAvailable(name, upstream_failure=True)  # reported once, at its source
+        return
+    env[node.name] = _convert_or_stand_in(ctx, node, name, inputs, env, problems, allow_unsupported)
+    keep_alive.append(env[node.name])
+
+
+def _convert_or_stand_in(
+    ctx: ConvertContext,
+    node: torch.fx.Node,
+    name: str,
+    inputs: list[Any],
+    env: dict[str, Any],
+    problems: list[tuple[str, str, str]],
+    allow_unsupported: bool,
+) -> Any:
+    """The converted value of a call_function node, or (its problem recorded) an Opaque stand-in."""
+    try:
+        return _convert(ctx, node, name, inputs, env)
+    except _UpstreamOpaque as exc:  # already reported at its source
+        return _opaque(ctx, node, env, str(exc))
+    except Unsupported as exc:
+        reason = str(exc)
+        if allow_unsupported and _materialise_pending(ctx, node, env, problems):
+            try:  # the op itself may be fine once its padded input exists
+                return _convert(ctx, node, name, [env[n.name] for n in node.all_input_nodes], env)
+            except Unsupported as again:
+                reason = str(again)
+        problems.append((name, node.name, reason))
+        # An Opaque stand-in (shape from a probe run) lets the walk go on, so later problems are
+        # reported too (a ViT's attention products behind a permute that moves the batch axis).
+        return _opaque(ctx, node, env, reason)
+
+
+def _graph_result(ep: ExportedProgram, output: torch.fx.Node, env: dict[str, Any]) -> TensorValue:
+    """The value of the program's one user output, which must depend on the model input."""
     outs = [
         v
         for v, spec in zip(_flat(output.args[0]), ep.graph_signature.output_specs, strict=False)
@@ -297,7 +321,7 @@ def exported_to_graph(
         raise UnsupportedModelError(
             "the model's output does not depend on its input (or comes from an unsupported op)"
         )
-    return Graph(input_shape, _merge_affine_chains(ctx.nodes, result.name), result.name, source)
+    return result
 
 
 def _merge_affine_chains(nodes: list[Node], output: str) -> list[Node]:
