@@ -26,6 +26,7 @@ BundledOpt = Annotated[
     typer.Option(
         "--bundled/--no-bundled",
         help="Include the models in models/ on models/data/fashion_mnist_test_1k.npz.",
+        metavar="",
     ),
 ]
 EpsOpt = Annotated[

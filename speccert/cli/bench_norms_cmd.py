@@ -32,7 +32,7 @@ CorpusOpt = Annotated[
     ),
 ]
 ResnetOpt = Annotated[
-    bool, typer.Option("--resnet/--no-resnet", help="Include the ResNet-18 (BatchNorm folded).")
+    bool, typer.Option("--resnet/--no-resnet", help="Include the ResNet-18 (BatchNorm folded).", metavar="")
 ]
 ResnetSizeOpt = Annotated[int, typer.Option("--resnet-size", help="ResNet-18 input side (ImageNet: 224).")]
 ResnetWeightsOpt = Annotated[
@@ -43,7 +43,7 @@ ResnetWeightsOpt = Annotated[
         "file (default: torchvision-style random init; no network here to fetch the zoo's).",
     ),
 ]
-DetailOpt = Annotated[bool, typer.Option("--detail", help="Also print every layer.")]
+DetailOpt = Annotated[bool, typer.Option("--detail", help="Also print every layer.", metavar="")]
 ExactMaxDimOpt = Annotated[
     int,
     typer.Option(
