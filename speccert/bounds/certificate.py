@@ -10,11 +10,16 @@ m_j = f_y - f_j is lowered by a bound on the float64 error of the forward pass a
 logits). Each radius is then multiplied by (1 - RADIUS_SLACK) and rounded down, which absorbs the
 rounding of the few float64 operations of the radius formula (denominators are rounded up where they are
 built). The reported radius therefore never exceeds the exact radius of the certificate.
+
+Each kind is one module of speccert.bounds.certificates holding one `@register_certificate` class; this
+module loads that package itself (`Registry.load_package`), so a new kind is one new file there. The
+registry lists kinds by their `order` class attribute (then name), whatever the import order: that is
+the order in which they are tried and reported (`kinds`, `wins`; the first best kind wins a tie).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +65,7 @@ class Certificate:
     """Base class: `radii(batch)` -> [B, C] tensor of per-class radii (inf at j = y), before slack."""
 
     name: str = "?"
+    order: int = 1000  # place among the kinds: the registry lists kinds by (order, name)
     needs_grad: bool = False
     opt_in: bool = False  # expensive kinds run only when asked for by name (certify(certificates=...))
 
@@ -70,8 +76,29 @@ class Certificate:
         raise NotImplementedError
 
 
-CERTIFICATES: Registry[str, Callable[[CertContext], Certificate]] = Registry("certificate")
+class _Kinds(Registry[str, type[Certificate]]):
+    """The registry of certificate kinds, listed by (`order`, name) rather than registration order."""
+
+    def _sorted(self) -> list[tuple[str, type[Certificate]]]:
+        return sorted(super().items(), key=lambda kv: (kv[1].order, kv[0]))
+
+    def items(self) -> list[tuple[str, type[Certificate]]]:
+        return self._sorted()
+
+    def keys(self) -> list[str]:
+        return [k for k, _ in self._sorted()]
+
+    def values(self) -> list[type[Certificate]]:
+        return [v for _, v in self._sorted()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+
+CERTIFICATES: Registry[str, type[Certificate]] = _Kinds("certificate")
 """Certificate kinds by name, in the order they are tried (filled by `register_certificate`)."""
+
+CERTIFICATES_PACKAGE = "speccert.bounds.certificates"
 
 
 def register_certificate(name: str) -> Callable[[type[Certificate]], type[Certificate]]:
@@ -96,3 +123,7 @@ def finish_radius(r: Tensor) -> Tensor:
     r = torch.nan_to_num(r, nan=0.0, posinf=float("inf"))
     shrunk = (r.clamp_min(0.0) * (1.0 - RADIUS_SLACK)).nextafter(torch.zeros_like(r))
     return torch.where(torch.isinf(r), r, shrunk)  # a margin that no perturbation can close stays inf
+
+
+# Last, once every name the kinds import from here exists: each module of the package registers its kind.
+CERTIFICATES.load_package(CERTIFICATES_PACKAGE)

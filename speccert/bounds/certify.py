@@ -26,14 +26,11 @@ import numpy as np
 import torch
 
 import speccert
-from speccert.bounds import global_margin, pairwise_margin  # noqa: F401 - registers the kinds
-from speccert.bounds import local as _local  # noqa: F401
-from speccert.bounds import margin_aware as _margin_aware  # noqa: F401
-from speccert.bounds import second_order as _second_order  # noqa: F401
 from speccert.bounds.audit import pgd_l2
 from speccert.bounds.certificate import (
     NotApplicable,
 )
+from speccert.bounds.certificates.pairwise_margin import final_linear
 from speccert.bounds.certify_result import AuditSummary, CertifyReport, LayerRow
 from speccert.bounds.empirical import empirical_lipschitz
 from speccert.bounds.lipschitz import LipschitzBound, check_certifiable, lipschitz_bound
@@ -125,8 +122,8 @@ def certify(
     second order (smooth nets, `second_order=True`) r = 2 m / (g + sqrt(g^2 + 2 K m)), refined by the
     CRC dual bound with `crc_steps` gradient steps per test (speccert.bounds.crc) when > 0,
     margin-aware r = (f_y - f_j) / (||T_y - T_j|| L_u) with T the merged affine tail
-    (speccert.bounds.margin_aware) and, opt-in, the local certificate over B(x, r)
-    (speccert.bounds.local). `certificates` names the kinds to run (or ["all"]); None runs every kind
+    (speccert.bounds.certificates.margin_aware) and, opt-in, the local certificate over B(x, r)
+    (speccert.bounds.certificates.local). `certificates` names the kinds to run (or ["all"]); None runs every kind
     that is not opt-in.
     certified_accuracy(eps) = mean(correct and radius >= eps). `audit=N` attacks N certified points at
     their radius with PGD-L2 and raises InternalError on any success.
@@ -308,7 +305,7 @@ def _environment(opts: CertifyOptions) -> dict[str, Any]:
 
 def _penultimate(bound: LipschitzBound) -> float | None:
     try:
-        _, u = pairwise_margin.final_linear(bound.folded)
+        _, u = final_linear(bound.folded)
     except NotApplicable:
         return None
     return bound.node_upper[u]

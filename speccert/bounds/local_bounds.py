@@ -1,5 +1,5 @@
 """Sound bounds of a chain network over an L2 ball B(x, r): pre-activation intervals, fixed ReLU units
-and max-pool winners, and masked Lipschitz constants (the forward half of speccert.bounds.local).
+and max-pool winners, and masked Lipschitz constants (the forward half of speccert.bounds.certificates.local).
 
 The network (folded, float64) is a chain h_0 = x -> z_1 = A_1 h_0 -> h_1 = s_1(z_1) -> ... -> logits,
 each A_k an affine block (speccert.bounds.linear_tail) and s_k a ReLU or a max-pool. Over the ball:

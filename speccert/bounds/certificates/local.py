@@ -1,0 +1,218 @@
+"""Local certificate: the largest r for which the margin provably stays positive on the ball B(x, r).
+
+Over the ball, the gradient of the margin m_j = f_y - f_j is (a.e., and its Clarke set in general)
+    g^T = c^T T D_{K} A_{K} ... D_1 A_1,    c = e_y - e_j,
+T the exact affine tail (speccert.bounds.linear_tail), A_k the affine blocks and D_k the Jacobians of
+the nonlinearities, constrained by speccert.bounds.local_bounds: a ReLU unit is 1 (active), 0 (dead)
+or anywhere in [0, 1] (unstable); a max-pool window whose winner is fixed picks that winner. Going
+backward with v = c^T T, each ReLU writes D = D_fixed + (1/2) P_u + E, |E| <= (1/2) P_u: the centre
+v^T (D_fixed + P_u / 2) goes on exactly (by the transposed block) and the rest is bounded by
+(1/2) ||v_unstable|| times the Lipschitz bound of x -> z_k restricted to the unstable units; a max-pool
+routes its fixed windows exactly and bounds the others by ||v_unstable|| times its window factor and
+the Lipschitz bound of z_k. Hence for every x' in the ball
+    ||g(x')|| <= L_j(r) = sum_k w_k ||v_k,unstable|| L_k,unstable + ||v_0|| + rounding,
+and m_j(x + d) >= m_j(x) - L_j(r) ||d||. The radius is the largest r (log-bisection, bounds re-derived
+at each r) with m_j(x) - allowance > L_j(r) r for every j; any r that passes is proven on its own,
+so the search needs no monotonicity. With no unstable unit the bound is ||grad m_j(x)|| (exact).
+
+Floating point: the backward vectors are products of the blocks' matrices with 0/1 masks; their
+rounding is at most gamma(K) sqrt(2) prod_k || |A_k| ||_2 (K: all inner dimensions; Higham 3.5), added
+to every L_j once per term; norms of n-term sums are raised by gamma(n + 4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
+from speccert.bounds.linear_tail import tail_rows
+from speccert.bounds.local_bounds import BallBounds, Stage, ball_bounds, build_stages, inner_dimension
+from speccert.ir import Graph, MaxPool, Node
+from speccert.norms.rounding import gamma, svd_error
+
+Tensor = torch.Tensor
+U = 2.0**-53
+SEARCH_STEPS = 12  # log-bisection over [1e-4, 1] x the upper end: radius within 0.2 % of the best
+SEARCH_SPAN = 1e-4
+REFINE_MAX_ROWS = 128  # unstable units of one layer whose rows are propagated exactly (else norms)
+UNIT_MAX = 4096  # layers up to this many units get per-unit Lipschitz intervals
+UNIT_CHUNK = 256
+CHUNK = 32  # points per backward pass (memory: CHUNK x classes x features float64)
+
+
+def block_vjp(graph: Graph, block: list[Node], v: Tensor) -> Tensor:
+    """v^T A for a batch of row vectors v [N, *z_shape] (A the block's linear part): [N, *in_shape]."""
+    if not block:
+        return v
+    shape = graph.shape_of(block[0].inputs[0])
+    u = torch.zeros((v.shape[0], *shape), dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        h = u
+        for node in block:
+            h = node.op.forward(h)
+        (g,) = torch.autograd.grad(h, u, v)
+    return g.detach()
+
+
+def pool_vjp(op: MaxPool, v: Tensor, winner: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+    """Route v [B, C, Co, Ho, Wo] to the fixed winners ([B, Co, L] tap index): [B, C, Co, H, W]."""
+    b, c, co = v.shape[:3]
+    (pt, pb), (pl, pr) = op.padding
+    h, w = in_shape[1] + pt + pb, in_shape[2] + pl + pr
+    k = math.prod(op.kernel)
+    flat = v.reshape(b, c, co, 1, -1)
+    idx = winner[:, None, :, None, :].expand(b, c, co, 1, flat.shape[-1])
+    taps = torch.zeros((b, c, co, k, flat.shape[-1]), dtype=v.dtype).scatter(3, idx, flat)
+    out = F.fold(taps.reshape(b * c * co, k, -1), (h, w), op.kernel, op.dilation, 0, op.stride)
+    return out.reshape(b, c, co, h, w)[..., pt : pt + in_shape[1], pl : pl + in_shape[2]]
+
+
+def spectral_upper(r: Tensor) -> Tensor:
+    """Per point >= ||R_b||_2 for a batch of matrices R [B, m, n] (SVD + its error margin)."""
+    m, n = r.shape[1], r.shape[2]
+    sigma = torch.linalg.svdvals(r)[:, 0]
+    fro = r.flatten(1).norm(dim=1) * (1.0 + gamma(m * n + 2))
+    out: Tensor = (sigma + svd_error(m, n) * fro) * (1.0 + 4 * U)
+    return out
+
+
+def _norms(v: Tensor) -> Tensor:
+    out: Tensor = v.flatten(2).norm(dim=2) * (1.0 + gamma(v[0, 0].numel() + 4))
+    return out
+
+
+class LocalModel:
+    """What the local bound needs of a model: its stages, tail rows and rounding constant."""
+
+    def __init__(self, ctx: CertContext) -> None:
+        self.graph = ctx.bound.folded
+        self.stages: list[Stage] = build_stages(ctx.bound)
+        self.rows = tail_rows(self.graph).rows
+        inner = sum(inner_dimension(self.graph, n) for st in self.stages for n in st.block) + 8
+        prod = 1.0
+        for st in self.stages:
+            prod *= st.schur * st.pool_factor
+        terms = len(self.stages) + 1
+        self.rounding = terms * gamma(inner) * math.sqrt(2.0) * prod * (1.0 + 1e-6)
+
+    def descend(self, v: Tensor, bb: BallBounds, top: int, spectral: bool = False) -> Tensor:
+        """Bound over the ball of ||v^T D_top A_top ... D_0 A_0|| for rows v [B, N, ...] living at the
+        output of stage `top`'s nonlinearity (top = -1: at the input): per row [B, N], or of the whole
+        matrix [B] with `spectral`. Rounding of the backward products is added by the caller."""
+        b, n = v.shape[:2]
+
+        def norm(t: Tensor) -> Tensor:
+            return spectral_upper(t.flatten(2)) if spectral else _norms(t)
+
+        def per(t: Tensor) -> Tensor:
+            return t if spectral else t[:, None]
+
+        total = torch.zeros((b,) if spectral else (b, n), dtype=torch.float64)
+        for j in range(top, -1, -1):
+            st = self.stages[j]
+            assert st.act is not None
+            v = v.reshape(b, n, *st.act.shape)
+            unstable, fixed = bb.unstable[j][:, None], bb.fixed[j][:, None]
+            winner = bb.winner[j]
+            if isinstance(st.act.op, MaxPool) and winner is not None:
+                total = total + norm(v * unstable) * per(bb.l_unstable[j] * st.pool_factor)
+                vs = pool_vjp(st.act.op, v * fixed, winner, st.z_shape)
+            else:  # unstable slope 1/2 + d, |d| <= 1/2: the centre goes on exactly, half the mass is bounded
+                total = total + 0.5 * norm(v * unstable) * per(bb.l_unstable[j])
+                vs = v * fixed + 0.5 * (v * unstable)
+            v = block_vjp(self.graph, st.block, vs.reshape(b * n, *st.z_shape)).reshape(b, n, -1)
+        return total + norm(v.reshape(b, n, -1))
+
+    def _finish(self, total: Tensor, rows: float) -> Tensor:
+        slack = 1.0 + gamma(4 * len(self.stages) + 8)
+        return (total + self.rounding * math.sqrt(rows)) * slack
+
+    def refine(self, k: int, bb: BallBounds) -> None:
+        """Tighten l_unstable of ReLU stage k: the rows R = P_U A_k of its unstable units go backward like
+        the margin vectors (spectral norms by SVD): ||R D J|| <= ||R_c J'|| + 1/2 ||R P_u||_2 l_u."""
+        st = self.stages[k]
+        if st.act is None or isinstance(st.act.op, MaxPool):
+            return
+        flat = bb.unstable[k].reshape(bb.unstable[k].shape[0], -1)
+        b, count = flat.shape[0], int(flat.sum(1).max())
+        if count == 0 or count > REFINE_MAX_ROWS:
+            return
+        idx = torch.sort(flat.to(torch.int64), dim=1, descending=True, stable=True).indices[:, :count]
+        rows = torch.zeros((b, count, flat.shape[1]), dtype=torch.float64)
+        rows.scatter_(2, idx[:, :, None], flat.gather(1, idx).to(torch.float64)[:, :, None])
+        rows = block_vjp(self.graph, st.block, rows.reshape(b * count, *st.z_shape)).reshape(b, count, -1)
+        total = self._finish(self.descend(rows, bb, k - 1, spectral=True), count)
+        bb.l_unstable[k] = torch.minimum(bb.l_unstable[k], total)
+
+    def unit_lipschitz(self, k: int, bb: BallBounds) -> Tensor | None:
+        """Per unit of z_k, >= sup over the ball of ||grad z_k,i|| (rows of A_k sent down), or None."""
+        st = self.stages[k]
+        n_units = math.prod(st.z_shape)
+        if k == 0 or not st.block or n_units > UNIT_MAX:
+            return None
+        b = bb.fixed[0].shape[0]
+        out = []
+        for start in range(0, n_units, UNIT_CHUNK):
+            n = min(UNIT_CHUNK, n_units - start)
+            eye = torch.zeros((n, n_units), dtype=torch.float64)
+            eye[torch.arange(n), torch.arange(start, start + n)] = 1.0
+            rows = block_vjp(self.graph, st.block, eye.reshape(n, *st.z_shape)).reshape(1, n, -1)
+            out.append(self._finish(self.descend(rows.expand(b, n, -1), bb, k - 1), 2.0))
+        return torch.cat(out, 1).reshape(b, *st.z_shape)
+
+    def lipschitz(self, x: Tensor, y: Tensor, r: Tensor) -> Tensor:
+        """L[b, j] >= sup over B(x_b, r_b) of ||grad (f_y - f_j)|| (0 at j = y)."""
+        bb: BallBounds = ball_bounds(self.graph, self.stages, x, r, self.refine, self.unit_lipschitz)
+        v = self.rows[y][:, None, :] - self.rows[None, :, :]  # [B, C, n]
+        total = self._finish(self.descend(v, bb, len(self.stages) - 2), 2.0)
+        return total.scatter(1, y[:, None], 0.0)
+
+
+def _passes(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, r: Tensor) -> Tensor:
+    lip = model.lipschitz(x, y, r)
+    ok = (m > lip * r[:, None] * (1.0 + 4 * U)) | torch.isinf(m)
+    return ok.all(1)
+
+
+def local_radius(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+    """Per point the largest tested r that passes (0 if none): log-bisection below m / L(0)."""
+    b = x.shape[0]
+    lip0 = model.lipschitz(x, y, torch.zeros(b, dtype=torch.float64))
+    top = torch.where(torch.isinf(m), math.inf, m / lip0).amin(1)
+    alive = (m.amin(1) > 0) & torch.isfinite(top) & (top > 0)
+    top = torch.where(alive, top, torch.zeros_like(top))
+    lo, hi = top * SEARCH_SPAN, top.clone()
+    best = torch.zeros_like(top)
+    for _ in range(SEARCH_STEPS):
+        mid = torch.sqrt(lo * hi)
+        ok = _passes(model, x, y, m, mid) & alive
+        best = torch.where(ok, mid, best)
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    return best
+
+
+@register_certificate("local")
+class LocalCertificate(Certificate):
+    """Largest r with m_j(x) > L_j(r) r for all j (L_j the local bound over B(x, r)); opt-in."""
+
+    order = 30  # place among the kinds in reports (speccert.bounds.certificate)
+    opt_in = True
+
+    def __init__(self, ctx: CertContext) -> None:
+        super().__init__(ctx)
+        self.model = LocalModel(ctx)
+
+    def radii(self, batch: Batch) -> Tensor:
+        x = batch.x.detach().to("cpu", torch.float64)
+        y, m = batch.y.cpu(), batch.margins.cpu()
+        r = torch.cat(
+            [
+                local_radius(self.model, x[i : i + CHUNK], y[i : i + CHUNK], m[i : i + CHUNK])
+                for i in range(0, x.shape[0], CHUNK)
+            ]
+        )
+        out = r[:, None].expand_as(m).clone().scatter(1, y[:, None], math.inf)
+        return out.to(batch.margins.device)
