@@ -168,3 +168,12 @@ def ints(v: Any, n: int) -> tuple[int, ...]:
         return (v,) * n
     vals = tuple(int(x) for x in v)
     return vals * n if len(vals) == 1 else vals
+
+
+def emitter(ctx: ConvertContext) -> Callable[[Op, TensorValue], TensorValue]:
+    """`emit(op, v)`: append the one-input node `op` applied to `v` (the lowerings' callback)."""
+
+    def emit(op: Op, v: TensorValue) -> TensorValue:
+        return ctx.emit(op, [v])
+
+    return emit

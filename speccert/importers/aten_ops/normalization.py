@@ -4,7 +4,6 @@ and an Affine for the weight and bias (speccert.importers.lowering)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,17 +15,10 @@ from speccert.importers.aten_ops.base import (
     Unsupported,
     aten_op,
     const_tensor,
+    emitter,
     tensor_arg,
 )
 from speccert.importers.lowering import LoweringError, group_norm, layer_norm
-from speccert.ir.ops import Op
-
-
-def _emitter(ctx: ConvertContext) -> Callable[[Op, TensorValue], TensorValue]:
-    def emit(op: Op, v: TensorValue) -> TensorValue:
-        return ctx.emit(op, [v])
-
-    return emit
 
 
 def _param(ctx: ConvertContext, v: Any, what: str) -> torch.Tensor | None:
@@ -40,7 +32,7 @@ def _layer_norm(ctx: ConvertContext, args: list[Any]) -> TensorValue:
         raise Unsupported(f"layer norm over {shape} of a tensor of shape {list(x.shape)}")
     try:
         return layer_norm(
-            _emitter(ctx),
+            emitter(ctx),
             x,
             x.shape[1:],
             len(shape),
@@ -69,7 +61,7 @@ def _group_norm(ctx: ConvertContext, x: Any, groups: int, w: Any, b: Any, eps: f
     tv = tensor_arg(x, "group norm input")
     try:
         return group_norm(
-            _emitter(ctx),
+            emitter(ctx),
             tv,
             tv.shape[1:],
             int(groups),

@@ -4,7 +4,6 @@ between Affine shifts (speccert.importers.lowering)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,17 +14,11 @@ from speccert.importers.aten_ops.base import (
     Unsupported,
     aten_op,
     const_tensor,
+    emitter,
     tensor_arg,
 )
 from speccert.importers.lowering import LoweringError, clip, hardsigmoid, max_const, min_const
-from speccert.ir.ops import Activation, Op
-
-
-def _emitter(ctx: ConvertContext) -> Callable[[Op, TensorValue], TensorValue]:
-    def emit(op: Op, v: TensorValue) -> TensorValue:
-        return ctx.emit(op, [v])
-
-    return emit
+from speccert.ir.ops import Activation
 
 
 def _clamp(ctx: ConvertContext, x: Any, low: Any, high: Any) -> TensorValue:
@@ -35,7 +28,7 @@ def _clamp(ctx: ConvertContext, x: Any, low: Any, high: Any) -> TensorValue:
             raise Unsupported("clamp to tensor bounds (only scalar bounds are supported)")
     try:
         return clip(
-            _emitter(ctx), tv, None if low is None else float(low), None if high is None else float(high)
+            emitter(ctx), tv, None if low is None else float(low), None if high is None else float(high)
         )
     except LoweringError as exc:
         raise Unsupported(str(exc)) from None
@@ -83,7 +76,7 @@ def hardswish(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 @aten_op("aten.hardsigmoid.default")
 def hardsigmoid_(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     """relu6(x + 3) / 6 -> Affine(1/6, 1/2), Activation clip(1)."""
-    return hardsigmoid(_emitter(ctx), tensor_arg(args[0], "hardsigmoid input"), 1.0 / 6.0, 0.5)
+    return hardsigmoid(emitter(ctx), tensor_arg(args[0], "hardsigmoid input"), 1.0 / 6.0, 0.5)
 
 
 @aten_op("aten.abs.default")
@@ -107,7 +100,7 @@ def _extremum(ctx: ConvertContext, args: list[Any], is_max: bool) -> TensorValue
         full = None
     if full != tuple(x.shape[1:]):
         raise Unsupported(f"a constant of shape {list(t.shape)} does not broadcast to {list(x.shape[1:])}")
-    return (max_const if is_max else min_const)(_emitter(ctx), x, t)
+    return (max_const if is_max else min_const)(emitter(ctx), x, t)
 
 
 @aten_op("aten.maximum.default")
