@@ -1,8 +1,9 @@
 """ONNX -> graph IR (opsets 8-21).
 
 Walk the ONNX nodes in order, keeping every tensor either as a numpy constant or as an `Act` (an IR
-node's output). Nodes whose inputs are all constants are folded with onnx's numpy reference evaluator;
-the others go to the converter registered for (domain, op, opset) in `speccert.importers.onnx_ops`.
+node's output). Nodes whose inputs are all constants are folded with onnx's numpy reference evaluator
+(`onnx_fold.py`, which also runs unsupported nodes as `Opaque`); the others go to the converter
+registered for (domain, op, opset) in `speccert.importers.onnx_ops`.
 Every node that cannot be converted is collected (op type, node name, reason); the load then fails with
 all of them at once, or, with `allow_unsupported`, keeps each as an `Opaque` node that can still run
 (torch function or the reference evaluator) so `inspect` can show the whole table. The batch axis is
@@ -13,15 +14,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
 from speccert.errors import InputError, UnsupportedModelError, UsageError
 from speccert.importers.onnx_check import check_faithful
+from speccert.importers.onnx_fold import fold, opaque_fn
 from speccert.importers.onnx_ops import (
     MAX_OPSET,
     MIN_OPSET,
@@ -32,7 +33,6 @@ from speccert.importers.onnx_ops import (
 )
 from speccert.importers.onnx_ops.fusions import DOMAIN as FUSED_DOMAIN
 from speccert.importers.onnx_ops.fusions import fuse_activations
-from speccert.importers.onnx_ops.shape_ops import BATCH
 from speccert.importers.onnx_safety import read_onnx
 from speccert.importers.problems import group_problems
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256
@@ -40,28 +40,6 @@ from speccert.ir.ops import Affine, Linear, Op, Opaque
 from speccert.limits import check_bytes
 
 Problem = tuple[str, str, str]
-
-# Ops that may see the batch sentinel in folded shape tensors without computing with it.
-_SHAPE_SAFE = {"Gather", "Concat", "Unsqueeze", "Squeeze", "Slice", "Cast", "Identity", "Reshape", "Flatten"}
-
-# Unsupported ops that still run in torch (so inspect can infer shapes and the graph can be evaluated).
-_TORCH_FNS: dict[str, Callable[..., torch.Tensor]] = {
-    "Sign": torch.sign,
-    "Abs": torch.abs,
-    "Neg": torch.neg,
-    "Exp": torch.exp,
-    "Log": torch.log,
-    "Sqrt": torch.sqrt,
-    "Floor": torch.floor,
-    "Ceil": torch.ceil,
-    "Round": torch.round,
-    "Mul": torch.mul,
-    "MatMul": torch.matmul,
-    "Div": torch.div,
-    "Reciprocal": torch.reciprocal,
-    "Sin": torch.sin,
-    "Cos": torch.cos,
-}
 
 
 _STEP = "discontinuous step function: no Lipschitz bound"
@@ -110,79 +88,6 @@ class _Builder:
         self.nodes.append(Node(name, op, tuple(a.name for a in inputs)))
         self.created.append(name)
         return Act(name, tuple(y.shape[1:]))
-
-
-def _one_node_model(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int) -> onnx.ModelProto:
-    """`node` alone in a model importing the original model's opset: the reference evaluator picks
-    each op's kernel from the model's opset imports (a bare node would run with the newest kernel, so
-    opset-9 `Unsqueeze(axes=...)` would fail under the opset-13 signature)."""
-    ins = [
-        onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), None)
-        for n, v in feeds.items()
-    ]
-    outs = [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
-    g = onnx.helper.make_graph([node], "fold", ins, outs)
-    return onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", opset)])
-
-
-def _fold(node: onnx.NodeProto, inputs: list[Value | None], opset: int) -> list[Value | None]:
-    """Evaluate a node over constants with onnx's reference (numpy) evaluator."""
-    import onnx.reference
-
-    if node.op_type == "Expand" and len(inputs) == 2 and isinstance(inputs[1], np.ndarray):
-        # A constant broadcast to the batch size (a ViT's class token): size 1 broadcasts the same way.
-        inputs = [inputs[0], np.where(inputs[1] == BATCH, 1, inputs[1])]
-    if (
-        any(isinstance(v, np.ndarray) and (v.dtype.kind in "iu") and (v == BATCH).any() for v in inputs)
-        and node.op_type not in _SHAPE_SAFE
-    ):
-        raise NotConvertible("computes with the symbolic batch size")
-    feeds = {n: v for n, v in zip(node.input, inputs, strict=False) if n and isinstance(v, np.ndarray)}
-    try:
-        ev = onnx.reference.ReferenceEvaluator(_one_node_model(node, feeds, opset))
-        outs = ev.run(None, feeds)
-    except Exception as exc:
-        raise NotConvertible(f"cannot fold this constant expression: {str(exc).splitlines()[0]}") from None
-    return [np.asarray(o) for o in outs]
-
-
-def _opaque_fn(
-    node: onnx.NodeProto, inputs: list[Value | None], opset: int, index: int
-) -> Callable[..., torch.Tensor] | None:
-    """A function of the activation inputs computing output `index` of `node` (constants bound)."""
-    torch_fn = _TORCH_FNS.get(node.op_type) if index == 0 and node.domain in ("", "ai.onnx") else None
-    consts = {i: torch.from_numpy(np.array(v)) for i, v in enumerate(inputs) if isinstance(v, np.ndarray)}
-
-    def slots(xs: tuple[torch.Tensor, ...]) -> list[torch.Tensor | None]:
-        it = iter(xs)
-        return [next(it) if isinstance(v, Act) else consts.get(i) for i, v in enumerate(inputs)]
-
-    if torch_fn is not None and not node.attribute:
-        fn = torch_fn
-        return lambda *xs: fn(*(s for s in slots(xs) if s is not None))
-    try:
-        import onnx.reference
-
-        like = {
-            n: v if isinstance(v, np.ndarray) else np.zeros(1, np.float32)  # activations are float
-            for n, v in zip(node.input, inputs, strict=False)
-            if n and v is not None
-        }
-        ev = onnx.reference.ReferenceEvaluator(_one_node_model(node, like, opset))
-    except Exception:
-        return None
-
-    def run(*xs: torch.Tensor) -> torch.Tensor:
-        feeds = {
-            n: s.detach().cpu().numpy()
-            for n, s in zip(node.input, slots(xs), strict=False)
-            if n and s is not None
-        }
-        results: list = list(ev.run(None, feeds))
-        out = np.asarray(results[index])
-        return torch.from_numpy(np.array(out)).to(device=xs[0].device, dtype=xs[0].dtype)
-
-    return run
 
 
 def _input_spec(
@@ -371,7 +276,7 @@ def _convert_node(
             raise NotConvertible(f"operator domain '{node.domain}' is not supported")
         conv = find_converter(node.domain, node.op_type, opset)
         if node.input and not any(isinstance(v, Act) for v in inputs):
-            outs = _fold(node, inputs, opset)
+            outs = fold(node, inputs, opset)
         elif conv is None:
             raise NotConvertible(
                 _KNOWN_REASONS.get(node.op_type, "no converter for this operator (no Lipschitz bound known)")
@@ -396,7 +301,7 @@ def _as_opaque(
         return [None] * len(node.output)
     outs: list[Value | None] = []
     for i, _ in enumerate(node.output):
-        fn = _opaque_fn(node, inputs, opset, i)
+        fn = opaque_fn(node, inputs, opset, i)
         b.base = label if i == 0 else (node.output[i] or f"{label}:{i}")
         try:
             outs.append(b.add(Opaque(source_op=node.op_type, reason=reason, fn=fn), acts))

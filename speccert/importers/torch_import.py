@@ -8,8 +8,8 @@ Route (see `aten_ops/walk.py` for why): every source becomes a `torch.export.Exp
   (`torch._export.converter.TS2EPConverter`), which replays the scripted graph as ATen ops. It is a
   private torch API; if it cannot convert a construct (e.g. data-dependent control flow), the error
   says so and suggests saving with `torch.export` instead;
-then it is converted op by op into the IR (decomposed to core ATen ops only when some op has no
-converter), and the IR is checked against the original (eval mode) on seeded random inputs
+then it is converted op by op into the IR (`torch_module.convert`; decomposed to core ATen ops only
+when some op has no converter), and the IR is checked against the original (eval mode) on seeded random inputs
 (`torch_check.check_faithful`): max |IR - original| <= 1e-4 * max |original| + 1e-6.
 """
 
@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from speccert.errors import InputError, UnsupportedModelError, UsageError
-from speccert.importers.aten_ops import exported_to_graph
 from speccert.importers.torch_check import TRACE_BATCH, check_faithful, first_line, quiet
+from speccert.importers.torch_module import _has_mutation as _has_mutation  # re-exported (tests)
+from speccert.importers.torch_module import convert, from_module
 from speccert.importers.torch_safety import check_archive_sizes, no_code_unpickling
 from speccert.ir.graph import Graph, ModelSource, file_sha256
 
@@ -41,117 +42,6 @@ PICKLE_REFUSED = (
     "file, so speccert refuses by default. Save the model with torch.export.save (.pt2) or torch.jit.save, "
     "or as a state_dict for 'package.module:factory' --weights; pass --trust-pickle only for a file you trust"
 )
-
-
-# ---- nn.Module ------------------------------------------------------------------------------------
-def _module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
-    for t in list(module.parameters()) + list(module.buffers()):
-        if t.is_floating_point():
-            return t.dtype, t.device
-    return torch.float32, torch.device("cpu")
-
-
-def _export(module: nn.Module, x: Tensor) -> torch.export.ExportedProgram:
-    try:
-        with quiet():
-            return torch.export.export(module, (x,), strict=False)
-    except Exception as exc:  # noqa: BLE001 - any export failure is a model torch.export cannot capture
-        raise UnsupportedModelError(
-            f"torch.export cannot capture this model ({first_line(exc)}); data-dependent control flow and "
-            "Python side effects in forward() are not supported"
-        ) from None
-
-
-def from_module(
-    module: nn.Module,
-    input_shape: tuple[int, ...],
-    *,
-    check: bool = True,
-    allow_unsupported: bool = False,
-    source: ModelSource | None = None,
-) -> Graph:
-    """Convert an `nn.Module` (put in eval mode) taking one tensor of shape [N, *input_shape] to a Graph.
-
-    The module is captured with `torch.export` at batch size 2, decomposed to core ATen ops, converted op
-    by op, and (with `check`) compared with `module(x)` on random batches of 2 and 3.
-
-    >>> g = from_module(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), (4,))
-    >>> [n.op_type for n in g.nodes]
-    ['Linear', 'Activation']
-    """
-    if not isinstance(module, nn.Module):
-        raise UsageError(f"expected a torch.nn.Module, got {type(module).__name__}")
-    input_shape = tuple(int(d) for d in input_shape)
-    module = module.eval()
-    dtype, device = _module_dtype_device(module)
-    x = torch.randn((TRACE_BATCH, *input_shape), generator=torch.Generator().manual_seed(0)).to(device, dtype)
-    try:
-        with torch.no_grad():
-            module(x)
-    except Exception as exc:  # noqa: BLE001 - the user's module rejects the shape
-        raise UsageError(
-            f"the model does not accept input shape {list(input_shape)} "
-            f"(without the batch axis): {first_line(exc)}"
-        ) from None
-    ep = _export(module, x)
-    graph = _convert(
-        ep, input_shape, TRACE_BATCH, allow_unsupported, source or ModelSource("<module>", "python")
-    )
-    if check:
-
-        def reference(x: Tensor) -> Any:
-            y = module(x.to(device))
-            return y.cpu() if isinstance(y, Tensor) else y
-
-        check_faithful(graph, reference, ref_dtype=dtype)
-    return graph
-
-
-def _convert(
-    ep: torch.export.ExportedProgram,
-    input_shape: tuple[int, ...],
-    batch: int,
-    allow_unsupported: bool,
-    source: ModelSource,
-) -> Graph:
-    """Convert the program as exported (common layers appear as aten.conv2d, aten.linear, ...); only if
-    some op has no converter, decompose to the core ATen set and convert that (it costs ~0.5 s per call).
-    If both fail, the ops are reported (or kept as Opaque nodes) as exported: they name what the user
-    wrote (`aten.pad` with mode 'reflect', not the `aten.index` it decomposes into). A program with
-    in-place ops (`relu_`, `hardtanh_`, `add_`: archives saved from a training-IR export) is
-    functionalised first (decompositions with an empty table), so every value is used as computed."""
-    if _has_mutation(ep):
-        try:
-            with quiet():
-                ep = ep.run_decompositions({})
-        except Exception as exc:  # noqa: BLE001 - functionalisation failed: the ops cannot be read safely
-            raise UnsupportedModelError(
-                f"cannot functionalise the in-place ops of this program: {first_line(exc)}"
-            ) from None
-    try:
-        return exported_to_graph(ep, input_shape, batch, allow_unsupported=False, source=source)
-    except UnsupportedModelError as exc:
-        first = exc
-    try:
-        with quiet():
-            decomposed = ep.run_decompositions()
-        return exported_to_graph(decomposed, input_shape, batch, allow_unsupported=False, source=source)
-    except UnsupportedModelError:
-        pass
-    except Exception:  # noqa: BLE001 - decomposition itself failed: report the ops as exported
-        pass
-    if not allow_unsupported or not first.problems:
-        raise first
-    return exported_to_graph(ep, input_shape, batch, allow_unsupported=True, source=source)
-
-
-def _has_mutation(ep: torch.export.ExportedProgram) -> bool:
-    """True when a call in the program mutates a tensor in place (a mutable ATen schema)."""
-    for n in ep.graph.nodes:
-        schema = getattr(n.target, "_schema", None) if n.op == "call_function" else None
-        if schema is not None and schema.is_mutable:
-            return True
-    return False
 
 
 # ---- package.module:factory + state_dict -----------------------------------------------------------
@@ -348,7 +238,7 @@ def _load_pt2(
         raise InputError(f"cannot read {path} as a torch.export archive: {first_line(exc)}") from None
     shape, batch = _example_shape(ep, input_shape, path)
     source = ModelSource(str(path), "pt2", file_sha256(path))
-    graph = _convert(ep, shape, batch, allow_unsupported, source)
+    graph = convert(ep, shape, batch, allow_unsupported, source)
     if check:
         module = ep.module()
         check_faithful(graph, module, batches=(batch, batch), what=f"{path.name} (torch.export)")
@@ -386,7 +276,7 @@ def _load_torchscript(
             "data-dependent control flow cannot be converted: save the model with torch.export (.pt2) instead"
         ) from None
     source = ModelSource(str(path), "torchscript", file_sha256(path))
-    graph = _convert(ep, tuple(input_shape), TRACE_BATCH, allow_unsupported, source)
+    graph = convert(ep, tuple(input_shape), TRACE_BATCH, allow_unsupported, source)
     if check:
         check_faithful(graph, sm, what=f"{path.name} (TorchScript)")
     return graph
