@@ -4,8 +4,10 @@ certified accuracy at each eps (a radius is a proven L2 distance in the data's o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -32,6 +34,9 @@ from speccert.cli.common import (
     write_json,
 )
 from speccert.errors import UsageError
+
+if TYPE_CHECKING:
+    from speccert.bounds import CertifyOptions
 
 
 def parse_floats(text: str | None, option: str) -> list[float] | None:
@@ -140,6 +145,73 @@ def render(report_dict: dict[str, Any], console: Console) -> None:
     )
 
 
+def _certify_options(
+    method: str,
+    device: str,
+    second_order: bool,
+    audit: int,
+    batch_size: int,
+    seed: int,
+    crc_steps: int,
+    lower_points: int,
+    certificate: str,
+    exact_max_dim: int | None,
+) -> CertifyOptions:
+    """The CertifyOptions of the command line; a misspelt certificate kind is exit 2 before any work."""
+    from speccert.bounds import CertifyOptions
+
+    options = CertifyOptions().replace(
+        method=method,
+        device=resolve_device(device),
+        second_order=second_order,
+        audit=audit,
+        batch_size=batch_size,
+        seed=seed,
+        crc_steps=crc_steps,
+        lower_points=lower_points,
+        certificates=None
+        if certificate == "default"
+        else tuple(c.strip() for c in certificate.split(",") if c.strip()),
+        **({} if exact_max_dim is None else {"exact_max_dim": exact_max_dim}),
+    )
+    import speccert.bounds.certify  # noqa: F401 - registers every certificate kind
+    from speccert.bounds.sample_pass import check_kinds
+
+    check_kinds(options.certificates)  # a misspelt kind is exit 2 before any work
+    return options
+
+
+def _check_plot(plot: Path | None) -> None:
+    """--plot needs matplotlib: say so before any work."""
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'speccert[plot]'") from None
+
+
+@contextmanager
+def _stage_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A transient progress display on stderr, one bar per stage; yields progress(stage, done, total)."""
+    with Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,  # a finished bar leaves a blank line in logs and pipes
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield progress
+
+
 def command(
     model: ModelArg,
     data: Annotated[
@@ -242,7 +314,7 @@ def command(
 ) -> None:
     """Certify a classifier's L2 robustness on labelled data: global Lipschitz bound, certified radii and
     certified accuracy at each eps (a radius is a proven L2 distance in the data's own space)."""
-    from speccert.bounds import CertifyOptions, certify
+    from speccert.bounds import certify
     from speccert.bounds.certify_result import CertifyReport
     from speccert.ir.decision import check_decision, decide_by
 
@@ -252,30 +324,20 @@ def command(
         check_exact_max_dim(exact_max_dim)
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
     check_decision(decision)
-    options = CertifyOptions().replace(
-        method=method,
-        device=resolve_device(device),
-        second_order=second_order,
-        audit=audit,
-        batch_size=batch_size,
-        seed=seed,
-        crc_steps=crc_steps,
-        lower_points=lower_points,
-        certificates=None
-        if certificate == "default"
-        else tuple(c.strip() for c in certificate.split(",") if c.strip()),
-        **({} if exact_max_dim is None else {"exact_max_dim": exact_max_dim}),
+    options = _certify_options(
+        method,
+        device,
+        second_order,
+        audit,
+        batch_size,
+        seed,
+        crc_steps,
+        lower_points,
+        certificate,
+        exact_max_dim,
     )
-    import speccert.bounds.certify  # noqa: F401 - registers every certificate kind
-    from speccert.bounds.sample_pass import check_kinds
-
-    check_kinds(options.certificates)  # a misspelt kind is exit 2 before any work
     check_outputs({"--json": json_out, "--plot": plot})
-    if plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise UsageError("--plot needs matplotlib: pip install 'speccert[plot]'") from None
+    _check_plot(plot)
     from speccert.data import load_data
 
     dataset = load_data(data, split, limit)  # data errors first: they are cheaper to find than model ones
@@ -283,22 +345,7 @@ def command(
         load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights), decision
     )
 
-    with Progress(
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,  # a finished bar leaves a blank line in logs and pipes
-    ) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with _stage_progress() as progress:
         report: CertifyReport = certify(
             graph, dataset, eps_list, options, mean=mean_v, std=std_v, split=split, progress=progress
         )

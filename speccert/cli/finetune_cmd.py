@@ -4,10 +4,12 @@ Per-epoch tables and the final report go to stdout (stderr with --json -); progr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -117,6 +119,78 @@ def _pareto_table(res: Any, eps: list[float]) -> Table:
     return t
 
 
+def _check_options(
+    model: str, penalty: str | None, recipe: str | None, time_budget: float | None, decision: str
+) -> None:
+    """Usage errors (exit 2) in the options, before any loading."""
+    from speccert.training.penalties import PENALTIES
+    from speccert.training.recipes import RECIPES
+
+    if penalty is not None and penalty not in PENALTIES:
+        raise UsageError(f"--penalty {penalty!r}: choose one of {', '.join(PENALTIES.keys())}")
+    if recipe is not None and recipe not in RECIPES:
+        raise UsageError(f"--recipe {recipe!r}: choose one of {', '.join(RECIPES.keys())}")
+    if recipe is not None and penalty is not None:
+        raise UsageError("give --recipe or --penalty, not both (a recipe names its penalty)")
+    if time_budget is not None and not time_budget > 0:
+        raise UsageError(f"--time-budget must be > 0 minutes, got {time_budget:g}")
+    from speccert.ir.decision import check_decision
+
+    check_decision(decision)
+    _refuse_unwritable_format(model)
+
+
+def _targets(target: list[str]) -> tuple[list[Any], list[float]]:
+    """The parsed --target list and the eps its cra targets name ([0.5] when none)."""
+    from speccert.training.targets import parse_targets, target_eps
+
+    tlist = parse_targets(target)
+    return tlist, target_eps(tlist) or [0.5]
+
+
+def _val_data(val: str | None, data: str) -> str | None:
+    """--val, else --data when it is a folder (an IDX folder: train on its train split, certify on its test split)."""
+    val_data: str | None = val
+    if val_data is None and Path(data).is_dir():
+        val_data = data
+    return val_data
+
+
+def _epoch_progress(main: bool) -> Progress:
+    """The transient per-epoch progress display on stderr (off on other ranks and off a terminal)."""
+    return Progress(
+        TextColumn("{task.description}", style="progress.description", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not main or not err.is_terminal,  # a finished bar leaves a blank line in logs
+    )
+
+
+def _progress_callbacks(
+    bar: Progress, eps: list[float], results: Console
+) -> tuple[Callable[[int, int, int, float], None], Callable[[Any], None]]:
+    """on_step (one bar per epoch) and on_epoch (the epoch's table on `results`, its note on stderr)."""
+    tasks: dict[int, Any] = {}
+
+    def on_step(epoch: int, step: int, total: int, loss: float) -> None:
+        if epoch not in tasks:
+            tasks[epoch] = bar.add_task(f"epoch {epoch}", total=total, completed=step - 1, loss="-")
+        bar.update(tasks[epoch], completed=step, loss=f"{loss:.4f}")
+
+    def on_epoch(rec: Any) -> None:
+        if rec.epoch in tasks:
+            bar.remove_task(tasks[rec.epoch])
+        results.print(_epoch_table(rec, eps))  # results on stdout, like the final report
+        if rec.note:
+            err.print(rec.note, style="dim")
+
+    return on_step, on_epoch
+
+
 def command(
     model: ModelArg,
     data: Annotated[
@@ -222,57 +296,18 @@ def command(
     from speccert.cli.certify_cmd import parse_floats
     from speccert.importers import parse_input_shape
     from speccert.training.finetune import finetune
-    from speccert.training.penalties import PENALTIES
-    from speccert.training.recipes import RECIPES
-    from speccert.training.targets import parse_targets, target_eps
 
-    if penalty is not None and penalty not in PENALTIES:
-        raise UsageError(f"--penalty {penalty!r}: choose one of {', '.join(PENALTIES.keys())}")
-    if recipe is not None and recipe not in RECIPES:
-        raise UsageError(f"--recipe {recipe!r}: choose one of {', '.join(RECIPES.keys())}")
-    if recipe is not None and penalty is not None:
-        raise UsageError("give --recipe or --penalty, not both (a recipe names its penalty)")
-    if time_budget is not None and not time_budget > 0:
-        raise UsageError(f"--time-budget must be > 0 minutes, got {time_budget:g}")
-    from speccert.ir.decision import check_decision
-
-    check_decision(decision)
-    _refuse_unwritable_format(model)
-    tlist = parse_targets(target)
-    eps = target_eps(tlist) or [0.5]
+    _check_options(model, penalty, recipe, time_budget, decision)
+    tlist, eps = _targets(target)
     dev = resolve_device(device)
     check_outputs({"--json": json_out, "--out": out_path}, create_folders=frozenset({"--out"}))
     main = int(os.environ.get("RANK", "0")) == 0
-    val_data: str | None = val
-    if val_data is None and Path(data).is_dir():
-        val_data = data  # an IDX folder: train on its train split, certify on its test split
+    val_data = _val_data(val, data)
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
 
     results = err if json_out == "-" else out  # `--json -` keeps stdout for the JSON alone
-    with Progress(
-        TextColumn("{task.description}", style="progress.description", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not main or not err.is_terminal,  # a finished bar leaves a blank line in logs
-    ) as bar:
-        tasks: dict[int, Any] = {}
-
-        def on_step(epoch: int, step: int, total: int, loss: float) -> None:
-            if epoch not in tasks:
-                tasks[epoch] = bar.add_task(f"epoch {epoch}", total=total, completed=step - 1, loss="-")
-            bar.update(tasks[epoch], completed=step, loss=f"{loss:.4f}")
-
-        def on_epoch(rec: Any) -> None:
-            if rec.epoch in tasks:
-                bar.remove_task(tasks[rec.epoch])
-            results.print(_epoch_table(rec, eps))  # results on stdout, like the final report
-            if rec.note:
-                err.print(rec.note, style="dim")
-
+    with _epoch_progress(main) as bar:
+        on_step, on_epoch = _progress_callbacks(bar, eps, results)
         res = finetune(
             model,
             data,

@@ -138,6 +138,63 @@ def _gram_apply(
     return apply
 
 
+def _lanczos_start(n: int, seed: int, x0: Tensor | None) -> Tensor:
+    """The unit float64 start vector: seeded noise, or a warm start x0 plus a little noise."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    start = torch.randn(n, generator=gen, dtype=torch.float64)
+    if x0 is not None:  # a warm start plus a little noise, so no direction is missing
+        w0 = x0.reshape(-1).to(torch.float64)
+        start = w0 / torch.linalg.vector_norm(w0).clamp_min(1e-300) + 1e-2 * start / torch.linalg.vector_norm(
+            start
+        )
+    unit: Tensor = start / torch.linalg.vector_norm(start)
+    return unit
+
+
+def _lanczos_step(
+    apply: Callable[[Tensor], tuple[Tensor, float]],
+    basis: Tensor,
+    j: int,
+    alpha: list[float],
+    beta: list[float],
+) -> tuple[Tensor, float]:
+    """One Lanczos step from basis[j]: appends alpha_j, returns the re-orthogonalised residual and its norm."""
+    w, _ = apply(basis[j])
+    alpha.append(float(basis[j] @ w))
+    # The three-term recurrence first, so that `before` measures what full re-orthogonalisation
+    # acts on: a second pass is then needed only on real cancellation (rare), not at every step.
+    w = w - alpha[-1] * basis[j]
+    if j > 0:
+        w = w - beta[-1] * basis[j - 1]
+    before = float(torch.linalg.vector_norm(w))
+    w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)  # full re-orthogonalisation
+    b = float(torch.linalg.vector_norm(w))
+    if b < 0.7 * before:  # cancellation: once more (Kahan-Parlett "twice is enough")
+        w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+        b = float(torch.linalg.vector_norm(w))
+    return w, b
+
+
+def _top_ritz(alpha: list[float], beta: list[float], basis: Tensor) -> tuple[float, Tensor]:
+    """The top Ritz value of the tridiagonal (alpha, beta) and its Ritz vector in `basis` (rows)."""
+    t = torch.diag(torch.tensor(alpha, dtype=torch.float64))
+    if beta:
+        off = torch.tensor(beta, dtype=torch.float64)
+        t = t + torch.diag(off, 1) + torch.diag(off, -1)
+    vals, vecs = torch.linalg.eigh(t)
+    return float(vals[-1]), vecs[:, -1].to(device=basis.device, dtype=basis.dtype) @ basis
+
+
+def _lanczos_converged(theta: float, theta_prev: float, tol: float, stop_at: float | None) -> bool:
+    """Whether the top Ritz value stalled or is NEAR the known upper bound `stop_at` (see `lanczos`)."""
+    stall = tol
+    if stop_at is not None and theta > 0:
+        # Progress far below the bracket's gap cannot change it: stop (see the docstring).
+        stall = max(tol, 0.01 * (stop_at * stop_at / theta - 1.0))
+    near = stop_at is not None and math.sqrt(max(theta, 0.0)) * (1.0 + NEAR) >= stop_at
+    return near or abs(theta - theta_prev) <= stall * abs(theta)
+
+
 def lanczos(
     layer: LinearLayer,
     device: torch.device | str = "cpu",
@@ -158,14 +215,7 @@ def lanczos(
     """
     n = layer.n_in
     k_max = max(2, min(max_iter, n))
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    start = torch.randn(n, generator=gen, dtype=torch.float64)
-    if x0 is not None:  # a warm start plus a little noise, so no direction is missing
-        w0 = x0.reshape(-1).to(torch.float64)
-        start = w0 / torch.linalg.vector_norm(w0).clamp_min(1e-300) + 1e-2 * start / torch.linalg.vector_norm(
-            start
-        )
-    q = (start / torch.linalg.vector_norm(start)).to(device=device, dtype=dtype)
+    q = _lanczos_start(n, seed, x0).to(device=device, dtype=dtype)
     apply = _gram_apply(layer, dtype, device)
     basis = torch.zeros((k_max + 1, n), dtype=dtype, device=device)
     basis[0] = q
@@ -177,35 +227,12 @@ def lanczos(
         for j in range(k_max):
             if on_step is not None:
                 on_step(j, k_max)
-            w, _ = apply(basis[j])
-            alpha.append(float(basis[j] @ w))
-            # The three-term recurrence first, so that `before` measures what full re-orthogonalisation
-            # acts on: a second pass is then needed only on real cancellation (rare), not at every step.
-            w = w - alpha[-1] * basis[j]
-            if j > 0:
-                w = w - beta[-1] * basis[j - 1]
-            before = float(torch.linalg.vector_norm(w))
-            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)  # full re-orthogonalisation
-            b = float(torch.linalg.vector_norm(w))
-            if b < 0.7 * before:  # cancellation: once more (Kahan-Parlett "twice is enough")
-                w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
-                b = float(torch.linalg.vector_norm(w))
+            w, b = _lanczos_step(apply, basis, j, alpha, beta)
             steps = j + 1
             done = b <= 1e-12 * max(abs(alpha[0]), 1e-300) or not math.isfinite(b)
             if steps % 4 == 0 or done or steps == k_max:
-                t = torch.diag(torch.tensor(alpha, dtype=torch.float64))
-                if beta:
-                    off = torch.tensor(beta, dtype=torch.float64)
-                    t = t + torch.diag(off, 1) + torch.diag(off, -1)
-                vals, vecs = torch.linalg.eigh(t)
-                theta = float(vals[-1])
-                ritz = vecs[:, -1].to(device=device, dtype=dtype) @ basis[: j + 1]
-                stall = tol
-                if stop_at is not None and theta > 0:
-                    # Progress far below the bracket's gap cannot change it: stop (see the docstring).
-                    stall = max(tol, 0.01 * (stop_at * stop_at / theta - 1.0))
-                near = stop_at is not None and math.sqrt(max(theta, 0.0)) * (1.0 + NEAR) >= stop_at
-                if done or near or abs(theta - theta_prev) <= stall * abs(theta):
+                theta, ritz = _top_ritz(alpha, beta, basis[: j + 1])
+                if done or _lanczos_converged(theta, theta_prev, tol, stop_at):
                     break
                 theta_prev = theta
             if done:

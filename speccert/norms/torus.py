@@ -124,6 +124,57 @@ def _block_max(
     return best, where, nblocks
 
 
+_TapPair = tuple[int, int, Tensor, Tensor, Tensor, Tensor]
+
+
+def _tap_gram_err(wt: Tensor, slot: Tensor, n_slots: int, left: bool) -> float:
+    """The bound kappa ||V||_F^2 (rounded up) on ||fl(H) - H||_2 for one group's taps wt [taps, co, ci]."""
+    co, ci = wt.shape[1], wt.shape[2]
+    absv = torch.zeros((n_slots, co, ci), dtype=torch.float64, device=wt.device)
+    absv.index_add_(0, slot, wt.abs())
+    inner = co if left else ci
+    kappa = 2.0 * gamma(inner + wt.shape[0] ** 2 + 100.0)
+    return kappa * float(absv.square().sum()) * (1.0 + gamma(absv.numel() + 2.0))
+
+
+def _tap_pairs(wt: Tensor, slot: Tensor, n_slots: int, left: bool) -> list[_TapPair]:
+    """The tap products of one group, per slot block (r, q): (r, q, a, b, half, products)."""
+    # Only pairs a <= b: the (b, a) term is the conjugate transpose of the (a, b) one, so with X the
+    # sum over a < b plus half the a = b terms, H = X + X^H (the same sums, one more addition).
+    taps = wt.shape[0]
+    ia, ib = torch.triu_indices(taps, taps, device=wt.device)
+    if left:
+        g = torch.einsum("poc,pod->pcd", wt[ia], wt[ib])  # W_a^T W_b
+        sel = [
+            (r, q, torch.nonzero(slot[ia].eq(r) & slot[ib].eq(q))[:, 0])
+            for r in range(n_slots)
+            for q in range(n_slots)
+        ]
+    else:
+        g = torch.einsum("poc,pqc->poq", wt[ia], wt[ib])  # W_a W_b^T
+        sel = [(0, 0, torch.nonzero(slot[ia].eq(slot[ib]))[:, 0])]
+    g = g.reshape(ia.shape[0], -1)
+    half = torch.where(ia == ib, 0.5, 1.0).to(torch.float64)
+    return [
+        (r, q, ia[p], ib[p], half[p], g if p.shape[0] == ia.shape[0] else g[p])
+        for r, q, p in sel
+        if p.shape[0]
+    ]
+
+
+def _chunk_gram(ph: Tensor, pairs: list[_TapPair], dim: int, n_slots: int, left: bool, wt: Tensor) -> Tensor:
+    """The Gram matrices H = X + X^H of a chunk of frequencies (phases ph [w, taps]) from the tap products."""
+    co, ci = wt.shape[1], wt.shape[2]
+    h = torch.zeros((ph.shape[0], dim, dim), dtype=torch.complex128, device=wt.device)
+    hv = h.view(ph.shape[0], n_slots, ci, n_slots, ci) if left else h.view(ph.shape[0], 1, co, 1, co)
+    for r, q, a, b, hf, gm in pairs:
+        coef = ph[:, a].conj() * ph[:, b] if left else ph[:, a] * ph[:, b].conj()  # [w, pairs]
+        coef = coef * hf
+        blk = torch.complex(coef.real @ gm, coef.imag @ gm)
+        hv[:, r, :, q, :] += blk.reshape(ph.shape[0], *hv.shape[2:3], hv.shape[4])
+    return h + h.mH
+
+
 def _tap_gram_max(
     wg: Tensor, plans: tuple[AxisPlan, AxisPlan], p1: Tensor, p2: Tensor, chunk_bytes: int
 ) -> tuple[float, tuple[int, int, int], int]:
@@ -156,44 +207,12 @@ def _tap_gram_max(
     best, where, nblocks = 0.0, (0, 0, 0), 0
     for gi in range(groups):
         wt = wg[gi].flatten(2).permute(2, 0, 1)  # [taps, co, ci]
-        absv = torch.zeros((n_slots, co, ci), dtype=torch.float64, device=wg.device)
-        absv.index_add_(0, slot, wt.abs())
-        inner = co if left else ci
-        kappa = 2.0 * gamma(inner + wt.shape[0] ** 2 + 100.0)
-        h_err = kappa * float(absv.square().sum()) * (1.0 + gamma(absv.numel() + 2.0))
-        # Only pairs a <= b: the (b, a) term is the conjugate transpose of the (a, b) one, so with X the
-        # sum over a < b plus half the a = b terms, H = X + X^H (the same sums, one more addition).
-        taps = wt.shape[0]
-        ia, ib = torch.triu_indices(taps, taps, device=wg.device)
-        if left:
-            g = torch.einsum("poc,pod->pcd", wt[ia], wt[ib])  # W_a^T W_b
-            sel = [
-                (r, q, torch.nonzero(slot[ia].eq(r) & slot[ib].eq(q))[:, 0])
-                for r in range(n_slots)
-                for q in range(n_slots)
-            ]
-        else:
-            g = torch.einsum("poc,pqc->poq", wt[ia], wt[ib])  # W_a W_b^T
-            sel = [(0, 0, torch.nonzero(slot[ia].eq(slot[ib]))[:, 0])]
-        g = g.reshape(ia.shape[0], -1)
-        half = torch.where(ia == ib, 0.5, 1.0).to(torch.float64)
-        pairs = [
-            (r, q, ia[p], ib[p], half[p], g if p.shape[0] == ia.shape[0] else g[p])
-            for r, q, p in sel
-            if p.shape[0]
-        ]
-        del g
+        h_err = _tap_gram_err(wt, slot, n_slots, left)
+        pairs = _tap_pairs(wt, slot, n_slots, left)
         step = max(1, chunk_bytes // (dim * dim * 16))
         for w0 in range(0, n_w, step):
             ph = phi[w0 : w0 + step]
-            h = torch.zeros((ph.shape[0], dim, dim), dtype=torch.complex128, device=wg.device)
-            hv = h.view(ph.shape[0], n_slots, ci, n_slots, ci) if left else h.view(ph.shape[0], 1, co, 1, co)
-            for r, q, a, b, hf, gm in pairs:
-                coef = ph[:, a].conj() * ph[:, b] if left else ph[:, a] * ph[:, b].conj()  # [w, pairs]
-                coef = coef * hf
-                blk = torch.complex(coef.real @ gm, coef.imag @ gm)
-                hv[:, r, :, q, :] += blk.reshape(ph.shape[0], *hv.shape[2:3], hv.shape[4])
-            h = h + h.mH
+            h = _chunk_gram(ph, pairs, dim, n_slots, left, wt)
             lam, i = max_eigenvalue(h, h_err, best * best)
             val = round_up(math.sqrt(lam) * (1.0 + 4.0 * U))
             nblocks += ph.shape[0]
