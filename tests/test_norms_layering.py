@@ -8,6 +8,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from import_graph import cycles
 
 from speccert.norms import load_methods
 
@@ -36,38 +37,6 @@ def import_graph(root: Path = ROOT, package: str = PACKAGE) -> dict[str, set[str
                     targets.add(node.module)
         graph[name] = {t for t in targets if t in modules and t != name}
     return graph
-
-
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Every strongly connected component with more than one module (Tarjan's algorithm)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    found: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        for w in sorted(graph[v]):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                found.append(sorted(comp))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return found
 
 
 def method_modules() -> set[str]:
@@ -110,4 +79,4 @@ def test_the_cycle_finder_finds_a_function_level_cycle(tmp_path: Path) -> None:
     (tmp_path / "__init__.py").write_text("")
     (tmp_path / "fft.py").write_text("def f():\n    from pkg.gram import g\n    return g\n")
     (tmp_path / "gram.py").write_text("from pkg.fft import f\n")
-    assert cycles(import_graph(tmp_path, "pkg")) == [["pkg.fft", "pkg.gram"]]
+    assert cycles(import_graph(tmp_path, "pkg")) == [("pkg.fft", "pkg.gram")]
