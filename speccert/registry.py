@@ -85,3 +85,13 @@ class Registry(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def splice_block(text: str, begin: str, end: str, block: str, where: str) -> str:
+    """`text` with everything from the `begin` marker to the `end` marker replaced by `block` (which
+    carries both markers): how README/docs tables generated from a registry are kept current."""
+    if begin not in text or end not in text:
+        raise ValueError(f"{where} has no generated-block markers {begin!r} ... {end!r}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return head + block + tail

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from speccert.registry import Registry
+from speccert.registry import Registry, splice_block
 
 __all__ = [
     "METRICS",
@@ -144,8 +144,7 @@ def docs_block() -> str:
 def rewrite_docs(path: Path) -> bool:
     """Replace the generated block in `path`; True when the file changed."""
     text = path.read_text(encoding="utf-8")
-    start, end = text.index(DOCS_BEGIN), text.index(DOCS_END) + len(DOCS_END)
-    new = text[:start] + docs_block() + text[end:]
+    new = splice_block(text, DOCS_BEGIN, DOCS_END, docs_block(), str(path))
     if new != text:
         path.write_text(new, encoding="utf-8")
     return new != text
