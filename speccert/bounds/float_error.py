@@ -12,7 +12,8 @@ Add/Concat). So ||f_computed(x) - f(x)|| <= sum_v D_v e_v(x) (+ higher-order ter
         of |A|, from the weights; ||A||_2 for the non-negative pooling matrices; exact ops: 0)
     activation:                e_v <= 64 u ||v||      (elementwise library functions: a few ulps)
     Standardize (blocks of n): e_v <= gamma(n + 5) (||x_in|| / sqrt(eps) + sqrt(numel)) + 64 u ||v||
-    Add:                       e_v <= u ||v||;   max-pool, Concat, Reshape, Transpose, Pad, Slice: exact.
+    Add:                       e_v <= u ||v||;   max-pool, Concat, Reshape, Transpose, Pad, Slice,
+                               Sort, Extremum (max/min of two tensors): exact.
 
 certify() lowers every margin by SAFETY * sqrt(2) * that sum (SAFETY = 16 covers the neglected
 higher-order terms and library kernels that are a few times worse than the textbook bound).
@@ -43,7 +44,7 @@ Tensor = torch.Tensor
 U = 2.0**-53
 FLOAT32_UNIT = 2.0**-24
 SAFETY = 16.0
-EXACT = ("Reshape", "Transpose", "Pad", "Concat", "MaxPool", "Slice")
+EXACT = ("Reshape", "Transpose", "Pad", "Concat", "MaxPool", "Slice", "Sort", "Extremum")
 ABSOLUTE_ERROR = {"softplus": 2.07e-9}  # per element, beyond a few ulps (see the module doc)
 
 

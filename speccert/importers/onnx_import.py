@@ -22,6 +22,7 @@ import torch
 
 from speccert.errors import InputError, UnsupportedModelError, UsageError
 from speccert.importers.onnx_check import check_faithful
+from speccert.importers.sorting import fuse_sorts
 from speccert.importers.onnx_fold import fold, opaque_fn
 from speccert.importers.onnx_ops import (
     MAX_OPSET,
@@ -348,7 +349,8 @@ def _finish(
             "onnx_opset": str(max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))),
         },
     )
-    graph = Graph(shape, nodes, out.name, source, torch.float32)
+    graph = fuse_sorts(Graph(shape, nodes, out.name, source, torch.float32))
+    live &= {n.name for n in graph.nodes}  # MaxMin parts rewritten to one Sort (importers.sorting)
     for n in graph.unsupported():
         if not isinstance(n.op, Opaque):
             report.append((n.op.op_type, n.name, "softmax is only supported as the model's output"))

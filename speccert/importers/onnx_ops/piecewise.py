@@ -1,4 +1,5 @@
-"""Converters of piecewise-linear ONNX ops: Clip (ReLU6, hardtanh), Max/Min with a constant, Abs, Neg,
+"""Converters of piecewise-linear ONNX ops: Clip (ReLU6, hardtanh), Max/Min (with constants, or of
+input-dependent tensors of one shape), Abs, Neg,
 HardSigmoid, HardSwish. They lower to relu / clip / hardswish / abs activations between Affine
 shifts (speccert.importers.lowering), each 1-Lipschitz (hardswish 3/2, HardSigmoid alpha)."""
 
@@ -13,8 +14,8 @@ import torch
 from speccert.importers.lowering import LoweringError, clip, hardsigmoid, max_const, min_const
 from speccert.importers.onnx_ops import Act, BuildContext, NotConvertible, Value, act, attrs, const, converter
 from speccert.importers.onnx_ops.elementwise import _broadcast_const
-from speccert.importers.onnx_ops.examples import one_node, randn, unary
-from speccert.ir.ops import Activation, Affine, Op
+from speccert.importers.onnx_ops.examples import model, one_node, randn, unary
+from speccert.ir.ops import Activation, Affine, Extremum, Op
 
 
 def _emitter(ctx: BuildContext) -> Callable[[Op, Act], Act]:
@@ -68,11 +69,16 @@ def _extremum(
 ) -> list[Value | None]:
     xs = [v for v in inputs if isinstance(v, Act)]
     cs = [v for v in inputs if v is not None and not isinstance(v, Act)]
-    if len(xs) != 1:
+    if not xs:
+        raise NotConvertible(f"{node.op_type} of constants only")
+    if any(v.shape != xs[0].shape for v in xs):
         raise NotConvertible(
-            f"{node.op_type} of {len(xs)} input-dependent tensors (only with constants is supported)"
+            f"{node.op_type} of input-dependent tensors of different shapes "
+            f"{[list(v.shape) for v in xs]} (broadcasting between them is not supported)"
         )
     x = xs[0]
+    for other in xs[1:]:  # max(a, b, c) = max(max(a, b), c); each step the hypot rule
+        x = ctx.add(Extremum(is_max=is_max), [x, other])
     if not cs:
         return [x]
     c = np.asarray(cs[0], dtype=np.float64)
@@ -83,21 +89,27 @@ def _extremum(
 
 
 def _extremum_examples(op: str) -> list:
+    halves = [
+        onnx.helper.make_node("Split", ["x"], ["a", "b"], axis=1),
+        onnx.helper.make_node(op, ["a", "b", "c"], ["y"]),
+    ]
     return [
         lambda: one_node(op, (3, 4), ["x", "c"], {"c": np.float32(0.25)}, opset=13),
         lambda: one_node(op, (3, 4), ["c", "x"], {"c": randn(3, 1, seed=3)}, opset=8),
+        lambda: model(halves, (6, 2), {"c": np.float32(-0.1)}, 13),
     ]
 
 
 @converter("Max", examples=_extremum_examples("Max"))
 def convert_max(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
-    """max(x, c) with c constant: c + relu(x - c)."""
+    """max(x, c) with c constant: c + relu(x - c); max(a, b) of two input-dependent tensors: Extremum
+    (hypot rule; a MaxMin of two halves becomes a Sort, speccert.importers.sorting)."""
     return _extremum(ctx, node, inputs, is_max=True)
 
 
 @converter("Min", examples=_extremum_examples("Min"))
 def convert_min(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
-    """min(x, c) with c constant: c - relu(c - x)."""
+    """min(x, c) with c constant: c - relu(c - x); min(a, b) of two input-dependent tensors: Extremum."""
     return _extremum(ctx, node, inputs, is_max=False)
 
 
