@@ -37,7 +37,9 @@ def test_conv_head_gets_the_pairwise_radii_of_the_equivalent_linear_head(padded:
         head = Conv(kernel, bias, (1, 1), ((0, 0), (0, 0)), (1, 1))
         w_lin = kernel.reshape(classes, -1)
     conv_net = Graph(
-        (2, n, n), [*body, Node("head", head, ("relu",)), Node("flat", Reshape((classes,)), ("head",))], dtype=D
+        (2, n, n),
+        [*body, Node("head", head, ("relu",)), Node("flat", Reshape((classes,)), ("head",))],
+        dtype=D,
     )
     lin_net = Graph(
         (2, n, n),

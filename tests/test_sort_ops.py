@@ -27,9 +27,9 @@ def _ascent(f, x0: torch.Tensor, steps: int = 60) -> float:  # noqa: ANN001
     bound of L; the Jacobian of these piecewise-linear maps is locally constant, so its norm has no
     gradient, but the difference quotient has one)."""
     x = x0.clone().requires_grad_(True)
-    y = (x0 + 0.3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(7), dtype=D)).requires_grad_(
-        True
-    )
+    y = (
+        x0 + 0.3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(7), dtype=D)
+    ).requires_grad_(True)
     opt = torch.optim.Adam([x, y], lr=0.03)
     best = 0.0
     for _ in range(steps):

@@ -40,8 +40,8 @@ from speccert.ir.ops import (
     Pad,
     Reshape,
     Slice,
-    Sort,
     Softmax,
+    Sort,
     Standardize,
     Transpose,
 )
@@ -217,7 +217,9 @@ def _export_standardize(
     w.node("LayerNormalization", [xs[0], w.const(f"{name}.scale", ones)], out, axis=-op.axes, epsilon=op.eps)
 
 
-def _export_sort(w: _Writer, node: Node, op: Sort, xs: list[str], in_shape: tuple[int, ...], out: str) -> None:
+def _export_sort(
+    w: _Writer, node: Node, op: Sort, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
     """Sort = TopK of the whole axis, sorted (how torch.sort exports); its indices are left unread."""
     k = w.const(f"{node.name}.k", np.array([in_shape[op.axis]]), np.int64)
     w.nodes.append(

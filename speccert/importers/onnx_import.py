@@ -22,7 +22,6 @@ import torch
 
 from speccert.errors import InputError, UnsupportedModelError, UsageError
 from speccert.importers.onnx_check import check_faithful
-from speccert.importers.sorting import fuse_sorts
 from speccert.importers.onnx_fold import fold, opaque_fn
 from speccert.importers.onnx_ops import (
     MAX_OPSET,
@@ -36,6 +35,7 @@ from speccert.importers.onnx_ops.fusions import DOMAIN as FUSED_DOMAIN
 from speccert.importers.onnx_ops.fusions import fuse_activations
 from speccert.importers.onnx_safety import read_onnx
 from speccert.importers.problems import group_problems
+from speccert.importers.sorting import fuse_sorts
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256
 from speccert.ir.ops import Affine, Linear, Op, Opaque
 from speccert.limits import check_bytes

@@ -14,9 +14,9 @@ of the equivalent Linear head.
 
 from __future__ import annotations
 
-import torch
-
 import math
+
+import torch
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, NotApplicable, register_certificate
 from speccert.bounds.certificates.margin_aware import pair_norms

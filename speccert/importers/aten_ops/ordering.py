@@ -21,7 +21,9 @@ from speccert.importers.lowering import reduce_extremum
 from speccert.ir.ops import Op, Slice, Sort
 
 
-def _sort(ctx: ConvertContext, x: TensorValue, dim: int, descending: bool, k: int | None = None) -> TensorValue:
+def _sort(
+    ctx: ConvertContext, x: TensorValue, dim: int, descending: bool, k: int | None = None
+) -> TensorValue:
     d = axis(dim, x.ndim, "sort axis")
     y = ctx.emit(Sort(axis=d - 1, descending=descending), [x])
     if k is not None and k < x.shape[d]:

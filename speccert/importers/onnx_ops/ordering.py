@@ -77,7 +77,9 @@ def _reduce_extremum(
     else:
         axes = [int(v) for v in a.get("axes", [])]
     if len(axes) != 1:
-        raise NotConvertible(f"{node.op_type} over {len(axes) or 'all'} axes (one non-batch axis is supported)")
+        raise NotConvertible(
+            f"{node.op_type} over {len(axes) or 'all'} axes (one non-batch axis is supported)"
+        )
     ax = _axis(axes[0], x, node.op_type)
 
     def emit(op: Op, v: Act) -> Act:

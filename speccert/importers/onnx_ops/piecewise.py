@@ -68,7 +68,7 @@ def _extremum(
     ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None], is_max: bool
 ) -> list[Value | None]:
     xs = [v for v in inputs if isinstance(v, Act)]
-    cs = [v for v in inputs if v is not None and not isinstance(v, Act)]
+    cs = [v for v in inputs if isinstance(v, np.ndarray)]
     if not xs:
         raise NotConvertible(f"{node.op_type} of constants only")
     if any(v.shape != xs[0].shape for v in xs):
@@ -82,8 +82,8 @@ def _extremum(
     if not cs:
         return [x]
     c = np.asarray(cs[0], dtype=np.float64)
-    for other in cs[1:]:
-        c = np.maximum(c, other) if is_max else np.minimum(c, other)
+    for more in cs[1:]:
+        c = np.maximum(c, more) if is_max else np.minimum(c, more)
     t = _broadcast_const(x, c)
     return [(max_const if is_max else min_const)(_emitter(ctx), x, t)]
 

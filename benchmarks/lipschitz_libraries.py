@@ -1,0 +1,273 @@
+"""Audit of "1-Lipschitz" layers and nets from deel-torchlip and orthogonium: claimed L vs speccert's
+proven L vs a measured lower bound.
+
+Each entry builds a layer or a small net of the library (random init, or `--train-steps` Adam steps on a
+synthetic 10-class problem first), exports it the way a user would (deel-torchlip: `vanilla_export()`;
+orthogonium: parametrizations removed, leaving plain nn.Conv2d / nn.Linear), as a legacy ONNX file and a
+`.pt2`, loads both with speccert (the load checks them against onnxruntime / torch), and tabulates
+- claimed: the constant the library promises (its `k_coef_lip`, 1 here);
+- speccert: `lipschitz_bound(method="auto")` of the ONNX and `.pt2` imports (a proven upper bound);
+- true / lower: for single layers the operator norm from a dense float64 SVD of the layer's matrix on
+  the stated input size (the truth, up to 1e-12); for nets speccert's empirical lower bound (power
+  iteration plus gradient ascent on difference quotients);
+- verdict: "claim holds" when the truth (or, for nets, the lower bound) is <= claimed * (1 + 1e-4), the
+  library's own approximation (Björck / power-iteration tolerances); "claim exceeded" with the figure
+  otherwise; and "speccert looser" when only speccert's bound is above the claim (a residual or
+  nonlinear structure speccert bounds by composition).
+
+    PYTHONPATH=$PWD /work/venv-lipops/bin/python benchmarks/lipschitz_libraries.py --out docs/architectures.md
+
+needs deel-torchlip and orthogonium (`pip install deel-torchlip orthogonium onnx onnxruntime`). The
+Markdown table goes between the `lipschitz-libraries:begin/end` markers of `--out`; rows to `--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+import speccert
+from speccert.bounds import lipschitz_bound
+from speccert.bounds.empirical import empirical_lipschitz
+
+BEGIN, END = "<!-- lipschitz-libraries:begin -->", "<!-- lipschitz-libraries:end -->"
+DENSE_MAX = 4096  # inputs of a layer whose matrix is formed densely for the true norm
+
+
+def _deel(layers: Callable[[], list[nn.Module]]) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from deel.torchlip import Sequential
+
+        return Sequential(*layers())
+
+    return build
+
+
+def _deel_entries() -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], bool]]:
+    import deel.torchlip as dl
+
+    def cnn(act: Callable[[], nn.Module], mult: int) -> list[nn.Module]:
+        return [
+            dl.SpectralConv2d(1, 8, 3, padding=1),
+            act(),
+            dl.SpectralConv2d(8 * mult, 16, 3, padding=1, stride=2),
+            act(),
+            nn.Flatten(),
+            dl.SpectralLinear(16 * mult * 8 * 8, 10),
+        ]
+
+    return {  # name: (builder, input shape, is a net)
+        "SpectralLinear 64->32": (_deel(lambda: [dl.SpectralLinear(64, 32)]), (64,), False),
+        "FrobeniusLinear 64->32": (_deel(lambda: [dl.FrobeniusLinear(64, 32)]), (64,), False),
+        "SpectralConv2d 8->8 3x3 @16x16": (
+            _deel(lambda: [dl.SpectralConv2d(8, 8, 3, padding=1)]),
+            (8, 16, 16),
+            False,
+        ),
+        "SpectralConv2d 8->16 3x3 s2 @16x16": (
+            _deel(lambda: [dl.SpectralConv2d(8, 16, 3, padding=1, stride=2)]),
+            (8, 16, 16),
+            False,
+        ),
+        "FrobeniusConv2d 8->8 3x3 @16x16": (
+            _deel(lambda: [dl.FrobeniusConv2d(8, 8, 3, padding=1)]),
+            (8, 16, 16),
+            False,
+        ),
+        "ScaledAvgPool2d 2x2 @8x16x16": (_deel(lambda: [dl.ScaledAvgPool2d(2)]), (8, 16, 16), False),
+        "CNN, GroupSort2": (_deel(lambda: cnn(dl.GroupSort2, 1)), (1, 16, 16), True),
+        "CNN, FullSort": (_deel(lambda: cnn(dl.FullSort, 1)), (1, 16, 16), True),
+        "CNN, MaxMin": (_deel(lambda: cnn(dl.MaxMin, 2)), (1, 16, 16), True),
+    }
+
+
+def _orthogonium_entries() -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], bool]]:
+    from orthogonium.layers import AdaptiveOrthoConv2d, MaxMin, OrthoLinear
+    from orthogonium.layers.conv.AOL import AOLConv2D
+    from orthogonium.layers.conv.SLL import SDPBasedLipschitzResBlock
+
+    def aoc(cin: int, cout: int, stride: int = 1, mode: str = "circular") -> nn.Module:
+        return AdaptiveOrthoConv2d(cin, cout, 3, stride=stride, padding=1, padding_mode=mode)
+
+    def cnn() -> nn.Module:
+        return nn.Sequential(
+            aoc(1, 8, mode="zeros"),
+            MaxMin(),
+            aoc(8, 16, 2, mode="zeros"),
+            MaxMin(),
+            nn.Flatten(),
+            OrthoLinear(16 * 8 * 8, 10),
+        )
+
+    return {
+        "OrthoLinear 64->64": (lambda: OrthoLinear(64, 64), (64,), False),
+        "AdaptiveOrthoConv2d 8->8 3x3 circular @16x16": (lambda: aoc(8, 8), (8, 16, 16), False),
+        "AdaptiveOrthoConv2d 8->8 3x3 zeros @16x16": (lambda: aoc(8, 8, mode="zeros"), (8, 16, 16), False),
+        "AdaptiveOrthoConv2d 8->16 3x3 s2 zeros @16x16": (
+            lambda: aoc(8, 16, 2, mode="zeros"),
+            (8, 16, 16),
+            False,
+        ),
+        "AOLConv2D 8->8 3x3 @16x16": (lambda: AOLConv2D(8, 8, 3, padding=1), (8, 16, 16), False),
+        "SLL residual block 8ch @8x8": (lambda: SDPBasedLipschitzResBlock(8, 2, 3), (8, 8, 8), True),
+        "CNN, MaxMin": (cnn, (1, 16, 16), True),
+    }
+
+
+def vanilla(module: nn.Module) -> nn.Module:
+    """The plain torch module a user exports: deel's vanilla_export(), parametrizations baked in."""
+    if hasattr(module, "vanilla_export"):
+        module = module.vanilla_export()
+    for sub in list(module.modules()):
+        if parametrize.is_parametrized(sub):
+            for name in list(sub.parametrizations.keys()):
+                parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
+    return module.eval()
+
+
+def train(module: nn.Module, shape: tuple[int, ...], steps: int, seed: int = 0) -> None:
+    """A few Adam steps on a synthetic 10-class problem (class means plus noise), so that weights move
+    off their initialisation; only for nets with 10 outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.randn(10, *shape, generator=gen)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    module.train()
+    for _ in range(steps):
+        y = torch.randint(0, 10, (64,), generator=gen)
+        x = means[y] + 0.5 * torch.randn(64, *shape, generator=gen)
+        loss = nn.functional.cross_entropy(module(x) * 10.0, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    module.eval()
+
+
+def dense_norm(module: nn.Module, shape: tuple[int, ...]) -> float | None:
+    """||A||_2 of the layer's linear part on `shape` (float64 matrix, SVD), None when too large."""
+    n = math.prod(shape)
+    if n > DENSE_MAX:
+        return None
+    m = module.double()
+    with torch.no_grad():
+        eye = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
+        cols = m(eye) - m(torch.zeros(1, *shape, dtype=torch.float64))
+    m.float()
+    return float(torch.linalg.matrix_norm(cols.reshape(n, -1).T, ord=2))
+
+
+def export(module: nn.Module, shape: tuple[int, ...], folder: Path) -> dict[str, Path]:
+    x = torch.randn(1, *shape)
+    files = {"onnx": folder / "m.onnx", "pt2": folder / "m.pt2"}
+    torch.onnx.export(module, (x,), str(files["onnx"]), dynamo=False, opset_version=17)
+    torch.export.save(torch.export.export(module, (x,)), str(files["pt2"]))
+    return files
+
+
+def measure(
+    library: str, name: str, spec: tuple[Callable[[], nn.Module], tuple[int, ...], bool], steps: int
+) -> dict[str, Any]:
+    build, shape, is_net = spec
+    torch.manual_seed(0)
+    module = build()
+    if is_net and steps and "SLL" not in name:
+        train(module, shape, steps)
+    plain = vanilla(module)
+    row: dict[str, Any] = {"library": library, "name": name, "input": list(shape), "claimed": 1.0}
+    row["trained_steps"] = steps if is_net and "SLL" not in name else 0
+    with tempfile.TemporaryDirectory() as tmp:
+        files = export(plain, shape, Path(tmp))
+        for route, path in files.items():
+            t0 = time.perf_counter()
+            try:
+                g = speccert.load(path)
+                lb = lipschitz_bound(g, method="auto")
+                row[f"speccert_{route}"] = lb.upper
+                row["ops"] = sorted({n.op_type for n in g.nodes})
+            except Exception as exc:  # noqa: BLE001 - a benchmark records every failure as a row
+                row[f"speccert_{route}"] = None
+                row[f"error_{route}"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            row[f"seconds_{route}"] = round(time.perf_counter() - t0, 2)
+        if not is_net:
+            row["true"] = dense_norm(plain, shape)
+        else:
+            g64 = speccert.load(files["pt2"]).to("cpu", torch.float64)
+            x = torch.randn(64, *shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+            row["lower"] = empirical_lipschitz(g64, x, ascent_steps=30)
+    row["verdict"] = verdict(row)
+    return row
+
+
+def verdict(row: dict[str, Any]) -> str:
+    claim = row["claimed"] * (1 + 1e-4)
+    proven = [v for k, v in row.items() if k.startswith("speccert_") and v is not None]
+    truth = row.get("true")
+    if truth is not None and truth > claim:
+        return f"claim exceeded: true norm {truth:.4f}"
+    if row.get("lower") is not None and row["lower"] > claim:
+        return f"claim exceeded: measured {row['lower']:.4f}"
+    if not proven:
+        return "not imported"
+    if max(proven) > claim:
+        return "speccert looser than the claim"
+    return "claim holds (proven)"
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.6f}"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| library | layer / net | claimed L | speccert L (ONNX) | speccert L (.pt2) | true ‖A‖ / lower bound | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        truth = _fmt(r["true"]) if "true" in r else f"≥ {_fmt(r.get('lower'))}"
+        trained = f" (trained {r['trained_steps']} steps)" if r.get("trained_steps") else ""
+        lines.append(
+            f"| {r['library']} | {r['name']}{trained} | {r['claimed']:g} | {_fmt(r.get('speccert_onnx'))} | "
+            f"{_fmt(r.get('speccert_pt2'))} | {truth} | {r['verdict']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, help="Markdown file whose lipschitz-libraries block is replaced")
+    ap.add_argument("--json", type=Path, help="write the rows as JSON here")
+    ap.add_argument("--train-steps", type=int, default=50, help="Adam steps on synthetic data for the nets")
+    ap.add_argument("--only", default="", help="comma-separated substrings of entry names")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    entries = [("deel-torchlip", n, s) for n, s in _deel_entries().items()]
+    entries += [("orthogonium", n, s) for n, s in _orthogonium_entries().items()]
+    wanted = [w for w in args.only.split(",") if w]
+    rows = []
+    for lib, name, spec in entries:
+        if wanted and not any(w in name for w in wanted):
+            continue
+        rows.append(measure(lib, name, spec, args.train_steps))
+        print(json.dumps(rows[-1]), flush=True)
+    table = markdown(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    if args.out:
+        text = args.out.read_text()
+        pre, rest = text.split(BEGIN + "\n", 1)
+        args.out.write_text(pre + BEGIN + "\n" + table + END + rest.split(END, 1)[1])
+    else:
+        print(table)
+
+
+if __name__ == "__main__":
+    main()
