@@ -204,3 +204,16 @@ def test_certify_a_groupsort_net_falls_back_soundly_for_local_kinds() -> None:
     assert rep.audit is not None and rep.audit.points > 0 and rep.audit.successes == 0
     assert "local" not in set(rep.kind.tolist())  # the local kind does not handle Sort: not applicable
     assert float(rep.radius.max()) > 0
+
+
+@pytest.mark.parametrize("act", ["crelu", "halves", "groupsort4"])
+def test_sort_graphs_export_to_onnx_and_reload_identically(act: str, tmp_path: Path) -> None:
+    # finetune saves in the input's format: a Sort / Extremum graph must round-trip through ONNX
+    from speccert.exporters import save_onnx
+
+    g = speccert.load(_export(_conv_net(act), "pt2", tmp_path))
+    back = speccert.load(save_onnx(g, tmp_path / "back.onnx"))  # checked against onnxruntime at load
+    assert [n.op_type for n in back.nodes].count("Sort") == 1
+    assert lipschitz_bound(back, method="exact").upper == pytest.approx(
+        lipschitz_bound(g, method="exact").upper, rel=1e-12
+    )
