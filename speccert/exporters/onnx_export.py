@@ -38,6 +38,7 @@ from speccert.ir.ops import (
     MaxPool,
     Op,
     Pad,
+    PRelu,
     Reshape,
     Slice,
     Softmax,
@@ -261,6 +262,9 @@ _EXPORTERS: dict[type[Op], _Exporter] = {
     Slice: _export_slice,
     Standardize: _export_standardize,
     Sort: _export_sort,
+    PRelu: lambda w, node, op, xs, in_shape, out: w.node(
+        "PRelu", [xs[0], w.const(f"{node.name}.slope", op.slope)], out
+    ),
     Extremum: lambda w, node, op, xs, in_shape, out: w.node("Max" if op.is_max else "Min", xs, out),
 }
 

@@ -303,6 +303,25 @@ class Extremum(Op):
 
 
 @dataclass(frozen=True, eq=False)
+class PRelu(Op):
+    """PReLU with a slope per channel (or element): x for x >= 0, slope * x below; `slope` broadcasts to
+    the input without the batch axis. A single shared slope imports as Activation leaky_relu instead.
+
+    Lipschitz max(1, max_i |slope_i|): elementwise, coordinate i piecewise linear with slopes 1 and
+    slope_i. Not smooth. The slope is a constant of the graph, not a trainable parameter."""
+
+    op_type: ClassVar[str] = "PRelu"
+    slope: Tensor
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        x = xs[0]
+        return torch.where(x >= 0, x, x * self.slope.to(x.dtype))
+
+    def describe(self) -> str:
+        return f"PRelu ({self.slope.numel()} slopes)"
+
+
+@dataclass(frozen=True, eq=False)
 class MaxPool(Op):
     op_type: ClassVar[str] = "MaxPool"
     kernel: tuple[int, ...]
@@ -480,5 +499,6 @@ ALL_OPS: tuple[type[Op], ...] = (
     Slice,
     Sort,
     Extremum,
+    PRelu,
     Opaque,
 )

@@ -15,7 +15,7 @@ from speccert.importers.lowering import LoweringError, clip, hardsigmoid, max_co
 from speccert.importers.onnx_ops import Act, BuildContext, NotConvertible, Value, act, attrs, const, converter
 from speccert.importers.onnx_ops.elementwise import _broadcast_const
 from speccert.importers.onnx_ops.examples import model, one_node, randn, unary
-from speccert.ir.ops import Activation, Affine, Extremum, Op
+from speccert.ir.ops import Activation, Affine, Extremum, Op, PRelu
 
 
 def _emitter(ctx: BuildContext) -> Callable[[Op, Act], Act]:
@@ -140,3 +140,21 @@ def convert_hardswish(
 ) -> list[Value | None]:
     """x * max(0, min(1, x / 6 + 1/2)) -> Activation('hardswish') (3/2-Lipschitz)."""
     return [ctx.add(Activation("hardswish"), [act(inputs[0])])]
+
+
+def _prelu_examples() -> list:
+    return [
+        lambda: one_node("PRelu", (3, 4, 4), ["x", "s"], {"s": randn(3, 1, 1, seed=2)}, opset=9),
+        lambda: one_node("PRelu", (5,), ["x", "s"], {"s": np.array([0.25], np.float32)}, opset=16),
+    ]
+
+
+@converter("PRelu", examples=_prelu_examples())
+def convert_prelu(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+    """x for x >= 0, slope * x below (slope constant): one slope -> Activation leaky_relu, a slope per
+    channel or element -> PRelu (max(1, max|slope|)-Lipschitz)."""
+    x = act(inputs[0])
+    s = const(inputs[1] if len(inputs) > 1 else None, "slope")
+    if s.size == 1:
+        return [ctx.add(Activation("leaky_relu", float(s.reshape(-1)[0])), [x])]
+    return [ctx.add(PRelu(_broadcast_const(x, s)), [x])]
