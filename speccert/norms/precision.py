@@ -55,7 +55,7 @@ def _knobs() -> list[tuple[str, Any, str, object]]:
     new_api = _owner("cuda.matmul") is not None and hasattr(_owner("cuda.matmul"), "fp32_precision")
     # Reading a legacy allow_tf32 flag after the new API set different values raises: use one API.
     table = (_NEW_API if new_api else _LEGACY_TF32) + _REDUCED
-    found = []
+    found: list[tuple[str, Any, str, object]] = []
     for path, attr, safe in table:
         obj = _owner(path)
         if obj is not None and hasattr(obj, attr):
