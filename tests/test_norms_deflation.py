@@ -2,7 +2,7 @@
 
 Any threshold tau gives a proven bound (the eigenvectors only steer it): every threshold, from the
 plain torus bound (no vector deflated) to every eigenvector deflated, must stay >= the truth and
-<= the torus bound on the same torus; on a 7x7 map it must also be clearly tighter than the torus.
+<= the torus bound on the same torus (to the 1e-6 that single-precision eigenvectors may cost); on a 7x7 map it must also be clearly tighter than the torus.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def test_deflated_between_truth_and_torus_for_every_threshold(spec) -> None:  # 
     for theta in (1.0, 0.9, 0.5, 0.0):
         db = deflation.deflated_bound(g, CPU, theta, max_rank=100_000)
         assert db.value >= truth * (1 - 1e-12), (theta, db.value, truth)
-        assert db.value <= plain * (1 + 1e-8), (theta, db.value, plain)
+        assert db.value <= plain * (1 + 1e-6), (theta, db.value, plain)  # (single-precision steer)
 
 
 def test_deflated_tighter_than_torus_on_small_maps() -> None:
@@ -59,4 +59,4 @@ def test_strided_output_side_matches_dense() -> None:
     truth = truth_conv(w, size, stride, pads, (1, 1), 1, False)
     for theta in (0.9, 0.0):
         db = deflation.deflated_bound(g, CPU, theta, max_rank=100_000)
-        assert truth * (1 - 1e-12) <= db.value < torus.fft_bound(g, CPU).value * (1 + 1e-8)
+        assert truth * (1 - 1e-12) <= db.value < torus.fft_bound(g, CPU).value * (1 + 1e-6)

@@ -4,7 +4,7 @@ The top eigenvectors of every frequency block's Gram matrix (eigenvalues above 0
 are deflated, one Cholesky factorisation per block proves the rest is below the threshold, and the
 deflated part is bounded on the window exactly by a small Hermitian matrix (the blocks' eigenvectors
 coupled by the window's Dirichlet kernel), certified by Cholesky. Never above the torus bound on the
-same torus; on ResNet-18-like 7x7 maps it removes about a third of the torus' 3% excess (more with a
+same torus (to 1e-6: the eigenvectors come from a single-precision solve); on ResNet-18-like 7x7 maps it removes about a third of the torus' 3% excess (more with a
 lower threshold, at O(k^3) cost in the number k of deflated vectors). Opt-in (`--method deflated`):
 one eigendecomposition per frequency block costs more than `auto`'s budget on wide layers.
 """
