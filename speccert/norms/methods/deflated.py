@@ -6,7 +6,7 @@ deflated part is bounded on the window exactly by a small Hermitian matrix (the 
 coupled by the window's Dirichlet kernel), certified by Cholesky. Never above the torus bound on the
 same torus (to 1e-6: the eigenvectors come from a single-precision solve). On ResNet-18's layer3/4
 3x3 convs (random init) it removes 30-60% of the torus' excess (layer4.0.conv2: 3.48% -> 2.36%,
-layer3.0.conv2: 0.76% -> 0.35%) at ~3-4x the torus bound's time; more with a lower threshold, at
+layer3.0.conv2: 0.76% -> 0.35%) at 1-2.5x the torus bound's time; more with a lower threshold, at
 O(k^3) cost in the number k of deflated vectors. Opt-in (`--method deflated`): one eigendecomposition
 per frequency block costs more than `auto`'s time budget on wide layers.
 """
