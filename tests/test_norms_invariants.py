@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from test_norms_soundness import SETTINGS, conv_layers
 
 from speccert.cli.app import main
 from speccert.errors import EXIT_INPUT, EXIT_USAGE, InputError
@@ -184,3 +186,20 @@ def test_cli_norms_json_and_errors(small_onnx, capsys) -> None:  # noqa: ANN001
     assert all(r["lower"]["value"] <= r["upper"]["value"] for r in layers)
     assert main(["norms", str(small_onnx), "--method", "nope"]) == EXIT_USAGE
     assert main(["norms", str(small_onnx.with_name("missing.onnx"))]) == EXIT_INPUT
+
+
+@SETTINGS
+@given(conv_layers())
+def test_fft_never_above_lmt_or_fantastic4_on_zero_padding(spec) -> None:  # noqa: ANN001
+    """Why auto may skip lmt and fantastic4 once fft gave a bound (speccert/norms/methods/fft.py)."""
+    w, size, stride, pads, dil, groups, circular = spec
+    if circular:
+        return
+    op = Conv(w, None, stride, pads, dil, groups, "zeros")
+    in_shape = (w.shape[1] * groups, *size)
+    out_shape = tuple(op.forward(torch.zeros(1, *in_shape, dtype=torch.float64)).shape[1:])
+    layer = LinearLayer("c", op, in_shape, out_shape)
+    fft = METHODS.get("fft").compute(layer, NormContext())[0].value
+    for name in ("lmt", "fantastic4"):
+        if METHODS.get(name).applies(layer):
+            assert fft <= METHODS.get(name).compute(layer, NormContext())[0].value * (1 + 1e-9), name

@@ -23,6 +23,7 @@ from speccert.errors import UnsupportedModelError, UsageError
 from speccert.ir import Graph, fold_linear
 from speccert.norms.layer import LinearLayer, linear_part
 from speccert.norms.method import EXACT_MAX_DIM, NormContext, NormMethod, Stage, load_methods
+from speccert.norms.precision import exact_float_math
 from speccert.norms.result import Estimate, LowerBound, NormResult, UpperBound
 
 AUTO = "auto"
@@ -198,22 +199,13 @@ def auto_summary() -> str:
 
 
 def norm_of_layer(layer: LinearLayer, method: str, ctx: NormContext) -> LayerNorm:
-    """The LayerNorm of one layer with `method` (or auto)."""
+    """The LayerNorm of one layer with `method` (or auto), computed without TF32 or reduced-precision
+    reductions (speccert.norms.precision.exact_float_math: the error bounds assume IEEE arithmetic)."""
     t0 = time.perf_counter()
     notes: list[str] = []
-    if method == AUTO:
-        results = _auto(layer, ctx, notes)
-    else:
-        m = load_methods().get(method)
-        results = _run(m, layer, ctx, notes)
-        if not m.applies(layer):
-            notes.append(f"{method} does not apply to {layer.op_type}")
+    with exact_float_math():
+        results = _compute(layer, method, ctx, notes)
     up = _best(results, UpperBound, min)
-    if up is None:
-        up = _fallback_upper(layer, ctx, notes)
-        if method != AUTO:
-            notes.append(f"upper bound from {up.method} (fallback)")
-        results.append(up)
     lo = _best(results, LowerBound, max)
     est = _best(results, Estimate, max)
     others = {f"{r.method}/{r.kind}": r for r in results}
@@ -230,6 +222,21 @@ def norm_of_layer(layer: LinearLayer, method: str, ctx: NormContext) -> LayerNor
         est if isinstance(est, Estimate) else None,
         tuple(notes),
     )
+
+
+def _compute(layer: LinearLayer, method: str, ctx: NormContext, notes: list[str]) -> list[NormResult]:
+    if method == AUTO:
+        results = _auto(layer, ctx, notes)
+    else:
+        m = load_methods().get(method)
+        results = _run(m, layer, ctx, notes)
+        if not m.applies(layer):
+            notes.append(f"{method} does not apply to {layer.op_type}")
+    if _best(results, UpperBound, min) is None:
+        results.append(_fallback_upper(layer, ctx, notes))
+        if method != AUTO:
+            notes.append(f"upper bound from {results[-1].method} (fallback)")
+    return results
 
 
 def with_progress(ctx: NormContext, progress: Progress | None, i: int, n: int, name: str) -> NormContext:

@@ -222,6 +222,44 @@ def _tap_gram_max(
     return best, where, nblocks
 
 
+@dataclass(frozen=True)
+class FrequencyGrams:
+    """The Gram matrices of one group's frequency blocks on one torus, and how they are laid out.
+
+    h[i] = B(w_i)^H B(w_i) (`left`: rows/columns (slot, c_in), slot = r1 s2 + r2) or B(w_i) B(w_i)^H
+    (c_out) for w_i = freqs[i] over the half spectrum w2 <= M2 // 2 (B(-w) = conj(B(w)) gives the rest);
+    ||fl(h[i]) - h[i]||_2 <= h_err for every i (`_tap_gram_max`'s error analysis).
+    """
+
+    h: Tensor
+    h_err: float
+    left: bool
+    n_slots: int
+    freqs: Tensor  # [W, 2] int64
+
+
+def frequency_grams(wg: Tensor, plans: tuple[AxisPlan, AxisPlan]) -> FrequencyGrams:
+    """All frequency-block Gram matrices of one group's kernel wg [c_out, c_in/groups, k1, k2] (float64),
+    from the tap products (the smaller side, as `_tap_gram_max` chooses it)."""
+    dev = wg.device
+    co, ci, k1, k2 = wg.shape
+    s2 = plans[1].s
+    slot = torch.tensor(
+        [plans[0].r[a1] * s2 + plans[1].r[a2] for a1 in range(k1) for a2 in range(k2)], device=dev
+    )
+    n_slots = plans[0].s * s2
+    p1 = _phases(plans[0], False, dev).to(torch.complex128)
+    p2 = _phases(plans[1], True, dev).to(torch.complex128)
+    phi = torch.einsum("xa,yb->xyab", p1.sum(1), p2.sum(1)).reshape(-1, k1 * k2)
+    left = co >= n_slots * ci
+    dim = n_slots * ci if left else co
+    wt = wg.flatten(2).permute(2, 0, 1)
+    h = _chunk_gram(phi, _tap_pairs(wt, slot, n_slots, left), dim, n_slots, left, wt)
+    w1 = torch.arange(p1.shape[0], device=dev).repeat_interleave(p2.shape[0])
+    w2 = torch.arange(p2.shape[0], device=dev).repeat(p1.shape[0])
+    return FrequencyGrams(h, _tap_gram_err(wt, slot, n_slots, left), left, n_slots, torch.stack([w1, w2], 1))
+
+
 def torus_bound(
     g: ConvGeometry,
     plans: tuple[AxisPlan, AxisPlan],

@@ -6,6 +6,12 @@ symbol sup_w ||K^(w)|| of the (polyphase) kernel over all frequencies, the torus
 frequency grid of the same symbol, so fft <= fantastic4 up to the 1e-10 rounding allowances, and
 fantastic4 is not run after it. On 1x1 zero-padded convs fantastic4 is exact (W at each kept pixel), so
 fft runs after it and only if no upper bound is known yet.
+
+It also supersedes `lmt` (Tsuzuku et al.: ||T|| sqrt(c), T the kernel as c_out x (c_in taps), c the
+windows covering a pixel): with zero padding B(w) = T Phi(w), where Phi(w) puts tap a's phase in
+polyphase slot r(a), so ||B(w)|| <= ||T|| ||Phi(w)|| = ||T|| sqrt(most taps in one slot) and taps in one
+slot are >= s apart within a span of d(k-1): at most min(k, ceil((d(k-1)+1)/s)) per axis, LMT's c. (On
+circular convs lmt runs first, order 20 < 30, so the supersession never skips it there.)
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ class FFTMethod(NormMethod):
     kinds = ("upper",)
     summary = "zero-padded conv as a compression of a circular conv; max of frequency-block norms"
     applies_to = "Conv 1-d/2-d (zero or circular padding, stride, dilation, groups), ConvTranspose, AvgPool"
-    auto = AutoRole("upper", order=30, supersedes=("fantastic4",), fallback=2)
+    auto = AutoRole("upper", order=30, supersedes=("fantastic4", "lmt"), fallback=2)
 
     def applies(self, layer: LinearLayer) -> bool:
         return torus.applies(layer.conv())
