@@ -23,7 +23,7 @@ from speccert.bounds.certificate import (
     NotApplicable,
     finish_radius,
 )
-from speccert.bounds.fast_pass import FastPass, margins64
+from speccert.bounds.fast_pass import PROBE_POINTS, FastPass, margins64
 from speccert.bounds.float_error import ErrorModel
 from speccert.bounds.lipschitz import LipschitzBound
 from speccert.bounds.options import CertifyOptions
@@ -127,7 +127,7 @@ def certify_samples(
         if progress is not None:
             progress("certify", start, n)
         # A short first batch probes whether the float32 pass settles points for this model and tolerance.
-        size = min(opts.batch_size, 32) if fast is not None and start == 0 else opts.batch_size
+        size = min(opts.batch_size, PROBE_POINTS) if fast is not None and start == 0 else opts.batch_size
         xnp = ds.x[start : start + size]
         yb = torch.from_numpy(ds.y[start : start + size]).to(dev)
         if fast is not None:
