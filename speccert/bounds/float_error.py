@@ -94,7 +94,9 @@ def _abs_norm_and_fan_in(
     if isinstance(op, Linear):
         w = op.weight.detach().abs().double()
         b = float(op.bias.detach().double().norm()) if op.bias is not None else 0.0
-        return math.sqrt(float(w.sum(1).max()) * float(w.sum(0).max())), w.shape[1], b
+        # || |W| ||_2 <= min(Schur test, || |W| ||_F = ||W||_F): either can be the smaller one.
+        schur = math.sqrt(float(w.sum(1).max()) * float(w.sum(0).max()))
+        return min(schur, float(w.norm())), w.shape[1], b
     if isinstance(op, Conv):
         w = op.weight.detach().abs().double()  # [c_out, c_in/g, *k]
         rows = float(w.flatten(1).sum(1).max())  # one output: its whole receptive field

@@ -1,0 +1,54 @@
+"""`speccert bench certify --throughput`: the float32 pass beside float64 alone, on a real model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from speccert.cli.app import main
+from speccert.cli.bench_certify_cmd import radius_loss
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "cnn_lip").mkdir()
+    shutil.copy(REPO / "models" / "cnn_lip.onnx", folder / "cnn_lip" / "model.onnx")
+    data = np.load(REPO / "models" / "data" / "fashion_mnist_test_1k.npz")
+    np.save(folder / "cnn_lip" / "x.npy", data["x"][:40])
+    np.save(folder / "cnn_lip" / "y.npy", data["y"][:40])
+    return folder
+
+
+def _bench(corpus: Path, out: Path, *extra: str) -> dict:
+    args = ["bench", "certify", "--no-bundled", "--corpus", str(corpus), "--throughput", "--json", str(out)]
+    assert main([*args, *extra]) == 0
+    return json.loads(out.read_text())["models"]["cnn_lip"]
+
+
+def test_throughput_figures_at_a_loose_and_at_no_tolerance(corpus: Path, tmp_path: Path) -> None:
+    """cnn_lip's proven float32 error is ~1% of its margins: a 50% tolerance settles most points in
+    float32 and loses at most 50% of a radius; tolerance 0 is float64 alone. Points are repeated to 100."""
+    loose = _bench(corpus, tmp_path / "a.json", "--float32-tolerance", "0.5", "--min-points", "100")
+    assert loose["n"] == 120 and loose["float32_tolerance"] == 0.5
+    assert loose["float64_share"] < 0.5 and 0.0 <= loose["radius_loss_max"] <= 0.5
+    assert loose["throughput_vs_inference"] > 0 and loose["float64_throughput_vs_inference"] > 0
+    exact = _bench(corpus, tmp_path / "b.json", "--float32-tolerance", "0")
+    assert exact["n"] == 40 and exact["float64_share"] == 1.0 and exact["radius_loss_max"] == 0.0
+    assert exact["certified_accuracy"] == loose["certified_accuracy"] or loose["radius_loss_max"] > 0
+
+
+def test_bad_tolerance_or_points_are_usage_errors(corpus: Path) -> None:
+    for bad in (["--float32-tolerance", "1.5"], ["--float32-tolerance", "-1"], ["--min-points", "-3"]):
+        assert main(["bench", "certify", "--no-bundled", "--corpus", str(corpus), *bad]) == 2
+
+
+def test_radius_loss() -> None:
+    assert radius_loss([0.9, 2.0, 0.0], [1.0, 1.0, 0.0]) == pytest.approx(0.1)
+    assert radius_loss([1.0], [float("inf")]) == 0.0 and radius_loss([], []) == 0.0
