@@ -39,8 +39,11 @@ def test_throughput_figures_at_a_loose_and_at_no_tolerance(corpus: Path, tmp_pat
     assert loose["n"] == 120 and loose["float32_tolerance"] == 0.5
     assert loose["float64_share"] < 0.5 and 0.0 <= loose["radius_loss_max"] <= 0.5
     assert loose["throughput_vs_inference"] > 0 and loose["float64_throughput_vs_inference"] > 0
+    q = loose["float32_bound_over_margin"]
+    assert 0 < q["p10"] <= q["p50"] <= q["p90"] and q["p50"] < 0.1  # ~1% measured
     exact = _bench(corpus, tmp_path / "b.json", "--float32-tolerance", "0")
     assert exact["n"] == 40 and exact["float64_share"] == 1.0 and exact["radius_loss_max"] == 0.0
+    assert exact["float32_bound_over_margin"] is None
     assert exact["certified_accuracy"] == loose["certified_accuracy"] or loose["radius_loss_max"] > 0
 
 

@@ -110,3 +110,24 @@ class FastPass:
         redone (a float32 pass costs 0.1-0.3 of a float64 one on the CPU, so it saves time below a
         share of 0.7-0.9; a fixed share keeps the choice, and the figures, independent of timing)."""
         return self.redone <= MAX_REDO_SHARE * self.points
+
+
+def bound_over_margin(
+    bound: LipschitzBound, x: np.ndarray, y: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """Per point correctly classified in float32: the proven float32 allowance over the float32 margin
+    min_j f_y - f_j (what `float32_tolerance` is compared with; a benchmark figure, on the CPU).
+    Raises Float32NotCovered for graphs without a float32 rule."""
+    uppers = {n.name: n.upper for n in bound.layers}
+    model = Float32ErrorModel(bound.folded, uppers, input_rounded=x.dtype != np.float32)
+    graph32 = bound.folded.to("cpu", torch.float32)
+    out: list[np.ndarray] = []
+    for i in range(0, len(x), batch_size):
+        with torch.no_grad(), torch.backends.nnpack.flags(enabled=False):
+            acts = graph32.activations(torch.from_numpy(x[i : i + batch_size]).to(torch.float32))
+            logits = acts[graph32.output].to(torch.float64)
+            allowance = model.allowance(acts)
+        yb = torch.from_numpy(y[i : i + batch_size]).long()
+        m = safe_margins(logits, yb, torch.zeros_like(allowance)).amin(1)
+        out.append((allowance / m)[m > 0].numpy())
+    return np.concatenate(out) if out else np.zeros(0)
