@@ -48,15 +48,19 @@ def bench_throughput_one(
         "clean_accuracy": float((slow.preds == ds.y).mean()),
         "float32_tolerance": tolerance,
         "seconds": time.perf_counter() - t0,
-        **{f"{k}_samples_per_s": len(ds) / v if v > 0 else None for k, v in best.items()},
-        "throughput_vs_inference": best["inference"] / best["certify"] if best["certify"] > 0 else None,
-        "float64_throughput_vs_inference": best["inference"] / best["float64"]
-        if best["float64"] > 0
-        else None,
+        **{f"{k}_samples_per_s": _ratio(len(ds), v) for k, v in best.items()},
+        "throughput_vs_inference": _ratio(best["inference"], best["certify"]),
+        "float64_throughput_vs_inference": _ratio(best["inference"], best["float64"]),
+        "float32_only_throughput_vs_inference": _ratio(best["inference"], best["float32"]),
         "float64_share": fast.float64_share,
         "radius_loss_max": radius_loss(fast.radius, slow.radius),
         "float32_bound_over_margin": _quantiles(ratios),
     }
+
+
+def _ratio(a: float, seconds: float) -> float | None:
+    """a / seconds, None for a time not measured (inf) or too short to measure (0)."""
+    return a / seconds if 0 < seconds < float("inf") else None
 
 
 def _inference_seconds(graph: Any, x: Any, batch_size: int, dev: Any) -> float:
