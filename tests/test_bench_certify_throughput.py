@@ -56,3 +56,19 @@ def test_bad_tolerance_or_points_are_usage_errors(corpus: Path) -> None:
 def test_radius_loss() -> None:
     assert radius_loss([0.9, 2.0, 0.0], [1.0, 1.0, 0.0]) == pytest.approx(0.1)
     assert radius_loss([1.0], [float("inf")]) == 0.0 and radius_loss([], []) == 0.0
+
+
+def test_certify_command_takes_the_tolerance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`speccert certify --float32-tolerance`: out of [0, 1) is exit 2 with one line; 0 is float64 only;
+    0.5 settles cnn_lip's points in float32 (its proven error is ~1% of its margins)."""
+    data = REPO / "models" / "data" / "fashion_mnist_test_1k.npz"
+    base = ["certify", str(REPO / "models" / "cnn_lip.onnx"), "--data", str(data)]
+    base += ["--limit", "64", "--lower-points", "1"]
+    assert main([*base, "--float32-tolerance", "1.5"]) == 2
+    assert "--float32-tolerance must be in [0, 1)" in capsys.readouterr().err
+    shares = []
+    for tol in ("0", "0.5"):
+        out = tmp_path / f"r{tol}.json"
+        assert main([*base, "--float32-tolerance", tol, "--json", str(out)]) == 0
+        shares.append(json.loads(out.read_text())["timing"]["float64_share"])
+    assert shares[0] == 1.0 and shares[1] < 0.5

@@ -66,7 +66,7 @@ class CertifyOptions:
         if self.lower_points < 1:
             raise UsageError(f"--lower-points must be >= 1, got {self.lower_points}")
         if not 0.0 <= self.float32_tolerance < 1.0:
-            raise UsageError(f"float32 tolerance must be in [0, 1), got {self.float32_tolerance}")
+            raise UsageError(f"--float32-tolerance must be in [0, 1), got {self.float32_tolerance}")
         if self.crc_steps < 0 or (self.crc_steps > 0 and not self.second_order):
             raise UsageError(f"--crc-steps must be >= 0 and needs --second-order, got {self.crc_steps}")
 
