@@ -49,8 +49,9 @@ ThroughputOpt = Annotated[
     typer.Option(
         "--throughput",
         help="Instead: plain float32 inference, the certificate pass and the float64-only pass side by "
-        "side (best of 3 each), with the proven float32 error over margin, the share of points that "
+        "side (best of 5 each), with the proven float32 error over margin, the share of points that "
         "needed float64 and the largest radius loss against float64 alone.",
+        metavar="",
     ),
 ]
 ToleranceOpt = Annotated[

@@ -9,7 +9,7 @@ from typing import Any
 
 from speccert.cli.common import out
 
-REPEATS = 3
+REPEATS = 5
 
 
 def bench_throughput_one(
@@ -155,7 +155,7 @@ def render_throughput(models: dict[str, dict[str, Any]]) -> None:
     from rich.table import Table
 
     t = Table(
-        title="certify throughput: certificate pass / plain float32 inference, best of 3 (float64 alone: "
+        title="certify throughput: certificate pass / plain float32 inference, best of 5 (float64 alone: "
         "f64; float32 pass alone, as if every point settled: f32); bound/margin: proven float32 error over margin, p10 p50 p90; f64 share: points whose "
         "margins needed float64; radius loss: largest relative loss against float64 alone"
     )
