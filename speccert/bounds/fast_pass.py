@@ -10,9 +10,10 @@ A point is settled in float32 when, with A the rigorous float32 allowance of its
   which the float64 pass's radius never exceeds.
 
 Every other point is recomputed in float64 (speccert.bounds.float_error's allowance). Because the
-worst-case float32 bound (gamma_n with n the reduction length, D_v the Lipschitz bounds) is 1e-3 to
-1e1 of typical margins while the observed error is ~1e-7, the default tolerance 1e-6 (radii as the
-float64 pass gives them) settles only misclassified points; `pays_off` then switches certify to float64.
+worst-case float32 bound (gamma_n with n the reduction length, D_v the Lipschitz bounds) is 0.5% to
+130% of the median margin on the zoo and corpus (10^4 on a sigmoid net with L = 4e7) while the
+observed error is ~1e-7 of it, the default tolerance 1e-6 (radii as the float64 pass gives them)
+settles only misclassified points; `pays_off` then switches certify to float64.
 """
 
 from __future__ import annotations
