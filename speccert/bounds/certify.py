@@ -148,6 +148,7 @@ def certify(
     folded = bound.folded.to(dev, torch.float64)
     samples = certify_samples(bound, folded, ds, opts, dev, notes, progress)
     timing["certify_s"] = samples.seconds
+    timing["float64_share"] = samples.float64_share
     lower = _lower_bound(bound, folded, ds, opts, dev, timing, progress) if opts.lower_bound else None
     audit_summary = None
     if opts.audit > 0:

@@ -17,12 +17,11 @@ Add/Concat). So ||f_computed(x) - f(x)|| <= sum_v D_v e_v(x) (+ higher-order ter
 
 certify() lowers every margin by SAFETY * sqrt(2) * that sum (SAFETY = 16 covers the neglected
 higher-order terms and library kernels that are a few times worse than the textbook bound).
-With `unit=FLOAT32_UNIT` the same model bounds a float32 pass over a float32 copy of the folded weights:
-rounding each weight to float32 is one more relative error u per product, hence gamma(k + 3). That
-holds only where float32 is computed as IEEE float32 with componentwise-bounded sums: `ieee_float32(dev)`
-(the CPU, with the TF32/bf16 "fast float32" modes off; certify also disables NNPACK, whose Winograd/FFT
+The float32 pass of certify has its own rigorous model, speccert.bounds.float32_error (no safety
+factor, BatchNorm recomputation, input rounding, denormals), used only where `ieee_float32(dev)`: the
+CPU, with the TF32/bf16 "fast float32" modes off (certify also disables NNPACK, whose Winograd/FFT
 convolutions are not covered). On a GPU cuDNN may pick TF32, FFT or Winograd kernels, so certify stays
-in float64 there.
+in float64 there. `unit` other than U is kept for experiments, not used by certify.
 softplus returns x above torch's threshold 20, off by log1p(exp(-20)) <= 2.07e-9 in any precision: an
 absolute error per element, added as 2.07e-9 sqrt(n) to the activation's term.
 """
@@ -95,7 +94,9 @@ def _abs_norm_and_fan_in(
     if isinstance(op, Linear):
         w = op.weight.detach().abs().double()
         b = float(op.bias.detach().double().norm()) if op.bias is not None else 0.0
-        return math.sqrt(float(w.sum(1).max()) * float(w.sum(0).max())), w.shape[1], b
+        # || |W| ||_2 <= min(Schur test, || |W| ||_F = ||W||_F): either can be the smaller one.
+        schur = math.sqrt(float(w.sum(1).max()) * float(w.sum(0).max()))
+        return min(schur, float(w.norm())), w.shape[1], b
     if isinstance(op, Conv):
         w = op.weight.detach().abs().double()  # [c_out, c_in/g, *k]
         rows = float(w.flatten(1).sum(1).max())  # one output: its whole receptive field

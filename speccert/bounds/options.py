@@ -30,6 +30,8 @@ class CertifyOptions:
     audit: attack this many certified points with PGD-L2 (`audit_steps`, `audit_restarts`).
     certificates: the certificate kinds to run (names in speccert.bounds.certificate.CERTIFICATES, or
         "all"); None = every kind that is not opt-in (the local certificate is opt-in).
+    float32_tolerance: relative radius loss the float32 pass may cost (speccert.bounds.fast_pass); points
+        it cannot settle within it are recomputed in float64. 0 = float64 only.
     """
 
     method: str = "auto"
@@ -45,6 +47,7 @@ class CertifyOptions:
     audit_steps: int = 40
     audit_restarts: int = 4
     certificates: tuple[str, ...] | None = None
+    float32_tolerance: float = 1e-6
 
     def replace(self, **changes: Any) -> CertifyOptions:
         """A copy with `changes` (field names of this class; anything else is a TypeError)."""
@@ -62,6 +65,8 @@ class CertifyOptions:
             raise UsageError(f"--audit must be >= 0, got {self.audit}")
         if self.lower_points < 1:
             raise UsageError(f"--lower-points must be >= 1, got {self.lower_points}")
+        if not 0.0 <= self.float32_tolerance < 1.0:
+            raise UsageError(f"--float32-tolerance must be in [0, 1), got {self.float32_tolerance}")
         if self.crc_steps < 0 or (self.crc_steps > 0 and not self.second_order):
             raise UsageError(f"--crc-steps must be >= 0 and needs --second-order, got {self.crc_steps}")
 

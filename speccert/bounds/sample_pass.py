@@ -1,8 +1,9 @@
 """The per-sample pass of certify(): every certificate kind on every sample, in batches.
 
 Margins come from a float64 forward pass of the folded graph, lowered by the rounding allowance of
-speccert.bounds.float_error; for float32 data and first-order certificates on an IEEE float32 device, a
-float32 pass with the float32 allowance, redone in float64 where that allowance is not negligible.
+speccert.bounds.float_error. With `float32_tolerance` > 0, first-order certificates and an IEEE float32
+device, a float32 pass is tried first (speccert.bounds.fast_pass) with the rigorous float32 allowance of
+speccert.bounds.float32_error; points it cannot settle within the tolerance are redone in float64.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from speccert.bounds.certificate import (
     Certificate,
     NotApplicable,
     finish_radius,
-    safe_margins,
 )
-from speccert.bounds.float_error import FLOAT32_UNIT, ErrorModel, ieee_float32
+from speccert.bounds.fast_pass import PROBE_POINTS, FastPass, margins64
+from speccert.bounds.float_error import ErrorModel
 from speccert.bounds.lipschitz import LipschitzBound
 from speccert.bounds.options import CertifyOptions
 from speccert.data import Dataset
@@ -32,7 +33,6 @@ from speccert.ir import Graph
 
 Tensor = torch.Tensor
 Progress = Callable[[str, int, int], None]
-FAST_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -44,6 +44,12 @@ class Samples:
     per_kind: dict[str, np.ndarray]
     names: list[str]
     seconds: float = 0.0
+    float64_points: int = 0  # points whose margins came from the float64 pass
+
+    @property
+    def float64_share(self) -> float:
+        """Share of the points certified from float64 margins (1.0 when the float32 pass is off)."""
+        return self.float64_points / len(self.preds) if len(self.preds) else 0.0
 
     @property
     def radius(self) -> np.ndarray:
@@ -101,18 +107,13 @@ def certify_samples(
     notes: list[str],
     progress: Progress | None,
 ) -> Samples:
-    """Every certificate kind on every sample, in batches; float32 fast path where it is sound."""
+    """Every certificate kind on every sample, in batches; the float32 pass where it settles points."""
     certs = _certificates(CertContext(bound, folded, dev, opts.crc_steps), opts, notes)
     uppers = {n.name: n.upper for n in bound.layers}
     errors = ErrorModel(bound.folded, uppers)
-    # float32 data and first-order certificates only: a float32 pass with a float32 error allowance,
-    # float64 again only where that allowance is not negligible (see _fast_margins).
-    fast = ds.x.dtype == np.float32 and not any(c.needs_grad for c in certs) and ieee_float32(dev)
-    fast32 = (
-        (bound.folded.to(dev, torch.float32), ErrorModel(bound.folded, uppers, unit=FLOAT32_UNIT))
-        if fast
-        else None
-    )
+    fast = FastPass.create(bound, folded, errors, ds.x.dtype, opts.float32_tolerance, dev, notes)
+    if fast is not None and any(c.needs_grad for c in certs):
+        fast = None  # gradients (second order) are taken in float64
     n = len(ds)
     out = Samples(
         np.zeros(n, dtype=np.int64),
@@ -121,20 +122,26 @@ def certify_samples(
         [c.name for c in certs],
     )
     t0 = time.perf_counter()
-    for start in range(0, n, opts.batch_size):
+    start = 0
+    while start < n:
         if progress is not None:
             progress("certify", start, n)
-        xnp = ds.x[start : start + opts.batch_size]
-        yb = torch.from_numpy(ds.y[start : start + opts.batch_size]).to(dev)
-        if fast32 is not None:
+        # A short first batch probes whether the float32 pass settles points for this model and tolerance.
+        size = min(opts.batch_size, PROBE_POINTS) if fast is not None and start == 0 else opts.batch_size
+        xnp = ds.x[start : start + size]
+        yb = torch.from_numpy(ds.y[start : start + size]).to(dev)
+        if fast is not None:
             xb = torch.from_numpy(xnp).to(device=dev)
-            logits, m, redone = _fast_margins(fast32[0], fast32[1], folded, errors, xb, yb)
-            if redone > 0.5:  # the float32 allowance is not negligible for this model: float64 from now on
-                fast32 = None
+            logits, m, redone = fast.margins(xb, yb)
+            out.float64_points += redone
+            if not fast.pays_off():
+                fast = None  # the float64 redo costs more than the float32 pass saves: float64 from now on
         else:
             xb = torch.from_numpy(xnp).to(device=dev, dtype=torch.float64)
-            logits, m = _margins64(folded, errors, xb, yb)
+            logits, m = margins64(folded, errors, xb, yb)
+            out.float64_points += xb.shape[0]
         _record(out, certs, Batch(xb, yb, logits, m), slice(start, start + xb.shape[0]))
+        start += xb.shape[0]
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     out.seconds = time.perf_counter() - t0
@@ -151,33 +158,3 @@ def _record(out: Samples, certs: list[Certificate], batch: Batch, sl: slice) -> 
     for c in certs:
         r = finish_radius(c.radii(batch).amin(1))
         out.per_kind[c.name][sl] = torch.where(correct, r, torch.zeros_like(r)).cpu().numpy()
-
-
-def _margins64(folded: Graph, errors: ErrorModel, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """(float64 logits, safe margins) at float64 points x."""
-    with torch.no_grad():
-        acts = folded.activations(x.to(torch.float64))
-    logits = acts[folded.output]
-    return logits, safe_margins(logits, y, errors.bound(acts))
-
-
-def _fast_margins(
-    folded32: Graph, errors32: ErrorModel, folded: Graph, errors: ErrorModel, x: Tensor, y: Tensor
-) -> tuple[Tensor, Tensor, float]:
-    """(logits, safe margins, fraction recomputed in float64) from a float32 forward pass (float32 points x), its error allowed for with the
-    float32 unit roundoff (the float32 copy of the weights included). Where the allowance exceeds
-    FAST_TOLERANCE times |raw margin| (near-ties, tiny margins) the point is recomputed in float64, so
-    the fast path costs at most a relative FAST_TOLERANCE of margin, and never soundness."""
-    with torch.no_grad(), torch.backends.nnpack.flags(enabled=False):
-        acts = folded32.activations(x)
-    logits = acts[folded32.output].to(torch.float64)
-    allowance = errors32.bound(acts)
-    del acts
-    m = safe_margins(logits, y, allowance)
-    raw = m.amin(1) + allowance
-    redo = allowance > FAST_TOLERANCE * raw.abs()
-    if bool(redo.any()):
-        idx = redo.nonzero()[:, 0]
-        l64, m64 = _margins64(folded, errors, x[idx], y[idx])
-        logits, m = logits.index_copy(0, idx, l64), m.index_copy(0, idx, m64)
-    return logits, m, float(redo.double().mean())

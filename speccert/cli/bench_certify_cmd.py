@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from speccert.cli.bench_corpus import REPO, corpus_folder, missing_corpus_note
+from speccert.cli.bench_throughput import bench_throughput_one, render_throughput
 from speccert.cli.common import DeviceOpt, JsonOpt, check_outputs, err, out, resolve_device, write_json
 
 BUNDLED_DATA = REPO / "models" / "data" / "fashion_mnist_test_1k.npz"
@@ -35,6 +36,32 @@ EpsOpt = Annotated[
 ]
 BundledEpsOpt = Annotated[str, typer.Option("--bundled-eps", help="Radii for the bundled models.")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="At most N samples per model.")]
+MinPointsOpt = Annotated[
+    int,
+    typer.Option(
+        "--min-points",
+        help="With --throughput: repeat a model's points up to at least N (timings of the small corpus "
+        "sets are otherwise milliseconds); percentages are unchanged, n counts the repeats.",
+    ),
+]
+ThroughputOpt = Annotated[
+    bool,
+    typer.Option(
+        "--throughput",
+        help="Instead: plain float32 inference, the certificate pass and the float64-only pass side by "
+        "side (best of 5 each), with the proven float32 error over margin, the share of points that "
+        "needed float64 and the largest radius loss against float64 alone.",
+        metavar="",
+    ),
+]
+ToleranceOpt = Annotated[
+    float,
+    typer.Option(
+        "--float32-tolerance",
+        help="Relative radius loss the float32 pass may cost (points it cannot settle within it are "
+        "redone in float64); 0 = float64 only.",
+    ),
+]
 
 
 def _bundled_models() -> list[str]:
@@ -46,13 +73,13 @@ def _bundled_models() -> list[str]:
 
 
 def bench_certify_one(
-    graph: Any, data: Any, eps: list[float], device: str, limit: int | None
+    graph: Any, data: Any, eps: list[float], device: str, limit: int | None, tolerance: float = 1e-6
 ) -> dict[str, Any]:
     """One certify() run: the figures issue 4 asks for, with the certify-vs-plain-inference throughput."""
     from speccert.bounds import CertifyOptions, certify
 
     t0 = time.perf_counter()
-    rep = certify(graph, data, eps, CertifyOptions(device=device), limit=limit)
+    rep = certify(graph, data, eps, CertifyOptions(device=device, float32_tolerance=tolerance), limit=limit)
     t = rep.timing
     return {
         "n": rep.n,
@@ -70,6 +97,7 @@ def bench_certify_one(
         "throughput_vs_inference": t["certify_samples_per_s"] / t["inference_samples_per_s"]
         if t["inference_samples_per_s"] > 0
         else None,
+        "float64_share": t["float64_share"],
     }
 
 
@@ -147,24 +175,37 @@ def certify_bench(
     eps: EpsOpt = "0.01,0.05,0.1",
     bundled_eps: BundledEpsOpt = "0.25,0.5,1",
     limit: LimitOpt = None,
+    float32_tolerance: ToleranceOpt = 1e-6,
+    min_points: MinPointsOpt = 0,
+    throughput: ThroughputOpt = False,
     json_out: JsonOpt = None,
 ) -> None:
     """Per model: Lipschitz upper/lower, clean and certified accuracy, seconds, and the certificate pass's
-    throughput as a fraction of plain inference of the same model on the same data."""
-    from speccert.errors import SpeccertError
+    throughput as a fraction of plain inference of the same model on the same data (`--throughput`:
+    speccert.cli.bench_throughput's side-by-side timing instead)."""
+    from speccert.errors import SpeccertError, UsageError
     from speccert.importers import load
 
     dev = resolve_device(device)
     check_outputs({"--json": json_out})
+    if not 0.0 <= float32_tolerance < 1.0:
+        raise UsageError(f"--float32-tolerance must be in [0, 1), got {float32_tolerance}")
+    if min_points < 0:
+        raise UsageError(f"--min-points must be >= 0, got {min_points}")
     jobs = _certify_jobs(corpus, bundled, eps, bundled_eps)
     report: dict[str, Any] = {"schema": "speccert.bench.certify/1", "device": dev, "models": {}}
     for name, model_path, data, eps_list in jobs:
         err.print(f"certifying {name} ...")
         try:
-            report["models"][name] = bench_certify_one(load(model_path), data, eps_list, dev, limit)
+            graph = load(model_path)
+            report["models"][name] = (
+                bench_throughput_one(graph, data, dev, limit, float32_tolerance, min_points)
+                if throughput
+                else bench_certify_one(graph, data, eps_list, dev, limit, float32_tolerance)
+            )
         except SpeccertError as exc:
             err.print(f"note: {name}: skipped ({exc})", highlight=False)
     if json_out != "-":
-        _render_certify(report["models"])
+        (render_throughput if throughput else _render_certify)(report["models"])
     if json_out is not None:
         write_json(report, json_out)

@@ -156,6 +156,7 @@ def _certify_options(
     lower_points: int,
     certificate: str,
     exact_max_dim: int | None,
+    float32_tolerance: float = 1e-6,
 ) -> CertifyOptions:
     """The CertifyOptions of the command line; a misspelt certificate kind is exit 2 before any work."""
     from speccert.bounds import CertifyOptions
@@ -173,7 +174,9 @@ def _certify_options(
         if certificate == "default"
         else tuple(c.strip() for c in certificate.split(",") if c.strip()),
         **({} if exact_max_dim is None else {"exact_max_dim": exact_max_dim}),
+        float32_tolerance=float32_tolerance,
     )
+    options.validate()
     import speccert.bounds.certify  # noqa: F401 - registers every certificate kind
     from speccert.bounds.sample_pass import check_kinds
 
@@ -311,6 +314,14 @@ def command(
             show_default=False,
         ),
     ] = None,
+    float32_tolerance: Annotated[
+        float,
+        typer.Option(
+            "--float32-tolerance",
+            help="Relative radius loss a float32 margin pass may cost against float64 (CPU; points it "
+            "cannot settle are recomputed in float64; 0 = float64 only; see docs/certify.md).",
+        ),
+    ] = 1e-6,
 ) -> None:
     """Certify a classifier's L2 robustness on labelled data: global Lipschitz bound, certified radii and
     certified accuracy at each eps (a radius is a proven L2 distance in the data's own space)."""
@@ -335,6 +346,7 @@ def command(
         lower_points,
         certificate,
         exact_max_dim,
+        float32_tolerance,
     )
     check_outputs({"--json": json_out, "--plot": plot})
     _check_plot(plot)
