@@ -177,3 +177,18 @@ def test_aol_resume_is_bit_identical(tmp_path: Path) -> None:
         assert torch.equal(a["reparam"][k], b["reparam"][k]), k
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_start_keeps_the_function_when_aol_is_a_pure_scale() -> None:
+    """V = c Q with Q orthogonal: aol(V) = Q = V / c, so the bias times 1/c and the head times c give
+    exactly the input function (without them the bias would dominate: the collapse start() prevents)."""
+    g = toy_mlp(d_in=6, hidden=6)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(1), dtype=F64))
+    object.__setattr__(g.node("l1").op, "weight", 40.0 * q)
+    x = torch.rand(50, 6, dtype=F64)
+    before = g(x)
+    rp = AOLReparam(g, hidden_layers(g))
+    scales = rp.start()
+    assert scales == {"l1": pytest.approx(1 / 40)}
+    assert torch.allclose(g.node("l1").op.weight, q)
+    assert torch.allclose(g(x), before, atol=1e-12)

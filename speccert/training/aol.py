@@ -107,6 +107,37 @@ class AOLReparam(nn.Module):
                 object.__setattr__(op, "weight", w)
 
     @torch.no_grad()
+    def start(self) -> dict[str, float]:
+        """Before the first step: the graph's weights become aol(V), and the constants follow.
+
+        aol(V) is V shrunk (by ratio r_l = ||aol(V)||_F / ||V||_F on average); a bias kept as it was
+        would then dominate its layer's output (after folded BatchNorms, by orders of magnitude: the
+        net collapses to one class). So each layer's bias is multiplied by the scale s of its output,
+        s_out = s_in * r_l (s = 1 at the input; at an Add the largest input scale, the dominant branch),
+        and the free head's weight is divided by its input's scale, so the logits keep their size.
+        A heuristic start, not a function-preserving map (AOL rescales input channels unevenly).
+        Returns the scale at every reparametrised layer's output."""
+        ratio = {
+            n: float(aol(v).norm() / v.norm().clamp_min(1e-30))
+            for n, v in zip(self.names, self.raw, strict=True)
+        }
+        scale: dict[str, float] = {}
+        head = [n for n in self.graph.nodes if isinstance(n.op, (Linear, Conv))][-1].name
+        for node in self.graph.nodes:
+            s_in = max((scale.get(i, 1.0) for i in node.inputs), default=1.0)
+            op = node.op
+            if node.name in ratio:
+                s_in *= ratio[node.name]
+                if op.bias is not None:  # type: ignore[attr-defined]
+                    op.bias.mul_(s_in)  # type: ignore[attr-defined]
+            elif node.name == head:
+                op.weight.div_(s_in)  # type: ignore[attr-defined]
+                s_in = 1.0
+            scale[node.name] = s_in
+        self.sync()
+        return {n: scale[n] for n in self.names}
+
+    @torch.no_grad()
     def sync(self) -> None:
         """Write aol(V) into the graph's weight tensors (in place: the module and graph share them)."""
         for op, v in self._ops():

@@ -370,6 +370,8 @@ class FinetuneRun:
             first = self.evaluate(math.nan, time.perf_counter())
             self.epoch = 1
             self._initial_rescale(first)
+            if self.reparam is not None:
+                self.reparam.start()
             self.checkpoint()
         met, stop = self.history[-1].met, ""
         while not met and self.epoch <= epochs:
