@@ -85,7 +85,7 @@ class AOLReparam(nn.Module):
         self.names = list(layers)
         self.raw = nn.ParameterList()
         for name in self.names:
-            w = graph.node(name).op.weight
+            w = graph.node(name).op.weight  # type: ignore[attr-defined]  # Linear/Conv (hidden_layers)
             self.raw.append(nn.Parameter(w.detach().clone()))
             w.requires_grad_(False)  # trained through V only
         # No sync here: until the first step the graph is the input model (epoch 0 measures it).

@@ -97,15 +97,18 @@ def recipe_help() -> str:
 def recipe_table_markdown() -> str:
     """The recipes table of docs/finetune.md, generated from the registry (tests check it is current)."""
     rows = [
-        "| recipe | penalty (options) | initial L | lr schedule | clip | epochs | what it is |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | penalty (options) | initial L | layers | lr schedule | clip | epochs | what it is |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for k, r in RECIPES.items():
         opts = ", ".join(f"{a}={v}" for a, v in sorted(r.penalty_options.items()))
         sched = f"{r.lr:g}" + (f", warm-up {r.warmup:g}" if r.warmup else "") + f", {r.lr_decay}"
         pen = f"`{r.penalty}`" + (f" ({opts})" if opts else "")
         init = f"{r.init_lipschitz:g}" if r.init_lipschitz else "-"
-        rows.append(f"| `{k}` | {pen} | {init} | {sched} | {r.grad_clip:g} | {r.epochs} | {r.summary} |")
+        layers = {"": "plain", "aol": "AOL (BN folded)"}[r.reparam]
+        rows.append(
+            f"| `{k}` | {pen} | {init} | {layers} | {sched} | {r.grad_clip:g} | {r.epochs} | {r.summary} |"
+        )
     return "\n".join(rows)
 
 
