@@ -12,6 +12,8 @@ input (the certifier's tighter pairwise last-layer form). eps' = weight * ramp *
 weight scales the training margin (1 = the target eps), finetune's schedule raises it when the
 certified accuracy stalls, and `anneal=a` ramps it linearly from 0 over the first fraction a of the
 run (default 0: no ramp). `forward` returns CE(shifted) - CE(plain), so loss = CE + forward is the LMT loss.
+`la_beta=b > 0` replaces the cross-entropy of the shifted logits by logit annealing (BRONet, Lai et al.
+2025): -(1 - p_y)^b log p_y, p = softmax(shifted logits).
 """
 
 from __future__ import annotations
