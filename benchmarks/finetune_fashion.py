@@ -1,7 +1,9 @@
 """Benchmark (not a CI test): fine-tune the zoo's standard CNN on Fashion-MNIST with each named recipe
 and each single penalty side by side under the same epoch budget, and compare with the baseline a user
 would otherwise pick: retraining the same architecture from scratch with
-torch.nn.utils.parametrizations.spectral_norm on every layer.
+torch.nn.utils.parametrizations.spectral_norm on every layer, and (with --deel-python) the 1-Lipschitz
+library a user would otherwise pick, deel-torchlip, trained with its own recipe in its own virtual
+environment by benchmarks/finetune_deel.py (never imported here).
 
 Every number in the table comes from `speccert.certify` (sound bounds; the empirical lower bound of L
 from its gradient search) on a held-out test subset, pixels in [0, 1], L2 radii 0.25 / 0.5 / 1.0, of
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -107,12 +110,38 @@ def table(rows: list[dict]) -> str:
             )
             continue
         low = "-" if r["L_lower"] is None else f"{r['L_lower']:.3g}"
+        up = "-" if r["L_upper"] is None else f"{r['L_upper']:.3g}"
         lines.append(
             f"| {r['method']} | "
             + " | ".join(f"{r[c]:.1%}" for c in cols)
-            + f" | {r['L_upper']:.3g} | {low} | {r['epochs']} | {r['minutes']:.1f} | {r['note']} |"
+            + f" | {up} | {low} | {r['epochs']} | {r['minutes']:.1f} | {r['note']} |"
         )
     return "\n".join(lines)
+
+
+def deel_rows(a, test: Dataset) -> list[dict]:  # noqa: ANN001
+    """deel-torchlip (GroupSort2 and ReLU) trained by finetune_deel.py in its own venv: a row with its
+    own certificate, and a row of speccert certifying the ONNX file it wrote (or why it could not)."""
+    rows = []
+    for act in ("groupsort2", "relu"):
+        out, js = Path(a.work) / f"deel-{act}.onnx", Path(a.work) / f"deel-{act}.json"
+        cmd = [a.deel_python, str(ROOT / "benchmarks" / "finetune_deel.py"), "--data", a.data]
+        cmd += ["--train-n", str(a.train_n), "--test-n", str(a.test_n), "--epochs", str(a.epochs)]
+        cmd += ["--seed", str(a.seed), "--activation", act, "--out", str(out), "--json", str(js)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            rows.append({"method": f"deel-torchlip {act}", "note": f"failed: {proc.stderr[-200:]}"})
+            continue
+        own = json.loads(js.read_text())
+        rows.append(own | {"L_upper": None, "L_lower": None, "note": "own formula (f_y - f_2nd) / 2"})
+        label = f"deel-torchlip {act} (speccert)"
+        try:
+            rows.append(
+                row(label, load(str(out)), test, a.device, own["minutes"] * 60, a.epochs, "from scratch")
+            )
+        except Exception as exc:  # noqa: BLE001 - an importer refusal is the finding, reported
+            rows.append({"method": label, "note": f"refused: {str(exc)[:80]}"})
+    return rows
 
 
 def spectral_norm_baseline(train: Dataset, epochs: int, lr: float, batch: int, device: str, seed: int):  # noqa: ANN201
@@ -156,6 +185,7 @@ def main() -> None:
     ap.add_argument("--recipes", default=",".join(RECIPES.keys()), help="named recipes ('' for none)")
     ap.add_argument("--penalties", default=",".join(PENALTIES.keys()), help="single penalties ('' for none)")
     ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--deel-python", default=None, help="python of a venv with deel-torchlip")
     ap.add_argument("--work", default="/tmp/speccert-bench-finetune")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
@@ -180,6 +210,9 @@ def main() -> None:
             )
         )
         print(rows[-1], file=sys.stderr, flush=True)
+    if a.deel_python:
+        rows += deel_rows(a, test)
+        print(rows[-2:], file=sys.stderr, flush=True)
     runs = [("recipe", n) for n in a.recipes.split(",") if n] + [
         ("penalty", n) for n in a.penalties.split(",") if n
     ]

@@ -25,6 +25,7 @@ from speccert.errors import UsageError
 from speccert.registry import Registry
 
 DECAYS = ("constant", "cosine")
+REPARAMS = ("", "aol")
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,14 @@ class Recipe:
     grad_clip: float = 0.0  # max global gradient L2 norm (0: off)
     adapt_weight: bool = True  # WeightSchedule raises/lowers the penalty weight between epochs
     init_lipschitz: float = 0.0  # > 0: first rescale the logits so the certified L is this (rescale.py)
+    # "aol": BatchNorm folded into its layer, every hidden Conv/Linear trained as AOL(V) (aol.py)
+    reparam: str = ""
 
     def __post_init__(self) -> None:
         if self.lr_decay not in DECAYS:
             raise UsageError(f"lr_decay must be one of {', '.join(DECAYS)}, got {self.lr_decay!r}")
+        if self.reparam not in REPARAMS:
+            raise UsageError(f"reparam must be one of {REPARAMS}, got {self.reparam!r}")
         if not (0.0 <= self.warmup < 1.0 and self.grad_clip >= 0 and self.lr > 0 and self.epochs >= 0):
             raise UsageError(
                 f"recipe {self.name!r}: need 0 <= warmup < 1, grad_clip >= 0, lr > 0, epochs >= 0"
@@ -92,15 +97,18 @@ def recipe_help() -> str:
 def recipe_table_markdown() -> str:
     """The recipes table of docs/finetune.md, generated from the registry (tests check it is current)."""
     rows = [
-        "| recipe | penalty (options) | initial L | lr schedule | clip | epochs | what it is |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | penalty (options) | initial L | layers | lr schedule | clip | epochs | what it is |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for k, r in RECIPES.items():
         opts = ", ".join(f"{a}={v}" for a, v in sorted(r.penalty_options.items()))
         sched = f"{r.lr:g}" + (f", warm-up {r.warmup:g}" if r.warmup else "") + f", {r.lr_decay}"
         pen = f"`{r.penalty}`" + (f" ({opts})" if opts else "")
         init = f"{r.init_lipschitz:g}" if r.init_lipschitz else "-"
-        rows.append(f"| `{k}` | {pen} | {init} | {sched} | {r.grad_clip:g} | {r.epochs} | {r.summary} |")
+        layers = {"": "plain", "aol": "AOL (BN folded)"}[r.reparam]
+        rows.append(
+            f"| `{k}` | {pen} | {init} | {layers} | {sched} | {r.grad_clip:g} | {r.epochs} | {r.summary} |"
+        )
     return "\n".join(rows)
 
 
@@ -116,6 +124,19 @@ register_recipe(
         lr_decay="cosine",
         adapt_weight=False,
         init_lipschitz=1.0,
+    )
+)
+register_recipe(
+    Recipe(
+        name="aol-lmt",
+        summary="BatchNorm folded, hidden layers trained as AOL(V) (1-Lipschitz), lmt pairwise margin",
+        penalty="lmt",
+        penalty_options=MappingProxyType({"anneal": 0.3}),
+        lr=5e-3,
+        epochs=20,
+        lr_decay="cosine",
+        adapt_weight=False,
+        reparam="aol",
     )
 )
 register_recipe(

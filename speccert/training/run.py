@@ -10,6 +10,7 @@ and the penalty's annealing are functions of the global step.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -24,7 +25,9 @@ from speccert.errors import EXIT_FAILED, SpeccertError, UsageError
 from speccert.ir.decision import decide_by
 from speccert.ir.graph import Graph
 from speccert.ir.ops import Affine, Softmax
+from speccert.ir.passes import fold_linear
 from speccert.training import ddp
+from speccert.training.aol import AOLReparam, hidden_layers
 from speccert.training.checkpoint import (
     BEST,
     LAST,
@@ -144,6 +147,8 @@ class FinetuneRun:
             cfg, paths, info, device, hooks, measure,
         )  # fmt: skip
         self.g = private_copy(graph, device)  # the caller's graph is never modified
+        if cfg.recipe.reparam:  # BatchNorm into its layer: AOL bounds the folded map (same function)
+            self.g = fold_linear(self.g)
         # Trains on the logits when the model ends in a softmax (same tensors); argmin models on -logits.
         lg = logits_graph(self.g)
         tg = decide_by(lg, cfg.decision)
@@ -158,7 +163,9 @@ class FinetuneRun:
         weight = cfg.penalty_weight if cfg.penalty_weight is not None else r.penalty_weight
         # On the logits graph: every penalty's bound is the same for -logits (norms of W_y - W_j, Jacobians).
         self.pen = make_penalty(r.penalty, lg, weight, **opts).to(device)
+        self.reparam = AOLReparam(lg, hidden_layers(lg)) if r.reparam == "aol" else None
         self.params = [p for p in self.module.parameters() if p.requires_grad]
+        self.params += list(self.reparam.parameters()) if self.reparam is not None else []
         self.opt = torch.optim.Adam(self.params, lr=r.lr)
         self.sched = WeightSchedule(float(self.pen.weight))
         self.x_all = _normalised(torch.from_numpy(train.x).to(device=device, dtype=self.g.dtype), cfg)
@@ -191,6 +198,8 @@ class FinetuneRun:
         self.module.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
         self.pen.load_state_dict(ck["penalty_state"])
+        if self.reparam is not None:
+            self.reparam.load_state_dict(ck["reparam"])
         self.sched.load_state_dict(ck["schedule"])
         set_rng_state(ck["rng"])
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
@@ -209,6 +218,7 @@ class FinetuneRun:
             "model": self.module.state_dict(),
             "optimizer": self.opt.state_dict(),
             "penalty_state": self.pen.state_dict(),
+            "reparam": self.reparam.state_dict() if self.reparam is not None else {},
             "penalty": self.cfg.recipe.penalty,
             "recipe": self.cfg.recipe.name,
             "schedule": self.sched.state_dict(),
@@ -249,7 +259,8 @@ class FinetuneRun:
         xb, yb = self.x_all[idx], self.y_all[idx]
         if self.pen.needs_input:
             xb = xb.clone().requires_grad_(True)
-        loss = self.pen.loss(self.module(xb), yb, xb, self.module)
+        with self.reparam.active() if self.reparam is not None else contextlib.nullcontext():
+            loss = self.pen.loss(self.module(xb), yb, xb, self.module)
         if ddp.all_reduce_sum([0.0 if torch.isfinite(loss).item() else 1.0], self.info, self.dev)[0]:
             where = self.paths.run_dir / LAST if self.paths.run_dir is not None else "none (no --out)"
             raise TrainingDiverged(
@@ -263,6 +274,8 @@ class FinetuneRun:
         if r.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, r.grad_clip)
         self.opt.step()
+        if self.reparam is not None:
+            self.reparam.sync()
         self.global_step += 1
         return float(loss.detach())
 
@@ -357,6 +370,8 @@ class FinetuneRun:
             first = self.evaluate(math.nan, time.perf_counter())
             self.epoch = 1
             self._initial_rescale(first)
+            if self.reparam is not None:
+                self.reparam.start()
             self.checkpoint()
         met, stop = self.history[-1].met, ""
         while not met and self.epoch <= epochs:

@@ -12,6 +12,8 @@ input (the certifier's tighter pairwise last-layer form). eps' = weight * ramp *
 weight scales the training margin (1 = the target eps), finetune's schedule raises it when the
 certified accuracy stalls, and `anneal=a` ramps it linearly from 0 over the first fraction a of the
 run (default 0: no ramp). `forward` returns CE(shifted) - CE(plain), so loss = CE + forward is the LMT loss.
+`la_beta=b > 0` replaces the cross-entropy of the shifted logits by logit annealing (BRONet, Lai et al.
+2025): -(1 - p_y)^b log p_y, p = softmax(shifted logits).
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ class LMTPenalty(Penalty):
         conv_mode: str = "operator",
         seed: int = 0,
         anneal: float = 0.0,
+        la_beta: float = 0.0,
     ) -> None:
         super().__init__(graph, weight)
+        if not la_beta >= 0:
+            raise UsageError(f"lmt la_beta must be >= 0, got {la_beta}")
+        self.la_beta = float(la_beta)
         if not 0.0 <= anneal <= 1.0:
             raise UsageError(f"lmt anneal must be a fraction of the run in [0, 1], got {anneal}")
         self.anneal = float(anneal)
@@ -104,7 +110,13 @@ class LMTPenalty(Penalty):
         return eps.to(w.dtype) * diff * lip_pen
 
     def loss(self, logits: Tensor, y: Tensor, x: Tensor, model: Model) -> Tensor:
-        return F.cross_entropy(logits + self.shift(y, logits.shape[1]).to(logits.dtype), y)
+        shifted = logits + self.shift(y, logits.shape[1]).to(logits.dtype)
+        if self.la_beta == 0:
+            return F.cross_entropy(shifted, y)
+        # Logit annealing (BRONet, Lai et al. 2025): -(1 - p_y)^beta log p_y on the shifted logits, so
+        # points already beyond the margin stop pulling and the capacity goes to the border points.
+        logp = F.log_softmax(shifted, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
+        return -((1.0 - logp.exp()).clamp_min(0.0) ** self.la_beta * logp).mean()
 
     def forward(self, logits: Tensor, y: Tensor, x: Tensor, model: Model) -> Tensor:
         return self.loss(logits, y, x, model) - F.cross_entropy(logits, y)
