@@ -28,9 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
-from speccert.bounds.linear_tail import tail_rows
-from speccert.bounds.local_bounds import BallBounds, Stage, ball_bounds, build_stages, inner_dimension
-from speccert.ir import Graph, MaxPool, Node
+from speccert.bounds.compose import RoundedUp, compose
+from speccert.bounds.local_bounds import BallBounds, ball_bounds
+from speccert.bounds.local_stages import Stage, build_stages, stage_vjp
+from speccert.ir import INPUT, Conv, Linear, MaxPool, Node
+from speccert.norms.result import round_up
 from speccert.norms.rounding import gamma, svd_error
 
 Tensor = torch.Tensor
@@ -41,20 +43,6 @@ REFINE_MAX_ROWS = 128  # unstable units of one layer whose rows are propagated e
 UNIT_MAX = 4096  # layers up to this many units get per-unit Lipschitz intervals
 UNIT_CHUNK = 256
 CHUNK = 32  # points per backward pass (memory: CHUNK x classes x features float64)
-
-
-def block_vjp(graph: Graph, block: list[Node], v: Tensor) -> Tensor:
-    """v^T A for a batch of row vectors v [N, *z_shape] (A the block's linear part): [N, *in_shape]."""
-    if not block:
-        return v
-    shape = graph.shape_of(block[0].inputs[0])
-    u = torch.zeros((v.shape[0], *shape), dtype=torch.float64, requires_grad=True)
-    with torch.enable_grad():
-        h = u
-        for node in block:
-            h = node.op.forward(h)
-        (g,) = torch.autograd.grad(h, u, v)
-    return g.detach()
 
 
 def pool_vjp(op: MaxPool, v: Tensor, winner: Tensor, in_shape: tuple[int, ...]) -> Tensor:
@@ -85,24 +73,27 @@ def _norms(v: Tensor) -> Tensor:
 
 
 class LocalModel:
-    """What the local bound needs of a model: its stages, tail rows and rounding constant."""
+    """What the local bound needs of a model: its stages, the logits' rows per source, rounding."""
 
     def __init__(self, ctx: CertContext) -> None:
         self.graph = ctx.bound.folded
         self.stages: list[Stage] = build_stages(ctx.bound)
-        self.rows = tail_rows(self.graph).rows
-        inner = sum(inner_dimension(self.graph, n) for st in self.stages for n in st.block) + 8
-        prod = 1.0
-        for st in self.stages:
-            prod *= st.schur * st.pool_factor
+        self.shapes = {INPUT: self.graph.input_shape} | {n.name: n.shape for n in self.graph.nodes}
+        final = self.stages[-1]
+        classes = math.prod(final.z_shape)
+        eye = torch.eye(classes, dtype=torch.float64).reshape(classes, *final.z_shape)
+        self.tail = {i: g.reshape(classes, -1) for i, g in stage_vjp(final, eye, self.shapes).items()}
+        inner = sum(st.inner for st in self.stages) + 2 * len(self.stages) + 8
         terms = len(self.stages) + 1
-        self.rounding = terms * gamma(inner) * math.sqrt(2.0) * prod * (1.0 + 1e-6)
+        self.rounding = terms * gamma(inner) * math.sqrt(2.0) * _abs_product(ctx) * (1.0 + 1e-6)
 
-    def descend(self, v: Tensor, bb: BallBounds, top: int, spectral: bool = False) -> Tensor:
-        """Bound over the ball of ||v^T D_top A_top ... D_0 A_0|| for rows v [B, N, ...] living at the
-        output of stage `top`'s nonlinearity (top = -1: at the input): per row [B, N], or of the whole
-        matrix [B] with `spectral`. Rounding of the backward products is added by the caller."""
-        b, n = v.shape[:2]
+    def descend(self, adj: dict[int, Tensor], bb: BallBounds, top: int, spectral: bool = False) -> Tensor:
+        """Bound over the ball of ||sum_j v_j^T dh_j/dx|| for rows v_j [B, N, n_j] at the outputs of
+        stages j <= top (key -1: at the input): per row [B, N], or of the whole matrix [B] with
+        `spectral`. Each stage's centre Jacobian carries v on exactly (reverse pass over the stages, so
+        an output used twice, as by a residual skip, sums its adjoints before its own stage); its
+        half-width err adds ||v err|| l_unstable. Rounding is added by the caller."""
+        b, n = next(iter(adj.values())).shape[:2]
 
         def norm(t: Tensor) -> Tensor:
             return spectral_upper(t.flatten(2)) if spectral else _norms(t)
@@ -112,63 +103,101 @@ class LocalModel:
 
         total = torch.zeros((b,) if spectral else (b, n), dtype=torch.float64)
         for j in range(top, -1, -1):
+            if j not in adj:
+                continue
             st = self.stages[j]
             assert st.act is not None
-            v = v.reshape(b, n, *st.act.shape)
-            unstable, fixed = bb.unstable[j][:, None], bb.fixed[j][:, None]
+            v = adj.pop(j).reshape(b, n, *st.act.shape)
+            mid, err = bb.mid[j][:, None], bb.err[j][:, None]
             winner = bb.winner[j]
             if isinstance(st.act.op, MaxPool) and winner is not None:
-                total = total + norm(v * unstable) * per(bb.l_unstable[j] * st.pool_factor)
-                vs = pool_vjp(st.act.op, v * fixed, winner, st.z_shape)
-            else:  # unstable slope 1/2 + d, |d| <= 1/2: the centre goes on exactly, half the mass is bounded
-                total = total + 0.5 * norm(v * unstable) * per(bb.l_unstable[j])
-                vs = v * fixed + 0.5 * (v * unstable)
-            v = block_vjp(self.graph, st.block, vs.reshape(b * n, *st.z_shape)).reshape(b, n, -1)
-        return total + norm(v.reshape(b, n, -1))
+                total = total + norm(v * err) * per(bb.l_unstable[j] * st.pool_factor)
+                vs = pool_vjp(st.act.op, v * mid, winner, st.z_shape)
+            else:  # f' = mid + d, |d| <= err: the centre goes on exactly, the rest is bounded
+                total = total + norm(v * err) * per(bb.l_unstable[j])
+                vs = v * mid
+            for i, g in stage_vjp(st, vs.reshape(b * n, *st.z_shape), self.shapes).items():
+                g = g.reshape(b, n, -1)
+                adj[i] = adj[i] + g if i in adj else g
+        if -1 in adj:
+            total = total + norm(adj[-1].reshape(b, n, -1))
+        return total
 
     def _finish(self, total: Tensor, rows: float) -> Tensor:
         slack = 1.0 + gamma(4 * len(self.stages) + 8)
         return (total + self.rounding * math.sqrt(rows)) * slack
 
+    def _unit_rows(self, k: int, index: Tensor, b: int) -> dict[int, Tensor]:
+        """Rows e_i of z_k (i in `index` [B, N] flat units; -1 = none) sent back to the sources."""
+        st = self.stages[k]
+        n_units = math.prod(st.z_shape)
+        rows = torch.zeros((b, index.shape[1], n_units + 1), dtype=torch.float64)
+        rows.scatter_(2, index.clamp_min(-1).remainder(n_units + 1)[:, :, None], 1.0)
+        rows = rows[:, :, :n_units].reshape(-1, *st.z_shape)
+        return {i: g.reshape(b, index.shape[1], -1) for i, g in stage_vjp(st, rows, self.shapes).items()}
+
     def refine(self, k: int, bb: BallBounds) -> None:
-        """Tighten l_unstable of ReLU stage k: the rows R = P_U A_k of its unstable units go backward like
-        the margin vectors (spectral norms by SVD): ||R D J|| <= ||R_c J'|| + 1/2 ||R P_u||_2 l_u."""
+        """Tighten l_unstable of activation stage k: the rows R = P_U A_k of its uncertain units go
+        backward like the margin vectors (spectral norms by SVD): ||R D J|| <= ||R_c J'|| + ||R err|| l."""
         st = self.stages[k]
         if st.act is None or isinstance(st.act.op, MaxPool):
             return
-        flat = bb.unstable[k].reshape(bb.unstable[k].shape[0], -1)
+        flat = (bb.err[k] > 0).reshape(bb.err[k].shape[0], -1)
         b, count = flat.shape[0], int(flat.sum(1).max())
         if count == 0 or count > REFINE_MAX_ROWS:
             return
-        idx = torch.sort(flat.to(torch.int64), dim=1, descending=True, stable=True).indices[:, :count]
-        rows = torch.zeros((b, count, flat.shape[1]), dtype=torch.float64)
-        rows.scatter_(2, idx[:, :, None], flat.gather(1, idx).to(torch.float64)[:, :, None])
-        rows = block_vjp(self.graph, st.block, rows.reshape(b * count, *st.z_shape)).reshape(b, count, -1)
-        total = self._finish(self.descend(rows, bb, k - 1, spectral=True), count)
+        order = torch.sort(flat.to(torch.int64), dim=1, descending=True, stable=True).indices[:, :count]
+        index = torch.where(flat.gather(1, order), order, torch.full_like(order, -1))
+        total = self._finish(self.descend(self._unit_rows(k, index, b), bb, k - 1, spectral=True), count)
         bb.l_unstable[k] = torch.minimum(bb.l_unstable[k], total)
 
     def unit_lipschitz(self, k: int, bb: BallBounds) -> Tensor | None:
         """Per unit of z_k, >= sup over the ball of ||grad z_k,i|| (rows of A_k sent down), or None."""
         st = self.stages[k]
         n_units = math.prod(st.z_shape)
-        if k == 0 or not st.block or n_units > UNIT_MAX:
+        if all(s.index == -1 for s in st.sources) or not st.nodes or n_units > UNIT_MAX:
             return None
-        b = bb.fixed[0].shape[0]
+        b = bb.mid[0].shape[0]
         out = []
         for start in range(0, n_units, UNIT_CHUNK):
             n = min(UNIT_CHUNK, n_units - start)
-            eye = torch.zeros((n, n_units), dtype=torch.float64)
-            eye[torch.arange(n), torch.arange(start, start + n)] = 1.0
-            rows = block_vjp(self.graph, st.block, eye.reshape(n, *st.z_shape)).reshape(1, n, -1)
-            out.append(self._finish(self.descend(rows.expand(b, n, -1), bb, k - 1), 2.0))
+            rows = self._unit_rows(k, torch.arange(start, start + n)[None], 1)
+            adj = {i: g.expand(b, n, -1) for i, g in rows.items()}
+            out.append(self._finish(self.descend(adj, bb, k - 1), 2.0))
         return torch.cat(out, 1).reshape(b, *st.z_shape)
 
     def lipschitz(self, x: Tensor, y: Tensor, r: Tensor) -> Tensor:
         """L[b, j] >= sup over B(x_b, r_b) of ||grad (f_y - f_j)|| (0 at j = y)."""
         bb: BallBounds = ball_bounds(self.graph, self.stages, x, r, self.refine, self.unit_lipschitz)
-        v = self.rows[y][:, None, :] - self.rows[None, :, :]  # [B, C, n]
-        total = self._finish(self.descend(v, bb, len(self.stages) - 2), 2.0)
+        adj = {i: rows[y][:, None, :] - rows[None, :, :] for i, rows in self.tail.items()}  # [B, C, n_i]
+        total = self._finish(self.descend(adj, bb, len(self.stages) - 2), 2.0)
         return total.scatter(1, y[:, None], 0.0)
+
+
+def _abs_product(ctx: CertContext) -> float:
+    """>= every prefix's sum over paths of prod || |A| ||_2 (times the activations' global slopes): the
+    scale of the rounding in the backward products (Higham 3.5)."""
+    uppers = {n.name: n.upper.value for n in ctx.bound.layers}
+
+    def norm_of(node: Node) -> float:
+        op = node.op
+        if isinstance(op, (Linear, Conv)):
+            return max(_schur(op), uppers[node.name])
+        return uppers[node.name]
+
+    lip = compose(ctx.bound.folded, norm_of, RoundedUp()).lipschitz
+    return max(max(lip.values()), 1.0)
+
+
+def _schur(op: Linear | Conv) -> float:
+    """|| |A| ||_2 <= sqrt(max row sum * max column sum) of |A| (Schur test), rounded up."""
+    w = op.weight.detach().abs()
+    if isinstance(op, Linear):
+        return round_up(math.sqrt(float(w.sum(1).max()) * float(w.sum(0).max())), 8)
+    g = op.groups
+    rows = float(w.flatten(1).sum(1).max())
+    cols = float(w.reshape(g, w.shape[0] // g, w.shape[1], -1).sum((1, 3)).max())
+    return round_up(math.sqrt(rows * cols), 8)
 
 
 def _passes(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, r: Tensor) -> Tensor:
