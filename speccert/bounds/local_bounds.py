@@ -107,6 +107,23 @@ def box_stage(graph: Graph, st: Stage, leaves: dict[str, tuple[Tensor, Tensor]])
     return values[st.z_name]
 
 
+def _nonzero_first(t: Tensor) -> Tensor:
+    """[B, K] indices putting each row's nonzero entries first, K = the most nonzeros of any row."""
+    nz = t != 0
+    k = max(int(nz.sum(1).max()), 1)
+    return torch.sort(nz.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :k]
+
+
+def _compact(w: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """diag(rows_b) W diag(cols_b) with its zero rows and columns dropped (padded with zeros): the
+    same singular values, a smaller SVD."""
+    ri, ci = _nonzero_first(rows), _nonzero_first(cols)
+    b = rows.shape[0]
+    wr = w[ri]  # [B, R, n_in]
+    wm = wr.gather(2, ci[:, None, :].expand(b, ri.shape[1], ci.shape[1]))
+    return wm * rows.gather(1, ri)[:, :, None] * cols.gather(1, ci)[:, None, :]
+
+
 def masked_norm(src: Source, rows: Tensor, cols: Tensor | None) -> Tensor:
     """Per point >= ||diag(rows) A P_cols||_2 (rows: weights >= 0 [B, *z]; cols: 0/1 masks over the
     source, None = all)."""
@@ -119,7 +136,7 @@ def masked_norm(src: Source, rows: Tensor, cols: Tensor | None) -> Tensor:
         c2 = cols.reshape(b, -1) if cols is not None else torch.ones(b, w.shape[1], dtype=torch.float64)
         frob2 = torch.minimum(frob2, ((c2 @ w.square().T) * r2).sum(1))
         if w.numel() <= SVD_MAX_ENTRIES:
-            wm = w[None] * rows.reshape(b, -1)[:, :, None] * c2[:, None, :]
+            wm = _compact(w, rows.reshape(b, -1), c2)
             sigma = torch.linalg.svdvals(wm)[:, 0]
             fro = wm.flatten(1).norm(dim=1) * (1.0 + gamma(w.numel() + 2))
             svd = (sigma + svd_error(*w.shape) * fro + 1e-300) * (1.0 + 4 * U)
@@ -160,9 +177,7 @@ def _source_sum(st: Stage, o: _Outputs, norm: Callable[[Source], Tensor]) -> Ten
     return total
 
 
-def _z_interval(
-    graph: Graph, st: Stage, o: _Outputs, r: Tensor, unit: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _z_interval(graph: Graph, st: Stage, o: _Outputs, r: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(lo, hi) of z over the ball, (lo, hi) enclosing the exact z(x)."""
     names = {s.name: s.index for s in st.sources}
     if not st.nodes:  # a nonlinearity right after another: its intervals as they are
@@ -174,13 +189,30 @@ def _z_interval(
     per_unit = torch.zeros_like(ec)
     for s in st.sources:
         per_unit = _up((per_unit + s.rownorm[None] * o.m[s.index].reshape(view)) * (1.0 + 4 * U))
-    if unit is not None:
-        per_unit = torch.minimum(per_unit, unit)
     lip = _up(r.reshape(view) * per_unit * (1.0 + 4 * U))
     elo, ehi = _down(ec - erad), _up(ec + erad)
     zlo = torch.maximum(_down(zc - zrad), _down(elo - lip))
     zhi = torch.minimum(_up(zc + zrad), _up(ehi + lip))
     return zlo, zhi, elo, ehi
+
+
+def _wanted(st: Stage, z: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor | None:
+    """Units of z_k whose tighter interval may matter: an activation's units with an uncertain slope."""
+    if st.act is None or not isinstance(st.act.op, Activation):
+        return None
+    dlo, dhi = slope_range(st.act.op.fn, st.act.op.alpha, z[0], z[1])
+    return dlo != dhi
+
+
+def _tighten(
+    z: tuple[Tensor, Tensor, Tensor, Tensor], r: Tensor, unit: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Intersect z's interval with z(x) +- r unit (unit: per-unit Lipschitz bounds, inf = none)."""
+    if unit is None:
+        return z
+    zlo, zhi, elo, ehi = z
+    lip = _up(r.reshape((-1,) + (1,) * (elo.dim() - 1)) * unit * (1.0 + 4 * U))
+    return torch.maximum(zlo, _down(elo - lip)), torch.minimum(zhi, _up(ehi + lip)), elo, ehi
 
 
 def _pool_stage(st: Stage, o: _Outputs, k: int, z: tuple[Tensor, Tensor, Tensor, Tensor], out: BallBounds) -> None:
@@ -223,20 +255,22 @@ def ball_bounds(
     x: Tensor,
     r: Tensor,
     refine: Callable[[int, BallBounds], None] | None = None,
-    unit_lipschitz: Callable[[int, BallBounds], Tensor | None] | None = None,
+    unit_lipschitz: Callable[[int, BallBounds, Tensor | None], Tensor | None] | None = None,
 ) -> BallBounds:
     """Slope ranges, masks and Lipschitz bounds of every nonlinear stage over B(x_b, r_b), per point.
 
-    `unit_lipschitz(k, bounds so far)` may give per-unit Lipschitz bounds of z_k over the ball (tighter
-    than sum_j ||row_i A_kj|| M_j); `refine(k, bounds)` may tighten stage k's l_unstable once its
+    `unit_lipschitz(k, bounds so far, wanted units)` may give per-unit Lipschitz bounds of z_k over the
+    ball (tighter than sum_j ||row_i A_kj|| M_j; asked for the units whose slope is not yet fixed, all
+    units before a max-pool); `refine(k, bounds)` may tighten stage k's l_unstable once its
     slopes are known."""
     rr = r.reshape((-1,) + (1,) * (x.dim() - 1))
     lo, hi = _down(x - rr), _up(x + rr)
     o = _Outputs({-1: (lo, hi)}, {-1: (x, torch.zeros_like(x))}, {-1: torch.ones_like(r)}, {-1: None})
     out = BallBounds([], [], [], [])
     for k, st in enumerate(stages[:-1]):
-        unit = unit_lipschitz(k, out) if unit_lipschitz is not None and st.nodes else None
-        z = _z_interval(graph, st, o, r, unit)
+        z = _z_interval(graph, st, o, r)
+        if unit_lipschitz is not None and st.nodes:
+            z = _tighten(z, r, unit_lipschitz(k, out, _wanted(st, z)))
         if st.act is not None and isinstance(st.act.op, MaxPool):
             _pool_stage(st, o, k, z, out)
             continue

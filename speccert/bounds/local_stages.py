@@ -55,6 +55,7 @@ class Stage:
     z_shape: tuple[int, ...]
     pool_factor: float = 1.0
     inner: int = field(default=0)  # summed inner dimensions of `nodes` (rounding of products)
+    tape: tuple[Tensor, list[Tensor]] | None = field(default=None, repr=False)  # see stage_vjp
 
 
 def inner_dimension(graph: Graph, node: Node) -> int:
@@ -217,17 +218,25 @@ def evaluate(stage: Stage, leaves: dict[str, Tensor]) -> Tensor:
 
 
 def stage_vjp(stage: Stage, v: Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[int, Tensor]:
-    """v^T A_kj for every source j, for a batch of row vectors v [N, *z_shape]: {j: [N, *h_j shape]}."""
+    """v^T A_kj for every source j, for a batch of row vectors v [N, *z_shape]: {j: [N, *h_j shape]}.
+
+    The stage's linear sub-graph is recorded once on a batch of one (kept with retain_graph) and every
+    call runs only its backward, batched over the N rows (is_grads_batched: vmap over the backward,
+    20x faster than a backward of an N-row forward for float64 convolutions on the CPU)."""
     if not stage.nodes:
         return {stage.sources[0].index: v}
-    n = v.shape[0]
-    leaves = {
-        s.name: torch.zeros((n, *shapes[s.name]), dtype=torch.float64, requires_grad=True) for s in stage.sources
-    }
-    with torch.enable_grad():
-        z = evaluate(stage, leaves)
-        grads = torch.autograd.grad(z, list(leaves.values()), v, allow_unused=True)
+    if stage.tape is None:
+        leaves = [
+            torch.zeros((1, *shapes[s.name]), dtype=torch.float64, requires_grad=True) for s in stage.sources
+        ]
+        with torch.enable_grad():
+            z = evaluate(stage, {s.name: leaf for s, leaf in zip(stage.sources, leaves, strict=True)})
+        stage.tape = (z, leaves)
+    z, leaves = stage.tape
+    grads = torch.autograd.grad(
+        z, leaves, v[:, None].to(z.dtype), retain_graph=True, allow_unused=True, is_grads_batched=True
+    )
     out: dict[int, Tensor] = {}
-    for s, g in zip(stage.sources, grads, strict=True):
-        out[s.index] = torch.zeros_like(leaves[s.name]).detach() if g is None else g.detach()
+    for s, leaf, g in zip(stage.sources, leaves, grads, strict=True):
+        out[s.index] = torch.zeros((v.shape[0], *leaf.shape[1:]), dtype=v.dtype) if g is None else g[:, 0]
     return out

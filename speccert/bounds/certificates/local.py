@@ -38,10 +38,12 @@ from speccert.norms.rounding import gamma, svd_error
 Tensor = torch.Tensor
 U = 2.0**-53
 SEARCH_STEPS = 12  # log-bisection over [1e-4, 1] x the upper end: radius within 0.2 % of the best
+UNIT_STEPS = 4  # then steps with per-unit bounds (each costs a backward pass per unit)
 SEARCH_SPAN = 1e-4
 REFINE_MAX_ROWS = 128  # unstable units of one layer whose rows are propagated exactly (else norms)
 UNIT_MAX = 4096  # layers up to this many units get per-unit Lipschitz intervals
 UNIT_CHUNK = 256
+UNIT_ALWAYS = 2048  # models with at most this many such units get them at every bisection step
 CHUNK = 32  # points per backward pass (memory: CHUNK x classes x features float64)
 
 
@@ -151,24 +153,41 @@ class LocalModel:
         total = self._finish(self.descend(self._unit_rows(k, index, b), bb, k - 1, spectral=True), count)
         bb.l_unstable[k] = torch.minimum(bb.l_unstable[k], total)
 
-    def unit_lipschitz(self, k: int, bb: BallBounds) -> Tensor | None:
-        """Per unit of z_k, >= sup over the ball of ||grad z_k,i|| (rows of A_k sent down), or None."""
+    def unit_lipschitz(self, k: int, bb: BallBounds, want: Tensor | None) -> Tensor | None:
+        """Per unit of z_k in `want` ([B, *z_shape] bool, None = all), >= sup over the ball of
+        ||grad z_k,i|| (its row of A_k sent down); inf elsewhere; None where not worth it."""
         st = self.stages[k]
         n_units = math.prod(st.z_shape)
         if all(s.index == -1 for s in st.sources) or not st.nodes or n_units > UNIT_MAX:
             return None
         b = bb.mid[0].shape[0]
-        out = []
-        for start in range(0, n_units, UNIT_CHUNK):
-            n = min(UNIT_CHUNK, n_units - start)
-            rows = self._unit_rows(k, torch.arange(start, start + n)[None], 1)
-            adj = {i: g.expand(b, n, -1) for i, g in rows.items()}
-            out.append(self._finish(self.descend(adj, bb, k - 1), 2.0))
-        return torch.cat(out, 1).reshape(b, *st.z_shape)
+        flat = torch.ones((b, n_units), dtype=torch.bool) if want is None else want.reshape(b, -1)
+        count = int(flat.sum(1).max())
+        if count == 0:
+            return None
+        order = torch.sort(flat.to(torch.int64), dim=1, descending=True, stable=True).indices[:, :count]
+        index = torch.where(flat.gather(1, order), order, torch.full_like(order, -1))
+        out = torch.full((b, n_units + 1), math.inf, dtype=torch.float64)
+        for start in range(0, count, UNIT_CHUNK):
+            idx = index[:, start : start + UNIT_CHUNK]
+            val = self._finish(self.descend(self._unit_rows(k, idx, b), bb, k - 1), 2.0)
+            out.scatter_(1, idx.remainder(n_units + 1), val)
+        return out[:, :n_units].reshape(b, *st.z_shape)
 
-    def lipschitz(self, x: Tensor, y: Tensor, r: Tensor) -> Tensor:
-        """L[b, j] >= sup over B(x_b, r_b) of ||grad (f_y - f_j)|| (0 at j = y)."""
-        bb: BallBounds = ball_bounds(self.graph, self.stages, x, r, self.refine, self.unit_lipschitz)
+    @property
+    def unit_count(self) -> int:
+        """Units of the stages that get per-unit Lipschitz bounds (a backward pass each)."""
+        return sum(
+            math.prod(st.z_shape)
+            for st in self.stages[:-1]
+            if st.nodes and math.prod(st.z_shape) <= UNIT_MAX and any(s.index >= 0 for s in st.sources)
+        )
+
+    def lipschitz(self, x: Tensor, y: Tensor, r: Tensor, units: bool = True) -> Tensor:
+        """L[b, j] >= sup over B(x_b, r_b) of ||grad (f_y - f_j)|| (0 at j = y); `units`: with the
+        per-unit Lipschitz intervals (tighter, a backward pass per unit)."""
+        unit = self.unit_lipschitz if units else None
+        bb: BallBounds = ball_bounds(self.graph, self.stages, x, r, self.refine, unit)
         adj = {i: rows[y][:, None, :] - rows[None, :, :] for i, rows in self.tail.items()}  # [B, C, n_i]
         total = self._finish(self.descend(adj, bb, len(self.stages) - 2), 2.0)
         return total.scatter(1, y[:, None], 0.0)
@@ -200,27 +219,58 @@ def _schur(op: Linear | Conv) -> float:
     return round_up(math.sqrt(rows * cols), 8)
 
 
-def _passes(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, r: Tensor) -> Tensor:
-    lip = model.lipschitz(x, y, r)
-    ok = (m > lip * r[:, None] * (1.0 + 4 * U)) | torch.isinf(m)
-    return ok.all(1)
+def _margin_ok(m: Tensor, lip: Tensor, r: Tensor) -> Tensor:
+    return ((m > lip * r[:, None] * (1.0 + 4 * U)) | torch.isinf(m)).all(1)
 
 
-def local_radius(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
-    """Per point the largest tested r that passes (0 if none): log-bisection below m / L(0)."""
-    b = x.shape[0]
-    lip0 = model.lipschitz(x, y, torch.zeros(b, dtype=torch.float64))
-    top = torch.where(torch.isinf(m), math.inf, m / lip0).amin(1)
-    alive = (m.amin(1) > 0) & torch.isfinite(top) & (top > 0)
-    top = torch.where(alive, top, torch.zeros_like(top))
+def _bisect(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, top: Tensor, units: bool) -> Tensor:
+    """Log-bisection on [SEARCH_SPAN top, top]: the largest tested r that passes (else 0)."""
     lo, hi = top * SEARCH_SPAN, top.clone()
-    best = torch.zeros_like(top)
+    best = torch.zeros_like(lo)
     for _ in range(SEARCH_STEPS):
         mid = torch.sqrt(lo * hi)
-        ok = _passes(model, x, y, m, mid) & alive
+        ok = _margin_ok(m, model.lipschitz(x, y, mid, units=units), mid)
         best = torch.where(ok, mid, best)
         lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
     return best
+
+
+def _sharpen(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, best: Tensor, top: Tensor) -> Tensor:
+    """A few steps above `best` with the per-unit bounds (UNIT_STEPS evaluations): each failing r
+    proposes r' = min_j m_j / L_j(r) (it passes when L does not grow from r' to r), each passing r
+    the geometric mean of r and its proposal; bisection where a proposal leaves (lo, hi)."""
+    lo, hi = torch.where(best > 0, best, top * SEARCH_SPAN), top.clone()
+    r = torch.sqrt(lo * hi)
+    for _ in range(UNIT_STEPS):
+        lip = model.lipschitz(x, y, r, units=True)
+        ok = _margin_ok(m, lip, r)
+        best = torch.where(ok & (r > best), r, best)
+        lo, hi = torch.where(ok, r, lo), torch.where(ok, hi, r)
+        guess = torch.where(torch.isinf(m), math.inf, m / lip).amin(1) * (1.0 - 1e-6)
+        guess = torch.where(ok, torch.sqrt(r * torch.minimum(guess, hi)), guess)
+        r = torch.where((guess > lo) & (guess < hi), guess, torch.sqrt(lo * hi))
+    return best
+
+
+def local_radius(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+    """Per point the largest tested r that passes (0 if none): log-bisection below m / L(0), with the
+    per-unit bounds where the model has few units (UNIT_ALWAYS), else without them and then a few
+    steps with them above the result. Every
+    returned r passed its own test, so the search needs no monotonicity. Points with a non-positive
+    margin are skipped (radius 0)."""
+    out = torch.zeros(x.shape[0], dtype=torch.float64)
+    alive = m.amin(1) > 0
+    if not bool(alive.any()):
+        return out
+    x, y, m = x[alive], y[alive], m[alive]
+    lip0 = model.lipschitz(x, y, torch.zeros(x.shape[0], dtype=torch.float64), units=False)
+    top = torch.where(torch.isinf(m), math.inf, m / lip0).amin(1)
+    top = torch.where(torch.isfinite(top) & (top > 0), top, torch.zeros_like(top))
+    few = model.unit_count <= UNIT_ALWAYS
+    best = _bisect(model, x, y, m, top, units=few)
+    if not few:
+        best = _sharpen(model, x, y, m, best, top)
+    return out.masked_scatter(alive, torch.where(top > 0, best, torch.zeros_like(best)))
 
 
 @register_certificate("local")
