@@ -193,7 +193,9 @@ def residual_net(seed: int, c: int, n: int, act: str, classes: int, downsample: 
     def conv(cin: int, cout: int, k: int, stride: int) -> Conv:
         p = k // 2
         w = torch.randn(cout, cin, k, k, generator=gen, dtype=D) * (1.5 / (cin * k * k)) ** 0.5
-        return Conv(w, torch.randn(cout, generator=gen, dtype=D) * 0.1, (stride, stride), ((p, p), (p, p)), (1, 1))
+        return Conv(
+            w, torch.randn(cout, generator=gen, dtype=D) * 0.1, (stride, stride), ((p, p), (p, p)), (1, 1)
+        )
 
     s = 2 if downsample else 1
     nodes = [

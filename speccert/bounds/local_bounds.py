@@ -215,7 +215,9 @@ def _tighten(
     return torch.maximum(zlo, _down(elo - lip)), torch.minimum(zhi, _up(ehi + lip)), elo, ehi
 
 
-def _pool_stage(st: Stage, o: _Outputs, k: int, z: tuple[Tensor, Tensor, Tensor, Tensor], out: BallBounds) -> None:
+def _pool_stage(
+    st: Stage, o: _Outputs, k: int, z: tuple[Tensor, Tensor, Tensor, Tensor], out: BallBounds
+) -> None:
     assert st.act is not None and isinstance(st.act.op, MaxPool)
     op, (zlo, zhi, elo, ehi) = st.act.op, z
     b = zlo.shape[0]
@@ -231,7 +233,9 @@ def _pool_stage(st: Stage, o: _Outputs, k: int, z: tuple[Tensor, Tensor, Tensor,
     o.cols[k] = None
 
 
-def _act_stage(st: Stage, o: _Outputs, k: int, z: tuple[Tensor, Tensor, Tensor, Tensor], out: BallBounds) -> None:
+def _act_stage(
+    st: Stage, o: _Outputs, k: int, z: tuple[Tensor, Tensor, Tensor, Tensor], out: BallBounds
+) -> None:
     assert st.act is not None and isinstance(st.act.op, Activation)
     fn, alpha, (zlo, zhi, elo, ehi) = st.act.op.fn, st.act.op.alpha, z
     dlo, dhi = slope_range(fn, alpha, zlo, zhi)

@@ -110,7 +110,9 @@ def _subgraph(graph: Graph, end: str, outputs: dict[str, int]) -> tuple[list[Nod
             continue
         stack.extend(graph.node(name).inputs)
     order = {n.name: i for i, n in enumerate(graph.nodes)}
-    nodes = sorted((graph.node(n) for n in seen if n != INPUT and n not in outputs), key=lambda n: order[n.name])
+    nodes = sorted(
+        (graph.node(n) for n in seen if n != INPUT and n not in outputs), key=lambda n: order[n.name]
+    )
     leaves.sort(key=lambda n: -1 if n == INPUT else order[n])
     return nodes, leaves
 
