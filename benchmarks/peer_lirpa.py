@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,21 @@ def _labels(data: object, points: int) -> np.ndarray:
     return np.load(str(data))["y"][:points]
 
 
+def _bisect(margins_ok: Callable[[torch.Tensor], torch.Tensor], n: int) -> torch.Tensor:
+    lo, hi = torch.full((n,), LO), torch.full((n,), HI)
+    best = torch.zeros(n)
+    for _ in range(SEARCH_STEPS):
+        mid = torch.sqrt(lo * hi)
+        ok = margins_ok(mid)
+        best = torch.where(ok, mid, best)
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    return best
+
+
 def crown_radius(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per point the largest eps (log-bisection) with every CROWN margin lower bound > 0."""
+    """Per point the largest eps (log-bisection) with every CROWN margin lower bound > 0. All points
+    in one batch with a per-point eps where auto_LiRPA allows it; its convolution's interval pass
+    asserts a scalar eps, so conv nets are bounded one point at a time."""
     from auto_LiRPA import BoundedModule, BoundedTensor
     from auto_LiRPA.perturbations import PerturbationLpNorm
 
@@ -53,16 +67,19 @@ def crown_radius(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torc
     spec = torch.zeros(x.shape[0], classes - 1, classes)
     spec.scatter_(2, y[:, None, None].expand(-1, classes - 1, 1), 1.0)
     spec.scatter_(2, others[:, :, None], -1.0)
-    lo, hi = torch.full((x.shape[0],), LO), torch.full((x.shape[0],), HI)
-    best = torch.zeros(x.shape[0])
-    for _ in range(SEARCH_STEPS):
-        mid = torch.sqrt(lo * hi)
-        ptb = PerturbationLpNorm(norm=2, eps=mid[:, None])  # a per-point eps broadcasts in concretize
-        lb, _ = model.compute_bounds(x=(BoundedTensor(x, ptb),), C=spec, method="CROWN", bound_upper=False)
-        ok = (lb.min(1).values > 0).detach()
-        best = torch.where(ok, mid, best)
-        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
-    return best
+
+    def ok(xs: torch.Tensor, c: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
+        ptb = PerturbationLpNorm(norm=2, eps=eps)
+        lb, _ = model.compute_bounds(x=(BoundedTensor(xs, ptb),), C=c, method="CROWN", bound_upper=False)
+        return (lb.min(1).values > 0).detach()
+
+    try:
+        return _bisect(lambda eps: ok(x, spec, eps[:, None]), x.shape[0])
+    except AssertionError:
+        rows = [
+            _bisect(lambda e, i=i: ok(x[i : i + 1], spec[i : i + 1], float(e[0])), 1) for i in range(len(x))
+        ]
+        return torch.cat(rows)
 
 
 def run_model(name: str, path: Path, data: object, eps: float, points: int) -> dict:
@@ -79,7 +96,7 @@ def run_model(name: str, path: Path, data: object, eps: float, points: int) -> d
         if bool(correct.any()):
             r[correct] = crown_radius(net, x[correct], y[correct])
     except Exception as exc:  # noqa: BLE001 - a peer failure is a result to report, not a crash
-        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        row["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
         return row
     row["s_per_point"] = (time.perf_counter() - t0) / x.shape[0]
     row["median_crown"] = float(r.median())

@@ -6,8 +6,8 @@ For an activation f (speccert.ir.activations) and per-unit intervals [lo, hi] of
 
 How the ranges are proven: f' is monotone between its critical points, so its extremes over
 [lo, hi] are at lo, hi or at a critical point inside. The critical points of f' are known in closed
-form or enclosed (`CRITICAL`: silu +-2.3994, gelu +-sqrt(2), gelu_tanh +-1.4185; the enclosures are
-generous and tests/test_local_slopes.py checks the sign of f'' around them). Where an enclosure meets
+form or enclosed (`CRITICAL`: silu +-2.39936, gelu +-sqrt(2), gelu_tanh +-1.41850, each within
++-3e-4; tests/test_local_slopes.py checks the sign of f'' on both sides of every enclosure). Where an enclosure meets
 [lo, hi], the value there is replaced by the global extreme (the stored, rounded-outward sup |f'|,
 and the minimum 1 - sup f', since f'(-x) = 1 - f'(x) for silu, gelu and gelu_tanh). Values computed
 by float64 library functions (sigmoid, tanh, erf, exp: a few ulps) are widened by PAD (1e-12
@@ -57,9 +57,9 @@ def _tanh_d(z: Tensor) -> Tensor:
 
 # f' increasing on (-c, c), decreasing outside: (derivative, enclosure [c_lo, c_hi] of c)
 CRITICAL: dict[str, tuple[Deriv, float, float]] = {
-    "silu": (_silu_d, 2.3, 2.5),
-    "gelu": (_gelu_d, 1.35, 1.5),
-    "gelu_tanh": (_gelu_tanh_d, 1.35, 1.5),
+    "silu": (_silu_d, 2.399, 2.3997),  # c = 2.3993573...
+    "gelu": (_gelu_d, 1.4141, 1.4143),  # c = sqrt(2)
+    "gelu_tanh": (_gelu_tanh_d, 1.4184, 1.4186),  # c = 1.4185040...
 }
 # f' even and decreasing in |z|
 EVEN: dict[str, Deriv] = {"sigmoid": _sigmoid_d, "tanh": _tanh_d}

@@ -1,23 +1,27 @@
 """Local certificate: the largest r for which the margin provably stays positive on the ball B(x, r).
 
-Over the ball, the gradient of the margin m_j = f_y - f_j is (a.e., and its Clarke set in general)
-    g^T = c^T T D_{K} A_{K} ... D_1 A_1,    c = e_y - e_j,
-T the exact affine tail (speccert.bounds.linear_tail), A_k the affine blocks and D_k the Jacobians of
-the nonlinearities, constrained by speccert.bounds.local_bounds: a ReLU unit is 1 (active), 0 (dead)
-or anywhere in [0, 1] (unstable); a max-pool window whose winner is fixed picks that winner. Going
-backward with v = c^T T, each ReLU writes D = D_fixed + (1/2) P_u + E, |E| <= (1/2) P_u: the centre
-v^T (D_fixed + P_u / 2) goes on exactly (by the transposed block) and the rest is bounded by
-(1/2) ||v_unstable|| times the Lipschitz bound of x -> z_k restricted to the unstable units; a max-pool
-routes its fixed windows exactly and bounds the others by ||v_unstable|| times its window factor and
-the Lipschitz bound of z_k. Hence for every x' in the ball
-    ||g(x')|| <= L_j(r) = sum_k w_k ||v_k,unstable|| L_k,unstable + ||v_0|| + rounding,
-and m_j(x + d) >= m_j(x) - L_j(r) ||d||. The radius is the largest r (log-bisection, bounds re-derived
-at each r) with m_j(x) - allowance > L_j(r) r for every j; any r that passes is proven on its own,
-so the search needs no monotonicity. With no unstable unit the bound is ||grad m_j(x)|| (exact).
+The network is cut at its nonlinearities (speccert.bounds.local_stages): z_k = sum_j A_kj h_j + b_k,
+h_k = n_k(z_k), residual sums giving a stage several sources. Over the ball, the gradient of the
+margin m_j = f_y - f_j is (a.e., and its Clarke set in general) the reverse pass of c = e_y - e_j
+through the stages with every nonlinearity's Jacobian D_k(x') in place, constrained by
+speccert.bounds.local_bounds: an activation's D_k is diag(f'(z)) with f' in mid_k +- err_k on the
+interval of z over the ball (ReLU: 1 active, 0 dead, 1/2 +- 1/2 unstable; smooth activations: their
+local slope range, speccert.bounds.local_slopes); a max-pool window whose winner is fixed picks it.
+Replacing the D_k one at a time, last first, by their centres (telescoping over the stages):
+    g(x')^T = a_in^T + sum_k a_k^T E_k J_k(x'),    |E_k| <= diag(err_k),
+a the adjoints of the reverse pass with the centre Jacobians (a_k at h_k: the sum over all its uses,
+the skip included) and J_k(x') the Jacobian of x -> z_k, whose norm on the uncertain units is at most
+l_k (the Lipschitz bound of z_k over the ball on those units). Hence for every x' in the ball
+    ||g(x')|| <= L_j(r) = ||a_in|| + sum_k ||a_k err_k|| l_k + rounding
+(a max-pool's unfixed windows: ||a_k,unfixed|| times its window factor and the bound of all of z_k),
+and m_j(x + d) >= m_j(x) - L_j(r) ||d||. The radius is the largest r (log-bisection, bounds
+re-derived at each r) with m_j(x) - allowance > L_j(r) r for every j; any r that passes is proven on
+its own, so the search needs no monotonicity. With no slope free to vary the bound is ||grad m_j(x)||.
 
-Floating point: the backward vectors are products of the blocks' matrices with 0/1 masks; their
-rounding is at most gamma(K) sqrt(2) prod_k || |A_k| ||_2 (K: all inner dimensions; Higham 3.5), added
-to every L_j once per term; norms of n-term sums are raised by gamma(n + 4).
+Floating point: the backward vectors are products of the blocks' matrices with the centre slopes;
+their rounding is at most gamma(K) sqrt(2) P (K: all inner dimensions plus the slope products; P >=
+every prefix's sum over paths of prod || |A| ||_2 times the activations' global slopes, Higham 3.5),
+added to every L_j once per term; norms of n-term sums are raised by gamma(n + 4).
 """
 
 from __future__ import annotations
