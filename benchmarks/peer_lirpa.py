@@ -101,7 +101,9 @@ class PeerNet(torch.nn.Module):
         self.graph = graph
         for n in graph.nodes:
             if isinstance(n.op, Affine):
-                self.register_buffer(f"{n.name}_scale", n.op.scale.detach().clone()[None])  # batch axis: auto_LiRPA wants 4-d
+                self.register_buffer(
+                    f"{n.name}_scale", n.op.scale.detach().clone()[None]
+                )  # batch axis: auto_LiRPA wants 4-d
                 self.register_buffer(f"{n.name}_shift", n.op.shift.detach().clone()[None])
         self.params = graph.to_torch()  # the other ops' parameters (shared with the graph)
 
