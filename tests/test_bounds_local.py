@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from speccert.bounds import certify
 from speccert.bounds.audit import pgd_l2
 from speccert.exporters import save_onnx
-from speccert.ir import INPUT, Activation, BatchNorm, Conv, Graph, Linear, MaxPool, Node, Reshape
+from speccert.ir import INPUT, Activation, Add, BatchNorm, Conv, Graph, Linear, MaxPool, Node, Reshape
 
 
 def relu_mlp(seed: int, d: int, widths: list[int], classes: int) -> Graph:
@@ -182,3 +183,125 @@ def test_certificate_option_of_the_cli(tmp_path: Path) -> None:
     bad = run(model, "--data", tmp_path / "d.npz", "--certificate", "nonsense")
     assert bad.returncode == 2 and "unknown certificate nonsense" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def residual_net(seed: int, c: int, n: int, act: str, classes: int, downsample: bool) -> Graph:
+    """conv -> act -> [conv -> act -> conv] + skip -> act -> flatten -> linear: a residual block whose
+    skip is the identity or a strided 1x1 conv (with a strided main branch)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def conv(cin: int, cout: int, k: int, stride: int) -> Conv:
+        p = k // 2
+        w = torch.randn(cout, cin, k, k, generator=gen, dtype=D) * (1.5 / (cin * k * k)) ** 0.5
+        return Conv(
+            w, torch.randn(cout, generator=gen, dtype=D) * 0.1, (stride, stride), ((p, p), (p, p)), (1, 1)
+        )
+
+    s = 2 if downsample else 1
+    nodes = [
+        Node("c0", conv(1, c, 3, 1), (INPUT,)),
+        Node("a0", Activation(act), ("c0",)),
+        Node("c1", conv(c, c, 3, s), ("a0",)),
+        Node("a1", Activation(act), ("c1",)),
+        Node("c2", conv(c, c, 3, 1), ("a1",)),
+    ]
+    skip = "a0"
+    if downsample:
+        nodes.append(Node("sc", conv(c, c, 1, s), ("a0",)))
+        skip = "sc"
+    nodes += [Node("add", Add(), ("c2", skip)), Node("a2", Activation(act), ("add",))]
+    g = Graph((1, n, n), nodes, dtype=D)
+    flat = int(np.prod(g.output_shape))
+    head = torch.randn(classes, flat, generator=gen, dtype=D) / flat**0.5
+    nodes += [
+        Node("flat", Reshape((flat,)), ("a2",)),
+        Node("out", Linear(head, torch.randn(classes, generator=gen, dtype=D) * 0.1), ("flat",)),
+    ]
+    return Graph((1, n, n), nodes, dtype=D)
+
+
+def smooth_mlp(seed: int, d: int, widths: list[int], classes: int, act: str) -> Graph:
+    g = relu_mlp(seed, d, widths, classes)
+    nodes = [Node(n.name, Activation(act), n.inputs) if n.op_type == "Activation" else n for n in g.nodes]
+    return Graph((d,), nodes, dtype=D)
+
+
+def minimal_norm_distance(g: Graph, x: torch.Tensor, y: torch.Tensor, onnx: Path) -> np.ndarray:
+    """A minimal-norm attack: walk along -grad of the margin to the runner-up (DeepFool steps, in
+    float64 on the IR), keep the first iterate onnxruntime misclassifies, its distance; inf if none."""
+    sess = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    best = np.full(x.shape[0], np.inf)
+    xa = x.clone()
+    for _ in range(30):
+        xr = xa.clone().requires_grad_(True)
+        f = g.forward(xr)
+        other = f.scatter(1, y[:, None], -math.inf).argmax(1)
+        m = f.gather(1, y[:, None])[:, 0] - f.gather(1, other[:, None])[:, 0]
+        (grad,) = torch.autograd.grad(m.sum(), xr)
+        gn = grad.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, *[1] * (x.dim() - 1))
+        step = (m.detach().clamp_min(0) + 1e-4).reshape(gn.shape) * 1.05 / gn
+        xa = (xa - step * grad / gn).detach()
+        pred = sess.run(None, {sess.get_inputs()[0].name: xa.numpy().astype(np.float32)})[0].argmax(1)
+        dist = (xa - x).flatten(1).norm(dim=1).numpy()
+        best = np.where(pred != y.numpy(), np.minimum(best, dist), best)
+    return best
+
+
+def check_local_strong(g: Graph, x: torch.Tensor, tmp_path: Path) -> dict[str, np.ndarray]:
+    """check_local (PGD-L2 with restarts, bisection on the attack radius) plus a minimal-norm attack."""
+    radii = check_local(g, x, tmp_path)
+    with torch.no_grad():
+        y = g.forward(x).argmax(1)
+    dist = minimal_norm_distance(g, x, y, tmp_path / "net.onnx")
+    assert np.all(radii["local"] <= dist), "a minimal-norm attack beat a local radius"
+    return radii
+
+
+@shapes
+@given(
+    seed=st.integers(0, 10_000),
+    c=st.integers(1, 3),
+    n=st.integers(4, 7),
+    act=st.sampled_from(["relu", "softplus", "tanh"]),
+    downsample=st.booleans(),
+)
+def test_local_radius_of_residual_nets_is_sound(
+    seed: int, c: int, n: int, act: str, downsample: bool, tmp_path: Path
+) -> None:
+    g = residual_net(seed, c, n, act, 3, downsample)
+    x = torch.randn(6, 1, n, n, generator=torch.Generator().manual_seed(seed + 1), dtype=D)
+    radii = check_local_strong(g, x, tmp_path)
+    assert np.median(radii["local"]) > 0, "the local certificate proved nothing on a residual net"
+
+
+@shapes
+@given(
+    seed=st.integers(0, 10_000),
+    d=st.integers(2, 8),
+    widths=st.lists(st.integers(3, 16), min_size=1, max_size=3),
+    act=st.sampled_from(["sigmoid", "tanh", "softplus", "silu", "gelu", "elu"]),
+)
+def test_local_radius_of_smooth_mlps_is_sound_and_tighter(
+    seed: int, d: int, widths: list[int], act: str, tmp_path: Path
+) -> None:
+    g = smooth_mlp(seed, d, widths, 3, act)
+    x = torch.randn(8, d, generator=torch.Generator().manual_seed(seed + 1), dtype=D)
+    radii = check_local_strong(g, x, tmp_path)
+    old = np.maximum(radii["global"], radii["pairwise"])
+    assert np.median(radii["local"]) > np.median(old), "local should beat the product bound on small nets"
+
+
+def test_local_on_a_smooth_net_approaches_the_gradient_norm() -> None:
+    """Near the boundary the ball is tiny, slopes barely vary: the radius tends to m / ||grad m(x)||."""
+    g = smooth_mlp(3, 6, [10, 10], 3, "tanh")
+    x = torch.randn(200, 6, generator=torch.Generator().manual_seed(4), dtype=D)
+    xr = x.clone().requires_grad_(True)
+    f = g.forward(xr)
+    y = f.argmax(1)
+    top2 = f.topk(2, dim=1)
+    m = top2.values[:, 0] - top2.values[:, 1]
+    (gm,) = torch.autograd.grad(m.sum(), xr)
+    first_order = (m / gm.norm(dim=1)).detach().numpy()
+    near = np.argsort(first_order)[:3]  # radii ~1e-3: the slope ranges over the ball are tight
+    rep = certify(g, (x[near], y[near]), eps=[0.1], lower_bound=False, certificates=["local"])
+    assert np.all(rep.radii["local"] / first_order[near] > 0.95)

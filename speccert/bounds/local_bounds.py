@@ -1,17 +1,21 @@
-"""Sound bounds of a chain network over an L2 ball B(x, r): pre-activation intervals, fixed ReLU units
-and max-pool winners, and masked Lipschitz constants (the forward half of speccert.bounds.certificates.local).
+"""Sound bounds of a network over an L2 ball B(x, r): pre-activation intervals, local slope ranges,
+fixed max-pool winners, and masked Lipschitz constants (the forward half of the local certificate).
 
-The network (folded, float64) is a chain h_0 = x -> z_1 = A_1 h_0 -> h_1 = s_1(z_1) -> ... -> logits,
-each A_k an affine block (speccert.bounds.linear_tail) and s_k a ReLU or a max-pool. Over the ball:
-- intervals [lo, hi] of every z_k: the intersection of box propagation (centre/radius, |A| radius,
-  Higham's gamma(k) rounding of every product added) and a per-unit Lipschitz interval
-  z_k,i(x) +- r ||row_i A_k|| M_{k-1} around an enclosure of the exact z_k(x);
-- ReLU unit stable-active (lo > 0: slope 1), dead (hi <= 0: constant 0) or unstable; a max-pool window's
-  winner is fixed when its lower bound beats every other candidate's upper bound;
-- M_k >= the Lipschitz constant of h_k over the ball: ||P_N A_k P_N'|| M_{k-1} with only the non-dead
-  rows and columns (dead units are 0 everywhere on the ball), the masked norm bounded by the layer's
-  proven bound (masking never increases a norm), the masked Frobenius norm, or a dense SVD with its
-  error margin for small Linear blocks; a max-pool multiplies by its window-count factor.
+The network is cut into stages (speccert.bounds.local_stages): z_k = sum_j A_kj h_j + b_k, then
+h_k = n_k(z_k), an activation or a max-pool. Over the ball, per point:
+- intervals [lo, hi] of every z_k: the intersection of box propagation through the stage's linear
+  sub-graph (centre/radius, |A| radius, Higham's gamma(k) rounding of every product added; residual
+  sums add boxes) and a per-unit Lipschitz interval z_k,i(x) +- r sum_j ||row_i A_kj|| M_j around an
+  enclosure of the exact z_k(x) (or a per-unit bound from a backward pass: `unit_lipschitz`);
+- the Jacobian of an activation is diag(f'(z)) with f'(z_i) in [dlo_i, dhi_i] on the interval
+  (speccert.bounds.local_slopes; ReLU: 1 active, 0 dead, [0, 1] unstable), kept as centre `mid` and
+  half-width `err`; a max-pool window's winner is fixed when its lower bound beats every other
+  candidate's upper bound;
+- M_k >= the Lipschitz constant of h_k over the ball: sum_j ||W_k A_kj P_j|| M_j, W_k = diag(sup |f'|
+  on the interval) (0 on dead ReLUs), P_j the columns of h_j that are not constant (dead ReLUs are 0
+  on the whole ball), each masked norm bounded by the source's proven bound times max W, the weighted
+  Frobenius norm, or a dense SVD with its error margin for small Linear blocks; a max-pool multiplies
+  the Lipschitz bound of z_k by its window-count factor.
 """
 
 from __future__ import annotations
@@ -23,12 +27,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from speccert.bounds.certificate import NotApplicable
-from speccert.bounds.compose import maxpool_factor
-from speccert.bounds.linear_tail import absolute_op, affine_chain
-from speccert.bounds.lipschitz import LipschitzBound
-from speccert.ir import INPUT, Activation, Affine, BatchNorm, Conv, Graph, Linear, MaxPool, Node, Reshape
-from speccert.norms.result import round_up
+from speccert.bounds.linear_tail import absolute_op
+from speccert.bounds.local_slopes import image, slope_range
+from speccert.bounds.local_stages import Source, Stage, inner_dimension
+from speccert.ir import Activation, Add, BatchNorm, Graph, MaxPool, Node
 from speccert.norms.rounding import gamma, svd_error
 
 Tensor = torch.Tensor
@@ -44,104 +46,11 @@ def _up(t: Tensor) -> Tensor:
     return t.nextafter(torch.full_like(t, math.inf))
 
 
-@dataclass
-class Stage:
-    """One affine block followed by a nonlinearity (`act` None: the affine tail to the logits)."""
-
-    block: list[Node]
-    act: Node | None
-    z_shape: tuple[int, ...]
-    upper: float  # >= ||A_k||_2 (product of the proven per-node bounds)
-    schur: float  # >= || |A_k| ||_2, for the rounding of the backward pass
-    rownorm: Tensor  # [*z_shape] >= ||row_i A_k||
-    weight: Tensor | None  # the Linear of a [Reshape*] Linear block (masked norms), else None
-    pool_factor: float = 1.0
-
-
-def inner_dimension(graph: Graph, node: Node) -> int:
-    op = node.op
-    if isinstance(op, (Linear, Conv)):
-        return int(op.weight[0].numel()) + 4
-    if hasattr(op, "weight") and isinstance(op.weight, Tensor) and not isinstance(op, BatchNorm):
-        return int(op.weight.numel()) + 4
-    if isinstance(op, Reshape) or op.op_type in ("Transpose", "Pad"):
-        return 0
-    return math.prod(graph.shape_of(node.inputs[0])) + 4  # pooling, Affine, BatchNorm: generous
-
-
-def _schur(op: object) -> float:
-    """|| |A| ||_2 <= sqrt(max row sum * max column sum) of |A| (Schur test), for Linear/Conv."""
-    if isinstance(op, Linear):
-        w = op.weight.detach().abs()
-        return math.sqrt(float(w.sum(1).max()) * float(w.sum(0).max()))
-    assert isinstance(op, Conv)
-    w = op.weight.detach().abs()
-    g = op.groups
-    rows = float(w.flatten(1).sum(1).max())
-    cols = float(w.reshape(g, w.shape[0] // g, w.shape[1], -1).sum((1, 3)).max())
-    return math.sqrt(rows * cols)
-
-
-def _identity_like(node: Node) -> bool:
-    """Reshape (keeps the flat order) or a pure shift (what folding leaves of a normalisation)."""
-    op = node.op
-    return isinstance(op, Reshape) or (isinstance(op, Affine) and bool((op.scale == 1).all()))
-
-
-def _rownorm(graph: Graph, block: list[Node], upper: float, z_shape: tuple[int, ...]) -> Tensor:
-    """||row_i A||: exact (rounded up) for [Reshape*] Linear/Conv [Reshape*], else the block's norm."""
-    weighted = [n for n in block if not _identity_like(n)]
-    if len(weighted) == 1:
-        node = weighted[0]
-        op = node.op
-        sq: Tensor | None = None
-        if isinstance(op, Linear):
-            sq = op.weight.detach().square().sum(1)
-        elif isinstance(op, Conv) and op.padding_mode == "zeros":
-            w2 = op.weight.detach().square()
-            ones = torch.ones((1, *graph.shape_of(node.inputs[0])), dtype=torch.float64)
-            sq = Conv(w2, None, op.stride, op.padding, op.dilation, op.groups).forward(ones)[0]
-        if sq is not None:
-            r = (sq * (1.0 + gamma(inner_dimension(graph, node) + 4))).sqrt() * (1.0 + 4 * U)
-            return r.reshape(z_shape).clamp_max(upper)
-    return torch.full(z_shape, upper, dtype=torch.float64)
-
-
-def build_stages(bound: LipschitzBound) -> list[Stage]:
-    """Split the folded chain graph into stages; NotApplicable if it is not a ReLU/max-pool chain."""
-    graph = bound.folded
-    uppers = {n.name: n.upper.value for n in bound.layers}
-    prev = INPUT
-    for node in graph.nodes:
-        if node.inputs != (prev,):
-            raise NotApplicable("the local certificate needs a chain network (no Add/Concat branches)")
-        op = node.op
-        if isinstance(op, Activation) and op.fn != "relu":
-            raise NotApplicable(f"the local certificate supports relu and max-pool, not {op.fn}")
-        if isinstance(op, MaxPool) and (op.ceil_mode or len(op.kernel) != 2):
-            raise NotApplicable("the local certificate supports 2-d max-pool without ceil_mode")
-        if not type(op).linear and not isinstance(op, (Activation, MaxPool)):
-            raise NotApplicable(f"the local certificate does not support {op.op_type}")
-        prev = node.name
-    acts = [n for n in graph.nodes if not type(n.op).linear]
-    stages: list[Stage] = []
-    for end in [*(a.inputs[0] for a in acts), graph.output]:
-        start, block = affine_chain(graph, end)
-        del start
-        up, schur = 1.0, 1.0
-        for n in block:
-            up = round_up(up * uppers[n.name])
-            schur = round_up(schur * (_schur(n.op) if isinstance(n.op, (Linear, Conv)) else uppers[n.name]))
-        act = acts[len(stages)] if len(stages) < len(acts) else None
-        z_shape = graph.shape_of(end)
-        lin = [n for n in block if not _identity_like(n)]
-        op0 = lin[0].op if len(lin) == 1 and block[-1] is lin[0] else None
-        weight = op0.weight.detach() if isinstance(op0, Linear) else None
-        st = Stage(block, act, z_shape, up, max(schur, up), _rownorm(graph, block, up, z_shape), weight)
-        if act is not None and isinstance(act.op, MaxPool):
-            st.pool_factor = maxpool_factor(act.op, z_shape, act.shape)
-        stages.append(st)
-    return stages
+def box_add(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """(centre, radius) enclosing u + v for u, v in two boxes (the rounding of the centre included)."""
+    c = a[0] + b[0]
+    g = gamma(4)
+    return c, (a[1] + b[1] + g * c.abs()) * (1.0 + g)
 
 
 def box_affine(graph: Graph, block: list[Node], c: Tensor, rad: Tensor) -> tuple[Tensor, Tensor]:
@@ -170,36 +79,6 @@ def centre_radius(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     return c, _up(torch.maximum(hi - c, c - lo) * (1.0 + 4 * U))
 
 
-def masked_norm(st: Stage, rows: Tensor, cols: Tensor | None) -> Tensor:
-    """Per point >= ||P_rows A P_cols||_2 (rows/cols: 0/1 float masks [B, *shape]; cols None = all)."""
-    b = rows.shape[0]
-    best = torch.full((b,), st.upper, dtype=torch.float64)
-    r2 = rows.reshape(b, -1)
-    frob2 = (r2 * st.rownorm.reshape(1, -1).square()).sum(1)
-    if st.weight is not None:
-        w = st.weight
-        c2 = cols.reshape(b, -1) if cols is not None else torch.ones(b, w.shape[1], dtype=torch.float64)
-        frob2 = torch.minimum(frob2, ((c2 @ w.square().T) * r2).sum(1))
-        if w.numel() <= SVD_MAX_ENTRIES:
-            wm = w[None] * r2[:, :, None] * c2[:, None, :]
-            sigma = torch.linalg.svdvals(wm)[:, 0]
-            fro = wm.flatten(1).norm(dim=1) * (1.0 + gamma(w.numel() + 2))
-            svd = (sigma + svd_error(*w.shape) * fro + 1e-300) * (1.0 + 4 * U)
-            best = torch.minimum(best, svd)
-    frob = (frob2 * (1.0 + gamma(r2.shape[1] + 4))).sqrt() * (1.0 + 4 * U)
-    return torch.minimum(best, frob)
-
-
-@dataclass
-class BallBounds:
-    """Per stage k (a nonlinearity): masks over its input z_k and Lipschitz bounds, per point."""
-
-    fixed: list[Tensor]  # relu: active units; max-pool: windows (outputs) whose winner is fixed
-    unstable: list[Tensor]  # relu: units neither active nor dead; max-pool: windows not fixed
-    winner: list[Tensor | None]  # max-pool: flat index (in the padded input) of each window's winner
-    l_unstable: list[Tensor]  # >= Lipschitz of x -> z_k restricted to the unstable units (relu), all (pool)
-
-
 def _pool_windows(op: MaxPool, t: Tensor) -> Tensor:
     """[B, C, K, L] candidate values of every window (padding -inf)."""
     (pt, pb), (pl, pr) = op.padding
@@ -217,17 +96,161 @@ def pool_fixed(op: MaxPool, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     return best >= others, arg  # a_p >= a_q on the whole ball: max = a_p there (ties included)
 
 
-def _lip_interval(
-    st: Stage, r: Tensor, m: Tensor, ec: Tensor, erad: Tensor, unit: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(lo, hi) of z over the ball from Lipschitz rows, and (lo, hi) enclosing the exact z(x)."""
+def box_stage(graph: Graph, st: Stage, leaves: dict[str, tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """(centre, radius) enclosing z of the stage for sources in the boxes `leaves` (by name)."""
+    values = dict(leaves)
+    for node in st.nodes:
+        if isinstance(node.op, Add):
+            values[node.name] = box_add(values[node.inputs[0]], values[node.inputs[1]])
+        else:
+            values[node.name] = box_affine(graph, [node], *values[node.inputs[0]])
+    return values[st.z_name]
+
+
+def _nonzero_first(t: Tensor) -> Tensor:
+    """[B, K] indices putting each row's nonzero entries first, K = the most nonzeros of any row."""
+    nz = t != 0
+    k = max(int(nz.sum(1).max()), 1)
+    return torch.sort(nz.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :k]
+
+
+def _compact(w: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """diag(rows_b) W diag(cols_b) with its zero rows and columns dropped (padded with zeros): the
+    same singular values, a smaller SVD."""
+    ri, ci = _nonzero_first(rows), _nonzero_first(cols)
+    b = rows.shape[0]
+    wr = w[ri]  # [B, R, n_in]
+    wm = wr.gather(2, ci[:, None, :].expand(b, ri.shape[1], ci.shape[1]))
+    return wm * rows.gather(1, ri)[:, :, None] * cols.gather(1, ci)[:, None, :]
+
+
+def masked_norm(src: Source, rows: Tensor, cols: Tensor | None) -> Tensor:
+    """Per point >= ||diag(rows) A P_cols||_2 (rows: weights >= 0 [B, *z]; cols: 0/1 masks over the
+    source, None = all)."""
+    b = rows.shape[0]
+    r2 = rows.reshape(b, -1).square()
+    best = src.upper * rows.reshape(b, -1).amax(1) * (1.0 + 4 * U)
+    frob2 = (r2 * src.rownorm.reshape(1, -1).square()).sum(1)
+    if src.weight is not None:
+        w = src.weight
+        c2 = cols.reshape(b, -1) if cols is not None else torch.ones(b, w.shape[1], dtype=torch.float64)
+        frob2 = torch.minimum(frob2, ((c2 @ w.square().T) * r2).sum(1))
+        if w.numel() <= SVD_MAX_ENTRIES:
+            wm = _compact(w, rows.reshape(b, -1), c2)
+            sigma = torch.linalg.svdvals(wm)[:, 0]
+            fro = wm.flatten(1).norm(dim=1) * (1.0 + gamma(w.numel() + 2))
+            svd = (sigma + svd_error(*w.shape) * fro + 1e-300) * (1.0 + 4 * U)
+            best = torch.minimum(best, svd)
+    frob = (frob2 * (1.0 + gamma(r2.shape[1] + 4))).sqrt() * (1.0 + 4 * U)
+    return torch.minimum(best, frob)
+
+
+@dataclass
+class BallBounds:
+    """Per stage k (a nonlinearity), per point: the Jacobian's centre and half-width over the ball
+    (activation: f' in mid +- err per unit of z_k; max-pool: mid = windows whose winner is fixed,
+    err = the others, as 0/1 masks over h_k), the winners, and l_unstable >= the Lipschitz constant of
+    x -> z_k restricted to the units with err > 0 (activation) or of all of z_k (max-pool)."""
+
+    mid: list[Tensor]
+    err: list[Tensor]
+    winner: list[Tensor | None]
+    l_unstable: list[Tensor]
+
+
+@dataclass
+class _Outputs:
+    """Per stage output h_k (key -1: the input x): its box (lo, hi), an enclosure of its exact value at x, the
+    Lipschitz bound M_k over the ball and the mask of its non-constant units (None: all)."""
+
+    box: dict[int, tuple[Tensor, Tensor]]
+    exact: dict[int, tuple[Tensor, Tensor]]
+    m: dict[int, Tensor]
+    cols: dict[int, Tensor | None]
+
+
+def _source_sum(st: Stage, o: _Outputs, norm: Callable[[Source], Tensor]) -> Tensor:
+    """sum_j norm(A_kj) M_j, rounded up."""
+    total = torch.zeros_like(o.m[-1])
+    for s in st.sources:
+        total = _up((total + norm(s) * o.m[s.index]) * (1.0 + 4 * U))
+    return total
+
+
+def _z_interval(graph: Graph, st: Stage, o: _Outputs, r: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(lo, hi) of z over the ball, (lo, hi) enclosing the exact z(x)."""
+    names = {s.name: s.index for s in st.sources}
+    if not st.nodes:  # a nonlinearity right after another: its intervals as they are
+        (lo, hi), (ec, erad) = o.box[st.sources[0].index], o.exact[st.sources[0].index]
+        return lo, hi, _down(ec - erad), _up(ec + erad)
+    zc, zrad = box_stage(graph, st, {n: centre_radius(*o.box[i]) for n, i in names.items()})
+    ec, erad = box_stage(graph, st, {n: o.exact[i] for n, i in names.items()})
     view = (-1,) + (1,) * (ec.dim() - 1)
-    per_unit = st.rownorm[None] * m.reshape(view)
-    if unit is not None:
-        per_unit = torch.minimum(per_unit, unit)
+    per_unit = torch.zeros_like(ec)
+    for s in st.sources:
+        per_unit = _up((per_unit + s.rownorm[None] * o.m[s.index].reshape(view)) * (1.0 + 4 * U))
     lip = _up(r.reshape(view) * per_unit * (1.0 + 4 * U))
     elo, ehi = _down(ec - erad), _up(ec + erad)
-    return _down(elo - lip), _up(ehi + lip), elo, ehi
+    zlo = torch.maximum(_down(zc - zrad), _down(elo - lip))
+    zhi = torch.minimum(_up(zc + zrad), _up(ehi + lip))
+    return zlo, zhi, elo, ehi
+
+
+def _wanted(st: Stage, z: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor | None:
+    """Units of z_k whose tighter interval may matter: an activation's units with an uncertain slope."""
+    if st.act is None or not isinstance(st.act.op, Activation):
+        return None
+    dlo, dhi = slope_range(st.act.op.fn, st.act.op.alpha, z[0], z[1])
+    return dlo != dhi
+
+
+def _tighten(
+    z: tuple[Tensor, Tensor, Tensor, Tensor], r: Tensor, unit: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Intersect z's interval with z(x) +- r unit (unit: per-unit Lipschitz bounds, inf = none)."""
+    if unit is None:
+        return z
+    zlo, zhi, elo, ehi = z
+    lip = _up(r.reshape((-1,) + (1,) * (elo.dim() - 1)) * unit * (1.0 + 4 * U))
+    return torch.maximum(zlo, _down(elo - lip)), torch.minimum(zhi, _up(ehi + lip)), elo, ehi
+
+
+def _pool_stage(
+    st: Stage, o: _Outputs, k: int, z: tuple[Tensor, Tensor, Tensor, Tensor], out: BallBounds
+) -> None:
+    assert st.act is not None and isinstance(st.act.op, MaxPool)
+    op, (zlo, zhi, elo, ehi) = st.act.op, z
+    b = zlo.shape[0]
+    fixed, arg = pool_fixed(op, zlo, zhi)
+    l_z = _source_sum(st, o, lambda s: masked_norm(s, torch.ones_like(zlo), o.cols[s.index]))
+    out.mid.append(fixed.reshape(b, *st.act.shape).to(torch.float64))
+    out.err.append((~fixed).reshape(b, *st.act.shape).to(torch.float64))
+    out.winner.append(arg)
+    out.l_unstable.append(l_z)
+    o.m[k] = _up(l_z * st.pool_factor * (1.0 + 4 * U))
+    o.box[k] = op.forward(zlo), op.forward(zhi)
+    o.exact[k] = centre_radius(op.forward(elo), op.forward(ehi))
+    o.cols[k] = None
+
+
+def _act_stage(
+    st: Stage, o: _Outputs, k: int, z: tuple[Tensor, Tensor, Tensor, Tensor], out: BallBounds
+) -> None:
+    assert st.act is not None and isinstance(st.act.op, Activation)
+    fn, alpha, (zlo, zhi, elo, ehi) = st.act.op.fn, st.act.op.alpha, z
+    dlo, dhi = slope_range(fn, alpha, zlo, zhi)
+    mid, rad = centre_radius(dlo, dhi)
+    err = torch.where(dlo == dhi, torch.zeros_like(rad), rad)  # a fixed slope is exactly mid
+    slope = torch.maximum(dlo.abs(), dhi.abs())
+    uncertain = (err > 0).to(torch.float64)
+    out.mid.append(mid)
+    out.err.append(err)
+    out.winner.append(None)
+    out.l_unstable.append(_source_sum(st, o, lambda s: masked_norm(s, uncertain, o.cols[s.index])))
+    o.m[k] = _source_sum(st, o, lambda s: masked_norm(s, slope, o.cols[s.index]))
+    o.box[k] = image(fn, alpha, zlo, zhi)
+    o.exact[k] = centre_radius(*image(fn, alpha, elo, ehi))
+    o.cols[k] = (slope > 0).to(torch.float64)
 
 
 def ball_bounds(
@@ -236,57 +259,26 @@ def ball_bounds(
     x: Tensor,
     r: Tensor,
     refine: Callable[[int, BallBounds], None] | None = None,
-    unit_lipschitz: Callable[[int, BallBounds], Tensor | None] | None = None,
+    unit_lipschitz: Callable[[int, BallBounds, Tensor | None], Tensor | None] | None = None,
 ) -> BallBounds:
-    """Masks and Lipschitz bounds of every nonlinear stage over B(x_b, r_b), per point (float64).
+    """Slope ranges, masks and Lipschitz bounds of every nonlinear stage over B(x_b, r_b), per point.
 
-    `unit_lipschitz(k, bounds so far)` may give per-unit Lipschitz bounds of z_k over the ball (tighter
-    than ||row_i|| M); `refine(k, bounds)` may tighten stage k's l_unstable once its masks are known."""
-    b = x.shape[0]
+    `unit_lipschitz(k, bounds so far, wanted units)` may give per-unit Lipschitz bounds of z_k over the
+    ball (tighter than sum_j ||row_i A_kj|| M_j; asked for the units whose slope is not yet fixed, all
+    units before a max-pool); `refine(k, bounds)` may tighten stage k's l_unstable once its
+    slopes are known."""
     rr = r.reshape((-1,) + (1,) * (x.dim() - 1))
     lo, hi = _down(x - rr), _up(x + rr)
-    ec, erad = x, torch.zeros_like(x)  # enclosure of the exact activations at x itself
-    m = torch.ones(b, dtype=torch.float64)
-    cols: Tensor | None = None  # non-dead units of the previous h (dead ones are 0 on the whole ball)
+    o = _Outputs({-1: (lo, hi)}, {-1: (x, torch.zeros_like(x))}, {-1: torch.ones_like(r)}, {-1: None})
     out = BallBounds([], [], [], [])
-    for st in stages[:-1]:
-        assert st.act is not None
-        if st.block:
-            c, rad = centre_radius(lo, hi)
-            zc, zrad = box_affine(graph, st.block, c, rad)
-            ec, erad = box_affine(graph, st.block, ec, erad)
-            unit = unit_lipschitz(len(out.fixed), out) if unit_lipschitz is not None else None
-            llo, lhi, elo, ehi = _lip_interval(st, r, m, ec, erad, unit)
-            zlo = torch.maximum(_down(zc - zrad), llo)
-            zhi = torch.minimum(_up(zc + zrad), lhi)
-        else:  # a nonlinearity right after another: its intervals as they are (exact zeros stay exact)
-            zlo, zhi = lo, hi
-            elo, ehi = _down(ec - erad), _up(ec + erad)
-        op = st.act.op
-        if isinstance(op, MaxPool):
-            fixed, arg = pool_fixed(op, zlo, zhi)
-            l_z = _up(masked_norm(st, torch.ones_like(zlo), cols) * m * (1.0 + 4 * U))
-            out.fixed.append(fixed.reshape(b, *st.act.shape))
-            out.unstable.append(~fixed.reshape(b, *st.act.shape))
-            out.winner.append(arg)
-            out.l_unstable.append(l_z)
-            m = _up(l_z * st.pool_factor * (1.0 + 4 * U))
-            lo, hi = op.forward(zlo), op.forward(zhi)
-            elo, ehi = op.forward(elo), op.forward(ehi)
-            ec, erad = centre_radius(elo, ehi)
-            cols = None
+    for k, st in enumerate(stages[:-1]):
+        z = _z_interval(graph, st, o, r)
+        if unit_lipschitz is not None and st.nodes:
+            z = _tighten(z, r, unit_lipschitz(k, out, _wanted(st, z)))
+        if st.act is not None and isinstance(st.act.op, MaxPool):
+            _pool_stage(st, o, k, z, out)
             continue
-        active, dead = zlo > 0, zhi <= 0
-        unstable = ~active & ~dead
-        nondead = (~dead).to(torch.float64)
-        out.fixed.append(active)
-        out.unstable.append(unstable)
-        out.winner.append(None)
-        out.l_unstable.append(_up(masked_norm(st, unstable.to(torch.float64), cols) * m * (1.0 + 4 * U)))
-        m = _up(masked_norm(st, nondead, cols) * m * (1.0 + 4 * U))
+        _act_stage(st, o, k, z, out)
         if refine is not None:
-            refine(len(out.fixed) - 1, out)
-        lo, hi = zlo.clamp_min(0.0), zhi.clamp_min(0.0)
-        ec, erad = centre_radius(elo.clamp_min(0.0), ehi.clamp_min(0.0))
-        cols = nondead
+            refine(k, out)
     return out

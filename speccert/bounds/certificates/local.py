@@ -1,23 +1,27 @@
 """Local certificate: the largest r for which the margin provably stays positive on the ball B(x, r).
 
-Over the ball, the gradient of the margin m_j = f_y - f_j is (a.e., and its Clarke set in general)
-    g^T = c^T T D_{K} A_{K} ... D_1 A_1,    c = e_y - e_j,
-T the exact affine tail (speccert.bounds.linear_tail), A_k the affine blocks and D_k the Jacobians of
-the nonlinearities, constrained by speccert.bounds.local_bounds: a ReLU unit is 1 (active), 0 (dead)
-or anywhere in [0, 1] (unstable); a max-pool window whose winner is fixed picks that winner. Going
-backward with v = c^T T, each ReLU writes D = D_fixed + (1/2) P_u + E, |E| <= (1/2) P_u: the centre
-v^T (D_fixed + P_u / 2) goes on exactly (by the transposed block) and the rest is bounded by
-(1/2) ||v_unstable|| times the Lipschitz bound of x -> z_k restricted to the unstable units; a max-pool
-routes its fixed windows exactly and bounds the others by ||v_unstable|| times its window factor and
-the Lipschitz bound of z_k. Hence for every x' in the ball
-    ||g(x')|| <= L_j(r) = sum_k w_k ||v_k,unstable|| L_k,unstable + ||v_0|| + rounding,
-and m_j(x + d) >= m_j(x) - L_j(r) ||d||. The radius is the largest r (log-bisection, bounds re-derived
-at each r) with m_j(x) - allowance > L_j(r) r for every j; any r that passes is proven on its own,
-so the search needs no monotonicity. With no unstable unit the bound is ||grad m_j(x)|| (exact).
+The network is cut at its nonlinearities (speccert.bounds.local_stages): z_k = sum_j A_kj h_j + b_k,
+h_k = n_k(z_k), residual sums giving a stage several sources. Over the ball, the gradient of the
+margin m_j = f_y - f_j is (a.e., and its Clarke set in general) the reverse pass of c = e_y - e_j
+through the stages with every nonlinearity's Jacobian D_k(x') in place, constrained by
+speccert.bounds.local_bounds: an activation's D_k is diag(f'(z)) with f' in mid_k +- err_k on the
+interval of z over the ball (ReLU: 1 active, 0 dead, 1/2 +- 1/2 unstable; smooth activations: their
+local slope range, speccert.bounds.local_slopes); a max-pool window whose winner is fixed picks it.
+Replacing the D_k one at a time, last first, by their centres (telescoping over the stages):
+    g(x')^T = a_in^T + sum_k a_k^T E_k J_k(x'),    |E_k| <= diag(err_k),
+a the adjoints of the reverse pass with the centre Jacobians (a_k at h_k: the sum over all its uses,
+the skip included) and J_k(x') the Jacobian of x -> z_k, whose norm on the uncertain units is at most
+l_k (the Lipschitz bound of z_k over the ball on those units). Hence for every x' in the ball
+    ||g(x')|| <= L_j(r) = ||a_in|| + sum_k ||a_k err_k|| l_k + rounding
+(a max-pool's unfixed windows: ||a_k,unfixed|| times its window factor and the bound of all of z_k),
+and m_j(x + d) >= m_j(x) - L_j(r) ||d||. The radius is the largest r (log-bisection, bounds
+re-derived at each r) with m_j(x) - allowance > L_j(r) r for every j; any r that passes is proven on
+its own, so the search needs no monotonicity. With no slope free to vary the bound is ||grad m_j(x)||.
 
-Floating point: the backward vectors are products of the blocks' matrices with 0/1 masks; their
-rounding is at most gamma(K) sqrt(2) prod_k || |A_k| ||_2 (K: all inner dimensions; Higham 3.5), added
-to every L_j once per term; norms of n-term sums are raised by gamma(n + 4).
+Floating point: the backward vectors are products of the blocks' matrices with the centre slopes;
+their rounding is at most gamma(K) sqrt(2) P (K: all inner dimensions plus the slope products; P >=
+every prefix's sum over paths of prod || |A| ||_2 times the activations' global slopes, Higham 3.5),
+added to every L_j once per term; norms of n-term sums are raised by gamma(n + 4).
 """
 
 from __future__ import annotations
@@ -28,33 +32,23 @@ import torch
 import torch.nn.functional as F
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
-from speccert.bounds.linear_tail import tail_rows
-from speccert.bounds.local_bounds import BallBounds, Stage, ball_bounds, build_stages, inner_dimension
-from speccert.ir import Graph, MaxPool, Node
+from speccert.bounds.compose import RoundedUp, compose
+from speccert.bounds.local_bounds import BallBounds, ball_bounds
+from speccert.bounds.local_stages import Stage, build_stages, stage_vjp
+from speccert.ir import INPUT, Conv, Linear, MaxPool, Node
+from speccert.norms.result import round_up
 from speccert.norms.rounding import gamma, svd_error
 
 Tensor = torch.Tensor
 U = 2.0**-53
 SEARCH_STEPS = 12  # log-bisection over [1e-4, 1] x the upper end: radius within 0.2 % of the best
+UNIT_STEPS = 4  # then steps with per-unit bounds (each costs a backward pass per unit)
 SEARCH_SPAN = 1e-4
 REFINE_MAX_ROWS = 128  # unstable units of one layer whose rows are propagated exactly (else norms)
 UNIT_MAX = 4096  # layers up to this many units get per-unit Lipschitz intervals
 UNIT_CHUNK = 256
+UNIT_ALWAYS = 2048  # models with at most this many such units get them at every bisection step
 CHUNK = 32  # points per backward pass (memory: CHUNK x classes x features float64)
-
-
-def block_vjp(graph: Graph, block: list[Node], v: Tensor) -> Tensor:
-    """v^T A for a batch of row vectors v [N, *z_shape] (A the block's linear part): [N, *in_shape]."""
-    if not block:
-        return v
-    shape = graph.shape_of(block[0].inputs[0])
-    u = torch.zeros((v.shape[0], *shape), dtype=torch.float64, requires_grad=True)
-    with torch.enable_grad():
-        h = u
-        for node in block:
-            h = node.op.forward(h)
-        (g,) = torch.autograd.grad(h, u, v)
-    return g.detach()
 
 
 def pool_vjp(op: MaxPool, v: Tensor, winner: Tensor, in_shape: tuple[int, ...]) -> Tensor:
@@ -85,24 +79,27 @@ def _norms(v: Tensor) -> Tensor:
 
 
 class LocalModel:
-    """What the local bound needs of a model: its stages, tail rows and rounding constant."""
+    """What the local bound needs of a model: its stages, the logits' rows per source, rounding."""
 
     def __init__(self, ctx: CertContext) -> None:
         self.graph = ctx.bound.folded
         self.stages: list[Stage] = build_stages(ctx.bound)
-        self.rows = tail_rows(self.graph).rows
-        inner = sum(inner_dimension(self.graph, n) for st in self.stages for n in st.block) + 8
-        prod = 1.0
-        for st in self.stages:
-            prod *= st.schur * st.pool_factor
+        self.shapes = {INPUT: self.graph.input_shape} | {n.name: n.shape for n in self.graph.nodes}
+        final = self.stages[-1]
+        classes = math.prod(final.z_shape)
+        eye = torch.eye(classes, dtype=torch.float64).reshape(classes, *final.z_shape)
+        self.tail = {i: g.reshape(classes, -1) for i, g in stage_vjp(final, eye, self.shapes).items()}
+        inner = sum(st.inner for st in self.stages) + 2 * len(self.stages) + 8
         terms = len(self.stages) + 1
-        self.rounding = terms * gamma(inner) * math.sqrt(2.0) * prod * (1.0 + 1e-6)
+        self.rounding = terms * gamma(inner) * math.sqrt(2.0) * _abs_product(ctx) * (1.0 + 1e-6)
 
-    def descend(self, v: Tensor, bb: BallBounds, top: int, spectral: bool = False) -> Tensor:
-        """Bound over the ball of ||v^T D_top A_top ... D_0 A_0|| for rows v [B, N, ...] living at the
-        output of stage `top`'s nonlinearity (top = -1: at the input): per row [B, N], or of the whole
-        matrix [B] with `spectral`. Rounding of the backward products is added by the caller."""
-        b, n = v.shape[:2]
+    def descend(self, adj: dict[int, Tensor], bb: BallBounds, top: int, spectral: bool = False) -> Tensor:
+        """Bound over the ball of ||sum_j v_j^T dh_j/dx|| for rows v_j [B, N, n_j] at the outputs of
+        stages j <= top (key -1: at the input): per row [B, N], or of the whole matrix [B] with
+        `spectral`. Each stage's centre Jacobian carries v on exactly (reverse pass over the stages, so
+        an output used twice, as by a residual skip, sums its adjoints before its own stage); its
+        half-width err adds ||v err|| l_unstable. Rounding is added by the caller."""
+        b, n = next(iter(adj.values())).shape[:2]
 
         def norm(t: Tensor) -> Tensor:
             return spectral_upper(t.flatten(2)) if spectral else _norms(t)
@@ -112,86 +109,172 @@ class LocalModel:
 
         total = torch.zeros((b,) if spectral else (b, n), dtype=torch.float64)
         for j in range(top, -1, -1):
+            if j not in adj:
+                continue
             st = self.stages[j]
             assert st.act is not None
-            v = v.reshape(b, n, *st.act.shape)
-            unstable, fixed = bb.unstable[j][:, None], bb.fixed[j][:, None]
+            v = adj.pop(j).reshape(b, n, *st.act.shape)
+            mid, err = bb.mid[j][:, None], bb.err[j][:, None]
             winner = bb.winner[j]
             if isinstance(st.act.op, MaxPool) and winner is not None:
-                total = total + norm(v * unstable) * per(bb.l_unstable[j] * st.pool_factor)
-                vs = pool_vjp(st.act.op, v * fixed, winner, st.z_shape)
-            else:  # unstable slope 1/2 + d, |d| <= 1/2: the centre goes on exactly, half the mass is bounded
-                total = total + 0.5 * norm(v * unstable) * per(bb.l_unstable[j])
-                vs = v * fixed + 0.5 * (v * unstable)
-            v = block_vjp(self.graph, st.block, vs.reshape(b * n, *st.z_shape)).reshape(b, n, -1)
-        return total + norm(v.reshape(b, n, -1))
+                total = total + norm(v * err) * per(bb.l_unstable[j] * st.pool_factor)
+                vs = pool_vjp(st.act.op, v * mid, winner, st.z_shape)
+            else:  # f' = mid + d, |d| <= err: the centre goes on exactly, the rest is bounded
+                total = total + norm(v * err) * per(bb.l_unstable[j])
+                vs = v * mid
+            for i, g in stage_vjp(st, vs.reshape(b * n, *st.z_shape), self.shapes).items():
+                g = g.reshape(b, n, -1)
+                adj[i] = adj[i] + g if i in adj else g
+        if -1 in adj:
+            total = total + norm(adj[-1].reshape(b, n, -1))
+        return total
 
     def _finish(self, total: Tensor, rows: float) -> Tensor:
         slack = 1.0 + gamma(4 * len(self.stages) + 8)
         return (total + self.rounding * math.sqrt(rows)) * slack
 
+    def _unit_rows(self, k: int, index: Tensor, b: int) -> dict[int, Tensor]:
+        """Rows e_i of z_k (i in `index` [B, N] flat units; -1 = none) sent back to the sources."""
+        st = self.stages[k]
+        n_units = math.prod(st.z_shape)
+        rows = torch.zeros((b, index.shape[1], n_units + 1), dtype=torch.float64)
+        rows.scatter_(2, index.clamp_min(-1).remainder(n_units + 1)[:, :, None], 1.0)
+        rows = rows[:, :, :n_units].reshape(-1, *st.z_shape)
+        return {i: g.reshape(b, index.shape[1], -1) for i, g in stage_vjp(st, rows, self.shapes).items()}
+
     def refine(self, k: int, bb: BallBounds) -> None:
-        """Tighten l_unstable of ReLU stage k: the rows R = P_U A_k of its unstable units go backward like
-        the margin vectors (spectral norms by SVD): ||R D J|| <= ||R_c J'|| + 1/2 ||R P_u||_2 l_u."""
+        """Tighten l_unstable of activation stage k: the rows R = P_U A_k of its uncertain units go
+        backward like the margin vectors (spectral norms by SVD): ||R D J|| <= ||R_c J'|| + ||R err|| l."""
         st = self.stages[k]
         if st.act is None or isinstance(st.act.op, MaxPool):
             return
-        flat = bb.unstable[k].reshape(bb.unstable[k].shape[0], -1)
+        flat = (bb.err[k] > 0).reshape(bb.err[k].shape[0], -1)
         b, count = flat.shape[0], int(flat.sum(1).max())
         if count == 0 or count > REFINE_MAX_ROWS:
             return
-        idx = torch.sort(flat.to(torch.int64), dim=1, descending=True, stable=True).indices[:, :count]
-        rows = torch.zeros((b, count, flat.shape[1]), dtype=torch.float64)
-        rows.scatter_(2, idx[:, :, None], flat.gather(1, idx).to(torch.float64)[:, :, None])
-        rows = block_vjp(self.graph, st.block, rows.reshape(b * count, *st.z_shape)).reshape(b, count, -1)
-        total = self._finish(self.descend(rows, bb, k - 1, spectral=True), count)
+        order = torch.sort(flat.to(torch.int64), dim=1, descending=True, stable=True).indices[:, :count]
+        index = torch.where(flat.gather(1, order), order, torch.full_like(order, -1))
+        total = self._finish(self.descend(self._unit_rows(k, index, b), bb, k - 1, spectral=True), count)
         bb.l_unstable[k] = torch.minimum(bb.l_unstable[k], total)
 
-    def unit_lipschitz(self, k: int, bb: BallBounds) -> Tensor | None:
-        """Per unit of z_k, >= sup over the ball of ||grad z_k,i|| (rows of A_k sent down), or None."""
+    def unit_lipschitz(self, k: int, bb: BallBounds, want: Tensor | None) -> Tensor | None:
+        """Per unit of z_k in `want` ([B, *z_shape] bool, None = all), >= sup over the ball of
+        ||grad z_k,i|| (its row of A_k sent down); inf elsewhere; None where not worth it."""
         st = self.stages[k]
         n_units = math.prod(st.z_shape)
-        if k == 0 or not st.block or n_units > UNIT_MAX:
+        if all(s.index == -1 for s in st.sources) or not st.nodes or n_units > UNIT_MAX:
             return None
-        b = bb.fixed[0].shape[0]
-        out = []
-        for start in range(0, n_units, UNIT_CHUNK):
-            n = min(UNIT_CHUNK, n_units - start)
-            eye = torch.zeros((n, n_units), dtype=torch.float64)
-            eye[torch.arange(n), torch.arange(start, start + n)] = 1.0
-            rows = block_vjp(self.graph, st.block, eye.reshape(n, *st.z_shape)).reshape(1, n, -1)
-            out.append(self._finish(self.descend(rows.expand(b, n, -1), bb, k - 1), 2.0))
-        return torch.cat(out, 1).reshape(b, *st.z_shape)
+        b = bb.mid[0].shape[0]
+        flat = torch.ones((b, n_units), dtype=torch.bool) if want is None else want.reshape(b, -1)
+        count = int(flat.sum(1).max())
+        if count == 0:
+            return None
+        order = torch.sort(flat.to(torch.int64), dim=1, descending=True, stable=True).indices[:, :count]
+        index = torch.where(flat.gather(1, order), order, torch.full_like(order, -1))
+        out = torch.full((b, n_units + 1), math.inf, dtype=torch.float64)
+        for start in range(0, count, UNIT_CHUNK):
+            idx = index[:, start : start + UNIT_CHUNK]
+            val = self._finish(self.descend(self._unit_rows(k, idx, b), bb, k - 1), 2.0)
+            out.scatter_(1, idx.remainder(n_units + 1), val)
+        return out[:, :n_units].reshape(b, *st.z_shape)
 
-    def lipschitz(self, x: Tensor, y: Tensor, r: Tensor) -> Tensor:
-        """L[b, j] >= sup over B(x_b, r_b) of ||grad (f_y - f_j)|| (0 at j = y)."""
-        bb: BallBounds = ball_bounds(self.graph, self.stages, x, r, self.refine, self.unit_lipschitz)
-        v = self.rows[y][:, None, :] - self.rows[None, :, :]  # [B, C, n]
-        total = self._finish(self.descend(v, bb, len(self.stages) - 2), 2.0)
+    @property
+    def unit_count(self) -> int:
+        """Units of the stages that get per-unit Lipschitz bounds (a backward pass each)."""
+        return sum(
+            math.prod(st.z_shape)
+            for st in self.stages[:-1]
+            if st.nodes and math.prod(st.z_shape) <= UNIT_MAX and any(s.index >= 0 for s in st.sources)
+        )
+
+    def lipschitz(self, x: Tensor, y: Tensor, r: Tensor, units: bool = True) -> Tensor:
+        """L[b, j] >= sup over B(x_b, r_b) of ||grad (f_y - f_j)|| (0 at j = y); `units`: with the
+        per-unit Lipschitz intervals (tighter, a backward pass per unit)."""
+        unit = self.unit_lipschitz if units else None
+        bb: BallBounds = ball_bounds(self.graph, self.stages, x, r, self.refine, unit)
+        adj = {i: rows[y][:, None, :] - rows[None, :, :] for i, rows in self.tail.items()}  # [B, C, n_i]
+        total = self._finish(self.descend(adj, bb, len(self.stages) - 2), 2.0)
         return total.scatter(1, y[:, None], 0.0)
 
 
-def _passes(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, r: Tensor) -> Tensor:
-    lip = model.lipschitz(x, y, r)
-    ok = (m > lip * r[:, None] * (1.0 + 4 * U)) | torch.isinf(m)
-    return ok.all(1)
+def _abs_product(ctx: CertContext) -> float:
+    """>= every prefix's sum over paths of prod || |A| ||_2 (times the activations' global slopes): the
+    scale of the rounding in the backward products (Higham 3.5)."""
+    uppers = {n.name: n.upper.value for n in ctx.bound.layers}
+
+    def norm_of(node: Node) -> float:
+        op = node.op
+        if isinstance(op, (Linear, Conv)):
+            return max(_schur(op), uppers[node.name])
+        return uppers[node.name]
+
+    lip = compose(ctx.bound.folded, norm_of, RoundedUp()).lipschitz
+    return max(max(lip.values()), 1.0)
 
 
-def local_radius(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
-    """Per point the largest tested r that passes (0 if none): log-bisection below m / L(0)."""
-    b = x.shape[0]
-    lip0 = model.lipschitz(x, y, torch.zeros(b, dtype=torch.float64))
-    top = torch.where(torch.isinf(m), math.inf, m / lip0).amin(1)
-    alive = (m.amin(1) > 0) & torch.isfinite(top) & (top > 0)
-    top = torch.where(alive, top, torch.zeros_like(top))
+def _schur(op: Linear | Conv) -> float:
+    """|| |A| ||_2 <= sqrt(max row sum * max column sum) of |A| (Schur test), rounded up."""
+    w = op.weight.detach().abs()
+    if isinstance(op, Linear):
+        return round_up(math.sqrt(float(w.sum(1).max()) * float(w.sum(0).max())), 8)
+    g = op.groups
+    rows = float(w.flatten(1).sum(1).max())
+    cols = float(w.reshape(g, w.shape[0] // g, w.shape[1], -1).sum((1, 3)).max())
+    return round_up(math.sqrt(rows * cols), 8)
+
+
+def _margin_ok(m: Tensor, lip: Tensor, r: Tensor) -> Tensor:
+    return ((m > lip * r[:, None] * (1.0 + 4 * U)) | torch.isinf(m)).all(1)
+
+
+def _bisect(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, top: Tensor, units: bool) -> Tensor:
+    """Log-bisection on [SEARCH_SPAN top, top]: the largest tested r that passes (else 0)."""
     lo, hi = top * SEARCH_SPAN, top.clone()
-    best = torch.zeros_like(top)
+    best = torch.zeros_like(lo)
     for _ in range(SEARCH_STEPS):
         mid = torch.sqrt(lo * hi)
-        ok = _passes(model, x, y, m, mid) & alive
+        ok = _margin_ok(m, model.lipschitz(x, y, mid, units=units), mid)
         best = torch.where(ok, mid, best)
         lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
     return best
+
+
+def _sharpen(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, best: Tensor, top: Tensor) -> Tensor:
+    """A few steps above `best` with the per-unit bounds (UNIT_STEPS evaluations): each failing r
+    proposes r' = min_j m_j / L_j(r) (it passes when L does not grow from r' to r), each passing r
+    the geometric mean of r and its proposal; bisection where a proposal leaves (lo, hi)."""
+    lo, hi = torch.where(best > 0, best, top * SEARCH_SPAN), top.clone()
+    r = torch.sqrt(lo * hi)
+    for _ in range(UNIT_STEPS):
+        lip = model.lipschitz(x, y, r, units=True)
+        ok = _margin_ok(m, lip, r)
+        best = torch.where(ok & (r > best), r, best)
+        lo, hi = torch.where(ok, r, lo), torch.where(ok, hi, r)
+        guess = torch.where(torch.isinf(m), math.inf, m / lip).amin(1) * (1.0 - 1e-6)
+        guess = torch.where(ok, torch.sqrt(r * torch.minimum(guess, hi)), guess)
+        r = torch.where((guess > lo) & (guess < hi), guess, torch.sqrt(lo * hi))
+    return best
+
+
+def local_radius(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+    """Per point the largest tested r that passes (0 if none): log-bisection below m / L(0), with the
+    per-unit bounds where the model has few units (UNIT_ALWAYS), else without them and then a few
+    steps with them above the result. Every
+    returned r passed its own test, so the search needs no monotonicity. Points with a non-positive
+    margin are skipped (radius 0)."""
+    out = torch.zeros(x.shape[0], dtype=torch.float64)
+    alive = m.amin(1) > 0
+    if not bool(alive.any()):
+        return out
+    x, y, m = x[alive], y[alive], m[alive]
+    lip0 = model.lipschitz(x, y, torch.zeros(x.shape[0], dtype=torch.float64), units=False)
+    top = torch.where(torch.isinf(m), math.inf, m / lip0).amin(1)
+    top = torch.where(torch.isfinite(top) & (top > 0), top, torch.zeros_like(top))
+    few = model.unit_count <= UNIT_ALWAYS
+    best = _bisect(model, x, y, m, top, units=few)
+    if not few:
+        best = _sharpen(model, x, y, m, best, top)
+    return out.masked_scatter(alive, torch.where(top > 0, best, torch.zeros_like(best)))
 
 
 @register_certificate("local")
