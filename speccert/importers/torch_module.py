@@ -14,6 +14,7 @@ from torch import nn
 
 from speccert.errors import UnsupportedModelError, UsageError
 from speccert.importers.aten_ops import exported_to_graph
+from speccert.importers.attention import aten_attention
 from speccert.importers.torch_check import TRACE_BATCH, check_faithful, first_line, quiet
 from speccert.importers.torch_inplace import functional_copy
 from speccert.ir.graph import Graph, ModelSource
@@ -100,6 +101,9 @@ def convert(
     in-place ops (`relu_`, `hardtanh_`, `add_`: archives saved from a training-IR export) reads them as
     their functional twins when no other node sees the write (`torch_inplace.py`), else it is
     functionalised first (decompositions with an empty table), so every value is used as computed."""
+    attention = aten_attention(ep)
+    if attention:  # one line naming it, not the permutes and unbinds around it (attention.py)
+        raise UnsupportedModelError("the model uses attention", attention)
     if _has_mutation(ep):
         local = functional_copy(ep)  # in-place ops nothing else reads: retargeted, no re-trace
         if local is not None:
