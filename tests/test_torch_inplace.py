@@ -54,7 +54,13 @@ def test_local_mutation_is_retargeted() -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["read after the write", "input written", "view of the written tensor", "written view", "reader before a write"],
+    [
+        "read after the write",
+        "input written",
+        "view of the written tensor",
+        "written view",
+        "reader before a write",
+    ],
 )
 def test_visible_mutation_is_not_retargeted(case: str) -> None:
     # Each program would compute something else with relu in place of relu_: the caller must functionalise.
