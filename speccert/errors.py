@@ -36,11 +36,43 @@ class UnsupportedModelError(SpeccertError):
     exit_code = EXIT_UNSUPPORTED
 
     def __init__(self, message: str, problems: list[tuple[str, str, str]] | None = None) -> None:
-        self.problems = list(problems or [])
+        self.problems = group_problems(list(problems or []))
         if self.problems:
-            listing = "; ".join(f"{op} node '{name}': {why}" for op, name, why in self.problems)
-            message = f"{message}: {listing}"
+            message = f"{message}: {describe_problems(self.problems)}"
         super().__init__(message)
+
+
+Problem = tuple[str, str, str]
+SHOWN = 3
+
+
+def group_problems(problems: list[Problem]) -> list[Problem]:
+    """One entry per (op, reason) in first-seen order; several nodes become 'op ×n' and the first
+    SHOWN names followed by 'and k more'. Already grouped entries pass through unchanged."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for op, name, why in problems:
+        groups.setdefault((op, why), []).append(name)
+    out: list[Problem] = []
+    for (op, why), names in groups.items():
+        if len(names) == 1:
+            out.append((op, names[0], why))
+            continue
+        shown = ", ".join(names[:SHOWN]) + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
+        out.append((f"{op} ×{len(names)}", shown, why))
+    return out
+
+
+def describe_problems(problems: list[Problem]) -> str:
+    """The problems as one line, one entry per kind of node."""
+    return "; ".join(_describe(op, name, why) for op, name, why in group_problems(problems))
+
+
+def _describe(op: str, names: str, why: str) -> str:
+    """One problem as text: "Sign node 'f': ..." for one node, "Mul ×12 nodes (a, b, c and 9 more): ..."
+    for a group of nodes of one kind (importers/problems.py groups them)."""
+    if " ×" in op:
+        return f"{op} nodes ({names}): {why}"
+    return f"{op} node '{names}': {why}"
 
 
 class InputError(SpeccertError):

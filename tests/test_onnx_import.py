@@ -195,7 +195,8 @@ def test_gtsrb_binarised_model_is_refused_naming_sign_nodes(corpus_dir: Path) ->
     proc = cli("inspect", str(path))
     assert proc.returncode == 3
     assert "Sign (unsupported)" in proc.stdout and "Lipschitz" in proc.stdout
-    assert "Sign node" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Sign ×8 nodes (sequential_1/" in proc.stderr and "and 5 more):" in proc.stderr
+    assert "node '" not in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_external_data_through_a_symlink_leaving_the_folder_is_refused(tmp_path: Path) -> None:

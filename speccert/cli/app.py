@@ -121,4 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
+    from speccert.cli.pipe import ReaderTolerantStdout
+
+    if sys.stdout is not None:
+        sys.stdout = ReaderTolerantStdout(sys.stdout)  # type: ignore[assignment]
     sys.exit(main())

@@ -24,7 +24,7 @@ from speccert.cli.common import (
     write_json,
 )
 from speccert.cli.console import make_console
-from speccert.errors import EXIT_UNSUPPORTED
+from speccert.errors import EXIT_UNSUPPORTED, describe_problems
 
 if TYPE_CHECKING:  # torch loads only when a command runs: `speccert --help` stays fast
     from speccert.ir.graph import Graph
@@ -159,7 +159,7 @@ def command(
             highlight=False,
         )
     if report["unsupported"]:
-        listing = "; ".join(f"{u['op']} node '{u['node']}': {u['reason']}" for u in report["unsupported"])
+        listing = describe_problems([(u["op"], u["node"], u["reason"]) for u in report["unsupported"]])
         err.print(
             styled(
                 "[bold red]error:[/] {} node(s) without a Lipschitz bound: {}",

@@ -7,7 +7,17 @@ and reason into one entry: ("Mul ×16", "first, second, third and 13 more", reas
 
 from __future__ import annotations
 
-Problem = tuple[str, str, str]
+from speccert.errors import SHOWN, Problem, group_problems
+
+__all__ = [
+    "ATTENTION",
+    "PRODUCT",
+    "SHOWN",
+    "SQUEEZE_EXCITATION",
+    "Problem",
+    "group_problems",
+    "product_reason",
+]
 
 PRODUCT = "product of two input-dependent tensors: no global Lipschitz bound"
 SQUEEZE_EXCITATION = (
@@ -15,7 +25,6 @@ SQUEEZE_EXCITATION = (
     "no global Lipschitz bound"
 )
 ATTENTION = "attention (q k^T, attn v: products of two input-dependent tensors): no global Lipschitz bound"
-SHOWN = 3
 
 
 def product_reason(a: tuple[int, ...], b: tuple[int, ...]) -> str:
@@ -31,19 +40,3 @@ def product_reason(a: tuple[int, ...], b: tuple[int, ...]) -> str:
         )
 
     return SQUEEZE_EXCITATION if gate(a, b) or gate(b, a) else PRODUCT
-
-
-def group_problems(problems: list[Problem]) -> list[Problem]:
-    """One entry per (op, reason) in first-seen order; several nodes become 'op ×n' and the first
-    SHOWN names followed by 'and k more'."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for op, name, why in problems:
-        groups.setdefault((op, why), []).append(name)
-    out: list[Problem] = []
-    for (op, why), names in groups.items():
-        if len(names) == 1:
-            out.append((op, names[0], why))
-            continue
-        shown = ", ".join(names[:SHOWN]) + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
-        out.append((f"{op} ×{len(names)}", shown, why))
-    return out
