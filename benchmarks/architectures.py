@@ -179,7 +179,7 @@ def certify_224(name: str, exports: Path, speccert: Path, timeout: float) -> dic
             return {"status": "export failed", "why": (r.stderr.strip().splitlines() or ["?"])[-1][:160]}
     report = exports / f"{stem}-certify-224.json"
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "speccert", "certify", str(path), "--data", str(data)]
-    cmd += ["--method", "fantastic4", "--json", str(report)]
+    cmd += ["--method", "fantastic4", "--lower-points", "2", "--json", str(report)]
     t0 = time.perf_counter()
     try:
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
