@@ -148,7 +148,7 @@ def certify(
     timing = {"norms_s": time.perf_counter() - t0}
     notes = list(bound.notes)
     folded = bound.folded.to(dev, torch.float64)
-    opts = _within_memory(folded, opts, notes)
+    opts = _within_memory(folded, opts, len(ds), notes)
     samples = certify_samples(bound, folded, ds, opts, dev, notes, progress)
     timing["certify_s"] = samples.seconds
     lower = _lower_bound(bound, folded, ds, opts, dev, timing, progress) if opts.lower_bound else None
@@ -196,19 +196,18 @@ def _activation_bytes(graph: Graph) -> int:
     return 8 * (math.prod(graph.input_shape) + sum(math.prod(n.shape) for n in graph.nodes))
 
 
-def _within_memory(folded: Graph, opts: CertifyOptions, notes: list[str]) -> CertifyOptions:
+def _within_memory(folded: Graph, opts: CertifyOptions, n: int, notes: list[str]) -> CertifyOptions:
     """`opts` with the batch size and the lower bound's points per pass lowered so that one pass plans
     at most `plan_budget()` (a 224x224 VGG keeps ~0.1 GB of float64 activations per sample)."""
     per_sample = _activation_bytes(folded)
     budget = plan_budget()
     batch = max(1, budget // (_PASS_COPIES * per_sample))
-    if batch < opts.batch_size:
+    if batch < min(opts.batch_size, n):  # it changes how the data is cut: say so
         notes.append(
             f"batch size {opts.batch_size} -> {batch}: {human(per_sample)} of activations per sample, "
             f"memory budget {human(budget)} (--max-memory)"
         )
-        opts = opts.replace(batch_size=batch)
-    return opts
+    return opts.replace(batch_size=batch) if batch < opts.batch_size else opts
 
 
 def _lower_chunk(folded: Graph) -> int:
