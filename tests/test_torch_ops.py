@@ -102,6 +102,17 @@ EXAMPLES: dict[str, Example] = {
     "aten.abs.default": Example((5,), lambda x, p: aten.abs.default(x)),
     "aten.maximum.default": Example((2, 3), lambda x, p: aten.maximum.default(x, p["c"]), {"c": (3,)}),
     "aten.minimum.default": Example((2, 3), lambda x, p: aten.minimum.default(p["c"], x), {"c": (2, 1)}),
+    "aten.prelu.default": Example((3, 4, 4), lambda x, p: aten.prelu.default(x, p["w"]), {"w": (3,)}),
+    "aten._prelu_kernel.default": Example(
+        (3, 2), lambda x, p: aten._prelu_kernel.default(x, p["w"].reshape(3, 1)), {"w": (3,)}
+    ),
+    "aten.sort.default": Example((4, 3), lambda x, p: aten.sort.default(x, 1, True)[0]),
+    "aten.sort.stable": Example((5,), lambda x, p: aten.sort.stable(x, stable=True, dim=-1)[0]),
+    "aten.topk.default": Example((3, 6), lambda x, p: aten.topk.default(x, 4, -1, False)[0]),
+    "aten.max.dim": Example((2, 5, 3), lambda x, p: aten.max.dim(x, 2, True)[0]),
+    "aten.min.dim": Example((2, 4), lambda x, p: aten.min.dim(x, 1)[0]),
+    "aten.amax.default": Example((4, 2), lambda x, p: aten.amax.default(x, [2], True)),
+    "aten.amin.default": Example((3, 5), lambda x, p: aten.amin.default(x, [-2])),
     "aten.layer_norm.default": Example(
         (3, 5), lambda x, p: aten.layer_norm.default(x, [5], p["w"], p["b"], 1e-3), {"w": (5,), "b": (5,)}
     ),

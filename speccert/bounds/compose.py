@@ -13,6 +13,11 @@ of the derivative, so ||D^2 v(x)[h, h]|| <= H_v ||h||^2):
     Slice (a coordinate selection): scale with a = 1, k = 0 (it is linear and 1-Lipschitz)
     Standardize (LayerNorm / GroupNorm without affine): scale with a = 1/sqrt(eps) (the sup of its
              Jacobian norm, see speccert.ir.ops.Standardize), k = None (no curvature derived)
+    Sort (GroupSort / FullSort / MaxMin): scale with a = 1, k = None (a permutation of each group that
+             depends on the input: 1-Lipschitz, not smooth; see speccert.ir.ops.Sort)
+    Extremum (elementwise max/min of two tensors): hypot, like Concat (see speccert.ir.ops.Extremum);
+             not smooth
+    PRelu (a slope per channel): scale with a = max(1, max|slope|), k = None
     Opaque: no rule (UnsupportedModelError naming the node). A type missing from RULES is an error too,
     never a silent factor of 1.
 
@@ -92,6 +97,19 @@ def _selection(op: O.Op, in_shapes: Sequence[Shape], out_shape: Shape) -> Rule:
     return Rule("scale", 1.0, 0.0)
 
 
+def _sort(op: O.Op, in_shapes: Sequence[Shape], out_shape: Shape) -> Rule:
+    return Rule("scale", 1.0, None)
+
+
+def _prelu(op: O.Op, in_shapes: Sequence[Shape], out_shape: Shape) -> Rule:
+    assert isinstance(op, O.PRelu)
+    return Rule("scale", max(1.0, float(op.slope.detach().abs().max())), None)
+
+
+def _extremum(op: O.Op, in_shapes: Sequence[Shape], out_shape: Shape) -> Rule:
+    return Rule("hypot", curvature=None)
+
+
 def _linear(op: O.Op, in_shapes: Sequence[Shape], out_shape: Shape) -> Rule:
     return LINEAR
 
@@ -145,6 +163,9 @@ RULES: dict[type[O.Op], RuleFn] = {
     O.Softmax: _output,
     O.Slice: _selection,
     O.Standardize: _standardize,
+    O.Sort: _sort,
+    O.Extremum: _extremum,
+    O.PRelu: _prelu,
     O.Opaque: _opaque,
 }
 assert set(RULES) == set(ALL_OPS), "every IR op type needs exactly one rule"

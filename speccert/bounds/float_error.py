@@ -10,9 +10,10 @@ Add/Concat). So ||f_computed(x) - f(x)|| <= sum_v D_v e_v(x) (+ higher-order ter
     linear node  y = A x + b:  e_v <= gamma(k + 2) (a_v ||x_in|| + ||b||)   (Higham: |fl(Ax) - Ax| <= gamma_k |A||x|)
         k: terms per output (fan-in), a_v >= || |A| ||_2 (Schur test sqrt(max row sum * max column sum)
         of |A|, from the weights; ||A||_2 for the non-negative pooling matrices; exact ops: 0)
-    activation:                e_v <= 64 u ||v||      (elementwise library functions: a few ulps)
+    activation, PRelu:         e_v <= 64 u ||v||      (elementwise library functions: a few ulps)
     Standardize (blocks of n): e_v <= gamma(n + 5) (||x_in|| / sqrt(eps) + sqrt(numel)) + 64 u ||v||
-    Add:                       e_v <= u ||v||;   max-pool, Concat, Reshape, Transpose, Pad, Slice: exact.
+    Add:                       e_v <= u ||v||;   max-pool, Concat, Reshape, Transpose, Pad, Slice,
+                               Sort, Extremum (max/min of two tensors): exact.
 
 certify() lowers every margin by SAFETY * sqrt(2) * that sum (SAFETY = 16 covers the neglected
 higher-order terms and library kernels that are a few times worse than the textbook bound).
@@ -35,7 +36,7 @@ import torch
 
 from speccert.bounds.compose import downstream, standardize_factor, upper_norms
 from speccert.errors import InternalError
-from speccert.ir import INPUT, Activation, Add, AvgPool, BatchNorm, Conv, Graph, Linear, Standardize
+from speccert.ir import INPUT, Activation, Add, AvgPool, BatchNorm, Conv, Graph, Linear, PRelu, Standardize
 from speccert.ir import Affine as AffineOp
 from speccert.norms import UpperBound
 
@@ -43,7 +44,7 @@ Tensor = torch.Tensor
 U = 2.0**-53
 FLOAT32_UNIT = 2.0**-24
 SAFETY = 16.0
-EXACT = ("Reshape", "Transpose", "Pad", "Concat", "MaxPool", "Slice")
+EXACT = ("Reshape", "Transpose", "Pad", "Concat", "MaxPool", "Slice", "Sort", "Extremum")
 ABSOLUTE_ERROR = {"softplus": 2.07e-9}  # per element, beyond a few ulps (see the module doc)
 
 
@@ -139,8 +140,8 @@ class ErrorModel:
                 a, k, b = _abs_norm_and_fan_in(graph, node.name, uppers)
                 gk = gamma_u(k + 3)
                 self.terms.append((node.inputs[0], d[node.name] * gk * a, d[node.name] * gk * b))
-            elif isinstance(op, Activation):
-                absolute = ABSOLUTE_ERROR.get(op.fn, 0.0) * math.sqrt(math.prod(node.shape))
+            elif isinstance(op, (Activation, PRelu)):  # PRelu: one product per element
+                absolute = ABSOLUTE_ERROR.get(getattr(op, "fn", ""), 0.0) * math.sqrt(math.prod(node.shape))
                 self.terms.append((node.name, d[node.name] * 64 * unit, d[node.name] * absolute))
             elif isinstance(op, Add):
                 self.terms.append((node.name, d[node.name] * unit, 0.0))

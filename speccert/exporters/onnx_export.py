@@ -32,14 +32,17 @@ from speccert.ir.ops import (
     Concat,
     Conv,
     ConvTranspose,
+    Extremum,
     GlobalAvgPool,
     Linear,
     MaxPool,
     Op,
     Pad,
+    PRelu,
     Reshape,
     Slice,
     Softmax,
+    Sort,
     Standardize,
     Transpose,
 )
@@ -215,6 +218,24 @@ def _export_standardize(
     w.node("LayerNormalization", [xs[0], w.const(f"{name}.scale", ones)], out, axis=-op.axes, epsilon=op.eps)
 
 
+def _export_sort(
+    w: _Writer, node: Node, op: Sort, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
+    """Sort = TopK of the whole axis, sorted (how torch.sort exports); its indices are left unread."""
+    k = w.const(f"{node.name}.k", np.array([in_shape[op.axis]]), np.int64)
+    w.nodes.append(
+        helper.make_node(
+            "TopK",
+            [xs[0], k],
+            [out, w.fresh(f"{out}/indices")],
+            name=w.fresh(f"{out}/TopK"),
+            axis=op.axis + 1,
+            largest=int(op.descending),
+            sorted=1,
+        )
+    )
+
+
 _Exporter = Callable[[_Writer, Node, Any, list[str], tuple[int, ...], str], object]
 
 # One exporter per IR op class; `_export_op` looks the op's class (or the nearest base) up here.
@@ -240,6 +261,11 @@ _EXPORTERS: dict[type[Op], _Exporter] = {
     ),
     Slice: _export_slice,
     Standardize: _export_standardize,
+    Sort: _export_sort,
+    PRelu: lambda w, node, op, xs, in_shape, out: w.node(
+        "PRelu", [xs[0], w.const(f"{node.name}.slope", op.slope)], out
+    ),
+    Extremum: lambda w, node, op, xs, in_shape, out: w.node("Max" if op.is_max else "Min", xs, out),
 }
 
 

@@ -11,6 +11,10 @@ rules of its parts:
   Reshape to the result; a mean over all trailing spatial axes is a single GlobalAvgPool.
 - layer norm over the last k axes: Standardize(k, eps) (1/sqrt(eps)-Lipschitz), Affine(gamma, beta).
 - group norm: Reshape [G, rest], Standardize(1, eps), Reshape back, per-channel Affine(gamma, beta).
+- max (min) over one axis of length n: n = 2, Extremum of the two Slices (the pair pattern of
+  speccert.importers.sorting then fuses a MaxMin into a Sort); n > 2, Sort(descending) and the Slice of
+  its first entry, 1-Lipschitz (|max x - max y| <= ||x - y||_inf per fibre); then a Reshape without the
+  axis unless keepdims.
 """
 
 from __future__ import annotations
@@ -21,10 +25,22 @@ from typing import TypeVar
 
 import torch
 
-from speccert.ir.ops import Activation, Affine, GlobalAvgPool, Op, Reshape, Standardize, Transpose
+from speccert.ir.ops import (
+    Activation,
+    Affine,
+    Extremum,
+    GlobalAvgPool,
+    Op,
+    Reshape,
+    Slice,
+    Sort,
+    Standardize,
+    Transpose,
+)
 
 V = TypeVar("V")
 Emit = Callable[[Op, V], V]
+Emit2 = Callable[[Op, V, V], V]
 
 
 class LoweringError(ValueError):
@@ -144,3 +160,22 @@ def _scale_shift(
     if bool((w == 1).all()) and not bool(b.any()):
         return y
     return emit(Affine(scale=w.float().clone(), shift=b.float().clone()), y)
+
+
+def reduce_extremum(
+    emit: Emit[V], emit2: Emit2[V], x: V, shape: tuple[int, ...], axis: int, is_max: bool, keepdims: bool
+) -> V:
+    """max (is_max) or min of `x` (of `shape`) over non-batch `axis` (0 = first axis after the batch)."""
+    n = shape[axis]
+    if n == 2:
+        a = emit(Slice(axis=axis, start=0, stop=1), x)
+        b = emit(Slice(axis=axis, start=1, stop=2), x)
+        y = emit2(Extremum(is_max=is_max), a, b)
+    elif n > 2:
+        y = emit(Sort(axis=axis, descending=is_max), x)
+        y = emit(Slice(axis=axis, start=0, stop=1), y)
+    else:
+        y = x
+    if keepdims:
+        return y
+    return emit(Reshape(tuple(d for i, d in enumerate(shape) if i != axis)), y)

@@ -22,6 +22,7 @@ import torch
 
 from speccert.errors import InputError, UnsupportedModelError, UsageError
 from speccert.importers.attention import onnx_attention
+from speccert.importers.circular import fuse_circular_convs
 from speccert.importers.onnx_check import check_faithful
 from speccert.importers.onnx_fold import fold, opaque_fn
 from speccert.importers.onnx_ops import (
@@ -36,6 +37,7 @@ from speccert.importers.onnx_ops.fusions import DOMAIN as FUSED_DOMAIN
 from speccert.importers.onnx_ops.fusions import fuse_activations
 from speccert.importers.onnx_safety import read_onnx
 from speccert.importers.problems import group_problems
+from speccert.importers.sorting import fuse_sorts
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256
 from speccert.ir.ops import Affine, Linear, Op, Opaque
 from speccert.limits import check_bytes
@@ -352,7 +354,8 @@ def _finish(
             "onnx_opset": str(max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))),
         },
     )
-    graph = Graph(shape, nodes, out.name, source, torch.float32)
+    graph = fuse_sorts(fuse_circular_convs(Graph(shape, nodes, out.name, source, torch.float32)))
+    live &= {n.name for n in graph.nodes}  # parts rewritten: importers.circular, importers.sorting
     for n in graph.unsupported():
         if not isinstance(n.op, Opaque):
             report.append((n.op.op_type, n.name, "softmax is only supported as the model's output"))

@@ -262,6 +262,66 @@ class Slice(Op):
 
 
 @dataclass(frozen=True, eq=False)
+class Sort(Op):
+    """Sort along non-batch `axis` (0 = first after batch), every other axis indexing independent
+    groups: GroupSort with group size g is Reshape [.., n/g, g, ..] -> Sort -> Reshape back, FullSort
+    sorts the whole axis, MaxMin of two halves is Reshape [.., 2, n/2, ..] -> Sort(descending).
+
+    1-Lipschitz in L2, and gradient-norm preserving: sorting a vector is a permutation that depends
+    on the input, and ||sort(x) - sort(y)||_2 <= ||x - y||_2 for all x, y (rearrangement inequality:
+    sum_i sort(x)_i sort(y)_i >= sum_i x_i y_i); groups are disjoint coordinates, so the bound holds
+    for the whole tensor. Not smooth (the permutation jumps where two entries tie)."""
+
+    op_type: ClassVar[str] = "Sort"
+    axis: int = 0
+    descending: bool = False
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        return torch.sort(xs[0], dim=self.axis + 1, descending=self.descending).values
+
+    def describe(self) -> str:
+        return f"Sort axis {self.axis}" + (" descending" if self.descending else "")
+
+
+@dataclass(frozen=True, eq=False)
+class Extremum(Op):
+    """Elementwise max (or min) of two input-dependent tensors of the same shape (MaxMin of Split
+    halves before speccert.importers.sorting fuses the pair into a Sort; ReduceMax over a short axis).
+
+    Lipschitz: per entry |max(a, b) - max(a', b')| <= max(|a - a'|, |b - b'|), so
+    ||max(a, b) - max(a', b')||_2^2 <= ||a - a'||^2 + ||b - b'||^2: the Concat (hypot) rule."""
+
+    op_type: ClassVar[str] = "Extremum"
+    n_inputs: ClassVar[int] = 2
+    is_max: bool = True
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        return torch.maximum(xs[0], xs[1]) if self.is_max else torch.minimum(xs[0], xs[1])
+
+    def describe(self) -> str:
+        return "Max" if self.is_max else "Min"
+
+
+@dataclass(frozen=True, eq=False)
+class PRelu(Op):
+    """PReLU with a slope per channel (or element): x for x >= 0, slope * x below; `slope` broadcasts to
+    the input without the batch axis. A single shared slope imports as Activation leaky_relu instead.
+
+    Lipschitz max(1, max_i |slope_i|): elementwise, coordinate i piecewise linear with slopes 1 and
+    slope_i. Not smooth. The slope is a constant of the graph, not a trainable parameter."""
+
+    op_type: ClassVar[str] = "PRelu"
+    slope: Tensor
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        x = xs[0]
+        return torch.where(x >= 0, x, x * self.slope.to(x.dtype))
+
+    def describe(self) -> str:
+        return f"PRelu ({self.slope.numel()} slopes)"
+
+
+@dataclass(frozen=True, eq=False)
 class MaxPool(Op):
     op_type: ClassVar[str] = "MaxPool"
     kernel: tuple[int, ...]
@@ -437,5 +497,8 @@ ALL_OPS: tuple[type[Op], ...] = (
     Softmax,
     Standardize,
     Slice,
+    Sort,
+    Extremum,
+    PRelu,
     Opaque,
 )

@@ -4,15 +4,27 @@ When the logits are f = W u(x) + b (a final Linear, possibly after Reshape nodes
 `fold_linear` keeps as norm-1 nodes feeding it), the margin f_y - f_j = (W_y - W_j) u(x) + const is
 Lipschitz with constant ||W_y - W_j||_2 * L_u, L_u the bound on the Linear's input. The bias cancels.
 This is never worse than the global certificate up to rounding: ||W_y - W_j|| <= sqrt(2) ||W||_2.
+
+A conv classifier head (the last layer a Conv whose output, flattened by Reshape nodes, is the logits:
+a 1x1 output map in the usual case) is the same map written differently: its rows W_c are the kernel of
+output c laid over the input, computed by one reverse pass in float64 (speccert.bounds.linear_tail's
+rows, their rounding bounded by the |W| rows as in the margin-aware certificate), so it gets the radii
+of the equivalent Linear head.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, NotApplicable, register_certificate
-from speccert.ir import Graph, Linear
+from speccert.bounds.certificates.margin_aware import pair_norms
+from speccert.bounds.linear_tail import TailRows, absolute_op
+from speccert.ir import Conv, Graph, Linear, Node, Reshape
 from speccert.norms.rounding import gamma
+
+MAX_HEAD_ENTRIES = 1 << 24  # rows x inputs of a conv head formed densely
 
 Tensor = torch.Tensor
 
@@ -23,6 +35,37 @@ def final_linear(graph: Graph) -> tuple[Tensor, str]:
     if not isinstance(out.op, Linear) or len(out.shape) != 1:
         raise NotApplicable("the logits are not produced by a final Linear layer")
     return out.op.weight.detach().to(torch.float64), out.inputs[0]
+
+
+def _head_rows(nodes: list[Node], shape: tuple[int, ...], n_out: int, absolute: bool) -> Tensor:
+    u = torch.zeros((n_out, *shape), dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        h = u
+        for node in nodes:
+            op = absolute_op(node.op, h.dim() - 1) if absolute else node.op
+            h = op.forward(h)
+        (g,) = torch.autograd.grad(h.reshape(n_out, -1), u, torch.eye(n_out, dtype=torch.float64))
+    return g.reshape(n_out, -1).detach()
+
+
+def final_conv_rows(graph: Graph) -> TailRows:
+    """Rows of a final Conv followed by Reshape nodes to the 1-d logits (module docstring)."""
+    reshapes: list[Node] = []
+    name = graph.output
+    while isinstance(graph.node(name).op, Reshape) and len(graph.output_shape) == 1:
+        reshapes.insert(0, graph.node(name))
+        name = graph.node(name).inputs[0]
+    conv = graph.node(name)
+    if not isinstance(conv.op, Conv) or len(graph.output_shape) != 1:
+        raise NotApplicable("the logits are not produced by a final Linear or Conv layer")
+    u = conv.inputs[0]
+    shape, n_out = graph.shape_of(u), graph.output_shape[0]
+    if n_out * math.prod(shape) > MAX_HEAD_ENTRIES:
+        raise NotApplicable(f"the conv head's {n_out} rows over {math.prod(shape)} inputs are too large")
+    chain = [conv, *reshapes]
+    rows = _head_rows(chain, shape, n_out, absolute=False)
+    abs_rows = _head_rows(chain, shape, n_out, absolute=True)
+    return TailRows(u, rows, abs_rows, int(conv.op.weight.numel()) + 4, tuple(chain))
 
 
 def row_difference_norms(w: Tensor) -> Tensor:
@@ -40,10 +83,16 @@ class PairwiseMargin(Certificate):
 
     def __init__(self, ctx: CertContext) -> None:
         super().__init__(ctx)
-        w, u = final_linear(ctx.bound.folded)
+        graph = ctx.bound.folded
+        if isinstance(graph.node(graph.output).op, Linear):
+            w, u = final_linear(graph)
+            pairs = row_difference_norms(w)
+        else:
+            head = final_conv_rows(graph)
+            u, pairs = head.start, pair_norms(head)
         l_u = ctx.bound.node_upper[u]
         # Rounding of the product: relative 4 gamma(4) covers the float64 multiply.
-        self.denominator = (row_difference_norms(w) * l_u * (1.0 + 4.0 * gamma(4))).to(ctx.device)
+        self.denominator = (pairs * l_u * (1.0 + 4.0 * gamma(4))).to(ctx.device)
 
     def radii(self, batch: Batch) -> Tensor:
         den = self.denominator[batch.y]  # [B, C]

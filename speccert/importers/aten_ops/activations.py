@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from speccert.importers.aten_ops.base import ConvertContext, TensorValue, Unsupported, aten_op, tensor_arg
-from speccert.ir.ops import Activation
+from speccert.importers.aten_ops.base import (
+    ConvertContext,
+    TensorValue,
+    Unsupported,
+    aten_op,
+    const_tensor,
+    tensor_arg,
+)
+from speccert.ir.ops import Activation, PRelu
 
 
 def _act(ctx: ConvertContext, x: Any, fn: str, alpha: float = 0.0) -> TensorValue:
@@ -64,3 +71,25 @@ def gelu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 def silu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     """x * sigmoid(x) -> Activation silu."""
     return _act(ctx, args[0], "silu")
+
+
+def _prelu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    x = tensor_arg(args[0], "prelu input")
+    w = const_tensor(args[1], "prelu weight").detach().double().reshape(-1)
+    if w.numel() == 1:
+        return ctx.emit(Activation("leaky_relu", float(w[0])), [x])
+    if x.ndim < 2 or w.numel() != x.shape[1]:
+        raise Unsupported(f"prelu with {w.numel()} slopes on an input of shape {list(x.shape)}")
+    return ctx.emit(PRelu(w.reshape((-1,) + (1,) * (x.ndim - 2))), [x])
+
+
+@aten_op("aten.prelu.default")
+def prelu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    """prelu(x, weight): one slope -> Activation leaky_relu; one per channel -> PRelu."""
+    return _prelu(ctx, args)
+
+
+@aten_op("aten._prelu_kernel.default")
+def prelu_kernel(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    """_prelu_kernel(x, weight) (prelu after decomposition): as prelu."""
+    return _prelu(ctx, args)

@@ -1,5 +1,5 @@
 """Piecewise-linear ATen ops: hardtanh / ReLU6 / clamp with any scalar bounds, hardswish, hardsigmoid,
-abs, maximum / minimum with a constant. They lower to relu / clip / hardswish / abs activations
+abs, maximum / minimum (with a constant, or of two input-dependent tensors: Extremum). They lower to relu / clip / hardswish / abs activations
 between Affine shifts (speccert.importers.lowering)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from speccert.importers.aten_ops.base import (
     tensor_arg,
 )
 from speccert.importers.lowering import LoweringError, clip, hardsigmoid, max_const, min_const
-from speccert.ir.ops import Activation
+from speccert.ir.ops import Activation, Extremum
 
 
 def _clamp(ctx: ConvertContext, x: Any, low: Any, high: Any) -> TensorValue:
@@ -88,7 +88,12 @@ def abs_(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 def _extremum(ctx: ConvertContext, args: list[Any], is_max: bool) -> TensorValue:
     a, b = args[0], args[1]
     if isinstance(a, TensorValue) and isinstance(b, TensorValue):
-        raise Unsupported("maximum/minimum of two input-dependent tensors")
+        if a.shape != b.shape:
+            raise Unsupported(
+                f"maximum/minimum of input-dependent tensors of shapes {list(a.shape)} and {list(b.shape)} "
+                "(broadcasting between them is not supported)"
+            )
+        return ctx.emit(Extremum(is_max=is_max), [a, b])
     x, c = (a, b) if isinstance(a, TensorValue) else (b, a)
     x = tensor_arg(x, "maximum/minimum input")
     t = const_tensor(c, "maximum/minimum constant").detach().float()
@@ -105,11 +110,11 @@ def _extremum(ctx: ConvertContext, args: list[Any], is_max: bool) -> TensorValue
 
 @aten_op("aten.maximum.default")
 def maximum(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """maximum(x, c) with c constant: c + relu(x - c)."""
+    """maximum(x, c) with c constant: c + relu(x - c); of two input tensors: Extremum."""
     return _extremum(ctx, args, is_max=True)
 
 
 @aten_op("aten.minimum.default")
 def minimum(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """minimum(x, c) with c constant: c - relu(c - x)."""
+    """minimum(x, c) with c constant: c - relu(c - x); of two input tensors: Extremum."""
     return _extremum(ctx, args, is_max=False)

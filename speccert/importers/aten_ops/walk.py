@@ -35,6 +35,7 @@ from speccert.importers.aten_ops.base import (
     Unsupported,
 )
 from speccert.importers.problems import ATTENTION, group_problems
+from speccert.importers.sorting import fuse_sorts
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node
 from speccert.ir.ops import Affine, Opaque
 
@@ -247,7 +248,8 @@ def exported_to_graph(
         )
     assert output is not None
     result = _graph_result(ep, output, env)
-    return Graph(input_shape, _merge_affine_chains(ctx.nodes, result.name), result.name, source)
+    graph = Graph(input_shape, _merge_affine_chains(ctx.nodes, result.name), result.name, source)
+    return fuse_sorts(graph)  # MaxMin / GroupSort-2 / CReLU parts -> one Sort (importers.sorting)
 
 
 def _walk_node(

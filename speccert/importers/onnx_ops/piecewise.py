@@ -1,4 +1,5 @@
-"""Converters of piecewise-linear ONNX ops: Clip (ReLU6, hardtanh), Max/Min with a constant, Abs, Neg,
+"""Converters of piecewise-linear ONNX ops: Clip (ReLU6, hardtanh), Max/Min (with constants, or of
+input-dependent tensors of one shape), Abs, Neg,
 HardSigmoid, HardSwish. They lower to relu / clip / hardswish / abs activations between Affine
 shifts (speccert.importers.lowering), each 1-Lipschitz (hardswish 3/2, HardSigmoid alpha)."""
 
@@ -13,8 +14,8 @@ import torch
 from speccert.importers.lowering import LoweringError, clip, hardsigmoid, max_const, min_const
 from speccert.importers.onnx_ops import Act, BuildContext, NotConvertible, Value, act, attrs, const, converter
 from speccert.importers.onnx_ops.elementwise import _broadcast_const
-from speccert.importers.onnx_ops.examples import one_node, randn, unary
-from speccert.ir.ops import Activation, Affine, Op
+from speccert.importers.onnx_ops.examples import model, one_node, randn, unary
+from speccert.ir.ops import Activation, Affine, Extremum, Op, PRelu
 
 
 def _emitter(ctx: BuildContext) -> Callable[[Op, Act], Act]:
@@ -67,37 +68,48 @@ def _extremum(
     ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None], is_max: bool
 ) -> list[Value | None]:
     xs = [v for v in inputs if isinstance(v, Act)]
-    cs = [v for v in inputs if v is not None and not isinstance(v, Act)]
-    if len(xs) != 1:
+    cs = [v for v in inputs if isinstance(v, np.ndarray)]
+    if not xs:
+        raise NotConvertible(f"{node.op_type} of constants only")
+    if any(v.shape != xs[0].shape for v in xs):
         raise NotConvertible(
-            f"{node.op_type} of {len(xs)} input-dependent tensors (only with constants is supported)"
+            f"{node.op_type} of input-dependent tensors of different shapes "
+            f"{[list(v.shape) for v in xs]} (broadcasting between them is not supported)"
         )
     x = xs[0]
+    for other in xs[1:]:  # max(a, b, c) = max(max(a, b), c); each step the hypot rule
+        x = ctx.add(Extremum(is_max=is_max), [x, other])
     if not cs:
         return [x]
     c = np.asarray(cs[0], dtype=np.float64)
-    for other in cs[1:]:
-        c = np.maximum(c, other) if is_max else np.minimum(c, other)
+    for more in cs[1:]:
+        c = np.maximum(c, more) if is_max else np.minimum(c, more)
     t = _broadcast_const(x, c)
     return [(max_const if is_max else min_const)(_emitter(ctx), x, t)]
 
 
 def _extremum_examples(op: str) -> list:
+    halves = [
+        onnx.helper.make_node("Split", ["x"], ["a", "b"], axis=1),
+        onnx.helper.make_node(op, ["a", "b", "c"], ["y"]),
+    ]
     return [
         lambda: one_node(op, (3, 4), ["x", "c"], {"c": np.float32(0.25)}, opset=13),
         lambda: one_node(op, (3, 4), ["c", "x"], {"c": randn(3, 1, seed=3)}, opset=8),
+        lambda: model(halves, (6, 2), {"c": np.float32(-0.1)}, 13),
     ]
 
 
 @converter("Max", examples=_extremum_examples("Max"))
 def convert_max(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
-    """max(x, c) with c constant: c + relu(x - c)."""
+    """max(x, c) with c constant: c + relu(x - c); max(a, b) of two input-dependent tensors: Extremum
+    (hypot rule; a MaxMin of two halves becomes a Sort, speccert.importers.sorting)."""
     return _extremum(ctx, node, inputs, is_max=True)
 
 
 @converter("Min", examples=_extremum_examples("Min"))
 def convert_min(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
-    """min(x, c) with c constant: c - relu(c - x)."""
+    """min(x, c) with c constant: c - relu(c - x); min(a, b) of two input-dependent tensors: Extremum."""
     return _extremum(ctx, node, inputs, is_max=False)
 
 
@@ -128,3 +140,21 @@ def convert_hardswish(
 ) -> list[Value | None]:
     """x * max(0, min(1, x / 6 + 1/2)) -> Activation('hardswish') (3/2-Lipschitz)."""
     return [ctx.add(Activation("hardswish"), [act(inputs[0])])]
+
+
+def _prelu_examples() -> list:
+    return [
+        lambda: one_node("PRelu", (3, 4, 4), ["x", "s"], {"s": randn(3, 1, 1, seed=2)}, opset=9),
+        lambda: one_node("PRelu", (5,), ["x", "s"], {"s": np.array([0.25], np.float32)}, opset=16),
+    ]
+
+
+@converter("PRelu", examples=_prelu_examples())
+def convert_prelu(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+    """x for x >= 0, slope * x below (slope constant): one slope -> Activation leaky_relu, a slope per
+    channel or element -> PRelu (max(1, max|slope|)-Lipschitz)."""
+    x = act(inputs[0])
+    s = const(inputs[1] if len(inputs) > 1 else None, "slope")
+    if s.size == 1:
+        return [ctx.add(Activation("leaky_relu", float(s.reshape(-1)[0])), [x])]
+    return [ctx.add(PRelu(_broadcast_const(x, s)), [x])]

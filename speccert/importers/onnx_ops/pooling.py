@@ -19,7 +19,7 @@ from speccert.importers.onnx_ops import (
 )
 from speccert.importers.onnx_ops.examples import one_node, unary
 from speccert.importers.onnx_ops.linear import spatial_padding
-from speccert.ir.ops import Affine, AvgPool, GlobalAvgPool, MaxPool, Pad
+from speccert.ir.ops import Affine, AvgPool, Concat, GlobalAvgPool, MaxPool, Pad, Slice
 
 
 def _onnx_pool_size(n: int, k: int, s: int, d: int, pads: tuple[int, int], ceil_mode: bool) -> int:
@@ -192,17 +192,22 @@ def _pad_examples() -> list:
             {"p": np.array([1, 1, 2, 0], dtype=np.int64), "ax": np.array([2, -1], dtype=np.int64)},
             opset=18,
         ),
+        lambda: one_node(
+            "Pad", (2, 4, 5), ["x", "p"], {"p": np.array([0, 0, 1, 2, 0, 0, 1, 2], np.int64)}, 19, mode="wrap"
+        ),
     ]
 
 
 @converter("Pad", examples=_pad_examples())
 def convert_pad(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
-    """Constant-zero padding of non-batch axes (pads laid out [b_0..b_{r-1}, e_0..e_{r-1}])."""
+    """Constant-zero padding of non-batch axes (pads laid out [b_0..b_{r-1}, e_0..e_{r-1}]); wrap
+    (circular) padding as Concat of Slices, a circular Conv when a Conv follows."""
     a = attrs(node)
     x = act(inputs[0], "data")
     r = len(x.shape) + 1
-    if a.get("mode", "constant") != "constant":
-        raise NotConvertible(f"Pad mode {a.get('mode')!r} is not supported (only constant 0)")
+    mode = a.get("mode", "constant")
+    if mode not in ("constant", "wrap"):
+        raise NotConvertible(f"Pad mode {mode!r} is not supported (only constant 0 and wrap)")
     if ctx.opset < 11:
         pads = np.asarray(a.get("pads", []), dtype=np.int64)
         value = float(a.get("value", 0.0))
@@ -218,7 +223,7 @@ def convert_pad(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | No
             axes = [int(v) % r for v in const(inputs[3], "axes").reshape(-1)]
         else:
             axes = list(range(r))
-    if value != 0.0:
+    if value != 0.0 and mode == "constant":
         raise NotConvertible(f"Pad with constant {value:g} is affine only with 0")
     if len(pads) != 2 * len(axes):
         raise NotConvertible(f"pads has {len(pads)} entries for {len(axes)} axes")
@@ -227,7 +232,25 @@ def convert_pad(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | No
         raise NotConvertible("negative pads (cropping) are not supported")
     if per_axis.get(0, (0, 0)) != (0, 0):
         raise NotConvertible("padding the batch axis")
+    if mode == "wrap":
+        return [_wrap(ctx, x, per_axis)]
     return [ctx.add(Pad(tuple(per_axis.get(i, (0, 0)) for i in range(1, r))), [x])]
+
+
+def _wrap(ctx: BuildContext, x: Act, per_axis: dict[int, tuple[int, int]]) -> Act:
+    """Circular padding, one axis at a time: Concat(x[n-b:], x, x[:e]) (how the legacy exporter writes
+    it); before a Conv, speccert.importers.circular makes the pair one circular Conv."""
+    y = x
+    for ax in sorted(per_axis):
+        b, e = per_axis[ax]
+        n = y.shape[ax - 1]
+        if b > n or e > n:
+            raise NotConvertible(f"wrap padding ({b}, {e}) wider than the axis of length {n}")
+        parts = [ctx.add(Slice(axis=ax - 1, start=n - b, stop=n), [y])] if b else []
+        parts += [y] + ([ctx.add(Slice(axis=ax - 1, start=0, stop=e), [y])] if e else [])
+        if len(parts) > 1:
+            y = ctx.add(Concat(axis=ax - 1), parts)
+    return y
 
 
 def _reduce_examples(op: str) -> list:
