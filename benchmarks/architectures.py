@@ -46,10 +46,13 @@ MODELS: dict[str, tuple[str, str, int, dict[str, Any]]] = {
 ROUTES = ("pt2", "onnx-legacy", "onnx-dynamo")
 
 
-def build(name: str) -> tuple[Any, tuple[int, ...]]:
+def build(name: str, size: int | None = None) -> tuple[Any, tuple[int, ...]]:
     import torch
 
-    lib, ctor, size, kw = MODELS[name]
+    lib, ctor, default_size, kw = MODELS[name]
+    size = size or default_size
+    if "img_size" in kw:
+        kw = {**kw, "img_size": size}
     torch.manual_seed(0)
     if lib == "torchvision":
         import torchvision
@@ -62,11 +65,11 @@ def build(name: str) -> tuple[Any, tuple[int, ...]]:
     return model.eval(), (3, size, size)
 
 
-def export(name: str, route: str, path: Path) -> None:
-    """Write `name` exported by `route` to `path`."""
+def export(name: str, route: str, path: Path, size: int | None = None) -> None:
+    """Write `name` exported by `route` to `path` (input `size` x `size`, default the table's)."""
     import torch
 
-    model, shape = build(name)
+    model, shape = build(name, size)
     x = torch.randn(2, *shape)
     with torch.no_grad():
         if route == "pt2":
@@ -98,7 +101,8 @@ def measure(path: Path, route: str, method: str) -> dict[str, Any]:  # noqa: PLR
     from speccert.importers.torch_import import load_torch_file
 
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
+    rss0 = _rss_mb()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         graph = load_torch_file(path) if route == "pt2" else load_onnx(path)
     except UnsupportedModelError as exc:
@@ -115,8 +119,20 @@ def measure(path: Path, route: str, method: str) -> dict[str, Any]:  # noqa: PLR
     except Exception as exc:  # noqa: BLE001 - an internal error is what the table must show
         return {"status": "error (exit 5)", "why": f"{type(exc).__name__}: {str(exc).splitlines()[0][:140]}"}
     inspect_s = time.perf_counter() - t0
+    memory = {
+        "inspect_cpu_s": time.process_time() - c0,  # = wall time on an idle core (one torch thread)
+        "inspect_mb": _peak_mb() - rss0,  # peak during the load above what the imports took
+        "params_mb": sum(p.numel() * p.element_size() for p in graph.to_torch().parameters()) / 2**20,
+    }
     if method == "none":
-        return {"status": "loads", "why": "", "inspect_s": inspect_s, "L_upper": "-", "norms_s": 0.0}
+        return {
+            "status": "loads",
+            "why": "",
+            "inspect_s": inspect_s,
+            "L_upper": "-",
+            "norms_s": 0.0,
+            **memory,
+        }
     t1 = time.perf_counter()
     try:
         lb = lipschitz_bound(graph, method)
@@ -130,7 +146,57 @@ def measure(path: Path, route: str, method: str) -> dict[str, Any]:  # noqa: PLR
         "L_upper": upper,
         "norms_s": time.perf_counter() - t1,
         "nodes": len(graph.nodes),
+        **memory,
     }
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+
+
+def _peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def certify_224(name: str, exports: Path, speccert: Path, timeout: float) -> dict[str, Any]:
+    """`speccert certify` of the .pt2 export at 3x224x224 on 8 random points (fantastic4 norms: the
+    point is memory, not tightness), under /usr/bin/time -v: exit code, seconds, peak RSS."""
+    stem = name.replace(" ", "_").replace("(", "").replace(")", "")
+    path, data = exports / f"{stem}-pt2-224.pt2", exports / "random-224.npz"
+    env = {**os.environ, "PYTHONPATH": str(speccert)}
+    if not data.exists():
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        np.savez(data, x=rng.random((8, 3, 224, 224)).astype("float32"), y=rng.integers(0, 1000, 8))
+    if not path.exists():
+        cmd = [sys.executable, __file__, "--export", name, "pt2", str(path), "--size", "224"]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            return {"status": "export failed", "why": (r.stderr.strip().splitlines() or ["?"])[-1][:160]}
+    report = exports / f"{stem}-certify-224.json"
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "speccert", "certify", str(path), "--data", str(data)]
+    cmd += ["--method", "fantastic4", "--lower-points", "2", "--json", str(report)]
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "why": f"> {timeout:.0f} s"}
+    rss = [ln.split(":")[1] for ln in r.stderr.splitlines() if "Maximum resident set size" in ln]
+    row: dict[str, Any] = {
+        "status": f"exit {r.returncode}",
+        "seconds": time.perf_counter() - t0,
+        "peak_mb": int(rss[0]) / 1024 if rss else None,
+    }
+    if r.returncode == 0 and report.exists():
+        row["L_upper"] = json.loads(report.read_text())["lipschitz"]["upper"]
+    else:
+        errs = [ln for ln in r.stderr.splitlines() if "error" in ln.lower()]
+        row["why"] = (errs or ["?"])[0][:160]
+    return row
 
 
 def _one(name: str, route: str, exports: Path, speccert: Path, timeout: float, method: str) -> dict[str, Any]:
@@ -172,27 +238,63 @@ def _fmt(row: dict[str, Any]) -> str:
         extra = f" ({row['inspect_s']:.1f} s)" if "inspect_s" in row else ""
         return f"{row['status']}: {row['why']}{extra}"
     up = row["L_upper"]
+    mem = f" ({row['inspect_cpu_s']:.1f} s CPU), +{row['inspect_mb']:.0f} MB" if "inspect_mb" in row else ""
     if up == "-":
-        return f"loads, {row['inspect_s']:.1f} s"
+        return f"loads, {row['inspect_s']:.1f} s{mem}"
     up_s = f"{up:.3g}" if isinstance(up, float) else str(up)
-    return f"loads, {row['inspect_s']:.1f} s; L ≤ {up_s} ({row.get('method', '')} {row['norms_s']:.1f} s)"
+    return (
+        f"loads, {row['inspect_s']:.1f} s{mem}; L ≤ {up_s} ({row.get('method', '')} {row['norms_s']:.1f} s)"
+    )
+
+
+def _fmt_certify(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "not measured"
+    if row["status"] != "exit 0":
+        return f"{row['status']}: {row.get('why', '')}"
+    return f"completes, {row['seconds']:.0f} s, peak {row['peak_mb'] / 1024:.1f} GB"
 
 
 def markdown(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines = [
-        "| architecture | input | " + " | ".join(f"`{r}`" for r in ROUTES) + " |",
-        "|---|---|" + "---|" * len(ROUTES),
+        "| architecture | input | params | "
+        + " | ".join(f"`{r}`" for r in ROUTES)
+        + " | certify at 224 (`pt2`) |",
+        "|---|---|---|" + "---|" * (len(ROUTES) + 1),
     ]
     for name, per_route in rows.items():
         size = MODELS[name][2]
         cells = [_fmt(per_route[r]).replace("|", "/") if r in per_route else "not measured" for r in ROUTES]
-        lines.append(f"| {name} | 3×{size}×{size} | " + " | ".join(cells) + " |")
+        cells.append(_fmt_certify(per_route.get("certify224")).replace("|", "/"))
+        mb = next((r["params_mb"] for r in per_route.values() if "params_mb" in r), None)
+        params = f"{mb:.0f} MB" if mb is not None else "–"
+        lines.append(f"| {name} | 3×{size}×{size} | {params} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _fill_bounds(
+    rows: dict[str, dict[str, dict[str, Any]]], old: dict[str, dict[str, dict[str, Any]]]
+) -> None:
+    """L and norms seconds of an earlier run (same exported files) for rows measured load-only."""
+    for name, per_route in rows.items():
+        for route, row in per_route.items():
+            prev = old.get(name, {}).get(route, {})
+            if row.get("L_upper") == "-" and prev.get("status") == "loads" and "L_upper" in prev:
+                row.update(L_upper=prev["L_upper"], norms_s=prev["norms_s"], method=prev.get("method", ""))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--export", nargs=3, metavar=("NAME", "ROUTE", "PATH"), help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--certify-224", action="store_true", help="also run `speccert certify` at 224x224 (.pt2; peak RSS)"
+    )
+    ap.add_argument(
+        "--bounds-from",
+        default="",
+        help="JSON of an earlier run: its L and norms seconds fill rows measured with --method none",
+    )
     ap.add_argument("--measure", nargs=3, metavar=("ROUTE", "PATH", "METHOD"), help=argparse.SUPPRESS)
     ap.add_argument(
         "--method", default="fft", help="norm method for the Lipschitz bound (default fft; none: load only)"
@@ -209,7 +311,7 @@ def main() -> None:
     ap.add_argument("--render-only", action="store_true", help="only render the rows already in --json")
     a = ap.parse_args()
     if a.export:
-        export(a.export[0], a.export[1], Path(a.export[2]))
+        export(a.export[0], a.export[1], Path(a.export[2]), a.size or None)
         return
     if a.measure:
         print(json.dumps(measure(Path(a.measure[1]), a.measure[0], a.measure[2])))
@@ -232,6 +334,13 @@ def main() -> None:
             print(f"{name:18s} {route:12s} {_fmt(rows[name][route])}", flush=True)
             if a.json:
                 Path(a.json).write_text(json.dumps(rows, indent=1))
+        if a.certify_224 and "certify224" not in rows[name] and not a.render_only:
+            rows[name]["certify224"] = certify_224(name, exports, Path(a.speccert), a.timeout)
+            print(f"{name:18s} certify-224  {_fmt_certify(rows[name]['certify224'])}", flush=True)
+            if a.json:
+                Path(a.json).write_text(json.dumps(rows, indent=1))
+    if a.bounds_from:
+        _fill_bounds(rows, json.loads(Path(a.bounds_from).read_text()))
     rows = {n: rows[n] for n in MODELS if n in rows}
     if a.out:
         p = Path(a.out)

@@ -5,8 +5,13 @@ A small hostile file can declare a huge tensor (a 50000 x 50000 external weight,
 declaration implies and call `check_bytes` first, so such a file is refused with one clear line
 (InputError, exit code 4) instead of crashing the process or swapping the machine.
 
-budget = SPECCERT_MAX_MEMORY when set (bytes, or with a K/M/G/T suffix), else half of the memory
-available now (MemAvailable, or physical memory), capped by the process' RLIMIT_AS when one is set.
+budget = `--max-memory` (`set_max_memory`) when given, else SPECCERT_MAX_MEMORY when set (bytes, or
+with a K/M/G/T suffix), else half of the memory available now (MemAvailable, or physical memory),
+capped by the process' RLIMIT_AS when one is set.
+
+The same budget bounds what the computations plan to allocate: a norm method or a certificate whose
+route (a dense matrix, an explicit Gram matrix, the rows of a merged affine tail) would need more
+falls back to a cheaper sound bound and says so in the report (`fits`).
 """
 
 from __future__ import annotations
@@ -21,16 +26,30 @@ ENV = "SPECCERT_MAX_MEMORY"
 _SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-def _parse(text: str) -> int:
+_override: int | None = None  # --max-memory for this process (set by the CLI, or a library user)
+
+
+def parse_size(text: str, what: str = ENV) -> int:
+    """Bytes in '4G', '512M', '1.5GiB', '1000000'; UsageError naming `what` otherwise."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     mult = _SUFFIX.get(t[-1:], 1)
     try:
         value = float(t[:-1] if t[-1:] in _SUFFIX else t)
     except ValueError:
-        raise UsageError(f"{ENV}={text!r} is not a size (e.g. 4G, 512M, 1000000)") from None
+        raise UsageError(f"{what}={text!r} is not a size (e.g. 4G, 512M, 1000000)") from None
     if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"{ENV}={text!r} must be a positive size")
+        raise UsageError(f"{what}={text!r} must be a positive size")
     return int(value * mult)
+
+
+def set_max_memory(size: str | int | None) -> None:
+    """Set this process' memory budget (`--max-memory`: bytes or a size such as '8G'); None restores
+    the default (SPECCERT_MAX_MEMORY, else half the available memory)."""
+    global _override
+    _override = parse_size(size, "--max-memory") if isinstance(size, str) else size
+    if _override is not None and _override <= 0:
+        _override = None
+        raise UsageError(f"--max-memory must be a positive size, got {size}")
 
 
 def _available() -> int:
@@ -48,10 +67,13 @@ def _available() -> int:
 
 
 def memory_budget() -> int:
-    """Bytes one declared object (a tensor, an image, a decompressed member) may occupy."""
+    """Bytes one declared object (a tensor, an image, a decompressed member) or one computation's plan
+    (a norm method on a layer, a certificate's precomputation) may occupy."""
+    if _override is not None:
+        return _override
     env = os.environ.get(ENV)
     if env:
-        return _parse(env)
+        return parse_size(env)
     budget = _available() // 2
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
@@ -66,11 +88,28 @@ def human(nbytes: int | float) -> str:
     return f"{int(nbytes)} bytes"
 
 
+DEFAULT_PLAN = 2 << 30  # what one computation plans by default: keeps auto's choices (and time) on big layers
+
+
+def plan_budget() -> int:
+    """Bytes one computation (a norm method on one layer, a certificate's precomputation) may plan to
+    allocate: the budget when the user set it (--max-memory, SPECCERT_MAX_MEMORY), else the smaller of
+    the budget and 2 GiB."""
+    if _override is not None or os.environ.get(ENV):
+        return memory_budget()
+    return min(memory_budget(), DEFAULT_PLAN)
+
+
+def fits(nbytes: int | float) -> bool:
+    """True when a computation planning to allocate `nbytes` stays within `plan_budget()`."""
+    return nbytes <= plan_budget()
+
+
 def check_bytes(what: str, nbytes: int | float) -> None:
     """Raise InputError when `what` would need more than the memory budget (before allocating it)."""
     budget = memory_budget()
     if nbytes > budget:
         raise InputError(
             f"{what} would take {human(nbytes)}, more than the memory budget of {human(budget)} "
-            f"(set {ENV} to allow more)"
+            f"(pass --max-memory or set {ENV} to allow more)"
         )

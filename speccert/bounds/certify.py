@@ -16,6 +16,7 @@ at eps when it is correctly classified and its radius is >= eps. Optionally audi
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import time
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ from speccert.data import Dataset, fit_to_model, load_data, make_dataset
 from speccert.errors import InternalError, UsageError
 from speccert.ir import Graph
 from speccert.ir.decision import decision_of
+from speccert.limits import human, plan_budget
 
 Tensor = torch.Tensor
 DataLike = str | Path | Dataset | tuple[Any, Any]
@@ -146,6 +148,7 @@ def certify(
     timing = {"norms_s": time.perf_counter() - t0}
     notes = list(bound.notes)
     folded = bound.folded.to(dev, torch.float64)
+    opts = _within_memory(folded, opts, len(ds), notes)
     samples = certify_samples(bound, folded, ds, opts, dev, notes, progress)
     timing["certify_s"] = samples.seconds
     timing["float64_share"] = samples.float64_share
@@ -183,6 +186,36 @@ def _bound(
     )
 
 
+# Bytes per sample, in units of one float64 copy of every activation: the per-sample pass keeps them
+# all (the rounding allowance takes a norm of each) plus transients; the lower bound's backward passes
+# keep them for autograd, twice (f(x + d) and f(x - d)), with their gradients.
+_PASS_COPIES, _LOWER_COPIES = 2, 6
+
+
+def _activation_bytes(graph: Graph) -> int:
+    """float64 bytes of one sample's input and every node's output."""
+    return 8 * (math.prod(graph.input_shape) + sum(math.prod(n.shape) for n in graph.nodes))
+
+
+def _within_memory(folded: Graph, opts: CertifyOptions, n: int, notes: list[str]) -> CertifyOptions:
+    """`opts` with the batch size and the lower bound's points per pass lowered so that one pass plans
+    at most `plan_budget()` (a 224x224 VGG keeps ~0.1 GB of float64 activations per sample)."""
+    per_sample = _activation_bytes(folded)
+    budget = plan_budget()
+    batch = max(1, budget // (_PASS_COPIES * per_sample))
+    if batch < min(opts.batch_size, n):  # it changes how the data is cut: say so
+        notes.append(
+            f"batch size {opts.batch_size} -> {batch}: {human(per_sample)} of activations per sample, "
+            f"memory budget {human(budget)} (--max-memory)"
+        )
+    return opts.replace(batch_size=batch) if batch < opts.batch_size else opts
+
+
+def _lower_chunk(folded: Graph) -> int:
+    """Points per pass of the empirical lower bound within `plan_budget()`."""
+    return max(1, plan_budget() // (_LOWER_COPIES * _activation_bytes(folded)))
+
+
 def _lower_bound(
     bound: LipschitzBound,
     folded: Graph,
@@ -197,7 +230,11 @@ def _lower_bound(
     if progress is not None:
         progress("lower bound", 0, 1)
     xs = torch.from_numpy(ds.x[: min(len(ds), opts.lower_points)]).to(device=dev, dtype=torch.float64)
-    lower = empirical_lipschitz(folded, xs, seed=opts.seed)
+    chunk = _lower_chunk(folded)  # all points in one pass unless that would exceed the memory budget
+    lower = max(
+        (empirical_lipschitz(folded, xs[i : i + chunk], seed=opts.seed) for i in range(0, len(xs), chunk)),
+        default=0.0,
+    )
     timing["lower_bound_s"] = time.perf_counter() - t0
     if lower > bound.upper:
         raise InternalError(

@@ -31,6 +31,7 @@ from speccert.ir import (
     Node,
 )
 from speccert.ir.ops import Op
+from speccert.limits import fits, human
 
 Tensor = torch.Tensor
 
@@ -108,6 +109,13 @@ def tail_rows(graph: Graph, end: str | None = None) -> TailRows:
         raise NotApplicable("the logits come straight from a nonlinearity (no affine tail)")
     shape = graph.shape_of(start)
     n_out = math.prod(graph.shape_of(end))
+    # One float64 copy of every activation of the chain per logit, and its gradient (a conv head on a
+    # 224x224 map with 1000 logits would plan tens of GB): above the budget, the certificate is skipped.
+    need = 16 * n_out * (math.prod(shape) + sum(math.prod(n.shape) for n in chain))
+    if not fits(need):
+        raise NotApplicable(
+            f"the affine tail's rows would need {human(need)}, more than the memory budget (--max-memory)"
+        )
     rows = _rows(chain, shape, n_out, absolute=False)
     abs_rows = _rows(chain, shape, n_out, absolute=True)
     inner = sum(_inner_dimension(graph, n) for n in chain) + 4

@@ -41,8 +41,20 @@ def _root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version.", metavar=""),
     ] = False,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory",
+            help="Memory budget, e.g. 8G (default: SPECCERT_MAX_MEMORY, else half the available memory). "
+            "Files declaring more are refused; a norm method or certificate that would need more falls "
+            "back to a cheaper sound bound, with a note. Goes before the command: speccert --max-memory "
+            "8G certify ...",
+        ),
+    ] = None,
 ) -> None:
-    pass
+    from speccert.limits import set_max_memory
+
+    set_max_memory(max_memory)  # None: the default (each run of main starts from it)
 
 
 def _register() -> None:

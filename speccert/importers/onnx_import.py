@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from speccert.errors import InputError, UnsupportedModelError, UsageError
+from speccert.importers.attention import onnx_attention
 from speccert.importers.circular import fuse_circular_convs
 from speccert.importers.onnx_check import check_faithful
 from speccert.importers.onnx_fold import fold, opaque_fn
@@ -220,6 +221,9 @@ def load_onnx(
     model = read_onnx(path)
     opset = _opset(path, model)
     input_name, shape, batch = _input_spec(model, input_shape)
+    attention = onnx_attention(model.graph, input_name)
+    if attention:  # one line naming it, not the batch-moving reshapes met first (attention.py)
+        raise UnsupportedModelError(f"{path}: the model uses attention", attention)
     # a float64 sample of the declared input is the least the import allocates (before it does)
     check_bytes(f"model input '{input_name}' of shape {list(shape)}", 8 * math.prod(shape))
     b = _Builder(opset, shape, batch_fixed_one=batch == 1)

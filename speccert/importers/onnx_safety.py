@@ -87,11 +87,12 @@ def check_tensor_sizes(model: onnx.ModelProto) -> None:
         if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in _NO_FIXED_SIZE or n == 0:
             continue
         counts = [len(getattr(t, f)) for f in _TYPED_FIELDS if len(getattr(t, f))]
-        if not t.raw_data and not counts:
+        raw = len(t.raw_data)  # read once: each access copies the bytes (0.4 GB for a VGG layer)
+        if not raw and not counts:
             raise InputError(f"tensor '{t.name}' declares dims {list(t.dims)} but holds no data")
         per = 2 if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
-        if (t.raw_data and len(t.raw_data) != nbytes) or (counts and counts[0] != n * per):
-            held = len(t.raw_data) if t.raw_data else counts[0]
+        if (raw and raw != nbytes) or (counts and counts[0] != n * per):
+            held = raw if raw else counts[0]
             raise InputError(
                 f"tensor '{t.name}' declares dims {list(t.dims)} ({nbytes} bytes) but holds "
                 f"{held} {'bytes' if t.raw_data else 'values'}"

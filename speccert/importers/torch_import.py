@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from speccert.errors import InputError, UnsupportedModelError, UsageError
+from speccert.importers.pt2_archive import load_exported
 from speccert.importers.torch_check import TRACE_BATCH, check_faithful, first_line, quiet
 from speccert.importers.torch_module import _has_mutation as _has_mutation  # re-exported (tests)
 from speccert.importers.torch_module import convert, from_module
@@ -227,7 +228,7 @@ def _load_pt2(
     guard = contextlib.nullcontext() if trust_pickle else no_code_unpickling()
     try:
         with quiet(), guard:
-            ep = torch.export.load(str(path))
+            ep = load_exported(str(path))
     except pickle.UnpicklingError:
         raise InputError(
             f"{path} is a torch.export archive holding pickled Python objects (weights, constants or example "
@@ -238,7 +239,7 @@ def _load_pt2(
         raise InputError(f"cannot read {path} as a torch.export archive: {first_line(exc)}") from None
     shape, batch = _example_shape(ep, input_shape, path)
     source = ModelSource(str(path), "pt2", file_sha256(path))
-    graph = convert(ep, shape, batch, allow_unsupported, source)
+    graph = convert(ep, shape, batch, allow_unsupported, source, share_constants=True)
     if check:
         module = ep.module()
         check_faithful(graph, module, batches=(batch, batch), what=f"{path.name} (torch.export)")

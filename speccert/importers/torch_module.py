@@ -14,7 +14,9 @@ from torch import nn
 
 from speccert.errors import UnsupportedModelError, UsageError
 from speccert.importers.aten_ops import exported_to_graph
+from speccert.importers.attention import aten_attention
 from speccert.importers.torch_check import TRACE_BATCH, check_faithful, first_line, quiet
+from speccert.importers.torch_inplace import functional_copy
 from speccert.ir.graph import Graph, ModelSource
 
 Tensor = torch.Tensor
@@ -89,13 +91,23 @@ def convert(
     batch: int,
     allow_unsupported: bool,
     source: ModelSource,
+    *,
+    share_constants: bool = False,
 ) -> Graph:
     """Convert the program as exported (common layers appear as aten.conv2d, aten.linear, ...); only if
     some op has no converter, decompose to the core ATen set and convert that (it costs ~0.5 s per call).
     If both fail, the ops are reported (or kept as Opaque nodes) as exported: they name what the user
     wrote (`aten.pad` with mode 'reflect', not the `aten.index` it decomposes into). A program with
-    in-place ops (`relu_`, `hardtanh_`, `add_`: archives saved from a training-IR export) is
+    in-place ops (`relu_`, `hardtanh_`, `add_`: archives saved from a training-IR export) reads them as
+    their functional twins when no other node sees the write (`torch_inplace.py`), else it is
     functionalised first (decompositions with an empty table), so every value is used as computed."""
+    attention = aten_attention(ep)
+    if attention:  # one line naming it, not the permutes and unbinds around it (attention.py)
+        raise UnsupportedModelError("the model uses attention", attention)
+    if _has_mutation(ep):
+        local = functional_copy(ep)  # in-place ops nothing else reads: retargeted, no re-trace
+        if local is not None:
+            ep = local
     if _has_mutation(ep):
         try:
             with quiet():
@@ -105,20 +117,31 @@ def convert(
                 f"cannot functionalise the in-place ops of this program: {first_line(exc)}"
             ) from None
     try:
-        return exported_to_graph(ep, input_shape, batch, allow_unsupported=False, source=source)
+        return exported_to_graph(
+            ep, input_shape, batch, allow_unsupported=False, source=source, share_constants=share_constants
+        )
     except UnsupportedModelError as exc:
         first = exc
     try:
         with quiet():
             decomposed = ep.run_decompositions()
-        return exported_to_graph(decomposed, input_shape, batch, allow_unsupported=False, source=source)
+        return exported_to_graph(
+            decomposed,
+            input_shape,
+            batch,
+            allow_unsupported=False,
+            source=source,
+            share_constants=share_constants,
+        )
     except UnsupportedModelError:
         pass
     except Exception:  # noqa: BLE001 - decomposition itself failed: report the ops as exported
         pass
     if not allow_unsupported or not first.problems:
         raise first
-    return exported_to_graph(ep, input_shape, batch, allow_unsupported=True, source=source)
+    return exported_to_graph(
+        ep, input_shape, batch, allow_unsupported=True, source=source, share_constants=share_constants
+    )
 
 
 def _has_mutation(ep: torch.export.ExportedProgram) -> bool:

@@ -21,6 +21,7 @@ import torch
 
 from speccert.errors import UnsupportedModelError, UsageError
 from speccert.ir import Graph, fold_linear
+from speccert.limits import plan_budget
 from speccert.norms.layer import LinearLayer, linear_part
 from speccert.norms.method import EXACT_MAX_DIM, NormContext, NormMethod, Stage, load_methods
 from speccert.norms.precision import exact_float_math
@@ -257,7 +258,7 @@ def layer_norms(
     *,
     tol: float = 1e-5,
     max_iter: int = 100,
-    memory_limit: int = 2 << 30,
+    memory_limit: int | None = None,
     exact_max_dim: int = EXACT_MAX_DIM,
     progress: Progress | None = None,
 ) -> list[LayerNorm]:
@@ -276,8 +277,10 @@ def layer_norms(
         raise UsageError(f"unknown norm method {method!r} (known: {', '.join([AUTO, *methods.keys()])})")
     graph.check_finite()
     dev = torch.device(device)
+    # The one hook into speccert.limits: a method whose plan exceeds the budget is skipped with a note.
+    budget = memory_limit if memory_limit is not None else plan_budget()
     ctx = NormContext(
-        device=dev, memory_limit=memory_limit, tol=tol, max_iter=max_iter, exact_max_dim=exact_max_dim
+        device=dev, memory_limit=budget, tol=tol, max_iter=max_iter, exact_max_dim=exact_max_dim
     )
     layers = linear_layers(graph)
     out = []

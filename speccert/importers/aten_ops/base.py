@@ -69,9 +69,10 @@ class Unsupported(Exception):
 class ConvertContext:
     """What a converter sees: the node being converted and a way to add IR nodes."""
 
-    def __init__(self, batch: int, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, batch: int, dtype: torch.dtype = torch.float32, share: bool = False) -> None:
         self.batch = batch
         self.dtype = dtype
+        self.share = share  # the program is private to the importer (a .pt2): use its tensors, no copy
         self.nodes: list[Node] = []
         self.node_name = ""
         self.param_names: dict[int, str] = {}  # id(tensor) -> its state_dict key, for node names
@@ -110,7 +111,8 @@ class ConvertContext:
         GPU is imported the same way; `Graph.to(device)` moves it back)."""
         key = id(t)
         if key not in self._consts:  # a weight used twice (shared) stays one tensor in the graph
-            self._consts[key] = (t, t.detach().to(device="cpu", dtype=self.dtype).clone().contiguous())
+            c = t.detach().to(device="cpu", dtype=self.dtype)
+            self._consts[key] = (t, c.contiguous() if self.share else c.clone().contiguous())
         return self._consts[key][1]
 
 

@@ -216,14 +216,17 @@ def exported_to_graph(
     *,
     allow_unsupported: bool,
     source: ModelSource | None = None,
+    share_constants: bool = False,
 ) -> Graph:
     """Convert an exported program with one tensor input to a Graph over `input_shape`.
 
     `batch` is the batch size the program was traced with: reshapes must keep it at axis 0.
     Every unsupported node is collected (op, node name, reason); unless `allow_unsupported`, they are
-    raised together as UnsupportedModelError, otherwise they become Opaque nodes.
+    raised together as UnsupportedModelError, otherwise they become Opaque nodes. With
+    `share_constants` the graph's parameters share memory with the program's (a program nobody else
+    holds, like a loaded .pt2: the copy would double the model's memory).
     """
-    ctx = ConvertContext(batch)
+    ctx = ConvertContext(batch, share=share_constants)
     env, ctx.param_names, user = _placeholder_values(ep)
     if len(user) != 1:
         raise UnsupportedModelError(
