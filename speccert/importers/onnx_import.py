@@ -38,7 +38,7 @@ from speccert.importers.onnx_ops.fusions import fuse_activations
 from speccert.importers.onnx_safety import read_onnx
 from speccert.importers.problems import group_problems
 from speccert.importers.sorting import fuse_sorts
-from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256
+from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256, live_nodes
 from speccert.ir.ops import Affine, Linear, Op, Opaque
 from speccert.limits import check_bytes
 
@@ -190,15 +190,6 @@ def _merge_affine(nodes: list[Node], output: str) -> list[Node]:
     return out
 
 
-def _prune(nodes: list[Node], output: str) -> list[Node]:
-    live, keep = {output}, []
-    for n in reversed(nodes):
-        if n.name in live:
-            live.update(n.inputs)
-            keep.append(n)
-    return keep[::-1]
-
-
 def load_onnx(
     path: str | os.PathLike[str],
     input_shape: tuple[int, ...] | None = None,
@@ -340,7 +331,7 @@ def _finish(
             + ("" if not report else " (see unsupported nodes)"),
             report,
         )
-    nodes = _prune(_merge_bias(_merge_affine(b.nodes, out.name), out.name), out.name)
+    nodes = live_nodes(_merge_bias(_merge_affine(b.nodes, out.name), out.name), out.name)
     live = {n.name for n in nodes}
     report = [p for p, created in problems if not created or live.intersection(created)]
     sha = file_sha256(path)

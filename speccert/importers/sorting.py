@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from speccert.ir.graph import Graph, Node
+from speccert.ir.graph import Graph, Node, live_nodes
 from speccert.ir.ops import Activation, Affine, Concat, Extremum, Pad, Reshape, Slice, Sort
 
 
@@ -128,15 +128,6 @@ class _Rewriter:
         return [r1, s, r2]
 
 
-def _prune(nodes: list[Node], output: str) -> list[Node]:
-    live, keep = {output}, []
-    for n in reversed(nodes):
-        if n.name in live:
-            live.update(n.inputs)
-            keep.append(n)
-    return keep[::-1]
-
-
 def fuse_sorts(graph: Graph) -> Graph:
     """`graph` with every MaxMin / GroupSort-2 / CReLU pattern (module docstring) rewritten to a Sort;
     the same graph object when there is none."""
@@ -154,5 +145,5 @@ def fuse_sorts(graph: Graph) -> Graph:
             changed = True
     if not changed:
         return graph
-    kept = _prune(out, graph.output)
+    kept = live_nodes(out, graph.output)
     return Graph(graph.input_shape, kept, graph.output, graph.source, graph.dtype)

@@ -38,6 +38,16 @@ class Node:
         return self.op.op_type
 
 
+def live_nodes(nodes: list[Node], output: str) -> list[Node]:
+    """The nodes `output` depends on, in their order (dead nodes left by a rewrite dropped)."""
+    live, keep = {output}, []
+    for n in reversed(nodes):
+        if n.name in live:
+            live.update(n.inputs)
+            keep.append(n)
+    return keep[::-1]
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a graph came from: file path, format name ('onnx', 'pt2', 'torchscript', 'state_dict',
