@@ -177,7 +177,13 @@ def _fallback_upper(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> U
             return got[0]
     raise UnsupportedModelError(
         "no norm method can bound this layer",
-        [(layer.op_type, layer.name, "no applicable upper-bound method fits in memory")],
+        [
+            (
+                layer.op_type,
+                layer.name,
+                "no applicable upper-bound method fits in the memory budget (raise it with --max-memory)",
+            )
+        ],
     )
 
 
