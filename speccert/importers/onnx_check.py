@@ -7,11 +7,14 @@ first IR node that disagrees.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import torch
 
 from speccert.errors import InternalError
+from speccert.importers.onnx_safety import read_onnx
 from speccert.ir.graph import Graph
 
 RTOL = 2e-4
@@ -37,8 +40,10 @@ def _max_error(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def _run_ort(
-    model: onnx.ModelProto, input_name: str, x: np.ndarray, batch: int | None, outputs: list[str]
+    model: onnx.ModelProto | Path, input_name: str, x: np.ndarray, batch: int | None, outputs: list[str]
 ) -> list[np.ndarray]:
+    """onnxruntime's outputs on `x`. A path is read by onnxruntime itself: no serialized copy of the
+    weights next to the parsed one (read_onnx has already checked where its external data points)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -47,7 +52,8 @@ def _run_ort(
     # The reference is the model as written: no graph rewrites that could hide an importer bug.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        source = str(model) if isinstance(model, Path) else model.SerializeToString()
+        sess = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise InternalError(
             f"onnxruntime cannot run the model to check the import: {str(exc).splitlines()[0]}"
@@ -61,6 +67,7 @@ def _run_ort(
 
 
 def check_faithful(
+    path: Path,
     model: onnx.ModelProto,
     graph: Graph,
     input_name: str,
@@ -70,13 +77,15 @@ def check_faithful(
 ) -> float:
     """Compare `graph` with onnxruntime on N_SAMPLES uniform [0, 1) inputs; return the max error.
 
-    `batch` is the model's fixed batch size (inputs are fed in chunks of it) or None when symbolic."""
+    `model` is the file's structure (its initializers may be stripped); onnxruntime runs the file at
+    `path`. `batch` is the model's fixed batch size (inputs are fed in chunks of it) or None when
+    symbolic."""
     elem = next(i.type.tensor_type.elem_type for i in model.graph.input if i.name == input_name)
     dtype = _NP_DTYPES.get(elem, np.float32)
     n = N_SAMPLES if batch is None else max(batch, (N_SAMPLES // batch) * batch)
     x = np.random.default_rng(seed).random((n, *graph.input_shape)).astype(dtype)
     out_name = model.graph.output[0].name
-    (ref,) = _run_ort(model, input_name, x, batch, [out_name])
+    (ref,) = _run_ort(path, input_name, x, batch, [out_name])
     with torch.no_grad():
         acts = graph.activations(torch.from_numpy(x.astype(np.float32)).to(graph.dtype))
     got = acts[graph.output].double().numpy()
@@ -87,7 +96,7 @@ def check_faithful(
     err, tol = _max_error(got.reshape(ref.shape), ref)
     if err <= tol:
         return err
-    _localise(model, graph, input_name, x, batch, acts, ir_to_onnx)
+    _localise(read_onnx(path), graph, input_name, x, batch, acts, ir_to_onnx)
     raise InternalError(
         f"import is not faithful: output '{out_name}' differs from onnxruntime by {err:.3g} "
         f"(tolerance {tol:.3g})"

@@ -12,8 +12,11 @@ axis 0 of the ONNX input; IR shapes exclude it.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -218,12 +221,18 @@ def load_onnx(
     # a float64 sample of the declared input is the least the import allocates (before it does)
     check_bytes(f"model input '{input_name}' of shape {list(shape)}", 8 * math.prod(shape))
     b = _Builder(opset, shape, batch_fixed_one=batch == 1)
+    nodes = fuse_activations(model.graph)
     values: dict[str, Value | None] = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    model, nodes = _without_weights(model, nodes)
+    _return_freed_memory()
     values[input_name] = Act(INPUT, shape)
+    # each constant is dropped after its last reader: the IR holds its own copy by then
+    readers = Counter(n for node in nodes for n in node.input if n)
+    keep = {o.name for o in model.graph.output}
     problems: list[tuple[Problem, list[str]]] = []
     ir_to_onnx: dict[str, str] = {}
     failed: set[str] = set()  # outputs of reported nodes that have no value
-    for node in fuse_activations(model.graph):
+    for node in nodes:
         label = node.name or (node.output[0] if node.output else node.op_type)
         missing = [n for n in node.input if n and n not in values]
         if missing:
@@ -242,9 +251,47 @@ def load_onnx(
                 values[name] = v
                 if isinstance(v, Act) and v.name in b.created:
                     ir_to_onnx.setdefault(v.name, name)
+        for n in filter(None, node.input):
+            readers[n] -= 1
+            if readers[n] == 0 and n not in keep:
+                values.pop(n, None)
     return _finish(
         path, model, values, b, problems, ir_to_onnx, input_name, shape, batch, check, allow_unsupported
     )
+
+
+def _without_weights(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto]
+) -> tuple[onnx.ModelProto, list[onnx.NodeProto]]:
+    """Fresh copies of the model's structure and of `nodes`, without the initializers.
+
+    A parsed ModelProto keeps every tensor's bytes in one arena until the last message taken from it is
+    dropped; once the initializers are numpy arrays, that second copy of the weights (507 MB for
+    VGG-11) is freed by dropping the parsed model and its nodes. The faithfulness check runs
+    onnxruntime on the file itself."""
+    copies = []
+    for n in nodes:
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        copies.append(c)
+    model.graph.ClearField("initializer")
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    return light, copies
+
+
+def _return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc only; elsewhere a no-op).
+
+    glibc keeps freed small and mid-sized blocks (the parsed protobuf's arena, the constants'
+    arrays) in its heap, so the next big allocation (the IR's weights, onnxruntime's session) would
+    stack on top of them in RSS: VGG-11 measured 1.6 GB instead of 1.1 GB before the check."""
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return
 
 
 def _opset(path: Path, model: onnx.ModelProto) -> int:
@@ -353,7 +400,10 @@ def _finish(
     if report and not allow_unsupported:
         raise UnsupportedModelError(f"{path}: {len(report)} unsupported node(s)", group_problems(report))
     if check and not graph.unsupported():
-        check_faithful(model, graph, input_name, batch, {k: v for k, v in ir_to_onnx.items() if k in live})
+        _return_freed_memory()  # the converted constants: before onnxruntime loads its own copy
+        check_faithful(
+            path, model, graph, input_name, batch, {k: v for k, v in ir_to_onnx.items() if k in live}
+        )
     return graph
 
 
