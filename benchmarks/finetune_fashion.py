@@ -71,10 +71,20 @@ def row(name: str, graph, test: Dataset, device: str, seconds: float, epochs: in
     }
 
 
-def run_finetune(label: str, kind: str, name: str, train: Dataset, val: Dataset, test: Dataset, a) -> dict:  # noqa: ANN001
-    """One fine-tuning run (a recipe or a single penalty), certified from the file it wrote."""
+def run_finetune(  # noqa: PLR0913
+    label: str,
+    kind: str,
+    name: str,
+    train: Dataset,
+    val: Dataset,
+    test: Dataset,
+    a,  # noqa: ANN001
+    maxmin: bool = False,
+) -> dict:
+    """One fine-tuning run (a recipe or a single penalty; ReLU -> MaxMin first when `maxmin`),
+    certified from the file it wrote."""
     t0 = time.perf_counter()
-    out = Path(a.work) / f"cnn-{kind}-{name}.onnx"
+    out = Path(a.work) / f"cnn-{kind}-{name}{'-maxmin' if maxmin else ''}.onnx"
     chosen = {"recipe": name} if kind == "recipe" else {"penalty": name, "lr": a.lr}
     try:
         res = finetune(
@@ -88,6 +98,7 @@ def run_finetune(label: str, kind: str, name: str, train: Dataset, val: Dataset,
             overwrite=True,
             seed=a.seed,
             device=a.device,
+            allow_activation_change=maxmin,
             **chosen,
         )
     except Exception as exc:  # noqa: BLE001 - e.g. curvature on a ReLU net: reported, not fatal
@@ -187,6 +198,12 @@ def main() -> None:
     ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--deel-python", default=None, help="python of a venv with deel-torchlip")
     ap.add_argument("--work", default="/tmp/speccert-bench-finetune")
+    ap.add_argument(
+        "--activation-change",
+        choices=("off", "maxmin", "both"),
+        default="off",
+        help="fine-tune with ReLU -> MaxMin (--allow-activation-change), without, or both side by side",
+    )
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -216,10 +233,13 @@ def main() -> None:
     runs = [("recipe", n) for n in a.recipes.split(",") if n] + [
         ("penalty", n) for n in a.penalties.split(",") if n
     ]
+    variants = {"off": (False,), "maxmin": (True,), "both": (False, True)}[a.activation_change]
     for kind, name in runs:
-        label = f"recipe {name}" if kind == "recipe" else f"penalty {name}"
-        rows.append(run_finetune(label, kind, name, train, val, test, a))
-        print(rows[-1], file=sys.stderr, flush=True)
+        for maxmin in variants:
+            label = f"recipe {name}" if kind == "recipe" else f"penalty {name}"
+            label += " + MaxMin" if maxmin else ""
+            rows.append(run_finetune(label, kind, name, train, val, test, a, maxmin))
+            print(rows[-1], file=sys.stderr, flush=True)
     print(table(rows))
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows}, indent=2))

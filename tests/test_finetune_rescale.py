@@ -9,6 +9,7 @@ import torch
 
 from speccert.bounds import certify
 from speccert.ir.graph import Graph
+from speccert.training.maxmin import relu_to_maxmin
 from speccert.training.rescale import rescale_logits
 from speccert.training.toy import toy_cnn, toy_mlp, toy_resnet
 
@@ -22,6 +23,7 @@ def _inputs(g: Graph) -> torch.Tensor:
     [
         (lambda: toy_mlp(), "uniform"),
         (lambda: toy_cnn(bn=True), "uniform"),
+        (lambda: relu_to_maxmin(toy_cnn(bn=True)).graph, "uniform"),  # MaxMin is homogeneous too
         (lambda: toy_cnn(act="softplus", bn=False), "last layer"),
         (lambda: toy_resnet(), "last layer"),
     ],

@@ -287,6 +287,15 @@ def command(
     weights: WeightsOpt = None,
     json_out: JsonOpt = None,
     decision: DecisionOpt = "argmax",
+    allow_activation_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-activation-change",
+            help="Replace every ReLU by MaxMin over channels (GroupSort 2, 1-Lipschitz, gradient-norm "
+            "preserving) before training; ReLUs over an odd channel count stay (named in the notes).",
+            metavar="",
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune a model until a certificate target holds on held-out data (measured by the certifier),
         then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first.
@@ -334,6 +343,7 @@ def command(
             on_epoch=on_epoch,
             on_step=on_step,
             decision=decision,
+            allow_activation_change=allow_activation_change,
         )
     if main:
         _render_result(res, eps, json_out)

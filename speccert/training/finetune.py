@@ -41,6 +41,7 @@ from speccert.ir.decision import check_decision, decide_by
 from speccert.ir.graph import Graph
 from speccert.training import ddp
 from speccert.training.evaluate import Evaluator, certifier_evaluator
+from speccert.training.maxmin import ActivationChange, relu_to_maxmin
 from speccert.training.recipes import Recipe, get_recipe, single_penalty
 from speccert.training.records import EpochRecord, FinetuneResult
 from speccert.training.run import FinetuneRun, Hooks, RunConfig, StepHook, TrainingDiverged
@@ -122,6 +123,7 @@ def finetune(
     on_step: StepHook | None = None,
     certify_batch_size: int = 256,
     decision: str = "argmax",
+    allow_activation_change: bool = False,
 ) -> FinetuneResult:
     """Fine-tune `model` until every target holds on `val_data` (see the module docstring).
 
@@ -130,6 +132,8 @@ def finetune(
     recipe's. time_budget: seconds; no epoch starts that would end past it (judged by the last one).
     batch_size is the global batch (split across ranks under torchrun). decision: "argmin" trains and
     certifies -logits (speccert.ir.decision) and writes the model without the negation.
+    allow_activation_change: replace every ReLU by MaxMin over channels before training
+    (speccert.training.maxmin; ReLUs over an odd channel count stay, named in the notes).
     """
     tlist = [t if isinstance(t, Target) else parse_target(t) for t in targets]
     check_unique(tlist)
@@ -144,6 +148,9 @@ def finetune(
             f"--batch-size {batch_size} must be divisible by the number of processes {info.world_size}"
         )
     graph, spec = load_graph(model, input_shape, weights)
+    change = _change_activations(graph) if allow_activation_change else None
+    if change is not None:
+        graph = change.graph
     paths = ddp.on_main(lambda: prepare_paths(graph, spec, out, resume, overwrite, weights), info)
     random.seed(seed)
     torch.manual_seed(seed)
@@ -154,6 +161,19 @@ def finetune(
     )
     if check_decision(decision) != "argmax":
         measure = _deciding(measure, decision)
+    identity = run_config(
+        seed=seed,
+        batch_size=batch_size,
+        penalty=rec.penalty if rec.name == f"penalty:{rec.penalty}" else f"recipe {rec.name}",
+        penalty_weight=penalty_weight,
+        penalty_options=penalty_options,
+        train=train,
+        val=val,
+        mean=mean,
+        std=std,
+    )
+    if change is not None:  # a resume must not mix a ReLU run and a MaxMin run
+        identity["activation_change"] = "relu->maxmin"
     cfg = RunConfig(
         recipe=rec,
         targets=tlist,
@@ -167,22 +187,26 @@ def finetune(
         mean=None if mean is None else tuple(mean),
         std=None if std is None else tuple(std),
         decision=decision,
-        identity=run_config(
-            seed=seed,
-            batch_size=batch_size,
-            penalty=rec.penalty if rec.name == f"penalty:{rec.penalty}" else f"recipe {rec.name}",
-            penalty_weight=penalty_weight,
-            penalty_options=penalty_options,
-            train=train,
-            val=val,
-            mean=mean,
-            std=std,
-        ),
+        identity=identity,
     )
     run = FinetuneRun(graph, train, measure, cfg, paths, info, dev, Hooks(on_epoch, on_step))
     if resume:
         run.restore()
-    return run.run()
+    res = run.run()
+    if change is not None:
+        res.notes.insert(0, change.note())
+    return res
+
+
+def _change_activations(graph: Graph) -> ActivationChange:
+    """ReLU -> MaxMin (speccert.training.maxmin); a state_dict output keeps the input's module, which
+    cannot hold the new activation, so it is refused."""
+    if graph.source is not None and graph.source.format == "state_dict":
+        raise UsageError(
+            "--allow-activation-change changes the architecture, which a state_dict cannot carry: "
+            "fine-tune the model as ONNX or .pt2"
+        )
+    return relu_to_maxmin(graph)
 
 
 __all__ = ["EpochRecord", "FinetuneResult", "TrainingDiverged", "finetune", "resolve_recipe"]
