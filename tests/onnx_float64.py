@@ -56,6 +56,14 @@ def _softplus(x: Array) -> Array:
     return np.logaddexp(0.0, x)
 
 
+def _topk(x: Array, k: int, a: dict) -> Array:
+    """TopK's values (MaxMin/GroupSort exports): the k largest (or smallest) along the axis, sorted."""
+    axis, largest = a.get("axis", -1), a.get("largest", 1)
+    s = np.sort(x, axis=axis)
+    s = np.flip(s, axis=axis) if largest else s
+    return np.take(s, np.arange(k), axis=axis)
+
+
 OPS: dict[str, Callable[..., Array]] = {
     "Sub": lambda a, x, y: x - y,
     "Add": lambda a, x, y: x + y,
@@ -68,6 +76,7 @@ OPS: dict[str, Callable[..., Array]] = {
     "BatchNormalization": lambda a, x, s, b, m, v: _batchnorm(x, s, b, m, v, a),
     "GlobalAveragePool": lambda a, x: x.mean(axis=tuple(range(2, x.ndim)), keepdims=True),
     "Flatten": lambda a, x: x.reshape(int(np.prod(x.shape[: a.get("axis", 1)])), -1),
+    "TopK": lambda a, x, k: _topk(x, int(np.asarray(k).reshape(-1)[0]), a),
     "Reshape": lambda a, x, shape: x.reshape([x.shape[0], *[int(d) for d in shape[1:]]]),
 }
 
