@@ -89,7 +89,7 @@ def _layer_rows(bound: LipschitzBound) -> list[LayerRow]:
     ]
 
 
-def _plain_inference_seconds(graph: Graph, x: np.ndarray, batch_size: int, device: torch.device) -> float:
+def plain_inference_seconds(graph: Graph, x: np.ndarray, batch_size: int, device: torch.device) -> float:
     """Seconds of a plain forward pass of the model (its own dtype) over the data: the baseline."""
     g = graph.to(device)
     t0 = time.perf_counter()
@@ -253,7 +253,7 @@ def _finish_timing(
     t_start: float,
 ) -> None:
     n, t_cert = len(ds), timing["certify_s"]
-    timing["inference_s"] = _plain_inference_seconds(graph, ds.x, opts.batch_size, dev)
+    timing["inference_s"] = plain_inference_seconds(graph, ds.x, opts.batch_size, dev)
     timing["total_s"] = time.perf_counter() - t_start
     timing["certify_samples_per_s"] = n / t_cert if t_cert > 0 else 0.0
     timing["inference_samples_per_s"] = n / timing["inference_s"] if timing["inference_s"] > 0 else 0.0

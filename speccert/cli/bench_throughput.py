@@ -22,6 +22,7 @@ def bench_throughput_one(
     import torch
 
     from speccert.bounds import CertifyOptions
+    from speccert.bounds.certify import plain_inference_seconds
     from speccert.bounds.lipschitz import lipschitz_bound
     from speccert.bounds.sample_pass import certify_samples
     from speccert.data import fit_to_model
@@ -35,7 +36,7 @@ def bench_throughput_one(
     best = {k: float("inf") for k in ("inference", "certify", "float64", "float32")}
     ratios = None
     for _ in range(REPEATS):
-        best["inference"] = min(best["inference"], _inference_seconds(graph, ds.x, opts.batch_size, dev))
+        best["inference"] = min(best["inference"], plain_inference_seconds(graph, ds.x, opts.batch_size, dev))
         fast = certify_samples(bound, folded, ds, opts, dev, [], None)
         best["certify"] = min(best["certify"], fast.seconds)
         slow = certify_samples(bound, folded, ds, opts.replace(float32_tolerance=0.0), dev, [], None)
@@ -61,20 +62,6 @@ def bench_throughput_one(
 def _ratio(a: float, seconds: float) -> float | None:
     """a / seconds, None for a time not measured (inf) or too short to measure (0)."""
     return a / seconds if 0 < seconds < float("inf") else None
-
-
-def _inference_seconds(graph: Any, x: Any, batch_size: int, dev: Any) -> float:
-    """One plain forward pass over x in the model's own dtype, in certify's batches."""
-    import torch
-
-    g = graph.to(dev)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            g.forward(torch.from_numpy(x[i : i + batch_size]).to(device=dev, dtype=graph.dtype))
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return time.perf_counter() - t0
 
 
 def _repeated(data: Any, limit: int | None, min_points: int) -> Any:
