@@ -107,13 +107,19 @@ def test_float32_positive_exact_negative_margins_are_never_certified() -> None:
 
 
 def test_rounding_the_input_to_float32_is_accounted_for() -> None:
-    """float64 data whose float32 rounding flips the sign of the margin: x = (1 - 2^-30, -1, 2^-31) has
-    exact margin -2^-31 but float32 margin +2^-31: the bound (its input term included) must exceed it."""
-    g = _sum_net(3)
-    x = np.array([[1 - 2.0**-30, -1.0, 2.0**-31]] * 4)
+    """float64 data whose float32 rounding flips the sign of the margin, whatever order the kernel sums in.
+
+    Three entries 1 - 2^-25 + 2^-50 round up to 1, three entries -1 - 2^-24 + 2^-50 round up to -1, and
+    2^-22 is exact: every partial sum of the rounded entries, in any order or blocking, is an integer in
+    [-3, 3] plus 0 or 2^-22, all exact in float32, so the float32 margin is 2^-22 > 0 on every CPU; the
+    exact margin is -2^-25 + 6 * 2^-50 < 0. The bound (its input term included) must exceed the former."""
+    g = _sum_net(7)
+    row = [1 - 2.0**-25 + 2.0**-50] * 3 + [-1 - 2.0**-24 + 2.0**-50] * 3 + [2.0**-22]
+    x = np.array([row] * 4)
+    assert sum(Fraction(v) for v in row) < 0
     y = torch.zeros(4, dtype=torch.long)
     with torch.no_grad():
-        assert float(g.to(CPU, torch.float32).forward(torch.from_numpy(x).float())[0, 0]) > 0
+        assert float(g.to(CPU, torch.float32).forward(torch.from_numpy(x).float())[0, 0]) == 2.0**-22
     bound = lipschitz_bound(g, "auto", CPU)
     a32 = bound.folded.to(CPU, torch.float32).activations(torch.from_numpy(x).float())
     m32 = float(a32[bound.folded.output][0, 0])
