@@ -70,6 +70,13 @@ def test_hardswish_slope_is_reached_and_jumps() -> None:
     assert d1[0] == pytest.approx(1.5, abs=1e-8) and d1[1] == pytest.approx(1.0)
 
 
+# The Jacobian norms below are float64 evaluations (autograd, then an SVD) of the exact operator's
+# Jacobian, each off by a few ulps; the rules bound the exact operator. Comparing an evaluation with a
+# rule therefore allows this relative slack (measured: 9e-16 on a constant input at eps 1e-4), far below
+# any real error of a rule.
+EVAL_SLACK = 1e-12
+
+
 def _jac_norm(f, x: torch.Tensor) -> float:  # noqa: ANN001
     j = torch.autograd.functional.jacobian(f, x)
     n = x.numel()
@@ -98,7 +105,7 @@ def test_standardize_bound_covers_ascent_and_is_reached_at_tiny_variance(
         opt.zero_grad()
         (-val).backward()
         opt.step()
-    assert best <= bound
+    assert best <= bound * (1 + EVAL_SLACK)
     if spread <= 1e-2:  # the sup 1/sqrt(eps) is approached as the variance goes to 0
         assert best >= 0.99 * bound * math.sqrt(eps / (eps + (spread**2) * eps * 2))
 
@@ -108,7 +115,8 @@ def test_standardize_worst_case_is_the_constant_input() -> None:
     op = Standardize(axes=2, eps=1e-4)
     x = torch.full((3, 4), 0.7, dtype=D)
     val = _jac_norm(lambda z: op.forward(z[None])[0], x)
-    assert val == pytest.approx(100.0, rel=1e-9) and val <= standardize_factor(op)
+    assert val == pytest.approx(100.0, rel=1e-9)
+    assert val <= standardize_factor(op) * (1 + EVAL_SLACK)
 
 
 def _emit_into(nodes: list[Node]):  # noqa: ANN202
