@@ -1,0 +1,130 @@
+"""Nonlinear IR operators with one input, each bounded by its own rule in speccert.bounds.compose
+(a slope, a pooling factor, 1/sqrt(eps)), plus Softmax (output only) and Opaque (no bound)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from speccert.ir.activations import ACTIVATIONS
+from speccert.ir.op_base import Op, Pads, Tensor, symmetric, torch_pad_arg
+
+
+@dataclass(frozen=True, eq=False)
+class Activation(Op):
+    """Elementwise activation from the activation registry (speccert.ir.activations)."""
+
+    op_type: ClassVar[str] = "Activation"
+    fn: str
+    alpha: float = 0.0
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        return ACTIVATIONS.get(self.fn).fn(xs[0], self.alpha)
+
+    def describe(self) -> str:
+        return f"Activation {self.fn}" + (f"({self.alpha:g})" if self.fn in ("leaky_relu", "elu") else "")
+
+
+@dataclass(frozen=True, eq=False)
+class PRelu(Op):
+    """PReLU with a slope per channel (or element): x for x >= 0, slope * x below; `slope` broadcasts to
+    the input without the batch axis. A single shared slope imports as Activation leaky_relu instead.
+
+    Lipschitz max(1, max_i |slope_i|): elementwise, coordinate i piecewise linear with slopes 1 and
+    slope_i. Not smooth. The slope is a constant of the graph, not a trainable parameter."""
+
+    op_type: ClassVar[str] = "PRelu"
+    slope: Tensor
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        x = xs[0]
+        return torch.where(x >= 0, x, x * self.slope.to(x.dtype))
+
+    def describe(self) -> str:
+        return f"PRelu ({self.slope.numel()} slopes)"
+
+
+@dataclass(frozen=True, eq=False)
+class Standardize(Op):
+    """Normalisation over the last `axes` axes, without an affine part (importers write gamma, beta as
+    an Affine node after it): y = (x - mean) / sqrt(var + eps), mean and biased var over those axes.
+
+    LayerNorm over channels is axes = 1 on a channels-last tensor; GroupNorm is a Reshape to
+    [groups, rest], this op with axes = 1, a Reshape back and a per-channel Affine.
+    Lipschitz constant 1/sqrt(eps): per normalised block of n entries, with y0 = x - mean (an
+    orthogonal projection P of x, norm 1) and s = sqrt(|y0|^2 / n + eps), the Jacobian is
+    (1/s) (I - y0 y0^T / (n s^2)) P, whose norm is 1/s <= 1/sqrt(eps) (the sup, reached as the
+    block's variance goes to 0); blocks are independent, so the Jacobian is block-diagonal. How loose:
+    at an input of variance v the local slope is 1/sqrt(v + eps), smaller by sqrt(eps / (v + eps)).
+    """
+
+    op_type: ClassVar[str] = "Standardize"
+    axes: int = 1
+    eps: float = 1e-5
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        x = xs[0]
+        return F.layer_norm(x, x.shape[x.dim() - self.axes :], None, None, self.eps)
+
+    def describe(self) -> str:
+        return f"Standardize last {self.axes} axes eps={self.eps:g}"
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPool(Op):
+    op_type: ClassVar[str] = "MaxPool"
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: Pads
+    dilation: tuple[int, ...]
+    ceil_mode: bool = False
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        x = xs[0]
+        pool = F.max_pool1d if len(self.kernel) == 1 else F.max_pool2d
+        sym = symmetric(self.padding)
+        if sym is None or any(2 * p > k for p, k in zip(sym, self.kernel, strict=True)):
+            x = F.pad(x, torch_pad_arg(self.padding), value=float("-inf"))
+            sym = tuple(0 for _ in self.kernel)
+        return pool(x, self.kernel, self.stride, sym, self.dilation, self.ceil_mode)
+
+    def describe(self) -> str:
+        return f"MaxPool {'x'.join(map(str, self.kernel))} s{','.join(map(str, self.stride))}"
+
+
+@dataclass(frozen=True, eq=False)
+class Softmax(Op):
+    """Softmax or log-softmax over the last axis; only allowed as the graph's output."""
+
+    op_type: ClassVar[str] = "Softmax"
+    log: bool = False
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        return F.log_softmax(xs[0], dim=-1) if self.log else F.softmax(xs[0], dim=-1)
+
+    def describe(self) -> str:
+        return "LogSoftmax" if self.log else "Softmax"
+
+
+@dataclass(frozen=True, eq=False)
+class Opaque(Op):
+    """An operator outside the closed set (e.g. Sign). The graph can run it when `fn` is known (so
+    `inspect` still works) but no bound exists: certification refuses graphs that contain one."""
+
+    op_type: ClassVar[str] = "Opaque"
+    n_inputs: ClassVar[int] = -1
+    source_op: str = "?"
+    reason: str = "no Lipschitz bound"
+    fn: Callable[..., Tensor] | None = field(default=None, repr=False)
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        if self.fn is None:
+            raise NotImplementedError(f"operator {self.source_op} cannot be evaluated")
+        return self.fn(*xs)
+
+    def describe(self) -> str:
+        return f"{self.source_op} (unsupported)"
