@@ -10,7 +10,8 @@ import torch
 from onnx import helper
 
 from speccert.errors import InternalError
-from speccert.importers.onnx_import import _without_weights, load_onnx
+from speccert.importers.onnx_import import load_onnx
+from speccert.importers.onnx_model import without_weights
 from speccert.importers.onnx_ops import linear
 from speccert.importers.onnx_ops.examples import model, randn
 from speccert.ir.ops import Linear
@@ -44,7 +45,7 @@ def test_constants_keep_their_exact_values(tmp_path, shared: bool) -> None:
 def test_without_weights_keeps_the_structure(tmp_path) -> None:
     path, *_ = _mlp(tmp_path)
     m = onnx.load(str(path))
-    light, nodes = _without_weights(m, list(m.graph.node))
+    light, nodes = without_weights(m, list(m.graph.node))
     assert not light.graph.initializer
     assert [n.name for n in nodes] == ["fc1", "relu", "fc2"]
     assert [o.name for o in light.graph.output] == ["y"] and light.opset_import[0].version == 13

@@ -34,10 +34,11 @@ from speccert.importers.aten_ops.base import (
     TensorValue,
     Unsupported,
 )
+from speccert.importers.merges import merge_affine
 from speccert.importers.problems import ATTENTION, group_problems
 from speccert.importers.sorting import fuse_sorts
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node
-from speccert.ir.ops import Affine, Opaque
+from speccert.ir.ops import Opaque
 
 Tensor = torch.Tensor
 
@@ -248,7 +249,7 @@ def exported_to_graph(
         )
     assert output is not None
     result = _graph_result(ep, output, env)
-    graph = Graph(input_shape, _merge_affine_chains(ctx.nodes, result.name), result.name, source)
+    graph = Graph(input_shape, merge_affine(ctx.nodes, result.name), result.name, source)
     return fuse_sorts(graph)  # MaxMin / GroupSort-2 / CReLU parts -> one Sort (importers.sorting)
 
 
@@ -327,28 +328,6 @@ def _graph_result(ep: ExportedProgram, output: torch.fx.Node, env: dict[str, Any
             "the model's output does not depend on its input (or comes from an unsupported op)"
         )
     return result
-
-
-def _merge_affine_chains(nodes: list[Node], output: str) -> list[Node]:
-    """(x * s1 + t1) * s2 + t2 = x * (s1 s2) + (t1 s2 + t2): one Affine per normalisation, e.g. for
-    `(x - mean) / std`, when the first Affine feeds only the second."""
-    out: list[Node] = []
-    for node in nodes:
-        prev = out[-1] if out else None
-        if (
-            isinstance(node.op, Affine)
-            and prev is not None
-            and isinstance(prev.op, Affine)
-            and node.inputs == (prev.name,)
-            and prev.name != output
-            and sum(prev.name in n.inputs for n in nodes) == 1
-        ):
-            s1, t1, s2, t2 = prev.op.scale, prev.op.shift, node.op.scale, node.op.shift
-            merged = Affine((s1 * s2).contiguous(), (t1 * s2 + t2).contiguous())
-            out[-1] = Node(node.name, merged, prev.inputs, node.shape)
-            continue
-        out.append(node)
-    return out
 
 
 def _arg_node(node: torch.fx.Node, i: int) -> torch.fx.Node:
