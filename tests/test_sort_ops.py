@@ -217,3 +217,19 @@ def test_sort_graphs_export_to_onnx_and_reload_identically(act: str, tmp_path: P
     assert lipschitz_bound(back, method="exact").upper == pytest.approx(
         lipschitz_bound(g, method="exact").upper, rel=1e-12
     )
+
+
+def test_certify_layer_table_has_a_rule_row_per_sort() -> None:
+    # The table a user reads lists every factor the bound multiplies: the Sort's 1 too, in graph order.
+    g = _sort_net(5, 6, 3, strided=False, descending=True)
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1), dtype=D)
+    with torch.no_grad():
+        y = g.forward(x).argmax(1)
+    rep = certify(g, (x.numpy(), y.numpy()), eps=[0.05], lower_bound=False)
+    rows = rep.to_dict()["layers"]
+    names = [r["name"] for r in rows]
+    assert names.index("l1") < names.index("sort") < names.index("l2")
+    sort = rows[names.index("sort")]
+    assert (sort["upper"], sort["lower"], sort["method"]) == (1.0, 1.0, "rule")
+    assert sort["op"] == "Sort axis 1 descending" and sort["in_shape"] == [2, 3]
+    assert math.prod(r["upper"] for r in rows) == pytest.approx(rep.lipschitz_upper, rel=1e-9)

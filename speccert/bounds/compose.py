@@ -11,6 +11,7 @@ of the derivative, so ||D^2 v(x)[h, h]|| <= H_v ||h||^2):
     hypot   (Concat):                                      L_v = sqrt(sum L_i^2)  H_v = sqrt(sum H_i^2)
     output  (Softmax, only as the graph's output: certificates are on the logits): L_v = L_u, H_v = H_u
     Slice (a coordinate selection): scale with a = 1, k = 0 (it is linear and 1-Lipschitz)
+    Center (x - mean over axes, an orthogonal projection): scale with a = 1, k = 0 (see ir.ops.Center)
     Standardize (LayerNorm / GroupNorm without affine): scale with a = 1/sqrt(eps) (the sup of its
              Jacobian norm, see speccert.ir.ops.Standardize), k = None (no curvature derived)
     Sort (GroupSort / FullSort / MaxMin): scale with a = 1, k = None (a permutation of each group that
@@ -166,6 +167,7 @@ RULES: dict[type[O.Op], RuleFn] = {
     O.Sort: _sort,
     O.Extremum: _extremum,
     O.PRelu: _prelu,
+    O.Center: _selection,
     O.Opaque: _opaque,
 }
 assert set(RULES) == set(ALL_OPS), "every IR op type needs exactly one rule"

@@ -29,6 +29,7 @@ from speccert.ir.ops import (
     Affine,
     AvgPool,
     BatchNorm,
+    Center,
     Concat,
     Conv,
     ConvTranspose,
@@ -218,6 +219,21 @@ def _export_standardize(
     w.node("LayerNormalization", [xs[0], w.const(f"{name}.scale", ones)], out, axis=-op.axes, epsilon=op.eps)
 
 
+def _export_center(
+    w: _Writer, node: Node, op: Center, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
+    """Center = x - ReduceMean(x, axes, keepdims=1), the pattern the importers read back as one Center."""
+    axes = [a + 1 for a in op.axes]
+    mean = w.fresh(f"{out}/mean")
+    if w.opset >= 18:  # axes became an input
+        w.node(
+            "ReduceMean", [xs[0], w.const(f"{node.name}.axes", np.array(axes), np.int64)], mean, keepdims=1
+        )
+    else:
+        w.node("ReduceMean", [xs[0]], mean, axes=axes, keepdims=1)
+    w.node("Sub", [xs[0], mean], out)
+
+
 def _export_sort(
     w: _Writer, node: Node, op: Sort, xs: list[str], in_shape: tuple[int, ...], out: str
 ) -> None:
@@ -262,6 +278,7 @@ _EXPORTERS: dict[type[Op], _Exporter] = {
     Slice: _export_slice,
     Standardize: _export_standardize,
     Sort: _export_sort,
+    Center: _export_center,
     PRelu: lambda w, node, op, xs, in_shape, out: w.node(
         "PRelu", [xs[0], w.const(f"{node.name}.slope", op.slope)], out
     ),

@@ -24,7 +24,7 @@ from speccert.ir.linear_ops import (
 )
 from speccert.ir.nonlinear_ops import Activation, MaxPool, Opaque, PRelu, Softmax, Standardize
 from speccert.ir.op_base import Op, Pads, Tensor
-from speccert.ir.structural_ops import Add, Concat, Extremum, Slice, Sort
+from speccert.ir.structural_ops import Add, Center, Concat, Extremum, Slice, Sort
 
 ALL_OPS: tuple[type[Op], ...] = (
     Linear,
@@ -47,6 +47,7 @@ ALL_OPS: tuple[type[Op], ...] = (
     Sort,
     Extremum,
     PRelu,
+    Center,
     Opaque,
 )
 
@@ -57,6 +58,7 @@ __all__ = [
     "Affine",
     "AvgPool",
     "BatchNorm",
+    "Center",
     "Concat",
     "Conv",
     "ConvTranspose",

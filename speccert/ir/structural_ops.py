@@ -96,3 +96,25 @@ class Concat(Op):
 
     def forward(self, *xs: Tensor) -> Tensor:
         return torch.cat(xs, dim=self.axis + 1)
+
+
+@dataclass(frozen=True, eq=False)
+class Center(Op):
+    """x - mean(x over non-batch `axes`) (0 = first after batch), keeping the tensor's shape:
+    deel-torchlip's LayerCentering (`x - x.mean(dim, keepdim=True)`, spatial axes by default).
+
+    Lipschitz exactly 1 (0 when every reduced axis has length 1): the mean over the fibres along
+    `axes`, broadcast back, is the orthogonal projection P onto tensors constant along them (P is
+    symmetric and idempotent: averaging a constant fibre changes nothing), so the map is the
+    projection I - P, also symmetric and idempotent, with eigenvalues in {0, 1}. Linear, so its
+    curvature is 0; bounded by its rule (factor 1), not by a norm method, like Slice."""
+
+    op_type: ClassVar[str] = "Center"
+    axes: tuple[int, ...] = (0,)
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        x = xs[0]
+        return x - x.mean(dim=tuple(a + 1 for a in self.axes), keepdim=True)
+
+    def describe(self) -> str:
+        return f"Center axes {list(self.axes)}"

@@ -37,7 +37,7 @@ from speccert.importers.aten_ops.base import (
 from speccert.importers.merges import merge_affine
 from speccert.importers.problems import ATTENTION, group_problems
 from speccert.importers.sorting import fuse_sorts
-from speccert.ir.graph import INPUT, Graph, ModelSource, Node
+from speccert.ir.graph import INPUT, Graph, ModelSource, Node, live_nodes
 from speccert.ir.ops import Opaque
 
 Tensor = torch.Tensor
@@ -249,7 +249,8 @@ def exported_to_graph(
         )
     assert output is not None
     result = _graph_result(ep, output, env)
-    graph = Graph(input_shape, merge_affine(ctx.nodes, result.name), result.name, source)
+    nodes = live_nodes(merge_affine(ctx.nodes, result.name), result.name)  # a Center leaves its mean dead
+    graph = Graph(input_shape, nodes, result.name, source)
     return fuse_sorts(graph)  # MaxMin / GroupSort-2 / CReLU parts -> one Sort (importers.sorting)
 
 

