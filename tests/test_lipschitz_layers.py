@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import speccert
 from speccert.bounds import lipschitz_bound
 from speccert.errors import UnsupportedModelError
-from speccert.ir import INPUT, Center, Graph, Linear, Node, Reshape
+from speccert.ir import INPUT, Center, Graph, L2Pool, Linear, Node, Reshape
 
 D = torch.float64
 
@@ -137,6 +137,95 @@ def test_center_exports_to_onnx_and_reloads_identically(tmp_path: Path) -> None:
     g = speccert.load(_export(m, "pt2", tmp_path, (2, 5, 5)))
     back = speccert.load(save_onnx(g, tmp_path / "back.onnx"))  # checked against onnxruntime at load
     assert [n.op_type for n in back.nodes].count("Center") == 1
+    assert lipschitz_bound(back, method="exact").upper == pytest.approx(
+        lipschitz_bound(g, method="exact").upper, rel=1e-12
+    )
+
+
+# ---- L2Pool ------------------------------------------------------------------------------------------
+@settings(max_examples=16, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(0, 1000),
+    kernel=st.sampled_from([(2, 2), (3, 2), (2, 3)]),
+    overlap=st.booleans(),
+    ceil_mode=st.booleans(),
+    size=st.sampled_from([(5, 5), (6, 7), (4, 6)]),
+)
+def test_l2pool_rule_covers_ascent_and_is_reached(
+    seed: int, kernel: tuple[int, int], overlap: bool, ceil_mode: bool, size: tuple[int, int]
+) -> None:
+    stride = (1, 1) if overlap else kernel
+    op = L2Pool(kernel, stride, ceil_mode, float(kernel[0] * kernel[1]))
+    g = Graph((2, *size), [Node("p", op, (INPUT,))], dtype=D)
+    bound = lipschitz_bound(g, method="exact").upper
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(2, *size, generator=gen, dtype=D)
+    assert _ascent(lambda z: g.forward(z[None])[0], x0) <= bound
+    # positively homogeneous: the quotient of x and 2x is ||f(x)|| / ||x||, which reaches
+    # sqrt(K / n_w) on an x living in the smallest window only
+    x = torch.zeros(1, 2, *size, dtype=D)
+    x[0, 0, -1, -1] = 1.0
+    with torch.no_grad():
+        q = float(g.forward(x).norm() / x.norm())
+    assert q <= bound
+    if not overlap and not ceil_mode:  # full, disjoint windows: exactly 1 (gradient-norm preserving)
+        assert bound == pytest.approx(1.0, rel=1e-12)
+        x = torch.randn(1, 2, *size, generator=gen, dtype=D)
+        used = [(size[i] // kernel[i]) * kernel[i] for i in range(2)]
+        x[..., used[0] :, :] = 0
+        x[..., :, used[1] :] = 0
+        with torch.no_grad():
+            assert float(g.forward(x).norm() / x.norm()) == pytest.approx(1.0, rel=1e-12)
+    if ceil_mode and not overlap and any(n % k for n, k in zip(size, kernel, strict=True)):
+        assert bound > 1.0 and q > 1.0  # a cut window is scaled up by K / n_w: the rule sees it
+
+
+class ScaledL2Pool(nn.Module):  # deel-torchlip's ScaledL2NormPool2d: LPPool2d(2) times its coefficient
+    def __init__(self, kernel: int, stride: int | None, ceil_mode: bool, coef: float) -> None:
+        super().__init__()
+        self.pool = nn.LPPool2d(2, kernel, stride, ceil_mode=ceil_mode)
+        self.coef = coef
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x) * self.coef
+
+
+@pytest.mark.parametrize("route", ["onnx17", "onnx18", "pt2"])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "ceil_mode", "coef"), [(2, None, False, 1.0), (3, 1, True, 0.5)]
+)
+def test_l2_norm_pool_imports_as_one_l2pool(
+    route: str, kernel: int, stride: int | None, ceil_mode: bool, coef: float, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), ScaledL2Pool(kernel, stride, ceil_mode, coef), nn.Flatten()
+    )
+    m = m.eval()
+    g = speccert.load(_export(m, route, tmp_path, (2, 7, 7)))  # the faithfulness check runs at load
+    kinds = [n.op_type for n in g.nodes]
+    assert kinds.count("L2Pool") == 1 and "Opaque" not in kinds
+    pool = next(n.op for n in g.nodes if isinstance(n.op, L2Pool))
+    assert pool.kernel == (kernel, kernel) and pool.multiplier == kernel * kernel
+    x = torch.randn(4, 2, 7, 7)
+    with torch.no_grad():
+        assert torch.allclose(g.forward(x), m(x), atol=1e-5)
+    lb = lipschitz_bound(g, method="exact")
+    conv = lb.layers[0].upper.value
+    if stride is None:  # disjoint full windows: the pool adds nothing beyond the coefficient
+        assert lb.upper == pytest.approx(conv * coef, rel=1e-6)
+    else:  # 3x3 windows at stride 1 hold each pixel up to 9 times: sqrt(9)
+        assert lb.upper == pytest.approx(conv * coef * 3.0, rel=1e-6)
+
+
+def test_l2pool_exports_to_onnx_and_reloads_identically(tmp_path: Path) -> None:
+    from speccert.exporters import save_onnx
+
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.LPPool2d(2, 2), nn.Flatten()).eval()
+    g = speccert.load(_export(m, "pt2", tmp_path, (2, 6, 6)))
+    back = speccert.load(save_onnx(g, tmp_path / "back.onnx"))  # checked against onnxruntime at load
+    assert [n.op_type for n in back.nodes].count("L2Pool") == 1
     assert lipschitz_bound(back, method="exact").upper == pytest.approx(
         lipschitz_bound(g, method="exact").upper, rel=1e-12
     )

@@ -12,6 +12,7 @@ Add/Concat). So ||f_computed(x) - f(x)|| <= sum_v D_v e_v(x) (+ higher-order ter
         of |A|, from the weights; ||A||_2 for the non-negative pooling matrices; exact ops: 0)
     activation, PRelu:         e_v <= 64 u ||v||      (elementwise library functions: a few ulps)
     Standardize (blocks of n): e_v <= gamma(n + 5) (||x_in|| / sqrt(eps) + sqrt(numel)) + 64 u ||v||
+    L2Pool (windows of n):     e_v <= gamma(n + 5) ||v||   (squares, sum, scaling; sqrt halves it, adds u)
     Center (fibres of n):      e_v <= gamma(n + 2) ||x_in|| + 64 u ||v||   (the mean, then a subtraction)
     Add:                       e_v <= u ||v||;   max-pool, Concat, Reshape, Transpose, Pad, Slice,
                                Sort, Extremum (max/min of two tensors): exact.
@@ -45,6 +46,7 @@ from speccert.ir import (
     Center,
     Conv,
     Graph,
+    L2Pool,
     Linear,
     PRelu,
     Standardize,
@@ -167,6 +169,12 @@ class ErrorModel:
                 f, numel = standardize_factor(op), math.sqrt(math.prod(node.shape))
                 self.terms.append((node.inputs[0], d[node.name] * gk * f, d[node.name] * gk * numel))
                 self.terms.append((node.name, d[node.name] * 64 * unit, 0.0))
+            elif isinstance(op, L2Pool):
+                # q = multiplier * mean(x^2) per window: squares (u), a sum of n (gamma(n - 1)), the
+                # division and the product (2 u) give fl(q) = q (1 + d), |d| <= gamma(n + 3), all terms
+                # being >= 0; sqrt halves d and rounds once more: relative error <= gamma(n + 5) per entry.
+                n = math.prod(op.kernel)
+                self.terms.append((node.name, d[node.name] * gamma_u(n + 5), 0.0))
             elif isinstance(op, Center):
                 # Per fibre of n entries the computed mean is off by <= gamma(n + 1) mean|x_f| <=
                 # gamma(n + 1) ||x_f|| / sqrt(n) (any summation order), subtracted from n entries, each

@@ -35,6 +35,7 @@ from speccert.ir.ops import (
     ConvTranspose,
     Extremum,
     GlobalAvgPool,
+    L2Pool,
     Linear,
     MaxPool,
     Op,
@@ -234,6 +235,22 @@ def _export_center(
     w.node("Sub", [xs[0], mean], out)
 
 
+def _export_l2pool(
+    w: _Writer, node: Node, op: L2Pool, xs: list[str], in_shape: tuple[int, ...], out: str
+) -> None:
+    """L2Pool as torch.onnx writes LPPool(2): Pow(Mul(Mul(Sign(m), Relu(Abs(m))), K), 0.5) with
+    m = AveragePool(Pow(x, 2)), the pattern the importer fuses back into one L2Pool."""
+    name = node.name
+    sq = w.node("Pow", [xs[0], w.const(f"{name}.two", np.array(2.0))], w.fresh(f"{out}/sq"))
+    pool = {"kernel_shape": list(op.kernel), "strides": list(op.stride), "ceil_mode": int(op.ceil_mode)}
+    m = w.node("AveragePool", [sq], w.fresh(f"{out}/mean"), **pool)
+    sign = w.node("Sign", [m], w.fresh(f"{out}/sign"))
+    mag = w.node("Relu", [w.node("Abs", [m], w.fresh(f"{out}/abs"))], w.fresh(f"{out}/relu"))
+    prod = w.node("Mul", [sign, mag], w.fresh(f"{out}/m"))
+    scaled = w.node("Mul", [prod, w.const(f"{name}.k", np.array(op.multiplier))], w.fresh(f"{out}/km"))
+    w.node("Pow", [scaled, w.const(f"{name}.half", np.array(0.5))], out)
+
+
 def _export_sort(
     w: _Writer, node: Node, op: Sort, xs: list[str], in_shape: tuple[int, ...], out: str
 ) -> None:
@@ -279,6 +296,7 @@ _EXPORTERS: dict[type[Op], _Exporter] = {
     Standardize: _export_standardize,
     Sort: _export_sort,
     Center: _export_center,
+    L2Pool: _export_l2pool,
     PRelu: lambda w, node, op, xs, in_shape, out: w.node(
         "PRelu", [xs[0], w.const(f"{node.name}.slope", op.slope)], out
     ),

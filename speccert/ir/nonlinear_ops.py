@@ -128,3 +128,34 @@ class Opaque(Op):
 
     def describe(self) -> str:
         return f"{self.source_op} (unsupported)"
+
+
+@dataclass(frozen=True, eq=False)
+class L2Pool(Op):
+    """y_w = sqrt(multiplier * mean of x^2 over window w), unpadded windows of `kernel` spaced `stride`:
+    torch's LPPool2d with p = 2 (multiplier = kh kw, so y_w = ||x_w||_2, the window's L2 norm) and
+    deel-torchlip's ScaledL2NormPool2d (the same, times a constant, which imports as an Affine after).
+
+    Lipschitz (speccert.bounds.compose.l2pool_factor): with n_w the entries of window w (kh kw, or
+    fewer for a ceil_mode window cut by the border) and a_w = sqrt(multiplier / n_w), y_w = a_w ||x_w||,
+    so |y_w - y'_w| <= a_w ||x_w - x'_w|| (reverse triangle inequality) and
+    sum_w (y_w - y'_w)^2 <= max_w a_w^2 sum_w ||x_w - x'_w||^2 = max_w a_w^2 sum_p c(p) (x_p - x'_p)^2
+    <= max_w a_w^2 max_p c(p) ||x - x'||^2, with c(p) the number of windows holding entry p. For
+    LPPool's full windows a_w = 1; with stride = kernel (deel's only choice) c = 1: factor exactly 1, and
+    the pool is gradient-norm preserving (y_w moves by ||dx_w|| along x_w). Not smooth (sqrt at 0).
+    The file computes sign(m) relu(|m|) of the pooled mean m, which is m: written here as m."""
+
+    op_type: ClassVar[str] = "L2Pool"
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    ceil_mode: bool = False
+    multiplier: float = 1.0
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        x = xs[0]
+        pool = F.avg_pool1d if len(self.kernel) == 1 else F.avg_pool2d
+        mean = pool(x * x, self.kernel, self.stride, 0, self.ceil_mode)
+        return torch.sqrt(mean * self.multiplier)
+
+    def describe(self) -> str:
+        return f"L2Pool {'x'.join(map(str, self.kernel))} s{','.join(map(str, self.stride))}"

@@ -22,7 +22,7 @@ from speccert.ir.linear_ops import (
     Reshape,
     Transpose,
 )
-from speccert.ir.nonlinear_ops import Activation, MaxPool, Opaque, PRelu, Softmax, Standardize
+from speccert.ir.nonlinear_ops import Activation, L2Pool, MaxPool, Opaque, PRelu, Softmax, Standardize
 from speccert.ir.op_base import Op, Pads, Tensor
 from speccert.ir.structural_ops import Add, Center, Concat, Extremum, Slice, Sort
 
@@ -48,6 +48,7 @@ ALL_OPS: tuple[type[Op], ...] = (
     Extremum,
     PRelu,
     Center,
+    L2Pool,
     Opaque,
 )
 
@@ -64,6 +65,7 @@ __all__ = [
     "ConvTranspose",
     "Extremum",
     "GlobalAvgPool",
+    "L2Pool",
     "Linear",
     "MaxPool",
     "Op",

@@ -33,7 +33,9 @@ from speccert.importers.aten_ops.base import (
     PendingCircularPad,
     TensorValue,
     Unsupported,
+    schema_args,
 )
+from speccert.importers.aten_ops.l2pool import find_l2pools
 from speccert.importers.merges import merge_affine
 from speccert.importers.problems import ATTENTION, group_problems
 from speccert.importers.sorting import fuse_sorts
@@ -79,21 +81,6 @@ def op_name(target: Any) -> str:
     if isinstance(target, torch._ops.OpOverload):
         return str(target)
     return getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or str(target)
-
-
-def _schema_args(target: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-    """All schema arguments in order: positional, then keyword-only, defaults filled in."""
-    out: list[Any] = []
-    for i, a in enumerate(target._schema.arguments):
-        if i < len(args) and not a.kwarg_only:
-            out.append(args[i])
-        elif a.name in kwargs:
-            out.append(kwargs[a.name])
-        elif a.has_default_value():
-            out.append(a.default_value)
-        else:
-            out.append(None)
-    return out
 
 
 def _flat(v: Any) -> list[Any]:
@@ -237,10 +224,16 @@ def exported_to_graph(
     problems: list[tuple[str, str, str]] = []
     keep_alive: list[Any] = []  # folded constants stay referenced so their ids stay unique
     output: Any = None
+    l2pools = find_l2pools(ep.graph)  # LPPool p = 2 written as x^2, avg_pool, sign, sqrt: one L2Pool
     for node in ep.graph.nodes:
         ctx.node_name = node.name
         if node.op == "output":
             output = node
+        elif node.name in l2pools.parts:
+            env[node.name] = None  # inside an L2 pool, computed by its last node
+        elif node.name in l2pools.ops and isinstance(env[l2pools.ops[node.name][0]], TensorValue):
+            pooled, op = l2pools.ops[node.name]
+            env[node.name] = ctx.emit(op, [env[pooled]])
         elif node.op != "placeholder":
             _walk_node(ep, ctx, node, env, problems, keep_alive, allow_unsupported)
     if problems and not allow_unsupported:
@@ -369,4 +362,4 @@ def _convert(
         raise Unsupported(_KNOWN_REASONS.get(name, "no converter for this ATen op"))
     args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
     kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
-    return ATEN_OPS.get(name)(ctx, _schema_args(target, tuple(args), dict(kwargs)))
+    return ATEN_OPS.get(name)(ctx, schema_args(target, tuple(args), dict(kwargs)))
