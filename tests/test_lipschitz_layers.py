@@ -1,5 +1,5 @@
-"""deel-torchlip's 1-Lipschitz layers beyond GroupSort (issue 15): LayerCentering (IR `Center`) and the
-L2-norm pool (IR `L2Pool`). Each rule is checked against the truth (a dense Jacobian's norm, or
+"""deel-torchlip's 1-Lipschitz layers beyond GroupSort (issue 15): LayerCentering (IR `Center`), the
+L2-norm pool (IR `L2Pool`) and the HouseHolder activation (IR `Householder`). Each rule is checked against the truth (a dense Jacobian's norm, or
 difference quotients pushed up by gradient ascent), and the layer, written in plain torch the way the
 library writes it (no test dependency on deel), imports through legacy ONNX (opset 17, and 18 where
 ReduceMean takes its axes as an input, as the dynamo exporter writes it) and `.pt2` as one IR node,
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import speccert
 from speccert.bounds import lipschitz_bound
 from speccert.errors import UnsupportedModelError
-from speccert.ir import INPUT, Center, Graph, L2Pool, Linear, Node, Reshape
+from speccert.ir import INPUT, Center, Graph, Householder, L2Pool, Linear, Node, Reshape
 
 D = torch.float64
 
@@ -226,6 +226,89 @@ def test_l2pool_exports_to_onnx_and_reloads_identically(tmp_path: Path) -> None:
     g = speccert.load(_export(m, "pt2", tmp_path, (2, 6, 6)))
     back = speccert.load(save_onnx(g, tmp_path / "back.onnx"))  # checked against onnxruntime at load
     assert [n.op_type for n in back.nodes].count("L2Pool") == 1
+    assert lipschitz_bound(back, method="exact").upper == pytest.approx(
+        lipschitz_bound(g, method="exact").upper, rel=1e-12
+    )
+
+
+# ---- Householder -------------------------------------------------------------------------------------
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 1000), pairs=st.integers(1, 3))
+def test_householder_is_gradient_norm_preserving_and_1_lipschitz(seed: int, pairs: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    theta = 4 * torch.rand(pairs, generator=gen, dtype=D) - 2
+    op = Householder(theta)
+    shape = (2 * pairs, 3)
+    g = Graph(shape, [Node("h", op, (INPUT,))], dtype=D)
+    assert 1.0 <= lipschitz_bound(g, method="exact").upper <= 1.0 + 1e-14
+    for k in range(3):  # the Jacobian is orthogonal almost everywhere: every singular value is 1
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(seed + k), dtype=D)
+        jac = torch.autograd.functional.jacobian(lambda z: g.forward(z[None])[0], x).reshape(x.numel(), -1)
+        assert torch.allclose(torch.linalg.svdvals(jac), torch.ones(x.numel(), dtype=D), atol=1e-12)
+    x0 = torch.randn(shape, generator=gen, dtype=D)
+    assert _ascent(lambda z: g.forward(z[None])[0], x0) <= 1.0 + 1e-12
+    # continuous across the selector's boundary s = 0, where the two branches meet
+    v = torch.stack([torch.sin(theta / 2), -torch.cos(theta / 2)])  # [2, pairs]: s = v . (x, y)
+    on = torch.stack([v[1], -v[0]])[:, :, None].expand(2, pairs, 3).reshape(1, *shape)  # v . z = 0
+    step = 1e-9 * v[:, :, None].expand(2, pairs, 3).reshape(1, *shape)
+    with torch.no_grad():
+        jump = (g.forward(on + step) - g.forward(on - step)).norm() / (2 * step).norm()
+    assert float(jump) <= 1.0 + 1e-6
+
+
+class TorchHouseholder(nn.Module):  # deel-torchlip's HouseHolder, written out in plain torch
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(torch.linspace(-2.5, 2.0, channels // 2))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        theta = self.theta.view(1, -1, 1, 1)
+        x, y = z.split(z.shape[1] // 2, 1)
+        selector = x * torch.sin(0.5 * theta) - y * torch.cos(0.5 * theta)
+        a_2 = x * torch.cos(theta) + y * torch.sin(theta)
+        b_2 = x * torch.sin(theta) - y * torch.cos(theta)
+        a = x * (selector <= 0) + a_2 * (selector > 0)
+        b = y * (selector <= 0) + b_2 * (selector > 0)
+        return torch.cat([a, b], dim=1)
+
+
+@pytest.mark.parametrize("route", ["onnx17", "onnx11", "pt2"])
+def test_householder_imports_as_one_node(route: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), TorchHouseholder(6), nn.Flatten()).eval()
+    g = speccert.load(_export(m, route, tmp_path, (2, 5, 5)))  # compared with onnxruntime / torch at load
+    kinds = [n.op_type for n in g.nodes]
+    assert kinds.count("Householder") == 1 and "Opaque" not in kinds and "Add" not in kinds
+    op = next(n.op for n in g.nodes if isinstance(n.op, Householder))
+    assert torch.equal(op.theta, m[1].theta.detach())
+    x = torch.randn(8, 2, 5, 5)
+    with torch.no_grad():
+        assert torch.allclose(g.forward(x), m(x), atol=1e-5)
+    lb = lipschitz_bound(g, method="exact")
+    assert lb.upper == pytest.approx(lb.layers[0].upper.value, rel=1e-9)  # the activation adds nothing
+
+
+def test_householder_with_stored_sines_is_refused_naming_it(tmp_path: Path) -> None:
+    import onnx
+
+    from speccert.importers.onnx_ops.householder import _example
+
+    p = tmp_path / "dynamo_form.onnx"
+    onnx.save(_example(precomputed=True)(), str(p))
+    with pytest.raises(UnsupportedModelError) as info:
+        speccert.load(p)
+    assert "HouseHolder activation with its sines and cosines stored" in str(info.value)
+    assert "Mul" not in str(info.value)  # one line for the activation, not its parts
+
+
+def test_householder_exports_to_onnx_and_reloads_identically(tmp_path: Path) -> None:
+    from speccert.exporters import save_onnx
+
+    torch.manual_seed(2)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), TorchHouseholder(4), nn.Flatten()).eval()
+    g = speccert.load(_export(m, "pt2", tmp_path, (2, 5, 5)))
+    back = speccert.load(save_onnx(g, tmp_path / "back.onnx"))  # checked against onnxruntime at load
+    assert [n.op_type for n in back.nodes].count("Householder") == 1
     assert lipschitz_bound(back, method="exact").upper == pytest.approx(
         lipschitz_bound(g, method="exact").upper, rel=1e-12
     )

@@ -13,6 +13,8 @@ of the derivative, so ||D^2 v(x)[h, h]|| <= H_v ||h||^2):
     Slice (a coordinate selection): scale with a = 1, k = 0 (it is linear and 1-Lipschitz)
     L2Pool (the L2 norm of each window, LPPool p = 2): scale with a = l2pool_factor (1 for
              non-overlapping full windows; see speccert.ir.ops.L2Pool), k = None
+    Householder (a reflection of each channel pair chosen by the input): scale with a = 1, k = None
+             (continuous, piecewise orthogonal; see speccert.ir.ops.Householder)
     Center (x - mean over axes, an orthogonal projection): scale with a = 1, k = 0 (see ir.ops.Center)
     Standardize (LayerNorm / GroupNorm without affine): scale with a = 1/sqrt(eps) (the sup of its
              Jacobian norm, see speccert.ir.ops.Standardize), k = None (no curvature derived)
@@ -193,6 +195,7 @@ RULES: dict[type[O.Op], RuleFn] = {
     O.PRelu: _prelu,
     O.Center: _selection,
     O.L2Pool: _l2pool,
+    O.Householder: _sort,
     O.Opaque: _opaque,
 }
 assert set(RULES) == set(ALL_OPS), "every IR op type needs exactly one rule"

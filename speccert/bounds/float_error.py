@@ -13,6 +13,8 @@ Add/Concat). So ||f_computed(x) - f(x)|| <= sum_v D_v e_v(x) (+ higher-order ter
     activation, PRelu:         e_v <= 64 u ||v||      (elementwise library functions: a few ulps)
     Standardize (blocks of n): e_v <= gamma(n + 5) (||x_in|| / sqrt(eps) + sqrt(numel)) + 64 u ||v||
     L2Pool (windows of n):     e_v <= gamma(n + 5) ||v||   (squares, sum, scaling; sqrt halves it, adds u)
+    Householder:               e_v <= 64 u ||x_in||  (3 roundings per output and the sin/cos; a wrong branch
+                               near s = 0 costs 2|s| <= 2 |fl(s) - s|)
     Center (fibres of n):      e_v <= gamma(n + 2) ||x_in|| + 64 u ||v||   (the mean, then a subtraction)
     Add:                       e_v <= u ||v||;   max-pool, Concat, Reshape, Transpose, Pad, Slice,
                                Sort, Extremum (max/min of two tensors): exact.
@@ -46,6 +48,7 @@ from speccert.ir import (
     Center,
     Conv,
     Graph,
+    Householder,
     L2Pool,
     Linear,
     PRelu,
@@ -169,6 +172,12 @@ class ErrorModel:
                 f, numel = standardize_factor(op), math.sqrt(math.prod(node.shape))
                 self.terms.append((node.inputs[0], d[node.name] * gk * f, d[node.name] * gk * numel))
                 self.terms.append((node.name, d[node.name] * 64 * unit, 0.0))
+            elif isinstance(op, Householder):
+                # Per pair z = (x, y): each output is two products and a sum of sin/cos values that are
+                # off by an ulp: <= 8 u (|x| + |y|) <= 8 sqrt(2) u ||z||; where the computed selector has the
+                # wrong sign, |s| <= |fl(s) - s| <= 8 sqrt(2) u ||z|| and the branches differ by 2 |s|
+                # (they agree at s = 0): under 64 u ||z|| per pair, so for the whole tensor.
+                self.terms.append((node.inputs[0], d[node.name] * 64 * unit, 0.0))
             elif isinstance(op, L2Pool):
                 # q = multiplier * mean(x^2) per window: squares (u), a sum of n (gamma(n - 1)), the
                 # division and the product (2 u) give fl(q) = q (1 + d), |d| <= gamma(n + 3), all terms

@@ -22,6 +22,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from speccert.errors import UnsupportedModelError, UsageError
+from speccert.exporters.onnx_patterns import export_center, export_householder, export_l2pool
 from speccert.ir.graph import INPUT, Graph, Node
 from speccert.ir.ops import (
     Activation,
@@ -35,6 +36,7 @@ from speccert.ir.ops import (
     ConvTranspose,
     Extremum,
     GlobalAvgPool,
+    Householder,
     L2Pool,
     Linear,
     MaxPool,
@@ -220,37 +222,6 @@ def _export_standardize(
     w.node("LayerNormalization", [xs[0], w.const(f"{name}.scale", ones)], out, axis=-op.axes, epsilon=op.eps)
 
 
-def _export_center(
-    w: _Writer, node: Node, op: Center, xs: list[str], in_shape: tuple[int, ...], out: str
-) -> None:
-    """Center = x - ReduceMean(x, axes, keepdims=1), the pattern the importers read back as one Center."""
-    axes = [a + 1 for a in op.axes]
-    mean = w.fresh(f"{out}/mean")
-    if w.opset >= 18:  # axes became an input
-        w.node(
-            "ReduceMean", [xs[0], w.const(f"{node.name}.axes", np.array(axes), np.int64)], mean, keepdims=1
-        )
-    else:
-        w.node("ReduceMean", [xs[0]], mean, axes=axes, keepdims=1)
-    w.node("Sub", [xs[0], mean], out)
-
-
-def _export_l2pool(
-    w: _Writer, node: Node, op: L2Pool, xs: list[str], in_shape: tuple[int, ...], out: str
-) -> None:
-    """L2Pool as torch.onnx writes LPPool(2): Pow(Mul(Mul(Sign(m), Relu(Abs(m))), K), 0.5) with
-    m = AveragePool(Pow(x, 2)), the pattern the importer fuses back into one L2Pool."""
-    name = node.name
-    sq = w.node("Pow", [xs[0], w.const(f"{name}.two", np.array(2.0))], w.fresh(f"{out}/sq"))
-    pool = {"kernel_shape": list(op.kernel), "strides": list(op.stride), "ceil_mode": int(op.ceil_mode)}
-    m = w.node("AveragePool", [sq], w.fresh(f"{out}/mean"), **pool)
-    sign = w.node("Sign", [m], w.fresh(f"{out}/sign"))
-    mag = w.node("Relu", [w.node("Abs", [m], w.fresh(f"{out}/abs"))], w.fresh(f"{out}/relu"))
-    prod = w.node("Mul", [sign, mag], w.fresh(f"{out}/m"))
-    scaled = w.node("Mul", [prod, w.const(f"{name}.k", np.array(op.multiplier))], w.fresh(f"{out}/km"))
-    w.node("Pow", [scaled, w.const(f"{name}.half", np.array(0.5))], out)
-
-
 def _export_sort(
     w: _Writer, node: Node, op: Sort, xs: list[str], in_shape: tuple[int, ...], out: str
 ) -> None:
@@ -295,8 +266,9 @@ _EXPORTERS: dict[type[Op], _Exporter] = {
     Slice: _export_slice,
     Standardize: _export_standardize,
     Sort: _export_sort,
-    Center: _export_center,
-    L2Pool: _export_l2pool,
+    Center: export_center,
+    L2Pool: export_l2pool,
+    Householder: export_householder,
     PRelu: lambda w, node, op, xs, in_shape, out: w.node(
         "PRelu", [xs[0], w.const(f"{node.name}.slope", op.slope)], out
     ),

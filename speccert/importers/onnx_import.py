@@ -34,8 +34,8 @@ from speccert.importers.onnx_ops import (
     Value,
     find_converter,
 )
-from speccert.importers.onnx_ops.fusions import DOMAIN as FUSED_DOMAIN
 from speccert.importers.onnx_ops.fusions import fuse_activations
+from speccert.importers.onnx_ops.pattern import DOMAIN as FUSED_DOMAIN
 from speccert.importers.onnx_safety import read_onnx
 from speccert.importers.problems import group_problems
 from speccert.importers.sorting import fuse_sorts

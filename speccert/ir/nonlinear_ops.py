@@ -159,3 +159,35 @@ class L2Pool(Op):
 
     def describe(self) -> str:
         return f"L2Pool {'x'.join(map(str, self.kernel))} s{','.join(map(str, self.stride))}"
+
+
+@dataclass(frozen=True, eq=False)
+class Householder(Op):
+    """deel-torchlip's HouseHolder activation (Singla et al. 2022) on channel pairs: the input's channel
+    axis (0) is split into halves x, y; pair i, with angle theta_i, is left alone where
+    s = x sin(theta/2) - y cos(theta/2) <= 0 and reflected, (x cos theta + y sin theta,
+    x sin theta - y cos theta), where s > 0.
+
+    1-Lipschitz and gradient-norm preserving: with v = (sin(theta/2), -cos(theta/2)) (a unit vector),
+    s = v.z for z = (x, y), and the reflection is R = I - 2 v v^T (its matrix is
+    [[cos theta, sin theta], [sin theta, -cos theta]]), so the map is z -> z - 2 max(0, v.z) v: continuous
+    (the two pieces agree where v.z = 0), piecewise linear with orthogonal pieces I and R, hence
+    ||f(z) - f(z')|| <= ||z - z'|| along every segment; pairs are disjoint coordinates. Not smooth.
+    `theta` holds one angle per pair; the map is this exact function of it (sines and cosines of the
+    real theta), which is how the file computes it when it stores theta and applies Sin and Cos."""
+
+    op_type: ClassVar[str] = "Householder"
+    theta: Tensor
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        z = xs[0]
+        x, y = z.chunk(2, dim=1)
+        t = self.theta.to(z.dtype).reshape((1, -1) + (1,) * (z.dim() - 2))
+        s = x * torch.sin(0.5 * t) - y * torch.cos(0.5 * t)
+        keep = s <= 0
+        a = torch.where(keep, x, x * torch.cos(t) + y * torch.sin(t))
+        b = torch.where(keep, y, x * torch.sin(t) - y * torch.cos(t))
+        return torch.cat([a, b], dim=1)
+
+    def describe(self) -> str:
+        return f"Householder ({self.theta.numel()} pairs)"

@@ -22,7 +22,16 @@ from speccert.ir.linear_ops import (
     Reshape,
     Transpose,
 )
-from speccert.ir.nonlinear_ops import Activation, L2Pool, MaxPool, Opaque, PRelu, Softmax, Standardize
+from speccert.ir.nonlinear_ops import (
+    Activation,
+    Householder,
+    L2Pool,
+    MaxPool,
+    Opaque,
+    PRelu,
+    Softmax,
+    Standardize,
+)
 from speccert.ir.op_base import Op, Pads, Tensor
 from speccert.ir.structural_ops import Add, Center, Concat, Extremum, Slice, Sort
 
@@ -49,6 +58,7 @@ ALL_OPS: tuple[type[Op], ...] = (
     PRelu,
     Center,
     L2Pool,
+    Householder,
     Opaque,
 )
 
@@ -65,6 +75,7 @@ __all__ = [
     "ConvTranspose",
     "Extremum",
     "GlobalAvgPool",
+    "Householder",
     "L2Pool",
     "Linear",
     "MaxPool",

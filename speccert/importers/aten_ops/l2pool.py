@@ -29,13 +29,14 @@ class L2Pools:
     parts: set[str] = field(default_factory=set)
 
 
-def _call(node: Any, *names: str) -> bool:
+def call(node: Any, *names: str) -> bool:
+    """`node` is an FX call of one of the ATen ops `names`."""
     return isinstance(node, torch.fx.Node) and node.op == "call_function" and str(node.target) in names
 
 
 def _only_user(node: torch.fx.Node, *names: str) -> torch.fx.Node | None:
     users = list(node.users)
-    return users[0] if len(users) == 1 and _call(users[0], *names) else None
+    return users[0] if len(users) == 1 and call(users[0], *names) else None
 
 
 def _args(node: torch.fx.Node) -> list[Any]:
@@ -56,8 +57,8 @@ def _match(sq: torch.fx.Node) -> tuple[list[torch.fx.Node], torch.fx.Node, torch
     if any(padding) or divisor is not None:
         return None
     users = list(pool.users)
-    sign = next((u for u in users if _call(u, "aten.sign.default")), None)
-    absolute = next((u for u in users if _call(u, "aten.abs.default")), None)
+    sign = next((u for u in users if call(u, "aten.sign.default")), None)
+    absolute = next((u for u in users if call(u, "aten.abs.default")), None)
     if len(users) != 2 or sign is None or absolute is None:
         return None
     relu = _only_user(absolute, "aten.relu.default")
@@ -78,7 +79,7 @@ def find_l2pools(graph: torch.fx.Graph) -> L2Pools:
     """Every L2 pool pattern of `graph` (module docstring)."""
     out = L2Pools()
     for node in graph.nodes:
-        if not _call(node, "aten.pow.Tensor_Scalar"):
+        if not call(node, "aten.pow.Tensor_Scalar"):
             continue
         found = _match(node)
         if found is None:

@@ -35,12 +35,13 @@ from speccert.importers.aten_ops.base import (
     Unsupported,
     schema_args,
 )
+from speccert.importers.aten_ops.householder import find_householders
 from speccert.importers.aten_ops.l2pool import find_l2pools
 from speccert.importers.merges import merge_affine
 from speccert.importers.problems import ATTENTION, group_problems
 from speccert.importers.sorting import fuse_sorts
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node, live_nodes
-from speccert.ir.ops import Opaque
+from speccert.ir.ops import Householder, Opaque
 
 Tensor = torch.Tensor
 
@@ -225,15 +226,20 @@ def exported_to_graph(
     keep_alive: list[Any] = []  # folded constants stay referenced so their ids stay unique
     output: Any = None
     l2pools = find_l2pools(ep.graph)  # LPPool p = 2 written as x^2, avg_pool, sign, sqrt: one L2Pool
+    householders = find_householders(ep.graph)  # deel-torchlip's HouseHolder: one Householder
     for node in ep.graph.nodes:
         ctx.node_name = node.name
         if node.op == "output":
             output = node
-        elif node.name in l2pools.parts:
-            env[node.name] = None  # inside an L2 pool, computed by its last node
+        elif node.name in l2pools.parts or node.name in householders.parts:
+            env[node.name] = None  # inside a pattern, computed by its last node
         elif node.name in l2pools.ops and isinstance(env[l2pools.ops[node.name][0]], TensorValue):
             pooled, op = l2pools.ops[node.name]
             env[node.name] = ctx.emit(op, [env[pooled]])
+        elif node.name in householders.ops and isinstance(env[householders.ops[node.name][0]], TensorValue):
+            z, theta = householders.ops[node.name]
+            angles = torch.as_tensor(env[theta]).detach().reshape(-1).float().clone()
+            env[node.name] = ctx.emit(Householder(angles), [env[z]])
         elif node.op != "placeholder":
             _walk_node(ep, ctx, node, env, problems, keep_alive, allow_unsupported)
     if problems and not allow_unsupported:

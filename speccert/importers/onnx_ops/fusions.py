@@ -11,6 +11,8 @@ parts (Erf, a product of two activations) have no Lipschitz bound, yet the whole
                                                               -> speccert.L2Pool(x; pool attributes, K)
   (sign(m) relu(|m|) = m; K = kh kw; the Mul by K may be missing). Its parts (x^2, Sign, sqrt) have no
   bound; the whole is 1-Lipschitz for non-overlapping windows (speccert.ir.ops.L2Pool).
+- deel-torchlip's HouseHolder activation: Split into halves ... Concat       -> speccert.Householder(x)
+  (speccert.importers.onnx_ops.householder).
 The fused nodes live in the private domain 'speccert' and have converters like any other op.
 """
 
@@ -25,36 +27,17 @@ from onnx import helper
 
 from speccert.importers.onnx_ops import BuildContext, Value, act, converter
 from speccert.importers.onnx_ops.examples import model
+from speccert.importers.onnx_ops.householder import try_householder
+from speccert.importers.onnx_ops.pattern import DOMAIN, constants, is_const
 from speccert.ir.ops import Activation, L2Pool
-
-DOMAIN = "speccert"
-
-
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    out = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output:
-            for a in n.attribute:
-                if a.name == "value":
-                    out[n.output[0]] = onnx.numpy_helper.to_array(a.t)
-                elif a.name == "value_float":
-                    out[n.output[0]] = np.asarray(a.f)
-    return out
-
-
-def _is(consts: dict[str, np.ndarray], name: str, value: float) -> bool:
-    c = consts.get(name)
-    return (
-        c is not None and c.size == 1 and abs(float(c.reshape(-1)[0]) - value) <= 1e-5 * max(1.0, abs(value))
-    )
 
 
 def fuse_activations(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """The graph's nodes with SiLU and GELU decompositions replaced by single fused nodes."""
     nodes = list(graph.node)
-    if not any(n.op_type in ("Sigmoid", "Erf", "HardSigmoid", "Pow") for n in nodes):
+    if not any(n.op_type in ("Sigmoid", "Erf", "HardSigmoid", "Pow", "Split") for n in nodes):
         return nodes
-    consts = _constants(graph)
+    consts = constants(graph)
     keep_outputs = {o.name for o in graph.output}
     fused_any = False
     while True:
@@ -91,6 +74,8 @@ def fuse_activations(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
                 fused = _try_gelu(n, users, producer, other, private, consts)
             elif n.op_type == "Pow":
                 fused = _try_l2pool(n, users, other, private, consts)
+            elif n.op_type == "Split":
+                fused = try_householder(n, users, producer, keep_outputs, consts)
             if fused is not None:
                 break
         if fused is None:
@@ -131,18 +116,18 @@ def _try_gelu(n, users, producer, other, private, consts):  # noqa: ANN001, ANN2
     x = scale.input[0]
     if not (
         scale.op_type == "Div"
-        and _is(consts, scale.input[1], math.sqrt(2.0))
+        and is_const(consts, scale.input[1], math.sqrt(2.0))
         or scale.op_type == "Mul"
-        and _is(consts, other(scale, x) or "", 1 / math.sqrt(2.0))
+        and is_const(consts, other(scale, x) or "", 1 / math.sqrt(2.0))
     ):
-        if scale.op_type == "Mul" and _is(consts, x, 1 / math.sqrt(2.0)):
+        if scale.op_type == "Mul" and is_const(consts, x, 1 / math.sqrt(2.0)):
             x = scale.input[1]
         else:
             return None
     (add,) = users(n.output[0])
     if (
         add.op_type != "Add"
-        or not _is(consts, other(add, n.output[0]) or "", 1.0)
+        or not is_const(consts, other(add, n.output[0]) or "", 1.0)
         or not private(add.output[0])
     ):
         return None
@@ -154,7 +139,7 @@ def _try_gelu(n, users, producer, other, private, consts):  # noqa: ANN001, ANN2
         if not private(mul1.output[0]):
             return None
         (mul2,) = users(mul1.output[0])
-        if mul2.op_type != "Mul" or not _is(consts, other(mul2, mul1.output[0]) or "", 0.5):
+        if mul2.op_type != "Mul" or not is_const(consts, other(mul2, mul1.output[0]) or "", 0.5):
             return None
         last, dead = mul2, [scale, n, add, mul1, mul2]
     else:  # (0.5 * x) * (1 + erf)
@@ -164,7 +149,7 @@ def _try_gelu(n, users, producer, other, private, consts):  # noqa: ANN001, ANN2
             or half.op_type != "Mul"
             or not private(left)
             or other(half, x) is None
-            or not _is(consts, other(half, x) or "", 0.5)
+            or not is_const(consts, other(half, x) or "", 0.5)
         ):
             return None
         last, dead = mul1, [scale, n, add, half, mul1]
@@ -181,7 +166,7 @@ def _only_user(users, private, name: str, op_type: str):  # noqa: ANN001, ANN202
 
 
 def _try_l2pool(n, users, other, private, consts):  # noqa: ANN001, ANN202
-    if len(n.input) != 2 or not _is(consts, n.input[1], 2.0):
+    if len(n.input) != 2 or not is_const(consts, n.input[1], 2.0):
         return None
     pool = _only_user(users, private, n.output[0], "AveragePool")
     if pool is None:
@@ -210,7 +195,7 @@ def _try_l2pool(n, users, other, private, consts):  # noqa: ANN001, ANN202
     if scale is not None and k in consts and consts[k].size == 1:
         dead, last, multiplier = dead + [scale], scale, float(consts[k].reshape(-1)[0])
     root = _only_user(users, private, last.output[0], "Pow")
-    if root is None or len(root.input) != 2 or not _is(consts, root.input[1], 0.5):
+    if root is None or len(root.input) != 2 or not is_const(consts, root.input[1], 0.5):
         return None
     fused = helper.make_node(
         "L2Pool",
