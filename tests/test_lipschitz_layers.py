@@ -277,3 +277,26 @@ def test_new_ops_export_to_onnx_and_reload_identically(layer: str, tmp_path: Pat
     assert lipschitz_bound(back, method="exact").upper == pytest.approx(
         lipschitz_bound(g, method="exact").upper, rel=1e-12
     )
+
+
+def test_certify_layer_table_shows_each_new_op_with_its_factor(tmp_path: Path) -> None:
+    from speccert.bounds import certify
+
+    torch.manual_seed(3)
+    m = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        TorchHouseholder(4),
+        TorchCentering(4, (2, 3)),
+        nn.LPPool2d(2, 3, 1),  # overlapping 3x3 windows: factor sqrt(9) = 3
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3),
+    ).eval()
+    g = speccert.load(_export(m, "pt2", tmp_path, (1, 6, 6)))
+    x = torch.rand(6, 1, 6, 6)
+    with torch.no_grad():
+        y = g.forward(x).argmax(1)
+    rows = certify(g, (x.numpy(), y.numpy()), eps=[0.01], lower_bound=False).to_dict()["layers"]
+    rules = {r["op"].split()[0]: r["upper"] for r in rows if r["method"] == "rule"}
+    assert set(rules) == {"Householder", "Center", "L2Pool"}
+    assert rules["Householder"] == rules["Center"] == 1.0
+    assert rules["L2Pool"] == pytest.approx(3.0, rel=1e-12) and rules["L2Pool"] >= 3.0

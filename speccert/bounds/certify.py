@@ -40,7 +40,7 @@ from speccert.bounds.options import CertifyOptions, options_from
 from speccert.bounds.sample_pass import Progress, Samples, certify_samples, check_kinds
 from speccert.data import Dataset, fit_to_model, load_data, make_dataset
 from speccert.errors import InternalError, UsageError
-from speccert.ir import Graph, Sort
+from speccert.ir import Center, Graph, Householder, L2Pool, Sort
 from speccert.ir.decision import decision_of
 from speccert.limits import human, plan_budget
 
@@ -76,7 +76,7 @@ def _classifier_classes(graph: Graph) -> int:
 
 # Nonlinear ops whose rule factor is a fixed property of the operator (not an activation's slope),
 # shown as table rows so that a reader sees what they contribute (1 for a Sort: nothing).
-RULE_ROWS = (Sort,)
+RULE_ROWS = (Sort, Householder, Center, L2Pool)
 
 
 def _layer_rows(bound: LipschitzBound) -> list[LayerRow]:
