@@ -300,3 +300,22 @@ def test_certify_layer_table_shows_each_new_op_with_its_factor(tmp_path: Path) -
     assert set(rules) == {"Householder", "Center", "L2Pool"}
     assert rules["Householder"] == rules["Center"] == 1.0
     assert rules["L2Pool"] == pytest.approx(3.0, rel=1e-12) and rules["L2Pool"] >= 3.0
+
+
+def test_a_householder_lookalike_with_a_stored_factor_is_not_fused(tmp_path: Path) -> None:
+    # Sin/Cos factors mixed with a stored number compute something else: no Householder (which would
+    # fail the load's comparison, exit 5); the parts are refused as usual (exit 3).
+    import numpy as np
+    import onnx
+
+    from speccert.importers.onnx_ops.householder import _example
+
+    m = _example(precomputed=False)()
+    mul = next(n for n in m.graph.node if n.op_type == "Mul" and list(n.input) == ["x0", "sh"])
+    mul.input[1] = "stored"
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.full((1, 2, 1), 0.3, np.float32), "stored"))
+    p = tmp_path / "lookalike.onnx"
+    onnx.save(m, str(p))
+    with pytest.raises(UnsupportedModelError) as info:
+        speccert.load(p)
+    assert "Householder" not in str(info.value) and "LessOrEqual" in str(info.value)

@@ -88,6 +88,7 @@ def try_householder(
     if helper.get_attribute_value(next(a for a in concat.attribute if a.name == "axis")) != 1:
         return None
     trig: list[onnx.NodeProto] = []
+    plain = False  # a factor that is a stored number, not Sin/Cos of an angle
     for n in region:
         if any(o in outputs or not _read_inside(o, region, concat, users) for o in n.output):
             return None
@@ -103,7 +104,9 @@ def try_householder(
                     return None
                 if all(src is not t for t in trig):
                     trig.append(src)
-            elif i not in consts:
+            elif i in consts:
+                plain = True
+            else:
                 return None
     angles = {t.input[0]: consts[t.input[0]].reshape(-1).astype(np.float64) for t in trig}
     fused = helper.make_node(
@@ -116,7 +119,7 @@ def try_householder(
     if not trig:
         fused.attribute.append(helper.make_attribute("precomputed", 1))
         return fused, [split, *region, concat]
-    if len(angles) != 2:
+    if len(angles) != 2 or plain:  # a mix is some other computation: its parts are reported as usual
         return None
     a1, a2 = angles.values()
     half, full = (a1, a2) if np.array_equal(a1 * 2, a2) else (a2, a1)
