@@ -32,15 +32,15 @@ from speccert.bounds.certificate import (
     NotApplicable,
 )
 from speccert.bounds.certificates.pairwise_margin import final_linear
-from speccert.bounds.certify_result import AuditSummary, CertifyReport, LayerRow
-from speccert.bounds.compose import graph_rule
+from speccert.bounds.certify_result import AuditSummary, CertifyReport
 from speccert.bounds.empirical import empirical_lipschitz
+from speccert.bounds.layer_rows import layer_rows
 from speccert.bounds.lipschitz import LipschitzBound, check_certifiable, lipschitz_bound
 from speccert.bounds.options import CertifyOptions, options_from
 from speccert.bounds.sample_pass import Progress, Samples, certify_samples, check_kinds
 from speccert.data import Dataset, fit_to_model, load_data, make_dataset
 from speccert.errors import InternalError, UsageError
-from speccert.ir import Center, Graph, Householder, L2Pool, Sort
+from speccert.ir import Graph
 from speccert.ir.decision import decision_of
 from speccert.limits import human, plan_budget
 
@@ -72,41 +72,6 @@ def _classifier_classes(graph: Graph) -> int:
             f"output has shape {list(shape)}"
         )
     return shape[0]
-
-
-# Nonlinear ops whose rule factor is a fixed property of the operator (not an activation's slope),
-# shown as table rows so that a reader sees what they contribute (1 for a Sort: nothing).
-RULE_ROWS = (Sort, Householder, Center, L2Pool)
-
-
-def _layer_rows(bound: LipschitzBound) -> list[LayerRow]:
-    """The linear layers' norm bounds and, in graph order between them, a row per RULE_ROWS node with
-    its composition factor (method "rule": lower = upper = the factor the bound multiplies by)."""
-    linear = {
-        n.name: LayerRow(
-            n.name,
-            n.op,
-            tuple(n.in_shape),
-            tuple(n.out_shape),
-            n.upper.value,
-            n.lower.value if n.lower is not None else None,
-            n.upper.method,
-            n.seconds,
-        )
-        for n in bound.layers
-    }
-    rows: list[LayerRow] = []
-    graph = bound.folded
-    for node in graph.nodes:
-        if node.name in linear:
-            rows.append(linear.pop(node.name))
-        elif isinstance(node.op, RULE_ROWS):
-            factor = graph_rule(graph, node).slope
-            shape = tuple(graph.shape_of(node.inputs[0]))
-            rows.append(
-                LayerRow(node.name, node.op.describe(), shape, tuple(node.shape), factor, factor, "rule")
-            )
-    return rows + list(linear.values())
 
 
 def plain_inference_seconds(graph: Graph, x: np.ndarray, batch_size: int, device: torch.device) -> float:
@@ -313,7 +278,7 @@ def _report(
     return CertifyReport(
         _model_info(graph, bound),
         data_info,
-        _layer_rows(bound),
+        layer_rows(bound),
         bound.upper,
         lower,
         eps_list,
