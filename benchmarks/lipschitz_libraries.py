@@ -69,7 +69,19 @@ def _deel_entries() -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...],
             dl.SpectralLinear(16 * mult * 8 * 8, 10),
         ]
 
-    return {  # name: (builder, input shape, is a net)
+    def lipnet() -> list[nn.Module]:
+        return [
+            dl.SpectralConv2d(1, 8, 3, padding=1),
+            dl.HouseHolder(8),
+            dl.LayerCentering(8),
+            dl.ScaledL2NormPool2d(2),
+            dl.SpectralConv2d(8, 16, 3, padding=1),
+            dl.HouseHolder(16),
+            nn.Flatten(),
+            dl.SpectralLinear(16 * 8 * 8, 10),
+        ]
+
+    return {  # name: (builder, input shape, is a net: no dense true norm; trained when a classifier)
         "SpectralLinear 64->32": (_deel(lambda: [dl.SpectralLinear(64, 32)]), (64,), False),
         "FrobeniusLinear 64->32": (_deel(lambda: [dl.FrobeniusLinear(64, 32)]), (64,), False),
         "SpectralConv2d 8->8 3x3 @16x16": (
@@ -88,9 +100,13 @@ def _deel_entries() -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...],
             False,
         ),
         "ScaledAvgPool2d 2x2 @8x16x16": (_deel(lambda: [dl.ScaledAvgPool2d(2)]), (8, 16, 16), False),
+        "LayerCentering 8ch @8x16x16": (_deel(lambda: [dl.LayerCentering(8)]), (8, 16, 16), False),
+        "ScaledL2NormPool2d 2x2 @8x16x16": (_deel(lambda: [dl.ScaledL2NormPool2d(2)]), (8, 16, 16), True),
+        "HouseHolder 8ch @8x16x16": (_deel(lambda: [dl.HouseHolder(8)]), (8, 16, 16), True),
         "CNN, GroupSort2": (_deel(lambda: cnn(dl.GroupSort2, 1)), (1, 16, 16), True),
         "CNN, FullSort": (_deel(lambda: cnn(dl.FullSort, 1)), (1, 16, 16), True),
         "CNN, MaxMin": (_deel(lambda: cnn(dl.MaxMin, 2)), (1, 16, 16), True),
+        "CNN, HouseHolder, LayerCentering, L2 pool": (_deel(lipnet), (1, 16, 16), True),
     }
 
 
@@ -203,7 +219,9 @@ def measure(
     torch.manual_seed(0)
     module = build()
     row: dict[str, Any] = {"library": library, "name": name, "input": list(shape), "claimed": 1.0}
-    row["trained_steps"] = steps if is_net and "SLL" not in name else 0
+    with torch.no_grad():  # only classifiers (10 logits) are trained; a lone layer keeps its init
+        classifier = module(torch.zeros(1, *shape)).shape == (1, 10)
+    row["trained_steps"] = steps if is_net and classifier and "SLL" not in name else 0
     if row["trained_steps"]:
         try:
             train(module, shape, steps)

@@ -25,13 +25,14 @@ ZOO = sorted((Path(__file__).resolve().parents[1] / "models").glob("*.onnx"))
 
 
 def _op_types() -> set[type[Op]]:
-    """Every Op subclass defined by speccert.ir.ops (walked, not read from a hand-kept list)."""
+    """Every Op subclass defined in speccert.ir (walked, not read from a hand-kept list; ops.py gathers
+    the op modules by kind)."""
     found: set[type[Op]] = set()
     todo = [Op]
     while todo:
         cls = todo.pop()
         for sub in cls.__subclasses__():
-            if sub.__module__ == ir_ops.__name__ and sub not in found:
+            if sub.__module__.startswith(ir_ops.__name__.rsplit(".", 1)[0] + ".") and sub not in found:
                 found.add(sub)
                 todo.append(sub)
     return found

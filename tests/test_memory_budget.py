@@ -97,3 +97,23 @@ def test_norm_methods_over_the_budget_fall_back_soundly() -> None:
     for n, t in zip(norms, truth, strict=True):
         assert n.upper.value >= t * (1 - 1e-12)
     assert norms[1].upper.value <= truth[1] * (1 + 1e-9)  # the small layer still gets the exact value
+    # auto says which methods the budget kept off (they are not skipped silently), and so does the bound
+    assert any("dense skipped" in note and "--max-memory" in note for note in norms[0].notes)
+    assert not any("--max-memory" in note for note in norms[1].notes)
+    from speccert.bounds import lipschitz_bound
+
+    lb_notes = lipschitz_bound(g).notes
+    assert any(
+        n.startswith("dense skipped on 1 layer(s) for memory") and "--max-memory" in n for n in lb_notes
+    )
+
+
+def test_no_method_within_the_budget_is_refused_naming_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    from speccert.errors import UnsupportedModelError
+
+    torch.manual_seed(0)
+    g = from_module(nn.Sequential(nn.Flatten(), nn.Linear(64, 48)), (1, 8, 8))
+    set_max_memory("1K")  # below every method's plan for the 48 x 64 matrix
+    with pytest.raises(UnsupportedModelError) as info:
+        layer_norms(g)
+    assert "--max-memory" in str(info.value.problems)

@@ -3,6 +3,8 @@ faithfulness check still catches (and localises) a wrong conversion, and constan
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -10,7 +12,8 @@ import torch
 from onnx import helper
 
 from speccert.errors import InternalError
-from speccert.importers.onnx_import import _without_weights, load_onnx
+from speccert.importers.onnx_import import load_onnx
+from speccert.importers.onnx_model import without_weights
 from speccert.importers.onnx_ops import linear
 from speccert.importers.onnx_ops.examples import model, randn
 from speccert.ir.ops import Linear
@@ -44,7 +47,7 @@ def test_constants_keep_their_exact_values(tmp_path, shared: bool) -> None:
 def test_without_weights_keeps_the_structure(tmp_path) -> None:
     path, *_ = _mlp(tmp_path)
     m = onnx.load(str(path))
-    light, nodes = _without_weights(m, list(m.graph.node))
+    light, nodes = without_weights(m, list(m.graph.node))
     assert not light.graph.initializer
     assert [n.name for n in nodes] == ["fc1", "relu", "fc2"]
     assert [o.name for o in light.graph.output] == ["y"] and light.opset_import[0].version == 13
@@ -56,3 +59,22 @@ def test_a_wrong_conversion_is_still_caught_and_localised(tmp_path, monkeypatch)
     monkeypatch.setattr(linear, "tensor", lambda a: torch.from_numpy(np.array(a, np.float32) + 0.5))
     with pytest.raises(InternalError, match="not faithful at node 'fc1'"):
         load_onnx(path)
+
+
+def test_big_models_are_checked_on_one_input(tmp_path, monkeypatch) -> None:
+    # The check's forward passes dominate a big model's load: one random input there, three otherwise.
+    from speccert.importers import onnx_check
+
+    seen: list[int] = []
+    real = onnx_check._run_ort
+
+    def spy(model, input_name, x, batch, outputs):  # noqa: ANN001, ANN202
+        seen.append(x.shape[0])
+        return real(model, input_name, x, batch, outputs)
+
+    monkeypatch.setattr(onnx_check, "_run_ort", spy)
+    path = Path(__file__).resolve().parents[1] / "models" / "mlp.onnx"
+    load_onnx(path)
+    monkeypatch.setattr(onnx_check, "BIG_MODEL_PARAMETERS", 1000)
+    load_onnx(path)
+    assert seen == [onnx_check.N_SAMPLES, 1]

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from quotient_ascent import ascent
 
 import speccert
 from speccert.bounds import certify, lipschitz_bound
@@ -20,25 +21,6 @@ from speccert.importers.sorting import fuse_sorts
 from speccert.ir import INPUT, Concat, Extremum, Graph, Linear, Node, Reshape, Slice, Sort
 
 D = torch.float64
-
-
-def _ascent(f, x0: torch.Tensor, steps: int = 60) -> float:  # noqa: ANN001
-    """The largest ||f(x) - f(y)|| / ||x - y|| met by gradient ascent over pairs from x0 (a lower
-    bound of L; the Jacobian of these piecewise-linear maps is locally constant, so its norm has no
-    gradient, but the difference quotient has one)."""
-    x = x0.clone().requires_grad_(True)
-    y = (
-        x0 + 0.3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(7), dtype=D)
-    ).requires_grad_(True)
-    opt = torch.optim.Adam([x, y], lr=0.03)
-    best = 0.0
-    for _ in range(steps):
-        val = (f(x) - f(y)).norm() / (x - y).norm()
-        best = max(best, float(val))
-        opt.zero_grad()
-        (-val).backward()
-        opt.step()
-    return best
 
 
 def _sort_net(seed: int, n: int, group: int, strided: bool, descending: bool) -> Graph:
@@ -67,7 +49,7 @@ def _sort_net(seed: int, n: int, group: int, strided: bool, descending: bool) ->
     strided=st.booleans(),
     descending=st.booleans(),
 )
-def test_sort_rule_is_exactly_the_product_and_covers_ascent(
+def test_sort_rule_is_exactly_the_product_and_coversascent(
     seed: int, groups: int, group: int, strided: bool, descending: bool
 ) -> None:
     g = _sort_net(seed, groups * group, group, strided, descending)
@@ -77,12 +59,12 @@ def test_sort_rule_is_exactly_the_product_and_covers_ascent(
     assert lb.upper == pytest.approx(s1 * s2, rel=1e-9)  # factor 1: nothing added by the Sort
     assert lb.upper >= s1 * s2
     x0 = torch.randn(5, generator=torch.Generator().manual_seed(seed), dtype=D)
-    assert _ascent(lambda z: g.forward(z[None])[0], x0) <= lb.upper
+    assert ascent(lambda z: g.forward(z[None])[0], x0) <= lb.upper
 
 
 @settings(max_examples=10, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 1000), is_max=st.booleans())
-def test_extremum_hypot_rule_covers_ascent(seed: int, is_max: bool) -> None:
+def test_extremum_hypot_rule_coversascent(seed: int, is_max: bool) -> None:
     gen = torch.Generator().manual_seed(seed)
     wa, wb = torch.randn(4, 3, generator=gen, dtype=D), 3 * torch.randn(4, 3, generator=gen, dtype=D)
     g = Graph(
@@ -98,7 +80,7 @@ def test_extremum_hypot_rule_covers_ascent(seed: int, is_max: bool) -> None:
     sa, sb = (float(torch.linalg.matrix_norm(w, ord=2)) for w in (wa, wb))
     assert lb.upper == pytest.approx(math.hypot(sa, sb), rel=1e-9)
     x0 = torch.randn(3, generator=gen, dtype=D)
-    assert _ascent(lambda z: g.forward(z[None])[0], x0) <= lb.upper
+    assert ascent(lambda z: g.forward(z[None])[0], x0) <= lb.upper
 
 
 # ---- how torch code and the libraries write them (re-implemented here: no extra test dependency) --------
@@ -191,7 +173,7 @@ def test_unmatched_halves_are_not_fused_and_stay_sound() -> None:
     assert fuse_sorts(g) is g
     lb = lipschitz_bound(g, method="exact")
     x0 = torch.randn(3, generator=gen, dtype=D)
-    assert _ascent(lambda z: g.forward(z[None])[0], x0) <= lb.upper
+    assert ascent(lambda z: g.forward(z[None])[0], x0) <= lb.upper
 
 
 def test_certify_a_groupsort_net_falls_back_soundly_for_local_kinds() -> None:
@@ -217,3 +199,19 @@ def test_sort_graphs_export_to_onnx_and_reload_identically(act: str, tmp_path: P
     assert lipschitz_bound(back, method="exact").upper == pytest.approx(
         lipschitz_bound(g, method="exact").upper, rel=1e-12
     )
+
+
+def test_certify_layer_table_has_a_rule_row_per_sort() -> None:
+    # The table a user reads lists every factor the bound multiplies: the Sort's 1 too, in graph order.
+    g = _sort_net(5, 6, 3, strided=False, descending=True)
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1), dtype=D)
+    with torch.no_grad():
+        y = g.forward(x).argmax(1)
+    rep = certify(g, (x.numpy(), y.numpy()), eps=[0.05], lower_bound=False)
+    rows = rep.to_dict()["layers"]
+    names = [r["name"] for r in rows]
+    assert names.index("l1") < names.index("sort") < names.index("l2")
+    sort = rows[names.index("sort")]
+    assert (sort["upper"], sort["lower"], sort["method"]) == (1.0, 1.0, "rule")
+    assert sort["op"] == "Sort axis 1 descending" and sort["in_shape"] == [2, 3]
+    assert math.prod(r["upper"] for r in rows) == pytest.approx(rep.lipschitz_upper, rel=1e-9)

@@ -32,8 +32,9 @@ from speccert.bounds.certificate import (
     NotApplicable,
 )
 from speccert.bounds.certificates.pairwise_margin import final_linear
-from speccert.bounds.certify_result import AuditSummary, CertifyReport, LayerRow
+from speccert.bounds.certify_result import AuditSummary, CertifyReport
 from speccert.bounds.empirical import empirical_lipschitz
+from speccert.bounds.layer_rows import layer_rows
 from speccert.bounds.lipschitz import LipschitzBound, check_certifiable, lipschitz_bound
 from speccert.bounds.options import CertifyOptions, options_from
 from speccert.bounds.sample_pass import Progress, Samples, certify_samples, check_kinds
@@ -71,22 +72,6 @@ def _classifier_classes(graph: Graph) -> int:
             f"output has shape {list(shape)}"
         )
     return shape[0]
-
-
-def _layer_rows(bound: LipschitzBound) -> list[LayerRow]:
-    return [
-        LayerRow(
-            n.name,
-            n.op,
-            tuple(n.in_shape),
-            tuple(n.out_shape),
-            n.upper.value,
-            n.lower.value if n.lower is not None else None,
-            n.upper.method,
-            n.seconds,
-        )
-        for n in bound.layers
-    ]
 
 
 def plain_inference_seconds(graph: Graph, x: np.ndarray, batch_size: int, device: torch.device) -> float:
@@ -293,7 +278,7 @@ def _report(
     return CertifyReport(
         _model_info(graph, bound),
         data_info,
-        _layer_rows(bound),
+        layer_rows(bound),
         bound.upper,
         lower,
         eps_list,

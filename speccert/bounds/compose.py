@@ -11,6 +11,11 @@ of the derivative, so ||D^2 v(x)[h, h]|| <= H_v ||h||^2):
     hypot   (Concat):                                      L_v = sqrt(sum L_i^2)  H_v = sqrt(sum H_i^2)
     output  (Softmax, only as the graph's output: certificates are on the logits): L_v = L_u, H_v = H_u
     Slice (a coordinate selection): scale with a = 1, k = 0 (it is linear and 1-Lipschitz)
+    L2Pool (the L2 norm of each window, LPPool p = 2): scale with a = l2pool_factor (1 for
+             non-overlapping full windows; see speccert.ir.ops.L2Pool), k = None
+    Householder (a reflection of each channel pair chosen by the input): scale with a = 1, k = None
+             (continuous, piecewise orthogonal; see speccert.ir.ops.Householder)
+    Center (x - mean over axes, an orthogonal projection): scale with a = 1, k = 0 (see ir.ops.Center)
     Standardize (LayerNorm / GroupNorm without affine): scale with a = 1/sqrt(eps) (the sup of its
              Jacobian norm, see speccert.ir.ops.Standardize), k = None (no curvature derived)
     Sort (GroupSort / FullSort / MaxMin): scale with a = 1, k = None (a permutation of each group that
@@ -86,6 +91,28 @@ def standardize_factor(op: O.Standardize) -> float:
     if not (op.eps > 0 and math.isfinite(op.eps)):
         raise NoRule(f"LayerNorm/GroupNorm with eps={op.eps} has no Lipschitz bound (eps must be > 0)")
     return round_up(1.0 / math.sqrt(op.eps), 4)
+
+
+def l2pool_factor(op: O.L2Pool, in_shape: Shape, out_shape: Shape) -> float:
+    """sqrt(multiplier * prod_i c_i / prod_i m_i), rounded up: the Lipschitz bound of an L2Pool node
+    (proof in speccert.ir.ops.L2Pool). c_i: the most windows along axis i holding one entry,
+    min(k_i, ceil(k_i / s_i), n_out_i); m_i: the smallest window extent along axis i, k_i or the last
+    window's min(k_i, n_in_i - (n_out_i - 1) s_i) when ceil_mode lets it run past the border."""
+    m = op.multiplier
+    if not (m > 0 and math.isfinite(m)):
+        raise NoRule(f"L2 pool with multiplier {m} has no Lipschitz bound")
+    counts, extents = [], []
+    for k, s, n_in, n_out in zip(op.kernel, op.stride, in_shape[1:], out_shape[1:], strict=True):
+        counts.append(min(k, -(-k // s), n_out))
+        extents.append(min(k, n_in - (n_out - 1) * s))
+    if min(extents) < 1:
+        raise NoRule("L2 pool with a window outside the input")
+    return round_up(math.sqrt(m * math.prod(counts) / math.prod(extents)), 8)
+
+
+def _l2pool(op: O.Op, in_shapes: Sequence[Shape], out_shape: Shape) -> Rule:
+    assert isinstance(op, O.L2Pool)
+    return Rule("scale", l2pool_factor(op, in_shapes[0], out_shape), None)
 
 
 def _standardize(op: O.Op, in_shapes: Sequence[Shape], out_shape: Shape) -> Rule:
@@ -166,6 +193,9 @@ RULES: dict[type[O.Op], RuleFn] = {
     O.Sort: _sort,
     O.Extremum: _extremum,
     O.PRelu: _prelu,
+    O.Center: _selection,
+    O.L2Pool: _l2pool,
+    O.Householder: _sort,
     O.Opaque: _opaque,
 }
 assert set(RULES) == set(ALL_OPS), "every IR op type needs exactly one rule"

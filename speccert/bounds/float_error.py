@@ -12,6 +12,10 @@ Add/Concat). So ||f_computed(x) - f(x)|| <= sum_v D_v e_v(x) (+ higher-order ter
         of |A|, from the weights; ||A||_2 for the non-negative pooling matrices; exact ops: 0)
     activation, PRelu:         e_v <= 64 u ||v||      (elementwise library functions: a few ulps)
     Standardize (blocks of n): e_v <= gamma(n + 5) (||x_in|| / sqrt(eps) + sqrt(numel)) + 64 u ||v||
+    L2Pool (windows of n):     e_v <= gamma(n + 5) ||v||   (squares, sum, scaling; sqrt halves it, adds u)
+    Householder:               e_v <= 64 u ||x_in||  (3 roundings per output and the sin/cos; a wrong branch
+                               near s = 0 costs 2|s| <= 2 |fl(s) - s|)
+    Center (fibres of n):      e_v <= gamma(n + 2) ||x_in|| + 64 u ||v||   (the mean, then a subtraction)
     Add:                       e_v <= u ||v||;   max-pool, Concat, Reshape, Transpose, Pad, Slice,
                                Sort, Extremum (max/min of two tensors): exact.
 
@@ -35,7 +39,21 @@ import torch
 
 from speccert.bounds.compose import downstream, standardize_factor, upper_norms
 from speccert.errors import InternalError
-from speccert.ir import INPUT, Activation, Add, AvgPool, BatchNorm, Conv, Graph, Linear, PRelu, Standardize
+from speccert.ir import (
+    INPUT,
+    Activation,
+    Add,
+    AvgPool,
+    BatchNorm,
+    Center,
+    Conv,
+    Graph,
+    Householder,
+    L2Pool,
+    Linear,
+    PRelu,
+    Standardize,
+)
 from speccert.ir import Affine as AffineOp
 from speccert.norms import UpperBound
 
@@ -153,6 +171,26 @@ class ErrorModel:
                 gk = gamma_u(n + 5)
                 f, numel = standardize_factor(op), math.sqrt(math.prod(node.shape))
                 self.terms.append((node.inputs[0], d[node.name] * gk * f, d[node.name] * gk * numel))
+                self.terms.append((node.name, d[node.name] * 64 * unit, 0.0))
+            elif isinstance(op, Householder):
+                # Per pair z = (x, y): each output is two products and a sum of sin/cos values that are
+                # off by an ulp: <= 8 u (|x| + |y|) <= 8 sqrt(2) u ||z||; where the computed selector has the
+                # wrong sign, |s| <= |fl(s) - s| <= 8 sqrt(2) u ||z|| and the branches differ by 2 |s|
+                # (they agree at s = 0): under 64 u ||z|| per pair, so for the whole tensor.
+                self.terms.append((node.inputs[0], d[node.name] * 64 * unit, 0.0))
+            elif isinstance(op, L2Pool):
+                # q = multiplier * mean(x^2) per window: squares (u), a sum of n (gamma(n - 1)), the
+                # division and the product (2 u) give fl(q) = q (1 + d), |d| <= gamma(n + 3), all terms
+                # being >= 0; sqrt halves d and rounds once more: relative error <= gamma(n + 5) per entry.
+                n = math.prod(op.kernel)
+                self.terms.append((node.name, d[node.name] * gamma_u(n + 5), 0.0))
+            elif isinstance(op, Center):
+                # Per fibre of n entries the computed mean is off by <= gamma(n + 1) mean|x_f| <=
+                # gamma(n + 1) ||x_f|| / sqrt(n) (any summation order), subtracted from n entries, each
+                # subtraction rounded (u |y_i|): gamma(n + 1) ||x_f|| + u ||y_f||; squares summed.
+                shape_in = graph.shape_of(node.inputs[0])
+                n = math.prod(shape_in[a] for a in op.axes)
+                self.terms.append((node.inputs[0], d[node.name] * gamma_u(n + 2), 0.0))
                 self.terms.append((node.name, d[node.name] * 64 * unit, 0.0))
             else:  # a new op type must say how it rounds, never be taken as exact by default
                 raise InternalError(f"no rounding-error rule for {node.op_type} (node '{node.name}')")

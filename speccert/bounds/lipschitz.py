@@ -12,7 +12,7 @@ proven upper bound. Only `UpperBound` results reach the composition (mypy enforc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +21,7 @@ from speccert.bounds.compose import RoundedUp, compose, maxpool_factor, upper_no
 from speccert.errors import UnsupportedModelError, UsageError
 from speccert.ir import INPUT, Affine, Graph, Node, Softmax, fold_linear
 from speccert.norms import LayerNorm, UpperBound, layer_norms
+from speccert.norms.auto import BUDGET_HINT
 from speccert.norms.method import EXACT_MAX_DIM
 
 NORMALISATION_NODE = "input_normalisation"
@@ -139,6 +140,21 @@ def compose_bounds(
     return out.lipschitz, out.curvature
 
 
+def _memory_notes(norms: Sequence[LayerNorm]) -> list[str]:
+    """One note per norm method that the memory budget kept off some layers (auto took the next sound
+    bound there), naming the first layer and the budget's option."""
+    skipped: dict[str, list[str]] = {}
+    for n in norms:
+        for note in n.notes:
+            if BUDGET_HINT in note:
+                skipped.setdefault(note.split(" skipped:", 1)[0], []).append(f"{n.name}: {note}")
+    return [
+        f"{method} skipped on {len(found)} layer(s) for memory, a cheaper sound bound used instead "
+        f"(first: {found[0]})"
+        for method, found in skipped.items()
+    ]
+
+
 def lipschitz_bound(
     graph: Graph,
     method: str = "auto",
@@ -169,7 +185,7 @@ def lipschitz_bound(
         norms = layer_norms(g64, method, device, exact_max_dim=exact_max_dim, progress=progress)
     uppers = {n.name: n.upper for n in norms}
     lip, curv = compose_bounds(folded, uppers)
-    notes = []
+    notes = _memory_notes(norms)
     if stripped is not None:
         notes.append(
             f"the output {folded.output!r} is certified (logits): the final softmax node "

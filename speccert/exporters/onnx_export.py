@@ -22,6 +22,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from speccert.errors import UnsupportedModelError, UsageError
+from speccert.exporters.onnx_patterns import export_center, export_householder, export_l2pool
 from speccert.ir.graph import INPUT, Graph, Node
 from speccert.ir.ops import (
     Activation,
@@ -29,11 +30,14 @@ from speccert.ir.ops import (
     Affine,
     AvgPool,
     BatchNorm,
+    Center,
     Concat,
     Conv,
     ConvTranspose,
     Extremum,
     GlobalAvgPool,
+    Householder,
+    L2Pool,
     Linear,
     MaxPool,
     Op,
@@ -262,6 +266,9 @@ _EXPORTERS: dict[type[Op], _Exporter] = {
     Slice: _export_slice,
     Standardize: _export_standardize,
     Sort: _export_sort,
+    Center: export_center,
+    L2Pool: export_l2pool,
+    Householder: export_householder,
     PRelu: lambda w, node, op, xs, in_shape, out: w.node(
         "PRelu", [xs[0], w.const(f"{node.name}.slope", op.slope)], out
     ),

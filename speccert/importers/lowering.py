@@ -11,6 +11,9 @@ rules of its parts:
   Reshape to the result; a mean over all trailing spatial axes is a single GlobalAvgPool.
 - layer norm over the last k axes: Standardize(k, eps) (1/sqrt(eps)-Lipschitz), Affine(gamma, beta).
 - group norm: Reshape [G, rest], Standardize(1, eps), Reshape back, per-channel Affine(gamma, beta).
+- x - mean(x over axes, keepdims) (deel-torchlip's LayerCentering): one Center(axes) (an orthogonal
+  projection, factor 1) instead of Add(x, -broadcast(mean)) (factor 2): `centering_axes` recognises the
+  mean's chain.
 - max (min) over one axis of length n: n = 2, Extremum of the two Slices (the pair pattern of
   speccert.importers.sorting then fuses a MaxMin into a Sort); n > 2, Sort(descending) and the Slice of
   its first entry, 1-Lipschitz (|max x - max y| <= ||x - y||_inf per fibre); then a Reshape without the
@@ -20,11 +23,12 @@ rules of its parts:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
 
+from speccert.ir.graph import Node
 from speccert.ir.ops import (
     Activation,
     Affine,
@@ -179,3 +183,41 @@ def reduce_extremum(
     if keepdims:
         return y
     return emit(Reshape(tuple(d for i, d in enumerate(shape) if i != axis)), y)
+
+
+_MEAN_CHAIN = (Reshape, Transpose, GlobalAvgPool)  # what `mean` above emits
+
+
+def centering_axes(
+    nodes: Sequence[Node], a: str, b: str, a_shape: tuple[int, ...], b_shape: tuple[int, ...]
+) -> tuple[int, ...] | None:
+    """The axes over which `a - b` centres `a`, or None: b must be mean(a over those axes, keepdims),
+    i.e. of a's rank with 1 where it differs from a's shape, computed from a by a chain of the nodes
+    `mean` emits (Reshape / Transpose / GlobalAvgPool, at least one pool). The chain is linear, as is
+    the mean; the two are compared on a random float64 input (two different linear maps agree on it
+    with probability 0), and the load's faithfulness check compares the result with the file again."""
+    if len(a_shape) != len(b_shape):
+        return None
+    axes = tuple(i for i, (m, n) in enumerate(zip(a_shape, b_shape, strict=True)) if m != n)
+    if not axes or any(b_shape[i] != 1 for i in axes):
+        return None
+    by_name = {n.name: n for n in nodes}
+    chain: list[Op] = []
+    cur = b
+    while cur != a:
+        node = by_name.get(cur)
+        if node is None or not isinstance(node.op, _MEAN_CHAIN) or len(chain) > 8:
+            return None
+        chain.append(node.op)
+        cur = node.inputs[0]
+    if not any(isinstance(op, GlobalAvgPool) for op in chain):
+        return None
+    x = torch.randn((2, *a_shape), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = x
+    with torch.no_grad():
+        for op in reversed(chain):
+            y = op.forward(y)
+    want = x.mean(dim=tuple(i + 1 for i in axes), keepdim=True)
+    if y.shape != want.shape or not torch.allclose(y, want, rtol=1e-12, atol=1e-12):
+        return None
+    return axes

@@ -12,10 +12,8 @@ axis 0 of the ONNX input; IR shapes exclude it.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,26 +21,26 @@ from pathlib import Path
 import onnx
 import torch
 
-from speccert.errors import InputError, UnsupportedModelError, UsageError
+from speccert.errors import InputError, UnsupportedModelError
 from speccert.importers.attention import onnx_attention
 from speccert.importers.circular import fuse_circular_convs
+from speccert.importers.merges import merge_affine, merge_bias
 from speccert.importers.onnx_check import check_faithful
 from speccert.importers.onnx_fold import fold, opaque_fn
+from speccert.importers.onnx_model import input_spec, model_opset, return_freed_memory, without_weights
 from speccert.importers.onnx_ops import (
-    MAX_OPSET,
-    MIN_OPSET,
     Act,
     NotConvertible,
     Value,
     find_converter,
 )
-from speccert.importers.onnx_ops.fusions import DOMAIN as FUSED_DOMAIN
 from speccert.importers.onnx_ops.fusions import fuse_activations
+from speccert.importers.onnx_ops.pattern import DOMAIN as FUSED_DOMAIN
 from speccert.importers.onnx_safety import read_onnx
 from speccert.importers.problems import group_problems
 from speccert.importers.sorting import fuse_sorts
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256, live_nodes
-from speccert.ir.ops import Affine, Linear, Op, Opaque
+from speccert.ir.ops import Op, Opaque
 from speccert.limits import check_bytes
 
 Problem = tuple[str, str, str]
@@ -96,103 +94,6 @@ class _Builder:
         return Act(name, tuple(y.shape[1:]))
 
 
-def _input_spec(
-    model: onnx.ModelProto, input_shape: tuple[int, ...] | None
-) -> tuple[str, tuple[int, ...], int | None]:
-    inits = {t.name for t in model.graph.initializer}
-    ins = [i for i in model.graph.input if i.name not in inits]
-    if len(ins) != 1:
-        names = ", ".join(repr(i.name) for i in ins)
-        raise UsageError(
-            f"the model has {len(ins)} inputs ({names}); speccert certifies models with exactly one input"
-        )
-    inp = ins[0]
-    tt = inp.type.tensor_type
-    if tt.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
-        raise UnsupportedModelError(
-            f"input '{inp.name}' has element type "
-            f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; a float input is needed"
-        )
-    dims: list[int | None] = [
-        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim
-    ]
-    shown = "[" + ", ".join(str(d) if d is not None else "?" for d in dims) + "]"
-    if not tt.HasField("shape") or len(dims) < 2:
-        raise UsageError(
-            f"input '{inp.name}' has shape {shown}: a batch axis followed by the sample's axes is needed"
-        )
-    batch, rest = dims[0], dims[1:]
-    if input_shape is not None:
-        if len(input_shape) != len(rest) or any(
-            d is not None and d != s for d, s in zip(rest, input_shape, strict=True)
-        ):
-            raise UsageError(
-                f"--input-shape {','.join(map(str, input_shape))} does not match the model input "
-                f"'{inp.name}' of shape {shown} (batch axis first, not part of --input-shape)"
-            )
-        return inp.name, tuple(input_shape), batch
-    if any(d is None for d in rest):
-        raise UsageError(
-            f"model input '{inp.name}' has dynamic dimensions {shown}; pass --input-shape "
-            "(without the batch axis)"
-        )
-    return inp.name, tuple(int(d) for d in rest if d is not None), batch
-
-
-def _merge_bias(nodes: list[Node], output: str) -> list[Node]:
-    """Linear followed only by a shift-only Affine of its outputs (MatMul + Add) -> one Linear."""
-    out = list(nodes)
-    for aff in list(out):
-        if not isinstance(aff.op, Affine) or aff.inputs[0] == INPUT:
-            continue
-        prev = next((n for n in out if n.name == aff.inputs[0]), None)
-        if prev is None or not isinstance(prev.op, Linear) or prev.name == output:
-            continue
-        if sum(prev.name in n.inputs for n in out) != 1 or not bool((aff.op.scale == 1).all()):
-            continue
-        m = prev.op.weight.shape[0]
-        shift = aff.op.shift
-        if shift.dim() > 1 or shift.numel() not in (1, m):
-            continue
-        w = prev.op.weight
-        exact = (
-            prev.op.bias if prev.op.bias is not None else torch.zeros(m)
-        ).double() + shift.double().expand(m)
-        bias = exact.to(w.dtype)
-        if not torch.equal(bias.double(), exact):
-            continue  # b + c is not a float32 number: fold_linear adds it in float64 when certifying
-        merged = Node(aff.name, Linear(weight=w, bias=bias.detach().clone()), prev.inputs)
-        out = [merged if n is aff else n for n in out if n is not prev]
-    return out
-
-
-def _merge_affine(nodes: list[Node], output: str) -> list[Node]:
-    """Affine followed only by an Affine (Mul then Add by constants) -> one Affine:
-    s2 (s1 x + t1) + t2 = (s1 s2) x + (s2 t1 + t2)."""
-    out = list(nodes)
-    changed = True
-    while changed:
-        changed = False
-        for second in out:
-            if not isinstance(second.op, Affine) or second.inputs[0] == INPUT:
-                continue
-            first = next((n for n in out if n.name == second.inputs[0]), None)
-            if first is None or not isinstance(first.op, Affine) or first.name == output:
-                continue
-            if sum(first.name in n.inputs for n in out) != 1:
-                continue
-            s1, t1, s2, t2 = first.op.scale, first.op.shift, second.op.scale, second.op.shift
-            merged = Node(
-                second.name,
-                Affine(scale=(s1 * s2).detach().clone(), shift=(s2 * t1 + t2).detach().clone()),
-                first.inputs,
-            )
-            out = [merged if n is second else n for n in out if n is not first]
-            changed = True
-            break
-    return out
-
-
 def load_onnx(
     path: str | os.PathLike[str],
     input_shape: tuple[int, ...] | None = None,
@@ -213,8 +114,8 @@ def load_onnx(
     """
     path = Path(path)
     model = read_onnx(path)
-    opset = _opset(path, model)
-    input_name, shape, batch = _input_spec(model, input_shape)
+    opset = model_opset(path, model)
+    input_name, shape, batch = input_spec(model, input_shape)
     attention = onnx_attention(model.graph, input_name)
     if attention:  # one line naming it, not the batch-moving reshapes met first (attention.py)
         raise UnsupportedModelError(f"{path}: the model uses attention", attention)
@@ -223,8 +124,8 @@ def load_onnx(
     b = _Builder(opset, shape, batch_fixed_one=batch == 1)
     nodes = fuse_activations(model.graph)
     values: dict[str, Value | None] = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    model, nodes = _without_weights(model, nodes)
-    _return_freed_memory()
+    model, nodes = without_weights(model, nodes)
+    return_freed_memory()
     values[input_name] = Act(INPUT, shape)
     # each constant is dropped after its last reader: the IR holds its own copy by then
     readers = Counter(n for node in nodes for n in node.input if n)
@@ -258,50 +159,6 @@ def load_onnx(
     return _finish(
         path, model, values, b, problems, ir_to_onnx, input_name, shape, batch, check, allow_unsupported
     )
-
-
-def _without_weights(
-    model: onnx.ModelProto, nodes: list[onnx.NodeProto]
-) -> tuple[onnx.ModelProto, list[onnx.NodeProto]]:
-    """Fresh copies of the model's structure and of `nodes`, without the initializers.
-
-    A parsed ModelProto keeps every tensor's bytes in one arena until the last message taken from it is
-    dropped; once the initializers are numpy arrays, that second copy of the weights (507 MB for
-    VGG-11) is freed by dropping the parsed model and its nodes. The faithfulness check runs
-    onnxruntime on the file itself."""
-    copies = []
-    for n in nodes:
-        c = onnx.NodeProto()
-        c.CopyFrom(n)
-        copies.append(c)
-    model.graph.ClearField("initializer")
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    return light, copies
-
-
-def _return_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc only; elsewhere a no-op).
-
-    glibc keeps freed small and mid-sized blocks (the parsed protobuf's arena, the constants'
-    arrays) in its heap, so the next big allocation (the IR's weights, onnxruntime's session) would
-    stack on top of them in RSS: VGG-11 measured 1.6 GB instead of 1.1 GB before the check."""
-    if sys.platform != "linux":
-        return
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-        return
-
-
-def _opset(path: Path, model: onnx.ModelProto) -> int:
-    """The model's default-domain opset, which must lie in the supported range."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UnsupportedModelError(
-            f"{path}: ONNX opset {opset} is outside the supported {MIN_OPSET}-{MAX_OPSET}"
-        )
-    return opset
 
 
 def _convert_node(
@@ -378,7 +235,7 @@ def _finish(
             + ("" if not report else " (see unsupported nodes)"),
             report,
         )
-    nodes = live_nodes(_merge_bias(_merge_affine(b.nodes, out.name), out.name), out.name)
+    nodes = live_nodes(merge_bias(merge_affine(b.nodes, out.name), out.name), out.name)
     live = {n.name for n in nodes}
     report = [p for p, created in problems if not created or live.intersection(created)]
     sha = file_sha256(path)
@@ -400,7 +257,7 @@ def _finish(
     if report and not allow_unsupported:
         raise UnsupportedModelError(f"{path}: {len(report)} unsupported node(s)", group_problems(report))
     if check and not graph.unsupported():
-        _return_freed_memory()  # the converted constants: before onnxruntime loads its own copy
+        return_freed_memory()  # the converted constants: before onnxruntime loads its own copy
         check_faithful(
             path, model, graph, input_name, batch, {k: v for k, v in ir_to_onnx.items() if k in live}
         )

@@ -115,12 +115,22 @@ def _staged(stage: Stage) -> list[NormMethod]:
     return sorted(found, key=lambda m: (m.auto.order, m.name))
 
 
-def _run(method: NormMethod, layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormResult]:
+BUDGET_HINT = "(the memory budget: raise it with --max-memory)"
+
+
+def _run(
+    method: NormMethod, layer: LinearLayer, ctx: NormContext, notes: list[str], quiet_caps: bool = False
+) -> list[NormResult]:
+    """The method's results, or [] with a note when it refuses the layer; `quiet_caps`: no note when a
+    size cap refused it (the decisive stage's normal case), but always one for the memory budget."""
     if not method.applies(layer):
         return []
     why = method.refuse(layer, ctx)
     if why is not None:
-        notes.append(f"{method.name} skipped: {why}")
+        if why == NormMethod.refuse(method, layer, ctx):  # the memory budget alone
+            notes.append(f"{method.name} skipped: {why} {BUDGET_HINT}")
+        elif not quiet_caps:
+            notes.append(f"{method.name} skipped: {why}")
         return []
     ctx.tell(method.name)
     return method.compute(layer, ctx)
@@ -139,7 +149,7 @@ def _has_upper(results: list[NormResult]) -> bool:
 
 def _auto(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormResult]:
     for method in _staged("decisive"):
-        got = _run(method, layer, ctx, [])  # too big is the normal case for these: no note
+        got = _run(method, layer, ctx, notes, quiet_caps=True)
         if _has_upper(got):
             has_lower = any(isinstance(r, LowerBound) for r in got)
             return got if has_lower else got + _lower(layer, ctx, notes, got)

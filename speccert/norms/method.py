@@ -26,6 +26,7 @@ from typing import ClassVar, Literal
 
 import torch
 
+from speccert.limits import human
 from speccert.norms.layer import LinearLayer
 from speccert.norms.result import NormResult
 from speccert.registry import Registry
@@ -103,7 +104,7 @@ class NormMethod:
         """Why this method must not run on this layer (too much memory), or None."""
         need = self.memory_bytes(layer, ctx)
         if need > ctx.memory_limit:
-            return f"{self.name} needs ~{need / 2**30:.1f} GiB > limit {ctx.memory_limit / 2**30:.1f} GiB"
+            return f"{self.name} needs ~{human(need)} > limit {human(ctx.memory_limit)}"
         return None
 
     def auto_order(self, layer: LinearLayer) -> int:

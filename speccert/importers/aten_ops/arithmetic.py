@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from speccert.importers.aten_ops.base import ConvertContext, TensorValue, Unsupported, aten_op, const_tensor
+from speccert.importers.lowering import centering_axes
 from speccert.importers.problems import product_reason
-from speccert.ir.ops import Add, Affine
+from speccert.ir.ops import Add, Affine, Center
 
 
 def scale_shift(ctx: ConvertContext, x: TensorValue, scale: torch.Tensor, shift: torch.Tensor) -> TensorValue:
@@ -43,8 +44,12 @@ def scale_shift(ctx: ConvertContext, x: TensorValue, scale: torch.Tensor, shift:
 
 
 def _add(ctx: ConvertContext, a: Any, b: Any, alpha: float) -> TensorValue:
-    """a + alpha * b, with at least one of a, b input-dependent."""
+    """a + alpha * b, with at least one of a, b input-dependent; a - mean(a, dims, keepdim) is one
+    Center (speccert.importers.lowering.centering_axes)."""
     if isinstance(a, TensorValue) and isinstance(b, TensorValue):
+        axes = centering_axes(ctx.nodes, a.name, b.name, a.shape[1:], b.shape[1:]) if alpha == -1.0 else None
+        if axes is not None:
+            return ctx.emit(Center(axes), [a])
         if a.shape != b.shape:
             raise Unsupported(f"adding tensors of shapes {list(a.shape)} and {list(b.shape)} (broadcasting)")
         if alpha != 1.0:

@@ -179,3 +179,18 @@ def emitter(ctx: ConvertContext) -> Callable[[Op, TensorValue], TensorValue]:
         return ctx.emit(op, [v])
 
     return emit
+
+
+def schema_args(target: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    """All schema arguments in order: positional, then keyword-only, defaults filled in."""
+    out: list[Any] = []
+    for i, a in enumerate(target._schema.arguments):
+        if i < len(args) and not a.kwarg_only:
+            out.append(args[i])
+        elif a.name in kwargs:
+            out.append(kwargs[a.name])
+        elif a.has_default_value():
+            out.append(a.default_value)
+        else:
+            out.append(None)
+    return out

@@ -33,11 +33,15 @@ from speccert.importers.aten_ops.base import (
     PendingCircularPad,
     TensorValue,
     Unsupported,
+    schema_args,
 )
+from speccert.importers.aten_ops.householder import find_householders
+from speccert.importers.aten_ops.l2pool import find_l2pools
+from speccert.importers.merges import merge_affine
 from speccert.importers.problems import ATTENTION, group_problems
 from speccert.importers.sorting import fuse_sorts
-from speccert.ir.graph import INPUT, Graph, ModelSource, Node
-from speccert.ir.ops import Affine, Opaque
+from speccert.ir.graph import INPUT, Graph, ModelSource, Node, live_nodes
+from speccert.ir.ops import Householder, Opaque
 
 Tensor = torch.Tensor
 
@@ -78,21 +82,6 @@ def op_name(target: Any) -> str:
     if isinstance(target, torch._ops.OpOverload):
         return str(target)
     return getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or str(target)
-
-
-def _schema_args(target: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-    """All schema arguments in order: positional, then keyword-only, defaults filled in."""
-    out: list[Any] = []
-    for i, a in enumerate(target._schema.arguments):
-        if i < len(args) and not a.kwarg_only:
-            out.append(args[i])
-        elif a.name in kwargs:
-            out.append(kwargs[a.name])
-        elif a.has_default_value():
-            out.append(a.default_value)
-        else:
-            out.append(None)
-    return out
 
 
 def _flat(v: Any) -> list[Any]:
@@ -236,10 +225,21 @@ def exported_to_graph(
     problems: list[tuple[str, str, str]] = []
     keep_alive: list[Any] = []  # folded constants stay referenced so their ids stay unique
     output: Any = None
+    l2pools = find_l2pools(ep.graph)  # LPPool p = 2 written as x^2, avg_pool, sign, sqrt: one L2Pool
+    householders = find_householders(ep.graph)  # deel-torchlip's HouseHolder: one Householder
     for node in ep.graph.nodes:
         ctx.node_name = node.name
         if node.op == "output":
             output = node
+        elif node.name in l2pools.parts or node.name in householders.parts:
+            env[node.name] = None  # inside a pattern, computed by its last node
+        elif node.name in l2pools.ops and isinstance(env[l2pools.ops[node.name][0]], TensorValue):
+            pooled, op = l2pools.ops[node.name]
+            env[node.name] = ctx.emit(op, [env[pooled]])
+        elif node.name in householders.ops and isinstance(env[householders.ops[node.name][0]], TensorValue):
+            z, theta = householders.ops[node.name]
+            angles = torch.as_tensor(env[theta]).detach().reshape(-1).float().clone()
+            env[node.name] = ctx.emit(Householder(angles), [env[z]])
         elif node.op != "placeholder":
             _walk_node(ep, ctx, node, env, problems, keep_alive, allow_unsupported)
     if problems and not allow_unsupported:
@@ -248,7 +248,8 @@ def exported_to_graph(
         )
     assert output is not None
     result = _graph_result(ep, output, env)
-    graph = Graph(input_shape, _merge_affine_chains(ctx.nodes, result.name), result.name, source)
+    nodes = live_nodes(merge_affine(ctx.nodes, result.name), result.name)  # a Center leaves its mean dead
+    graph = Graph(input_shape, nodes, result.name, source)
     return fuse_sorts(graph)  # MaxMin / GroupSort-2 / CReLU parts -> one Sort (importers.sorting)
 
 
@@ -329,28 +330,6 @@ def _graph_result(ep: ExportedProgram, output: torch.fx.Node, env: dict[str, Any
     return result
 
 
-def _merge_affine_chains(nodes: list[Node], output: str) -> list[Node]:
-    """(x * s1 + t1) * s2 + t2 = x * (s1 s2) + (t1 s2 + t2): one Affine per normalisation, e.g. for
-    `(x - mean) / std`, when the first Affine feeds only the second."""
-    out: list[Node] = []
-    for node in nodes:
-        prev = out[-1] if out else None
-        if (
-            isinstance(node.op, Affine)
-            and prev is not None
-            and isinstance(prev.op, Affine)
-            and node.inputs == (prev.name,)
-            and prev.name != output
-            and sum(prev.name in n.inputs for n in nodes) == 1
-        ):
-            s1, t1, s2, t2 = prev.op.scale, prev.op.shift, node.op.scale, node.op.shift
-            merged = Affine((s1 * s2).contiguous(), (t1 * s2 + t2).contiguous())
-            out[-1] = Node(node.name, merged, prev.inputs, node.shape)
-            continue
-        out.append(node)
-    return out
-
-
 def _arg_node(node: torch.fx.Node, i: int) -> torch.fx.Node:
     a = node.args[i]
     assert isinstance(a, torch.fx.Node)
@@ -389,4 +368,4 @@ def _convert(
         raise Unsupported(_KNOWN_REASONS.get(name, "no converter for this ATen op"))
     args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
     kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
-    return ATEN_OPS.get(name)(ctx, _schema_args(target, tuple(args), dict(kwargs)))
+    return ATEN_OPS.get(name)(ctx, schema_args(target, tuple(args), dict(kwargs)))

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 
+from speccert.ir.graph import Node
 from speccert.ir.ops import Op
 from speccert.registry import Registry
 
@@ -55,6 +56,7 @@ class BuildContext(Protocol):
 
     opset: int
     batch_fixed_one: bool
+    nodes: list[Node]  # the IR nodes added so far (read by converters that recognise a pattern)
 
     def add(self, op: Op, inputs: Sequence[Act], hint: str = "") -> Act: ...
 

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import torch
 
+from speccert.importers.lowering import centering_axes
 from speccert.importers.onnx_ops import (
     Act,
     BuildContext,
@@ -20,7 +21,7 @@ from speccert.importers.onnx_ops import (
 from speccert.importers.onnx_ops.examples import model, one_node, randn, unary
 from speccert.importers.onnx_ops.linear import tensor
 from speccert.importers.problems import product_reason
-from speccert.ir.ops import Activation, Add, Affine, BatchNorm, Softmax
+from speccert.ir.ops import Activation, Add, Affine, BatchNorm, Center, Softmax
 
 
 def _broadcast_const(x: Act, c: np.ndarray) -> torch.Tensor:
@@ -85,9 +86,13 @@ def convert_add(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | No
 
 @converter("Sub", examples=_binary_examples("Sub") + _two_activations("Sub"))
 def convert_sub(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
-    """x - c -> Affine(1, -c); c - x -> Affine(-1, c); x - y -> Add(x, Affine(-1, 0)(y))."""
+    """x - c -> Affine(1, -c); c - x -> Affine(-1, c); x - y -> Add(x, Affine(-1, 0)(y));
+    x - ReduceMean(x, axes, keepdims) -> Center(axes) (speccert.importers.lowering.centering_axes)."""
     a, b = inputs[0], inputs[1]
     if isinstance(a, Act) and isinstance(b, Act):
+        axes = centering_axes(ctx.nodes, a.name, b.name, a.shape, b.shape)
+        if axes is not None:
+            return [ctx.add(Center(axes), [a])]
         if a.shape != b.shape:
             raise NotConvertible(
                 f"Sub of activations with different shapes {list(a.shape)} and {list(b.shape)}"

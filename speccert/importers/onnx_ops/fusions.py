@@ -6,6 +6,13 @@
                                                               -> speccert.Gelu(x)
 (`Div(x, sqrt 2)` may also be `Mul(x, 1/sqrt 2)`; the 0.5 may multiply x first.) Without fusion their
 parts (Erf, a product of two activations) have no Lipschitz bound, yet the whole is 1.13-Lipschitz.
+- L2 pool (torch's LPPool with p = 2, deel-torchlip's ScaledL2NormPool2d), both exporters:
+  y = Pow(Mul(Mul(Sign(m), Relu(Abs(m))), K), 0.5) with m = AveragePool(Pow(x, 2)), pads 0
+                                                              -> speccert.L2Pool(x; pool attributes, K)
+  (sign(m) relu(|m|) = m; K = kh kw; the Mul by K may be missing). Its parts (x^2, Sign, sqrt) have no
+  bound; the whole is 1-Lipschitz for non-overlapping windows (speccert.ir.ops.L2Pool).
+- deel-torchlip's HouseHolder activation: Split into halves ... Concat       -> speccert.Householder(x)
+  (speccert.importers.onnx_ops.householder).
 The fused nodes live in the private domain 'speccert' and have converters like any other op.
 """
 
@@ -20,36 +27,17 @@ from onnx import helper
 
 from speccert.importers.onnx_ops import BuildContext, Value, act, converter
 from speccert.importers.onnx_ops.examples import model
-from speccert.ir.ops import Activation
-
-DOMAIN = "speccert"
-
-
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    out = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output:
-            for a in n.attribute:
-                if a.name == "value":
-                    out[n.output[0]] = onnx.numpy_helper.to_array(a.t)
-                elif a.name == "value_float":
-                    out[n.output[0]] = np.asarray(a.f)
-    return out
-
-
-def _is(consts: dict[str, np.ndarray], name: str, value: float) -> bool:
-    c = consts.get(name)
-    return (
-        c is not None and c.size == 1 and abs(float(c.reshape(-1)[0]) - value) <= 1e-5 * max(1.0, abs(value))
-    )
+from speccert.importers.onnx_ops.householder import try_householder
+from speccert.importers.onnx_ops.pattern import DOMAIN, constants, is_const
+from speccert.ir.ops import Activation, L2Pool
 
 
 def fuse_activations(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """The graph's nodes with SiLU and GELU decompositions replaced by single fused nodes."""
     nodes = list(graph.node)
-    if not any(n.op_type in ("Sigmoid", "Erf", "HardSigmoid") for n in nodes):
+    if not any(n.op_type in ("Sigmoid", "Erf", "HardSigmoid", "Pow", "Split") for n in nodes):
         return nodes
-    consts = _constants(graph)
+    consts = constants(graph)
     keep_outputs = {o.name for o in graph.output}
     fused_any = False
     while True:
@@ -84,6 +72,10 @@ def fuse_activations(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
                 fused = _try_hardswish(n, users, other, private)
             elif n.op_type == "Erf":
                 fused = _try_gelu(n, users, producer, other, private, consts)
+            elif n.op_type == "Pow":
+                fused = _try_l2pool(n, users, other, private, consts)
+            elif n.op_type == "Split":
+                fused = try_householder(n, users, producer, keep_outputs, consts)
             if fused is not None:
                 break
         if fused is None:
@@ -124,18 +116,18 @@ def _try_gelu(n, users, producer, other, private, consts):  # noqa: ANN001, ANN2
     x = scale.input[0]
     if not (
         scale.op_type == "Div"
-        and _is(consts, scale.input[1], math.sqrt(2.0))
+        and is_const(consts, scale.input[1], math.sqrt(2.0))
         or scale.op_type == "Mul"
-        and _is(consts, other(scale, x) or "", 1 / math.sqrt(2.0))
+        and is_const(consts, other(scale, x) or "", 1 / math.sqrt(2.0))
     ):
-        if scale.op_type == "Mul" and _is(consts, x, 1 / math.sqrt(2.0)):
+        if scale.op_type == "Mul" and is_const(consts, x, 1 / math.sqrt(2.0)):
             x = scale.input[1]
         else:
             return None
     (add,) = users(n.output[0])
     if (
         add.op_type != "Add"
-        or not _is(consts, other(add, n.output[0]) or "", 1.0)
+        or not is_const(consts, other(add, n.output[0]) or "", 1.0)
         or not private(add.output[0])
     ):
         return None
@@ -147,7 +139,7 @@ def _try_gelu(n, users, producer, other, private, consts):  # noqa: ANN001, ANN2
         if not private(mul1.output[0]):
             return None
         (mul2,) = users(mul1.output[0])
-        if mul2.op_type != "Mul" or not _is(consts, other(mul2, mul1.output[0]) or "", 0.5):
+        if mul2.op_type != "Mul" or not is_const(consts, other(mul2, mul1.output[0]) or "", 0.5):
             return None
         last, dead = mul2, [scale, n, add, mul1, mul2]
     else:  # (0.5 * x) * (1 + erf)
@@ -157,12 +149,66 @@ def _try_gelu(n, users, producer, other, private, consts):  # noqa: ANN001, ANN2
             or half.op_type != "Mul"
             or not private(left)
             or other(half, x) is None
-            or not _is(consts, other(half, x) or "", 0.5)
+            or not is_const(consts, other(half, x) or "", 0.5)
         ):
             return None
         last, dead = mul1, [scale, n, add, half, mul1]
     fused = helper.make_node("Gelu", [x], [last.output[0]], name=last.name or last.output[0], domain=DOMAIN)
     return fused, dead
+
+
+def _only_user(users, private, name: str, op_type: str):  # noqa: ANN001, ANN202
+    """The one reader of `name` when it is private and of `op_type`, else None."""
+    if not private(name):
+        return None
+    (user,) = users(name)
+    return user if user.op_type == op_type else None
+
+
+def _try_l2pool(n, users, other, private, consts):  # noqa: ANN001, ANN202
+    if len(n.input) != 2 or not is_const(consts, n.input[1], 2.0):
+        return None
+    pool = _only_user(users, private, n.output[0], "AveragePool")
+    if pool is None:
+        return None
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in pool.attribute}
+    kernel = list(a.get("kernel_shape", []))
+    if (
+        any(a.get("pads", [0]))
+        or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+        or any(d != 1 for d in a.get("dilations", [1]))
+        or len(kernel) not in (1, 2)
+    ):
+        return None
+    readers = users(pool.output[0])
+    sign = next((r for r in readers if r.op_type == "Sign"), None)
+    absolute = next((r for r in readers if r.op_type == "Abs"), None)
+    if len(readers) != 2 or sign is None or absolute is None:
+        return None
+    relu = _only_user(users, private, absolute.output[0], "Relu")
+    prod = _only_user(users, private, sign.output[0], "Mul")
+    if relu is None or prod is None or other(prod, sign.output[0]) != relu.output[0]:
+        return None
+    dead, last, multiplier = [n, pool, sign, absolute, relu, prod], prod, 1.0
+    scale = _only_user(users, private, prod.output[0], "Mul")
+    k = other(scale, prod.output[0]) if scale is not None else None
+    if scale is not None and k in consts and consts[k].size == 1:
+        dead, last, multiplier = dead + [scale], scale, float(consts[k].reshape(-1)[0])
+    root = _only_user(users, private, last.output[0], "Pow")
+    if root is None or len(root.input) != 2 or not is_const(consts, root.input[1], 0.5):
+        return None
+    fused = helper.make_node(
+        "L2Pool",
+        [n.input[0]],
+        [root.output[0]],
+        name=root.name or root.output[0],
+        domain=DOMAIN,
+        kernel_shape=kernel,
+        strides=list(a.get("strides", [1] * len(kernel))),
+        ceil_mode=int(a.get("ceil_mode", 0)),
+        multiplier=multiplier,
+    )
+    return fused, dead + [root]
 
 
 def _toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -239,3 +285,47 @@ def convert_fused_gelu(
 ) -> list[Value | None]:
     """x * (1 + erf(x / sqrt 2)) / 2 -> Activation('gelu')."""
     return [ctx.add(Activation("gelu"), [act(inputs[0])])]
+
+
+def _l2pool_example(ceil_mode: int, strides: list[int], k: float | None) -> Callable[[], onnx.ModelProto]:
+    """How torch.onnx writes LPPool2d(2, 2): sqrt(sign(m) relu(|m|) * K), m the average of x^2."""
+    nodes = [
+        helper.make_node("Pow", ["x", "two"], ["sq"]),
+        helper.make_node(
+            "AveragePool", ["sq"], ["m"], kernel_shape=[2, 2], strides=strides, ceil_mode=ceil_mode
+        ),
+        helper.make_node("Sign", ["m"], ["s"]),
+        helper.make_node("Abs", ["m"], ["a"]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Mul", ["s", "r"], ["p"]),
+    ]
+    consts = {"two": np.array(2.0, np.float32), "half": np.array(0.5, np.float32)}
+    if k is not None:
+        nodes.append(helper.make_node("Mul", ["p", "k"], ["pk"]))
+        consts["k"] = np.array(k, np.float32)
+    nodes.append(helper.make_node("Pow", ["pk" if k is not None else "p", "half"], ["y"]))
+    return lambda: model(nodes, (3, 5, 5), consts, 17)
+
+
+@converter(
+    "L2Pool",
+    opsets=(1, 21),
+    domain=DOMAIN,
+    examples=[
+        _l2pool_example(0, [2, 2], 4.0),
+        _l2pool_example(1, [1, 1], 4.0),
+        _l2pool_example(1, [2, 2], None),
+    ],
+)
+def convert_fused_l2pool(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
+    """sqrt(K * AveragePool(x^2)) (LPPool p = 2) -> L2Pool."""
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+    op = L2Pool(
+        kernel=tuple(int(k) for k in a["kernel_shape"]),
+        stride=tuple(int(s) for s in a["strides"]),
+        ceil_mode=bool(a.get("ceil_mode", 0)),
+        multiplier=float(a.get("multiplier", 1.0)),
+    )
+    return [ctx.add(op, [act(inputs[0])])]
