@@ -29,11 +29,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
 from speccert.bounds.compose import RoundedUp, compose
-from speccert.bounds.local_bounds import BallBounds, ball_bounds
+from speccert.bounds.local_bounds import BallBounds, ball_bounds, pool_vjp
 from speccert.bounds.local_stages import Stage, build_stages, stage_vjp
 from speccert.ir import INPUT, Conv, Linear, MaxPool, Node
 from speccert.norms.result import round_up
@@ -49,19 +48,6 @@ UNIT_MAX = 4096  # layers up to this many units get per-unit Lipschitz intervals
 UNIT_CHUNK = 256
 UNIT_ALWAYS = 2048  # models with at most this many such units get them at every bisection step
 CHUNK = 32  # points per backward pass (memory: CHUNK x classes x features float64)
-
-
-def pool_vjp(op: MaxPool, v: Tensor, winner: Tensor, in_shape: tuple[int, ...]) -> Tensor:
-    """Route v [B, C, Co, Ho, Wo] to the fixed winners ([B, Co, L] tap index): [B, C, Co, H, W]."""
-    b, c, co = v.shape[:3]
-    (pt, pb), (pl, pr) = op.padding
-    h, w = in_shape[1] + pt + pb, in_shape[2] + pl + pr
-    k = math.prod(op.kernel)
-    flat = v.reshape(b, c, co, 1, -1)
-    idx = winner[:, None, :, None, :].expand(b, c, co, 1, flat.shape[-1])
-    taps = torch.zeros((b, c, co, k, flat.shape[-1]), dtype=v.dtype).scatter(3, idx, flat)
-    out = F.fold(taps.reshape(b * c * co, k, -1), (h, w), op.kernel, op.dilation, 0, op.stride)
-    return out.reshape(b, c, co, h, w)[..., pt : pt + in_shape[1], pl : pl + in_shape[2]]
 
 
 def spectral_upper(r: Tensor) -> Tensor:

@@ -1,0 +1,115 @@
+"""Linear lower and upper lines of elementwise activations on intervals (for the CROWN certificate).
+
+For an activation f and per-unit intervals [lo, hi] of its input, `relax(fn, alpha, lo, hi)` returns
+float64 tensors (a_lo, b_lo, a_up, b_up) with, for every real z in [lo, hi] and in exact arithmetic on
+the stored floats,
+    a_lo z + b_lo <= f(z) <= a_up z + b_up.
+The slopes are free choices (any float is fine); validity is enforced through the intercepts:
+
+- Stable units (ReLU/leaky ReLU with lo >= 0 or hi <= 0, identity): f is linear there, the lines are f
+  itself (slope 1 or alpha, intercept 0): exact.
+- Convex pieces (ReLU, leaky ReLU with 0 <= alpha <= 1, unstable): the lower line a z with a in
+  [alpha, 1] lies below f on the whole real line (f(z) = max(z, alpha z) >= a z on both sides of 0), so
+  b_lo = 0 is exact; the choice a = 1 where hi >= -lo, else alpha, is the usual adaptive one. The upper
+  line has the chord's slope a_up = (f(hi) - f(lo)) / (hi - lo) as computed; since f - a_up z is convex,
+  its maximum on [lo, hi] is at an end, so b_up = max over both ends e of f(e) - a_up e makes the line
+  valid; each end's value is computed in float64 and raised by 4u (|f(e)| + |a_up e|) + 1e-300, which
+  exceeds the rounding of a product, a subtraction and the leaky ReLU's own product alpha e.
+- Sigmoid and tanh (`smooth` below): f is convex for z <= 0 and concave for z >= 0. On an interval
+  within one of those halves a chord and a tangent are valid: the chord above a convex piece (below a
+  concave one), the tangent at the midpoint below a convex piece (above a concave one). A tangent line
+  a (z - c) + f(c) is only as valid as its computed values: f(c) and f'(c) come from float64 library
+  functions with a few ulps of error, so the intercept is moved by PAD (1 + |f(c)| + |a c|), far above
+  those errors plus the rounding of the intercept's own arithmetic, and the tangent slope error is
+  absorbed the same way: |a' - a| |z - c| <= PAD |a| |hi - lo| is added too. Intervals that contain
+  0 get constant lines (f(lo) below, f(hi) above: f is increasing), widened by PAD: sound, not tight.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from speccert.bounds.certificate import NotApplicable
+from speccert.bounds.local_slopes import _forward
+
+Tensor = torch.Tensor
+U = 2.0**-53
+PAD = 1e-12
+TINY = 1e-300
+RELAXED = {"relu", "leaky_relu", "identity", "sigmoid", "tanh"}
+Lines = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def supported(fn: str, alpha: float) -> bool:
+    """Whether `relax` has lines for this activation."""
+    return fn in RELAXED and (fn != "leaky_relu" or 0.0 <= alpha <= 1.0)
+
+
+def _up_intercept(fe: Tensor, a: Tensor, e: Tensor) -> Tensor:
+    """>= f(e) - a e in exact arithmetic, with f(e) computed to within u |f(e)| (module docstring)."""
+    ae = a * e
+    return (fe - ae) + 4 * U * (fe.abs() + ae.abs()) + TINY
+
+
+def _convex(alpha: float, lo: Tensor, hi: Tensor) -> Lines:
+    """Lines of f(z) = max(z, alpha z), 0 <= alpha <= 1 (ReLU: alpha = 0)."""
+    one, zero = torch.ones_like(lo), torch.zeros_like(lo)
+    a_stable = torch.where(lo >= 0, one, torch.full_like(lo, alpha))
+    stable = (lo >= 0) | (hi <= 0)
+    f_lo, f_hi = torch.where(lo >= 0, lo, alpha * lo), torch.where(hi >= 0, hi, alpha * hi)
+    width = torch.where(stable, one, hi - lo)
+    chord = (f_hi - f_lo) / width
+    b_up = torch.maximum(_up_intercept(f_lo, chord, lo), _up_intercept(f_hi, chord, hi))
+    a_lo = torch.where(stable, a_stable, torch.where(hi >= -lo, one, torch.full_like(lo, alpha)))
+    a_up = torch.where(stable, a_stable, chord)
+    return a_lo, zero, a_up, torch.where(stable, zero, b_up)
+
+
+def _deriv(fn: str, z: Tensor) -> Tensor:
+    if fn == "sigmoid":
+        s = torch.sigmoid(z)
+        return s * (1.0 - s)
+    t = torch.tanh(z)
+    return 1.0 - t * t
+
+
+def _smooth(fn: str, lo: Tensor, hi: Tensor) -> Lines:
+    """Sigmoid / tanh: chord and midpoint tangent on one side of 0, constants across 0 (docstring)."""
+    f_lo, f_hi = _forward(fn, 0.0, lo), _forward(fn, 0.0, hi)
+    width = (hi - lo).clamp_min(TINY)
+    chord = (f_hi - f_lo) / width
+    # chord: above a convex piece, below a concave one; exact validity from the end values
+    pad_chord = PAD * (1.0 + f_lo.abs() + f_hi.abs() + (chord * lo).abs() + (chord * hi).abs())
+    b_chord_up = torch.maximum(f_lo - chord * lo, f_hi - chord * hi) + pad_chord
+    b_chord_lo = torch.minimum(f_lo - chord * lo, f_hi - chord * hi) - pad_chord
+    c = lo + (hi - lo) / 2
+    a_t, f_c = _deriv(fn, c), _forward(fn, 0.0, c)
+    pad_t = PAD * (1.0 + f_c.abs() + (a_t * c).abs() + a_t.abs() * (hi - lo))
+    b_t = f_c - a_t * c
+    convex, concave = hi <= 0, lo >= 0
+    zero = torch.zeros_like(lo)
+    # across 0: constants f(lo) <= f <= f(hi) (f increasing), widened
+    a_lo = torch.where(convex, a_t, torch.where(concave, chord, zero))
+    b_lo = torch.where(convex, b_t - pad_t, torch.where(concave, b_chord_lo, f_lo - PAD * (1 + f_lo.abs())))
+    a_up = torch.where(convex, chord, torch.where(concave, a_t, zero))
+    b_up = torch.where(convex, b_chord_up, torch.where(concave, b_t + pad_t, f_hi + PAD * (1 + f_hi.abs())))
+    return a_lo, b_lo, a_up, b_up
+
+
+def relax(fn: str, alpha: float, lo: Tensor, hi: Tensor) -> Lines:
+    """(a_lo, b_lo, a_up, b_up): a_lo z + b_lo <= f(z) <= a_up z + b_up on [lo, hi] (module docstring)."""
+    if fn == "identity":
+        one, zero = torch.ones_like(lo), torch.zeros_like(lo)
+        return one, zero, one, zero
+    if fn == "relu":
+        return _convex(0.0, lo, hi)
+    if fn == "leaky_relu" and 0.0 <= alpha <= 1.0:
+        return _convex(alpha, lo, hi)
+    if fn in ("sigmoid", "tanh"):
+        if not bool((torch.isfinite(lo) & torch.isfinite(hi)).all()):
+            raise NotApplicable("infinite pre-activation bounds")
+        return _smooth(fn, lo, hi)
+    raise NotApplicable(f"the crown certificate has no linear relaxation of {fn}")
+
+
+__all__ = ["RELAXED", "relax", "supported"]
