@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from speccert.bounds.certificate import NotApplicable
-from speccert.bounds.crown_relax import Lines, relax, supported
+from speccert.bounds.crown_relax import relax, supported
 from speccert.bounds.linear_tail import absolute_op
 from speccert.bounds.lipschitz import LipschitzBound
 from speccert.bounds.local_bounds import BallBounds, Interval, ball_bounds, box_stage, pool_vjp
@@ -80,7 +80,14 @@ def _sub_down(a: Tensor, t: Tensor) -> Tensor:
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """sum over the feature axes of a [B, N, ...] * b [B, ...] (broadcast over rows): [B, N]."""
-    return (a * b.unsqueeze(1)).flatten(2).sum(2)
+    return torch.bmm(a.flatten(2), b.reshape(b.shape[0], -1, 1))[:, :, 0]
+
+
+def _err_dot(a: Tensor, w: Tensor) -> Tensor:
+    """>= sum |a| w in exact arithmetic (w >= 0): the computed sum of n non-negative products is at
+    least (1 - gamma(n + 1)) times the exact one."""
+    n = w[0].numel()
+    return _dot(a.abs(), w) * (1.0 + 2 * gamma(n + 2))
 
 
 @dataclass
@@ -110,7 +117,7 @@ class Ball:
     r: Tensor
     bb: BallBounds
     weights: dict[int, Tensor] = field(default_factory=dict)
-    lines: dict[int, Lines] = field(default_factory=dict)
+    lines: dict[int, tuple[Tensor, ...]] = field(default_factory=dict)  # relax() + error weight
 
     def abs_input(self) -> Tensor:
         rr = self.r.reshape((-1,) + (1,) * (self.x.dim() - 1))
@@ -182,7 +189,7 @@ class Crown:
         b, n = lam.shape[:2]
         if st.nodes:
             acc.add_const(_dot(lam, self.consts[k][0].expand(b, *st.z_shape)))
-            acc.add_err(_dot(lam.abs(), self._weight(ball, k)))
+            acc.add_err(_err_dot(lam, self._weight(ball, k)))
         for i, g in stage_vjp(st, lam.reshape(b * n, *st.z_shape), self.shapes).items():
             g = g.reshape(b, n, *g.shape[1:])
             adj[i] = adj[i] + g if i in adj else g
@@ -191,35 +198,46 @@ class Crown:
         """lam [B, N, *h_j] through the nonlinearity of stage j: the adjoint of z_j."""
         st = self.stages[j]
         assert st.act is not None
-        lo, hi = ball.bb.z[j]
-        z_abs = torch.maximum(lo.abs(), hi.abs())
-        n = lam[0, 0].numel()
-        acc.add_err(gamma(2) * _dot(lam.abs(), self._abs_source(ball, j)))  # summed adjoints
         op = st.act.op
         pos = lam >= 0
         if isinstance(op, MaxPool):
-            winner = ball.bb.winner[j]
-            assert winner is not None
-            fixed = ball.bb.mid[j].unsqueeze(1)  # windows whose winner cannot change
-            routed = torch.where(pos, lam, lam * fixed)
-            top = ball.bb.h[j][1]
-            acc.add_const(_dot(torch.where(pos, torch.zeros_like(lam), lam * (1.0 - fixed)), top))
-            acc.add_err(gamma(n + 4) * _dot(lam.abs(), top.abs()))
-            b, rows = lam.shape[:2]
-            mu = pool_vjp(op, routed, winner, st.z_shape)
-            k = math.prod(op.kernel)
-            spread = routed.abs().flatten(2).sum(2) * z_abs.flatten(1).amax(1)[:, None]
-            acc.add_err(gamma(k + 2) * spread)
-            return mu.reshape(b, rows, *st.z_shape)
+            return self._pool(j, op, lam, pos, ball, acc)
         assert isinstance(op, Activation)
         if j not in ball.lines:
-            ball.lines[j] = relax(op.fn, op.alpha, lo, hi)
-        a_lo, b_lo, a_up, b_up = (t.unsqueeze(1) for t in ball.lines[j])
-        mu = torch.where(pos, lam * a_lo, lam * a_up)
-        bias = torch.where(pos, lam * b_lo, lam * b_up)
-        acc.add_const(bias.flatten(2).sum(2))
-        acc.add_err(gamma(n + 4) * bias.abs().flatten(2).sum(2) + gamma(2) * _dot(mu.abs(), z_abs))
+            lo, hi = ball.bb.z[j]
+            lines = relax(op.fn, op.alpha, lo, hi)
+            a_lo, b_lo, a_up, b_up = lines
+            n = lo[0].numel()
+            # per unit, >= every error weight of the module docstring whichever line is used
+            w = gamma(2) * self._abs_source(ball, j)  # summed adjoints
+            w = w + gamma(n + 4) * torch.maximum(b_lo.abs(), b_up.abs())
+            w = w + gamma(2) * torch.maximum(a_lo.abs(), a_up.abs()) * torch.maximum(lo.abs(), hi.abs())
+            ball.lines[j] = (*lines, w * (1.0 + 8 * U))
+        a_lo, b_lo, a_up, b_up, w = ball.lines[j]
+        mu = lam * torch.where(pos, a_lo.unsqueeze(1), a_up.unsqueeze(1))
+        acc.add_const(_dot(lam.clamp_min(0.0), b_lo) + _dot(lam.clamp_max(0.0), b_up))
+        acc.add_err(_err_dot(lam, w))
         return mu
+
+    def _pool(self, j: int, op: MaxPool, lam: Tensor, pos: Tensor, ball: Ball, acc: _Acc) -> Tensor:
+        """Max-pool: the best-lower-bound candidate below, the fixed winner or a constant above."""
+        st = self.stages[j]
+        lo, hi = ball.bb.z[j]
+        n = lam[0, 0].numel()
+        winner = ball.bb.winner[j]
+        assert winner is not None
+        fixed = ball.bb.mid[j].unsqueeze(1)  # windows whose winner cannot change
+        routed = torch.where(pos, lam, lam * fixed)
+        top = ball.bb.h[j][1]
+        acc.add_const(_dot(lam.clamp_max(0.0) * (1.0 - fixed), top))
+        w = gamma(2) * self._abs_source(ball, j) + gamma(n + 4) * top.abs()
+        acc.add_err(_err_dot(lam, w * (1.0 + 8 * U)))
+        b, rows = lam.shape[:2]
+        mu = pool_vjp(op, routed, winner, st.z_shape)
+        z_max = torch.maximum(lo.abs(), hi.abs()).flatten(1).amax(1)[:, None]
+        spread = routed.abs().flatten(2).sum(2) * (1.0 + gamma(n + 2)) * z_max
+        acc.add_err(gamma(math.prod(op.kernel) + 2) * spread * (1.0 + 8 * U))
+        return mu.reshape(b, rows, *st.z_shape)
 
     def lower(self, top: int, lam: Tensor, ball: Ball) -> tuple[Tensor, Tensor]:
         """(a, n) [B, N]: over B(x, rho), rho <= ball.r, lam^T z_top >= a - rho n (module docstring)."""
@@ -235,9 +253,10 @@ class Crown:
         if lam_x is None:
             lam_x = torch.zeros((b, rows, *ball.x.shape[1:]), dtype=torch.float64)
         n_in = ball.x[0].numel()
-        acc.add_err(gamma(2) * _dot(lam_x.abs(), ball.abs_input()))
         acc.add_const(_dot(lam_x, ball.x))
-        acc.add_err(gamma(n_in + 4) * _dot(lam_x.abs(), ball.x.abs()))
+        acc.add_err(
+            _err_dot(lam_x, (gamma(2) * ball.abs_input() + gamma(n_in + 4) * ball.x.abs()) * (1 + 8 * U))
+        )
         p = acc.pieces + 4
         err = (acc.err + gamma(p) * acc.cabs) * (1.0 + gamma(p)) + TINY
         a = _sub_down(acc.const, err)

@@ -5,10 +5,10 @@ uncertain units, intersected) fix a relaxation, and each margin gets m_j(x') >= 
 for every x' with ||x' - x|| <= r. So the margin is positive on the open ball of radius
     rho(r) = min(r, min_j a_j / n_j)
 and every tested r certifies rho(r) on its own (no monotonicity in r is assumed). The search: r = 0
-gives the first-order value top = min_j a_j / n_j (all units stable), then SEARCH_STEPS tests: a
-failing r (a_j / n_j < r for some j) proposes its own min_j a_j / n_j, which passes where the bounds
-do not loosen much between the two radii (a fixed-point step); a passing r moves up geometrically
-towards the smallest failing r (or doubles, below none). The radius is the best rho found.
+gives the first-order value top = min_j a_j / n_j (all units stable), then up to SEARCH_STEPS tests
+looking for the crossing of rho(r) - r (regula falsi between the largest passing and the smallest
+failing r, shaded towards the passing end; before any failure, the passing r's own rho). The
+radius is the best rho found.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from speccert.bounds.certificate import Batch, CertContext, Certificate, registe
 from speccert.bounds.crown import Crown
 
 Tensor = torch.Tensor
-SEARCH_STEPS = 8
-TOLERANCE = 0.01  # stop once the smallest failing r is within 1 % of the best passing one
+SEARCH_STEPS = 6
+TOLERANCE = 0.01  # stop once the crossing is pinned to 1 % (bracket, or rho(r) within 1 % of r)
+FIRST = 0.5  # first radius tested, times the first-order value
+SHADE = 0.98
 CHUNK = 8  # points per pass (memory: CHUNK x 2 x 128 rows x the widest layer, float64)
 
 
@@ -35,33 +37,38 @@ def _rho(crown: Crown, x: Tensor, y: Tensor, r: Tensor) -> Tensor:
 
 def crown_radius(crown: Crown, x: Tensor, y: Tensor, alive: Tensor) -> Tensor:
     """Per point the best certified rho (module docstring); 0 where `alive` is False."""
-    best = torch.zeros(x.shape[0], dtype=torch.float64)
+    out = torch.zeros(x.shape[0], dtype=torch.float64)
     idx = torch.nonzero(alive).flatten()
     if idx.numel() == 0:
-        return best
+        return out
     xs, ys = x[idx], y[idx]
     top = _rho(crown, xs, ys, torch.zeros(idx.numel(), dtype=torch.float64))
-    lo = torch.zeros_like(top)  # best certified so far
-    hi = torch.full_like(top, math.inf)  # smallest failing r so far
-    r = top.clone()
+    best = torch.zeros_like(top)
+    a, fa = torch.zeros_like(top), top.clone()  # largest passing r and rho(r) - r there
+    b, fb = torch.full_like(top, math.inf), torch.full_like(top, -1.0)  # smallest failing r
+    r = top * FIRST
     for _ in range(SEARCH_STEPS):
-        todo = (r > 0) & torch.isfinite(r) & ~(hi <= lo * (1.0 + TOLERANCE))
+        close = (b <= a * (1.0 + TOLERANCE)) | ((a > 0) & (fa <= a * TOLERANCE))  # rho(a) ~ a
+        todo = (r > 0) & torch.isfinite(r) & ~close
         if not bool(todo.any()):
             break
         t = torch.nonzero(todo).flatten()
-        rho = _rho(crown, xs[t], ys[t], r[t])
         rt = r[t]
-        passed = rho >= rt
-        cert = torch.minimum(rt, rho)
-        lo[t] = torch.maximum(lo[t], cert)
-        hi[t] = torch.where(passed, hi[t], torch.minimum(hi[t], rt))
-        up = torch.where(torch.isfinite(hi[t]), torch.sqrt(rt * hi[t]), 2.0 * rt)
-        guess = rho * (1.0 - 1e-3)
-        down = torch.where(
-            guess > lo[t] * (1.0 + TOLERANCE), guess, torch.sqrt(lo[t].clamp_min(rt * 1e-3) * rt)
-        )
-        r[t] = torch.where(passed, up, down)
-    return best.index_put((idx,), lo)
+        rho = _rho(crown, xs[t], ys[t], rt)
+        best[t] = torch.maximum(best[t], torch.minimum(rt, rho))
+        f = rho - rt
+        passed = f >= 0
+        a[t], fa[t] = torch.where(passed, rt, a[t]), torch.where(passed, f, fa[t])
+        b[t], fb[t] = torch.where(passed, b[t], rt), torch.where(passed, fb[t], f)
+        at, bt, fat, fbt = a[t], b[t], fa[t], fb[t]
+        # secant between the bracket ends, shaded towards the passing end (it then passes and
+        # certifies nearly the crossing); no failing end yet: the passing r's own proposal rho
+        secant = at + SHADE * fat * (bt - at) / (fat - fbt)
+        inside = (secant > at) & (secant < bt)
+        bracketed = torch.where(inside, secant, torch.sqrt(at.clamp_min(bt * 1e-3) * bt))
+        open_end = torch.maximum(rho, rt * 1.5)
+        r[t] = torch.where(torch.isfinite(bt), bracketed, open_end)
+    return out.index_put((idx,), best)
 
 
 @register_certificate("crown")
