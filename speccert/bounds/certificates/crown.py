@@ -6,8 +6,9 @@ for every x' with ||x' - x|| <= r. So the margin is positive on the open ball of
     rho(r) = min(r, min_j a_j / n_j)
 and every tested r certifies rho(r) on its own (no monotonicity in r is assumed). The search: r = 0
 gives the first-order value top = min_j a_j / n_j (all units stable), then up to SEARCH_STEPS tests
-looking for the crossing of rho(r) - r (regula falsi between the largest passing and the smallest
-failing r, shaded towards the passing end; before any failure, the passing r's own rho). The
+looking for the crossing of rho(r) - r (regula falsi, Illinois variant, between the largest passing and
+the smallest failing r, shaded towards the passing end and kept 10 % inside the bracket; before any failure, the
+passing r's own rho; before any pass, the failing r's own rho, or r / 4 where that is below r / 20). The
 radius is the best rho found.
 """
 
@@ -21,18 +22,18 @@ from speccert.bounds.certificate import Batch, CertContext, Certificate, registe
 from speccert.bounds.crown import Crown
 
 Tensor = torch.Tensor
-SEARCH_STEPS = 6
+SEARCH_STEPS = 7
 TOLERANCE = 0.01  # stop once the crossing is pinned to 1 % (bracket, or rho(r) within 1 % of r)
-FIRST = 0.5  # first radius tested, times the first-order value
+FIRST = 0.25  # first radius tested, times the first-order value
 SHADE = 0.98
 CHUNK = 8  # points per pass (memory: CHUNK x 2 x 128 rows x the widest layer, float64)
 
 
 def _rho(crown: Crown, x: Tensor, y: Tensor, r: Tensor) -> Tensor:
-    """min_j a_j / n_j over B(x, r) per point (>= 0; a NaN-free float)."""
+    """min_j a_j / n_j over B(x, r) per point (negative where a bound is; NaN-free)."""
     a, n = crown.margin_bounds(x, y, r)
-    rho = torch.where(n > 0, a / n, torch.where(a > 0, math.inf, 0.0))
-    return torch.nan_to_num(rho.amin(1), nan=0.0).clamp_min(0.0)
+    rho = torch.where(n > 0, a / n, torch.where(a > 0, math.inf, -math.inf))
+    return torch.nan_to_num(rho.amin(1), nan=-math.inf, neginf=-1e300)
 
 
 def crown_radius(crown: Crown, x: Tensor, y: Tensor, alive: Tensor) -> Tensor:
@@ -44,9 +45,10 @@ def crown_radius(crown: Crown, x: Tensor, y: Tensor, alive: Tensor) -> Tensor:
     xs, ys = x[idx], y[idx]
     top = _rho(crown, xs, ys, torch.zeros(idx.numel(), dtype=torch.float64))
     best = torch.zeros_like(top)
-    a, fa = torch.zeros_like(top), top.clone()  # largest passing r and rho(r) - r there
+    a, fa = torch.zeros_like(top), top.clone()  # largest passing r (0: none yet) and rho(r) - r there
     b, fb = torch.full_like(top, math.inf), torch.full_like(top, -1.0)  # smallest failing r
     r = top * FIRST
+    failed = torch.zeros_like(top, dtype=torch.bool)  # the last test failed
     for _ in range(SEARCH_STEPS):
         close = (b <= a * (1.0 + TOLERANCE)) | ((a > 0) & (fa <= a * TOLERANCE))  # rho(a) ~ a
         todo = (r > 0) & torch.isfinite(r) & ~close
@@ -55,19 +57,28 @@ def crown_radius(crown: Crown, x: Tensor, y: Tensor, alive: Tensor) -> Tensor:
         t = torch.nonzero(todo).flatten()
         rt = r[t]
         rho = _rho(crown, xs[t], ys[t], rt)
-        best[t] = torch.maximum(best[t], torch.minimum(rt, rho))
+        best[t] = torch.maximum(best[t], torch.minimum(rt, rho).clamp_min(0.0))
         f = rho - rt
         passed = f >= 0
-        a[t], fa[t] = torch.where(passed, rt, a[t]), torch.where(passed, f, fa[t])
-        b[t], fb[t] = torch.where(passed, b[t], rt), torch.where(passed, fb[t], f)
+        # Illinois: an end kept twice in a row has its f halved (regula falsi would stall there)
+        a[t], fa[t] = (
+            torch.where(passed, rt, a[t]),
+            torch.where(passed, f, fa[t] * torch.where(failed[t], 0.5, 1.0)),
+        )
+        b[t], fb[t] = (
+            torch.where(passed, b[t], rt),
+            torch.where(passed, fb[t] * torch.where(failed[t], 1.0, 0.5), f),
+        )
+        failed[t] = ~passed
         at, bt, fat, fbt = a[t], b[t], fa[t], fb[t]
         # secant between the bracket ends, shaded towards the passing end (it then passes and
         # certifies nearly the crossing); no failing end yet: the passing r's own proposal rho
         secant = at + SHADE * fat * (bt - at) / (fat - fbt)
-        inside = (secant > at) & (secant < bt)
-        bracketed = torch.where(inside, secant, torch.sqrt(at.clamp_min(bt * 1e-3) * bt))
+        bracketed = torch.minimum(torch.maximum(secant, at + 0.1 * (bt - at)), bt - 0.1 * (bt - at))
         open_end = torch.maximum(rho, rt * 1.5)
-        r[t] = torch.where(torch.isfinite(bt), bracketed, open_end)
+        # nothing passed yet: a failing r's own rho (a fixed-point step) unless it is tiny, then r / 4
+        unbracketed = torch.where(rho > rt * 0.05, rho * (1.0 - 1e-3), rt / 4)
+        r[t] = torch.where(at > 0, torch.where(torch.isfinite(bt), bracketed, open_end), unbracketed)
     return out.index_put((idx,), best)
 
 
