@@ -375,3 +375,33 @@ def test_crown_matches_textbook_crown_on_a_conv_chain() -> None:
                 count = int(un.sum())
                 assert bool((lo[b].reshape(-1)[un] >= ref[:count] - 1e-9 * scale).all())
                 assert bool((hi[b].reshape(-1)[un] <= -ref[count:] + 1e-9 * scale).all())
+
+
+def test_relaxation_lines_hold_on_their_intervals() -> None:
+    """Every line of `relax` is below / above the activation on a dense grid of its interval, ends
+    included, for stable, unstable, one-sided and zero-crossing intervals (ReLU, leaky ReLU, sigmoid,
+    tanh); and sigmoid's and tanh's lines across 0 are tighter than the constants f(lo), f(hi)."""
+    from speccert.bounds.crown_relax import relax
+    from speccert.bounds.local_slopes import _forward
+
+    gen = torch.Generator().manual_seed(0)
+    lo = -torch.rand(3000, generator=gen, dtype=D) * 8
+    hi = torch.rand(3000, generator=gen, dtype=D) * 8
+    lo[:500] = lo[:500] * 1e-3 - 1e-12  # barely crossing
+    hi[500:1000] = hi[500:1000] * 1e-3
+    lo[1000:1500] = hi[1000:1500] * 0.5  # positive
+    hi[1500:2000] = lo[1500:2000] * 0.3  # negative
+    t = torch.linspace(0, 1, 2001, dtype=D)[:, None]
+    z = lo + (hi - lo) * t
+    for fn, alpha in [("relu", 0.0), ("leaky_relu", 0.1), ("sigmoid", 0.0), ("tanh", 0.0)]:
+        a_lo, b_lo, a_up, b_up = relax(fn, alpha, lo, hi)
+        f = _forward(fn, alpha, z)
+        slack = 1e-15 * (1.0 + z.abs())
+        assert bool((a_lo * z + b_lo <= f + slack).all()), f"{fn}: lower line above f"
+        assert bool((a_up * z + b_up >= f - slack).all()), f"{fn}: upper line below f"
+        if fn not in ("sigmoid", "tanh"):
+            continue
+        cross = (lo < -0.5) & (hi > 0.5)
+        gap = (a_up * z + b_up - a_lo * z - b_lo)[:, cross].amax(0)
+        flat = _forward(fn, alpha, hi[cross]) - _forward(fn, alpha, lo[cross])
+        assert bool((gap < flat).float().mean() > 0.9), f"{fn}: lines across 0 no tighter than constants"

@@ -17,12 +17,12 @@ The slopes are free choices (any float is fine); validity is enforced through th
   exceeds the rounding of a product, a subtraction and the leaky ReLU's own product alpha e.
 - Sigmoid and tanh (`smooth` below): f is convex for z <= 0 and concave for z >= 0. On an interval
   within one of those halves a chord and a tangent are valid: the chord above a convex piece (below a
-  concave one), the tangent at the midpoint below a convex piece (above a concave one). A tangent line
+  concave one), the tangent at the midpoint below a convex piece (above a concave one). Intervals
+across 0 get two lines with the chord's slope and proven intercepts (`_crossing`). A tangent line
   a (z - c) + f(c) is only as valid as its computed values: f(c) and f'(c) come from float64 library
   functions with a few ulps of error, so the intercept is moved by PAD (1 + |f(c)| + |a c|), far above
   those errors plus the rounding of the intercept's own arithmetic, and the tangent slope error is
-  absorbed the same way: |a' - a| |z - c| <= PAD |a| |hi - lo| is added too. Intervals that contain
-  0 get constant lines (f(lo) below, f(hi) above: f is increasing), widened by PAD: sound, not tight.
+  absorbed the same way: |a' - a| |z - c| <= PAD |a| |hi - lo| is added too.
 """
 
 from __future__ import annotations
@@ -73,8 +73,50 @@ def _deriv(fn: str, z: Tensor) -> Tensor:
     return 1.0 - t * t
 
 
+def _critical(fn: str, a: Tensor) -> Tensor:
+    """The z >= 0 with f'(z) = a (an estimate: only used as a point where a bound is taken; 0 where
+    a >= f'(0), no such point)."""
+    if fn == "sigmoid":
+        s = (1.0 + torch.sqrt((1.0 - 4.0 * a).clamp_min(0.0))) / 2
+        z = torch.log(s / (1.0 - s).clamp_min(TINY))
+    else:
+        t = torch.sqrt((1.0 - a).clamp_min(0.0)).clamp_max(1.0 - 1e-16)
+        z = torch.atanh(t)
+    return torch.nan_to_num(z, nan=0.0, posinf=0.0)
+
+
+def _crossing(fn: str, lo: Tensor, hi: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+    """(b_lo, b_up): a z + b_lo <= f(z) <= a z + b_up on [lo, hi] with lo < 0 < hi, for any slope a.
+
+    g(z) = f(z) - a z is convex on [lo, 0] and concave on [0, hi]. Its maximum over [lo, 0] is at an
+    end; over [0, hi] it is at most g(p) + |g'(p)| hi for ANY p in [0, hi] (a concave function lies
+    below its tangent at p, and |z - p| <= hi), p taken near the critical point where f' = a so that
+    g'(p) ~ 0. The minimum mirrors it: ends on [0, hi], g(q) - |g'(q)| |lo| for any q in [lo, 0]
+    (f' is even, so q = -p). Library values of f and f' are widened by PAD (1 + |value|) and every
+    g value by PAD times its terms."""
+
+    def g(z: Tensor, sign: float) -> Tensor:
+        fz = _forward(fn, 0.0, z)
+        return fz - a * z + sign * PAD * (1.0 + fz.abs() + (a * z).abs())
+
+    def slope_gap(z: Tensor) -> Tensor:
+        d = _deriv(fn, z)
+        return (d - a).abs() + PAD * (1.0 + d.abs() + a.abs())
+
+    zero = torch.zeros_like(lo)
+    crit = _critical(fn, a)
+    p = torch.minimum(crit, hi)
+    q = torch.maximum(-crit, lo)
+    top = torch.maximum(torch.maximum(g(lo, 1.0), g(zero, 1.0)), g(hi, 1.0))
+    top = torch.maximum(top, g(p, 1.0) + slope_gap(p) * hi * (1.0 + PAD))
+    bottom = torch.minimum(torch.minimum(g(lo, -1.0), g(zero, -1.0)), g(hi, -1.0))
+    bottom = torch.minimum(bottom, g(q, -1.0) - slope_gap(q) * lo.abs() * (1.0 + PAD))
+    return bottom, top
+
+
 def _smooth(fn: str, lo: Tensor, hi: Tensor) -> Lines:
-    """Sigmoid / tanh: chord and midpoint tangent on one side of 0, constants across 0 (docstring)."""
+    """Sigmoid / tanh: chord and midpoint tangent on one side of 0, the chord's slope with proven
+    intercepts across 0 (docstring)."""
     f_lo, f_hi = _forward(fn, 0.0, lo), _forward(fn, 0.0, hi)
     width = (hi - lo).clamp_min(TINY)
     chord = (f_hi - f_lo) / width
@@ -87,12 +129,14 @@ def _smooth(fn: str, lo: Tensor, hi: Tensor) -> Lines:
     pad_t = PAD * (1.0 + f_c.abs() + (a_t * c).abs() + a_t.abs() * (hi - lo))
     b_t = f_c - a_t * c
     convex, concave = hi <= 0, lo >= 0
-    zero = torch.zeros_like(lo)
-    # across 0: constants f(lo) <= f <= f(hi) (f increasing), widened
-    a_lo = torch.where(convex, a_t, torch.where(concave, chord, zero))
-    b_lo = torch.where(convex, b_t - pad_t, torch.where(concave, b_chord_lo, f_lo - PAD * (1 + f_lo.abs())))
-    a_up = torch.where(convex, chord, torch.where(concave, a_t, zero))
-    b_up = torch.where(convex, b_chord_up, torch.where(concave, b_t + pad_t, f_hi + PAD * (1 + f_hi.abs())))
+    cross = ~convex & ~concave
+    safe_lo, safe_hi = torch.where(cross, lo, -torch.ones_like(lo)), torch.where(cross, hi, torch.ones_like(hi))
+    safe_chord = torch.where(cross, chord, torch.zeros_like(chord))
+    x_lo, x_up = _crossing(fn, safe_lo, safe_hi, safe_chord)
+    a_lo = torch.where(convex, a_t, chord)
+    b_lo = torch.where(convex, b_t - pad_t, torch.where(concave, b_chord_lo, x_lo))
+    a_up = torch.where(concave, a_t, chord)
+    b_up = torch.where(concave, b_t + pad_t, torch.where(convex, b_chord_up, x_up))
     return a_lo, b_lo, a_up, b_up
 
 
