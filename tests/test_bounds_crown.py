@@ -138,7 +138,7 @@ def test_crown_on_residual_nets_is_sound(
     seed=st.integers(0, 10_000),
     d=st.integers(2, 8),
     widths=st.lists(st.integers(3, 16), min_size=1, max_size=3),
-    act=st.sampled_from(["sigmoid", "tanh"]),
+    act=st.sampled_from(["sigmoid", "tanh", "softplus", "elu"]),
 )
 def test_crown_on_smooth_mlps_is_sound(
     seed: int, d: int, widths: list[int], act: str, tmp_path: Path
@@ -380,7 +380,7 @@ def test_crown_matches_textbook_crown_on_a_conv_chain() -> None:
 def test_relaxation_lines_hold_on_their_intervals() -> None:
     """Every line of `relax` is below / above the activation on a dense grid of its interval, ends
     included, for stable, unstable, one-sided and zero-crossing intervals (ReLU, leaky ReLU, sigmoid,
-    tanh); and sigmoid's and tanh's lines across 0 are tighter than the constants f(lo), f(hi)."""
+    tanh, softplus, ELU); and sigmoid's and tanh's lines across 0 are tighter than the constants f(lo), f(hi)."""
     from speccert.bounds.crown_relax import relax
     from speccert.bounds.local_slopes import _forward
 
@@ -393,7 +393,15 @@ def test_relaxation_lines_hold_on_their_intervals() -> None:
     hi[1500:2000] = lo[1500:2000] * 0.3  # negative
     t = torch.linspace(0, 1, 2001, dtype=D)[:, None]
     z = lo + (hi - lo) * t
-    for fn, alpha in [("relu", 0.0), ("leaky_relu", 0.1), ("sigmoid", 0.0), ("tanh", 0.0)]:
+    cases = [
+        ("relu", 0.0),
+        ("leaky_relu", 0.1),
+        ("sigmoid", 0.0),
+        ("tanh", 0.0),
+        ("softplus", 0.0),
+        ("elu", 0.7),
+    ]
+    for fn, alpha in cases:
         a_lo, b_lo, a_up, b_up = relax(fn, alpha, lo, hi)
         f = _forward(fn, alpha, z)
         slack = 1e-15 * (1.0 + z.abs())

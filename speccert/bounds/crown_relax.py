@@ -23,6 +23,8 @@ across 0 get two lines with the chord's slope and proven intercepts (`_crossing`
   functions with a few ulps of error, so the intercept is moved by PAD (1 + |f(c)| + |a c|), far above
   those errors plus the rounding of the intercept's own arithmetic, and the tangent slope error is
   absorbed the same way: |a' - a| |z - c| <= PAD |a| |hi - lo| is added too.
+- Softplus and ELU with 0 <= alpha <= 1 are convex everywhere: the midpoint tangent (at ELU's kink
+  the subgradient 1) below and the chord above, widened the same way.
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ Tensor = torch.Tensor
 U = 2.0**-53
 PAD = 1e-12
 TINY = 1e-300
-RELAXED = {"relu", "leaky_relu", "identity", "sigmoid", "tanh"}
+RELAXED = {"relu", "leaky_relu", "identity", "sigmoid", "tanh", "softplus", "elu"}
 Lines = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def supported(fn: str, alpha: float) -> bool:
     """Whether `relax` has lines for this activation."""
-    return fn in RELAXED and (fn != "leaky_relu" or 0.0 <= alpha <= 1.0)
+    return fn in RELAXED and (fn not in ("leaky_relu", "elu") or 0.0 <= alpha <= 1.0)
 
 
 def _up_intercept(fe: Tensor, a: Tensor, e: Tensor) -> Tensor:
@@ -65,12 +67,30 @@ def _convex(alpha: float, lo: Tensor, hi: Tensor) -> Lines:
     return a_lo, zero, a_up, torch.where(stable, zero, b_up)
 
 
-def _deriv(fn: str, z: Tensor) -> Tensor:
+def _deriv(fn: str, z: Tensor, alpha: float = 0.0) -> Tensor:
+    """f'(z) (at ELU's kink: 1, a subgradient since alpha <= 1)."""
+    if fn == "softplus":
+        return torch.sigmoid(z)
+    if fn == "elu":
+        return torch.where(z >= 0, torch.ones_like(z), alpha * torch.exp(z.clamp_max(0.0)))
     if fn == "sigmoid":
         s = torch.sigmoid(z)
         return s * (1.0 - s)
     t = torch.tanh(z)
     return 1.0 - t * t
+
+
+def _convex_smooth(fn: str, alpha: float, lo: Tensor, hi: Tensor) -> Lines:
+    """Softplus, ELU with 0 <= alpha <= 1 (convex everywhere): the tangent at the midpoint below, the
+    chord above, both widened like the sigmoid's (module docstring)."""
+    f_lo, f_hi = _forward(fn, alpha, lo), _forward(fn, alpha, hi)
+    chord = (f_hi - f_lo) / (hi - lo).clamp_min(TINY)
+    pad_chord = PAD * (1.0 + f_lo.abs() + f_hi.abs() + (chord * lo).abs() + (chord * hi).abs())
+    b_up = torch.maximum(f_lo - chord * lo, f_hi - chord * hi) + pad_chord
+    c = lo + (hi - lo) / 2
+    a_t, f_c = _deriv(fn, c, alpha), _forward(fn, alpha, c)
+    pad_t = PAD * (1.0 + f_c.abs() + (a_t * c).abs() + a_t.abs() * (hi - lo))
+    return a_t, f_c - a_t * c - pad_t, chord, b_up
 
 
 def _critical(fn: str, a: Tensor) -> Tensor:
@@ -130,7 +150,10 @@ def _smooth(fn: str, lo: Tensor, hi: Tensor) -> Lines:
     b_t = f_c - a_t * c
     convex, concave = hi <= 0, lo >= 0
     cross = ~convex & ~concave
-    safe_lo, safe_hi = torch.where(cross, lo, -torch.ones_like(lo)), torch.where(cross, hi, torch.ones_like(hi))
+    safe_lo, safe_hi = (
+        torch.where(cross, lo, -torch.ones_like(lo)),
+        torch.where(cross, hi, torch.ones_like(hi)),
+    )
     safe_chord = torch.where(cross, chord, torch.zeros_like(chord))
     x_lo, x_up = _crossing(fn, safe_lo, safe_hi, safe_chord)
     a_lo = torch.where(convex, a_t, chord)
@@ -149,6 +172,10 @@ def relax(fn: str, alpha: float, lo: Tensor, hi: Tensor) -> Lines:
         return _convex(0.0, lo, hi)
     if fn == "leaky_relu" and 0.0 <= alpha <= 1.0:
         return _convex(alpha, lo, hi)
+    if fn in ("softplus", "elu") and 0.0 <= alpha <= 1.0:
+        if not bool((torch.isfinite(lo) & torch.isfinite(hi)).all()):
+            raise NotApplicable("infinite pre-activation bounds")
+        return _convex_smooth(fn, alpha, lo, hi)
     if fn in ("sigmoid", "tanh"):
         if not bool((torch.isfinite(lo) & torch.isfinite(hi)).all()):
             raise NotApplicable("infinite pre-activation bounds")
