@@ -19,6 +19,7 @@ import math
 import torch
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
+from speccert.bounds.certificates._per_point import per_point_radii
 from speccert.bounds.crown import Crown
 
 Tensor = torch.Tensor
@@ -94,14 +95,4 @@ class CrownCertificate(Certificate):
         self.crown = Crown(ctx.bound)
 
     def radii(self, batch: Batch) -> Tensor:
-        x = batch.x.detach().to("cpu", torch.float64)
-        y, m = batch.y.cpu(), batch.margins.cpu()
-        alive = m.amin(1) > 0
-        r = torch.cat(
-            [
-                crown_radius(self.crown, x[i : i + CHUNK], y[i : i + CHUNK], alive[i : i + CHUNK])
-                for i in range(0, x.shape[0], CHUNK)
-            ]
-        )
-        out = r[:, None].expand_as(m).clone().scatter(1, y[:, None], math.inf)
-        return out.to(batch.margins.device)
+        return per_point_radii(batch, lambda x, y, m: crown_radius(self.crown, x, y, m.amin(1) > 0), CHUNK)

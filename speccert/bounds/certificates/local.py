@@ -31,6 +31,7 @@ import math
 import torch
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
+from speccert.bounds.certificates._per_point import per_point_radii
 from speccert.bounds.compose import RoundedUp, compose
 from speccert.bounds.local_bounds import BallBounds, ball_bounds, pool_vjp
 from speccert.bounds.local_stages import Stage, build_stages, stage_vjp
@@ -275,13 +276,4 @@ class LocalCertificate(Certificate):
         self.model = LocalModel(ctx)
 
     def radii(self, batch: Batch) -> Tensor:
-        x = batch.x.detach().to("cpu", torch.float64)
-        y, m = batch.y.cpu(), batch.margins.cpu()
-        r = torch.cat(
-            [
-                local_radius(self.model, x[i : i + CHUNK], y[i : i + CHUNK], m[i : i + CHUNK])
-                for i in range(0, x.shape[0], CHUNK)
-            ]
-        )
-        out = r[:, None].expand_as(m).clone().scatter(1, y[:, None], math.inf)
-        return out.to(batch.margins.device)
+        return per_point_radii(batch, lambda x, y, m: local_radius(self.model, x, y, m), CHUNK)
