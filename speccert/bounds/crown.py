@@ -37,6 +37,7 @@ interval/Lipschitz bounds of speccert.bounds.local_bounds (`ball_bounds(..., int
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +57,7 @@ U = 2.0**-53
 TINY = 1e-300
 ROW_CHUNK = 128  # hidden units whose bounds go backward together (x2: lower and upper rows)
 UNIT_MAX = 8192  # stages with more uncertain units per point keep their interval bounds only
+UnitHook = Callable[[int, BallBounds, Tensor | None], Tensor | None]
 
 
 def backward_terms(graph_shape: tuple[int, ...], node: Node) -> int:
@@ -141,6 +143,9 @@ class Crown:
             for st in self.stages
         ]
         self.consts = [self._constant(st) for st in self.stages]
+        # optional per-unit Lipschitz intervals (the local certificate's backward passes), applied
+        # before the CROWN intervals: both proven, intersected; fewer units are left for CROWN
+        self.unit_lipschitz: UnitHook | None = None
 
     def _constant(self, st: Stage) -> tuple[Tensor, Tensor]:
         """(bc, brad) [1, *z] enclosing b_k = z_k at zero sources."""
@@ -321,7 +326,7 @@ class Crown:
     def ball(self, x: Tensor, r: Tensor) -> Ball:
         """Proven bounds of every stage over B(x_b, r_b): intervals by boxes, Lipschitz and CROWN."""
         hook = self.interval(x, r)
-        bb = ball_bounds(self.graph, self.stages, x, r, interval=hook)
+        bb = ball_bounds(self.graph, self.stages, x, r, None, self.unit_lipschitz, interval=hook)
         return Ball(x, r, bb)
 
     def margin_bounds(self, x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
