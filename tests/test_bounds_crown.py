@@ -413,3 +413,23 @@ def test_relaxation_lines_hold_on_their_intervals() -> None:
         gap = (a_up * z + b_up - a_lo * z - b_lo)[:, cross].amax(0)
         flat = _forward(fn, alpha, hi[cross]) - _forward(fn, alpha, lo[cross])
         assert bool((gap < flat).float().mean() > 0.9), f"{fn}: lines across 0 no tighter than constants"
+
+
+def test_crown_in_the_cli(tmp_path: Path) -> None:
+    """`--certificate local,crown` runs both, the report lists them and says which won per point."""
+    import json
+
+    from tests.test_certify_cli import onnx_classifier, run
+
+    model = onnx_classifier(tmp_path / "m.onnx")
+    x = np.random.default_rng(0).random((30, 1, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(30, dtype=np.int64))
+    proc = run(
+        model, "--data", tmp_path / "d.npz", "--certificate", "local,crown", "--json", tmp_path / "r.json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["certificate"]["kinds"] == ["local", "crown"]
+    assert "Best certificate per point:" in proc.stdout and "crown" in proc.stdout
+    rows = [r for r in rep["samples"] if r["radius"]]
+    assert rows and all(r["radius"] >= r["radii"]["crown"] >= 0 for r in rows)
