@@ -10,14 +10,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from certify_nets import D
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from test_bounds_local import (
+    MLP_SHAPES,
+    POOL_SHAPES,
     attack_distance,
     conv_pool_net,
     minimal_norm_distance,
     relu_mlp,
     residual_net,
+    shapes,
     smooth_mlp,
 )
 
@@ -27,15 +30,14 @@ from speccert.bounds.lipschitz import lipschitz_bound
 from speccert.exporters import save_onnx
 from speccert.ir import INPUT, Activation, BatchNorm, Conv, Graph, Linear, Node, Reshape
 
-shapes = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
 
 def check_crown(g: Graph, x: torch.Tensor, tmp_path: Path) -> dict[str, np.ndarray]:
     """Every crown radius is below the distance of PGD-L2 (restarts, bisection) and of a minimal-norm
     attack, both checked in onnxruntime (float32 deployment of the same weights)."""
     with torch.no_grad():
         y = g.forward(x).argmax(1)
-    rep = certify(g, (x, y), eps=[0.1], lower_bound=False, certificates=["all"], audit=x.shape[0])
+    kinds = ["global", "pairwise", "crown"]
+    rep = certify(g, (x, y), eps=[0.1], lower_bound=False, certificates=kinds, audit=x.shape[0])
     crown = rep.radii["crown"]
     onnx = save_onnx(g.to("cpu", torch.float32), tmp_path / "net.onnx")
     keep = crown > 0
@@ -82,13 +84,8 @@ def check_linear_bounds(g: Graph, x: torch.Tensor, r: torch.Tensor) -> None:
 
 
 @shapes
-@given(
-    seed=st.integers(0, 10_000),
-    d=st.integers(2, 10),
-    widths=st.lists(st.integers(3, 20), min_size=1, max_size=3),
-    classes=st.integers(2, 5),
-)
-def test_crown_on_relu_mlps_is_sound_and_beats_local(
+@given(**MLP_SHAPES)
+def test_crown_on_relu_mlps_is_sound_and_beats_pairwise(
     seed: int, d: int, widths: list[int], classes: int, tmp_path: Path
 ) -> None:
     g = relu_mlp(seed, d, widths, classes)
@@ -99,13 +96,7 @@ def test_crown_on_relu_mlps_is_sound_and_beats_local(
 
 
 @shapes
-@given(
-    seed=st.integers(0, 10_000),
-    c=st.integers(1, 4),
-    n=st.integers(4, 8),
-    k=st.integers(1, 3),
-    pool=st.integers(1, 2),
-)
+@given(**POOL_SHAPES)
 def test_crown_on_conv_maxpool_nets_is_sound(
     seed: int, c: int, n: int, k: int, pool: int, tmp_path: Path
 ) -> None:
@@ -413,23 +404,3 @@ def test_relaxation_lines_hold_on_their_intervals() -> None:
         gap = (a_up * z + b_up - a_lo * z - b_lo)[:, cross].amax(0)
         flat = _forward(fn, alpha, hi[cross]) - _forward(fn, alpha, lo[cross])
         assert bool((gap < flat).float().mean() > 0.9), f"{fn}: lines across 0 no tighter than constants"
-
-
-def test_crown_in_the_cli(tmp_path: Path) -> None:
-    """`--certificate local,crown` runs both, the report lists them and says which won per point."""
-    import json
-
-    from tests.test_certify_cli import onnx_classifier, run
-
-    model = onnx_classifier(tmp_path / "m.onnx")
-    x = np.random.default_rng(0).random((30, 1, 4, 4)).astype(np.float32)
-    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(30, dtype=np.int64))
-    proc = run(
-        model, "--data", tmp_path / "d.npz", "--certificate", "local,crown", "--json", tmp_path / "r.json"
-    )
-    assert proc.returncode == 0, proc.stderr
-    rep = json.loads((tmp_path / "r.json").read_text())
-    assert rep["certificate"]["kinds"] == ["local", "crown"]
-    assert "Best certificate per point:" in proc.stdout and "crown" in proc.stdout
-    rows = [r for r in rep["samples"] if r["radius"]]
-    assert rows and all(r["radius"] >= r["radii"]["crown"] >= 0 for r in rows)
