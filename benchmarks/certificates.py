@@ -1,19 +1,20 @@
-"""Side by side: global, pairwise, margin-aware and local certificates on the VNN-COMP corpus and the zoo.
+"""Side by side: every certificate kind on the VNN-COMP corpus and the zoo.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/certificates.py --points 100 --attack-points 20
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/certificates.py --points 20 --attack-points 5
 
-Per model: median certified radius of each kind, of today's best (max of global and pairwise, the
-kinds certify ran before margin-aware and local existed) and of the new best (max over all kinds), the
-gain new/today, certified accuracy at one eps before and after, seconds per point of all kinds together
-(the local kind is nearly all of it; the others cost ~1 ms per point), and the ratio radius / attack distance (a minimal-norm search with PGD-L2: the
-smallest radius at which PGD with restarts finds an adversarial point, by bisection) before and after,
-on the first `--attack-points` correctly classified points. Prints a Markdown table (docs/certify.md).
+Per model: median certified radius of each kind (global, pairwise, margin, second_order where the
+model is smooth, local, crown), of today's best (max of global and pairwise, the kinds certify ran
+before the others existed) and of the new best (max over all kinds), the gain new/today, how many
+points each of local and crown won, certified accuracy at one eps before and after, seconds per point
+of the cheap kinds together, of local and of crown (each run on its own), and the ratio radius /
+attack distance (the smallest radius at which PGD-L2 with restarts finds an adversarial point, by
+bisection) before and after, on the first `--attack-points` certified points. Prints a Markdown table
+(docs/certify.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -22,27 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import speccert
-from speccert.bounds import certify
-from speccert.bounds.audit import pgd_l2
-from speccert.errors import SpeccertError
-from speccert.ir import Graph
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_models import Data, first_points, main_loop  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "onnx-corpus"
-ZOO_DATA = ROOT / "models" / "data" / "fashion_mnist_test_1k.npz"
-KINDS = ["global", "pairwise", "margin", "local"]
+import speccert  # noqa: E402
+from speccert.bounds import certify  # noqa: E402
+from speccert.bounds.audit import pgd_l2  # noqa: E402
+from speccert.errors import SpeccertError  # noqa: E402
+from speccert.ir import Graph  # noqa: E402
 
-
-def models(corpus: Path) -> list[tuple[str, Path, tuple[np.ndarray, np.ndarray] | Path, float]]:
-    """(name, model file, data, eps) for every corpus model and every zoo ONNX model."""
-    out: list[tuple[str, Path, tuple[np.ndarray, np.ndarray] | Path, float]] = []
-    for d in sorted(p for p in corpus.iterdir() if (p / "model.onnx").exists()):
-        out.append((d.name, d / "model.onnx", (np.load(d / "x.npy"), np.load(d / "y.npy")), 0.1))
-    manifest = json.loads((ROOT / "models" / "manifest.json").read_text())
-    for name, entry in manifest["models"].items():
-        out.append((f"zoo/{name}", ROOT / "models" / entry["files"]["onnx"]["path"], ZOO_DATA, 0.5))
-    return out
+CHEAP = ["global", "pairwise", "margin", "second_order"]
+COSTLY = ["local", "crown"]
+KINDS = CHEAP + COSTLY
 
 
 def attack_distance(graph: Graph, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -60,31 +52,47 @@ def attack_distance(graph: Graph, x: torch.Tensor, y: torch.Tensor, start: torch
     return best
 
 
-def run_model(name: str, path: Path, data: object, eps: float, points: int, attack_points: int) -> dict:
-    graph = speccert.load(str(path))
-    rows: dict = {"model": name}
-    t0 = time.perf_counter()
-    # One run with every kind (the norms are the same for all; they are a one-off cost per model).
-    rep = certify(graph, data, eps=[eps], limit=points, lower_bound=False, certificates=KINDS)  # type: ignore[arg-type]
-    rows["norms_s"] = rep.timing["norms_s"]
-    rows["s_per_point"] = rep.timing["certify_s"] / max(len(rep.radius), 1)
-    rows["local_note"] = "; ".join(n for n in rep.notes if "local" in n)
-    radii = dict(rep.radii)
+def _certify_kinds(graph: Graph, data: Data, eps: float, points: int, rows: dict) -> dict[str, np.ndarray]:
+    """Radii of every kind: the cheap ones in one run, local and crown each in their own (timed)."""
+    radii: dict[str, np.ndarray] = {}
+    for group in (CHEAP, *([k] for k in COSTLY)):
+        rep = certify(graph, data, eps=[eps], limit=points, lower_bound=False, certificates=group)  # type: ignore[arg-type]
+        label = "cheap" if group is CHEAP else group[0]
+        rows[f"s_per_point_{label}"] = rep.timing["certify_s"] / max(len(rep.radius), 1)
+        rows.setdefault("norms_s", rep.timing["norms_s"])
+        rows["notes"] = rows.get("notes", []) + [n for n in rep.notes if "not used" in n]
+        radii.update(rep.radii)
+        rows["labels"], rows["correct"] = rep.labels, rep.predictions == rep.labels
+    return radii
+
+
+def run_model(name: str, path: Path, data: Data, eps: float, args: argparse.Namespace) -> dict | None:
+    try:
+        graph = speccert.load(str(path))
+        rows: dict = {"model": name, "eps": eps}
+        t0 = time.perf_counter()
+        radii = _certify_kinds(graph, data, eps, args.points, rows)
+    except SpeccertError as exc:
+        print(f"{name}: skipped ({exc})", file=sys.stderr)
+        return None
+    labels, correct = rows.pop("labels"), rows.pop("correct")
     today = np.maximum(radii["global"], radii.get("pairwise", radii["global"]))
     best = np.max(np.stack(list(radii.values())), axis=0)
-    correct = rep.predictions == rep.labels
     rows.update({f"median_{k}": float(np.median(v)) for k, v in radii.items()})
     rows["median_today"], rows["median_best"] = float(np.median(today)), float(np.median(best))
     rows["gain"] = rows["median_best"] / rows["median_today"] if rows["median_today"] > 0 else math.inf
-    rows["eps"] = eps
+    for k in COSTLY:
+        if k in radii:
+            others = np.max(np.stack([v for n, v in radii.items() if n != k]), axis=0)
+            rows[f"wins_{k}"] = int(np.sum((radii[k] > others) & (best > 0)))
     rows["cra_today"] = float(np.mean(correct & (today >= eps)))
     rows["cra_best"] = float(np.mean(correct & (best >= eps)))
-    idx = np.flatnonzero(correct & (best > 0))[:attack_points]
+    idx = np.flatnonzero(correct & (best > 0))[: args.attack_points]
     if idx.size:
         folded = graph.to("cpu", torch.float64)
-        x = torch.as_tensor(_x(data, points)[idx], dtype=torch.float64).reshape(-1, *graph.input_shape)
-        y = torch.as_tensor(rep.labels[idx])
-        dist = attack_distance(folded, x, y, torch.as_tensor(best[idx]))
+        x = torch.as_tensor(first_points(data, args.points)[0][idx], dtype=torch.float64)
+        x = x.reshape(-1, *graph.input_shape)
+        dist = attack_distance(folded, x, torch.as_tensor(labels[idx]), torch.as_tensor(best[idx]))
         if bool((dist < torch.as_tensor(best[idx])).any()):
             raise SystemExit(f"{name}: an attack beat a certified radius")
         rows["ratio_today"] = float(np.median(today[idx] / dist.numpy()))
@@ -93,16 +101,11 @@ def run_model(name: str, path: Path, data: object, eps: float, points: int, atta
     return rows
 
 
-def _x(data: object, points: int) -> np.ndarray:
-    if isinstance(data, tuple):
-        return np.asarray(data[0])[:points]
-    return np.load(str(data))["x"][:points]
-
-
 def table(rows: list[dict]) -> str:
+    cols = ["global", "pairwise", "margin", "second_order", "local", "crown", "today", "best"]
     head = (
-        "| model | global | pairwise | margin | local | today | best | gain | CRA@eps today -> best "
-        "| s/pt (all kinds) | radius/attack today -> best |\n|" + "---|" * 11
+        "| model | " + " | ".join(cols) + " | gain | wins local / crown | CRA@eps today -> best "
+        "| s/pt cheap / local / crown | radius/attack today -> best |\n|" + "---|" * (len(cols) + 6)
     )
     out = [head]
     for r in rows:
@@ -111,37 +114,19 @@ def table(rows: list[dict]) -> str:
             v = r.get(k)
             return "-" if v is None else f"{v:.3g}"
 
+        medians = " | ".join(f(f"median_{c}") for c in cols)
         out.append(
-            f"| {r['model']} | {f('median_global')} | {f('median_pairwise')} | {f('median_margin')} "
-            f"| {f('median_local')} | {f('median_today')} | {f('median_best')} | {f('gain')}x "
-            f"| {r['cra_today']:.0%} -> {r['cra_best']:.0%} (eps {r['eps']:g}) | {f('s_per_point')} "
+            f"| {r['model']} | {medians} | {f('gain')}x | {r.get('wins_local', '-')} / {r.get('wins_crown', '-')} "
+            f"| {r['cra_today']:.0%} -> {r['cra_best']:.0%} (eps {r['eps']:g}) "
+            f"| {f('s_per_point_cheap')} / {f('s_per_point_local')} / {f('s_per_point_crown')} "
             f"| {f('ratio_today')} -> {f('ratio_best')} |"
         )
     return "\n".join(out)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--points", type=int, default=100)
-    ap.add_argument("--attack-points", type=int, default=20)
-    ap.add_argument("--only", default="", help="comma-separated substrings of model names")
-    ap.add_argument("--json", default="", help="also write the rows here")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    rows = []
-    for name, path, data, eps in models(CORPUS):
-        if args.only and not any(s in name for s in args.only.split(",")):
-            continue
-        try:
-            rows.append(run_model(name, path, data, eps, args.points, args.attack_points))
-        except SpeccertError as exc:
-            print(f"{name}: skipped ({exc})", file=sys.stderr)
-            continue
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+def _args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--attack-points", type=int, default=5)
 
 
 if __name__ == "__main__":
-    main()
+    main_loop(__doc__ or "", run_model, table, _args)

@@ -18,17 +18,15 @@ over the first --points points (0 for misclassified ones, as certify reports), s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from certificates import CORPUS, _x, models  # noqa: E402
+from bench_models import Data, first_points, main_loop  # noqa: E402
 
 import speccert  # noqa: E402
 from speccert.bounds.lipschitz import lipschitz_bound  # noqa: E402
@@ -36,12 +34,6 @@ from speccert.ir import INPUT, Affine, Graph, Node  # noqa: E402
 
 SEARCH_STEPS = 10
 LO, HI = 1e-4, 10.0
-
-
-def _labels(data: object, points: int) -> np.ndarray:
-    if isinstance(data, tuple):
-        return np.asarray(data[1])[:points]
-    return np.load(str(data))["y"][:points]
 
 
 def _bisect(margins_ok: Callable[[torch.Tensor], torch.Tensor], n: int) -> torch.Tensor:
@@ -119,12 +111,13 @@ class PeerNet(torch.nn.Module):
         return values[self.graph.output]
 
 
-def run_model(name: str, path: Path, data: object, eps: float, points: int) -> dict:
+def run_model(name: str, path: Path, data: Data, eps: float, args: argparse.Namespace) -> dict:
     row: dict = {"model": name, "eps": eps}
+    xs, ys = first_points(data, args.points)
     graph = _plain_names(lipschitz_bound(speccert.load(str(path))).folded.to("cpu", torch.float32))
     net = PeerNet(graph).eval()
-    x = torch.as_tensor(_x(data, points), dtype=torch.float32).reshape(-1, *graph.input_shape)
-    y = torch.as_tensor(_labels(data, points), dtype=torch.int64)
+    x = torch.as_tensor(xs, dtype=torch.float32).reshape(-1, *graph.input_shape)
+    y = torch.as_tensor(ys, dtype=torch.int64)
     with torch.no_grad():
         correct = net(x).argmax(1) == y
     t0 = time.perf_counter()
@@ -154,23 +147,5 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--points", type=int, default=20)
-    ap.add_argument("--only", default="", help="comma-separated substrings of model names")
-    ap.add_argument("--json", default="", help="also write the rows here")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    rows = []
-    for name, path, data, eps in models(CORPUS):
-        if args.only and not any(s in name for s in args.only.split(",")):
-            continue
-        rows.append(run_model(name, path, data, eps, args.points))
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
-
-
 if __name__ == "__main__":
-    main()
+    main_loop(__doc__ or "", run_model, table)

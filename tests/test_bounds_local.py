@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 from certify_nets import D
 from hypothesis import HealthCheck, given, settings
@@ -108,15 +109,23 @@ def check_local(g: Graph, x: torch.Tensor, tmp_path: Path) -> dict[str, np.ndarr
 
 
 shapes = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+MLP_SHAPES = {
+    "seed": st.integers(0, 10_000),
+    "d": st.integers(2, 10),
+    "widths": st.lists(st.integers(3, 20), min_size=1, max_size=3),
+    "classes": st.integers(2, 5),
+}
+POOL_SHAPES = {
+    "seed": st.integers(0, 10_000),
+    "c": st.integers(1, 4),
+    "n": st.integers(4, 8),
+    "k": st.integers(1, 3),
+    "pool": st.integers(1, 2),
+}
 
 
 @shapes
-@given(
-    seed=st.integers(0, 10_000),
-    d=st.integers(2, 10),
-    widths=st.lists(st.integers(3, 20), min_size=1, max_size=3),
-    classes=st.integers(2, 5),
-)
+@given(**MLP_SHAPES)
 def test_local_radius_of_relu_mlps_is_sound_and_beats_global(
     seed: int, d: int, widths: list[int], classes: int, tmp_path: Path
 ) -> None:
@@ -130,14 +139,7 @@ def test_local_radius_of_relu_mlps_is_sound_and_beats_global(
 
 
 @shapes
-@given(
-    seed=st.integers(0, 10_000),
-    c=st.integers(1, 4),
-    n=st.integers(4, 8),
-    k=st.integers(1, 3),
-    pool=st.integers(1, 2),
-    classes=st.integers(2, 4),
-)
+@given(**POOL_SHAPES, classes=st.integers(2, 4))
 def test_local_radius_of_conv_maxpool_nets_is_sound(
     seed: int, c: int, n: int, k: int, pool: int, classes: int, tmp_path: Path
 ) -> None:
@@ -165,21 +167,22 @@ def test_local_is_exact_where_no_unit_can_switch() -> None:
     assert np.median(rep.radii["local"] / exact[near]) > 0.99
 
 
-def test_certificate_option_of_the_cli(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kinds", ["global,local", "global,local,crown"])
+def test_certificate_option_of_the_cli(kinds: str, tmp_path: Path) -> None:
+    """The kinds asked for run, the report lists them and says which won per point."""
     from tests.test_certify_cli import onnx_classifier, run
 
     model = onnx_classifier(tmp_path / "m.onnx")
     x = np.random.default_rng(0).random((40, 1, 4, 4)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x, y=np.zeros(40, dtype=np.int64))
-    proc = run(
-        model, "--data", tmp_path / "d.npz", "--certificate", "global,local", "--json", tmp_path / "r.json"
-    )
+    proc = run(model, "--data", tmp_path / "d.npz", "--certificate", kinds, "--json", tmp_path / "r.json")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads((tmp_path / "r.json").read_text())
-    assert rep["certificate"]["kinds"] == ["global", "local"]
-    assert "median gain over global" in proc.stdout
+    assert rep["certificate"]["kinds"] == kinds.split(",")
+    assert "median gain over global" in proc.stdout and "Best certificate per point:" in proc.stdout
     rows = [r for r in rep["samples"] if r["radius"]]
-    assert rows and all(r["radii"]["local"] >= 0 for r in rows)
+    last = kinds.split(",")[-1]
+    assert rows and all(r["radius"] >= r["radii"][last] >= 0 for r in rows)
     bad = run(model, "--data", tmp_path / "d.npz", "--certificate", "nonsense")
     assert bad.returncode == 2 and "unknown certificate nonsense" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,19 @@ def _pool_windows(op: MaxPool, t: Tensor) -> Tensor:
     return cols.reshape(b, c, cols.shape[1], cols.shape[2])
 
 
+def pool_vjp(op: MaxPool, v: Tensor, winner: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+    """Route v [B, C, Co, Ho, Wo] to the fixed winners ([B, Co, L] tap index): [B, C, Co, H, W]."""
+    b, c, co = v.shape[:3]
+    (pt, pb), (pl, pr) = op.padding
+    h, w = in_shape[1] + pt + pb, in_shape[2] + pl + pr
+    k = math.prod(op.kernel)
+    flat = v.reshape(b, c, co, 1, -1)
+    idx = winner[:, None, :, None, :].expand(b, c, co, 1, flat.shape[-1])
+    taps = torch.zeros((b, c, co, k, flat.shape[-1]), dtype=v.dtype).scatter(3, idx, flat)
+    out = F.fold(taps.reshape(b * c * co, k, -1), (h, w), op.kernel, op.dilation, 0, op.stride)
+    return out.reshape(b, c, co, h, w)[..., pt : pt + in_shape[1], pl : pl + in_shape[2]]
+
+
 def pool_fixed(op: MaxPool, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     """(fixed [B, C, L] bool, winner [B, C, L] tap index) of every max-pool window over the ball."""
     lw, hw = _pool_windows(op, lo), _pool_windows(op, hi)
@@ -150,12 +163,18 @@ class BallBounds:
     """Per stage k (a nonlinearity), per point: the Jacobian's centre and half-width over the ball
     (activation: f' in mid +- err per unit of z_k; max-pool: mid = windows whose winner is fixed,
     err = the others, as 0/1 masks over h_k), the winners, and l_unstable >= the Lipschitz constant of
-    x -> z_k restricted to the units with err > 0 (activation) or of all of z_k (max-pool)."""
+    x -> z_k restricted to the units with err > 0 (activation) or of all of z_k (max-pool); and the
+    proven intervals of z_k and of h_k over the ball (`z`, `h`: (lo, hi) pairs)."""
 
     mid: list[Tensor]
     err: list[Tensor]
     winner: list[Tensor | None]
     l_unstable: list[Tensor]
+    z: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    h: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+
+
+Interval = Callable[[int, BallBounds, Tensor, Tensor], tuple[Tensor, Tensor] | None]
 
 
 @dataclass
@@ -260,13 +279,16 @@ def ball_bounds(
     r: Tensor,
     refine: Callable[[int, BallBounds], None] | None = None,
     unit_lipschitz: Callable[[int, BallBounds, Tensor | None], Tensor | None] | None = None,
+    interval: Interval | None = None,
 ) -> BallBounds:
     """Slope ranges, masks and Lipschitz bounds of every nonlinear stage over B(x_b, r_b), per point.
 
     `unit_lipschitz(k, bounds so far, wanted units)` may give per-unit Lipschitz bounds of z_k over the
     ball (tighter than sum_j ||row_i A_kj|| M_j; asked for the units whose slope is not yet fixed, all
     units before a max-pool); `refine(k, bounds)` may tighten stage k's l_unstable once its
-    slopes are known."""
+    slopes are known; `interval(k, bounds so far, lo, hi)` may give another proven interval of z_k
+    (speccert.bounds.crown: linear relaxation), intersected with this one (both hold, so does their
+    intersection)."""
     rr = r.reshape((-1,) + (1,) * (x.dim() - 1))
     lo, hi = _down(x - rr), _up(x + rr)
     o = _Outputs({-1: (lo, hi)}, {-1: (x, torch.zeros_like(x))}, {-1: torch.ones_like(r)}, {-1: None})
@@ -275,10 +297,17 @@ def ball_bounds(
         z = _z_interval(graph, st, o, r)
         if unit_lipschitz is not None and st.nodes:
             z = _tighten(z, r, unit_lipschitz(k, out, _wanted(st, z)))
+        if interval is not None and st.nodes:
+            other = interval(k, out, z[0], z[1])
+            if other is not None:
+                z = (torch.maximum(z[0], other[0]), torch.minimum(z[1], other[1]), z[2], z[3])
+        out.z.append((z[0], z[1]))
         if st.act is not None and isinstance(st.act.op, MaxPool):
             _pool_stage(st, o, k, z, out)
+            out.h.append(o.box[k])
             continue
         _act_stage(st, o, k, z, out)
+        out.h.append(o.box[k])
         if refine is not None:
             refine(k, out)
     return out

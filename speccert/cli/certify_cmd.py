@@ -299,9 +299,9 @@ def command(
         str,
         typer.Option(
             "--certificate",
-            help="Certificate kinds, comma-separated: global, pairwise, margin, local, "
-            "second_order, or all (default: every kind but local; local costs ~0.1-1 s per point on "
-            "CPU, see docs/certify.md).",
+            help="Certificate kinds, comma-separated: global, pairwise, margin, local, crown, "
+            "second_order, or all (default: every kind but local and crown; they cost ~0.1-20 s per "
+            "point on CPU, see docs/certify.md).",
         ),
     ] = "default",
     exact_max_dim: Annotated[

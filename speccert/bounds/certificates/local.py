@@ -29,11 +29,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
+from speccert.bounds.certificates._per_point import per_point_radii
 from speccert.bounds.compose import RoundedUp, compose
-from speccert.bounds.local_bounds import BallBounds, ball_bounds
+from speccert.bounds.local_bounds import BallBounds, ball_bounds, pool_vjp
 from speccert.bounds.local_stages import Stage, build_stages, stage_vjp
 from speccert.ir import INPUT, Conv, Linear, MaxPool, Node
 from speccert.norms.result import round_up
@@ -49,19 +49,6 @@ UNIT_MAX = 4096  # layers up to this many units get per-unit Lipschitz intervals
 UNIT_CHUNK = 256
 UNIT_ALWAYS = 2048  # models with at most this many such units get them at every bisection step
 CHUNK = 32  # points per backward pass (memory: CHUNK x classes x features float64)
-
-
-def pool_vjp(op: MaxPool, v: Tensor, winner: Tensor, in_shape: tuple[int, ...]) -> Tensor:
-    """Route v [B, C, Co, Ho, Wo] to the fixed winners ([B, Co, L] tap index): [B, C, Co, H, W]."""
-    b, c, co = v.shape[:3]
-    (pt, pb), (pl, pr) = op.padding
-    h, w = in_shape[1] + pt + pb, in_shape[2] + pl + pr
-    k = math.prod(op.kernel)
-    flat = v.reshape(b, c, co, 1, -1)
-    idx = winner[:, None, :, None, :].expand(b, c, co, 1, flat.shape[-1])
-    taps = torch.zeros((b, c, co, k, flat.shape[-1]), dtype=v.dtype).scatter(3, idx, flat)
-    out = F.fold(taps.reshape(b * c * co, k, -1), (h, w), op.kernel, op.dilation, 0, op.stride)
-    return out.reshape(b, c, co, h, w)[..., pt : pt + in_shape[1], pl : pl + in_shape[2]]
 
 
 def spectral_upper(r: Tensor) -> Tensor:
@@ -289,13 +276,4 @@ class LocalCertificate(Certificate):
         self.model = LocalModel(ctx)
 
     def radii(self, batch: Batch) -> Tensor:
-        x = batch.x.detach().to("cpu", torch.float64)
-        y, m = batch.y.cpu(), batch.margins.cpu()
-        r = torch.cat(
-            [
-                local_radius(self.model, x[i : i + CHUNK], y[i : i + CHUNK], m[i : i + CHUNK])
-                for i in range(0, x.shape[0], CHUNK)
-            ]
-        )
-        out = r[:, None].expand_as(m).clone().scatter(1, y[:, None], math.inf)
-        return out.to(batch.margins.device)
+        return per_point_radii(batch, lambda x, y, m: local_radius(self.model, x, y, m), CHUNK)

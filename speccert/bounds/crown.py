@@ -1,0 +1,344 @@
+"""CROWN-style linear lower bounds over an L2 ball, with every floating-point error accounted for.
+
+The network is cut at its nonlinearities (speccert.bounds.local_stages): z_k = A_k h + b_k (h: the
+stage's sources, earlier outputs h_j = n_j(z_j) or the input x), h_k = n_k(z_k). For rows lam at a
+stage t (the margin rows e_y - e_j at the logits, or +-e_i at a hidden layer), `lower` proves
+    lam^T z_t(x') >= Lam^T x' + c - err      for every x' in B(x, r)
+and returns a = Lam^T x + c - err (rounded down) and n >= ||Lam||_2, so that over B(x, rho), rho <= r,
+the minimum is >= a - rho n (Cauchy-Schwarz), and lam^T z_t > 0 on B(x, a / n) intersected with the
+ball. Backward, stage by stage (last first), with the adjoint lam_k of every output h_k (the sum over
+its uses: a residual skip adds two):
+- through an affine stage: lam^T z = (A^T lam)^T h + lam^T b. The computed g = fl(A^T lam) (one reverse
+  pass of the stage's operators) is within gamma(K) |A|^T |lam| of A^T lam componentwise (Higham,
+  Accuracy and Stability, 3.5; K >= the summed backward inner dimensions of the operators), so
+  |(g - A^T lam)^T h| <= gamma(K) |lam|^T (|A| H), H >= |h| on the ball (the proven boxes of the
+  sources). b is enclosed in bc +- brad (speccert.bounds.local_bounds.box_stage at h = 0), and
+  fl(lam^T bc) is within gamma(n + 4) |lam|^T |bc| of lam^T bc. All of this is one weight vector
+  W >= gamma(K) |A| H + gamma(n + 4) |bc| + brad per stage and point; the error grows by |lam|^T W.
+- through an activation: with valid lines a_lo z + b_lo <= f(z) <= a_up z + b_up on the unit's
+  interval (speccert.bounds.crown_relax), lam_i f(z_i) >= mu_i z_i + lam_i b_i, mu_i = lam_i a_lo,i
+  (lam_i >= 0) or lam_i a_up,i (lam_i < 0). The computed fl(mu_i) is within u |mu_i| of the exact
+  product, so the error grows by gamma(2) |mu|^T Z (Z >= |z| on the interval), and the constant's dot
+  product by gamma(n + 4) |lam|^T |b|.
+- through a max-pool: max over a window >= the candidate p with the best lower bound (any candidate
+  is below the max), and where p's lower bound beats every other candidate's upper bound the max is
+  z_p exactly; elsewhere the upper line is the constant max of the window's upper bounds. Windows
+  that overlap sum their adjoints (fold): that rounding is within gamma(k + 2) ||routed||_1 max Z.
+- an output used twice sums its adjoints: within u |sum|, so the error grows by gamma(2) |lam|^T H.
+- at the input: fl(Lam^T x) within gamma(n + 4) |Lam|^T |x|; ||Lam|| raised by gamma(n + 4).
+Constants are summed in a running float64 sum (recursive summation: within gamma(P) sum |pieces|), the
+error terms (all >= 0) too (raised by gamma(P)). Nothing here is an estimate.
+
+Intermediate bounds (full CROWN): the interval of every unit of z_k whose relaxation is not exact is
+the same bound with rows +-e_i, taken with the bounds of the stages before k, and intersected with the
+interval/Lipschitz bounds of speccert.bounds.local_bounds (`ball_bounds(..., interval=...)`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from speccert.bounds.certificate import NotApplicable
+from speccert.bounds.crown_relax import relax, supported
+from speccert.bounds.linear_tail import absolute_op
+from speccert.bounds.lipschitz import LipschitzBound
+from speccert.bounds.local_bounds import BallBounds, Interval, ball_bounds, box_stage, pool_vjp
+from speccert.bounds.local_slopes import slope_range
+from speccert.bounds.local_stages import Stage, build_stages, identity_like, inner_dimension, stage_vjp
+from speccert.ir import INPUT, Activation, Add, AvgPool, Conv, ConvTranspose, Linear, MaxPool, Node
+from speccert.norms.rounding import gamma
+
+Tensor = torch.Tensor
+U = 2.0**-53
+TINY = 1e-300
+ROW_CHUNK = 128  # hidden units whose bounds go backward together (x2: lower and upper rows)
+UNIT_MAX = 8192  # stages with more uncertain units per point keep their interval bounds only
+UnitHook = Callable[[int, BallBounds, Tensor | None], Tensor | None]
+
+
+def backward_terms(graph_shape: tuple[int, ...], node: Node) -> int:
+    """>= the number of terms summed per entry of the operator's transposed product, plus its other
+    roundings (BatchNorm's scale: square root, division, product)."""
+    op = node.op
+    if isinstance(op, (Linear, Conv, ConvTranspose)):
+        return int(op.weight.numel()) + 8
+    if isinstance(op, AvgPool):
+        return math.prod(op.kernel) + 8
+    return math.prod(graph_shape) + 8  # everything else: generous (the input's size)
+
+
+def _down(t: Tensor) -> Tensor:
+    return t.nextafter(torch.full_like(t, -math.inf))
+
+
+def _sub_down(a: Tensor, t: Tensor) -> Tensor:
+    """<= a - t (t >= 0) for the exact values of the floats a and t."""
+    return _down((a - t) - 4 * U * (a.abs() + t) - TINY)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """sum over the feature axes of a [B, N, ...] * b [B, ...] (broadcast over rows): [B, N]."""
+    return torch.bmm(a.flatten(2), b.reshape(b.shape[0], -1, 1))[:, :, 0]
+
+
+def _err_dot(a: Tensor, w: Tensor) -> Tensor:
+    """>= sum |a| w in exact arithmetic (w >= 0): the computed sum of n non-negative products is at
+    least (1 - gamma(n + 1)) times the exact one."""
+    n = w[0].numel()
+    return _dot(a.abs(), w) * (1.0 + 2 * gamma(n + 2))
+
+
+@dataclass
+class _Acc:
+    """Running constant c and error term of N rows per point (module docstring)."""
+
+    const: Tensor
+    cabs: Tensor
+    err: Tensor
+    pieces: int = 0
+
+    def add_const(self, piece: Tensor) -> None:
+        self.const = self.const + piece
+        self.cabs = self.cabs + piece.abs()
+        self.pieces += 1
+
+    def add_err(self, e: Tensor) -> None:
+        self.err = self.err + e
+        self.pieces += 1
+
+
+@dataclass
+class Ball:
+    """One evaluation: points x [B, ...], radii r [B], the proven bounds over each ball, caches."""
+
+    x: Tensor
+    r: Tensor
+    bb: BallBounds
+    weights: dict[int, Tensor] = field(default_factory=dict)
+    lines: dict[int, tuple[Tensor, ...]] = field(default_factory=dict)  # relax() + error weight
+
+    def abs_input(self) -> Tensor:
+        rr = self.r.reshape((-1,) + (1,) * (self.x.dim() - 1))
+        return (self.x.abs() + rr) * (1.0 + 4 * U) + TINY
+
+
+class Crown:
+    """The CROWN bound of a model (module docstring); NotApplicable for what it does not cover."""
+
+    def __init__(self, bound: LipschitzBound) -> None:
+        self.graph = bound.folded
+        self.stages: list[Stage] = build_stages(bound)
+        for st in self.stages[:-1]:
+            assert st.act is not None
+            op = st.act.op
+            if isinstance(op, Activation) and not supported(op.fn, op.alpha):
+                raise NotApplicable(f"the crown certificate has no linear relaxation of {op.fn}")
+        self.shapes = {INPUT: self.graph.input_shape} | {n.name: n.shape for n in self.graph.nodes}
+        self.terms = [
+            sum(backward_terms(self.graph.input_shape, n) for n in st.nodes) + 2 * len(st.nodes) + 8
+            for st in self.stages
+        ]
+        self.consts = [self._constant(st) for st in self.stages]
+        # optional per-unit Lipschitz intervals (the local certificate's backward passes), applied
+        # before the CROWN intervals: both proven, intersected; fewer units are left for CROWN
+        self.unit_lipschitz: UnitHook | None = None
+
+    def _constant(self, st: Stage) -> tuple[Tensor, Tensor]:
+        """(bc, brad) [1, *z] enclosing b_k = z_k at zero sources."""
+        if not st.nodes:
+            z = torch.zeros((1, *st.z_shape), dtype=torch.float64)
+            return z, z
+        leaves = {s.name: torch.zeros((1, *self.shapes[s.name]), dtype=torch.float64) for s in st.sources}
+        c, rad = box_stage(self.graph, st, {n: (v, v) for n, v in leaves.items()})
+        return c, rad
+
+    def _abs_source(self, ball: Ball, j: int) -> Tensor:
+        """H >= |h_j| on the ball (j = -1: the input)."""
+        if j == -1:
+            return ball.abs_input()
+        lo, hi = ball.bb.h[j]
+        return torch.maximum(lo.abs(), hi.abs())
+
+    def _weight(self, ball: Ball, k: int) -> Tensor:
+        """W_k >= gamma(K) |A_k| H + gamma(n + 4) |bc| + brad [B, *z] (module docstring)."""
+        if k in ball.weights:
+            return ball.weights[k]
+        st = self.stages[k]
+        b = ball.x.shape[0]
+        if not st.nodes:
+            w = torch.zeros((b, *st.z_shape), dtype=torch.float64)
+        else:
+            values = {s.name: self._abs_source(ball, s.index) for s in st.sources}
+            for node in st.nodes:
+                if isinstance(node.op, Add):
+                    values[node.name] = values[node.inputs[0]] + values[node.inputs[1]]
+                else:
+                    v = values[node.inputs[0]]
+                    values[node.name] = absolute_op(node.op, v.dim() - 1).forward(v)
+            k_terms = self.terms[k]
+            gain = values[st.z_name].clamp_min(0.0) * (1.0 + gamma(k_terms + 8))
+            bc, brad = self.consts[k]
+            n = math.prod(st.z_shape)
+            w = gamma(k_terms) * gain + gamma(n + 4) * bc.abs() + brad
+            w = w * (1.0 + 8 * U) + TINY
+        ball.weights[k] = w
+        return w
+
+    def _through(self, k: int, lam: Tensor, ball: Ball, acc: _Acc, adj: dict[int, Tensor]) -> None:
+        """lam [B, N, *z_k] through stage k's affine map: adjoints of its sources, constant, error."""
+        st = self.stages[k]
+        b, n = lam.shape[:2]
+        if st.nodes:
+            acc.add_const(_dot(lam, self.consts[k][0].expand(b, *st.z_shape)))
+            acc.add_err(_err_dot(lam, self._weight(ball, k)))
+        for i, g in stage_vjp(st, lam.reshape(b * n, *st.z_shape), self.shapes).items():
+            g = g.reshape(b, n, *g.shape[1:])
+            adj[i] = adj[i] + g if i in adj else g
+
+    def _relax(self, j: int, lam: Tensor, ball: Ball, acc: _Acc) -> Tensor:
+        """lam [B, N, *h_j] through the nonlinearity of stage j: the adjoint of z_j."""
+        st = self.stages[j]
+        assert st.act is not None
+        op = st.act.op
+        pos = lam >= 0
+        if isinstance(op, MaxPool):
+            return self._pool(j, op, lam, pos, ball, acc)
+        assert isinstance(op, Activation)
+        if j not in ball.lines:
+            lo, hi = ball.bb.z[j]
+            lines = relax(op.fn, op.alpha, lo, hi)
+            a_lo, b_lo, a_up, b_up = lines
+            n = lo[0].numel()
+            # per unit, >= every error weight of the module docstring whichever line is used
+            w = gamma(2) * self._abs_source(ball, j)  # summed adjoints
+            w = w + gamma(n + 4) * torch.maximum(b_lo.abs(), b_up.abs())
+            w = w + gamma(2) * torch.maximum(a_lo.abs(), a_up.abs()) * torch.maximum(lo.abs(), hi.abs())
+            ball.lines[j] = (*lines, w * (1.0 + 8 * U))
+        a_lo, b_lo, a_up, b_up, w = ball.lines[j]
+        mu = lam * torch.where(pos, a_lo.unsqueeze(1), a_up.unsqueeze(1))
+        acc.add_const(_dot(lam.clamp_min(0.0), b_lo) + _dot(lam.clamp_max(0.0), b_up))
+        acc.add_err(_err_dot(lam, w))
+        return mu
+
+    def _pool(self, j: int, op: MaxPool, lam: Tensor, pos: Tensor, ball: Ball, acc: _Acc) -> Tensor:
+        """Max-pool: the best-lower-bound candidate below, the fixed winner or a constant above."""
+        st = self.stages[j]
+        lo, hi = ball.bb.z[j]
+        n = lam[0, 0].numel()
+        winner = ball.bb.winner[j]
+        assert winner is not None
+        fixed = ball.bb.mid[j].unsqueeze(1)  # windows whose winner cannot change
+        routed = torch.where(pos, lam, lam * fixed)
+        top = ball.bb.h[j][1]
+        acc.add_const(_dot(lam.clamp_max(0.0) * (1.0 - fixed), top))
+        w = gamma(2) * self._abs_source(ball, j) + gamma(n + 4) * top.abs()
+        acc.add_err(_err_dot(lam, w * (1.0 + 8 * U)))
+        b, rows = lam.shape[:2]
+        mu = pool_vjp(op, routed, winner, st.z_shape)
+        z_max = torch.maximum(lo.abs(), hi.abs()).flatten(1).amax(1)[:, None]
+        spread = routed.abs().flatten(2).sum(2) * (1.0 + gamma(n + 2)) * z_max
+        acc.add_err(gamma(math.prod(op.kernel) + 2) * spread * (1.0 + 8 * U))
+        return mu.reshape(b, rows, *st.z_shape)
+
+    def lower(self, top: int, lam: Tensor, ball: Ball) -> tuple[Tensor, Tensor]:
+        """(a, n) [B, N]: over B(x, rho), rho <= ball.r, lam^T z_top >= a - rho n (module docstring)."""
+        b, rows = lam.shape[:2]
+        zero = torch.zeros((b, rows), dtype=torch.float64)
+        acc = _Acc(zero, zero, zero)
+        adj: dict[int, Tensor] = {}
+        self._through(top, lam, ball, acc, adj)
+        for j in range(top - 1, -1, -1):
+            if j in adj:
+                self._through(j, self._relax(j, adj.pop(j), ball, acc), ball, acc, adj)
+        lam_x = adj.pop(-1, None)
+        if lam_x is None:
+            lam_x = torch.zeros((b, rows, *ball.x.shape[1:]), dtype=torch.float64)
+        n_in = ball.x[0].numel()
+        acc.add_const(_dot(lam_x, ball.x))
+        acc.add_err(
+            _err_dot(lam_x, (gamma(2) * ball.abs_input() + gamma(n_in + 4) * ball.x.abs()) * (1 + 8 * U))
+        )
+        p = acc.pieces + 4
+        err = (acc.err + gamma(p) * acc.cabs) * (1.0 + gamma(p)) + TINY
+        a = _sub_down(acc.const, err)
+        norm = lam_x.flatten(2).norm(dim=2) * (1.0 + gamma(n_in + 4)) + TINY
+        return torch.nan_to_num(a, nan=-math.inf), torch.nan_to_num(norm, nan=math.inf)
+
+    def _wanted(self, k: int, lo: Tensor, hi: Tensor) -> Tensor | None:
+        """Units of z_k whose relaxation is not exact on [lo, hi] (all units before a max-pool)."""
+        st = self.stages[k]
+        assert st.act is not None
+        if isinstance(st.act.op, MaxPool):
+            return lo < hi
+        op = st.act.op
+        assert isinstance(op, Activation)
+        dlo, dhi = slope_range(op.fn, op.alpha, lo, hi)
+        return dlo != dhi
+
+    def _exact_rows(self, st: Stage) -> bool:
+        """z = (shift/reshape)* Linear|Conv (shift/reshape)* of the input: the Lipschitz interval's
+        row norms are exact, CROWN gives the same interval."""
+        if any(s.index != -1 for s in st.sources):
+            return False
+        weighted = [n for n in st.nodes if not identity_like(n)]
+        return len(weighted) == 1 and isinstance(weighted[0].op, (Linear, Conv))
+
+    def interval(self, x: Tensor, r: Tensor) -> Interval:
+        """The hook of `ball_bounds`: CROWN intervals of the uncertain units of z_k."""
+
+        def hook(k: int, bb: BallBounds, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor] | None:
+            st = self.stages[k]
+            want = self._wanted(k, lo, hi)
+            if want is None or self._exact_rows(st):
+                return None
+            b = x.shape[0]
+            flat = want.reshape(b, -1)
+            count = int(flat.sum(1).max())
+            n_units = flat.shape[1]
+            if count == 0 or count > UNIT_MAX:
+                return None
+            order = torch.sort(flat.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :count]
+            index = torch.where(flat.gather(1, order), order, torch.full_like(order, -1))
+            new_lo = torch.full((b, n_units + 1), -math.inf, dtype=torch.float64)
+            new_hi = torch.full((b, n_units + 1), math.inf, dtype=torch.float64)
+            ball = Ball(x, r, bb)
+            rr = r[:, None]
+            for start in range(0, count, ROW_CHUNK):
+                idx = index[:, start : start + ROW_CHUNK]
+                c = idx.shape[1]
+                slot = idx.remainder(n_units + 1)  # -1 -> the spare column
+                rows = torch.zeros((b, c, n_units + 1), dtype=torch.float64)
+                rows = rows.scatter(2, slot[:, :, None], 1.0)[:, :, :n_units]
+                lam = torch.cat([rows, -rows], 1).reshape(b, 2 * c, *st.z_shape)
+                a, nrm = self.lower(k, lam, ball)
+                span = rr * nrm * (1.0 + 4 * U)
+                new_lo.scatter_(1, slot, _sub_down(a[:, :c], span[:, :c]))
+                new_hi.scatter_(1, slot, -_sub_down(a[:, c:], span[:, c:]))
+            shape = (b, *st.z_shape)
+            return new_lo[:, :n_units].reshape(shape), new_hi[:, :n_units].reshape(shape)
+
+        return hook
+
+    def ball(self, x: Tensor, r: Tensor) -> Ball:
+        """Proven bounds of every stage over B(x_b, r_b): intervals by boxes, Lipschitz and CROWN."""
+        hook = self.interval(x, r)
+        bb = ball_bounds(self.graph, self.stages, x, r, None, self.unit_lipschitz, interval=hook)
+        return Ball(x, r, bb)
+
+    def margin_bounds(self, x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+        """(a, n) [B, C] for the margins f_y - f_j over B(x, r) (a = +inf, n = 0 at j = y)."""
+        ball = self.ball(x, r)
+        final = self.stages[-1]
+        classes = math.prod(final.z_shape)
+        eye = torch.eye(classes, dtype=torch.float64)
+        lam = (eye[y][:, None, :] - eye[None, :, :]).reshape(x.shape[0], classes, *final.z_shape)
+        a, nrm = self.lower(len(self.stages) - 1, lam, ball)
+        own = torch.zeros_like(a, dtype=torch.bool).scatter(1, y[:, None], True)
+        return torch.where(own, math.inf, a), torch.where(own, 0.0, nrm)
+
+
+__all__ = ["Ball", "Crown", "inner_dimension"]
