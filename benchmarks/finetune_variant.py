@@ -6,6 +6,7 @@ The ablations of docs/finetune.md ("levers") were measured with it, e.g.::
     python benchmarks/finetune_variant.py --name eps0.7 --opts '{"eps": 0.7}'
     python benchmarks/finetune_variant.py --name la5 --opts '{"la_beta": 5.0}'
     python benchmarks/finetune_variant.py --name resnet --model models/resnet.onnx --recipe penalty:weissi
+    python benchmarks/finetune_variant.py --name resnet-mm --model models/resnet.onnx --allow-activation-change
 
 Prints per-epoch validation figures to stderr and one JSON row (the test subset) to stdout.
 """
@@ -45,6 +46,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="variant")
     ap.add_argument("--work", default="/tmp/speccert-bench-finetune")
+    ap.add_argument("--allow-activation-change", action="store_true", help="ReLU -> MaxMin first")
     a = ap.parse_args()
     train, val, test = subsets(a.data, a.train_n, a.val_n, a.test_n, a.seed)
     r = single_penalty(a.recipe[8:]) if a.recipe.startswith("penalty:") else get_recipe(a.recipe)
@@ -56,7 +58,15 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     res = finetune(
-        a.model, train, val, targets=json.loads(a.targets), recipe=r, out=out, overwrite=True, seed=a.seed
+        a.model,
+        train,
+        val,
+        targets=json.loads(a.targets),
+        recipe=r,
+        out=out,
+        overwrite=True,
+        seed=a.seed,
+        allow_activation_change=a.allow_activation_change,
     )
     for h in res.history:
         cra = {k: round(v, 3) for k, v in h.cra.items()}

@@ -144,3 +144,14 @@ def test_cli_flag_writes_maxmin_and_the_file_certifies_with_audit(
     assert "kept as ReLU" in capsys.readouterr().err
     assert sum(isinstance(n.op, Sort) for n in speccert.load(str(out)).nodes) == 2
     assert main(["certify", str(out), "--data", str(tmp_path / "d.npz"), "--audit", "20"]) == 0
+
+
+def test_resume_refuses_a_different_activation_choice(tmp_path: Path) -> None:
+    src = save_onnx(from_module(mlp(), (6,)), tmp_path / "in.onnx")
+    out = tmp_path / "o.onnx"
+    _finetune(src, out, allow=True)
+    common = dict(targets=["cra@0.1>=0.9"], penalty="lmt", epochs=2, batch_size=20, out=out, evaluator=_never)
+    with pytest.raises(UsageError, match="activation_change"):
+        finetune(str(src), TRAIN, VAL, resume=True, allow_activation_change=False, **common)
+    res = finetune(str(src), TRAIN, VAL, resume=True, allow_activation_change=True, **common)
+    assert [r.epoch for r in res.history] == [0, 1, 2]  # the same choice continues the run

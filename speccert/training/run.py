@@ -18,16 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DistributedSampler
 
 from speccert.data import Dataset
 from speccert.errors import EXIT_FAILED, SpeccertError, UsageError
 from speccert.ir.decision import decide_by
 from speccert.ir.graph import Graph
-from speccert.ir.ops import Affine, Softmax
+from speccert.ir.ops import Affine
 from speccert.ir.passes import fold_linear
 from speccert.training import ddp
 from speccert.training.aol import AOLReparam, hidden_layers
+from speccert.training.batching import epoch_batches, normalised
 from speccert.training.checkpoint import (
     BEST,
     LAST,
@@ -41,7 +41,7 @@ from speccert.training.evaluate import Evaluator
 from speccert.training.penalties import make_penalty, penalty_class
 from speccert.training.recipes import Recipe
 from speccert.training.records import EpochRecord, FinetuneResult, pareto_front
-from speccert.training.run_setup import RunPaths
+from speccert.training.run_setup import RunPaths, logits_graph, private_copy
 from speccert.training.schedule import WeightSchedule
 from speccert.training.targets import Target, check_targets
 
@@ -80,46 +80,6 @@ class RunConfig:
 class Hooks:
     on_epoch: Callable[[EpochRecord], None] | None = None
     on_step: StepHook | None = None
-
-
-def logits_graph(g: Graph) -> Graph:
-    """`g` without a final Softmax/LogSoftmax (sharing its ops and tensors): cross-entropy wants logits."""
-    out = g.node(g.output) if g.output != "input" else None
-    if out is not None and isinstance(out.op, Softmax):
-        return g.replace_nodes([n for n in g.nodes if n is not out], output=out.inputs[0])
-    return g
-
-
-def private_copy(graph: Graph, device: str) -> Graph:
-    """graph.to(device) with fresh storage even when nothing moves (Graph.to keeps same-device tensors)."""
-    g = graph.to(device)
-    for node in g.nodes:
-        for key, t in node.op.parameters().items():
-            object.__setattr__(node.op, key, t.detach().clone())
-    return g
-
-
-class _Indices(torch.utils.data.Dataset[int]):
-    """A stand-in dataset of n indices for DistributedSampler (which only needs len)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-
-def _normalised(x: Tensor, cfg: RunConfig) -> Tensor:
-    """(x - mean) / std per channel (or one scalar), as the certifier applies --mean / --std."""
-    if cfg.mean is None and cfg.std is None:
-        return x
-    mu = torch.tensor(list(cfg.mean or [0.0]), dtype=x.dtype, device=x.device)
-    sd = torch.tensor(list(cfg.std or [1.0]), dtype=x.dtype, device=x.device)
-    shape = (1, -1) + (1,) * (x.dim() - 2) if mu.numel() > 1 else (1,)
-    return (x - mu.reshape(shape)) / sd.reshape(shape)
 
 
 def _score(targets: list[Target], m: Any) -> tuple[int, float]:
@@ -168,7 +128,8 @@ class FinetuneRun:
         self.params += list(self.reparam.parameters()) if self.reparam is not None else []
         self.opt = torch.optim.Adam(self.params, lr=r.lr)
         self.sched = WeightSchedule(float(self.pen.weight))
-        self.x_all = _normalised(torch.from_numpy(train.x).to(device=device, dtype=self.g.dtype), cfg)
+        x = torch.from_numpy(train.x).to(device=device, dtype=self.g.dtype)
+        self.x_all = normalised(x, cfg.mean, cfg.std)
         self.y_all = torch.from_numpy(train.y).to(device)
         self.history: list[EpochRecord] = []
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -236,18 +197,8 @@ class FinetuneRun:
 
     # -- training -----------------------------------------------------------------------------
     def _batches(self, epoch: int) -> list[list[int]]:
-        """This rank's batches of `epoch`: a function of (seed, epoch), so resume skips exactly."""
-        sampler: DistributedSampler[int] = DistributedSampler(
-            _Indices(len(self.x_all)),
-            num_replicas=self.info.world_size,
-            rank=self.info.rank,
-            shuffle=True,
-            seed=self.cfg.seed,
-            drop_last=False,
-        )
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-        return [order[i : i + self.per_rank] for i in range(0, len(order), self.per_rank)]
+        """This rank's batches of `epoch` (speccert.training.batching: a function of (seed, epoch))."""
+        return epoch_batches(len(self.x_all), self.per_rank, self.cfg.seed, epoch, self.info)
 
     def _step(self, batch: list[int], epoch: int, k: int) -> float:
         """One optimiser step on `batch` (the k-th of the epoch); returns its loss."""
@@ -421,4 +372,4 @@ class FinetuneRun:
         )  # fmt: skip
 
 
-__all__ = ["FinetuneRun", "Hooks", "RunConfig", "TrainingDiverged", "logits_graph", "private_copy"]
+__all__ = ["FinetuneRun", "Hooks", "RunConfig", "TrainingDiverged"]

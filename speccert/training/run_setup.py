@@ -1,4 +1,5 @@
-"""What a fine-tuning run needs before its first step: the model, the data, and safe output paths.
+"""What a fine-tuning run needs before its first step: the model (a private logits graph), the data,
+and safe output paths.
 
 Path rules (the user's input is never overwritten):
 - `out` may not be the input model or weights file (refused even with overwrite);
@@ -24,6 +25,7 @@ import torch
 from speccert.data import Dataset, load_data, make_dataset
 from speccert.errors import SpeccertError, UsageError
 from speccert.ir.graph import Graph, file_sha256
+from speccert.ir.ops import Softmax
 from speccert.training.checkpoint import BEST, LAST, remove_stale_temp, run_dir_for
 from speccert.training.evaluate import Evaluator
 from speccert.training.export import check_out_suffix, key_map, output_format, read_state_dict
@@ -37,6 +39,23 @@ def load_graph(
     from speccert.importers import load
 
     return load(model, input_shape, weights=weights), str(model)
+
+
+def logits_graph(g: Graph) -> Graph:
+    """`g` without a final Softmax/LogSoftmax (sharing its ops and tensors): cross-entropy wants logits."""
+    out = g.node(g.output) if g.output != "input" else None
+    if out is not None and isinstance(out.op, Softmax):
+        return g.replace_nodes([n for n in g.nodes if n is not out], output=out.inputs[0])
+    return g
+
+
+def private_copy(graph: Graph, device: str) -> Graph:
+    """graph.to(device) with fresh storage even when nothing moves (Graph.to keeps same-device tensors)."""
+    g = graph.to(device)
+    for node in g.nodes:
+        for key, t in node.op.parameters().items():
+            object.__setattr__(node.op, key, t.detach().clone())
+    return g
 
 
 def as_dataset(data: Dataset | str | os.PathLike[str] | tuple[Any, Any], split: str) -> Dataset:
