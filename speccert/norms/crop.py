@@ -132,7 +132,11 @@ def crop_bound(
     qm, _ = torch.linalg.qr(gmat)  # any Q: only ||Q|| matters for soundness
     qq = qm.mH @ qm
     qq.diagonal().sub_(1.0)
-    nu = round_up(1.0 + _fro(qq) + 2.0 * gamma(2.0 * gmat.shape[0] + 4.0) * _fro(qm) ** 2 + 4.0 * U * k)
+    # ||Q||^2 <= 1 + ||Q^H Q - I||: the computed difference, its products' and its diagonal's rounding
+    nu = round_up(
+        (1.0 + _fro(qq) * (1.0 + 4.0 * U) + 2.0 * gamma(2.0 * gmat.shape[0] + 4.0) * _fro(qm) ** 2)
+        * (1.0 + 4.0 * U)
+    )
     b0 = qm.mH @ gmat
     e_b = gamma(2.0 * gmat.shape[0] + 4.0) * _fro(qm) * _fro(gmat) + math.sqrt(nu) * e_gam
     # V = R^H Q on the window: V[x, c, j] = sum_a sum_o W_a[o, c] Q[(o, p), j] for x = p + off_a
@@ -189,7 +193,7 @@ def _certified(
     fz, fb, fp = _fro(z), _fro(b0), _fro(p)
     g = gamma(2.0 * k + 4.0)
     # exact-data error (q, B0, C0, and nu s rounded) plus the products' and the sums' rounding
-    err = q_err + 2.0 * e_b * fz + (e_c + 2.0 * U * nu * s) * fz**2
+    err = q_err + 2.0 * e_b * fz + (e_c + 4.0 * U * (nu * s + _fro(c0))) * fz**2  # P's diagonal rounded
     err += 2.0 * g * fb * fz + g * fp * fz**2 + g * fz * _fro(pz)
     err += 6.0 * U * (s + _fro(q) + 2.0 * _fro(bz) + _fro(zpz))
     # R^H R = S + D, |D| <= gamma(2k+4) |R^H| |R|: lambda_min(S) >= -g ||R||_F^2, ||R||_F^2 <= tr(S) / (1 - g)
