@@ -23,6 +23,15 @@ def _geometry(w: torch.Tensor, size, stride, pads, dil, groups: int) -> ConvGeom
     return ConvGeometry(w, tuple(size), tuple(stride), tuple(pads), tuple(dil), groups)
 
 
+def _seven_by_seven(c: int) -> tuple[ConvGeometry, float]:
+    """A Kaiming-scaled c -> c 3x3 conv on a 7x7 map with padding 1 (ResNet-18's layer4 in small), and
+    its norm from dense SVD."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(c, c, 3, 3, generator=gen, dtype=torch.float64) * math.sqrt(2 / (c * 9))
+    size, pads = (7, 7), ((1, 1), (1, 1))
+    return _geometry(w, size, (1, 1), pads, (1, 1), 1), truth_conv(w, size, (1, 1), pads, (1, 1), 1, False)
+
+
 @SETTINGS
 @given(conv_layers())
 def test_deflated_between_truth_and_torus_for_every_threshold(spec) -> None:  # noqa: ANN001
@@ -39,11 +48,7 @@ def test_deflated_between_truth_and_torus_for_every_threshold(spec) -> None:  # 
 
 
 def test_deflated_tighter_than_torus_on_small_maps() -> None:
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randn(16, 16, 3, 3, generator=gen, dtype=torch.float64) * math.sqrt(2 / (16 * 9))
-    size, pads = (7, 7), ((1, 1), (1, 1))
-    g = _geometry(w, size, (1, 1), pads, (1, 1), 1)
-    truth = truth_conv(w, size, (1, 1), pads, (1, 1), 1, False)
+    g, truth = _seven_by_seven(16)
     plain = torus.fft_bound(g, CPU).value
     db = deflation.deflated_bound(g, CPU, 0.0, max_rank=100_000)
     assert truth <= db.value
@@ -89,11 +94,7 @@ def test_output_crop_reaches_the_truth_and_never_loosens() -> None:
 def test_output_crop_cuts_the_window_bounds_excess_on_7x7() -> None:
     """ResNet-18's layer4 situation in small (32 channels, 3x3 on 7x7): at the default threshold the crop
     removes more than 40% of the window-only bound's excess over the truth (measured: 1.91% -> 1.03%)."""
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randn(32, 32, 3, 3, generator=gen, dtype=torch.float64) * math.sqrt(2 / (32 * 9))
-    size, pads = (7, 7), ((1, 1), (1, 1))
-    g = _geometry(w, size, (1, 1), pads, (1, 1), 1)
-    truth = truth_conv(w, size, (1, 1), pads, (1, 1), 1, False)
+    g, truth = _seven_by_seven(32)
     kept = deflation.deflated_bound(g, CPU).value
     window = deflation.deflated_bound(g, CPU, crop=False).value
     assert truth <= kept and kept / truth - 1 < 0.6 * (window / truth - 1), (truth, kept, window)
