@@ -54,7 +54,10 @@ def _estimates(h: Tensor, iters: int = 8) -> Tensor:
     for _ in range(iters):
         v = h @ v
         v = v / torch.linalg.vector_norm(v, dim=(-2, -1), keepdim=True).clamp_min(tiny)
-    return torch.linalg.vector_norm(h @ v, dim=(-2, -1)).to(torch.float64)
+    est = torch.linalg.vector_norm(h @ v, dim=(-2, -1)).to(torch.float64)
+    # ||h v|| <= lambda_max in exact arithmetic; keep a single-precision estimate below it too, so that it
+    # never outbids a float64-accurate floor and costs max_eigenvalue an extra raise of t
+    return est * (1.0 - (h.shape[-1] + 4) * 2.0**-23) if h.dtype == low else est
 
 
 def _passes(h: Tensor, t: float) -> Tensor:
