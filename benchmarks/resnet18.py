@@ -36,19 +36,22 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    def __init__(self, num_classes: int = 1000) -> None:
+    """torchvision's ResNet-18; `width` scales every layer's channels (64, 128, 256, 512) x width."""
+
+    def __init__(self, num_classes: int = 1000, width: float = 1.0) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        widths = tuple(max(1, round(c * width)) for c in (64, 128, 256, 512))
+        cin = widths[0]
+        self.conv1 = nn.Conv2d(3, cin, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(cin)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        widths, cin = (64, 128, 256, 512), 64
         for i, w in enumerate(widths):
             stride = 1 if i == 0 else 2
             setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, w, stride), BasicBlock(w, w, 1)))
             cin = w
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -62,9 +65,9 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet18_module(seed: int = 0, weights: str | None = None) -> ResNet18:
+def resnet18_module(seed: int = 0, weights: str | None = None, width: float = 1.0) -> ResNet18:
     torch.manual_seed(seed)
-    m = ResNet18()
+    m = ResNet18(width=width)
     if weights is not None:
         m.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return m.eval()
@@ -124,7 +127,7 @@ def resnet18_graph(module: ResNet18 | None = None, size: int = 224) -> Graph:
             x = f"{p}.relu2"
     nodes += [
         Node("avgpool", GlobalAvgPool(), (x,)),
-        Node("flatten", Reshape((512,)), ("avgpool",)),
+        Node("flatten", Reshape((m.fc.in_features,)), ("avgpool",)),
         Node("fc", Linear(m.fc.weight.detach(), m.fc.bias.detach()), ("flatten",)),
     ]
     return Graph((3, size, size), nodes)

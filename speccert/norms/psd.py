@@ -41,13 +41,23 @@ def gram_matrices(b: Tensor) -> Tensor:
 
 
 def _estimates(h: Tensor, iters: int = 8) -> Tensor:
-    """Power-iteration estimates of lambda_max(h[i]) (steer t; not bounds)."""
+    """Power-iteration estimates of lambda_max(h[i]) (steer t; not bounds), in single precision when the
+    entries fit (half the memory traffic of these bandwidth-bound batched products: ~7% of the torus
+    bound's time on ResNet-18; the estimates only pick which blocks get an eigenvalue solve first)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
+    low = torch.complex64 if h.is_complex() else torch.float32
+    # |h_ij| <= sqrt(h_ii h_jj) for the (near-)PSD matrices passed here: the diagonal says whether it fits
+    if h.numel() and float(h.diagonal(dim1=-2, dim2=-1).abs().amax()) < 1e30:
+        h = h.to(low)
     v = torch.randn(h.shape[0], h.shape[-1], 1, generator=gen, dtype=torch.float64).to(h.device, h.dtype)
+    tiny = 1e-30 if h.dtype == low else 1e-300
     for _ in range(iters):
         v = h @ v
-        v = v / torch.linalg.vector_norm(v, dim=(-2, -1), keepdim=True).clamp_min(1e-300)
-    return torch.linalg.vector_norm(h @ v, dim=(-2, -1))
+        v = v / torch.linalg.vector_norm(v, dim=(-2, -1), keepdim=True).clamp_min(tiny)
+    est = torch.linalg.vector_norm(h @ v, dim=(-2, -1)).to(torch.float64)
+    # ||h v|| <= lambda_max in exact arithmetic; keep a single-precision estimate below it too, so that it
+    # never outbids a float64-accurate floor and costs max_eigenvalue an extra raise of t
+    return est * (1.0 - (h.shape[-1] + 4) * 2.0**-23) if h.dtype == low else est
 
 
 def _passes(h: Tensor, t: float) -> Tensor:

@@ -164,14 +164,24 @@ def _tap_pairs(wt: Tensor, slot: Tensor, n_slots: int, left: bool) -> list[_TapP
 
 def _chunk_gram(ph: Tensor, pairs: list[_TapPair], dim: int, n_slots: int, left: bool, wt: Tensor) -> Tensor:
     """The Gram matrices H = X + X^H of a chunk of frequencies (phases ph [w, taps]) from the tap products."""
-    co, ci = wt.shape[1], wt.shape[2]
-    h = torch.zeros((ph.shape[0], dim, dim), dtype=torch.complex128, device=wt.device)
-    hv = h.view(ph.shape[0], n_slots, ci, n_slots, ci) if left else h.view(ph.shape[0], 1, co, 1, co)
-    for r, q, a, b, hf, gm in pairs:
+    ci = wt.shape[2]
+    nw = ph.shape[0]
+
+    def block(a: Tensor, b: Tensor, hf: Tensor, gm: Tensor) -> Tensor:
         coef = ph[:, a].conj() * ph[:, b] if left else ph[:, a] * ph[:, b].conj()  # [w, pairs]
         coef = coef * hf
-        blk = torch.complex(coef.real @ gm, coef.imag @ gm)
-        hv[:, r, :, q, :] += blk.reshape(ph.shape[0], *hv.shape[2:3], hv.shape[4])
+        both = torch.cat([coef.real, coef.imag]) @ gm  # one product for the real and imaginary parts
+        return torch.complex(both[:nw], both[nw:])
+
+    if n_slots == 1 or not left:  # one slot block: it is the whole matrix (no zero fill, no accumulation)
+        (_, _, a, b, hf, gm), *rest = pairs
+        assert not rest
+        x = block(a, b, hf, gm).reshape(nw, dim, dim)
+        return x + x.mH
+    h = torch.zeros((nw, dim, dim), dtype=torch.complex128, device=wt.device)
+    hv = h.view(nw, n_slots, ci, n_slots, ci)
+    for r, q, a, b, hf, gm in pairs:
+        hv[:, r, :, q, :] += block(a, b, hf, gm).reshape(nw, ci, ci)
     return h + h.mH
 
 

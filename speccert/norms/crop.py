@@ -1,0 +1,210 @@
+"""The output crop in the deflated torus bound: a proven bound on lambda_max(L^H L - N^H N).
+
+speccert.norms.deflation proves, for the input window x (stride 1, one group),
+    x^T E^T K E x <= mu ||x||^2 + ||L x||^2,    (L x)_j = (M1 M2)^-1/2 y_j^H z(w_j),
+so L^H e_j = (M1 M2)^-1/2 y_j (x) exp(+2 pi i w_j.m / M) on the window. The zero-padded conv keeps only
+the torus outputs [0, out): with R the rows of C E at the other ("cropped") torus positions,
+H = A^T A = E^T K E - R^T R exactly, so for any matrix Q with ||Q||_2^2 <= nu (||Q^H R x||^2 <= nu ||R x||^2)
+
+    x^T H x <= mu ||x||^2 + ||L x||^2 - ||Q^H R x||^2 / nu,
+
+and ||A||^2 <= mu + s once s I + N^H N - L^H L >= 0 for N = Q^H R / sqrt(nu). With s > 0 that is
+(Woodbury) s I - L L^H + B0^H (nu s I + C0)^-1 B0 >= 0 with B0 = Q^H R L^H = Q^H Gamma (Gamma = R L^H)
+and C0 = (R^H Q)^H (R^H Q), all k x k. For any Z, B0^H (P)^-1 B0 >= B0^H Z + Z^H B0 - Z^H P Z
+(P = nu s I + C0 > 0; a completed square), so one Cholesky factorisation of
+
+    M_s = s I - L L^H + B0^H Z + Z^H B0 - Z^H P Z
+
+proves it; Z ~ P^-1 B0 from any solver (its error never matters, only the products' rounding). Q is
+an orthonormal basis of Gamma (so Q^H R keeps the crop energy of the deflated directions); nu bounds
+||Q^H Q|| from the computed Q^H Q - I. Gamma is assembled from the tap products W_a y_j:
+    Gamma[(o, p), j] = (M1 M2)^-1/2 sum_a [t_a(p) in window] exp(2 pi i w_j.t_a(p) / M) (W_a y_j)[o],
+t_a(p) = p + off_a mod N, and R^H Q by the adjoint taps. Every rounding is bounded in `crop_bound`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from speccert.norms.layer import ConvGeometry
+from speccert.norms.rounding import U, gamma, round_up
+from speccert.norms.torus import AxisPlan, candidate_plans
+
+Tensor = torch.Tensor
+
+
+MAX_BYTES = 1 << 29  # R^H Q on the window (window size x k) stays below this
+MAX_WINDOW = 1 << 17  # and the window (c_in x positions) below this: ResNet-18's layer2-4, not layer1
+
+
+def applies(g2: ConvGeometry, left: bool, k: int) -> bool:
+    """Stride 1 on both axes, the input-side Gram matrices (one polyphase slot), a window of at most
+    MAX_WINDOW entries and k deflated vectors small enough that R^H Q fits in MAX_BYTES."""
+    window = g2.size[0] * g2.size[1] * g2.weight.shape[1]
+    fits = window <= MAX_WINDOW and window * k * 16 <= MAX_BYTES
+    return left and all(s == 1 for s in g2.stride) and not g2.circular and fits
+
+
+def memory_bytes(g2: ConvGeometry, max_rank: int) -> int:
+    """Peak extra memory of `crop_bound` with up to max_rank deflated vectors: R^H Q, and Gamma, its
+    basis Q and one tap's products (crop positions x c_out x k complex each)."""
+    window = g2.size[0] * g2.size[1] * g2.weight.shape[1]
+    if g2.circular or any(s != 1 for s in g2.stride) or window > MAX_WINDOW:
+        return 0
+    plans = candidate_plans(g2, 0)[0]
+    pos = plans[0].N * plans[1].N - g2.out_size[0] * g2.out_size[1]
+    co = g2.weight.shape[0] // g2.groups
+    return min(window * max_rank * 16, MAX_BYTES) + 3 * pos * co * max_rank * 16
+
+
+def _taps(g2: ConvGeometry, plans: tuple[AxisPlan, AxisPlan]) -> list[tuple[int, int, int, int]]:
+    """(a1, a2, off1, off2) per tap: output torus position p reads input p + off (mod N)."""
+    k1, k2 = g2.kernel
+    return [
+        (a1, a2, a1 * g2.dilation[0] - g2.padding[0][0], a2 * g2.dilation[1] - g2.padding[1][0])
+        for a1 in range(k1)
+        for a2 in range(k2)
+    ]
+
+
+def _crop_positions(g2: ConvGeometry, plans: tuple[AxisPlan, AxisPlan], dev: torch.device) -> Tensor:
+    n1, n2 = plans[0].N, plans[1].N
+    o1, o2 = g2.out_size
+    p1 = torch.arange(n1, device=dev).repeat_interleave(n2)
+    p2 = torch.arange(n2, device=dev).repeat(n1)
+    keep = (p1 >= o1) | (p2 >= o2)
+    return torch.stack([p1[keep], p2[keep]], 1)
+
+
+def _fro(x: Tensor) -> float:
+    """||x||_F rounded up (its own float64 error included)."""
+    return float(torch.linalg.vector_norm(x)) * (1.0 + gamma(x.numel() + 4.0))
+
+
+def crop_bound(
+    w: Tensor,
+    g2: ConvGeometry,
+    plans: tuple[AxisPlan, AxisPlan],
+    cols: Tensor,
+    freqs: Tensor,
+    q: Tensor,
+    q_err: float,
+) -> float | None:
+    """A proven bound on lambda_max(L^H L - N^H N) (module docstring), or None when none was proven.
+
+    w [c_out, c_in, k1, k2] float64 (one group), cols [k, c_in] the deflated vectors y_j at frequencies
+    freqs [k, 2] (full spectrum), q = fl(L L^H) with ||q - L L^H||_2 <= q_err.
+    """
+    dev = w.device
+    k = cols.shape[0]
+    co, ci = w.shape[0], w.shape[1]
+    m1, m2 = plans[0].M, plans[1].M
+    n1, n2 = g2.size
+    pos = _crop_positions(g2, plans, dev)
+    if k == 0 or pos.shape[0] == 0 or pos.shape[0] * co * k * 16 > MAX_BYTES:
+        return None
+    taps = _taps(g2, plans)
+    scale = 1.0 / math.sqrt(m1 * m2)
+    wt = torch.stack([w[:, :, a1, a2] for a1, a2, _, _ in taps])  # [taps, co, ci]
+    u = torch.einsum("aoc,jc->ajo", wt.to(torch.complex128), cols)  # W_a y_j
+    # Gamma[p, o, j]: phases exp(2 pi i (w1 t1 M2 + w2 t2 M1) / (M1 M2)), the integer reduced exactly
+    gam = torch.zeros((pos.shape[0], co, k), dtype=torch.complex128, device=dev)
+    for ai, (_, _, f1, f2) in enumerate(taps):
+        t1 = torch.remainder(pos[:, 0] + f1, plans[0].N)
+        t2 = torch.remainder(pos[:, 1] + f2, plans[1].N)
+        ok = (t1 < n1) & (t2 < n2)
+        if not bool(ok.any()):
+            continue
+        r = torch.remainder(
+            freqs[None, :, 0] * t1[ok, None] * m2 + freqs[None, :, 1] * t2[ok, None] * m1, m1 * m2
+        )
+        ang = (2.0 * math.pi / (m1 * m2)) * r.to(torch.float64)
+        ph = torch.polar(torch.full_like(ang, scale), ang)  # [p_ok, k]
+        gam[ok] += ph[:, None, :] * u[ai].T[None, :, :]
+    # |fl(Gamma) - Gamma| <= kappa scale sum_a |W_a| |y_j| entrywise (dot products of length ci, phases
+    # within ~60 u, the sum over taps); in Frobenius norm <= kappa scale sqrt(#pos) sum_a ||W_a||_F ||Y||_F.
+    kappa = 4.0 * gamma(2.0 * ci + len(taps) + 200.0)
+    w_sum = sum(_fro(wt[i]) for i in range(len(taps)))
+    e_gam = kappa * scale * math.sqrt(pos.shape[0]) * w_sum * _fro(cols)
+    gmat = gam.reshape(-1, k)
+    qm, _ = torch.linalg.qr(gmat)  # any Q: only ||Q|| matters for soundness
+    qq = qm.mH @ qm
+    qq.diagonal().sub_(1.0)
+    # ||Q||^2 <= 1 + ||Q^H Q - I||: the computed difference, its products' and its diagonal's rounding
+    nu = round_up(
+        (1.0 + _fro(qq) * (1.0 + 4.0 * U) + 2.0 * gamma(2.0 * gmat.shape[0] + 4.0) * _fro(qm) ** 2)
+        * (1.0 + 4.0 * U)
+    )
+    b0 = qm.mH @ gmat
+    e_b = gamma(2.0 * gmat.shape[0] + 4.0) * _fro(qm) * _fro(gmat) + math.sqrt(nu) * e_gam
+    # V = R^H Q on the window: V[x, c, j] = sum_a sum_o W_a[o, c] Q[(o, p), j] for x = p + off_a
+    qp = qm.reshape(pos.shape[0], co, -1)
+    v = torch.zeros((n1 * n2, ci, qp.shape[2]), dtype=torch.complex128, device=dev)
+    for ai, (_, _, f1, f2) in enumerate(taps):
+        t1 = torch.remainder(pos[:, 0] + f1, plans[0].N)
+        t2 = torch.remainder(pos[:, 1] + f2, plans[1].N)
+        ok = (t1 < n1) & (t2 < n2)
+        if bool(ok.any()):
+            v.index_add_(
+                0, t1[ok] * n2 + t2[ok], torch.einsum("oc,poj->pcj", wt[ai].to(torch.complex128), qp[ok])
+            )
+    e_v = gamma(2.0 * len(taps) * co + 4.0) * w_sum * _fro(qm)
+    vm = v.reshape(-1, qp.shape[2])
+    c0 = vm.mH @ vm
+    fv = _fro(vm)
+    e_c = gamma(2.0 * vm.shape[0] + 4.0) * fv**2 + 2.0 * fv * e_v + e_v**2
+    # s estimated from J G's spectrum, G = [[q, B^H], [B, C]] (B = B0 / sqrt(nu), C = C0 / nu), as that of
+    # the Hermitian F^H J F for G ~ F F^H (jitter: G may be singular; an estimate only, never a bound)
+    bb, cc = b0 / math.sqrt(nu), c0 / nu
+    gm = torch.cat([torch.cat([q, bb.mH], 1), torch.cat([bb, cc], 1)], 0)
+    top = max(float(q.diagonal().real.max()), 1e-300)
+    gm.diagonal().add_(1e-9 * top)
+    f, info = torch.linalg.cholesky_ex(gm)
+    if int(info) == 0:
+        jf = f.clone()
+        jf[k:] = -jf[k:]
+        est = float(torch.linalg.eigvalsh(f.mH @ jf)[-1])
+    else:
+        jg = gm.clone()
+        jg[k:] = -jg[k:]
+        est = float(torch.linalg.eigvals(jg).real.max())
+    for rel in (1e-6, 1e-4, 1e-2):
+        s = max(est, 0.0) + rel * top
+        if _certified(s, nu, q, q_err, b0, e_b, c0, e_c):
+            return round_up(s)
+    return None
+
+
+def _certified(
+    s: float, nu: float, q: Tensor, q_err: float, b0: Tensor, e_b: float, c0: Tensor, e_c: float
+) -> bool:
+    """Whether one Cholesky factorisation proves M_s >= 0 (module docstring), every rounding bounded."""
+    k = q.shape[0]
+    p = c0.clone()
+    p.diagonal().add_(nu * s)
+    z = torch.linalg.solve(p, b0)
+    bz = b0.mH @ z
+    pz = p @ z
+    zpz = z.mH @ pz
+    m = -q + bz + bz.mH - zpz
+    m.diagonal().add_(s)
+    fz, fb, fp = _fro(z), _fro(b0), _fro(p)
+    g = gamma(2.0 * k + 4.0)
+    # exact-data error (q, B0, C0, and nu s rounded) plus the products' and the sums' rounding
+    err = q_err + 2.0 * e_b * fz + (e_c + 4.0 * U * (nu * s + _fro(c0))) * fz**2  # P's diagonal rounded
+    err += 2.0 * g * fb * fz + g * fp * fz**2 + g * fz * _fro(pz)
+    err += 6.0 * U * (s + _fro(q) + 2.0 * _fro(bz) + _fro(zpz))
+    # R^H R = S + D, |D| <= gamma(2k+4) |R^H| |R|: lambda_min(S) >= -g ||R||_F^2, ||R||_F^2 <= tr(S) / (1 - g)
+    diag = m.diagonal().real
+    trace = float(diag.clamp_min(0.0).sum()) * (1.0 + gamma(k + 4.0))  # >= tr(S) for any shift sigma >= 0
+    chol = g * trace / (1.0 - g) + 2.0 * U * (float(diag.abs().max()) + err) * 4.0
+    sigma = round_up(1.25 * (err + chol))  # the shift: what the products and the factorisation may cost
+    m.diagonal().sub_(sigma)
+    r, info = torch.linalg.cholesky_ex(m)
+    if int(info) != 0 or not bool(torch.isfinite(torch.view_as_real(r)).all()):
+        return False
+    # lambda_min(M_s) >= sigma - (shift's rounding: <= 2u(|m_ii| + sigma)) - g tr(S)/(1-g) - err
+    shift = 2.0 * U * (float(diag.abs().max()) + 2.0 * sigma)
+    return sigma - err - g * trace / (1.0 - g) - shift > 0.0
