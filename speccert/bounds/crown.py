@@ -56,6 +56,7 @@ Tensor = torch.Tensor
 U = 2.0**-53
 TINY = 1e-300
 ROW_CHUNK = 128  # hidden units whose bounds go backward together (x2: lower and upper rows)
+STEP_SIZE = 0.1  # Adam step of the lower-slope optimisation (slopes live in [alpha, 1])
 UNIT_MAX = 8192  # stages with more uncertain units per point keep their interval bounds only
 UnitHook = Callable[[int, BallBounds, Tensor | None], Tensor | None]
 
@@ -92,6 +93,11 @@ def _err_dot(a: Tensor, w: Tensor) -> Tensor:
     return _dot(a.abs(), w) * (1.0 + 2 * gamma(n + 2))
 
 
+def _score(a: Tensor, n: Tensor) -> Tensor:
+    """a / n, the radius a bound certifies (+-inf where n = 0)."""
+    return torch.where(n > 0, a / n, torch.where(a > 0, math.inf, -math.inf))
+
+
 @dataclass
 class _Acc:
     """Running constant c and error term of N rows per point (module docstring)."""
@@ -120,6 +126,7 @@ class Ball:
     bb: BallBounds
     weights: dict[int, Tensor] = field(default_factory=dict)
     lines: dict[int, tuple[Tensor, ...]] = field(default_factory=dict)  # relax() + error weight
+    free: dict[int, tuple[Tensor, float]] = field(default_factory=dict)  # unstable ReLU units, alpha
 
     def abs_input(self) -> Tensor:
         rr = self.r.reshape((-1,) + (1,) * (self.x.dim() - 1))
@@ -146,6 +153,7 @@ class Crown:
         # optional per-unit Lipschitz intervals (the local certificate's backward passes), applied
         # before the CROWN intervals: both proven, intersected; fewer units are left for CROWN
         self.unit_lipschitz: UnitHook | None = None
+        self.steps = 0  # > 0: optimised lower slopes of the margin bound (`_optimised`)
 
     def _constant(self, st: Stage) -> tuple[Tensor, Tensor]:
         """(bc, brad) [1, *z] enclosing b_k = z_k at zero sources."""
@@ -199,8 +207,11 @@ class Crown:
             g = g.reshape(b, n, *g.shape[1:])
             adj[i] = adj[i] + g if i in adj else g
 
-    def _relax(self, j: int, lam: Tensor, ball: Ball, acc: _Acc) -> Tensor:
-        """lam [B, N, *h_j] through the nonlinearity of stage j: the adjoint of z_j."""
+    def _relax(
+        self, j: int, lam: Tensor, ball: Ball, acc: _Acc, slopes: dict[int, Tensor] | None = None
+    ) -> Tensor:
+        """lam [B, N, *h_j] through the nonlinearity of stage j: the adjoint of z_j. `slopes[j]`
+        [B, N, *z_j]: lower slopes of the unstable ReLU / leaky ReLU units, clamped to [alpha, 1]."""
         st = self.stages[j]
         assert st.act is not None
         op = st.act.op
@@ -216,10 +227,22 @@ class Crown:
             # per unit, >= every error weight of the module docstring whichever line is used
             w = gamma(2) * self._abs_source(ball, j)  # summed adjoints
             w = w + gamma(n + 4) * torch.maximum(b_lo.abs(), b_up.abs())
-            w = w + gamma(2) * torch.maximum(a_lo.abs(), a_up.abs()) * torch.maximum(lo.abs(), hi.abs())
+            slope = torch.maximum(a_lo.abs(), a_up.abs())
+            if op.fn in ("relu", "leaky_relu"):
+                # unstable units: any lower slope in [alpha, 1] (intercept 0) is valid (crown_relax);
+                # the error weight allows for the largest, 1
+                unstable = (lo < 0) & (hi > 0)
+                ball.free[j] = (unstable, float(op.alpha) if op.fn == "leaky_relu" else 0.0)
+                slope = torch.where(unstable, slope.clamp_min(1.0), slope)
+            w = w + gamma(2) * slope * torch.maximum(lo.abs(), hi.abs())
             ball.lines[j] = (*lines, w * (1.0 + 8 * U))
         a_lo, b_lo, a_up, b_up, w = ball.lines[j]
-        mu = lam * torch.where(pos, a_lo.unsqueeze(1), a_up.unsqueeze(1))
+        lower_slope = a_lo.unsqueeze(1)
+        if slopes is not None and j in slopes and j in ball.free:
+            unstable, alpha = ball.free[j]
+            # clamped into [alpha, 1] here, whatever was passed: the bound is valid for any slopes
+            lower_slope = torch.where(unstable.unsqueeze(1), slopes[j].clamp(alpha, 1.0), lower_slope)
+        mu = lam * torch.where(pos, lower_slope, a_up.unsqueeze(1))
         acc.add_const(_dot(lam.clamp_min(0.0), b_lo) + _dot(lam.clamp_max(0.0), b_up))
         acc.add_err(_err_dot(lam, w))
         return mu
@@ -244,8 +267,10 @@ class Crown:
         acc.add_err(gamma(math.prod(op.kernel) + 2) * spread * (1.0 + 8 * U))
         return mu.reshape(b, rows, *st.z_shape)
 
-    def lower(self, top: int, lam: Tensor, ball: Ball) -> tuple[Tensor, Tensor]:
-        """(a, n) [B, N]: over B(x, rho), rho <= ball.r, lam^T z_top >= a - rho n (module docstring)."""
+    def _backward(
+        self, top: int, lam: Tensor, ball: Ball, slopes: dict[int, Tensor] | None
+    ) -> tuple[_Acc, Tensor]:
+        """The running constant and error and the input's adjoint Lam (before the input's terms)."""
         b, rows = lam.shape[:2]
         zero = torch.zeros((b, rows), dtype=torch.float64)
         acc = _Acc(zero, zero, zero)
@@ -253,10 +278,25 @@ class Crown:
         self._through(top, lam, ball, acc, adj)
         for j in range(top - 1, -1, -1):
             if j in adj:
-                self._through(j, self._relax(j, adj.pop(j), ball, acc), ball, acc, adj)
+                self._through(j, self._relax(j, adj.pop(j), ball, acc, slopes), ball, acc, adj)
         lam_x = adj.pop(-1, None)
         if lam_x is None:
             lam_x = torch.zeros((b, rows, *ball.x.shape[1:]), dtype=torch.float64)
+        return acc, lam_x
+
+    def estimate(self, top: int, lam: Tensor, ball: Ball, slopes: dict[int, Tensor]) -> Tensor:
+        """The bound a - r n without the input's rounding terms and outward rounding, differentiable
+        in `slopes`: only an objective to choose slopes by (never a certificate)."""
+        acc, lam_x = self._backward(top, lam, ball, slopes)
+        norm = (lam_x.flatten(2).square().sum(2) + 1e-30).sqrt()
+        return acc.const + _dot(lam_x, ball.x) - acc.err - ball.r[:, None] * norm
+
+    def lower(
+        self, top: int, lam: Tensor, ball: Ball, slopes: dict[int, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(a, n) [B, N]: over B(x, rho), rho <= ball.r, lam^T z_top >= a - rho n (module docstring),
+        with the lower slopes `slopes` (clamped to [alpha, 1]) at unstable ReLU units where given."""
+        acc, lam_x = self._backward(top, lam, ball, slopes)
         n_in = ball.x[0].numel()
         acc.add_const(_dot(lam_x, ball.x))
         acc.add_err(
@@ -329,6 +369,38 @@ class Crown:
         bb = ball_bounds(self.graph, self.stages, x, r, None, self.unit_lipschitz, interval=hook)
         return Ball(x, r, bb)
 
+    def _optimised(self, top: int, lam: Tensor, ball: Ball, a: Tensor, nrm: Tensor) -> tuple[Tensor, Tensor]:
+        """Per row the better of (a, nrm) and the bound with optimised lower slopes: `steps` Adam steps
+        of projected gradient ascent on the estimate a - r n from the adaptive slopes, then one sound
+        evaluation with the slopes clamped to [alpha, 1] (any such slopes give a valid bound). `ball`
+        holds the lines of every stage (filled by the adaptive evaluation)."""
+        rows = lam.shape[1]
+        slopes = {
+            j: ball.lines[j][0].unsqueeze(1).expand(-1, rows, *ball.lines[j][0].shape[1:]).clone()
+            for j, (unstable, _) in ball.free.items()
+            if bool(unstable.any())
+        }
+        if not slopes:
+            return a, nrm
+        params = list(slopes.values())
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            opt = torch.optim.Adam(params, lr=STEP_SIZE)
+            for _ in range(self.steps):
+                opt.zero_grad()
+                loss = -self.estimate(top, lam, ball, slopes).nan_to_num(nan=0.0, neginf=-1e30).sum()
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+                with torch.no_grad():
+                    for j, p in slopes.items():
+                        p.clamp_(ball.free[j][1], 1.0)
+        with torch.no_grad():
+            fixed = {j: p.detach() for j, p in slopes.items()}
+            a2, n2 = self.lower(top, lam, ball, fixed)
+        better = _score(a2, n2) > _score(a, nrm)
+        return torch.where(better, a2, a), torch.where(better, n2, nrm)
+
     def margin_bounds(self, x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
         """(a, n) [B, C] for the margins f_y - f_j over B(x, r) (a = +inf, n = 0 at j = y)."""
         ball = self.ball(x, r)
@@ -336,7 +408,10 @@ class Crown:
         classes = math.prod(final.z_shape)
         eye = torch.eye(classes, dtype=torch.float64)
         lam = (eye[y][:, None, :] - eye[None, :, :]).reshape(x.shape[0], classes, *final.z_shape)
-        a, nrm = self.lower(len(self.stages) - 1, lam, ball)
+        top = len(self.stages) - 1
+        a, nrm = self.lower(top, lam, ball)
+        if self.steps > 0:
+            a, nrm = self._optimised(top, lam, ball, a, nrm)
         own = torch.zeros_like(a, dtype=torch.bool).scatter(1, y[:, None], True)
         return torch.where(own, math.inf, a), torch.where(own, 0.0, nrm)
 

@@ -100,6 +100,7 @@ class CrownCertificate(Certificate):
     def __init__(self, ctx: CertContext) -> None:
         super().__init__(ctx)
         self.crown = Crown(ctx.bound)
+        self.crown.steps = ctx.crown_steps
         local = LocalModel(ctx)
         if local.unit_count * (len(local.stages) - 1) <= UNIT_BUDGET:
             self.crown.unit_lipschitz = local.unit_lipschitz
