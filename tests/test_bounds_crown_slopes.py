@@ -59,7 +59,9 @@ def test_optimised_margin_bounds_are_never_worse_and_gain_somewhere() -> None:
     assert bool((s1 >= s0).all()), "the optimised slopes made a margin bound worse"
     # the optimisation does something: some rows get strictly better (the adaptive slopes are a fixed
     # heuristic; a gradient that did not reach the earlier layers would leave every row as it was)
-    assert int(((s1 - s0) > 0.01 * s0.abs()).sum()) >= 10  # 20 of 40 rows here; 3 without that gradient
+    # (2 rows per point are optimised: 16 rows here, 7 gain over 1 %; none without the gradient
+    # through stage_vjp's create_graph)
+    assert int(((s1 - s0) > 0.01 * s0.abs()).sum()) >= 5
 
 
 def _unstable_net() -> tuple[Graph, torch.Tensor, torch.Tensor, float]:

@@ -29,6 +29,17 @@ its uses: a residual skip adds two):
 Constants are summed in a running float64 sum (recursive summation: within gamma(P) sum |pieces|), the
 error terms (all >= 0) too (raised by gamma(P)). Nothing here is an estimate.
 
+Optimised lower slopes (`steps` > 0, margin rows only): for an unstable ReLU / leaky ReLU unit
+(lo < 0 < hi) every line a z with a in [alpha, 1] is below f on the whole real line (crown_relax), so
+the slope may be chosen per point, row and unit and the bound above stays valid. `_optimised` takes
+`steps` Adam steps of projected gradient ascent (slopes clamped to [alpha, 1] after each step) on the
+differentiable estimate a - r n (`estimate`: autograd through this very backward pass, the stage
+products kept differentiable by stage_vjp's create_graph), starting from the adaptive slopes; then
+`lower` evaluates the bound once more without autograd, clamping the slopes into [alpha, 1] itself
+(whatever it is passed), with the error weight of such a unit taken for the largest slope, 1. Per row
+the better a / n of the adaptive and the optimised bound is kept: both are proven, so it is never worse.
+The estimate only chooses slopes; the certificate is the re-evaluated bound.
+
 Intermediate bounds (full CROWN): the interval of every unit of z_k whose relaxation is not exact is
 the same bound with rows +-e_i, taken with the bounds of the stages before k, and intersected with the
 interval/Lipschitz bounds of speccert.bounds.local_bounds (`ball_bounds(..., interval=...)`).
@@ -57,6 +68,7 @@ U = 2.0**-53
 TINY = 1e-300
 ROW_CHUNK = 128  # hidden units whose bounds go backward together (x2: lower and upper rows)
 STEP_SIZE = 0.1  # Adam step of the lower-slope optimisation (slopes live in [alpha, 1])
+OPT_ROWS = 2  # margin rows per point whose slopes are optimised (the smallest a / n)
 UNIT_MAX = 8192  # stages with more uncertain units per point keep their interval bounds only
 UnitHook = Callable[[int, BallBounds, Tensor | None], Tensor | None]
 
@@ -369,19 +381,28 @@ class Crown:
         bb = ball_bounds(self.graph, self.stages, x, r, None, self.unit_lipschitz, interval=hook)
         return Ball(x, r, bb)
 
-    def _optimised(self, top: int, lam: Tensor, ball: Ball, a: Tensor, nrm: Tensor) -> tuple[Tensor, Tensor]:
+    def _optimised(
+        self, top: int, lam: Tensor, ball: Ball, a: Tensor, nrm: Tensor, skip: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Per row the better of (a, nrm) and the bound with optimised lower slopes: `steps` Adam steps
         of projected gradient ascent on the estimate a - r n from the adaptive slopes, then one sound
-        evaluation with the slopes clamped to [alpha, 1] (any such slopes give a valid bound). `ball`
-        holds the lines of every stage (filled by the adaptive evaluation)."""
-        rows = lam.shape[1]
+        evaluation with the slopes clamped to [alpha, 1] (any such slopes give a valid bound). Only the
+        OPT_ROWS rows with the smallest a / n per point (`skip`: rows left out, the label's own) are
+        optimised: the radius is their minimum. `ball` holds the lines of every stage (filled by the
+        adaptive evaluation)."""
+        k = min(OPT_ROWS, lam.shape[1])
+        pick = _score(a, nrm).masked_fill(skip, math.inf).topk(k, dim=1, largest=False).indices
+        full_a, full_n = a, nrm
+        a, nrm = a.gather(1, pick), nrm.gather(1, pick)
+        lam = lam.gather(1, pick.reshape(*pick.shape, *[1] * (lam.dim() - 2)).expand(-1, -1, *lam.shape[2:]))
+        rows = k
         slopes = {
             j: ball.lines[j][0].unsqueeze(1).expand(-1, rows, *ball.lines[j][0].shape[1:]).clone()
             for j, (unstable, _) in ball.free.items()
             if bool(unstable.any())
         }
         if not slopes:
-            return a, nrm
+            return full_a, full_n
         params = list(slopes.values())
         with torch.enable_grad():
             for p in params:
@@ -390,7 +411,8 @@ class Crown:
             for _ in range(self.steps):
                 opt.zero_grad()
                 loss = -self.estimate(top, lam, ball, slopes).nan_to_num(nan=0.0, neginf=-1e30).sum()
-                loss.backward()  # type: ignore[no-untyped-call]
+                # retain_graph: the stages' recorded tapes (stage_vjp) are part of this graph and are reused
+                loss.backward(retain_graph=True)  # type: ignore[no-untyped-call]
                 opt.step()
                 with torch.no_grad():
                     for j, p in slopes.items():
@@ -399,7 +421,8 @@ class Crown:
             fixed = {j: p.detach() for j, p in slopes.items()}
             a2, n2 = self.lower(top, lam, ball, fixed)
         better = _score(a2, n2) > _score(a, nrm)
-        return torch.where(better, a2, a), torch.where(better, n2, nrm)
+        a2, n2 = torch.where(better, a2, a), torch.where(better, n2, nrm)
+        return full_a.scatter(1, pick, a2), full_n.scatter(1, pick, n2)
 
     def margin_bounds(self, x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
         """(a, n) [B, C] for the margins f_y - f_j over B(x, r) (a = +inf, n = 0 at j = y)."""
@@ -410,9 +433,9 @@ class Crown:
         lam = (eye[y][:, None, :] - eye[None, :, :]).reshape(x.shape[0], classes, *final.z_shape)
         top = len(self.stages) - 1
         a, nrm = self.lower(top, lam, ball)
-        if self.steps > 0:
-            a, nrm = self._optimised(top, lam, ball, a, nrm)
         own = torch.zeros_like(a, dtype=torch.bool).scatter(1, y[:, None], True)
+        if self.steps > 0:
+            a, nrm = self._optimised(top, lam, ball, a, nrm, own)
         return torch.where(own, math.inf, a), torch.where(own, 0.0, nrm)
 
 
