@@ -31,8 +31,8 @@ error terms (all >= 0) too (raised by gamma(P)). Nothing here is an estimate.
 
 Optimised lower slopes (`steps` > 0, margin rows only): for an unstable ReLU / leaky ReLU unit
 (lo < 0 < hi) every line a z with a in [alpha, 1] is below f on the whole real line (crown_relax), so
-the slope may be chosen per point, row and unit and the bound above stays valid. `_optimised` takes
-`steps` Adam steps of projected gradient ascent (slopes clamped to [alpha, 1] after each step) on the
+the slope may be chosen per point, row and unit and the bound above stays valid.
+speccert.bounds.crown_slopes takes `steps` Adam steps of projected gradient ascent (slopes clamped to [alpha, 1] after each step) on the
 differentiable estimate a - r n (`estimate`: autograd through this very backward pass, the stage
 products kept differentiable by stage_vjp's create_graph), starting from the adaptive slopes; then
 `lower` evaluates the bound once more without autograd, clamping the slopes into [alpha, 1] itself
@@ -55,6 +55,7 @@ import torch
 
 from speccert.bounds.certificate import NotApplicable
 from speccert.bounds.crown_relax import relax, supported
+from speccert.bounds.crown_slopes import optimised_margins
 from speccert.bounds.linear_tail import absolute_op
 from speccert.bounds.lipschitz import LipschitzBound
 from speccert.bounds.local_bounds import BallBounds, Interval, ball_bounds, box_stage, pool_vjp
@@ -67,8 +68,6 @@ Tensor = torch.Tensor
 U = 2.0**-53
 TINY = 1e-300
 ROW_CHUNK = 128  # hidden units whose bounds go backward together (x2: lower and upper rows)
-STEP_SIZE = 0.1  # Adam step of the lower-slope optimisation (slopes live in [alpha, 1])
-OPT_ROWS = 2  # margin rows per point whose slopes are optimised (the smallest a / n)
 UNIT_MAX = 8192  # stages with more uncertain units per point keep their interval bounds only
 UnitHook = Callable[[int, BallBounds, Tensor | None], Tensor | None]
 
@@ -103,11 +102,6 @@ def _err_dot(a: Tensor, w: Tensor) -> Tensor:
     least (1 - gamma(n + 1)) times the exact one."""
     n = w[0].numel()
     return _dot(a.abs(), w) * (1.0 + 2 * gamma(n + 2))
-
-
-def _score(a: Tensor, n: Tensor) -> Tensor:
-    """a / n, the radius a bound certifies (+-inf where n = 0)."""
-    return torch.where(n > 0, a / n, torch.where(a > 0, math.inf, -math.inf))
 
 
 @dataclass
@@ -165,7 +159,7 @@ class Crown:
         # optional per-unit Lipschitz intervals (the local certificate's backward passes), applied
         # before the CROWN intervals: both proven, intersected; fewer units are left for CROWN
         self.unit_lipschitz: UnitHook | None = None
-        self.steps = 0  # > 0: optimised lower slopes of the margin bound (`_optimised`)
+        self.steps = 0  # > 0: optimised lower slopes of the margin bound (speccert.bounds.crown_slopes)
 
     def _constant(self, st: Stage) -> tuple[Tensor, Tensor]:
         """(bc, brad) [1, *z] enclosing b_k = z_k at zero sources."""
@@ -381,49 +375,6 @@ class Crown:
         bb = ball_bounds(self.graph, self.stages, x, r, None, self.unit_lipschitz, interval=hook)
         return Ball(x, r, bb)
 
-    def _optimised(
-        self, top: int, lam: Tensor, ball: Ball, a: Tensor, nrm: Tensor, skip: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Per row the better of (a, nrm) and the bound with optimised lower slopes: `steps` Adam steps
-        of projected gradient ascent on the estimate a - r n from the adaptive slopes, then one sound
-        evaluation with the slopes clamped to [alpha, 1] (any such slopes give a valid bound). Only the
-        OPT_ROWS rows with the smallest a / n per point (`skip`: rows left out, the label's own) are
-        optimised: the radius is their minimum. `ball` holds the lines of every stage (filled by the
-        adaptive evaluation)."""
-        k = min(OPT_ROWS, lam.shape[1])
-        pick = _score(a, nrm).masked_fill(skip, math.inf).topk(k, dim=1, largest=False).indices
-        full_a, full_n = a, nrm
-        a, nrm = a.gather(1, pick), nrm.gather(1, pick)
-        lam = lam.gather(1, pick.reshape(*pick.shape, *[1] * (lam.dim() - 2)).expand(-1, -1, *lam.shape[2:]))
-        rows = k
-        slopes = {
-            j: ball.lines[j][0].unsqueeze(1).expand(-1, rows, *ball.lines[j][0].shape[1:]).clone()
-            for j, (unstable, _) in ball.free.items()
-            if bool(unstable.any())
-        }
-        if not slopes:
-            return full_a, full_n
-        params = list(slopes.values())
-        with torch.enable_grad():
-            for p in params:
-                p.requires_grad_(True)
-            opt = torch.optim.Adam(params, lr=STEP_SIZE)
-            for _ in range(self.steps):
-                opt.zero_grad()
-                loss = -self.estimate(top, lam, ball, slopes).nan_to_num(nan=0.0, neginf=-1e30).sum()
-                # retain_graph: the stages' recorded tapes (stage_vjp) are part of this graph and are reused
-                loss.backward(retain_graph=True)  # type: ignore[no-untyped-call]
-                opt.step()
-                with torch.no_grad():
-                    for j, p in slopes.items():
-                        p.clamp_(ball.free[j][1], 1.0)
-        with torch.no_grad():
-            fixed = {j: p.detach() for j, p in slopes.items()}
-            a2, n2 = self.lower(top, lam, ball, fixed)
-        better = _score(a2, n2) > _score(a, nrm)
-        a2, n2 = torch.where(better, a2, a), torch.where(better, n2, nrm)
-        return full_a.scatter(1, pick, a2), full_n.scatter(1, pick, n2)
-
     def margin_bounds(self, x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
         """(a, n) [B, C] for the margins f_y - f_j over B(x, r) (a = +inf, n = 0 at j = y)."""
         ball = self.ball(x, r)
@@ -435,7 +386,7 @@ class Crown:
         a, nrm = self.lower(top, lam, ball)
         own = torch.zeros_like(a, dtype=torch.bool).scatter(1, y[:, None], True)
         if self.steps > 0:
-            a, nrm = self._optimised(top, lam, ball, a, nrm, own)
+            a, nrm = optimised_margins(self, top, lam, ball, (a, nrm), own)
         return torch.where(own, math.inf, a), torch.where(own, 0.0, nrm)
 
 
