@@ -49,7 +49,9 @@ def main_loop(
     """Parse the common options, run every selected model (rows printed as they come), print the table."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--points", type=int, default=20)
-    ap.add_argument("--only", default="", help="comma-separated substrings of model names")
+    ap.add_argument(
+        "--only", default="", help="comma-separated substrings of model names (NAME$: exactly NAME)"
+    )
     ap.add_argument("--json", default="", help="also write the rows here")
     if add_args is not None:
         add_args(ap)
@@ -57,7 +59,9 @@ def main_loop(
     torch.set_num_threads(1)
     rows = []
     for name, path, data, eps in models():
-        if args.only and not any(s in name for s in args.only.split(",")):
+        if args.only and not any(
+            name == s[:-1] if s.endswith("$") else s in name for s in args.only.split(",")
+        ):
             continue
         row = run_model(name, path, data, eps, args)
         if row is None:

@@ -29,6 +29,7 @@ from bench_models import Data, first_points, main_loop  # noqa: E402
 import speccert  # noqa: E402
 from speccert.bounds import certify  # noqa: E402
 from speccert.bounds.audit import pgd_l2  # noqa: E402
+from speccert.bounds.options import CROWN_STEPS  # noqa: E402
 from speccert.errors import SpeccertError  # noqa: E402
 from speccert.ir import Graph  # noqa: E402
 
@@ -52,11 +53,21 @@ def attack_distance(graph: Graph, x: torch.Tensor, y: torch.Tensor, start: torch
     return best
 
 
-def _certify_kinds(graph: Graph, data: Data, eps: float, points: int, rows: dict) -> dict[str, np.ndarray]:
+def _certify_kinds(
+    graph: Graph, data: Data, eps: float, points: int, rows: dict, crown_steps: int = CROWN_STEPS
+) -> dict[str, np.ndarray]:
     """Radii of every kind: the cheap ones in one run, local and crown each in their own (timed)."""
     radii: dict[str, np.ndarray] = {}
     for group in (CHEAP, *([k] for k in COSTLY)):
-        rep = certify(graph, data, eps=[eps], limit=points, lower_bound=False, certificates=group)  # type: ignore[arg-type]
+        rep = certify(
+            graph,
+            data,  # type: ignore[arg-type]
+            eps=[eps],
+            limit=points,
+            lower_bound=False,
+            certificates=group,
+            crown_steps=crown_steps,
+        )
         label = "cheap" if group is CHEAP else group[0]
         rows[f"s_per_point_{label}"] = rep.timing["certify_s"] / max(len(rep.radius), 1)
         rows.setdefault("norms_s", rep.timing["norms_s"])
@@ -71,7 +82,7 @@ def run_model(name: str, path: Path, data: Data, eps: float, args: argparse.Name
         graph = speccert.load(str(path))
         rows: dict = {"model": name, "eps": eps}
         t0 = time.perf_counter()
-        radii = _certify_kinds(graph, data, eps, args.points, rows)
+        radii = _certify_kinds(graph, data, eps, args.points, rows, args.crown_steps)
     except SpeccertError as exc:
         print(f"{name}: skipped ({exc})", file=sys.stderr)
         return None
@@ -126,6 +137,12 @@ def table(rows: list[dict]) -> str:
 
 def _args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--attack-points", type=int, default=5)
+    ap.add_argument(
+        "--crown-steps",
+        type=int,
+        default=CROWN_STEPS,
+        help="the crown certificate's slope-optimisation steps",
+    )
 
 
 if __name__ == "__main__":

@@ -155,6 +155,7 @@ BAD = {  # case: (model key, data key, extra args, exit code, message)
     "std": ("model", "ok", ["--mean", "0.1,0.2", "--std", "0.3,0.4"], 2, "channels"),
     "lower_points": ("model", "ok", ["--lower-points", "0"], 2, "--lower-points"),
     "crc": ("model", "ok", ["--crc-steps", "5"], 2, "--crc-steps"),
+    "crown_steps": ("model", "ok", ["--crown-steps", "-1"], 2, "--crown-steps"),
 }
 # Each subprocess pays the torch import (seconds on a loaded machine): these go through the real
 # console script; the others through the same entry point in-process (speccert.cli.app.main).

@@ -46,6 +46,7 @@ class CertContext:
     graph: Graph
     device: torch.device
     crc_steps: int = 0  # > 0: the second-order certificate's dual refinement (speccert.bounds.crc)
+    crown_steps: int = 0  # > 0: the crown certificate's optimised lower slopes (speccert.bounds.crown)
 
 
 @dataclass

@@ -322,6 +322,7 @@ def _environment(opts: CertifyOptions) -> dict[str, Any]:
         "batch_size": opts.batch_size,
         "second_order": opts.second_order,
         "crc_steps": opts.crc_steps,
+        "crown_steps": opts.crown_steps,
         "exact_max_dim": opts.exact_max_dim,
     }
 

@@ -29,6 +29,17 @@ its uses: a residual skip adds two):
 Constants are summed in a running float64 sum (recursive summation: within gamma(P) sum |pieces|), the
 error terms (all >= 0) too (raised by gamma(P)). Nothing here is an estimate.
 
+Optimised lower slopes (`steps` > 0, margin rows only): for an unstable ReLU / leaky ReLU unit
+(lo < 0 < hi) every line a z with a in [alpha, 1] is below f on the whole real line (crown_relax), so
+the slope may be chosen per point, row and unit and the bound above stays valid.
+speccert.bounds.crown_slopes takes `steps` Adam steps of projected gradient ascent (slopes clamped to [alpha, 1] after each step) on the
+differentiable estimate a - r n (`estimate`: autograd through this very backward pass, the stage
+products kept differentiable by stage_vjp's create_graph), starting from the adaptive slopes; then
+`lower` evaluates the bound once more without autograd, clamping the slopes into [alpha, 1] itself
+(whatever it is passed), with the error weight of such a unit taken for the largest slope, 1. Per row
+the better a / n of the adaptive and the optimised bound is kept: both are proven, so it is never worse.
+The estimate only chooses slopes; the certificate is the re-evaluated bound.
+
 Intermediate bounds (full CROWN): the interval of every unit of z_k whose relaxation is not exact is
 the same bound with rows +-e_i, taken with the bounds of the stages before k, and intersected with the
 interval/Lipschitz bounds of speccert.bounds.local_bounds (`ball_bounds(..., interval=...)`).
@@ -44,6 +55,7 @@ import torch
 
 from speccert.bounds.certificate import NotApplicable
 from speccert.bounds.crown_relax import relax, supported
+from speccert.bounds.crown_slopes import optimised_margins
 from speccert.bounds.linear_tail import absolute_op
 from speccert.bounds.lipschitz import LipschitzBound
 from speccert.bounds.local_bounds import BallBounds, Interval, ball_bounds, box_stage, pool_vjp
@@ -120,6 +132,7 @@ class Ball:
     bb: BallBounds
     weights: dict[int, Tensor] = field(default_factory=dict)
     lines: dict[int, tuple[Tensor, ...]] = field(default_factory=dict)  # relax() + error weight
+    free: dict[int, tuple[Tensor, float]] = field(default_factory=dict)  # unstable ReLU units, alpha
 
     def abs_input(self) -> Tensor:
         rr = self.r.reshape((-1,) + (1,) * (self.x.dim() - 1))
@@ -146,6 +159,7 @@ class Crown:
         # optional per-unit Lipschitz intervals (the local certificate's backward passes), applied
         # before the CROWN intervals: both proven, intersected; fewer units are left for CROWN
         self.unit_lipschitz: UnitHook | None = None
+        self.steps = 0  # > 0: optimised lower slopes of the margin bound (speccert.bounds.crown_slopes)
 
     def _constant(self, st: Stage) -> tuple[Tensor, Tensor]:
         """(bc, brad) [1, *z] enclosing b_k = z_k at zero sources."""
@@ -199,8 +213,11 @@ class Crown:
             g = g.reshape(b, n, *g.shape[1:])
             adj[i] = adj[i] + g if i in adj else g
 
-    def _relax(self, j: int, lam: Tensor, ball: Ball, acc: _Acc) -> Tensor:
-        """lam [B, N, *h_j] through the nonlinearity of stage j: the adjoint of z_j."""
+    def _relax(
+        self, j: int, lam: Tensor, ball: Ball, acc: _Acc, slopes: dict[int, Tensor] | None = None
+    ) -> Tensor:
+        """lam [B, N, *h_j] through the nonlinearity of stage j: the adjoint of z_j. `slopes[j]`
+        [B, N, *z_j]: lower slopes of the unstable ReLU / leaky ReLU units, clamped to [alpha, 1]."""
         st = self.stages[j]
         assert st.act is not None
         op = st.act.op
@@ -216,10 +233,22 @@ class Crown:
             # per unit, >= every error weight of the module docstring whichever line is used
             w = gamma(2) * self._abs_source(ball, j)  # summed adjoints
             w = w + gamma(n + 4) * torch.maximum(b_lo.abs(), b_up.abs())
-            w = w + gamma(2) * torch.maximum(a_lo.abs(), a_up.abs()) * torch.maximum(lo.abs(), hi.abs())
+            slope = torch.maximum(a_lo.abs(), a_up.abs())
+            if op.fn in ("relu", "leaky_relu"):
+                # unstable units: any lower slope in [alpha, 1] (intercept 0) is valid (crown_relax);
+                # the error weight allows for the largest, 1
+                unstable = (lo < 0) & (hi > 0)
+                ball.free[j] = (unstable, float(op.alpha) if op.fn == "leaky_relu" else 0.0)
+                slope = torch.where(unstable, slope.clamp_min(1.0), slope)
+            w = w + gamma(2) * slope * torch.maximum(lo.abs(), hi.abs())
             ball.lines[j] = (*lines, w * (1.0 + 8 * U))
         a_lo, b_lo, a_up, b_up, w = ball.lines[j]
-        mu = lam * torch.where(pos, a_lo.unsqueeze(1), a_up.unsqueeze(1))
+        lower_slope = a_lo.unsqueeze(1)
+        if slopes is not None and j in slopes and j in ball.free:
+            unstable, alpha = ball.free[j]
+            # clamped into [alpha, 1] here, whatever was passed: the bound is valid for any slopes
+            lower_slope = torch.where(unstable.unsqueeze(1), slopes[j].clamp(alpha, 1.0), lower_slope)
+        mu = lam * torch.where(pos, lower_slope, a_up.unsqueeze(1))
         acc.add_const(_dot(lam.clamp_min(0.0), b_lo) + _dot(lam.clamp_max(0.0), b_up))
         acc.add_err(_err_dot(lam, w))
         return mu
@@ -244,8 +273,10 @@ class Crown:
         acc.add_err(gamma(math.prod(op.kernel) + 2) * spread * (1.0 + 8 * U))
         return mu.reshape(b, rows, *st.z_shape)
 
-    def lower(self, top: int, lam: Tensor, ball: Ball) -> tuple[Tensor, Tensor]:
-        """(a, n) [B, N]: over B(x, rho), rho <= ball.r, lam^T z_top >= a - rho n (module docstring)."""
+    def _backward(
+        self, top: int, lam: Tensor, ball: Ball, slopes: dict[int, Tensor] | None
+    ) -> tuple[_Acc, Tensor]:
+        """The running constant and error and the input's adjoint Lam (before the input's terms)."""
         b, rows = lam.shape[:2]
         zero = torch.zeros((b, rows), dtype=torch.float64)
         acc = _Acc(zero, zero, zero)
@@ -253,10 +284,25 @@ class Crown:
         self._through(top, lam, ball, acc, adj)
         for j in range(top - 1, -1, -1):
             if j in adj:
-                self._through(j, self._relax(j, adj.pop(j), ball, acc), ball, acc, adj)
+                self._through(j, self._relax(j, adj.pop(j), ball, acc, slopes), ball, acc, adj)
         lam_x = adj.pop(-1, None)
         if lam_x is None:
             lam_x = torch.zeros((b, rows, *ball.x.shape[1:]), dtype=torch.float64)
+        return acc, lam_x
+
+    def estimate(self, top: int, lam: Tensor, ball: Ball, slopes: dict[int, Tensor]) -> Tensor:
+        """The bound a - r n without the input's rounding terms and outward rounding, differentiable
+        in `slopes`: only an objective to choose slopes by (never a certificate)."""
+        acc, lam_x = self._backward(top, lam, ball, slopes)
+        norm = (lam_x.flatten(2).square().sum(2) + 1e-30).sqrt()
+        return acc.const + _dot(lam_x, ball.x) - acc.err - ball.r[:, None] * norm
+
+    def lower(
+        self, top: int, lam: Tensor, ball: Ball, slopes: dict[int, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(a, n) [B, N]: over B(x, rho), rho <= ball.r, lam^T z_top >= a - rho n (module docstring),
+        with the lower slopes `slopes` (clamped to [alpha, 1]) at unstable ReLU units where given."""
+        acc, lam_x = self._backward(top, lam, ball, slopes)
         n_in = ball.x[0].numel()
         acc.add_const(_dot(lam_x, ball.x))
         acc.add_err(
@@ -336,8 +382,11 @@ class Crown:
         classes = math.prod(final.z_shape)
         eye = torch.eye(classes, dtype=torch.float64)
         lam = (eye[y][:, None, :] - eye[None, :, :]).reshape(x.shape[0], classes, *final.z_shape)
-        a, nrm = self.lower(len(self.stages) - 1, lam, ball)
+        top = len(self.stages) - 1
+        a, nrm = self.lower(top, lam, ball)
         own = torch.zeros_like(a, dtype=torch.bool).scatter(1, y[:, None], True)
+        if self.steps > 0:
+            a, nrm = optimised_margins(self, top, lam, ball, (a, nrm), own)
         return torch.where(own, math.inf, a), torch.where(own, 0.0, nrm)
 
 

@@ -235,8 +235,15 @@ def stage_vjp(stage: Stage, v: Tensor, shapes: dict[str, tuple[int, ...]]) -> di
             z = evaluate(stage, {s.name: leaf for s, leaf in zip(stage.sources, leaves, strict=True)})
         stage.tape = (z, leaves)
     z, leaves = stage.tape
+    # create_graph where v carries a gradient (crown's optimised slopes): the products stay differentiable
     grads = torch.autograd.grad(
-        z, leaves, v[:, None].to(z.dtype), retain_graph=True, allow_unused=True, is_grads_batched=True
+        z,
+        leaves,
+        v[:, None].to(z.dtype),
+        retain_graph=True,
+        allow_unused=True,
+        is_grads_batched=True,
+        create_graph=v.requires_grad,
     )
     out: dict[int, Tensor] = {}
     for s, leaf, g in zip(stage.sources, leaves, grads, strict=True):

@@ -15,6 +15,8 @@ from typing import Any
 from speccert.errors import UsageError
 from speccert.norms.method import EXACT_MAX_DIM
 
+CROWN_STEPS = 0  # crown's optimised margin slopes: off (<= 2 % gain, up to 3.8x the cost; docs/certify.md)
+
 
 @dataclass(frozen=True)
 class CertifyOptions:
@@ -25,6 +27,8 @@ class CertifyOptions:
     exact_max_dim: largest Gram side the `exact` method certifies for zero-padded convs.
     second_order: also use the curvature certificate (smooth networks), refined by `crc_steps` CRC
         gradient steps per test when > 0.
+    crown_steps: Adam steps on the crown certificate's lower ReLU slopes per radius test (0 = the
+        adaptive slopes only; speccert.bounds.crown).
     lower_bound: measure an empirical lower bound on L from `lower_points` data points.
     batch_size: samples per forward pass. seed: of the attack and of the lower-bound search.
     audit: attack this many certified points with PGD-L2 (`audit_steps`, `audit_restarts`).
@@ -39,6 +43,7 @@ class CertifyOptions:
     exact_max_dim: int = EXACT_MAX_DIM
     second_order: bool = False
     crc_steps: int = 0
+    crown_steps: int = CROWN_STEPS
     lower_bound: bool = True
     lower_points: int = 64
     batch_size: int = 256
@@ -67,6 +72,8 @@ class CertifyOptions:
             raise UsageError(f"--lower-points must be >= 1, got {self.lower_points}")
         if not 0.0 <= self.float32_tolerance < 1.0:
             raise UsageError(f"--float32-tolerance must be in [0, 1), got {self.float32_tolerance}")
+        if self.crown_steps < 0:
+            raise UsageError(f"--crown-steps must be >= 0, got {self.crown_steps}")
         if self.crc_steps < 0 or (self.crc_steps > 0 and not self.second_order):
             raise UsageError(f"--crc-steps must be >= 0 and needs --second-order, got {self.crc_steps}")
 

@@ -108,7 +108,7 @@ def certify_samples(
     progress: Progress | None,
 ) -> Samples:
     """Every certificate kind on every sample, in batches; the float32 pass where it settles points."""
-    certs = _certificates(CertContext(bound, folded, dev, opts.crc_steps), opts, notes)
+    certs = _certificates(CertContext(bound, folded, dev, opts.crc_steps, opts.crown_steps), opts, notes)
     uppers = {n.name: n.upper for n in bound.layers}
     errors = ErrorModel(bound.folded, uppers)
     fast = FastPass.create(bound, folded, errors, ds.x.dtype, opts.float32_tolerance, dev, notes)

@@ -11,6 +11,10 @@ the smallest failing r, shaded towards the passing end and kept 10 % inside the 
 passing r's own rho; before any pass, the failing r's own rho, or r / 4 where that is below r / 20). The
 radius is the best rho found.
 
+The margin bound uses optimised lower ReLU slopes when `crown_steps` > 0 (CertContext; the CLI's
+--crown-steps, speccert.bounds.crown): at each tested r, per row never worse than the adaptive slopes
+(the search may then test other radii, so a point's final radius can differ either way slightly).
+
 Before the CROWN intervals, the local certificate's per-unit Lipschitz intervals tighten the
 intervals (both proven, intersected) where they are cheap enough (UNIT_BUDGET: units that get them
 times nonlinear layers): a few % on zoo cnn, fewer units left for CROWN; on the residual nets they
@@ -100,6 +104,7 @@ class CrownCertificate(Certificate):
     def __init__(self, ctx: CertContext) -> None:
         super().__init__(ctx)
         self.crown = Crown(ctx.bound)
+        self.crown.steps = ctx.crown_steps
         local = LocalModel(ctx)
         if local.unit_count * (len(local.stages) - 1) <= UNIT_BUDGET:
             self.crown.unit_lipschitz = local.unit_lipschitz
