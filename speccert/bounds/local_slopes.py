@@ -143,7 +143,7 @@ def image(fn: str, alpha: float, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor
     if fn == "relu":
         return lo.clamp_min(0.0), hi.clamp_min(0.0)
     if fn not in SUPPORTED:
-        raise NotApplicable(f"the local certificate does not support {fn}")
+        raise NotApplicable(f"no enclosure over a ball for {fn}")
     if fn in MONOTONE and alpha >= 0:
         ylo, yhi = _forward(fn, alpha, lo), _forward(fn, alpha, hi)
         return _widen(ylo, yhi)

@@ -84,14 +84,16 @@ def _check(graph: Graph) -> list[Node]:
         op = node.op
         if isinstance(op, Activation):
             if op.fn not in SUPPORTED:
-                raise NotApplicable(f"the local certificate has no local slope bounds for {op.fn}")
+                raise NotApplicable(f"no slope bounds over a ball for {op.fn} (node '{node.name}')")
             acts.append(node)
         elif isinstance(op, MaxPool):
             if op.ceil_mode or len(op.kernel) != 2:
-                raise NotApplicable("the local certificate supports 2-d max-pool without ceil_mode")
+                raise NotApplicable(
+                    f"only 2-d max-pool without ceil_mode is bounded over a ball (node '{node.name}')"
+                )
             acts.append(node)
         elif not type(op).linear and not isinstance(op, Add):
-            raise NotApplicable(f"the local certificate does not support {op.op_type}")
+            raise NotApplicable(f"{op.op_type} nodes are not bounded over a ball yet (node '{node.name}')")
     return acts
 
 
