@@ -142,9 +142,10 @@ class Ball:
 class Crown:
     """The CROWN bound of a model (module docstring); NotApplicable for what it does not cover."""
 
-    def __init__(self, bound: LipschitzBound) -> None:
+    def __init__(self, bound: LipschitzBound, stages: list[Stage] | None = None) -> None:
+        """`stages`: `build_stages(bound)` when the caller already has them (the local model's)."""
         self.graph = bound.folded
-        self.stages: list[Stage] = build_stages(bound)
+        self.stages: list[Stage] = build_stages(bound) if stages is None else stages
         for st in self.stages[:-1]:
             assert st.act is not None
             op = st.act.op

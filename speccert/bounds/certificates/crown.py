@@ -31,6 +31,7 @@ from speccert.bounds.certificate import Batch, CertContext, Certificate, registe
 from speccert.bounds.certificates._per_point import per_point_radii
 from speccert.bounds.certificates.local import LocalModel
 from speccert.bounds.crown import Crown
+from speccert.bounds.crown_slopes import score
 
 Tensor = torch.Tensor
 SEARCH_STEPS = 7
@@ -44,8 +45,7 @@ CHUNK = 8  # points per pass (memory: CHUNK x 2 x 128 rows x the widest layer, f
 def _rho(crown: Crown, x: Tensor, y: Tensor, r: Tensor) -> Tensor:
     """min_j a_j / n_j over B(x, r) per point (negative where a bound is; NaN-free)."""
     a, n = crown.margin_bounds(x, y, r)
-    rho = torch.where(n > 0, a / n, torch.where(a > 0, math.inf, -math.inf))
-    return torch.nan_to_num(rho.amin(1), nan=-math.inf, neginf=-1e300)
+    return torch.nan_to_num(score(a, n).amin(1), nan=-math.inf, neginf=-1e300)
 
 
 def crown_radius(crown: Crown, x: Tensor, y: Tensor, alive: Tensor) -> Tensor:
@@ -103,9 +103,9 @@ class CrownCertificate(Certificate):
 
     def __init__(self, ctx: CertContext) -> None:
         super().__init__(ctx)
-        self.crown = Crown(ctx.bound)
-        self.crown.steps = ctx.crown_steps
         local = LocalModel(ctx)
+        self.crown = Crown(ctx.bound, local.stages)  # one cut of the graph for both
+        self.crown.steps = ctx.crown_steps
         if local.unit_count * (len(local.stages) - 1) <= UNIT_BUDGET:
             self.crown.unit_lipschitz = local.unit_lipschitz
 
