@@ -41,10 +41,16 @@ MAX_WINDOW = 1 << 17  # and the window (c_in x positions) below this: ResNet-18'
 
 def applies(g2: ConvGeometry, left: bool, k: int) -> bool:
     """Stride 1 on both axes, the input-side Gram matrices (one polyphase slot), a window of at most
-    MAX_WINDOW entries and k deflated vectors small enough that R^H Q fits in MAX_BYTES."""
+    MAX_WINDOW entries and k deflated vectors few enough that R^H Q (on the window entries the cropped
+    rows read) and Gamma fit in MAX_BYTES each."""
     window = g2.size[0] * g2.size[1] * g2.weight.shape[1]
-    fits = window <= MAX_WINDOW and window * k * 16 <= MAX_BYTES
-    return left and all(s == 1 for s in g2.stride) and not g2.circular and fits
+    if not left or any(s != 1 for s in g2.stride) or g2.circular or window > MAX_WINDOW:
+        return False
+    plans = candidate_plans(g2, 0)[0]
+    pos = _crop_positions(g2, plans, torch.device("cpu"))
+    read = _support(g2, plans, pos).shape[0] * g2.weight.shape[1]
+    co = g2.weight.shape[0] // g2.groups
+    return max(read, pos.shape[0] * co) * k * 16 <= MAX_BYTES
 
 
 def memory_bytes(g2: ConvGeometry, max_rank: int) -> int:
@@ -78,9 +84,52 @@ def _crop_positions(g2: ConvGeometry, plans: tuple[AxisPlan, AxisPlan], dev: tor
     return torch.stack([p1[keep], p2[keep]], 1)
 
 
+def _reads(
+    g2: ConvGeometry, plans: tuple[AxisPlan, AxisPlan], pos: Tensor
+) -> list[tuple[int, Tensor, Tensor, Tensor]]:
+    """Per tap that reads the window from some cropped row: (tap index, which crop positions do
+    [#pos] bool, their input torus position (t1, t2) [#ok, 2], its flat window index t1 n2 + t2)."""
+    out = []
+    for ai, (_, _, f1, f2) in enumerate(_taps(g2, plans)):
+        t1 = torch.remainder(pos[:, 0] + f1, plans[0].N)
+        t2 = torch.remainder(pos[:, 1] + f2, plans[1].N)
+        ok = (t1 < g2.size[0]) & (t2 < g2.size[1])
+        if bool(ok.any()):
+            out.append((ai, ok, torch.stack([t1[ok], t2[ok]], 1), t1[ok] * g2.size[1] + t2[ok]))
+    return out
+
+
+def _support(g2: ConvGeometry, plans: tuple[AxisPlan, AxisPlan], pos: Tensor) -> Tensor:
+    """The window positions some cropped row reads (R^H Q vanishes elsewhere), sorted."""
+    reads = _reads(g2, plans, pos)
+    if not reads:
+        return torch.zeros(0, dtype=torch.int64, device=pos.device)
+    return torch.unique(torch.cat([flat for _, _, _, flat in reads]))
+
+
 def _fro(x: Tensor) -> float:
     """||x||_F rounded up (its own float64 error included)."""
     return float(torch.linalg.vector_norm(x)) * (1.0 + gamma(x.numel() + 4.0))
+
+
+def _real_times(w: Tensor, z: Tensor) -> Tensor:
+    """w @ z for a real w [m, n] and a complex z [n, p], as one real product with the real and
+    imaginary parts side by side (each entry: the same sums as the complex product, real roundings)."""
+    zr = torch.view_as_real(z.resolve_conj()).reshape(z.shape[0], -1)  # [n, 2p]: (re, im) interleaved
+    return torch.view_as_complex((w @ zr).reshape(w.shape[0], -1, 2))
+
+
+def _orthonormal_basis(gmat: Tensor) -> Tensor:
+    """An approximately orthonormal basis of gmat's columns (complex128): a single-precision QR (any
+    Q is sound: `crop_bound` proves ||Q||^2 <= nu from the float64 Q^H Q; single precision leaves
+    ||Q^H Q - I|| ~ 1e-6, so nu ~ 1 + 1e-6) at ~half the time of a double-precision one."""
+    big = float(gmat.abs().amax()) if gmat.numel() else 0.0
+    if 0.0 < big < 1e30:
+        scale = 2.0 ** -math.frexp(big)[1]  # a power of two: no rounding, no overflow in single precision
+        q32, _ = torch.linalg.qr((gmat * scale).to(torch.complex64))
+        if bool(torch.isfinite(torch.view_as_real(q32)).all()):
+            return q32.to(torch.complex128)
+    return torch.linalg.qr(gmat)[0]
 
 
 def crop_bound(
@@ -101,57 +150,53 @@ def crop_bound(
     k = cols.shape[0]
     co, ci = w.shape[0], w.shape[1]
     m1, m2 = plans[0].M, plans[1].M
-    n1, n2 = g2.size
     pos = _crop_positions(g2, plans, dev)
     if k == 0 or pos.shape[0] == 0 or pos.shape[0] * co * k * 16 > MAX_BYTES:
         return None
     taps = _taps(g2, plans)
+    reads = _reads(g2, plans, pos)
     scale = 1.0 / math.sqrt(m1 * m2)
     wt = torch.stack([w[:, :, a1, a2] for a1, a2, _, _ in taps])  # [taps, co, ci]
-    u = torch.einsum("aoc,jc->ajo", wt.to(torch.complex128), cols)  # W_a y_j
+    # W_a y_j for every tap at once: [taps, co, k] (real weights times complex vectors, real products)
+    u = _real_times(wt.reshape(-1, ci), cols.T).reshape(len(taps), co, k)
     # Gamma[p, o, j]: phases exp(2 pi i (w1 t1 M2 + w2 t2 M1) / (M1 M2)), the integer reduced exactly
     gam = torch.zeros((pos.shape[0], co, k), dtype=torch.complex128, device=dev)
-    for ai, (_, _, f1, f2) in enumerate(taps):
-        t1 = torch.remainder(pos[:, 0] + f1, plans[0].N)
-        t2 = torch.remainder(pos[:, 1] + f2, plans[1].N)
-        ok = (t1 < n1) & (t2 < n2)
-        if not bool(ok.any()):
-            continue
+    for ai, ok, t, _ in reads:
         r = torch.remainder(
-            freqs[None, :, 0] * t1[ok, None] * m2 + freqs[None, :, 1] * t2[ok, None] * m1, m1 * m2
+            freqs[None, :, 0] * t[:, 0, None] * m2 + freqs[None, :, 1] * t[:, 1, None] * m1, m1 * m2
         )
         ang = (2.0 * math.pi / (m1 * m2)) * r.to(torch.float64)
         ph = torch.polar(torch.full_like(ang, scale), ang)  # [p_ok, k]
-        gam[ok] += ph[:, None, :] * u[ai].T[None, :, :]
+        gam[ok] += ph[:, None, :] * u[ai][None, :, :]
     # |fl(Gamma) - Gamma| <= kappa scale sum_a |W_a| |y_j| entrywise (dot products of length ci, phases
     # within ~60 u, the sum over taps); in Frobenius norm <= kappa scale sqrt(#pos) sum_a ||W_a||_F ||Y||_F.
     kappa = 4.0 * gamma(2.0 * ci + len(taps) + 200.0)
     w_sum = sum(_fro(wt[i]) for i in range(len(taps)))
     e_gam = kappa * scale * math.sqrt(pos.shape[0]) * w_sum * _fro(cols)
     gmat = gam.reshape(-1, k)
-    qm, _ = torch.linalg.qr(gmat)  # any Q: only ||Q|| matters for soundness
-    qq = qm.mH @ qm
+    qm = _orthonormal_basis(gmat)
+    both = qm.mH @ torch.cat([qm, gmat], 1)  # [Q^H Q, Q^H Gamma] in one product
+    rq = qm.shape[1]  # min(k, rows of Gamma)
+    qq, b0 = both[:, :rq].clone(), both[:, rq:]
     qq.diagonal().sub_(1.0)
     # ||Q||^2 <= 1 + ||Q^H Q - I||: the computed difference, its products' and its diagonal's rounding
     nu = round_up(
         (1.0 + _fro(qq) * (1.0 + 4.0 * U) + 2.0 * gamma(2.0 * gmat.shape[0] + 4.0) * _fro(qm) ** 2)
         * (1.0 + 4.0 * U)
     )
-    b0 = qm.mH @ gmat
     e_b = gamma(2.0 * gmat.shape[0] + 4.0) * _fro(qm) * _fro(gmat) + math.sqrt(nu) * e_gam
-    # V = R^H Q on the window: V[x, c, j] = sum_a sum_o W_a[o, c] Q[(o, p), j] for x = p + off_a
-    qp = qm.reshape(pos.shape[0], co, -1)
-    v = torch.zeros((n1 * n2, ci, qp.shape[2]), dtype=torch.complex128, device=dev)
-    for ai, (_, _, f1, f2) in enumerate(taps):
-        t1 = torch.remainder(pos[:, 0] + f1, plans[0].N)
-        t2 = torch.remainder(pos[:, 1] + f2, plans[1].N)
-        ok = (t1 < n1) & (t2 < n2)
-        if bool(ok.any()):
-            v.index_add_(
-                0, t1[ok] * n2 + t2[ok], torch.einsum("oc,poj->pcj", wt[ai].to(torch.complex128), qp[ok])
-            )
+    # V = R^H Q on the window entries the cropped rows read (zero elsewhere):
+    # V[x, c, j] = sum_a sum_o W_a[o, c] Q[(o, p), j] for x = p + off_a
+    support = _support(g2, plans, pos)
+    where = torch.full((g2.size[0] * g2.size[1],), -1, dtype=torch.int64, device=dev)
+    where[support] = torch.arange(support.shape[0], device=dev)
+    qp = qm.reshape(pos.shape[0], co, rq)
+    v = torch.zeros((support.shape[0], ci, rq), dtype=torch.complex128, device=dev)
+    for ai, ok, _, flat in reads:
+        sel = qp[ok].permute(1, 0, 2).reshape(co, -1)  # [co, p_ok k]
+        v.index_add_(0, where[flat], _real_times(wt[ai].T, sel).reshape(ci, -1, rq).permute(1, 0, 2))
     e_v = gamma(2.0 * len(taps) * co + 4.0) * w_sum * _fro(qm)
-    vm = v.reshape(-1, qp.shape[2])
+    vm = v.reshape(-1, rq)
     c0 = vm.mH @ vm
     fv = _fro(vm)
     e_c = gamma(2.0 * vm.shape[0] + 4.0) * fv**2 + 2.0 * fv * e_v + e_v**2
