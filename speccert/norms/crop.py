@@ -104,7 +104,8 @@ def _support(g2: ConvGeometry, plans: tuple[AxisPlan, AxisPlan], pos: Tensor) ->
     reads = _reads(g2, plans, pos)
     if not reads:
         return torch.zeros(0, dtype=torch.int64, device=pos.device)
-    return torch.unique(torch.cat([flat for _, _, _, flat in reads]))
+    found: Tensor = torch.unique(torch.cat([flat for _, _, _, flat in reads]))
+    return found
 
 
 def _fro(x: Tensor) -> float:
@@ -126,10 +127,11 @@ def _orthonormal_basis(gmat: Tensor) -> Tensor:
     big = float(gmat.abs().amax()) if gmat.numel() else 0.0
     if 0.0 < big < 1e30:
         scale = 2.0 ** -math.frexp(big)[1]  # a power of two: no rounding, no overflow in single precision
-        q32, _ = torch.linalg.qr((gmat * scale).to(torch.complex64))
+        q32: Tensor = torch.linalg.qr((gmat * scale).to(torch.complex64))[0]
         if bool(torch.isfinite(torch.view_as_real(q32)).all()):
             return q32.to(torch.complex128)
-    return torch.linalg.qr(gmat)[0]
+    q64: Tensor = torch.linalg.qr(gmat)[0]
+    return q64
 
 
 def crop_bound(
