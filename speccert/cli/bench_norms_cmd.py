@@ -86,7 +86,7 @@ def bench_graph(
     load_methods()
     ctx = NormContext(device=torch.device(device), exact_max_dim=exact_max_dim)
     f4 = METHODS.get("fantastic4")
-    times = {"auto": 0.0, "auto_upper": 0.0, "power": 0.0, "fantastic4": 0.0}
+    times = {"auto": 0.0, "auto_upper": 0.0, "auto_unrefined": 0.0, "power": 0.0, "fantastic4": 0.0}
     layers = linear_layers(graph)
     tell = progress or (lambda i, n, text: None)
     rows = [
@@ -111,6 +111,7 @@ def _bench_layer(
     """One layer of `bench_graph`: its row, with each method's seconds added to `times`."""
     import torch
 
+    from speccert.norms import METHODS
     from speccert.norms.auto import norm_of_layer, with_progress
     from speccert.norms.krylov import power_iteration
     from speccert.norms.precision import exact_float_math
@@ -119,8 +120,12 @@ def _bench_layer(
     t0 = time.perf_counter()
     ln = norm_of_layer(layer, "auto", with_progress(ctx, progress, i, n, f"{layer.name}: auto"))
     times["auto"] += time.perf_counter() - t0
-    # The upper-bound methods alone (auto's lower bound is extra work Fantastic-Four does not do).
-    times["auto_upper"] += sum(r.seconds for r in ln.others.values() if r.kind == "upper")
+    # The upper-bound methods alone (auto's lower bound is extra work Fantastic-Four does not do), and
+    # without the "refine" stage (what auto gave before it: the refinement's price and gain).
+    ups = [r for r in ln.others.values() if r.kind == "upper"]
+    plain = [r for r in ups if METHODS.get(r.method).auto.stage != "refine"]
+    times["auto_upper"] += sum(r.seconds for r in ups)
+    times["auto_unrefined"] += sum(r.seconds for r in plain)
     tell(i, n, f"{layer.name}: power({power_steps})")
     t0 = time.perf_counter()
     pw = power_iteration(
@@ -146,6 +151,7 @@ def _bench_layer(
         "lower": best_lower,
         "auto": ln.upper.value,
         "auto_upper": ln.upper.value,
+        "auto_unrefined": min((r.value for r in plain), default=ln.upper.value),
         "auto_method": ln.method,
         "auto_lower": ln.lower.value if ln.lower else None,
         "power": pw.lower,
@@ -157,7 +163,7 @@ def _bench_layer(
 def summarise(result: dict[str, Any]) -> dict[str, dict[str, float | int | None]]:
     rows = result["layers"]
     summary: dict[str, dict[str, float | int | None]] = {}
-    for m in ("auto", "auto_upper", "power", "fantastic4"):
+    for m in ("auto", "auto_upper", "auto_unrefined", "power", "fantastic4"):
         ratios = [r[m] / r["lower"] for r in rows if r[m] is not None and r["lower"] > 0]
         conv = [r[m] / r["lower"] for r in rows if r[m] is not None and r["lower"] > 0 and r["conv"]]
         summary[m] = {
@@ -194,6 +200,7 @@ def _render(name: str, summary: dict[str, dict[str, Any]], rows: list[dict[str, 
     labels = {
         "auto": "auto (upper; time: upper + lower)",
         "auto_upper": "auto (upper; time: upper only)",
+        "auto_unrefined": "auto before its refine stage (upper only)",
         "power": "power, 100 steps (lower)",
         "fantastic4": "fantastic4 (upper)",
     }
@@ -211,7 +218,18 @@ def _render(name: str, summary: dict[str, dict[str, Any]], rows: list[dict[str, 
     out.print(t)
     if detail:
         d = Table(title=f"{name}: per layer")
-        for c in ("layer", "op", "lower", "auto upper", "gap %", "by", "fantastic4", "power100", "s"):
+        for c in (
+            "layer",
+            "op",
+            "lower",
+            "auto upper",
+            "gap %",
+            "by",
+            "before refine",
+            "fantastic4",
+            "power100",
+            "s",
+        ):
             d.add_column(c)
         for r in rows:
             gap = 100 * (r["auto"] / r["lower"] - 1) if r["lower"] > 0 else None
@@ -222,6 +240,7 @@ def _render(name: str, summary: dict[str, dict[str, Any]], rows: list[dict[str, 
                 f"{r['auto']:.6g}",
                 f(gap, 3),
                 r["auto_method"],
+                "-" if r["auto_unrefined"] == r["auto"] else f"{r['auto_unrefined']:.6g}",
                 "-" if r["fantastic4"] is None else f"{r['fantastic4']:.6g}",
                 f"{r['power']:.6g}",
                 f"{r['seconds']:.2f}",

@@ -6,7 +6,10 @@ says it in words for the CLI and docs): the "decisive" methods in order (closed 
 matrix, the Cholesky-certified explicit Gram matrix), the first that gives an upper bound decides;
 else the minimum of every applicable "upper" method (a method is skipped once one that supersedes it
 gave a bound), the "last_resort" ones only when none did; the "lower" methods (Lanczos) give the lower
-bound. A method that would need more memory than the limit is skipped with a note (never an OOM crash).
+bound; then, only where the bracket upper / lower is still above `NormContext.refine_above` (1.01), the
+"refine" methods (the crop-aware deflated bound: ResNet-18's layer4 convs on 7x7 maps) run and the
+smallest upper bound is kept. A method that would need more memory than the limit is skipped with a
+note (never an OOM crash).
 This module names no method: adding one is one file in speccert/norms/methods/.
 """
 
@@ -23,7 +26,14 @@ from speccert.errors import UnsupportedModelError, UsageError
 from speccert.ir import Graph, fold_linear
 from speccert.limits import plan_budget
 from speccert.norms.layer import LinearLayer, linear_part
-from speccert.norms.method import EXACT_MAX_DIM, NormContext, NormMethod, Stage, load_methods
+from speccert.norms.method import (
+    EXACT_MAX_DIM,
+    REFINE_ABOVE,
+    NormContext,
+    NormMethod,
+    Stage,
+    load_methods,
+)
 from speccert.norms.precision import exact_float_math
 from speccert.norms.result import Estimate, LowerBound, NormResult, UpperBound
 
@@ -166,7 +176,25 @@ def _auto(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormRe
         for method in _staged("last_resort"):
             results += _run(method, layer, ctx, notes)
     results += _lower(layer, ctx, notes, results)
-    return results
+    return results + _refine(layer, ctx, notes, results)
+
+
+def _refine(
+    layer: LinearLayer, ctx: NormContext, notes: list[str], results: list[NormResult]
+) -> list[NormResult]:
+    """The "refine" stage on a layer whose bracket is wider than `ctx.refine_above` (the budget goes
+    only where the cheap bounds miss the target), in order, until the bracket is within it."""
+    up, lo = _best(results, UpperBound, min), _best(results, LowerBound, max)
+    if up is None or lo is None or lo.value <= 0:
+        return []
+    best, got = up.value, []
+    for method in _staged("refine"):
+        if best <= ctx.refine_above * lo.value:
+            break
+        found = _run(method, layer, ctx, notes)
+        best = min([best, *(r.value for r in found if isinstance(r, UpperBound))])
+        got += found
+    return got
 
 
 def _lower(
@@ -211,7 +239,8 @@ def auto_summary() -> str:
     return (
         f"first of {names('decisive')} that gives an upper bound; else the minimum of {names('upper')} "
         f"where they apply (skipping a method superseded by one that gave a bound: {supersede}), "
-        f"{names('last_resort')} when none does; lower bound: {names('lower')}"
+        f"{names('last_resort')} when none does; lower bound: {names('lower')}; then {names('refine')} "
+        f"where upper / lower is still above {REFINE_ABOVE}"
     )
 
 
@@ -277,6 +306,7 @@ def layer_norms(
     memory_limit: int | None = None,
     exact_max_dim: int = EXACT_MAX_DIM,
     progress: Progress | None = None,
+    refine_above: float = REFINE_ABOVE,
 ) -> list[LayerNorm]:
     """One `LayerNorm` per linear node of `fold_linear(graph)`, named as in the folded graph.
 
@@ -286,7 +316,8 @@ def layer_norms(
     e.g. "layer4.1.conv2: exact: Cholesky 25088x25088"). Raises InputError when a weight is NaN/Inf (the parameter is named).
     `exact_max_dim` > 2048 lets `exact` certify zero-padded convs whose smaller Gram side is up to that
     (one n^3 Cholesky factorisation in ~16 n^2 bytes: ResNet-18's 7x7 maps, n = 25088, take ~70 s each on
-    a CPU), which removes the torus bound's excess on small feature maps.
+    a CPU), which removes the torus bound's excess on small feature maps. `refine_above`: auto's "refine"
+    methods run on the layers whose upper / lower is above it (math.inf: never).
     """
     methods = load_methods()
     if method != AUTO and method not in methods:
@@ -296,7 +327,12 @@ def layer_norms(
     # The one hook into speccert.limits: a method whose plan exceeds the budget is skipped with a note.
     budget = memory_limit if memory_limit is not None else plan_budget()
     ctx = NormContext(
-        device=dev, memory_limit=budget, tol=tol, max_iter=max_iter, exact_max_dim=exact_max_dim
+        device=dev,
+        memory_limit=budget,
+        tol=tol,
+        max_iter=max_iter,
+        exact_max_dim=exact_max_dim,
+        refine_above=refine_above,
     )
     layers = linear_layers(graph)
     out = []

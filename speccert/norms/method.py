@@ -32,6 +32,7 @@ from speccert.norms.result import NormResult
 from speccert.registry import Registry
 
 EXACT_MAX_DIM = 2048  # `exact`'s explicit route: the smaller side of the matrix, at most (n^3 work)
+REFINE_ABOVE = 1.01  # `auto` refines a layer whose upper / lower bound ratio is above this
 METHODS_PACKAGE = "speccert.norms.methods"
 
 
@@ -52,6 +53,8 @@ class NormContext:
     exact_max_dim: int = (
         EXACT_MAX_DIM  # `exact` on convs whose smaller Gram side is up to this (above: opt-in, n^3)
     )
+    # `auto` runs its "refine" methods on a layer whose upper / proven lower bound is above this (inf: never)
+    refine_above: float = REFINE_ABOVE
     # Told what a long computation on one layer is doing now ("lanczos 32/128", "Cholesky 25088x25088"),
     # for progress displays; never changes a result.
     note: Callable[[str], None] | None = None
@@ -61,7 +64,7 @@ class NormContext:
             self.note(text)
 
 
-Stage = Literal["decisive", "upper", "last_resort", "lower"]
+Stage = Literal["decisive", "upper", "last_resort", "lower", "refine"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,9 @@ class AutoRole:
     give an upper bound decides the layer (with a lower bound from the "lower" stage if it gave none).
     Otherwise every applicable "upper"
     method runs, in `order`, and the smallest upper bound is kept; "last_resort" methods run only when
-    none of them gave one; "lower" methods give the lower bound. None: auto never runs it.
+    none of them gave one; "lower" methods give the lower bound; "refine" methods (tighter, slower) run
+    last, only on a layer whose bracket upper / lower is still above `NormContext.refine_above`, and
+    their upper bound joins the minimum. None: auto never runs it.
     supersedes: methods this one makes redundant once it has given an upper bound on a layer (they are
     not run after it). fallback: position among the upper bounds tried, in order, when the method a user
     asked for gives none (None: never used as a fallback).

@@ -9,8 +9,9 @@ energy in the deflated directions is subtracted (a 2k x 2k certificate, speccert
 above the torus bound on the same torus (to 1e-6: the eigenvectors come from a single-precision
 solve); with every vector deflated it is ||A|| itself. On ResNet-18's layer4 3x3 convs on 7x7 maps
 (random init) it gives 1.0078-1.0093 over the Lanczos lower bound (torus: 1.025-1.035), at 4-8x
-Fantastic-Four's time there. Opt-in (`--method deflated`): one eigendecomposition per frequency block
-and the k x k / 2k x 2k certificates cost more than `auto`'s time budget.
+Fantastic-Four's time there. In `auto` it is the "refine" stage: it runs only on a layer whose
+torus / Lanczos bracket is still above `NormContext.refine_above` (1.01; on ResNet-18 224x224 those
+three layer4 convs); on every layer with `--method deflated`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 
 from speccert.norms import crop, deflation
 from speccert.norms.layer import LinearLayer
-from speccert.norms.method import NormContext, NormMethod, register_method
+from speccert.norms.method import AutoRole, NormContext, NormMethod, register_method
 from speccert.norms.result import NormResult, UpperBound
 
 
@@ -33,6 +34,7 @@ class DeflatedMethod(NormMethod):
     kinds = ("upper",)
     summary = "torus bound with the top eigenvectors deflated, the input window and output crop kept"
     applies_to = "Conv 1-d/2-d, zero padding, kernel > 1 (stride, dilation, groups)"
+    auto = AutoRole("refine")
 
     def applies(self, layer: LinearLayer) -> bool:
         return deflation.applies(layer.conv())
@@ -51,8 +53,7 @@ class DeflatedMethod(NormMethod):
         t0 = time.perf_counter()
         g = layer.conv()
         assert g is not None
-        ctx.tell("deflated: frequency blocks")
-        db = deflation.deflated_bound(g, ctx.device)
+        db = deflation.deflated_bound(g, ctx.device, tell=lambda step: ctx.tell(f"deflated: {step}"))
         torus = "x".join(str(n) for n in db.torus[2 - g.ndim :])
         return [
             UpperBound(
