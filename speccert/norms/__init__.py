@@ -30,6 +30,7 @@ from speccert.norms.method import (
     AutoRole,
     NormContext,
     NormMethod,
+    Refusal,
     load_methods,
     register_method,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "NormContext",
     "NormMethod",
     "NormResult",
+    "Refusal",
     "UpperBound",
     "layer_norms",
     "linear_layers",

@@ -137,10 +137,10 @@ def _run(
         return []
     why = method.refuse(layer, ctx)
     if why is not None:
-        if why == NormMethod.refuse(method, layer, ctx):  # the memory budget alone
-            notes.append(f"{method.name} skipped: {why} {BUDGET_HINT}")
+        if why.kind == "memory":
+            notes.append(f"{method.name} skipped: {why.text} {BUDGET_HINT}")
         elif not quiet_caps:
-            notes.append(f"{method.name} skipped: {why}")
+            notes.append(f"{method.name} skipped: {why.text}")
         return []
     ctx.tell(method.name)
     return method.compute(layer, ctx)

@@ -68,6 +68,16 @@ Stage = Literal["decisive", "upper", "last_resort", "lower", "refine"]
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """Why a method will not run on a layer: `kind` "memory" (its plan exceeds the memory budget, which
+    the user can raise: `auto` always says so) or "size" (a fixed size cap of the method, the decisive
+    stage's normal case: `auto` passes over it quietly there); `text` says it in words."""
+
+    kind: Literal["memory", "size"]
+    text: str
+
+
+@dataclass(frozen=True)
 class AutoRole:
     """How `auto` (speccert.norms.auto) uses a method.
 
@@ -105,11 +115,14 @@ class NormMethod:
         """Peak extra memory this method needs on this layer (an estimate, used for fallbacks)."""
         return 0
 
-    def refuse(self, layer: LinearLayer, ctx: NormContext) -> str | None:
-        """Why this method must not run on this layer (too much memory), or None."""
-        need = self.memory_bytes(layer, ctx)
-        if need > ctx.memory_limit:
-            return f"{self.name} needs ~{human(need)} > limit {human(ctx.memory_limit)}"
+    def refuse(self, layer: LinearLayer, ctx: NormContext) -> Refusal | None:
+        """Why this method must not run on this layer (by default: more memory than the limit), or None."""
+        return self.over_budget(self.memory_bytes(layer, ctx), ctx.memory_limit)
+
+    def over_budget(self, need: int, limit: int) -> Refusal | None:
+        """The memory refusal when `need` bytes exceed `limit`, else None."""
+        if need > limit:
+            return Refusal("memory", f"{self.name} needs ~{human(need)} > limit {human(limit)}")
         return None
 
     def auto_order(self, layer: LinearLayer) -> int:

@@ -6,7 +6,7 @@ import time
 
 from speccert.norms.explicit import dense_bracket, explicit_matrix
 from speccert.norms.layer import LinearLayer
-from speccert.norms.method import AutoRole, NormContext, NormMethod, register_method
+from speccert.norms.method import AutoRole, NormContext, NormMethod, Refusal, register_method
 from speccert.norms.result import LowerBound, NormResult, UpperBound
 
 
@@ -26,10 +26,12 @@ class DenseMethod(NormMethod):
         # The matrix, its SVD factors (U is m x k, Vh k x n) and the workspace: about 4 copies.
         return 4 * 8 * layer.n_in * layer.n_out
 
-    def refuse(self, layer: LinearLayer, ctx: NormContext) -> str | None:
+    def refuse(self, layer: LinearLayer, ctx: NormContext) -> Refusal | None:
         entries = layer.n_in * layer.n_out
         if entries > ctx.dense_max_entries:
-            return f"dense matrix {layer.n_out}x{layer.n_in} exceeds {ctx.dense_max_entries:,} entries"
+            return Refusal(
+                "size", f"dense matrix {layer.n_out}x{layer.n_in} exceeds {ctx.dense_max_entries:,} entries"
+            )
         return super().refuse(layer, ctx)
 
     def compute(self, layer: LinearLayer, ctx: NormContext) -> list[NormResult]:

@@ -31,7 +31,14 @@ from speccert.norms.conv_gram import conv_gram, gram_side
 from speccert.norms.explicit import explicit_matrix
 from speccert.norms.krylov import certify_lower, lanczos
 from speccert.norms.layer import LinearLayer
-from speccert.norms.method import EXACT_MAX_DIM, AutoRole, NormContext, NormMethod, register_method
+from speccert.norms.method import (
+    EXACT_MAX_DIM,
+    AutoRole,
+    NormContext,
+    NormMethod,
+    Refusal,
+    register_method,
+)
 from speccert.norms.psd import block_norms_with_gram, bound_after_cholesky, passes_in_place, top_eigenvector
 from speccert.norms.result import LowerBound, NormResult, UpperBound
 from speccert.norms.rounding import gamma, round_up
@@ -68,19 +75,17 @@ class ExactMethod(NormMethod):
         d = min(layer.n_in, layer.n_out)
         return 8 * (layer.n_in * layer.n_out + 4 * d * d)
 
-    def refuse(self, layer: LinearLayer, ctx: NormContext) -> str | None:
+    def refuse(self, layer: LinearLayer, ctx: NormContext) -> Refusal | None:
         if _large_conv(layer, ctx):
-            need = self.memory_bytes(layer, ctx)
-            return (
-                None
-                if need <= max(ctx.memory_limit, LARGE_BYTES_PER_ENTRY * ctx.exact_max_dim**2)
-                else f"exact needs ~{need / 2**30:.1f} GiB"
-            )
+            # --exact-max-dim asks for this much: the larger of it and the memory budget is the limit
+            limit = max(ctx.memory_limit, LARGE_BYTES_PER_ENTRY * ctx.exact_max_dim**2)
+            return self.over_budget(self.memory_bytes(layer, ctx), limit)
         d = min(layer.n_in, layer.n_out)
         if d > EXACT_MAX_DIM or layer.n_in * layer.n_out > EXACT_MAX_ENTRIES:
-            return (
+            return Refusal(
+                "size",
                 f"explicit {layer.n_out}x{layer.n_in} matrix too large (limits: side {EXACT_MAX_DIM}, "
-                f"{EXACT_MAX_ENTRIES:,} entries)"
+                f"{EXACT_MAX_ENTRIES:,} entries)",
             )
         return super().refuse(layer, ctx)
 

@@ -1,0 +1,77 @@
+"""`auto`'s refine stage and the structured refusals it reads.
+
+The refine stage (speccert.norms.auto._refine) runs the crop-aware deflated bound only on a layer whose
+torus / Lanczos bracket is wider than `refine_above`; its bound must stay >= the truth (dense SVD) and
+never loosen the layer's upper bound. A method's refusal says whether the memory budget (the user can
+raise it: auto always says so) or a size cap (the decisive stage's quiet case) stopped it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from speccert.ir import Conv
+from speccert.norms import NormContext, load_methods
+from speccert.norms.auto import BUDGET_HINT, norm_of_layer
+from speccert.norms.explicit import explicit_matrix
+from speccert.norms.layer import LinearLayer
+
+CPU = torch.device("cpu")
+
+
+def _layer(c: int, n: int, seed: int = 0) -> LinearLayer:
+    """A Kaiming-scaled c -> c 3x3 conv with padding 1 on an n x n map (ResNet-18's layer4 in small)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(c, c, 3, 3, generator=gen, dtype=torch.float64) * math.sqrt(2 / (c * 9))
+    conv = Conv(w, None, (1, 1), ((1, 1), (1, 1)), (1, 1))
+    return LinearLayer("c", conv, (c, n, n), (c, n, n))
+
+
+def _truth(layer: LinearLayer) -> float:
+    return float(torch.linalg.matrix_norm(explicit_matrix(layer, CPU), ord=2))
+
+
+def test_refine_runs_only_above_its_target_and_stays_sound() -> None:
+    # 48 channels on 7x7: the Gram side 2352 is over exact's 2048 and the matrix over dense's 1M
+    # entries, so auto takes the torus bound (~2.5% over the truth here) and Lanczos first.
+    layer = _layer(48, 7)
+    truth = _truth(layer)
+    ctx = NormContext()
+    off = norm_of_layer(layer, "auto", dataclasses.replace(ctx, refine_above=math.inf))
+    assert off.method == "fft" and "deflated/upper" not in off.others
+    assert off.gap is not None and off.gap > 0.01  # the torus bound misses the default target here
+    on = norm_of_layer(layer, "auto", ctx)  # the default target (1.01)
+    assert on.method == "deflated" and on.others["fft/upper"].value == off.upper.value
+    assert truth * (1 - 1e-12) <= on.upper.value < off.upper.value
+    assert on.upper.value / truth - 1 < 0.6 * (off.upper.value / truth - 1), (truth, on.upper, off.upper)
+    assert on.lower is not None and on.lower.value <= truth * (1 + 1e-12)
+    # a target the torus bracket already meets: no refinement
+    wide = norm_of_layer(layer, "auto", dataclasses.replace(ctx, refine_above=1.0 + 2 * off.gap))
+    assert wide.method == "fft" and "deflated/upper" not in wide.others
+
+
+def test_refine_tells_its_steps() -> None:
+    heard: list[str] = []
+    ctx = NormContext(note=heard.append, refine_above=1.0)
+    norm_of_layer(_layer(48, 7), "auto", ctx)
+    assert "deflated" in heard and any(t.startswith("deflated: output crop, ") for t in heard), heard
+
+
+def test_refusals_say_memory_or_size() -> None:
+    methods = load_methods()
+    layer = _layer(48, 7)
+    ctx = NormContext()
+    dense = methods.get("dense").refuse(layer, ctx)
+    assert dense is not None and dense.kind == "size" and "1,000,000 entries" in dense.text
+    exact = methods.get("exact").refuse(layer, ctx)
+    assert exact is not None and exact.kind == "size"
+    tight = dataclasses.replace(ctx, memory_limit=1 << 10)
+    fft = methods.get("fft").refuse(layer, tight)
+    assert fft is not None and fft.kind == "memory" and fft.text.endswith("> limit 1.0 KiB"), fft
+    # auto: the size caps of the decisive stage pass quietly, the memory budget always has a note
+    ln = norm_of_layer(layer, "auto", dataclasses.replace(tight, refine_above=math.inf))
+    assert any(n.startswith("fft skipped: fft needs ~") and n.endswith(BUDGET_HINT) for n in ln.notes)
+    assert not any(n.startswith(("dense skipped", "exact skipped")) for n in ln.notes), ln.notes
