@@ -23,7 +23,7 @@ from resnet18 import resnet18_graph, resnet18_module  # noqa: E402
 
 from speccert.cli.bench_norms_cmd import bench_graph, summarise  # noqa: E402
 
-METHODS = ("auto", "auto_upper", "power", "fantastic4")
+METHODS = ("auto", "auto_upper", "auto_unrefined", "power", "fantastic4")
 
 
 def measure(size: int, device: str, width: float = 1.0) -> dict[str, object]:
@@ -38,14 +38,17 @@ def _ratio(summary: dict[str, dict[str, float]], method: str) -> str:
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    head = "| input | width | auto s (upper + lower) | auto s (upper) | power(100) s | Fantastic-Four s | conv max / median: auto | Fantastic-Four |"
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    head = (
+        "| input | width | auto s (upper + lower) | auto s (upper) | auto s (upper, before refine) "
+        "| power(100) s | Fantastic-Four s | conv max / median: auto | before refine | Fantastic-Four |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["summary"]
         assert isinstance(s, dict)
         secs = " | ".join(f"{s[m]['seconds']:.1f}" for m in METHODS)
         lines.append(
-            f"| {r['size']}×{r['size']} | {r.get('width', 1.0):g}× | {secs} | {_ratio(s, 'auto')} | {_ratio(s, 'fantastic4')} |"
+            f"| {r['size']}×{r['size']} | {r.get('width', 1.0):g}× | {secs} | {_ratio(s, 'auto')} | {_ratio(s, 'auto_unrefined')} | {_ratio(s, 'fantastic4')} |"
         )
     return "\n".join(lines)
 

@@ -75,3 +75,10 @@ def test_refusals_say_memory_or_size() -> None:
     ln = norm_of_layer(layer, "auto", dataclasses.replace(tight, refine_above=math.inf))
     assert any(n.startswith("fft skipped: fft needs ~") and n.endswith(BUDGET_HINT) for n in ln.notes)
     assert not any(n.startswith(("dense skipped", "exact skipped")) for n in ln.notes), ln.notes
+
+
+def test_bench_refine_above_below_one_is_a_usage_error(capsys) -> None:  # noqa: ANN001
+    from speccert.cli.app import main
+
+    assert main(["bench", "norms", "--no-resnet", "--refine-above", "0.5"]) == 2
+    assert "--refine-above is a ratio upper / lower >= 1" in capsys.readouterr().err

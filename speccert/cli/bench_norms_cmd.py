@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import statistics
 import time
@@ -52,6 +53,14 @@ ExactMaxDimOpt = Annotated[
         "certificates for convs up to this Gram dimension (25088: ResNet-18's layer4).",
     ),
 ]
+RefineAboveOpt = Annotated[
+    float,
+    typer.Option(
+        "--refine-above",
+        help="auto refines a layer (crop-aware deflated bound) whose upper / lower bound is above this; "
+        "inf: never.",
+    ),
+]
 
 
 def _resnet18_graph(size: int, weights: Path | None) -> Any:
@@ -70,12 +79,13 @@ def bench_graph(
     power_steps: int = 100,
     exact_max_dim: int = 2048,
     progress: Callable[[int, int, str], None] | None = None,
+    refine_above: float | None = None,
 ) -> dict[str, Any]:
     """auto vs plain power iteration (fixed steps, random start) vs Fantastic-Four on every linear layer.
 
     Each method's value is divided by the best proven lower bound found for the layer: >= 1 for upper
     bounds (1 = exact), <= 1 for power iteration (how far below the truth it stops). `progress(i, n, text)`
-    as in `layer_norms`.
+    as in `layer_norms`; `refine_above` as there (None: its default).
     """
     import torch
 
@@ -85,6 +95,8 @@ def bench_graph(
 
     load_methods()
     ctx = NormContext(device=torch.device(device), exact_max_dim=exact_max_dim)
+    if refine_above is not None:
+        ctx = dataclasses.replace(ctx, refine_above=refine_above)
     f4 = METHODS.get("fantastic4")
     times = {"auto": 0.0, "auto_upper": 0.0, "auto_unrefined": 0.0, "power": 0.0, "fantastic4": 0.0}
     layers = linear_layers(graph)
@@ -292,12 +304,19 @@ def norms(
     resnet_weights: ResnetWeightsOpt = None,
     detail: DetailOpt = False,
     exact_max_dim: ExactMaxDimOpt = 2048,
+    refine_above: RefineAboveOpt = 1.01,
     json_out: JsonOpt = None,
 ) -> None:
     """auto vs plain power iteration (100 steps per layer) vs Fantastic-Four: seconds and tightness."""
     dev = resolve_device(device)
     check_outputs({"--json": json_out})
     check_exact_max_dim(exact_max_dim)
+    if not refine_above >= 1.0:  # (NaN too)
+        from speccert.errors import UsageError
+
+        raise UsageError(
+            f"--refine-above is a ratio upper / lower >= 1 (inf: never refine), got {refine_above}"
+        )
     models = _norms_models(corpus, resnet, resnet_size, resnet_weights)
     if not models:
         from speccert.errors import InputError
@@ -307,7 +326,9 @@ def norms(
     for name, graph in models:
         err.print(f"benchmarking {escape(name)} ...")
         with layer_progress(name) as progress:
-            res = bench_graph(graph, dev, exact_max_dim=exact_max_dim, progress=progress)
+            res = bench_graph(
+                graph, dev, exact_max_dim=exact_max_dim, progress=progress, refine_above=refine_above
+            )
         summary = summarise(res)
         report["models"][name] = {"summary": summary, "layers": res["layers"]}
         if json_out != "-":
