@@ -4,22 +4,28 @@ speccert.norms.deflation proves, for the input window x (stride 1, one group),
     x^T E^T K E x <= mu ||x||^2 + ||L x||^2,    (L x)_j = (M1 M2)^-1/2 y_j^H z(w_j),
 so L^H e_j = (M1 M2)^-1/2 y_j (x) exp(+2 pi i w_j.m / M) on the window. The zero-padded conv keeps only
 the torus outputs [0, out): with R the rows of C E at the other ("cropped") torus positions,
-H = A^T A = E^T K E - R^T R exactly, so for any matrix Q with ||Q||_2^2 <= nu (||Q^H R x||^2 <= nu ||R x||^2)
+H = A^T A = E^T K E - R^T R exactly. For any matrix T (r columns) and Hermitian M >= T^H T (M > 0),
+T M^-1 T^H <= I, so ||R x||^2 >= ||M^-1/2 T^H R x||^2 and
 
-    x^T H x <= mu ||x||^2 + ||L x||^2 - ||Q^H R x||^2 / nu,
+    x^T H x <= mu ||x||^2 + ||L x||^2 - ||N x||^2,   N = M^-1/2 T^H R,
 
-and ||A||^2 <= mu + s once s I + N^H N - L^H L >= 0 for N = Q^H R / sqrt(nu). With s > 0 that is
-(Woodbury) s I - L L^H + B0^H (nu s I + C0)^-1 B0 >= 0 with B0 = Q^H R L^H = Q^H Gamma (Gamma = R L^H)
-and C0 = (R^H Q)^H (R^H Q), all k x k. For any Z, B0^H (P)^-1 B0 >= B0^H Z + Z^H B0 - Z^H P Z
-(P = nu s I + C0 > 0; a completed square), so one Cholesky factorisation of
+hence ||A||^2 <= mu + s once s I + N^H N - L^H L >= 0. With s > 0 that is (Woodbury)
+s I - L L^H + (N L^H)^H (s I + N N^H)^-1 (N L^H) >= 0, and with Gamma = R L^H (k columns),
+N L^H = M^-1/2 B, N N^H = M^-1/2 D M^-1/2 for B = T^H Gamma, D = (R^H T)^H (R^H T):
 
-    M_s = s I - L L^H + B0^H Z + Z^H B0 - Z^H P Z
+    s I - L L^H + B^H (s M + D)^-1 B >= 0.
 
-proves it; Z ~ P^-1 B0 from any solver (its error never matters, only the products' rounding). Q is
-an orthonormal basis of Gamma (so Q^H R keeps the crop energy of the deflated directions); nu bounds
-||Q^H Q|| from the computed Q^H Q - I. Gamma is assembled from the tap products W_a y_j:
+For any Z, B^H P^-1 B >= B^H Z + Z^H B - Z^H P Z (P = s M + D > 0; a completed square), so one Cholesky
+factorisation of M_s = s I - L L^H + B^H Z + Z^H B - Z^H P Z proves it; Z ~ P^-1 B from any solver
+(its error never matters, only the products' rounding). T is fl(Gamma) itself (an exactly known
+matrix) with M = fl(T^H T) + delta I, delta bounding that product's rounding: T M^-1 T^H is then the
+projection onto Gamma's columns to ~1e-12, so N keeps the crop energy of the deflated directions, and
+B = T^H Gamma is fl(T^H T) up to T's own error (no orthonormal basis, no QR); when Gamma has no more
+rows than k, T = I (the whole ||R x||^2, M = I, B = Gamma). Gamma is assembled from the tap products
+W_a y_j:
     Gamma[(o, p), j] = (M1 M2)^-1/2 sum_a [t_a(p) in window] exp(2 pi i w_j.t_a(p) / M) (W_a y_j)[o],
-t_a(p) = p + off_a mod N, and R^H Q by the adjoint taps. Every rounding is bounded in `crop_bound`.
+t_a(p) = p + off_a mod N, and R^H T by the adjoint taps, only on the window positions the cropped rows
+read. Every rounding is bounded in `crop_bound`.
 """
 
 from __future__ import annotations
@@ -35,13 +41,13 @@ from speccert.norms.torus import AxisPlan, candidate_plans
 Tensor = torch.Tensor
 
 
-MAX_BYTES = 1 << 29  # R^H Q on the window (window size x k) stays below this
+MAX_BYTES = 1 << 29  # R^H T on the window (window size x k) stays below this
 MAX_WINDOW = 1 << 17  # and the window (c_in x positions) below this: ResNet-18's layer2-4, not layer1
 
 
 def applies(g2: ConvGeometry, left: bool, k: int) -> bool:
     """Stride 1 on both axes, the input-side Gram matrices (one polyphase slot), a window of at most
-    MAX_WINDOW entries and k deflated vectors few enough that R^H Q (on the window entries the cropped
+    MAX_WINDOW entries and k deflated vectors few enough that R^H T (on the window entries the cropped
     rows read) and Gamma fit in MAX_BYTES each."""
     window = g2.size[0] * g2.size[1] * g2.weight.shape[1]
     if not left or any(s != 1 for s in g2.stride) or g2.circular or window > MAX_WINDOW:
@@ -54,8 +60,8 @@ def applies(g2: ConvGeometry, left: bool, k: int) -> bool:
 
 
 def memory_bytes(g2: ConvGeometry, max_rank: int) -> int:
-    """Peak extra memory of `crop_bound` with up to max_rank deflated vectors: R^H Q, and Gamma, its
-    basis Q and one tap's products (crop positions x c_out x k complex each)."""
+    """Peak extra memory of `crop_bound` with up to max_rank deflated vectors: R^H T, and Gamma (= T),
+    fl(Gamma)^H fl(Gamma) and one tap's products (crop positions x c_out x k complex each)."""
     window = g2.size[0] * g2.size[1] * g2.weight.shape[1]
     if g2.circular or any(s != 1 for s in g2.stride) or window > MAX_WINDOW:
         return 0
@@ -100,7 +106,7 @@ def _reads(
 
 
 def _support(g2: ConvGeometry, plans: tuple[AxisPlan, AxisPlan], pos: Tensor) -> Tensor:
-    """The window positions some cropped row reads (R^H Q vanishes elsewhere), sorted."""
+    """The window positions some cropped row reads (R^H T vanishes elsewhere), sorted."""
     reads = _reads(g2, plans, pos)
     if not reads:
         return torch.zeros(0, dtype=torch.int64, device=pos.device)
@@ -118,20 +124,6 @@ def _real_times(w: Tensor, z: Tensor) -> Tensor:
     imaginary parts side by side (each entry: the same sums as the complex product, real roundings)."""
     zr = torch.view_as_real(z.resolve_conj()).reshape(z.shape[0], -1)  # [n, 2p]: (re, im) interleaved
     return torch.view_as_complex((w @ zr).reshape(w.shape[0], -1, 2))
-
-
-def _orthonormal_basis(gmat: Tensor) -> Tensor:
-    """An approximately orthonormal basis of gmat's columns (complex128): a single-precision QR (any
-    Q is sound: `crop_bound` proves ||Q||^2 <= nu from the float64 Q^H Q; single precision leaves
-    ||Q^H Q - I|| ~ 1e-6, so nu ~ 1 + 1e-6) at ~half the time of a double-precision one."""
-    big = float(gmat.abs().amax()) if gmat.numel() else 0.0
-    if 0.0 < big < 1e30:
-        scale = 2.0 ** -math.frexp(big)[1]  # a power of two: no rounding, no overflow in single precision
-        q32: Tensor = torch.linalg.qr((gmat * scale).to(torch.complex64))[0]
-        if bool(torch.isfinite(torch.view_as_real(q32)).all()):
-            return q32.to(torch.complex128)
-    q64: Tensor = torch.linalg.qr(gmat)[0]
-    return q64
 
 
 def crop_bound(
@@ -175,36 +167,58 @@ def crop_bound(
     kappa = 4.0 * gamma(2.0 * ci + len(taps) + 200.0)
     w_sum = sum(_fro(wt[i]) for i in range(len(taps)))
     e_gam = kappa * scale * math.sqrt(pos.shape[0]) * w_sum * _fro(cols)
-    gmat = gam.reshape(-1, k)
-    qm = _orthonormal_basis(gmat)
-    both = qm.mH @ torch.cat([qm, gmat], 1)  # [Q^H Q, Q^H Gamma] in one product
-    rq = qm.shape[1]  # min(k, rows of Gamma)
-    qq, b0 = both[:, :rq].clone(), both[:, rq:]
-    qq.diagonal().sub_(1.0)
-    # ||Q||^2 <= 1 + ||Q^H Q - I||: the computed difference, its products' and its diagonal's rounding
-    nu = round_up(
-        (1.0 + _fro(qq) * (1.0 + 4.0 * U) + 2.0 * gamma(2.0 * gmat.shape[0] + 4.0) * _fro(qm) ** 2)
-        * (1.0 + 4.0 * U)
-    )
-    e_b = gamma(2.0 * gmat.shape[0] + 4.0) * _fro(qm) * _fro(gmat) + math.sqrt(nu) * e_gam
-    # V = R^H Q on the window entries the cropped rows read (zero elsewhere):
-    # V[x, c, j] = sum_a sum_o W_a[o, c] Q[(o, p), j] for x = p + off_a
+    gmat = gam.reshape(-1, k)  # fl(Gamma), within e_gam of Gamma = R L^H
+    rows = gmat.shape[0]
+    if rows <= k:  # Gamma~ = I: the whole ||R x||^2 is kept (M = I exactly, B = Gamma)
+        basis = torch.eye(rows, dtype=torch.complex128, device=dev)
+        g_t, e_g, delta, b, e_b = basis, 0.0, 0.0, gmat, e_gam
+    else:  # Gamma~ = fl(Gamma), an exactly known matrix: B = Gamma~^H Gamma within e_b of G~
+        basis = gmat
+        fg = _fro(gmat)
+        g_t = gmat.mH @ gmat  # G~ = fl(Gamma~^H Gamma~)
+        e_g = gamma(2.0 * rows + 4.0) * fg**2  # >= ||G~ - Gamma~^H Gamma~||_2
+        # M = herm(G~) + delta I >= Gamma~^H Gamma~ (delta >= e_g); the 1e-12 relative jitter keeps M
+        # definite where Gamma~ has no rank, and costs penalty only in directions of singular value < 1e-6
+        jitter = 1e-12 * max(float(g_t.diagonal().real.max()), 0.0)
+        delta = round_up((2.0 * e_g + jitter) * (1.0 + 4.0 * U))
+        b, e_b = g_t, e_g + fg * e_gam
+    nb = basis.shape[1]
+    # V = R^H Gamma~ on the window entries the cropped rows read (zero elsewhere):
+    # V[x, c, j] = sum_a sum_o W_a[o, c] Gamma~[(o, p), j] for x = p + off_a
     support = _support(g2, plans, pos)
     where = torch.full((g2.size[0] * g2.size[1],), -1, dtype=torch.int64, device=dev)
     where[support] = torch.arange(support.shape[0], device=dev)
-    qp = qm.reshape(pos.shape[0], co, rq)
-    v = torch.zeros((support.shape[0], ci, rq), dtype=torch.complex128, device=dev)
+    gp = basis.reshape(pos.shape[0], co, nb)
+    v = torch.zeros((support.shape[0], ci, nb), dtype=torch.complex128, device=dev)
     for ai, ok, _, flat in reads:
-        sel = qp[ok].permute(1, 0, 2).reshape(co, -1)  # [co, p_ok k]
-        v.index_add_(0, where[flat], _real_times(wt[ai].T, sel).reshape(ci, -1, rq).permute(1, 0, 2))
-    e_v = gamma(2.0 * len(taps) * co + 4.0) * w_sum * _fro(qm)
-    vm = v.reshape(-1, rq)
-    c0 = vm.mH @ vm
+        sel = gp[ok].permute(1, 0, 2).reshape(co, -1)  # [co, p_ok nb]
+        v.index_add_(0, where[flat], _real_times(wt[ai].T, sel).reshape(ci, -1, nb).permute(1, 0, 2))
+    e_v = gamma(2.0 * len(taps) * co + 4.0) * w_sum * _fro(basis)
+    vm = v.reshape(-1, nb)
+    d = vm.mH @ vm
     fv = _fro(vm)
-    e_c = gamma(2.0 * vm.shape[0] + 4.0) * fv**2 + 2.0 * fv * e_v + e_v**2
-    # s estimated from J G's spectrum, G = [[q, B^H], [B, C]] (B = B0 / sqrt(nu), C = C0 / nu), as that of
-    # the Hermitian F^H J F for G ~ F F^H (jitter: G may be singular; an estimate only, never a bound)
-    bb, cc = b0 / math.sqrt(nu), c0 / nu
+    e_d = gamma(2.0 * vm.shape[0] + 4.0) * fv**2 + 2.0 * fv * e_v + e_v**2
+    f_g, f_d = _fro(g_t), _fro(d)
+
+    def p_of(s: float) -> tuple[Tensor, float]:
+        """(fl(P), bound on ||fl(P) - P||_2) for P = s M + D (exact D, M as above): the non-Hermitian
+        part of s G~ (<= s e_g), D's error, and the scaling's, the sum's and the diagonal's rounding."""
+        p = g_t * s + d
+        p.diagonal().add_(s * delta)
+        return p, s * e_g + e_d + 4.0 * U * (s * f_g + f_d + s * delta)
+
+    # s estimated from J G's spectrum, G = [[q, B'^H], [B', D']] with M ~ F_M F_M^H, B' = F_M^-1 G~,
+    # D' = F_M^-1 D F_M^-H (s I + D' = F_M^-1 P F_M^-H), as that of the Hermitian F^H J F for G ~ F F^H
+    # (jitter: G may be singular; an estimate only, never a bound)
+    m_est = (g_t + g_t.mH) / 2
+    m_est.diagonal().add_(delta)
+    f_m, info_m = torch.linalg.cholesky_ex(m_est)
+    if int(info_m) != 0:
+        return None
+    bb = torch.linalg.solve_triangular(f_m, b, upper=False)
+    cc = torch.linalg.solve_triangular(
+        f_m, torch.linalg.solve_triangular(f_m, d, upper=False).mH, upper=False
+    )
     gm = torch.cat([torch.cat([q, bb.mH], 1), torch.cat([bb, cc], 1)], 0)
     top = max(float(q.diagonal().real.max()), 1e-300)
     gm.diagonal().add_(1e-9 * top)
@@ -219,18 +233,15 @@ def crop_bound(
         est = float(torch.linalg.eigvals(jg).real.max())
     for rel in (1e-6, 1e-4, 1e-2):
         s = max(est, 0.0) + rel * top
-        if _certified(s, nu, q, q_err, b0, e_b, c0, e_c):
+        if _certified(s, q, q_err, b, e_b, *p_of(s)):
             return round_up(s)
     return None
 
 
-def _certified(
-    s: float, nu: float, q: Tensor, q_err: float, b0: Tensor, e_b: float, c0: Tensor, e_c: float
-) -> bool:
-    """Whether one Cholesky factorisation proves M_s >= 0 (module docstring), every rounding bounded."""
+def _certified(s: float, q: Tensor, q_err: float, b0: Tensor, e_b: float, p: Tensor, e_p: float) -> bool:
+    """Whether one Cholesky factorisation proves M_s >= 0 (module docstring), every rounding bounded:
+    q = fl(L L^H) and b0 ~ B within q_err and e_b, p ~ P = s M + D (Hermitian, > 0) within e_p."""
     k = q.shape[0]
-    p = c0.clone()
-    p.diagonal().add_(nu * s)
     z = torch.linalg.solve(p, b0)
     bz = b0.mH @ z
     pz = p @ z
@@ -239,8 +250,8 @@ def _certified(
     m.diagonal().add_(s)
     fz, fb, fp = _fro(z), _fro(b0), _fro(p)
     g = gamma(2.0 * k + 4.0)
-    # exact-data error (q, B0, C0, and nu s rounded) plus the products' and the sums' rounding
-    err = q_err + 2.0 * e_b * fz + (e_c + 4.0 * U * (nu * s + _fro(c0))) * fz**2  # P's diagonal rounded
+    # exact-data error (q, B, P) plus the products' and the sums' rounding
+    err = q_err + 2.0 * e_b * fz + e_p * fz**2
     err += 2.0 * g * fb * fz + g * fp * fz**2 + g * fz * _fro(pz)
     err += 6.0 * U * (s + _fro(q) + 2.0 * _fro(bz) + _fro(zpz))
     # R^H R = S + D, |D| <= gamma(2k+4) |R^H| |R|: lambda_min(S) >= -g ||R||_F^2, ||R||_F^2 <= tr(S) / (1 - g)
