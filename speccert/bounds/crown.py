@@ -20,10 +20,12 @@ its uses: a residual skip adds two):
   (lam_i >= 0) or lam_i a_up,i (lam_i < 0). The computed fl(mu_i) is within u |mu_i| of the exact
   product, so the error grows by gamma(2) |mu|^T Z (Z >= |z| on the interval), and the constant's dot
   product by gamma(n + 4) |lam|^T |b|.
-- through a max-pool: max over a window >= the candidate p with the best lower bound (any candidate
-  is below the max), and where p's lower bound beats every other candidate's upper bound the max is
-  z_p exactly; elsewhere the upper line is the constant max of the window's upper bounds. Windows
-  that overlap sum their adjoints (fold): that rounding is within gamma(k + 2) ||routed||_1 max Z.
+- through a max-pool: per window a lower line sum_i t_i x_i (a convex combination: the fixed winner,
+  or the mean of the candidates tying for the best lower bound) and an upper line s x_{i*} + B (the
+  fixed winner, or the line through (l*, u2) and (u*, u*) on the candidate i* with the largest upper
+  bound; speccert.bounds.crown_pool proves both). lam_w >= 0 goes through the lower line, lam_w < 0
+  through the upper one; the constant's dot product adds gamma(n + 4) |lam|^T |B| to the error.
+  Windows that overlap sum their adjoints (fold): that rounding is within gamma(k + 2) ||lam||_1 max Z.
 - an output used twice sums its adjoints: within u |sum|, so the error grows by gamma(2) |lam|^T H.
 - at the input: fl(Lam^T x) within gamma(n + 4) |Lam|^T |x|; ||Lam|| raised by gamma(n + 4).
 Constants are summed in a running float64 sum (recursive summation: within gamma(P) sum |pieces|), the
@@ -54,11 +56,12 @@ from dataclasses import dataclass, field
 import torch
 
 from speccert.bounds.certificate import NotApplicable
+from speccert.bounds.crown_pool import PoolLines, pool_lines, route
 from speccert.bounds.crown_relax import relax, supported
 from speccert.bounds.crown_slopes import optimised_margins
 from speccert.bounds.linear_tail import absolute_op
 from speccert.bounds.lipschitz import LipschitzBound
-from speccert.bounds.local_bounds import BallBounds, Interval, ball_bounds, box_stage, pool_vjp
+from speccert.bounds.local_bounds import BallBounds, Interval, ball_bounds, box_stage
 from speccert.bounds.local_slopes import slope_range
 from speccert.bounds.local_stages import Stage, build_stages, identity_like, inner_dimension, stage_vjp
 from speccert.ir import INPUT, Activation, Add, AvgPool, Conv, ConvTranspose, Linear, MaxPool, Node
@@ -133,6 +136,7 @@ class Ball:
     weights: dict[int, Tensor] = field(default_factory=dict)
     lines: dict[int, tuple[Tensor, ...]] = field(default_factory=dict)  # relax() + error weight
     free: dict[int, tuple[Tensor, float]] = field(default_factory=dict)  # unstable ReLU units, alpha
+    pools: dict[int, tuple[PoolLines, Tensor, Tensor]] = field(default_factory=dict)  # lines, B, weight
 
     def abs_input(self) -> Tensor:
         rr = self.r.reshape((-1,) + (1,) * (self.x.dim() - 1))
@@ -255,22 +259,25 @@ class Crown:
         return mu
 
     def _pool(self, j: int, op: MaxPool, lam: Tensor, pos: Tensor, ball: Ball, acc: _Acc) -> Tensor:
-        """Max-pool: the best-lower-bound candidate below, the fixed winner or a constant above."""
+        """Max-pool: each window's lower and upper lines (speccert.bounds.crown_pool)."""
         st = self.stages[j]
         lo, hi = ball.bb.z[j]
         n = lam[0, 0].numel()
-        winner = ball.bb.winner[j]
-        assert winner is not None
-        fixed = ball.bb.mid[j].unsqueeze(1)  # windows whose winner cannot change
-        routed = torch.where(pos, lam, lam * fixed)
-        top = ball.bb.h[j][1]
-        acc.add_const(_dot(lam.clamp_max(0.0) * (1.0 - fixed), top))
-        w = gamma(2) * self._abs_source(ball, j) + gamma(n + 4) * top.abs()
-        acc.add_err(_err_dot(lam, w * (1.0 + 8 * U)))
+        if j not in ball.pools:
+            winner = ball.bb.winner[j]
+            assert winner is not None
+            fixed = ball.bb.mid[j].flatten(2) > 0  # windows whose winner cannot change
+            lines = pool_lines(op, lo, hi, fixed, winner)
+            b_up = lines.b_up.reshape(ball.bb.h[j][1].shape)
+            w = gamma(2) * self._abs_source(ball, j) + gamma(n + 4) * b_up.abs()
+            ball.pools[j] = (lines, b_up, w * (1.0 + 8 * U))
+        lines, b_up, w = ball.pools[j]
+        acc.add_const(_dot(lam.clamp_max(0.0), b_up))
+        acc.add_err(_err_dot(lam, w))
         b, rows = lam.shape[:2]
-        mu = pool_vjp(op, routed, winner, st.z_shape)
+        mu = route(op, lam, lines, st.z_shape)
         z_max = torch.maximum(lo.abs(), hi.abs()).flatten(1).amax(1)[:, None]
-        spread = routed.abs().flatten(2).sum(2) * (1.0 + gamma(n + 2)) * z_max
+        spread = lam.abs().flatten(2).sum(2) * (1.0 + gamma(n + 2)) * z_max
         acc.add_err(gamma(math.prod(op.kernel) + 2) * spread * (1.0 + 8 * U))
         return mu.reshape(b, rows, *st.z_shape)
 
