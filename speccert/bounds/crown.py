@@ -72,6 +72,8 @@ U = 2.0**-53
 TINY = 1e-300
 ROW_CHUNK = 128  # hidden units whose bounds go backward together (x2: lower and upper rows)
 UNIT_MAX = 8192  # stages with more uncertain units per point keep their interval bounds only
+COLUMN_BYTES = 1 << 29  # per model: the stages' unit columns e_i^T A_kj kept for the hidden bounds
+COLUMN_CHUNK = 256
 UnitHook = Callable[[int, BallBounds, Tensor | None], Tensor | None]
 
 
@@ -165,6 +167,8 @@ class Crown:
         # before the CROWN intervals: both proven, intersected; fewer units are left for CROWN
         self.unit_lipschitz: UnitHook | None = None
         self.steps = 0  # > 0: optimised lower slopes of the margin bound (speccert.bounds.crown_slopes)
+        self.columns: dict[int, dict[int, Tensor] | None] = {}
+        self.column_bytes = 0
 
     def _constant(self, st: Stage) -> tuple[Tensor, Tensor]:
         """(bc, brad) [1, *z] enclosing b_k = z_k at zero sources."""
@@ -281,15 +285,66 @@ class Crown:
         acc.add_err(gamma(math.prod(op.kernel) + 2) * spread * (1.0 + 8 * U))
         return mu.reshape(b, rows, *st.z_shape)
 
+    def _columns(self, k: int) -> dict[int, Tensor] | None:
+        """{source j: [n + 1, *h_j]}: row i is e_i^T A_kj as stage_vjp computes it (the last row 0),
+        for the hidden bounds' unit rows (per model; None where it would take more than COLUMN_BYTES).
+        A one-hot row through the reverse pass is a sum of one product and zeros, so this is the very
+        value the pass gives inside any batch (and stays within its gamma(K) allowance regardless)."""
+        if k not in self.columns:
+            st = self.stages[k]
+            n = math.prod(st.z_shape)
+            size = sum(math.prod(self.shapes[s.name]) for s in st.sources) * (n + 1) * 8
+            self.column_bytes += size
+            if not st.nodes or self.column_bytes > COLUMN_BYTES:
+                self.columns[k] = None
+            else:
+                eye = torch.eye(n, dtype=torch.float64)
+                parts: dict[int, list[Tensor]] = {}
+                for i in range(0, n, COLUMN_CHUNK):
+                    rows = eye[i : i + COLUMN_CHUNK].reshape(-1, *st.z_shape)
+                    for j, g in stage_vjp(st, rows, self.shapes).items():
+                        parts.setdefault(j, []).append(g)
+                self.columns[k] = {
+                    j: torch.cat([*g, torch.zeros_like(g[0][:1])]) for j, g in parts.items()
+                }
+        return self.columns[k]
+
+    def _through_units(
+        self, k: int, slot: Tensor, cols: dict[int, Tensor], ball: Ball, acc: _Acc, adj: dict[int, Tensor]
+    ) -> None:
+        """`_through` for the rows [+e_i, -e_i] of z_k, i = slot [B, c] (n: a zero row), read from the
+        stage's columns: the same constant (+-bc_i), error (W_i) and adjoints, without the products."""
+        st = self.stages[k]
+        b, n = slot.shape[0], math.prod(st.z_shape)
+        zero = torch.zeros((b, 1), dtype=torch.float64)
+        bc = torch.cat([self.consts[k][0].reshape(1, -1).expand(b, n), zero], 1).gather(1, slot)
+        acc.add_const(torch.cat([bc, -bc], 1))
+        w = torch.cat([self._weight(ball, k).reshape(b, n), zero], 1).gather(1, slot)
+        w = w * (1.0 + 2 * gamma(n + 2))  # as _err_dot
+        acc.add_err(torch.cat([w, w], 1))
+        for i, col in cols.items():
+            g = col[slot]
+            g = torch.cat([g, -g], 1)
+            adj[i] = adj[i] + g if i in adj else g
+
     def _backward(
-        self, top: int, lam: Tensor, ball: Ball, slopes: dict[int, Tensor] | None
+        self,
+        top: int,
+        lam: Tensor,
+        ball: Ball,
+        slopes: dict[int, Tensor] | None,
+        units: tuple[Tensor, dict[int, Tensor]] | None = None,
     ) -> tuple[_Acc, Tensor]:
-        """The running constant and error and the input's adjoint Lam (before the input's terms)."""
+        """The running constant and error and the input's adjoint Lam (before the input's terms).
+        `units` = (slot, columns): the rows are [+e_slot, -e_slot] of z_top (lam gives only the shape)."""
         b, rows = lam.shape[:2]
         zero = torch.zeros((b, rows), dtype=torch.float64)
         acc = _Acc(zero, zero, zero)
         adj: dict[int, Tensor] = {}
-        self._through(top, lam, ball, acc, adj)
+        if units is None:
+            self._through(top, lam, ball, acc, adj)
+        else:
+            self._through_units(top, units[0], units[1], ball, acc, adj)
         for j in range(top - 1, -1, -1):
             if j in adj:
                 self._through(j, self._relax(j, adj.pop(j), ball, acc, slopes), ball, acc, adj)
@@ -306,11 +361,17 @@ class Crown:
         return acc.const + _dot(lam_x, ball.x) - acc.err - ball.r[:, None] * norm
 
     def lower(
-        self, top: int, lam: Tensor, ball: Ball, slopes: dict[int, Tensor] | None = None
+        self,
+        top: int,
+        lam: Tensor,
+        ball: Ball,
+        slopes: dict[int, Tensor] | None = None,
+        units: tuple[Tensor, dict[int, Tensor]] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """(a, n) [B, N]: over B(x, rho), rho <= ball.r, lam^T z_top >= a - rho n (module docstring),
-        with the lower slopes `slopes` (clamped to [alpha, 1]) at unstable ReLU units where given."""
-        acc, lam_x = self._backward(top, lam, ball, slopes)
+        with the lower slopes `slopes` (clamped to [alpha, 1]) at unstable ReLU units where given.
+        `units`: see `_backward` (lam then only gives the rows' shape)."""
+        acc, lam_x = self._backward(top, lam, ball, slopes, units)
         n_in = ball.x[0].numel()
         acc.add_const(_dot(lam_x, ball.x))
         acc.add_err(
@@ -361,14 +422,19 @@ class Crown:
             new_hi = torch.full((b, n_units + 1), math.inf, dtype=torch.float64)
             ball = Ball(x, r, bb)
             rr = r[:, None]
+            cols = self._columns(k)
             for start in range(0, count, ROW_CHUNK):
                 idx = index[:, start : start + ROW_CHUNK]
                 c = idx.shape[1]
                 slot = idx.remainder(n_units + 1)  # -1 -> the spare column
-                rows = torch.zeros((b, c, n_units + 1), dtype=torch.float64)
-                rows = rows.scatter(2, slot[:, :, None], 1.0)[:, :, :n_units]
-                lam = torch.cat([rows, -rows], 1).reshape(b, 2 * c, *st.z_shape)
-                a, nrm = self.lower(k, lam, ball)
+                if cols is None:
+                    rows = torch.zeros((b, c, n_units + 1), dtype=torch.float64)
+                    rows = rows.scatter(2, slot[:, :, None], 1.0)[:, :, :n_units]
+                    lam = torch.cat([rows, -rows], 1).reshape(b, 2 * c, *st.z_shape)
+                    a, nrm = self.lower(k, lam, ball)
+                else:
+                    shape_only = torch.empty((b, 2 * c, 0))
+                    a, nrm = self.lower(k, shape_only, ball, units=(slot, cols))
                 span = rr * nrm * (1.0 + 4 * U)
                 new_lo.scatter_(1, slot, _sub_down(a[:, :c], span[:, :c]))
                 new_hi.scatter_(1, slot, -_sub_down(a[:, c:], span[:, c:]))
