@@ -139,6 +139,32 @@ class Ball:
     lines: dict[int, tuple[Tensor, ...]] = field(default_factory=dict)  # relax() + error weight
     free: dict[int, tuple[Tensor, float]] = field(default_factory=dict)  # unstable ReLU units, alpha
     pools: dict[int, tuple[PoolLines, Tensor, Tensor]] = field(default_factory=dict)  # lines, B, weight
+    offset: set[int] = field(default_factory=set)  # stages whose lower lines have intercepts
+
+    def select(self, idx: Tensor) -> Ball:
+        """The same bounds and caches for the points `idx` only (indexing: the same values)."""
+        bb = self.bb
+        sub = BallBounds(
+            [t[idx] for t in bb.mid],
+            [t[idx] for t in bb.err],
+            [None if t is None else t[idx] for t in bb.winner],
+            [t[idx] for t in bb.l_unstable],
+            [(lo[idx], hi[idx]) for lo, hi in bb.z],
+            [(lo[idx], hi[idx]) for lo, hi in bb.h],
+        )
+        return Ball(
+            self.x[idx],
+            self.r[idx],
+            sub,
+            {k: t[idx] for k, t in self.weights.items()},
+            {k: tuple(t[idx] for t in v) for k, v in self.lines.items()},
+            {k: (m[idx], alpha) for k, (m, alpha) in self.free.items()},
+            {
+                k: (PoolLines(p.low[idx], p.up[idx], p.b_up[idx]), b_up[idx], w[idx])
+                for k, (p, b_up, w) in self.pools.items()
+            },
+            set(self.offset),
+        )
 
     def abs_input(self) -> Tensor:
         rr = self.r.reshape((-1,) + (1,) * (self.x.dim() - 1))
@@ -251,6 +277,8 @@ class Crown:
                 slope = torch.where(unstable, slope.clamp_min(1.0), slope)
             w = w + gamma(2) * slope * torch.maximum(lo.abs(), hi.abs())
             ball.lines[j] = (*lines, w * (1.0 + 8 * U))
+            if bool((b_lo != 0).any()):
+                ball.offset.add(j)
         a_lo, b_lo, a_up, b_up, w = ball.lines[j]
         lower_slope = a_lo.unsqueeze(1)
         if slopes is not None and j in slopes and j in ball.free:
@@ -258,7 +286,10 @@ class Crown:
             # clamped into [alpha, 1] here, whatever was passed: the bound is valid for any slopes
             lower_slope = torch.where(unstable.unsqueeze(1), slopes[j].clamp(alpha, 1.0), lower_slope)
         mu = lam * torch.where(pos, lower_slope, a_up.unsqueeze(1))
-        acc.add_const(_dot(lam.clamp_min(0.0), b_lo) + _dot(lam.clamp_max(0.0), b_up))
+        up_part = _dot(lam.clamp_max(0.0), b_up)
+        # lower lines through 0 (ReLU, leaky ReLU): that dot product is exactly 0, skipped
+        lo_part = _dot(lam.clamp_min(0.0), b_lo) if j in ball.offset else 0.0
+        acc.add_const(lo_part + up_part)
         acc.add_err(_err_dot(lam, w))
         return mu
 
@@ -304,9 +335,7 @@ class Crown:
                     rows = eye[i : i + COLUMN_CHUNK].reshape(-1, *st.z_shape)
                     for j, g in stage_vjp(st, rows, self.shapes).items():
                         parts.setdefault(j, []).append(g)
-                self.columns[k] = {
-                    j: torch.cat([*g, torch.zeros_like(g[0][:1])]) for j, g in parts.items()
-                }
+                self.columns[k] = {j: torch.cat([*g, torch.zeros_like(g[0][:1])]) for j, g in parts.items()}
         return self.columns[k]
 
     def _through_units(
@@ -423,21 +452,26 @@ class Crown:
             ball = Ball(x, r, bb)
             rr = r[:, None]
             cols = self._columns(k)
+            counts = flat.sum(1)
             for start in range(0, count, ROW_CHUNK):
-                idx = index[:, start : start + ROW_CHUNK]
+                # after the first chunk (which fills the ball's caches for every point), only the
+                # points with rows left: no pass over rows that are all padding
+                live = torch.nonzero(counts > start).flatten() if start > 0 else torch.arange(b)
+                part = ball if live.numel() == b else ball.select(live)
+                idx = index[live, start : start + ROW_CHUNK]
                 c = idx.shape[1]
                 slot = idx.remainder(n_units + 1)  # -1 -> the spare column
                 if cols is None:
-                    rows = torch.zeros((b, c, n_units + 1), dtype=torch.float64)
+                    rows = torch.zeros((live.numel(), c, n_units + 1), dtype=torch.float64)
                     rows = rows.scatter(2, slot[:, :, None], 1.0)[:, :, :n_units]
-                    lam = torch.cat([rows, -rows], 1).reshape(b, 2 * c, *st.z_shape)
-                    a, nrm = self.lower(k, lam, ball)
+                    lam = torch.cat([rows, -rows], 1).reshape(live.numel(), 2 * c, *st.z_shape)
+                    a, nrm = self.lower(k, lam, part)
                 else:
-                    shape_only = torch.empty((b, 2 * c, 0))
-                    a, nrm = self.lower(k, shape_only, ball, units=(slot, cols))
-                span = rr * nrm * (1.0 + 4 * U)
-                new_lo.scatter_(1, slot, _sub_down(a[:, :c], span[:, :c]))
-                new_hi.scatter_(1, slot, -_sub_down(a[:, c:], span[:, c:]))
+                    shape_only = torch.empty((live.numel(), 2 * c, 0))
+                    a, nrm = self.lower(k, shape_only, part, units=(slot, cols))
+                span = rr[live] * nrm * (1.0 + 4 * U)
+                new_lo[live] = new_lo[live].scatter(1, slot, _sub_down(a[:, :c], span[:, :c]))
+                new_hi[live] = new_hi[live].scatter(1, slot, -_sub_down(a[:, c:], span[:, c:]))
             shape = (b, *st.z_shape)
             return new_lo[:, :n_units].reshape(shape), new_hi[:, :n_units].reshape(shape)
 
