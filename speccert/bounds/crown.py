@@ -45,6 +45,12 @@ The estimate only chooses slopes; the certificate is the re-evaluated bound.
 Intermediate bounds (full CROWN): the interval of every unit of z_k whose relaxation is not exact is
 the same bound with rows +-e_i, taken with the bounds of the stages before k, and intersected with the
 interval/Lipschitz bounds of speccert.bounds.local_bounds (`ball_bounds(..., interval=...)`).
+Cost: the first step of a row +-e_i is e_i^T A_k, the same for every point, so it is read from the
+stage's columns (computed once per model by the same reverse pass: a one-hot row's result is one
+product among zeros, exact in any batch), with the constant +-bc_i and the error weight W_i gathered;
+and the rows go in chunks over only the points that still have uncertain units left (Ball.select),
+not padded to the largest count. Both change no bound (the allowances above hold for any order of the
+sums inside batched kernels).
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ ROW_CHUNK = 128  # hidden units whose bounds go backward together (x2: lower and
 UNIT_MAX = 8192  # stages with more uncertain units per point keep their interval bounds only
 COLUMN_BYTES = 1 << 29  # per model: the stages' unit columns e_i^T A_kj kept for the hidden bounds
 COLUMN_CHUNK = 256
+SELECT = True  # later chunks of hidden-bound rows run only over the points with rows left
 UnitHook = Callable[[int, BallBounds, Tensor | None], Tensor | None]
 
 
@@ -456,7 +463,7 @@ class Crown:
             for start in range(0, count, ROW_CHUNK):
                 # after the first chunk (which fills the ball's caches for every point), only the
                 # points with rows left: no pass over rows that are all padding
-                live = torch.nonzero(counts > start).flatten() if start > 0 else torch.arange(b)
+                live = torch.nonzero(counts > start).flatten() if start > 0 and SELECT else torch.arange(b)
                 part = ball if live.numel() == b else ball.select(live)
                 idx = index[live, start : start + ROW_CHUNK]
                 c = idx.shape[1]
