@@ -57,125 +57,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 from speccert.bounds.certificate import NotApplicable
-from speccert.bounds.crown_pool import PoolLines, pool_lines, route
+from speccert.bounds.crown_pool import pool_lines, route
 from speccert.bounds.crown_relax import relax, supported
 from speccert.bounds.crown_slopes import optimised_margins
+from speccert.bounds.crown_terms import TINY, Ball, U, backward_terms
+from speccert.bounds.crown_terms import Acc as _Acc
+from speccert.bounds.crown_terms import dot as _dot
+from speccert.bounds.crown_terms import err_dot as _err_dot
+from speccert.bounds.crown_terms import sub_down as _sub_down
 from speccert.bounds.linear_tail import absolute_op
 from speccert.bounds.lipschitz import LipschitzBound
 from speccert.bounds.local_bounds import BallBounds, Interval, ball_bounds, box_stage
 from speccert.bounds.local_slopes import slope_range
 from speccert.bounds.local_stages import Stage, build_stages, identity_like, inner_dimension, stage_vjp
-from speccert.ir import INPUT, Activation, Add, AvgPool, Conv, ConvTranspose, Linear, MaxPool, Node
+from speccert.ir import INPUT, Activation, Add, Conv, Linear, MaxPool
 from speccert.norms.rounding import gamma
 
 Tensor = torch.Tensor
-U = 2.0**-53
-TINY = 1e-300
 ROW_CHUNK = 128  # hidden units whose bounds go backward together (x2: lower and upper rows)
 UNIT_MAX = 8192  # stages with more uncertain units per point keep their interval bounds only
 COLUMN_BYTES = 1 << 29  # per model: the stages' unit columns e_i^T A_kj kept for the hidden bounds
 COLUMN_CHUNK = 256
 SELECT = True  # later chunks of hidden-bound rows run only over the points with rows left
 UnitHook = Callable[[int, BallBounds, Tensor | None], Tensor | None]
-
-
-def backward_terms(graph_shape: tuple[int, ...], node: Node) -> int:
-    """>= the number of terms summed per entry of the operator's transposed product, plus its other
-    roundings (BatchNorm's scale: square root, division, product)."""
-    op = node.op
-    if isinstance(op, (Linear, Conv, ConvTranspose)):
-        return int(op.weight.numel()) + 8
-    if isinstance(op, AvgPool):
-        return math.prod(op.kernel) + 8
-    return math.prod(graph_shape) + 8  # everything else: generous (the input's size)
-
-
-def _down(t: Tensor) -> Tensor:
-    return t.nextafter(torch.full_like(t, -math.inf))
-
-
-def _sub_down(a: Tensor, t: Tensor) -> Tensor:
-    """<= a - t (t >= 0) for the exact values of the floats a and t."""
-    return _down((a - t) - 4 * U * (a.abs() + t) - TINY)
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """sum over the feature axes of a [B, N, ...] * b [B, ...] (broadcast over rows): [B, N]."""
-    return torch.bmm(a.flatten(2), b.reshape(b.shape[0], -1, 1))[:, :, 0]
-
-
-def _err_dot(a: Tensor, w: Tensor) -> Tensor:
-    """>= sum |a| w in exact arithmetic (w >= 0): the computed sum of n non-negative products is at
-    least (1 - gamma(n + 1)) times the exact one."""
-    n = w[0].numel()
-    return _dot(a.abs(), w) * (1.0 + 2 * gamma(n + 2))
-
-
-@dataclass
-class _Acc:
-    """Running constant c and error term of N rows per point (module docstring)."""
-
-    const: Tensor
-    cabs: Tensor
-    err: Tensor
-    pieces: int = 0
-
-    def add_const(self, piece: Tensor) -> None:
-        self.const = self.const + piece
-        self.cabs = self.cabs + piece.abs()
-        self.pieces += 1
-
-    def add_err(self, e: Tensor) -> None:
-        self.err = self.err + e
-        self.pieces += 1
-
-
-@dataclass
-class Ball:
-    """One evaluation: points x [B, ...], radii r [B], the proven bounds over each ball, caches."""
-
-    x: Tensor
-    r: Tensor
-    bb: BallBounds
-    weights: dict[int, Tensor] = field(default_factory=dict)
-    lines: dict[int, tuple[Tensor, ...]] = field(default_factory=dict)  # relax() + error weight
-    free: dict[int, tuple[Tensor, float]] = field(default_factory=dict)  # unstable ReLU units, alpha
-    pools: dict[int, tuple[PoolLines, Tensor, Tensor]] = field(default_factory=dict)  # lines, B, weight
-    offset: set[int] = field(default_factory=set)  # stages whose lower lines have intercepts
-
-    def select(self, idx: Tensor) -> Ball:
-        """The same bounds and caches for the points `idx` only (indexing: the same values)."""
-        bb = self.bb
-        sub = BallBounds(
-            [t[idx] for t in bb.mid],
-            [t[idx] for t in bb.err],
-            [None if t is None else t[idx] for t in bb.winner],
-            [t[idx] for t in bb.l_unstable],
-            [(lo[idx], hi[idx]) for lo, hi in bb.z],
-            [(lo[idx], hi[idx]) for lo, hi in bb.h],
-        )
-        return Ball(
-            self.x[idx],
-            self.r[idx],
-            sub,
-            {k: t[idx] for k, t in self.weights.items()},
-            {k: tuple(t[idx] for t in v) for k, v in self.lines.items()},
-            {k: (m[idx], alpha) for k, (m, alpha) in self.free.items()},
-            {
-                k: (PoolLines(p.low[idx], p.up[idx], p.b_up[idx]), b_up[idx], w[idx])
-                for k, (p, b_up, w) in self.pools.items()
-            },
-            set(self.offset),
-        )
-
-    def abs_input(self) -> Tensor:
-        rr = self.r.reshape((-1,) + (1,) * (self.x.dim() - 1))
-        return (self.x.abs() + rr) * (1.0 + 4 * U) + TINY
 
 
 class Crown:
