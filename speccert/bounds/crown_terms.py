@@ -5,7 +5,8 @@ dot products and their rounding allowances, and the term counts of the reverse p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 
@@ -70,6 +71,19 @@ class Acc:
         self.pieces += 1
 
 
+def pick(v: Any, idx: Tensor, batch: int) -> Any:
+    """v with every tensor inside (lists, tuples, dict values) indexed by idx along its first axis,
+    which must be the batch of `batch` points; other values as they are."""
+    if isinstance(v, Tensor):
+        assert v.shape[0] == batch, "a per-point bound without its batch axis"
+        return v[idx]
+    if isinstance(v, (list, tuple)):
+        return type(v)(pick(t, idx, batch) for t in v)
+    if isinstance(v, dict):
+        return {k: pick(t, idx, batch) for k, t in v.items()}
+    return v
+
+
 @dataclass
 class Ball:
     """One evaluation: points x [B, ...], radii r [B], the proven bounds over each ball, caches."""
@@ -84,23 +98,17 @@ class Ball:
     offset: set[int] = field(default_factory=set)  # stages whose lower lines have intercepts
 
     def select(self, idx: Tensor) -> Ball:
-        """The same bounds and caches for the points `idx` only (indexing: the same values)."""
-        bb = self.bb
-        sub = BallBounds(
-            [t[idx] for t in bb.mid],
-            [t[idx] for t in bb.err],
-            [None if t is None else t[idx] for t in bb.winner],
-            [t[idx] for t in bb.l_unstable],
-            [(lo[idx], hi[idx]) for lo, hi in bb.z],
-            [(lo[idx], hi[idx]) for lo, hi in bb.h],
-        )
+        """The same bounds and caches for the points `idx` only (indexing: the same values). Every
+        field of BallBounds is taken, whatever it holds (lists, tuples, dicts of per-point tensors)."""
+        b = self.x.shape[0]
+        sub = BallBounds(**{f.name: pick(getattr(self.bb, f.name), idx, b) for f in fields(BallBounds)})
         return Ball(
             self.x[idx],
             self.r[idx],
             sub,
-            {k: t[idx] for k, t in self.weights.items()},
-            {k: tuple(t[idx] for t in v) for k, v in self.lines.items()},
-            {k: (m[idx], alpha) for k, (m, alpha) in self.free.items()},
+            pick(self.weights, idx, b),
+            pick(self.lines, idx, b),
+            pick(self.free, idx, b),
             {
                 k: (PoolLines(p.low[idx], p.up[idx], p.b_up[idx]), b_up[idx], w[idx])
                 for k, (p, b_up, w) in self.pools.items()
