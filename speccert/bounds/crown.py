@@ -20,10 +20,12 @@ its uses: a residual skip adds two):
   (lam_i >= 0) or lam_i a_up,i (lam_i < 0). The computed fl(mu_i) is within u |mu_i| of the exact
   product, so the error grows by gamma(2) |mu|^T Z (Z >= |z| on the interval), and the constant's dot
   product by gamma(n + 4) |lam|^T |b|.
-- through a max-pool: max over a window >= the candidate p with the best lower bound (any candidate
-  is below the max), and where p's lower bound beats every other candidate's upper bound the max is
-  z_p exactly; elsewhere the upper line is the constant max of the window's upper bounds. Windows
-  that overlap sum their adjoints (fold): that rounding is within gamma(k + 2) ||routed||_1 max Z.
+- through a max-pool: per window a lower line sum_i t_i x_i (a convex combination: the fixed winner,
+  or the mean of the candidates tying for the best lower bound) and an upper line s x_{i*} + B (the
+  fixed winner, or the line through (l*, u2) and (u*, u*) on the candidate i* with the largest upper
+  bound; speccert.bounds.crown_pool proves both). lam_w >= 0 goes through the lower line, lam_w < 0
+  through the upper one; the constant's dot product adds gamma(n + 4) |lam|^T |B| to the error.
+  Windows that overlap sum their adjoints (fold): that rounding is within gamma(k + 2) ||lam||_1 max Z.
 - an output used twice sums its adjoints: within u |sum|, so the error grows by gamma(2) |lam|^T H.
 - at the input: fl(Lam^T x) within gamma(n + 4) |Lam|^T |x|; ||Lam|| raised by gamma(n + 4).
 Constants are summed in a running float64 sum (recursive summation: within gamma(P) sum |pieces|), the
@@ -43,100 +45,45 @@ The estimate only chooses slopes; the certificate is the re-evaluated bound.
 Intermediate bounds (full CROWN): the interval of every unit of z_k whose relaxation is not exact is
 the same bound with rows +-e_i, taken with the bounds of the stages before k, and intersected with the
 interval/Lipschitz bounds of speccert.bounds.local_bounds (`ball_bounds(..., interval=...)`).
+Cost: the first step of a row +-e_i is e_i^T A_k, the same for every point, so it is read from the
+stage's columns (computed once per model by the same reverse pass: a one-hot row's result is one
+product among zeros, exact in any batch), with the constant +-bc_i and the error weight W_i gathered;
+and the rows go in chunks over only the points that still have uncertain units left (Ball.select),
+not padded to the largest count. Both change no bound (the allowances above hold for any order of the
+sums inside batched kernels).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 from speccert.bounds.certificate import NotApplicable
+from speccert.bounds.crown_pool import pool_lines, route
 from speccert.bounds.crown_relax import relax, supported
 from speccert.bounds.crown_slopes import optimised_margins
+from speccert.bounds.crown_terms import TINY, Ball, U, backward_terms
+from speccert.bounds.crown_terms import Acc as _Acc
+from speccert.bounds.crown_terms import dot as _dot
+from speccert.bounds.crown_terms import err_dot as _err_dot
+from speccert.bounds.crown_terms import sub_down as _sub_down
 from speccert.bounds.linear_tail import absolute_op
 from speccert.bounds.lipschitz import LipschitzBound
-from speccert.bounds.local_bounds import BallBounds, Interval, ball_bounds, box_stage, pool_vjp
+from speccert.bounds.local_bounds import BallBounds, Interval, ball_bounds, box_stage
 from speccert.bounds.local_slopes import slope_range
 from speccert.bounds.local_stages import Stage, build_stages, identity_like, inner_dimension, stage_vjp
-from speccert.ir import INPUT, Activation, Add, AvgPool, Conv, ConvTranspose, Linear, MaxPool, Node
+from speccert.ir import INPUT, Activation, Add, Conv, Linear, MaxPool
 from speccert.norms.rounding import gamma
 
 Tensor = torch.Tensor
-U = 2.0**-53
-TINY = 1e-300
 ROW_CHUNK = 128  # hidden units whose bounds go backward together (x2: lower and upper rows)
 UNIT_MAX = 8192  # stages with more uncertain units per point keep their interval bounds only
+COLUMN_BYTES = 1 << 29  # per model: the stages' unit columns e_i^T A_kj kept for the hidden bounds
+COLUMN_CHUNK = 256
+SELECT = True  # later chunks of hidden-bound rows run only over the points with rows left
 UnitHook = Callable[[int, BallBounds, Tensor | None], Tensor | None]
-
-
-def backward_terms(graph_shape: tuple[int, ...], node: Node) -> int:
-    """>= the number of terms summed per entry of the operator's transposed product, plus its other
-    roundings (BatchNorm's scale: square root, division, product)."""
-    op = node.op
-    if isinstance(op, (Linear, Conv, ConvTranspose)):
-        return int(op.weight.numel()) + 8
-    if isinstance(op, AvgPool):
-        return math.prod(op.kernel) + 8
-    return math.prod(graph_shape) + 8  # everything else: generous (the input's size)
-
-
-def _down(t: Tensor) -> Tensor:
-    return t.nextafter(torch.full_like(t, -math.inf))
-
-
-def _sub_down(a: Tensor, t: Tensor) -> Tensor:
-    """<= a - t (t >= 0) for the exact values of the floats a and t."""
-    return _down((a - t) - 4 * U * (a.abs() + t) - TINY)
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """sum over the feature axes of a [B, N, ...] * b [B, ...] (broadcast over rows): [B, N]."""
-    return torch.bmm(a.flatten(2), b.reshape(b.shape[0], -1, 1))[:, :, 0]
-
-
-def _err_dot(a: Tensor, w: Tensor) -> Tensor:
-    """>= sum |a| w in exact arithmetic (w >= 0): the computed sum of n non-negative products is at
-    least (1 - gamma(n + 1)) times the exact one."""
-    n = w[0].numel()
-    return _dot(a.abs(), w) * (1.0 + 2 * gamma(n + 2))
-
-
-@dataclass
-class _Acc:
-    """Running constant c and error term of N rows per point (module docstring)."""
-
-    const: Tensor
-    cabs: Tensor
-    err: Tensor
-    pieces: int = 0
-
-    def add_const(self, piece: Tensor) -> None:
-        self.const = self.const + piece
-        self.cabs = self.cabs + piece.abs()
-        self.pieces += 1
-
-    def add_err(self, e: Tensor) -> None:
-        self.err = self.err + e
-        self.pieces += 1
-
-
-@dataclass
-class Ball:
-    """One evaluation: points x [B, ...], radii r [B], the proven bounds over each ball, caches."""
-
-    x: Tensor
-    r: Tensor
-    bb: BallBounds
-    weights: dict[int, Tensor] = field(default_factory=dict)
-    lines: dict[int, tuple[Tensor, ...]] = field(default_factory=dict)  # relax() + error weight
-    free: dict[int, tuple[Tensor, float]] = field(default_factory=dict)  # unstable ReLU units, alpha
-
-    def abs_input(self) -> Tensor:
-        rr = self.r.reshape((-1,) + (1,) * (self.x.dim() - 1))
-        return (self.x.abs() + rr) * (1.0 + 4 * U) + TINY
 
 
 class Crown:
@@ -161,6 +108,8 @@ class Crown:
         # before the CROWN intervals: both proven, intersected; fewer units are left for CROWN
         self.unit_lipschitz: UnitHook | None = None
         self.steps = 0  # > 0: optimised lower slopes of the margin bound (speccert.bounds.crown_slopes)
+        self.columns: dict[int, dict[int, Tensor] | None] = {}
+        self.column_bytes = 0
 
     def _constant(self, st: Stage) -> tuple[Tensor, Tensor]:
         """(bc, brad) [1, *z] enclosing b_k = z_k at zero sources."""
@@ -243,6 +192,8 @@ class Crown:
                 slope = torch.where(unstable, slope.clamp_min(1.0), slope)
             w = w + gamma(2) * slope * torch.maximum(lo.abs(), hi.abs())
             ball.lines[j] = (*lines, w * (1.0 + 8 * U))
+            if bool((b_lo != 0).any()):
+                ball.offset.add(j)
         a_lo, b_lo, a_up, b_up, w = ball.lines[j]
         lower_slope = a_lo.unsqueeze(1)
         if slopes is not None and j in slopes and j in ball.free:
@@ -250,39 +201,94 @@ class Crown:
             # clamped into [alpha, 1] here, whatever was passed: the bound is valid for any slopes
             lower_slope = torch.where(unstable.unsqueeze(1), slopes[j].clamp(alpha, 1.0), lower_slope)
         mu = lam * torch.where(pos, lower_slope, a_up.unsqueeze(1))
-        acc.add_const(_dot(lam.clamp_min(0.0), b_lo) + _dot(lam.clamp_max(0.0), b_up))
+        up_part = _dot(lam.clamp_max(0.0), b_up)
+        # lower lines through 0 (ReLU, leaky ReLU): that dot product is exactly 0, skipped
+        lo_part = _dot(lam.clamp_min(0.0), b_lo) if j in ball.offset else 0.0
+        acc.add_const(lo_part + up_part)
         acc.add_err(_err_dot(lam, w))
         return mu
 
     def _pool(self, j: int, op: MaxPool, lam: Tensor, pos: Tensor, ball: Ball, acc: _Acc) -> Tensor:
-        """Max-pool: the best-lower-bound candidate below, the fixed winner or a constant above."""
+        """Max-pool: each window's lower and upper lines (speccert.bounds.crown_pool)."""
         st = self.stages[j]
         lo, hi = ball.bb.z[j]
         n = lam[0, 0].numel()
-        winner = ball.bb.winner[j]
-        assert winner is not None
-        fixed = ball.bb.mid[j].unsqueeze(1)  # windows whose winner cannot change
-        routed = torch.where(pos, lam, lam * fixed)
-        top = ball.bb.h[j][1]
-        acc.add_const(_dot(lam.clamp_max(0.0) * (1.0 - fixed), top))
-        w = gamma(2) * self._abs_source(ball, j) + gamma(n + 4) * top.abs()
-        acc.add_err(_err_dot(lam, w * (1.0 + 8 * U)))
+        if j not in ball.pools:
+            winner = ball.bb.winner[j]
+            assert winner is not None
+            fixed = ball.bb.mid[j].flatten(2) > 0  # windows whose winner cannot change
+            lines = pool_lines(op, lo, hi, fixed, winner)
+            b_up = lines.b_up.reshape(ball.bb.h[j][1].shape)
+            w = gamma(2) * self._abs_source(ball, j) + gamma(n + 4) * b_up.abs()
+            ball.pools[j] = (lines, b_up, w * (1.0 + 8 * U))
+        lines, b_up, w = ball.pools[j]
+        acc.add_const(_dot(lam.clamp_max(0.0), b_up))
+        acc.add_err(_err_dot(lam, w))
         b, rows = lam.shape[:2]
-        mu = pool_vjp(op, routed, winner, st.z_shape)
+        mu = route(op, lam, lines, st.z_shape)
         z_max = torch.maximum(lo.abs(), hi.abs()).flatten(1).amax(1)[:, None]
-        spread = routed.abs().flatten(2).sum(2) * (1.0 + gamma(n + 2)) * z_max
+        spread = lam.abs().flatten(2).sum(2) * (1.0 + gamma(n + 2)) * z_max
         acc.add_err(gamma(math.prod(op.kernel) + 2) * spread * (1.0 + 8 * U))
         return mu.reshape(b, rows, *st.z_shape)
 
+    def _columns(self, k: int) -> dict[int, Tensor] | None:
+        """{source j: [n + 1, *h_j]}: row i is e_i^T A_kj as stage_vjp computes it (the last row 0),
+        for the hidden bounds' unit rows (per model; None where it would take more than COLUMN_BYTES).
+        A one-hot row through the reverse pass is a sum of one product and zeros, so this is the very
+        value the pass gives inside any batch (and stays within its gamma(K) allowance regardless)."""
+        if k not in self.columns:
+            st = self.stages[k]
+            n = math.prod(st.z_shape)
+            size = sum(math.prod(self.shapes[s.name]) for s in st.sources) * (n + 1) * 8
+            self.column_bytes += size
+            if not st.nodes or self.column_bytes > COLUMN_BYTES:
+                self.columns[k] = None
+            else:
+                eye = torch.eye(n, dtype=torch.float64)
+                parts: dict[int, list[Tensor]] = {}
+                for i in range(0, n, COLUMN_CHUNK):
+                    rows = eye[i : i + COLUMN_CHUNK].reshape(-1, *st.z_shape)
+                    for j, g in stage_vjp(st, rows, self.shapes).items():
+                        parts.setdefault(j, []).append(g)
+                self.columns[k] = {j: torch.cat([*g, torch.zeros_like(g[0][:1])]) for j, g in parts.items()}
+        return self.columns[k]
+
+    def _through_units(
+        self, k: int, slot: Tensor, cols: dict[int, Tensor], ball: Ball, acc: _Acc, adj: dict[int, Tensor]
+    ) -> None:
+        """`_through` for the rows [+e_i, -e_i] of z_k, i = slot [B, c] (n: a zero row), read from the
+        stage's columns: the same constant (+-bc_i), error (W_i) and adjoints, without the products."""
+        st = self.stages[k]
+        b, n = slot.shape[0], math.prod(st.z_shape)
+        zero = torch.zeros((b, 1), dtype=torch.float64)
+        bc = torch.cat([self.consts[k][0].reshape(1, -1).expand(b, n), zero], 1).gather(1, slot)
+        acc.add_const(torch.cat([bc, -bc], 1))
+        w = torch.cat([self._weight(ball, k).reshape(b, n), zero], 1).gather(1, slot)
+        w = w * (1.0 + 2 * gamma(n + 2))  # as _err_dot
+        acc.add_err(torch.cat([w, w], 1))
+        for i, col in cols.items():
+            g = col[slot]
+            g = torch.cat([g, -g], 1)
+            adj[i] = adj[i] + g if i in adj else g
+
     def _backward(
-        self, top: int, lam: Tensor, ball: Ball, slopes: dict[int, Tensor] | None
+        self,
+        top: int,
+        lam: Tensor,
+        ball: Ball,
+        slopes: dict[int, Tensor] | None,
+        units: tuple[Tensor, dict[int, Tensor]] | None = None,
     ) -> tuple[_Acc, Tensor]:
-        """The running constant and error and the input's adjoint Lam (before the input's terms)."""
+        """The running constant and error and the input's adjoint Lam (before the input's terms).
+        `units` = (slot, columns): the rows are [+e_slot, -e_slot] of z_top (lam gives only the shape)."""
         b, rows = lam.shape[:2]
         zero = torch.zeros((b, rows), dtype=torch.float64)
         acc = _Acc(zero, zero, zero)
         adj: dict[int, Tensor] = {}
-        self._through(top, lam, ball, acc, adj)
+        if units is None:
+            self._through(top, lam, ball, acc, adj)
+        else:
+            self._through_units(top, units[0], units[1], ball, acc, adj)
         for j in range(top - 1, -1, -1):
             if j in adj:
                 self._through(j, self._relax(j, adj.pop(j), ball, acc, slopes), ball, acc, adj)
@@ -299,11 +305,17 @@ class Crown:
         return acc.const + _dot(lam_x, ball.x) - acc.err - ball.r[:, None] * norm
 
     def lower(
-        self, top: int, lam: Tensor, ball: Ball, slopes: dict[int, Tensor] | None = None
+        self,
+        top: int,
+        lam: Tensor,
+        ball: Ball,
+        slopes: dict[int, Tensor] | None = None,
+        units: tuple[Tensor, dict[int, Tensor]] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """(a, n) [B, N]: over B(x, rho), rho <= ball.r, lam^T z_top >= a - rho n (module docstring),
-        with the lower slopes `slopes` (clamped to [alpha, 1]) at unstable ReLU units where given."""
-        acc, lam_x = self._backward(top, lam, ball, slopes)
+        with the lower slopes `slopes` (clamped to [alpha, 1]) at unstable ReLU units where given.
+        `units`: see `_backward` (lam then only gives the rows' shape)."""
+        acc, lam_x = self._backward(top, lam, ball, slopes, units)
         n_in = ball.x[0].numel()
         acc.add_const(_dot(lam_x, ball.x))
         acc.add_err(
@@ -354,17 +366,27 @@ class Crown:
             new_hi = torch.full((b, n_units + 1), math.inf, dtype=torch.float64)
             ball = Ball(x, r, bb)
             rr = r[:, None]
+            cols = self._columns(k)
+            counts = flat.sum(1)
             for start in range(0, count, ROW_CHUNK):
-                idx = index[:, start : start + ROW_CHUNK]
+                # after the first chunk (which fills the ball's caches for every point), only the
+                # points with rows left: no pass over rows that are all padding
+                live = torch.nonzero(counts > start).flatten() if start > 0 and SELECT else torch.arange(b)
+                part = ball if live.numel() == b else ball.select(live)
+                idx = index[live, start : start + ROW_CHUNK]
                 c = idx.shape[1]
                 slot = idx.remainder(n_units + 1)  # -1 -> the spare column
-                rows = torch.zeros((b, c, n_units + 1), dtype=torch.float64)
-                rows = rows.scatter(2, slot[:, :, None], 1.0)[:, :, :n_units]
-                lam = torch.cat([rows, -rows], 1).reshape(b, 2 * c, *st.z_shape)
-                a, nrm = self.lower(k, lam, ball)
-                span = rr * nrm * (1.0 + 4 * U)
-                new_lo.scatter_(1, slot, _sub_down(a[:, :c], span[:, :c]))
-                new_hi.scatter_(1, slot, -_sub_down(a[:, c:], span[:, c:]))
+                if cols is None:
+                    rows = torch.zeros((live.numel(), c, n_units + 1), dtype=torch.float64)
+                    rows = rows.scatter(2, slot[:, :, None], 1.0)[:, :, :n_units]
+                    lam = torch.cat([rows, -rows], 1).reshape(live.numel(), 2 * c, *st.z_shape)
+                    a, nrm = self.lower(k, lam, part)
+                else:
+                    shape_only = torch.empty((live.numel(), 2 * c, 0))
+                    a, nrm = self.lower(k, shape_only, part, units=(slot, cols))
+                span = rr[live] * nrm * (1.0 + 4 * U)
+                new_lo[live] = new_lo[live].scatter(1, slot, _sub_down(a[:, :c], span[:, :c]))
+                new_hi[live] = new_hi[live].scatter(1, slot, -_sub_down(a[:, c:], span[:, c:]))
             shape = (b, *st.z_shape)
             return new_lo[:, :n_units].reshape(shape), new_hi[:, :n_units].reshape(shape)
 

@@ -16,15 +16,41 @@ is never worse; the estimate only chooses slopes, it never feeds the certificate
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Protocol, TypeVar
 
 import torch
 
 Tensor = torch.Tensor
-# speccert.bounds.crown.Crown and .Ball (crown imports this module: not imported back, not even for
-# typing, which the layering test counts as a cycle)
-Crown = Any
-Ball = Any
+
+
+class SlopeBall(Protocol):
+    """What the optimisation reads of speccert.bounds.crown.Ball (crown imports this module, so the
+    class itself is not imported back: the layering test counts that as a cycle, typing included)."""
+
+    @property
+    def lines(self) -> dict[int, tuple[Tensor, ...]]: ...
+
+    @property
+    def free(self) -> dict[int, tuple[Tensor, float]]: ...
+
+
+BallT = TypeVar("BallT", bound=SlopeBall)
+BallC = TypeVar("BallC", bound=SlopeBall, contravariant=True)
+
+
+class SlopeCrown(Protocol[BallC]):
+    """What the optimisation calls of speccert.bounds.crown.Crown (see SlopeBall)."""
+
+    @property
+    def steps(self) -> int: ...
+
+    def estimate(self, top: int, lam: Tensor, ball: BallC, slopes: dict[int, Tensor]) -> Tensor: ...
+
+    def lower(
+        self, top: int, lam: Tensor, ball: BallC, slopes: dict[int, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]: ...
+
+
 STEP_SIZE = 0.1  # Adam step (the slopes live in [alpha, 1])
 OPT_ROWS = 2  # margin rows per point whose slopes are optimised (the smallest a / n)
 
@@ -34,7 +60,9 @@ def score(a: Tensor, n: Tensor) -> Tensor:
     return torch.where(n > 0, a / n, torch.where(a > 0, math.inf, -math.inf))
 
 
-def ascend(crown: Crown, top: int, lam: Tensor, ball: Ball, steps: int) -> tuple[Tensor, Tensor] | None:
+def ascend(
+    crown: SlopeCrown[BallT], top: int, lam: Tensor, ball: BallT, steps: int
+) -> tuple[Tensor, Tensor] | None:
     """`crown.lower(top, lam, ball, slopes)` with slopes chosen by `steps` Adam steps on the estimate
     from the adaptive ones (None: no unstable ReLU unit). `ball` holds the lines of every stage (filled
     by an evaluation with the adaptive slopes)."""
@@ -61,12 +89,11 @@ def ascend(crown: Crown, top: int, lam: Tensor, ball: Ball, steps: int) -> tuple
                 for j, p in slopes.items():
                     p.clamp_(ball.free[j][1], 1.0)
     with torch.no_grad():
-        a, n = crown.lower(top, lam, ball, {j: p.detach() for j, p in slopes.items()})
-    return torch.as_tensor(a), torch.as_tensor(n)
+        return crown.lower(top, lam, ball, {j: p.detach() for j, p in slopes.items()})
 
 
 def optimised_margins(
-    crown: Crown, top: int, lam: Tensor, ball: Ball, bound: tuple[Tensor, Tensor], skip: Tensor
+    crown: SlopeCrown[BallT], top: int, lam: Tensor, ball: BallT, bound: tuple[Tensor, Tensor], skip: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Per row the better of `bound` = (a, n) [B, N] (adaptive slopes) and the optimised bound (module
     docstring); `skip` [B, N]: rows never optimised (the label's own)."""
@@ -83,4 +110,4 @@ def optimised_margins(
     return full_a.scatter(1, pick, a), full_n.scatter(1, pick, nrm)
 
 
-__all__ = ["OPT_ROWS", "STEP_SIZE", "ascend", "optimised_margins", "score"]
+__all__ = ["OPT_ROWS", "STEP_SIZE", "SlopeBall", "SlopeCrown", "ascend", "optimised_margins", "score"]

@@ -1,0 +1,124 @@
+"""The pieces of the CROWN bound (speccert.bounds.crown) that carry no logic of their own: the
+running constant and error of a backward pass, one evaluation's proven bounds and caches (Ball),
+dot products and their rounding allowances, and the term counts of the reverse passes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from speccert.bounds.crown_pool import PoolLines
+from speccert.bounds.local_bounds import BallBounds
+from speccert.ir import AvgPool, Conv, ConvTranspose, Linear, Node
+from speccert.norms.rounding import gamma
+
+Tensor = torch.Tensor
+U = 2.0**-53
+TINY = 1e-300
+
+
+def backward_terms(graph_shape: tuple[int, ...], node: Node) -> int:
+    """>= the number of terms summed per entry of the operator's transposed product, plus its other
+    roundings (BatchNorm's scale: square root, division, product)."""
+    op = node.op
+    if isinstance(op, (Linear, Conv, ConvTranspose)):
+        return int(op.weight.numel()) + 8
+    if isinstance(op, AvgPool):
+        return math.prod(op.kernel) + 8
+    return math.prod(graph_shape) + 8  # everything else: generous (the input's size)
+
+
+def down(t: Tensor) -> Tensor:
+    return t.nextafter(torch.full_like(t, -math.inf))
+
+
+def sub_down(a: Tensor, t: Tensor) -> Tensor:
+    """<= a - t (t >= 0) for the exact values of the floats a and t."""
+    return down((a - t) - 4 * U * (a.abs() + t) - TINY)
+
+
+def dot(a: Tensor, b: Tensor) -> Tensor:
+    """sum over the feature axes of a [B, N, ...] * b [B, ...] (broadcast over rows): [B, N]."""
+    return torch.bmm(a.flatten(2), b.reshape(b.shape[0], -1, 1))[:, :, 0]
+
+
+def err_dot(a: Tensor, w: Tensor) -> Tensor:
+    """>= sum |a| w in exact arithmetic (w >= 0): the computed sum of n non-negative products is at
+    least (1 - gamma(n + 1)) times the exact one."""
+    n = w[0].numel()
+    return dot(a.abs(), w) * (1.0 + 2 * gamma(n + 2))
+
+
+@dataclass
+class Acc:
+    """Running constant c and error term of N rows per point (module docstring)."""
+
+    const: Tensor
+    cabs: Tensor
+    err: Tensor
+    pieces: int = 0
+
+    def add_const(self, piece: Tensor) -> None:
+        self.const = self.const + piece
+        self.cabs = self.cabs + piece.abs()
+        self.pieces += 1
+
+    def add_err(self, e: Tensor) -> None:
+        self.err = self.err + e
+        self.pieces += 1
+
+
+def pick(v: Any, idx: Tensor, batch: int) -> Any:
+    """v with every tensor inside (lists, tuples, dict values) indexed by idx along its first axis,
+    which must be the batch of `batch` points; other values as they are."""
+    if isinstance(v, Tensor):
+        assert v.shape[0] == batch, "a per-point bound without its batch axis"
+        return v[idx]
+    if isinstance(v, (list, tuple)):
+        return type(v)(pick(t, idx, batch) for t in v)
+    if isinstance(v, dict):
+        return {k: pick(t, idx, batch) for k, t in v.items()}
+    return v
+
+
+@dataclass
+class Ball:
+    """One evaluation: points x [B, ...], radii r [B], the proven bounds over each ball, caches."""
+
+    x: Tensor
+    r: Tensor
+    bb: BallBounds
+    weights: dict[int, Tensor] = field(default_factory=dict)
+    lines: dict[int, tuple[Tensor, ...]] = field(default_factory=dict)  # relax() + error weight
+    free: dict[int, tuple[Tensor, float]] = field(default_factory=dict)  # unstable ReLU units, alpha
+    pools: dict[int, tuple[PoolLines, Tensor, Tensor]] = field(default_factory=dict)  # lines, B, weight
+    offset: set[int] = field(default_factory=set)  # stages whose lower lines have intercepts
+
+    def select(self, idx: Tensor) -> Ball:
+        """The same bounds and caches for the points `idx` only (indexing: the same values). Every
+        field of BallBounds is taken, whatever it holds (lists, tuples, dicts of per-point tensors)."""
+        b = self.x.shape[0]
+        sub = BallBounds(**{f.name: pick(getattr(self.bb, f.name), idx, b) for f in fields(BallBounds)})
+        return Ball(
+            self.x[idx],
+            self.r[idx],
+            sub,
+            pick(self.weights, idx, b),
+            pick(self.lines, idx, b),
+            pick(self.free, idx, b),
+            {
+                k: (PoolLines(p.low[idx], p.up[idx], p.b_up[idx]), b_up[idx], w[idx])
+                for k, (p, b_up, w) in self.pools.items()
+            },
+            set(self.offset),
+        )
+
+    def abs_input(self) -> Tensor:
+        rr = self.r.reshape((-1,) + (1,) * (self.x.dim() - 1))
+        return (self.x.abs() + rr) * (1.0 + 4 * U) + TINY
+
+
+__all__ = ["TINY", "U", "Acc", "Ball", "backward_terms", "dot", "down", "err_dot", "sub_down"]
