@@ -4,9 +4,11 @@ The folded float64 graph is read as nonlinear nodes n_1, ..., n_K (activations a
 topological order) and, before each, its input z_k, an affine function of earlier outputs:
     z_k = sum_j A_kj h_j + b_k,    h_j = n_j(z_j) (j < k) or h_0 = x (the input, index -1 here),
 A_kj the linear sub-graph (Linear, Conv, BatchNorm, Affine, pooling by averages, Pad, Reshape,
-Transpose, and Add: residual sums) from h_j to z_k. The logits are one more stage without a
-nonlinearity. A chain network has one source per stage; a residual block has two (the branch and the
-skip). Concat, Softmax (inside), LayerNorm and other operators are not supported here.
+Transpose, and Add: residual sums) from h_j to z_k. The nonlinearities are activations, max-pools
+and MaxMin (a Sort over groups of two: speccert.bounds.local_sort). The logits are one more stage
+without a nonlinearity. A chain network has one source per stage; a residual block has two (the branch
+and the skip). Concat, Softmax (inside), LayerNorm, GroupSort over groups of more than two and other
+operators are not supported here.
 
 Per source: upper >= ||A_kj||_2 (products of the proven per-node bounds along each path, summed over
 paths), rownorm >= ||row_i A_kj|| (exact and rounded up when the path is [Reshape/shift]* Linear|Conv
@@ -25,7 +27,21 @@ from speccert.bounds.certificate import NotApplicable
 from speccert.bounds.compose import maxpool_factor
 from speccert.bounds.lipschitz import LipschitzBound
 from speccert.bounds.local_slopes import SUPPORTED
-from speccert.ir import INPUT, Activation, Add, Affine, BatchNorm, Conv, Graph, Linear, MaxPool, Node, Reshape
+from speccert.bounds.local_sort import is_max_min
+from speccert.ir import (
+    INPUT,
+    Activation,
+    Add,
+    Affine,
+    BatchNorm,
+    Conv,
+    Graph,
+    Linear,
+    MaxPool,
+    Node,
+    Reshape,
+    Sort,
+)
 from speccert.norms.result import round_up
 from speccert.norms.rounding import gamma
 
@@ -90,6 +106,12 @@ def _check(graph: Graph) -> list[Node]:
             if op.ceil_mode or len(op.kernel) != 2:
                 raise NotApplicable(
                     f"only 2-d max-pool without ceil_mode is bounded over a ball (node '{node.name}')"
+                )
+            acts.append(node)
+        elif isinstance(op, Sort):
+            if not is_max_min(op, graph.shape_of(node.inputs[0])):
+                raise NotApplicable(
+                    f"only Sort over groups of two (MaxMin) is bounded over a ball yet (node '{node.name}')"
                 )
             acts.append(node)
         elif not type(op).linear and not isinstance(op, Add):
