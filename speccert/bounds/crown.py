@@ -62,7 +62,19 @@ from speccert.bounds.lipschitz import LipschitzBound
 from speccert.bounds.local_bounds import BallBounds, Interval, ball_bounds, box_stage, pool_vjp
 from speccert.bounds.local_slopes import slope_range
 from speccert.bounds.local_stages import Stage, build_stages, identity_like, inner_dimension, stage_vjp
-from speccert.ir import INPUT, Activation, Add, AvgPool, Conv, ConvTranspose, Linear, MaxPool, Node, Sort
+from speccert.ir import (
+    INPUT,
+    Activation,
+    Add,
+    AvgPool,
+    Concat,
+    Conv,
+    ConvTranspose,
+    Linear,
+    MaxPool,
+    Node,
+    Sort,
+)
 from speccert.norms.rounding import gamma
 
 Tensor = torch.Tensor
@@ -190,8 +202,8 @@ class Crown:
         else:
             values = {s.name: self._abs_source(ball, s.index) for s in st.sources}
             for node in st.nodes:
-                if isinstance(node.op, Add):
-                    values[node.name] = values[node.inputs[0]] + values[node.inputs[1]]
+                if isinstance(node.op, (Add, Concat)):  # |sum| <= sum of |.|; Concat: side by side
+                    values[node.name] = node.op.forward(*(values[i] for i in node.inputs))
                 else:
                     v = values[node.inputs[0]]
                     values[node.name] = absolute_op(node.op, v.dim() - 1).forward(v)

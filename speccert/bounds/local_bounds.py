@@ -36,7 +36,7 @@ from speccert.bounds.linear_tail import absolute_op
 from speccert.bounds.local_slopes import image, slope_range
 from speccert.bounds.local_sort import difference_box, slope
 from speccert.bounds.local_stages import Source, Stage, inner_dimension
-from speccert.ir import Activation, Add, BatchNorm, Graph, MaxPool, Node, Sort
+from speccert.ir import Activation, Add, BatchNorm, Concat, Graph, MaxPool, Node, Sort
 from speccert.norms.rounding import gamma, svd_error
 
 Tensor = torch.Tensor
@@ -121,6 +121,12 @@ def box_stage(graph: Graph, st: Stage, leaves: dict[str, tuple[Tensor, Tensor]])
     for node in st.nodes:
         if isinstance(node.op, Add):
             values[node.name] = box_add(values[node.inputs[0]], values[node.inputs[1]])
+        elif isinstance(node.op, Concat):  # exact: the boxes side by side
+            parts = [values[i] for i in node.inputs]
+            values[node.name] = (
+                node.op.forward(*(p[0] for p in parts)),
+                node.op.forward(*(p[1] for p in parts)),
+            )
         else:
             values[node.name] = box_affine(graph, [node], *values[node.inputs[0]])
     return values[st.z_name]

@@ -7,8 +7,9 @@ A_kj the linear sub-graph (Linear, Conv, BatchNorm, Affine, pooling by averages,
 Transpose, and Add: residual sums) from h_j to z_k. The nonlinearities are activations, max-pools
 and MaxMin (a Sort over groups of two: speccert.bounds.local_sort). The logits are one more stage
 without a nonlinearity. A chain network has one source per stage; a residual block has two (the branch
-and the skip). Concat, Softmax (inside), LayerNorm, GroupSort over groups of more than two and other
-operators are not supported here.
+and the skip); a Concat stacks its inputs (||[J_1; J_2]|| <= sqrt(||J_1||^2 + ||J_2||^2) per source).
+Softmax (inside), LayerNorm, GroupSort over groups of more than two and other operators are not
+supported here.
 
 Per source: upper >= ||A_kj||_2 (products of the proven per-node bounds along each path, summed over
 paths), rownorm >= ||row_i A_kj|| (exact and rounded up when the path is [Reshape/shift]* Linear|Conv
@@ -34,6 +35,7 @@ from speccert.ir import (
     Add,
     Affine,
     BatchNorm,
+    Concat,
     Conv,
     Graph,
     Linear,
@@ -80,7 +82,7 @@ def inner_dimension(graph: Graph, node: Node) -> int:
         return int(op.weight[0].numel()) + 4
     if hasattr(op, "weight") and isinstance(op.weight, Tensor) and not isinstance(op, BatchNorm):
         return int(op.weight.numel()) + 4
-    if isinstance(op, Reshape) or op.op_type in ("Transpose", "Pad"):
+    if isinstance(op, (Reshape, Concat)) or op.op_type in ("Transpose", "Pad"):
         return 0
     if isinstance(op, Add):
         return 2
@@ -114,7 +116,7 @@ def _check(graph: Graph) -> list[Node]:
                     f"only Sort over groups of two (MaxMin) is bounded over a ball yet (node '{node.name}')"
                 )
             acts.append(node)
-        elif not type(op).linear and not isinstance(op, Add):
+        elif not type(op).linear and not isinstance(op, (Add, Concat)):
             raise NotApplicable(f"{op.op_type} nodes are not bounded over a ball yet (node '{node.name}')")
     return acts
 
@@ -157,6 +159,12 @@ def _paths(nodes: list[Node], leaves: list[str], uppers: dict[str, float]) -> di
                     else:
                         merged[leaf] = (up, None if path is None else [*path, node])
             out[node.name] = merged
+        elif isinstance(node.op, Concat):  # ||[J_1; J_2; ...]|| <= sqrt(sum ||J_i||^2), per leaf
+            squares: dict[str, float] = {}
+            for i in node.inputs:
+                for leaf, (up, _) in out[i].items():
+                    squares[leaf] = round_up(squares.get(leaf, 0.0) + round_up(up * up))
+            out[node.name] = {leaf: (round_up(math.sqrt(sq)), None) for leaf, sq in squares.items()}
         else:
             (i,) = node.inputs
             out[node.name] = {
