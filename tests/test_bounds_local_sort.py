@@ -17,15 +17,17 @@ from certify_nets import D
 from hypothesis import given
 from hypothesis import strategies as st
 from test_bounds_crown import check_linear_bounds, sample_ball
-from test_bounds_local import attack_distance, minimal_norm_distance, shapes
+from test_bounds_local import attack_distance, minimal_norm_distance, shapes, smooth_mlp
 
 from speccert.bounds import certify
 from speccert.bounds.certificate import CertContext, NotApplicable
 from speccert.bounds.certificates.local import LocalModel
 from speccert.bounds.crown import Crown
+from speccert.bounds.crown_relax import relax
 from speccert.bounds.crown_sort import relax_sort
 from speccert.bounds.lipschitz import lipschitz_bound
 from speccert.bounds.local_first import FirstTerm, first_bound
+from speccert.bounds.local_slopes import _forward
 from speccert.bounds.local_sort import difference_box
 from speccert.bounds.local_stages import build_stages
 from speccert.exporters import save_onnx
@@ -313,3 +315,48 @@ def test_concat_stage_bounds_cover_the_dense_jacobian() -> None:
     jac = torch.cat([g.node("la").op.weight, g.node("lb").op.weight])  # type: ignore[attr-defined]
     assert source.upper >= float(torch.linalg.matrix_norm(jac, ord=2))
     assert bool((source.rownorm >= jac.norm(dim=1) * (1 - 1e-12)).all())
+
+
+@pytest.mark.parametrize("fn", ["silu", "gelu", "gelu_tanh"])
+def test_silu_gelu_lines_hold_and_are_tight(fn: str) -> None:
+    """The piecewise-bounded chord lines of SiLU / GELU hold on a dense grid of stable, crossing,
+    tiny and wide intervals (ends and critical points included), and their intercepts are within the
+    pieces' allowance of the best intercepts for that slope."""
+    gen = torch.Generator().manual_seed(1)
+    lo = -torch.rand(3000, generator=gen, dtype=D) * 8
+    hi = torch.rand(3000, generator=gen, dtype=D) * 8
+    lo[:500] = lo[:500] * 1e-3 - 1e-12
+    hi[500:1000] = hi[500:1000] * 1e-3
+    lo[1000:1500] = hi[1000:1500] * 0.5
+    hi[1500:2000] = lo[1500:2000] * 0.3
+    lo[2000:2100], hi[2000:2100] = -2.3993573 - 1e-9, -2.3993573 + 1e-9  # at silu's critical point
+    lo[2100:2200] = hi[2100:2200]  # one point
+    t = torch.linspace(0, 1, 2001, dtype=D)[:, None]
+    z = torch.cat([lo + (hi - lo) * t, torch.full((1, 3000), -1.4142135623730951, dtype=D).clamp(lo, hi)])
+    a_lo, b_lo, a_up, b_up = relax(fn, 0.0, lo, hi)
+    f = _forward(fn, 0.0, z)
+    slack = 1e-15 * (1.0 + z.abs())
+    assert bool((a_lo * z + b_lo <= f + slack).all()), f"{fn}: lower line above f"
+    assert bool((a_up * z + b_up >= f - slack).all()), f"{fn}: upper line below f"
+    # the intercepts' gap is the spread of g = f - a z (the best any lines of slope a can do) plus at
+    # most 2 max |f' - a| (hi - lo) / 32 from the pieces (|f'| <= 1.13, |a| <= 1.13)
+    g = f - a_lo * z
+    spread = g.amax(0) - g.amin(0)
+    assert bool((b_up - b_lo <= spread + 2 * 2.26 * (hi - lo) / 32 + 1e-9).all()), f"{fn}: loose lines"
+
+
+@shapes
+@given(
+    seed=st.integers(0, 10_000),
+    d=st.integers(2, 8),
+    widths=st.lists(st.integers(3, 12), min_size=1, max_size=2),
+    act=st.sampled_from(["silu", "gelu"]),
+)
+def test_crown_on_silu_gelu_mlps_is_sound(
+    seed: int, d: int, widths: list[int], act: str, tmp_path: Path
+) -> None:
+    g = smooth_mlp(seed, d, widths, 3, act)
+    x = torch.randn(8, d, generator=torch.Generator().manual_seed(seed + 1), dtype=D)
+    radii = check_sound(g, x, tmp_path)
+    assert np.median(radii["crown"]) > np.median(radii["global"]), "crown proved less than global"
+    check_linear_bounds(g, x, torch.from_numpy(radii["crown"]).clamp_min(0.05) * 2)
