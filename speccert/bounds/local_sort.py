@@ -67,10 +67,14 @@ def slope(dlo: Tensor, dhi: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def back(op: Sort, v: Tensor, sigma: Tensor, dim: int) -> Tensor:
-    """Rows v on the Sort's outputs to its input with relu'(d) = sigma (module docstring): [.., z]."""
+    """Rows v on the Sort's outputs to its input with relu'(d) = sigma (module docstring): [.., z].
+    Where sigma is 0 or 1 (a fixed order) the rows are permuted exactly, with no rounding."""
     v_max, v_min = out_halves(op, v, dim)
     w = v_max - v_min
-    return torch.stack([v_min + sigma * w, v_max - sigma * w], dim)
+    a, b = v_min + sigma * w, v_max - sigma * w
+    a = torch.where(sigma == 1, v_max, torch.where(sigma == 0, v_min, a))
+    b = torch.where(sigma == 1, v_min, torch.where(sigma == 0, v_max, b))
+    return torch.stack([a, b], dim)
 
 
 def weight_gap(op: Sort, v: Tensor, dim: int) -> Tensor:
