@@ -31,7 +31,7 @@ from speccert.bounds.local_slopes import _forward
 from speccert.bounds.local_sort import difference_box
 from speccert.bounds.local_stages import build_stages
 from speccert.exporters import save_onnx
-from speccert.ir import INPUT, Activation, Concat, Conv, Graph, Linear, Node, Reshape, Sort
+from speccert.ir import INPUT, Activation, Affine, Concat, Conv, Graph, Linear, Node, Reshape, Sort
 
 
 def maxmin_mlp(seed: int, d: int, widths: list[int], classes: int, strided: bool, descending: bool) -> Graph:
@@ -182,23 +182,28 @@ def test_maxmin_lines_hold_on_the_box(seed: int, pairs: int, rows: int, spread: 
     units=st.integers(1, 5),
     rows=st.integers(1, 3),
     sort=st.booleans(),
+    scaled=st.booleans(),
 )
 def test_first_layer_cross_term_bound_holds_at_every_vertex(
-    seed: int, n: int, units: int, rows: int, sort: bool
+    seed: int, n: int, units: int, rows: int, sort: bool, scaled: bool
 ) -> None:
     """||a + sum_i delta_i c_i r_i|| <= first_bound for every delta in {-1, 1}^units (the maximum of a
     convex function over the box is at a vertex), per row and as a matrix; r_i the rows of the first
-    layer (ReLU units) or the differences of its pairs (MaxMin)."""
+    layer (ReLU units) or the differences of its pairs (MaxMin); one Linear (its product and
+    Cauchy-Schwarz rounding) or a scaling before it (the box pass)."""
     gen = torch.Generator().manual_seed(seed)
     width = 2 * units if sort else units
     w = torch.randn(width, n, generator=gen, dtype=D)
-    first = Node("l", Linear(w, torch.randn(width, generator=gen, dtype=D)), (INPUT,))
+    scale = torch.rand(n, generator=gen, dtype=D) + 0.5 if scaled else torch.ones(n, dtype=D)
+    pre = Node("scale", Affine(scale, torch.randn(n, generator=gen, dtype=D)), (INPUT,))
+    first = Node("l", Linear(w, torch.randn(width, generator=gen, dtype=D)), ("scale",))
+    w = w * scale  # the stage's linear map
     if sort:
-        nodes = [first, Node("p", Reshape((2, units)), ("l",)), Node("s", Sort(axis=0), ("p",))]
+        nodes = [pre, first, Node("p", Reshape((2, units)), ("l",)), Node("s", Sort(axis=0), ("p",))]
         nodes.append(Node("f", Reshape((width,)), ("s",)))
         r = w[:units] - w[units:]
     else:
-        nodes = [first, Node("f", Activation("relu"), ("l",))]
+        nodes = [pre, first, Node("f", Activation("relu"), ("l",))]
         r = w
     nodes.append(Node("out", Linear(torch.randn(2, width, generator=gen, dtype=D), None), ("f",)))
     g = Graph((n,), nodes, dtype=D)

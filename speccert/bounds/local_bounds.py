@@ -75,7 +75,8 @@ def box_affine(graph: Graph, block: list[Node], c: Tensor, rad: Tensor) -> tuple
             s = op.scale_shift()[0].abs().reshape((-1,) + (1,) * (c.dim() - 2))
             const = const + s * op.mean.abs().reshape(s.shape) + op.bias.abs().reshape(s.shape)
         err = g * (absop.forward(c.abs()) + const)
-        rad = (absop.forward(rad) + err) * (1.0 + g)
+        spread = absop.forward(rad) if bool(rad.any()) else torch.zeros_like(err)  # a point: no spread
+        rad = (spread + err) * (1.0 + g)
         c = new_c
     return c, rad
 
