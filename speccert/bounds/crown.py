@@ -64,6 +64,7 @@ from speccert.bounds.certificate import NotApplicable
 from speccert.bounds.crown_pool import pool_lines, route
 from speccert.bounds.crown_relax import relax, supported
 from speccert.bounds.crown_slopes import optimised_margins
+from speccert.bounds.crown_sort import pair_interval, relax_sort
 from speccert.bounds.crown_terms import TINY, Ball, U, backward_terms
 from speccert.bounds.crown_terms import Acc as _Acc
 from speccert.bounds.crown_terms import dot as _dot
@@ -74,7 +75,7 @@ from speccert.bounds.lipschitz import LipschitzBound
 from speccert.bounds.local_bounds import BallBounds, Interval, ball_bounds, box_stage
 from speccert.bounds.local_slopes import slope_range
 from speccert.bounds.local_stages import Stage, build_stages, identity_like, inner_dimension, stage_vjp
-from speccert.ir import INPUT, Activation, Add, Conv, Linear, MaxPool
+from speccert.ir import INPUT, Activation, Add, Concat, Conv, Linear, MaxPool, Sort
 from speccert.norms.rounding import gamma
 
 Tensor = torch.Tensor
@@ -138,8 +139,8 @@ class Crown:
         else:
             values = {s.name: self._abs_source(ball, s.index) for s in st.sources}
             for node in st.nodes:
-                if isinstance(node.op, Add):
-                    values[node.name] = values[node.inputs[0]] + values[node.inputs[1]]
+                if isinstance(node.op, (Add, Concat)):  # |sum| <= sum of |.|; Concat: side by side
+                    values[node.name] = node.op.forward(*(values[i] for i in node.inputs))
                 else:
                     v = values[node.inputs[0]]
                     values[node.name] = absolute_op(node.op, v.dim() - 1).forward(v)
@@ -174,6 +175,11 @@ class Crown:
         pos = lam >= 0
         if isinstance(op, MaxPool):
             return self._pool(j, op, lam, pos, ball, acc)
+        if isinstance(op, Sort):  # MaxMin: speccert.bounds.crown_sort
+            mu, const, err = relax_sort(op, lam, ball.bb.pairs[j], ball.bb.z[j], self._abs_source(ball, j))
+            acc.add_const(const)
+            acc.add_err(err)
+            return mu
         assert isinstance(op, Activation)
         if j not in ball.lines:
             lo, hi = ball.bb.z[j]
@@ -351,6 +357,11 @@ class Crown:
 
         def hook(k: int, bb: BallBounds, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor] | None:
             st = self.stages[k]
+            if st.act is not None and isinstance(st.act.op, Sort):  # lo, hi: the pairs' differences
+                sort_ball = Ball(x, r, bb)
+                return pair_interval(
+                    st.act.op, st.z_shape, lambda lam: self.lower(k, lam, sort_ball), r, lo, hi
+                )
             want = self._wanted(k, lo, hi)
             if want is None or self._exact_rows(st):
                 return None

@@ -25,6 +25,12 @@ across 0 get two lines with the chord's slope and proven intercepts (`_crossing`
   absorbed the same way: |a' - a| |z - c| <= PAD |a| |hi - lo| is added too.
 - Softplus and ELU with 0 <= alpha <= 1 are convex everywhere: the midpoint tangent (at ELU's kink
   the subgradient 1) below and the chord above, widened the same way.
+- SiLU, GELU and tanh-GELU (`_pieces`): both lines take the chord's slope a; their intercepts bound
+  g(z) = f(z) - a z over [lo, hi] cut into PIECES equal pieces: on a piece [p, q] with a point m
+  inside, |g(z) - g(m)| <= max |f' - a| max(q - m, m - p), and f' on [p, q] is in the proven range of
+  speccert.bounds.local_slopes (its extremes at the ends or at the enclosed critical points). g(m)
+  is widened by PAD like a tangent's value; the pieces share their computed ends, so they cover
+  [lo, hi] exactly. The lines' gap to f is at most about max |f' - a| (hi - lo) / PIECES.
 """
 
 from __future__ import annotations
@@ -32,13 +38,25 @@ from __future__ import annotations
 import torch
 
 from speccert.bounds.certificate import NotApplicable
-from speccert.bounds.local_slopes import _forward
+from speccert.bounds.local_slopes import _forward, slope_range
 
 Tensor = torch.Tensor
 U = 2.0**-53
 PAD = 1e-12
 TINY = 1e-300
-RELAXED = {"relu", "leaky_relu", "identity", "sigmoid", "tanh", "softplus", "elu"}
+RELAXED = {
+    "relu",
+    "leaky_relu",
+    "identity",
+    "sigmoid",
+    "tanh",
+    "softplus",
+    "elu",
+    "silu",
+    "gelu",
+    "gelu_tanh",
+}
+PIECES = 16
 Lines = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
@@ -163,6 +181,27 @@ def _smooth(fn: str, lo: Tensor, hi: Tensor) -> Lines:
     return a_lo, b_lo, a_up, b_up
 
 
+def _pieces(fn: str, lo: Tensor, hi: Tensor) -> Lines:
+    """SiLU / GELU / tanh-GELU: the chord's slope, intercepts bounded piece by piece (docstring)."""
+    f_lo, f_hi = _forward(fn, 0.0, lo), _forward(fn, 0.0, hi)
+    a = (f_hi - f_lo) / (hi - lo).clamp_min(TINY)
+    b_lo = torch.full_like(lo, torch.inf)
+    b_up = torch.full_like(lo, -torch.inf)
+    ends = [lo + (hi - lo) * (i / PIECES) for i in range(PIECES)] + [hi]
+    for p, q in zip(ends[:-1], ends[1:], strict=True):
+        q = torch.maximum(p, q)  # monotone ends (rounding), so the pieces still cover [lo, hi]
+        m = p + (q - p) / 2
+        half = torch.maximum(q - m, m - p).clamp_min(0.0) * (1.0 + 1e-15) + TINY
+        dlo, dhi = slope_range(fn, 0.0, p, q)
+        gap = torch.maximum((dhi - a).abs(), (dlo - a).abs()) * (1.0 + 1e-15) + PAD
+        f_m = _forward(fn, 0.0, m)
+        g_m = f_m - a * m
+        spread = gap * half * (1.0 + 1e-15) + PAD * (1.0 + f_m.abs() + (a * m).abs())
+        b_lo = torch.minimum(b_lo, g_m - spread)
+        b_up = torch.maximum(b_up, g_m + spread)
+    return a, b_lo, a, b_up
+
+
 def relax(fn: str, alpha: float, lo: Tensor, hi: Tensor) -> Lines:
     """(a_lo, b_lo, a_up, b_up): a_lo z + b_lo <= f(z) <= a_up z + b_up on [lo, hi] (module docstring)."""
     if fn == "identity":
@@ -180,6 +219,10 @@ def relax(fn: str, alpha: float, lo: Tensor, hi: Tensor) -> Lines:
         if not bool((torch.isfinite(lo) & torch.isfinite(hi)).all()):
             raise NotApplicable("infinite pre-activation bounds")
         return _smooth(fn, lo, hi)
+    if fn in ("silu", "gelu", "gelu_tanh"):
+        if not bool((torch.isfinite(lo) & torch.isfinite(hi)).all()):
+            raise NotApplicable("infinite pre-activation bounds")
+        return _pieces(fn, lo, hi)
     raise NotApplicable(f"the crown certificate has no linear relaxation of {fn}")
 
 

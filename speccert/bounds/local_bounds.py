@@ -15,7 +15,12 @@ h_k = n_k(z_k), an activation or a max-pool. Over the ball, per point:
   on the interval) (0 on dead ReLUs), P_j the columns of h_j that are not constant (dead ReLUs are 0
   on the whole ball), each masked norm bounded by the source's proven bound times max W, the weighted
   Frobenius norm, or a dense SVD with its error margin for small Linear blocks; a max-pool multiplies
-  the Lipschitz bound of z_k by its window-count factor.
+  the Lipschitz bound of z_k by its window-count factor;
+- a MaxMin (Sort over pairs, speccert.bounds.local_sort) is a ReLU of the pair's difference d = a - b:
+  its interval (the boxes' difference, tightened by per-pair bounds of d itself) fixes the pair's
+  order or not; mid/err are relu'(d)'s centre and half-width per pair, l_unstable bounds the
+  Lipschitz constant of x -> d on the unfixed pairs (sqrt 2 times that of their entries of z_k:
+  ||(a, b) -> a - b|| = sqrt 2), and M_k is that of z_k (sorting is 1-Lipschitz).
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ import torch.nn.functional as F
 
 from speccert.bounds.linear_tail import absolute_op
 from speccert.bounds.local_slopes import image, slope_range
+from speccert.bounds.local_sort import difference_box, slope
 from speccert.bounds.local_stages import Source, Stage, inner_dimension
-from speccert.ir import Activation, Add, BatchNorm, Graph, MaxPool, Node
+from speccert.ir import Activation, Add, BatchNorm, Concat, Graph, MaxPool, Node, Sort
 from speccert.norms.rounding import gamma, svd_error
 
 Tensor = torch.Tensor
@@ -69,7 +75,8 @@ def box_affine(graph: Graph, block: list[Node], c: Tensor, rad: Tensor) -> tuple
             s = op.scale_shift()[0].abs().reshape((-1,) + (1,) * (c.dim() - 2))
             const = const + s * op.mean.abs().reshape(s.shape) + op.bias.abs().reshape(s.shape)
         err = g * (absop.forward(c.abs()) + const)
-        rad = (absop.forward(rad) + err) * (1.0 + g)
+        spread = absop.forward(rad) if bool(rad.any()) else torch.zeros_like(err)  # a point: no spread
+        rad = (spread + err) * (1.0 + g)
         c = new_c
     return c, rad
 
@@ -115,6 +122,12 @@ def box_stage(graph: Graph, st: Stage, leaves: dict[str, tuple[Tensor, Tensor]])
     for node in st.nodes:
         if isinstance(node.op, Add):
             values[node.name] = box_add(values[node.inputs[0]], values[node.inputs[1]])
+        elif isinstance(node.op, Concat):  # exact: the boxes side by side
+            parts = [values[i] for i in node.inputs]
+            values[node.name] = (
+                node.op.forward(*(p[0] for p in parts)),
+                node.op.forward(*(p[1] for p in parts)),
+            )
         else:
             values[node.name] = box_affine(graph, [node], *values[node.inputs[0]])
     return values[st.z_name]
@@ -164,7 +177,9 @@ class BallBounds:
     (activation: f' in mid +- err per unit of z_k; max-pool: mid = windows whose winner is fixed,
     err = the others, as 0/1 masks over h_k), the winners, and l_unstable >= the Lipschitz constant of
     x -> z_k restricted to the units with err > 0 (activation) or of all of z_k (max-pool); and the
-    proven intervals of z_k and of h_k over the ball (`z`, `h`: (lo, hi) pairs)."""
+    proven intervals of z_k and of h_k over the ball (`z`, `h`: (lo, hi) pairs). A MaxMin stage
+    (speccert.bounds.local_sort) has mid/err per pair (relu'(d)), l_unstable for x -> d on the
+    unfixed pairs, and d's interval in `pairs`."""
 
     mid: list[Tensor]
     err: list[Tensor]
@@ -172,6 +187,10 @@ class BallBounds:
     l_unstable: list[Tensor]
     z: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     h: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    pairs: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # MaxMin stages: d's interval
+    m: dict[int, Tensor] = field(default_factory=dict)  # M_k >= the Lipschitz constant of h_k on the ball
+    # per unit of z_k (per pair of a MaxMin: of d) >= its Lipschitz constant on the ball, where asked
+    unit_lip: dict[int, Tensor] = field(default_factory=dict)
 
 
 Interval = Callable[[int, BallBounds, Tensor, Tensor], tuple[Tensor, Tensor] | None]
@@ -272,6 +291,49 @@ def _act_stage(
     o.cols[k] = (slope > 0).to(torch.float64)
 
 
+def _sort_stage(
+    st: Stage,
+    o: _Outputs,
+    k: int,
+    z: tuple[Tensor, Tensor, Tensor, Tensor],
+    out: BallBounds,
+    r: Tensor,
+    unit_lipschitz: Callable[[int, BallBounds, Tensor | None], Tensor | None] | None,
+    interval: Interval | None,
+) -> None:
+    """A MaxMin stage (module docstring): d's interval from the boxes, then from d(x) +- r l_d with
+    per-pair Lipschitz bounds l_d (`unit_lipschitz` asked with the unfixed pairs) and from `interval`
+    (asked with d's interval), all intersected."""
+    assert st.act is not None and isinstance(st.act.op, Sort)
+    op, (zlo, zhi, elo, ehi) = st.act.op, z
+    dim = op.axis + 1
+    dlo, dhi = difference_box(zlo, zhi, dim)
+    if unit_lipschitz is not None and st.nodes:
+        lip = unit_lipschitz(k, out, (dlo < 0) & (dhi > 0))
+        if lip is not None:
+            out.unit_lip[k] = lip
+            xlo, xhi = difference_box(elo, ehi, dim)  # encloses d(x)
+            rad = _up(r.reshape((-1,) + (1,) * (lip.dim() - 1)) * lip * (1.0 + 4 * U))
+            dlo, dhi = torch.maximum(dlo, _down(xlo - rad)), torch.minimum(dhi, _up(xhi + rad))
+    if interval is not None and st.nodes:
+        other = interval(k, out, dlo, dhi)
+        if other is not None:
+            dlo, dhi = torch.maximum(dlo, other[0]), torch.minimum(dhi, other[1])
+    out.pairs[k] = (dlo, dhi)
+    mid, err = slope(dlo, dhi)
+    unsure = (err > 0).to(torch.float64)
+    units = torch.stack([unsure, unsure], dim)
+    l_d = _source_sum(st, o, lambda s: masked_norm(s, units, o.cols[s.index]))
+    out.mid.append(mid)
+    out.err.append(err)
+    out.winner.append(None)
+    out.l_unstable.append(_up(l_d * math.sqrt(2.0) * (1.0 + 4 * U)))
+    o.m[k] = _source_sum(st, o, lambda s: masked_norm(s, torch.ones_like(zlo), o.cols[s.index]))
+    o.box[k] = op.forward(zlo), op.forward(zhi)
+    o.exact[k] = centre_radius(op.forward(elo), op.forward(ehi))
+    o.cols[k] = None
+
+
 def ball_bounds(
     graph: Graph,
     stages: list[Stage],
@@ -288,15 +350,26 @@ def ball_bounds(
     units before a max-pool); `refine(k, bounds)` may tighten stage k's l_unstable once its
     slopes are known; `interval(k, bounds so far, lo, hi)` may give another proven interval of z_k
     (speccert.bounds.crown: linear relaxation), intersected with this one (both hold, so does their
-    intersection)."""
+    intersection). At a MaxMin stage both hooks are asked about the pairs' differences d instead of
+    the units of z_k (`_sort_stage`)."""
     rr = r.reshape((-1,) + (1,) * (x.dim() - 1))
     lo, hi = _down(x - rr), _up(x + rr)
     o = _Outputs({-1: (lo, hi)}, {-1: (x, torch.zeros_like(x))}, {-1: torch.ones_like(r)}, {-1: None})
-    out = BallBounds([], [], [], [])
+    out = BallBounds([], [], [], [], m=o.m)
     for k, st in enumerate(stages[:-1]):
         z = _z_interval(graph, st, o, r)
+        if st.act is not None and isinstance(st.act.op, Sort):
+            out.z.append((z[0], z[1]))
+            _sort_stage(st, o, k, z, out, r, unit_lipschitz, interval)
+            out.h.append(o.box[k])
+            if refine is not None:
+                refine(k, out)
+            continue
         if unit_lipschitz is not None and st.nodes:
-            z = _tighten(z, r, unit_lipschitz(k, out, _wanted(st, z)))
+            unit = unit_lipschitz(k, out, _wanted(st, z))
+            if unit is not None:
+                out.unit_lip[k] = unit
+            z = _tighten(z, r, unit)
         if interval is not None and st.nodes:
             other = interval(k, out, z[0], z[1])
             if other is not None:

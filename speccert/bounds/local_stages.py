@@ -4,9 +4,12 @@ The folded float64 graph is read as nonlinear nodes n_1, ..., n_K (activations a
 topological order) and, before each, its input z_k, an affine function of earlier outputs:
     z_k = sum_j A_kj h_j + b_k,    h_j = n_j(z_j) (j < k) or h_0 = x (the input, index -1 here),
 A_kj the linear sub-graph (Linear, Conv, BatchNorm, Affine, pooling by averages, Pad, Reshape,
-Transpose, and Add: residual sums) from h_j to z_k. The logits are one more stage without a
-nonlinearity. A chain network has one source per stage; a residual block has two (the branch and the
-skip). Concat, Softmax (inside), LayerNorm and other operators are not supported here.
+Transpose, and Add: residual sums) from h_j to z_k. The nonlinearities are activations, max-pools
+and MaxMin (a Sort over groups of two: speccert.bounds.local_sort). The logits are one more stage
+without a nonlinearity. A chain network has one source per stage; a residual block has two (the branch
+and the skip); a Concat stacks its inputs (||[J_1; J_2]|| <= sqrt(||J_1||^2 + ||J_2||^2) per source).
+Softmax (inside), LayerNorm, GroupSort over groups of more than two and other operators are not
+supported here.
 
 Per source: upper >= ||A_kj||_2 (products of the proven per-node bounds along each path, summed over
 paths), rownorm >= ||row_i A_kj|| (exact and rounded up when the path is [Reshape/shift]* Linear|Conv
@@ -25,7 +28,22 @@ from speccert.bounds.certificate import NotApplicable
 from speccert.bounds.compose import maxpool_factor
 from speccert.bounds.lipschitz import LipschitzBound
 from speccert.bounds.local_slopes import SUPPORTED
-from speccert.ir import INPUT, Activation, Add, Affine, BatchNorm, Conv, Graph, Linear, MaxPool, Node, Reshape
+from speccert.bounds.local_sort import is_max_min
+from speccert.ir import (
+    INPUT,
+    Activation,
+    Add,
+    Affine,
+    BatchNorm,
+    Concat,
+    Conv,
+    Graph,
+    Linear,
+    MaxPool,
+    Node,
+    Reshape,
+    Sort,
+)
 from speccert.norms.result import round_up
 from speccert.norms.rounding import gamma
 
@@ -64,7 +82,7 @@ def inner_dimension(graph: Graph, node: Node) -> int:
         return int(op.weight[0].numel()) + 4
     if hasattr(op, "weight") and isinstance(op.weight, Tensor) and not isinstance(op, BatchNorm):
         return int(op.weight.numel()) + 4
-    if isinstance(op, Reshape) or op.op_type in ("Transpose", "Pad"):
+    if isinstance(op, (Reshape, Concat)) or op.op_type in ("Transpose", "Pad"):
         return 0
     if isinstance(op, Add):
         return 2
@@ -92,7 +110,13 @@ def _check(graph: Graph) -> list[Node]:
                     f"only 2-d max-pool without ceil_mode is bounded over a ball (node '{node.name}')"
                 )
             acts.append(node)
-        elif not type(op).linear and not isinstance(op, Add):
+        elif isinstance(op, Sort):
+            if not is_max_min(op, graph.shape_of(node.inputs[0])):
+                raise NotApplicable(
+                    f"only Sort over groups of two (MaxMin) is bounded over a ball yet (node '{node.name}')"
+                )
+            acts.append(node)
+        elif not type(op).linear and not isinstance(op, (Add, Concat)):
             raise NotApplicable(f"{op.op_type} nodes are not bounded over a ball yet (node '{node.name}')")
     return acts
 
@@ -135,6 +159,12 @@ def _paths(nodes: list[Node], leaves: list[str], uppers: dict[str, float]) -> di
                     else:
                         merged[leaf] = (up, None if path is None else [*path, node])
             out[node.name] = merged
+        elif isinstance(node.op, Concat):  # ||[J_1; J_2; ...]|| <= sqrt(sum ||J_i||^2), per leaf
+            squares: dict[str, float] = {}
+            for i in node.inputs:
+                for leaf, (up, _) in out[i].items():
+                    squares[leaf] = round_up(squares.get(leaf, 0.0) + round_up(up * up))
+            out[node.name] = {leaf: (round_up(math.sqrt(sq)), None) for leaf, sq in squares.items()}
         else:
             (i,) = node.inputs
             out[node.name] = {
