@@ -308,3 +308,34 @@ def test_local_on_a_smooth_net_approaches_the_gradient_norm() -> None:
     near = np.argsort(first_order)[:3]  # radii ~1e-3: the slope ranges over the ball are tight
     rep = certify(g, (x[near], y[near]), eps=[0.1], lower_bound=False, certificates=["local"])
     assert np.all(rep.radii["local"] / first_order[near] > 0.95)
+
+
+def test_local_certifies_a_margin_that_is_constant_near_x() -> None:
+    """Every ReLU dead at x (biases -5): the logits equal the output bias on the ball of radius
+    d = min_i (-z_i) / ||w_i||, so L(0) = 0 and m / L(0) is infinite. The search must still test finite
+    radii: each point gets at least d / 10, and never more than where a unit can first switch on plus
+    the output layer's own reach (checked by sampling the margin on the certified sphere)."""
+    gen = torch.Generator().manual_seed(3)
+    w1 = torch.randn(12, 6, generator=gen, dtype=D)
+    w2 = torch.randn(3, 12, generator=gen, dtype=D)
+    b2 = torch.tensor([1.0, 0.0, -1.0], dtype=D)
+    nodes = [
+        Node("l1", Linear(w1, torch.full((12,), -5.0, dtype=D)), (INPUT,)),
+        Node("a1", Activation("relu"), ("l1",)),
+        Node("out", Linear(w2, b2), ("a1",)),
+    ]
+    g = Graph((6,), nodes, dtype=D)
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(4), dtype=D) * 0.3
+    z = x @ w1.T - 5.0
+    assert bool((z < 0).all())
+    dead = ((-z) / w1.norm(dim=1)).amin(1).numpy()
+    y = torch.zeros(8, dtype=torch.int64)
+    rep = certify(g, (x, y), eps=[0.1], lower_bound=False, certificates=["local"])
+    radii = rep.radii["local"]
+    assert np.all(radii >= dead / 10), "local gave up on a locally constant margin"
+    d = torch.randn(8, 512, 6, generator=torch.Generator().manual_seed(5), dtype=D)
+    on_sphere = (
+        x[:, None, :] + d / d.norm(dim=2, keepdim=True) * torch.as_tensor(radii)[:, None, None] * 0.999
+    )
+    f = g.forward(on_sphere.reshape(-1, 6)).reshape(8, 512, 3)
+    assert bool((f[..., 0] > f[..., 1:].amax(-1)).all()), "a sampled point inside a certified radius flips"
