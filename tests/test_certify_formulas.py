@@ -84,6 +84,10 @@ def test_linear_classifier_pairwise_radius_is_exact() -> None:
     assert not bool(pgd_l2(g, x, y, r, steps=30, restarts=2).success.any())
     assert bool(pgd_l2(g, x, y, r * 1.001 + 1e-9, steps=30, restarts=3).success.all())
 
+    # an empty batch (no certified point to attack) is an empty result, not a reshape error
+    none = pgd_l2(g, x[:0], y[:0], r[:0], steps=3, restarts=2)
+    assert none.lead.shape == (0,) and none.delta.shape == (0, 6) and not bool(none.success.any())
+
 
 def test_audit_catches_an_inflated_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
     g, *_ = two_layer(3)

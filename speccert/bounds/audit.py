@@ -56,6 +56,9 @@ def pgd_l2(
     graph: Graph, x: Tensor, y: Tensor, radius: Tensor, *, steps: int = 40, restarts: int = 4, seed: int = 0
 ) -> AttackResult:
     """Maximise max_{j != y} f_j - f_y over ||d|| <= radius (per point); float64 on x's device."""
+    if x.shape[0] == 0:  # nothing to attack (e.g. no point was certified)
+        empty = torch.zeros(0, dtype=x.dtype, device=x.device)
+        return AttackResult(empty, empty.clone(), x.clone())
     gen = torch.Generator(device="cpu").manual_seed(seed)
     r = _shape(radius.to(x), x)
     best_lead = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
