@@ -251,6 +251,14 @@ def command(
     lr: Annotated[
         float | None, typer.Option("--lr", help="Adam peak learning rate (default: the recipe's; 1e-3).")
     ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            "--ema",
+            help="Certify and write the moving average of the weights with this decay, e.g. 0.999 "
+            "(default: the recipe's; 0: off).",
+        ),
+    ] = None,
     time_budget: Annotated[
         float | None,
         typer.Option(
@@ -328,6 +336,7 @@ def command(
             penalty_options=_options(penalty_option),
             epochs=epochs,
             lr=lr,
+            ema=ema,
             batch_size=batch_size,
             time_budget=None if time_budget is None else time_budget * 60.0,
             out=out_path,

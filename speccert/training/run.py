@@ -37,6 +37,7 @@ from speccert.training.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from speccert.training.ema import WeightAverage
 from speccert.training.evaluate import Evaluator
 from speccert.training.penalties import make_penalty, penalty_class
 from speccert.training.recipes import Recipe
@@ -140,6 +141,7 @@ class FinetuneRun:
         self.total_steps = max(1, n_batches * r.epochs)
         self.started = time.perf_counter()
         self.notes: list[str] = []
+        self.ema: WeightAverage | None = None  # recipe `ema` > 0: started after the initial rescale
 
     # -- restore / checkpoint ------------------------------------------------------------------
     def restore(self) -> None:
@@ -161,6 +163,9 @@ class FinetuneRun:
         self.pen.load_state_dict(ck["penalty_state"])
         if self.reparam is not None:
             self.reparam.load_state_dict(ck["reparam"])
+        if self.cfg.recipe.ema > 0:
+            self.ema = WeightAverage(self.module, self.cfg.recipe.ema)
+            self.ema.load_state_dict(ck["ema"])
         self.sched.load_state_dict(ck["schedule"])
         set_rng_state(ck["rng"])
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
@@ -180,6 +185,7 @@ class FinetuneRun:
             "optimizer": self.opt.state_dict(),
             "penalty_state": self.pen.state_dict(),
             "reparam": self.reparam.state_dict() if self.reparam is not None else {},
+            "ema": self.ema.state_dict() if self.ema is not None else {},
             "penalty": self.cfg.recipe.penalty,
             "recipe": self.cfg.recipe.name,
             "schedule": self.sched.state_dict(),
@@ -227,6 +233,8 @@ class FinetuneRun:
         self.opt.step()
         if self.reparam is not None:
             self.reparam.sync()
+        if self.ema is not None:
+            self.ema.update(self.module, self.global_step)
         self.global_step += 1
         return float(loss.detach())
 
@@ -256,8 +264,9 @@ class FinetuneRun:
         """Certify the current weights on the validation data (main rank), update the best epoch,
         the Pareto checkpoints and the penalty weight; every rank gets the same record."""
         rec: EpochRecord | None = None
-        if self.info.is_main:
-            rec = self._measure(loss, t0)
+        if self.info.is_main:  # with a weight average, the average is what is certified (and kept)
+            with self.ema.applied(self.module) if self.ema is not None else contextlib.nullcontext():
+                rec = self._measure(loss, t0)
         rec, self.best, weight = ddp.broadcast_object((rec, self.best, self.sched.weight), self.info)
         assert rec is not None
         self.sched.weight = weight
@@ -323,6 +332,8 @@ class FinetuneRun:
             self._initial_rescale(first)
             if self.reparam is not None:
                 self.reparam.start()
+            if self.cfg.recipe.ema > 0:
+                self.ema = WeightAverage(self.module, self.cfg.recipe.ema)
             self.checkpoint()
         met, stop = self.history[-1].met, ""
         while not met and self.epoch <= epochs:
@@ -334,7 +345,9 @@ class FinetuneRun:
             met = self.evaluate(loss, t0).met
             self.epoch += 1
             self.checkpoint()
-        if not met and self.best_state:  # the budget ran out: keep the best epoch, not the last
+        # The budget ran out: keep the best epoch, not the last. With a weight average, the measured
+        # (averaged) weights of the best epoch, never the raw ones the optimiser holds.
+        if (not met or self.ema is not None) and self.best_state:
             self.module.load_state_dict(self.best_state)
         return self._finish(met, stop)
 
