@@ -304,6 +304,16 @@ def command(
             metavar="",
         ),
     ] = False,
+    stop_out_of_reach: Annotated[
+        bool,
+        typer.Option(
+            "--stop-out-of-reach",
+            help="Stop early (exit 1) when a missed target's trend over the last 4 epochs, extrapolated "
+            "over the epochs (and --time-budget) left, still misses it; judged twice in a row, after "
+            "the margin ramp.",
+            metavar="",
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune a model until a certificate target holds on held-out data (measured by the certifier),
         then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first.
@@ -353,6 +363,7 @@ def command(
             on_step=on_step,
             decision=decision,
             allow_activation_change=allow_activation_change,
+            stop_out_of_reach=stop_out_of_reach,
         )
     if main:
         _render_result(res, eps, json_out)

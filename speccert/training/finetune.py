@@ -131,6 +131,7 @@ def finetune(
     certify_batch_size: int = 256,
     decision: str = "argmax",
     allow_activation_change: bool = False,
+    stop_out_of_reach: bool = False,
 ) -> FinetuneResult:
     """Fine-tune `model` until every target holds on `val_data` (see the module docstring).
 
@@ -142,6 +143,8 @@ def finetune(
     certifies -logits (speccert.ir.decision) and writes the model without the negation.
     allow_activation_change: replace every ReLU by MaxMin over channels before training
     (speccert.training.maxmin; ReLUs over an odd channel count stay, named in the notes).
+    stop_out_of_reach: stop (exit 1, a note says why) when a missed target's trend over the last
+    epochs, extrapolated over the budget left, still misses it (speccert.training.reach).
     """
     tlist = [t if isinstance(t, Target) else parse_target(t) for t in targets]
     check_unique(tlist)
@@ -197,6 +200,7 @@ def finetune(
         mean=None if mean is None else tuple(mean),
         std=None if std is None else tuple(std),
         decision=decision,
+        stop_out_of_reach=stop_out_of_reach,
         identity=identity,
     )
     run = FinetuneRun(graph, train, measure, cfg, paths, info, dev, Hooks(on_epoch, on_step))

@@ -40,6 +40,7 @@ from speccert.training.checkpoint import (
 from speccert.training.ema import WeightAverage
 from speccert.training.evaluate import Evaluator
 from speccert.training.penalties import make_penalty, penalty_class
+from speccert.training.reach import ReachWatch
 from speccert.training.recipes import Recipe
 from speccert.training.records import EpochRecord, FinetuneResult, pareto_front
 from speccert.training.run_setup import RunPaths, logits_graph, private_copy
@@ -72,6 +73,7 @@ class RunConfig:
     mean: tuple[float, ...] | None = None  # data normalisation applied before the model
     std: tuple[float, ...] | None = None
     decision: str = "argmax"  # "argmin": train and certify -logits (speccert.ir.decision)
+    stop_out_of_reach: bool = False  # stop when a missed target is out of reach at its trend (reach.py)
     # What makes two runs the same run (run_setup.run_config): recorded in every checkpoint, and a
     # --resume with other values is refused naming the keys that differ.
     identity: dict[str, Any] = field(default_factory=dict)
@@ -142,6 +144,8 @@ class FinetuneRun:
         self.started = time.perf_counter()
         self.notes: list[str] = []
         self.ema: WeightAverage | None = None  # recipe `ema` > 0: started after the initial rescale
+        anneal = float(getattr(self.pen, "anneal", 0.0))  # the margin ramp: accuracy falls by design
+        self.reach = ReachWatch.for_run(cfg.targets, r.epochs, anneal) if cfg.stop_out_of_reach else None
 
     # -- restore / checkpoint ------------------------------------------------------------------
     def restore(self) -> None:
@@ -167,6 +171,8 @@ class FinetuneRun:
             self.ema = WeightAverage(self.module, self.cfg.recipe.ema)
             self.ema.load_state_dict(ck["ema"])
         self.sched.load_state_dict(ck["schedule"])
+        if self.reach is not None:
+            self.reach.load_state_dict(ck.get("reach", {}))
         set_rng_state(ck["rng"])
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
         self.history = [EpochRecord.from_dict(r) for r in ck["history"]]
@@ -189,6 +195,7 @@ class FinetuneRun:
             "penalty": self.cfg.recipe.penalty,
             "recipe": self.cfg.recipe.name,
             "schedule": self.sched.state_dict(),
+            "reach": self.reach.state_dict() if self.reach is not None else {},
             "rng": rng_state(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
@@ -312,6 +319,14 @@ class FinetuneRun:
                 (rd / f"epoch-{r.epoch}.pt").unlink(missing_ok=True)
 
     # -- the loop -----------------------------------------------------------------------------
+    def _epochs_left(self) -> int:
+        """Epochs the epoch budget and the time budget (at the last epoch's duration) still allow."""
+        left = self.cfg.recipe.epochs - self.history[-1].epoch
+        budget, last = self.cfg.time_budget, self.history[-1].seconds
+        if budget is not None and last > 0:
+            left = min(left, int((budget - (time.perf_counter() - self.started)) // last))
+        return max(left, 0)
+
     def _out_of_time(self) -> str:
         budget = self.cfg.time_budget
         if budget is None or not self.history:
@@ -343,8 +358,12 @@ class FinetuneRun:
             t0 = time.perf_counter()
             loss = self.train_epoch()
             met = self.evaluate(loss, t0).met
+            if not met and self.reach is not None:
+                stop = ddp.broadcast_object(self.reach.check(self.history, self._epochs_left()), self.info)
             self.epoch += 1
             self.checkpoint()
+            if stop:
+                break
         # The budget ran out: keep the best epoch, not the last. With a weight average, the measured
         # (averaged) weights of the best epoch, never the raw ones the optimiser holds.
         if (not met or self.ema is not None) and self.best_state:
