@@ -170,18 +170,36 @@ def _epoch_progress(main: bool) -> Progress:
     )
 
 
+def _epoch_budget(recipe: str | None, epochs: int | None) -> int:
+    """The run's epoch budget: --epochs, else the recipe's, else a single penalty's."""
+    from speccert.training.recipes import get_recipe, single_penalty
+
+    if epochs is not None:
+        return epochs
+    return (get_recipe(recipe) if recipe else single_penalty("lmt")).epochs
+
+
 def _progress_callbacks(
-    bar: Progress, eps: list[float], results: Console
+    bar: Progress, eps: list[float], results: Console, epochs: int
 ) -> tuple[Callable[[int, int, int, float], None], Callable[[Any], None]]:
-    """on_step (one bar per epoch) and on_epoch (the epoch's table on `results`, its note on stderr)."""
+    """on_step (a bar over the run's `epochs` and one within the current epoch) and on_epoch (the
+    epoch's table on `results`, its note on stderr)."""
     tasks: dict[int, Any] = {}
+    run: list[Any] = []  # the run's bar, made at the first call (a resumed run starts part way)
+
+    def run_bar(done: int) -> None:
+        if not run:
+            run.append(bar.add_task("epochs", total=max(epochs, 1), completed=done, loss="-"))
+        bar.update(run[0], completed=done)
 
     def on_step(epoch: int, step: int, total: int, loss: float) -> None:
+        run_bar(epoch - 1)
         if epoch not in tasks:
             tasks[epoch] = bar.add_task(f"epoch {epoch}", total=total, completed=step - 1, loss="-")
         bar.update(tasks[epoch], completed=step, loss=f"{loss:.4f}")
 
     def on_epoch(rec: Any) -> None:
+        run_bar(rec.epoch)
         if rec.epoch in tasks:
             bar.remove_task(tasks[rec.epoch])
         results.print(_epoch_table(rec, eps))  # results on stdout, like the final report
@@ -334,7 +352,7 @@ def command(
 
     results = err if json_out == "-" else out  # `--json -` keeps stdout for the JSON alone
     with _epoch_progress(main) as bar:
-        on_step, on_epoch = _progress_callbacks(bar, eps, results)
+        on_step, on_epoch = _progress_callbacks(bar, eps, results, _epoch_budget(recipe, epochs))
         res = finetune(
             model,
             data,
