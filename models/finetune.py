@@ -73,12 +73,17 @@ def recipe_entry(name: str) -> dict:
         sys.path.insert(0, str(REPO))
         from speccert.training.recipes import get_recipe
 
-        args, flags = EXTRA.get(name, []), {}
+        args, flags, options = EXTRA.get(name, []), {}, {}
         for i, a in enumerate(args):  # "--opt value" pairs as numbers, a lone "--flag" as true
-            if a.startswith("--") and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            if a == "--penalty-option":  # key=value, repeatable: one dict
+                key, _, value = args[i + 1].partition("=")
+                options[key] = float(value)
+            elif a.startswith("--") and (i + 1 == len(args) or args[i + 1].startswith("--")):
                 flags[a.lstrip("-")] = True
             elif a.startswith("--"):
                 flags[a.lstrip("-")] = float(args[i + 1])
+        if options:
+            flags["penalty-options"] = options
         entry = {"recipe": what, "penalty": get_recipe(what).penalty, "epochs": epochs, "targets": targets}
         return entry | flags
     return {"penalty": what, "epochs": epochs, "targets": targets}
