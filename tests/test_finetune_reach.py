@@ -74,3 +74,15 @@ def test_a_run_that_stalls_stops_before_its_budget(tmp_path: Path) -> None:
     assert any("out of reach at the current trend" in n for n in res.notes)
     full = finetune(str(model), train, val, evaluator=stalled, **args)  # the flag is opt-in
     assert full.history[-1].epoch == 12
+
+
+def test_budget_left_counts_epochs_and_time_at_the_last_epochs_pace() -> None:
+    from speccert.training.reach import epochs_left, out_of_time
+
+    hist = [_rec(0, 0.0), _rec(3, 0.5)]  # each record took 1.0 s
+    assert epochs_left(10, None, 100.0, hist) == 7  # epoch budget only
+    assert epochs_left(10, 5.5, 2.0, hist) == 3  # 3.5 s left at 1 s an epoch
+    assert epochs_left(10, 1.0, 2.0, hist) == 0  # already past the budget
+    assert out_of_time(None, 1e9, hist) == ""
+    assert out_of_time(10.0, 8.5, hist) == ""  # 8.5 + 1 <= 10
+    assert "time budget 10 s: 10 s spent" in out_of_time(10.0, 9.5, hist)

@@ -1,4 +1,5 @@
-"""Stop a run early when a missed target is out of reach at the current trend (`--stop-out-of-reach`).
+"""Stop a run early when a missed target is out of reach at the current trend (`--stop-out-of-reach`),
+or when the time budget does not allow another epoch (`--time-budget`).
 
 For every missed target, its measured value v_e over the last W trained epochs (W = `window`, 4) is
 fitted by least squares, v_e ~ a + s e, and extrapolated linearly over the epochs the budget still
@@ -104,4 +105,24 @@ class ReachWatch:
         self.strikes = int(state.get("strikes", 0))
 
 
-__all__ = ["Projection", "ReachWatch", "misses", "project"]
+def out_of_time(budget: float | None, spent: float, history: list[EpochRecord]) -> str:
+    """Why the next epoch may not start (`--time-budget`, seconds: the last epoch's duration says it would
+    end past the budget), or ''."""
+    if budget is None or not history:
+        return ""
+    last = history[-1].seconds
+    if spent + last > budget:
+        return f"time budget {budget:g} s: {spent:.0f} s spent, the next epoch needs ~{last:.0f} s"
+    return ""
+
+
+def epochs_left(epochs: int, budget: float | None, spent: float, history: list[EpochRecord]) -> int:
+    """Epochs the epoch budget and the time budget (at the last epoch's duration) still allow."""
+    left = epochs - history[-1].epoch
+    last = history[-1].seconds
+    if budget is not None and last > 0:
+        left = min(left, int((budget - spent) // last))
+    return max(left, 0)
+
+
+__all__ = ["Projection", "ReachWatch", "epochs_left", "misses", "out_of_time", "project"]

@@ -40,7 +40,7 @@ from speccert.training.checkpoint import (
 from speccert.training.ema import WeightAverage
 from speccert.training.evaluate import Evaluator
 from speccert.training.penalties import make_penalty, penalty_class
-from speccert.training.reach import ReachWatch
+from speccert.training.reach import ReachWatch, epochs_left, out_of_time
 from speccert.training.recipes import Recipe
 from speccert.training.records import EpochRecord, FinetuneResult, pareto_front
 from speccert.training.run_setup import RunPaths, logits_graph, private_copy
@@ -319,23 +319,8 @@ class FinetuneRun:
                 (rd / f"epoch-{r.epoch}.pt").unlink(missing_ok=True)
 
     # -- the loop -----------------------------------------------------------------------------
-    def _epochs_left(self) -> int:
-        """Epochs the epoch budget and the time budget (at the last epoch's duration) still allow."""
-        left = self.cfg.recipe.epochs - self.history[-1].epoch
-        budget, last = self.cfg.time_budget, self.history[-1].seconds
-        if budget is not None and last > 0:
-            left = min(left, int((budget - (time.perf_counter() - self.started)) // last))
-        return max(left, 0)
-
-    def _out_of_time(self) -> str:
-        budget = self.cfg.time_budget
-        if budget is None or not self.history:
-            return ""
-        spent = time.perf_counter() - self.started
-        last = self.history[-1].seconds
-        if spent + last > budget:
-            return f"time budget {budget:g} s: {spent:.0f} s spent, the next epoch needs ~{last:.0f} s"
-        return ""
+    def _spent(self) -> float:
+        return time.perf_counter() - self.started
 
     def run(self) -> FinetuneResult:
         """Certify the input (epoch 0) unless resuming past it, then train and certify each epoch
@@ -352,14 +337,17 @@ class FinetuneRun:
             self.checkpoint()
         met, stop = self.history[-1].met, ""
         while not met and self.epoch <= epochs:
-            stop = ddp.broadcast_object(self._out_of_time(), self.info)
+            stop = ddp.broadcast_object(
+                out_of_time(self.cfg.time_budget, self._spent(), self.history), self.info
+            )
             if stop:
                 break
             t0 = time.perf_counter()
             loss = self.train_epoch()
             met = self.evaluate(loss, t0).met
             if not met and self.reach is not None:
-                stop = ddp.broadcast_object(self.reach.check(self.history, self._epochs_left()), self.info)
+                left = epochs_left(self.cfg.recipe.epochs, self.cfg.time_budget, self._spent(), self.history)
+                stop = ddp.broadcast_object(self.reach.check(self.history, left), self.info)
             self.epoch += 1
             self.checkpoint()
             if stop:
