@@ -29,3 +29,21 @@ def test_logit_annealing_matches_its_formula() -> None:
     assert float(la.loss(logits, y, logits, None)) < float(plain.loss(logits, y, logits, None))
     with pytest.raises(UsageError, match="la_beta"):
         make_penalty("lmt", g, la_beta=-1.0)
+
+
+def test_gloro_scores_the_plain_logits_and_the_worst_shifted_non_target() -> None:
+    g = toy_mlp()
+    plain = make_penalty("lmt", g, eps=0.3)
+    gl = make_penalty("lmt", g, eps=0.3, gloro=1)
+    plain.eval(), gl.eval()
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 2, 1, 0])
+    shifted = logits + plain.shift(y, 3)
+    want = 0.0
+    for i in range(6):  # by hand: log-sum-exp over the 3 plain logits and the worst shifted other class
+        bot = max(float(shifted[i, j]) for j in range(3) if j != int(y[i]))
+        row = [float(v) for v in logits[i]] + [bot]
+        want += -row[int(y[i])] + float(torch.logsumexp(torch.tensor(row, dtype=torch.float64), 0))
+    assert float(gl.loss(logits, y, logits, None)) == pytest.approx(want / 6, rel=1e-12)
+    with pytest.raises(UsageError, match="gloro"):
+        make_penalty("lmt", g, gloro=2)

@@ -170,18 +170,36 @@ def _epoch_progress(main: bool) -> Progress:
     )
 
 
+def _epoch_budget(recipe: str | None, epochs: int | None) -> int:
+    """The run's epoch budget: --epochs, else the recipe's, else a single penalty's."""
+    from speccert.training.recipes import get_recipe, single_penalty
+
+    if epochs is not None:
+        return epochs
+    return (get_recipe(recipe) if recipe else single_penalty("lmt")).epochs
+
+
 def _progress_callbacks(
-    bar: Progress, eps: list[float], results: Console
+    bar: Progress, eps: list[float], results: Console, epochs: int
 ) -> tuple[Callable[[int, int, int, float], None], Callable[[Any], None]]:
-    """on_step (one bar per epoch) and on_epoch (the epoch's table on `results`, its note on stderr)."""
+    """on_step (a bar over the run's `epochs` and one within the current epoch) and on_epoch (the
+    epoch's table on `results`, its note on stderr)."""
     tasks: dict[int, Any] = {}
+    run: list[Any] = []  # the run's bar, made at the first call (a resumed run starts part way)
+
+    def run_bar(done: int) -> None:
+        if not run:
+            run.append(bar.add_task("epochs", total=max(epochs, 1), completed=done, loss="-"))
+        bar.update(run[0], completed=done)
 
     def on_step(epoch: int, step: int, total: int, loss: float) -> None:
+        run_bar(epoch - 1)
         if epoch not in tasks:
             tasks[epoch] = bar.add_task(f"epoch {epoch}", total=total, completed=step - 1, loss="-")
         bar.update(tasks[epoch], completed=step, loss=f"{loss:.4f}")
 
     def on_epoch(rec: Any) -> None:
+        run_bar(rec.epoch)
         if rec.epoch in tasks:
             bar.remove_task(tasks[rec.epoch])
         results.print(_epoch_table(rec, eps))  # results on stdout, like the final report
@@ -251,6 +269,14 @@ def command(
     lr: Annotated[
         float | None, typer.Option("--lr", help="Adam peak learning rate (default: the recipe's; 1e-3).")
     ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            "--ema",
+            help="Certify and write the moving average of the weights with this decay, e.g. 0.999 "
+            "(default: the recipe's; 0: off).",
+        ),
+    ] = None,
     time_budget: Annotated[
         float | None,
         typer.Option(
@@ -296,6 +322,16 @@ def command(
             metavar="",
         ),
     ] = False,
+    stop_out_of_reach: Annotated[
+        bool,
+        typer.Option(
+            "--stop-out-of-reach",
+            help="Stop early (exit 1) when a missed target's trend over the last 4 epochs, extrapolated "
+            "over the epochs (and --time-budget) left, still misses it; judged twice in a row, after "
+            "the margin ramp.",
+            metavar="",
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune a model until a certificate target holds on held-out data (measured by the certifier),
         then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first.
@@ -316,7 +352,7 @@ def command(
 
     results = err if json_out == "-" else out  # `--json -` keeps stdout for the JSON alone
     with _epoch_progress(main) as bar:
-        on_step, on_epoch = _progress_callbacks(bar, eps, results)
+        on_step, on_epoch = _progress_callbacks(bar, eps, results, _epoch_budget(recipe, epochs))
         res = finetune(
             model,
             data,
@@ -328,6 +364,7 @@ def command(
             penalty_options=_options(penalty_option),
             epochs=epochs,
             lr=lr,
+            ema=ema,
             batch_size=batch_size,
             time_budget=None if time_budget is None else time_budget * 60.0,
             out=out_path,
@@ -344,6 +381,7 @@ def command(
             on_step=on_step,
             decision=decision,
             allow_activation_change=allow_activation_change,
+            stop_out_of_reach=stop_out_of_reach,
         )
     if main:
         _render_result(res, eps, json_out)

@@ -52,10 +52,14 @@ DataArg = Dataset | str | os.PathLike[str] | tuple[Any, Any]
 
 
 def resolve_recipe(
-    recipe: str | Recipe | None, penalty: str | None, epochs: int | None, lr: float | None
+    recipe: str | Recipe | None,
+    penalty: str | None,
+    epochs: int | None,
+    lr: float | None,
+    ema: float | None = None,
 ) -> Recipe:
     """The recipe a run uses: `recipe` (a name or a Recipe), else the single penalty `penalty`
-    (default lmt), with `epochs` / `lr` overriding when given."""
+    (default lmt), with `epochs` / `lr` / `ema` overriding when given."""
     if recipe is not None and penalty is not None:
         raise UsageError("give either a recipe or a single penalty, not both (a recipe names its penalty)")
     r = (
@@ -70,6 +74,8 @@ def resolve_recipe(
         changes["epochs"] = epochs
     if lr is not None:
         changes["lr"] = lr
+    if ema is not None:
+        changes["ema"] = ema
     return dataclasses.replace(r, **changes) if changes else r
 
 
@@ -106,6 +112,7 @@ def finetune(
     penalty_options: dict[str, Any] | None = None,
     epochs: int | None = None,
     lr: float | None = None,
+    ema: float | None = None,
     batch_size: int = 128,
     time_budget: float | None = None,
     out: str | os.PathLike[str] | None = None,
@@ -124,20 +131,24 @@ def finetune(
     certify_batch_size: int = 256,
     decision: str = "argmax",
     allow_activation_change: bool = False,
+    stop_out_of_reach: bool = False,
 ) -> FinetuneResult:
     """Fine-tune `model` until every target holds on `val_data` (see the module docstring).
 
     targets: strings "cra@EPS>=V", "clean>=V", "lipschitz<=V" (or Target objects). recipe: a key of
     RECIPES (or a Recipe); penalty: a key of PENALTIES (its plain recipe); epochs, lr: override the
-    recipe's. time_budget: seconds; no epoch starts that would end past it (judged by the last one).
+    recipe's; ema: the decay of the weight average that is certified and written (0: off;
+    speccert.training.ema). time_budget: seconds; no epoch starts that would end past it (judged by the last one).
     batch_size is the global batch (split across ranks under torchrun). decision: "argmin" trains and
     certifies -logits (speccert.ir.decision) and writes the model without the negation.
     allow_activation_change: replace every ReLU by MaxMin over channels before training
     (speccert.training.maxmin; ReLUs over an odd channel count stay, named in the notes).
+    stop_out_of_reach: stop (exit 1, a note says why) when a missed target's trend over the last
+    epochs, extrapolated over the budget left, still misses it (speccert.training.reach).
     """
     tlist = [t if isinstance(t, Target) else parse_target(t) for t in targets]
     check_unique(tlist)
-    rec = resolve_recipe(recipe, penalty, epochs, lr)
+    rec = resolve_recipe(recipe, penalty, epochs, lr, ema)
     if resume and out is None:
         raise UsageError("--resume needs --out (checkpoints live in the run folder next to it)")
     if batch_size <= 0 or checkpoint_every < 0 or (time_budget is not None and not time_budget > 0):
@@ -174,6 +185,8 @@ def finetune(
     )
     if change is not None:  # a resume must not mix a ReLU run and a MaxMin run
         identity["activation_change"] = "relu->maxmin"
+    if rec.ema > 0:  # the average is part of the run's state: a resume must keep it
+        identity["ema"] = rec.ema
     cfg = RunConfig(
         recipe=rec,
         targets=tlist,
@@ -187,6 +200,7 @@ def finetune(
         mean=None if mean is None else tuple(mean),
         std=None if std is None else tuple(std),
         decision=decision,
+        stop_out_of_reach=stop_out_of_reach,
         identity=identity,
     )
     run = FinetuneRun(graph, train, measure, cfg, paths, info, dev, Hooks(on_epoch, on_step))

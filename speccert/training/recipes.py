@@ -46,15 +46,22 @@ class Recipe:
     init_lipschitz: float = 0.0  # > 0: first rescale the logits so the certified L is this (rescale.py)
     # "aol": BatchNorm folded into its layer, every hidden Conv/Linear trained as AOL(V) (aol.py)
     reparam: str = ""
+    ema: float = 0.0  # > 0: certify and write the moving average of the weights with this decay (ema.py)
 
     def __post_init__(self) -> None:
         if self.lr_decay not in DECAYS:
             raise UsageError(f"lr_decay must be one of {', '.join(DECAYS)}, got {self.lr_decay!r}")
         if self.reparam not in REPARAMS:
             raise UsageError(f"reparam must be one of {REPARAMS}, got {self.reparam!r}")
-        if not (0.0 <= self.warmup < 1.0 and self.grad_clip >= 0 and self.lr > 0 and self.epochs >= 0):
+        if not (
+            0.0 <= self.warmup < 1.0
+            and self.grad_clip >= 0
+            and 0 <= self.ema < 1
+            and self.lr > 0
+            and self.epochs >= 0
+        ):
             raise UsageError(
-                f"recipe {self.name!r}: need 0 <= warmup < 1, grad_clip >= 0, lr > 0, epochs >= 0"
+                f"recipe {self.name!r}: need 0 <= warmup < 1, grad_clip >= 0, 0 <= ema < 1, lr > 0, epochs >= 0"
             )
 
     def lr_at(self, step: int, total: int) -> float:

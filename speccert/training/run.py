@@ -37,8 +37,10 @@ from speccert.training.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from speccert.training.ema import WeightAverage
 from speccert.training.evaluate import Evaluator
 from speccert.training.penalties import make_penalty, penalty_class
+from speccert.training.reach import ReachWatch, epochs_left, out_of_time
 from speccert.training.recipes import Recipe
 from speccert.training.records import EpochRecord, FinetuneResult, pareto_front
 from speccert.training.run_setup import RunPaths, logits_graph, private_copy
@@ -71,6 +73,7 @@ class RunConfig:
     mean: tuple[float, ...] | None = None  # data normalisation applied before the model
     std: tuple[float, ...] | None = None
     decision: str = "argmax"  # "argmin": train and certify -logits (speccert.ir.decision)
+    stop_out_of_reach: bool = False  # stop when a missed target is out of reach at its trend (reach.py)
     # What makes two runs the same run (run_setup.run_config): recorded in every checkpoint, and a
     # --resume with other values is refused naming the keys that differ.
     identity: dict[str, Any] = field(default_factory=dict)
@@ -140,6 +143,9 @@ class FinetuneRun:
         self.total_steps = max(1, n_batches * r.epochs)
         self.started = time.perf_counter()
         self.notes: list[str] = []
+        self.ema: WeightAverage | None = None  # recipe `ema` > 0: started after the initial rescale
+        anneal = float(getattr(self.pen, "anneal", 0.0))  # the margin ramp: accuracy falls by design
+        self.reach = ReachWatch.for_run(cfg.targets, r.epochs, anneal) if cfg.stop_out_of_reach else None
 
     # -- restore / checkpoint ------------------------------------------------------------------
     def restore(self) -> None:
@@ -161,7 +167,12 @@ class FinetuneRun:
         self.pen.load_state_dict(ck["penalty_state"])
         if self.reparam is not None:
             self.reparam.load_state_dict(ck["reparam"])
+        if self.cfg.recipe.ema > 0:
+            self.ema = WeightAverage(self.module, self.cfg.recipe.ema)
+            self.ema.load_state_dict(ck["ema"])
         self.sched.load_state_dict(ck["schedule"])
+        if self.reach is not None:
+            self.reach.load_state_dict(ck.get("reach", {}))
         set_rng_state(ck["rng"])
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
         self.history = [EpochRecord.from_dict(r) for r in ck["history"]]
@@ -180,9 +191,11 @@ class FinetuneRun:
             "optimizer": self.opt.state_dict(),
             "penalty_state": self.pen.state_dict(),
             "reparam": self.reparam.state_dict() if self.reparam is not None else {},
+            "ema": self.ema.state_dict() if self.ema is not None else {},
             "penalty": self.cfg.recipe.penalty,
             "recipe": self.cfg.recipe.name,
             "schedule": self.sched.state_dict(),
+            "reach": self.reach.state_dict() if self.reach is not None else {},
             "rng": rng_state(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
@@ -227,6 +240,8 @@ class FinetuneRun:
         self.opt.step()
         if self.reparam is not None:
             self.reparam.sync()
+        if self.ema is not None:
+            self.ema.update(self.module, self.global_step)
         self.global_step += 1
         return float(loss.detach())
 
@@ -256,8 +271,9 @@ class FinetuneRun:
         """Certify the current weights on the validation data (main rank), update the best epoch,
         the Pareto checkpoints and the penalty weight; every rank gets the same record."""
         rec: EpochRecord | None = None
-        if self.info.is_main:
-            rec = self._measure(loss, t0)
+        if self.info.is_main:  # with a weight average, the average is what is certified (and kept)
+            with self.ema.applied(self.module) if self.ema is not None else contextlib.nullcontext():
+                rec = self._measure(loss, t0)
         rec, self.best, weight = ddp.broadcast_object((rec, self.best, self.sched.weight), self.info)
         assert rec is not None
         self.sched.weight = weight
@@ -303,15 +319,8 @@ class FinetuneRun:
                 (rd / f"epoch-{r.epoch}.pt").unlink(missing_ok=True)
 
     # -- the loop -----------------------------------------------------------------------------
-    def _out_of_time(self) -> str:
-        budget = self.cfg.time_budget
-        if budget is None or not self.history:
-            return ""
-        spent = time.perf_counter() - self.started
-        last = self.history[-1].seconds
-        if spent + last > budget:
-            return f"time budget {budget:g} s: {spent:.0f} s spent, the next epoch needs ~{last:.0f} s"
-        return ""
+    def _spent(self) -> float:
+        return time.perf_counter() - self.started
 
     def run(self) -> FinetuneResult:
         """Certify the input (epoch 0) unless resuming past it, then train and certify each epoch
@@ -323,18 +332,29 @@ class FinetuneRun:
             self._initial_rescale(first)
             if self.reparam is not None:
                 self.reparam.start()
+            if self.cfg.recipe.ema > 0:
+                self.ema = WeightAverage(self.module, self.cfg.recipe.ema)
             self.checkpoint()
         met, stop = self.history[-1].met, ""
         while not met and self.epoch <= epochs:
-            stop = ddp.broadcast_object(self._out_of_time(), self.info)
+            stop = ddp.broadcast_object(
+                out_of_time(self.cfg.time_budget, self._spent(), self.history), self.info
+            )
             if stop:
                 break
             t0 = time.perf_counter()
             loss = self.train_epoch()
             met = self.evaluate(loss, t0).met
+            if not met and self.reach is not None:
+                left = epochs_left(self.cfg.recipe.epochs, self.cfg.time_budget, self._spent(), self.history)
+                stop = ddp.broadcast_object(self.reach.check(self.history, left), self.info)
             self.epoch += 1
             self.checkpoint()
-        if not met and self.best_state:  # the budget ran out: keep the best epoch, not the last
+            if stop:
+                break
+        # The budget ran out: keep the best epoch, not the last. With a weight average, the measured
+        # (averaged) weights of the best epoch, never the raw ones the optimiser holds.
+        if (not met or self.ema is not None) and self.best_state:
             self.module.load_state_dict(self.best_state)
         return self._finish(met, stop)
 

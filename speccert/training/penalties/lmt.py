@@ -12,7 +12,9 @@ input (the certifier's tighter pairwise last-layer form). eps' = weight * ramp *
 weight scales the training margin (1 = the target eps), finetune's schedule raises it when the
 certified accuracy stalls, and `anneal=a` ramps it linearly from 0 over the first fraction a of the
 run (default 0: no ramp). `forward` returns CE(shifted) - CE(plain), so loss = CE + forward is the LMT loss.
-`la_beta=b > 0` replaces the cross-entropy of the shifted logits by logit annealing (BRONet, Lai et al.
+`gloro=1` (GloRo, Leino et al. 2021) scores the plain logits plus one extra logit, the worst shifted
+non-target max_{j != y} (z_j + margin_j), instead of every shifted logit: the cross-entropy then pulls on the
+one pair that decides the certificate (and on the clean prediction). `la_beta=b > 0` replaces the cross-entropy of the shifted logits by logit annealing (BRONet, Lai et al.
 2025): -(1 - p_y)^b log p_y, p = softmax(shifted logits).
 """
 
@@ -53,11 +55,15 @@ class LMTPenalty(Penalty):
         seed: int = 0,
         anneal: float = 0.0,
         la_beta: float = 0.0,
+        gloro: int = 0,
     ) -> None:
         super().__init__(graph, weight)
         if not la_beta >= 0:
             raise UsageError(f"lmt la_beta must be >= 0, got {la_beta}")
         self.la_beta = float(la_beta)
+        if gloro not in (0, 1):
+            raise UsageError(f"lmt gloro must be 0 or 1, got {gloro}")
+        self.gloro = bool(gloro)
         if not 0.0 <= anneal <= 1.0:
             raise UsageError(f"lmt anneal must be a fraction of the run in [0, 1], got {anneal}")
         self.anneal = float(anneal)
@@ -111,6 +117,10 @@ class LMTPenalty(Penalty):
 
     def loss(self, logits: Tensor, y: Tensor, x: Tensor, model: Model) -> Tensor:
         shifted = logits + self.shift(y, logits.shape[1]).to(logits.dtype)
+        if self.gloro:  # the plain logits and the worst shifted non-target (GloRo's bottom logit)
+            target = F.one_hot(y, logits.shape[1]).bool()
+            bot = shifted.masked_fill(target, -math.inf).amax(dim=1, keepdim=True)
+            shifted = torch.cat([logits, bot], dim=1)
         if self.la_beta == 0:
             return F.cross_entropy(shifted, y)
         # Logit annealing (BRONet, Lai et al. 2025): -(1 - p_y)^beta log p_y on the shifted logits, so
