@@ -44,6 +44,31 @@ MODELS: dict[str, tuple[str, str, int, dict[str, Any]]] = {
     "vgg11_bn": ("torchvision", "vgg11_bn", 224, {}),
 }
 ROUTES = ("pt2", "onnx-legacy", "onnx-dynamo")
+_TORCHVISION_SCHEMAS: list[Any] = []  # keeps the fallback op schemas registered (see import_torchvision)
+
+
+def import_torchvision() -> Any:
+    """torchvision, also where its C++ ops cannot load: PyPI's Linux torchvision wheel links the CUDA
+    torch libraries, so beside torch's CPU build (the only build this machine's registries carry) its
+    `_C.so` fails to load and torchvision 0.28's import then dies registering a fake kernel for
+    `torchvision::nms`. The models need none of those ops (detection only), so the two schemas the
+    import touches are declared and the import retried; `torchvision.ops.nms` would still fail.
+    """
+    try:
+        import torchvision
+    except RuntimeError as exc:
+        if "torchvision::" not in str(exc):
+            raise
+        import torch
+
+        for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[mod]
+        lib = torch.library.Library("torchvision", "FRAGMENT")
+        for op in ("nms", "qnms"):
+            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_SCHEMAS.append(lib)
+        import torchvision
+    return torchvision
 
 
 def build(name: str, size: int | None = None) -> tuple[Any, tuple[int, ...]]:
@@ -55,9 +80,7 @@ def build(name: str, size: int | None = None) -> tuple[Any, tuple[int, ...]]:
         kw = {**kw, "img_size": size}
     torch.manual_seed(0)
     if lib == "torchvision":
-        import torchvision
-
-        model = getattr(torchvision.models, ctor)(weights=None, **kw)
+        model = getattr(import_torchvision().models, ctor)(weights=None, **kw)
     else:
         import timm
 
