@@ -82,6 +82,7 @@ def build(name: str, size: int | None = None) -> tuple[Any, tuple[int, ...]]:
     if lib == "torchvision":
         model = getattr(import_torchvision().models, ctor)(weights=None, **kw)
     else:
+        import_torchvision()  # timm imports it
         import timm
 
         model = timm.create_model(ctor, pretrained=False, **kw)

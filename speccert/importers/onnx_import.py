@@ -26,7 +26,7 @@ from speccert.errors import InputError, UnsupportedModelError
 from speccert.importers.attention import onnx_attention
 from speccert.importers.circular import fuse_circular_convs
 from speccert.importers.merges import merge_affine, merge_bias
-from speccert.importers.onnx_check import check_faithful
+from speccert.importers.onnx_check import check_faithful, reference_first
 from speccert.importers.onnx_fold import fold, opaque_fn
 from speccert.importers.onnx_lean import read_onnx_lean
 from speccert.importers.onnx_model import input_spec, model_opset, return_freed_memory, without_weights
@@ -38,6 +38,7 @@ from speccert.importers.onnx_ops import (
 )
 from speccert.importers.onnx_ops.fusions import fuse_activations
 from speccert.importers.onnx_ops.pattern import DOMAIN as FUSED_DOMAIN
+from speccert.importers.ort_reference import Reference
 from speccert.importers.problems import group_problems
 from speccert.importers.sorting import fuse_sorts
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256, live_nodes
@@ -121,7 +122,17 @@ def load_onnx(
     remain (the graph cannot be certified anyway; it only serves `inspect`).
     """
     path = Path(path)
-    model, arrays = read_onnx_lean(path)
+    reference: list[Reference | None] = [None]
+    sha: list[str | None] = [None]
+
+    def first_onnxruntime(structure: onnx.ModelProto) -> None:
+        """A big model's onnxruntime run, done before this process holds the weights."""
+        run = reference_first(path, structure, input_shape) if check else None
+        if run is not None:
+            sha[0] = file_sha256(path)  # meanwhile
+            reference[0] = run.result()
+
+    model, arrays = read_onnx_lean(path, first_onnxruntime)
     opset = model_opset(path, model)
     input_name, shape, batch = input_spec(model, input_shape)
     attention = onnx_attention(model.graph, input_name)
@@ -173,7 +184,18 @@ def load_onnx(
             if readers[n] == 0 and n not in keep:
                 values.pop(n, None)
     return _finish(
-        path, model, values, b, problems, ir_to_onnx, input_name, shape, batch, check, allow_unsupported
+        path,
+        model,
+        values,
+        b,
+        problems,
+        ir_to_onnx,
+        input_name,
+        shape,
+        batch,
+        reference[0] if check else False,
+        allow_unsupported,
+        sha[0],
     )
 
 
@@ -237,9 +259,12 @@ def _finish(
     input_name: str,
     shape: tuple[int, ...],
     batch: int | None,
-    check: bool,
+    check: Reference | bool | None,
     allow_unsupported: bool,
+    sha: str | None = None,
 ) -> Graph:
+    """The graph from the converted nodes, checked against onnxruntime unless `check` is False (a
+    Reference: onnxruntime's output computed before the weights were read)."""
     if len(model.graph.output) != 1:
         raise UnsupportedModelError(f"{path}: the model has {len(model.graph.output)} outputs; one is needed")
     out_name = model.graph.output[0].name
@@ -254,7 +279,7 @@ def _finish(
     nodes = live_nodes(merge_bias(merge_affine(b.nodes, out.name), out.name), out.name)
     live = {n.name for n in nodes}
     report = [p for p, created in problems if not created or live.intersection(created)]
-    sha = file_sha256(path)
+    sha = sha or file_sha256(path)
     source = ModelSource(
         str(path),
         "onnx",
@@ -272,11 +297,11 @@ def _finish(
             report.append((n.op.op_type, n.name, "softmax is only supported as the model's output"))
     if report and not allow_unsupported:
         raise UnsupportedModelError(f"{path}: {len(report)} unsupported node(s)", group_problems(report))
-    if check and not graph.unsupported():
+    if check is not False and not graph.unsupported():
         return_freed_memory()  # the converted constants: before onnxruntime loads its own copy
-        check_faithful(
-            path, model, graph, input_name, batch, {k: v for k, v in ir_to_onnx.items() if k in live}
-        )
+        mapped = {k: v for k, v in ir_to_onnx.items() if k in live}
+        ref = check if isinstance(check, Reference) else None
+        check_faithful(path, model, graph, input_name, batch, mapped, reference=ref)
     return graph
 
 

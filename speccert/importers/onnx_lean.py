@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from collections.abc import Callable
 from io import BufferedReader
 from pathlib import Path
 
@@ -149,7 +150,9 @@ def _read_array(f: BufferedReader, offset: int, length: int, dtype: np.dtype, di
     return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
 
 
-def _lean(p: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def _lean(
+    p: Path, before_weights: Callable[[onnx.ModelProto], None] | None
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     with p.open("rb") as f:
         size = os.fstat(f.fileno()).st_size
         structure, raws = _structure(f, size)
@@ -181,24 +184,29 @@ def _lean(p: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
         if has_external_data(model):
             raise _Malformed  # read_onnx checks where it points and loads it
         validate_onnx(model, p, preloaded={n: s[1] for n, s in spans.items()})
+        if before_weights is not None:
+            before_weights(model)
         arrays = {
             n: _read_array(f, off, length, dtype, dims) for n, (off, length, dtype, dims) in spans.items()
         }
     return model, arrays
 
 
-def read_onnx_lean(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def read_onnx_lean(
+    path: str | os.PathLike[str], before_weights: Callable[[onnx.ModelProto], None] | None = None
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The parsed model, its big initializers without data, and those initializers as arrays.
 
     Same checks and errors as `read_onnx` (which it falls back to for files it does not handle, with
-    no arrays); the arrays hold exactly the file's values.
+    no arrays); the arrays hold exactly the file's values. `before_weights` is called with the
+    checked structure before any weight is read (not on the fallback).
 
     >>> model, arrays = read_onnx_lean("models/mlp.onnx")           # doctest: +SKIP
     """
     p = Path(path)
     try:
         if p.is_file():
-            return _lean(p)
+            return _lean(p, before_weights)
     except (_Malformed, OSError):
         pass
     return read_onnx(p), {}
