@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 from onnx import helper, numpy_helper
+from test_onnx_memory import _mlp as mlp_with_weights
 
 from speccert.errors import InputError
 from speccert.importers import onnx_lean
@@ -53,16 +54,9 @@ def test_values_and_structure_are_exactly_onnx_loads(path: Path, read_everything
     assert lean.SerializeToString() == strip.SerializeToString()
 
 
-def _mlp(tmp_path: Path, shared: bool = False, **kw: object) -> Path:
-    w1, b1, w2 = randn(6, 6, seed=1), randn(6, seed=2), randn(6, 6, seed=3)
-    nodes = [
-        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
-        helper.make_node("Relu", ["h"], ["r"], name="relu"),
-        helper.make_node("Gemm", ["r", "w1" if shared else "w2"], ["y"], name="fc2", transB=1),
-    ]
-    path = tmp_path / "mlp.onnx"
-    onnx.save(model(nodes, (6,), {"w1": w1, "b1": b1, "w2": w2}, opset=13), path, **kw)  # type: ignore[arg-type]
-    return path
+def _mlp(tmp_path: Path, shared: bool = False, **save: object) -> Path:
+    """x -> Gemm(w1, b1) -> Relu -> Gemm(w2 or w1 again): test_onnx_memory's model."""
+    return Path(mlp_with_weights(tmp_path, shared, **save)[0])
 
 
 def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:

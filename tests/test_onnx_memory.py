@@ -19,7 +19,7 @@ from speccert.importers.onnx_ops.examples import model, randn
 from speccert.ir.ops import Linear
 
 
-def _mlp(tmp_path, shared: bool = False):  # noqa: ANN202
+def _mlp(tmp_path, shared: bool = False, **save: object):  # noqa: ANN202
     """x -> Gemm(w1) -> Relu -> Gemm(w2 or w1 again) -> y; `shared` makes both Gemms read w1."""
     w1, b1, w2 = randn(6, 6, seed=1), randn(6, seed=2), randn(6, 6, seed=3)
     nodes = [
@@ -28,7 +28,7 @@ def _mlp(tmp_path, shared: bool = False):  # noqa: ANN202
         helper.make_node("Gemm", ["r", "w1" if shared else "w2"], ["y"], name="fc2", transB=1),
     ]
     path = tmp_path / "mlp.onnx"
-    onnx.save(model(nodes, (6,), {"w1": w1, "b1": b1, "w2": w2}, opset=13), path)
+    onnx.save(model(nodes, (6,), {"w1": w1, "b1": b1, "w2": w2}, opset=13), path, **save)  # type: ignore[arg-type]
     return path, w1, b1, w2
 
 
