@@ -144,9 +144,12 @@ def measure(path: Path, route: str, method: str) -> dict[str, Any]:  # noqa: PLR
         return {"status": "error (exit 5)", "why": f"{type(exc).__name__}: {str(exc).splitlines()[0][:140]}"}
     inspect_s = time.perf_counter() - t0
     memory = {
-        "inspect_cpu_s": time.process_time() - c0,  # = wall time on an idle core (one torch thread)
+        # = wall time on an idle core (one torch thread), with a child process's (onnxruntime's check)
+        "inspect_cpu_s": time.process_time() - c0 + _children_cpu_s(),
         "inspect_mb": _peak_mb() - rss0,  # peak during the load above what the imports took
         "params_mb": sum(p.numel() * p.element_size() for p in graph.to_torch().parameters()) / 2**20,
+        # a big ONNX model's onnxruntime check runs in a child process (importers/ort_reference.py)
+        "child_mb": _children_peak_mb(),
     }
     if method == "none":
         return {
@@ -177,6 +180,19 @@ def measure(path: Path, route: str, method: str) -> dict[str, Any]:  # noqa: PLR
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _children_peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def _peak_mb() -> float:
@@ -263,6 +279,8 @@ def _fmt(row: dict[str, Any]) -> str:
         return f"{row['status']}: {row['why']}{extra}"
     up = row["L_upper"]
     mem = f" ({row['inspect_cpu_s']:.1f} s CPU), +{row['inspect_mb']:.0f} MB" if "inspect_mb" in row else ""
+    if row.get("child_mb"):
+        mem += f" (onnxruntime's process {row['child_mb']:.0f} MB)"
     if up == "-":
         return f"loads, {row['inspect_s']:.1f} s{mem}"
     up_s = f"{up:.3g}" if isinstance(up, float) else str(up)
