@@ -102,11 +102,51 @@ def test_a_conv_weight_is_not_copied(
     assert torch.equal(conv.weight, torch.tensor(w)) and conv.weight.data_ptr() in reads.values()
 
 
-def test_external_data_falls_back_to_read_onnx(tmp_path: Path, read_everything: None) -> None:
-    path = _mlp(tmp_path, save_as_external_data=True, all_tensors_to_one_file=True, size_threshold=0)
+def _external(tmp_path: Path) -> Path:
+    return _mlp(tmp_path, save_as_external_data=True, all_tensors_to_one_file=True, size_threshold=0)
+
+
+def test_external_data_is_read_exactly(tmp_path: Path, read_everything: None) -> None:
+    path = _external(tmp_path)
+    ref = onnx.load(str(path))  # onnx loads the external data too
     lean, arrays = read_onnx_lean(path)
-    assert arrays == {} and len(lean.graph.initializer) == 3
+    assert sorted(arrays) == ["b1", "w1", "w2"]
+    for t in ref.graph.initializer:
+        assert arrays[t.name].tobytes() == numpy_helper.to_array(t).tobytes()
     load_onnx(path)
+
+
+def _point_external(path: Path, location: str, **extra: str) -> None:
+    m = onnx.load(str(path), load_external_data=False)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+            elif e.key in extra:
+                e.value = extra[e.key]
+    onnx.save(m, path)
+
+
+@pytest.mark.parametrize(
+    ("location", "extra", "match"),
+    [
+        ("../outside.data", {}, "outside the model's folder"),
+        ("/etc/passwd", {}, "relative path"),
+        ("missing.data", {}, "not found"),
+        ("weights.data", {"offset": "1000000"}, "external data"),  # past the end of the file
+        ("weights.data", {"offset": "x"}, "external data"),
+    ],
+)
+def test_external_data_is_checked_before_it_is_read(
+    tmp_path: Path, read_everything: None, location: str, extra: dict[str, str], match: str
+) -> None:
+    path = _external(tmp_path)
+    (tmp_path / "outside.data").write_bytes(b"\0" * 4096)
+    data = next(p for p in tmp_path.iterdir() if p.suffix != ".onnx" and p.name != "outside.data")
+    data.rename(tmp_path / "weights.data")
+    _point_external(path, location, **extra)
+    with pytest.raises(InputError, match=match):
+        load_onnx(path)
 
 
 @pytest.mark.parametrize("cut", [0.2, 0.5, 0.8, 0.95])

@@ -10,9 +10,10 @@ Wire format (protobuf encoding): a message is a sequence of fields, each a varin
 (field number << 3 | wire type) then a varint (type 0), 8 bytes (1), 4 bytes (5), or a varint length
 and that many bytes (2: sub-messages, strings, bytes, packed arrays). Only three fields are looked
 into: ModelProto.graph (7), GraphProto.initializer (5) and TensorProto.raw_data (9); every other field
-is copied byte for byte. Anything unexpected (a group, a length past its message, `raw_data` twice,
-an element type without a fixed size, external data) makes the caller fall back to `read_onnx`, whose
-errors are the ones users see. The values are the file's bytes, little-endian as ONNX stores them,
+is copied byte for byte. An initializer stored as external data (torch's dynamo exporter writes them)
+is read from its file once `validate_onnx` has checked where it points. Anything unexpected (a group, a
+length past its message, `raw_data` twice, an element type without a fixed size, external data outside
+the initializers) makes the caller fall back to `read_onnx`, whose errors are the ones users see. The values are the file's bytes, little-endian as ONNX stores them,
 and the faithfulness check compares the converted graph with onnxruntime reading the file itself.
 """
 
@@ -28,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from speccert.importers.onnx_safety import has_external_data, read_onnx, validate_onnx
+from speccert.importers.onnx_safety import external_tensor_count, read_onnx, validate_onnx
 
 _GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9
 # Initializers whose raw_data is at least this long are read into arrays directly; smaller ones stay
 # in the parsed structure (fusions read small constants from it, onnx_ops/pattern.py).
 BIG_RAW_BYTES = 1 << 18
-_DTYPES = {
+_DTYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "<f4",
     onnx.TensorProto.DOUBLE: "<f8",
     onnx.TensorProto.FLOAT16: "<f2",
@@ -150,6 +151,23 @@ def _read_array(f: BufferedReader, offset: int, length: int, dtype: np.dtype, di
     return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
 
 
+def _span(t: onnx.TensorProto, raw: tuple[int, int] | None) -> tuple[str, int, int, np.dtype, list[int]]:
+    """Where initializer `t`'s bytes are: (external file or "" for the model file, offset, byte count,
+    element type, dims); _Malformed for anything but one plain raw_data or one external span."""
+    dtype = np.dtype(_DTYPES.get(t.data_type, "V"))
+    nbytes = math.prod(t.dims) * dtype.itemsize
+    if dtype.kind == "V" or t.HasField("segment") or any(d < 0 for d in t.dims):
+        raise _Malformed
+    info = {e.key: e.value for e in t.external_data}
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        if raw is not None or not info.get("location") or int(info.get("length", nbytes)) != nbytes:
+            raise _Malformed
+        return info["location"], int(info.get("offset", 0)), nbytes, dtype, list(t.dims)
+    if raw is None or info or t.data_location != onnx.TensorProto.DEFAULT or nbytes != raw[1] - raw[0]:
+        raise _Malformed
+    return "", raw[0], nbytes, dtype, list(t.dims)
+
+
 def _lean(
     p: Path, before_weights: Callable[[onnx.ModelProto], None] | None
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -164,31 +182,27 @@ def _lean(
         names = Counter(t.name for t in inits)
         if len(inits) != len(raws):
             raise _Malformed
-        spans: dict[str, tuple[int, int, np.dtype, list[int]]] = {}
+        spans: dict[str, tuple[str, int, int, np.dtype, list[int]]] = {}  # name: (file, offset, bytes, ...)
         for t, raw in zip(inits, raws, strict=True):
-            if raw is None:
-                continue
-            dtype = np.dtype(_DTYPES.get(t.data_type, "V"))
-            ok = (
-                dtype.kind != "V"
-                and names[t.name] == 1
-                and t.data_location == onnx.TensorProto.DEFAULT
-                and not t.external_data
-                and not t.HasField("segment")
-                and all(d >= 0 for d in t.dims)
-                and math.prod(t.dims) * dtype.itemsize == raw[1] - raw[0]
-            )
-            if not ok:
-                raise _Malformed
-            spans[t.name] = (raw[0], raw[1] - raw[0], dtype, list(t.dims))
-        if has_external_data(model):
-            raise _Malformed  # read_onnx checks where it points and loads it
-        validate_onnx(model, p, preloaded={n: s[1] for n, s in spans.items()})
+            if raw is not None or t.data_location == onnx.TensorProto.EXTERNAL:
+                if names[t.name] != 1:
+                    raise _Malformed
+                spans[t.name] = _span(t, raw)
+        if external_tensor_count(model) != sum(1 for s in spans.values() if s[0]):
+            raise _Malformed  # external data outside the initializers: read_onnx loads it
+        # where external data points is checked here, before any of it is opened
+        validate_onnx(model, p, preloaded={n: s[2] for n, s in spans.items()})
         if before_weights is not None:
             before_weights(model)
-        arrays = {
-            n: _read_array(f, off, length, dtype, dims) for n, (off, length, dtype, dims) in spans.items()
-        }
+        arrays = {}
+        for n, (loc, off, nbytes, dtype, dims) in spans.items():
+            if not loc:
+                arrays[n] = _read_array(f, off, nbytes, dtype, dims)
+                continue
+            with (p.parent / loc).open("rb") as ext:
+                if off < 0 or off + nbytes > os.fstat(ext.fileno()).st_size:
+                    raise _Malformed
+                arrays[n] = _read_array(ext, off, nbytes, dtype, dims)
     return model, arrays
 
 
@@ -207,7 +221,7 @@ def read_onnx_lean(
     try:
         if p.is_file():
             return _lean(p, before_weights)
-    except (_Malformed, OSError):
+    except (_Malformed, OSError, ValueError):  # ValueError: an external-data offset that is no number
         pass
     return read_onnx(p), {}
 

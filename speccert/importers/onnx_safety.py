@@ -111,8 +111,9 @@ def check_tensor_sizes(model: onnx.ModelProto, preloaded: Mapping[str, int] | No
     check_bytes("the model's tensors", total)
 
 
-def has_external_data(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph))
+def external_tensor_count(model: onnx.ModelProto) -> int:
+    """How many of the model's tensors (initializers, attributes, subgraphs) keep their data outside."""
+    return sum(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph))
 
 
 def validate_onnx(model: onnx.ModelProto, p: Path, preloaded: Mapping[str, int] | None = None) -> None:
@@ -140,7 +141,7 @@ def read_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{p}: not a readable ONNX model (truncated or corrupt?): {first}") from None
     validate_onnx(model, p)
-    if has_external_data(model):
+    if external_tensor_count(model):
         try:
             external_data_helper.load_external_data_for_model(model, str(p.parent))
         except Exception as exc:
