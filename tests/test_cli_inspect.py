@@ -146,8 +146,8 @@ def test_help_does_not_load_torch() -> None:
 def test_the_non_finite_scan_is_exact(values: list[float], finite: bool) -> None:
     import torch
 
-    from speccert.cli.inspect_cmd import _all_finite
+    from speccert.ir.graph import all_finite
 
     t = torch.tensor(values, dtype=torch.float32)
-    assert _all_finite(t) is finite
-    assert _all_finite(t.repeat(3, 1).t()) is finite  # non-contiguous
+    assert all_finite(t) is finite
+    assert all_finite(t.repeat(3, 1).t()) is finite  # non-contiguous
