@@ -17,6 +17,7 @@ from speccert.errors import InputError
 from speccert.importers import onnx_lean
 from speccert.importers.onnx_import import load_onnx
 from speccert.importers.onnx_lean import read_onnx_lean
+from speccert.importers.onnx_ops import pattern
 from speccert.importers.onnx_ops.examples import model, randn
 from speccert.ir.ops import Conv, Linear
 
@@ -26,7 +27,10 @@ FILES = sorted((ROOT / "models").glob("*.onnx"))
 
 @pytest.fixture
 def read_everything(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(onnx_lean, "BIG_RAW_BYTES", 0)  # every raw_data initializer goes the lean way
+    # every initializer goes the lean way and stays an array (fusions read no constants then)
+    monkeypatch.setattr(onnx_lean, "BIG_RAW_BYTES", 0)
+    monkeypatch.setattr(onnx_lean, "SMALL", 0)
+    monkeypatch.setattr(pattern, "SMALL", 0)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -177,4 +181,22 @@ def test_non_raw_tensors_stay_in_the_structure(tmp_path: Path, read_everything: 
     onnx.save(m, path)
     lean, arrays = read_onnx_lean(path)
     assert arrays == {} and list(lean.graph.initializer[0].float_data) == w.ravel().tolist()
+    load_onnx(path)
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_small_initializers_keep_their_bytes_in_the_structure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, external: bool
+) -> None:
+    # the fusions read constants of at most pattern.SMALL entries from the structure (to_array)
+    monkeypatch.setattr(onnx_lean, "BIG_RAW_BYTES", 0)
+    monkeypatch.setattr(onnx_lean, "SMALL", 20)  # w1, w2: 36 entries (arrays); b1: 6 (structure)
+    path = _external(tmp_path) if external else _mlp(tmp_path)
+    lean, arrays = read_onnx_lean(path)
+    assert sorted(arrays) == ["w1", "w2"]
+    ref = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    for t in lean.graph.initializer:
+        assert t.data_location == onnx.TensorProto.DEFAULT and not t.external_data
+        if t.name == "b1":
+            assert numpy_helper.to_array(t).tobytes() == ref["b1"].tobytes()
     load_onnx(path)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from speccert.importers.onnx_ops.pattern import SMALL
 from speccert.importers.onnx_safety import external_tensor_count, read_onnx, validate_onnx
 
 _GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9
@@ -203,13 +204,21 @@ def _lean(
                 if off < 0 or off + nbytes > os.fstat(ext.fileno()).st_size:
                     raise _Malformed
                 arrays[n] = _read_array(ext, off, nbytes, dtype, dims)
+    for t in model.graph.initializer:  # the structure as read_onnx leaves it: no external references
+        if t.name in arrays:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                t.ClearField("data_location")
+                del t.external_data[:]
+            if math.prod(t.dims) <= SMALL:  # fusions read small constants from the structure
+                t.raw_data = arrays.pop(t.name).astype(np.dtype(_DTYPES[t.data_type])).tobytes()
     return model, arrays
 
 
 def read_onnx_lean(
     path: str | os.PathLike[str], before_weights: Callable[[onnx.ModelProto], None] | None = None
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """The parsed model, its big initializers without data, and those initializers as arrays.
+    """The parsed model, its initializers of more than `onnx_ops.pattern.SMALL` entries without data,
+    and those initializers as arrays (smaller ones keep their bytes in the structure).
 
     Same checks and errors as `read_onnx` (which it falls back to for files it does not handle, with
     no arrays); the arrays hold exactly the file's values. `before_weights` is called with the
