@@ -294,7 +294,8 @@ def _fmt_certify(row: dict[str, Any] | None) -> str:
         return "not measured"
     if row["status"] != "exit 0":
         return f"{row['status']}: {row.get('why', '')}"
-    return f"completes, {row['seconds']:.0f} s, peak {row['peak_mb'] / 1024:.1f} GB"
+    note = f" ({row['note']})" if row.get("note") else ""
+    return f"completes, {row['seconds']:.0f} s, peak {row['peak_mb'] / 1024:.1f} GB{note}"
 
 
 def markdown(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
