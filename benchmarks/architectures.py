@@ -44,6 +44,31 @@ MODELS: dict[str, tuple[str, str, int, dict[str, Any]]] = {
     "vgg11_bn": ("torchvision", "vgg11_bn", 224, {}),
 }
 ROUTES = ("pt2", "onnx-legacy", "onnx-dynamo")
+_TORCHVISION_SCHEMAS: list[Any] = []  # keeps the fallback op schemas registered (see import_torchvision)
+
+
+def import_torchvision() -> Any:
+    """torchvision, also where its C++ ops cannot load: PyPI's Linux torchvision wheel links the CUDA
+    torch libraries, so beside torch's CPU build (the only build this machine's registries carry) its
+    `_C.so` fails to load and torchvision 0.28's import then dies registering a fake kernel for
+    `torchvision::nms`. The models need none of those ops (detection only), so the two schemas the
+    import touches are declared and the import retried; `torchvision.ops.nms` would still fail.
+    """
+    try:
+        import torchvision
+    except RuntimeError as exc:
+        if "torchvision::" not in str(exc):
+            raise
+        import torch
+
+        for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[mod]
+        lib = torch.library.Library("torchvision", "FRAGMENT")
+        for op in ("nms", "qnms"):
+            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_SCHEMAS.append(lib)
+        import torchvision
+    return torchvision
 
 
 def build(name: str, size: int | None = None) -> tuple[Any, tuple[int, ...]]:
@@ -55,10 +80,9 @@ def build(name: str, size: int | None = None) -> tuple[Any, tuple[int, ...]]:
         kw = {**kw, "img_size": size}
     torch.manual_seed(0)
     if lib == "torchvision":
-        import torchvision
-
-        model = getattr(torchvision.models, ctor)(weights=None, **kw)
+        model = getattr(import_torchvision().models, ctor)(weights=None, **kw)
     else:
+        import_torchvision()  # timm imports it
         import timm
 
         model = timm.create_model(ctor, pretrained=False, **kw)
@@ -120,9 +144,12 @@ def measure(path: Path, route: str, method: str) -> dict[str, Any]:  # noqa: PLR
         return {"status": "error (exit 5)", "why": f"{type(exc).__name__}: {str(exc).splitlines()[0][:140]}"}
     inspect_s = time.perf_counter() - t0
     memory = {
-        "inspect_cpu_s": time.process_time() - c0,  # = wall time on an idle core (one torch thread)
+        # = wall time on an idle core (one torch thread), with a child process's (onnxruntime's check)
+        "inspect_cpu_s": time.process_time() - c0 + _children_cpu_s(),
         "inspect_mb": _peak_mb() - rss0,  # peak during the load above what the imports took
         "params_mb": sum(p.numel() * p.element_size() for p in graph.to_torch().parameters()) / 2**20,
+        # a big ONNX model's onnxruntime check runs in a child process (importers/ort_reference.py)
+        "child_mb": _children_peak_mb(),
     }
     if method == "none":
         return {
@@ -153,6 +180,19 @@ def measure(path: Path, route: str, method: str) -> dict[str, Any]:  # noqa: PLR
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _children_peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def _peak_mb() -> float:
@@ -239,6 +279,8 @@ def _fmt(row: dict[str, Any]) -> str:
         return f"{row['status']}: {row['why']}{extra}"
     up = row["L_upper"]
     mem = f" ({row['inspect_cpu_s']:.1f} s CPU), +{row['inspect_mb']:.0f} MB" if "inspect_mb" in row else ""
+    if row.get("child_mb"):
+        mem += f" (onnxruntime's process {row['child_mb']:.0f} MB)"
     if up == "-":
         return f"loads, {row['inspect_s']:.1f} s{mem}"
     up_s = f"{up:.3g}" if isinstance(up, float) else str(up)
@@ -252,7 +294,8 @@ def _fmt_certify(row: dict[str, Any] | None) -> str:
         return "not measured"
     if row["status"] != "exit 0":
         return f"{row['status']}: {row.get('why', '')}"
-    return f"completes, {row['seconds']:.0f} s, peak {row['peak_mb'] / 1024:.1f} GB"
+    note = f" ({row['note']})" if row.get("note") else ""
+    return f"completes, {row['seconds']:.0f} s, peak {row['peak_mb'] / 1024:.1f} GB{note}"
 
 
 def markdown(rows: dict[str, dict[str, dict[str, Any]]]) -> str:

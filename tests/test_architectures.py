@@ -11,9 +11,14 @@ import torch
 
 from speccert.errors import UnsupportedModelError
 from speccert.importers.onnx_import import load_onnx
-from speccert.importers.torch_import import from_module
+from speccert.importers.torch_import import from_module, load_torch_file
 
-torchvision = pytest.importorskip("torchvision", reason="torchvision is an optional test dependency")
+try:  # also where torchvision's C++ ops cannot load (its PyPI wheel beside torch's CPU build)
+    from benchmarks.architectures import import_torchvision
+
+    torchvision = import_torchvision()
+except ImportError:
+    pytest.skip("torchvision is an optional test dependency", allow_module_level=True)
 
 LOADS = ["mobilenet_v2", "shufflenet_v2_x0_5", "squeezenet1_0"]
 
@@ -33,6 +38,22 @@ def test_torchvision_model_loads_and_matches(name: str, tmp_path: Path) -> None:
     g2 = load_onnx(p)  # checked against onnxruntime at load
     with torch.no_grad():
         torch.testing.assert_close(g2.forward(x), g.forward(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("route", ["pt2", "onnx-dynamo"])
+@pytest.mark.parametrize("name", ["mobilenet_v2", "shufflenet_v2"])
+def test_the_other_export_routes_load_and_match(name: str, route: str, tmp_path: Path) -> None:
+    from benchmarks.architectures import build, export
+
+    if route == "onnx-dynamo":
+        pytest.importorskip("onnxscript", reason="torch's dynamo ONNX exporter needs onnxscript")
+    path = tmp_path / f"{name}.{'pt2' if route == 'pt2' else 'onnx'}"
+    export(name, route, path)
+    g = load_torch_file(path) if route == "pt2" else load_onnx(path)  # checked at load
+    m, shape = build(name)
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(g.forward(x), m(x), rtol=1e-4, atol=1e-4)
 
 
 def test_efficientnet_is_refused_naming_squeeze_excitation() -> None:

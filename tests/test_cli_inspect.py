@@ -131,3 +131,23 @@ def test_help_does_not_load_torch() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert res.stdout.strip().splitlines()[-1] == "False 0", res.stdout + res.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        ([1.0, -2.0, 0.5], True),
+        ([3e38, 3e38, 3e38], True),  # the sum overflows; every entry is finite
+        ([1.0, float("nan"), 2.0], False),
+        ([1.0, float("inf"), float("-inf")], False),  # inf - inf: a NaN sum
+        ([-3e38, float("-inf")], False),
+    ],
+)
+def test_the_non_finite_scan_is_exact(values: list[float], finite: bool) -> None:
+    import torch
+
+    from speccert.ir.graph import all_finite
+
+    t = torch.tensor(values, dtype=torch.float32)
+    assert all_finite(t) is finite
+    assert all_finite(t.repeat(3, 1).t()) is finite  # non-contiguous

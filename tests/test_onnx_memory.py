@@ -19,7 +19,7 @@ from speccert.importers.onnx_ops.examples import model, randn
 from speccert.ir.ops import Linear
 
 
-def _mlp(tmp_path, shared: bool = False):  # noqa: ANN202
+def _mlp(tmp_path, shared: bool = False, **save: object):  # noqa: ANN202
     """x -> Gemm(w1) -> Relu -> Gemm(w2 or w1 again) -> y; `shared` makes both Gemms read w1."""
     w1, b1, w2 = randn(6, 6, seed=1), randn(6, seed=2), randn(6, 6, seed=3)
     nodes = [
@@ -28,7 +28,7 @@ def _mlp(tmp_path, shared: bool = False):  # noqa: ANN202
         helper.make_node("Gemm", ["r", "w1" if shared else "w2"], ["y"], name="fc2", transB=1),
     ]
     path = tmp_path / "mlp.onnx"
-    onnx.save(model(nodes, (6,), {"w1": w1, "b1": b1, "w2": w2}, opset=13), path)
+    onnx.save(model(nodes, (6,), {"w1": w1, "b1": b1, "w2": w2}, opset=13), path, **save)  # type: ignore[arg-type]
     return path, w1, b1, w2
 
 
@@ -55,26 +55,33 @@ def test_without_weights_keeps_the_structure(tmp_path) -> None:
 
 def test_a_wrong_conversion_is_still_caught_and_localised(tmp_path, monkeypatch) -> None:
     path, *_ = _mlp(tmp_path)
-    # every Gemm weight off by 0.5: the check (onnxruntime on the file) must name the first node
+    # every Gemm bias off by 0.5: the check (onnxruntime on the file) must name the first node
     monkeypatch.setattr(linear, "tensor", lambda a: torch.from_numpy(np.array(a, np.float32) + 0.5))
     with pytest.raises(InternalError, match="not faithful at node 'fc1'"):
         load_onnx(path)
 
 
-def test_big_models_are_checked_on_one_input(tmp_path, monkeypatch) -> None:
-    # The check's forward passes dominate a big model's load: one random input there, three otherwise.
+def test_big_models_are_checked_on_one_input_by_a_child_process(tmp_path, monkeypatch) -> None:
+    # The check's forward passes dominate a big model's load: one random input there, three otherwise;
+    # a big model's onnxruntime run happens in a child process before the weights are read.
     from speccert.importers import onnx_check
 
-    seen: list[int] = []
-    real = onnx_check._run_ort
+    in_process: list[int] = []
+    in_child: list[int] = []
+    real_ort, real_run = onnx_check._run_ort, onnx_check.ReferenceRun
 
-    def spy(model, input_name, x, batch, outputs):  # noqa: ANN001, ANN202
-        seen.append(x.shape[0])
-        return real(model, input_name, x, batch, outputs)
+    def spy_ort(model, input_name, x, batch, outputs):  # noqa: ANN001, ANN202
+        in_process.append(x.shape[0])
+        return real_ort(model, input_name, x, batch, outputs)
 
-    monkeypatch.setattr(onnx_check, "_run_ort", spy)
+    def spy_run(path, input_name, x, batch):  # noqa: ANN001, ANN202
+        in_child.append(x.shape[0])
+        return real_run(path, input_name, x, batch)
+
+    monkeypatch.setattr(onnx_check, "_run_ort", spy_ort)
+    monkeypatch.setattr(onnx_check, "ReferenceRun", spy_run)
     path = Path(__file__).resolve().parents[1] / "models" / "mlp.onnx"
     load_onnx(path)
     monkeypatch.setattr(onnx_check, "BIG_MODEL_PARAMETERS", 1000)
     load_onnx(path)
-    assert seen == [onnx_check.N_SAMPLES, 1]
+    assert in_process == [onnx_check.N_SAMPLES] and in_child == [1]

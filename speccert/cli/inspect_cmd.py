@@ -45,18 +45,14 @@ def _reasons(graph: Graph) -> dict[str, str]:
 
 def inspect_report(graph: Graph) -> dict[str, Any]:
     """The inspect report as plain data (what `--json` writes)."""
-    import torch
+    from speccert.ir.graph import all_finite
 
     reasons = _reasons(graph)
     rows: list[dict[str, Any]] = []
     non_finite_all: list[str] = []
     for n in graph.nodes:
         params = n.op.parameters()
-        bad = [
-            f"{n.name}.{k}"
-            for k, t in params.items()
-            if t.is_floating_point() and not bool(torch.isfinite(t).all())
-        ]
+        bad = [f"{n.name}.{k}" for k, t in params.items() if t.is_floating_point() and not all_finite(t)]
         non_finite_all += bad
         rows.append(
             {

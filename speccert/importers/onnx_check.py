@@ -7,14 +7,17 @@ first IR node that disagrees.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from speccert.errors import InternalError
+from speccert.errors import InternalError, SpeccertError
+from speccert.importers.onnx_model import input_spec
 from speccert.importers.onnx_safety import read_onnx
+from speccert.importers.ort_reference import Reference, ReferenceRun
 from speccert.ir.graph import Graph
 
 RTOL = 2e-4
@@ -70,6 +73,30 @@ def _run_ort(
     ]
 
 
+def _inputs(
+    model: onnx.ModelProto, input_name: str, shape: tuple[int, ...], batch: int | None, wanted: int, seed: int
+) -> np.ndarray:
+    """`wanted` seeded uniform [0, 1) inputs (a multiple of a fixed batch size) in the input's type."""
+    elem = next(i.type.tensor_type.elem_type for i in model.graph.input if i.name == input_name)
+    n = wanted if batch is None else max(batch, (wanted // batch) * batch)
+    return np.random.default_rng(seed).random((n, *shape)).astype(_NP_DTYPES.get(elem, np.float32))
+
+
+def reference_first(
+    path: Path, model: onnx.ModelProto, input_shape: tuple[int, ...] | None, seed: int = 0
+) -> ReferenceRun | None:
+    """For a model of more than BIG_MODEL_PARAMETERS parameters (its initializers' entries), start
+    onnxruntime on the check's one input in a child process, before the weights are read
+    (ort_reference.py); None for smaller models, which the check runs in this process."""
+    if sum(math.prod(t.dims) for t in model.graph.initializer) <= BIG_MODEL_PARAMETERS:
+        return None
+    try:
+        input_name, shape, batch = input_spec(model, input_shape)
+    except SpeccertError:  # the import reports it
+        return None
+    return ReferenceRun(path, input_name, _inputs(model, input_name, shape, batch, 1, seed), batch)
+
+
 def check_faithful(
     path: Path,
     model: onnx.ModelProto,
@@ -78,21 +105,29 @@ def check_faithful(
     batch: int | None,
     ir_to_onnx: dict[str, str],
     seed: int = 0,
+    reference: Reference | None = None,
 ) -> float:
     """Compare `graph` with onnxruntime on N_SAMPLES uniform [0, 1) inputs (one for a model of more than
     BIG_MODEL_PARAMETERS parameters); return the max error.
 
     `model` is the file's structure (its initializers may be stripped); onnxruntime runs the file at
-    `path`. `batch` is the model's fixed batch size (inputs are fed in chunks of it) or None when
-    symbolic."""
-    elem = next(i.type.tensor_type.elem_type for i in model.graph.input if i.name == input_name)
-    dtype = _NP_DTYPES.get(elem, np.float32)
-    params = sum(t.numel() for node in graph.nodes for t in node.op.parameters().values())
-    wanted = 1 if params > BIG_MODEL_PARAMETERS else N_SAMPLES
-    n = wanted if batch is None else max(batch, (wanted // batch) * batch)
-    x = np.random.default_rng(seed).random((n, *graph.input_shape)).astype(dtype)
+    `path`, or `reference` (from `reference_first`) already holds its output. `batch` is the model's fixed
+    batch size (inputs are fed in chunks of it) or None when symbolic."""
     out_name = model.graph.output[0].name
-    (ref,) = _run_ort(path, input_name, x, batch, [out_name])
+    if (
+        reference is not None
+        and reference.input_name == input_name
+        and reference.x.shape[1:] == tuple(graph.input_shape)
+    ):
+        if reference.error is not None:
+            raise InternalError(f"onnxruntime cannot run the model to check the import: {reference.error}")
+        x, ref = reference.x, reference.y
+    else:
+        params = sum(t.numel() for node in graph.nodes for t in node.op.parameters().values())
+        wanted = 1 if params > BIG_MODEL_PARAMETERS else N_SAMPLES
+        x = _inputs(model, input_name, tuple(graph.input_shape), batch, wanted, seed)
+        (ref,) = _run_ort(path, input_name, x, batch, [out_name])
+    assert ref is not None
     with torch.no_grad():
         acts = graph.activations(torch.from_numpy(x.astype(np.float32)).to(graph.dtype))
     got = acts[graph.output].double().numpy()

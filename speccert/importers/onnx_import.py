@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -25,8 +26,9 @@ from speccert.errors import InputError, UnsupportedModelError
 from speccert.importers.attention import onnx_attention
 from speccert.importers.circular import fuse_circular_convs
 from speccert.importers.merges import merge_affine, merge_bias
-from speccert.importers.onnx_check import check_faithful
+from speccert.importers.onnx_check import check_faithful, reference_first
 from speccert.importers.onnx_fold import fold, opaque_fn
+from speccert.importers.onnx_lean import read_onnx_lean
 from speccert.importers.onnx_model import input_spec, model_opset, return_freed_memory, without_weights
 from speccert.importers.onnx_ops import (
     Act,
@@ -36,7 +38,7 @@ from speccert.importers.onnx_ops import (
 )
 from speccert.importers.onnx_ops.fusions import fuse_activations
 from speccert.importers.onnx_ops.pattern import DOMAIN as FUSED_DOMAIN
-from speccert.importers.onnx_safety import read_onnx
+from speccert.importers.ort_reference import Reference
 from speccert.importers.problems import group_problems
 from speccert.importers.sorting import fuse_sorts
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256, live_nodes
@@ -70,6 +72,13 @@ class _Builder:
         self.samples: dict[str, torch.Tensor] = {INPUT: torch.zeros((1, *input_shape))}
         self.base = "node"
         self.created: list[str] = []
+        self.exclusive: set[int] = set()  # ids of the constants only the node being converted reads
+
+    def param(self, a: np.ndarray) -> torch.Tensor:
+        if id(a) in self.exclusive and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable:
+            self.exclusive.discard(id(a))  # handed out once: a second parameter from it gets a copy
+            return torch.from_numpy(a)
+        return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
 
     def _unique(self, name: str) -> str:
         name = name or "node"
@@ -113,7 +122,17 @@ def load_onnx(
     remain (the graph cannot be certified anyway; it only serves `inspect`).
     """
     path = Path(path)
-    model = read_onnx(path)
+    reference: list[Reference | None] = [None]
+    sha: list[str | None] = [None]
+
+    def first_onnxruntime(structure: onnx.ModelProto) -> None:
+        """A big model's onnxruntime run, done before this process holds the weights."""
+        run = reference_first(path, structure, input_shape) if check else None
+        if run is not None:
+            sha[0] = file_sha256(path)  # meanwhile
+            reference[0] = run.result()
+
+    model, arrays = read_onnx_lean(path, first_onnxruntime)
     opset = model_opset(path, model)
     input_name, shape, batch = input_spec(model, input_shape)
     attention = onnx_attention(model.graph, input_name)
@@ -123,13 +142,20 @@ def load_onnx(
     check_bytes(f"model input '{input_name}' of shape {list(shape)}", 8 * math.prod(shape))
     b = _Builder(opset, shape, batch_fixed_one=batch == 1)
     nodes = fuse_activations(model.graph)
-    values: dict[str, Value | None] = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    values: dict[str, Value | None] = {
+        t.name: arrays[t.name] if t.name in arrays else onnx.numpy_helper.to_array(t)
+        for t in model.graph.initializer
+    }
     model, nodes = without_weights(model, nodes)
     return_freed_memory()
     values[input_name] = Act(INPUT, shape)
     # each constant is dropped after its last reader: the IR holds its own copy by then
     readers = Counter(n for node in nodes for n in node.input if n)
     keep = {o.name for o in model.graph.output}
+    # a weight read from the file into its own array and read by one node becomes that node's
+    # parameter without a copy (_Builder.param); every other constant is copied
+    solo = {n for n in arrays if readers[n] == 1 and n not in keep}
+    del arrays
     problems: list[tuple[Problem, list[str]]] = []
     ir_to_onnx: dict[str, str] = {}
     failed: set[str] = set()  # outputs of reported nodes that have no value
@@ -146,6 +172,7 @@ def load_onnx(
                 if o:
                     values[o] = None
             continue
+        b.exclusive = {id(values[n]) for n in node.input if n in solo}
         outs = _convert_node(b, node, inputs, label, opset, problems, failed)
         for name, v in zip(node.output, outs, strict=False):
             if name:
@@ -157,7 +184,18 @@ def load_onnx(
             if readers[n] == 0 and n not in keep:
                 values.pop(n, None)
     return _finish(
-        path, model, values, b, problems, ir_to_onnx, input_name, shape, batch, check, allow_unsupported
+        path,
+        model,
+        values,
+        b,
+        problems,
+        ir_to_onnx,
+        input_name,
+        shape,
+        batch,
+        reference[0] if check else False,
+        allow_unsupported,
+        sha[0],
     )
 
 
@@ -221,9 +259,12 @@ def _finish(
     input_name: str,
     shape: tuple[int, ...],
     batch: int | None,
-    check: bool,
+    check: Reference | bool | None,
     allow_unsupported: bool,
+    sha: str | None = None,
 ) -> Graph:
+    """The graph from the converted nodes, checked against onnxruntime unless `check` is False (a
+    Reference: onnxruntime's output computed before the weights were read)."""
     if len(model.graph.output) != 1:
         raise UnsupportedModelError(f"{path}: the model has {len(model.graph.output)} outputs; one is needed")
     out_name = model.graph.output[0].name
@@ -238,7 +279,7 @@ def _finish(
     nodes = live_nodes(merge_bias(merge_affine(b.nodes, out.name), out.name), out.name)
     live = {n.name for n in nodes}
     report = [p for p, created in problems if not created or live.intersection(created)]
-    sha = file_sha256(path)
+    sha = sha or file_sha256(path)
     source = ModelSource(
         str(path),
         "onnx",
@@ -256,11 +297,11 @@ def _finish(
             report.append((n.op.op_type, n.name, "softmax is only supported as the model's output"))
     if report and not allow_unsupported:
         raise UnsupportedModelError(f"{path}: {len(report)} unsupported node(s)", group_problems(report))
-    if check and not graph.unsupported():
+    if check is not False and not graph.unsupported():
         return_freed_memory()  # the converted constants: before onnxruntime loads its own copy
-        check_faithful(
-            path, model, graph, input_name, batch, {k: v for k, v in ir_to_onnx.items() if k in live}
-        )
+        mapped = {k: v for k, v in ir_to_onnx.items() if k in live}
+        ref = check if isinstance(check, Reference) else None
+        check_faithful(path, model, graph, input_name, batch, mapped, reference=ref)
     return graph
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import onnx
@@ -76,14 +76,25 @@ def _declared_bytes(t: onnx.TensorProto) -> int:
     return int(math.prod(t.dims)) * int(size)
 
 
-def check_tensor_sizes(model: onnx.ModelProto) -> None:
+def check_tensor_sizes(model: onnx.ModelProto, preloaded: Mapping[str, int] | None = None) -> None:
     """Raise InputError for a tensor whose dims disagree with the data it holds (none at all, or a
-    different count), or when the tensors together declare more than the memory budget."""
+    different count), or when the tensors together declare more than the memory budget.
+
+    `preloaded`: graph initializers whose data was read elsewhere (onnx_lean.py), name -> bytes read;
+    their dims are checked against that count instead."""
     total = 0
-    for t in _tensors(model.graph):
+    n_inits = len(model.graph.initializer)
+    for i, t in enumerate(_tensors(model.graph)):
         nbytes = _declared_bytes(t)
         total += nbytes
         n = math.prod(t.dims)
+        if preloaded is not None and i < n_inits and t.name in preloaded:
+            if preloaded[t.name] != nbytes:
+                raise InputError(
+                    f"tensor '{t.name}' declares dims {list(t.dims)} ({nbytes} bytes) but holds "
+                    f"{preloaded[t.name]} bytes"
+                )
+            continue
         if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in _NO_FIXED_SIZE or n == 0:
             continue
         counts = [len(getattr(t, f)) for f in _TYPED_FIELDS if len(getattr(t, f))]
@@ -100,6 +111,21 @@ def check_tensor_sizes(model: onnx.ModelProto) -> None:
     check_bytes("the model's tensors", total)
 
 
+def external_tensor_count(model: onnx.ModelProto) -> int:
+    """How many of the model's tensors (initializers, attributes, subgraphs) keep their data outside."""
+    return sum(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph))
+
+
+def validate_onnx(model: onnx.ModelProto, p: Path, preloaded: Mapping[str, int] | None = None) -> None:
+    """The checks `read_onnx` makes on a parsed model (before any external data is read)."""
+    if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
+        raise InputError(
+            f"{p}: not a readable ONNX model (no graph, nodes or outputs: truncated or corrupt?)"
+        )
+    check_external_data(model, p.parent)
+    check_tensor_sizes(model, preloaded)
+
+
 def read_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Parse an ONNX file, load its external data after checking where it points, and return it.
 
@@ -114,13 +140,8 @@ def read_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     except Exception as exc:  # protobuf DecodeError, OSError, ...
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{p}: not a readable ONNX model (truncated or corrupt?): {first}") from None
-    if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
-        raise InputError(
-            f"{p}: not a readable ONNX model (no graph, nodes or outputs: truncated or corrupt?)"
-        )
-    check_external_data(model, p.parent)
-    check_tensor_sizes(model)
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph)):
+    validate_onnx(model, p)
+    if external_tensor_count(model):
         try:
             external_data_helper.load_external_data_for_model(model, str(p.parent))
         except Exception as exc:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import onnx
+import torch
 
 from speccert.ir.graph import Node
 from speccert.ir.ops import Op
@@ -59,6 +60,11 @@ class BuildContext(Protocol):
     nodes: list[Node]  # the IR nodes added so far (read by converters that recognise a pattern)
 
     def add(self, op: Op, inputs: Sequence[Act], hint: str = "") -> Act: ...
+
+    def param(self, a: np.ndarray) -> torch.Tensor:
+        """A float32 parameter tensor from constant `a`: `a`'s own memory when it is an initializer
+        that only this node reads (no copy of a 411 MB VGG layer), otherwise a copy."""
+        ...
 
 
 ConvertFn = Callable[[BuildContext, onnx.NodeProto, list["Value | None"]], list["Value | None"]]

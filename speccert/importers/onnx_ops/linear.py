@@ -108,7 +108,7 @@ def convert_gemm(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | N
     if alpha == beta == 1.0 and b32.dtype == np.float32 and b32.ndim == 2 and plain_bias:
         # The usual export (torch's nn.Linear): float32 weights as stored, no float64 round trip (a
         # 25088x4096 VGG layer would take 0.8 GB and seconds per copy).
-        return [ctx.add(Linear(weight=tensor(weight), bias=None if c32 is None else tensor(c32)), [x])]
+        return [ctx.add(Linear(weight=ctx.param(weight), bias=None if c32 is None else tensor(c32)), [x])]
     b = b32.astype(np.float64)
     b = b.T if a.get("transB", 0) else b
     w = alpha * b.T
@@ -156,7 +156,7 @@ def convert_matmul(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value |
         return [ctx.add(Reshape(x.shape[:-1]), [y])]
     if w.ndim != 2:
         raise NotConvertible(f"batched MatMul with a {w.ndim}-d constant is not supported")
-    return [ctx.add(Linear(weight=tensor(w.T)), [x])]
+    return [ctx.add(Linear(weight=ctx.param(w.T)), [x])]
 
 
 def _conv_examples() -> list:
@@ -204,7 +204,12 @@ def convert_conv(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | N
     b = inputs[2] if len(inputs) > 2 else None
     bias = tensor(const(b, "B")) if b is not None else None
     op = Conv(
-        weight=tensor(w), bias=bias, stride=strides, padding=pads, dilation=dil, groups=int(a.get("group", 1))
+        weight=ctx.param(w),
+        bias=bias,
+        stride=strides,
+        padding=pads,
+        dilation=dil,
+        groups=int(a.get("group", 1)),
     )
     return [ctx.add(op, [x])]
 
@@ -294,7 +299,7 @@ def convert_conv_transpose(
     b = inputs[2] if len(inputs) > 2 else None
     bias = tensor(const(b, "B")) if b is not None else None
     op_ = ConvTranspose(
-        weight=tensor(w),
+        weight=ctx.param(w),
         bias=bias,
         stride=tuple(strides),
         padding=tuple(torch_pad),
