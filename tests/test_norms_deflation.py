@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from test_norms_soundness import SETTINGS, conv_layers, truth_conv
 
 from speccert.norms import deflation, torus
@@ -32,8 +32,21 @@ def _seven_by_seven(c: int) -> tuple[ConvGeometry, float]:
     return _geometry(w, size, (1, 1), pads, (1, 1), 1), truth_conv(w, size, (1, 1), pads, (1, 1), 1, False)
 
 
+# a 1x3 kernel on a 1x1 map (padding 4 above, dilation 1x2): the crop's P was singular (a solver error)
+RANK_ONE = (
+    torch.tensor([[[[1.5410, -0.2934, -2.1788]]]], dtype=torch.float64),
+    (1, 1),
+    (1, 1),
+    ((0, 0), (4, 0)),
+    (1, 2),
+    1,
+    False,
+)
+
+
 @SETTINGS
 @given(conv_layers())
+@example(RANK_ONE)
 def test_deflated_between_truth_and_torus_for_every_threshold(spec) -> None:  # noqa: ANN001
     w, size, stride, pads, dil, groups, circular = spec
     g = _geometry(w, size, stride, pads, dil, groups)

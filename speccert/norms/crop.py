@@ -242,7 +242,9 @@ def _certified(s: float, q: Tensor, q_err: float, b0: Tensor, e_b: float, p: Ten
     """Whether one Cholesky factorisation proves M_s >= 0 (module docstring), every rounding bounded:
     q = fl(L L^H) and b0 ~ B within q_err and e_b, p ~ P = s M + D (Hermitian, > 0) within e_p."""
     k = q.shape[0]
-    z = torch.linalg.solve(p, b0)
+    z, info = torch.linalg.solve_ex(p, b0)
+    if int(info) != 0 or not bool(torch.isfinite(z).all()):  # P numerically singular: no proof at this s
+        return False
     bz = b0.mH @ z
     pz = p @ z
     zpz = z.mH @ pz
