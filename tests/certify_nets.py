@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from speccert.ir import (
@@ -152,6 +153,27 @@ def smooth_cnn(act: str = "softplus") -> Graph:
         ],
         dtype=D,
     )
+
+
+def dead_relu_net() -> tuple[Graph, torch.Tensor, np.ndarray]:
+    """(graph, x, d): a 6 -> 12 -> 3 ReLU MLP whose hidden biases (-5) keep every unit dead at the 8
+    points x, so its logits are the output bias on the ball of radius d[i] = min_k (-z_k) / ||w_k||
+    around x[i]: a margin constant to first order (L(0) = 0, m / L(0) infinite)."""
+    gen = torch.Generator().manual_seed(3)
+    w1 = torch.randn(12, 6, generator=gen, dtype=D)
+    nodes = [
+        Node("l1", Linear(w1, torch.full((12,), -5.0, dtype=D)), (INPUT,)),
+        Node("a1", Activation("relu"), ("l1",)),
+        Node(
+            "out",
+            Linear(torch.randn(3, 12, generator=gen, dtype=D), torch.tensor([1.0, 0.0, -1.0], dtype=D)),
+            ("a1",),
+        ),
+    ]
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(4), dtype=D) * 0.3
+    z = x @ w1.T - 5.0
+    assert bool((z < 0).all())
+    return Graph((6,), nodes, dtype=D), x, ((-z) / w1.norm(dim=1)).amin(1).numpy()
 
 
 def all_nets() -> dict[str, Graph]:

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import numpy as np
 import torch
-from certify_nets import D
+from certify_nets import D, dead_relu_net
 
 from speccert.bounds import certify
 from speccert.bounds.crown import Crown
@@ -125,22 +125,7 @@ def test_crown_certifies_a_margin_that_is_constant_near_x() -> None:
     d = min_i (-z_i) / ||w_i||, so ||Lam|| ~ 0 and the first-order value is ~ a / 1e-300. The search
     must still test sensible radii: each point gets a radius of at least d / 10 (and never above the
     distance where the logits can first change, the attack ceiling being far beyond)."""
-    gen = torch.Generator().manual_seed(3)
-    w1 = torch.randn(12, 6, generator=gen, dtype=D)
-    nodes = [
-        Node("l1", Linear(w1, torch.full((12,), -5.0, dtype=D)), (INPUT,)),
-        Node("a1", Activation("relu"), ("l1",)),
-        Node(
-            "out",
-            Linear(torch.randn(3, 12, generator=gen, dtype=D), torch.tensor([1.0, 0.0, -1.0], dtype=D)),
-            ("a1",),
-        ),
-    ]
-    g = Graph((6,), nodes, dtype=D)
-    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(4), dtype=D) * 0.3
-    z = x @ w1.T - 5.0
-    assert bool((z < 0).all())
-    dead = ((-z) / w1.norm(dim=1)).amin(1).numpy()
+    g, x, dead = dead_relu_net()
     y = torch.zeros(8, dtype=torch.int64)
     rep = certify(g, (x, y), eps=[0.1], lower_bound=False, certificates=["crown"])
     assert np.all(rep.radii["crown"] >= dead / 10), "crown gave up on a locally constant margin"

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from certify_nets import D
+from certify_nets import D, dead_relu_net
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -315,20 +315,7 @@ def test_local_certifies_a_margin_that_is_constant_near_x() -> None:
     d = min_i (-z_i) / ||w_i||, so L(0) = 0 and m / L(0) is infinite. The search must still test finite
     radii: each point gets at least d / 10, and never more than where a unit can first switch on plus
     the output layer's own reach (checked by sampling the margin on the certified sphere)."""
-    gen = torch.Generator().manual_seed(3)
-    w1 = torch.randn(12, 6, generator=gen, dtype=D)
-    w2 = torch.randn(3, 12, generator=gen, dtype=D)
-    b2 = torch.tensor([1.0, 0.0, -1.0], dtype=D)
-    nodes = [
-        Node("l1", Linear(w1, torch.full((12,), -5.0, dtype=D)), (INPUT,)),
-        Node("a1", Activation("relu"), ("l1",)),
-        Node("out", Linear(w2, b2), ("a1",)),
-    ]
-    g = Graph((6,), nodes, dtype=D)
-    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(4), dtype=D) * 0.3
-    z = x @ w1.T - 5.0
-    assert bool((z < 0).all())
-    dead = ((-z) / w1.norm(dim=1)).amin(1).numpy()
+    g, x, dead = dead_relu_net()
     y = torch.zeros(8, dtype=torch.int64)
     rep = certify(g, (x, y), eps=[0.1], lower_bound=False, certificates=["local"])
     radii = rep.radii["local"]

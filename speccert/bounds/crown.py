@@ -65,7 +65,7 @@ from speccert.bounds.crown_pool import pool_lines, route
 from speccert.bounds.crown_relax import relax, supported
 from speccert.bounds.crown_slopes import optimised_margins
 from speccert.bounds.crown_sort import pair_interval, relax_sort
-from speccert.bounds.crown_terms import TINY, Ball, U, backward_terms
+from speccert.bounds.crown_terms import TINY, Ball, U, backward_terms, open_intervals, padded_index
 from speccert.bounds.crown_terms import Acc as _Acc
 from speccert.bounds.crown_terms import dot as _dot
 from speccert.bounds.crown_terms import err_dot as _err_dot
@@ -367,14 +367,11 @@ class Crown:
                 return None
             b = x.shape[0]
             flat = want.reshape(b, -1)
-            count = int(flat.sum(1).max())
             n_units = flat.shape[1]
+            index, count = padded_index(flat)
             if count == 0 or count > UNIT_MAX:
                 return None
-            order = torch.sort(flat.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :count]
-            index = torch.where(flat.gather(1, order), order, torch.full_like(order, -1))
-            new_lo = torch.full((b, n_units + 1), -math.inf, dtype=torch.float64)
-            new_hi = torch.full((b, n_units + 1), math.inf, dtype=torch.float64)
+            new_lo, new_hi = open_intervals(b, n_units)
             ball = Ball(x, r, bb)
             rr = r[:, None]
             cols = self._columns(k)

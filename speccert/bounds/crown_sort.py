@@ -23,19 +23,17 @@ All of it is one error weight per output entry, summed against |lam| like crown'
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from speccert.bounds.crown_relax import relax
+from speccert.bounds.crown_terms import TINY, U, open_intervals, padded_index, sub_down
 from speccert.bounds.local_sort import back, out_halves
 from speccert.ir import Sort
 from speccert.norms.rounding import gamma
 
 Tensor = torch.Tensor
-U = 2.0**-53
-TINY = 1e-300
 ROW_CHUNK = 128  # pairs whose difference rows go backward together (x2: lower and upper)
 PAIR_MAX = 8192  # stages with more unfixed pairs per point keep their other intervals only
 Lower = Callable[[Tensor], tuple[Tensor, Tensor]]  # rows lam [B, N, *z] -> (a, n) over the ball
@@ -74,14 +72,11 @@ def pair_interval(
     b = dlo.shape[0]
     shape = dlo.shape[1:]
     flat = ((dlo < 0) & (dhi > 0)).reshape(b, -1)
-    count = int(flat.sum(1).max())
     n_pairs = flat.shape[1]
+    index, count = padded_index(flat)
     if count == 0 or count > PAIR_MAX:
         return None
-    order = torch.sort(flat.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :count]
-    index = torch.where(flat.gather(1, order), order, torch.full_like(order, -1))
-    new_lo = torch.full((b, n_pairs + 1), -math.inf, dtype=torch.float64)
-    new_hi = torch.full((b, n_pairs + 1), math.inf, dtype=torch.float64)
+    new_lo, new_hi = open_intervals(b, n_pairs)
     rr = r[:, None]
     for start in range(0, count, ROW_CHUNK):
         idx = index[:, start : start + ROW_CHUNK]
@@ -92,15 +87,9 @@ def pair_interval(
         rows = torch.stack([ones, -ones], op.axis + 2)
         a, nrm = lower(torch.cat([rows, -rows], 1).reshape(b, 2 * c, *z_shape))
         span = rr * nrm * (1.0 + 4 * U)
-        new_lo.scatter_(1, slot, _sub_down(a[:, :c], span[:, :c]))
-        new_hi.scatter_(1, slot, -_sub_down(a[:, c:], span[:, c:]))
+        new_lo.scatter_(1, slot, sub_down(a[:, :c], span[:, :c]))
+        new_hi.scatter_(1, slot, -sub_down(a[:, c:], span[:, c:]))
     return new_lo[:, :n_pairs].reshape(b, *shape), new_hi[:, :n_pairs].reshape(b, *shape)
-
-
-def _sub_down(a: Tensor, t: Tensor) -> Tensor:
-    """<= a - t (t >= 0) for the exact values of the floats a and t."""
-    d = (a - t) - 4 * U * (a.abs() + t) - TINY
-    return d.nextafter(torch.full_like(d, -math.inf))
 
 
 __all__ = ["pair_interval", "relax_sort"]

@@ -35,6 +35,21 @@ def down(t: Tensor) -> Tensor:
     return t.nextafter(torch.full_like(t, -math.inf))
 
 
+def padded_index(flat: Tensor) -> tuple[Tensor, int]:
+    """(index [B, count], count) for a boolean [B, N]: per row the positions of its True entries first
+    (ascending), then -1 up to the largest count over the rows (index.remainder(N + 1) sends the
+    padding to a spare column N)."""
+    count = int(flat.sum(1).max())
+    order = torch.sort(flat.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :count]
+    return torch.where(flat.gather(1, order), order, torch.full_like(order, -1)), count
+
+
+def open_intervals(b: int, n: int) -> tuple[Tensor, Tensor]:
+    """[-inf, inf] for n entries and one spare column per point (the padding of `padded_index`)."""
+    lo = torch.full((b, n + 1), -math.inf, dtype=torch.float64)
+    return lo, torch.full_like(lo, math.inf)
+
+
 def sub_down(a: Tensor, t: Tensor) -> Tensor:
     """<= a - t (t >= 0) for the exact values of the floats a and t."""
     return down((a - t) - 4 * U * (a.abs() + t) - TINY)
