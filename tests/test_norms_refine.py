@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import torch
 
@@ -82,3 +83,26 @@ def test_bench_refine_above_below_one_is_a_usage_error(capsys) -> None:  # noqa:
 
     assert main(["bench", "norms", "--no-resnet", "--refine-above", "0.5"]) == 2
     assert "--refine-above is a ratio upper / lower >= 1" in capsys.readouterr().err
+
+
+def test_norms_cli_refine_above(tmp_path) -> None:  # noqa: ANN001
+    """`speccert norms --refine-above`: inf keeps the torus bound on the zoo ResNet's 14x14 conv whose
+    bracket is wider than 1.01 (the default refines it, tighter and still above the lower bound);
+    below 1 or NaN is a usage error (exit 2) before the model is read."""
+    import json
+
+    from speccert.cli.app import main
+
+    model = str(Path(__file__).resolve().parents[1] / "models" / "resnet.onnx")
+    refined, plain = tmp_path / "refined.json", tmp_path / "plain.json"
+    assert main(["norms", model, "--json", str(refined)]) == 0
+    assert main(["norms", model, "--json", str(plain), "--refine-above", "inf"]) == 0
+    a = {row["name"]: row for row in json.loads(refined.read_text())["layers"]}
+    b = {row["name"]: row for row in json.loads(plain.read_text())["layers"]}
+    moved = [n for n in a if a[n]["upper"]["value"] != b[n]["upper"]["value"]]
+    assert moved, "the default refined no layer of the zoo ResNet"
+    for n in moved:
+        assert a[n]["upper"]["method"] == "deflated" and b[n]["upper"]["method"] != "deflated"
+        assert a[n]["lower"]["value"] <= a[n]["upper"]["value"] < b[n]["upper"]["value"]
+    for bad in ("0.5", "nan"):
+        assert main(["norms", "does-not-exist.onnx", "--refine-above", bad]) == 2

@@ -17,8 +17,10 @@ from speccert.cli.bench_corpus import REPO, corpus_folder, missing_corpus_note
 from speccert.cli.common import (
     DeviceOpt,
     JsonOpt,
+    RefineAboveOpt,
     check_exact_max_dim,
     check_outputs,
+    check_refine_above,
     err,
     out,
     resolve_device,
@@ -51,14 +53,6 @@ ExactMaxDimOpt = Annotated[
         "--exact-max-dim",
         help="As in `speccert norms`: exact "
         "certificates for convs up to this Gram dimension (25088: ResNet-18's layer4).",
-    ),
-]
-RefineAboveOpt = Annotated[
-    float,
-    typer.Option(
-        "--refine-above",
-        help="auto refines a layer (crop-aware deflated bound) whose upper / lower bound is above this; "
-        "inf: never.",
     ),
 ]
 
@@ -311,12 +305,7 @@ def norms(
     dev = resolve_device(device)
     check_outputs({"--json": json_out})
     check_exact_max_dim(exact_max_dim)
-    if not refine_above >= 1.0:  # (NaN too)
-        from speccert.errors import UsageError
-
-        raise UsageError(
-            f"--refine-above is a ratio upper / lower >= 1 (inf: never refine), got {refine_above}"
-        )
+    check_refine_above(refine_above)
     models = _norms_models(corpus, resnet, resnet_size, resnet_weights)
     if not models:
         from speccert.errors import InputError

@@ -151,3 +151,20 @@ def check_exact_max_dim(value: int) -> int:
     if value < 0:
         raise UsageError(f"--exact-max-dim must be >= 0 (0 turns exact certificates off), got {value}")
     return value
+
+
+RefineAboveOpt = Annotated[
+    float,
+    typer.Option(
+        "--refine-above",
+        help="auto refines a layer (crop-aware deflated bound) whose upper / lower bound is above this; "
+        "inf: never.",
+    ),
+]
+
+
+def check_refine_above(value: float) -> float:
+    """--refine-above is a ratio upper / lower: >= 1 (inf: never refine); NaN or below 1 is a usage error."""
+    if not value >= 1.0:
+        raise UsageError(f"--refine-above is a ratio upper / lower >= 1 (inf: never refine), got {value}")
+    return value

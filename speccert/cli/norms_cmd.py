@@ -21,10 +21,12 @@ from speccert.cli.common import (
     JsonOpt,
     ModelArg,
     RandomWeightsOpt,
+    RefineAboveOpt,
     TrustPickleOpt,
     WeightsOpt,
     check_exact_max_dim,
     check_outputs,
+    check_refine_above,
     err,
     load_model,
     out,
@@ -126,6 +128,7 @@ def command(
             "n^3 Cholesky and ~16 n^2 bytes per layer: ~70 s and 10 GB each on 2 CPU cores).",
         ),
     ] = 2048,
+    refine_above: RefineAboveOpt = 1.01,
 ) -> None:
     from speccert.norms import layer_norms
 
@@ -133,9 +136,17 @@ def command(
     dev = resolve_device(device)
     check_outputs({"--json": json_out})
     check_exact_max_dim(exact_max_dim)
+    check_refine_above(refine_above)
     graph = load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights)
     with layer_progress("norms") as progress:
-        norms = layer_norms(graph, method=method, device=dev, exact_max_dim=exact_max_dim, progress=progress)
+        norms = layer_norms(
+            graph,
+            method=method,
+            device=dev,
+            exact_max_dim=exact_max_dim,
+            progress=progress,
+            refine_above=refine_above,
+        )
     if json_out is not None:
         write_json(norms_report(norms, method, dev), json_out)
     if json_out != "-":
