@@ -62,3 +62,35 @@ def test_one_source_of_defaults() -> None:
         if getattr(default, f.name) != getattr(STOPPING_RULE_OPTIONS, f.name)
     }
     assert diff == {"second_order", "lower_bound"}
+
+
+def test_refine_above_reaches_the_norms_and_the_report(tmp_path) -> None:  # noqa: ANN001
+    """`refine_above` (CLI --refine-above) goes to auto's refine stage: on the zoo ResNet, whose 14x14
+    conv is refined by default, inf (never) gives a larger L and the environment records None;
+    below 1 or NaN is a usage error (exit 2 from the CLI, before the model is read)."""
+    import json
+    import math
+    from pathlib import Path
+
+    from speccert.cli.app import main
+    from speccert.importers import load
+
+    root = Path(__file__).resolve().parents[1]
+    g = load(str(root / "models" / "resnet.onnx"))
+    data = str(root / "models" / "data" / "fashion_mnist_test_1k.npz")
+    kw = {"eps": [0.1], "limit": 8, "lower_bound": False}
+    refined, plain = certify(g, data, **kw), certify(g, data, refine_above=math.inf, **kw)
+    assert refined.lipschitz_upper < plain.lipschitz_upper
+    out = tmp_path / "r.json"
+    model = str(root / "models" / "resnet.onnx")
+    assert (
+        main(["certify", model, "--data", data, "--limit", "8", "--refine-above", "inf", "--json", str(out)])
+        == 0
+    )
+    report = json.loads(out.read_text())
+    assert report["environment"]["refine_above"] is None
+    assert report["lipschitz"]["upper"] == pytest.approx(plain.lipschitz_upper, rel=1e-12)
+    for bad in ("0.5", "nan"):
+        assert main(["certify", "missing.onnx", "--data", data, "--refine-above", bad]) == 2
+    with pytest.raises(UsageError):
+        CertifyOptions(refine_above=0.9).validate()

@@ -168,6 +168,7 @@ def _bound(
         std=list(std) if std is not None else None,
         exact_max_dim=opts.exact_max_dim,
         progress=norms_progress,
+        refine_above=opts.refine_above,
     )
 
 
@@ -324,6 +325,7 @@ def _environment(opts: CertifyOptions) -> dict[str, Any]:
         "crc_steps": opts.crc_steps,
         "crown_steps": opts.crown_steps,
         "exact_max_dim": opts.exact_max_dim,
+        "refine_above": opts.refine_above if math.isfinite(opts.refine_above) else None,  # None: never
     }
 
 

@@ -22,7 +22,7 @@ from speccert.errors import UnsupportedModelError, UsageError
 from speccert.ir import INPUT, Affine, Graph, Node, Softmax, fold_linear
 from speccert.norms import LayerNorm, UpperBound, layer_norms
 from speccert.norms.auto import BUDGET_HINT
-from speccert.norms.method import EXACT_MAX_DIM
+from speccert.norms.method import EXACT_MAX_DIM, REFINE_ABOVE
 
 NORMALISATION_NODE = "input_normalisation"
 __all__ = ["LipschitzBound", "compose_bounds", "lipschitz_bound", "maxpool_factor"]
@@ -165,6 +165,7 @@ def lipschitz_bound(
     norms: list[LayerNorm] | None = None,
     exact_max_dim: int = EXACT_MAX_DIM,
     progress: Callable[[int, int, str], None] | None = None,
+    refine_above: float = REFINE_ABOVE,
 ) -> LipschitzBound:
     """Proven upper bound on the L2 Lipschitz constant of `graph`'s logits (in the data space when
     mean/std prepend a normalisation).
@@ -182,7 +183,9 @@ def lipschitz_bound(
     g64 = g.to("cpu", torch.float64)
     folded = fold_linear(g64)
     if norms is None:
-        norms = layer_norms(g64, method, device, exact_max_dim=exact_max_dim, progress=progress)
+        norms = layer_norms(
+            g64, method, device, exact_max_dim=exact_max_dim, progress=progress, refine_above=refine_above
+        )
     uppers = {n.name: n.upper for n in norms}
     lip, curv = compose_bounds(folded, uppers)
     notes = _memory_notes(norms)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from speccert.errors import UsageError
-from speccert.norms.method import EXACT_MAX_DIM
+from speccert.norms.method import EXACT_MAX_DIM, REFINE_ABOVE
 
 CROWN_STEPS = 0  # crown's optimised margin slopes: off (<= 2 % gain, up to 3.8x the cost; docs/certify.md)
 
@@ -25,6 +25,7 @@ class CertifyOptions:
     method: norm method for every layer (speccert.norms; "auto" = the tightest proven bound).
     device: where the certificates run ("cpu", "cuda", "cuda:1").
     exact_max_dim: largest Gram side the `exact` method certifies for zero-padded convs.
+    refine_above: `auto` refines a layer whose upper / lower bound ratio is above this (inf: never).
     second_order: also use the curvature certificate (smooth networks), refined by `crc_steps` CRC
         gradient steps per test when > 0.
     crown_steps: Adam steps on the crown certificate's lower ReLU slopes per radius test (0 = the
@@ -41,6 +42,7 @@ class CertifyOptions:
     method: str = "auto"
     device: str = "cpu"
     exact_max_dim: int = EXACT_MAX_DIM
+    refine_above: float = REFINE_ABOVE
     second_order: bool = False
     crc_steps: int = 0
     crown_steps: int = CROWN_STEPS
@@ -72,6 +74,10 @@ class CertifyOptions:
             raise UsageError(f"--lower-points must be >= 1, got {self.lower_points}")
         if not 0.0 <= self.float32_tolerance < 1.0:
             raise UsageError(f"--float32-tolerance must be in [0, 1), got {self.float32_tolerance}")
+        if not self.refine_above >= 1.0:  # NaN too
+            raise UsageError(
+                f"--refine-above is a ratio upper / lower >= 1 (inf: never refine), got {self.refine_above}"
+            )
         if self.crown_steps < 0:
             raise UsageError(f"--crown-steps must be >= 0, got {self.crown_steps}")
         if self.crc_steps < 0 or (self.crc_steps > 0 and not self.second_order):

@@ -22,6 +22,7 @@ from speccert.cli.common import (
     JsonOpt,
     ModelArg,
     RandomWeightsOpt,
+    RefineAboveOpt,
     TrustPickleOpt,
     WeightsOpt,
     check_exact_max_dim,
@@ -158,6 +159,7 @@ def _certify_options(
     exact_max_dim: int | None,
     float32_tolerance: float = 1e-6,
     crown_steps: int = 0,
+    refine_above: float = 1.01,
 ) -> CertifyOptions:
     """The CertifyOptions of the command line; a misspelt certificate kind is exit 2 before any work."""
     from speccert.bounds import CertifyOptions
@@ -177,6 +179,7 @@ def _certify_options(
         **({} if exact_max_dim is None else {"exact_max_dim": exact_max_dim}),
         float32_tolerance=float32_tolerance,
         crown_steps=crown_steps,
+        refine_above=refine_above,
     )
     options.validate()
     import speccert.bounds.certify  # noqa: F401 - registers every certificate kind
@@ -333,6 +336,7 @@ def command(
             "docs/certify.md).",
         ),
     ] = 0,  # speccert.bounds.options.CROWN_STEPS (not imported here: the CLI starts without torch)
+    refine_above: RefineAboveOpt = 1.01,  # speccert.norms.method.REFINE_ABOVE
 ) -> None:
     """Certify a classifier's L2 robustness on labelled data: global Lipschitz bound, certified radii and
     certified accuracy at each eps (a radius is a proven L2 distance in the data's own space)."""
@@ -359,6 +363,7 @@ def command(
         exact_max_dim,
         float32_tolerance,
         crown_steps,
+        refine_above,
     )
     check_outputs({"--json": json_out, "--plot": plot})
     _check_plot(plot)
