@@ -12,6 +12,16 @@ from speccert.bounds.certificate import Batch
 
 Tensor = torch.Tensor
 Search = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x, y, margins) of a chunk -> radius per point
+START_CAP = 10.0  # a search's largest tested radius is at most this times 1 + ||x||
+
+
+def search_cap(x: Tensor) -> Tensor:
+    """[B]: the largest radius a per-point search tests, 10 (1 + ||x||). A margin constant to first order
+    (every unit dead at x: the first-order value m / ||grad m|| is ~ m / 1e-300 or inf) would otherwise
+    send the search far beyond any meaningful ball; every tested radius is still checked on its own,
+    so the cap only decides where to look."""
+    cap: Tensor = START_CAP * (1.0 + x.flatten(1).norm(dim=1))
+    return cap
 
 
 def per_point_radii(batch: Batch, search: Search, chunk: int) -> Tensor:

@@ -6,7 +6,7 @@ for every x' with ||x' - x|| <= r. So the margin is positive on the open ball of
     rho(r) = min(r, min_j a_j / n_j)
 and every tested r certifies rho(r) on its own (no monotonicity in r is assumed). The search: r = 0
 gives the first-order value top = min_j a_j / n_j (all units stable), then up to SEARCH_STEPS tests
-(the first at FIRST top, at most START_CAP (1 + ||x||): a margin that is constant to first order has n ~ 0)
+(the first at FIRST top, at most _per_point.search_cap(x) = 10 (1 + ||x||): a margin that is constant to first order has n ~ 0)
 looking for the crossing of rho(r) - r (regula falsi, Illinois variant, between the largest passing and
 the smallest failing r, shaded towards the passing end and kept 10 % inside the bracket; before any failure, the
 passing r's own rho; before any pass, the failing r's own rho, or r / 4 where that is below r / 20). The
@@ -29,7 +29,7 @@ import math
 import torch
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
-from speccert.bounds.certificates._per_point import per_point_radii
+from speccert.bounds.certificates._per_point import per_point_radii, search_cap
 from speccert.bounds.certificates.local import LocalModel
 from speccert.bounds.crown import Crown
 from speccert.bounds.crown_slopes import score
@@ -38,7 +38,6 @@ Tensor = torch.Tensor
 SEARCH_STEPS = 7
 TOLERANCE = 0.01  # stop once the crossing is pinned to 1 % (bracket, or rho(r) within 1 % of r)
 FIRST = 0.25  # first radius tested, times the first-order value
-START_CAP = 10.0  # ... but at most this times 1 + ||x||
 SHADE = 0.98
 UNIT_BUDGET = 20_000  # per-unit Lipschitz intervals too where units x nonlinear layers is at most this
 CHUNK = 8  # points per pass (memory: CHUNK x 2 x 128 rows x the widest layer, float64)
@@ -63,7 +62,7 @@ def crown_radius(crown: Crown, x: Tensor, y: Tensor, alive: Tensor) -> Tensor:
     b, fb = torch.full_like(top, math.inf), torch.full_like(top, -1.0)  # smallest failing r
     # a margin constant to first order (every unit dead at x: ||Lam|| ~ 0) gives top ~ a / 1e-300;
     # the first test is then capped at a ball far wider than the input itself
-    r = torch.minimum(top * FIRST, START_CAP * (1.0 + xs.flatten(1).norm(dim=1)))
+    r = torch.minimum(top * FIRST, search_cap(xs))
     failed = torch.zeros_like(top, dtype=torch.bool)  # the last test failed
     for _ in range(SEARCH_STEPS):
         close = (b <= a * (1.0 + TOLERANCE)) | ((a > 0) & (fa <= a * TOLERANCE))  # rho(a) ~ a

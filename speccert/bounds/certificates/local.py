@@ -34,7 +34,7 @@ import math
 import torch
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
-from speccert.bounds.certificates._per_point import per_point_radii
+from speccert.bounds.certificates._per_point import per_point_radii, search_cap
 from speccert.bounds.compose import RoundedUp, compose
 from speccert.bounds.local_bounds import BallBounds, ball_bounds, pool_vjp
 from speccert.bounds.local_first import FirstTerm, first_bound
@@ -46,7 +46,6 @@ from speccert.norms.rounding import gamma, svd_error
 
 Tensor = torch.Tensor
 U = 2.0**-53
-START_CAP = 10.0  # the search's upper end is at most this times 1 + ||x||
 SEARCH_STEPS = 12  # log-bisection over [1e-4, 1] x the upper end: radius within 0.2 % of the best
 UNIT_STEPS = 4  # then steps with per-unit bounds (each costs a backward pass per unit)
 SEARCH_SPAN = 1e-4
@@ -343,11 +342,8 @@ def local_radius(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
     x, y, m = x[alive], y[alive], m[alive]
     lip0 = model.lipschitz(x, y, torch.zeros(x.shape[0], dtype=torch.float64), units=False)
     top = torch.where(torch.isinf(m), math.inf, m / lip0).amin(1)
-    # a margin constant to first order (every unit dead at x: L(0) ~ 0 or exactly 0) gives top ~ m / 1e-300
-    # or inf; the search then runs below a ball far wider than the input itself (every tested r is
-    # still checked on its own, so the cap only decides where to look)
-    cap = START_CAP * (1.0 + x.flatten(1).norm(dim=1))
-    top = torch.where(top > 0, torch.minimum(top, cap), torch.zeros_like(top))
+    # L(0) = 0 (every unit dead at x) gives top = inf: the search runs below search_cap instead
+    top = torch.where(top > 0, torch.minimum(top, search_cap(x)), torch.zeros_like(top))
     few = model.unit_count <= UNIT_ALWAYS
     best = _bisect(model, x, y, m, top, units=few)
     if not few:
