@@ -11,8 +11,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
 
 from speccert.cli.common import (
     DecisionOpt,
@@ -25,9 +23,8 @@ from speccert.cli.common import (
     err,
     out,
     resolve_device,
-    styled,
-    write_json,
 )
+from speccert.cli.finetune_render import epoch_table, render_result
 from speccert.errors import UsageError
 
 
@@ -76,47 +73,6 @@ def _refuse_unwritable_format(model: str) -> None:
             f"finetune writes the model back in its input's format and cannot write {fmt}: give it the "
             "model as .pt2 (torch.export.save), ONNX, or 'package.module:factory' --weights STATE_DICT"
         )
-
-
-def _epoch_table(rec: Any, eps: list[float]) -> Table:
-    t = Table(title=f"epoch {rec.epoch}" + (" (input model)" if rec.epoch == 0 else ""), title_justify="left")
-    for col in (
-        "loss",
-        "clean acc",
-        "L upper",
-        *(f"cert acc @{e:g}" for e in eps),
-        "penalty weight",
-        "targets",
-    ):
-        t.add_column(col, justify="right")
-    loss = "-" if rec.loss != rec.loss else f"{rec.loss:.4f}"
-    t.add_row(
-        loss,
-        f"{rec.clean:.2%}",
-        f"{rec.lipschitz:.4g}",
-        *(f"{rec.cra.get(e, 0.0):.2%}" for e in eps),
-        f"{rec.weight:.4g}",
-        styled("[green]met[/]") if rec.met else styled("[yellow]{} missed[/]", len(rec.missed)),
-    )
-    return t
-
-
-def _pareto_table(res: Any, eps: list[float]) -> Table:
-    """The epochs no other epoch beats on both clean and certified accuracy (weights in the run folder)."""
-    where = f" (weights: {res.run_dir}/epoch-N.pt)" if res.run_dir is not None else ""
-    t = Table(title=Text(f"Pareto front, clean vs certified @{max(eps):g}{where}"), title_justify="left")
-    for col in ("epoch", "clean acc", *(f"cert acc @{e:g}" for e in eps), "L upper", "written"):
-        t.add_column(col, justify="right")
-    for r in res.pareto:
-        mark = "yes" if r.epoch == res.best_epoch else ""
-        t.add_row(
-            str(r.epoch),
-            f"{r.clean:.2%}",
-            *(f"{r.cra.get(e, 0.0):.2%}" for e in eps),
-            f"{r.lipschitz:.4g}",
-            mark,
-        )
-    return t
 
 
 def _check_options(
@@ -202,7 +158,7 @@ def _progress_callbacks(
         run_bar(rec.epoch)
         if rec.epoch in tasks:
             bar.remove_task(tasks[rec.epoch])
-        results.print(_epoch_table(rec, eps))  # results on stdout, like the final report
+        results.print(epoch_table(rec, eps))  # results on stdout, like the final report
         if rec.note:
             err.print(rec.note, style="dim")
 
@@ -384,51 +340,5 @@ def command(
             stop_out_of_reach=stop_out_of_reach,
         )
     if main:
-        _render_result(res, eps, json_out)
+        render_result(res, eps, json_out)
     raise typer.Exit(res.exit_code)
-
-
-def _render_result(res: Any, eps: list[float], json_out: str | None) -> None:
-    """The closing output: JSON (history, Pareto epochs, the output's certify report) and/or the
-    certify report of the written file, the Pareto table, notes and the verdict."""
-    from speccert.cli.certify_cmd import render
-
-    report = res.report.to_dict(samples=False) if res.report is not None else None
-    if json_out is not None:
-        write_json(
-            {
-                "finetune": {
-                    "met": res.met,
-                    "missed": res.missed,
-                    "best_epoch": res.best_epoch,
-                    "pareto": [r.epoch for r in res.pareto],
-                    "output": str(res.output) if res.output else None,
-                    "history": [
-                        r.__dict__ | {"cra": {str(k): v for k, v in r.cra.items()}} for r in res.history
-                    ],
-                },
-                "report": report,
-            },
-            json_out,
-        )
-    if json_out != "-":
-        if report is not None:
-            out.print(styled("[bold]Certify report of the output model[/] {}", res.output))
-            render(report, out)
-        if len(res.history) > 1:
-            out.print(_pareto_table(res, eps))
-        for note in res.notes:
-            err.print(f"note: {note}", style="dim")
-        if res.met:
-            out.print(styled("[green]every target met[/] at epoch {}; wrote {}", res.best_epoch, res.output))
-        else:
-            out.print(
-                styled(
-                    "[red]targets missed[/] after {} epochs; best epoch {} written to {}:",
-                    res.history[-1].epoch,
-                    res.best_epoch,
-                    res.output,
-                )
-            )
-            for m in res.missed:
-                out.print(Text(f"  - {m}"))
