@@ -14,6 +14,7 @@ from test_bounds_crown_textbook import conv_chain
 from test_bounds_local import residual_net
 
 import speccert.bounds.crown as crown_module
+import speccert.bounds.crown_hidden as hidden_module
 from speccert.bounds.crown import Crown
 from speccert.bounds.lipschitz import lipschitz_bound
 from speccert.ir import Graph
@@ -33,7 +34,7 @@ def test_fast_paths_give_the_same_hidden_bounds(name: str, monkeypatch: pytest.M
     g, shape = NETS[name]()
     x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(1), dtype=D)
     r = torch.tensor([0.02, 0.3, 0.05, 0.6, 0.1], dtype=D)  # very different unit counts per point
-    monkeypatch.setattr(crown_module, "ROW_CHUNK", 4)  # many chunks: points drop out between them
+    monkeypatch.setattr(hidden_module, "ROW_CHUNK", 4)  # many chunks: points drop out between them
     fast = _intervals(g, x, r)
     assert sum(int((lo < hi).sum()) for lo, hi in fast[1:]) > 40
     crown = Crown(lipschitz_bound(g))
@@ -43,7 +44,7 @@ def test_fast_paths_give_the_same_hidden_bounds(name: str, monkeypatch: pytest.M
             z = acts[st_.z_name]
             assert bool((z >= lo - 1e-9).all() and (z <= hi + 1e-9).all()), "an interval fails in the ball"
     # every chunk over every point (padding rows for the points with fewer units)
-    monkeypatch.setattr(crown_module, "SELECT", False)
+    monkeypatch.setattr(hidden_module, "SELECT", False)
     padded = _intervals(g, x, r)
     for (lo, hi), (plo, phi) in zip(fast, padded, strict=True):
         scale = 1.0 + float(torch.maximum(lo.abs(), hi.abs()).max())

@@ -48,7 +48,7 @@ interval/Lipschitz bounds of speccert.bounds.local_bounds (`ball_bounds(..., int
 Cost: the first step of a row +-e_i is e_i^T A_k, the same for every point, so it is read from the
 stage's columns (computed once per model by the same reverse pass: a one-hot row's result is one
 product among zeros, exact in any batch), with the constant +-bc_i and the error weight W_i gathered;
-and the rows go in chunks over only the points that still have uncertain units left (Ball.select),
+and the rows go in chunks over only the points that still have uncertain units left (Ball.select; speccert.bounds.crown_hidden),
 not padded to the largest count. Both change no bound (the allowances above hold for any order of the
 sums inside batched kernels).
 """
@@ -61,11 +61,12 @@ from collections.abc import Callable
 import torch
 
 from speccert.bounds.certificate import NotApplicable
+from speccert.bounds.crown_hidden import hidden_interval
 from speccert.bounds.crown_pool import pool_lines, route
 from speccert.bounds.crown_relax import relax, supported
 from speccert.bounds.crown_slopes import optimised_margins
-from speccert.bounds.crown_sort import pair_interval, relax_sort
-from speccert.bounds.crown_terms import TINY, Ball, U, backward_terms, open_intervals, padded_index
+from speccert.bounds.crown_sort import relax_sort
+from speccert.bounds.crown_terms import TINY, Ball, U, backward_terms
 from speccert.bounds.crown_terms import Acc as _Acc
 from speccert.bounds.crown_terms import dot as _dot
 from speccert.bounds.crown_terms import err_dot as _err_dot
@@ -73,17 +74,13 @@ from speccert.bounds.crown_terms import sub_down as _sub_down
 from speccert.bounds.linear_tail import absolute_op
 from speccert.bounds.lipschitz import LipschitzBound
 from speccert.bounds.local_bounds import BallBounds, Interval, ball_bounds, box_stage
-from speccert.bounds.local_slopes import slope_range
-from speccert.bounds.local_stages import Stage, build_stages, identity_like, inner_dimension, stage_vjp
-from speccert.ir import INPUT, Activation, Add, Concat, Conv, Linear, MaxPool, Sort
+from speccert.bounds.local_stages import Stage, build_stages, inner_dimension, stage_vjp
+from speccert.ir import INPUT, Activation, Add, Concat, MaxPool, Sort
 from speccert.norms.rounding import gamma
 
 Tensor = torch.Tensor
-ROW_CHUNK = 128  # hidden units whose bounds go backward together (x2: lower and upper rows)
-UNIT_MAX = 8192  # stages with more uncertain units per point keep their interval bounds only
 COLUMN_BYTES = 1 << 29  # per model: the stages' unit columns e_i^T A_kj kept for the hidden bounds
 COLUMN_CHUNK = 256
-SELECT = True  # later chunks of hidden-bound rows run only over the points with rows left
 UnitHook = Callable[[int, BallBounds, Tensor | None], Tensor | None]
 
 
@@ -237,7 +234,7 @@ class Crown:
         acc.add_err(gamma(math.prod(op.kernel) + 2) * spread * (1.0 + 8 * U))
         return mu.reshape(b, rows, *st.z_shape)
 
-    def _columns(self, k: int) -> dict[int, Tensor] | None:
+    def columns_of(self, k: int) -> dict[int, Tensor] | None:
         """{source j: [n + 1, *h_j]}: row i is e_i^T A_kj as stage_vjp computes it (the last row 0),
         for the hidden bounds' unit rows (per model; None where it would take more than COLUMN_BYTES).
         A one-hot row through the reverse pass is a sum of one product and zeros, so this is the very
@@ -333,72 +330,10 @@ class Crown:
         norm = lam_x.flatten(2).norm(dim=2) * (1.0 + gamma(n_in + 4)) + TINY
         return torch.nan_to_num(a, nan=-math.inf), torch.nan_to_num(norm, nan=math.inf)
 
-    def _wanted(self, k: int, lo: Tensor, hi: Tensor) -> Tensor | None:
-        """Units of z_k whose relaxation is not exact on [lo, hi] (all units before a max-pool)."""
-        st = self.stages[k]
-        assert st.act is not None
-        if isinstance(st.act.op, MaxPool):
-            return lo < hi
-        op = st.act.op
-        assert isinstance(op, Activation)
-        dlo, dhi = slope_range(op.fn, op.alpha, lo, hi)
-        return dlo != dhi
-
-    def _exact_rows(self, st: Stage) -> bool:
-        """z = (shift/reshape)* Linear|Conv (shift/reshape)* of the input: the Lipschitz interval's
-        row norms are exact, CROWN gives the same interval."""
-        if any(s.index != -1 for s in st.sources):
-            return False
-        weighted = [n for n in st.nodes if not identity_like(n)]
-        return len(weighted) == 1 and isinstance(weighted[0].op, (Linear, Conv))
-
     def interval(self, x: Tensor, r: Tensor) -> Interval:
-        """The hook of `ball_bounds`: CROWN intervals of the uncertain units of z_k."""
-
-        def hook(k: int, bb: BallBounds, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor] | None:
-            st = self.stages[k]
-            if st.act is not None and isinstance(st.act.op, Sort):  # lo, hi: the pairs' differences
-                sort_ball = Ball(x, r, bb)
-                return pair_interval(
-                    st.act.op, st.z_shape, lambda lam: self.lower(k, lam, sort_ball), r, lo, hi
-                )
-            want = self._wanted(k, lo, hi)
-            if want is None or self._exact_rows(st):
-                return None
-            b = x.shape[0]
-            flat = want.reshape(b, -1)
-            n_units = flat.shape[1]
-            index, count = padded_index(flat)
-            if count == 0 or count > UNIT_MAX:
-                return None
-            new_lo, new_hi = open_intervals(b, n_units)
-            ball = Ball(x, r, bb)
-            rr = r[:, None]
-            cols = self._columns(k)
-            counts = flat.sum(1)
-            for start in range(0, count, ROW_CHUNK):
-                # after the first chunk (which fills the ball's caches for every point), only the
-                # points with rows left: no pass over rows that are all padding
-                live = torch.nonzero(counts > start).flatten() if start > 0 and SELECT else torch.arange(b)
-                part = ball if live.numel() == b else ball.select(live)
-                idx = index[live, start : start + ROW_CHUNK]
-                c = idx.shape[1]
-                slot = idx.remainder(n_units + 1)  # -1 -> the spare column
-                if cols is None:
-                    rows = torch.zeros((live.numel(), c, n_units + 1), dtype=torch.float64)
-                    rows = rows.scatter(2, slot[:, :, None], 1.0)[:, :, :n_units]
-                    lam = torch.cat([rows, -rows], 1).reshape(live.numel(), 2 * c, *st.z_shape)
-                    a, nrm = self.lower(k, lam, part)
-                else:
-                    shape_only = torch.empty((live.numel(), 2 * c, 0))
-                    a, nrm = self.lower(k, shape_only, part, units=(slot, cols))
-                span = rr[live] * nrm * (1.0 + 4 * U)
-                new_lo[live] = new_lo[live].scatter(1, slot, _sub_down(a[:, :c], span[:, :c]))
-                new_hi[live] = new_hi[live].scatter(1, slot, -_sub_down(a[:, c:], span[:, c:]))
-            shape = (b, *st.z_shape)
-            return new_lo[:, :n_units].reshape(shape), new_hi[:, :n_units].reshape(shape)
-
-        return hook
+        """The hook of `ball_bounds`: CROWN intervals of the uncertain units of z_k
+        (speccert.bounds.crown_hidden)."""
+        return hidden_interval(self, x, r)
 
     def ball(self, x: Tensor, r: Tensor) -> Ball:
         """Proven bounds of every stage over B(x_b, r_b): intervals by boxes, Lipschitz and CROWN."""
