@@ -57,14 +57,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
 from speccert.bounds.certificate import NotApplicable
+from speccert.bounds.crown_first import FirstPlan, build_plan, convex_bound, split
 from speccert.bounds.crown_hidden import hidden_interval
 from speccert.bounds.crown_pool import pool_lines, route
 from speccert.bounds.crown_relax import relax, supported
-from speccert.bounds.crown_slopes import optimised_margins
+from speccert.bounds.crown_slopes import optimised_margins, score
 from speccert.bounds.crown_sort import relax_sort
 from speccert.bounds.crown_terms import TINY, Ball, U, backward_terms
 from speccert.bounds.crown_terms import Acc as _Acc
@@ -108,6 +110,8 @@ class Crown:
         self.steps = 0  # > 0: optimised lower slopes of the margin bound (speccert.bounds.crown_slopes)
         self.columns: dict[int, dict[int, Tensor] | None] = {}
         self.column_bytes = 0
+        self.first_layer = True  # the margin rows also try the convex first layer (crown_first)
+        self._plan: list[FirstPlan | None] = []
 
     def _constant(self, st: Stage) -> tuple[Tensor, Tensor]:
         """(bc, brad) [1, *z] enclosing b_k = z_k at zero sources."""
@@ -274,15 +278,10 @@ class Crown:
             g = torch.cat([g, -g], 1)
             adj[i] = adj[i] + g if i in adj else g
 
-    def _backward(
-        self,
-        top: int,
-        lam: Tensor,
-        ball: Ball,
-        slopes: dict[int, Tensor] | None,
-        units: tuple[Tensor, dict[int, Tensor]] | None = None,
-    ) -> tuple[_Acc, Tensor]:
-        """The running constant and error and the input's adjoint Lam (before the input's terms).
+    def _start(
+        self, top: int, lam: Tensor, ball: Ball, units: tuple[Tensor, dict[int, Tensor]] | None = None
+    ) -> tuple[_Acc, dict[int, Tensor]]:
+        """The running constant and error and the adjoints of the sources after stage `top`'s affine map.
         `units` = (slot, columns): the rows are [+e_slot, -e_slot] of z_top (lam gives only the shape)."""
         b, rows = lam.shape[:2]
         zero = torch.zeros((b, rows), dtype=torch.float64)
@@ -292,13 +291,41 @@ class Crown:
             self._through(top, lam, ball, acc, adj)
         else:
             self._through_units(top, units[0], units[1], ball, acc, adj)
-        for j in range(top - 1, -1, -1):
+        return acc, adj
+
+    def descend(
+        self,
+        above: int,
+        last: int,
+        adj: dict[int, Tensor],
+        ball: Ball,
+        acc: _Acc,
+        slopes: dict[int, Tensor] | None = None,
+    ) -> None:
+        """The stages above > j >= last, last first: each adjoint through its nonlinearity and map."""
+        for j in range(above - 1, last - 1, -1):
             if j in adj:
                 self._through(j, self._relax(j, adj.pop(j), ball, acc, slopes), ball, acc, adj)
+
+    def _backward(
+        self,
+        top: int,
+        lam: Tensor,
+        ball: Ball,
+        slopes: dict[int, Tensor] | None,
+        units: tuple[Tensor, dict[int, Tensor]] | None = None,
+    ) -> tuple[_Acc, Tensor]:
+        """The running constant and error and the input's adjoint Lam (before the input's terms)."""
+        acc, adj = self._start(top, lam, ball, units)
+        self.descend(top, 0, adj, ball, acc, slopes)
+        return acc, self.input_adjoint(adj, ball, lam.shape[1])
+
+    def input_adjoint(self, adj: dict[int, Tensor], ball: Ball, rows: int) -> Tensor:
+        """Lam [B, N, *x]: the input's adjoint (0 where no path reaches it)."""
         lam_x = adj.pop(-1, None)
         if lam_x is None:
-            lam_x = torch.zeros((b, rows, *ball.x.shape[1:]), dtype=torch.float64)
-        return acc, lam_x
+            lam_x = torch.zeros((ball.x.shape[0], rows, *ball.x.shape[1:]), dtype=torch.float64)
+        return lam_x
 
     def estimate(self, top: int, lam: Tensor, ball: Ball, slopes: dict[int, Tensor]) -> Tensor:
         """The bound a - r n without the input's rounding terms and outward rounding, differentiable
@@ -319,6 +346,10 @@ class Crown:
         with the lower slopes `slopes` (clamped to [alpha, 1]) at unstable ReLU units where given.
         `units`: see `_backward` (lam then only gives the rows' shape)."""
         acc, lam_x = self._backward(top, lam, ball, slopes, units)
+        return self.finish(acc, lam_x, ball)
+
+    def finish(self, acc: _Acc, lam_x: Tensor, ball: Ball) -> tuple[Tensor, Tensor]:
+        """(a, n): the input's terms added to a backward pass's constant and error, rounded outward."""
         n_in = ball.x[0].numel()
         acc.add_const(_dot(lam_x, ball.x))
         acc.add_err(
@@ -341,6 +372,34 @@ class Crown:
         bb = ball_bounds(self.graph, self.stages, x, r, None, self.unit_lipschitz, interval=hook)
         return Ball(x, r, bb)
 
+    def first_plan(self) -> FirstPlan | None:
+        """The convex first layer's units and M (speccert.bounds.crown_first; once per model)."""
+        if not self.first_layer:
+            return None
+        if not self._plan:
+            self._plan.append(build_plan(self.graph, self.stages))
+        return self._plan[0]
+
+    def _with_first(
+        self, plan: FirstPlan, acc: _Acc, adj: dict[int, Tensor], ball: Ball, rows: int
+    ) -> tuple[Tensor, Tensor]:
+        """Per row the better (larger a / n) of CROWN's own (a, n) and the convex first layer's, from
+        a backward pass stopped above the layer's units (both proven; crown_first)."""
+        acc_own, adj_own = replace(acc), dict(adj)
+        self.descend(plan.top + 1, 0, adj_own, ball, acc_own)
+        a, n = self.finish(acc_own, self.input_adjoint(adj_own, ball, rows), ball)
+        if plan.top not in adj:
+            return a, n
+        st = self.stages[plan.j0]
+        parts = split(plan, self.graph, st, adj.pop(plan.top), ball)
+        self._through(plan.j0, parts.mu, ball, acc, adj)
+        self.descend(plan.j0, 0, adj, ball, acc)
+        g = self.input_adjoint(adj, ball, rows)
+        a_lin, _ = self.finish(acc, g, ball)
+        a2, n2 = convex_bound(plan, self.graph, st, a_lin, g, parts, ball.r)
+        better = (score(a2, n2) > score(a, n)) & (ball.r[:, None] > 0)
+        return torch.where(better, a2, a), torch.where(better, n2, n)
+
     def margin_bounds(self, x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
         """(a, n) [B, C] for the margins f_y - f_j over B(x, r) (a = +inf, n = 0 at j = y)."""
         ball = self.ball(x, r)
@@ -349,7 +408,13 @@ class Crown:
         eye = torch.eye(classes, dtype=torch.float64)
         lam = (eye[y][:, None, :] - eye[None, :, :]).reshape(x.shape[0], classes, *final.z_shape)
         top = len(self.stages) - 1
-        a, nrm = self.lower(top, lam, ball)
+        plan = self.first_plan()
+        if plan is None or not bool((r > 0).any()):
+            a, nrm = self.lower(top, lam, ball)
+        else:
+            acc, adj = self._start(top, lam, ball)
+            self.descend(top, plan.top + 1, adj, ball, acc)
+            a, nrm = self._with_first(plan, acc, adj, ball, lam.shape[1])
         own = torch.zeros_like(a, dtype=torch.bool).scatter(1, y[:, None], True)
         if self.steps > 0:
             a, nrm = optimised_margins(self, top, lam, ball, (a, nrm), own)
