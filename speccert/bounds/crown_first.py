@@ -58,8 +58,8 @@ import torch.nn.functional as F
 from speccert.bounds.crown_terms import TINY, Ball, U, down
 from speccert.bounds.local_bounds import box_stage
 from speccert.bounds.local_first import _linear_part
-from speccert.bounds.local_stages import Stage, stage_vjp
-from speccert.ir import INPUT, Activation, Graph, MaxPool
+from speccert.bounds.local_stages import Stage
+from speccert.ir import Activation, Graph, MaxPool
 from speccert.norms.rounding import gamma
 
 Tensor = torch.Tensor
@@ -135,17 +135,20 @@ def _units(stages: list[Stage], j0: int) -> tuple[int, Tensor, bool] | None:
     return None
 
 
-def _rows(st: Stage, cand: Tensor, shapes: dict[str, tuple[int, ...]]) -> Tensor:
-    """a_i = e_i^T A [candidates, n_in] (exact: docstring), sparse COO."""
+def _rows(graph: Graph, st: Stage, cand: Tensor) -> Tensor:
+    """a_i = e_i^T A [candidates, n_in] as sparse COO: the product without its bias on the input's
+    one-hot vectors e_m gives the columns A e_m (one product among zeros: exact)."""
+    n_in = math.prod(graph.input_shape)
     flat = cand.flatten()
-    n = math.prod(st.z_shape)
     parts = []
-    for s in range(0, flat.numel(), ROW_CHUNK):
-        idx = flat[s : s + ROW_CHUNK]
-        one = torch.zeros((idx.numel(), n), dtype=torch.float64).scatter(1, idx[:, None], 1.0)
-        (g,) = stage_vjp(st, one.reshape(-1, *st.z_shape), shapes).values()
-        parts.append(g.reshape(idx.numel(), -1).to_sparse())
-    return torch.cat(parts).coalesce()
+    for s in range(0, n_in, ROW_CHUNK):
+        m = min(ROW_CHUNK, n_in - s)
+        one = torch.zeros((m, n_in), dtype=torch.float64)
+        one[torch.arange(m), torch.arange(s, s + m)] = 1.0
+        found = _linear_part(graph, st, one.reshape(m, *graph.input_shape))
+        assert found is not None
+        parts.append(found[0].reshape(m, -1)[:, flat].T.to_sparse())
+    return torch.cat(parts, 1).coalesce()
 
 
 def _gram_max(rows: Tensor, units: int, k: int) -> Tensor:
@@ -171,7 +174,6 @@ def build_plan(graph: Graph, stages: list[Stage]) -> FirstPlan | None:
     j0 = first[0]
     st = stages[j0]
     found = _units(stages, j0)
-    shapes = {INPUT: graph.input_shape} | {n.name: n.shape for n in graph.nodes}
     probe = torch.zeros((1, *graph.input_shape), dtype=torch.float64)
     if found is None or _linear_part(graph, st, probe) is None:
         return None
@@ -179,7 +181,7 @@ def build_plan(graph: Graph, stages: list[Stage]) -> FirstPlan | None:
     units, k = cand.shape
     if units > UNIT_CAP:
         return None
-    rows = _rows(st, cand, shapes)
+    rows = _rows(graph, st, cand)
     if rows._nnz() > SPARSE_NNZ:
         return None
     n_in = rows.shape[1]
@@ -259,12 +261,12 @@ def convex_bound(
     t_star = (g2 + pos).sqrt()
     c_star = rr / (2.0 * t_star)
     best = torch.full_like(g2, math.inf)
+    # each c q + |lam| beta is raised by 4u (c |q| + |lam beta|) + 1e-300: per unit by its largest
+    q_abs, lb_abs = q.abs().amax(3), lb.abs().amax(3)
     for f in GRID.tolist():
         c = c_star * f
-        cq = c[:, :, None, None] * q
-        t = cq + lb
-        t = t + 4 * U * (cq.abs() + lb.abs()) + TINY
-        per = t.amax(3)
+        per = torch.addcmul(lb, q, c[:, :, None, None]).amax(3)
+        per = per + 4 * U * (c[:, :, None] * q_abs + lb_abs) + TINY
         if plan.zero:
             per = per.clamp_min(0.0)
         per = torch.where(in_s, per, 0.0)
