@@ -110,7 +110,9 @@ class Crown:
         self.steps = 0  # > 0: optimised lower slopes of the margin bound (speccert.bounds.crown_slopes)
         self.columns: dict[int, dict[int, Tensor] | None] = {}
         self.column_bytes = 0
-        self.first_layer = True  # the margin rows also try the convex first layer (crown_first)
+        # the margin rows: "best" per row of CROWN and the convex first layer (crown_first), "off",
+        # or "only" the convex first layer's bound where r > 0 (tests)
+        self.first_layer = "best"
         self._plan: list[FirstPlan | None] = []
 
     def _constant(self, st: Stage) -> tuple[Tensor, Tensor]:
@@ -374,7 +376,7 @@ class Crown:
 
     def first_plan(self) -> FirstPlan | None:
         """The convex first layer's units and M (speccert.bounds.crown_first; once per model)."""
-        if not self.first_layer:
+        if self.first_layer == "off":
             return None
         if not self._plan:
             self._plan.append(build_plan(self.graph, self.stages))
@@ -397,7 +399,7 @@ class Crown:
         g = self.input_adjoint(adj, ball, rows)
         a_lin, _ = self.finish(acc, g, ball)
         a2, n2 = convex_bound(plan, self.graph, st, a_lin, g, parts, ball.r)
-        better = (score(a2, n2) > score(a, n)) & (ball.r[:, None] > 0)
+        better = ((score(a2, n2) > score(a, n)) | (self.first_layer == "only")) & (ball.r[:, None] > 0)
         return torch.where(better, a2, a), torch.where(better, n2, n)
 
     def margin_bounds(self, x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:

@@ -50,6 +50,7 @@ subtracted; u = 2^-53):
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -159,7 +160,9 @@ def _gram_max(rows: Tensor, units: int, k: int) -> Tensor:
         dense = rows.to_dense()
         g = (dense @ dense.T).reshape(units, k, units, k)
         return g.amax((1, 3)).clamp_min(0.0)
-    prod = torch.sparse.mm(rows, rows.t()).coalesce()
+    with warnings.catch_warnings():  # torch's note that its sparse kernels are in beta
+        warnings.simplefilter("ignore", UserWarning)
+        prod = torch.sparse.mm(rows, rows.t()).coalesce()
     i, j = prod.indices()
     key = (i // k) * units + (j // k)
     out = out.scatter_reduce(0, key, prod.values(), "amax", include_self=True)
@@ -233,6 +236,23 @@ def split(plan: FirstPlan, graph: Graph, st: Stage, lam: Tensor, ball: Ball) -> 
     return Split(mu.reshape(b, rows, *st.z_shape), lam_s, phi, beta)
 
 
+def q_upper(plan: FirstPlan, graph: Graph, st: Stage, g: Tensor, lam_s: Tensor) -> Tensor:
+    """>= q_u(i) = |lam_u| (-2 g^T a_i + (M |lam_S|)_u) [B, N, U, K] (module docstring), for the input
+    adjoints g [B, N, *x] and lam_s = |lam_u| on S [B, N, U]."""
+    b, rows = g.shape[:2]
+    found = _linear_part(graph, st, g.reshape(b * rows, *g.shape[2:]))
+    assert found is not None  # build_plan checked the stage
+    lin, spread = found  # g^T a_i in lin +- spread
+    lin = lin.reshape(b, rows, -1)[:, :, plan.cand]
+    spread = spread.reshape(b, rows, -1)[:, :, plan.cand]
+    ml = (lam_s @ plan.m.T) * (1.0 + 2 * gamma(plan.cand.shape[0] + 2)) + TINY  # >= (M |lam_S|)_u
+    ml = ml[..., None]
+    s = ml + 2.0 * spread - 2.0 * lin
+    s = s + 4 * U * (ml + 2.0 * spread + 2.0 * lin.abs()) + TINY
+    q = lam_s[..., None] * s
+    return q + 4 * U * q.abs() + TINY
+
+
 def convex_bound(
     plan: FirstPlan, graph: Graph, st: Stage, a_lin: Tensor, g: Tensor, parts: Split, r: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -241,19 +261,9 @@ def convex_bound(
     b, rows = g.shape[:2]
     units = plan.cand.shape[0]
     n_in = g[0, 0].numel()
-    found = _linear_part(graph, st, g.reshape(b * rows, *g.shape[2:]))
-    assert found is not None  # build_plan checked the stage
-    lin, spread = found
-    lin = lin.reshape(b, rows, -1)[:, :, plan.cand]
-    spread = spread.reshape(b, rows, -1)[:, :, plan.cand]
     lam_s = parts.lam_s
     in_s = lam_s > 0
-    ml = (lam_s @ plan.m.T) * (1.0 + 2 * gamma(units + 2)) + TINY  # >= (M |lam_S|)_u
-    ml = ml[..., None]
-    s = ml + 2.0 * spread - 2.0 * lin
-    s = s + 4 * U * (ml + 2.0 * spread + 2.0 * lin.abs()) + TINY
-    q = lam_s[..., None] * s
-    q = q + 4 * U * q.abs() + TINY  # >= q_u(i) [B, N, U, K]
+    q = q_upper(plan, graph, st, g, lam_s)
     lb = lam_s[..., None] * parts.beta[:, None]  # <= 0, within u of |lam| beta
     g2 = g.flatten(2).square().sum(2) * (1.0 + 2 * gamma(n_in + 2)) + TINY
     rr = r[:, None]
@@ -284,4 +294,4 @@ def convex_bound(
     return torch.nan_to_num(a, nan=-math.inf), torch.nan_to_num(n, nan=math.inf)
 
 
-__all__ = ["UNIT_CAP", "FirstPlan", "Split", "build_plan", "convex_bound", "split"]
+__all__ = ["UNIT_CAP", "FirstPlan", "Split", "build_plan", "convex_bound", "q_upper", "split"]
