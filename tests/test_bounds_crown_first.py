@@ -162,11 +162,11 @@ def test_best_of_both_never_lowers_a_radius() -> None:
                 assert bool((best >= own).all())
 
 
-def _cancelling_plan(seed: int) -> tuple[Graph, FirstPlan, torch.Tensor]:
-    """A Linear -> ReLU first layer whose rows are ~1e8 and nearly orthogonal: float dot products
-    of the rows and of g with the rows cancel catastrophically."""
+def _cancelling_plan(seed: int, scale: float) -> tuple[Graph, FirstPlan, torch.Tensor]:
+    """A Linear -> ReLU first layer with rows ~`scale` nearly orthogonal to one another (at 1e8 their
+    float dot products cancel catastrophically)."""
     gen = torch.Generator().manual_seed(seed)
-    base = torch.randn(1, 8, generator=gen, dtype=D) * 1e8
+    base = torch.randn(1, 8, generator=gen, dtype=D) * scale
     w = base + torch.randn(6, 8, generator=gen, dtype=D)
     w[:, -1] = -(w[:, :-1] @ base[0, :-1]) / base[0, -1]  # rows nearly orthogonal to base
     head = torch.randn(3, 6, generator=gen, dtype=D)
@@ -188,16 +188,21 @@ def test_the_allowances_of_m_and_q_are_added() -> None:
     allowance fails this test)."""
     under_m = under_q = 0
     for seed in range(6):
-        g, plan, w = _cancelling_plan(seed)
-        crown = Crown(lipschitz_bound(g))
+        g, plan, w = _cancelling_plan(seed, 1e8)
         wf = [[Fraction(float(v)) for v in row] for row in w]
         for i in range(6):
             for k in range(6):
                 exact = max(Fraction(0), sum(p * q for p, q in zip(wf[i], wf[k], strict=True)))
                 assert Fraction(float(plan.m[i, k])) >= exact, "M below an exact Gram entry"
                 under_m += Fraction(float(w[i] @ w[k])) < exact
+        # moderate rows and a huge g nearly orthogonal to all of them: g^T a_i cancels (M |lam| is
+        # small, so q's allowance is the product's, not M's)
         gen = torch.Generator().manual_seed(seed + 100)
-        gv = torch.randn(1, 2, 8, generator=gen, dtype=D) + w[0] / 1e8 * 3
+        g, plan, w = _cancelling_plan(seed, 1.0)
+        crown = Crown(lipschitz_bound(g))
+        wf = [[Fraction(float(v)) for v in row] for row in w]
+        null = torch.linalg.svd(w).Vh[-2:]
+        gv = (null + 1e-9 * torch.randn(2, 8, generator=gen, dtype=D))[None] * 1e8
         lam_s = torch.rand(1, 2, 6, generator=gen, dtype=D)
         q = q_upper(plan, crown.graph, crown.stages[0], gv, lam_s)
         mf = [[Fraction(float(v)) for v in row] for row in plan.m]
