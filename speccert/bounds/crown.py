@@ -57,16 +57,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 
 import torch
 
 from speccert.bounds.certificate import NotApplicable
-from speccert.bounds.crown_first import FirstPlan, build_plan, convex_bound, split
+from speccert.bounds.crown_first import FirstPlan, best_of_both, build_plan
 from speccert.bounds.crown_hidden import hidden_interval
 from speccert.bounds.crown_pool import pool_lines, route
 from speccert.bounds.crown_relax import relax, supported
-from speccert.bounds.crown_slopes import optimised_margins, score
+from speccert.bounds.crown_slopes import optimised_margins
 from speccert.bounds.crown_sort import relax_sort
 from speccert.bounds.crown_terms import TINY, Ball, U, backward_terms
 from speccert.bounds.crown_terms import Acc as _Acc
@@ -382,26 +381,6 @@ class Crown:
             self._plan.append(build_plan(self.graph, self.stages))
         return self._plan[0]
 
-    def _with_first(
-        self, plan: FirstPlan, acc: _Acc, adj: dict[int, Tensor], ball: Ball, rows: int
-    ) -> tuple[Tensor, Tensor]:
-        """Per row the better (larger a / n) of CROWN's own (a, n) and the convex first layer's, from
-        a backward pass stopped above the layer's units (both proven; crown_first)."""
-        acc_own, adj_own = replace(acc), dict(adj)
-        self.descend(plan.top + 1, 0, adj_own, ball, acc_own)
-        a, n = self.finish(acc_own, self.input_adjoint(adj_own, ball, rows), ball)
-        if plan.top not in adj:
-            return a, n
-        st = self.stages[plan.j0]
-        parts = split(plan, self.graph, st, adj.pop(plan.top), ball)
-        self._through(plan.j0, parts.mu, ball, acc, adj)
-        self.descend(plan.j0, 0, adj, ball, acc)
-        g = self.input_adjoint(adj, ball, rows)
-        a_lin, _ = self.finish(acc, g, ball)
-        a2, n2 = convex_bound(plan, self.graph, st, a_lin, g, parts, ball.r)
-        better = ((score(a2, n2) > score(a, n)) | (self.first_layer == "only")) & (ball.r[:, None] > 0)
-        return torch.where(better, a2, a), torch.where(better, n2, n)
-
     def margin_bounds(self, x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
         """(a, n) [B, C] for the margins f_y - f_j over B(x, r) (a = +inf, n = 0 at j = y)."""
         ball = self.ball(x, r)
@@ -416,7 +395,7 @@ class Crown:
         else:
             acc, adj = self._start(top, lam, ball)
             self.descend(top, plan.top + 1, adj, ball, acc)
-            a, nrm = self._with_first(plan, acc, adj, ball, lam.shape[1])
+            a, nrm = best_of_both(self, plan, acc, adj, ball, lam.shape[1])
         own = torch.zeros_like(a, dtype=torch.bool).scatter(1, y[:, None], True)
         if self.steps > 0:
             a, nrm = optimised_margins(self, top, lam, ball, (a, nrm), own)

@@ -51,12 +51,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from speccert.bounds.crown_terms import TINY, Ball, U, down
+from speccert.bounds.crown_slopes import score
+from speccert.bounds.crown_terms import TINY, Acc, Ball, U, down
 from speccert.bounds.local_bounds import box_stage
 from speccert.bounds.local_first import _linear_part
 from speccert.bounds.local_stages import Stage
@@ -294,4 +296,50 @@ def convex_bound(
     return torch.nan_to_num(a, nan=-math.inf), torch.nan_to_num(n, nan=math.inf)
 
 
-__all__ = ["UNIT_CAP", "FirstPlan", "Split", "build_plan", "convex_bound", "q_upper", "split"]
+class FirstCrown(Protocol):
+    """What `best_of_both` calls of speccert.bounds.crown.Crown (a Protocol: crown imports this module)."""
+
+    graph: Graph
+    stages: list[Stage]
+    first_layer: str
+
+    def descend(
+        self,
+        above: int,
+        last: int,
+        adj: dict[int, Tensor],
+        ball: Ball,
+        acc: Acc,
+        slopes: dict[int, Tensor] | None = None,
+    ) -> None: ...
+
+    def finish(self, acc: Acc, lam_x: Tensor, ball: Ball) -> tuple[Tensor, Tensor]: ...
+
+    def input_adjoint(self, adj: dict[int, Tensor], ball: Ball, rows: int) -> Tensor: ...
+
+    def _through(self, k: int, lam: Tensor, ball: Ball, acc: Acc, adj: dict[int, Tensor]) -> None: ...
+
+
+def best_of_both(
+    crown: FirstCrown, plan: FirstPlan, acc: Acc, adj: dict[int, Tensor], ball: Ball, rows: int
+) -> tuple[Tensor, Tensor]:
+    """Per row the better (larger a / n) of CROWN's own (a, n) and the convex layer's, from a backward
+    pass stopped above the layer's units (`acc`, `adj`: its running terms and adjoints; both bounds
+    proven). crown.first_layer == "only": the convex layer's wherever r > 0 (tests)."""
+    acc_own, adj_own = replace(acc), dict(adj)
+    crown.descend(plan.top + 1, 0, adj_own, ball, acc_own)
+    a, n = crown.finish(acc_own, crown.input_adjoint(adj_own, ball, rows), ball)
+    if plan.top not in adj:
+        return a, n
+    st = crown.stages[plan.j0]
+    parts = split(plan, crown.graph, st, adj.pop(plan.top), ball)
+    crown._through(plan.j0, parts.mu, ball, acc, adj)
+    crown.descend(plan.j0, 0, adj, ball, acc)
+    g = crown.input_adjoint(adj, ball, rows)
+    a_lin, _ = crown.finish(acc, g, ball)
+    a2, n2 = convex_bound(plan, crown.graph, st, a_lin, g, parts, ball.r)
+    better = ((score(a2, n2) > score(a, n)) | (crown.first_layer == "only")) & (ball.r[:, None] > 0)
+    return torch.where(better, a2, a), torch.where(better, n2, n)
+
+
+__all__ = ["UNIT_CAP", "FirstPlan", "Split", "best_of_both", "build_plan", "convex_bound", "q_upper", "split"]
