@@ -82,6 +82,7 @@ from speccert.norms.rounding import gamma
 Tensor = torch.Tensor
 COLUMN_BYTES = 1 << 29  # per model: the stages' unit columns e_i^T A_kj kept for the hidden bounds
 COLUMN_CHUNK = 256
+HIDDEN_UNITS = 1024  # first layers up to this many units serve the hidden bounds' rows too
 UnitHook = Callable[[int, BallBounds, Tensor | None], Tensor | None]
 
 
@@ -346,6 +347,14 @@ class Crown:
         """(a, n) [B, N]: over B(x, rho), rho <= ball.r, lam^T z_top >= a - rho n (module docstring),
         with the lower slopes `slopes` (clamped to [alpha, 1]) at unstable ReLU units where given.
         `units`: see `_backward` (lam then only gives the rows' shape)."""
+        plan = self.first_plan() if slopes is None else None
+        hidden = top < len(self.stages) - 1  # rows +-e_i of a hidden layer: small first layers only
+        if plan is not None and hidden and plan.cand.shape[0] > HIDDEN_UNITS:
+            plan = None
+        if plan is not None and plan.top < top and bool((ball.r > 0).any()):
+            acc, adj = self._start(top, lam, ball, units)
+            self.descend(top, plan.top + 1, adj, ball, acc)
+            return best_of_both(self, plan, acc, adj, ball, lam.shape[1])
         acc, lam_x = self._backward(top, lam, ball, slopes, units)
         return self.finish(acc, lam_x, ball)
 
@@ -389,13 +398,7 @@ class Crown:
         eye = torch.eye(classes, dtype=torch.float64)
         lam = (eye[y][:, None, :] - eye[None, :, :]).reshape(x.shape[0], classes, *final.z_shape)
         top = len(self.stages) - 1
-        plan = self.first_plan()
-        if plan is None or not bool((r > 0).any()):
-            a, nrm = self.lower(top, lam, ball)
-        else:
-            acc, adj = self._start(top, lam, ball)
-            self.descend(top, plan.top + 1, adj, ball, acc)
-            a, nrm = best_of_both(self, plan, acc, adj, ball, lam.shape[1])
+        a, nrm = self.lower(top, lam, ball)
         own = torch.zeros_like(a, dtype=torch.bool).scatter(1, y[:, None], True)
         if self.steps > 0:
             a, nrm = optimised_margins(self, top, lam, ball, (a, nrm), own)

@@ -273,17 +273,21 @@ def convex_bound(
     t_star = (g2 + pos).sqrt()
     c_star = rr / (2.0 * t_star)
     best = torch.full_like(g2, math.inf)
-    # each c q + |lam| beta is raised by 4u (c |q| + |lam beta|) + 1e-300: per unit by its largest
-    q_abs, lb_abs = q.abs().amax(3), lb.abs().amax(3)
+    # each c q + |lam| beta is raised by 4u (c |q| + |lam beta|) + 1e-300; max(0, v + e) <= max(0, v) + e
+    # for e >= 0, so these go onto the sum over the units once: 4u (c sum max|q| + sum max|lam beta|)
+    q = torch.where(in_s[..., None], q, 0.0)
+    q_abs, lb_abs = q.abs().amax(3).sum(2), lb.abs().amax(3).sum(2)
     for f in GRID.tolist():
         c = c_star * f
-        per = torch.addcmul(lb, q, c[:, :, None, None]).amax(3)
-        per = per + 4 * U * (c[:, :, None] * q_abs + lb_abs) + TINY
+        t = torch.addcmul(lb, q, c[:, :, None, None])
+        per = t[..., 0] if t.shape[3] == 1 else t.amax(3)
         if plan.zero:
             per = per.clamp_min(0.0)
-        per = torch.where(in_s, per, 0.0)
+        else:  # windows outside S take no part (with q = 0 there, their max is lam beta = 0: exact)
+            per = torch.where(in_s, per, 0.0)
         total = per.sum(2)
-        total = total + 2 * gamma(units + 2) * per.abs().sum(2)
+        total = total + 2 * gamma(units + 2) * (total if plan.zero else per.abs().sum(2))
+        total = total + 4 * U * (c * q_abs + lb_abs) * (1.0 + 4 * U) + units * TINY
         head = (c * g2 + rr * rr / (4.0 * c)) * (1.0 + 8 * U)
         bound = head + total
         bound = bound + 4 * U * (head + total.abs()) + TINY
