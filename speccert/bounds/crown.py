@@ -42,6 +42,13 @@ products kept differentiable by stage_vjp's create_graph), starting from the ada
 the better a / n of the adaptive and the optimised bound is kept: both are proven, so it is never worse.
 The estimate only chooses slopes; the certificate is the re-evaluated bound.
 
+Convex first layer (speccert.bounds.crown_first, `first_layer` = "best"): where the first stage is
+one Linear / Conv of the input followed by ReLU and/or a tiling MaxPool (at most UNIT_CAP units), a
+row's backward pass stops above those units; besides CROWN's lines it also bounds the negatively
+weighted unfixed units jointly over the ball (one perturbation cannot push every window up at
+once), and per row the larger a / n of the two is kept. Hidden-bound rows do the same where the
+layer has at most HIDDEN_UNITS units.
+
 Intermediate bounds (full CROWN): the interval of every unit of z_k whose relaxation is not exact is
 the same bound with rows +-e_i, taken with the bounds of the stages before k, and intersected with the
 interval/Lipschitz bounds of speccert.bounds.local_bounds (`ball_bounds(..., interval=...)`).

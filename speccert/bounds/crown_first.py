@@ -69,6 +69,7 @@ Tensor = torch.Tensor
 UNIT_CAP = 8192  # units of the first layer (M is U x U float64: 0.5 GB at the cap)
 DENSE_WORK = 2e9  # multiply-adds of a dense Gram of the candidates' rows; above it, sparse
 SPARSE_NNZ = 1 << 24  # nonzeros of the candidates' rows kept sparse; above it, no refinement
+GRAM_WORK = 4e9  # products of the candidates' Gram (sparse: sum over inputs of their rows squared)
 ROW_CHUNK = 512
 GRID = torch.logspace(math.log10(0.5), math.log10(20.0), 16, dtype=torch.float64)  # c / c*
 
@@ -187,7 +188,9 @@ def build_plan(graph: Graph, stages: list[Stage]) -> FirstPlan | None:
     if units > UNIT_CAP:
         return None
     rows = _rows(graph, st, cand)
-    if rows._nnz() > SPARSE_NNZ:
+    per_input = torch.bincount(rows.indices()[1], minlength=rows.shape[1]).double()
+    work = min(float(per_input.square().sum()), rows.shape[0] ** 2 * rows.shape[1])
+    if rows._nnz() > SPARSE_NNZ or work > GRAM_WORK:  # the Gram's products: too costly
         return None
     n_in = rows.shape[1]
     norms = rows.pow(2).sum(1).to_dense().sqrt() * (1.0 + gamma(n_in + 4)) + TINY
