@@ -69,7 +69,7 @@ Tensor = torch.Tensor
 UNIT_CAP = 8192  # units of the first layer (M is U x U float64: 0.5 GB at the cap)
 DENSE_WORK = 2e9  # multiply-adds of a dense Gram of the candidates' rows; above it, sparse
 SPARSE_NNZ = 1 << 24  # nonzeros of the candidates' rows kept sparse; above it, no refinement
-GRAM_WORK = 4e9  # products of the candidates' Gram (sparse: sum over inputs of their rows squared)
+SPARSE_WORK = 3e8  # products of a sparse Gram (sum over inputs of their rows squared; ~1e8 / s here)
 ROW_CHUNK = 512
 # c / c* (c = r / (2t)); 64 values instead moved verivital's radii by +0.5 % on 6 points
 GRID = torch.logspace(math.log10(0.5), math.log10(20.0), 16, dtype=torch.float64)
@@ -159,7 +159,7 @@ def _gram_max(rows: Tensor, units: int, k: int) -> Tensor:
     """max(0, max_{i in u, k in v} fl(a_i^T a_k)) [U, U] (dense for small dense rows, else sparse)."""
     n_in = rows.shape[1]
     out = torch.zeros(units * units, dtype=torch.float64)
-    if rows.shape[0] ** 2 * n_in <= DENSE_WORK:
+    if rows.shape[0] ** 2 * n_in <= DENSE_WORK:  # the same test as build_plan's
         dense = rows.to_dense()
         g = (dense @ dense.T).reshape(units, k, units, k)
         return g.amax((1, 3)).clamp_min(0.0)
@@ -189,9 +189,9 @@ def build_plan(graph: Graph, stages: list[Stage]) -> FirstPlan | None:
         return None
     rows = _rows(graph, st, cand)
     per_input = torch.bincount(rows.indices()[1], minlength=rows.shape[1]).double()
-    work = min(float(per_input.square().sum()), rows.shape[0] ** 2 * rows.shape[1])
-    if rows._nnz() > SPARSE_NNZ or work > GRAM_WORK:  # the Gram's products: too costly
-        return None
+    dense = rows.shape[0] ** 2 * rows.shape[1] <= DENSE_WORK
+    if not dense and (rows._nnz() > SPARSE_NNZ or float(per_input.square().sum()) > SPARSE_WORK):
+        return None  # the Gram's products would cost more than the bound gives
     n_in = rows.shape[1]
     norms = rows.pow(2).sum(1).to_dense().sqrt() * (1.0 + gamma(n_in + 4)) + TINY
     n_u = norms.reshape(units, k).amax(1)
