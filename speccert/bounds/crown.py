@@ -42,6 +42,13 @@ products kept differentiable by stage_vjp's create_graph), starting from the ada
 the better a / n of the adaptive and the optimised bound is kept: both are proven, so it is never worse.
 The estimate only chooses slopes; the certificate is the re-evaluated bound.
 
+Convex first layer (speccert.bounds.crown_first, `first_layer` = "best"): where the first stage is
+one Linear / Conv of the input followed by ReLU and/or a tiling MaxPool (at most UNIT_CAP units), a
+row's backward pass stops above those units; besides CROWN's lines it also bounds the negatively
+weighted unfixed units jointly over the ball (one perturbation cannot push every window up at
+once), and per row the larger a / n of the two is kept. Hidden-bound rows do the same where the
+layer has at most HIDDEN_UNITS units.
+
 Intermediate bounds (full CROWN): the interval of every unit of z_k whose relaxation is not exact is
 the same bound with rows +-e_i, taken with the bounds of the stages before k, and intersected with the
 interval/Lipschitz bounds of speccert.bounds.local_bounds (`ball_bounds(..., interval=...)`).
@@ -61,6 +68,7 @@ from collections.abc import Callable
 import torch
 
 from speccert.bounds.certificate import NotApplicable
+from speccert.bounds.crown_first import FirstPlan, best_of_both, build_plan
 from speccert.bounds.crown_hidden import hidden_interval
 from speccert.bounds.crown_pool import pool_lines, route
 from speccert.bounds.crown_relax import relax, supported
@@ -81,6 +89,7 @@ from speccert.norms.rounding import gamma
 Tensor = torch.Tensor
 COLUMN_BYTES = 1 << 29  # per model: the stages' unit columns e_i^T A_kj kept for the hidden bounds
 COLUMN_CHUNK = 256
+HIDDEN_UNITS = 1024  # first layers up to this many units serve the hidden bounds' rows too
 UnitHook = Callable[[int, BallBounds, Tensor | None], Tensor | None]
 
 
@@ -108,6 +117,10 @@ class Crown:
         self.steps = 0  # > 0: optimised lower slopes of the margin bound (speccert.bounds.crown_slopes)
         self.columns: dict[int, dict[int, Tensor] | None] = {}
         self.column_bytes = 0
+        # the margin rows: "best" per row of CROWN and the convex first layer (crown_first), "off",
+        # or "only" the convex first layer's bound where r > 0 (tests)
+        self.first_layer = "best"
+        self._plan: list[FirstPlan | None] = []
 
     def _constant(self, st: Stage) -> tuple[Tensor, Tensor]:
         """(bc, brad) [1, *z] enclosing b_k = z_k at zero sources."""
@@ -274,15 +287,10 @@ class Crown:
             g = torch.cat([g, -g], 1)
             adj[i] = adj[i] + g if i in adj else g
 
-    def _backward(
-        self,
-        top: int,
-        lam: Tensor,
-        ball: Ball,
-        slopes: dict[int, Tensor] | None,
-        units: tuple[Tensor, dict[int, Tensor]] | None = None,
-    ) -> tuple[_Acc, Tensor]:
-        """The running constant and error and the input's adjoint Lam (before the input's terms).
+    def _start(
+        self, top: int, lam: Tensor, ball: Ball, units: tuple[Tensor, dict[int, Tensor]] | None = None
+    ) -> tuple[_Acc, dict[int, Tensor]]:
+        """The running constant and error and the adjoints of the sources after stage `top`'s affine map.
         `units` = (slot, columns): the rows are [+e_slot, -e_slot] of z_top (lam gives only the shape)."""
         b, rows = lam.shape[:2]
         zero = torch.zeros((b, rows), dtype=torch.float64)
@@ -292,13 +300,41 @@ class Crown:
             self._through(top, lam, ball, acc, adj)
         else:
             self._through_units(top, units[0], units[1], ball, acc, adj)
-        for j in range(top - 1, -1, -1):
+        return acc, adj
+
+    def descend(
+        self,
+        above: int,
+        last: int,
+        adj: dict[int, Tensor],
+        ball: Ball,
+        acc: _Acc,
+        slopes: dict[int, Tensor] | None = None,
+    ) -> None:
+        """The stages above > j >= last, last first: each adjoint through its nonlinearity and map."""
+        for j in range(above - 1, last - 1, -1):
             if j in adj:
                 self._through(j, self._relax(j, adj.pop(j), ball, acc, slopes), ball, acc, adj)
+
+    def _backward(
+        self,
+        top: int,
+        lam: Tensor,
+        ball: Ball,
+        slopes: dict[int, Tensor] | None,
+        units: tuple[Tensor, dict[int, Tensor]] | None = None,
+    ) -> tuple[_Acc, Tensor]:
+        """The running constant and error and the input's adjoint Lam (before the input's terms)."""
+        acc, adj = self._start(top, lam, ball, units)
+        self.descend(top, 0, adj, ball, acc, slopes)
+        return acc, self.input_adjoint(adj, ball, lam.shape[1])
+
+    def input_adjoint(self, adj: dict[int, Tensor], ball: Ball, rows: int) -> Tensor:
+        """Lam [B, N, *x]: the input's adjoint (0 where no path reaches it)."""
         lam_x = adj.pop(-1, None)
         if lam_x is None:
-            lam_x = torch.zeros((b, rows, *ball.x.shape[1:]), dtype=torch.float64)
-        return acc, lam_x
+            lam_x = torch.zeros((ball.x.shape[0], rows, *ball.x.shape[1:]), dtype=torch.float64)
+        return lam_x
 
     def estimate(self, top: int, lam: Tensor, ball: Ball, slopes: dict[int, Tensor]) -> Tensor:
         """The bound a - r n without the input's rounding terms and outward rounding, differentiable
@@ -318,7 +354,19 @@ class Crown:
         """(a, n) [B, N]: over B(x, rho), rho <= ball.r, lam^T z_top >= a - rho n (module docstring),
         with the lower slopes `slopes` (clamped to [alpha, 1]) at unstable ReLU units where given.
         `units`: see `_backward` (lam then only gives the rows' shape)."""
+        plan = self.first_plan() if slopes is None else None
+        hidden = top < len(self.stages) - 1  # rows +-e_i of a hidden layer: small first layers only
+        if plan is not None and hidden and plan.cand.shape[0] > HIDDEN_UNITS:
+            plan = None
+        if plan is not None and plan.top < top and bool((ball.r > 0).any()):
+            acc, adj = self._start(top, lam, ball, units)
+            self.descend(top, plan.top + 1, adj, ball, acc)
+            return best_of_both(self, plan, acc, adj, ball, lam.shape[1])
         acc, lam_x = self._backward(top, lam, ball, slopes, units)
+        return self.finish(acc, lam_x, ball)
+
+    def finish(self, acc: _Acc, lam_x: Tensor, ball: Ball) -> tuple[Tensor, Tensor]:
+        """(a, n): the input's terms added to a backward pass's constant and error, rounded outward."""
         n_in = ball.x[0].numel()
         acc.add_const(_dot(lam_x, ball.x))
         acc.add_err(
@@ -340,6 +388,14 @@ class Crown:
         hook = self.interval(x, r)
         bb = ball_bounds(self.graph, self.stages, x, r, None, self.unit_lipschitz, interval=hook)
         return Ball(x, r, bb)
+
+    def first_plan(self) -> FirstPlan | None:
+        """The convex first layer's units and M (speccert.bounds.crown_first; once per model)."""
+        if self.first_layer == "off":
+            return None
+        if not self._plan:
+            self._plan.append(build_plan(self.graph, self.stages))
+        return self._plan[0]
 
     def margin_bounds(self, x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
         """(a, n) [B, C] for the margins f_y - f_j over B(x, r) (a = +inf, n = 0 at j = y)."""
