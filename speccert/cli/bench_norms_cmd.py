@@ -303,7 +303,7 @@ def norms(
 ) -> None:
     """auto vs plain power iteration (100 steps per layer) vs Fantastic-Four: seconds and tightness."""
     dev = resolve_device(device)
-    check_outputs({"--json": json_out})
+    check_outputs({"--json": json_out}, inputs={"--resnet-weights": resnet_weights})
     check_exact_max_dim(exact_max_dim)
     check_refine_above(refine_above)
     models = _norms_models(corpus, resnet, resnet_size, resnet_weights)
