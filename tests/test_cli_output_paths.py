@@ -75,7 +75,7 @@ def test_an_output_over_an_input_is_refused_and_the_input_kept(
     code, err = _run(capsys, *(a.format(**f) for a in args))
     assert code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert f"is the {named} file" in err and "refusing to overwrite an input" in err
+    assert f"is the {named} file" in err and "refusing to overwrite the input" in err
     assert _snapshot(f) == before
 
 

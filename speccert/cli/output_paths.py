@@ -43,7 +43,7 @@ def check_not_inputs(targets: Mapping[str, PathArg], inputs: Mapping[str, PathAr
                 continue
             if _same(Path(target), Path(source)):
                 raise UsageError(
-                    f"{opt} {target} is the {what} file {source}; refusing to overwrite an input "
+                    f"{opt} {target} is the {what} file {source}; refusing to overwrite the input "
                     "(write the output elsewhere)"
                 )
 

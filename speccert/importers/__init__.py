@@ -84,6 +84,11 @@ def load(
                 "(certify, inspect and norms)"
             )
         return load_factory(spec, weights, input_shape, check=check, allow_unsupported=allow_unsupported)
+    if weights is not None:  # silently ignored before: the file's own weights were certified
+        raise UsageError(
+            f"--weights {os.fspath(weights)}: only a 'package.module:factory' model takes a state_dict; "
+            f"{spec} holds its own weights (leave --weights out)"
+        )
     path = Path(spec)
     if not path.exists():
         _explain_factory_path(spec)
