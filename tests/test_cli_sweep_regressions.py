@@ -114,3 +114,17 @@ def test_bench_prints_bracketed_names_as_written(
     """`escape()` before a console that parses no markup printed 'benchmarking \\[v2] net'."""
     code, err = _run(capsys, "bench", "norms", "--no-resnet", "--corpus", f["dir"] / "corpus")
     assert code == 0 and "benchmarking [v2] net ..." in err and "\\[" not in err
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(
+    f: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Typer turns KeyboardInterrupt into a silent Exit(130): the run just stopped, with nothing said."""
+    from speccert.cli import inspect_cmd
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inspect_cmd, "load_model", interrupted)
+    code, err = _run(capsys, "inspect", f["model"])
+    assert code == 130 and err == "interrupted\n"
