@@ -128,3 +128,30 @@ def test_ctrl_c_says_interrupted_and_exits_130(
     monkeypatch.setattr(inspect_cmd, "load_model", interrupted)
     code, err = _run(capsys, "inspect", f["model"])
     assert code == 130 and err == "interrupted\n"
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("suffix", [".pt2", ".pt"])
+def test_an_unreadable_torch_file_is_exit_4(
+    f: dict[str, Path], capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    """Reading /proc/self/mem from offset 0 fails with EIO: an unreadable file even for root (chmod 000
+    is not, and the sweep ran as root). It was an internal error, exit 5."""
+    link = f["dir"] / f"io{suffix}"
+    link.unlink(missing_ok=True)
+    link.symlink_to("/proc/self/mem")
+    code, err = _run(capsys, "inspect", link)
+    assert code == 4 and f"cannot read {link}" in _one_error_line(err)
+
+
+def test_an_os_error_anywhere_is_exit_4_naming_the_file(
+    f: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from speccert.cli import inspect_cmd
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", "/data/x.onnx")
+
+    monkeypatch.setattr(inspect_cmd, "load_model", denied)
+    code, err = _run(capsys, "inspect", f["model"])
+    assert code == 4 and err == "error: /data/x.onnx: Permission denied\n"

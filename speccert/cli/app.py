@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from speccert import __version__
-from speccert.errors import EXIT_INTERNAL, SpeccertError
+from speccert.errors import EXIT_INPUT, EXIT_INTERNAL, SpeccertError
 
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (Ctrl-C)
 EXIT_CODES_HELP = (
@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return EXIT_INTERRUPTED
+    except OSError as exc:  # a file the system would not read or write (EACCES, EIO, ENOSPC): not a bug
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(styled("[bold red]error:[/] {}{}", where, exc.strerror or exc), highlight=False)
+        return EXIT_INPUT
     except Exception as exc:  # a bug: keep the user's screen clean unless asked for details
         if os.environ.get("SPECCERT_DEBUG"):
             raise
