@@ -155,3 +155,20 @@ def test_an_os_error_anywhere_is_exit_4_naming_the_file(
     monkeypatch.setattr(inspect_cmd, "load_model", denied)
     code, err = _run(capsys, "inspect", f["model"])
     assert code == 4 and err == "error: /data/x.onnx: Permission denied\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["certify", "", "--data", "{data}"], "MODEL: empty path"),  # was "model path is a folder"
+        (["inspect", ""], "MODEL: empty path"),
+        (["certify", "{model}", "--data", ""], "--data: empty path"),  # read the current folder as images
+        (["gate", "{model}", "--data", "", "--min-clean", "0.1"], "--data: empty path"),
+    ],
+)
+def test_an_empty_path_is_a_usage_error(
+    f: dict[str, Path], capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    """An unset shell variable ("$MODEL") gives an empty argument: Path("") is the current folder."""
+    code, err = _run(capsys, *(a.format(**f) for a in args))
+    assert code == 2 and message in _one_error_line(err)

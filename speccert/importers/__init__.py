@@ -73,6 +73,8 @@ def load(
     initialisation would be certified, so that takes `random_weights=True`.
     """
     spec = os.fspath(spec)
+    if not spec:  # Path("") is ".": it was reported as "model path is a folder"
+        raise UsageError("MODEL: empty path (is the variable you passed set?)")
     if is_factory_spec(spec):
         from speccert.importers.torch_import import _import_factory, load_factory
 
