@@ -172,3 +172,20 @@ def test_an_empty_path_is_a_usage_error(
     """An unset shell variable ("$MODEL") gives an empty argument: Path("") is the current folder."""
     code, err = _run(capsys, *(a.format(**f) for a in args))
     assert code == 2 and message in _one_error_line(err)
+
+
+def test_json_output_is_strict_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """NaN / Infinity (a layer with no finite bound, an unmeasured ratio) are written as null: Python's
+    default wrote the tokens NaN and Infinity, which jq and JavaScript refuse."""
+    import json
+
+    from speccert.cli.common import write_json
+
+    write_json({"a": float("inf"), "b": [float("nan"), 1.5], "c": np.float32("nan"), "d": np.float64(2)}, "-")
+    text = capsys.readouterr().out
+    assert json.loads(text, parse_constant=lambda t: pytest.fail(f"non-JSON token {t}")) == {
+        "a": None,
+        "b": [None, 1.5],
+        "c": None,
+        "d": 2.0,
+    }

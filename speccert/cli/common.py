@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -111,9 +112,25 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _strict(x: Any) -> Any:
+    """`x` with every NaN or infinite float replaced by None: JSON has neither (Python would write NaN
+    and Infinity, which jq, JavaScript and strict parsers refuse), and the reports' schema writes an
+    unbounded value as null."""
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_strict(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def write_json(data: Any, target: str) -> None:
-    """Write `data` as JSON to a path or to stdout ('-'). Never overwrites a directory."""
-    text = json.dumps(data, indent=2, sort_keys=False, default=float)
+    """Write `data` as strict JSON (no NaN / Infinity: null) to a path or to stdout ('-'). Never
+    overwrites a directory."""
+    text = json.dumps(
+        _strict(data), indent=2, sort_keys=False, default=lambda o: _strict(float(o)), allow_nan=False
+    )
     if target == "-":
         sys.stdout.write(text + "\n")
         return
