@@ -15,26 +15,30 @@ from speccert.cli.app import main
 from tests.test_certify_cli import onnx_classifier
 
 
-@pytest.fixture(scope="module")
-def f(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("outputs")
+def model_and_data(d: Path) -> dict[str, Path]:
+    """A 3-class ONNX classifier on [1, 4, 4] inputs and 20 labelled points, in folder `d`."""
     rng = np.random.default_rng(0)
     np.savez(d / "d.npz", x=rng.random((20, 1, 4, 4), dtype=np.float32), y=rng.integers(0, 3, 20))
-    (d / "policy.toml").write_text(
-        f'[gate.data]\npath = "{d / "d.npz"}"\n[[gate.rule]]\nmetric = "clean_accuracy"\nmin = 0.0\n'
-    )
-    return {
-        "dir": d,
-        "data": d / "d.npz",
-        "model": onnx_classifier(d / "m.onnx"),
-        "policy": d / "policy.toml",
-    }
+    return {"dir": d, "data": d / "d.npz", "model": onnx_classifier(d / "m.onnx")}
 
 
-def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
+def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
+    """Exit code and stderr of `speccert ARGS`, run in this process."""
     code = main([str(a) for a in args])
-    err = capsys.readouterr().err
-    return code, err
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def f(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    files = model_and_data(tmp_path_factory.mktemp("outputs"))
+    files["policy"] = files["dir"] / "policy.toml"
+    files["policy"].write_text(
+        f'[gate.data]\npath = "{files["data"]}"\n[[gate.rule]]\nmetric = "clean_accuracy"\nmin = 0.0\n'
+    )
+    return files
+
+
+_run = run_cli
 
 
 def _snapshot(f: dict[str, Path]) -> dict[str, bytes]:

@@ -10,33 +10,25 @@ import numpy as np
 import pytest
 
 from speccert.bounds.options import CertifyOptions
-from speccert.cli.app import main
 from speccert.errors import UsageError
 from speccert.gate.policy import parse_policy
 from speccert.limits import check_refine_above
 from tests.test_certify_cli import onnx_classifier
+from tests.test_cli_output_paths import model_and_data, run_cli
 
 
 @pytest.fixture(scope="module")
 def f(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("sweep")
-    rng = np.random.default_rng(0)
-    np.savez(d / "d.npz", x=rng.random((20, 1, 4, 4), dtype=np.float32), y=rng.integers(0, 3, 20))
-    (d / "garbage.pt").write_bytes(rng.integers(0, 256, 300, dtype=np.uint8).tobytes())
-    corpus = d / "corpus" / "[v2] net"
+    files = model_and_data(tmp_path_factory.mktemp("sweep"))
+    files["garbage"] = files["dir"] / "garbage.pt"
+    files["garbage"].write_bytes(np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    corpus = files["dir"] / "corpus" / "[v2] net"
     corpus.mkdir(parents=True)
     onnx_classifier(corpus / "model.onnx")
-    return {
-        "dir": d,
-        "data": d / "d.npz",
-        "model": onnx_classifier(d / "m.onnx"),
-        "garbage": d / "garbage.pt",
-    }
+    return files
 
 
-def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
+_run = run_cli
 
 
 def _one_error_line(err: str) -> str:
