@@ -12,6 +12,11 @@ capped by the process' RLIMIT_AS when one is set.
 The same budget bounds what the computations plan to allocate: a norm method or a certificate whose
 route (a dense matrix, an explicit Gram matrix, the rows of a merged affine tail) would need more
 falls back to a cheaper sound bound and says so in the report (`fits`).
+
+The range checks of settings that several entry points share live here too, torch-free, so the CLI
+(before torch loads), the library's option objects and the gate policy refuse the same values with
+the same words: `check_refine_above` (a ratio upper / lower >= 1, inf: never) and `check_seed` (a
+64-bit integer, what torch's generators take).
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from speccert.errors import InputError, UsageError
 ENV = "SPECCERT_MAX_MEMORY"
 _SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
+
+REFINE_ABOVE = 1.01  # `auto` refines a layer whose upper / lower bound ratio is above this (norms.method)
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # torch.manual_seed's int64 (a larger one raised, exit 5)
 
 _override: int | None = None  # --max-memory for this process (set by the CLI, or a library user)
 
@@ -113,3 +121,18 @@ def check_bytes(what: str, nbytes: int | float) -> None:
             f"{what} would take {human(nbytes)}, more than the memory budget of {human(budget)} "
             f"(pass --max-memory or set {ENV} to allow more)"
         )
+
+
+def check_refine_above(value: float, what: str = "--refine-above") -> float:
+    """`value` when it is a ratio upper / lower >= 1 (inf: never refine); UsageError naming `what`
+    (the option or policy key) for NaN, anything below 1, or a non-number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 1.0:  # NaN too
+        raise UsageError(f"{what} is a ratio upper / lower >= 1 (inf: never refine), got {value!r}")
+    return float(value)
+
+
+def check_seed(value: int, what: str = "--seed") -> int:
+    """`value` when it is an integer torch can seed with (64 bits); UsageError naming `what` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not SEED_MIN <= value <= SEED_MAX:
+        raise UsageError(f"{what} must be an integer that fits in 64 bits, got {value!r}")
+    return value

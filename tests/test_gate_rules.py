@@ -202,6 +202,7 @@ BAD_BASELINES = [
     ("certificate.clean_accuracy", _DELETE, "certificate.clean_accuracy"),
     ("certificate.eps", [0.1, math.inf, 0.5], "certificate.eps[1]"),
     ("certificate.eps", [0.1, -5, 0.5], "certificate.eps[1]"),
+    ("certificate.eps", [0.1, 0.1, 0.5], "gives eps 0.1 twice"),  # two accuracies at one radius
     ("certificate.eps", _DELETE, "certificate.eps"),
     ("certificate.median_radius", -5, "certificate.median_radius"),
     ("certificate.median_radius", math.nan, "certificate.median_radius"),

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from speccert.errors import InputError, UsageError
-from speccert.gate.options import parse_clean_option, parse_cra_option, parse_eps_option, with_overrides
+from speccert.gate.options import (
+    COMMAND_LINE,
+    parse_clean_option,
+    parse_cra_option,
+    parse_eps_option,
+    with_overrides,
+)
 from speccert.gate.policy import MAX_POLICY_BYTES, Policy, discover_policy, make_rule, read_policy
 from speccert.training.targets import parse_target
 
@@ -185,6 +194,11 @@ def test_command_line_rules_and_overrides() -> None:
         ("gate.no_regression.max_lipschitz_growth", "inf", "finite"),
         ("gate.seed", str(2**64), "64 bits"),  # torch.manual_seed overflowed: exit 5 before
         ("gate.data.limit", str(2**70), "64 bits"),
+        ("gate.device", "'gpu'", "cpu, cuda, cuda:N or auto"),  # torch's own error was exit 5
+        ("gate.device", "'[bold]x'", "got '\\[bold\\]x'"),
+        ("gate.refine_above", "nan", "ratio upper / lower >= 1"),
+        ("gate.refine_above", "0.5", "ratio upper / lower >= 1"),
+        ("gate.refine_above", "'2'", "ratio upper / lower >= 1"),
     ],
 )
 def test_out_of_range_policy_values_are_refused(tmp_path: Path, key: str, value: str, match: str) -> None:
@@ -240,3 +254,55 @@ def test_gate_and_finetune_refuse_the_same_accuracies(acc: str) -> None:
         with pytest.raises(UsageError, match="accuracy") as ft_err:
             parse_target(f"cra@0.25>={acc}")
         assert str(gate_err.value).split(": ", 1)[1] == str(ft_err.value).split(": ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed", "shown"), [("1.5", 1.5, 1.5), ("2", 2.0, 2.0), ("inf", math.inf, None)]
+)
+def test_refine_above_policy_key(tmp_path: Path, value: str, parsed: float, shown: float | None) -> None:
+    """The same range as --refine-above; the gate JSON records it (null for inf: JSON has no infinity)."""
+    pol = read_policy(_write(tmp_path, f"[gate]\nrefine_above = {value}\n"))
+    assert pol.refine_above == parsed and pol.to_dict()["refine_above"] == shown
+    assert read_policy(_write(tmp_path, "[gate]\n")).refine_above == 1.01  # the norms' default
+
+
+def test_a_byte_order_mark_is_not_a_toml_error(tmp_path: Path) -> None:
+    p = tmp_path / "speccert.toml"
+    p.write_bytes("\ufeff[gate]\neps = [0.1]\n".encode())  # Notepad's UTF-8
+    assert read_policy(p).eps == (0.1,)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"device": "gpu"}, "--device must be cpu, cuda, cuda:N or auto, got 'gpu'"),
+        ({"max_cra_drop": math.nan}, "--max-cra-drop must be a finite number, got nan"),
+        ({"max_lipschitz_growth": 0.5}, "--max-lipschitz-growth is a factor >= 1, got 0.5"),
+        ({"limit": 0}, "--limit must be > 0, got 0"),
+    ],
+)
+def test_command_line_values_are_named_by_their_option(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        with_overrides(Policy(), **overrides)
+    assert str(exc.value) == message
+    assert "command line:" not in str(exc.value) and ".max'" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: parse_cra_option("0.5@nan"),
+            "--min-cra 0.5@nan: the radius must be a finite number, got nan",
+        ),
+        (lambda: parse_eps_option("0.1,inf"), "--eps must be a finite number, got inf"),
+        (
+            lambda: make_rule("lipschitz_upper", max=-1.0, where="--max-lipschitz", src=COMMAND_LINE),
+            "--max-lipschitz must be >= 0, got -1.0",
+        ),
+    ],
+)
+def test_command_line_rules_name_the_option(make: Callable[[], object], message: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        make()
+    assert str(exc.value) == message

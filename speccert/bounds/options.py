@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from speccert.errors import UsageError
+from speccert.limits import check_refine_above, check_seed
 from speccert.norms.method import EXACT_MAX_DIM, REFINE_ABOVE
 
 CROWN_STEPS = 0  # crown's optimised margin slopes: off (<= 2 % gain, up to 3.8x the cost; docs/certify.md)
@@ -74,10 +75,8 @@ class CertifyOptions:
             raise UsageError(f"--lower-points must be >= 1, got {self.lower_points}")
         if not 0.0 <= self.float32_tolerance < 1.0:
             raise UsageError(f"--float32-tolerance must be in [0, 1), got {self.float32_tolerance}")
-        if not self.refine_above >= 1.0:  # NaN too
-            raise UsageError(
-                f"--refine-above is a ratio upper / lower >= 1 (inf: never refine), got {self.refine_above}"
-            )
+        check_refine_above(self.refine_above)
+        check_seed(self.seed)
         if self.crown_steps < 0:
             raise UsageError(f"--crown-steps must be >= 0, got {self.crown_steps}")
         if self.crc_steps < 0 or (self.crc_steps > 0 and not self.second_order):

@@ -11,11 +11,13 @@ from typing import Annotated
 import typer
 
 from speccert import __version__
-from speccert.errors import EXIT_INTERNAL, SpeccertError
+from speccert.errors import EXIT_INPUT, EXIT_INTERNAL, SpeccertError
 
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (Ctrl-C)
 EXIT_CODES_HELP = (
     "Exit codes: 0 success (gate passed), 1 gate/target failed, 2 usage error, 3 model not supported, "
-    "4 input file unreadable or invalid, 5 internal error (including a certificate broken by the audit)."
+    "4 input file unreadable or invalid, 5 internal error (including a certificate broken by the audit), "
+    "130 interrupted (Ctrl-C)."
 )
 
 app = typer.Typer(
@@ -96,13 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, standalone_mode=True)
     except SystemExit as exc:
         code = exc.code
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a silent Exit(130): say why the run ended
+            err.print("interrupted")
         return code if isinstance(code, int) else (0 if code is None else 1)
     except SpeccertError as exc:
         err.print(styled("[bold red]error:[/] {}", exc), highlight=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # a file the system would not read or write (EACCES, EIO, ENOSPC): not a bug
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(styled("[bold red]error:[/] {}{}", where, exc.strerror or exc), highlight=False)
+        return EXIT_INPUT
     except Exception as exc:  # a bug: keep the user's screen clean unless asked for details
         if os.environ.get("SPECCERT_DEBUG"):
             raise

@@ -105,13 +105,15 @@ def _certify_jobs(
     corpus: Path | None, bundled: bool, eps: str, bundled_eps: str
 ) -> list[tuple[str, Path, Path, list[float]]]:
     """(name, model file, data, radii) of every model `bench certify` runs: the bundled, then the corpus's."""
-    from speccert.cli.certify_cmd import parse_floats
+    from speccert.cli.certify_cmd import parse_eps
     from speccert.errors import InputError
 
+    # Both lists are checked up front, used or not: a NaN radius used to skip every model with a note, exit 0.
+    corpus_eps, bundled_radii = parse_eps(eps, "--eps"), parse_eps(bundled_eps, "--bundled-eps")
     jobs: list[tuple[str, Path, Path, list[float]]] = []
     if bundled and BUNDLED_DATA.exists():
         jobs += [
-            (m, REPO / "models" / f"{m}.onnx", BUNDLED_DATA, parse_floats(bundled_eps, "--bundled-eps") or [])
+            (m, REPO / "models" / f"{m}.onnx", BUNDLED_DATA, bundled_radii)
             for m in _bundled_models()
             if (REPO / "models" / f"{m}.onnx").exists()
         ]
@@ -122,7 +124,7 @@ def _certify_jobs(
         missing_corpus_note(folder, f"running the {len(jobs)} bundled models only")
     if folder.is_dir():
         jobs += [
-            (p.name, p / "model.onnx", p, parse_floats(eps, "--eps") or [])
+            (p.name, p / "model.onnx", p, corpus_eps)
             for p in sorted(folder.iterdir())
             if (p / "model.onnx").exists() and (p / "x.npy").exists()
         ]
@@ -192,6 +194,8 @@ def certify_bench(
         raise UsageError(f"--float32-tolerance must be in [0, 1), got {float32_tolerance}")
     if min_points < 0:
         raise UsageError(f"--min-points must be >= 0, got {min_points}")
+    if limit is not None and limit < 1:  # before: every model skipped with a note, and exit 0
+        raise UsageError(f"--limit must be a positive number of samples, got {limit}")
     jobs = _certify_jobs(corpus, bundled, eps, bundled_eps)
     report: dict[str, Any] = {"schema": "speccert.bench.certify/1", "device": dev, "models": {}}
     for name, model_path, data, eps_list in jobs:

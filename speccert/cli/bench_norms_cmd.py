@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from speccert.cli.bench_corpus import REPO, corpus_folder, missing_corpus_note
 from speccert.cli.common import (
@@ -64,7 +63,16 @@ def _resnet18_graph(size: int, weights: Path | None) -> Any:
         return None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.resnet18_graph(mod.resnet18_module(weights=str(weights) if weights else None), size)
+    try:
+        module = mod.resnet18_module(weights=str(weights) if weights else None)
+    except Exception as exc:  # torch.load / load_state_dict on the user's file: any failure is the file's
+        from speccert.errors import InputError
+
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
+        raise InputError(
+            f"--resnet-weights {weights}: not a torchvision resnet18 state_dict ({first})"
+        ) from None
+    return mod.resnet18_graph(module, size)
 
 
 def bench_graph(
@@ -303,9 +311,17 @@ def norms(
 ) -> None:
     """auto vs plain power iteration (100 steps per layer) vs Fantastic-Four: seconds and tightness."""
     dev = resolve_device(device)
-    check_outputs({"--json": json_out})
+    check_outputs({"--json": json_out}, inputs={"--resnet-weights": resnet_weights})
     check_exact_max_dim(exact_max_dim)
     check_refine_above(refine_above)
+    if resnet and resnet_size < 1:
+        from speccert.errors import UsageError
+
+        raise UsageError(f"--resnet-size is the input side in pixels, >= 1, got {resnet_size}")
+    if resnet_weights is not None and not resnet_weights.is_file():
+        from speccert.errors import InputError
+
+        raise InputError(f"--resnet-weights {resnet_weights}: no such file")
     models = _norms_models(corpus, resnet, resnet_size, resnet_weights)
     if not models:
         from speccert.errors import InputError
@@ -313,7 +329,7 @@ def norms(
         raise InputError("bench norms: nothing to benchmark (no ResNet-18 and no corpus models)")
     report: dict[str, Any] = {"schema": "speccert.bench.norms/1", "device": dev, "models": {}}
     for name, graph in models:
-        err.print(f"benchmarking {escape(name)} ...")
+        err.print(f"benchmarking {name} ...")  # err parses no markup: escaping would print backslashes
         with layer_progress(name) as progress:
             res = bench_graph(
                 graph, dev, exact_max_dim=exact_max_dim, progress=progress, refine_above=refine_above

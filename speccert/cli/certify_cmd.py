@@ -365,7 +365,9 @@ def command(
         crown_steps,
         refine_above,
     )
-    check_outputs({"--json": json_out, "--plot": plot})
+    check_outputs(
+        {"--json": json_out, "--plot": plot}, inputs={"MODEL": model, "--data": data, "--weights": weights}
+    )
     _check_plot(plot)
     from speccert.data import load_data
 

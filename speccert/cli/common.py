@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,9 +11,18 @@ from typing import Annotated, Any
 import typer
 
 from speccert.cli.console import err, out, styled
-from speccert.errors import InputError, UsageError
+from speccert.cli.output_paths import check_outputs
+from speccert.errors import UsageError
+from speccert.limits import check_refine_above, check_seed
 
-__all__ = ["err", "out", "styled"]  # re-exported: commands import their consoles from here
+__all__ = [
+    "check_outputs",
+    "check_refine_above",
+    "check_seed",
+    "err",
+    "out",
+    "styled",
+]  # re-exported for the commands
 
 ModelArg = Annotated[
     str, typer.Argument(help="Model: a .onnx, .pt2 or TorchScript file, or 'package.module:factory'.")
@@ -103,9 +112,25 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _strict(x: Any) -> Any:
+    """`x` with every NaN or infinite float replaced by None: JSON has neither (Python would write NaN
+    and Infinity, which jq, JavaScript and strict parsers refuse), and the reports' schema writes an
+    unbounded value as null."""
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_strict(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def write_json(data: Any, target: str) -> None:
-    """Write `data` as JSON to a path or to stdout ('-'). Never overwrites a directory."""
-    text = json.dumps(data, indent=2, sort_keys=False, default=float)
+    """Write `data` as strict JSON (no NaN / Infinity: null) to a path or to stdout ('-'). Never
+    overwrites a directory."""
+    text = json.dumps(
+        _strict(data), indent=2, sort_keys=False, default=lambda o: _strict(float(o)), allow_nan=False
+    )
     if target == "-":
         sys.stdout.write(text + "\n")
         return
@@ -115,35 +140,6 @@ def write_json(data: Any, target: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text + "\n")
     tmp.replace(path)
-
-
-def check_outputs(
-    targets: dict[str, str | Path | None], create_folders: frozenset[str] = frozenset()
-) -> None:
-    """Refuse an unwritable output path before any work starts (not after a long run, as exit 5).
-
-    `targets` maps an option ('--json') to its path (None: not given; '-': stdout). A missing folder is
-    exit 4, except for options in `create_folders` (finetune's --out makes its folder), which need the
-    nearest existing folder above them to be writable. An empty path is exit 2 (an unset variable).
-    """
-    for opt, target in targets.items():
-        if target is None or str(target) == "-":
-            continue
-        if str(target) == "":
-            raise UsageError(
-                f"{opt}: empty path (is the variable you passed, e.g. $GITHUB_STEP_SUMMARY, set?)"
-            )
-        path = Path(target)
-        if path.is_dir():
-            raise InputError(f"{opt} {target}: is a folder, not a file")
-        folder = path.parent
-        if opt in create_folders:
-            while not folder.exists() and folder != folder.parent:
-                folder = folder.parent
-        if not folder.is_dir():
-            raise InputError(f"{opt} {target}: folder {path.parent} does not exist")
-        if not os.access(folder, os.W_OK):
-            raise InputError(f"{opt} {target}: folder {folder} is not writable")
 
 
 def check_exact_max_dim(value: int) -> int:
@@ -161,10 +157,3 @@ RefineAboveOpt = Annotated[
         "inf: never.",
     ),
 ]
-
-
-def check_refine_above(value: float) -> float:
-    """--refine-above is a ratio upper / lower: >= 1 (inf: never refine); NaN or below 1 is a usage error."""
-    if not value >= 1.0:
-        raise UsageError(f"--refine-above is a ratio upper / lower >= 1 (inf: never refine), got {value}")
-    return value

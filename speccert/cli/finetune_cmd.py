@@ -20,6 +20,7 @@ from speccert.cli.common import (
     ModelArg,
     WeightsOpt,
     check_outputs,
+    check_seed,
     err,
     out,
     resolve_device,
@@ -301,7 +302,12 @@ def command(
     _check_options(model, penalty, recipe, time_budget, decision)
     tlist, eps = _targets(target)
     dev = resolve_device(device)
-    check_outputs({"--json": json_out, "--out": out_path}, create_folders=frozenset({"--out"}))
+    check_outputs(
+        {"--json": json_out, "--out": out_path},
+        create_folders=frozenset({"--out"}),
+        inputs={"MODEL": model, "--data": data, "--val": val, "--weights": weights},
+    )
+    check_seed(seed)
     main = int(os.environ.get("RANK", "0")) == 0
     val_data = _val_data(val, data)
     mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")

@@ -35,6 +35,7 @@ from speccert.cli.common import (
     out,
     write_json,
 )
+from speccert.cli.output_paths import check_not_inputs
 from speccert.errors import EXIT_OK
 from speccert.gate.metrics import metrics_help
 
@@ -166,7 +167,17 @@ def command(
     from speccert.gate.workflow import gate
     from speccert.ir.decision import check_decision, decide_by
 
-    check_outputs({"--json": json_out, "--junit": junit, "--markdown": markdown})
+    outputs = {"--json": json_out, "--junit": junit, "--markdown": markdown}
+    check_outputs(
+        outputs,
+        inputs={
+            "MODEL": model,
+            "--policy": policy,
+            "--baseline": baseline,
+            "--data": data,
+            "--weights": weights,
+        },
+    )
     check_decision(decision)
     cli_rules = _rules_from_options(min_cra, min_clean, max_lipschitz, max_layer_norm, min_median_radius)
     policy_path = policy if policy is not None else discover_policy(".")
@@ -194,6 +205,14 @@ def command(
         baseline=baseline,
         max_cra_drop=max_cra_drop,
         max_lipschitz_growth=max_lipschitz_growth,
+    )
+    check_not_inputs(  # the files the policy names are inputs too
+        outputs,
+        {
+            "policy": policy_path,
+            "[gate.data] path": pol.data.path,
+            "[gate.no_regression] baseline": pol.regression.baseline if pol.regression else None,
+        },
     )
 
     with err.status(Text(f"certifying {model} ..."), spinner="dots"):  # Text: the path is not markup

@@ -123,7 +123,7 @@ def command(
 ) -> None:
     import typer
 
-    check_outputs({"--json": json})
+    check_outputs({"--json": json}, inputs={"MODEL": model, "--weights": weights})
     graph = load_model(
         model, input_shape, weights, trust_pickle, allow_unsupported=True, random_weights=random_weights
     )

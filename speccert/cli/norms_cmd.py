@@ -134,7 +134,7 @@ def command(
 
     norm_methods.check(method)
     dev = resolve_device(device)
-    check_outputs({"--json": json_out})
+    check_outputs({"--json": json_out}, inputs={"MODEL": model, "--weights": weights})
     check_exact_max_dim(exact_max_dim)
     check_refine_above(refine_above)
     graph = load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights)

@@ -70,6 +70,8 @@ def load_data(path: str | os.PathLike[str], split: str = "test", limit: int | No
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if limit is not None and limit <= 0:
         raise UsageError(f"--limit must be a positive number of samples, got {limit}")
+    if not os.fspath(path):  # Path("") is ".": the current folder was read as an image folder
+        raise UsageError("--data: empty path (is the variable you passed set?)")
     p = Path(path)
     if not p.exists():
         raise InputError(f"data not found: {p}")

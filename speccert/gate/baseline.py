@@ -45,14 +45,34 @@ def read_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"baseline {p} is {size / 2**20:.0f} MiB; a speccert report is at most "
                 f"{MAX_BASELINE_BYTES // 2**20} MiB"
             )
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        doc = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read baseline {p}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"baseline {p} is not valid JSON: {exc}") from None
+    except _DuplicateKey as exc:
+        raise InputError(
+            f"baseline {p}: key '{exc}' appears twice in one object (which value counts is up to the "
+            "reader): not a report speccert wrote"
+        ) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise InputError(f"baseline {p} is not a speccert report ({str(exc).split(':')[0]})") from None
     except RecursionError:
         raise InputError(f"baseline {p} is nested too deeply to be a speccert report") from None
     return baseline_report(doc, str(p))
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object with one key twice: Python keeps the last value, other readers the first."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise _DuplicateKey(key)
+        doc[key] = value
+    return doc
 
 
 def baseline_report(doc: Any, src: str = "baseline") -> dict[str, Any]:

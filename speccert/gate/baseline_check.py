@@ -9,7 +9,8 @@ is checked against the certify report schema (report.schema.json) and against it
     schema_version    "MAJOR.MINOR.PATCH" with this speccert's major version; kind "certify"
     certificate.n     an integer >= 1
     accuracies        finite, in [0, 1]; certified_accuracy[i] <= clean_accuracy (a certified point
-                      is a correctly classified one) and non-increasing in eps (a larger ball)
+                      is a correctly classified one) and non-increasing in eps (a larger ball); an
+                      eps listed twice has one accuracy
     radii             finite, >= 0 (eps, median_radius; null = infinite where the schema allows it)
     lipschitz.upper   finite, >= 0, or null (no finite bound); lower <= upper
 
@@ -107,6 +108,11 @@ def _check_certificate(cert: dict[str, Any], src: str) -> None:
             )
         pairs.append((radius, acc, i))
     for (e0, a0, _), (e1, a1, i1) in zip(sorted(pairs), sorted(pairs)[1:], strict=False):
+        if e1 == e0 and abs(a1 - a0) > _TOL:
+            raise InputError(
+                f"{_name(src)}: 'certificate.certified_accuracy' gives eps {e0:g} twice, with {a0:g} and "
+                f"{a1:g}: the report is inconsistent"
+            )
         if e1 > e0 and a1 > a0 + _TOL:
             raise InputError(
                 f"{_name(src)}: 'certificate.certified_accuracy[{i1}]' = {a1:g} at eps {e1:g} exceeds "

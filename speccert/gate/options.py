@@ -12,6 +12,7 @@ from typing import Any
 from speccert.errors import UsageError
 from speccert.gate.policy import COMMAND_LINE, SPLITS, Policy, RegressionSpec, parse_regression
 from speccert.gate.rules import RuleSpec, make_rule
+from speccert.gate.values import device as checked_device
 from speccert.gate.values import integer, numbers
 from speccert.training.targets import parse_accuracy
 
@@ -89,7 +90,7 @@ def with_overrides(
         rules=policy.rules + tuple(rules or ()),
         eps=eps if eps is not None else policy.eps,
         method=method or policy.method,
-        device=device or policy.device,
+        device=checked_device(device, "--device", COMMAND_LINE) if device is not None else policy.device,
         regression=reg,
         seed=integer(seed, "--seed", COMMAND_LINE) if seed is not None else policy.seed,
     )

@@ -10,6 +10,7 @@ under `[tool.speccert]` in a `pyproject.toml`:
     seed = 0
     audit = 0                       # PGD-attack this many certified points (a broken certificate: exit 5)
     lower_bound = false             # also measure an empirical lower bound on L (slower; informative)
+    refine_above = 1.01             # norms: `auto` refines a layer whose upper / lower is above this (inf: never)
 
     [gate.data]
     path = "models/data/fashion_mnist_test_1k.npz"   # relative to the policy file
@@ -32,6 +33,7 @@ naming the key (or the line, for TOML syntax errors). Parsing is pure: no model 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -40,10 +42,33 @@ from typing import Any
 
 from speccert.errors import InputError, UsageError
 from speccert.gate.rules import RuleSpec, make_rule
-from speccert.gate.values import boolean, check_keys, integer, nonempty_list, number, numbers, string
+from speccert.gate.values import (
+    COMMAND_LINE,
+    boolean,
+    check_keys,
+    device,
+    integer,
+    named,
+    nonempty_list,
+    number,
+    numbers,
+    refine_above,
+    string,
+)
+from speccert.limits import REFINE_ABOVE
 
 POLICY_FILE = "speccert.toml"
-COMMAND_LINE = "command line"  # the source of a policy built from options alone (no file found)
+__all__ = [
+    "COMMAND_LINE",
+    "DataSpec",
+    "Policy",
+    "RegressionSpec",
+    "discover_policy",
+    "make_rule",
+    "parse_policy",
+    "parse_regression",
+    "read_policy",
+]
 PYPROJECT = "pyproject.toml"
 DEFAULT_MAX_CRA_DROP = 0.01
 DEFAULT_MAX_LIPSCHITZ_GROWTH = 1.05
@@ -87,6 +112,7 @@ class Policy:
     second_order: bool = False
     audit: int = 0
     lower_bound: bool = False
+    refine_above: float = REFINE_ABOVE
     source: str | None = None
 
     @property
@@ -97,6 +123,8 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["eps"] = list(self.eps_all)
+        if math.isinf(self.refine_above):
+            d["refine_above"] = None  # JSON has no infinity: null is "never refine", as in the certify report
         out: dict[str, Any] = _lists(d)
         return out
 
@@ -117,6 +145,7 @@ _GATE_KEYS = {
     "second_order",
     "audit",
     "lower_bound",
+    "refine_above",
     "data",
     "rule",
     "no_regression",
@@ -194,7 +223,8 @@ def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = N
 
     eps = numbers(gate["eps"], "gate.eps", src, positive=True) if "eps" in gate else ()
     method = string(gate.get("method", "auto"), "gate.method", src)
-    device = string(gate.get("device", "cpu"), "gate.device", src)
+    dev = device(gate.get("device", "cpu"), "gate.device", src)
+    refine = refine_above(gate.get("refine_above", REFINE_ABOVE), "gate.refine_above", src)
     seed = integer(gate.get("seed", 0), "gate.seed", src)
     audit = integer(gate.get("audit", 0), "gate.audit", src)
     if audit < 0:
@@ -218,11 +248,12 @@ def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = N
         rules=tuple(rules),
         regression=regression,
         method=method,
-        device=device,
+        device=dev,
         seed=seed,
         second_order=second_order,
         audit=audit,
         lower_bound=lower_bound,
+        refine_above=refine,
         source=src,
     )
 
@@ -237,7 +268,7 @@ def parse_regression(n: dict[str, Any], src: str = "policy", base: Path | None =
         positive=True,
     )
     if growth < 1:
-        raise UsageError(f"{src}: '{w}.max_lipschitz_growth' is a factor >= 1, got {growth:g}")
+        raise UsageError(f"{named(f'{w}.max_lipschitz_growth', src)} is a factor >= 1, got {growth:g}")
     return RegressionSpec(
         baseline=_relative(string(n["baseline"], f"{w}.baseline", src), base) if "baseline" in n else None,
         max_cra_drop=number(  # accuracies are fractions: a drop above 1 would make the rule vacuous
@@ -261,7 +292,7 @@ def _load_toml(p: Path) -> tuple[dict[str, Any], str]:
         size = p.stat().st_size
         if size > MAX_POLICY_BYTES:
             raise InputError(f"policy {p} is {size:,} bytes; a policy file is at most {MAX_POLICY_BYTES:,}")
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark (Windows editors) is not TOML
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read policy {p}: {exc}") from None
     try:

@@ -206,6 +206,7 @@ def run_certify(
         audit=policy.audit,
         seed=policy.seed,
         lower_bound=policy.lower_bound,
+        refine_above=policy.refine_above,
     )
     result = certify(
         graph,

@@ -73,6 +73,8 @@ def load(
     initialisation would be certified, so that takes `random_weights=True`.
     """
     spec = os.fspath(spec)
+    if not spec:  # Path("") is ".": it was reported as "model path is a folder"
+        raise UsageError("MODEL: empty path (is the variable you passed set?)")
     if is_factory_spec(spec):
         from speccert.importers.torch_import import _import_factory, load_factory
 
@@ -84,6 +86,11 @@ def load(
                 "(certify, inspect and norms)"
             )
         return load_factory(spec, weights, input_shape, check=check, allow_unsupported=allow_unsupported)
+    if weights is not None:  # silently ignored before: the file's own weights were certified
+        raise UsageError(
+            f"--weights {os.fspath(weights)}: only a 'package.module:factory' model takes a state_dict; "
+            f"{spec} holds its own weights (leave --weights out)"
+        )
     path = Path(spec)
     if not path.exists():
         _explain_factory_path(spec)

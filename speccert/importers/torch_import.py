@@ -157,8 +157,11 @@ def load_factory(
 # ---- files ----------------------------------------------------------------------------------------
 def detect_format(path: Path) -> str:
     """'pt2', 'torchscript', 'pickle' (torch.save zip or legacy pickle) from the file's layout."""
-    with open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:  # unreadable (permissions, I/O error): the file's problem, not an internal error
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not zipfile.is_zipfile(path):
         if head[:2] == b"PK":
             raise InputError(f"{path} is a truncated or corrupt zip archive")

@@ -26,13 +26,13 @@ from typing import ClassVar, Literal
 
 import torch
 
+from speccert.limits import REFINE_ABOVE as REFINE_ABOVE  # the norms' default, shared with the checks
 from speccert.limits import human
 from speccert.norms.layer import LinearLayer
 from speccert.norms.result import NormResult
 from speccert.registry import Registry
 
 EXACT_MAX_DIM = 2048  # `exact`'s explicit route: the smaller side of the matrix, at most (n^3 work)
-REFINE_ABOVE = 1.01  # `auto` refines a layer whose upper / lower bound ratio is above this
 METHODS_PACKAGE = "speccert.norms.methods"
 
 

@@ -1,0 +1,32 @@
+"""The gate's `refine_above` policy key reaches the certify run and both reports record it (before, the
+gate always used the default 1.01 while certify and norms took --refine-above)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import speccert
+from speccert.gate.policy import read_policy
+from speccert.gate.workflow import validate_gate
+from tests.test_certify_cli import onnx_classifier
+
+
+@pytest.mark.parametrize(("value", "recorded"), [("inf", None), ("3.5", 3.5), ("1", 1.0)])
+def test_policy_refine_above_is_used_and_recorded(tmp_path: Path, value: str, recorded: float | None) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((20, 1, 4, 4), dtype=np.float32), y=rng.integers(0, 3, 20))
+    policy = tmp_path / "speccert.toml"
+    policy.write_text(
+        f"[gate]\nrefine_above = {value}\n[gate.data]\npath = 'd.npz'\n"
+        "[[gate.rule]]\nmetric = 'lipschitz_upper'\nmax = 1e9\n"
+    )
+    pol = read_policy(policy)
+    assert pol.refine_above == float(value) or (math.isinf(pol.refine_above) and value == "inf")
+    doc = speccert.gate(onnx_classifier(tmp_path / "m.onnx"), pol).to_dict()
+    validate_gate(doc)
+    assert doc["policy"]["refine_above"] == recorded
+    assert doc["report"]["environment"]["refine_above"] == recorded  # what certify ran with
