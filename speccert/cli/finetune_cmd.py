@@ -288,6 +288,14 @@ def command(
             metavar="",
         ),
     ] = False,
+    audit: Annotated[
+        int,
+        typer.Option(
+            "--audit",
+            help="Attack N certified validation points of the written model with PGD-L2 at their "
+            "certified radius; any success is an error (exit 5).",
+        ),
+    ] = 0,
 ) -> None:
     """Fine-tune a model until a certificate target holds on held-out data (measured by the certifier),
         then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first.
@@ -338,6 +346,7 @@ def command(
             decision=decision,
             allow_activation_change=allow_activation_change,
             stop_out_of_reach=stop_out_of_reach,
+            audit=audit,
         )
     if main:
         render_result(res, eps, json_out)

@@ -14,8 +14,10 @@ run stops as soon as every target holds (exit 0), or at the epoch or time budget
 targets and by how much). The input model is measured first (epoch 0): if it already meets the
 targets nothing is trained. The best epoch (all targets met, else the smallest summed distance to
 them) is written to `out` in the input's format, and the closing report is the certify report of that
-written file. The epochs on the Pareto front of clean vs certified accuracy (at the largest target
-radius) are listed in the result and their weights kept in the run folder (`epoch-N.pt`).
+written file (with `audit=N`, also a PGD-L2 attack on N of its certified validation points at their
+certified radius: any success raises InternalError, exit 5). The epochs on the Pareto front of clean
+vs certified accuracy (at the largest target radius) are listed in the result and their weights kept
+in the run folder (`epoch-N.pt`).
 
 Reliability: checkpoints (model, optimizer, penalty state and weight, schedule, epoch, step, RNG) go
 atomically to `<out>.run/last.pt` every epoch and every `checkpoint_every` steps; `resume=True`
@@ -40,7 +42,7 @@ from speccert.errors import UsageError
 from speccert.ir.decision import check_decision, decide_by
 from speccert.ir.graph import Graph
 from speccert.training import ddp
-from speccert.training.evaluate import Evaluator, certifier_evaluator
+from speccert.training.evaluate import STOPPING_RULE_OPTIONS, Evaluator, certifier_evaluator
 from speccert.training.maxmin import ActivationChange, relu_to_maxmin
 from speccert.training.recipes import Recipe, get_recipe, single_penalty
 from speccert.training.records import EpochRecord, FinetuneResult
@@ -132,6 +134,7 @@ def finetune(
     decision: str = "argmax",
     allow_activation_change: bool = False,
     stop_out_of_reach: bool = False,
+    audit: int = 0,
 ) -> FinetuneResult:
     """Fine-tune `model` until every target holds on `val_data` (see the module docstring).
 
@@ -145,6 +148,8 @@ def finetune(
     (speccert.training.maxmin; ReLUs over an odd channel count stay, named in the notes).
     stop_out_of_reach: stop (exit 1, a note says why) when a missed target's trend over the last
     epochs, extrapolated over the budget left, still misses it (speccert.training.reach).
+    audit: attack this many certified validation points of the written file with PGD-L2 at their
+    certified radius (speccert.bounds.audit); the summary is in the closing report, a success raises.
     """
     tlist = [t if isinstance(t, Target) else parse_target(t) for t in targets]
     check_unique(tlist)
@@ -153,6 +158,7 @@ def finetune(
         raise UsageError("--resume needs --out (checkpoints live in the run folder next to it)")
     if batch_size <= 0 or checkpoint_every < 0 or (time_budget is not None and not time_budget > 0):
         raise UsageError("batch size > 0, checkpoint_every >= 0 and a time budget > 0 are required")
+    _check_audit(audit, evaluator)
     info, dev = ddp.init_from_env(device)
     if batch_size % info.world_size:
         raise UsageError(
@@ -167,11 +173,17 @@ def finetune(
     torch.manual_seed(seed)
     train, val = _datasets(graph, train_data, val_data, seed)
     eps = target_eps(tlist) or [0.5]
-    measure = evaluator or certifier_evaluator(
-        val, eps, dev, mean=mean, std=std, batch_size=certify_batch_size
-    )
+    measure, closing = evaluator, None
+    if measure is None:
+        certifier = STOPPING_RULE_OPTIONS.replace(device=dev, batch_size=certify_batch_size)
+        measure = certifier_evaluator(val, eps, mean=mean, std=std, options=certifier)
+        if audit > 0:  # the same measurement of the written file, plus the attack
+            closing = certifier_evaluator(
+                val, eps, mean=mean, std=std, options=certifier.replace(audit=audit)
+            )
     if check_decision(decision) != "argmax":
         measure = _deciding(measure, decision)
+        closing = None if closing is None else _deciding(closing, decision)
     identity = run_config(
         seed=seed,
         batch_size=batch_size,
@@ -203,13 +215,21 @@ def finetune(
         stop_out_of_reach=stop_out_of_reach,
         identity=identity,
     )
-    run = FinetuneRun(graph, train, measure, cfg, paths, info, dev, Hooks(on_epoch, on_step))
+    run = FinetuneRun(graph, train, measure, cfg, paths, info, dev, Hooks(on_epoch, on_step), closing)
     if resume:
         run.restore()
     res = run.run()
     if change is not None:
         res.notes.insert(0, change.note())
     return res
+
+
+def _check_audit(audit: int, evaluator: Evaluator | None) -> None:
+    """The audit attacks the certifier's own radii: it needs N >= 0 and no injected evaluator."""
+    if audit < 0:
+        raise UsageError(f"--audit must be >= 0, got {audit}")
+    if audit > 0 and evaluator is not None:
+        raise UsageError("audit attacks the certifier's radii; it cannot audit an injected evaluator")
 
 
 def _change_activations(graph: Graph) -> ActivationChange:
