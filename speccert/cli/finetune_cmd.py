@@ -288,6 +288,14 @@ def command(
             metavar="",
         ),
     ] = False,
+    activation: Annotated[
+        str,
+        typer.Option(
+            "--activation",
+            help="What --allow-activation-change puts in place of ReLU: maxmin (default) or householder "
+            "(a learned reflection angle per channel pair, started as MaxMin).",
+        ),
+    ] = "maxmin",
     audit: Annotated[
         int,
         typer.Option(
@@ -347,6 +355,7 @@ def command(
             allow_activation_change=allow_activation_change,
             stop_out_of_reach=stop_out_of_reach,
             audit=audit,
+            activation=activation,
         )
     if main:
         render_result(res, eps, json_out)

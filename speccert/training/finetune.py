@@ -43,7 +43,7 @@ from speccert.ir.decision import check_decision, decide_by
 from speccert.ir.graph import Graph
 from speccert.training import ddp
 from speccert.training.evaluate import STOPPING_RULE_OPTIONS, Evaluator, certifier_evaluator
-from speccert.training.maxmin import ActivationChange, relu_to_maxmin
+from speccert.training.maxmin import ACTIVATIONS, ActivationChange, relu_to_maxmin
 from speccert.training.recipes import Recipe, get_recipe, single_penalty
 from speccert.training.records import EpochRecord, FinetuneResult
 from speccert.training.run import FinetuneRun, Hooks, RunConfig, StepHook, TrainingDiverged
@@ -135,6 +135,7 @@ def finetune(
     allow_activation_change: bool = False,
     stop_out_of_reach: bool = False,
     audit: int = 0,
+    activation: str = "maxmin",
 ) -> FinetuneResult:
     """Fine-tune `model` until every target holds on `val_data` (see the module docstring).
 
@@ -145,7 +146,9 @@ def finetune(
     batch_size is the global batch (split across ranks under torchrun). decision: "argmin" trains and
     certifies -logits (speccert.ir.decision) and writes the model without the negation.
     allow_activation_change: replace every ReLU by MaxMin over channels before training
-    (speccert.training.maxmin; ReLUs over an odd channel count stay, named in the notes).
+    (speccert.training.maxmin; ReLUs over an odd channel count stay, named in the notes);
+    activation="householder" puts a HouseHolder activation with learned angles there instead, started
+    as MaxMin.
     stop_out_of_reach: stop (exit 1, a note says why) when a missed target's trend over the last
     epochs, extrapolated over the budget left, still misses it (speccert.training.reach).
     audit: attack this many certified validation points of the written file with PGD-L2 at their
@@ -159,13 +162,14 @@ def finetune(
     if batch_size <= 0 or checkpoint_every < 0 or (time_budget is not None and not time_budget > 0):
         raise UsageError("batch size > 0, checkpoint_every >= 0 and a time budget > 0 are required")
     _check_audit(audit, evaluator)
+    _check_activation(activation, allow_activation_change)
     info, dev = ddp.init_from_env(device)
     if batch_size % info.world_size:
         raise UsageError(
             f"--batch-size {batch_size} must be divisible by the number of processes {info.world_size}"
         )
     graph, spec = load_graph(model, input_shape, weights)
-    change = _change_activations(graph) if allow_activation_change else None
+    change = _change_activations(graph, activation) if allow_activation_change else None
     if change is not None:
         graph = change.graph
     paths = ddp.on_main(lambda: prepare_paths(graph, spec, out, resume, overwrite, weights), info)
@@ -196,7 +200,7 @@ def finetune(
         std=std,
     )
     if change is not None:  # a resume must not mix a ReLU run and a MaxMin run
-        identity["activation_change"] = "relu->maxmin"
+        identity["activation_change"] = f"relu->{activation}"
     if rec.ema > 0:  # the average is part of the run's state: a resume must keep it
         identity["ema"] = rec.ema
     cfg = RunConfig(
@@ -232,15 +236,28 @@ def _check_audit(audit: int, evaluator: Evaluator | None) -> None:
         raise UsageError("audit attacks the certifier's radii; it cannot audit an injected evaluator")
 
 
-def _change_activations(graph: Graph) -> ActivationChange:
-    """ReLU -> MaxMin (speccert.training.maxmin); a state_dict output keeps the input's module, which
-    cannot hold the new activation, so it is refused."""
+def _check_activation(activation: str, allow: bool) -> None:
+    if activation not in ACTIVATIONS:
+        raise UsageError(f"--activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+    if activation != "maxmin" and not allow:
+        raise UsageError(f"--activation {activation} replaces ReLUs: it needs --allow-activation-change")
+
+
+def _change_activations(graph: Graph, activation: str) -> ActivationChange:
+    """ReLU -> MaxMin / Householder (speccert.training.maxmin); a state_dict output keeps the input's
+    module, which cannot hold the new activation, so it is refused (and Householder as .pt2)."""
     if graph.source is not None and graph.source.format == "state_dict":
         raise UsageError(
             "--allow-activation-change changes the architecture, which a state_dict cannot carry: "
             "fine-tune the model as ONNX or .pt2"
         )
-    return relu_to_maxmin(graph)
+    fmt = graph.source.format if graph.source is not None else ""
+    if activation == "householder" and fmt == "pt2":  # the .pt2 importer reads deel's form, not ours
+        raise UsageError(
+            "--activation householder is written to ONNX only (a .pt2 of it does not read back): "
+            "fine-tune the model as ONNX, or use --activation maxmin"
+        )
+    return relu_to_maxmin(graph, activation)
 
 
 __all__ = ["EpochRecord", "FinetuneResult", "TrainingDiverged", "finetune", "resolve_recipe"]
