@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from test_finetune_maxmin import mlp as net  # two ReLUs over 8 channels, one over 5 (kept)
 
 import speccert
 from speccert.bounds import lipschitz_bound
@@ -26,14 +26,6 @@ from speccert.training.toy import separable_data
 
 TRAIN = separable_data(60, (6,), seed=1)
 VAL = separable_data(40, (6,), seed=2)
-
-
-def net() -> nn.Module:
-    """Two ReLUs over even widths (8), one over an odd width (5: kept as ReLU)."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3)
-    ).eval()
 
 
 def _reference(z: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
