@@ -289,6 +289,22 @@ def command(
             metavar="",
         ),
     ] = False,
+    activation: Annotated[
+        str,
+        typer.Option(
+            "--activation",
+            help="What --allow-activation-change puts in place of ReLU: maxmin (default) or householder "
+            "(a learned reflection angle per channel pair, started as MaxMin).",
+        ),
+    ] = "maxmin",
+    audit: Annotated[
+        int,
+        typer.Option(
+            "--audit",
+            help="Attack N certified validation points of the written model with PGD-L2 at their "
+            "certified radius; any success is an error (exit 5).",
+        ),
+    ] = 0,
 ) -> None:
     """Fine-tune a model until a certificate target holds on held-out data (measured by the certifier),
         then write it in the input's format. Exit 0 when every target holds, 1 when the epoch budget ends first.
@@ -344,6 +360,8 @@ def command(
             decision=decision,
             allow_activation_change=allow_activation_change,
             stop_out_of_reach=stop_out_of_reach,
+            audit=audit,
+            activation=activation,
         )
     if main:
         render_result(res, eps, json_out)

@@ -179,6 +179,9 @@ class Householder(Op):
     op_type: ClassVar[str] = "Householder"
     theta: Tensor
 
+    def parameters(self) -> dict[str, Tensor]:
+        return {"theta": self.theta}  # learned angles: trained by finetune like any weight
+
     def forward(self, *xs: Tensor) -> Tensor:
         z = xs[0]
         x, y = z.chunk(2, dim=1)

@@ -14,8 +14,10 @@ run stops as soon as every target holds (exit 0), or at the epoch or time budget
 targets and by how much). The input model is measured first (epoch 0): if it already meets the
 targets nothing is trained. The best epoch (all targets met, else the smallest summed distance to
 them) is written to `out` in the input's format, and the closing report is the certify report of that
-written file. The epochs on the Pareto front of clean vs certified accuracy (at the largest target
-radius) are listed in the result and their weights kept in the run folder (`epoch-N.pt`).
+written file (with `audit=N`, also a PGD-L2 attack on N of its certified validation points at their
+certified radius: any success raises InternalError, exit 5). The epochs on the Pareto front of clean
+vs certified accuracy (at the largest target radius) are listed in the result and their weights kept
+in the run folder (`epoch-N.pt`).
 
 Reliability: checkpoints (model, optimizer, penalty state and weight, schedule, epoch, step, RNG) go
 atomically to `<out>.run/last.pt` every epoch and every `checkpoint_every` steps; `resume=True`
@@ -40,8 +42,8 @@ from speccert.errors import UsageError
 from speccert.ir.decision import check_decision, decide_by
 from speccert.ir.graph import Graph
 from speccert.training import ddp
-from speccert.training.evaluate import Evaluator, certifier_evaluator
-from speccert.training.maxmin import ActivationChange, relu_to_maxmin
+from speccert.training.evaluate import STOPPING_RULE_OPTIONS, Evaluator, certifier_evaluator
+from speccert.training.maxmin import ACTIVATIONS, ActivationChange, relu_to_maxmin
 from speccert.training.recipes import Recipe, get_recipe, single_penalty
 from speccert.training.records import EpochRecord, FinetuneResult
 from speccert.training.run import FinetuneRun, Hooks, RunConfig, StepHook, TrainingDiverged
@@ -132,6 +134,8 @@ def finetune(
     decision: str = "argmax",
     allow_activation_change: bool = False,
     stop_out_of_reach: bool = False,
+    audit: int = 0,
+    activation: str = "maxmin",
 ) -> FinetuneResult:
     """Fine-tune `model` until every target holds on `val_data` (see the module docstring).
 
@@ -142,9 +146,13 @@ def finetune(
     batch_size is the global batch (split across ranks under torchrun). decision: "argmin" trains and
     certifies -logits (speccert.ir.decision) and writes the model without the negation.
     allow_activation_change: replace every ReLU by MaxMin over channels before training
-    (speccert.training.maxmin; ReLUs over an odd channel count stay, named in the notes).
+    (speccert.training.maxmin; ReLUs over an odd channel count stay, named in the notes);
+    activation="householder" puts a HouseHolder activation with learned angles there instead, started
+    as MaxMin.
     stop_out_of_reach: stop (exit 1, a note says why) when a missed target's trend over the last
     epochs, extrapolated over the budget left, still misses it (speccert.training.reach).
+    audit: attack this many certified validation points of the written file with PGD-L2 at their
+    certified radius (speccert.bounds.audit); the summary is in the closing report, a success raises.
     """
     tlist = [t if isinstance(t, Target) else parse_target(t) for t in targets]
     check_unique(tlist)
@@ -153,13 +161,15 @@ def finetune(
         raise UsageError("--resume needs --out (checkpoints live in the run folder next to it)")
     if batch_size <= 0 or checkpoint_every < 0 or (time_budget is not None and not time_budget > 0):
         raise UsageError("batch size > 0, checkpoint_every >= 0 and a time budget > 0 are required")
+    _check_audit(audit, evaluator)
+    _check_activation(activation, allow_activation_change)
     info, dev = ddp.init_from_env(device)
     if batch_size % info.world_size:
         raise UsageError(
             f"--batch-size {batch_size} must be divisible by the number of processes {info.world_size}"
         )
     graph, spec = load_graph(model, input_shape, weights)
-    change = _change_activations(graph) if allow_activation_change else None
+    change = _change_activations(graph, activation) if allow_activation_change else None
     if change is not None:
         graph = change.graph
     paths = ddp.on_main(lambda: prepare_paths(graph, spec, out, resume, overwrite, weights), info)
@@ -167,11 +177,17 @@ def finetune(
     torch.manual_seed(seed)
     train, val = _datasets(graph, train_data, val_data, seed)
     eps = target_eps(tlist) or [0.5]
-    measure = evaluator or certifier_evaluator(
-        val, eps, dev, mean=mean, std=std, batch_size=certify_batch_size
-    )
+    measure, closing = evaluator, None
+    if measure is None:
+        certifier = STOPPING_RULE_OPTIONS.replace(device=dev, batch_size=certify_batch_size)
+        measure = certifier_evaluator(val, eps, mean=mean, std=std, options=certifier)
+        if audit > 0:  # the same measurement of the written file, plus the attack
+            closing = certifier_evaluator(
+                val, eps, mean=mean, std=std, options=certifier.replace(audit=audit)
+            )
     if check_decision(decision) != "argmax":
         measure = _deciding(measure, decision)
+        closing = None if closing is None else _deciding(closing, decision)
     identity = run_config(
         seed=seed,
         batch_size=batch_size,
@@ -184,7 +200,7 @@ def finetune(
         std=std,
     )
     if change is not None:  # a resume must not mix a ReLU run and a MaxMin run
-        identity["activation_change"] = "relu->maxmin"
+        identity["activation_change"] = f"relu->{activation}"
     if rec.ema > 0:  # the average is part of the run's state: a resume must keep it
         identity["ema"] = rec.ema
     cfg = RunConfig(
@@ -203,7 +219,7 @@ def finetune(
         stop_out_of_reach=stop_out_of_reach,
         identity=identity,
     )
-    run = FinetuneRun(graph, train, measure, cfg, paths, info, dev, Hooks(on_epoch, on_step))
+    run = FinetuneRun(graph, train, measure, cfg, paths, info, dev, Hooks(on_epoch, on_step), closing)
     if resume:
         run.restore()
     res = run.run()
@@ -212,15 +228,36 @@ def finetune(
     return res
 
 
-def _change_activations(graph: Graph) -> ActivationChange:
-    """ReLU -> MaxMin (speccert.training.maxmin); a state_dict output keeps the input's module, which
-    cannot hold the new activation, so it is refused."""
+def _check_audit(audit: int, evaluator: Evaluator | None) -> None:
+    """The audit attacks the certifier's own radii: it needs N >= 0 and no injected evaluator."""
+    if audit < 0:
+        raise UsageError(f"--audit must be >= 0, got {audit}")
+    if audit > 0 and evaluator is not None:
+        raise UsageError("audit attacks the certifier's radii; it cannot audit an injected evaluator")
+
+
+def _check_activation(activation: str, allow: bool) -> None:
+    if activation not in ACTIVATIONS:
+        raise UsageError(f"--activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+    if activation != "maxmin" and not allow:
+        raise UsageError(f"--activation {activation} replaces ReLUs: it needs --allow-activation-change")
+
+
+def _change_activations(graph: Graph, activation: str) -> ActivationChange:
+    """ReLU -> MaxMin / Householder (speccert.training.maxmin); a state_dict output keeps the input's
+    module, which cannot hold the new activation, so it is refused (and Householder as .pt2)."""
     if graph.source is not None and graph.source.format == "state_dict":
         raise UsageError(
             "--allow-activation-change changes the architecture, which a state_dict cannot carry: "
             "fine-tune the model as ONNX or .pt2"
         )
-    return relu_to_maxmin(graph)
+    fmt = graph.source.format if graph.source is not None else ""
+    if activation == "householder" and fmt == "pt2":  # the .pt2 importer reads deel's form, not ours
+        raise UsageError(
+            "--activation householder is written to ONNX only (a .pt2 of it does not read back): "
+            "fine-tune the model as ONNX, or use --activation maxmin"
+        )
+    return relu_to_maxmin(graph, activation)
 
 
 __all__ = ["EpochRecord", "FinetuneResult", "TrainingDiverged", "finetune", "resolve_recipe"]

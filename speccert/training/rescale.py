@@ -7,7 +7,8 @@ the certifier's bound becomes a target L* (f = L* / L, the certifier's own upper
 model) starts training from the same predictions at a loss scale the margin can work with.
 
 How the factor is spread, so that predictions stay exact:
-- **uniform** (positively homogeneous networks: ReLU / leaky ReLU / identity activations, Sort, pools,
+- **uniform** (positively homogeneous networks: ReLU / leaky ReLU / identity activations, Sort,
+  Householder, pools,
   reshapes, pads, Adds and Concats of equally scaled inputs): every weighted layer W_l <- c W_l with
   c = f^(1/n) over the n weighted layers; a layer's bias (and a following BatchNorm's mean and shift)
   is multiplied by the scale of its output, c^l, so the network computes exactly c^l times its
@@ -32,6 +33,7 @@ from speccert.ir.ops import (
     BatchNorm,
     Concat,
     GlobalAvgPool,
+    Householder,
     MaxPool,
     Pad,
     Reshape,
@@ -43,8 +45,9 @@ from speccert.training.segments import Segment, find_segments, segment_of
 
 Tensor = torch.Tensor
 HOMOGENEOUS = frozenset({"relu", "leaky_relu", "identity"})
-# sort(c x) = c sort(x) for c > 0: Sort (MaxMin, GroupSort) carries a scale like a pool does.
-SCALE_PASSING = (MaxPool, AvgPool, GlobalAvgPool, Pad, Reshape, Transpose, Sort)
+# sort(c x) = c sort(x) for c > 0: Sort (MaxMin, GroupSort) carries a scale like a pool does; so does
+# Householder, z - 2 max(0, v.z) v (the sign of v.z, hence the branch, is the same for c z).
+SCALE_PASSING = (MaxPool, AvgPool, GlobalAvgPool, Pad, Reshape, Transpose, Sort, Householder)
 Plan = list[tuple[Tensor, float]]  # (tensor, multiplier), applied in place
 
 

@@ -105,10 +105,12 @@ class FinetuneRun:
         info: ddp.DistInfo,
         device: str,
         hooks: Hooks = Hooks(),
+        closing: Evaluator | None = None,  # certifies the written file (default `measure`; e.g. + audit)
     ) -> None:
         self.cfg, self.paths, self.info, self.dev, self.hooks, self.measure = (
             cfg, paths, info, device, hooks, measure,
         )  # fmt: skip
+        self.closing = closing or measure
         self.g = private_copy(graph, device)  # the caller's graph is never modified
         if cfg.recipe.reparam:  # BatchNorm into its layer: AOL bounds the folded map (same function)
             self.g = fold_linear(self.g)
@@ -382,7 +384,7 @@ class FinetuneRun:
             from speccert.training.export import save_like_input
 
             written = save_like_input(self.g, p.out, weights=p.weights, keys=p.keys)
-            report, why = p.reload_report(written, self.measure)
+            report, why = p.reload_report(written, self.closing)
             if why:
                 notes.append(why)
         ddp.barrier(self.info)
