@@ -43,6 +43,14 @@ def test_registry_docs_and_errors() -> None:
         resolve_recipe(name, "spectral", None, None)
     with pytest.raises(UsageError):
         Recipe(name="x", summary="x", penalty="lmt", lr_decay="step")
+    # each wrong setting is named with its value (NaN included), the right ones are not
+    with pytest.raises(UsageError, match=r"lr > 0 \(--lr\), got nan") as bad:
+        resolve_recipe(None, "lmt", None, math.nan)
+    assert "epochs" not in str(bad.value) and "warmup" not in str(bad.value)
+    with pytest.raises(
+        UsageError, match=r"0 <= ema < 1 \(--ema\), got 1.0; epochs >= 0 \(--epochs\), got -1"
+    ):
+        Recipe(name="x", summary="x", penalty="lmt", epochs=-1, ema=1.0)
     r = resolve_recipe(name, None, 3, 0.5)
     assert (r.epochs, r.lr, r.penalty) == (3, 0.5, RECIPES.get(name).penalty)
     assert resolve_recipe(None, None, None, None).penalty == "lmt"  # the default before recipes

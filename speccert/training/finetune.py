@@ -159,8 +159,12 @@ def finetune(
     rec = resolve_recipe(recipe, penalty, epochs, lr, ema)
     if resume and out is None:
         raise UsageError("--resume needs --out (checkpoints live in the run folder next to it)")
-    if batch_size <= 0 or checkpoint_every < 0 or (time_budget is not None and not time_budget > 0):
-        raise UsageError("batch size > 0, checkpoint_every >= 0 and a time budget > 0 are required")
+    if batch_size <= 0:
+        raise UsageError(f"--batch-size must be > 0, got {batch_size}")
+    if checkpoint_every < 0:
+        raise UsageError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    if time_budget is not None and not time_budget > 0:
+        raise UsageError(f"--time-budget must be > 0 minutes, got {time_budget}")
     _check_audit(audit, evaluator)
     _check_activation(activation, allow_activation_change)
     info, dev = ddp.init_from_env(device)

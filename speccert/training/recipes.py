@@ -53,16 +53,16 @@ class Recipe:
             raise UsageError(f"lr_decay must be one of {', '.join(DECAYS)}, got {self.lr_decay!r}")
         if self.reparam not in REPARAMS:
             raise UsageError(f"reparam must be one of {REPARAMS}, got {self.reparam!r}")
-        if not (
-            0.0 <= self.warmup < 1.0
-            and self.grad_clip >= 0
-            and 0 <= self.ema < 1
-            and self.lr > 0
-            and self.epochs >= 0
-        ):
-            raise UsageError(
-                f"recipe {self.name!r}: need 0 <= warmup < 1, grad_clip >= 0, 0 <= ema < 1, lr > 0, epochs >= 0"
-            )
+        checks = (
+            ("warmup", 0.0 <= self.warmup < 1.0, "0 <= warmup < 1"),
+            ("grad_clip", self.grad_clip >= 0, "grad_clip >= 0"),
+            ("ema", 0 <= self.ema < 1, "0 <= ema < 1 (--ema)"),
+            ("lr", self.lr > 0, "lr > 0 (--lr)"),
+            ("epochs", self.epochs >= 0, "epochs >= 0 (--epochs)"),
+        )
+        wrong = [f"{rule}, got {getattr(self, key)!r}" for key, ok, rule in checks if not ok]  # NaN fails too
+        if wrong:
+            raise UsageError(f"recipe {self.name!r}: need " + "; ".join(wrong))
 
     def lr_at(self, step: int, total: int) -> float:
         """The learning rate of global step `step` (0-based) of `total` (formula in the module doc)."""
