@@ -5,23 +5,12 @@ checked against the registry when the command runs."""
 
 from __future__ import annotations
 
-import json
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import typer
 
 from speccert.errors import UsageError
-
-CATALOG = Path(__file__).resolve().parents[1] / "norms" / "methods.json"
-
-
-@cache
-def catalog() -> list[dict[str, str]]:
-    """The methods, `auto` first: name, gives, summary, applies_to, how."""
-    methods: list[dict[str, str]] = json.loads(CATALOG.read_text(encoding="utf-8"))["methods"]
-    return methods
+from speccert.limits import norm_catalog as catalog
 
 
 def choices() -> list[str]:

@@ -13,7 +13,7 @@ from speccert.errors import UsageError
 from speccert.gate.policy import COMMAND_LINE, SPLITS, Policy, RegressionSpec, parse_regression
 from speccert.gate.rules import RuleSpec, make_rule
 from speccert.gate.values import device as checked_device
-from speccert.gate.values import integer, numbers
+from speccert.gate.values import integer, norm_method, numbers
 from speccert.training.targets import parse_accuracy
 
 __all__ = ["COMMAND_LINE", "parse_clean_option", "parse_cra_option", "parse_eps_option", "with_overrides"]
@@ -89,7 +89,7 @@ def with_overrides(
         data=d,
         rules=policy.rules + tuple(rules or ()),
         eps=eps if eps is not None else policy.eps,
-        method=method or policy.method,
+        method=norm_method(method, "--method", COMMAND_LINE) if method is not None else policy.method,
         device=checked_device(device, "--device", COMMAND_LINE) if device is not None else policy.device,
         regression=reg,
         seed=integer(seed, "--seed", COMMAND_LINE) if seed is not None else policy.seed,

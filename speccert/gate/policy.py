@@ -50,6 +50,7 @@ from speccert.gate.values import (
     integer,
     named,
     nonempty_list,
+    norm_method,
     number,
     numbers,
     refine_above,
@@ -222,7 +223,7 @@ def parse_policy(doc: dict[str, Any], src: str = "policy", base: Path | None = N
     check_keys(gate, _GATE_KEYS, "gate", src)
 
     eps = numbers(gate["eps"], "gate.eps", src, positive=True) if "eps" in gate else ()
-    method = string(gate.get("method", "auto"), "gate.method", src)
+    method = norm_method(gate.get("method", "auto"), "gate.method", src)
     dev = device(gate.get("device", "cpu"), "gate.device", src)
     refine = refine_above(gate.get("refine_above", REFINE_ABOVE), "gate.refine_above", src)
     seed = integer(gate.get("seed", 0), "gate.seed", src)

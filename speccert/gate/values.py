@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from speccert.errors import UsageError
-from speccert.limits import check_refine_above
+from speccert.limits import check_norm_method, check_refine_above
 
 COMMAND_LINE = "command line"  # the source of values typed as options (and of a policy without a file)
 # Policy keys the command line sets through an option of another name.
@@ -106,6 +106,11 @@ def device(v: Any, key: str, src: str) -> str:
     if not isinstance(v, str) or not _DEVICE.match(v):
         raise UsageError(f"{named(key, src)} must be cpu, cuda, cuda:N or auto, got {v!r}")
     return v
+
+
+def norm_method(v: Any, key: str, src: str) -> str:
+    """A norm method's name (or auto), checked against the catalog as --method is."""
+    return check_norm_method(string(v, key, src), named(key, src))
 
 
 def refine_above(v: Any, key: str, src: str) -> float:
