@@ -312,8 +312,8 @@ def test_norm_method_is_checked_when_the_policy_is_read(tmp_path: Path) -> None:
     """An unknown gate.method fails at parse time naming the key (not later, as a certify error about
     an unnamed method); --method names the option; every catalogued method is accepted."""
     with pytest.raises(UsageError, match=r"'gate\.method': unknown norm method 'nosuch' \(known: auto, "):
-        read_policy(_write(tmp_path, "[gate]\neps = [0.1]\nmethod = \"nosuch\"\n"))
-    pol = read_policy(_write(tmp_path, "[gate]\neps = [0.1]\nmethod = \"fantastic4\"\n"))
+        read_policy(_write(tmp_path, '[gate]\neps = [0.1]\nmethod = "nosuch"\n'))
+    pol = read_policy(_write(tmp_path, '[gate]\neps = [0.1]\nmethod = "fantastic4"\n'))
     assert with_overrides(pol, method="power").method == "power"
     assert with_overrides(pol).method == "fantastic4"
     with pytest.raises(UsageError, match=r"^--method: unknown norm method '\[b\]x'"):
