@@ -33,8 +33,8 @@ import math
 
 import torch
 
-from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
-from speccert.bounds.certificates._per_point import per_point_radii, search_cap
+from speccert.bounds.certificate import CertContext, register_certificate
+from speccert.bounds.certificates._per_point import PerPointCertificate, search_cap
 from speccert.bounds.compose import RoundedUp, compose
 from speccert.bounds.local_bounds import BallBounds, ball_bounds, pool_vjp
 from speccert.bounds.local_first import FirstTerm, first_bound
@@ -329,6 +329,14 @@ def _sharpen(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, best: Tensor, t
     return best
 
 
+def _first_order(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+    """min_j m_j / L_j(0), the first-order value: no r above it passes but by the rounding allowance in
+    L_j(0) (a pass needs r < m_j / L_j(r), and L_j(r) >= ||grad m_j(x)||, which L_j(0) is up to it)."""
+    lip0 = model.lipschitz(x, y, torch.zeros(x.shape[0], dtype=torch.float64), units=False)
+    top: Tensor = torch.where(torch.isinf(m), math.inf, m / lip0).amin(1)
+    return top
+
+
 def local_radius(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
     """Per point the largest tested r that passes (0 if none): log-bisection below m / L(0), with the
     per-unit bounds where the model has few units (UNIT_ALWAYS), else without them and then a few
@@ -340,8 +348,7 @@ def local_radius(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
     if not bool(alive.any()):
         return out
     x, y, m = x[alive], y[alive], m[alive]
-    lip0 = model.lipschitz(x, y, torch.zeros(x.shape[0], dtype=torch.float64), units=False)
-    top = torch.where(torch.isinf(m), math.inf, m / lip0).amin(1)
+    top = _first_order(model, x, y, m)
     # L(0) = 0 (every unit dead at x) gives top = inf: the search runs below search_cap instead
     top = torch.where(top > 0, torch.minimum(top, search_cap(x)), torch.zeros_like(top))
     few = model.unit_count <= UNIT_ALWAYS
@@ -352,15 +359,24 @@ def local_radius(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
 
 
 @register_certificate("local")
-class LocalCertificate(Certificate):
+class LocalCertificate(PerPointCertificate):
     """Largest r with m_j(x) > L_j(r) r for all j (L_j the local bound over B(x, r)); opt-in."""
 
     order = 30  # place among the kinds in reports (speccert.bounds.certificate)
     opt_in = True
+    chunk = CHUNK
 
     def __init__(self, ctx: CertContext) -> None:
         super().__init__(ctx)
         self.model = LocalModel(ctx)
 
-    def radii(self, batch: Batch) -> Tensor:
-        return per_point_radii(batch, lambda x, y, m: local_radius(self.model, x, y, m), CHUNK)
+    def search(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+        return local_radius(self.model, x, y, m)
+
+    def first_order(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+        return _first_order(self.model, x, y, m)
+
+    def test_at(self, x: Tensor, y: Tensor, m: Tensor, r: Tensor) -> Tensor:
+        """r where m_j > L_j(r) r for every j with the per-unit bounds (the sharpening steps' test), else 0."""
+        ok = _margin_ok(m, self.model.lipschitz(x, y, r, units=True), r)
+        return torch.where(ok, r, torch.zeros_like(r))
