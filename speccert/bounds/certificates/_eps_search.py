@@ -52,7 +52,7 @@ class BallTests(Protocol):
     def test_at(self, x: Tensor, y: Tensor, m: Tensor, r: Tensor) -> Tensor: ...
 
 
-def test_radius(eps: float) -> float:
+def ball_radius(eps: float) -> float:
     """The radius tested for `eps`: finish_radius of it is >= eps (so a pass counts at eps)."""
     return eps * ABOVE
 
@@ -89,13 +89,13 @@ def decide_eps(
     # the probe: per point its smallest open eps
     probe = torch.full_like(top, torch.inf)
     for e in reversed(levels):
-        probe = torch.where(open_at(e), test_radius(e), probe)
+        probe = torch.where(open_at(e), ball_radius(e), probe)
     todo = torch.isfinite(probe)
     if not bool(todo.any()):
         return out.index_put((idx,), best)
     going = run(todo, probe)
     for e in reversed(levels):  # largest first; stop at the first pass (open_at is False below it)
-        todo = going & open_at(e) & (test_radius(e) > probe)
+        todo = going & open_at(e) & (ball_radius(e) > probe)
         if bool(todo.any()):
-            run(todo, torch.full_like(top, test_radius(e)))
+            run(todo, torch.full_like(top, ball_radius(e)))
     return out.index_put((idx,), best)
