@@ -58,8 +58,10 @@ class PerPointCertificate(Certificate):
 
     chunk: int = 8
 
-    def search(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
-        """[B] the best radius of the kind's own search over radii (0 where m <= 0)."""
+    def search(self, x: Tensor, y: Tensor, m: Tensor, known: Tensor) -> Tensor:
+        """[B] the best radius of the kind's own search over radii (0 where m <= 0); `known` [B]: the
+        radius the kinds run before already prove (a search may skip tests that could only prove
+        less; 0 = nothing known)."""
         raise NotImplementedError
 
     def first_order(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
@@ -72,8 +74,9 @@ class PerPointCertificate(Certificate):
         the margins stay positive on the ball, possibly less (crown: min(r, rho(r)))."""
         raise NotImplementedError
 
-    def radii(self, batch: Batch) -> Tensor:
-        return per_point_radii(batch, lambda x, y, m, k: self.search(x, y, m), self.chunk)
+    def radii(self, batch: Batch, known: Tensor | None = None) -> Tensor:
+        """[B, C] the full search's radii; `known` as in `search` (None: nothing known)."""
+        return per_point_radii(batch, self.search, self.chunk, known)
 
     def decide(self, batch: Batch, eps: Sequence[float], known: Tensor) -> Tensor:
         """[B, C] radii that decide only the requested `eps` (speccert.bounds.certificates._eps_search);

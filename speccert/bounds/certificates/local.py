@@ -300,23 +300,36 @@ def _margin_ok(m: Tensor, lip: Tensor, r: Tensor) -> Tensor:
     return ((m > lip * r[:, None] * (1.0 + 4 * U)) | torch.isinf(m)).all(1)
 
 
-def _bisect(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, top: Tensor, units: bool) -> Tensor:
-    """Log-bisection on [SEARCH_SPAN top, top]: the largest tested r that passes (else 0)."""
+def _bisect(
+    model: LocalModel, x: Tensor, y: Tensor, m: Tensor, top: Tensor, units: bool, known: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Log-bisection on [SEARCH_SPAN top, top]: the largest tested r that passes (else 0), and the
+    bracket's final lower end. A step at r <= `known` (a radius the kinds run before already prove) is
+    taken as passed without evaluating the bound, which could only prove less than `known` there; the
+    grid is the one without `known`, so every evaluated r is one the search would evaluate had those
+    steps passed, and where they would have passed the result is the same."""
     lo, hi = top * SEARCH_SPAN, top.clone()
     best = torch.zeros_like(lo)
     for _ in range(SEARCH_STEPS):
         mid = torch.sqrt(lo * hi)
-        ok = _margin_ok(m, model.lipschitz(x, y, mid, units=units), mid)
-        best = torch.where(ok, mid, best)
+        test = mid > known
+        ok = torch.ones_like(test)
+        t = torch.nonzero(test).flatten()
+        if t.numel():
+            ok[t] = _margin_ok(m[t], model.lipschitz(x[t], y[t], mid[t], units=units), mid[t])
+        best = torch.where(ok & test, mid, best)
         lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
-    return best
+    return best, lo
 
 
-def _sharpen(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, best: Tensor, top: Tensor) -> Tensor:
-    """A few steps above `best` with the per-unit bounds (UNIT_STEPS evaluations): each failing r
-    proposes r' = min_j m_j / L_j(r) (it passes when L does not grow from r' to r), each passing r
-    the geometric mean of r and its proposal; bisection where a proposal leaves (lo, hi)."""
-    lo, hi = torch.where(best > 0, best, top * SEARCH_SPAN), top.clone()
+def _sharpen(
+    model: LocalModel, x: Tensor, y: Tensor, m: Tensor, best: Tensor, start: Tensor, top: Tensor
+) -> Tensor:
+    """A few steps above `start` (the bisection's lower end) with the per-unit bounds (UNIT_STEPS
+    evaluations): each failing r proposes r' = min_j m_j / L_j(r) (it passes when L does not grow from
+    r' to r), each passing r the geometric mean of r and its proposal; bisection where a proposal
+    leaves (lo, hi)."""
+    lo, hi = start.clone(), top.clone()
     r = torch.sqrt(lo * hi)
     for _ in range(UNIT_STEPS):
         lip = model.lipschitz(x, y, r, units=True)
@@ -337,24 +350,30 @@ def _first_order(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
     return top
 
 
-def local_radius(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+def local_radius(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, known: Tensor | None = None) -> Tensor:
     """Per point the largest tested r that passes (0 if none): log-bisection below m / L(0), with the
     per-unit bounds where the model has few units (UNIT_ALWAYS), else without them and then a few
     steps with them above the result. Every
     returned r passed its own test, so the search needs no monotonicity. Points with a non-positive
-    margin are skipped (radius 0)."""
+    margin are skipped (radius 0). `known` [B]: radii the kinds run before prove; no r at or below it
+    is evaluated (the point's reported radius, the best over the kinds, is never lower for it: where
+    those steps would have passed, the search is the same), so a point with known >= m / L(0) costs
+    one evaluation at r = 0."""
     out = torch.zeros(x.shape[0], dtype=torch.float64)
     alive = m.amin(1) > 0
     if not bool(alive.any()):
         return out
     x, y, m = x[alive], y[alive], m[alive]
+    kn = torch.zeros(x.shape[0], dtype=torch.float64) if known is None else known[alive]
     top = _first_order(model, x, y, m)
     # L(0) = 0 (every unit dead at x) gives top = inf: the search runs below search_cap instead
     top = torch.where(top > 0, torch.minimum(top, search_cap(x)), torch.zeros_like(top))
     few = model.unit_count <= UNIT_ALWAYS
-    best = _bisect(model, x, y, m, top, units=few)
-    if not few:
-        best = _sharpen(model, x, y, m, best, top)
+    best, lo = _bisect(model, x, y, m, top, few, kn)
+    if not few:  # the sharpening steps test r < top only: none where top <= known
+        t = torch.nonzero(top > kn).flatten()
+        if t.numel():
+            best[t] = _sharpen(model, x[t], y[t], m[t], best[t], lo[t], top[t])
     return out.masked_scatter(alive, torch.where(top > 0, best, torch.zeros_like(best)))
 
 
@@ -370,8 +389,8 @@ class LocalCertificate(PerPointCertificate):
         super().__init__(ctx)
         self.model = LocalModel(ctx)
 
-    def search(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
-        return local_radius(self.model, x, y, m)
+    def search(self, x: Tensor, y: Tensor, m: Tensor, known: Tensor) -> Tensor:
+        return local_radius(self.model, x, y, m, known)
 
     def first_order(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
         return _first_order(self.model, x, y, m)
