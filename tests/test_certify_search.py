@@ -230,32 +230,3 @@ def test_cli_end_to_end_and_a_bad_mode_is_one_line_exit_2(
     assert "--radius-search eps" in text and "not a searched radius" in text
     d = json.loads(out.read_text())
     assert d["environment"]["radius_search"] == "eps" and d["certificate"]["n"] == 20
-
-
-@pytest.mark.parametrize("net", sorted(NETS))
-def test_full_local_skips_radii_the_cheap_kinds_prove_and_never_reports_less(
-    net: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Full mode: local's bisection takes its steps at r <= the cheap kinds' radius as passed without
-    evaluating; the reported radius (best over the kinds) is never below local alone next to them,
-    and fewer bound evaluations are made."""
-    from speccert.bounds.certificates.local import LocalModel
-
-    g = NETS[net]()
-    data = _data(g, 24, 7)
-    count = {"rows": 0}
-    orig = LocalModel.lipschitz
-
-    def counted(self: LocalModel, x: torch.Tensor, *args: object, **kw: object) -> torch.Tensor:
-        count["rows"] += x.shape[0]
-        return orig(self, x, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(LocalModel, "lipschitz", counted)
-    alone = _run(g, data, ["local"], [0.1], "full")
-    rows_alone, count["rows"] = count["rows"], 0
-    cheap = _run(g, data, ["global", "pairwise", "margin"], [0.1], "full")
-    count["rows"] = 0
-    both = _run(g, data, ["global", "pairwise", "margin", "local"], [0.1], "full")
-    assert count["rows"] < rows_alone
-    before = np.maximum(cheap.radius, alone.radius)
-    assert np.all(both.radius >= before * (1 - 1e-12))

@@ -158,20 +158,19 @@ def certify_samples(
 def _record(
     out: Samples, certs: list[Certificate], batch: Batch, sl: slice, eps: tuple[float, ...] | None
 ) -> None:
-    """Radii of every kind on one batch. The per-point kinds run last, each told the best radius of the
-    kinds before it (`known`); with `eps` (eps mode) they decide only the eps that are still open."""
+    """Radii of every kind on one batch. With `eps` (eps mode) the per-point kinds run last, each told
+    the best radius of the kinds before it (`known`), and decide only the eps that are still open; in
+    full mode every kind reports its own radius (nothing known)."""
     pred = batch.logits.argmax(1)
     correct = pred == batch.y
     out.preds[sl] = pred.cpu().numpy()
     out.margins[sl] = batch.margins.amin(1).cpu().numpy()
     known = torch.zeros(batch.margins.shape[0], dtype=torch.float64, device=batch.margins.device)
     for c in sorted(certs, key=lambda c: isinstance(c, PerPointCertificate)):  # stable: order kept
-        if not isinstance(c, PerPointCertificate):
-            rad = c.radii(batch)
-        elif eps is None:
-            rad = c.radii(batch, known)
-        else:
+        if eps is not None and isinstance(c, PerPointCertificate):
             rad = c.decide(batch, eps, known)
+        else:
+            rad = c.radii(batch)
         r = finish_radius(rad.amin(1))
         r = torch.where(correct, r, torch.zeros_like(r))
         known = torch.maximum(known, r.to(known.dtype))

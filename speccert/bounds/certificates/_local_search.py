@@ -10,14 +10,11 @@ sharpening steps with them.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from speccert.bounds.certificates._per_point import search_cap
-
-if TYPE_CHECKING:
-    from speccert.bounds.certificates.local import LocalModel
 
 Tensor = torch.Tensor
 U = 2.0**-53
@@ -27,40 +24,37 @@ SEARCH_SPAN = 1e-4
 UNIT_ALWAYS = 2048  # models with at most this many such units get them at every bisection step
 
 
+class LocalBound(Protocol):
+    """What the search needs of speccert.bounds.certificates.local.LocalModel (a Protocol: that module
+    imports this one)."""
+
+    @property
+    def unit_count(self) -> int: ...
+
+    def lipschitz(self, x: Tensor, y: Tensor, r: Tensor, units: bool = True) -> Tensor: ...
+
+
 def margin_ok(m: Tensor, lip: Tensor, r: Tensor) -> Tensor:
     return ((m > lip * r[:, None] * (1.0 + 4 * U)) | torch.isinf(m)).all(1)
 
 
-def _bisect(
-    model: LocalModel, x: Tensor, y: Tensor, m: Tensor, top: Tensor, units: bool, known: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Log-bisection on [SEARCH_SPAN top, top]: the largest tested r that passes (else 0), and the
-    bracket's final lower end. A step at r <= `known` (a radius the kinds run before already prove) is
-    taken as passed without evaluating the bound, which could only prove less than `known` there; the
-    grid is the one without `known`, so every evaluated r is one the search would evaluate had those
-    steps passed, and where they would have passed the result is the same."""
+def _bisect(model: LocalBound, x: Tensor, y: Tensor, m: Tensor, top: Tensor, units: bool) -> Tensor:
+    """Log-bisection on [SEARCH_SPAN top, top]: the largest tested r that passes (else 0)."""
     lo, hi = top * SEARCH_SPAN, top.clone()
     best = torch.zeros_like(lo)
     for _ in range(SEARCH_STEPS):
         mid = torch.sqrt(lo * hi)
-        test = mid > known
-        ok = torch.ones_like(test)
-        t = torch.nonzero(test).flatten()
-        if t.numel():
-            ok[t] = margin_ok(m[t], model.lipschitz(x[t], y[t], mid[t], units=units), mid[t])
-        best = torch.where(ok & test, mid, best)
+        ok = margin_ok(m, model.lipschitz(x, y, mid, units=units), mid)
+        best = torch.where(ok, mid, best)
         lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
-    return best, lo
+    return best
 
 
-def _sharpen(
-    model: LocalModel, x: Tensor, y: Tensor, m: Tensor, best: Tensor, start: Tensor, top: Tensor
-) -> Tensor:
-    """A few steps above `start` (the bisection's lower end) with the per-unit bounds (UNIT_STEPS
-    evaluations): each failing r proposes r' = min_j m_j / L_j(r) (it passes when L does not grow from
-    r' to r), each passing r the geometric mean of r and its proposal; bisection where a proposal
-    leaves (lo, hi)."""
-    lo, hi = start.clone(), top.clone()
+def _sharpen(model: LocalBound, x: Tensor, y: Tensor, m: Tensor, best: Tensor, top: Tensor) -> Tensor:
+    """A few steps above `best` with the per-unit bounds (UNIT_STEPS evaluations): each failing r
+    proposes r' = min_j m_j / L_j(r) (it passes when L does not grow from r' to r), each passing r
+    the geometric mean of r and its proposal; bisection where a proposal leaves (lo, hi)."""
+    lo, hi = torch.where(best > 0, best, top * SEARCH_SPAN), top.clone()
     r = torch.sqrt(lo * hi)
     for _ in range(UNIT_STEPS):
         lip = model.lipschitz(x, y, r, units=True)
@@ -73,7 +67,7 @@ def _sharpen(
     return best
 
 
-def first_order(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+def first_order(model: LocalBound, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
     """min_j m_j / L_j(0), the first-order value: no r above it passes but by the rounding allowance in
     L_j(0) (a pass needs r < m_j / L_j(r), and L_j(r) >= ||grad m_j(x)||, which L_j(0) is up to it)."""
     lip0 = model.lipschitz(x, y, torch.zeros(x.shape[0], dtype=torch.float64), units=False)
@@ -81,29 +75,22 @@ def first_order(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
     return top
 
 
-def local_radius(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, known: Tensor | None = None) -> Tensor:
+def local_radius(model: LocalBound, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
     """Per point the largest tested r that passes (0 if none): log-bisection below m / L(0), with the
     per-unit bounds where the model has few units (UNIT_ALWAYS), else without them and then a few
     steps with them above the result. Every
     returned r passed its own test, so the search needs no monotonicity. Points with a non-positive
-    margin are skipped (radius 0). `known` [B]: radii the kinds run before prove; no r at or below it
-    is evaluated (`_bisect`: where those steps would have passed the search is the same; where one
-    would have failed the old search ended below `known`, so the point's reported radius, the best
-    over the kinds, is not lower, but for the sharpening steps then starting elsewhere), so a point
-    with known >= m / L(0) costs one evaluation, at r = 0."""
+    margin are skipped (radius 0)."""
     out = torch.zeros(x.shape[0], dtype=torch.float64)
     alive = m.amin(1) > 0
     if not bool(alive.any()):
         return out
     x, y, m = x[alive], y[alive], m[alive]
-    kn = torch.zeros(x.shape[0], dtype=torch.float64) if known is None else known[alive]
     top = first_order(model, x, y, m)
     # L(0) = 0 (every unit dead at x) gives top = inf: the search runs below search_cap instead
     top = torch.where(top > 0, torch.minimum(top, search_cap(x)), torch.zeros_like(top))
     few = model.unit_count <= UNIT_ALWAYS
-    best, lo = _bisect(model, x, y, m, top, few, kn)
-    if not few:  # the sharpening steps test r < top only: none where top <= known
-        t = torch.nonzero(top > kn).flatten()
-        if t.numel():
-            best[t] = _sharpen(model, x[t], y[t], m[t], best[t], lo[t], top[t])
+    best = _bisect(model, x, y, m, top, units=few)
+    if not few:
+        best = _sharpen(model, x, y, m, best, top)
     return out.masked_scatter(alive, torch.where(top > 0, best, torch.zeros_like(best)))

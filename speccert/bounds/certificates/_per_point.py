@@ -58,10 +58,8 @@ class PerPointCertificate(Certificate):
 
     chunk: int = 8
 
-    def search(self, x: Tensor, y: Tensor, m: Tensor, known: Tensor) -> Tensor:
-        """[B] the best radius of the kind's own search over radii (0 where m <= 0); `known` [B]: the
-        radius the kinds run before already prove (a search may skip tests that could only prove
-        less; 0 = nothing known)."""
+    def search(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+        """[B] the best radius of the kind's own search over radii (0 where m <= 0)."""
         raise NotImplementedError
 
     def first_order(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
@@ -74,9 +72,9 @@ class PerPointCertificate(Certificate):
         the margins stay positive on the ball, possibly less (crown: min(r, rho(r)))."""
         raise NotImplementedError
 
-    def radii(self, batch: Batch, known: Tensor | None = None) -> Tensor:
-        """[B, C] the full search's radii; `known` as in `search` (None: nothing known)."""
-        return per_point_radii(batch, self.search, self.chunk, known)
+    def radii(self, batch: Batch) -> Tensor:
+        """[B, C] the full search's radii (each kind's own: nothing known from the other kinds)."""
+        return per_point_radii(batch, lambda x, y, m, k: self.search(x, y, m), self.chunk)
 
     def decide(self, batch: Batch, eps: Sequence[float], known: Tensor) -> Tensor:
         """[B, C] radii that decide only the requested `eps` (speccert.bounds.certificates._eps_search);

@@ -113,9 +113,7 @@ class CrownCertificate(PerPointCertificate):
         if local.unit_count * (len(local.stages) - 1) <= UNIT_BUDGET:
             self.crown.unit_lipschitz = local.unit_lipschitz
 
-    def search(self, x: Tensor, y: Tensor, m: Tensor, known: Tensor) -> Tensor:
-        """The regula falsi search (module docstring); `known` is not used: each tested r steers the
-        next through its own rho, so skipping tests would change every later one."""
+    def search(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
         return crown_radius(self.crown, x, y, m.amin(1) > 0)
 
     def first_order(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:

@@ -305,8 +305,8 @@ class LocalCertificate(PerPointCertificate):
         super().__init__(ctx)
         self.model = LocalModel(ctx)
 
-    def search(self, x: Tensor, y: Tensor, m: Tensor, known: Tensor) -> Tensor:
-        return local_radius(self.model, x, y, m, known)
+    def search(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+        return local_radius(self.model, x, y, m)
 
     def first_order(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
         return first_order(self.model, x, y, m)
