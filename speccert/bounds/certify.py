@@ -134,7 +134,7 @@ def certify(
     notes = list(bound.notes)
     folded = bound.folded.to(dev, torch.float64)
     opts = _within_memory(folded, opts, len(ds), notes)
-    samples = certify_samples(bound, folded, ds, opts, dev, notes, progress)
+    samples = certify_samples(bound, folded, ds, opts, dev, notes, progress, eps_list)
     timing["certify_s"] = samples.seconds
     timing["float64_share"] = samples.float64_share
     lower = _lower_bound(bound, folded, ds, opts, dev, timing, progress) if opts.lower_bound else None
@@ -326,6 +326,8 @@ def _environment(opts: CertifyOptions) -> dict[str, Any]:
         "crown_steps": opts.crown_steps,
         "exact_max_dim": opts.exact_max_dim,
         "refine_above": opts.refine_above if math.isfinite(opts.refine_above) else None,  # None: never
+        # "eps": the per-point kinds tested only the requested eps; radii are lower bounds, not searched
+        "radius_search": opts.radius_search,
     }
 
 

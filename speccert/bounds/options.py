@@ -16,6 +16,7 @@ from speccert.errors import UsageError
 from speccert.limits import check_refine_above, check_seed
 from speccert.norms.method import EXACT_MAX_DIM, REFINE_ABOVE
 
+RADIUS_SEARCHES = ("full", "eps")  # how the per-point kinds search (speccert.bounds.certificates._eps_search)
 CROWN_STEPS = 0  # crown's optimised margin slopes: off (<= 2 % gain, up to 3.8x the cost; docs/certify.md)
 
 
@@ -36,6 +37,10 @@ class CertifyOptions:
     audit: attack this many certified points with PGD-L2 (`audit_steps`, `audit_restarts`).
     certificates: the certificate kinds to run (names in speccert.bounds.certificate.CERTIFICATES, or
         "all"); None = every kind that is not opt-in (the local certificate is opt-in).
+    radius_search: how the per-point kinds (local, crown) look for each point's radius: "full" (the
+        largest radius their search proves) or "eps" (only the requested eps values are tested, largest
+        first after a probe at the smallest; a point's radius is then the best proven by those tests,
+        a lower bound: speccert.bounds.certificates._eps_search).
     float32_tolerance: relative radius loss the float32 pass may cost (speccert.bounds.fast_pass); points
         it cannot settle within it are recomputed in float64. 0 = float64 only.
     """
@@ -56,6 +61,7 @@ class CertifyOptions:
     audit_restarts: int = 4
     certificates: tuple[str, ...] | None = None
     float32_tolerance: float = 1e-6
+    radius_search: str = "full"
 
     def replace(self, **changes: Any) -> CertifyOptions:
         """A copy with `changes` (field names of this class; anything else is a TypeError)."""
@@ -79,6 +85,10 @@ class CertifyOptions:
         check_seed(self.seed)
         if self.crown_steps < 0:
             raise UsageError(f"--crown-steps must be >= 0, got {self.crown_steps}")
+        if self.radius_search not in RADIUS_SEARCHES:
+            raise UsageError(
+                f"--radius-search must be one of {', '.join(RADIUS_SEARCHES)}, got {self.radius_search!r}"
+            )
         if self.crc_steps < 0 or (self.crc_steps > 0 and not self.second_order):
             raise UsageError(f"--crc-steps must be >= 0 and needs --second-order, got {self.crc_steps}")
 

@@ -23,6 +23,7 @@ from speccert.bounds.certificate import (
     NotApplicable,
     finish_radius,
 )
+from speccert.bounds.certificates._per_point import PerPointCertificate
 from speccert.bounds.fast_pass import PROBE_POINTS, FastPass, margins64
 from speccert.bounds.float_error import ErrorModel
 from speccert.bounds.lipschitz import LipschitzBound
@@ -106,8 +107,11 @@ def certify_samples(
     dev: torch.device,
     notes: list[str],
     progress: Progress | None,
+    eps: Sequence[float] = (),
 ) -> Samples:
-    """Every certificate kind on every sample, in batches; the float32 pass where it settles points."""
+    """Every certificate kind on every sample, in batches; the float32 pass where it settles points.
+    `eps`: the radii certified accuracy is asked at (the per-point kinds test only these with
+    `opts.radius_search` "eps")."""
     certs = _certificates(CertContext(bound, folded, dev, opts.crc_steps, opts.crown_steps), opts, notes)
     uppers = {n.name: n.upper for n in bound.layers}
     errors = ErrorModel(bound.folded, uppers)
@@ -140,7 +144,8 @@ def certify_samples(
             xb = torch.from_numpy(xnp).to(device=dev, dtype=torch.float64)
             logits, m = margins64(folded, errors, xb, yb)
             out.float64_points += xb.shape[0]
-        _record(out, certs, Batch(xb, yb, logits, m), slice(start, start + xb.shape[0]))
+        decide = tuple(eps) if opts.radius_search == "eps" else None
+        _record(out, certs, Batch(xb, yb, logits, m), slice(start, start + xb.shape[0]), decide)
         start += xb.shape[0]
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -150,11 +155,23 @@ def certify_samples(
     return out
 
 
-def _record(out: Samples, certs: list[Certificate], batch: Batch, sl: slice) -> None:
+def _record(
+    out: Samples, certs: list[Certificate], batch: Batch, sl: slice, eps: tuple[float, ...] | None
+) -> None:
+    """Radii of every kind on one batch. With `eps` (eps mode) the per-point kinds run last, each told
+    the best radius of the kinds before it (`known`), and decide only the eps that are still open; in
+    full mode every kind reports its own radius (nothing known)."""
     pred = batch.logits.argmax(1)
     correct = pred == batch.y
     out.preds[sl] = pred.cpu().numpy()
     out.margins[sl] = batch.margins.amin(1).cpu().numpy()
-    for c in certs:
-        r = finish_radius(c.radii(batch).amin(1))
-        out.per_kind[c.name][sl] = torch.where(correct, r, torch.zeros_like(r)).cpu().numpy()
+    known = torch.zeros(batch.margins.shape[0], dtype=torch.float64, device=batch.margins.device)
+    for c in sorted(certs, key=lambda c: isinstance(c, PerPointCertificate)):  # stable: order kept
+        if eps is not None and isinstance(c, PerPointCertificate):
+            rad = c.decide(batch, eps, known)
+        else:
+            rad = c.radii(batch)
+        r = finish_radius(rad.amin(1))
+        r = torch.where(correct, r, torch.zeros_like(r))
+        known = torch.maximum(known, r.to(known.dtype))
+        out.per_kind[c.name][sl] = r.cpu().numpy()

@@ -7,14 +7,13 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from speccert.cli import norm_methods
+from speccert.cli.certify_render import render as render  # re-exported: finetune_render uses it
 from speccert.cli.common import (
     DecisionOpt,
     DeviceOpt,
@@ -31,7 +30,6 @@ from speccert.cli.common import (
     load_model,
     out,
     resolve_device,
-    styled,
     write_json,
 )
 from speccert.errors import UsageError
@@ -72,80 +70,6 @@ def check_crc(crc_steps: int, second_order: bool) -> None:
         )
 
 
-def _fmt(v: float | None, spec: str = ".4g") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def _gain(report_dict: dict[str, Any]) -> str:
-    """'; median gain over global Nx' over the points with a positive global radius ('' if none)."""
-    ratios = [
-        row["radius"] / row["radii"]["global"]
-        for row in report_dict.get("samples", [])
-        if (row["radii"].get("global") or 0) > 0 and row["radius"] is not None
-    ]
-    if not ratios or len(report_dict["certificate"]["kinds"]) < 2:
-        return ""
-    ratios.sort()
-    return f"; median gain over global {ratios[len(ratios) // 2]:.3g}x"
-
-
-def render(report_dict: dict[str, Any], console: Console) -> None:
-    """The human-readable summary of a certify report dict (stdout unless --json -)."""
-    table = Table(title="Per-layer spectral norms (folded graph)", title_justify="left")
-    for col in ("layer", "op", "lower", "upper", "method"):
-        table.add_column(col, justify="right" if col in ("lower", "upper") else "left")
-    for row in report_dict["layers"]:
-        table.add_row(
-            row["name"], row["op"], _fmt(row["lower"], ".6g"), _fmt(row["upper"], ".6g"), row["method"]
-        )
-    console.print(table)
-    lip = report_dict["lipschitz"]
-    console.print(
-        styled(
-            "Lipschitz bound of the logits (L2, data space): upper [bold]{}[/], empirical lower {}, ratio {}",
-            _fmt(lip["upper"], ".6g"),
-            _fmt(lip["lower"], ".6g"),
-            _fmt(lip["ratio"], ".3f"),
-        )
-    )
-    cert = report_dict["certificate"]
-    console.print(
-        styled("Samples: {}   clean accuracy: [bold]{}[/]", cert["n"], f"{cert['clean_accuracy']:.2%}")
-    )
-    t = Table(title="Certified accuracy (L2)", title_justify="left")
-    t.add_column("eps", justify="right")
-    t.add_column("certified accuracy", justify="right")
-    for e, a in zip(cert["eps"], cert["certified_accuracy"], strict=True):
-        t.add_row(f"{e:g}", f"{a:.2%}")
-    console.print(t)
-    q = cert["radius_quantiles"]
-    console.print(
-        "Certified radius: median "
-        + _fmt(cert["median_radius"], ".4g")
-        + "  quantiles "
-        + "  ".join(f"{k} {_fmt(v, '.4g')}" for k, v in q.items())
-    )
-    wins = cert["wins"]
-    console.print(
-        "Best certificate per point: " + ", ".join(f"{k} {v}" for k, v in wins.items()) + _gain(report_dict)
-    )
-    if report_dict.get("audit"):
-        a = report_dict["audit"]
-        console.print(
-            f"Audit: PGD-L2 ({a['restarts']} restarts x {a['steps']} steps) on {a['points']} certified "
-            f"points: {a['successes']} successes"
-        )
-    for note in report_dict.get("notes", []):
-        console.print(f"note: {note}", style="dim")
-    tm = report_dict["timing"]
-    console.print(
-        f"time {tm['total_s']:.2f} s (norms {tm.get('norms_s', 0):.2f} s, certificates "
-        f"{tm.get('certify_s', 0):.2f} s); {tm.get('certify_samples_per_s', 0):.0f} samples/s vs plain "
-        f"inference {tm.get('inference_samples_per_s', 0):.0f} samples/s",
-        style="dim",
-    )
-
-
 def _certify_options(
     method: str,
     device: str,
@@ -160,6 +84,7 @@ def _certify_options(
     float32_tolerance: float = 1e-6,
     crown_steps: int = 0,
     refine_above: float = 1.01,
+    radius_search: str = "full",
 ) -> CertifyOptions:
     """The CertifyOptions of the command line; a misspelt certificate kind is exit 2 before any work."""
     from speccert.bounds import CertifyOptions
@@ -180,6 +105,7 @@ def _certify_options(
         float32_tolerance=float32_tolerance,
         crown_steps=crown_steps,
         refine_above=refine_above,
+        radius_search=radius_search,
     )
     options.validate()
     import speccert.bounds.certify  # noqa: F401 - registers every certificate kind
@@ -337,6 +263,16 @@ def command(
         ),
     ] = 0,  # speccert.bounds.options.CROWN_STEPS (not imported here: the CLI starts without torch)
     refine_above: RefineAboveOpt = 1.01,  # speccert.norms.method.REFINE_ABOVE
+    radius_search: Annotated[
+        str,
+        typer.Option(
+            "--radius-search",
+            help="How local and crown find each point's radius: full (their search for the largest "
+            "radius) or eps (test only the --eps values, largest first after a probe at the smallest; "
+            "radii are then the best proven by those tests, a lower bound; several times faster, see "
+            "docs/certify.md).",
+        ),
+    ] = "full",
 ) -> None:
     """Certify a classifier's L2 robustness on labelled data: global Lipschitz bound, certified radii and
     certified accuracy at each eps (a radius is a proven L2 distance in the data's own space)."""
@@ -364,6 +300,7 @@ def command(
         float32_tolerance,
         crown_steps,
         refine_above,
+        radius_search,
     )
     check_outputs(
         {"--json": json_out, "--plot": plot}, inputs={"MODEL": model, "--data": data, "--weights": weights}

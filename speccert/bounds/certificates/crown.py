@@ -28,8 +28,8 @@ import math
 
 import torch
 
-from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
-from speccert.bounds.certificates._per_point import per_point_radii, search_cap
+from speccert.bounds.certificate import CertContext, register_certificate
+from speccert.bounds.certificates._per_point import PerPointCertificate, search_cap
 from speccert.bounds.certificates.local import LocalModel
 from speccert.bounds.crown import Crown
 from speccert.bounds.crown_slopes import score
@@ -98,11 +98,12 @@ def crown_radius(crown: Crown, x: Tensor, y: Tensor, alive: Tensor) -> Tensor:
 
 
 @register_certificate("crown")
-class CrownCertificate(Certificate):
+class CrownCertificate(PerPointCertificate):
     """Largest rho with every margin's CROWN lower bound positive on B(x, rho); opt-in."""
 
     order = 35  # place among the kinds in reports (speccert.bounds.certificate)
     opt_in = True
+    chunk = CHUNK
 
     def __init__(self, ctx: CertContext) -> None:
         super().__init__(ctx)
@@ -112,5 +113,12 @@ class CrownCertificate(Certificate):
         if local.unit_count * (len(local.stages) - 1) <= UNIT_BUDGET:
             self.crown.unit_lipschitz = local.unit_lipschitz
 
-    def radii(self, batch: Batch) -> Tensor:
-        return per_point_radii(batch, lambda x, y, m: crown_radius(self.crown, x, y, m.amin(1) > 0), CHUNK)
+    def search(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+        return crown_radius(self.crown, x, y, m.amin(1) > 0)
+
+    def first_order(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+        return _rho(self.crown, x, y, torch.zeros(x.shape[0], dtype=torch.float64))
+
+    def test_at(self, x: Tensor, y: Tensor, m: Tensor, r: Tensor) -> Tensor:
+        """min(r, rho(r)): what every tested r of the search proves (module docstring)."""
+        return torch.minimum(r, _rho(self.crown, x, y, r)).clamp_min(0.0)

@@ -33,8 +33,9 @@ import math
 
 import torch
 
-from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
-from speccert.bounds.certificates._per_point import per_point_radii, search_cap
+from speccert.bounds.certificate import CertContext, register_certificate
+from speccert.bounds.certificates._local_search import first_order, local_radius, margin_ok
+from speccert.bounds.certificates._per_point import PerPointCertificate
 from speccert.bounds.compose import RoundedUp, compose
 from speccert.bounds.local_bounds import BallBounds, ball_bounds, pool_vjp
 from speccert.bounds.local_first import FirstTerm, first_bound
@@ -46,13 +47,9 @@ from speccert.norms.rounding import gamma, svd_error
 
 Tensor = torch.Tensor
 U = 2.0**-53
-SEARCH_STEPS = 12  # log-bisection over [1e-4, 1] x the upper end: radius within 0.2 % of the best
-UNIT_STEPS = 4  # then steps with per-unit bounds (each costs a backward pass per unit)
-SEARCH_SPAN = 1e-4
 REFINE_MAX_ROWS = 128  # unstable units of one layer whose rows are propagated exactly (else norms)
 UNIT_MAX = 4096  # layers up to this many units get per-unit Lipschitz intervals
 UNIT_CHUNK = 256
-UNIT_ALWAYS = 2048  # models with at most this many such units get them at every bisection step
 CHUNK = 32  # points per backward pass (memory: CHUNK x classes x features float64)
 
 
@@ -296,71 +293,25 @@ def _schur(op: Linear | Conv) -> float:
     return round_up(math.sqrt(rows * cols), 8)
 
 
-def _margin_ok(m: Tensor, lip: Tensor, r: Tensor) -> Tensor:
-    return ((m > lip * r[:, None] * (1.0 + 4 * U)) | torch.isinf(m)).all(1)
-
-
-def _bisect(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, top: Tensor, units: bool) -> Tensor:
-    """Log-bisection on [SEARCH_SPAN top, top]: the largest tested r that passes (else 0)."""
-    lo, hi = top * SEARCH_SPAN, top.clone()
-    best = torch.zeros_like(lo)
-    for _ in range(SEARCH_STEPS):
-        mid = torch.sqrt(lo * hi)
-        ok = _margin_ok(m, model.lipschitz(x, y, mid, units=units), mid)
-        best = torch.where(ok, mid, best)
-        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
-    return best
-
-
-def _sharpen(model: LocalModel, x: Tensor, y: Tensor, m: Tensor, best: Tensor, top: Tensor) -> Tensor:
-    """A few steps above `best` with the per-unit bounds (UNIT_STEPS evaluations): each failing r
-    proposes r' = min_j m_j / L_j(r) (it passes when L does not grow from r' to r), each passing r
-    the geometric mean of r and its proposal; bisection where a proposal leaves (lo, hi)."""
-    lo, hi = torch.where(best > 0, best, top * SEARCH_SPAN), top.clone()
-    r = torch.sqrt(lo * hi)
-    for _ in range(UNIT_STEPS):
-        lip = model.lipschitz(x, y, r, units=True)
-        ok = _margin_ok(m, lip, r)
-        best = torch.where(ok & (r > best), r, best)
-        lo, hi = torch.where(ok, r, lo), torch.where(ok, hi, r)
-        guess = torch.where(torch.isinf(m), math.inf, m / lip).amin(1) * (1.0 - 1e-6)
-        guess = torch.where(ok, torch.sqrt(r * torch.minimum(guess, hi)), guess)
-        r = torch.where((guess > lo) & (guess < hi), guess, torch.sqrt(lo * hi))
-    return best
-
-
-def local_radius(model: LocalModel, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
-    """Per point the largest tested r that passes (0 if none): log-bisection below m / L(0), with the
-    per-unit bounds where the model has few units (UNIT_ALWAYS), else without them and then a few
-    steps with them above the result. Every
-    returned r passed its own test, so the search needs no monotonicity. Points with a non-positive
-    margin are skipped (radius 0)."""
-    out = torch.zeros(x.shape[0], dtype=torch.float64)
-    alive = m.amin(1) > 0
-    if not bool(alive.any()):
-        return out
-    x, y, m = x[alive], y[alive], m[alive]
-    lip0 = model.lipschitz(x, y, torch.zeros(x.shape[0], dtype=torch.float64), units=False)
-    top = torch.where(torch.isinf(m), math.inf, m / lip0).amin(1)
-    # L(0) = 0 (every unit dead at x) gives top = inf: the search runs below search_cap instead
-    top = torch.where(top > 0, torch.minimum(top, search_cap(x)), torch.zeros_like(top))
-    few = model.unit_count <= UNIT_ALWAYS
-    best = _bisect(model, x, y, m, top, units=few)
-    if not few:
-        best = _sharpen(model, x, y, m, best, top)
-    return out.masked_scatter(alive, torch.where(top > 0, best, torch.zeros_like(best)))
-
-
 @register_certificate("local")
-class LocalCertificate(Certificate):
+class LocalCertificate(PerPointCertificate):
     """Largest r with m_j(x) > L_j(r) r for all j (L_j the local bound over B(x, r)); opt-in."""
 
     order = 30  # place among the kinds in reports (speccert.bounds.certificate)
     opt_in = True
+    chunk = CHUNK
 
     def __init__(self, ctx: CertContext) -> None:
         super().__init__(ctx)
         self.model = LocalModel(ctx)
 
-    def radii(self, batch: Batch) -> Tensor:
-        return per_point_radii(batch, lambda x, y, m: local_radius(self.model, x, y, m), CHUNK)
+    def search(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+        return local_radius(self.model, x, y, m)
+
+    def first_order(self, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+        return first_order(self.model, x, y, m)
+
+    def test_at(self, x: Tensor, y: Tensor, m: Tensor, r: Tensor) -> Tensor:
+        """r where m_j > L_j(r) r for every j with the per-unit bounds (the sharpening steps' test), else 0."""
+        ok = margin_ok(m, self.model.lipschitz(x, y, r, units=True), r)
+        return torch.where(ok, r, torch.zeros_like(r))
