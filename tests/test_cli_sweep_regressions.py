@@ -4,6 +4,7 @@ model skipped with exit 0, a backslash in a printed name) and is now one line wi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,32 @@ def test_json_output_is_strict_json(capsys: pytest.CaptureFixture[str]) -> None:
         "c": None,
         "d": 2.0,
     }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--eps", "0.1,,0.2"], "--eps has an empty item"),
+        (["--eps", "0.1,"], "--eps has an empty item"),
+        (["--eps", "0.1,0.25,0.1"], "--eps lists 0.1 more than once"),
+        (["--certificate", "local,local"], "--certificate lists local more than once"),
+        (["--certificate", "global,,pairwise"], "--certificate has an empty item"),
+    ],
+)
+def test_certify_list_options_refuse_empty_and_repeated_items(args: list[str], message: str) -> None:
+    """A value lost between two commas, or one given twice, was silently dropped or run twice."""
+    from speccert.cli.certify_cmd import parse_eps, parse_floats, parse_kinds
+
+    assert parse_floats("0.1, 0.25", "--eps") == parse_floats("0.1 0.25", "--eps") == [0.1, 0.25]
+    assert parse_eps("0.5,0.1") == [0.5, 0.1] and parse_kinds("default") is None
+    with pytest.raises(UsageError, match=re.escape(message)):
+        if args[0] == "--eps":
+            parse_eps(args[1])
+        else:
+            parse_kinds(args[1])
+
+
+def test_certify_cli_exits_2_on_a_repeated_eps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = model_and_data(tmp_path)
+    code, err = run_cli(capsys, "certify", files["model"], "--data", files["data"], "--eps", "0.1,0.1")
+    assert code == 2 and "--eps lists 0.1 more than once" in err

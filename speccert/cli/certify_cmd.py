@@ -4,6 +4,7 @@ certified accuracy at each eps (a radius is a proven L2 distance in the data's o
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,25 +40,45 @@ if TYPE_CHECKING:
 
 
 def parse_floats(text: str | None, option: str) -> list[float] | None:
-    """'0.1,0.25' -> [0.1, 0.25]; None stays None."""
+    """'0.1,0.25' (or '0.1, 0.25', '0.1 0.25') -> [0.1, 0.25]; None stays None. An empty item ('0.1,,0.2',
+    a trailing comma) is an error, not silently dropped: it is usually a value that went missing."""
     if text is None:
         return None
+    items = re.split(r"\s*,\s*|\s+", text.strip())
+    if not text.strip():
+        raise UsageError(f"{option} needs at least one number")
+    if any(not t for t in items):
+        raise UsageError(f"{option} has an empty item (two commas in a row, or one at an end): {text!r}")
     try:
-        vals = [float(t) for t in text.replace(" ", ",").split(",") if t.strip()]
+        return [float(t) for t in items]
     except ValueError:
         raise UsageError(f"{option} must be numbers separated by commas, got {text!r}") from None
-    if not vals:
-        raise UsageError(f"{option} needs at least one number")
-    return vals
 
 
 def parse_eps(text: str, option: str = "--eps") -> list[float]:
-    """Radii: finite and > 0 (at 0 certified accuracy is the clean accuracy, reported anyway); the
-    same rule as the gate's rule radii."""
+    """Radii: finite and > 0 (at 0 certified accuracy is the clean accuracy, reported anyway), each
+    once; the same rule as the gate's rule radii."""
     vals = parse_floats(text, option) or []
     if any(not math.isfinite(v) or v <= 0 for v in vals):
         raise UsageError(f"{option} values must be finite and > 0, got {vals}")
+    twice = sorted({f"{v:g}" for v in vals if vals.count(v) > 1})
+    if twice:
+        raise UsageError(f"{option} lists {', '.join(twice)} more than once")
     return vals
+
+
+def parse_kinds(text: str) -> tuple[str, ...] | None:
+    """--certificate: 'default' -> None, else the comma-separated kinds, each once (names are checked
+    against the registry by CertifyOptions.validate)."""
+    if text == "default":
+        return None
+    kinds = tuple(c.strip() for c in text.split(","))
+    if any(not k for k in kinds):
+        raise UsageError(f"--certificate has an empty item: {text!r}")
+    twice = sorted({k for k in kinds if kinds.count(k) > 1})
+    if twice:
+        raise UsageError(f"--certificate lists {', '.join(twice)} more than once")
+    return kinds
 
 
 def check_crc(crc_steps: int, second_order: bool) -> None:
@@ -98,9 +119,7 @@ def _certify_options(
         seed=seed,
         crc_steps=crc_steps,
         lower_points=lower_points,
-        certificates=None
-        if certificate == "default"
-        else tuple(c.strip() for c in certificate.split(",") if c.strip()),
+        certificates=parse_kinds(certificate),
         **({} if exact_max_dim is None else {"exact_max_dim": exact_max_dim}),
         float32_tolerance=float32_tolerance,
         crown_steps=crown_steps,
