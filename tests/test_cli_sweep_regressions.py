@@ -211,3 +211,21 @@ def test_certify_cli_exits_2_on_a_repeated_eps(tmp_path: Path, capsys: pytest.Ca
     files = model_and_data(tmp_path)
     code, err = run_cli(capsys, "certify", files["model"], "--data", files["data"], "--eps", "0.1,0.1")
     assert code == 2 and "--eps lists 0.1 more than once" in err
+
+
+def test_certify_split_is_refused_where_it_would_be_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--split chooses in a folder of IDX files; given with an .npz it was silently ignored."""
+    from speccert.data.idx import holds_idx
+
+    files = model_and_data(tmp_path)
+    code, err = run_cli(capsys, "certify", files["model"], "--data", files["data"], "--split", "train")
+    assert code == 2 and "--split train" in err and "leave --split out" in err
+    code, _ = run_cli(capsys, "certify", files["model"], "--data", files["data"], "--limit", "5")
+    assert code == 0
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    assert not holds_idx(idx) and not holds_idx(files["data"])
+    (idx / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
+    assert holds_idx(idx)

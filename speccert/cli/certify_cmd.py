@@ -176,8 +176,9 @@ def command(
         ),
     ],
     split: Annotated[
-        str, typer.Option("--split", help="test or train (for a folder of IDX files).")
-    ] = "test",
+        str | None,
+        typer.Option("--split", help="test or train, for a folder of IDX files (default: test)."),
+    ] = None,
     eps: Annotated[
         str,
         typer.Option(
@@ -326,7 +327,14 @@ def command(
     )
     _check_plot(plot)
     from speccert.data import load_data
+    from speccert.data.idx import holds_idx
 
+    if split is not None and Path(data).exists() and not holds_idx(Path(data)):
+        raise UsageError(
+            f"--split {split} chooses between the test and train files of a folder of IDX files; {data} is "
+            "not one, so it would be ignored (leave --split out)"
+        )
+    split = split or "test"
     dataset = load_data(data, split, limit)  # data errors first: they are cheaper to find than model ones
     graph = decide_by(
         load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights), decision

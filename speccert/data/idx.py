@@ -69,6 +69,11 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def holds_idx(path: Path) -> bool:
+    """Whether `path` is a folder holding IDX files: the only data a split (test / train) chooses in."""
+    return path.is_dir() and any(p.name.endswith(("-ubyte", "-ubyte.gz")) for p in path.iterdir())
+
+
 def idx_pair_in_folder(folder: Path, split: str) -> tuple[Path, Path] | None:
     """(images, labels) files of `split` in `folder`, or None when the folder holds no IDX files."""
     prefix = SPLIT_PREFIX[split]
