@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import speccert
-from speccert.gate.policy import read_policy
+from speccert.errors import UsageError
+from speccert.gate.policy import parse_policy, read_policy
 from speccert.gate.workflow import validate_gate
 from tests.test_certify_cli import onnx_classifier
 
@@ -30,3 +31,25 @@ def test_policy_refine_above_is_used_and_recorded(tmp_path: Path, value: str, re
     validate_gate(doc)
     assert doc["policy"]["refine_above"] == recorded
     assert doc["report"]["environment"]["refine_above"] == recorded  # what certify ran with
+
+
+def test_a_split_on_data_that_has_none_is_an_error(tmp_path: Path) -> None:
+    """gate.data.split chooses in a folder of IDX files; with an .npz it was silently ignored."""
+    from speccert.gate.workflow import _check_split
+
+    npz = tmp_path / "d.npz"
+    npz.write_bytes(b"")
+    pol = parse_policy({"gate": {"eps": [0.1], "data": {"path": str(npz), "split": "train"}}}, "p.toml")
+    with pytest.raises(
+        UsageError, match=r"split 'train' \('gate.data.split' or --split\).*leave the split out"
+    ):
+        _check_split(pol)
+    _check_split(
+        parse_policy({"gate": {"eps": [0.1], "data": {"path": str(npz)}}}, "p.toml")
+    )  # no split: fine
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    (idx / "train-images-idx3-ubyte").write_bytes(b"")
+    _check_split(
+        parse_policy({"gate": {"eps": [0.1], "data": {"path": str(idx), "split": "train"}}}, "p.toml")
+    )

@@ -174,6 +174,19 @@ def gate(
     return evaluate(report, policy, base_doc, baseline_source=base_src, seconds=time.perf_counter() - t0)
 
 
+def _check_split(policy: Policy) -> None:
+    """A split chooses between the test and train files of a folder of IDX files; on other data it would
+    be ignored silently, so it is an error (as certify's --split)."""
+    from speccert.data.idx import holds_idx
+
+    path, split = policy.data.path, policy.data.split
+    if split is not None and path is not None and Path(path).exists() and not holds_idx(Path(path)):
+        raise UsageError(
+            f"split {split!r} ('gate.data.split' or --split) chooses between the test and train files of a "
+            f"folder of IDX files; {path} is not one, so it would be ignored (leave the split out)"
+        )
+
+
 def run_certify(
     model: str | os.PathLike[str] | Graph,
     policy: Policy,
@@ -199,6 +212,7 @@ def run_certify(
     else:
         graph = load(model, policy.data.input_shape, weights=weights, trust_pickle=trust_pickle)
     assert policy.data.path is not None
+    _check_split(policy)
     options = CertifyOptions(
         method=policy.method,
         device=device,
