@@ -11,7 +11,7 @@ import pytest
 
 import speccert
 from speccert.errors import UsageError
-from speccert.gate.policy import parse_policy, read_policy
+from speccert.gate.policy import Policy, parse_policy, read_policy
 from speccert.gate.workflow import validate_gate
 from tests.test_certify_cli import onnx_classifier
 
@@ -53,3 +53,18 @@ def test_a_split_on_data_that_has_none_is_an_error(tmp_path: Path) -> None:
     _check_split(
         parse_policy({"gate": {"eps": [0.1], "data": {"path": str(idx), "split": "train"}}}, "p.toml")
     )
+
+
+def test_per_channel_normalisation_is_checked_naming_the_policy_keys() -> None:
+    """The certify library words this as --mean/--std; a policy user is told the keys instead."""
+    from speccert.gate.workflow import _check_channels
+
+    def pol(mean: list[float], std: list[float]) -> Policy:
+        return parse_policy({"gate": {"eps": [0.1], "data": {"mean": mean, "std": std}}}, "p.toml")
+
+    with pytest.raises(UsageError, match=r"p.toml: 'gate.data.mean' / 'gate.data.std' give 2 per-channel"):
+        _check_channels(pol([0.1, 0.2], [0.3]), (1, 28, 28))
+    with pytest.raises(UsageError, match=r"need 1 value or the same count, got 2 and 3"):
+        _check_channels(pol([0.1, 0.2], [0.3, 0.3, 0.3]), (3, 8, 8))
+    _check_channels(pol([0.1, 0.2, 0.3], [0.3]), (3, 8, 8))
+    _check_channels(pol([0.5], [0.5]), (1, 28, 28))

@@ -187,6 +187,24 @@ def _check_split(policy: Policy) -> None:
         )
 
 
+def _check_channels(policy: Policy, shape: tuple[int, ...]) -> None:
+    """Per-channel mean / std need as many channels on the input's first axis (the certify library says
+    the same in terms of --mean/--std; a policy user is told the keys)."""
+    src = policy.source or "policy"
+    counts = {len(v) for v in (policy.data.mean, policy.data.std) if v is not None} - {1}
+    if len(counts) > 1:
+        raise UsageError(
+            f"{src}: 'gate.data.mean' and 'gate.data.std' need 1 value or the same count, got "
+            f"{len(policy.data.mean or ())} and {len(policy.data.std or ())}"
+        )
+    n = counts.pop() if counts else 1
+    if n > 1 and (len(shape) < 2 or shape[0] != n):
+        raise UsageError(
+            f"{src}: 'gate.data.mean' / 'gate.data.std' give {n} per-channel values, but the model's "
+            f"input shape {list(shape)} does not have {n} channels on its first axis"
+        )
+
+
 def run_certify(
     model: str | os.PathLike[str] | Graph,
     policy: Policy,
@@ -213,6 +231,7 @@ def run_certify(
         graph = load(model, policy.data.input_shape, weights=weights, trust_pickle=trust_pickle)
     assert policy.data.path is not None
     _check_split(policy)
+    _check_channels(policy, graph.input_shape)
     options = CertifyOptions(
         method=policy.method,
         device=device,
