@@ -38,7 +38,7 @@ DATA_DEFAULT = "/usr/share/datasets/fashion-mnist"
 ROBUST: dict[str, tuple[str, int, list[str]]] = {
     "cnn": ("recipe:lmt-rescale", 20, ["cra@0.5>=0.75", "clean>=0.85"]),
     "mlp": ("recipe:lmt-rescale", 20, ["cra@0.5>=0.75", "clean>=0.85"]),
-    "smooth_cnn": ("penalty:lmt", 8, ["cra@0.5>=0.70", "clean>=0.82"]),
+    "smooth_cnn": ("recipe:lmt-rescale", 20, ["cra@0.5>=0.70", "clean>=0.82"]),
 }
 # Options over the recipe's own values. cnn: lr 3e-3 beat the recipe's 1e-3 on every column of the full
 # test set (81.20% clean, 75.74 / 69.60 / 55.25% at 0.25 / 0.5 / 1, against 80.52%, 75.38 / 69.00 / 55.13%).
@@ -53,6 +53,19 @@ _MAXMIN = ["--lr", "3e-3", "--allow-activation-change"]
 EXTRA: dict[str, list[str]] = {
     "cnn": [*_MAXMIN, "--penalty-option", "gloro=1", "--penalty-option", "eps=0.6", "--ema", "0.999"],
     "mlp": _MAXMIN,
+    # cnn's options without the activation change (the zoo's smooth model stays Softplus): full test set
+    # 82.40% clean, 75.86 / 69.37 / 53.23% at 0.25 / 0.5 / 1 against plain lmt, 8 epochs: 81.94%, 61.71 /
+    # 33.46 / 2.52%
+    "smooth_cnn": [
+        "--lr",
+        "3e-3",
+        "--penalty-option",
+        "gloro=1",
+        "--penalty-option",
+        "eps=0.6",
+        "--ema",
+        "0.999",
+    ],
 }
 # Not bundled: resnet. Its bar (cra@0.25 +30 points with clean >= 80%) is met by the command in
 # docs/finetune.md ("ResNet with BatchNorm": lmt-rescale, lr 3e-3, --allow-activation-change,
