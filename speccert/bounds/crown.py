@@ -74,11 +74,10 @@ from speccert.bounds.crown_pool import pool_lines, route
 from speccert.bounds.crown_relax import relax, supported
 from speccert.bounds.crown_slopes import optimised_margins
 from speccert.bounds.crown_sort import relax_sort
-from speccert.bounds.crown_terms import TINY, Ball, U, backward_terms
+from speccert.bounds.crown_terms import TINY, Ball, U, backward_terms, finish, input_adjoint
 from speccert.bounds.crown_terms import Acc as _Acc
 from speccert.bounds.crown_terms import dot as _dot
 from speccert.bounds.crown_terms import err_dot as _err_dot
-from speccert.bounds.crown_terms import sub_down as _sub_down
 from speccert.bounds.linear_tail import absolute_op
 from speccert.bounds.lipschitz import LipschitzBound
 from speccert.bounds.local_bounds import BallBounds, Interval, ball_bounds, box_stage
@@ -327,14 +326,7 @@ class Crown:
         """The running constant and error and the input's adjoint Lam (before the input's terms)."""
         acc, adj = self._start(top, lam, ball, units)
         self.descend(top, 0, adj, ball, acc, slopes)
-        return acc, self.input_adjoint(adj, ball, lam.shape[1])
-
-    def input_adjoint(self, adj: dict[int, Tensor], ball: Ball, rows: int) -> Tensor:
-        """Lam [B, N, *x]: the input's adjoint (0 where no path reaches it)."""
-        lam_x = adj.pop(-1, None)
-        if lam_x is None:
-            lam_x = torch.zeros((ball.x.shape[0], rows, *ball.x.shape[1:]), dtype=torch.float64)
-        return lam_x
+        return acc, input_adjoint(adj, ball, lam.shape[1])
 
     def estimate(self, top: int, lam: Tensor, ball: Ball, slopes: dict[int, Tensor]) -> Tensor:
         """The bound a - r n without the input's rounding terms and outward rounding, differentiable
@@ -363,20 +355,7 @@ class Crown:
             self.descend(top, plan.top + 1, adj, ball, acc)
             return best_of_both(self, plan, acc, adj, ball, lam.shape[1])
         acc, lam_x = self._backward(top, lam, ball, slopes, units)
-        return self.finish(acc, lam_x, ball)
-
-    def finish(self, acc: _Acc, lam_x: Tensor, ball: Ball) -> tuple[Tensor, Tensor]:
-        """(a, n): the input's terms added to a backward pass's constant and error, rounded outward."""
-        n_in = ball.x[0].numel()
-        acc.add_const(_dot(lam_x, ball.x))
-        acc.add_err(
-            _err_dot(lam_x, (gamma(2) * ball.abs_input() + gamma(n_in + 4) * ball.x.abs()) * (1 + 8 * U))
-        )
-        p = acc.pieces + 4
-        err = (acc.err + gamma(p) * acc.cabs) * (1.0 + gamma(p)) + TINY
-        a = _sub_down(acc.const, err)
-        norm = lam_x.flatten(2).norm(dim=2) * (1.0 + gamma(n_in + 4)) + TINY
-        return torch.nan_to_num(a, nan=-math.inf), torch.nan_to_num(norm, nan=math.inf)
+        return finish(acc, lam_x, ball)
 
     def interval(self, x: Tensor, r: Tensor) -> Interval:
         """The hook of `ball_bounds`: CROWN intervals of the uncertain units of z_k

@@ -12,7 +12,7 @@ Split. A unit whose window is fixed on the ball (dead: every hi <= 0; or a winne
 lo_w >= 0 and lo_w >= hi_k for the others; speccert.bounds.local_bounds' intervals of z) has phi_u
 linear there (0 or z_w). An unfixed unit with lam_u >= 0 takes the tangent line at z0, z_{i*} with
 i* = argmax z0 (or 0 where max z0 < 0): phi_u >= it everywhere. Those lines go through CROWN's own
-affine step (`Crown.descend` / `finish`: every rounding of A^T mu, b and x accounted for), giving the
+affine step (`Crown.descend` / `crown_terms.finish`: every rounding of A^T mu, b and x accounted for), giving the
 float a_A and g (the input's adjoint, taken exactly as stored) with
     (their part) >= a_A + g^T d   for every ||d|| <= r.
 The set S of unfixed units with lam_u < 0 stays convex. With p_i >= z0_i (box_stage's enclosure of z
@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from speccert.bounds.crown_slopes import score
-from speccert.bounds.crown_terms import TINY, Acc, Ball, U, down
+from speccert.bounds.crown_terms import TINY, Acc, Ball, U, down, finish, input_adjoint
 from speccert.bounds.local_bounds import box_stage
 from speccert.bounds.local_first import _linear_part
 from speccert.bounds.local_stages import Stage
@@ -320,10 +320,6 @@ class FirstCrown(Protocol):
         slopes: dict[int, Tensor] | None = None,
     ) -> None: ...
 
-    def finish(self, acc: Acc, lam_x: Tensor, ball: Ball) -> tuple[Tensor, Tensor]: ...
-
-    def input_adjoint(self, adj: dict[int, Tensor], ball: Ball, rows: int) -> Tensor: ...
-
     def _through(self, k: int, lam: Tensor, ball: Ball, acc: Acc, adj: dict[int, Tensor]) -> None: ...
 
 
@@ -335,15 +331,15 @@ def best_of_both(
     proven). crown.first_layer == "only": the convex layer's wherever r > 0 (tests)."""
     acc_own, adj_own = replace(acc), dict(adj)
     crown.descend(plan.top + 1, 0, adj_own, ball, acc_own)
-    a, n = crown.finish(acc_own, crown.input_adjoint(adj_own, ball, rows), ball)
+    a, n = finish(acc_own, input_adjoint(adj_own, ball, rows), ball)
     if plan.top not in adj:
         return a, n
     st = crown.stages[plan.j0]
     parts = split(plan, crown.graph, st, adj.pop(plan.top), ball)
     crown._through(plan.j0, parts.mu, ball, acc, adj)
     crown.descend(plan.j0, 0, adj, ball, acc)
-    g = crown.input_adjoint(adj, ball, rows)
-    a_lin, _ = crown.finish(acc, g, ball)
+    g = input_adjoint(adj, ball, rows)
+    a_lin, _ = finish(acc, g, ball)
     a2, n2 = convex_bound(plan, crown.graph, st, a_lin, g, parts, ball.r)
     better = ((score(a2, n2) > score(a, n)) | (crown.first_layer == "only")) & (ball.r[:, None] > 0)
     return torch.where(better, a2, a), torch.where(better, n2, n)

@@ -136,4 +136,36 @@ class Ball:
         return (self.x.abs() + rr) * (1.0 + 4 * U) + TINY
 
 
-__all__ = ["TINY", "U", "Acc", "Ball", "backward_terms", "dot", "down", "err_dot", "sub_down"]
+def input_adjoint(adj: dict[int, Tensor], ball: Ball, rows: int) -> Tensor:
+    """Lam [B, N, *x]: the input's adjoint after a backward pass (0 where no path reaches it)."""
+    lam_x = adj.pop(-1, None)
+    if lam_x is None:
+        lam_x = torch.zeros((ball.x.shape[0], rows, *ball.x.shape[1:]), dtype=torch.float64)
+    return lam_x
+
+
+def finish(acc: Acc, lam_x: Tensor, ball: Ball) -> tuple[Tensor, Tensor]:
+    """(a, n): the input's terms added to a backward pass's constant and error, rounded outward."""
+    n_in = ball.x[0].numel()
+    acc.add_const(dot(lam_x, ball.x))
+    acc.add_err(err_dot(lam_x, (gamma(2) * ball.abs_input() + gamma(n_in + 4) * ball.x.abs()) * (1 + 8 * U)))
+    p = acc.pieces + 4
+    err = (acc.err + gamma(p) * acc.cabs) * (1.0 + gamma(p)) + TINY
+    a = sub_down(acc.const, err)
+    norm = lam_x.flatten(2).norm(dim=2) * (1.0 + gamma(n_in + 4)) + TINY
+    return torch.nan_to_num(a, nan=-math.inf), torch.nan_to_num(norm, nan=math.inf)
+
+
+__all__ = [
+    "TINY",
+    "U",
+    "Acc",
+    "Ball",
+    "backward_terms",
+    "dot",
+    "down",
+    "err_dot",
+    "finish",
+    "input_adjoint",
+    "sub_down",
+]
