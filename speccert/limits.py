@@ -157,5 +157,5 @@ def check_norm_method(value: str, what: str = "--method") -> str:
     """`value` when it names a norm method (or auto); UsageError naming `what` otherwise."""
     names = [m["name"] for m in norm_catalog()]
     if value not in names:
-        raise UsageError(f"{what}: unknown norm method {value!r} (known: {', '.join(names)})")
+        raise UsageError(f"{what} {value!r} is not a norm method (choose from {', '.join(names)})")
     return value

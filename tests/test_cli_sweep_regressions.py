@@ -203,8 +203,8 @@ def test_certify_list_options_refuse_empty_and_repeated_items(args: list[str], m
     with pytest.raises(UsageError, match=re.escape(message)):
         if args[0] == "--eps":
             parse_eps(args[1])
-        else:
-            parse_kinds(args[1])
+        else:  # a repeated kind is refused by CertifyOptions.validate, for every caller
+            CertifyOptions(certificates=parse_kinds(args[1])).validate()
 
 
 def test_certify_cli_exits_2_on_a_repeated_eps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -221,7 +221,7 @@ def test_certify_split_is_refused_where_it_would_be_ignored(
 
     files = model_and_data(tmp_path)
     code, err = run_cli(capsys, "certify", files["model"], "--data", files["data"], "--split", "train")
-    assert code == 2 and "--split train" in err and "leave --split out" in err
+    assert code == 2 and "--split = 'train'" in err and "leave it out" in err
     code, _ = run_cli(capsys, "certify", files["model"], "--data", files["data"], "--limit", "5")
     assert code == 0
     idx = tmp_path / "idx"
@@ -229,3 +229,10 @@ def test_certify_split_is_refused_where_it_would_be_ignored(
     assert not holds_idx(idx) and not holds_idx(files["data"])
     (idx / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
     assert holds_idx(idx)
+
+
+def test_certify_cli_exits_2_on_a_repeated_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = model_and_data(tmp_path)
+    cmd = ("certify", files["model"], "--data", files["data"], "--certificate", "global,global")
+    code, err = run_cli(capsys, *cmd)
+    assert code == 2 and "--certificate lists global more than once" in err

@@ -34,37 +34,42 @@ def test_policy_refine_above_is_used_and_recorded(tmp_path: Path, value: str, re
 
 
 def test_a_split_on_data_that_has_none_is_an_error(tmp_path: Path) -> None:
-    """gate.data.split chooses in a folder of IDX files; with an .npz it was silently ignored."""
-    from speccert.gate.workflow import _check_split
+    """gate.data.split chooses in a folder of IDX files; with an .npz it was silently ignored. The gate
+    and certify's --split share one check (speccert.data.idx.check_split_applies)."""
+    from speccert.data.idx import check_split_applies
 
     npz = tmp_path / "d.npz"
     npz.write_bytes(b"")
-    pol = parse_policy({"gate": {"eps": [0.1], "data": {"path": str(npz), "split": "train"}}}, "p.toml")
-    with pytest.raises(
-        UsageError, match=r"split 'train' \('gate.data.split' or --split\).*leave the split out"
-    ):
-        _check_split(pol)
-    _check_split(
-        parse_policy({"gate": {"eps": [0.1], "data": {"path": str(npz)}}}, "p.toml")
-    )  # no split: fine
+    rule = [{"metric": "clean_accuracy", "min": 0.1}]
+    pol = parse_policy(
+        {"gate": {"eps": [0.1], "data": {"path": str(npz), "split": "train"}, "rule": rule}}, "p.toml"
+    )
+    with pytest.raises(UsageError, match=r"'gate.data.split' \(or --split\) = 'train' chooses.*leave it out"):
+        speccert.gate(onnx_classifier(tmp_path / "m.onnx"), pol)
+    check_split_applies(npz, None, "--split")  # no split: fine
     idx = tmp_path / "idx"
     idx.mkdir()
     (idx / "train-images-idx3-ubyte").write_bytes(b"")
-    _check_split(
-        parse_policy({"gate": {"eps": [0.1], "data": {"path": str(idx), "split": "train"}}}, "p.toml")
-    )
+    check_split_applies(idx, "train", "--split")
 
 
-def test_per_channel_normalisation_is_checked_naming_the_policy_keys() -> None:
-    """The certify library words this as --mean/--std; a policy user is told the keys instead."""
-    from speccert.gate.workflow import _check_channels
+def test_per_channel_normalisation_is_checked_naming_the_policy_keys(tmp_path: Path) -> None:
+    """The certify library words this as --mean/--std; a policy user is told the keys instead (the gate
+    runs the library's check, speccert.bounds.lipschitz.check_normalisation, with the keys' names)."""
+    model = onnx_classifier(tmp_path / "m.onnx")  # input [1, 4, 4]: one channel
+    rule = [{"metric": "clean_accuracy", "min": 0.1}]
 
     def pol(mean: list[float], std: list[float]) -> Policy:
-        return parse_policy({"gate": {"eps": [0.1], "data": {"mean": mean, "std": std}}}, "p.toml")
+        data = {"path": str(tmp_path / "d.npz"), "mean": mean, "std": std}
+        return parse_policy({"gate": {"eps": [0.1], "data": data, "rule": rule}}, "p.toml")
 
-    with pytest.raises(UsageError, match=r"p.toml: 'gate.data.mean' / 'gate.data.std' give 2 per-channel"):
-        _check_channels(pol([0.1, 0.2], [0.3]), (1, 28, 28))
-    with pytest.raises(UsageError, match=r"need 1 value or the same count, got 2 and 3"):
-        _check_channels(pol([0.1, 0.2], [0.3, 0.3, 0.3]), (3, 8, 8))
-    _check_channels(pol([0.1, 0.2, 0.3], [0.3]), (3, 8, 8))
-    _check_channels(pol([0.5], [0.5]), (1, 28, 28))
+    with pytest.raises(UsageError, match=r"p.toml: 'gate.data.mean' / 'gate.data.std': 2 per-channel"):
+        speccert.gate(model, pol([0.1, 0.2], [0.3]))
+    with pytest.raises(
+        UsageError, match=r"p.toml: 'gate.data.mean' has 2 values; .* need 1 or the same count"
+    ):
+        speccert.gate(model, pol([0.1, 0.2], [0.3, 0.3, 0.3]))
+    from speccert.bounds.lipschitz import check_normalisation
+
+    assert check_normalisation([0.1, 0.2, 0.3], [0.3], (3, 8, 8))[2] == 3
+    assert check_normalisation([0.5], [0.5], (1, 28, 28))[2] == 1

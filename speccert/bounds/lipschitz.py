@@ -59,27 +59,42 @@ class LipschitzBound:
         return self.upper / self.lower
 
 
+def check_normalisation(
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    shape: tuple[int, ...],
+    names: tuple[str, str] = ("--mean", "--std"),
+) -> tuple[list[float], list[float], int]:
+    """(mean, std, n): finite values, std > 0, one value each or n per channel on the input's first axis
+    (the default 0 / 1 for a missing one); UsageError naming `names` (options, or a policy's keys)."""
+    mean_name, std_name = names
+    mean_v = list(mean) if mean is not None else [0.0]
+    std_v = list(std) if std is not None else [1.0]
+    if any(not math.isfinite(s) or s <= 0 for s in std_v):
+        raise UsageError(f"{std_name} values must be positive and finite, got {std_v}")
+    if any(not math.isfinite(m) for m in mean_v):
+        raise UsageError(f"{mean_name} values must be finite, got {mean_v}")
+    n = max(len(mean_v), len(std_v))
+    for name, vals in ((mean_name, mean_v), (std_name, std_v)):
+        if len(vals) not in (1, n):
+            raise UsageError(
+                f"{name} has {len(vals)} values; {mean_name} and {std_name} need 1 or the same count"
+            )
+    if n > 1 and (len(shape) < 2 or shape[0] != n):
+        raise UsageError(
+            f"{mean_name} / {std_name}: {n} per-channel values, but the model's input shape {list(shape)} "
+            f"does not have {n} channels on its first axis"
+        )
+    return mean_v, std_v, n
+
+
 def with_input_normalisation(graph: Graph, mean: list[float] | None, std: list[float] | None) -> Graph:
     """Prepend x -> (x - mean) / std as an Affine node: part of the certified function, so radii are in
     the user's (un-normalised) data space. mean/std: one value, or one per channel (axis 0 of the input)."""
     if mean is None and std is None:
         return graph
     shape = graph.input_shape
-    mean_v = list(mean) if mean is not None else [0.0]
-    std_v = list(std) if std is not None else [1.0]
-    if any(not math.isfinite(s) or s <= 0 for s in std_v):
-        raise UsageError(f"--std values must be positive and finite, got {std_v}")
-    if any(not math.isfinite(m) for m in mean_v):
-        raise UsageError(f"--mean values must be finite, got {mean_v}")
-    n = max(len(mean_v), len(std_v))
-    for name, vals in (("--mean", mean_v), ("--std", std_v)):
-        if len(vals) not in (1, n):
-            raise UsageError(f"{name} has {len(vals)} values; --mean and --std need 1 or the same count")
-    if n > 1 and (len(shape) < 2 or shape[0] != n):
-        raise UsageError(
-            f"{n} per-channel --mean/--std values, but the model's input shape {list(shape)} "
-            f"does not have {n} channels on its first axis"
-        )
+    mean_v, std_v, n = check_normalisation(mean, std, shape)
     view = (n,) + (1,) * (len(shape) - 1) if n > 1 else (1,) * len(shape)
     m = torch.tensor(mean_v if len(mean_v) == n else mean_v * n, dtype=torch.float64).reshape(view)
     s = torch.tensor(std_v if len(std_v) == n else std_v * n, dtype=torch.float64).reshape(view)

@@ -83,6 +83,9 @@ class CertifyOptions:
             raise UsageError(f"--float32-tolerance must be in [0, 1), got {self.float32_tolerance}")
         check_refine_above(self.refine_above)
         check_seed(self.seed)
+        twice = sorted({k for k in self.certificates or () if (self.certificates or ()).count(k) > 1})
+        if twice:
+            raise UsageError(f"--certificate lists {', '.join(twice)} more than once")
         if self.crown_steps < 0:
             raise UsageError(f"--crown-steps must be >= 0, got {self.crown_steps}")
         if self.radius_search not in RADIUS_SEARCHES:

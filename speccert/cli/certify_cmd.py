@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from speccert.cli import norm_methods
-from speccert.cli.certify_render import render as render  # re-exported: finetune_render uses it
+from speccert.cli.certify_render import render
 from speccert.cli.common import (
     DecisionOpt,
     DeviceOpt,
@@ -68,16 +68,13 @@ def parse_eps(text: str, option: str = "--eps") -> list[float]:
 
 
 def parse_kinds(text: str) -> tuple[str, ...] | None:
-    """--certificate: 'default' -> None, else the comma-separated kinds, each once (names are checked
-    against the registry by CertifyOptions.validate)."""
+    """--certificate: 'default' -> None, else the comma-separated kinds (names and repeats are checked by
+    CertifyOptions.validate, for every caller)."""
     if text == "default":
         return None
     kinds = tuple(c.strip() for c in text.split(","))
     if any(not k for k in kinds):
         raise UsageError(f"--certificate has an empty item: {text!r}")
-    twice = sorted({k for k in kinds if kinds.count(k) > 1})
-    if twice:
-        raise UsageError(f"--certificate lists {', '.join(twice)} more than once")
     return kinds
 
 
@@ -327,13 +324,9 @@ def command(
     )
     _check_plot(plot)
     from speccert.data import load_data
-    from speccert.data.idx import holds_idx
+    from speccert.data.idx import check_split_applies
 
-    if split is not None and Path(data).exists() and not holds_idx(Path(data)):
-        raise UsageError(
-            f"--split {split} chooses between the test and train files of a folder of IDX files; {data} is "
-            "not one, so it would be ignored (leave --split out)"
-        )
+    check_split_applies(data, split, "--split")
     split = split or "test"
     dataset = load_data(data, split, limit)  # data errors first: they are cheaper to find than model ones
     graph = decide_by(

@@ -56,7 +56,7 @@ def _pareto_table(res: Any, eps: list[float]) -> Table:
 def render_result(res: Any, eps: list[float], json_out: str | None) -> None:
     """The closing output: JSON (history, Pareto epochs, the output's certify report) and/or the
     certify report of the written file, the Pareto table, notes and the verdict."""
-    from speccert.cli.certify_cmd import render
+    from speccert.cli.certify_render import render
 
     report = res.report.to_dict(samples=False) if res.report is not None else None
     if json_out is not None:

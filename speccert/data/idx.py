@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from speccert.errors import InputError
+from speccert.errors import InputError, UsageError
 from speccert.limits import check_bytes
 
 _DTYPES: dict[int, np.dtype] = {
@@ -72,6 +73,17 @@ def _find(folder: Path, stem: str) -> Path | None:
 def holds_idx(path: Path) -> bool:
     """Whether `path` is a folder holding IDX files: the only data a split (test / train) chooses in."""
     return path.is_dir() and any(p.name.endswith(("-ubyte", "-ubyte.gz")) for p in path.iterdir())
+
+
+def check_split_applies(data: str | os.PathLike[str], split: str | None, what: str) -> None:
+    """A split the user gave (`what` names it: an option or a policy key) must have files to choose
+    between: on anything but a folder of IDX files it would be ignored silently, so it is an error."""
+    path = Path(data)
+    if split is not None and path.exists() and not holds_idx(path):
+        raise UsageError(
+            f"{what} = {split!r} chooses between the test and train files of a folder of IDX files; {data} is "
+            "not one, so it would be ignored (leave it out)"
+        )
 
 
 def idx_pair_in_folder(folder: Path, split: str) -> tuple[Path, Path] | None:

@@ -174,37 +174,6 @@ def gate(
     return evaluate(report, policy, base_doc, baseline_source=base_src, seconds=time.perf_counter() - t0)
 
 
-def _check_split(policy: Policy) -> None:
-    """A split chooses between the test and train files of a folder of IDX files; on other data it would
-    be ignored silently, so it is an error (as certify's --split)."""
-    from speccert.data.idx import holds_idx
-
-    path, split = policy.data.path, policy.data.split
-    if split is not None and path is not None and Path(path).exists() and not holds_idx(Path(path)):
-        raise UsageError(
-            f"split {split!r} ('gate.data.split' or --split) chooses between the test and train files of a "
-            f"folder of IDX files; {path} is not one, so it would be ignored (leave the split out)"
-        )
-
-
-def _check_channels(policy: Policy, shape: tuple[int, ...]) -> None:
-    """Per-channel mean / std need as many channels on the input's first axis (the certify library says
-    the same in terms of --mean/--std; a policy user is told the keys)."""
-    src = policy.source or "policy"
-    counts = {len(v) for v in (policy.data.mean, policy.data.std) if v is not None} - {1}
-    if len(counts) > 1:
-        raise UsageError(
-            f"{src}: 'gate.data.mean' and 'gate.data.std' need 1 value or the same count, got "
-            f"{len(policy.data.mean or ())} and {len(policy.data.std or ())}"
-        )
-    n = counts.pop() if counts else 1
-    if n > 1 and (len(shape) < 2 or shape[0] != n):
-        raise UsageError(
-            f"{src}: 'gate.data.mean' / 'gate.data.std' give {n} per-channel values, but the model's "
-            f"input shape {list(shape)} does not have {n} channels on its first axis"
-        )
-
-
 def run_certify(
     model: str | os.PathLike[str] | Graph,
     policy: Policy,
@@ -216,6 +185,8 @@ def run_certify(
     import torch
 
     from speccert.bounds import CertifyOptions, certify
+    from speccert.bounds.lipschitz import check_normalisation
+    from speccert.data.idx import check_split_applies
     from speccert.importers import load
     from speccert.ir import Graph
 
@@ -230,8 +201,12 @@ def run_certify(
     else:
         graph = load(model, policy.data.input_shape, weights=weights, trust_pickle=trust_pickle)
     assert policy.data.path is not None
-    _check_split(policy)
-    _check_channels(policy, graph.input_shape)
+    check_split_applies(policy.data.path, policy.data.split, "'gate.data.split' (or --split)")
+    try:  # the library's check, naming the policy's keys (the gate has no --mean / --std)
+        keys = ("'gate.data.mean'", "'gate.data.std'")
+        check_normalisation(policy.data.mean, policy.data.std, graph.input_shape, keys)
+    except UsageError as exc:
+        raise UsageError(f"{policy.source or 'policy'}: {exc}") from None
     options = CertifyOptions(
         method=policy.method,
         device=device,

@@ -87,14 +87,15 @@ def load(
             )
         return load_factory(spec, weights, input_shape, check=check, allow_unsupported=allow_unsupported)
     path = Path(spec)
-    if not path.exists():
+    exists = path.exists()
+    if not exists:
         _explain_factory_path(spec)  # 'my_pkg/nets.py:Net': a path where the factory form was meant
     if weights is not None:  # silently ignored before: the file's own weights were certified
         raise UsageError(
             f"--weights {os.fspath(weights)}: only a 'package.module:factory' model takes a state_dict; "
             f"{spec} holds its own weights (leave --weights out)"
         )
-    if not path.exists():
+    if not exists:
         raise InputError(f"model file not found: {spec}")
     if path.is_dir():
         raise InputError(f"model path is a folder, not a file: {spec}")
