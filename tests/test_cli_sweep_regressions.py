@@ -236,3 +236,14 @@ def test_certify_cli_exits_2_on_a_repeated_kind(tmp_path: Path, capsys: pytest.C
     cmd = ("certify", files["model"], "--data", files["data"], "--certificate", "global,global")
     code, err = run_cli(capsys, *cmd)
     assert code == 2 and "--certificate lists global more than once" in err
+
+
+def test_certify_checks_the_norm_method_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same check and words as `norms --method` and the gate's gate.method (speccert.limits)."""
+    files = model_and_data(tmp_path)
+    code, err = run_cli(
+        capsys, "certify", files["model"], "--data", tmp_path / "missing.npz", "--method", "[b]svd"
+    )
+    assert code == 2 and "--method '[b]svd' is not a norm method (choose from auto," in err

@@ -108,7 +108,7 @@ def _certify_options(
     from speccert.bounds import CertifyOptions
 
     options = CertifyOptions().replace(
-        method=method,
+        method=norm_methods.check(method),  # before any work, as `norms` and the gate check it
         device=resolve_device(device),
         second_order=second_order,
         audit=audit,
