@@ -109,9 +109,13 @@ def shift_batch(x: Tensor, k: int, fill: Tensor, gen: torch.Generator) -> Tensor
     spatial = x.shape[2:]
     axes = min(2, len(spatial))
     offsets = torch.randint(-k, k + 1, (b, axes), generator=gen).to(x.device)
-    pad = [k, k] * axes  # F.pad order: last axis first; symmetric, so the order does not matter
+    padded_shape = list(x.shape)
+    for axis in range(x.dim() - axes, x.dim()):
+        padded_shape[axis] += 2 * k
     base = fill.to(dtype=x.dtype, device=x.device).reshape((1, c) + (1,) * len(spatial))
-    padded = torch.nn.functional.pad(x - base, pad) + base  # zero padding of x - fill = fill padding
+    padded = base.expand(padded_shape).clone()  # every pixel the fill, then the image in the middle
+    inner = (slice(None),) * (x.dim() - axes) + (slice(k, -k),) * axes
+    padded[inner] = x
     # Output pixel i of an axis reads padded index i + k - d (= input index i - d).
     out = padded
     for a in range(axes):
