@@ -99,8 +99,9 @@ def recipe_entry(name: str) -> dict:
                 options[key] = float(value)
             elif a.startswith("--") and (i + 1 == len(args) or args[i + 1].startswith("--")):
                 flags[a.lstrip("-")] = True
-            elif a.startswith("--"):
-                flags[a.lstrip("-")] = float(args[i + 1])
+            elif a.startswith("--"):  # a number, else the text (e.g. --augment shift:1)
+                v = args[i + 1]
+                flags[a.lstrip("-")] = float(v) if v.replace(".", "", 1).replace("e-", "", 1).isdigit() else v
         if options:
             flags["penalty-options"] = options
         entry = {"recipe": what, "penalty": get_recipe(what).penalty, "epochs": epochs, "targets": targets}

@@ -23,11 +23,13 @@ CPU and moved). The certifier always measures the unaugmented validation data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from speccert.errors import UsageError
+from speccert.training.batching import normalised
 
 Tensor = torch.Tensor
 
@@ -95,6 +97,12 @@ def parse_augment(name: str) -> Augment:
     )
 
 
+def data_zero(x: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
+    """[C]: the value a data-space 0 pixel of `x` [B, C, ...] has after --mean/--std normalisation."""
+    zero = torch.zeros((1, *x.shape[1:2]) + (1,) * (x.dim() - 2), dtype=x.dtype, device=x.device)
+    return normalised(zero, mean, std).reshape(-1)
+
+
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     """A CPU generator that is a function of (seed, step, rank) only."""
     g = torch.Generator(device="cpu")
@@ -135,4 +143,12 @@ def shift_offsets(seed: int, step: int, rank: int, batch: int, k: int, axes: int
     return torch.randint(-k, k + 1, (batch, axes), generator=step_generator(seed, step, rank))
 
 
-__all__ = ["AUGMENTS", "Augment", "parse_augment", "shift_batch", "shift_offsets", "step_generator"]
+__all__ = [
+    "AUGMENTS",
+    "Augment",
+    "data_zero",
+    "parse_augment",
+    "shift_batch",
+    "shift_offsets",
+    "step_generator",
+]

@@ -27,7 +27,7 @@ from speccert.ir.ops import Affine
 from speccert.ir.passes import fold_linear
 from speccert.training import ddp
 from speccert.training.aol import AOLReparam, hidden_layers
-from speccert.training.augment import Augment
+from speccert.training.augment import Augment, data_zero
 from speccert.training.batching import epoch_batches, normalised
 from speccert.training.checkpoint import (
     BEST,
@@ -138,8 +138,7 @@ class FinetuneRun:
         x = torch.from_numpy(train.x).to(device=device, dtype=self.g.dtype)
         self.x_all = normalised(x, cfg.mean, cfg.std)
         self.y_all = torch.from_numpy(train.y).to(device)
-        zero = torch.zeros((1, *x.shape[1:2]) + (1,) * (x.dim() - 2), dtype=x.dtype, device=device)
-        self.fill = normalised(zero, cfg.mean, cfg.std).reshape(-1)  # a data-space 0, per channel
+        self.fill = data_zero(x, cfg.mean, cfg.std)  # the shift's fill: a data-space 0, per channel
         self.history: list[EpochRecord] = []
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best: tuple[tuple[int, float], int] | None = None
