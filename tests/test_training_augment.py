@@ -9,18 +9,17 @@ from typing import Any
 
 import pytest
 import torch
+from test_finetune_resume import evaluator_on
 
 import speccert
 from speccert.errors import UsageError
 from speccert.exporters.onnx_export import save_onnx
-from speccert.ir.graph import Graph
 from speccert.training.augment import parse_augment, shift_batch, shift_offsets, step_generator
 from speccert.training.batching import epoch_batches
 from speccert.training.checkpoint import load_checkpoint, run_dir_for
 from speccert.training.ddp import DistInfo
 from speccert.training.finetune import finetune
 from speccert.training.penalties import penalty_class
-from speccert.training.targets import Measurement
 from speccert.training.toy import separable_data, toy_cnn, toy_mlp
 
 TRAIN = separable_data(40, (1, 8, 8), seed=1)
@@ -83,13 +82,6 @@ def test_parse_augment_names_and_errors() -> None:
         parse_augment("shift:8").check_input((1, 8, 8))
 
 
-def _evaluator(graph: Graph) -> Measurement:
-    """Deterministic in the weights (a resumed run sees the same numbers); never meets its cra target."""
-    with torch.no_grad():
-        acc = float((graph(VAL[0].to(graph.dtype)).argmax(1) == VAL[1]).double().mean())
-    return Measurement(acc, {0.1: acc / 2}, 1.0)
-
-
 def _model(tmp_path: Path) -> Path:
     p = tmp_path / "in.onnx"
     save_onnx(toy_cnn(dtype=torch.float32), p)
@@ -99,7 +91,7 @@ def _model(tmp_path: Path) -> Path:
 def _run(model: Path, out: Path | None, **kw: Any) -> Any:
     args: dict[str, Any] = dict(
         targets=["cra@0.1>=0.9"], penalty="spectral", epochs=2, lr=5e-3, batch_size=10, seed=3,
-        evaluator=_evaluator, augment="shift:2",
+        evaluator=evaluator_on(VAL), augment="shift:2",
     )  # fmt: skip
     args.update(kw)
     return finetune(str(model), TRAIN, VAL, out=out, **args)
