@@ -7,6 +7,7 @@ The ablations of docs/finetune.md ("levers") were measured with it, e.g.::
     python benchmarks/finetune_variant.py --name la5 --opts '{"la_beta": 5.0}'
     python benchmarks/finetune_variant.py --name resnet --model models/resnet.onnx --recipe penalty:weissi
     python benchmarks/finetune_variant.py --name resnet-mm --model models/resnet.onnx --allow-activation-change
+    python benchmarks/finetune_variant.py --name shift1 --allow-activation-change --augment shift:1
 
 Prints per-epoch validation figures to stderr and one JSON row (the test subset) to stdout.
 """
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--name", default="variant")
     ap.add_argument("--work", default="/tmp/speccert-bench-finetune")
     ap.add_argument("--allow-activation-change", action="store_true", help="ReLU -> MaxMin first")
+    ap.add_argument("--augment", default="none", help="none, shift or shift:K (speccert finetune --augment)")
     a = ap.parse_args()
     train, val, test = subsets(a.data, a.train_n, a.val_n, a.test_n, a.seed)
     r = single_penalty(a.recipe[8:]) if a.recipe.startswith("penalty:") else get_recipe(a.recipe)
@@ -67,6 +69,7 @@ def main() -> None:
         overwrite=True,
         seed=a.seed,
         allow_activation_change=a.allow_activation_change,
+        augment=a.augment,
     )
     for h in res.history:
         cra = {k: round(v, 3) for k, v in h.cra.items()}

@@ -297,6 +297,14 @@ def command(
             "(a learned reflection angle per channel pair, started as MaxMin).",
         ),
     ] = "maxmin",
+    augment: Annotated[
+        str,
+        typer.Option(
+            "--augment",
+            help="Augment the training batches: none (default), shift (= shift:2) or shift:K (each image "
+            "translated by up to K pixels per axis, zero fill; seeded, resumable).",
+        ),
+    ] = "none",
     audit: Annotated[
         int,
         typer.Option(
@@ -316,6 +324,9 @@ def command(
     from speccert.training.finetune import finetune
 
     _check_options(model, penalty, recipe, time_budget, decision)
+    from speccert.training.augment import parse_augment
+
+    parse_augment(augment)  # a bad name is a usage error before any loading
     tlist, eps = _targets(target)
     dev = resolve_device(device)
     check_outputs(
@@ -362,6 +373,7 @@ def command(
             stop_out_of_reach=stop_out_of_reach,
             audit=audit,
             activation=activation,
+            augment=augment,
         )
     if main:
         render_result(res, eps, json_out)

@@ -66,6 +66,7 @@ def render_result(res: Any, eps: list[float], json_out: str | None) -> None:
                     "met": res.met,
                     "missed": res.missed,
                     "best_epoch": res.best_epoch,
+                    "augment": res.augment,
                     "pareto": [r.epoch for r in res.pareto],
                     "output": str(res.output) if res.output else None,
                     "history": [

@@ -42,6 +42,7 @@ from speccert.errors import UsageError
 from speccert.ir.decision import check_decision, decide_by
 from speccert.ir.graph import Graph
 from speccert.training import ddp
+from speccert.training.augment import Augment, parse_augment
 from speccert.training.evaluate import STOPPING_RULE_OPTIONS, Evaluator, certifier_evaluator
 from speccert.training.maxmin import ACTIVATIONS, ActivationChange, relu_to_maxmin
 from speccert.training.recipes import Recipe, get_recipe, single_penalty
@@ -136,6 +137,7 @@ def finetune(
     stop_out_of_reach: bool = False,
     audit: int = 0,
     activation: str = "maxmin",
+    augment: str | Augment = "none",
 ) -> FinetuneResult:
     """Fine-tune `model` until every target holds on `val_data` (see the module docstring).
 
@@ -153,6 +155,9 @@ def finetune(
     epochs, extrapolated over the budget left, still misses it (speccert.training.reach).
     audit: attack this many certified validation points of the written file with PGD-L2 at their
     certified radius (speccert.bounds.audit); the summary is in the closing report, a success raises.
+    augment: "none", "shift" or "shift:K": random translations of the training batches by up to K
+    pixels with zero fill, seeded by (seed, step) (speccert.training.augment); recorded in the
+    checkpoints (a resume with another choice is refused) and in the result.
     """
     tlist = [t if isinstance(t, Target) else parse_target(t) for t in targets]
     check_unique(tlist)
@@ -167,12 +172,14 @@ def finetune(
         raise UsageError(f"--time-budget must be > 0 minutes, got {time_budget}")
     _check_audit(audit, evaluator)
     _check_activation(activation, allow_activation_change)
+    aug = augment if isinstance(augment, Augment) else parse_augment(augment)
     info, dev = ddp.init_from_env(device)
     if batch_size % info.world_size:
         raise UsageError(
             f"--batch-size {batch_size} must be divisible by the number of processes {info.world_size}"
         )
     graph, spec = load_graph(model, input_shape, weights)
+    aug.check_input(tuple(graph.input_shape))
     change = _change_activations(graph, activation) if allow_activation_change else None
     if change is not None:
         graph = change.graph
@@ -207,6 +214,8 @@ def finetune(
         identity["activation_change"] = f"relu->{activation}"
     if rec.ema > 0:  # the average is part of the run's state: a resume must keep it
         identity["ema"] = rec.ema
+    if aug.kind != "none":  # another augmentation is another run (absent: checkpoints of older runs)
+        identity["augment"] = aug.name
     cfg = RunConfig(
         recipe=rec,
         targets=tlist,
@@ -221,12 +230,16 @@ def finetune(
         std=None if std is None else tuple(std),
         decision=decision,
         stop_out_of_reach=stop_out_of_reach,
+        augment=aug,
         identity=identity,
     )
     run = FinetuneRun(graph, train, measure, cfg, paths, info, dev, Hooks(on_epoch, on_step), closing)
     if resume:
         run.restore()
     res = run.run()
+    res.augment = aug.name
+    if aug.kind != "none":
+        res.notes.insert(0, f"training batches augmented: {aug.name} ({aug.describe()})")
     if change is not None:
         res.notes.insert(0, change.note())
     return res

@@ -70,6 +70,7 @@ class FinetuneResult:
     graph: Graph | None = None  # the fine-tuned graph (the best epoch's weights)
     notes: list[str] = field(default_factory=list)
     pareto: list[EpochRecord] = field(default_factory=list)  # see pareto_front; weights in run_dir
+    augment: str = "none"  # the training batches' augmentation (speccert.training.augment)
 
     @property
     def exit_code(self) -> int:

@@ -27,6 +27,7 @@ from speccert.ir.ops import Affine
 from speccert.ir.passes import fold_linear
 from speccert.training import ddp
 from speccert.training.aol import AOLReparam, hidden_layers
+from speccert.training.augment import Augment, data_zero
 from speccert.training.batching import epoch_batches, normalised
 from speccert.training.checkpoint import (
     BEST,
@@ -74,6 +75,7 @@ class RunConfig:
     std: tuple[float, ...] | None = None
     decision: str = "argmax"  # "argmin": train and certify -logits (speccert.ir.decision)
     stop_out_of_reach: bool = False  # stop when a missed target is out of reach at its trend (reach.py)
+    augment: Augment = Augment()  # of the training batches (augment.py); part of `identity` unless none
     # What makes two runs the same run (run_setup.run_config): recorded in every checkpoint, and a
     # --resume with other values is refused naming the keys that differ.
     identity: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +138,7 @@ class FinetuneRun:
         x = torch.from_numpy(train.x).to(device=device, dtype=self.g.dtype)
         self.x_all = normalised(x, cfg.mean, cfg.std)
         self.y_all = torch.from_numpy(train.y).to(device)
+        self.fill = data_zero(x, cfg.mean, cfg.std)  # the shift's fill: a data-space 0, per channel
         self.history: list[EpochRecord] = []
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best: tuple[tuple[int, float], int] | None = None
@@ -223,6 +226,7 @@ class FinetuneRun:
         self.pen.set_progress(self.global_step / self.total_steps)
         idx = torch.tensor(batch, device=self.dev)
         xb, yb = self.x_all[idx], self.y_all[idx]
+        xb = self.cfg.augment.apply(xb, self.fill, self.cfg.seed, self.global_step, self.info.rank)
         if self.pen.needs_input:
             xb = xb.clone().requires_grad_(True)
         with self.reparam.active() if self.reparam is not None else contextlib.nullcontext():
