@@ -8,9 +8,14 @@ environment by benchmarks/finetune_deel.py (never imported here).
 Every number in the table comes from `speccert.certify` (sound bounds; the empirical lower bound of L
 from its gradient search) on a held-out test subset, pixels in [0, 1], L2 radii 0.25 / 0.5 / 1.0, of
 the model *file* each run wrote. Fine-tuning stops early if the targets (cra@0.5>=0.75, clean>=0.85)
-hold on a separate validation subset drawn from the training set.
+hold on a separate validation subset drawn from the training set (by default: --val-n training images
+held out, every other training image trains, the whole 10,000-image test set certifies).
 
-    python benchmarks/finetune_fashion.py                      # full budget (GPU recommended)
+One more row (--zoo-best, on by default): the options `python models/finetune.py cnn` makes the zoo's
+models/cnn_robust.onnx with (models/finetune.py's ROBUST/EXTRA: lmt-rescale, lr 3e-3, ReLU -> MaxMin,
+GloRo loss at eps 0.6, weight average 0.999), at this table's epoch budget instead of the zoo's 20.
+
+    python benchmarks/finetune_fashion.py --epochs 5 --deel-python /work/venv-deel/bin/python  # full data
     python benchmarks/finetune_fashion.py --train-n 10000 --epochs 3 --test-n 1000   # reduced, CPU
     python benchmarks/finetune_fashion.py --recipes lmt-rescale --penalties lmt --no-baseline
 
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,13 +49,23 @@ from speccert.training.finetune import finetune  # noqa: E402
 from speccert.training.penalties import PENALTIES  # noqa: E402
 from speccert.training.recipes import RECIPES  # noqa: E402
 
+ZooOptions = dict[str, Any]
+
 EPS = (0.25, 0.5, 1.0)
 TARGETS = ["cra@0.5>=0.75", "clean>=0.85"]
 
 
-def subsets(data: str, train_n: int, val_n: int, test_n: int, seed: int) -> tuple[Dataset, Dataset, Dataset]:
+def subsets(
+    data: str, train_n: int | None, val_n: int, test_n: int, seed: int
+) -> tuple[Dataset, Dataset, Dataset]:
+    """Train: the first train_n of a seeded permutation of the training set (None: all but val_n);
+    val: the next val_n (training images, never test ones); test: test_n of the test set."""
     tr = load_data(data, "train")
     te = load_data(data, "test")
+    if train_n is None:
+        train_n = len(tr) - val_n
+    if train_n <= 0 or train_n + val_n > len(tr) or not 0 < test_n <= len(te):
+        sys.exit(f"error: --train-n + --val-n must be <= {len(tr)} and --test-n <= {len(te)}")
     perm = np.random.default_rng(seed).permutation(len(tr))
     ti, vi = np.sort(perm[:train_n]), np.sort(perm[train_n : train_n + val_n])
     test_i = np.sort(np.random.default_rng(seed + 1).permutation(len(te))[:test_n])
@@ -80,12 +96,16 @@ def run_finetune(  # noqa: PLR0913
     test: Dataset,
     a,  # noqa: ANN001
     maxmin: bool = False,
+    extra: ZooOptions | None = None,
+    tag: str = "",
 ) -> dict:
-    """One fine-tuning run (a recipe or a single penalty; ReLU -> MaxMin first when `maxmin`),
-    certified from the file it wrote."""
+    """One fine-tuning run (a recipe or a single penalty; ReLU -> MaxMin first when `maxmin`; `extra`:
+    more keyword arguments of `finetune`, written to a file named with `tag`), certified from the file
+    it wrote."""
     t0 = time.perf_counter()
-    out = Path(a.work) / f"cnn-{kind}-{name}{'-maxmin' if maxmin else ''}.onnx"
+    out = Path(a.work) / f"cnn-{kind}-{name}{'-maxmin' if maxmin else ''}{tag}.onnx"
     chosen = {"recipe": name} if kind == "recipe" else {"penalty": name, "lr": a.lr}
+    chosen |= extra or {}
     try:
         res = finetune(
             a.model,
@@ -102,9 +122,23 @@ def run_finetune(  # noqa: PLR0913
             **chosen,
         )
     except Exception as exc:  # noqa: BLE001 - e.g. curvature on a ReLU net: reported, not fatal
-        return {"method": label, "note": f"not applicable: {exc}"}
+        return {"method": label, "note": f"not run: {exc}"}
     note = "targets met" if res.met else f"best epoch {res.best_epoch}"
     return row(label, load(str(out)), test, a.device, time.perf_counter() - t0, res.history[-1].epoch, note)
+
+
+def zoo_best() -> tuple[str, ZooOptions]:
+    """The recipe and `finetune` keyword arguments of `python models/finetune.py cnn` (its epochs and
+    targets excepted: the table's budget and targets apply), read from models/finetune.py itself."""
+    from finetune import recipe_entry  # models/finetune.py (models/ is on sys.path)
+
+    entry = recipe_entry("cnn")
+    options = {"lr", "ema", "allow-activation-change", "penalty-options"}
+    unknown = set(entry) - options - {"recipe", "penalty", "epochs", "targets"}
+    if unknown:  # a new zoo option this script does not pass on: say so rather than drop it
+        sys.exit(f"error: models/finetune.py's cnn uses options this benchmark does not know: {unknown}")
+    kwargs = {k.replace("-", "_"): v for k, v in entry.items() if k in options}
+    return str(entry["recipe"]), kwargs
 
 
 def table(rows: list[dict]) -> str:
@@ -185,7 +219,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "models" / "cnn.onnx"))
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
-    ap.add_argument("--train-n", type=int, default=55000)
+    ap.add_argument("--train-n", type=int, default=None, help="default: every training image but --val-n")
     ap.add_argument("--val-n", type=int, default=1000)
     ap.add_argument("--test-n", type=int, default=10000)
     ap.add_argument("--epochs", type=int, default=10)
@@ -204,10 +238,16 @@ def main() -> None:
         default="off",
         help="fine-tune with ReLU -> MaxMin (--allow-activation-change), without, or both side by side",
     )
+    ap.add_argument(
+        "--zoo-best",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add a row with the options of `python models/finetune.py cnn` at this epoch budget",
+    )
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     train, val, test = subsets(a.data, a.train_n, a.val_n, a.test_n, a.seed)
+    a.train_n = len(train)  # resolved: finetune_deel.py draws the same images from the same permutation
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = [row("input model (zoo cnn)", load(a.model), test, a.device, 0.0, 0)]
@@ -227,20 +267,44 @@ def main() -> None:
             )
         )
         print(rows[-1], file=sys.stderr, flush=True)
+        save(a, rows)
     if a.deel_python:
         rows += deel_rows(a, test)
-        print(rows[-2:], file=sys.stderr, flush=True)
-    runs = [("recipe", n) for n in a.recipes.split(",") if n] + [
-        ("penalty", n) for n in a.penalties.split(",") if n
-    ]
-    variants = {"off": (False,), "maxmin": (True,), "both": (False, True)}[a.activation_change]
-    for kind, name in runs:
-        for maxmin in variants:
-            label = f"recipe {name}" if kind == "recipe" else f"penalty {name}"
-            label += " + MaxMin" if maxmin else ""
-            rows.append(run_finetune(label, kind, name, train, val, test, a, maxmin))
-            print(rows[-1], file=sys.stderr, flush=True)
+        print(rows[-4:], file=sys.stderr, flush=True)
+    save(a, rows)
+    for label, kind, name, maxmin, extra in jobs(a):
+        tag = "-zoo" if extra else ""
+        rows.append(run_finetune(label, kind, name, train, val, test, a, maxmin, extra, tag))
+        print(rows[-1], file=sys.stderr, flush=True)
+        save(a, rows)
     print(table(rows))
+
+
+def jobs(a) -> list[tuple[str, str, str, bool, ZooOptions | None]]:  # noqa: ANN001
+    """The fine-tuning rows in run order: each recipe, the zoo's best options, each single penalty."""
+    variants = {"off": (False,), "maxmin": (True,), "both": (False, True)}[a.activation_change]
+    each = lambda kind, names: [  # noqa: E731
+        (f"{kind} {n}" + (" + MaxMin" if m else ""), kind, n, m, None)
+        for n in names.split(",")
+        if n
+        for m in variants
+    ]
+    out = each("recipe", a.recipes)
+    if a.zoo_best:
+        recipe, kwargs = zoo_best()
+        maxmin = bool(kwargs.pop("allow_activation_change", False))
+        shown = {k: v for k, v in kwargs.items() if k != "penalty_options"} | kwargs.get(
+            "penalty_options", {}
+        )
+        label = f"zoo best (models/finetune.py cnn): recipe {recipe}, " + ", ".join(
+            f"{k} {v:g}" for k, v in shown.items()
+        )
+        out.append((label + (" + MaxMin" if maxmin else ""), "recipe", recipe, maxmin, kwargs))
+    return out + each("penalty", a.penalties)
+
+
+def save(a, rows: list[dict]) -> None:  # noqa: ANN001
+    """Write the rows so far to --json (after every row: a long run killed midway keeps its rows)."""
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows}, indent=2))
 
