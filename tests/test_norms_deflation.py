@@ -111,3 +111,19 @@ def test_output_crop_cuts_the_window_bounds_excess_on_7x7() -> None:
     kept = deflation.deflated_bound(g, CPU).value
     window = deflation.deflated_bound(g, CPU, crop=False).value
     assert truth <= kept and kept / truth - 1 < 0.6 * (window / truth - 1), (truth, kept, window)
+
+
+def test_hermitian_gram_is_the_gram_matrix_exactly_hermitian() -> None:
+    """crop.hermitian_gram computes x^H x on the lower block triangle only: the result must be exactly
+    Hermitian and equal to the full product to rounding (the same inner products), for any block split."""
+    from speccert.norms.crop import hermitian_gram
+
+    gen = torch.Generator().manual_seed(4)
+    for rows, cols, blocks in ((50, 17, 8), (9, 3, 8), (40, 40, 3), (7, 1, 1)):
+        x = torch.complex(
+            torch.randn(rows, cols, generator=gen, dtype=torch.float64),
+            torch.randn(rows, cols, generator=gen, dtype=torch.float64),
+        )
+        h = hermitian_gram(x, blocks)
+        assert torch.equal(h, h.mH)
+        assert torch.allclose(h, x.mH @ x, rtol=0, atol=1e-12 * rows)

@@ -53,6 +53,7 @@ from speccert.norms.torus import AxisPlan, FrequencyGrams, candidate_plans, freq
 Tensor = torch.Tensor
 THETA = 0.85  # tau = THETA * lambda_max(K): the eigenvalues above it are deflated
 MAX_RANK = 1024  # at most this many deflated vectors (the k x k certificate stays cheap)
+EXCESS = 0.4  # `expected_excess`'s constant (a low fit of the measured torus excess)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,23 @@ def applies(g: ConvGeometry | None) -> bool:
         and g.ndim in (1, 2)
         and any(k > 1 for k in g.kernel)
         and all(p >= 0 for pp in g.padding for p in pp)
+    )
+
+
+def expected_excess(g: ConvGeometry) -> float:
+    """A low guess of the torus bound's excess over ||A|| (torus / ||A|| - 1) from the geometry alone:
+    EXCESS (k_eff - 1) / n^2 on the worst axis (k_eff = d (k - 1) + 1, n the input size). Measured on
+    ResNet-18's 3x3 convs (random init and trained): 7x7 maps 1.7-3.5% (guess 1.6%), 14x14 0.4-0.8%
+    (0.41%), 28x28 0.1-0.2% (0.1%), 4x4 ~11% (5%). It only decides whether `auto` runs this bound
+    before the torus bound (which it then supersedes), never what is proven."""
+    g2 = g.as_2d()
+    return max(
+        (
+            EXCESS * d * (k - 1) / n**2
+            for n, k, d in zip(g2.size, g2.kernel, g2.dilation, strict=True)
+            if k > 1
+        ),
+        default=0.0,
     )
 
 
