@@ -127,3 +127,32 @@ def test_hermitian_gram_is_the_gram_matrix_exactly_hermitian() -> None:
         h = hermitian_gram(x, blocks)
         assert torch.equal(h, h.mH)
         assert torch.allclose(h, x.mH @ x, rtol=0, atol=1e-12 * rows)
+
+
+def test_top_pairs_are_the_full_eigh_above_tau() -> None:
+    """deflation._top_pairs computes only the eigenpairs above a first guess of tau (LAPACK MRRR): tau,
+    the eigenvalues kept and their eigenvectors' projector must match those of a full eigh, for every
+    threshold and with the max_rank cap, including blocks the power-iteration guess did not pick."""
+    gen = torch.Generator().manual_seed(5)
+    a = torch.complex(
+        torch.randn(6, 24, 24, generator=gen, dtype=torch.float64),
+        torch.randn(6, 24, 24, generator=gen, dtype=torch.float64),
+    )
+    h = a @ a.mH
+    h[3] *= 1.3  # the largest block
+    lam_all = torch.linalg.eigvalsh(h.to(torch.complex64)).to(torch.float64)
+    for theta, max_rank in ((0.85, 1024), (0.5, 1024), (0.0, 100_000), (1.0, 1024), (0.3, 20)):
+        lam, vec, tau = deflation._top_pairs(h, theta, max_rank)
+        top = torch.sort(lam_all.flatten(), descending=True).values
+        want = theta * float(top[0])
+        if top.numel() > max_rank // 2:
+            want = max(want, float(top[max_rank // 2]))
+        assert math.isclose(tau, want, rel_tol=1e-5, abs_tol=1e-9), (theta, tau, want)
+        for i in range(h.shape[0]):
+            kept = lam[i][lam[i] > tau]
+            ref = lam_all[i][lam_all[i] > tau * (1 + 1e-5)]
+            assert kept.numel() >= ref.numel() and kept.numel() <= int((lam_all[i] > tau * (1 - 1e-5)).sum())
+            v = vec[i][:, lam[i] > tau]
+            # each kept vector is an eigenvector of h[i] (residual at single precision)
+            res = h[i] @ v - v * kept[None, :]
+            assert res.numel() == 0 or float(res.abs().max()) <= 1e-4 * float(lam_all.max()), (theta, i)

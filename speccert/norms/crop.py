@@ -123,13 +123,16 @@ def _fro(x: Tensor) -> float:
 
 def hermitian_gram(x: Tensor, blocks: int = 8) -> Tensor:
     """fl(x^H x) computed on the lower block triangle and mirrored: exactly Hermitian, each entry the same
-    length-m inner product as in x^H x (so the same rounding bound), ~(blocks + 1) / (2 blocks) of the work."""
+    length-m inner product as in x^H x or its conjugate, the diagonal's real part (the true one is real),
+    so the same rounding bound; ~(blocks + 1) / (2 blocks) of the work."""
     n = x.shape[1]
     edges = [n * i // blocks for i in range(blocks + 1)]
     out = torch.empty((n, n), dtype=x.dtype, device=x.device)
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         if hi > lo:
             col = x[:, lo:].mH @ x[:, lo:hi]  # rows lo.. of block column lo:hi
+            low = col[: hi - lo].tril(-1)  # the diagonal block from its lower triangle and real diagonal
+            col[: hi - lo] = low + low.mH + torch.diag_embed(col[: hi - lo].diagonal().real.to(x.dtype))
             out[lo:, lo:hi] = col
             out[lo:hi, hi:] = col[hi - lo :].mH
     return out

@@ -40,7 +40,7 @@ def gram_matrices(b: Tensor) -> Tensor:
     return b @ b.mH if b.shape[-2] < b.shape[-1] else b.mH @ b
 
 
-def _estimates(h: Tensor, iters: int = 8) -> Tensor:
+def power_estimates(h: Tensor, iters: int = 8) -> Tensor:
     """Power-iteration estimates of lambda_max(h[i]) (steer t; not bounds), in single precision when the
     entries fit (half the memory traffic of these bandwidth-bound batched products: ~7% of the torus
     bound's time on ResNet-18; the estimates only pick which blocks get an eigenvalue solve first)."""
@@ -117,7 +117,7 @@ def max_eigenvalue(h: Tensor, h_err: float, floor: float = 0.0, rel: float = 1e-
     ||fl(H_i) - H_i||_2 for every i. `floor` (an eigenvalue) is known to be below the answer.
     """
     n = h.shape[-1]
-    est = _estimates(h)
+    est = power_estimates(h)
     top = int(torch.argmax(est))
     t = max(floor, 1e-300) * (1.0 + rel)  # t > 0: a zero block passes
     todo = torch.arange(h.shape[0], device=h.device)
@@ -135,7 +135,7 @@ def max_eigenvalue(h: Tensor, h_err: float, floor: float = 0.0, rel: float = 1e-
         todo = todo[~ok]
         if todo.numel() == 0:
             break
-        pick = todo if todo.numel() <= 2 else todo[torch.topk(_estimates(h[todo], 30), 2).indices]
+        pick = todo if todo.numel() <= 2 else todo[torch.topk(power_estimates(h[todo], 30), 2).indices]
     else:
         raise RuntimeError("Cholesky certification did not converge (non-finite block?)")
     return bound_after_cholesky(t, n, h_err), top
