@@ -47,7 +47,7 @@ import torch
 from speccert.norms.crop import applies as crop_applies
 from speccert.norms.crop import crop_bound
 from speccert.norms.layer import ConvGeometry
-from speccert.norms.psd import power_estimates, max_eigenvalue
+from speccert.norms.psd import max_eigenvalue, power_estimates
 from speccert.norms.rounding import U, gamma, round_up
 from speccert.norms.torus import AxisPlan, FrequencyGrams, candidate_plans, frequency_grams
 
