@@ -156,3 +156,24 @@ def test_top_pairs_are_the_full_eigh_above_tau() -> None:
             # each kept vector is an eigenvector of h[i] (residual at single precision)
             res = h[i] @ v - v * kept[None, :]
             assert res.numel() == 0 or float(res.abs().max()) <= 1e-4 * float(lam_all.max()), (theta, i)
+
+
+def test_both_gram_assemblies_give_the_same_sound_torus_bound(monkeypatch) -> None:  # noqa: ANN001
+    """torus._chunk_gram sums every ordered tap pair in one complex product on small blocks and the pairs
+    a <= b plus their conjugate transpose on large ones (ALL_PAIRS_BYTES): both must give the same proven
+    bound (to rounding), above the truth, on one-slot convs of either Gram side (c_out >= c_in and <)."""
+    gen = torch.Generator().manual_seed(6)
+    cases = [
+        ((8, 5, 3, 3), (6, 7), ((1, 1), (1, 1)), (1, 1)),
+        ((4, 9, 3, 2), (5, 6), ((2, 0), (1, 1)), (2, 1)),
+    ]
+    for shape, size, pads, dil in cases:
+        w = torch.randn(*shape, generator=gen, dtype=torch.float64)
+        g = _geometry(w, size, (1, 1), pads, dil, 1)
+        truth = truth_conv(w, size, (1, 1), pads, dil, 1, False)
+        plans = torus.candidate_plans(g.as_2d(), 0)[0]
+        fast = torus.torus_bound(g.as_2d(), plans, CPU).value
+        monkeypatch.setattr(torus, "ALL_PAIRS_BYTES", 0)
+        slow = torus.torus_bound(g.as_2d(), plans, CPU).value
+        monkeypatch.undo()
+        assert truth <= fast and math.isclose(fast, slow, rel_tol=1e-12), (shape, truth, fast, slow)

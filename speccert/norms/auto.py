@@ -8,8 +8,10 @@ else the minimum of every applicable "upper" method (a method is skipped once on
 gave a bound), the "last_resort" ones only when none did; the "lower" methods (Lanczos) give the lower
 bound; then, only where the bracket upper / lower is still above `NormContext.refine_above` (1.01), the
 "refine" methods (the crop-aware deflated bound: ResNet-18's layer4 convs on 7x7 maps) run and the
-smallest upper bound is kept. A method that would need more memory than the limit is skipped with a
-note (never an OOM crash).
+smallest upper bound is kept. A refine method that predicts from the layer alone that the cheap bounds
+will miss the target (`NormMethod.auto_first`) runs first instead, and the upper methods it supersedes
+are not run (the torus bound on those 7x7 maps: it would be computed only to be discarded). A method
+that would need more memory than the limit is skipped with a note (never an OOM crash).
 This module names no method: adding one is one file in speccert/norms/methods/.
 """
 
@@ -272,7 +274,8 @@ def auto_summary() -> str:
         f"first of {names('decisive')} that gives an upper bound; else the minimum of {names('upper')} "
         f"where they apply (skipping a method superseded by one that gave a bound: {supersede}), "
         f"{names('last_resort')} when none does; lower bound: {names('lower')}; then {names('refine')} "
-        f"where upper / lower is still above {REFINE_ABOVE}"
+        f"where upper / lower is still above {REFINE_ABOVE} (run first instead, in place of the upper bounds "
+        f"it supersedes, where the layer's geometry predicts that)"
     )
 
 
