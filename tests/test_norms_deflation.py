@@ -177,3 +177,18 @@ def test_both_gram_assemblies_give_the_same_sound_torus_bound(monkeypatch) -> No
         slow = torus.torus_bound(g.as_2d(), plans, CPU).value
         monkeypatch.undo()
         assert truth <= fast and math.isclose(fast, slow, rel_tol=1e-12), (shape, truth, fast, slow)
+
+
+def test_single_precision_estimate_of_s_keeps_the_bound(monkeypatch) -> None:  # noqa: ANN001
+    """crop's estimate of s in single precision (used above ESTIMATE_32 rows, i.e. on ResNet-18's layer4)
+    only steers the certificate: forced on small 7x7 convs it must still give a bound >= the truth (dense
+    SVD) and within 1e-4 of the double-precision estimate's bound."""
+    from speccert.norms import crop
+
+    for c in (8, 16):
+        g, truth = _seven_by_seven(c)
+        double = deflation.deflated_bound(g, CPU).value
+        monkeypatch.setattr(crop, "ESTIMATE_32", 0)
+        single = deflation.deflated_bound(g, CPU).value
+        monkeypatch.undo()
+        assert truth <= single and abs(single / double - 1) < 1e-4, (c, truth, single, double)

@@ -42,6 +42,7 @@ Tensor = torch.Tensor
 
 
 MAX_BYTES = 1 << 29  # R^H T on the window (window size x k) stays below this
+ESTIMATE_32 = 1024  # the 2k x 2k estimate of s in single precision above this size
 MAX_WINDOW = 1 << 17  # and the window (c_in x positions) below this: ResNet-18's layer2-4, not layer1
 
 
@@ -248,7 +249,7 @@ def crop_bound(
     if int(info) == 0:  # F^H J F = F1^H F1 - F2^H F2, F1 = F[:k] = [F11, 0] (F lower triangular)
         fjf = -hermitian_gram(f[k:])
         fjf[:k, :k] += f[:k, :k].mH @ f[:k, :k]
-        est = float(torch.linalg.eigvalsh(fjf)[-1])
+        est = _top_eigenvalue(fjf)
     else:
         jg = gm.clone()
         jg[k:] = -jg[k:]
@@ -258,6 +259,18 @@ def crop_bound(
         if _certified(s, q, q_err, b, e_b, *p_of(s)):
             return round_up(s)
     return None
+
+
+def _top_eigenvalue(h: Tensor) -> float:
+    """An estimate of lambda_max of the Hermitian h (never a bound: it only steers s). Above ESTIMATE_32
+    rows in single precision (the tridiagonal reduction is most of the crop's estimate: ~2x faster), then
+    the Rayleigh quotient of the computed top eigenvector in double precision, within the square of the
+    single-precision error of lambda_max (it is below lambda_max: never an overestimate)."""
+    if h.shape[0] <= ESTIMATE_32:
+        return float(torch.linalg.eigvalsh(h)[-1])
+    lam, vec = torch.linalg.eigh(h.to(torch.complex64 if h.is_complex() else torch.float32))
+    v = vec[:, -1:].to(h.dtype)
+    return float((v.mH @ (h @ v)).real / (v.mH @ v).real)
 
 
 def _certified(s: float, q: Tensor, q_err: float, b0: Tensor, e_b: float, p: Tensor, e_p: float) -> bool:
