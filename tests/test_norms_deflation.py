@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import example, given
 from test_norms_soundness import SETTINGS, conv_layers, truth_conv
@@ -129,10 +130,13 @@ def test_hermitian_gram_is_the_gram_matrix_exactly_hermitian() -> None:
         assert torch.allclose(h, x.mH @ x, rtol=0, atol=1e-12 * rows)
 
 
-def test_top_pairs_are_the_full_eigh_above_tau() -> None:
-    """deflation._top_pairs computes only the eigenpairs above a first guess of tau (LAPACK MRRR): tau,
-    the eigenvalues kept and their eigenvectors' projector must match those of a full eigh, for every
-    threshold and with the max_rank cap, including blocks the power-iteration guess did not pick."""
+@pytest.mark.parametrize("per_block", [True, False])
+def test_top_pairs_are_the_full_eigh_above_tau(monkeypatch, per_block: bool) -> None:  # noqa: ANN001
+    """deflation._top_pairs computes only the eigenpairs above a first guess of tau (LAPACK MRRR, at one
+    thread) or all of them (torch's batched eigh): tau, the eigenvalues kept and their eigenvectors must
+    match a full eigh's, for every threshold and with the max_rank cap, including blocks the
+    power-iteration guess did not pick."""
+    monkeypatch.setattr(deflation, "per_block_lapack", lambda h: per_block)
     gen = torch.Generator().manual_seed(5)
     a = torch.complex(
         torch.randn(6, 24, 24, generator=gen, dtype=torch.float64),

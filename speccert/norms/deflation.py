@@ -47,7 +47,7 @@ import torch
 from speccert.norms.crop import applies as crop_applies
 from speccert.norms.crop import crop_bound
 from speccert.norms.layer import ConvGeometry
-from speccert.norms.psd import max_eigenvalue, power_estimates
+from speccert.norms.psd import max_eigenvalue, per_block_lapack, power_estimates
 from speccert.norms.rounding import U, gamma, round_up
 from speccert.norms.torus import AxisPlan, FrequencyGrams, candidate_plans, frequency_grams
 
@@ -123,13 +123,13 @@ def _top_pairs(h: Tensor, theta: float, max_rank: int) -> tuple[Tensor, Tensor, 
     half-spectrum pair counts up to twice), ascending, padded with (tau, 0) where a block has fewer.
 
     Single precision steers (any Y is sound): the deflated eigenvalues land within ~1e-7 of tau, inside
-    the 1e-6 slack the certificate of mu allows. On the CPU only the eigenpairs above a first guess of
-    tau are computed (LAPACK's MRRR, cheevr: ~1.9x faster than the full eigh on ResNet-18's 512 x 512
+    the 1e-6 slack the certificate of mu allows. On the CPU at one thread (`psd.per_block_lapack`) only
+    the eigenpairs above a first guess of tau are computed (LAPACK's MRRR, cheevr: ~1.9x faster than the full eigh on ResNet-18's 512 x 512
     blocks), the guess theta * lambda_max of the two blocks power iteration says are largest; tau is then
     set from the largest eigenvalue found, which is >= the guess, so no pair above it is missed."""
     h32 = h.to(torch.complex64)
     guess = 0.0
-    if h.device.type != "cpu":
+    if not per_block_lapack(h):
         lam_all, vec_all = torch.linalg.eigh(h32)
         pairs = [(lam_all[i], vec_all[i]) for i in range(h.shape[0])]
     else:

@@ -64,7 +64,7 @@ def power_estimates(h: Tensor, iters: int = 8) -> Tensor:
 
 def _passes(h: Tensor, t: float) -> Tensor:
     """Boolean per block: Cholesky of t I - h ran to completion with finite entries."""
-    if h.device.type == "cpu" and h.dtype in (torch.float64, torch.complex128) and h.numel():
+    if per_block_lapack(h) and h.dtype in (torch.float64, torch.complex128) and h.numel():
         return _passes_lapack(h, t)
     s = -h
     s.diagonal(dim1=-2, dim2=-1).add_(t)  # t I - h, computed exactly as in the proof (one rounding each)
@@ -74,10 +74,19 @@ def _passes(h: Tensor, t: float) -> Tensor:
     return (info == 0) & (finite.all(-1) if total.is_complex() else finite)
 
 
+def per_block_lapack(h: Tensor) -> bool:
+    """Whether LAPACK called block by block through SciPy beats torch's batched call on these blocks: on
+    the CPU with one thread only (OMP_NUM_THREADS=1). With more, SciPy's own OpenBLAS threads on each
+    small call made the Cholesky passes 2-20x slower than the batched call (2 cores, loaded), so torch's
+    batched path is kept there."""
+    return h.device.type == "cpu" and torch.get_num_threads() == 1
+
+
 def _passes_lapack(h: Tensor, t: float) -> Tensor:
     """`_passes` on the CPU by LAPACK's potrf block by block (the same factorisation torch calls, on the
     lower triangle): each block negated and shifted in a cache-sized copy, no batched negation, zeroing of
-    the upper triangle or output copies (2.5-3.5x faster on ResNet-18's torus blocks). The upper
+    the upper triangle or output copies (2.5-3.5x faster on ResNet-18's torus blocks at one thread;
+    `per_block_lapack` says when it is used). The upper
     triangle keeps t I - h's own (finite) entries, so the sum is finite iff R's entries are."""
     blocks = h.resolve_conj().numpy()
     (potrf,) = scipy.linalg.lapack.get_lapack_funcs(("potrf",), (blocks,))
