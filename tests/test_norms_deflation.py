@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import example, given
 from test_norms_soundness import SETTINGS, conv_layers, truth_conv
@@ -111,3 +112,87 @@ def test_output_crop_cuts_the_window_bounds_excess_on_7x7() -> None:
     kept = deflation.deflated_bound(g, CPU).value
     window = deflation.deflated_bound(g, CPU, crop=False).value
     assert truth <= kept and kept / truth - 1 < 0.6 * (window / truth - 1), (truth, kept, window)
+
+
+def test_hermitian_gram_is_the_gram_matrix_exactly_hermitian() -> None:
+    """crop.hermitian_gram computes x^H x on the lower block triangle only: the result must be exactly
+    Hermitian and equal to the full product to rounding (the same inner products), for any block split."""
+    from speccert.norms.crop import hermitian_gram
+
+    gen = torch.Generator().manual_seed(4)
+    for rows, cols, blocks in ((50, 17, 8), (9, 3, 8), (40, 40, 3), (7, 1, 1)):
+        x = torch.complex(
+            torch.randn(rows, cols, generator=gen, dtype=torch.float64),
+            torch.randn(rows, cols, generator=gen, dtype=torch.float64),
+        )
+        h = hermitian_gram(x, blocks)
+        assert torch.equal(h, h.mH)
+        assert torch.allclose(h, x.mH @ x, rtol=0, atol=1e-12 * rows)
+
+
+@pytest.mark.parametrize("per_block", [True, False])
+def test_top_pairs_are_the_full_eigh_above_tau(monkeypatch, per_block: bool) -> None:  # noqa: ANN001
+    """deflation._top_pairs computes only the eigenpairs above a first guess of tau (LAPACK MRRR, at one
+    thread) or all of them (torch's batched eigh): tau, the eigenvalues kept and their eigenvectors must
+    match a full eigh's, for every threshold and with the max_rank cap, including blocks the
+    power-iteration guess did not pick."""
+    monkeypatch.setattr(deflation, "per_block_lapack", lambda h: per_block)
+    gen = torch.Generator().manual_seed(5)
+    a = torch.complex(
+        torch.randn(6, 24, 24, generator=gen, dtype=torch.float64),
+        torch.randn(6, 24, 24, generator=gen, dtype=torch.float64),
+    )
+    h = a @ a.mH
+    h[3] *= 1.3  # the largest block
+    lam_all = torch.linalg.eigvalsh(h.to(torch.complex64)).to(torch.float64)
+    for theta, max_rank in ((0.85, 1024), (0.5, 1024), (0.0, 100_000), (1.0, 1024), (0.3, 20)):
+        lam, vec, tau = deflation._top_pairs(h, theta, max_rank)
+        top = torch.sort(lam_all.flatten(), descending=True).values
+        want = theta * float(top[0])
+        if top.numel() > max_rank // 2:
+            want = max(want, float(top[max_rank // 2]))
+        assert math.isclose(tau, want, rel_tol=1e-5, abs_tol=1e-9), (theta, tau, want)
+        for i in range(h.shape[0]):
+            kept = lam[i][lam[i] > tau]
+            ref = lam_all[i][lam_all[i] > tau * (1 + 1e-5)]
+            assert kept.numel() >= ref.numel() and kept.numel() <= int((lam_all[i] > tau * (1 - 1e-5)).sum())
+            v = vec[i][:, lam[i] > tau]
+            # each kept vector is an eigenvector of h[i] (residual at single precision)
+            res = h[i] @ v - v * kept[None, :]
+            assert res.numel() == 0 or float(res.abs().max()) <= 1e-4 * float(lam_all.max()), (theta, i)
+
+
+def test_both_gram_assemblies_give_the_same_sound_torus_bound(monkeypatch) -> None:  # noqa: ANN001
+    """torus._chunk_gram sums every ordered tap pair in one complex product on small blocks and the pairs
+    a <= b plus their conjugate transpose on large ones (ALL_PAIRS_BYTES): both must give the same proven
+    bound (to rounding), above the truth, on one-slot convs of either Gram side (c_out >= c_in and <)."""
+    gen = torch.Generator().manual_seed(6)
+    cases = [
+        ((8, 5, 3, 3), (6, 7), ((1, 1), (1, 1)), (1, 1)),
+        ((4, 9, 3, 2), (5, 6), ((2, 0), (1, 1)), (2, 1)),
+    ]
+    for shape, size, pads, dil in cases:
+        w = torch.randn(*shape, generator=gen, dtype=torch.float64)
+        g = _geometry(w, size, (1, 1), pads, dil, 1)
+        truth = truth_conv(w, size, (1, 1), pads, dil, 1, False)
+        plans = torus.candidate_plans(g.as_2d(), 0)[0]
+        fast = torus.torus_bound(g.as_2d(), plans, CPU).value
+        monkeypatch.setattr(torus, "ALL_PAIRS_BYTES", 0)
+        slow = torus.torus_bound(g.as_2d(), plans, CPU).value
+        monkeypatch.undo()
+        assert truth <= fast and math.isclose(fast, slow, rel_tol=1e-12), (shape, truth, fast, slow)
+
+
+def test_single_precision_estimate_of_s_keeps_the_bound(monkeypatch) -> None:  # noqa: ANN001
+    """crop's estimate of s in single precision (used above ESTIMATE_32 rows, i.e. on ResNet-18's layer4)
+    only steers the certificate: forced on small 7x7 convs it must still give a bound >= the truth (dense
+    SVD) and within 1e-4 of the double-precision estimate's bound."""
+    from speccert.norms import crop
+
+    for c in (8, 16):
+        g, truth = _seven_by_seven(c)
+        double = deflation.deflated_bound(g, CPU).value
+        monkeypatch.setattr(crop, "ESTIMATE_32", 0)
+        single = deflation.deflated_bound(g, CPU).value
+        monkeypatch.undo()
+        assert truth <= single and abs(single / double - 1) < 1e-4, (c, truth, single, double)

@@ -200,3 +200,34 @@ def test_conv_gram_matches_the_explicit_matrix(
     top = full[-got.numel() :]  # per-group Gram matrices together have the full Gram's non-zero spectrum
     assert torch.allclose(got[-5:], top[-5:], rtol=1e-10, atol=1e-9 * float(full[-1]))
     assert err >= 0
+
+
+def test_lapack_passes_agree_with_torch_cholesky() -> None:
+    """psd._passes_lapack (CPU, block by block) must accept exactly the blocks torch's batched Cholesky
+    accepts: t just above and just below each block's largest eigenvalue, real and complex, a NaN block
+    (refused) and a conjugated view."""
+    from speccert.norms import psd
+
+    gen = torch.Generator().manual_seed(7)
+    for dtype in (torch.float64, torch.complex128):
+        a = torch.randn(12, 9, 9, generator=gen, dtype=torch.float64)
+        if dtype == torch.complex128:
+            a = torch.complex(a, torch.randn(12, 9, 9, generator=gen, dtype=torch.float64))
+        h = a @ a.mH
+        lam = torch.linalg.eigvalsh(h).amax(-1)
+        h[5, 2, 1] = float("nan")
+        for t in (
+            float(lam.median()) * (1 - 1e-9),
+            float(lam.median()) * (1 + 1e-9),
+            float(lam.max()) * 1.01,
+        ):
+            for m in (h, h.conj()):
+                fast = psd._passes_lapack(m, t)
+                s = -m
+                s.diagonal(dim1=-2, dim2=-1).add_(t)
+                r, info = torch.linalg.cholesky_ex(s)
+                ref = (info == 0) & torch.isfinite(
+                    torch.view_as_real(r.sum((-2, -1))) if r.is_complex() else r.sum((-2, -1))
+                ).reshape(12, -1).all(-1)
+                assert torch.equal(fast, ref), (dtype, t)
+                assert not bool(fast[5])

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from speccert.ir import Conv
-from speccert.norms import NormContext, load_methods
-from speccert.norms.auto import BUDGET_HINT, norm_of_layer
+from speccert.norms import NormContext, deflation, load_methods
+from speccert.norms.auto import BUDGET_HINT, norm_of_layer, unrefined_upper
 from speccert.norms.explicit import explicit_matrix
 from speccert.norms.layer import LinearLayer
 
@@ -35,9 +35,11 @@ def _truth(layer: LinearLayer) -> float:
     return float(torch.linalg.matrix_norm(explicit_matrix(layer, CPU), ord=2))
 
 
-def test_refine_runs_only_above_its_target_and_stays_sound() -> None:
+def test_refine_runs_only_above_its_target_and_stays_sound(monkeypatch) -> None:  # noqa: ANN001
     # 48 channels on 7x7: the Gram side 2352 is over exact's 2048 and the matrix over dense's 1M
-    # entries, so auto takes the torus bound (~2.5% over the truth here) and Lanczos first.
+    # entries, so auto takes the torus bound (~2.5% over the truth here) and Lanczos first, when the
+    # geometry does not predict the miss (the prediction off: EXCESS 0)
+    monkeypatch.setattr(deflation, "EXCESS", 0.0)
     layer = _layer(48, 7)
     truth = _truth(layer)
     ctx = NormContext()
@@ -52,6 +54,42 @@ def test_refine_runs_only_above_its_target_and_stays_sound() -> None:
     # a target the torus bracket already meets: no refinement
     wide = norm_of_layer(layer, "auto", dataclasses.replace(ctx, refine_above=1.0 + 2 * off.gap))
     assert wide.method == "fft" and "deflated/upper" not in wide.others
+
+
+def test_predicted_miss_runs_the_refine_method_first_and_skips_the_torus() -> None:
+    """On a 7x7 map the geometry predicts the torus bound's miss (deflation.expected_excess 1.6% > 1%):
+    auto runs the deflated bound first, never the torus bound (superseded) nor Fantastic-Four, and the
+    result is the same proven bound as on the refine path, between the truth and the torus bound."""
+    layer = _layer(48, 7)
+    truth = _truth(layer)
+    g = layer.conv()
+    assert g is not None and deflation.expected_excess(g) > 0.01
+    on = norm_of_layer(layer, "auto", NormContext())
+    assert on.method == "deflated" and not {"fft/upper", "fantastic4/upper", "lmt/upper"} & set(on.others)
+    plain = unrefined_upper(layer, NormContext())
+    assert [r.method for r in plain] == ["fft"]
+    assert truth * (1 - 1e-12) <= on.upper.value < plain[0].value
+    assert on.lower is not None and on.lower.value <= truth * (1 + 1e-12) and on.gap is not None
+    assert on.gap < 0.6 * (plain[0].value / on.lower.value - 1)
+    # refine off: no prediction either (the torus bound, as before the refine stage)
+    off = norm_of_layer(layer, "auto", NormContext(refine_above=math.inf))
+    assert off.method == "fft" and off.upper.value == plain[0].value
+
+
+def test_a_wrong_prediction_still_gives_a_proven_bound() -> None:
+    """Only the centre tap non-zero (a 1x1 conv in a 3x3 kernel): the torus bound is exact here, yet the
+    geometry predicts a miss on 7x7. The deflated bound runs instead; it must stay >= the truth (dense
+    SVD) and not above the torus bound (to the 1e-6 of its single-precision steer)."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.zeros(48, 48, 3, 3, dtype=torch.float64)
+    w[:, :, 1, 1] = torch.randn(48, 48, generator=gen, dtype=torch.float64) / 7
+    layer = LinearLayer("c", Conv(w, None, (1, 1), ((1, 1), (1, 1)), (1, 1)), (48, 7, 7), (48, 7, 7))
+    truth = _truth(layer)
+    got = norm_of_layer(layer, "auto", NormContext())
+    plain = unrefined_upper(layer, NormContext())[0].value
+    assert got.method == "deflated" and "fft/upper" not in got.others
+    assert truth * (1 - 1e-12) <= got.upper.value <= plain * (1 + 1e-6), (truth, got.upper.value, plain)
+    assert plain <= truth * (1 + 1e-9)  # the torus bound was exact: the prediction was wrong
 
 
 def test_refine_tells_its_steps() -> None:

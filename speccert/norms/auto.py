@@ -8,8 +8,10 @@ else the minimum of every applicable "upper" method (a method is skipped once on
 gave a bound), the "last_resort" ones only when none did; the "lower" methods (Lanczos) give the lower
 bound; then, only where the bracket upper / lower is still above `NormContext.refine_above` (1.01), the
 "refine" methods (the crop-aware deflated bound: ResNet-18's layer4 convs on 7x7 maps) run and the
-smallest upper bound is kept. A method that would need more memory than the limit is skipped with a
-note (never an OOM crash).
+smallest upper bound is kept. A refine method that predicts from the layer alone that the cheap bounds
+will miss the target (`NormMethod.auto_first`) runs first instead, and the upper methods it supersedes
+are not run (the torus bound on those 7x7 maps: it would be computed only to be discarded). A method
+that would need more memory than the limit is skipped with a note (never an OOM crash).
 This module names no method: adding one is one file in speccert/norms/methods/.
 """
 
@@ -158,13 +160,35 @@ def _has_upper(results: list[NormResult]) -> bool:
 
 
 def _auto(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormResult]:
+    results, decided = _upper_stages(layer, ctx, notes)
+    if decided:
+        has_lower = any(isinstance(r, LowerBound) for r in results)
+        return results if has_lower else results + _lower(layer, ctx, notes, results)
+    results += _lower(layer, ctx, notes, results)
+    return results + _refine(layer, ctx, notes, results)
+
+
+def _upper_stages(
+    layer: LinearLayer, ctx: NormContext, notes: list[str], first: bool = True
+) -> tuple[list[NormResult], bool]:
+    """(results, whether a decisive method gave the upper bound): the decisive stage, else the refine
+    methods expected to be needed on this layer (`auto_first`; skipped with `first=False`), then the
+    "upper" methods none of them supersedes, the "last_resort" ones when no upper bound is known."""
     for method in _staged("decisive"):
         got = _run(method, layer, ctx, notes, quiet_caps=True)
         if _has_upper(got):
-            has_lower = any(isinstance(r, LowerBound) for r in got)
-            return got if has_lower else got + _lower(layer, ctx, notes, got)
+            return got, True
     results: list[NormResult] = []
     superseded: set[str] = set()
+    # A refine method that predicts the cheap bounds will miss the target runs now, in their place (the
+    # upper bounds it supersedes would be computed only to be discarded); a wrong prediction costs time
+    # only: its bound is proven either way.
+    for method in _staged("refine") if first else []:
+        if method.auto_first(layer, ctx):
+            got = _run(method, layer, ctx, notes)
+            if _has_upper(got):
+                superseded.update((method.name, *method.auto.supersedes))
+            results += got
     for method in sorted(_staged("upper"), key=lambda m: (m.auto_order(layer), m.name)):
         if method.name in superseded or method.auto_skip(layer, results):
             continue
@@ -175,22 +199,32 @@ def _auto(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormRe
     if not _has_upper(results):
         for method in _staged("last_resort"):
             results += _run(method, layer, ctx, notes)
-    results += _lower(layer, ctx, notes, results)
-    return results + _refine(layer, ctx, notes, results)
+    return results, False
+
+
+def unrefined_upper(layer: LinearLayer, ctx: NormContext) -> list[NormResult]:
+    """The upper bounds `auto` would compute on this layer without its refine stage (no refine method
+    run first either): what the refine stage gains, for benchmarks."""
+    with exact_float_math():
+        return [r for r in _upper_stages(layer, ctx, [], first=False)[0] if isinstance(r, UpperBound)]
 
 
 def _refine(
     layer: LinearLayer, ctx: NormContext, notes: list[str], results: list[NormResult]
 ) -> list[NormResult]:
     """The "refine" stage on a layer whose bracket is wider than `ctx.refine_above` (the budget goes
-    only where the cheap bounds miss the target), in order, until the bracket is within it."""
+    only where the cheap bounds miss the target), in order, until the bracket is within it; a method
+    that already ran (first, `auto_first`) is not run again."""
     up, lo = _best(results, UpperBound, min), _best(results, LowerBound, max)
     if up is None or lo is None or lo.value <= 0:
         return []
+    ran = {r.method for r in results}
     best, got = up.value, []
     for method in _staged("refine"):
         if best <= ctx.refine_above * lo.value:
             break
+        if method.name in ran:
+            continue
         found = _run(method, layer, ctx, notes)
         best = min([best, *(r.value for r in found if isinstance(r, UpperBound))])
         got += found
@@ -240,7 +274,8 @@ def auto_summary() -> str:
         f"first of {names('decisive')} that gives an upper bound; else the minimum of {names('upper')} "
         f"where they apply (skipping a method superseded by one that gave a bound: {supersede}), "
         f"{names('last_resort')} when none does; lower bound: {names('lower')}; then {names('refine')} "
-        f"where upper / lower is still above {REFINE_ABOVE}"
+        f"where upper / lower is still above {REFINE_ABOVE} (run first instead, in place of the upper bounds "
+        f"it supersedes, where the layer's geometry predicts that)"
     )
 
 

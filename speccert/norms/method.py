@@ -129,6 +129,12 @@ class NormMethod:
         """Position within its `auto` stage on this layer (default: `auto.order`)."""
         return self.auto.order
 
+    def auto_first(self, layer: LinearLayer, ctx: NormContext) -> bool:
+        """For a "refine" method: whether the cheaper bounds are expected to miss `ctx.refine_above` on
+        this layer, so that auto runs it first, in place of the "upper" methods it supersedes (default:
+        never). Only time depends on it: a wrong guess computes a proven bound all the same."""
+        return False
+
     def auto_skip(self, layer: LinearLayer, earlier: Sequence[NormResult]) -> bool:
         """Whether auto may skip this method on this layer given the results already computed."""
         return False

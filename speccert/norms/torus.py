@@ -125,6 +125,7 @@ def _block_max(
 
 
 _TapPair = tuple[int, int, Tensor, Tensor, Tensor, Tensor]
+ALL_PAIRS_BYTES = 1 << 27  # `_chunk_gram` sums every ordered tap pair in one complex product below this
 
 
 def _tap_gram_err(wt: Tensor, slot: Tensor, n_slots: int, left: bool) -> float:
@@ -176,6 +177,16 @@ def _chunk_gram(ph: Tensor, pairs: list[_TapPair], dim: int, n_slots: int, left:
     if n_slots == 1 or not left:  # one slot block: it is the whole matrix (no zero fill, no accumulation)
         (_, _, a, b, hf, gm), *rest = pairs
         assert not rest
+        if gm.shape[0] * 2 * dim * dim * 16 <= ALL_PAIRS_BYTES:
+            # every ordered pair (the (b, a) product is the (a, b) one transposed, exactly): H in one
+            # complex product, no X + X^H pass (~2x faster on 64/128 channels); each entry is a sum over
+            # <= taps^2 pairs, as the error bound assumes. Exactly Hermitian no more, but only the lower
+            # triangle (and the diagonal's real part) is read by the certificates.
+            off = a != b
+            gm_t = gm[off].reshape(-1, dim, dim).mT.reshape(-1, dim * dim)
+            ia, ib = torch.cat([a, b[off]]), torch.cat([b, a[off]])
+            coef = ph[:, ia].conj() * ph[:, ib] if left else ph[:, ia] * ph[:, ib].conj()
+            return (coef @ torch.cat([gm, gm_t]).to(torch.complex128)).reshape(nw, dim, dim)
         x = block(a, b, hf, gm).reshape(nw, dim, dim)
         return x + x.mH
     h = torch.zeros((nw, dim, dim), dtype=torch.complex128, device=wt.device)

@@ -11,7 +11,10 @@ solve); with every vector deflated it is ||A|| itself. On ResNet-18's layer4 3x3
 (random init) it gives 1.0078-1.0093 over the Lanczos lower bound (torus: 1.025-1.035), at 4-8x
 Fantastic-Four's time there. In `auto` it is the "refine" stage: it runs only on a layer whose
 torus / Lanczos bracket is still above `NormContext.refine_above` (1.01; on ResNet-18 224x224 those
-three layer4 convs); on every layer with `--method deflated`.
+three layer4 convs); on every layer with `--method deflated`. Where the geometry alone predicts the
+torus bound will miss that target (`deflation.expected_excess`: maps up to ~8x8 for 3x3 kernels) auto
+runs it first and skips the torus bound (`supersedes`: never above it, to 1e-6, nor above Fantastic-Four
+or LMT, which the torus bound supersedes).
 """
 
 from __future__ import annotations
@@ -34,10 +37,14 @@ class DeflatedMethod(NormMethod):
     kinds = ("upper",)
     summary = "torus bound with the top eigenvectors deflated, the input window and output crop kept"
     applies_to = "Conv 1-d/2-d, zero padding, kernel > 1 (stride, dilation, groups)"
-    auto = AutoRole("refine")
+    auto = AutoRole("refine", supersedes=("fft", "fantastic4", "lmt"))
 
     def applies(self, layer: LinearLayer) -> bool:
         return deflation.applies(layer.conv())
+
+    def auto_first(self, layer: LinearLayer, ctx: NormContext) -> bool:
+        g = layer.conv()
+        return g is not None and 1.0 + deflation.expected_excess(g) > ctx.refine_above
 
     def memory_bytes(self, layer: LinearLayer, ctx: NormContext) -> int:
         g = layer.conv()
