@@ -25,6 +25,17 @@ TRAIN = separable_data(80, (6,), seed=1)
 VAL = separable_data(30, (6,), seed=2)
 
 
+class Boom(RuntimeError):
+    """The injected crash of the resume tests."""
+
+
+def crash_after_step_6(epoch: int, step: int, total: int, loss: float) -> None:
+    """An on_step hook that crashes at epoch 2, step 2: global step 6 with 4 steps per epoch, just after
+    a checkpoint every 3 steps (or every epoch's end) was written."""
+    if epoch == 2 and step == 2:
+        raise Boom
+
+
 def evaluator_on(val: tuple[torch.Tensor, torch.Tensor]) -> Callable[[Graph], Measurement]:
     """An evaluator deterministic in the weights (so a resumed run sees the same numbers) that never
     meets a cra target: accuracy on `val`, and half of it as cra@0.1."""
@@ -72,15 +83,8 @@ def test_resume_after_injected_crash_matches_uninterrupted(tmp_path: Path) -> No
     model = _model(tmp_path)
     ref = _run(model, tmp_path / "a.onnx")
 
-    class Boom(RuntimeError):
-        pass
-
-    def crash(epoch: int, step: int, total: int, loss: float) -> None:
-        if epoch == 2 and step == 2:  # global step 6 (4 steps/epoch): just after the step-6 checkpoint
-            raise Boom
-
     with pytest.raises(Boom):
-        _run(model, tmp_path / "b.onnx", on_step=crash)
+        _run(model, tmp_path / "b.onnx", on_step=crash_after_step_6)
     ck = load_checkpoint(run_dir_for(tmp_path / "b.onnx") / "last.pt")
     assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (2, 2, 6)  # nothing lost
     res = _run(model, tmp_path / "b.onnx", resume=True)

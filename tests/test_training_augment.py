@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_finetune_resume import evaluator_on
+from test_finetune_resume import Boom, crash_after_step_6, evaluator_on
 
 import speccert
 from speccert.errors import UsageError
@@ -140,15 +140,8 @@ def test_resume_of_an_augmented_run_matches_uninterrupted(tmp_path: Path) -> Non
     model = _model(tmp_path)
     _run(model, tmp_path / "a.onnx", checkpoint_every=3)
 
-    class Boom(RuntimeError):
-        pass
-
-    def crash(epoch: int, step: int, total: int, loss: float) -> None:
-        if epoch == 2 and step == 2:  # global step 6 (4 steps/epoch): just after the step-6 checkpoint
-            raise Boom
-
     with pytest.raises(Boom):
-        _run(model, tmp_path / "b.onnx", checkpoint_every=3, on_step=crash)
+        _run(model, tmp_path / "b.onnx", checkpoint_every=3, on_step=crash_after_step_6)
     assert load_checkpoint(run_dir_for(tmp_path / "b.onnx") / "last.pt")["config"]["augment"] == "shift:2"
     with pytest.raises(UsageError, match="augment"):  # another augmentation is another run
         _run(model, tmp_path / "b.onnx", checkpoint_every=3, resume=True, augment="shift:1")
