@@ -102,3 +102,15 @@ def test_unknown_method_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err
     assert code == EXIT_USAGE
     assert "'svd' is not a norm method" in " ".join(err.split()) and "lanczos" in err
+
+
+def test_library_refuses_an_unknown_method_with_the_cli_words() -> None:
+    """layer_norms (callers that bypass the CLI) runs the same catalogue check as --method and the gate."""
+    from speccert.errors import UsageError
+    from speccert.importers import load
+    from speccert.norms import layer_norms
+
+    graph = load(str(REPO / "models" / "mlp.onnx"))
+    with pytest.raises(UsageError, match=r"^method 'svd' is not a norm method \(choose from auto, .*lanczos"):
+        layer_norms(graph, method="svd")
+    assert layer_norms(graph, method="lanczos")  # every catalogued method passes the check

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from speccert.errors import UnsupportedModelError, UsageError
+from speccert.errors import UnsupportedModelError
 from speccert.ir import Graph, fold_linear
-from speccert.limits import plan_budget
+from speccert.limits import check_norm_method, plan_budget
 from speccert.norms.layer import LinearLayer, linear_part
 from speccert.norms.method import (
     EXACT_MAX_DIM,
@@ -354,9 +354,7 @@ def layer_norms(
     a CPU), which removes the torus bound's excess on small feature maps. `refine_above`: auto's "refine"
     methods run on the layers whose upper / lower is above it (math.inf: never).
     """
-    methods = load_methods()
-    if method != AUTO and method not in methods:
-        raise UsageError(f"unknown norm method {method!r} (known: {', '.join([AUTO, *methods.keys()])})")
+    check_norm_method(method, "method")  # the CLI's and the gate policy's check, the same words
     graph.check_finite()
     dev = torch.device(device)
     # The one hook into speccert.limits: a method whose plan exceeds the budget is skipped with a note.
