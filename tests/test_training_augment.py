@@ -170,3 +170,8 @@ def test_cli_bad_augment_is_one_line_exit_2(tmp_path: Path, capsys: pytest.Captu
     lines = [ln for ln in (text.out + text.err).splitlines() if ln.strip()]
     assert len(lines) == 1 and "--augment 'flip'" in lines[0] and "Traceback" not in text.err
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_describe_says_pixel_for_one() -> None:
+    assert "up to 1 pixel per axis" in parse_augment("shift:1").describe()
+    assert "up to 3 pixels per axis" in parse_augment("shift:3").describe()

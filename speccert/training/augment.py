@@ -53,7 +53,8 @@ class Augment:
         """One phrase for the run's notes."""
         if self.kind == "none":
             return "no augmentation"
-        return f"each image translated by up to {self.k} pixels per axis, zero fill, labels unchanged"
+        unit = "pixel" if self.k == 1 else "pixels"
+        return f"each image translated by up to {self.k} {unit} per axis, zero fill, labels unchanged"
 
     def check_input(self, input_shape: tuple[int, ...]) -> None:
         """Usage error when the model's input (without the batch axis) has no axes to shift along."""
