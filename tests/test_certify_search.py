@@ -205,6 +205,40 @@ def test_eps_mode_skips_what_is_decided_and_records_the_mode(record: Callable[[s
     assert certify(g, data, [0.1], lower_bound=False).environment["radius_search"] == "full"
 
 
+def test_untested_names_exactly_the_points_a_kind_did_not_evaluate(record: Callable[[str], Calls]) -> None:
+    """In eps mode a per-point kind is not run where the kinds before it certify the point at the largest
+    eps: those samples (and only those) list it under "untested" in the JSON, as the calls show; full
+    mode and misclassified points never do, and the console says how many."""
+    import io
+
+    from rich.console import Console
+
+    from speccert.cli.certify_render import render
+
+    g = relu_mlp(0, 6, [8], 3)
+    x, y = _data(g, 24, 1)
+    first = _run(g, (x, y), ["pairwise"], [1e-6], "full")
+    eps = float(np.median(first.radius[first.radius > 0]))  # about half the certified points reach it
+    calls = record("local")
+    rep = _run(g, (x, y), ["pairwise", "local"], [eps / 2, eps], "eps")
+    d = rep.to_dict()
+    validate_report(d)
+    listed = {s["index"] for s in d["samples"] if "untested" in s}
+    assert all(s["untested"] == ["local"] for s in d["samples"] if "untested" in s)
+    reached = {i for i in range(len(y)) if rep.radii["pairwise"][i] >= eps and rep.correct[i]}
+    assert listed == reached and 0 < len(listed) < int(rep.correct.sum())
+    evaluated = {i for i in range(len(y)) if x[i].numpy().tobytes() in calls.top}
+    assert evaluated.isdisjoint(listed) and evaluated | listed == set(np.flatnonzero(rep.correct).tolist())
+    assert all(rep.radii["local"][i] == 0 for i in listed)
+    assert "untested" not in str(_run(g, (x, y), ["pairwise", "local"], [eps], "full").to_dict()["samples"])
+    out = io.StringIO()
+    render(d, Console(file=out, width=200))
+    assert (
+        f"Not evaluated (the kinds before them certify these points at the largest eps): local {len(listed)}"
+        in (out.getvalue())
+    )
+
+
 def test_cli_end_to_end_and_a_bad_mode_is_one_line_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -295,6 +295,7 @@ def _report(
         notes,
         audit_summary,
         extra,
+        samples.untested,
     )
 
 

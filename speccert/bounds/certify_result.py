@@ -83,6 +83,9 @@ class CertifyReport:
     notes: list[str] = field(default_factory=list)
     audit: AuditSummary | None = None
     lipschitz_extra: dict[str, Any] = field(default_factory=dict)
+    # eps mode: per per-point kind, the correctly classified points it did not evaluate because the kinds
+    # before it certify them at the largest eps (radii[k][i] is 0 there: not tested, not "no certificate")
+    untested: dict[str, np.ndarray] = field(default_factory=dict)
 
     # ---- derived figures -------------------------------------------------------------------------
     @property
@@ -173,7 +176,12 @@ class CertifyReport:
             "radius": _num(float(self.radius[i])),
             "certificate": None if self.kind[i] == "none" else str(self.kind[i]),
             "radii": {k: _num(float(v[i])) for k, v in self.radii.items()},
-        }
+        } | self._untested_of(i)
+
+    def _untested_of(self, i: int) -> dict[str, Any]:
+        """{"untested": [kinds]} where eps mode did not evaluate a per-point kind on sample i, else {}."""
+        kinds = [k for k in self.kinds if k in self.untested and bool(self.untested[k][i])]
+        return {"untested": kinds} if kinds else {}
 
 
 def _layer_dict(r: LayerRow) -> dict[str, Any]:

@@ -8,9 +8,10 @@ speccert.bounds.float32_error; points it cannot settle within the tolerance are 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,6 +47,9 @@ class Samples:
     names: list[str]
     seconds: float = 0.0
     float64_points: int = 0  # points whose margins came from the float64 pass
+    # eps mode: per per-point kind, the points it did not test because the kinds before it already certify
+    # them at the largest eps (their radius of that kind is 0: not evaluated, not "no certificate")
+    untested: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def float64_share(self) -> float:
@@ -169,6 +173,10 @@ def _record(
     for c in sorted(certs, key=lambda c: isinstance(c, PerPointCertificate)):  # stable: order kept
         if eps is not None and isinstance(c, PerPointCertificate):
             rad = c.decide(batch, eps, known)
+            # the points decide_eps leaves out although classified correctly (its `alive`)
+            top = max((float(e) for e in eps if e > 0), default=math.inf)
+            skipped = (batch.margins.amin(1) > 0) & (known >= top)
+            out.untested.setdefault(c.name, np.zeros(len(out.preds), dtype=bool))[sl] = skipped.cpu().numpy()
         else:
             rad = c.radii(batch)
         r = finish_radius(rad.amin(1))

@@ -13,7 +13,7 @@ from typing import Any
 
 from speccert.errors import InputError
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 
 

@@ -75,6 +75,12 @@ def render(report_dict: dict[str, Any], console: Console) -> None:
     console.print(
         "Best certificate per point: " + ", ".join(f"{k} {v}" for k, v in wins.items()) + _gain(report_dict)
     )
+    skipped = _untested_counts(report_dict)
+    if skipped:
+        console.print(
+            "Not evaluated (the kinds before them certify these points at the largest eps): "
+            + ", ".join(f"{k} {v}" for k, v in skipped.items())
+        )
     if report_dict.get("audit"):
         a = report_dict["audit"]
         console.print(
@@ -90,6 +96,15 @@ def render(report_dict: dict[str, Any], console: Console) -> None:
         f"inference {tm.get('inference_samples_per_s', 0):.0f} samples/s",
         style="dim",
     )
+
+
+def _untested_counts(report_dict: dict[str, Any]) -> dict[str, int]:
+    """Per kind, the samples eps mode did not evaluate it on (their `untested` lists); empty if none."""
+    counts: dict[str, int] = {}
+    for row in report_dict.get("samples", []):
+        for k in row.get("untested", []):
+            counts[k] = counts.get(k, 0) + 1
+    return counts
 
 
 def _radius_label(report_dict: dict[str, Any]) -> str:
