@@ -162,7 +162,7 @@ class Crown:
         ball.weights[k] = w
         return w
 
-    def _through(self, k: int, lam: Tensor, ball: Ball, acc: _Acc, adj: dict[int, Tensor]) -> None:
+    def through(self, k: int, lam: Tensor, ball: Ball, acc: _Acc, adj: dict[int, Tensor]) -> None:
         """lam [B, N, *z_k] through stage k's affine map: adjoints of its sources, constant, error."""
         st = self.stages[k]
         b, n = lam.shape[:2]
@@ -271,7 +271,7 @@ class Crown:
     def _through_units(
         self, k: int, slot: Tensor, cols: dict[int, Tensor], ball: Ball, acc: _Acc, adj: dict[int, Tensor]
     ) -> None:
-        """`_through` for the rows [+e_i, -e_i] of z_k, i = slot [B, c] (n: a zero row), read from the
+        """`through` for the rows [+e_i, -e_i] of z_k, i = slot [B, c] (n: a zero row), read from the
         stage's columns: the same constant (+-bc_i), error (W_i) and adjoints, without the products."""
         st = self.stages[k]
         b, n = slot.shape[0], math.prod(st.z_shape)
@@ -296,7 +296,7 @@ class Crown:
         acc = _Acc(zero, zero, zero)
         adj: dict[int, Tensor] = {}
         if units is None:
-            self._through(top, lam, ball, acc, adj)
+            self.through(top, lam, ball, acc, adj)
         else:
             self._through_units(top, units[0], units[1], ball, acc, adj)
         return acc, adj
@@ -313,7 +313,7 @@ class Crown:
         """The stages above > j >= last, last first: each adjoint through its nonlinearity and map."""
         for j in range(above - 1, last - 1, -1):
             if j in adj:
-                self._through(j, self._relax(j, adj.pop(j), ball, acc, slopes), ball, acc, adj)
+                self.through(j, self._relax(j, adj.pop(j), ball, acc, slopes), ball, acc, adj)
 
     def _backward(
         self,

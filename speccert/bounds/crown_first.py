@@ -320,7 +320,7 @@ class FirstCrown(Protocol):
         slopes: dict[int, Tensor] | None = None,
     ) -> None: ...
 
-    def _through(self, k: int, lam: Tensor, ball: Ball, acc: Acc, adj: dict[int, Tensor]) -> None: ...
+    def through(self, k: int, lam: Tensor, ball: Ball, acc: Acc, adj: dict[int, Tensor]) -> None: ...
 
 
 def best_of_both(
@@ -336,7 +336,7 @@ def best_of_both(
         return a, n
     st = crown.stages[plan.j0]
     parts = split(plan, crown.graph, st, adj.pop(plan.top), ball)
-    crown._through(plan.j0, parts.mu, ball, acc, adj)
+    crown.through(plan.j0, parts.mu, ball, acc, adj)
     crown.descend(plan.j0, 0, adj, ball, acc)
     g = input_adjoint(adj, ball, rows)
     a_lin, _ = finish(acc, g, ball)
