@@ -305,6 +305,15 @@ def command(
             "translated by up to K pixels per axis, zero fill; seeded, resumable).",
         ),
     ] = "none",
+    widen: Annotated[
+        float,
+        typer.Option(
+            "--widen",
+            help="Multiply every hidden layer's width by F before training, keeping the function (new units "
+            "start with zero outgoing weights); an architecture change. 1 (default): off.",
+            metavar="F",
+        ),
+    ] = 1.0,
     audit: Annotated[
         int,
         typer.Option(
@@ -327,6 +336,9 @@ def command(
     from speccert.training.augment import parse_augment
 
     parse_augment(augment)  # a bad name is a usage error before any loading
+    from speccert.training.widen import parse_widen
+
+    parse_widen(widen)
     tlist, eps = _targets(target)
     dev = resolve_device(device)
     check_outputs(
@@ -374,6 +386,7 @@ def command(
             audit=audit,
             activation=activation,
             augment=augment,
+            widen=widen,
         )
     if main:
         render_result(res, eps, json_out)

@@ -67,6 +67,7 @@ def render_result(res: Any, eps: list[float], json_out: str | None) -> None:
                     "missed": res.missed,
                     "best_epoch": res.best_epoch,
                     "augment": res.augment,
+                    "widened": [{"layer": n, "from": a, "to": b} for n, a, b in res.widened],
                     "pareto": [r.epoch for r in res.pareto],
                     "output": str(res.output) if res.output else None,
                     "history": [

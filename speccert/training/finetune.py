@@ -50,6 +50,7 @@ from speccert.training.records import EpochRecord, FinetuneResult
 from speccert.training.run import FinetuneRun, Hooks, RunConfig, StepHook, TrainingDiverged
 from speccert.training.run_setup import as_dataset, load_graph, prepare_paths, run_config, split_validation
 from speccert.training.targets import Target, check_unique, parse_target, target_eps
+from speccert.training.widen import Widening, parse_widen, widen
 
 DataArg = Dataset | str | os.PathLike[str] | tuple[Any, Any]
 
@@ -138,6 +139,7 @@ def finetune(
     audit: int = 0,
     activation: str = "maxmin",
     augment: str | Augment = "none",
+    widen: float = 1.0,
 ) -> FinetuneResult:
     """Fine-tune `model` until every target holds on `val_data` (see the module docstring).
 
@@ -158,6 +160,8 @@ def finetune(
     augment: "none", "shift" or "shift:K": random translations of the training batches by up to K
     pixels with zero fill, seeded by (seed, step) (speccert.training.augment); recorded in the
     checkpoints (a resume with another choice is refused) and in the result.
+    widen: multiply every hidden layer's width by this factor before training, keeping the function
+    (speccert.training.widen; 1: off); an architecture change, so ONNX or .pt2 output only.
     """
     tlist = [t if isinstance(t, Target) else parse_target(t) for t in targets]
     check_unique(tlist)
@@ -180,6 +184,8 @@ def finetune(
         )
     graph, spec = load_graph(model, input_shape, weights)
     aug.check_input(tuple(graph.input_shape))
+    widening = _widen(graph, widen, seed)
+    graph = widening.graph
     change = _change_activations(graph, activation) if allow_activation_change else None
     if change is not None:
         graph = change.graph
@@ -212,6 +218,8 @@ def finetune(
     )
     if change is not None:  # a resume must not mix a ReLU run and a MaxMin run
         identity["activation_change"] = f"relu->{activation}"
+    if widening.widths:  # a wider network is another run
+        identity["widen"] = widening.factor
     if rec.ema > 0:  # the average is part of the run's state: a resume must keep it
         identity["ema"] = rec.ema
     if aug.kind != "none":  # another augmentation is another run (absent: checkpoints of older runs)
@@ -242,6 +250,9 @@ def finetune(
         res.notes.insert(0, f"training batches augmented: {aug.name} ({aug.describe()})")
     if change is not None:
         res.notes.insert(0, change.note())
+    if widening.widths:
+        res.widened = widening.widths
+        res.notes.insert(0, widening.note())
     return res
 
 
@@ -258,6 +269,16 @@ def _check_activation(activation: str, allow: bool) -> None:
         raise UsageError(f"--activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
     if activation != "maxmin" and not allow:
         raise UsageError(f"--activation {activation} replaces ReLUs: it needs --allow-activation-change")
+
+
+def _widen(graph: Graph, factor: float, seed: int) -> Widening:
+    """speccert.training.widen; a state_dict output keeps the input's module, which cannot hold the
+    wider layers, so it is refused."""
+    if parse_widen(factor) != 1.0 and graph.source is not None and graph.source.format == "state_dict":
+        raise UsageError(
+            "--widen changes the architecture, which a state_dict cannot carry: fine-tune the model as ONNX or .pt2"
+        )
+    return widen(graph, factor, seed)
 
 
 def _change_activations(graph: Graph, activation: str) -> ActivationChange:

@@ -71,6 +71,7 @@ class FinetuneResult:
     notes: list[str] = field(default_factory=list)
     pareto: list[EpochRecord] = field(default_factory=list)  # see pareto_front; weights in run_dir
     augment: str = "none"  # the training batches' augmentation (speccert.training.augment)
+    widened: tuple[tuple[str, int, int], ...] = ()  # --widen: (layer, width before, after)
 
     @property
     def exit_code(self) -> int:
