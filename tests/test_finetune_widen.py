@@ -175,3 +175,37 @@ def test_cli_widen_writes_json_and_the_file_certifies_with_audit(tmp_path: Path)
     assert [(d["from"], d["to"]) for d in widened] == [(4, 6), (4, 6), (8, 12)]
     assert _widths(speccert.load(str(out))) == [(1, 6), (6, 6), (96, 12), (12, 3)]
     assert main(["certify", str(out), "--data", str(tmp_path / "d.npz"), "--audit", "20"]) == 0
+
+
+def test_resume_continues_a_widened_run_and_refuses_another_width(tmp_path: Path) -> None:
+    src = save_onnx(toy_cnn(bn=False, dtype=torch.float32), tmp_path / "in.onnx")
+    out = tmp_path / "o.onnx"
+    common: dict = dict(targets=["cra@0.1>=0.9"], penalty="lmt", batch_size=10, out=out, evaluator=_never)
+    finetune(str(src), TRAIN, VAL, epochs=1, widen=2.0, **common)
+    for other in (1.0, 3.0):
+        with pytest.raises(UsageError, match="widen"):
+            finetune(str(src), TRAIN, VAL, epochs=2, resume=True, widen=other, **common)
+    res = finetune(str(src), TRAIN, VAL, epochs=2, resume=True, widen=2.0, **common)
+    assert [r.epoch for r in res.history] == [0, 1, 2]  # the same width continues the run
+    assert _widths(speccert.load(str(out)))[0] == (1, 8)
+
+
+def test_pt2_input_writes_a_wider_pt2_that_reads_back(tmp_path: Path) -> None:
+    from speccert.importers.torch_import import save_pt2
+
+    src = save_pt2(toy_cnn(bn=False, dtype=torch.float32), tmp_path / "in.pt2")
+    out = tmp_path / "o.pt2"
+    finetune(
+        str(src),
+        TRAIN,
+        VAL,
+        targets=["cra@0.1>=0.9"],
+        penalty="lmt",
+        epochs=1,
+        batch_size=10,
+        out=out,
+        evaluator=_never,
+        widen=2.0,
+    )
+    back = speccert.load(str(out))
+    assert _widths(back) == [(1, 8), (8, 8), (128, 16), (16, 3)]
