@@ -1,0 +1,61 @@
+"""The soundness fuzzer (speccert.devtools.fuzz): a few seeds of random architectures pass every check,
+and its checks catch a radius above what a gradient or a sampled point proves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from speccert.devtools import fuzz
+
+# seeds whose networks cover MaxMin, BatchNorm, concatenation, residual, pooling, grouped and dilated
+# convolutions, normalisation and smooth activations (checked below, so a changed grammar is noticed)
+SEEDS = [4, 9, 0, 1, 7, 20]
+
+
+def test_seeds_cover_the_grammar() -> None:
+    text = " ".join("; ".join(fuzz.draw(s).layers) for s in SEEDS)
+    for part in ("maxmin", " bn", "concat", "residual", "maxpool", "avgpool", "g3", "d2", "normalize", "elu"):
+        assert part in text, part
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_architectures_pass_every_check(seed: int) -> None:
+    assert fuzz.check(seed) == []
+
+
+def _linear_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).double().eval()
+
+
+def test_lipschitz_radius_check_flags_a_radius_one_percent_too_large() -> None:
+    """On a linear net the margin's gradient is its Lipschitz constant: the exact pairwise radius passes,
+    1% more does not."""
+    net = _linear_net()
+    x = torch.rand(10, 1, 3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        logits = net(x)
+    y = logits.argmax(1)
+    w = net[1].weight.detach()
+    pair = (w.unsqueeze(1) - w.unsqueeze(0)).norm(dim=2)
+    exact = np.array(
+        [
+            min(float(logits[i, y[i]] - logits[i, j]) / float(pair[y[i], j]) for j in range(3) if j != y[i])
+            for i in range(10)
+        ]
+    )
+    assert fuzz._lipschitz_radii({"pairwise": exact}, logits, y, pair) == []
+    assert len(fuzz._lipschitz_radii({"pairwise": exact * 1.01}, logits, y, pair)) == 10
+
+
+def test_sampling_check_flags_a_radius_past_the_boundary() -> None:
+    net = _linear_net()
+    x = torch.rand(6, 1, 3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    gen = torch.Generator().manual_seed(0)
+    assert fuzz._sample_inside(net, x, y, [1e-6] * 6, gen) == []
+    assert len(fuzz._sample_inside(net, x, y, [1e3] * 6, gen)) == 6
