@@ -227,10 +227,13 @@ class LocalModel:
         sort = st.act is not None and isinstance(st.act.op, Sort)
         if not st.nodes or n_units > UNIT_MAX:
             return None
+        first = all(s.index == -1 for s in st.sources)
+        if first and not sort:  # the interval's row norms are exact already
+            return None
+        # the batch: from `want`, else (all units wanted, before a max-pool) from an earlier stage; a
+        # first stage has none, but it returned above (MaxMin stages always say which pairs they want)
         b = want.shape[0] if want is not None else bb.mid[0].shape[0]
-        if all(s.index == -1 for s in st.sources):
-            if not sort:  # the interval's row norms are exact already
-                return None
+        if first:
             if k not in self.pair_cache:
                 every = torch.arange(n_units)[None]
                 self.pair_cache[k] = self._finish(self.descend(self._unit_rows(k, every, 1), bb, -1), 2.0)
