@@ -11,13 +11,15 @@ from torch import nn
 from speccert.devtools import fuzz
 
 # seeds whose networks cover MaxMin, BatchNorm, concatenation, residual, pooling, grouped and dilated
-# convolutions, normalisation and smooth activations (checked below, so a changed grammar is noticed)
-SEEDS = [4, 9, 0, 1, 7, 20]
+# convolutions, normalisation, smooth activations, zero padding, a global pool, a channels-last input, a
+# Softmax output and the .pt2 route (checked below, so a changed grammar is noticed)
+SEEDS = [4, 9, 0, 1, 7, 20, 8, 14]
 
 
 def test_seeds_cover_the_grammar() -> None:
     text = " ".join("; ".join(fuzz.draw(s).layers) for s in SEEDS)
-    for part in ("maxmin", " bn", "concat", "residual", "maxpool", "avgpool", "g3", "d2", "normalize", "elu"):
+    parts = ("maxmin", " bn", "concat", "residual", "maxpool", "avgpool", "g3", "d2", "normalize", "elu")
+    for part in (*parts, "zeropad", "global avgpool", "nhwc", "softmax", "as pt2", "as onnx"):
         assert part in text, part
 
 

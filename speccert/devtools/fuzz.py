@@ -52,11 +52,21 @@ ACTS: dict[str, Callable[[], nn.Module]] = {
 
 @dataclass
 class Drawn:
-    """A drawn network, its input shape and a one-line description of its layers."""
+    """A drawn network (as written to the file), its logits (the same without a final Softmax), its
+    input shape, a description of its layers and how it is written ("onnx" or "pt2")."""
 
     model: nn.Module
     input_shape: tuple[int, int, int]
     layers: list[str]
+    logits: nn.Module
+    route: str = "onnx"
+
+
+class _NHWC(nn.Module):
+    """A channels-last input transposed inside the graph (as TensorFlow exports do)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
 
 
 class _MaxMin(nn.Module):
@@ -194,7 +204,70 @@ def draw(seed: int) -> Drawn:
         for m in model.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 m.weight.mul_(float(rng.uniform(1.0, 2.5)))
-    return Drawn(model, shape, text)
+    return _extras(Drawn(model, shape, text, model), seed)
+
+
+def _extras(d: Drawn, seed: int) -> Drawn:
+    """Variations drawn from a second stream (so each seed's base network stays what it was): zero
+    padding or a global average pool before the head, a channels-last input, a Softmax output, and the
+    .pt2 route (torch.export) instead of ONNX."""
+    rng = np.random.default_rng([seed, 1])
+    layers = list(d.model.children())
+    head = next(i for i, m in enumerate(layers) if isinstance(m, nn.Flatten))
+    pre: nn.Module | None = None
+    shape = d.input_shape
+    c, hw = _shape_before(layers[:head], shape)
+    if rng.random() < 0.25:
+        p = int(rng.choice([1, 2]))
+        pre, text = nn.ZeroPad2d(p), f"zeropad {p}"
+        hw += 2 * p
+    elif rng.random() < 0.3:
+        pre, text = nn.AdaptiveAvgPool2d(1), "global avgpool"
+        hw = 1
+    if pre is not None:
+        lin = layers[head + 1]
+        assert isinstance(lin, nn.Linear)
+        new = nn.Linear(c * hw * hw, lin.out_features)
+        with torch.no_grad():
+            new.weight.mul_(float(rng.uniform(1.0, 2.5)))
+        layers = [*layers[:head], pre, layers[head], new, *layers[head + 2 :]]
+        d.layers[-1] = d.layers[-1].replace(f"linear {lin.in_features}->", f"linear {new.in_features}->", 1)
+        d.layers.insert(len(d.layers) - 1, text)
+    if rng.random() < 0.2:
+        layers.insert(0, _NHWC())
+        shape = (shape[1], shape[2], shape[0])
+        d.layers.insert(0, "nhwc input")
+    logits = nn.Sequential(*layers).eval()
+    model = logits
+    if rng.random() < 0.2:
+        model = nn.Sequential(*layers, nn.Softmax(dim=1)).eval()
+        d.layers.append("softmax")
+    route = "pt2" if rng.random() < 0.3 else "onnx"
+    d.layers.append(f"as {route}")
+    return Drawn(model, shape, d.layers, logits, route)
+
+
+def _shape_before(layers: list[nn.Module], shape: tuple[int, int, int]) -> tuple[int, int]:
+    """Channels and (square) side of the activations after `layers` on an input of `shape`."""
+    with torch.no_grad():
+        out = nn.Sequential(*layers).eval()(torch.zeros(1, *shape))
+    return int(out.shape[1]), int(out.shape[2])
+
+
+def _write(d: Drawn, folder: str) -> str:
+    """The drawn network as a file a user would have: ONNX (torch's exporter) or .pt2 (torch.export)."""
+    from pathlib import Path
+
+    if d.route == "pt2":
+        path = Path(folder) / "m.pt2"
+        x = torch.rand(2, *d.input_shape)
+        batch = torch.export.Dim("batch", min=1)
+        ep = torch.export.export(d.model, (x,), dynamic_shapes={"input": {0: batch}})
+        torch.export.save(ep, path)
+        return str(path)
+    path = Path(folder) / "m.onnx"
+    path.write_bytes(_export(d))
+    return str(path)
 
 
 def _export(d: Drawn) -> bytes:
@@ -251,34 +324,37 @@ def check(seed: int, local: bool = False, points: int = 24) -> list[str]:
     from speccert.bounds import lipschitz_bound
 
     d = draw(seed)
-    blob = _export(d)
     import tempfile
-    from pathlib import Path
 
     problems: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "m.onnx"
-        path.write_bytes(blob)
-        g = speccert.load(str(path))
+        path = _write(d, tmp)
+        g = speccert.load(path)
         gen = torch.Generator().manual_seed(seed + 1)
         x = torch.rand(points, *d.input_shape, generator=gen)
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (y_ort,) = sess.run(None, {"x": x.numpy()})
-        y_ir = g.forward(x.to(g.dtype)).detach().double().numpy()
-        if not np.allclose(y_ort, y_ir, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(y_ort).max()))):
-            problems.append(f"import: onnxruntime and the graph differ by {np.abs(y_ort - y_ir).max():.3g}")
+        if d.route == "onnx":  # the file's function: onnxruntime's
+            sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            (want,) = sess.run(None, {"x": x.numpy()})
+        else:
+            with torch.no_grad():
+                want = d.model(x).double().numpy()
+        got = g.forward(x.to(g.dtype)).detach().double().numpy()
+        if not np.allclose(want, got, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(want).max()))):
+            problems.append(
+                f"import: the file's outputs and the graph's differ by {np.abs(want - got).max():.3g}"
+            )
         upper = lipschitz_bound(g).upper
-        lower, pair_lower = _jacobian_ascent(d.model, d.input_shape, seed)
+        lower, pair_lower = _jacobian_ascent(d.logits, d.input_shape, seed)
         if not lower <= upper:
             problems.append(f"L upper {upper:.6g} below a Jacobian norm {lower:.6g}")
         with torch.no_grad():
-            m64 = _float64(d.model)
+            m64 = _float64(d.logits)
             xd = x.double()
             xe = xd + 0.05 * torch.randn(xd.shape, generator=gen, dtype=torch.float64)
             q = (m64(xd) - m64(xe)).norm(dim=1) / (xd - xe).flatten(1).norm(dim=1)
         if not float(q.max()) <= upper:
             problems.append(f"L upper {upper:.6g} below a difference quotient {float(q.max()):.6g}")
-        labels = torch.from_numpy(y_ort.argmax(1))
+        labels = torch.from_numpy(want.argmax(1))
         kinds = ["all"] if local else None
         try:  # the audit attacks every certified point at its radius and raises on a success
             rep = speccert.certify(g, (x, labels), eps=[0.05, 0.1], audit=points, certificates=kinds)
