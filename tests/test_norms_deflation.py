@@ -55,10 +55,14 @@ def test_deflated_between_truth_and_torus_for_every_threshold(spec) -> None:  # 
         return
     truth = truth_conv(w, size, stride, pads, dil, groups, False)
     plain = torus.torus_bound(g.as_2d(), torus.candidate_plans(g.as_2d(), 0)[0], CPU).value
-    for theta in (1.0, 0.9, 0.5, 0.0):
+    for theta in (1.0, deflation.THETA_LIGHT, 0.9, 0.5, 0.0):
         db = deflation.deflated_bound(g, CPU, theta, max_rank=100_000)
         assert db.value >= truth * (1 - 1e-12), (theta, db.value, truth)
         assert db.value <= plain * (1 + 1e-6), (theta, db.value, plain)  # (single-precision steer)
+    # as the `deflated` method runs it (auto's light tier: few vectors), min over fft's tori: never above
+    # the bound it supersedes, even where a larger torus is what makes fft tight
+    light = deflation.deflated_bound(g, CPU, deflation.THETA_LIGHT, extra=2).value
+    assert truth * (1 - 1e-12) <= light <= torus.fft_bound(g, CPU).value * (1 + 1e-6), (light, truth)
 
 
 def test_deflated_tighter_than_torus_on_small_maps() -> None:
@@ -146,7 +150,11 @@ def test_top_pairs_are_the_full_eigh_above_tau(monkeypatch, per_block: bool) -> 
     h[3] *= 1.3  # the largest block
     lam_all = torch.linalg.eigvalsh(h.to(torch.complex64)).to(torch.float64)
     for theta, max_rank in ((0.85, 1024), (0.5, 1024), (0.0, 100_000), (1.0, 1024), (0.3, 20)):
-        lam, vec, tau = deflation._top_pairs(h, theta, max_rank)
+        lam, vec, tau, cleared, cleared_at = deflation._top_pairs(h, theta, max_rank)
+        # the blocks the Cholesky screen cleared keep no vector and are below cleared_at <= tau (proven)
+        assert cleared_at <= tau * (1 + 1e-12)
+        for i in torch.nonzero(cleared)[:, 0].tolist():
+            assert float(lam_all[i].max()) <= cleared_at * (1 + 1e-6) and not bool((lam[i] > tau).any())
         top = torch.sort(lam_all.flatten(), descending=True).values
         want = theta * float(top[0])
         if top.numel() > max_rank // 2:

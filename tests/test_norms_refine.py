@@ -51,9 +51,14 @@ def test_refine_runs_only_above_its_target_and_stays_sound(monkeypatch) -> None:
     assert truth * (1 - 1e-12) <= on.upper.value < off.upper.value
     assert on.upper.value / truth - 1 < 0.6 * (off.upper.value / truth - 1), (truth, on.upper, off.upper)
     assert on.lower is not None and on.lower.value <= truth * (1 + 1e-12)
-    # a target the torus bracket already meets: no refinement
-    wide = norm_of_layer(layer, "auto", dataclasses.replace(ctx, refine_above=1.0 + 2 * off.gap))
+    # a target the torus bracket already meets: no refinement at the full budget; the light tier (a
+    # bracket above tighten_above, 1.001) refines it with fewer vectors, between the two
+    target = 1.0 + 2 * off.gap
+    wide = norm_of_layer(layer, "auto", dataclasses.replace(ctx, refine_above=target, tighten_above=math.inf))
     assert wide.method == "fft" and "deflated/upper" not in wide.others
+    light = norm_of_layer(layer, "auto", dataclasses.replace(ctx, refine_above=target))
+    assert light.method == "deflated" and (light.others["deflated/upper"].note or "").endswith(", light")
+    assert on.upper.value < light.upper.value < off.upper.value
 
 
 def test_predicted_miss_runs_the_refine_method_first_and_skips_the_torus() -> None:
@@ -74,6 +79,48 @@ def test_predicted_miss_runs_the_refine_method_first_and_skips_the_torus() -> No
     # refine off: no prediction either (the torus bound, as before the refine stage)
     off = norm_of_layer(layer, "auto", NormContext(refine_above=math.inf))
     assert off.method == "fft" and off.upper.value == plain[0].value
+
+
+def test_light_tier_on_a_13x13_map(monkeypatch) -> None:  # noqa: ANN001
+    """A 13x13 map: the torus bound is 0.1-1% over the truth (dense SVD), under the 1.01 target but over
+    tighten_above (1.001). The geometry predicts that (expected_excess 0.47%): auto runs the deflated
+    bound first at the light budget (theta THETA_LIGHT, no torus bound); unpredicted, after the torus
+    bound and Lanczos. Both are the same proven bound, >= the truth, and clearly under the torus bound;
+    tighten_above inf or refine_above inf: the torus bound alone."""
+    layer = _layer(16, 13)  # Gram side 2704: over exact's 2048, so auto takes the torus bound
+    truth = _truth(layer)
+    g = layer.conv()
+    assert g is not None and 0.001 < deflation.expected_excess(g) < 0.01
+    plain = unrefined_upper(layer, NormContext())[0]
+    assert plain.method == "fft" and 1.001 < plain.value / truth < 1.01, plain.value / truth
+    first = norm_of_layer(layer, "auto", NormContext())
+    assert first.method == "deflated" and "fft/upper" not in first.others
+    assert (first.others["deflated/upper"].note or "").endswith(", light")
+    assert truth * (1 - 1e-12) <= first.upper.value
+    assert first.upper.value / truth - 1 < 0.7 * (plain.value / truth - 1), (truth, first.upper, plain)
+    for off in (NormContext(tighten_above=math.inf), NormContext(refine_above=math.inf)):
+        got = norm_of_layer(layer, "auto", off)
+        assert got.method == "fft" and got.upper.value == plain.value and "deflated/upper" not in got.others
+    monkeypatch.setattr(deflation, "EXCESS", 0.0)  # unpredicted: the refine stage's light tier
+    after = norm_of_layer(layer, "auto", NormContext())
+    assert after.method == "deflated" and after.others["fft/upper"].value == plain.value
+    assert after.upper.value == first.upper.value
+
+
+def test_a_light_run_first_still_gets_the_full_budget_above_the_target(monkeypatch) -> None:  # noqa: ANN001
+    """A prediction too low (the 7x7 map's ~2.5% torus excess guessed at 0.41%): the light run first
+    leaves the bracket above 1.01, so the refine stage runs the full budget after it, and the bound is
+    the one the right prediction gives."""
+    layer = _layer(48, 7)
+    right = norm_of_layer(layer, "auto", NormContext())
+    monkeypatch.setattr(deflation, "EXCESS", 0.1)
+    g = layer.conv()
+    assert g is not None and 0.001 < deflation.expected_excess(g) < 0.01
+    heard: list[str] = []
+    got = norm_of_layer(layer, "auto", NormContext(note=heard.append))
+    assert heard.count("deflated") == 2 and "fft" not in heard, heard
+    assert got.method == "deflated" and not (got.upper.note or "").endswith(", light")
+    assert got.upper.value == right.upper.value and got.gap is not None and got.gap < 0.01
 
 
 def test_a_wrong_prediction_still_gives_a_proven_bound() -> None:

@@ -10,7 +10,7 @@ name, whose `upper` is a proven `UpperBound` on the node's L2 operator norm (lin
 
 Layout, bottom to top (tests/test_norms_layering.py checks it):
 - base: `result` (UpperBound / LowerBound / Estimate), `rounding` (floating-point error bounds), `layer`
-  (the linear part of a node as an operator);
+  (the linear part of a node as an operator), `layer_norm` (`LayerNorm`, one layer's bracket);
 - kernels, the mathematics, which know no method: `torus` (frequency blocks of a circular conv),
   `gram_chain` (Gram iteration), `krylov` (power iteration, Lanczos, the float64 lower-bound check),
   `explicit` (explicit matrix and SVD), `psd` (Cholesky certificates), `conv_gram` (tap-assembled Gram
@@ -24,7 +24,8 @@ Layout, bottom to top (tests/test_norms_layering.py checks it):
 
 from __future__ import annotations
 
-from speccert.norms.auto import AUTO, LayerNorm, layer_norms, linear_layers
+from speccert.norms.auto import AUTO, layer_norms, linear_layers
+from speccert.norms.layer_norm import LayerNorm
 from speccert.norms.method import (
     METHODS,
     AutoRole,

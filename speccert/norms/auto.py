@@ -8,9 +8,12 @@ else the minimum of every applicable "upper" method (a method is skipped once on
 gave a bound), the "last_resort" ones only when none did; the "lower" methods (Lanczos) give the lower
 bound; then, only where the bracket upper / lower is still above `NormContext.refine_above` (1.01), the
 "refine" methods (the crop-aware deflated bound: ResNet-18's layer4 convs on 7x7 maps) run and the
-smallest upper bound is kept. A refine method that predicts from the layer alone that the cheap bounds
-will miss the target (`NormMethod.auto_first`) runs first instead, and the upper methods it supersedes
-are not run (the torus bound on those 7x7 maps: it would be computed only to be discarded). A method
+smallest upper bound is kept; where it is between `NormContext.tighten_above` (1.001) and that, the refine
+methods with a light budget (`AutoRole.light`; the deflated bound with few vectors: ResNet-18's layer2-3
+3x3 convs and layer4.0.conv1) run at that budget. A refine method that predicts from the layer alone that
+the cheap bounds will miss the target (`NormMethod.auto_first`) runs first instead, at the budget of the
+tier it predicts, and the upper methods it supersedes are not run (the torus bound on those layers: it
+would be computed only to be discarded). A method
 that would need more memory than the limit is skipped with a note (never an OOM crash).
 This module names no method: adding one is one file in speccert/norms/methods/.
 """
@@ -18,9 +21,9 @@ This module names no method: adding one is one file in speccert/norms/methods/.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
@@ -28,9 +31,11 @@ from speccert.errors import UnsupportedModelError
 from speccert.ir import Graph, fold_linear
 from speccert.limits import check_norm_method, plan_budget
 from speccert.norms.layer import LinearLayer, linear_part
+from speccert.norms.layer_norm import LayerNorm as LayerNorm  # its home before it had a file of its own
 from speccert.norms.method import (
     EXACT_MAX_DIM,
     REFINE_ABOVE,
+    TIGHTEN_ABOVE,
     NormContext,
     NormMethod,
     Stage,
@@ -42,73 +47,6 @@ from speccert.norms.result import Estimate, LowerBound, NormResult, UpperBound
 AUTO = "auto"
 
 Progress = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class LayerNorm:
-    """The bracket for one linear node: `lower.value <= ||A||_2 <= upper.value` (A its linear part).
-
-    `upper` is always a proven bound; `lower` is proven when present; `estimate` is a heuristic
-    (e.g. Miyato's), never a bound. `others` holds every result computed, keyed "method/kind";
-    `notes` says why a method was skipped or fell back.
-    """
-
-    name: str
-    op: str
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    upper: UpperBound
-    lower: LowerBound | None = None
-    others: dict[str, NormResult] = field(default_factory=dict)
-    seconds: float = 0.0
-    estimate: Estimate | None = None
-    notes: tuple[str, ...] = ()
-
-    @property
-    def method(self) -> str:
-        return self.upper.method
-
-    @property
-    def kind(self) -> str:
-        return self.upper.kind
-
-    @property
-    def iterations(self) -> int:
-        return max(self.upper.iterations, self.lower.iterations if self.lower else 0)
-
-    @property
-    def gap(self) -> float | None:
-        """upper / lower - 1 (None without a positive lower bound)."""
-        if self.lower is None or self.lower.value <= 0:
-            return None
-        return self.upper.value / self.lower.value - 1.0
-
-    def to_dict(self) -> dict[str, object]:
-        def res(r: NormResult | None) -> dict[str, object] | None:
-            if r is None:
-                return None
-            return {
-                "value": r.value,
-                "kind": r.kind,
-                "method": r.method,
-                "iterations": r.iterations,
-                "seconds": r.seconds,
-                "note": r.note,
-            }
-
-        return {
-            "name": self.name,
-            "op": self.op,
-            "in_shape": list(self.in_shape),
-            "out_shape": list(self.out_shape),
-            "upper": res(self.upper),
-            "lower": res(self.lower),
-            "estimate": res(self.estimate),
-            "gap": self.gap,
-            "seconds": self.seconds,
-            "notes": list(self.notes),
-            "others": {k: res(v) for k, v in self.others.items()},
-        }
 
 
 def linear_layers(graph: Graph) -> list[LinearLayer]:
@@ -160,35 +98,54 @@ def _has_upper(results: list[NormResult]) -> bool:
 
 
 def _auto(layer: LinearLayer, ctx: NormContext, notes: list[str]) -> list[NormResult]:
-    results, decided = _upper_stages(layer, ctx, notes)
+    ran: dict[str, bool] = {}
+    results, decided = _upper_stages(layer, ctx, notes, ran)
     if decided:
         has_lower = any(isinstance(r, LowerBound) for r in results)
         return results if has_lower else results + _lower(layer, ctx, notes, results)
     results += _lower(layer, ctx, notes, results)
-    return results + _refine(layer, ctx, notes, results)
+    return results + _refine(layer, ctx, notes, results, ran)
+
+
+def _light(ctx: NormContext) -> NormContext | None:
+    """The context of the light refine tier (brackets between tighten_above and refine_above), or None
+    when that tier is empty or the refine stage is off (refine_above inf)."""
+    if math.isinf(ctx.refine_above) or ctx.tighten_above >= ctx.refine_above:
+        return None
+    return dataclasses.replace(ctx, refine_above=ctx.tighten_above, refine_light=True)
 
 
 def _upper_stages(
-    layer: LinearLayer, ctx: NormContext, notes: list[str], first: bool = True
+    layer: LinearLayer, ctx: NormContext, notes: list[str], ran: dict[str, bool] | None = None
 ) -> tuple[list[NormResult], bool]:
     """(results, whether a decisive method gave the upper bound): the decisive stage, else the refine
-    methods expected to be needed on this layer (`auto_first`; skipped with `first=False`), then the
-    "upper" methods none of them supersedes, the "last_resort" ones when no upper bound is known."""
+    methods expected to be needed on this layer (`auto_first`, at the full budget or else the light one;
+    recorded in `ran` as name -> light; none with `ran=None`), then the "upper" methods none of them
+    supersedes, the "last_resort" ones when no upper bound is known."""
     for method in _staged("decisive"):
         got = _run(method, layer, ctx, notes, quiet_caps=True)
         if _has_upper(got):
             return got, True
     results: list[NormResult] = []
     superseded: set[str] = set()
+    light = _light(ctx)
     # A refine method that predicts the cheap bounds will miss the target runs now, in their place (the
     # upper bounds it supersedes would be computed only to be discarded); a wrong prediction costs time
     # only: its bound is proven either way.
-    for method in _staged("refine") if first else []:
+    for method in _staged("refine"):
+        if ran is None:
+            break
         if method.auto_first(layer, ctx):
-            got = _run(method, layer, ctx, notes)
-            if _has_upper(got):
-                superseded.update((method.name, *method.auto.supersedes))
-            results += got
+            mctx = ctx
+        elif light is not None and method.auto.light and method.auto_first(layer, light):
+            mctx = light
+        else:
+            continue
+        got = _run(method, layer, mctx, notes)
+        ran[method.name] = mctx.refine_light
+        if _has_upper(got):
+            superseded.update((method.name, *method.auto.supersedes))
+        results += got
     for method in sorted(_staged("upper"), key=lambda m: (m.auto_order(layer), m.name)):
         if method.name in superseded or method.auto_skip(layer, results):
             continue
@@ -206,26 +163,32 @@ def unrefined_upper(layer: LinearLayer, ctx: NormContext) -> list[NormResult]:
     """The upper bounds `auto` would compute on this layer without its refine stage (no refine method
     run first either): what the refine stage gains, for benchmarks."""
     with exact_float_math():
-        return [r for r in _upper_stages(layer, ctx, [], first=False)[0] if isinstance(r, UpperBound)]
+        return [r for r in _upper_stages(layer, ctx, [])[0] if isinstance(r, UpperBound)]
 
 
 def _refine(
-    layer: LinearLayer, ctx: NormContext, notes: list[str], results: list[NormResult]
+    layer: LinearLayer, ctx: NormContext, notes: list[str], results: list[NormResult], ran: dict[str, bool]
 ) -> list[NormResult]:
     """The "refine" stage on a layer whose bracket is wider than `ctx.refine_above` (the budget goes
-    only where the cheap bounds miss the target), in order, until the bracket is within it; a method
-    that already ran (first, `auto_first`) is not run again."""
+    only where the cheap bounds miss the target), in order, until the bracket is within it; on a bracket
+    between `ctx.tighten_above` and that, the methods with a light budget (`AutoRole.light`) at that
+    budget, until it is within tighten_above. A method that already ran first (`auto_first`; `ran`) is
+    not run again, unless it ran at the light budget and the bracket is still above refine_above."""
     up, lo = _best(results, UpperBound, min), _best(results, LowerBound, max)
     if up is None or lo is None or lo.value <= 0:
         return []
-    ran = {r.method for r in results}
     best, got = up.value, []
+    light = _light(ctx)
     for method in _staged("refine"):
-        if best <= ctx.refine_above * lo.value:
-            break
-        if method.name in ran:
+        if best > ctx.refine_above * lo.value:
+            mctx, again = ctx, ran.get(method.name, True)  # a light run first may be followed by a full one
+        elif light is not None and best > light.refine_above * lo.value and method.auto.light:
+            mctx, again = light, method.name not in ran
+        else:
             continue
-        found = _run(method, layer, ctx, notes)
+        if not again:
+            continue
+        found = _run(method, layer, mctx, notes)
         best = min([best, *(r.value for r in found if isinstance(r, UpperBound))])
         got += found
     return got
@@ -270,12 +233,14 @@ def auto_summary() -> str:
         for m in _staged("upper")
         if m.auto.supersedes
     )
+    light = ", ".join(f"`{m.name}`" for m in _staged("refine") if m.auto.light) or "none"
     return (
         f"first of {names('decisive')} that gives an upper bound; else the minimum of {names('upper')} "
         f"where they apply (skipping a method superseded by one that gave a bound: {supersede}), "
         f"{names('last_resort')} when none does; lower bound: {names('lower')}; then {names('refine')} "
-        f"where upper / lower is still above {REFINE_ABOVE} (run first instead, in place of the upper bounds "
-        f"it supersedes, where the layer's geometry predicts that)"
+        f"where upper / lower is still above {REFINE_ABOVE}, {light} with a light budget where it is between "
+        f"{TIGHTEN_ABOVE} and that (each run first instead, in place of the upper bounds it supersedes, "
+        f"where the layer's geometry predicts that)"
     )
 
 
@@ -342,6 +307,7 @@ def layer_norms(
     exact_max_dim: int = EXACT_MAX_DIM,
     progress: Progress | None = None,
     refine_above: float = REFINE_ABOVE,
+    tighten_above: float = TIGHTEN_ABOVE,
 ) -> list[LayerNorm]:
     """One `LayerNorm` per linear node of `fold_linear(graph)`, named as in the folded graph.
 
@@ -352,7 +318,8 @@ def layer_norms(
     `exact_max_dim` > 2048 lets `exact` certify zero-padded convs whose smaller Gram side is up to that
     (one n^3 Cholesky factorisation in ~16 n^2 bytes: ResNet-18's 7x7 maps, n = 25088, take ~70 s each on
     a CPU), which removes the torus bound's excess on small feature maps. `refine_above`: auto's "refine"
-    methods run on the layers whose upper / lower is above it (math.inf: never).
+    methods run on the layers whose upper / lower is above it (math.inf: never, the light tier neither);
+    `tighten_above`: those with a light budget on the layers between it and refine_above (math.inf: never).
     """
     check_norm_method(method, "method")  # the CLI's and the gate policy's check, the same words
     graph.check_finite()
@@ -366,6 +333,7 @@ def layer_norms(
         max_iter=max_iter,
         exact_max_dim=exact_max_dim,
         refine_above=refine_above,
+        tighten_above=tighten_above,
     )
     layers = linear_layers(graph)
     out = []

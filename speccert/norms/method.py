@@ -32,6 +32,9 @@ from speccert.norms.layer import LinearLayer
 from speccert.norms.result import NormResult
 from speccert.registry import Registry
 
+TIGHTEN_ABOVE = (
+    1.001  # `auto`'s light refine tier: brackets between this and refine_above (issue 18's median)
+)
 EXACT_MAX_DIM = 2048  # `exact`'s explicit route: the smaller side of the matrix, at most (n^3 work)
 METHODS_PACKAGE = "speccert.norms.methods"
 
@@ -55,6 +58,10 @@ class NormContext:
     )
     # `auto` runs its "refine" methods on a layer whose upper / proven lower bound is above this (inf: never)
     refine_above: float = REFINE_ABOVE
+    # and those with a light budget (`AutoRole.light`) on a layer whose bracket is between this and
+    # refine_above (inf, or refine_above inf: never); `refine_light` tells such a method that it runs so
+    tighten_above: float = TIGHTEN_ABOVE
+    refine_light: bool = False
     # Told what a long computation on one layer is doing now ("lanczos 32/128", "Cholesky 25088x25088"),
     # for progress displays; never changes a result.
     note: Callable[[str], None] | None = None
@@ -88,6 +95,8 @@ class AutoRole:
     none of them gave one; "lower" methods give the lower bound; "refine" methods (tighter, slower) run
     last, only on a layer whose bracket upper / lower is still above `NormContext.refine_above`, and
     their upper bound joins the minimum. None: auto never runs it.
+    light: a "refine" method that also has a cheap budget (it reads `NormContext.refine_light`), which
+    auto spends on a layer whose bracket is between `NormContext.tighten_above` and `refine_above`.
     supersedes: methods this one makes redundant once it has given an upper bound on a layer (they are
     not run after it). fallback: position among the upper bounds tried, in order, when the method a user
     asked for gives none (None: never used as a fallback).
@@ -97,6 +106,7 @@ class AutoRole:
     order: int = 0
     supersedes: tuple[str, ...] = ()
     fallback: int | None = None
+    light: bool = False
 
 
 class NormMethod:
@@ -132,7 +142,8 @@ class NormMethod:
     def auto_first(self, layer: LinearLayer, ctx: NormContext) -> bool:
         """For a "refine" method: whether the cheaper bounds are expected to miss `ctx.refine_above` on
         this layer, so that auto runs it first, in place of the "upper" methods it supersedes (default:
-        never). Only time depends on it: a wrong guess computes a proven bound all the same."""
+        never; for the light tier auto asks with refine_above = tighten_above and refine_light set). Only
+        time depends on it: a wrong guess computes a proven bound all the same."""
         return False
 
     def auto_skip(self, layer: LinearLayer, earlier: Sequence[NormResult]) -> bool:

@@ -62,8 +62,10 @@ def power_estimates(h: Tensor, iters: int = 8) -> Tensor:
     return est * (1.0 - (h.shape[-1] + 4) * 2.0**-23) if h.dtype == low else est
 
 
-def _passes(h: Tensor, t: float) -> Tensor:
-    """Boolean per block: Cholesky of t I - h ran to completion with finite entries."""
+def passes(h: Tensor, t: float) -> Tensor:
+    """Boolean per block: Cholesky of t I - h ran to completion with finite entries (with `bound_after_cholesky`
+    a proof that lambda_max(h[i]) <= t for the blocks that pass; alone, a cheap screen: a block that passes
+    has no eigenvalue above t, up to the factorisation's rounding)."""
     if per_block_lapack(h) and h.dtype in (torch.float64, torch.complex128) and h.numel():
         return _passes_lapack(h, t)
     s = -h
@@ -83,7 +85,7 @@ def per_block_lapack(h: Tensor) -> bool:
 
 
 def _passes_lapack(h: Tensor, t: float) -> Tensor:
-    """`_passes` on the CPU by LAPACK's potrf block by block (the same factorisation torch calls, on the
+    """`passes` on the CPU by LAPACK's potrf block by block (the same factorisation torch calls, on the
     lower triangle): each block negated and shifted in a cache-sized copy, no batched negation, zeroing of
     the upper triangle or output copies (2.5-3.5x faster on ResNet-18's torus blocks at one thread;
     `per_block_lapack` says when it is used). The upper
@@ -138,21 +140,29 @@ def top_eigenvector(h: Tensor, t: float, steps: int = 3) -> Tensor:
     return x[:, 0]
 
 
-def max_eigenvalue(h: Tensor, h_err: float, floor: float = 0.0, rel: float = 1e-10) -> tuple[float, int]:
+def max_eigenvalue(
+    h: Tensor, h_err: float, floor: float = 0.0, rel: float = 1e-10, steer: bool = True
+) -> tuple[float, int]:
     """(proven upper bound on max_i lambda_max(H_i), index of the block estimated largest).
 
     `h` holds computed Gram matrices fl(H_i) (only their lower triangles are read by the factorisations
     and eigenvalue solves; the Hermitian completion is the matrix the proof is about) and `h_err` bounds
     ||fl(H_i) - H_i||_2 for every i. `floor` (an eigenvalue) is known to be below the answer.
+    `steer=False`: the caller expects every block to pass at floor (1 + rel) (the deflated blocks of
+    speccert.norms.deflation): no power-iteration estimates of every block first, only of those that fail
+    (the index returned is then 0 unless one failed).
     """
     n = h.shape[-1]
-    est = power_estimates(h)
-    top = int(torch.argmax(est))
     t = max(floor, 1e-300) * (1.0 + rel)  # t > 0: a zero block passes
     todo = torch.arange(h.shape[0], device=h.device)
-    pick = torch.topk(est, min(2, est.numel())).indices
-    if floor > 0 and float(est.max()) <= floor:
-        pick = pick[:0]  # likely every block passes below what is already known: try that first
+    if steer:
+        est = power_estimates(h)
+        top = int(torch.argmax(est))
+        pick = torch.topk(est, min(2, est.numel())).indices
+        if floor > 0 and float(est.max()) <= floor:
+            pick = pick[:0]  # likely every block passes below what is already known: try that first
+    else:
+        top, pick = 0, todo[:0]
     for attempt in range(60):
         if pick.numel():
             # An accurate solve of the (estimated) largest blocks still open lifts t above them.
@@ -160,7 +170,7 @@ def max_eigenvalue(h: Tensor, h_err: float, floor: float = 0.0, rel: float = 1e-
             if float(lam.max()) * (1.0 + rel) > t:
                 top = int(pick[torch.argmax(lam)])
             t = max(t * (1.0 + rel * 2.0**attempt), float(lam.max()) * (1.0 + rel))
-        ok = _passes(h if todo.numel() == h.shape[0] else h[todo], t)
+        ok = passes(h if todo.numel() == h.shape[0] else h[todo], t)
         todo = todo[~ok]
         if todo.numel() == 0:
             break
@@ -181,7 +191,7 @@ def bound_after_cholesky(t: float, n: int, h_err: float) -> float:
 def passes_in_place(h: Tensor, t: float) -> bool:
     """Cholesky of t I - h (real symmetric, one matrix) ran to completion with finite entries.
 
-    Destroys h: the shift is written into it (same roundings as `_passes`), so a 25088 x 25088 matrix
+    Destroys h: the shift is written into it (same roundings as `passes`), so a 25088 x 25088 matrix
     needs 10 GB (h and the factor), not 15. (SciPy's in-place dpotrf crashed at that size.)
     """
     h.neg_()

@@ -338,23 +338,37 @@ def candidate_plans(g: ConvGeometry, extra: int = 2) -> list[tuple[AxisPlan, Axi
     ]
 
 
+BUDGET_BLOCKS = 2_000_000  # `cheap_plans`: frequency-block entries (c_out x c_in x slots each) over all tori
+
+
+def cheap_plans(
+    g2: ConvGeometry, extra: int = 2, budget_blocks: int = BUDGET_BLOCKS
+) -> list[tuple[AxisPlan, AxisPlan]]:
+    """The smallest admissible torus, then up to `extra` larger ones while their half spectra's block
+    entries stay within `budget_blocks` in all (`fft_bound` and the deflated bound take the min over them)."""
+    co, ci = g2.weight.shape[0] // g2.groups, g2.weight.shape[1]
+    chosen: list[tuple[AxisPlan, AxisPlan]] = []
+    spent = 0
+    for plans in candidate_plans(g2, extra):
+        size = plans[0].M * (plans[1].M // 2 + 1) * g2.groups * co * ci * plans[0].s * plans[1].s
+        if chosen and spent + size > budget_blocks:
+            break
+        spent += size
+        chosen.append(plans)
+    return chosen
+
+
 def fft_bound(
     g: ConvGeometry,
     device: torch.device,
     extra: int = 2,
-    budget_blocks: int = 2_000_000,
+    budget_blocks: int = BUDGET_BLOCKS,
     block_bound: BlockBound | None = None,
 ) -> TorusBound:
     """The min over a few admissible tori of the torus bound (extra tori only while they are cheap)."""
     g2 = g.as_2d()
     best: TorusBound | None = None
-    spent = 0
-    for plans in candidate_plans(g2, extra):
-        co, ci = g2.weight.shape[0] // g2.groups, g2.weight.shape[1]
-        size = plans[0].M * (plans[1].M // 2 + 1) * g2.groups * co * ci * plans[0].s * plans[1].s
-        if best is not None and spent + size > budget_blocks:
-            break
-        spent += size
+    for plans in cheap_plans(g2, extra, budget_blocks):
         tb = torus_bound(g2, plans, device, block_bound=block_bound)
         if best is None or tb.value < best.value:
             best = tb
