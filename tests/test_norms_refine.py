@@ -191,3 +191,21 @@ def test_norms_cli_refine_above(tmp_path) -> None:  # noqa: ANN001
         assert a[n]["lower"]["value"] <= a[n]["upper"]["value"] < b[n]["upper"]["value"]
     for bad in ("0.5", "nan"):
         assert main(["norms", "does-not-exist.onnx", "--refine-above", bad]) == 2
+
+
+def test_a_method_run_twice_on_a_layer_keeps_its_better_value_and_both_times() -> None:
+    """The light refine budget then the full one: the layer's per-method entry must say what both cost
+    (the bench adds these seconds up) and keep the better proven value."""
+    from speccert.norms.auto import by_method
+    from speccert.norms.result import LowerBound, UpperBound
+
+    got = by_method(
+        [
+            UpperBound(1.02, "deflated", seconds=1.0),
+            LowerBound(0.99, "lanczos", seconds=0.5),
+            UpperBound(1.005, "deflated", seconds=3.0),
+            LowerBound(0.98, "lanczos", seconds=0.25),
+        ]
+    )
+    assert got["deflated/upper"].value == 1.005 and got["deflated/upper"].seconds == 4.0
+    assert got["lanczos/lower"].value == 0.99 and got["lanczos/lower"].seconds == 0.75
