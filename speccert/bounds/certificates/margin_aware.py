@@ -20,6 +20,7 @@ import torch
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
 from speccert.bounds.linear_tail import TailRows, tail_rows
+from speccert.bounds.row_distances import distances
 from speccert.norms.rounding import gamma
 
 Tensor = torch.Tensor
@@ -30,8 +31,8 @@ def pair_norms(tail: TailRows) -> Tensor:
     rows, n = tail.rows, tail.rows.shape[1]
     g_n = gamma(n + 4)
     g_k = gamma(tail.inner)
-    abs_norms = tail.abs_rows.norm(dim=1) * (1.0 + g_n) * (1.0 + g_k)
-    diff = torch.stack([(rows[i] - rows).norm(dim=1) for i in range(rows.shape[0])])
+    abs_norms = tail.abs_norms * (1.0 + g_n) * (1.0 + g_k)
+    diff = distances(rows)  # chunked: bounded memory (speccert.bounds.row_distances)
     err = g_k * (abs_norms[:, None] + abs_norms[None, :])
     out: Tensor = (diff * (1.0 + g_n) + err) * (1.0 + 4.0 * gamma(4))
     return out

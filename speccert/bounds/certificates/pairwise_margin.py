@@ -20,7 +20,8 @@ import torch
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, NotApplicable, register_certificate
 from speccert.bounds.certificates.margin_aware import pair_norms
-from speccert.bounds.linear_tail import TailRows, absolute_op
+from speccert.bounds.linear_tail import TailRows, chain_rows
+from speccert.bounds.row_distances import squared_distances
 from speccert.ir import Conv, Graph, Linear, Node, Reshape
 from speccert.norms.rounding import gamma
 
@@ -35,17 +36,6 @@ def final_linear(graph: Graph) -> tuple[Tensor, str]:
     if not isinstance(out.op, Linear) or len(out.shape) != 1:
         raise NotApplicable("the logits are not produced by a final Linear layer")
     return out.op.weight.detach().to(torch.float64), out.inputs[0]
-
-
-def _head_rows(nodes: list[Node], shape: tuple[int, ...], n_out: int, absolute: bool) -> Tensor:
-    u = torch.zeros((n_out, *shape), dtype=torch.float64, requires_grad=True)
-    with torch.enable_grad():
-        h = u
-        for node in nodes:
-            op = absolute_op(node.op, h.dim() - 1) if absolute else node.op
-            h = op.forward(h)
-        (g,) = torch.autograd.grad(h.reshape(n_out, -1), u, torch.eye(n_out, dtype=torch.float64))
-    return g.reshape(n_out, -1).detach()
 
 
 def final_conv_rows(graph: Graph) -> TailRows:
@@ -63,15 +53,15 @@ def final_conv_rows(graph: Graph) -> TailRows:
     if n_out * math.prod(shape) > MAX_HEAD_ENTRIES:
         raise NotApplicable(f"the conv head's {n_out} rows over {math.prod(shape)} inputs are too large")
     chain = [conv, *reshapes]
-    rows = _head_rows(chain, shape, n_out, absolute=False)
-    abs_rows = _head_rows(chain, shape, n_out, absolute=True)
-    return TailRows(u, rows, abs_rows, int(conv.op.weight.numel()) + 4, tuple(chain))
+    rows = chain_rows(chain, shape, n_out, absolute=False)
+    abs_norms = chain_rows(chain, shape, n_out, absolute=True).norm(dim=1)
+    return TailRows(u, rows, abs_norms, int(conv.op.weight.numel()) + 4, tuple(chain))
 
 
 def row_difference_norms(w: Tensor) -> Tensor:
     """D[y, j] >= ||W_y - W_j||_2 in float64, rounded up (relative error of an n-term sum of squares)."""
     w = w.to(torch.float64)
-    d = torch.stack([(w[i] - w).square().sum(-1).sqrt() for i in range(w.shape[0])])
+    d = squared_distances(w).sqrt_()  # chunked: bounded memory (speccert.bounds.row_distances)
     return d * (1.0 + 4.0 * gamma(w.shape[1] + 4))
 
 

@@ -34,6 +34,7 @@ from speccert.bounds.certificate import (
 from speccert.bounds.certificates.pairwise_margin import final_linear, row_difference_norms
 from speccert.bounds.crc import refine
 from speccert.bounds.float_error import ErrorModel
+from speccert.bounds.row_distances import max_abs_differences
 from speccert.ir import INPUT, Activation, Graph, Reshape
 from speccert.ir.activations import activation_curvature, activation_lipschitz
 from speccert.norms.rounding import gamma
@@ -77,7 +78,7 @@ def curvature_matrix(ctx: CertContext) -> Tensor:
     s_sigma = activation_lipschitz(node.op.fn, node.op.alpha)
     assert k_sigma is not None
     p = node.inputs[0]
-    dinf = torch.stack([(w[i] - w).abs().amax(-1) for i in range(w.shape[0])])
+    dinf = max_abs_differences(w)
     return (k_sigma * dinf * bound.node_upper[p] ** 2 + s_sigma * d2 * curv[p]) * up
 
 
