@@ -1,0 +1,236 @@
+"""The random classifiers of the soundness fuzzer (speccert.devtools.fuzz): a small grammar drawn from
+one seed, so a seed names one network exactly.
+
+Base network (first random stream): an optional input normalisation, 1-3 blocks (Conv with random
+kernel / stride / padding / dilation / groups and optional BatchNorm with random statistics, a residual
+addition, a channel concatenation, max or average pooling), one activation kind for the whole network
+(smooth ones, ReLU, leaky ReLU, MaxMin where the channel count is even), a Linear head. Variations
+(second stream, so each seed's base network stays fixed when they change): zero padding or a global
+average pool before the head, a channels-last input, a Softmax output, the .pt2 route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+ACTS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.1),
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+    "gelu": nn.GELU,
+}
+
+
+@dataclass
+class Drawn:
+    """A drawn network (as written to the file), its logits (the same without a final Softmax), its
+    input shape, a description of its layers and how it is written ("onnx" or "pt2")."""
+
+    model: nn.Module
+    input_shape: tuple[int, int, int]
+    layers: list[str]
+    logits: nn.Module
+    route: str = "onnx"
+
+
+class _NHWC(nn.Module):
+    """A channels-last input transposed inside the graph (as TensorFlow exports do)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+class _MaxMin(nn.Module):
+    """MaxMin over axis 1: channel i paired with i + C/2, (max, min) written back (GroupSort 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[0], x.shape[1]
+        pairs = x.reshape(n, 2, c // 2, *x.shape[2:])
+        out: torch.Tensor = pairs.sort(dim=1, descending=True).values.reshape(x.shape)
+        return out
+
+
+def _act(name: str, channels: int) -> nn.Module:
+    """The drawn activation; MaxMin needs an even channel count (ReLU in its place otherwise)."""
+    if name == "maxmin":
+        return _MaxMin() if channels % 2 == 0 else nn.ReLU()
+    return ACTS[name]()
+
+
+def _act_name(name: str, channels: int) -> str:
+    return "relu" if name == "maxmin" and channels % 2 else name
+
+
+class _Residual(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = x + self.body(x)
+        return out
+
+
+class _Concat(nn.Module):
+    def __init__(self, a: nn.Module, b: nn.Module) -> None:
+        super().__init__()
+        self.a, self.b = a, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.a(x), self.b(x)], dim=1)
+
+
+class _Normalize(nn.Module):
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _bn(c: int, rng: np.random.Generator) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(c)
+    assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats (default)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.from_numpy(rng.normal(0, 0.5, c)))
+        bn.running_var.copy_(torch.from_numpy(rng.uniform(0.05, 2.0, c)))
+        bn.weight.copy_(torch.from_numpy(rng.normal(1, 0.5, c)))
+        bn.bias.copy_(torch.from_numpy(rng.normal(0, 0.3, c)))
+    return bn
+
+
+def draw(seed: int) -> Drawn:
+    """The network of `seed` (deterministic), in eval mode, float32 like a user's file."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    c = int(rng.choice([1, 2, 3]))
+    hw = int(rng.choice([6, 7, 8, 9]))
+    shape = (c, hw, hw)
+    layers: list[nn.Module] = []
+    text: list[str] = []
+    if rng.random() < 0.5:
+        mean = torch.from_numpy(rng.uniform(0.2, 0.6, (c, 1, 1))).float()
+        std = torch.from_numpy(rng.uniform(0.15, 0.4, (c, 1, 1))).float()
+        layers.append(_Normalize(mean, std))
+        text.append("normalize")
+    act = str(rng.choice([*ACTS, "maxmin"]))
+    for _ in range(int(rng.integers(1, 4))):
+        kind = str(rng.choice(["conv", "conv", "residual", "concat", "pool"]))
+        if kind == "pool" and hw >= 4:
+            k = int(rng.choice([2, 3]))
+            s = int(rng.choice([1, 2]))
+            p = int(rng.integers(0, k // 2 + 1))
+            if rng.random() < 0.5:
+                layers.append(nn.MaxPool2d(k, s, p))
+                text.append(f"maxpool k{k} s{s} p{p}")
+            else:
+                layers.append(nn.AvgPool2d(k, s, p))
+                text.append(f"avgpool k{k} s{s} p{p}")
+            hw = (hw + 2 * p - k) // s + 1
+            continue
+        if kind == "residual":
+            k = int(rng.choice([1, 3]))
+            body = nn.Sequential(
+                nn.Conv2d(c, c, k, padding=k // 2), _act(act, c), nn.Conv2d(c, c, k, padding=k // 2)
+            )
+            layers.append(_Residual(body))
+            text.append(f"residual(conv{k} {c}->{c}, {_act_name(act, c)}, conv{k})")
+            continue
+        if kind == "concat":
+            c1, c2 = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+            layers += [_Concat(nn.Conv2d(c, c1, 3, padding=1), nn.Conv2d(c, c2, 1)), _act(act, c1 + c2)]
+            text.append(f"concat(conv3 {c}->{c1}, conv1 {c}->{c2}), {_act_name(act, c1 + c2)}")
+            c = c1 + c2
+            continue
+        k = int(rng.choice([1, 2, 3]))
+        s = int(rng.choice([1, 1, 2]))
+        d = int(rng.choice([1, 1, 2]))
+        p = int(rng.integers(0, 3))
+        if hw + 2 * p - d * (k - 1) < 1:
+            p = d * (k - 1)
+        cout = int(rng.choice([2, 3, 4, 6]))
+        groups = c if (c > 1 and cout % c == 0 and rng.random() < 0.4) else 1
+        layers.append(nn.Conv2d(c, cout, k, stride=s, padding=p, dilation=d, groups=groups))
+        desc = f"conv k{k} s{s} p{p} d{d} g{groups} {c}->{cout}"
+        if rng.random() < 0.4:
+            layers.append(_bn(cout, rng))
+            desc += " bn"
+        layers.append(_act(act, cout))
+        text.append(f"{desc}, {_act_name(act, cout)}")
+        c = cout
+        hw = (hw + 2 * p - d * (k - 1) - 1) // s + 1
+    hidden = int(rng.choice([5, 8, 12]))
+    classes = int(rng.choice([3, 4]))
+    layers += [nn.Flatten(), nn.Linear(c * hw * hw, hidden), _act(act, hidden), nn.Linear(hidden, classes)]
+    text.append(
+        f"flatten, linear {c * hw * hw}->{hidden}, {_act_name(act, hidden)}, linear {hidden}->{classes}"
+    )
+    model = nn.Sequential(*layers).eval()
+    with torch.no_grad():  # weights of a trained net's size, not init's: margins of a few units
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                m.weight.mul_(float(rng.uniform(1.0, 2.5)))
+    return _extras(Drawn(model, shape, text, model), seed)
+
+
+def _extras(d: Drawn, seed: int) -> Drawn:
+    """Variations drawn from a second stream (so each seed's base network stays what it was): zero
+    padding or a global average pool before the head, a channels-last input, a Softmax output, and the
+    .pt2 route (torch.export) instead of ONNX."""
+    rng = np.random.default_rng([seed, 1])
+    layers = list(d.model.children())
+    head = next(i for i, m in enumerate(layers) if isinstance(m, nn.Flatten))
+    pre: nn.Module | None = None
+    shape = d.input_shape
+    c, hw = _shape_before(layers[:head], shape)
+    if rng.random() < 0.25:
+        p = int(rng.choice([1, 2]))
+        pre, text = nn.ZeroPad2d(p), f"zeropad {p}"
+        hw += 2 * p
+    elif rng.random() < 0.3:
+        pre, text = nn.AdaptiveAvgPool2d(1), "global avgpool"
+        hw = 1
+    if pre is not None:
+        lin = layers[head + 1]
+        assert isinstance(lin, nn.Linear)
+        new = nn.Linear(c * hw * hw, lin.out_features)
+        with torch.no_grad():
+            new.weight.mul_(float(rng.uniform(1.0, 2.5)))
+        layers = [*layers[:head], pre, layers[head], new, *layers[head + 2 :]]
+        d.layers[-1] = d.layers[-1].replace(f"linear {lin.in_features}->", f"linear {new.in_features}->", 1)
+        d.layers.insert(len(d.layers) - 1, text)
+    if rng.random() < 0.2:
+        layers.insert(0, _NHWC())
+        shape = (shape[1], shape[2], shape[0])
+        d.layers.insert(0, "nhwc input")
+    logits = nn.Sequential(*layers).eval()
+    model = logits
+    if rng.random() < 0.2:
+        model = nn.Sequential(*layers, nn.Softmax(dim=1)).eval()
+        d.layers.append("softmax")
+    route = "pt2" if rng.random() < 0.3 else "onnx"
+    d.layers.append(f"as {route}")
+    return Drawn(model, shape, d.layers, logits, route)
+
+
+def _shape_before(layers: list[nn.Module], shape: tuple[int, int, int]) -> tuple[int, int]:
+    """Channels and (square) side of the activations after `layers` on an input of `shape`."""
+    with torch.no_grad():
+        out = nn.Sequential(*layers).eval()(torch.zeros(1, *shape))
+    return int(out.shape[1]), int(out.shape[2])
+
+
+__all__ = ["ACTS", "Drawn", "draw"]
