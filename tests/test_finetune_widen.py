@@ -6,6 +6,7 @@ graphs it cannot widen keeping the function, a state_dict output and bad factors
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -19,6 +20,7 @@ from speccert.exporters.onnx_export import save_onnx
 from speccert.importers.torch_import import from_module
 from speccert.ir.ops import Conv, Linear
 from speccert.training.finetune import finetune
+from speccert.training.records import FinetuneResult
 from speccert.training.run_setup import load_graph
 from speccert.training.targets import Measurement
 from speccert.training.toy import separable_data, toy_cnn, toy_mlp
@@ -94,21 +96,18 @@ def _never(graph: speccert.Graph) -> Measurement:
     return Measurement(0.0, {0.1: 0.0}, 1.0)
 
 
+def _widened(src: Path, out: Path, **kw: Any) -> FinetuneResult:
+    """One epoch of lmt on the toy data, widened (2 unless given), the stopping rule never met."""
+    opts: dict[str, Any] = dict(
+        targets=["cra@0.1>=0.9"], penalty="lmt", epochs=1, batch_size=10, evaluator=_never
+    )
+    return finetune(str(src), TRAIN, VAL, out=out, **(opts | {"widen": 2.0} | kw))
+
+
 def test_finetune_trains_the_new_units_and_writes_the_wider_file(tmp_path: Path) -> None:
     src = save_onnx(toy_cnn(bn=False, dtype=torch.float32), tmp_path / "in.onnx")
     out = tmp_path / "wide.onnx"
-    res = finetune(
-        str(src),
-        TRAIN,
-        VAL,
-        targets=["cra@0.1>=0.9"],
-        penalty="lmt",
-        epochs=1,
-        batch_size=10,
-        out=out,
-        evaluator=_never,
-        widen=2.0,
-    )
+    res = _widened(src, out)
     assert any("--widen 2" in n for n in res.notes)
     back = speccert.load(str(out))
     assert _widths(back) == [(1, 8), (8, 8), (128, 16), (16, 3)]
@@ -180,12 +179,11 @@ def test_cli_widen_writes_json_and_the_file_certifies_with_audit(tmp_path: Path)
 def test_resume_continues_a_widened_run_and_refuses_another_width(tmp_path: Path) -> None:
     src = save_onnx(toy_cnn(bn=False, dtype=torch.float32), tmp_path / "in.onnx")
     out = tmp_path / "o.onnx"
-    common: dict = dict(targets=["cra@0.1>=0.9"], penalty="lmt", batch_size=10, out=out, evaluator=_never)
-    finetune(str(src), TRAIN, VAL, epochs=1, widen=2.0, **common)
+    _widened(src, out)
     for other in (1.0, 3.0):
         with pytest.raises(UsageError, match="widen"):
-            finetune(str(src), TRAIN, VAL, epochs=2, resume=True, widen=other, **common)
-    res = finetune(str(src), TRAIN, VAL, epochs=2, resume=True, widen=2.0, **common)
+            _widened(src, out, epochs=2, resume=True, widen=other)
+    res = _widened(src, out, epochs=2, resume=True)
     assert [r.epoch for r in res.history] == [0, 1, 2]  # the same width continues the run
     assert _widths(speccert.load(str(out)))[0] == (1, 8)
 
@@ -195,17 +193,6 @@ def test_pt2_input_writes_a_wider_pt2_that_reads_back(tmp_path: Path) -> None:
 
     src = save_pt2(toy_cnn(bn=False, dtype=torch.float32), tmp_path / "in.pt2")
     out = tmp_path / "o.pt2"
-    finetune(
-        str(src),
-        TRAIN,
-        VAL,
-        targets=["cra@0.1>=0.9"],
-        penalty="lmt",
-        epochs=1,
-        batch_size=10,
-        out=out,
-        evaluator=_never,
-        widen=2.0,
-    )
+    _widened(src, out)
     back = speccert.load(str(out))
     assert _widths(back) == [(1, 8), (8, 8), (128, 16), (16, 3)]
