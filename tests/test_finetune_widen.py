@@ -196,3 +196,13 @@ def test_pt2_input_writes_a_wider_pt2_that_reads_back(tmp_path: Path) -> None:
     _widened(src, out)
     back = speccert.load(str(out))
     assert _widths(back) == [(1, 8), (8, 8), (128, 16), (16, 3)]
+
+
+def test_a_softmax_output_is_not_a_hidden_layer() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), nn.Softmax(dim=1)).double().eval()
+    g = from_module(net, (6,)).to("cpu", torch.float64)
+    w = widen(g, 2.0)
+    assert [(a, b) for _, a, b in w.widths] == [(8, 16)]
+    x = torch.rand(20, 6, dtype=torch.float64)
+    torch.testing.assert_close(w.graph.forward(x), g.forward(x), rtol=1e-12, atol=1e-12)

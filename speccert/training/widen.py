@@ -117,6 +117,8 @@ def _next_layer(graph: Graph, node: Node) -> tuple[Node | None, list[Node]]:
         nxt = readers[0]
         if isinstance(nxt.op, _LAYERS):
             return nxt, between
+        if not _feeds_a_layer(graph, nxt):  # e.g. a Softmax output: `node` is the last layer, not hidden
+            return None, between
         if not _passes(graph, nxt):
             raise UsageError(
                 f"--widen: node {nxt.name!r} ({nxt.op.describe()}) between {node.name!r} and the next layer "
@@ -124,6 +126,19 @@ def _next_layer(graph: Graph, node: Node) -> tuple[Node | None, list[Node]]:
             )
         between.append(nxt)
         cur = nxt
+
+
+def _feeds_a_layer(graph: Graph, node: Node) -> bool:
+    """Whether any Conv / Linear reads `node`'s output, directly or through other nodes."""
+    todo, seen = [node.name], set()
+    while todo:
+        for r in graph.consumers(todo.pop()):
+            if isinstance(r.op, _LAYERS):
+                return True
+            if r.name not in seen:
+                seen.add(r.name)
+                todo.append(r.name)
+    return False
 
 
 def _passes(graph: Graph, node: Node) -> bool:
