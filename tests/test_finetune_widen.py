@@ -206,3 +206,26 @@ def test_a_softmax_output_is_not_a_hidden_layer() -> None:
     assert [(a, b) for _, a, b in w.widths] == [(8, 16)]
     x = torch.rand(20, 6, dtype=torch.float64)
     torch.testing.assert_close(w.graph.forward(x), g.forward(x), rtol=1e-12, atol=1e-12)
+
+
+def test_pooling_between_layers_keeps_the_function() -> None:
+    """Max / average pooling and a global average pool act per channel: the new channels pool alone."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3),
+        nn.Tanh(),
+        nn.AvgPool2d(2, 1),
+        nn.Conv2d(6, 4, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+    g = from_module(net, (1, 10, 10)).to("cpu", torch.float64)
+    w = widen(g, 2.0)
+    assert [(a, b) for _, a, b in w.widths] == [(4, 8), (6, 12), (4, 8)]
+    x = torch.rand(20, 1, 10, 10, dtype=torch.float64)
+    torch.testing.assert_close(w.graph.forward(x), g.forward(x), rtol=1e-12, atol=1e-12)

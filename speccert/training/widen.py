@@ -13,7 +13,7 @@ The new incoming rows are drawn from a normal law with the old rows' root-mean-s
 `scale` (default 0.1): the layer's norm, and so the certificate of the start, stays close to the input's
 (the new rows add at most their own norm; the zero outgoing weights add nothing).
 
-Supported: chains of Conv / Linear separated by elementwise activations, max / average pooling,
+Supported: chains of Conv / Linear separated by elementwise activations, max / average / global pooling,
 channel-major Flatten (Reshape [C, H, W] -> [C*H*W]) and scalar Affine ops (as an input normalisation
 anywhere). A residual Add, a Concat, a BatchNorm or any other op between two widened layers is refused
 with its node named: widening them keeping the function needs rules per op that are not written.
@@ -30,12 +30,12 @@ import torch
 
 from speccert.errors import UsageError
 from speccert.ir.graph import Graph, Node
-from speccert.ir.linear_ops import Affine, AvgPool, Conv, Linear, Reshape
+from speccert.ir.linear_ops import Affine, AvgPool, Conv, GlobalAvgPool, Linear, Reshape
 from speccert.ir.nonlinear_ops import Activation, MaxPool
 from speccert.ir.op_base import Op
 
 # Ops that act on each channel on its own, shape-agnostic in the channel count.
-_CHANNELWISE = (Activation, MaxPool, AvgPool)
+_CHANNELWISE = (Activation, MaxPool, AvgPool, GlobalAvgPool)
 _LAYERS = (Conv, Linear)
 
 
