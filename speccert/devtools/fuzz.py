@@ -28,10 +28,14 @@ exact per-layer and per-rule tests in tests/ cover that side).
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import math
 import sys
+import tempfile
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,8 +46,6 @@ from speccert.devtools.fuzz_nets import Drawn, draw
 
 def _write(d: Drawn, folder: str) -> str:
     """The drawn network as a file a user would have: ONNX (torch's exporter) or .pt2 (torch.export)."""
-    from pathlib import Path
-
     if d.route == "pt2":
         path = Path(folder) / "m.pt2"
         x = torch.rand(2, *d.input_shape)
@@ -59,8 +61,6 @@ def _write(d: Drawn, folder: str) -> str:
 def _export(d: Drawn) -> bytes:
     buf = io.BytesIO()
     x = torch.rand(1, *d.input_shape)
-    import warnings
-
     with warnings.catch_warnings():  # the legacy exporter's deprecation notice: it is the one users have
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -76,11 +76,10 @@ def _export(d: Drawn) -> bytes:
     return buf.getvalue()
 
 
-def _jacobian_ascent(model: nn.Module, shape: tuple[int, ...], seed: int) -> tuple[float, torch.Tensor]:
-    """Over a random ascent on a float64 copy of the model: the largest exact ||J(x)||_2 (a lower bound on
+def _jacobian_ascent(m: nn.Module, shape: tuple[int, ...], seed: int) -> tuple[float, torch.Tensor]:
+    """Over a random ascent on `m` (the model in float64): the largest exact ||J(x)||_2 (a lower bound on
     L) and, per pair of classes (a, b), the largest ||grad (f_a - f_b)(x)|| (a lower bound on the
     Lipschitz constant of that margin, which any Lipschitz-based pairwise certificate must cover)."""
-    m = _float64(model)
     gen = torch.Generator().manual_seed(seed)
     best = 0.0
     pairs: torch.Tensor | None = None
@@ -97,8 +96,6 @@ def _jacobian_ascent(model: nn.Module, shape: tuple[int, ...], seed: int) -> tup
 
 
 def _float64(model: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).double().eval()
 
 
@@ -110,8 +107,6 @@ def check(seed: int, local: bool = False, points: int = 24) -> list[str]:
     from speccert.bounds import lipschitz_bound
 
     d = draw(seed)
-    import tempfile
-
     problems: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = _write(d, tmp)
@@ -130,11 +125,11 @@ def check(seed: int, local: bool = False, points: int = 24) -> list[str]:
                 f"import: the file's outputs and the graph's differ by {np.abs(want - got).max():.3g}"
             )
         upper = lipschitz_bound(g).upper
-        lower, pair_lower = _jacobian_ascent(d.logits, d.input_shape, seed)
+        m64 = _float64(d.logits)
+        lower, pair_lower = _jacobian_ascent(m64, d.input_shape, seed)
         if not lower <= upper:
             problems.append(f"L upper {upper:.6g} below a Jacobian norm {lower:.6g}")
         with torch.no_grad():
-            m64 = _float64(d.logits)
             xd = x.double()
             xe = xd + 0.05 * torch.randn(xd.shape, generator=gen, dtype=torch.float64)
             q = (m64(xd) - m64(xe)).norm(dim=1) / (xd - xe).flatten(1).norm(dim=1)

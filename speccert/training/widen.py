@@ -81,7 +81,7 @@ def widen(graph: Graph, factor: float, seed: int = 0, scale: float = 0.1) -> Wid
             ops[node.name] = _grow_rows(mine, new, gen, scale * _rms(node.op.weight))
         for b in between:
             if isinstance(b.op, Reshape):
-                ops[b.name] = _grow_flatten(b, graph.shape_of(b.inputs[0]), new)
+                ops[b.name] = _grow_flatten(graph.shape_of(b.inputs[0]), new)
         grown = ops[reader.name]  # already grown in rows when the reader is itself hidden
         if isinstance(grown, _LAYERS):
             ops[reader.name] = _grow_columns(grown, old, new, graph.shape_of(reader.inputs[0]))
@@ -177,7 +177,8 @@ def _grow_columns(op: Conv | Linear, old: int, new: int, in_shape: tuple[int, ..
     return replace(op, weight=torch.cat([w, pad], dim=1))
 
 
-def _grow_flatten(node: Node, in_shape: tuple[int, ...], new: int) -> Reshape:
+def _grow_flatten(in_shape: tuple[int, ...], new: int) -> Reshape:
+    """The channel-major flatten of [new, *in_shape[1:]]."""
     per_channel = math.prod(in_shape[1:])
     return Reshape((new * per_channel,))
 
