@@ -8,7 +8,6 @@ speccert.bounds.float32_error; points it cannot settle within the tolerance are 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from speccert.bounds.certificate import (
     NotApplicable,
     finish_radius,
 )
+from speccert.bounds.certificates._eps_search import settled
 from speccert.bounds.certificates._per_point import PerPointCertificate
 from speccert.bounds.fast_pass import PROBE_POINTS, FastPass, margins64
 from speccert.bounds.float_error import ErrorModel
@@ -173,9 +173,7 @@ def _record(
     for c in sorted(certs, key=lambda c: isinstance(c, PerPointCertificate)):  # stable: order kept
         if eps is not None and isinstance(c, PerPointCertificate):
             rad = c.decide(batch, eps, known)
-            # the points decide_eps leaves out although classified correctly (its `alive`)
-            top = max((float(e) for e in eps if e > 0), default=math.inf)
-            skipped = (batch.margins.amin(1) > 0) & (known >= top)
+            skipped = settled(batch.margins, known, eps)  # the correct points decide_eps leaves out
             out.untested.setdefault(c.name, np.zeros(len(out.preds), dtype=bool))[sl] = skipped.cpu().numpy()
         else:
             rad = c.radii(batch)

@@ -33,6 +33,7 @@ test_certify_search.py checks both explanations point by point).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -57,6 +58,13 @@ def ball_radius(eps: float) -> float:
     return eps * ABOVE
 
 
+def settled(m: Tensor, known: Tensor, eps: Sequence[float]) -> Tensor:
+    """[B] the correctly classified points `decide_eps` does not test: the kinds run before already
+    certify them at the largest requested eps (`known` [B], finished radii; `m` [B, C] margins)."""
+    top = max((float(e) for e in eps if e > 0), default=math.inf)
+    return (m.amin(1) > 0) & (known >= top)
+
+
 def decide_eps(
     kind: BallTests, x: Tensor, y: Tensor, m: Tensor, known: Tensor, eps: Sequence[float]
 ) -> Tensor:
@@ -65,7 +73,7 @@ def decide_eps(
     levels = sorted({float(e) for e in eps if e > 0})
     if not levels:
         return out
-    alive = (m.amin(1) > 0) & (known < levels[-1])
+    alive = (m.amin(1) > 0) & ~settled(m, known, levels)
     if not bool(alive.any()):
         return out
     idx = torch.nonzero(alive).flatten()
