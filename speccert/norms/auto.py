@@ -50,8 +50,12 @@ Progress = Callable[[int, int, str], None]
 
 
 def linear_layers(graph: Graph) -> list[LinearLayer]:
-    """The linear nodes of `fold_linear(graph)` as bias-free operators, in graph order."""
-    g = fold_linear(graph)
+    """The linear nodes of `fold_linear(graph)` as bias-free operators, in graph order.
+
+    Folding runs in float64 (a float32 graph is copied to float64 first): a BatchNorm or normalisation
+    scale folded into a float32 weight would be rounded to float32, and the bound would be the norm of
+    that rounded operator, up to ~6e-8 relative below the file's (exact) one."""
+    g = fold_linear(graph if graph.dtype == torch.float64 else graph.to("cpu", torch.float64))
     return [
         LinearLayer(n.name, linear_part(n.op), g.shape_of(n.inputs[0]), n.shape)
         for n in g.nodes
