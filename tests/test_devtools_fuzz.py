@@ -3,6 +3,8 @@ and its checks catch a radius above what a gradient or a sampled point proves.""
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -61,3 +63,29 @@ def test_sampling_check_flags_a_radius_past_the_boundary() -> None:
     gen = torch.Generator().manual_seed(0)
     assert fuzz._sample_inside(net, x, y, [1e-6] * 6, gen) == []
     assert len(fuzz._sample_inside(net, x, y, [1e3] * 6, gen)) == 6
+
+
+def test_per_layer_check_flags_a_bound_a_billionth_too_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check 4 has no slack: a `dense` upper bound shrunk by 1e-9 relative is caught on a drawn network
+    (the float32 fold of BatchNorm it found was ~3e-8); the honest bounds pass."""
+    import speccert
+    from speccert.norms import METHODS, UpperBound, load_methods
+
+    load_methods()
+    dense = METHODS.get("dense")
+    d = fuzz.draw(30)  # normalisation, a conv with BatchNorm, a grouped conv, a residual block
+    with tempfile.TemporaryDirectory() as tmp:
+        g = speccert.load(fuzz._write(d, tmp))
+    x = torch.rand(4, *d.input_shape, dtype=torch.float64)
+    assert fuzz._per_layer(g, x) == []
+    compute = type(dense).compute
+
+    def shrunk(self, layer, ctx):  # noqa: ANN001, ANN202
+        return [
+            UpperBound(r.value * (1 - 1e-9), r.method) if isinstance(r, UpperBound) else r
+            for r in compute(self, layer, ctx)
+        ]
+
+    monkeypatch.setattr(type(dense), "compute", shrunk)
+    found = fuzz._per_layer(g, x)
+    assert found and all("below" in f for f in found)

@@ -15,6 +15,12 @@ checks, against ground truth computed independently of speccert's bounds:
    also the local and crown kinds) survives a PGD-L2 attack at that radius (certify's own audit, which
    raises on any success); random points inside the radius never change the predicted class.
 
+4. every layer: each registered norm method, run on the file's graph, brackets the exact norm of the
+   layer's folded operator (BatchNorm and normalisation scales folded in, as the certifier composes them):
+   every proven upper bound >= and every proven lower bound <= the float64 SVD of its autograd Jacobian,
+   and the folded graph computes the loaded graph's function (float64). Unlike check 2, this one has no
+   slack to hide behind: one layer's bound a few ulps below its operator fails it.
+
 A failure prints the seed and the architecture and exits 1; the seed reproduces it exactly. What the
 checks can see: gross import or composition errors, crashes and refusals on valid files, and any
 certificate above what an attack or a gradient proves; on random weights the global bound is often
@@ -36,12 +42,17 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from speccert.devtools.fuzz_nets import Drawn, draw
+
+if TYPE_CHECKING:
+    from speccert.ir import Graph
+    from speccert.ir.op_base import Op
 
 
 def _write(d: Drawn, folder: str) -> str:
@@ -146,7 +157,47 @@ def check(seed: int, local: bool = False, points: int = 24) -> list[str]:
         with torch.no_grad():
             logits = m64(xd)
         problems += _lipschitz_radii(rep.radii, logits, labels, pair_lower)
+        problems += _per_layer(g, xd)
     return problems
+
+
+REL = 1e-12  # the float64 SVD's own error is ~1e-15 relative
+
+
+def _per_layer(g: Graph, x: torch.Tensor) -> list[str]:
+    """Check 4 of the module docstring on the loaded graph `g` (inputs `x`, float64)."""
+    from speccert.ir import fold_linear
+    from speccert.norms import LowerBound, UpperBound, layer_norms, method_names
+
+    g64 = g.to("cpu", torch.float64)
+    folded = fold_linear(g64)
+    out = []
+    with torch.no_grad():
+        gap = float((folded.forward(x) - g64.forward(x)).abs().max())
+        scale = float(g64.forward(x).abs().max())
+    if not gap <= 1e-9 * max(1.0, scale):
+        out.append(f"folding: the folded graph's outputs differ from the graph's by {gap:.3g}")
+    truth: dict[str, float] = {}
+    for method in method_names():
+        for ln in layer_norms(g, method=method):
+            if ln.name not in truth:
+                truth[ln.name] = _operator_norm(folded.node(ln.name).op, ln.in_shape)
+            s = truth[ln.name]
+            for key, r in ln.others.items():
+                if isinstance(r, UpperBound) and not r.value >= s * (1 - REL):
+                    out.append(f"layer {ln.name} ({ln.op}): {key} {r.value!r} below its norm {s!r}")
+                if isinstance(r, LowerBound) and not r.value <= s * (1 + REL):
+                    out.append(f"layer {ln.name} ({ln.op}): {key} {r.value!r} above its norm {s!r}")
+            if not ln.upper.value >= s * (1 - REL):
+                out.append(f"layer {ln.name} ({ln.op}): {method}'s upper {ln.upper.value!r} below {s!r}")
+    return out
+
+
+def _operator_norm(op: Op, in_shape: tuple[int, ...]) -> float:
+    """||A||_2 of an affine op's linear part: the float64 SVD of its autograd Jacobian (at 0)."""
+    x0 = torch.zeros(in_shape, dtype=torch.float64)
+    j = torch.autograd.functional.jacobian(lambda z: op.forward(z.unsqueeze(0))[0], x0)
+    return float(torch.linalg.matrix_norm(j.reshape(-1, x0.numel()), ord=2))
 
 
 def _sample_inside(
