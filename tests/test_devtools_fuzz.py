@@ -20,7 +20,7 @@ SEEDS = [4, 9, 0, 1, 7, 20, 8, 14]
 
 def test_seeds_cover_the_grammar() -> None:
     text = " ".join("; ".join(fuzz.draw(s).layers) for s in SEEDS)
-    parts = ("maxmin", " bn", "concat", "residual", "maxpool", "avgpool", "g3", "d2", "normalize", "elu")
+    parts = ("maxmin", " bn", "concat", "residual", "maxpool", "avgpool", "g3", "d2", "normalize", "elu", "prelu(")
     for part in (*parts, "zeropad", "global avgpool", "nhwc", "softmax", "as pt2", "as onnx"):
         assert part in text, part
 
@@ -89,3 +89,31 @@ def test_per_layer_check_flags_a_bound_a_billionth_too_small(monkeypatch: pytest
     monkeypatch.setattr(type(dense), "compute", shrunk)
     found = fuzz._per_layer(g, x)
     assert found and all("below" in f for f in found)
+
+
+def test_scale_constant_check_flags_a_slope_constant_below_the_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check 5 reads hardswish's slope peak (1.5 as x -> 3 from below) on its grid: the registered 1.5
+    passes, 1.49 is flagged, and so is a curvature constant below tanh's 0.7698."""
+    import dataclasses
+
+    import speccert
+    from speccert.ir.activations import ACTIVATIONS
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(4, 5), nn.Hardswish(), nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 3)
+    )
+    d = fuzz.Drawn(net.eval(), (1, 2, 2), ["hardswish, tanh"], net)
+    with tempfile.TemporaryDirectory() as tmp:
+        g = speccert.load(fuzz._write(d, tmp))
+    x = torch.rand(4, 1, 2, 2, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    assert fuzz._scale_constants(g, x, gen) == []
+    for name, field, value in (("hardswish", "lipschitz", 1.49), ("tanh", "curvature", 0.76)):
+        spec = ACTIVATIONS.get(name)
+        patched = dataclasses.replace(spec, **{field: lambda a, v=value: v})
+        monkeypatch.setitem(ACTIVATIONS._entries, name, patched)
+        found = fuzz._scale_constants(g, x, gen)
+        assert len(found) == 1 and name in found[0], found
+        assert ("curvature" in found[0]) == (field == "curvature")
+        monkeypatch.undo()

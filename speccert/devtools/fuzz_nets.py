@@ -6,11 +6,14 @@ kernel / stride / padding / dilation / groups and optional BatchNorm with random
 addition, a channel concatenation, max or average pooling), one activation kind for the whole network
 (smooth ones, ReLU, leaky ReLU, MaxMin where the channel count is even), a Linear head. Variations
 (second stream, so each seed's base network stays fixed when they change): zero padding or a global
-average pool before the head, a channels-last input, a Softmax output, the .pt2 route.
+average pool before the head, a channels-last input, a Softmax output, the .pt2 route, and every
+activation swapped for a parametrised one (leaky ReLU with slopes in [-2.5, 2.5], ELU with alpha on both
+sides of 1, PReLU, hardtanh, ReLU6, hardswish, hardsigmoid, SiLU).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -218,12 +221,49 @@ def _extras(d: Drawn, seed: int) -> Drawn:
         d.layers.insert(0, "nhwc input")
     logits = nn.Sequential(*layers).eval()
     model = logits
-    if rng.random() < 0.2:
+    softmax = rng.random() < 0.2
+    if softmax:
         model = nn.Sequential(*layers, nn.Softmax(dim=1)).eval()
         d.layers.append("softmax")
     route = "pt2" if rng.random() < 0.3 else "onnx"
+    if rng.random() < 0.3:  # drawn last, so the variations above stay what they were for every seed
+        kind = str(rng.choice(list(PARAMETRISED)))
+        param = float(rng.uniform(*PARAMETRISED[kind][1]))
+        layers = _swap_activations(layers, PARAMETRISED[kind][0], param)
+        names = re.compile(r"\b(" + "|".join(sorted([*ACTS, "maxmin"], key=len, reverse=True)) + r")\b")
+        label = f"{kind}({param:.3g})" if PARAMETRISED[kind][1][1] > 0 else kind
+        d.layers = [names.sub(label, t) for t in d.layers]
+        logits = nn.Sequential(*layers).eval()
+        model = nn.Sequential(*layers, nn.Softmax(dim=1)).eval() if softmax else logits
     d.layers.append(f"as {route}")
     return Drawn(model, shape, d.layers, logits, route)
+
+
+# Activations with a parameter that changes their constants (name -> (module from the parameter, the
+# parameter's range)): slopes above 1 and negative ones, ELU's alpha on both sides of 1, clipping bounds.
+PARAMETRISED: dict[str, tuple[Callable[[float], nn.Module], tuple[float, float]]] = {
+    "leaky_relu": (nn.LeakyReLU, (-2.5, 2.5)),
+    "elu": (nn.ELU, (0.2, 2.5)),
+    "prelu": (lambda a: nn.PReLU(1, a), (-2.0, 2.0)),
+    "hardtanh": (lambda a: nn.Hardtanh(-a, 2 * a), (0.2, 2.0)),
+    "relu6": (lambda a: nn.ReLU6(), (0.0, 0.0)),
+    "hardswish": (lambda a: nn.Hardswish(), (0.0, 0.0)),
+    "hardsigmoid": (lambda a: nn.Hardsigmoid(), (0.0, 0.0)),
+    "silu": (lambda a: nn.SiLU(), (0.0, 0.0)),
+}
+_ACT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Softplus, nn.GELU, _MaxMin)
+
+
+def _swap_activations(
+    layers: list[nn.Module], make: Callable[[float], nn.Module], param: float
+) -> list[nn.Module]:
+    """`layers` with every activation module (inside residual blocks too) replaced by make(param)."""
+    for m in layers:
+        if isinstance(m, _Residual):
+            for name, child in list(m.body.named_children()):
+                if isinstance(child, _ACT_TYPES):
+                    setattr(m.body, name, make(param))
+    return [make(param) if isinstance(m, _ACT_TYPES) else m for m in layers]
 
 
 def _shape_before(layers: list[nn.Module], shape: tuple[int, int, int]) -> tuple[int, int]:
