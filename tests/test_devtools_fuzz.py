@@ -20,7 +20,19 @@ SEEDS = [4, 9, 0, 1, 7, 20, 8, 14]
 
 def test_seeds_cover_the_grammar() -> None:
     text = " ".join("; ".join(fuzz.draw(s).layers) for s in SEEDS)
-    parts = ("maxmin", " bn", "concat", "residual", "maxpool", "avgpool", "g3", "d2", "normalize", "elu", "prelu(")
+    parts = (
+        "maxmin",
+        " bn",
+        "concat",
+        "residual",
+        "maxpool",
+        "avgpool",
+        "g3",
+        "d2",
+        "normalize",
+        "elu",
+        "prelu(",
+    )
     for part in (*parts, "zeropad", "global avgpool", "nhwc", "softmax", "as pt2", "as onnx"):
         assert part in text, part
 

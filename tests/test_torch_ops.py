@@ -181,7 +181,11 @@ EXAMPLES: dict[str, Example] = {
         (3,), lambda x, p: aten.div.Tensor_mode(x, p["c"] + 3, rounding_mode=None), {"c": (3,)}
     ),
     "aten.dropout.default": Example((4,), lambda x, p: aten.dropout.default(x, 0.5, False) * 2),
-    "aten.elu.default": Example((5,), lambda x, p: aten.elu.default(x, 0.7)),
+    "aten.elu.default": Example(
+        (5,), lambda x, p: aten.elu.default(x, 0.7) + aten.elu.default(x, 1.3, 0.8, 2.5)
+    ),
+    "aten.selu.default": Example((5,), lambda x, p: aten.selu.default(x * 3)),
+    "aten.celu.default": Example((5,), lambda x, p: aten.celu.default(x * 3, 0.4)),
     "aten.flatten.using_ints": Example((2, 3, 2), lambda x, p: aten.flatten.using_ints(x, 2, 3)),
     "aten.gelu.default": Example(
         (5,), lambda x, p: aten.gelu.default(x) + aten.gelu.default(x, approximate="tanh")

@@ -8,7 +8,7 @@ addition, a channel concatenation, max or average pooling), one activation kind 
 (second stream, so each seed's base network stays fixed when they change): zero padding or a global
 average pool before the head, a channels-last input, a Softmax output, the .pt2 route, and every
 activation swapped for a parametrised one (leaky ReLU with slopes in [-2.5, 2.5], ELU with alpha on both
-sides of 1, PReLU, hardtanh, ReLU6, hardswish, hardsigmoid, SiLU).
+sides of 1, PReLU, hardtanh, CELU, SELU, ReLU6, hardswish, hardsigmoid, SiLU).
 """
 
 from __future__ import annotations
@@ -246,6 +246,8 @@ PARAMETRISED: dict[str, tuple[Callable[[float], nn.Module], tuple[float, float]]
     "elu": (nn.ELU, (0.2, 2.5)),
     "prelu": (lambda a: nn.PReLU(1, a), (-2.0, 2.0)),
     "hardtanh": (lambda a: nn.Hardtanh(-a, 2 * a), (0.2, 2.0)),
+    "celu": (nn.CELU, (0.3, 2.0)),
+    "selu": (lambda a: nn.SELU(), (0.0, 0.0)),
     "relu6": (lambda a: nn.ReLU6(), (0.0, 0.0)),
     "hardswish": (lambda a: nn.Hardswish(), (0.0, 0.0)),
     "hardsigmoid": (lambda a: nn.Hardsigmoid(), (0.0, 0.0)),

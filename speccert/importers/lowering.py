@@ -5,6 +5,10 @@ importer's way to append one IR node; it returns the final value. Every chain co
 exactly (the faithfulness check at load compares it with onnxruntime / torch) and is bounded by the
 rules of its parts:
 
+- scaled ELU, post * elu(pre * x; alpha) with pre > 0: SELU (pre 1, alpha 1.6733, post 1.0507), CELU(a)
+  = a * elu(x / a; 1) (smooth: ELU with alpha 1 has curvature 1), torch's elu(x, alpha, scale,
+  input_scale) = (scale / input_scale) * elu(input_scale * x; alpha * input_scale); the Affines keep
+  float64 constants, so the slope bound post * pre * max(1, |alpha|) is the function's own sup |f'|.
 - clip(x, a, b) = a + clip(x - a; b - a):      Affine(1, -a), Activation clip(b - a), Affine(1, a)
   max(x, c) = c + relu(x - c);  min(x, c) = c - relu(c - x)        (all 1-Lipschitz, Affines of norm 1)
 - mean over axes: Transpose (reduced axes last), Reshape [K, R], GlobalAvgPool (norm 1/sqrt(R)),
@@ -55,6 +59,17 @@ def _affine(scale: float | torch.Tensor, shift: float | torch.Tensor) -> Affine:
     s = torch.as_tensor(scale, dtype=torch.float32)
     t = torch.as_tensor(shift, dtype=torch.float32)
     return Affine(scale=s.clone(), shift=t.clone())
+
+
+def scaled_elu(emit: Emit[V], x: V, pre: float, alpha: float, post: float) -> V:
+    """post * elu(pre * x; alpha) for pre > 0 (module docstring); float64 scales, no node for a 1."""
+    if not (pre > 0 and math.isfinite(pre) and math.isfinite(alpha) and math.isfinite(post)):
+        raise LoweringError(f"scaled ELU with input scale {pre:g}, alpha {alpha:g}, scale {post:g}")
+    scale64 = torch.tensor(pre, dtype=torch.float64)
+    y = x if pre == 1.0 else emit(Affine(scale=scale64, shift=torch.zeros((), dtype=torch.float64)), x)
+    y = emit(Activation("elu", alpha), y)
+    post64 = torch.tensor(post, dtype=torch.float64)
+    return y if post == 1.0 else emit(Affine(scale=post64, shift=torch.zeros((), dtype=torch.float64)), y)
 
 
 def clip(emit: Emit[V], x: V, low: float | None, high: float | None) -> V:

@@ -10,8 +10,10 @@ from speccert.importers.aten_ops.base import (
     Unsupported,
     aten_op,
     const_tensor,
+    emitter,
     tensor_arg,
 )
+from speccert.importers.lowering import LoweringError, scaled_elu
 from speccert.ir.ops import Activation, PRelu
 
 
@@ -31,12 +33,41 @@ def leaky_relu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     return _act(ctx, args[0], "leaky_relu", float(args[1]))
 
 
+def _scaled_elu(ctx: ConvertContext, x: Any, pre: float, alpha: float, post: float) -> TensorValue:
+    try:
+        return scaled_elu(emitter(ctx), tensor_arg(x, "elu input"), pre, alpha, post)
+    except LoweringError as exc:
+        raise Unsupported(str(exc)) from None
+
+
 @aten_op("aten.elu.default")
 def elu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
-    """elu(x, alpha, scale, input_scale): scale = input_scale = 1 (plain ELU; SELU/CELU are not)."""
-    if float(args[2]) != 1.0 or float(args[3]) != 1.0:
-        raise Unsupported(f"elu with scale={args[2]}, input_scale={args[3]} (SELU/CELU); only plain ELU")
-    return _act(ctx, args[0], "elu", float(args[1]))
+    """elu(x, alpha, scale, input_scale) -> Activation elu, with Affines where a scale is not 1.
+
+    scale * (x > 0 ? x : alpha (e^(input_scale x) - 1)) (speccert.importers.lowering.scaled_elu)."""
+    alpha, scale, inp = (float(args[i]) if len(args) > i else 1.0 for i in (1, 2, 3))
+    if scale == 1.0 and inp == 1.0:
+        return _act(ctx, args[0], "elu", alpha)
+    return _scaled_elu(ctx, args[0], inp, alpha * inp, scale / inp)
+
+
+# torch's SELU constants (aten/src/ATen/native/Activation.cpp: SELU_ALPHA, SELU_SCALE)
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+@aten_op("aten.selu.default")
+def selu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    """selu(x) = 1.0507 * elu(x; 1.6733): slope 1.7581, not smooth."""
+    return _scaled_elu(ctx, args[0], 1.0, SELU_ALPHA, SELU_SCALE)
+
+
+@aten_op("aten.celu.default")
+def celu(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    """celu(x, alpha=1) = alpha * elu(x / alpha; 1): 1-Lipschitz, curvature 1/alpha."""
+    alpha = float(args[1]) if len(args) > 1 else 1.0
+    if not alpha > 0:
+        raise Unsupported(f"celu with alpha {alpha:g} (alpha > 0 expected)")
+    return _scaled_elu(ctx, args[0], 1.0 / alpha, 1.0, alpha)
 
 
 @aten_op("aten.sigmoid.default")

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import torch
 
-from speccert.importers.lowering import LoweringError, clip, hardsigmoid, max_const, min_const
+from speccert.importers.lowering import LoweringError, clip, hardsigmoid, max_const, min_const, scaled_elu
 from speccert.importers.onnx_ops import Act, BuildContext, NotConvertible, Value, act, attrs, const, converter
 from speccert.importers.onnx_ops.elementwise import _broadcast_const
 from speccert.importers.onnx_ops.examples import model, one_node, randn, unary
@@ -158,3 +158,37 @@ def convert_prelu(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | 
     if s.size == 1:
         return [ctx.add(Activation("leaky_relu", float(s.reshape(-1)[0])), [x])]
     return [ctx.add(PRelu(_broadcast_const(x, s)), [x])]
+
+
+# ONNX's defaults (float attributes: these are the float32 values a file holds when it omits them)
+SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
+
+
+@converter(
+    "Selu",
+    opsets=(8, 21),
+    examples=[unary("Selu", 8, (2, 5)), unary("Selu", 13, (3, 4), alpha=0.5, gamma=2.0)],
+)
+def convert_selu(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+    """gamma * (x > 0 ? x : alpha (e^x - 1)): elu(alpha), Affine(gamma) (slope gamma * max(1, alpha))."""
+    a = attrs(node)
+    alpha, gamma = float(a.get("alpha", SELU_ALPHA)), float(a.get("gamma", SELU_GAMMA))
+    try:
+        return [scaled_elu(_emitter(ctx), act(inputs[0]), 1.0, alpha, gamma)]
+    except LoweringError as exc:
+        raise NotConvertible(str(exc)) from None
+
+
+@converter(
+    "Celu", opsets=(12, 21), examples=[unary("Celu", 12, (2, 5)), unary("Celu", 12, (3, 4), alpha=0.3)]
+)
+def convert_celu(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
+    """max(0, x) + min(0, alpha (e^(x/alpha) - 1)) = alpha elu(x / alpha; 1): Affine(1/alpha), elu(1),
+    Affine(alpha) (1-Lipschitz, curvature 1/alpha)."""
+    alpha = float(attrs(node).get("alpha", 1.0))
+    if not alpha > 0:
+        raise NotConvertible(f"Celu with alpha {alpha:g} (the operator divides by it; alpha > 0 expected)")
+    try:
+        return [scaled_elu(_emitter(ctx), act(inputs[0]), 1.0 / alpha, 1.0, alpha)]
+    except LoweringError as exc:
+        raise NotConvertible(str(exc)) from None
