@@ -109,7 +109,10 @@ def zoo_table(manifest: dict) -> str:
         if r.get("lipschitz_margin_eps"):
             recipe += f", LMT eps {r['lipschitz_margin_eps']:g}"
         if "finetuned_from" in m:
-            recipe += f" (speccert finetune of {m['finetuned_from']}, {r.get('recipe', r['penalty'])})"
+            how = r.get("recipe", r["penalty"])
+            if r.get("time-budget"):  # --time-budget, minutes: the run may end before its epochs
+                how += f", {r['time-budget']:g} min budget"
+            recipe += f" (speccert finetune of {m['finetuned_from']}, {how})"
         sizes = " / ".join(
             f"{m['files'][f]['bytes'] / 1000:.0f}" if f in m["files"] else "-" for f in ("onnx", "pt2")
         )

@@ -113,9 +113,25 @@ def test_models_readme_tables_are_the_recorded_figures() -> None:
     assert set(manifest) <= {key.split(" ")[0] for key in measured}
     for key, m in measured.items():
         assert f"models/{key.split(' ')[0]}.onnx" in m["command"]
+        # measured on the committed file, not on an earlier version of it
+        assert m["model_sha256"] == manifest[key.split(" ")[0]]["files"]["onnx"]["sha256"], key
 
 
 MEASURED = json.loads((MODELS / "measurements.json").read_text())
+
+
+def test_robust_resnet_meets_the_bar_of_issue_13() -> None:
+    """The bundled resnet_robust gains >= 30 points of certified accuracy at 0.25 over the zoo's resnet, with
+    >= 80% clean accuracy. Certified accuracy: measurements.json (the 1k subset; every figure there is re-run
+    by test_models_readme_figure_is_reproduced_by_its_command); clean accuracy: the manifest's full 10k test
+    set (recomputed from the file by tests/test_models_zoo.py)."""
+    manifest = json.loads((MODELS / "manifest.json").read_text())["models"]
+    robust, plain = MEASURED["resnet_robust"], MEASURED["resnet"]
+    assert manifest["resnet_robust"]["finetuned_from"] == "resnet"
+    i = robust["eps"].index(0.25)
+    assert plain["eps"][i] == 0.25
+    assert robust["certified_accuracy"][i] - plain["certified_accuracy"][i] >= 0.30
+    assert manifest["resnet_robust"]["test_accuracy"] >= 0.80
 
 
 @pytest.mark.slow
