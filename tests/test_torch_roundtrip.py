@@ -87,9 +87,17 @@ def test_graph_save_pt2_load_equals_graph(tmp_path: Path, name: str) -> None:
     for batch in (1, 4):  # the archive's batch axis is dynamic
         x = torch.randn(batch, *shape)
         torch.testing.assert_close(again.forward(x), graph.forward(x), rtol=1e-5, atol=1e-6)
-    reloaded = torch.export.load(str(path)).module()
+    ep = torch.export.load(str(path))
+    reloaded = ep.module()
     x = torch.randn(3, *shape)
     torch.testing.assert_close(reloaded(x), graph.forward(x), rtol=1e-5, atol=1e-6)
+    # every weight stored once, as a parameter the exported graph reads (the non-strict tracer used to
+    # store each a second time as a lifted constant and read that: twice the file, inert parameters)
+    assert not [k for k, v in ep.constants.items() if isinstance(v, torch.Tensor) and v.numel() > 1]
+    with torch.no_grad():
+        for p in reloaded.parameters():
+            p.mul_(2.0)
+    assert not torch.allclose(reloaded(x), graph.forward(x))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
