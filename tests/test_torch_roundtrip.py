@@ -128,3 +128,34 @@ def test_torch_to_onnx_import_equals_torch_import(tmp_path: Path, name: str) -> 
         for g in (from_onnx, from_torch)
     ]
     assert layers[0] == layers[1]
+
+
+def test_pt2_keeps_layer_names_and_hostile_names_do_not_break_the_module(tmp_path: Path) -> None:
+    """A graph's layers keep their names through save_pt2 -> load (each node's tensors live in a submodule
+    at the node's name); names that would shadow the module's attributes, parameters or each other
+    get a prefix or a suffix instead of failing."""
+    from speccert.ir.graph import INPUT, Graph, GraphModule, Node
+    from speccert.ir.ops import Activation, Linear
+
+    gen = torch.Generator().manual_seed(0)
+    names = ["a", "a.weight", "forward", "graph", "x.", "a.b.c", "a.b", "n_forward", "training", "/4/Gemm"]
+    nodes, prev = [], INPUT
+    for i, n in enumerate(names):
+        nodes.append(
+            Node(
+                n,
+                Linear(weight=torch.randn(3, 3, generator=gen), bias=torch.randn(3, generator=gen)),
+                (prev,),
+                (3,),
+            )
+        )
+        nodes.append(Node(f"act{i}", Activation("tanh"), (n,), (3,)))
+        prev = f"act{i}"
+    g = Graph((3,), nodes, prev)
+    module = GraphModule(g)
+    assert len(list(module.parameters())) == 2 * len(names)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(module(x), g.forward(x))
+    again = load(save_pt2(g, tmp_path / "g.pt2"))
+    torch.testing.assert_close(again.forward(x), g.forward(x), rtol=1e-6, atol=1e-6)
+    assert {"a", "a.b.c", "/4/Gemm"} <= {n.name for n in again.nodes}

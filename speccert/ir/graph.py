@@ -250,26 +250,78 @@ def _graph_with_shapes_of(src: Graph, nodes: list[Node], dtype: torch.dtype | No
 
 class GraphModule(nn.Module):
     """`nn.Module` view of a Graph. Its parameters *are* the graph's tensors (shared storage):
-    an optimizer step on this module changes the graph. BatchNorm statistics are buffers."""
+    an optimizer step on this module changes the graph. BatchNorm statistics are buffers.
+
+    Each node's tensors live in a submodule at the node's name (dots nest, as in the model the graph came
+    from), so `node.weight` is the parameter's name and a `.pt2` written from this module reads back with
+    the same layer names. `forward` reads every op's tensors from those submodules (the same objects in
+    eager mode), so that tools which swap a module's parameters (torch.export's non-strict tracer,
+    torch.func's functional_call) see them used: read through the graph's ops, torch.export stored each
+    weight a second time as a constant and traced the graph on that copy."""
 
     def __init__(self, graph: Graph) -> None:
         super().__init__()
         self.graph = graph
-        self._params = nn.ParameterDict()
-        self._buffers_dict: dict[str, Tensor] = {}
+        # per node: its submodule and, per field to rebind, the tensor registered for it
+        self._holders: list[tuple[nn.Module, dict[str, Tensor]]] = []
         for node in graph.nodes:
-            for key, t in node.op.parameters().items():
-                name = f"{node.name}.{key}".replace(".", "__")
+            tensors = node.op.parameters()
+            if not tensors:
+                self._holders.append((self, {}))
+                continue
+            holder = self._holder(node.name)
+            fields = {f.name for f in dataclasses.fields(node.op)}
+            for key, t in tensors.items():
                 if key in ("mean", "var"):
-                    self.register_buffer(name, t, persistent=True)
+                    holder.register_buffer(key, t, persistent=True)
                     continue
-                if isinstance(t, nn.Parameter):
-                    self._params[name] = t
-                else:
-                    p = nn.Parameter(t, requires_grad=t.is_floating_point())
-                    self._params[name] = p
-                    # Point the op at the Parameter object itself so both see the same tensor.
-                    object.__setattr__(node.op, key, p)
+                p = t if isinstance(t, nn.Parameter) else nn.Parameter(t, requires_grad=t.is_floating_point())
+                holder.register_parameter(key, p)
+                # Point the op at the Parameter object itself so both see the same tensor.
+                object.__setattr__(node.op, key, p)
+            self._holders.append((holder, {k: getattr(node.op, k) for k in tensors if k in fields}))
+
+    def _holder(self, name: str) -> nn.Module:
+        """A new submodule at `name`, one level per dot. A segment that is empty, or that would shadow
+        something that is not a submodule (a method, an attribute, a parameter), gets a leading 'n_'; a
+        path another node already holds gets a suffix '_2', '_3', ..."""
+
+        def taken(at: nn.Module, part: str) -> bool:
+            return (
+                part in vars(at) or hasattr(type(at), part) or part in at._parameters or part in at._buffers
+            )
+
+        at: nn.Module = self
+        parts = name.split(".")
+        for i, part in enumerate(parts):
+            part = part if part and not taken(at, part) else f"n_{part}"
+            if i == len(parts) - 1:  # the node's own holder: never shared with another node
+                base, k = part, 1
+                while part in at._modules or taken(at, part):
+                    k += 1
+                    part = f"{base}_{k}"
+            child = at._modules.get(part)
+            if child is None:
+                child = nn.Module()
+                at.add_module(part, child)
+            at = child
+        return at
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.graph.forward(x)
+        g = self.graph
+        if tuple(x.shape[1:]) != g.input_shape:
+            return g.forward(x)  # its error names both shapes
+        values: dict[str, Tensor] = {INPUT: x}
+        for node, (holder, registered) in zip(g.nodes, self._holders, strict=True):
+            op = node.op
+            # the submodule's tensor where a tracer swapped it and the op still holds the one registered;
+            # the op's own where training swapped that (e.g. AOL's reparametrised W); eager: no copy
+            swap = {
+                k: v
+                for k, t in registered.items()
+                if getattr(op, k) is t and (v := getattr(holder, k)) is not t
+            }
+            if swap:
+                op = dataclasses.replace(op, **swap)
+            values[node.name] = op.forward(*(values[i] for i in node.inputs))
+        return values[g.output]
