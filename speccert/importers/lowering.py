@@ -65,11 +65,13 @@ def scaled_elu(emit: Emit[V], x: V, pre: float, alpha: float, post: float) -> V:
     """post * elu(pre * x; alpha) for pre > 0 (module docstring); float64 scales, no node for a 1."""
     if not (pre > 0 and math.isfinite(pre) and math.isfinite(alpha) and math.isfinite(post)):
         raise LoweringError(f"scaled ELU with input scale {pre:g}, alpha {alpha:g}, scale {post:g}")
-    scale64 = torch.tensor(pre, dtype=torch.float64)
-    y = x if pre == 1.0 else emit(Affine(scale=scale64, shift=torch.zeros((), dtype=torch.float64)), x)
+
+    def scale(c: float) -> Affine:  # float64: 1 / alpha is not a float32 number (see ir.ops.Affine)
+        return Affine(scale=torch.tensor(c, dtype=torch.float64), shift=torch.zeros((), dtype=torch.float64))
+
+    y = x if pre == 1.0 else emit(scale(pre), x)
     y = emit(Activation("elu", alpha), y)
-    post64 = torch.tensor(post, dtype=torch.float64)
-    return y if post == 1.0 else emit(Affine(scale=post64, shift=torch.zeros((), dtype=torch.float64)), y)
+    return y if post == 1.0 else emit(scale(post), y)
 
 
 def clip(emit: Emit[V], x: V, low: float | None, high: float | None) -> V:

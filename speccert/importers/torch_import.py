@@ -343,17 +343,6 @@ def load_torch_file(
 
 
 # ---- export ---------------------------------------------------------------------------------------
-def _export(module: nn.Module, x: torch.Tensor) -> torch.export.ExportedProgram:
-    """torch.export of a GraphModule with a dynamic batch axis where torch can export one, else the
-    example's batch."""
-    try:
-        return torch.export.export(
-            module, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},)
-        )
-    except Exception:  # noqa: BLE001 - some graphs specialise the batch; a fixed batch still loads
-        return torch.export.export(module, (x,))
-
-
 def save_pt2(graph: Graph, path: str | os.PathLike[str], example_batch: int = 2) -> Path:
     """Write `graph.to_torch()` as a `torch.export` archive (dynamic batch axis when torch can export it so,
     else fixed at `example_batch`); written to a temporary file first, then renamed."""
@@ -363,7 +352,12 @@ def save_pt2(graph: Graph, path: str | os.PathLike[str], example_batch: int = 2)
         graph.dtype
     )
     with quiet():
-        ep = _export(module, x)
+        try:
+            ep = torch.export.export(
+                module, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},)
+            )
+        except Exception:  # noqa: BLE001 - some graphs specialise the batch; a fixed batch still loads
+            ep = torch.export.export(module, (x,))
         tmp = path.with_name(f".{path.stem}.tmp.pt2")
         torch.export.save(ep, str(tmp))
     tmp.replace(path)
