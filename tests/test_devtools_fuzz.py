@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from speccert.devtools import fuzz
+from speccert.ir import fold_linear
 
 # seeds whose networks cover MaxMin, BatchNorm, concatenation, residual, pooling, grouped and dilated
 # convolutions, normalisation, smooth activations, zero padding, a global pool, a channels-last input, a
@@ -89,7 +90,9 @@ def test_per_layer_check_flags_a_bound_a_billionth_too_small(monkeypatch: pytest
     with tempfile.TemporaryDirectory() as tmp:
         g = speccert.load(fuzz._write(d, tmp))
     x = torch.rand(4, *d.input_shape, dtype=torch.float64)
-    assert fuzz._per_layer(g, x) == []
+    g64 = g.to("cpu", torch.float64)
+    folded = fold_linear(g64)
+    assert fuzz._per_layer(g, g64, folded, x) == []
     compute = type(dense).compute
 
     def shrunk(self, layer, ctx):  # noqa: ANN001, ANN202
@@ -99,7 +102,7 @@ def test_per_layer_check_flags_a_bound_a_billionth_too_small(monkeypatch: pytest
         ]
 
     monkeypatch.setattr(type(dense), "compute", shrunk)
-    found = fuzz._per_layer(g, x)
+    found = fuzz._per_layer(g, g64, folded, x)
     assert found and all("below" in f for f in found)
 
 
@@ -120,12 +123,13 @@ def test_scale_constant_check_flags_a_slope_constant_below_the_peak(monkeypatch:
         g = speccert.load(fuzz._write(d, tmp))
     x = torch.rand(4, 1, 2, 2, dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
-    assert fuzz._scale_constants(g, x, gen) == []
+    folded = fold_linear(g.to("cpu", torch.float64))
+    assert fuzz._scale_constants(folded, x, gen) == []
     for name, field, value in (("hardswish", "lipschitz", 1.49), ("tanh", "curvature", 0.76)):
         spec = ACTIVATIONS.get(name)
         patched = dataclasses.replace(spec, **{field: lambda a, v=value: v})
         monkeypatch.setitem(ACTIVATIONS._entries, name, patched)
-        found = fuzz._scale_constants(g, x, gen)
+        found = fuzz._scale_constants(folded, x, gen)
         assert len(found) == 1 and name in found[0], found
         assert ("curvature" in found[0]) == (field == "curvature")
         monkeypatch.undo()
