@@ -87,3 +87,21 @@ def test_aten_elu_with_scales_matches_torch(tmp_path: Path) -> None:
     want = torch.stack([ScaledElu()(x)[:, 0], torch.zeros(61)], 1)
     torch.testing.assert_close(g.forward(x.to(g.dtype)).float(), want, rtol=1e-6, atol=1e-6)
     assert math.isfinite(lipschitz_bound(g).upper)
+
+
+def test_celu_with_alpha_zero_is_refused_naming_the_node(tmp_path: Path) -> None:
+    """Celu divides by alpha: alpha = 0 (a file onnxruntime would run to NaN / Inf) is refused in one
+    line naming the node and the reason, not certified and not a traceback."""
+    import onnx
+
+    from speccert.errors import UnsupportedModelError
+    from speccert.importers.onnx_ops.examples import one_node
+
+    m = one_node("Celu", (5,), opset=12, alpha=0.0)
+    m.graph.node[0].name = "my_celu"
+    path = tmp_path / "celu0.onnx"
+    onnx.save(m, str(path))
+    with pytest.raises(UnsupportedModelError) as info:
+        speccert.load(str(path))
+    text = str(info.value)
+    assert "my_celu" in text and "alpha" in text
