@@ -1,5 +1,5 @@
-"""Converters of ONNX normalisations over an activation's own statistics: LayerNormalization (opset 17)
-and GroupNormalization (opsets 18 and 21). They lower to a `Standardize` node (1/sqrt(eps)-Lipschitz,
+"""Converters of ONNX normalisations over an activation's own statistics: LayerNormalization (opset 17),
+GroupNormalization (opsets 18 and 21) and InstanceNormalization. They lower to a `Standardize` node (1/sqrt(eps)-Lipschitz,
 see speccert.ir.ops.Standardize) and an Affine for the scale and bias."""
 
 from __future__ import annotations
@@ -88,6 +88,51 @@ def convert_groupnorm(
             float(a.get("epsilon", 1e-5)),
             _opt(inputs, 1, "scale"),
             _opt(inputs, 2, "bias"),
+        )
+    except LoweringError as exc:
+        raise NotConvertible(str(exc)) from None
+    return [y]
+
+
+def _in_examples() -> list:
+    return [
+        lambda: one_node(
+            "InstanceNormalization",
+            (3, 4, 4),
+            ["x", "s", "b"],
+            {"s": randn(3, seed=1), "b": randn(3, seed=2)},
+            13,
+        ),
+        lambda: one_node(
+            "InstanceNormalization",
+            (2, 5),
+            ["x", "s", "b"],
+            {"s": randn(2, seed=3), "b": randn(2, seed=4)},
+            8,
+            epsilon=1e-3,
+        ),
+    ]
+
+
+@converter("InstanceNormalization", opsets=(8, 21), examples=_in_examples())
+def convert_instancenorm(
+    ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
+) -> list[Value | None]:
+    """Per-channel normalisation over the spatial axes with per-channel scale and bias (torch's exporter
+    writes GroupNorm as Reshape, InstanceNormalization, Reshape, Mul, Add): group norm with one group per
+    channel (Reshape, Standardize, Reshape, Affine)."""
+    x = act(inputs[0], "input")
+    if len(x.shape) < 2:
+        raise NotConvertible("InstanceNormalization of a tensor without spatial axes")
+    try:
+        y = group_norm(
+            _emitter(ctx),
+            x,
+            x.shape,
+            x.shape[0],
+            float(attrs(node).get("epsilon", 1e-5)),
+            _opt(inputs, 1, "scale"),
+            _opt(inputs, 2, "B"),
         )
     except LoweringError as exc:
         raise NotConvertible(str(exc)) from None
