@@ -9,6 +9,9 @@ addition, a channel concatenation, max or average pooling), one activation kind 
 average pool before the head, a channels-last input, a Softmax output, the .pt2 route, and every
 activation swapped for a parametrised one (leaky ReLU with slopes in [-2.5, 2.5], ELU with alpha on both
 sides of 1, PReLU, hardtanh, CELU, SELU, ReLU6, hardswish, hardsigmoid, SiLU).
+A third stream may add one block before the head: a transposed conv, an average pool with ceil mode and
+no padding counted, a dilated or ceil-mode max-pool, LayerNorm, GroupNorm, an L2 pool, the max of two
+conv branches or a channel shuffle.
 """
 
 from __future__ import annotations
@@ -186,7 +189,89 @@ def draw(seed: int) -> Drawn:
         for m in model.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 m.weight.mul_(float(rng.uniform(1.0, 2.5)))
-    return _extras(Drawn(model, shape, text, model), seed)
+    return _extras(_block(Drawn(model, shape, text, model), seed), seed)
+
+
+class _Max2(nn.Module):
+    """The elementwise max of two conv branches (an Extremum of two input-dependent tensors)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(self.a(x), self.b(x))
+
+
+class _Shuffle(nn.Module):
+    """ShuffleNet's channel shuffle with two groups: Reshape, Transpose, Reshape."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.reshape(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def _block(d: Drawn, seed: int) -> Drawn:
+    """A third stream (so the base network and the other variations stay what they were): one more
+    block before the head, with the head's first Linear rebuilt for its output: a transposed conv, an
+    average pool with ceil mode and no padding counted, a dilated or ceil-mode max-pool, LayerNorm,
+    GroupNorm, an L2 pool, the max of two conv branches, or a channel shuffle."""
+    rng = np.random.default_rng([seed, 2])
+    if rng.random() >= 0.35:
+        return d
+    layers = list(d.model.children())
+    head = next(i for i, m in enumerate(layers) if isinstance(m, nn.Flatten))
+    c, hw = _shape_before(layers[:head], d.input_shape)
+    kinds = ["convT", "maxmax"] + (["avgpool", "maxpool", "lppool"] if hw >= 3 else [])
+    kinds += ["shuffle"] if c % 2 == 0 else []
+    # normalisations over groups of at least two values (one value normalises to 0 whatever the input)
+    kinds += ["layernorm"] if c * hw * hw >= 2 else []
+    kinds += [f"groupnorm{g}" for g in sorted({2, c}) if g > 1 and c % g == 0 and c // g * hw * hw >= 2]
+    kind = str(rng.choice(kinds))
+    block: nn.Module
+    if kind == "convT":
+        k, st = int(rng.choice([2, 3])), int(rng.choice([1, 2]))
+        pad, cout = int(rng.integers(0, k)), int(rng.choice([2, 3, 4]))
+        out_pad = int(rng.integers(0, st))
+        groups = 2 if c % 2 == 0 and cout % 2 == 0 and rng.random() < 0.3 else 1
+        block = nn.ConvTranspose2d(c, cout, k, stride=st, padding=pad, output_padding=out_pad, groups=groups)
+        text = f"convT k{k} s{st} p{pad} op{out_pad} g{groups} {c}->{cout}"
+    elif kind == "avgpool":
+        block, text = (
+            nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+            "avgpool k3 s2 p1 ceil nopad",
+        )
+    elif kind == "maxpool":
+        dilated = rng.random() < 0.5
+        block = nn.MaxPool2d(2, 1, 0, dilation=2) if dilated else nn.MaxPool2d(3, 2, 0, ceil_mode=True)
+        text = "maxpool k2 d2" if dilated else "maxpool k3 s2 ceil"
+    elif kind == "lppool":
+        block, text = nn.LPPool2d(2, 2, 2), "l2pool k2 s2"
+    elif kind == "layernorm":
+        block, text = nn.LayerNorm([c, hw, hw]), "layernorm"
+    elif kind.startswith("groupnorm"):
+        g = int(kind[len("groupnorm") :])
+        block, text = nn.GroupNorm(g, c), f"groupnorm {g}"
+    elif kind == "maxmax":
+        block, text = _Max2(c), f"max(conv3 {c}->{c}, conv1 {c}->{c})"
+    else:
+        block, text = _Shuffle(), "channel shuffle"
+    with torch.no_grad():
+        for m in block.modules():
+            if isinstance(m, nn.LayerNorm | nn.GroupNorm):
+                m.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, m.weight.shape)))
+                m.bias.copy_(torch.from_numpy(rng.normal(0, 0.2, m.bias.shape)))
+    c2, hw2 = _shape_before([*layers[:head], block], d.input_shape)
+    lin = layers[head + 1]
+    assert isinstance(lin, nn.Linear)
+    new = nn.Linear(c2 * hw2 * hw2, lin.out_features)
+    with torch.no_grad():
+        new.weight.mul_(float(rng.uniform(1.0, 2.5)))
+    layers = [*layers[:head], block, layers[head], new, *layers[head + 2 :]]
+    d.layers[-1] = d.layers[-1].replace(f"linear {lin.in_features}->", f"linear {new.in_features}->", 1)
+    d.layers.insert(len(d.layers) - 1, text)
+    model = nn.Sequential(*layers).eval()
+    return Drawn(model, d.input_shape, d.layers, model, d.route)
 
 
 def _extras(d: Drawn, seed: int) -> Drawn:
