@@ -162,9 +162,11 @@ def group_norm(
     c = shape[0]
     if groups <= 0 or c % groups:
         raise LoweringError(f"group norm with {groups} groups over {c} channels")
-    y = emit(Reshape((groups, math.prod(shape) // groups)), x)
+    grouped = (groups, math.prod(shape) // groups)
+    same = tuple(shape) == grouped  # already [groups, rest]: no Reshape either way
+    y = x if same else emit(Reshape(grouped), x)
     y = emit(Standardize(axes=1, eps=float(eps)), y)
-    y = emit(Reshape(tuple(shape)), y)
+    y = y if same else emit(Reshape(tuple(shape)), y)
     view = (c,) + (1,) * (len(shape) - 1)
     w = None if weight is None else weight.reshape(view)
     b = None if bias is None else bias.reshape(view)
