@@ -261,17 +261,25 @@ def _block(d: Drawn, seed: int) -> Drawn:
             if isinstance(m, nn.LayerNorm | nn.GroupNorm):
                 m.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, m.weight.shape)))
                 m.bias.copy_(torch.from_numpy(rng.normal(0, 0.2, m.bias.shape)))
-    c2, hw2 = _shape_before([*layers[:head], block], d.input_shape)
-    lin = layers[head + 1]
-    assert isinstance(lin, nn.Linear)
-    new = nn.Linear(c2 * hw2 * hw2, lin.out_features)
-    with torch.no_grad():
-        new.weight.mul_(float(rng.uniform(1.0, 2.5)))
-    layers = [*layers[:head], block, layers[head], new, *layers[head + 2 :]]
-    d.layers[-1] = d.layers[-1].replace(f"linear {lin.in_features}->", f"linear {new.in_features}->", 1)
-    d.layers.insert(len(d.layers) - 1, text)
+    layers = _before_head(d, layers, head, block, text, rng)
     model = nn.Sequential(*layers).eval()
     return Drawn(model, d.input_shape, d.layers, model, d.route)
+
+
+def _before_head(
+    d: Drawn, layers: list[nn.Module], head: int, block: nn.Module, text: str, rng: np.random.Generator
+) -> list[nn.Module]:
+    """`layers` with `block` inserted before the Flatten at `head` and the head's first Linear rebuilt
+    for the block's output (weights scaled like the others); `d.layers` says so."""
+    c, hw = _shape_before([*layers[:head], block], d.input_shape)
+    lin = layers[head + 1]
+    assert isinstance(lin, nn.Linear)
+    new = nn.Linear(c * hw * hw, lin.out_features)
+    with torch.no_grad():
+        new.weight.mul_(float(rng.uniform(1.0, 2.5)))
+    d.layers[-1] = d.layers[-1].replace(f"linear {lin.in_features}->", f"linear {new.in_features}->", 1)
+    d.layers.insert(len(d.layers) - 1, text)
+    return [*layers[:head], block, layers[head], new, *layers[head + 2 :]]
 
 
 def _extras(d: Drawn, seed: int) -> Drawn:
@@ -283,23 +291,13 @@ def _extras(d: Drawn, seed: int) -> Drawn:
     head = next(i for i, m in enumerate(layers) if isinstance(m, nn.Flatten))
     pre: nn.Module | None = None
     shape = d.input_shape
-    c, hw = _shape_before(layers[:head], shape)
     if rng.random() < 0.25:
         p = int(rng.choice([1, 2]))
         pre, text = nn.ZeroPad2d(p), f"zeropad {p}"
-        hw += 2 * p
     elif rng.random() < 0.3:
         pre, text = nn.AdaptiveAvgPool2d(1), "global avgpool"
-        hw = 1
     if pre is not None:
-        lin = layers[head + 1]
-        assert isinstance(lin, nn.Linear)
-        new = nn.Linear(c * hw * hw, lin.out_features)
-        with torch.no_grad():
-            new.weight.mul_(float(rng.uniform(1.0, 2.5)))
-        layers = [*layers[:head], pre, layers[head], new, *layers[head + 2 :]]
-        d.layers[-1] = d.layers[-1].replace(f"linear {lin.in_features}->", f"linear {new.in_features}->", 1)
-        d.layers.insert(len(d.layers) - 1, text)
+        layers = _before_head(d, layers, head, pre, text, rng)
     if rng.random() < 0.2:
         layers.insert(0, _NHWC())
         shape = (shape[1], shape[2], shape[0])
