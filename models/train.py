@@ -86,6 +86,21 @@ class FromScratch:
     penalty_options: tuple[tuple[str, float], ...]
     seed: int = 0
 
+    def manifest_entry(self) -> dict[str, object]:
+        """The manifest's "recipe": the named recipe, its penalty, and the options given to finetune."""
+        from speccert.training.recipes import get_recipe
+
+        return {
+            "recipe": self.recipe,
+            "penalty": get_recipe(self.recipe).penalty,
+            "epochs": self.epochs,
+            "targets": list(self.targets),
+            "lr": self.lr,
+            "ema": self.ema,
+            "penalty-options": dict(self.penalty_options),
+            "seed": self.seed,
+        }
+
 
 # cnn_lip: the best recipe of docs/finetune.md (models/finetune.py's cnn options: lmt-rescale, lr 3e-3, the
 # GloRo form of the lmt loss at eps 0.6, an EMA of the weights) *without* --allow-activation-change, so
@@ -201,6 +216,7 @@ def train_from_scratch(name: str, spec: FromScratch, data: str | None) -> tuple[
     models/NAME.pt2), export models/NAME.onnx from the .pt2 with speccert's own ONNX exporter, remove the
     initial model and the finetune run folder; return the trained module (the .pt2 reloaded) and the stats."""
     import shlex
+    import shutil
     import subprocess
 
     torch.manual_seed(spec.seed)
@@ -218,11 +234,7 @@ def train_from_scratch(name: str, spec: FromScratch, data: str | None) -> tuple[
     seconds = time.time() - start
     pt2_path = HERE / f"{name}.pt2"
     init.unlink()
-    run_dir = pt2_path.with_name(pt2_path.name + ".run")
-    if run_dir.is_dir():
-        for f in run_dir.iterdir():
-            f.unlink()
-        run_dir.rmdir()
+    shutil.rmtree(pt2_path.with_name(pt2_path.name + ".run"), ignore_errors=True)
     if proc.returncode not in (0, 1):
         raise SystemExit(f"{shlex.join(argv)} failed ({proc.returncode})")
     sys.path.insert(0, str(HERE.parent))
@@ -308,23 +320,9 @@ def main() -> None:
             spec = FROM_SCRATCH[name]
             model, stats = train_from_scratch(name, spec, a.data)
             onnx_path, pt2_path = HERE / f"{name}.onnx", HERE / f"{name}.pt2"
-            from speccert.training.recipes import get_recipe
-
             # models/README.md's zoo table reads "speccert finetune of <finetuned_from>, <recipe>"
             stats = {"finetuned_from": f"a fresh {spec.arch} (seed {spec.seed})", **stats}
-            arch, recipe = (
-                spec.arch,
-                {
-                    "recipe": spec.recipe,
-                    "penalty": get_recipe(spec.recipe).penalty,
-                    "epochs": spec.epochs,
-                    "targets": list(spec.targets),
-                    "lr": spec.lr,
-                    "ema": spec.ema,
-                    "penalty-options": dict(spec.penalty_options),
-                    "seed": spec.seed,
-                },
-            )
+            arch, recipe = spec.arch, spec.manifest_entry()
         else:
             model, stats = train(name, RECIPES[name], a.data)
             onnx_path, pt2_path = export(model, name)

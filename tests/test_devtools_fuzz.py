@@ -94,7 +94,7 @@ def test_per_layer_check_flags_a_bound_a_billionth_too_small(monkeypatch: pytest
     x = torch.rand(4, *d.input_shape, dtype=torch.float64)
     g64 = g.to("cpu", torch.float64)
     folded = fold_linear(g64)
-    assert fuzz._per_layer(g, g64, folded, x) == []
+    assert fuzz._per_layer(g64, folded, x) == []
     compute = type(dense).compute
 
     def shrunk(self, layer, ctx):  # noqa: ANN001, ANN202
@@ -104,7 +104,7 @@ def test_per_layer_check_flags_a_bound_a_billionth_too_small(monkeypatch: pytest
         ]
 
     monkeypatch.setattr(type(dense), "compute", shrunk)
-    found = fuzz._per_layer(g, g64, folded, x)
+    found = fuzz._per_layer(g64, folded, x)
     assert found and all("below" in f for f in found)
 
 

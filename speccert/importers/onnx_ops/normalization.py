@@ -9,7 +9,7 @@ import onnx
 import torch
 
 from speccert.importers.lowering import LoweringError, group_norm, layer_norm
-from speccert.importers.onnx_ops import BuildContext, NotConvertible, Value, act, attrs, const, converter
+from speccert.importers.onnx_ops import Act, BuildContext, NotConvertible, Value, act, attrs, const, converter
 from speccert.importers.onnx_ops.examples import one_node, randn
 from speccert.importers.onnx_ops.piecewise import _emitter
 
@@ -78,20 +78,25 @@ def convert_groupnorm(
 ) -> list[Value | None]:
     """Group norm with per-channel scale and bias (opset 21): Reshape, Standardize, Reshape, Affine."""
     x = act(inputs[0], "X")
-    a = attrs(node)
+    return [_group_norm(ctx, node, inputs, x, int(attrs(node).get("num_groups", 0)), ("scale", "bias"))]
+
+
+def _group_norm(
+    ctx: BuildContext,
+    node: onnx.NodeProto,
+    inputs: list[Value | None],
+    x: Act,
+    groups: int,
+    names: tuple[str, str],
+) -> Value:
+    """speccert.importers.lowering.group_norm with the node's epsilon and its optional scale and bias
+    (inputs 1 and 2, named as the operator's spec names them)."""
+    eps = float(attrs(node).get("epsilon", 1e-5))
+    scale, bias = _opt(inputs, 1, names[0]), _opt(inputs, 2, names[1])
     try:
-        y = group_norm(
-            _emitter(ctx),
-            x,
-            x.shape,
-            int(a.get("num_groups", 0)),
-            float(a.get("epsilon", 1e-5)),
-            _opt(inputs, 1, "scale"),
-            _opt(inputs, 2, "bias"),
-        )
+        return group_norm(_emitter(ctx), x, x.shape, groups, eps, scale, bias)
     except LoweringError as exc:
         raise NotConvertible(str(exc)) from None
-    return [y]
 
 
 def _in_examples() -> list:
@@ -124,16 +129,4 @@ def convert_instancenorm(
     x = act(inputs[0], "input")
     if len(x.shape) < 2:
         raise NotConvertible("InstanceNormalization of a tensor without spatial axes")
-    try:
-        y = group_norm(
-            _emitter(ctx),
-            x,
-            x.shape,
-            x.shape[0],
-            float(attrs(node).get("epsilon", 1e-5)),
-            _opt(inputs, 1, "scale"),
-            _opt(inputs, 2, "B"),
-        )
-    except LoweringError as exc:
-        raise NotConvertible(str(exc)) from None
-    return [y]
+    return [_group_norm(ctx, node, inputs, x, x.shape[0], ("scale", "B"))]
