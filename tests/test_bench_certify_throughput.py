@@ -73,3 +73,11 @@ def test_certify_command_takes_the_tolerance(tmp_path: Path, capsys: pytest.Capt
         assert main([*base, "--float32-tolerance", tol, "--json", str(out)]) == 0
         shares.append(json.loads(out.read_text())["timing"]["float64_share"])
     assert shares[0] == 1.0 and shares[1] < 0.5
+
+
+def test_loss_cell_does_not_tell_roundoff_from_zero() -> None:
+    """A loss of 0 and one of float64 roundoff print alike (which one a run gets depends on the threads)."""
+    from speccert.cli.bench_throughput import _loss_cell
+
+    assert _loss_cell(0.0) == _loss_cell(3e-12) == "<1e-9"
+    assert _loss_cell(0.012) == "0.012"
