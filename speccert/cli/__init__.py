@@ -2,9 +2,25 @@
 
 import os
 
-# Before torch loads: OpenMP's default spin-waiting made small CPU work 20-50x slower on a busy machine
-# (measured on the shared 2-core build machine); passive waiting costs nothing measurable when idle.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def _bounded_spin() -> None:
+    """Before torch loads: OpenMP threads spin only briefly (~10 us) before sleeping, unless the user chose.
+
+    libgomp's default (spin ~300,000 rounds, a few ms) made small CPU work 20-50x slower on a busy,
+    oversubscribed machine; never spinning (OMP_WAIT_POLICY=PASSIVE, this tool's earlier setting) made
+    back-to-back small parallel regions 1.7-1.9x slower on an idle one: `speccert bench norms` on ResNet-18
+    at 2 threads, auto's upper bounds 29.9 s passive, 15.4 s default (Fantastic-Four 5.0-5.1 s either way).
+    GOMP_SPINCOUNT=1000 keeps both: on the 2-core build machine, idle, auto on every ResNet-18 layer
+    35.7 s passive / 18.9 s default / 20.9 s; beside two busy processes, its layer3 6.8 / 13.8 / 5.9 s and
+    four norms/bounds test files 66 / 78 / 72 s. libgomp reads GOMP_SPINCOUNT before OMP_WAIT_POLICY;
+    other OpenMP runtimes ignore it and get PASSIVE as before. Either variable set by the user wins.
+    """
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = "1000"
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+_bounded_spin()
 
 
 def _keep_freed_memory() -> None:
