@@ -105,3 +105,23 @@ def test_celu_with_alpha_zero_is_refused_naming_the_node(tmp_path: Path) -> None
         speccert.load(str(path))
     text = str(info.value)
     assert "my_celu" in text and "alpha" in text
+
+
+def test_celu_with_alpha_zero_cli_says_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line: exit 3 and the refusal alone, no numpy "warning:" line from evaluating the node
+    (the reference kernel divides by alpha) before it."""
+    import onnx
+
+    from speccert.cli.app import main
+    from speccert.importers.onnx_ops.examples import one_node
+
+    m = one_node("Celu", (5,), opset=12, alpha=0.0)
+    m.graph.node[0].name = "my_celu"
+    path = tmp_path / "celu0.onnx"
+    onnx.save(m, str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # a warning the code let through would be shown, not deduplicated
+        code = main(["norms", str(path)])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "my_celu" in err and "warning" not in err.lower()
