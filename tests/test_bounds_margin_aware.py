@@ -9,7 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from speccert.bounds import certify
-from speccert.ir import INPUT, BatchNorm, Conv, Graph, Linear, Node, Reshape
+from speccert.bounds.certificates.margin_aware import pair_norms
+from speccert.bounds.linear_tail import affine_chain, chain_rows, tail_rows
+from speccert.ir import INPUT, Activation, BatchNorm, Conv, GlobalAvgPool, Graph, Linear, Node, Reshape
+from speccert.ir.passes import fold_linear
 
 
 def affine_net(
@@ -94,3 +97,75 @@ def test_conv_classifier_with_a_1x1_output_gets_the_margin_certificate() -> None
     rep = certify(g, (x, y), eps=[0.1], lower_bound=False)
     np.testing.assert_allclose(rep.radii["margin"], exact_distance(g, x, y), rtol=1e-6)
     np.testing.assert_allclose(rep.radii["pairwise"], rep.radii["margin"], rtol=1e-9)  # one-layer tail
+
+
+def gap_net(seed: int, c: int, n: int, hidden: int, classes: int, front: bool = False) -> Graph:
+    """[conv -> ReLU ->] global average pool -> flatten -> Linear -> Linear: a tail that the margin-aware
+    certificate keeps factored behind the pool (speccert.bounds.linear_tail); without `front` the whole
+    network is affine (the pool reads the input)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=D)
+
+    nodes, last = [], INPUT
+    if front:
+        conv = Conv(rnd(c, c, 3, 3) / 3, rnd(c) * 0.1, (1, 1), ((1, 1), (1, 1)), (1, 1))
+        nodes = [Node("conv", conv, (INPUT,)), Node("relu", Activation("relu"), ("conv",))]
+        last = "relu"
+    nodes += [
+        Node("gap", GlobalAvgPool(), (last,)),
+        Node("flat", Reshape((c,)), ("gap",)),
+        Node("fc1", Linear(rnd(hidden, c), rnd(hidden)), ("flat",)),
+        Node("fc2", Linear(rnd(classes, hidden) / hidden**0.5, rnd(classes)), ("fc1",)),
+    ]
+    return Graph((c, n, n), nodes, dtype=D)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    c=st.integers(1, 6),
+    n=st.integers(1, 9),
+    hidden=st.integers(2, 8),
+    classes=st.integers(2, 6),
+)
+def test_pooled_tail_radius_is_the_exact_boundary_distance(
+    seed: int, c: int, n: int, hidden: int, classes: int
+) -> None:
+    """Behind a global average pool the tail is kept factored (row norms / sqrt(P)): the radii of the
+    affine network are still its exact boundary distances, never above them (a factor of P or of 1 in
+    place of sqrt(P) breaks one side or the other)."""
+    g = gap_net(seed, c, n, hidden, classes)
+    assert tail_rows(fold_linear(g)).pixels == n * n
+    x = torch.randn(30, c, n, n, generator=torch.Generator().manual_seed(seed + 1), dtype=D)
+    with torch.no_grad():
+        y = g.forward(x).argmax(1)
+    rep = certify(g, (x, y), eps=[0.1], lower_bound=False)
+    want = exact_distance(g, x, y)
+    got = rep.radii["margin"]
+    assert np.all(got <= want), "a certified radius exceeds the exact distance to the boundary"
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_pooled_tail_is_factored_and_bounds_the_explicit_rows() -> None:
+    """`tail_rows` leaves the pool out (rows of length c, not c * P); its pair norms are >= the distances
+    of the explicit rows (formed through the pool in float64) and within 1e-12 of them; certify's radii
+    hold against a PGD attack."""
+    g = gap_net(5, 16, 7, 12, 10, front=True)
+    folded = fold_linear(g)
+    tail = tail_rows(folded)
+    assert tail.start == "relu" and tail.pixels == 49 and tail.rows.shape == (10, 16)
+    start, chain = affine_chain(folded, folded.output)
+    explicit = chain_rows(chain, folded.shape_of(start), 10, absolute=False)
+    assert explicit.shape == (10, 16 * 49)
+    want = torch.cdist(explicit, explicit)
+    got = pair_norms(tail)
+    off = ~torch.eye(10, dtype=torch.bool)
+    assert bool((got >= want).all())
+    assert float((got[off] / want[off]).max()) < 1 + 1e-12
+    x = torch.randn(100, 16, 7, 7, generator=torch.Generator().manual_seed(1), dtype=D)
+    with torch.no_grad():
+        y = g.forward(x).argmax(1)
+    rep = certify(g, (x, y), eps=[0.1], lower_bound=False, audit=30)
+    assert rep.audit is not None and rep.audit.successes == 0 and rep.audit.points > 0

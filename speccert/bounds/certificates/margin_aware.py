@@ -11,17 +11,22 @@ A classifier whose last layer is a conv with a 1x1 output is covered the same wa
 Floating point: with T^ the computed rows (float64, one reverse pass), |T^ - T| <= gamma(K) |T|_abs
 componentwise (|T|_abs the rows of |A_m| ... |A_1|, K the inner dimension of the chain), so
     ||T_y - T_j|| <= ||T^_y - T^_j|| (1 + gamma(n + 4)) + gamma(K) (1 + gamma(K)) (|| |T|_y || + || |T|_j ||),
-norms of n-term sums rounded up; the product with L_u is rounded up by 4 gamma(4).
+norms of n-term sums rounded up; the product with L_u is rounded up by 4 gamma(4). A tail kept factored
+behind a global average pool over P pixels (`TailRows.pixels`) has every such norm divided by sqrt(P),
+exactly (speccert.bounds.linear_tail); the computed factor is raised by 8u to stay above it (the
+square root, the division and the two products: four roundings of <= u each).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from speccert.bounds.certificate import Batch, CertContext, Certificate, register_certificate
 from speccert.bounds.linear_tail import TailRows, tail_rows
 from speccert.bounds.row_distances import distances
-from speccert.norms.rounding import gamma
+from speccert.norms.rounding import U, gamma
 
 Tensor = torch.Tensor
 
@@ -35,6 +40,8 @@ def pair_norms(tail: TailRows) -> Tensor:
     diff = distances(rows)  # chunked: bounded memory (speccert.bounds.row_distances)
     err = g_k * (abs_norms[:, None] + abs_norms[None, :])
     out: Tensor = (diff * (1.0 + g_n) + err) * (1.0 + 4.0 * gamma(4))
+    if tail.pixels > 1:  # true rows: rows / P over P pixels, norms / sqrt(P); 4 roundings, each <= u
+        out = out * ((1.0 / math.sqrt(tail.pixels)) * (1.0 + 8.0 * U))
     return out
 
 
