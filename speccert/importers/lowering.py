@@ -18,6 +18,9 @@ rules of its parts:
 - x - mean(x over axes, keepdims) (deel-torchlip's LayerCentering): one Center(axes) (an orthogonal
   projection, factor 1) instead of Add(x, -broadcast(mean)) (factor 2): `centering_axes` recognises the
   mean's chain.
+- nearest-neighbour upsampling by integer factors s (output index i copies input index i // s on every
+  spatial axis): ConvTranspose with a ones kernel [C, 1, *s], stride s, groups C (each pixel copied into
+  an s_1 x ... block: A^T A = prod(s) I, norm sqrt(prod s), the constants exact in any dtype).
 - max (min) over one axis of length n: n = 2, Extremum of the two Slices (the pair pattern of
   speccert.importers.sorting then fuses a MaxMin into a Sort); n > 2, Sort(descending) and the Slice of
   its first entry, 1-Lipschitz (|max x - max y| <= ||x - y||_inf per fibre); then a Reshape without the
@@ -36,6 +39,7 @@ from speccert.ir.graph import Node
 from speccert.ir.ops import (
     Activation,
     Affine,
+    ConvTranspose,
     Extremum,
     GlobalAvgPool,
     Op,
@@ -240,3 +244,29 @@ def centering_axes(
     if y.shape != want.shape or not torch.allclose(y, want, rtol=1e-12, atol=1e-12):
         return None
     return axes
+
+
+def nearest_upsample(emit: Emit[V], x: V, shape: tuple[int, ...], maps: Sequence[Sequence[int]]) -> V:
+    """Nearest-neighbour resampling of the 1 or 2 spatial axes of `shape` ([C, *spatial]): `maps[a][i]` is
+    the input index that output index i copies on spatial axis a. Exactly a ConvTranspose when every
+    map is i -> i // s for a whole s (the module docstring); anything else raises LoweringError saying
+    which axis copies what (a resampling that skips or repeats pixels unevenly has no such form)."""
+    spatial = tuple(shape[1:])
+    if len(maps) != len(spatial) or len(spatial) not in (1, 2):
+        raise LoweringError(f"nearest resampling of {len(spatial)} spatial axes (1 or 2 are supported)")
+    factors = []
+    for axis, (n, m) in enumerate(zip(spatial, maps, strict=True)):
+        s = len(m) // n if n else 0
+        if s < 1 or s * n != len(m) or any(int(j) != i // s for i, j in enumerate(m)):
+            head = ", ".join(str(int(j)) for j in list(m)[:8]) + (", ..." if len(m) > 8 else "")
+            raise LoweringError(
+                f"spatial axis {axis}: {n} -> {len(m)} copies input indices [{head}], not a whole-number "
+                "upsampling (each index repeated s times in order)"
+            )
+        factors.append(s)
+    if all(s == 1 for s in factors):
+        return x
+    c = shape[0]
+    ones = torch.ones((c, 1, *factors), dtype=torch.float32)
+    k = len(factors)
+    return emit(ConvTranspose(ones, None, tuple(factors), (0,) * k, (0,) * k, (1,) * k, c), x)

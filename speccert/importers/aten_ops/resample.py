@@ -1,0 +1,79 @@
+"""Nearest-neighbour upsampling (`nn.Upsample`, `F.interpolate(mode="nearest" | "nearest-exact")`) by
+whole factors: a ConvTranspose of ones (speccert.importers.lowering.nearest_upsample).
+
+Torch maps output index i to input floor(i * r) ("nearest") or floor((i + 0.5) * r) ("nearest-exact"),
+r = 1 / scale_factor when a factor is given, else in / out, clamped to the input; both are i // s for a
+whole factor s. The map is computed here and the lowering accepts only that form; the import's
+faithfulness check compares the graph with torch's own kernel (which computes r in single precision).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from speccert.importers.aten_ops.base import (
+    ConvertContext,
+    TensorValue,
+    Unsupported,
+    aten_op,
+    emitter,
+    tensor_arg,
+)
+from speccert.importers.lowering import LoweringError, nearest_upsample
+
+
+def _upsample(
+    ctx: ConvertContext, x_arg: Any, sizes: Sequence[int] | None, factors: Sequence[float | None], exact: bool
+) -> TensorValue:
+    x = tensor_arg(x_arg, "upsample input")
+    spatial = x.shape[2:]
+    maps = []
+    for axis, n in enumerate(spatial):
+        f = factors[axis] if axis < len(factors) else None
+        m = int(sizes[axis]) if sizes else math.floor(n * float(f or 1.0))
+        r = 1.0 / float(f) if f else n / m
+        half = 0.5 if exact else 0.0
+        maps.append([min(math.floor((i + half) * r), n - 1) for i in range(m)])
+    try:
+        return nearest_upsample(emitter(ctx), x, x.shape[1:], maps)
+    except LoweringError as exc:
+        raise Unsupported(f"{'nearest-exact' if exact else 'nearest'} upsampling: {exc}") from None
+
+
+def _vec(ctx: ConvertContext, args: list[Any], exact: bool) -> TensorValue:
+    x = tensor_arg(args[0], "upsample input")
+    sizes = args[1] if len(args) > 1 else None
+    factors = list(args[2]) if len(args) > 2 and args[2] is not None else []
+    return _upsample(ctx, x, sizes, factors, exact)
+
+
+@aten_op("aten.upsample_nearest1d.vec", "aten.upsample_nearest2d.vec")
+def upsample_nearest_vec(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    """upsample_nearest(x, output_size, scale_factors) by whole factors -> ConvTranspose of ones, stride
+    s, one group per channel; fractional factors and downsampling refused."""
+    return _vec(ctx, args, exact=False)
+
+
+@aten_op("aten._upsample_nearest_exact1d.vec", "aten._upsample_nearest_exact2d.vec")
+def upsample_nearest_exact_vec(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    """nearest-exact upsampling by whole factors -> ConvTranspose of ones, as nearest."""
+    return _vec(ctx, args, exact=True)
+
+
+def _default(ctx: ConvertContext, args: list[Any], exact: bool) -> TensorValue:
+    x = tensor_arg(args[0], "upsample input")
+    return _upsample(ctx, x, args[1], list(args[2:]), exact)
+
+
+@aten_op("aten.upsample_nearest1d.default", "aten.upsample_nearest2d.default")
+def upsample_nearest(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    """upsample_nearest(x, output_size, scales...) by whole factors -> ConvTranspose of ones."""
+    return _default(ctx, args, exact=False)
+
+
+@aten_op("aten._upsample_nearest_exact1d.default", "aten._upsample_nearest_exact2d.default")
+def upsample_nearest_exact(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    """nearest-exact upsampling (x, output_size, scales...) by whole factors -> ConvTranspose of ones."""
+    return _default(ctx, args, exact=True)
