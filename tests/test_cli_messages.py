@@ -149,3 +149,28 @@ def test_bench_without_corpus_says_what_it_skipped(
     assert code == 4 and "ONNX corpus not found at" in err and "SPECCERT_CORPUS" in err and "nothing" in err
     code, _, err = _run(capsys, "bench", "certify", "--no-bundled")
     assert code == 4 and "ONNX corpus not found at" in err and "running the 0 bundled models only" in err
+
+
+def test_a_model_onnxruntime_calls_invalid_is_an_input_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Gemm without its C input at opset 9 (optional only from opset 11): speccert's converter reads it,
+    onnxruntime refuses the file; that is the file's fault (exit 4, one line), not an internal error."""
+    rng = np.random.default_rng(0)
+    g = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Flatten", ["x"], ["f"]),
+            onnx.helper.make_node("Gemm", ["f", "w"], ["y"], transB=1),
+        ],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, 2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w")],
+    )
+    path = tmp_path / "gemm9.onnx"
+    onnx.save(
+        onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 9)], ir_version=8), str(path)
+    )
+    code = main(["norms", str(path)])
+    err = capsys.readouterr().err
+    assert code == 4 and "invalid ONNX" in err and "Traceback" not in err

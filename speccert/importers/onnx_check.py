@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import torch
 
-from speccert.errors import InternalError, SpeccertError
+from speccert.errors import InputError, InternalError, SpeccertError
 from speccert.importers.onnx_model import input_spec
 from speccert.importers.onnx_safety import read_onnx
 from speccert.importers.ort_reference import Reference, ReferenceRun
@@ -62,9 +62,10 @@ def _run_ort(
         source = str(model) if isinstance(model, Path) else model.SerializeToString()
         sess = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise InternalError(
-            f"onnxruntime cannot run the model to check the import: {str(exc).splitlines()[0]}"
-        ) from None
+        first = str(exc).splitlines()[0]
+        if "INVALID_GRAPH" in first or "INVALID_PROTOBUF" in first:  # the file breaks the ONNX spec
+            raise InputError(f"onnxruntime rejects the model as invalid ONNX: {first}") from None
+        raise InternalError(f"onnxruntime cannot run the model to check the import: {first}") from None
     chunk = batch or x.shape[0]
     parts = [sess.run(outputs, {input_name: x[i : i + chunk]}) for i in range(0, x.shape[0], chunk)]
     return [
