@@ -20,7 +20,7 @@ import speccert
 from speccert.bounds import certify, lipschitz_bound
 from speccert.cli.app import main
 from speccert.errors import UnsupportedModelError
-from speccert.ir import ConvTranspose
+from speccert.ir import ConvTranspose, Linear
 from speccert.norms import layer_norms
 
 D = torch.float64
@@ -102,12 +102,15 @@ def test_resize_imports_exactly_with_norm_sqrt_copies(
     assert norm.lower is not None and norm.lower.value <= exact
 
 
-def test_resize_certificates_hold_against_an_attack(tmp_path: Path) -> None:
-    path = _classifier(
-        tmp_path / "m.onnx",
-        _resize(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
-        {"scales": np.array([1, 1, 2, 2], np.float32)},
-    )
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+        {"mode": "linear"},
+    ],
+)
+def test_resize_certificates_hold_against_an_attack(tmp_path: Path, kw: dict[str, str]) -> None:
+    path = _classifier(tmp_path / "m.onnx", _resize(**kw), {"scales": np.array([1, 1, 2, 2], np.float32)})
     g = speccert.load(str(path))
     x = torch.randn(60, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -145,7 +148,8 @@ def test_resize_with_sizes_and_upsample_opset9(tmp_path: Path) -> None:
 
 
 REFUSED = [
-    ({"mode": "linear"}, [1, 1, 2, 2], "mode 'linear'"),
+    ({"mode": "cubic"}, [1, 1, 2, 2], "mode 'cubic'"),
+    ({"mode": "linear"}, [1, 1, 3, 3], "not a float32 number"),
     (
         {
             "mode": "nearest",
@@ -196,11 +200,64 @@ def test_other_resamplings_are_refused_naming_the_node(
 
 def test_refusal_on_the_command_line_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _classifier(
-        tmp_path / "m.onnx", _resize(mode="linear"), {"scales": np.array([1, 1, 2, 2], np.float32)}
+        tmp_path / "m.onnx", _resize(mode="cubic"), {"scales": np.array([1, 1, 2, 2], np.float32)}
     )
     code = main(["norms", str(path)])
     err = capsys.readouterr().err
-    assert code == 3 and "'up'" in err and "mode 'linear'" in err and "Traceback" not in err
+    assert code == 3 and "'up'" in err and "mode 'cubic'" in err and "Traceback" not in err
+
+
+LINEAR = [
+    ({"mode": "linear"}, [1, 1, 2, 2]),  # half_pixel: torch's bilinear, align_corners=False
+    ({"mode": "linear", "coordinate_transformation_mode": "asymmetric"}, [1, 1, 4, 2]),
+    ({"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}, [1, 1, 2, 8]),
+]
+
+
+def _explicit_operator(
+    node: onnx.NodeProto, inits: dict[str, np.ndarray], shape: tuple[int, ...]
+) -> np.ndarray:
+    """The Resize node alone as an explicit matrix, by onnxruntime on the basis vectors (ground truth
+    independent of the importer)."""
+    g = helper.make_graph(
+        [node],
+        "r",
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, ["N", *shape])],
+        [helper.make_tensor_value_info("u", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    n = math.prod(shape)
+    basis = np.eye(n, dtype=np.float32).reshape(n, *shape)
+    return sess.run(None, {"r": basis})[0].reshape(n, -1).T.astype(np.float64)
+
+
+@pytest.mark.parametrize(("kw", "scales"), LINEAR)
+def test_linear_resize_norm_is_the_operators(tmp_path: Path, kw: dict[str, str], scales: list[int]) -> None:
+    """Bilinear resampling becomes a Linear per axis; the composed bound of the imported graph equals the
+    spectral norm of onnxruntime's own operator (its Kronecker structure makes the product exact)."""
+    inits = {"scales": np.array(scales, np.float32)}
+    path = _classifier(tmp_path / "m.onnx", _resize(**kw), inits)
+    g = speccert.load(str(path))
+    x = np.random.default_rng(2).standard_normal((5, 2, 4, 4)).astype(np.float32)
+    want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(g.forward(torch.from_numpy(x)).detach().numpy(), want, rtol=1e-5, atol=1e-5)
+    # the resize alone, imported: its certified bound against the explicit operator's SVD
+    alone = tmp_path / "alone.onnx"
+    node = _resize(**kw)
+    gr = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), node],
+        "a",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("u", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    onnx.save(helper.make_model(gr, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(alone))
+    ga = speccert.load(str(alone))
+    exact = float(np.linalg.norm(_explicit_operator(node, inits, (3, 4, 4)), 2))
+    bound = lipschitz_bound(ga).upper
+    assert exact <= bound <= exact * (1 + 1e-9)
 
 
 class _Up(nn.Module):
@@ -222,6 +279,9 @@ class _Up(nn.Module):
         {"scale_factor": 2, "mode": "nearest"},
         {"scale_factor": (3, 2), "mode": "nearest-exact"},
         {"size": (8, 12), "mode": "nearest"},
+        {"scale_factor": 2, "mode": "bilinear"},
+        {"scale_factor": (2, 4), "mode": "bilinear", "align_corners": False},
+        {"size": (7, 13), "mode": "bilinear", "align_corners": True},
     ],
 )
 def test_torch_upsample_through_pt2_and_onnx(tmp_path: Path, kw: dict[str, object]) -> None:
@@ -231,19 +291,27 @@ def test_torch_upsample_through_pt2_and_onnx(tmp_path: Path, kw: dict[str, objec
     m(x)  # materialise the lazy head
     torch.export.save(torch.export.export(m, (x,)), str(tmp_path / "m.pt2"))
     paths = ["m.pt2"]
-    if kw["mode"] == "nearest":  # torch's ONNX exporter has no nearest-exact
+    if kw["mode"] != "nearest-exact":  # torch's ONNX exporter has no nearest-exact
         torch.onnx.export(m, (x,), str(tmp_path / "m.onnx"), dynamo=False, opset_version=13)
         paths.append("m.onnx")
     for path in paths:
         g = speccert.load(str(tmp_path / path))
-        assert any(isinstance(n.op, ConvTranspose) for n in g.nodes)
+        kind = Linear if kw["mode"] == "bilinear" else ConvTranspose
+        assert sum(isinstance(n.op, kind) for n in g.nodes) >= 1 + (kind is Linear)  # the head is a Linear
         torch.testing.assert_close(g.forward(x), m(x), rtol=1e-5, atol=1e-5)
 
 
-def test_torch_fractional_upsample_is_refused(tmp_path: Path) -> None:
-    m = _Up(scale_factor=1.5, mode="nearest").eval()
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"scale_factor": 1.5, "mode": "nearest"}, "not a whole-number"),
+        ({"scale_factor": 3, "mode": "bilinear"}, "float32"),
+    ],
+)
+def test_torch_inexact_upsample_is_refused(tmp_path: Path, kw: dict[str, object], reason: str) -> None:
+    m = _Up(**kw).eval()
     x = torch.rand(2, 2, 4, 4)
     m(x)
     torch.export.save(torch.export.export(m, (x,)), str(tmp_path / "m.pt2"))
-    with pytest.raises(UnsupportedModelError, match="not a whole-number"):
+    with pytest.raises(UnsupportedModelError, match=reason):
         speccert.load(str(tmp_path / "m.pt2"))

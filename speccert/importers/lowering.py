@@ -21,6 +21,11 @@ rules of its parts:
 - nearest-neighbour upsampling by integer factors s (output index i copies input index i // s on every
   spatial axis): ConvTranspose with a ones kernel [C, 1, *s], stride s, groups C (each pixel copied into
   an s_1 x ... block: A^T A = prod(s) I, norm sqrt(prod s), the constants exact in any dtype).
+- linear (bilinear) resampling: separable, y = A_1 x A_2^T per channel with A_a [out, in] per spatial axis,
+  each row two weights (1 - w, w) on neighbouring inputs: a Linear on the last axis per axis, the other
+  brought last by Transposes (the operator is A_1 (x) A_2 per channel: the composed bound, the product
+  of the Linears' norms, is its exact norm). The weights must be float32 numbers (they are for factors
+  that are powers of two, 0.25 / 0.75 at 2x): the certified operator is the file's, not a rounded one.
 - max (min) over one axis of length n: n = 2, Extremum of the two Slices (the pair pattern of
   speccert.importers.sorting then fuses a MaxMin into a Sort); n > 2, Sort(descending) and the Slice of
   its first entry, 1-Lipschitz (|max x - max y| <= ||x - y||_inf per fibre); then a Reshape without the
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import TypeVar
 
 import torch
@@ -42,6 +48,7 @@ from speccert.ir.ops import (
     ConvTranspose,
     Extremum,
     GlobalAvgPool,
+    Linear,
     Op,
     Reshape,
     Slice,
@@ -270,3 +277,41 @@ def nearest_upsample(emit: Emit[V], x: V, shape: tuple[int, ...], maps: Sequence
     ones = torch.ones((c, 1, *factors), dtype=torch.float32)
     k = len(factors)
     return emit(ConvTranspose(ones, None, tuple(factors), (0,) * k, (0,) * k, (1,) * k, c), x)
+
+
+def interpolation_matrix(n: int, sources: Sequence[Fraction]) -> torch.Tensor:
+    """[len(sources), n]: row i interpolates linearly at input coordinate sources[i] (clamped to
+    [0, n - 1]): weight 1 - w on floor, w on the next index. Exact rationals; LoweringError when an
+    entry is not a float32 number (it would be rounded, and the certificate would be of another map)."""
+    a = torch.zeros((len(sources), n), dtype=torch.float64)
+    for i, src in enumerate(sources):
+        x = min(max(src, Fraction(0)), Fraction(n - 1))
+        lo = math.floor(x)
+        w = x - lo
+        for j, v in ((lo, 1 - w), (min(lo + 1, n - 1), w)):
+            if v and float(torch.tensor(float(v), dtype=torch.float32)) != v:
+                raise LoweringError(
+                    f"interpolation weight {v} (output {i}) is not a float32 number: only factors whose "
+                    "weights are exact (e.g. powers of two) are supported"
+                )
+            a[i, j] += float(v)
+    return a.to(torch.float32)
+
+
+def linear_resample(emit: Emit[V], x: V, shape: tuple[int, ...], mats: Sequence[torch.Tensor]) -> V:
+    """Separable linear resampling of the 1 or 2 spatial axes of `shape` ([C, *spatial]) by the per-axis
+    matrices `mats` ([out, in] each, from `interpolation_matrix`): the module docstring's chain."""
+    spatial = tuple(shape[1:])
+    if len(mats) != len(spatial) or len(spatial) not in (1, 2):
+        raise LoweringError(f"linear resampling of {len(spatial)} spatial axes (1 or 2 are supported)")
+
+    def identity(a: torch.Tensor) -> bool:
+        return a.shape[0] == a.shape[1] and bool((a == torch.eye(a.shape[0])).all())
+
+    last = mats[-1]
+    y = x if identity(last) else emit(Linear(last.clone()), x)
+    if len(mats) == 2 and not identity(mats[0]):
+        y = emit(Transpose((0, 2, 1)), y)
+        y = emit(Linear(mats[0].clone()), y)
+        y = emit(Transpose((0, 2, 1)), y)
+    return y

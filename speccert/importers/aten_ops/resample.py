@@ -1,16 +1,21 @@
 """Nearest-neighbour upsampling (`nn.Upsample`, `F.interpolate(mode="nearest" | "nearest-exact")`) by
-whole factors: a ConvTranspose of ones (speccert.importers.lowering.nearest_upsample).
+whole factors: a ConvTranspose of ones (speccert.importers.lowering.nearest_upsample); linear and
+bilinear interpolation with float32-exact weights: one Linear per spatial axis
+(speccert.importers.lowering.linear_resample).
 
 Torch maps output index i to input floor(i * r) ("nearest") or floor((i + 0.5) * r) ("nearest-exact"),
 r = 1 / scale_factor when a factor is given, else in / out, clamped to the input; both are i // s for a
 whole factor s. The map is computed here and the lowering accepts only that form; the import's
 faithfulness check compares the graph with torch's own kernel (which computes r in single precision).
+(Bi)linear: input coordinate i (n - 1) / (m - 1) with align_corners, else max(0, (i + 1/2) r - 1/2),
+interpolated between floor and the next index (the last index clamped), in exact rationals.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 from speccert.importers.aten_ops.base import (
@@ -21,7 +26,12 @@ from speccert.importers.aten_ops.base import (
     emitter,
     tensor_arg,
 )
-from speccert.importers.lowering import LoweringError, nearest_upsample
+from speccert.importers.lowering import (
+    LoweringError,
+    interpolation_matrix,
+    linear_resample,
+    nearest_upsample,
+)
 
 
 def _upsample(
@@ -77,3 +87,46 @@ def upsample_nearest(ctx: ConvertContext, args: list[Any]) -> TensorValue:
 def upsample_nearest_exact(ctx: ConvertContext, args: list[Any]) -> TensorValue:
     """nearest-exact upsampling (x, output_size, scales...) by whole factors -> ConvTranspose of ones."""
     return _default(ctx, args, exact=True)
+
+
+def _linear(
+    ctx: ConvertContext,
+    x_arg: Any,
+    sizes: Sequence[int] | None,
+    corners: bool,
+    factors: Sequence[float | None],
+) -> TensorValue:
+    x = tensor_arg(x_arg, "interpolation input")
+    mats = []
+    for axis, n in enumerate(x.shape[2:]):
+        f = factors[axis] if axis < len(factors) else None
+        m = int(sizes[axis]) if sizes else math.floor(n * float(f or 1.0))
+        if corners:
+            src = [Fraction(0) if m == 1 else Fraction(i * (n - 1), m - 1) for i in range(m)]
+        else:
+            r = 1 / Fraction(float(f)) if f else Fraction(n, m)
+            src = [max(Fraction(0), (i + Fraction(1, 2)) * r - Fraction(1, 2)) for i in range(m)]
+        mats.append(src)
+    try:
+        return linear_resample(
+            emitter(ctx),
+            x,
+            x.shape[1:],
+            [interpolation_matrix(n, src) for n, src in zip(x.shape[2:], mats, strict=True)],
+        )
+    except LoweringError as exc:
+        raise Unsupported(f"{'bi' if len(mats) == 2 else ''}linear interpolation: {exc}") from None
+
+
+@aten_op("aten.upsample_linear1d.vec", "aten.upsample_bilinear2d.vec")
+def upsample_linear_vec(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    """(bi)linear interpolation (x, output_size, align_corners, scale_factors) with float32-exact weights
+    (e.g. 2x) -> one Linear per spatial axis with Transposes; other factors refused."""
+    factors = list(args[3]) if len(args) > 3 and args[3] is not None else []
+    return _linear(ctx, args[0], args[1], bool(args[2]), factors)
+
+
+@aten_op("aten.upsample_linear1d.default", "aten.upsample_bilinear2d.default")
+def upsample_linear(ctx: ConvertContext, args: list[Any]) -> TensorValue:
+    """(bi)linear interpolation (x, output_size, align_corners, scales...) -> one Linear per axis."""
+    return _linear(ctx, args[0], args[1], bool(args[2]), list(args[3:]))

@@ -1,25 +1,35 @@
 """Resize and Upsample: nearest-neighbour upsampling by whole factors (what `nn.Upsample(scale_factor=2)`
 and `F.interpolate(..., mode="nearest")` export to), lowered to a ConvTranspose of ones
-(speccert.importers.lowering.nearest_upsample: exact, norm sqrt(prod s)).
+(speccert.importers.lowering.nearest_upsample: exact, norm sqrt(prod s)), and linear (bilinear)
+resampling, lowered to one Linear per spatial axis (speccert.importers.lowering.linear_resample: the
+operator is a Kronecker product, so the product of the two norms is its norm).
 
-The converter computes, per spatial axis, which input index each output index copies, by the
+Nearest: the converter computes, per spatial axis, which input index each output index copies, by the
 operator's own formulas (coordinate transformation, then the nearest rounding, then the clamp to the
 input), and accepts the node only when that map is i -> i // s for a whole s: so every transformation
 mode and rounding that amounts to it (asymmetric + floor, half_pixel + round_prefer_floor, ...) is
-accepted, and every one that does not is refused naming the axis. Linear and cubic interpolation,
-downsampling and fractional factors are refused (one line, the node named); onnxruntime's outputs
-are compared with the converted graph's at load, as for every op.
+accepted, and every one that does not is refused naming the axis. Linear: the interpolation matrix of
+each axis from the same coordinate formulas in exact rational arithmetic, accepted when its weights are
+float32 numbers (upsampling by powers of two, align_corners grids with dyadic steps). Cubic
+interpolation, antialiased downsampling and inexact weights are refused (one line, the node named);
+onnxruntime's outputs are compared with the converted graph's at load, as for every op.
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import onnx
 
-from speccert.importers.lowering import LoweringError, nearest_upsample
+from speccert.importers.lowering import (
+    LoweringError,
+    interpolation_matrix,
+    linear_resample,
+    nearest_upsample,
+)
 from speccert.importers.onnx_ops import (
     Act,
     BuildContext,
@@ -60,6 +70,28 @@ def _source(i: int, n: int, m: int, scale: float, transform: str) -> float:
     return offset + (i + 0.5) / scale - 0.5
 
 
+def linear_sources(n: int, m: int, scale: Fraction, transform: str) -> list[Fraction]:
+    """The input coordinate of each of the m output indices, exactly (the formulas of `_source`)."""
+    half = Fraction(1, 2)
+    out = []
+    for i in range(m):
+        if transform == "asymmetric":
+            x = i / scale
+        elif transform == "tf_half_pixel_for_nn":
+            x = (i + half) / scale
+        elif transform == "align_corners":
+            x = Fraction(0) if m == 1 else Fraction(i * (n - 1), m - 1)
+        elif transform == "pytorch_half_pixel" and m == 1:
+            x = Fraction(0)
+        else:
+            offset = (
+                Fraction(n, 2) * (1 - Fraction(m) / (n * scale)) if transform == "half_pixel_symmetric" else 0
+            )
+            x = offset + (i + half) / scale - half
+        out.append(x)
+    return out
+
+
 def _round(x: float, mode: str) -> int:
     if mode == "floor":
         return math.floor(x)
@@ -78,8 +110,8 @@ def nearest_map(n: int, m: int, scale: float, transform: str, rounding: str) -> 
 
 def _targets(
     ctx: BuildContext, x: Act, scales: np.ndarray | None, sizes: np.ndarray | None, axes: list[int] | None
-) -> tuple[list[int], list[float]]:
-    """(output length, scale) per spatial axis from the node's sizes (when given) or scales, over
+) -> tuple[list[int], list[Fraction]]:
+    """(output length, exact scale) per spatial axis from the node's sizes (when given) or scales, over
     `axes` (opset 18; default all): the batch and channel axes must keep their size."""
     rank = len(x.shape) + 1
     listed = [a % rank for a in axes] if axes is not None else list(range(rank))
@@ -88,7 +120,7 @@ def _targets(
     if given is None or given.size != len(listed):
         raise NotConvertible(f"needs scales or sizes for {len(listed)} axes, got {given}")
     lengths = dict(enumerate(x.shape, start=1))
-    factors = dict.fromkeys(range(1, rank), 1.0)
+    factors = dict.fromkeys(range(1, rank), Fraction(1))
     for a, v in zip(listed, given.tolist(), strict=True):
         if a == 0:  # sizes: BATCH from a folded Shape (or 1 when the batch is fixed at 1); scales: 1
             keeps = int(v) == BATCH or (int(v) == 1 and ctx.batch_fixed_one) if use_sizes else v == 1.0
@@ -96,9 +128,9 @@ def _targets(
                 raise NotConvertible(f"resizes the batch axis ({'size' if use_sizes else 'scale'} {v:g})")
             continue
         if use_sizes:
-            lengths[a], factors[a] = int(v), float(v) / x.shape[a - 1]
+            lengths[a], factors[a] = int(v), Fraction(int(v), x.shape[a - 1])
         else:
-            lengths[a], factors[a] = math.floor(x.shape[a - 1] * float(v)), float(v)
+            lengths[a], factors[a] = math.floor(x.shape[a - 1] * float(v)), Fraction(float(v))
     if lengths[1] != x.shape[0]:
         raise NotConvertible(f"resizes the channel axis ({x.shape[0]} -> {lengths[1]})")
     return [lengths[a] for a in range(2, rank)], [factors[a] for a in range(2, rank)]
@@ -113,9 +145,9 @@ def _convert(
     legacy: bool,
 ) -> Act:
     mode = str(a.get("mode", "nearest"))
-    if mode != "nearest":
+    if mode not in ("nearest", "linear"):
         raise NotConvertible(
-            f"mode '{mode}' (only nearest-neighbour upsampling by whole factors is supported)"
+            f"mode '{mode}' (nearest-neighbour by whole factors and linear with float32 weights are supported)"
         )
     transform = "asymmetric" if legacy else str(a.get("coordinate_transformation_mode", "half_pixel"))
     rounding = "floor" if legacy else str(a.get("nearest_mode", "round_prefer_floor"))
@@ -126,14 +158,19 @@ def _convert(
     axes = a.get("axes")
     listed = None if axes is None else [int(v) for v in axes]  # type: ignore[attr-defined]
     lengths, factors = _targets(ctx, x, scales, sizes, listed)
-    maps = [
-        nearest_map(n, m, s, transform, rounding)
-        for n, m, s in zip(x.shape[1:], lengths, factors, strict=True)
-    ]
+    shapes = list(zip(x.shape[1:], lengths, factors, strict=True))
+    emit = lambda op, v: ctx.add(op, [v])  # noqa: E731
     try:
-        return nearest_upsample(lambda op, v: ctx.add(op, [v]), x, x.shape, maps)
+        if mode == "linear":
+            if int(a.get("antialias", 0)) and any(f < 1 for f in factors):  # type: ignore[call-overload]
+                raise LoweringError("antialiased downsampling (a wider filter than two taps)")
+            mats = [interpolation_matrix(n, linear_sources(n, m, f, transform)) for n, m, f in shapes]
+            return linear_resample(emit, x, x.shape, mats)
+        maps = [nearest_map(n, m, float(f), transform, rounding) for n, m, f in shapes]
+        return nearest_upsample(emit, x, x.shape, maps)
     except LoweringError as exc:
-        raise NotConvertible(f"{exc} ({transform}, {rounding})") from None
+        how = transform if mode == "linear" else f"{transform}, {rounding}"
+        raise NotConvertible(f"{mode}: {exc} ({how})") from None
 
 
 def _float(v: Value | None, what: str) -> np.ndarray | None:
@@ -172,6 +209,17 @@ RESIZE_EXAMPLES = [
     _resize((2, 6), 13, [1, 1, 3], coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
     _resize((2, 3, 3), 18, None, sizes=[6, 12], axes=[2, 3], mode="nearest"),
     _resize((2, 3, 3), 10, [1, 1, 2, 2], mode="nearest"),
+    _resize((2, 3, 4), 13, [1, 1, 2, 2], mode="linear"),  # half_pixel: torch's bilinear upsampling
+    _resize(
+        (2, 3, 4),
+        18,
+        None,
+        sizes=[5, 7],
+        axes=[2, 3],
+        mode="linear",
+        coordinate_transformation_mode="align_corners",
+    ),
+    _resize((2, 6), 13, [1, 1, 4], mode="linear", coordinate_transformation_mode="asymmetric"),
 ]
 
 
@@ -179,7 +227,8 @@ RESIZE_EXAMPLES = [
 def convert_resize(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]) -> list[Value | None]:
     """Nearest-neighbour upsampling by whole factors on 1-2 spatial axes (any coordinate transformation
     and rounding that copies input i // s to output i) -> ConvTranspose of ones, stride s, one group per
-    channel; linear / cubic modes, downsampling and fractional factors refused."""
+    channel; linear mode with float32-exact weights -> one Linear per spatial axis (Transposes between);
+    cubic, antialiased downsampling, other nearest maps and inexact weights refused."""
     x = act(inputs[0], "X")
     a = attrs(node)
     if ctx.opset == 10:
