@@ -88,3 +88,13 @@ def test_nan_weights_are_named() -> None:
     g.node("c1").op.weight[0, 0, 0, 0] = float("nan")  # type: ignore[attr-defined]
     with pytest.raises(InputError, match="c1.weight"):
         g.check_finite()
+
+
+def test_conv_transpose_describes_itself_like_a_conv() -> None:
+    """Reports name a transposed conv's channels, kernel, stride and groups (not just its type)."""
+    from speccert.ir import ConvTranspose
+
+    plain = ConvTranspose(torch.zeros(3, 2, 4, 4), None, (2, 2), (1, 1), (0, 0), (1, 1), 1)
+    grouped = ConvTranspose(torch.zeros(4, 2, 3, 3), None, (1, 1), (0, 0), (0, 0), (2, 2), 2)
+    assert plain.describe() == "ConvTranspose 3->2 4x4 s2,2"
+    assert grouped.describe() == "ConvTranspose 4->4 3x3 g2 d2,2"

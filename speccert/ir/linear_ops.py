@@ -66,14 +66,8 @@ class Conv(Op):
         return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
 
     def describe(self) -> str:
-        k = "x".join(str(s) for s in self.weight.shape[2:])
-        extra = [f"s{','.join(map(str, self.stride))}"] if any(s != 1 for s in self.stride) else []
-        if self.groups != 1:
-            extra.append(f"g{self.groups}")
-        if any(d != 1 for d in self.dilation):
-            extra.append(f"d{','.join(map(str, self.dilation))}")
         cin = self.weight.shape[1] * self.groups
-        return f"Conv {cin}->{self.weight.shape[0]} {k}" + (" " + " ".join(extra) if extra else "")
+        return _describe_conv("Conv", cin, self.weight.shape[0], self)
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,6 +103,21 @@ class ConvTranspose(Op):
 
     def parameters(self) -> dict[str, Tensor]:
         return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
+
+    def describe(self) -> str:
+        cout = self.weight.shape[1] * self.groups
+        return _describe_conv("ConvTranspose", self.weight.shape[0], cout, self)
+
+
+def _describe_conv(kind: str, cin: int, cout: int, op: Conv | ConvTranspose) -> str:
+    """`Conv 3->64 7x7 s2,2` (stride, groups and dilation only where they are not 1)."""
+    k = "x".join(str(s) for s in op.weight.shape[2:])
+    extra = [f"s{','.join(map(str, op.stride))}"] if any(s != 1 for s in op.stride) else []
+    if op.groups != 1:
+        extra.append(f"g{op.groups}")
+    if any(d != 1 for d in op.dilation):
+        extra.append(f"d{','.join(map(str, op.dilation))}")
+    return f"{kind} {cin}->{cout} {k}" + (" " + " ".join(extra) if extra else "")
 
 
 @dataclass(frozen=True, eq=False)
