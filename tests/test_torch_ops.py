@@ -51,6 +51,18 @@ EXAMPLES: dict[str, Example] = {
     "aten._softmax.default": Example((5,), lambda x, p: aten._softmax.default(x, 1, False)),
     "aten._to_copy.default": Example((3,), lambda x, p: aten._to_copy.default(x, dtype=torch.float32) * 2),
     "aten._unsafe_view.default": Example((3, 4), lambda x, p: aten._unsafe_view.default(x * 1, [2, 12])),
+    "aten._upsample_nearest_exact1d.default": Example(
+        (2, 3), lambda x, p: aten._upsample_nearest_exact1d.default(x, [6])
+    ),
+    "aten._upsample_nearest_exact1d.vec": Example(
+        (2, 3), lambda x, p: aten._upsample_nearest_exact1d.vec(x, None, [2.0])
+    ),
+    "aten._upsample_nearest_exact2d.default": Example(
+        (2, 3, 4), lambda x, p: aten._upsample_nearest_exact2d.default(x, [6, 8])
+    ),
+    "aten._upsample_nearest_exact2d.vec": Example(
+        (2, 3, 4), lambda x, p: aten._upsample_nearest_exact2d.vec(x, None, [3.0, 2.0])
+    ),
     "aten.adaptive_avg_pool1d.default": Example(
         (3, 6), lambda x, p: aten.adaptive_avg_pool1d.default(x, [2])
     ),
@@ -242,6 +254,26 @@ EXAMPLES: dict[str, Example] = {
     "aten.tanh.default": Example((5,), lambda x, p: aten.tanh.default(x)),
     "aten.transpose.int": Example((2, 3, 4), lambda x, p: aten.transpose.int(x, -1, 1)),
     "aten.unsqueeze.default": Example((3, 4), lambda x, p: aten.unsqueeze.default(x, -1)),
+    "aten.upsample_bilinear2d.default": Example(
+        (2, 3, 4), lambda x, p: aten.upsample_bilinear2d.default(x, [6, 8], False)
+    ),
+    "aten.upsample_bilinear2d.vec": Example(
+        (2, 3, 4), lambda x, p: aten.upsample_bilinear2d.vec(x, [5, 7], True, None)
+    ),
+    "aten.upsample_linear1d.default": Example(
+        (2, 4), lambda x, p: aten.upsample_linear1d.default(x, [16], False)
+    ),
+    "aten.upsample_linear1d.vec": Example(
+        (2, 4), lambda x, p: aten.upsample_linear1d.vec(x, None, False, [2.0])
+    ),
+    "aten.upsample_nearest1d.default": Example((2, 3), lambda x, p: aten.upsample_nearest1d.default(x, [9])),
+    "aten.upsample_nearest1d.vec": Example((2, 3), lambda x, p: aten.upsample_nearest1d.vec(x, None, [2.0])),
+    "aten.upsample_nearest2d.default": Example(
+        (2, 3, 4), lambda x, p: aten.upsample_nearest2d.default(x, [6, 12])
+    ),
+    "aten.upsample_nearest2d.vec": Example(
+        (2, 3, 4), lambda x, p: aten.upsample_nearest2d.vec(x, None, [2.0, 2.0])
+    ),
     "aten.view.default": Example((3, 4), lambda x, p: aten.view.default(x, [2, 4, 3])),
     "aten.view_copy.default": Example((3, 4), lambda x, p: aten.view_copy.default(x, [2, 12])),
 }
