@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from speccert.bounds import certify
 from speccert.bounds.certificates.margin_aware import pair_norms
+from speccert.bounds.certify_result import CertifyReport
 from speccert.bounds.linear_tail import affine_chain, chain_rows, tail_rows
 from speccert.ir import INPUT, Activation, BatchNorm, Conv, GlobalAvgPool, Graph, Linear, Node, Reshape
 from speccert.ir.passes import fold_linear
@@ -64,6 +65,13 @@ def test_affine_network_radius_is_the_exact_boundary_distance(
 ) -> None:
     g = affine_net(seed, c_in, n, c_mid, k, stride, hidden, classes)
     x = torch.randn(40, c_in, n, n, generator=torch.Generator().manual_seed(seed + 1), dtype=D)
+    rep = assert_exact_margin_radii(g, x)
+    assert np.all(rep.radius >= rep.radii["margin"])
+
+
+def assert_exact_margin_radii(g: Graph, x: torch.Tensor) -> CertifyReport:
+    """The margin-aware radii of the affine network `g` at `x` are its exact boundary distances: never
+    above them, within 1e-6 of them. Returns certify's report."""
     with torch.no_grad():
         y = g.forward(x).argmax(1)
     rep = certify(g, (x, y), eps=[0.1], lower_bound=False)
@@ -71,7 +79,7 @@ def test_affine_network_radius_is_the_exact_boundary_distance(
     got = rep.radii["margin"]
     assert np.all(got <= want), "a certified radius exceeds the exact distance to the boundary"
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    assert np.all(rep.radius >= got)
+    return rep
 
 
 def test_margin_never_loses_to_pairwise_and_beats_it_below_the_last_layer() -> None:
@@ -138,14 +146,9 @@ def test_pooled_tail_radius_is_the_exact_boundary_distance(
     place of sqrt(P) breaks one side or the other)."""
     g = gap_net(seed, c, n, hidden, classes)
     assert tail_rows(fold_linear(g)).pixels == n * n
-    x = torch.randn(30, c, n, n, generator=torch.Generator().manual_seed(seed + 1), dtype=D)
-    with torch.no_grad():
-        y = g.forward(x).argmax(1)
-    rep = certify(g, (x, y), eps=[0.1], lower_bound=False)
-    want = exact_distance(g, x, y)
-    got = rep.radii["margin"]
-    assert np.all(got <= want), "a certified radius exceeds the exact distance to the boundary"
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert_exact_margin_radii(
+        g, torch.randn(30, c, n, n, generator=torch.Generator().manual_seed(seed + 1), dtype=D)
+    )
 
 
 def test_pooled_tail_is_factored_and_bounds_the_explicit_rows() -> None:
