@@ -54,24 +54,9 @@ TRANSFORMS = (
 )
 
 
-def _source(i: int, n: int, m: int, scale: float, transform: str) -> float:
-    """The input coordinate of output index i (input length n, output m, scale m / n or as given)."""
-    if transform == "asymmetric":
-        return i / scale
-    if transform == "tf_half_pixel_for_nn":
-        return (i + 0.5) / scale
-    if transform == "align_corners":
-        return 0.0 if m == 1 else i * (n - 1) / (m - 1)
-    if transform == "pytorch_half_pixel" and m == 1:
-        return 0.0
-    offset = 0.0
-    if transform == "half_pixel_symmetric":  # the spec's adjustment of a non-integral output length
-        offset = (n / 2) * (1 - m / (n * scale))
-    return offset + (i + 0.5) / scale - 0.5
-
-
-def linear_sources(n: int, m: int, scale: Fraction, transform: str) -> list[Fraction]:
-    """The input coordinate of each of the m output indices, exactly (the formulas of `_source`)."""
+def sources(n: int, m: int, scale: Fraction, transform: str) -> list[Fraction]:
+    """The input coordinate of each of the m output indices (input length n, scale m / n or as given),
+    exactly, by the spec's coordinate transformation `transform`."""
     half = Fraction(1, 2)
     out = []
     for i in range(m):
@@ -83,16 +68,15 @@ def linear_sources(n: int, m: int, scale: Fraction, transform: str) -> list[Frac
             x = Fraction(0) if m == 1 else Fraction(i * (n - 1), m - 1)
         elif transform == "pytorch_half_pixel" and m == 1:
             x = Fraction(0)
-        else:
-            offset = (
-                Fraction(n, 2) * (1 - Fraction(m) / (n * scale)) if transform == "half_pixel_symmetric" else 0
-            )
+        else:  # half_pixel, pytorch_half_pixel, and half_pixel_symmetric's adjustment of the length
+            symmetric = transform == "half_pixel_symmetric"
+            offset = Fraction(n, 2) * (1 - Fraction(m) / (n * scale)) if symmetric else Fraction(0)
             x = offset + (i + half) / scale - half
         out.append(x)
     return out
 
 
-def _round(x: float, mode: str) -> int:
+def _round(x: Fraction, mode: str) -> int:
     if mode == "floor":
         return math.floor(x)
     if mode == "ceil":
@@ -103,9 +87,9 @@ def _round(x: float, mode: str) -> int:
     return math.floor(x) if half else round(x)  # round_prefer_floor (the default)
 
 
-def nearest_map(n: int, m: int, scale: float, transform: str, rounding: str) -> list[int]:
+def nearest_map(n: int, m: int, scale: Fraction, transform: str, rounding: str) -> list[int]:
     """Input index copied by each of the m output indices (clamped to [0, n - 1], as the spec does)."""
-    return [min(max(_round(_source(i, n, m, scale, transform), rounding), 0), n - 1) for i in range(m)]
+    return [min(max(_round(x, rounding), 0), n - 1) for x in sources(n, m, scale, transform)]
 
 
 def _targets(
@@ -164,9 +148,9 @@ def _convert(
         if mode == "linear":
             if int(a.get("antialias", 0)) and any(f < 1 for f in factors):  # type: ignore[call-overload]
                 raise LoweringError("antialiased downsampling (a wider filter than two taps)")
-            mats = [interpolation_matrix(n, linear_sources(n, m, f, transform)) for n, m, f in shapes]
+            mats = [interpolation_matrix(n, sources(n, m, f, transform)) for n, m, f in shapes]
             return linear_resample(emit, x, x.shape, mats)
-        maps = [nearest_map(n, m, float(f), transform, rounding) for n, m, f in shapes]
+        maps = [nearest_map(n, m, f, transform, rounding) for n, m, f in shapes]
         return nearest_upsample(emit, x, x.shape, maps)
     except LoweringError as exc:
         how = transform if mode == "linear" else f"{transform}, {rounding}"
@@ -198,9 +182,9 @@ def _resize(
     return lambda: model([node], shape, inits, opset)
 
 
-def _upsample() -> onnx.ModelProto:
-    node = onnx.helper.make_node("Upsample", ["x", "scales"], ["y"], mode="nearest")
-    return model([node], (2, 3, 4), {"scales": np.array([1, 1, 2, 3], np.float32)}, 9)
+def _upsample(mode: str) -> ExampleFn:
+    node = onnx.helper.make_node("Upsample", ["x", "scales"], ["y"], mode=mode)
+    return lambda: model([node], (2, 3, 4), {"scales": np.array([1, 1, 2, 4], np.float32)}, 9)
 
 
 RESIZE_EXAMPLES = [
@@ -220,6 +204,7 @@ RESIZE_EXAMPLES = [
         coordinate_transformation_mode="align_corners",
     ),
     _resize((2, 6), 13, [1, 1, 4], mode="linear", coordinate_transformation_mode="asymmetric"),
+    _resize((2, 3, 4), 10, [1, 1, 2, 2], mode="linear"),
 ]
 
 
@@ -241,11 +226,11 @@ def convert_resize(ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value |
     return [_convert(ctx, x, scales, sizes, a, legacy=ctx.opset == 10)]
 
 
-@converter("Upsample", opsets=(8, 9), examples=[_upsample])
+@converter("Upsample", opsets=(8, 9), examples=[_upsample("nearest"), _upsample("linear")])
 def convert_upsample(
     ctx: BuildContext, node: onnx.NodeProto, inputs: list[Value | None]
 ) -> list[Value | None]:
-    """Upsample (mode nearest) by whole factors -> ConvTranspose of ones, as Resize."""
+    """Upsample (nearest by whole factors, or linear with float32-exact weights) -> as Resize."""
     x = act(inputs[0], "X")
     a = attrs(node)
     raw = a.get("scales") if ctx.opset < 9 else (inputs[1] if len(inputs) > 1 else None)
