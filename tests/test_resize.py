@@ -315,3 +315,50 @@ def test_torch_inexact_upsample_is_refused(tmp_path: Path, kw: dict[str, object]
     torch.export.save(torch.export.export(m, (x,)), str(tmp_path / "m.pt2"))
     with pytest.raises(UnsupportedModelError, match=reason):
         speccert.load(str(tmp_path / "m.pt2"))
+
+
+@pytest.mark.parametrize("recipe", ["lmt-rescale", "aol-lmt"])
+def test_finetune_never_trains_a_resampling(tmp_path: Path, recipe: str) -> None:
+    """The layers an upsampling becomes are the file's constants (`fixed`): fine-tuning (plain and with
+    every hidden Linear trained as AOL(V)) leaves them bitwise as imported and trains the others."""
+    from speccert.training.finetune import finetune
+    from speccert.training.targets import Measurement
+    from speccert.training.toy import separable_data
+
+    src = _classifier(
+        tmp_path / "m.onnx", _resize(mode="nearest"), {"scales": np.array([1, 1, 2, 2], np.float32)}
+    )
+    # a bilinear one too, behind the nearest one
+    model = onnx.load(str(src))
+    model.graph.node[2].output[0] = "u0"
+    model.graph.node.insert(
+        3, helper.make_node("Resize", ["u0", "", "scales"], ["u"], name="bi", mode="linear")
+    )
+    model.graph.node[4].input[0] = "u"
+    w3 = numpy_helper.to_array([i for i in model.graph.initializer if i.name == "w3"][0])
+    for init in model.graph.initializer:
+        if init.name == "w3":  # the head reads a 4x larger map now
+            init.CopyFrom(numpy_helper.from_array(np.repeat(w3, 4, axis=1) / 2, "w3"))
+    path = tmp_path / "m2.onnx"
+    onnx.save(model, str(path))
+    g0 = speccert.load(str(path))
+    fixed0 = {n.name: n.op.weight.clone() for n in g0.nodes if getattr(n.op, "fixed", False)}
+    assert len(fixed0) == 3  # the ones kernel and the bilinear pair
+    res = finetune(
+        str(path),
+        separable_data(40, (2, 4, 4), seed=1),
+        separable_data(20, (2, 4, 4), seed=2),
+        targets=["cra@0.1>=0.99"],
+        recipe=recipe,
+        epochs=1,
+        batch_size=20,
+        out=tmp_path / "out.onnx",
+        evaluator=lambda graph: Measurement(0.0, {0.1: 0.0}, 1.0),
+    )
+    g1 = speccert.load(str(res.output))
+    after = [n for n in g1.nodes if isinstance(n.op, (ConvTranspose, Linear))]
+    before = [n for n in g0.nodes if isinstance(n.op, (ConvTranspose, Linear))]
+    assert len(after) == len(before)
+    for b, a in zip(before, after, strict=True):
+        same = torch.equal(b.op.weight, a.op.weight)
+        assert same == (b.name in fixed0), f"{b.name}: trained {not same}, fixed {b.name in fixed0}"

@@ -24,7 +24,8 @@ rules of its parts:
 - linear (bilinear) resampling: separable, y = A_1 x A_2^T per channel with A_a [out, in] per spatial axis,
   each row two weights (1 - w, w) on neighbouring inputs: a Linear on the last axis per axis, the other
   brought last by Transposes (the operator is A_1 (x) A_2 per channel: the composed bound, the product
-  of the Linears' norms, is its exact norm). The weights must be float32 numbers (they are for factors
+  of the Linears' norms, is its exact norm). Both lowerings mark their layers `fixed` (fine-tuning
+  never trains an interpolation). The weights must be float32 numbers (they are for factors
   that are powers of two, 0.25 / 0.75 at 2x): the certified operator is the file's, not a rounded one.
 - max (min) over one axis of length n: n = 2, Extremum of the two Slices (the pair pattern of
   speccert.importers.sorting then fuses a MaxMin into a Sort); n > 2, Sort(descending) and the Slice of
@@ -276,7 +277,7 @@ def nearest_upsample(emit: Emit[V], x: V, shape: tuple[int, ...], maps: Sequence
     c = shape[0]
     ones = torch.ones((c, 1, *factors), dtype=torch.float32)
     k = len(factors)
-    return emit(ConvTranspose(ones, None, tuple(factors), (0,) * k, (0,) * k, (1,) * k, c), x)
+    return emit(ConvTranspose(ones, None, tuple(factors), (0,) * k, (0,) * k, (1,) * k, c, fixed=True), x)
 
 
 def interpolation_matrix(n: int, sources: Sequence[Fraction]) -> torch.Tensor:
@@ -309,9 +310,9 @@ def linear_resample(emit: Emit[V], x: V, shape: tuple[int, ...], mats: Sequence[
         return a.shape[0] == a.shape[1] and bool((a == torch.eye(a.shape[0])).all())
 
     last = mats[-1]
-    y = x if identity(last) else emit(Linear(last.clone()), x)
+    y = x if identity(last) else emit(Linear(last.clone(), fixed=True), x)
     if len(mats) == 2 and not identity(mats[0]):
         y = emit(Transpose((0, 2, 1)), y)
-        y = emit(Linear(mats[0].clone()), y)
+        y = emit(Linear(mats[0].clone(), fixed=True), y)
         y = emit(Transpose((0, 2, 1)), y)
     return y

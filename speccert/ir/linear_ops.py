@@ -14,12 +14,14 @@ from speccert.ir.op_base import Op, Pads, Tensor, symmetric, torch_pad_arg
 
 @dataclass(frozen=True, eq=False)
 class Linear(Op):
-    """y = x W^T + b on the last axis; weight [out, in]."""
+    """y = x W^T + b on the last axis; weight [out, in]. `fixed`: a constant of the file's operator, not a
+    learned weight (an interpolation matrix of a Resize): fine-tuning never trains it."""
 
     op_type: ClassVar[str] = "Linear"
     linear: ClassVar[bool] = True
     weight: Tensor
     bias: Tensor | None = None
+    fixed: bool = False
 
     def forward(self, *xs: Tensor) -> Tensor:
         return F.linear(xs[0], self.weight, self.bias)
@@ -72,7 +74,8 @@ class Conv(Op):
 
 @dataclass(frozen=True, eq=False)
 class ConvTranspose(Op):
-    """Transposed N-d convolution, weight [c_in, c_out/groups, *kernel], symmetric padding."""
+    """Transposed N-d convolution, weight [c_in, c_out/groups, *kernel], symmetric padding. `fixed`: a
+    constant of the file's operator (a nearest-neighbour upsampling's kernel of ones): never trained."""
 
     op_type: ClassVar[str] = "ConvTranspose"
     linear: ClassVar[bool] = True
@@ -83,6 +86,7 @@ class ConvTranspose(Op):
     output_padding: tuple[int, ...]
     dilation: tuple[int, ...]
     groups: int = 1
+    fixed: bool = False
 
     @property
     def ndim(self) -> int:

@@ -114,7 +114,8 @@ def _merge_linear(a: Node, b: Node) -> Node:
     wa, wb = a.op.weight.detach(), b.op.weight.detach()  # type: ignore[attr-defined]
     ba = a.op.bias.detach() if a.op.bias is not None else torch.zeros(wa.shape[0], dtype=wa.dtype)  # type: ignore[attr-defined]
     bb = b.op.bias.detach() if b.op.bias is not None else torch.zeros(wb.shape[0], dtype=wb.dtype)  # type: ignore[attr-defined]
-    return Node(b.name, Linear(weight=wb @ wa, bias=wb @ ba + bb), a.inputs, b.shape)
+    fixed = a.op.fixed and b.op.fixed  # type: ignore[attr-defined]  # a learned factor makes it learned
+    return Node(b.name, Linear(weight=wb @ wa, bias=wb @ ba + bb, fixed=fixed), a.inputs, b.shape)
 
 
 def is_pure_shift(node: Node) -> bool:

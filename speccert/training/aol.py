@@ -65,6 +65,8 @@ def hidden_layers(graph: Graph) -> list[str]:
     out = []
     for node in weighted[:-1]:
         op = node.op
+        if isinstance(op, Linear) and op.fixed:  # an interpolation matrix: a constant, never trained
+            continue
         if isinstance(op, Linear) or (
             isinstance(op, Conv)
             and op.weight.dim() == 4

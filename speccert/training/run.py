@@ -120,8 +120,8 @@ class FinetuneRun:
         lg = logits_graph(self.g)
         tg = decide_by(lg, cfg.decision)
         self.module = tg.to_torch()
-        for node in tg.nodes:  # input normalisation (and the argmin negation) is not a weight
-            if isinstance(node.op, Affine):
+        for node in tg.nodes:  # input normalisation (and the argmin negation) is not a weight, nor is
+            if isinstance(node.op, Affine) or getattr(node.op, "fixed", False):  # a resampling's constant
                 for t in node.op.parameters().values():
                     t.requires_grad_(False)
         r = cfg.recipe
