@@ -6,6 +6,7 @@ every other resampling refused naming the node."""
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -362,3 +363,28 @@ def test_finetune_never_trains_a_resampling(tmp_path: Path, recipe: str) -> None
     for b, a in zip(before, after, strict=True):
         same = torch.equal(b.op.weight, a.op.weight)
         assert same == (b.name in fixed0), f"{b.name}: trained {not same}, fixed {b.name in fixed0}"
+
+
+def test_initial_rescale_passes_over_a_resampling() -> None:
+    """lmt-rescale's uniform plan spreads the factor over the learned layers only: an upsampling's fixed
+    layers keep their weights and pass the scale on, and the logits are exactly f times the original."""
+    from speccert.training.rescale import rescale_logits
+
+    g = speccert.load(
+        str(
+            _classifier(
+                Path(tempfile.mkdtemp()) / "m.onnx",
+                _resize(mode="linear"),
+                {"scales": np.array([1, 1, 2, 2], np.float32)},
+            )
+        )
+    )
+    g = g.to("cpu", torch.float64)
+    x = torch.rand(6, 2, 4, 4, dtype=torch.float64)
+    before = g.forward(x)
+    fixed = {n.name: n.op.weight.clone() for n in g.nodes if getattr(n.op, "fixed", False)}
+    assert rescale_logits(g, 0.25) == "uniform"
+    torch.testing.assert_close(g.forward(x), 0.25 * before, rtol=1e-12, atol=1e-12)
+    for n in g.nodes:
+        if n.name in fixed:
+            assert torch.equal(n.op.weight, fixed[n.name])

@@ -10,7 +10,8 @@ How the factor is spread, so that predictions stay exact:
 - **uniform** (positively homogeneous networks: ReLU / leaky ReLU / identity activations, Sort,
   Householder, pools,
   reshapes, pads, Adds and Concats of equally scaled inputs): every weighted layer W_l <- c W_l with
-  c = f^(1/n) over the n weighted layers; a layer's bias (and a following BatchNorm's mean and shift)
+  c = f^(1/n) over the n weighted layers (an upsampling's `fixed` layer is not one of them: it passes the
+  scale on, untouched); a layer's bias (and a following BatchNorm's mean and shift)
   is multiplied by the scale of its output, c^l, so the network computes exactly c^l times its
   original pre-activations at depth l (BatchNorm's scale gamma / sqrt(var + eps) is unchanged);
 - **last layer** otherwise (e.g. residual blocks, smooth activations): the last weighted layer (its
@@ -63,6 +64,12 @@ def _segment_plan(seg: Segment, s_in: float, c: float) -> tuple[Plan, float]:
     return plan, s
 
 
+def _learned(seg: Segment) -> bool:
+    """A weighted layer that carries a share of the factor: not a resampling's fixed constant (which passes
+    the scale on unchanged, like a pool: its weight is never touched)."""
+    return seg.layer is not None and not getattr(seg.layer, "fixed", False)
+
+
 def _uniform_plan(graph: Graph, c: float) -> Plan | None:
     """The uniform plan, or None when some op would not carry the scale exactly."""
     segs = segment_of(find_segments(graph))
@@ -73,7 +80,7 @@ def _uniform_plan(graph: Graph, c: float) -> Plan | None:
         seg = segs.get(node.name)
         if seg is not None and seg.layer is not None:
             if node is seg.first:
-                p, s = _segment_plan(seg, ins[0], c)
+                p, s = _segment_plan(seg, ins[0], c if _learned(seg) else 1.0)
                 plan += p
                 for n in seg.nodes:
                     scale[n.name] = s
@@ -100,7 +107,7 @@ def _uniform_plan(graph: Graph, c: float) -> Plan | None:
 
 
 def _last_layer_plan(graph: Graph, f: float) -> Plan | None:
-    weighted = [s for s in find_segments(graph) if s.layer is not None]
+    weighted = [s for s in find_segments(graph) if _learned(s)]
     if not weighted:
         return None
     last = weighted[-1]
@@ -116,7 +123,7 @@ def rescale_logits(graph: Graph, factor: float) -> str:
     Returns how: "uniform", "last layer" or "" (not possible for this graph: nothing changed)."""
     if not (factor > 0 and math.isfinite(factor)):
         raise ValueError(f"rescale factor must be positive and finite, got {factor}")
-    n = sum(1 for s in find_segments(graph) if s.layer is not None)
+    n = sum(1 for s in find_segments(graph) if _learned(s))
     how, plan = "uniform", _uniform_plan(graph, factor ** (1.0 / max(n, 1)))
     if plan is None:
         how, plan = "last layer", _last_layer_plan(graph, factor)
