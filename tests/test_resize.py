@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -388,3 +389,29 @@ def test_initial_rescale_passes_over_a_resampling() -> None:
     for n in g.nodes:
         if n.name in fixed:
             assert torch.equal(n.op.weight, fixed[n.name])
+
+
+def test_widen_refuses_a_resampling_between_layers() -> None:
+    """`finetune --widen` adds channels; a 1-d interpolation matrix (a Linear on the spatial axis) is not a
+    layer with channels to grow: refused by name, not widened as if it were one."""
+    from speccert.errors import UsageError
+    from speccert.importers.lowering import interpolation_matrix
+    from speccert.ir import INPUT, Activation, Conv, Graph, Node, Reshape
+    from speccert.training.widen import widen
+
+    gen = torch.Generator().manual_seed(0)
+    a = interpolation_matrix(4, [(Fraction(2 * i + 1, 4) - Fraction(1, 2)) for i in range(8)])
+    nodes = [
+        Node("c1", Conv(torch.randn(3, 2, 3, generator=gen), None, (1,), ((1, 1),), (1,)), (INPUT,)),
+        Node("r1", Activation("relu"), ("c1",)),
+        Node("up", Linear(a, fixed=True), ("r1",)),
+        Node("c2", Conv(torch.randn(3, 3, 3, generator=gen), None, (1,), ((1, 1),), (1,)), ("up",)),
+        Node("r2", Activation("relu"), ("c2",)),
+        Node("flat", Reshape((24,)), ("r2",)),
+        Node("fc", Linear(torch.randn(3, 24, generator=gen)), ("flat",)),
+    ]
+    g = Graph((2, 4), nodes)
+    with pytest.raises(
+        UsageError, match=r"node 'up' \(Linear 4->8\) between 'c1' and the next layer cannot be widened"
+    ):
+        widen(g, 2.0)

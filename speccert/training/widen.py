@@ -69,7 +69,7 @@ def widen(graph: Graph, factor: float, seed: int = 0, scale: float = 0.1) -> Wid
     ops: dict[str, Op] = {n.name: n.op for n in graph.nodes}
     widths: list[tuple[str, int, int]] = []
     for node in graph.nodes:
-        if not isinstance(node.op, _LAYERS) or node.name == graph.output:
+        if not isinstance(node.op, _LAYERS) or not _learned(node.op) or node.name == graph.output:
             continue
         reader, between = _next_layer(graph, node)
         if reader is None:  # feeds the output through channelwise ops only: not hidden
@@ -90,6 +90,14 @@ def widen(graph: Graph, factor: float, seed: int = 0, scale: float = 0.1) -> Wid
         raise UsageError("--widen: the model has no hidden Conv or Linear layer to widen")
     nodes = [Node(n.name, ops[n.name], n.inputs) for n in graph.nodes]
     return Widening(graph.replace_nodes(nodes), tuple(widths), factor)
+
+
+def _learned(op: Op) -> bool:
+    """A Conv / Linear with learned weights: an upsampling's fixed layer (an interpolation matrix acting on a
+    spatial axis) is neither widened nor read as a layer; between two layers it is refused by name."""
+    if isinstance(op, Linear):
+        return not op.fixed
+    return isinstance(op, Conv)
 
 
 def _check_groups(graph: Graph) -> None:
@@ -115,7 +123,7 @@ def _next_layer(graph: Graph, node: Node) -> tuple[Node | None, list[Node]]:
                 f"--widen: {cur.name!r} is read by {len(readers)} nodes ({names}); only chains are widened"
             )
         nxt = readers[0]
-        if isinstance(nxt.op, _LAYERS):
+        if _learned(nxt.op):
             return nxt, between
         if not _feeds_a_layer(graph, nxt):  # e.g. a Softmax output: `node` is the last layer, not hidden
             return None, between
@@ -133,7 +141,7 @@ def _feeds_a_layer(graph: Graph, node: Node) -> bool:
     todo, seen = [node.name], set()
     while todo:
         for r in graph.consumers(todo.pop()):
-            if isinstance(r.op, _LAYERS):
+            if _learned(r.op):
                 return True
             if r.name not in seen:
                 seen.add(r.name)
