@@ -415,3 +415,22 @@ def test_widen_refuses_a_resampling_between_layers() -> None:
         UsageError, match=r"node 'up' \(Linear 4->8\) between 'c1' and the next layer cannot be widened"
     ):
         widen(g, 2.0)
+
+
+def test_nearest_upsampling_is_written_back_as_a_resize(tmp_path: Path) -> None:
+    """speccert's ONNX writer turns the fixed ConvTranspose of ones back into a Resize: onnxruntime computes
+    the imported graph's function, and the file re-imports with the layer fixed again."""
+    from speccert.exporters.onnx_export import save_onnx
+
+    path = _classifier(
+        tmp_path / "m.onnx", _resize(mode="nearest"), {"scales": np.array([1, 1, 3, 2], np.float32)}
+    )
+    g = speccert.load(str(path))
+    out = save_onnx(g, tmp_path / "out.onnx")
+    kinds = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert "Resize" in kinds and "ConvTranspose" not in kinds
+    x = np.random.default_rng(3).standard_normal((4, 2, 4, 4)).astype(np.float32)
+    got = ort.InferenceSession(str(out)).run(None, {g.source.extra.get("onnx_input", "x"): x})[0]
+    np.testing.assert_allclose(got, g.forward(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+    again = speccert.load(str(out))
+    assert [n.op.fixed for n in again.nodes if isinstance(n.op, ConvTranspose)] == [True]

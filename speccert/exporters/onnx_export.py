@@ -3,7 +3,9 @@
 The batch axis is a symbolic dimension 'N'; the input and output keep the names the graph's source
 recorded (`ModelSource.extra['onnx_input' / 'onnx_output']`) or are called 'input' / 'output'. The
 layout is the IR's: an NHWC model imported with its internal Transpose keeps that Transpose. Each IR op
-maps to the ONNX op(s) computing exactly the same function; Opaque nodes cannot be exported.
+maps to the ONNX op(s) computing exactly the same function; Opaque nodes cannot be exported. An imported
+nearest-neighbour upsampling goes back out as a Resize (so a fine-tuned file, re-imported, still has it
+fixed); a bilinear one as the MatMuls and Transposes it became.
 
     >>> save_onnx(speccert.load("models/mlp.onnx"), "out.onnx")   # doctest: +SKIP
 """
@@ -120,10 +122,38 @@ def _export_conv(
     )
 
 
+def _is_nearest_upsample(op: ConvTranspose, in_shape: tuple[int, ...]) -> bool:
+    """The layer an imported nearest-neighbour upsampling became (speccert.importers.lowering): fixed, a
+    kernel of ones [C, 1, *s], stride s, one group per channel, no bias, padding or dilation."""
+    c, k = in_shape[0], tuple(op.weight.shape[2:])
+    return (
+        op.fixed
+        and op.bias is None
+        and op.groups == c
+        and tuple(op.weight.shape[:2]) == (c, 1)
+        and tuple(op.stride) == k
+        and not any(op.padding)
+        and not any(op.output_padding)
+        and all(d == 1 for d in op.dilation)
+        and bool((op.weight == 1).all())
+    )
+
+
 def _export_conv_transpose(
     w: _Writer, node: Node, op: ConvTranspose, xs: list[str], in_shape: tuple[int, ...], out: str
 ) -> None:
     name = node.name
+    if _is_nearest_upsample(op, in_shape):  # written back as the Resize it was (re-imported: fixed)
+        scales = w.const(f"{name}.scales", np.array([1.0, 1.0, *op.stride], dtype=np.float32))
+        w.node(
+            "Resize",
+            [xs[0], "", scales],
+            out,
+            mode="nearest",
+            coordinate_transformation_mode="asymmetric",
+            nearest_mode="floor",
+        )
+        return
     w.node(
         "ConvTranspose",
         [xs[0], w.const(f"{name}.weight", op.weight), *_bias(w, name, op)],
