@@ -33,6 +33,12 @@ class Linear(Op):
         return f"Linear {self.weight.shape[1]}->{self.weight.shape[0]}"
 
 
+def is_fixed(op: Op) -> bool:
+    """Whether `op`'s weights are constants of the file's operator (an imported upsampling's Linear or
+    ConvTranspose), which fine-tuning freezes, never rescales and never widens."""
+    return isinstance(op, (Linear, ConvTranspose)) and op.fixed
+
+
 @dataclass(frozen=True, eq=False)
 class Conv(Op):
     """N-d convolution (N = 1 or 2), weight [c_out, c_in/groups, *kernel].

@@ -21,6 +21,7 @@ from speccert.ir.linear_ops import (
     Pad,
     Reshape,
     Transpose,
+    is_fixed,
 )
 from speccert.ir.nonlinear_ops import (
     Activation,
@@ -74,6 +75,7 @@ __all__ = [
     "Conv",
     "ConvTranspose",
     "Extremum",
+    "is_fixed",
     "GlobalAvgPool",
     "Householder",
     "L2Pool",

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speccert.ir.graph import Graph
-from speccert.ir.ops import Conv, Linear
+from speccert.ir.ops import Conv, Linear, is_fixed
 
 Tensor = torch.Tensor
 
@@ -65,7 +65,7 @@ def hidden_layers(graph: Graph) -> list[str]:
     out = []
     for node in weighted[:-1]:
         op = node.op
-        if isinstance(op, Linear) and op.fixed:  # an interpolation matrix: a constant, never trained
+        if is_fixed(op):  # an interpolation matrix: a constant, never trained
             continue
         if isinstance(op, Linear) or (
             isinstance(op, Conv)

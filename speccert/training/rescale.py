@@ -41,6 +41,7 @@ from speccert.ir.ops import (
     Softmax,
     Sort,
     Transpose,
+    is_fixed,
 )
 from speccert.training.segments import Segment, find_segments, segment_of
 
@@ -67,7 +68,7 @@ def _segment_plan(seg: Segment, s_in: float, c: float) -> tuple[Plan, float]:
 def _learned(seg: Segment) -> bool:
     """A weighted layer that carries a share of the factor: not a resampling's fixed constant (which passes
     the scale on unchanged, like a pool: its weight is never touched)."""
-    return seg.layer is not None and not getattr(seg.layer, "fixed", False)
+    return seg.layer is not None and not is_fixed(seg.layer)
 
 
 def _uniform_plan(graph: Graph, c: float) -> Plan | None:

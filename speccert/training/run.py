@@ -23,7 +23,7 @@ from speccert.data import Dataset
 from speccert.errors import EXIT_FAILED, SpeccertError, UsageError
 from speccert.ir.decision import decide_by
 from speccert.ir.graph import Graph
-from speccert.ir.ops import Affine
+from speccert.ir.ops import Affine, is_fixed
 from speccert.ir.passes import fold_linear
 from speccert.training import ddp
 from speccert.training.aol import AOLReparam, hidden_layers
@@ -121,7 +121,7 @@ class FinetuneRun:
         tg = decide_by(lg, cfg.decision)
         self.module = tg.to_torch()
         for node in tg.nodes:  # input normalisation (and the argmin negation) is not a weight, nor is
-            if isinstance(node.op, Affine) or getattr(node.op, "fixed", False):  # a resampling's constant
+            if isinstance(node.op, Affine) or is_fixed(node.op):  # a resampling's constant
                 for t in node.op.parameters().values():
                     t.requires_grad_(False)
         r = cfg.recipe

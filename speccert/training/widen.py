@@ -30,7 +30,7 @@ import torch
 
 from speccert.errors import UsageError
 from speccert.ir.graph import Graph, Node
-from speccert.ir.linear_ops import Affine, AvgPool, Conv, GlobalAvgPool, Linear, Reshape
+from speccert.ir.linear_ops import Affine, AvgPool, Conv, GlobalAvgPool, Linear, Reshape, is_fixed
 from speccert.ir.nonlinear_ops import Activation, MaxPool
 from speccert.ir.op_base import Op
 
@@ -95,9 +95,7 @@ def widen(graph: Graph, factor: float, seed: int = 0, scale: float = 0.1) -> Wid
 def _learned(op: Op) -> bool:
     """A Conv / Linear with learned weights: an upsampling's fixed layer (an interpolation matrix acting on a
     spatial axis) is neither widened nor read as a layer; between two layers it is refused by name."""
-    if isinstance(op, Linear):
-        return not op.fixed
-    return isinstance(op, Conv)
+    return isinstance(op, _LAYERS) and not is_fixed(op)
 
 
 def _check_groups(graph: Graph) -> None:

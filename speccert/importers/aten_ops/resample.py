@@ -53,10 +53,9 @@ def _upsample(
 
 
 def _vec(ctx: ConvertContext, args: list[Any], exact: bool) -> TensorValue:
-    x = tensor_arg(args[0], "upsample input")
     sizes = args[1] if len(args) > 1 else None
     factors = list(args[2]) if len(args) > 2 and args[2] is not None else []
-    return _upsample(ctx, x, sizes, factors, exact)
+    return _upsample(ctx, args[0], sizes, factors, exact)
 
 
 @aten_op("aten.upsample_nearest1d.vec", "aten.upsample_nearest2d.vec")
@@ -73,8 +72,7 @@ def upsample_nearest_exact_vec(ctx: ConvertContext, args: list[Any]) -> TensorVa
 
 
 def _default(ctx: ConvertContext, args: list[Any], exact: bool) -> TensorValue:
-    x = tensor_arg(args[0], "upsample input")
-    return _upsample(ctx, x, args[1], list(args[2:]), exact)
+    return _upsample(ctx, args[0], args[1], list(args[2:]), exact)
 
 
 @aten_op("aten.upsample_nearest1d.default", "aten.upsample_nearest2d.default")
