@@ -32,3 +32,23 @@ def test_flags_show_no_value_placeholder(command: list[str]) -> None:
     ).stdout
     flagged = [line for line in text.splitlines() if "<bool>" in line and "--help" not in line]
     assert flagged == [], "\n".join(flagged)
+
+
+@pytest.mark.parametrize("group", [[], ["bench"]], ids=lambda c: " ".join(c) or "speccert")
+def test_command_list_has_no_mid_sentence_breaks(group: list[str]) -> None:
+    """On a terminal wide enough for every summary, each command's entry in the list is one line (the
+    docstrings' own line breaks used to show up there mid-sentence)."""
+    env = {**os.environ, "COLUMNS": "600", "TERM": "dumb"}
+    text = subprocess.run(
+        [sys.executable, "-m", "speccert", *group, "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    lines = text[text.index("Commands") :].splitlines()[1:]
+    panel = lines[: next(i for i, line in enumerate(lines) if line.startswith("╰"))]
+    assert len(panel) >= 2
+    for line in panel:
+        name = line.strip("│ ").split(" ")[0]
+        assert name.isidentifier(), f"continuation line in the command list: {line.strip()!r}"

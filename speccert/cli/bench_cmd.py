@@ -7,9 +7,10 @@ import typer
 
 from speccert.cli.bench_certify_cmd import certify_bench
 from speccert.cli.bench_norms_cmd import bench_graph, norms, summarise
+from speccert.cli.common import short_help
 
 __all__ = ["bench_app", "bench_graph", "certify_bench", "norms", "summarise"]
 
 bench_app = typer.Typer(no_args_is_help=True)
-bench_app.command("norms")(norms)
-bench_app.command("certify")(certify_bench)
+bench_app.command("norms", short_help=short_help(norms.__doc__))(norms)
+bench_app.command("certify", short_help=short_help(certify_bench.__doc__))(certify_bench)

@@ -157,3 +157,10 @@ RefineAboveOpt = Annotated[
         "inf: never.",
     ),
 ]
+
+
+def short_help(doc: str | None) -> str:
+    """A command's line in its group's command list: the docstring's first paragraph on one line (Typer's
+    rich mode keeps the docstring's own line breaks there, so the list showed them mid-sentence)."""
+    first = (doc or "").strip().split("\n\n")[0]
+    return " ".join(first.split())
