@@ -149,7 +149,9 @@ def certify_samples(
             logits, m = margins64(folded, errors, xb, yb)
             out.float64_points += xb.shape[0]
         decide = tuple(eps) if opts.radius_search == "eps" else None
-        _record(out, certs, Batch(xb, yb, logits, m), slice(start, start + xb.shape[0]), decide)
+        sl = slice(start, start + xb.shape[0])
+        tick = None if progress is None else _points_done(progress, sl.start, n)
+        _record(out, certs, Batch(xb, yb, logits, m), sl, decide, tick)
         start += xb.shape[0]
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -159,24 +161,41 @@ def certify_samples(
     return out
 
 
+def _points_done(progress: Progress, start: int, n: int) -> Callable[[str, int], None]:
+    """tick(kind, done): a per-point kind's progress within the batch starting at point `start` of `n`."""
+    return lambda kind, done: progress(kind, start + done, n)
+
+
+def _kind_tick(tick: Callable[[str, int], None] | None, kind: str) -> Callable[[int], None] | None:
+    return None if tick is None else lambda done: tick(kind, done)
+
+
 def _record(
-    out: Samples, certs: list[Certificate], batch: Batch, sl: slice, eps: tuple[float, ...] | None
+    out: Samples,
+    certs: list[Certificate],
+    batch: Batch,
+    sl: slice,
+    eps: tuple[float, ...] | None,
+    tick: Callable[[str, int], None] | None = None,
 ) -> None:
     """Radii of every kind on one batch. With `eps` (eps mode) the per-point kinds run last, each told
     the best radius of the kinds before it (`known`), and decide only the eps that are still open; in
-    full mode every kind reports its own radius (nothing known)."""
+    full mode every kind reports its own radius (nothing known). `tick(kind, done)`: a per-point kind's
+    points done in this batch, after each of its chunks."""
     pred = batch.logits.argmax(1)
     correct = pred == batch.y
     out.preds[sl] = pred.cpu().numpy()
     out.margins[sl] = batch.margins.amin(1).cpu().numpy()
     known = torch.zeros(batch.margins.shape[0], dtype=torch.float64, device=batch.margins.device)
     for c in sorted(certs, key=lambda c: isinstance(c, PerPointCertificate)):  # stable: order kept
-        if eps is not None and isinstance(c, PerPointCertificate):
-            rad = c.decide(batch, eps, known)
+        if not isinstance(c, PerPointCertificate):
+            rad = c.radii(batch)
+        elif eps is None:
+            rad = c.radii(batch, _kind_tick(tick, c.name))
+        else:
+            rad = c.decide(batch, eps, known, _kind_tick(tick, c.name))
             skipped = settled(batch.margins, known, eps)  # the correct points decide_eps leaves out
             out.untested.setdefault(c.name, np.zeros(len(out.preds), dtype=bool))[sl] = skipped.cpu().numpy()
-        else:
-            rad = c.radii(batch)
         r = finish_radius(rad.amin(1))
         r = torch.where(correct, r, torch.zeros_like(r))
         known = torch.maximum(known, r.to(known.dtype))

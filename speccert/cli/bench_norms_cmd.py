@@ -25,7 +25,7 @@ from speccert.cli.common import (
     resolve_device,
     write_json,
 )
-from speccert.cli.norms_cmd import layer_progress
+from speccert.cli.progress import layer_progress
 
 CorpusOpt = Annotated[
     Path | None,

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from speccert.cli import norm_methods
 from speccert.cli.certify_render import render
@@ -33,6 +30,7 @@ from speccert.cli.common import (
     resolve_device,
     write_json,
 )
+from speccert.cli.progress import stage_progress
 from speccert.errors import UsageError
 
 if TYPE_CHECKING:
@@ -138,28 +136,6 @@ def _check_plot(plot: Path | None) -> None:
             import matplotlib  # noqa: F401
         except ImportError:
             raise UsageError("--plot needs matplotlib: pip install 'speccert[plot]'") from None
-
-
-@contextmanager
-def _stage_progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A transient progress display on stderr, one bar per stage; yields progress(stage, done, total)."""
-    with Progress(
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,  # a finished bar leaves a blank line in logs and pipes
-    ) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield progress
 
 
 def command(
@@ -333,7 +309,7 @@ def command(
         load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights), decision
     )
 
-    with _stage_progress() as progress:
+    with stage_progress("speccert certify") as progress:
         report: CertifyReport = certify(
             graph, dataset, eps_list, options, mean=mean_v, std=std_v, split=split, progress=progress
         )

@@ -26,6 +26,7 @@ from speccert.cli.common import (
     resolve_device,
 )
 from speccert.cli.finetune_render import epoch_table, render_result
+from speccert.cli.progress import LogLines, log_lines
 from speccert.errors import UsageError
 
 
@@ -114,7 +115,8 @@ def _val_data(val: str | None, data: str) -> str | None:
 
 
 def _epoch_progress(main: bool) -> Progress:
-    """The transient per-epoch progress display on stderr (off on other ranks and off a terminal)."""
+    """The transient per-epoch progress display on stderr (off on other ranks and off a terminal: logs get
+    LogLines, `_progress_callbacks`)."""
     return Progress(
         TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
@@ -137,10 +139,11 @@ def _epoch_budget(recipe: str | None, epochs: int | None) -> int:
 
 
 def _progress_callbacks(
-    bar: Progress, eps: list[float], results: Console, epochs: int
+    bar: Progress, eps: list[float], results: Console, epochs: int, lines: LogLines | None = None
 ) -> tuple[Callable[[int, int, int, float], None], Callable[[Any], None]]:
-    """on_step (a bar over the run's `epochs` and one within the current epoch) and on_epoch (the
-    epoch's table on `results`, its note on stderr)."""
+    """on_step (a bar over the run's `epochs` and one within the current epoch; `lines` instead where
+    given: a line in a log now and then) and on_epoch (the epoch's table on `results`, its note on
+    stderr)."""
     tasks: dict[int, Any] = {}
     run: list[Any] = []  # the run's bar, made at the first call (a resumed run starts part way)
 
@@ -150,6 +153,9 @@ def _progress_callbacks(
         bar.update(run[0], completed=done)
 
     def on_step(epoch: int, step: int, total: int, loss: float) -> None:
+        if lines is not None:
+            lines.tell(f"epoch {epoch}/{epochs}, step {step}/{total}, loss {loss:.4f}")
+            return
         run_bar(epoch - 1)
         if epoch not in tasks:
             tasks[epoch] = bar.add_task(f"epoch {epoch}", total=total, completed=step - 1, loss="-")
@@ -353,7 +359,8 @@ def command(
 
     results = err if json_out == "-" else out  # `--json -` keeps stdout for the JSON alone
     with _epoch_progress(main) as bar:
-        on_step, on_epoch = _progress_callbacks(bar, eps, results, _epoch_budget(recipe, epochs))
+        lines = log_lines("speccert finetune") if main else None
+        on_step, on_epoch = _progress_callbacks(bar, eps, results, _epoch_budget(recipe, epochs), lines)
         res = finetune(
             model,
             data,

@@ -36,6 +36,7 @@ from speccert.cli.common import (
     write_json,
 )
 from speccert.cli.output_paths import check_not_inputs
+from speccert.cli.progress import stage_progress
 from speccert.errors import EXIT_OK
 from speccert.gate.metrics import metrics_help
 
@@ -215,7 +216,7 @@ def command(
         },
     )
 
-    with err.status(Text(f"certifying {model} ..."), spinner="dots"):  # Text: the path is not markup
+    with stage_progress(f"speccert gate {model}") as progress:
         target: str | Graph = model
         if decision != "argmax":  # load here: gate() certifies a given graph as it is
             from speccert.importers import load
@@ -228,6 +229,7 @@ def command(
             pol,
             weights=os.fspath(weights) if weights is not None else None,
             trust_pickle=trust_pickle,
+            progress=progress,
         )
 
     if json_out is not None:

@@ -8,8 +8,6 @@ Examples: `speccert norms model.onnx`, `speccert norms model.onnx --method fanta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -33,6 +31,7 @@ from speccert.cli.common import (
     resolve_device,
     write_json,
 )
+from speccert.cli.progress import layer_progress
 
 
 def _fmt(x: float | None) -> str:
@@ -85,31 +84,6 @@ def render_table(norms: list[Any], title: str) -> None:
         err.print(f"note: {name}: {note}", style="dim", highlight=False)
 
 
-@contextmanager
-def layer_progress(label: str) -> Iterator[Callable[[int, int, str], None]]:
-    """A transient bar on stderr over the layers of one model; the callback is `layer_norms`'s `progress`
-    (layer i of n, and what runs inside it now). Layer names are user text: never read as markup."""
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn(escape(label)),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,  # a finished bar leaves a blank line in logs and pipes
-    ) as bar:
-        task = bar.add_task("", total=None)
-
-        def progress(i: int, n: int, text: str) -> None:
-            bar.update(task, completed=i, total=n, description=escape(text))
-
-        yield progress
-
-
 def command(
     model: ModelArg,
     method: Annotated[str, norm_methods.option()] = "auto",
@@ -138,7 +112,7 @@ def command(
     check_exact_max_dim(exact_max_dim)
     check_refine_above(refine_above)
     graph = load_model(model, input_shape, weights, trust_pickle, random_weights=random_weights)
-    with layer_progress("norms") as progress:
+    with layer_progress("speccert norms") as progress:
         norms = layer_norms(
             graph,
             method=method,

@@ -31,6 +31,7 @@ from speccert.gate.policy import COMMAND_LINE, POLICY_FILE, PYPROJECT, Policy, r
 from speccert.gate.rules import RuleResult, evaluate_rules
 
 if TYPE_CHECKING:
+    from speccert.bounds.sample_pass import Progress
     from speccert.ir import Graph
 
 GATE_SCHEMA_VERSION = "1.0"
@@ -144,12 +145,14 @@ def gate(
     baseline: str | os.PathLike[str] | dict[str, Any] | None = None,
     weights: str | None = None,
     trust_pickle: bool = False,
+    progress: Progress | None = None,
 ) -> GateResult:
     """Certify `model` on the policy's data at every radius its rules name, then evaluate the rules.
 
     `policy` is a Policy or a policy file path (speccert.toml / pyproject.toml). `baseline` (a report path
     or dict) overrides the policy's `[gate.no_regression] baseline`. Raises UsageError (bad policy),
-    InputError (unreadable model/data/baseline), UnsupportedModelError; never prints.
+    InputError (unreadable model/data/baseline), UnsupportedModelError; never prints (`progress`: as in
+    speccert.bounds.certify).
     """
     t0 = time.perf_counter()
     if not isinstance(policy, Policy):
@@ -170,7 +173,7 @@ def gate(
             base_doc, base_src = read_baseline(src), os.fspath(src)
     if policy.data.path is None:
         raise UsageError("no data to certify on: set [gate.data] path in the policy or pass --data")
-    report = run_certify(model, policy, weights=weights, trust_pickle=trust_pickle)
+    report = run_certify(model, policy, weights=weights, trust_pickle=trust_pickle, progress=progress)
     return evaluate(report, policy, base_doc, baseline_source=base_src, seconds=time.perf_counter() - t0)
 
 
@@ -180,6 +183,7 @@ def run_certify(
     *,
     weights: str | None = None,
     trust_pickle: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Load the model and data named by the policy and return `certify(...).to_dict()`, seeded."""
     import torch
@@ -225,6 +229,7 @@ def run_certify(
         mean=list(policy.data.mean) if policy.data.mean is not None else None,
         std=list(policy.data.std) if policy.data.std is not None else None,
         split=policy.data.split or "test",
+        progress=progress,
     )
     report: dict[str, Any] = result.to_dict()
     return report

@@ -21,6 +21,7 @@ from speccert.bounds.certificates._eps_search import decide_eps
 
 Tensor = torch.Tensor
 Search = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (x, y, margins, known) of a chunk -> radius
+Tick = Callable[[int], None]  # the batch's points done so far
 START_CAP = 10.0  # a search's largest tested radius is at most this times 1 + ||x||
 
 
@@ -33,18 +34,21 @@ def search_cap(x: Tensor) -> Tensor:
     return cap
 
 
-def per_point_radii(batch: Batch, search: Search, chunk: int, known: Tensor | None = None) -> Tensor:
+def per_point_radii(
+    batch: Batch, search: Search, chunk: int, known: Tensor | None = None, tick: Tick | None = None
+) -> Tensor:
     """[B, C] radii from `search` run on float64 CPU copies of the batch, `chunk` points at a time
-    (`search(x, y, m, known)`, `known` [B] a radius already proven per point, 0 if None)."""
+    (`search(x, y, m, known)`, `known` [B] a radius already proven per point, 0 if None); `tick(done)`
+    after each chunk with the batch's points done so far (progress: a chunk can take minutes)."""
     x = batch.x.detach().to("cpu", torch.float64)
     y, m = batch.y.cpu(), batch.margins.cpu()
     k = torch.zeros(x.shape[0], dtype=torch.float64) if known is None else known.to("cpu", torch.float64)
-    r = torch.cat(
-        [
-            search(x[i : i + chunk], y[i : i + chunk], m[i : i + chunk], k[i : i + chunk])
-            for i in range(0, x.shape[0], chunk)
-        ]
-    )
+    parts = []
+    for i in range(0, x.shape[0], chunk):
+        parts.append(search(x[i : i + chunk], y[i : i + chunk], m[i : i + chunk], k[i : i + chunk]))
+        if tick is not None:
+            tick(min(i + chunk, x.shape[0]))
+    r = torch.cat(parts)
     out = r[:, None].expand_as(m).clone().scatter(1, y[:, None], math.inf)
     return out.to(batch.margins.device)
 
@@ -72,11 +76,13 @@ class PerPointCertificate(Certificate):
         the margins stay positive on the ball, possibly less (crown: min(r, rho(r)))."""
         raise NotImplementedError
 
-    def radii(self, batch: Batch) -> Tensor:
+    def radii(self, batch: Batch, tick: Tick | None = None) -> Tensor:
         """[B, C] the full search's radii (each kind's own: nothing known from the other kinds)."""
-        return per_point_radii(batch, lambda x, y, m, k: self.search(x, y, m), self.chunk)
+        return per_point_radii(batch, lambda x, y, m, k: self.search(x, y, m), self.chunk, tick=tick)
 
-    def decide(self, batch: Batch, eps: Sequence[float], known: Tensor) -> Tensor:
+    def decide(self, batch: Batch, eps: Sequence[float], known: Tensor, tick: Tick | None = None) -> Tensor:
         """[B, C] radii that decide only the requested `eps` (speccert.bounds.certificates._eps_search);
         `known` [B]: the radius the kinds run before already give each point (finished, 0 if none)."""
-        return per_point_radii(batch, lambda x, y, m, k: decide_eps(self, x, y, m, k, eps), self.chunk, known)
+        return per_point_radii(
+            batch, lambda x, y, m, k: decide_eps(self, x, y, m, k, eps), self.chunk, known, tick
+        )
