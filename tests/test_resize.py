@@ -335,3 +335,51 @@ def test_nearest_upsampling_is_written_back_as_a_resize(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, g.forward(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
     again = speccert.load(str(out))
     assert [n.op.fixed for n in again.nodes if isinstance(n.op, ConvTranspose)] == [True]
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_pt2_written_by_speccert_reads_back_fixed(tmp_path: Path, mode: str) -> None:
+    """A graph written as .pt2 (fine-tuning's output for a .pt2 input) keeps its upsampling's constants as
+    buffers, not weights: read back, the same layers are fixed (a second fine-tuning leaves them
+    alone), the learned ones are not, and the function is the same."""
+    from speccert.importers.torch_import import save_pt2
+
+    torch.manual_seed(0)
+    m = _Up(scale_factor=2, mode=mode).eval()
+    x = torch.rand(4, 2, 4, 4)
+    m(x)
+    torch.export.save(torch.export.export(m, (x,)), str(tmp_path / "m.pt2"))
+    g = speccert.load(str(tmp_path / "m.pt2"))
+    again = speccert.load(str(save_pt2(g, tmp_path / "out.pt2")))
+
+    def flags(graph: speccert.Graph) -> list[tuple[str, bool]]:
+        return [(type(n.op).__name__, n.op.fixed) for n in graph.nodes if isinstance(n.op, (Linear, ConvTranspose))]
+
+    assert flags(again) == flags(g)
+    assert sum(fixed for _, fixed in flags(g)) == (2 if mode == "bilinear" else 1)
+    assert not all(fixed for _, fixed in flags(g))  # the head stays a weight
+    torch.testing.assert_close(again.forward(x), g.forward(x), rtol=0, atol=0)
+
+
+def test_a_buffer_weight_in_a_users_model_is_fixed(tmp_path: Path) -> None:
+    """A torch model's own constant filter (a buffer, e.g. an anti-aliasing blur) is a constant of the
+    file: imported fixed, where the same layer with a parameter weight is learned."""
+
+    class Net(nn.Module):
+        def __init__(self, as_buffer: bool) -> None:
+            super().__init__()
+            w = torch.randn(3, 6)
+            if as_buffer:
+                self.register_buffer("mix", w)
+            else:
+                self.mix = nn.Parameter(w)
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.nn.functional.linear(x, self.mix))
+
+    x = torch.rand(2, 6)
+    for as_buffer in (True, False):
+        torch.export.save(torch.export.export(Net(as_buffer).eval(), (x,)), str(tmp_path / "n.pt2"))
+        g = speccert.load(str(tmp_path / "n.pt2"))
+        assert [n.op.fixed for n in g.nodes if isinstance(n.op, Linear)] == [as_buffer, False]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from speccert.errors import InputError, UsageError
-from speccert.ir.ops import BatchNorm, Op, Opaque, Softmax
+from speccert.ir.ops import BatchNorm, Op, Opaque, Softmax, is_fixed
 from speccert.limits import check_bytes
 
 Tensor = torch.Tensor
@@ -250,7 +250,8 @@ def _graph_with_shapes_of(src: Graph, nodes: list[Node], dtype: torch.dtype | No
 
 class GraphModule(nn.Module):
     """`nn.Module` view of a Graph. Its parameters *are* the graph's tensors (shared storage):
-    an optimizer step on this module changes the graph. BatchNorm statistics are buffers.
+    an optimizer step on this module changes the graph. BatchNorm statistics and the tensors of fixed
+    layers (`is_fixed`: an imported upsampling's constant) are buffers.
 
     Each node's tensors live in a submodule at the node's name (dots nest, as in the model the graph came
     from), so `node.weight` is the parameter's name and a `.pt2` written from this module reads back with
@@ -272,7 +273,10 @@ class GraphModule(nn.Module):
             holder = self._holder(node.name)
             fields = {f.name for f in dataclasses.fields(node.op)}
             for key, t in tensors.items():
-                if key in ("mean", "var"):
+                # BatchNorm statistics, and an upsampling's constant (fixed: never trained), are buffers:
+                # a .pt2 written from this module keeps them apart from the weights, so the importer
+                # reads the fixed layer back as fixed
+                if key in ("mean", "var") or is_fixed(node.op):
                     holder.register_buffer(key, t, persistent=True)
                     continue
                 p = t if isinstance(t, nn.Parameter) else nn.Parameter(t, requires_grad=t.is_floating_point())

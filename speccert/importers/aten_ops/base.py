@@ -18,6 +18,7 @@ A converter may:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from speccert.ir.graph import Node
-from speccert.ir.ops import Op
+from speccert.ir.ops import ConvTranspose, Linear, Op
 from speccert.registry import Registry
 
 Tensor = torch.Tensor
@@ -76,6 +77,7 @@ class ConvertContext:
         self.nodes: list[Node] = []
         self.node_name = ""
         self.param_names: dict[int, str] = {}  # id(tensor) -> its state_dict key, for node names
+        self.buffers: set[int] = set()  # id(tensor) of the module's buffers (and constants folded from them)
         self._names: set[str] = set()
         self._consts: dict[int, tuple[Tensor, Tensor]] = {}  # id(source) -> (source kept alive, copy)
 
@@ -91,8 +93,12 @@ class ConvertContext:
         """Append an IR node applying `op` to `inputs`; its shape is computed by running `op` on zeros.
 
         `like` (a parameter of the op) names the node after the module that owns it, e.g.
-        `layer1.0.conv1`, so parameter names in the graph match the model's state_dict keys.
+        `layer1.0.conv1`, so parameter names in the graph match the model's state_dict keys. A Linear or
+        ConvTranspose whose `like` is a buffer of the module, not a parameter, is `fixed` (never trained:
+        an upsampling's constant, as speccert writes it to a .pt2, or a model's own fixed filter).
         """
+        if like is not None and id(like) in self.buffers and isinstance(op, (Linear, ConvTranspose)):
+            op = dataclasses.replace(op, fixed=True)
         base = self.node_name
         if like is not None and id(like) in self.param_names:
             key = self.param_names[id(like)]

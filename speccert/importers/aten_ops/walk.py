@@ -94,10 +94,12 @@ def _has_tensor_value(v: Any) -> bool:
     return any(isinstance(x, (TensorValue, NotAvailable, PendingCircularPad)) for x in _flat(v))
 
 
-def _placeholder_values(ep: ExportedProgram) -> tuple[dict[str, Any], dict[int, str], list[str]]:
-    """Constants for lifted parameters/buffers/constants, their state_dict keys, and the user inputs."""
+def _placeholder_values(ep: ExportedProgram) -> tuple[dict[str, Any], dict[int, str], set[int], list[str]]:
+    """Constants for lifted parameters/buffers/constants, their state_dict keys, the ids of the buffers,
+    and the user inputs."""
     values: dict[str, Any] = {}
     names: dict[int, str] = {}
+    buffers: set[int] = set()
     user: list[str] = []
     for spec in ep.graph_signature.input_specs:
         arg_name = getattr(spec.arg, "name", None)
@@ -116,7 +118,9 @@ def _placeholder_values(ep: ExportedProgram) -> tuple[dict[str, Any], dict[int, 
             and spec.kind in (InputKind.PARAMETER, InputKind.BUFFER)
         ):
             names[id(t)] = spec.target
-    return values, names, user
+            if spec.kind == InputKind.BUFFER:
+                buffers.add(id(t))
+    return values, names, buffers, user
 
 
 def _materialise_pending(
@@ -195,6 +199,9 @@ def _fold(target: Callable[..., Any], node: torch.fx.Node, env: dict[str, Any], 
     ]
     if isinstance(y, Tensor) and len(named) == 1:
         ctx.param_names[id(y)] = named[0]  # `permute(l.weight)` still names the node `l`
+    sources = [id(t) for t in _flat([args, list(kwargs.values())]) if isinstance(t, Tensor)]
+    if isinstance(y, Tensor) and sources and all(i in ctx.buffers for i in sources):
+        ctx.buffers.add(id(y))  # `t(buffer)` is still the buffer's constant
     return y
 
 
@@ -216,7 +223,7 @@ def exported_to_graph(
     holds, like a loaded .pt2: the copy would double the model's memory).
     """
     ctx = ConvertContext(batch, share=share_constants)
-    env, ctx.param_names, user = _placeholder_values(ep)
+    env, ctx.param_names, ctx.buffers, user = _placeholder_values(ep)
     if len(user) != 1:
         raise UnsupportedModelError(
             f"the model takes {len(user)} inputs; speccert needs exactly one tensor input"
