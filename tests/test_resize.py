@@ -6,6 +6,7 @@ naming the node. Fine-tuning with one: tests/test_finetune_resample.py."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from torch import nn
 import speccert
 from speccert.bounds import certify, lipschitz_bound
 from speccert.cli.app import main
-from speccert.errors import UnsupportedModelError
+from speccert.errors import InputError, UnsupportedModelError
 from speccert.ir import ConvTranspose, Linear
 from speccert.norms import layer_norms
 
@@ -353,7 +354,11 @@ def test_pt2_written_by_speccert_reads_back_fixed(tmp_path: Path, mode: str) -> 
     again = speccert.load(str(save_pt2(g, tmp_path / "out.pt2")))
 
     def flags(graph: speccert.Graph) -> list[tuple[str, bool]]:
-        return [(type(n.op).__name__, n.op.fixed) for n in graph.nodes if isinstance(n.op, (Linear, ConvTranspose))]
+        return [
+            (type(n.op).__name__, n.op.fixed)
+            for n in graph.nodes
+            if isinstance(n.op, (Linear, ConvTranspose))
+        ]
 
     assert flags(again) == flags(g)
     assert sum(fixed for _, fixed in flags(g)) == (2 if mode == "bilinear" else 1)
@@ -383,3 +388,34 @@ def test_a_buffer_weight_in_a_users_model_is_fixed(tmp_path: Path) -> None:
         torch.export.save(torch.export.export(Net(as_buffer).eval(), (x,)), str(tmp_path / "n.pt2"))
         g = speccert.load(str(tmp_path / "n.pt2"))
         assert [n.op.fixed for n in g.nodes if isinstance(n.op, Linear)] == [as_buffer, False]
+
+
+def test_bilinear_upsampling_written_to_onnx_reads_back_fixed(tmp_path: Path) -> None:
+    """A bilinear upsampling goes out as the MatMuls and Transposes it became; the file's metadata names
+    their weights (speccert.ir.FIXED_METADATA), so they read back fixed, and onnxruntime computes the
+    graph's function. Metadata that is not a list of names is a clear error, not a silent guess."""
+    from speccert.exporters.onnx_export import save_onnx
+    from speccert.ir.ops import FIXED_METADATA
+
+    path = _classifier(
+        tmp_path / "m.onnx", _resize(mode="linear"), {"scales": np.array([1, 1, 2, 2], np.float32)}
+    )
+    g = speccert.load(str(path))
+    out = save_onnx(g, tmp_path / "out.onnx")
+    written = onnx.load(str(out))
+    names = json.loads({p.key: p.value for p in written.metadata_props}[FIXED_METADATA])
+    assert len(names) == 2 and {i.name for i in written.graph.initializer} >= set(names)
+    again = speccert.load(str(out))
+
+    def fixed(graph: speccert.Graph) -> list[bool]:
+        return [n.op.fixed for n in graph.nodes if isinstance(n.op, Linear)]
+
+    assert fixed(g) == fixed(again) and fixed(g).count(True) == 2
+    x = np.random.default_rng(5).standard_normal((3, 2, 4, 4)).astype(np.float32)
+    got = ort.InferenceSession(str(out)).run(None, {g.source.extra.get("onnx_input", "x"): x})[0]
+    np.testing.assert_allclose(got, again.forward(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+    for bad in ('{"a": 1}', "not json", '["ok", 3]'):
+        onnx.helper.set_model_props(written, {FIXED_METADATA: bad})
+        onnx.save(written, str(tmp_path / "bad.onnx"))
+        with pytest.raises(InputError, match=FIXED_METADATA):
+            speccert.load(str(tmp_path / "bad.onnx"))

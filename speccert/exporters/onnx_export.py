@@ -5,13 +5,15 @@ recorded (`ModelSource.extra['onnx_input' / 'onnx_output']`) or are called 'inpu
 layout is the IR's: an NHWC model imported with its internal Transpose keeps that Transpose. Each IR op
 maps to the ONNX op(s) computing exactly the same function; Opaque nodes cannot be exported. An imported
 nearest-neighbour upsampling goes back out as a Resize (so a fine-tuned file, re-imported, still has it
-fixed); a bilinear one as the MatMuls and Transposes it became.
+fixed); a bilinear one as the MatMuls and Transposes it became, the file's metadata naming their weights
+(speccert.ir.FIXED_METADATA), so they re-import fixed too.
 
     >>> save_onnx(speccert.load("models/mlp.onnx"), "out.onnx")   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from speccert.errors import UnsupportedModelError, UsageError
 from speccert.exporters.onnx_patterns import export_center, export_householder, export_l2pool
 from speccert.ir.graph import INPUT, Graph, Node
 from speccert.ir.ops import (
+    FIXED_METADATA,
     Activation,
     Add,
     Affine,
@@ -51,6 +54,7 @@ from speccert.ir.ops import (
     Sort,
     Standardize,
     Transpose,
+    is_fixed,
 )
 
 
@@ -60,6 +64,14 @@ class _Writer:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self._names: set[str] = set()
+        self.fixed: list[str] = []  # the weights of fixed layers (speccert.ir.is_fixed), by initializer name
+
+    def weight(self, name: str, op: Op, value: torch.Tensor) -> str:
+        """The initializer of a layer's weight, recorded as fixed where the layer is."""
+        out = self.const(name, value)
+        if is_fixed(op):
+            self.fixed.append(out)
+        return out
 
     def const(self, name: str, value: torch.Tensor | np.ndarray, dtype: type = np.float32) -> str:
         arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
@@ -94,11 +106,13 @@ def _export_linear(
 ) -> None:
     name = node.name
     if len(in_shape) == 1:
-        w.node("Gemm", [xs[0], w.const(f"{name}.weight", op.weight), *_bias(w, name, op)], out, transB=1)
+        w.node("Gemm", [xs[0], w.weight(f"{name}.weight", op, op.weight), *_bias(w, name, op)], out, transB=1)
     elif op.bias is None:
-        w.node("MatMul", [xs[0], w.const(f"{name}.weight_t", op.weight.T)], out)
+        w.node("MatMul", [xs[0], w.weight(f"{name}.weight_t", op, op.weight.T)], out)
     else:
-        mm = w.node("MatMul", [xs[0], w.const(f"{name}.weight_t", op.weight.T)], w.fresh(f"{name}/matmul"))
+        mm = w.node(
+            "MatMul", [xs[0], w.weight(f"{name}.weight_t", op, op.weight.T)], w.fresh(f"{name}/matmul")
+        )
         w.node("Add", [mm, w.const(f"{name}.bias", op.bias)], out)
 
 
@@ -156,7 +170,7 @@ def _export_conv_transpose(
         return
     w.node(
         "ConvTranspose",
-        [xs[0], w.const(f"{name}.weight", op.weight), *_bias(w, name, op)],
+        [xs[0], w.weight(f"{name}.weight", op, op.weight), *_bias(w, name, op)],
         out,
         kernel_shape=list(op.weight.shape[2:]),
         strides=list(op.stride),
@@ -379,6 +393,8 @@ def graph_to_onnx(graph: Graph, opset: int = 17) -> onnx.ModelProto:
     model = helper.make_model(
         g, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version, producer_name="speccert"
     )
+    if w.fixed:  # read back by the importer: the layers stay fixed (a bilinear upsampling's MatMuls)
+        helper.set_model_props(model, {FIXED_METADATA: json.dumps(w.fixed)})
     onnx.checker.check_model(model)
     return model
 

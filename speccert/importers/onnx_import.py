@@ -12,6 +12,8 @@ axis 0 of the ONNX input; IR shapes exclude it.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 from collections import Counter
@@ -42,7 +44,7 @@ from speccert.importers.ort_reference import Reference
 from speccert.importers.problems import group_problems
 from speccert.importers.sorting import fuse_sorts
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256, live_nodes
-from speccert.ir.ops import Op, Opaque
+from speccert.ir.ops import FIXED_METADATA, ConvTranspose, Linear, Op, Opaque
 from speccert.limits import check_bytes
 
 Problem = tuple[str, str, str]
@@ -102,6 +104,14 @@ class _Builder:
         self.created.append(name)
         return Act(name, tuple(y.shape[1:]))
 
+    def mark_fixed(self) -> None:
+        """The Linear / ConvTranspose nodes the node being converted became are fixed (they read a weight
+        the file's metadata names: speccert.ir.FIXED_METADATA)."""
+        made = set(self.created)
+        for i, n in enumerate(self.nodes):
+            if n.name in made and isinstance(n.op, (Linear, ConvTranspose)):
+                self.nodes[i] = dataclasses.replace(n, op=dataclasses.replace(n.op, fixed=True))
+
 
 def load_onnx(
     path: str | os.PathLike[str],
@@ -157,6 +167,7 @@ def load_onnx(
     solo = {n for n in arrays if readers[n] == 1 and n not in keep}
     del arrays
     problems: list[tuple[Problem, list[str]]] = []
+    fixed = _fixed_weights(path, model)
     ir_to_onnx: dict[str, str] = {}
     failed: set[str] = set()  # outputs of reported nodes that have no value
     for node in nodes:
@@ -174,6 +185,8 @@ def load_onnx(
             continue
         b.exclusive = {id(values[n]) for n in node.input if n in solo}
         outs = _convert_node(b, node, inputs, label, opset, problems, failed)
+        if fixed.intersection(node.input):
+            b.mark_fixed()
         for name, v in zip(node.output, outs, strict=False):
             if name:
                 values[name] = v
@@ -197,6 +210,21 @@ def load_onnx(
         allow_unsupported,
         sha[0],
     )
+
+
+def _fixed_weights(path: Path, model: onnx.ModelProto) -> set[str]:
+    """The initializers the file's metadata names as fixed layers' weights (speccert's writer records an
+    upsampling's MatMuls there): a JSON list of names, or an InputError."""
+    raw = next((p.value for p in model.metadata_props if p.key == FIXED_METADATA), None)
+    if raw is None:
+        return set()
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InputError(f"{path}: metadata '{FIXED_METADATA}' is not a JSON list of tensor names")
+    return set(names)
 
 
 def _convert_node(

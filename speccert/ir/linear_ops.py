@@ -33,6 +33,11 @@ class Linear(Op):
         return f"Linear {self.weight.shape[1]}->{self.weight.shape[0]}"
 
 
+FIXED_METADATA = (
+    "speccert.fixed"  # an ONNX file's metadata key: the initializers of its fixed layers' weights
+)
+
+
 def is_fixed(op: Op) -> bool:
     """Whether `op`'s weights are constants of the file's operator (an imported upsampling's Linear or
     ConvTranspose), which fine-tuning freezes, never rescales and never widens."""

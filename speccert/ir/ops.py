@@ -11,6 +11,7 @@ maps bounded by a norm method), `nonlinear_ops` (one input, bounded by a slope o
 from __future__ import annotations
 
 from speccert.ir.linear_ops import (
+    FIXED_METADATA,
     Affine,
     AvgPool,
     BatchNorm,
@@ -75,6 +76,7 @@ __all__ = [
     "Conv",
     "ConvTranspose",
     "Extremum",
+    "FIXED_METADATA",
     "is_fixed",
     "GlobalAvgPool",
     "Householder",
