@@ -33,7 +33,7 @@ def _conv(c_in: int, c_out: int, k: int, **kw: int) -> Conv:
                 dilation=(kw.get("dilation", 1),) * 2, groups=groups)  # fmt: skip
 
 
-CASES = [
+CASES: list[tuple[Conv | Linear, tuple[int, ...]]] = [
     (Linear(torch.rand(40, 7, dtype=torch.float64) + 0.5), (7,)),  # widening: columns of 40
     (Linear(torch.rand(5, 30, dtype=torch.float64) + 0.5), (30,)),
     (_conv(3, 16, 3), (3, 8, 8)),  # the first conv of a CIFAR net: 144 per column, 27 per row
