@@ -14,7 +14,6 @@ fixed); a bilinear one as the MatMuls and Transposes it became, the file's metad
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from speccert.errors import UnsupportedModelError, UsageError
+from speccert.exporters.onnx_activations import export_activation
 from speccert.exporters.onnx_patterns import export_center, export_householder, export_l2pool
 from speccert.ir.graph import INPUT, Graph, Node
 from speccert.ir.ops import (
@@ -293,7 +293,7 @@ _EXPORTERS: dict[type[Op], _Exporter] = {
     ConvTranspose: _export_conv_transpose,
     BatchNorm: _export_batchnorm,
     Affine: _export_affine,
-    Activation: lambda w, node, op, xs, in_shape, out: _export_activation(w, op, xs[0], out),
+    Activation: lambda w, node, op, xs, in_shape, out: export_activation(w, op, xs[0], out),
     MaxPool: _export_maxpool,
     AvgPool: _export_avgpool,
     GlobalAvgPool: lambda w, node, op, xs, in_shape, out: w.node("GlobalAveragePool", xs, out),
@@ -327,45 +327,6 @@ def _export_op(w: _Writer, node: Node, op: Op, xs: list[str], in_shape: tuple[in
             exporter(w, node, op, xs, in_shape, out)
             return
     raise UnsupportedModelError(f"node '{node.name}': {op.describe()} cannot be exported to ONNX")
-
-
-def _export_activation(w: _Writer, op: Activation, x: str, out: str) -> None:
-    simple: dict[str, Callable[[], str]] = {
-        "identity": lambda: w.node("Identity", [x], out),
-        "relu": lambda: w.node("Relu", [x], out),
-        "sigmoid": lambda: w.node("Sigmoid", [x], out),
-        "tanh": lambda: w.node("Tanh", [x], out),
-        "softplus": lambda: w.node("Softplus", [x], out),
-        "leaky_relu": lambda: w.node("LeakyRelu", [x], out, alpha=float(op.alpha)),
-        "elu": lambda: w.node("Elu", [x], out, alpha=float(op.alpha)),
-    }
-    if op.fn in simple:
-        simple[op.fn]()
-    elif op.fn == "gelu" and w.opset >= 20:
-        w.node("Gelu", [x], out)
-    elif op.fn == "gelu":  # x * (1 + erf(x / sqrt 2)) * 0.5 before opset 20 (the importer fuses it back)
-        d = w.node("Div", [x, w.const(f"{out}.sqrt2", np.array(math.sqrt(2.0)))], w.fresh(f"{out}/div"))
-        e = w.node("Erf", [d], w.fresh(f"{out}/erf"))
-        a = w.node("Add", [e, w.const(f"{out}.one", np.array(1.0))], w.fresh(f"{out}/add"))
-        m = w.node("Mul", [x, a], w.fresh(f"{out}/mul"))
-        w.node("Mul", [m, w.const(f"{out}.half", np.array(0.5))], out)
-    elif op.fn == "clip":
-        lo, hi = w.const(f"{out}.min", np.array(0.0)), w.const(f"{out}.max", np.array(op.alpha))
-        w.node("Clip", [x, lo, hi], out)
-    elif op.fn == "abs":
-        w.node("Abs", [x], out)
-    elif op.fn == "hardswish" and w.opset >= 14:
-        w.node("HardSwish", [x], out)
-    elif op.fn == "hardswish":  # x * HardSigmoid(x) before opset 14 (the importer fuses it back)
-        h = w.node("HardSigmoid", [x], w.fresh(f"{out}/hardsigmoid"), alpha=1.0 / 6.0, beta=0.5)
-        w.node("Mul", [x, h], out)
-    elif op.fn == "gelu_tanh" and w.opset >= 20:
-        w.node("Gelu", [x], out, approximate="tanh")
-    elif op.fn == "silu":
-        s = w.node("Sigmoid", [x], w.fresh(f"{out}/sigmoid"))
-        w.node("Mul", [x, s], out)
-    else:
-        raise UnsupportedModelError(f"activation {op.fn} cannot be exported to ONNX")
 
 
 def graph_to_onnx(graph: Graph, opset: int = 17) -> onnx.ModelProto:
