@@ -264,3 +264,13 @@ def test_cli_end_to_end_and_a_bad_mode_is_one_line_exit_2(
     assert "--radius-search eps" in text and "not a searched radius" in text
     d = json.loads(out.read_text())
     assert d["environment"]["radius_search"] == "eps" and d["certificate"]["n"] == 20
+
+
+@pytest.mark.parametrize(
+    ("per_s", "shown"), [(12657.4, "12657"), (10.0, "10"), (9.87, "9.87"), (0.0318, "0.0318"), (0.0, "0")]
+)
+def test_slow_rates_are_not_printed_as_zero(per_s: float, shown: str) -> None:
+    """A certify run at seconds per point (local, crown) said '0 samples/s'."""
+    from speccert.cli.certify_render import rate
+
+    assert rate(per_s) == shown
