@@ -249,3 +249,28 @@ def test_exact_max_dim_tightens_the_bound_of_a_small_map_conv() -> None:
     assert exact.lipschitz_lower is not None and exact.lipschitz_lower <= exact.lipschitz_upper
     assert exact.lipschitz_upper <= base.lipschitz_upper
     assert (exact.radius >= base.radius).all()
+
+
+def test_a_normalisation_of_already_normalised_data_is_noted() -> None:
+    """mean/std given for data with negative values (pixels are >= 0: normalised already, as the corpus's
+    CIFAR points are) gets a note in the report; data in [0, 1], or no mean/std, gets none."""
+    from pathlib import Path
+
+    import numpy as np
+
+    import speccert
+    from speccert.bounds import certify
+
+    repo = Path(__file__).resolve().parents[1]
+    g = speccert.load(str(repo / "models" / "mlp.onnx"))
+    with np.load(repo / "models" / "data" / "fashion_mnist_test_1k.npz") as d:
+        x, y = d["x"][:16], d["y"][:16]
+
+    def noted(xs: np.ndarray, mean: list[float] | None) -> list[str]:
+        std = None if mean is None else [0.5]
+        notes = certify(g, (xs, y), [0.1], mean=mean, std=std).notes
+        return [n for n in notes if "already has negative values" in n]
+
+    twice = noted((x - 0.5) / 0.5, [0.5])
+    assert len(twice) == 1 and "(min -1)" in twice[0]
+    assert noted(x, [0.5]) == [] and noted((x - 0.5) / 0.5, None) == []

@@ -131,7 +131,7 @@ def certify(
     t0 = time.perf_counter()
     bound = _bound(graph, opts, dev, mean, std, progress)
     timing = {"norms_s": time.perf_counter() - t0}
-    notes = list(bound.notes)
+    notes = list(bound.notes) + _normalised_twice(ds, mean)
     folded = bound.folded.to(dev, torch.float64)
     opts = _within_memory(folded, opts, len(ds), notes)
     samples = certify_samples(bound, folded, ds, opts, dev, notes, progress, eps_list)
@@ -181,6 +181,21 @@ _PASS_COPIES, _LOWER_COPIES = 2, 6
 def _activation_bytes(graph: Graph) -> int:
     """float64 bytes of one sample's input and every node's output."""
     return 8 * (math.prod(graph.input_shape) + sum(math.prod(n.shape) for n in graph.nodes))
+
+
+def _normalised_twice(ds: Dataset, mean: Sequence[float] | None) -> list[str]:
+    """A note where --mean/--std are given for data that already has negative values: pixels are >= 0,
+    so the data was probably normalised already (a corpus file, a saved tensor) and is now normalised
+    twice: the model sees other inputs than it was trained on, and accuracy and radii are of those."""
+    if mean is None or len(ds) == 0:
+        return []
+    low = float(ds.x.min())
+    if low >= 0:
+        return []
+    return [
+        f"a mean/std normalisation is given for data that already has negative values (min {low:.3g}): "
+        "if the data is normalised already, leave mean/std out (they are applied again, before the model)"
+    ]
 
 
 def _within_memory(folded: Graph, opts: CertifyOptions, n: int, notes: list[str]) -> CertifyOptions:
