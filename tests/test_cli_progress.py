@@ -53,6 +53,21 @@ def test_log_lines_wait_for_the_interval_and_skip_repeats(capsys: pytest.Capture
     ]
 
 
+def test_counted_stages_say_the_time_left(capsys: pytest.CaptureFixture[str]) -> None:
+    clock = Clock()
+    lines = LogLines("speccert certify", every=0.0, clock=clock)
+    lines.count("local", 0, 48)  # no rate yet
+    clock.now += 130.0
+    lines.count("local", 16, 48)  # 16 points in 130 s: 32 left at that rate
+    clock.now += 130.0
+    lines.count("local", 48, 48)  # done: nothing left to estimate
+    assert capsys.readouterr().err.splitlines() == [
+        "speccert certify: local 0/48 (0m 00s elapsed)",
+        "speccert certify: local 16/48, ~4m 20s left (2m 10s elapsed)",
+        "speccert certify: local 48/48 (4m 20s elapsed)",
+    ]
+
+
 @pytest.mark.parametrize(("value", "every"), [(None, 30.0), ("0", 0.0), ("2.5", 2.5), ("inf", math.inf)])
 def test_progress_every_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, value: str | None, every: float

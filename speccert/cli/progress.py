@@ -3,7 +3,7 @@
 SPECCERT_PROGRESS_EVERY seconds (default 30; 0: every update; inf: never), the first only after that
 long, so a short run prints nothing. A line says what runs and for how long:
 
-    speccert certify: local 16/48 (2m 10s elapsed)
+    speccert certify: local 16/48, ~4m 20s left (2m 10s elapsed)
 
 Stage and layer names are user text (node names from the model file): printed literally, never read as
 console markup (speccert.cli.console).
@@ -18,7 +18,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from speccert.cli.console import err
 from speccert.errors import UsageError
@@ -58,6 +66,7 @@ class LogLines:
         self.clock = clock
         self.start = self.last = clock()
         self.said = ""
+        self.stages: dict[str, tuple[float, int]] = {}  # stage -> (when first told, done then)
 
     def tell(self, text: str) -> None:
         now = self.clock()
@@ -65,6 +74,15 @@ class LogLines:
             return
         self.last, self.said = now, text
         err.print(f"{self.label}: {text} ({_clock(now - self.start)} elapsed)", highlight=False)
+
+    def count(self, stage: str, done: int, total: int) -> None:
+        """tell "stage done/total", with the time left at the stage's rate so far once it has one."""
+        t0, done0 = self.stages.setdefault(stage, (self.clock(), done))
+        text = f"{stage} {done}/{total}"
+        rate = (done - done0) / max(self.clock() - t0, 1e-9)
+        if 0 < done < total and rate > 0:
+            text += f", ~{_clock((total - done) / rate)} left"
+        self.tell(text)
 
 
 def log_lines(label: str) -> LogLines | None:
@@ -81,6 +99,7 @@ def stage_progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
         console=err,
         transient=True,
         disable=lines is not None,  # a finished bar leaves a blank line in logs and pipes
@@ -89,7 +108,7 @@ def stage_progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
 
         def progress(stage: str, done: int, total: int) -> None:
             if lines is not None:
-                lines.tell(f"{stage} {done}/{total}")
+                lines.count(stage, done, total)
                 return
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
