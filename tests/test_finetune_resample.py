@@ -114,3 +114,47 @@ def test_widen_refuses_a_resampling_between_layers() -> None:
         UsageError, match=r"node 'up' \(Linear 4->8\) between 'c1' and the next layer cannot be widened"
     ):
         widen(g, 2.0)
+
+
+def upsampling_net() -> torch.nn.Module:
+    """A 'module:factory' model with an nn.Upsample between two convolutions."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, stride=2), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3),
+    )  # fmt: skip
+
+
+def test_factory_with_an_upsampling_fine_tunes_to_the_same_keys(tmp_path: Path) -> None:
+    """The upsampling's kernel of ones is the importer's, in no state_dict: it is not a weight to map
+    back to a key (before: 'cannot map the model's parameter 'upsample_nearest2d.weight' back to a key')."""
+    from speccert.training.finetune import finetune
+    from speccert.training.targets import Measurement
+    from speccert.training.toy import separable_data
+
+    w = tmp_path / "w.pt"
+    torch.save(upsampling_net().state_dict(), w)
+    res = finetune(
+        "tests.test_finetune_resample:upsampling_net",
+        separable_data(40, (2, 4, 4), seed=1),
+        separable_data(20, (2, 4, 4), seed=2),
+        targets=["cra@0.1>=0.99"],
+        penalty="lmt",
+        epochs=1,
+        batch_size=20,
+        out=tmp_path / "out.pt",
+        weights=w,
+        input_shape=(2, 4, 4),
+        evaluator=lambda graph: Measurement(0.0, {0.1: 0.0}, 1.0),
+    )
+    sd0 = torch.load(w, weights_only=True)
+    sd1 = torch.load(res.output, weights_only=True)
+    assert list(sd0) == list(sd1)
+    assert all(not torch.equal(sd0[k], sd1[k]) for k in sd0)  # every weight of the model trained
+    net = upsampling_net()
+    net.load_state_dict(sd1)
+    g = speccert.load("tests.test_finetune_resample:upsampling_net", (2, 4, 4), weights=res.output)
+    x = torch.rand(5, 2, 4, 4)
+    torch.testing.assert_close(net(x), g(x))

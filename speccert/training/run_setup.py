@@ -25,7 +25,7 @@ import torch
 from speccert.data import Dataset, load_data, make_dataset
 from speccert.errors import SpeccertError, UsageError
 from speccert.ir.graph import Graph, file_sha256
-from speccert.ir.ops import Softmax
+from speccert.ir.ops import Softmax, is_fixed
 from speccert.training.checkpoint import BEST, LAST, remove_stale_temp, run_dir_for
 from speccert.training.evaluate import Evaluator
 from speccert.training.export import check_out_suffix, key_map, output_format, read_state_dict
@@ -203,12 +203,13 @@ def prepare_paths(
     if fmt == "state_dict":
         if weights is None:
             raise UsageError("fine-tuning a 'module:factory' model needs --weights (its state_dict)")
-        trainable = [
+        trainable = [  # an upsampling's constant (is_fixed) is the importer's, in no state_dict
             name
             for name, t in graph.parameters().items()
             if t.is_floating_point()
             and not name.endswith((".mean", ".var"))
-            and type(graph.node(name.rsplit(".", 1)[0]).op).__name__ != "Affine"
+            and type(op := graph.node(name.rsplit(".", 1)[0]).op).__name__ != "Affine"
+            and not is_fixed(op)
         ]
         keys = key_map(graph, read_state_dict(weights), trainable)
     return RunPaths(
