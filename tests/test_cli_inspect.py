@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import helper
+from torch import nn
 
 from speccert.cli.app import main
 from speccert.importers.onnx_import import load_onnx
@@ -151,3 +153,25 @@ def test_the_non_finite_scan_is_exact(values: list[float], finite: bool) -> None
     t = torch.tensor(values, dtype=torch.float32)
     assert all_finite(t) is finite
     assert all_finite(t.repeat(3, 1).t()) is finite  # non-contiguous
+
+
+def test_a_factory_model_is_named_with_its_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 'module:factory' model's table is titled with the factory and its weights file (it was titled with
+    the weights file alone), and the JSON says both; an upsampling in it is named fixed."""
+    w = tmp_path / "w.pt"
+    torch.save(_upsampling().state_dict(), w)
+    spec = "tests.test_cli_inspect:_upsampling"
+    code, out, err = run(capsys, "inspect", spec, "--weights", str(w), "--input-shape", "1,4,4")
+    assert code == 0, err
+    assert out.splitlines()[0].strip() == f"{spec} (weights {w})"
+    assert "ConvTranspose 1->1 2x2 s2,2 fixed" in out
+    code, out, _ = run(capsys, "inspect", spec, "--weights", str(w), "--input-shape", "1,4,4", "--json", "-")
+    report = json.loads(out)
+    assert (report["factory"], report["model"]) == (spec, str(w))
+
+
+def _upsampling() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Upsample(scale_factor=2), nn.Flatten(), nn.Linear(64, 3))

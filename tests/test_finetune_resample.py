@@ -111,7 +111,7 @@ def test_widen_refuses_a_resampling_between_layers() -> None:
     ]
     g = Graph((2, 4), nodes)
     with pytest.raises(
-        UsageError, match=r"node 'up' \(Linear 4->8\) between 'c1' and the next layer cannot be widened"
+        UsageError, match=r"node 'up' \(Linear 4->8 fixed\) between 'c1' and the next layer cannot be widened"
     ):
         widen(g, 2.0)
 

@@ -98,3 +98,9 @@ def test_conv_transpose_describes_itself_like_a_conv() -> None:
     grouped = ConvTranspose(torch.zeros(4, 2, 3, 3), None, (1, 1), (0, 0), (0, 0), (2, 2), 2)
     assert plain.describe() == "ConvTranspose 3->2 4x4 s2,2"
     assert grouped.describe() == "ConvTranspose 4->4 3x3 g2 d2,2"
+    # an upsampling's constant says so (inspect and norms name it as the user's layer is not named)
+    fixed = ConvTranspose(torch.ones(2, 1, 2, 2), None, (2, 2), (0, 0), (0, 0), (1, 1), 2, fixed=True)
+    assert fixed.describe() == "ConvTranspose 2->2 2x2 s2,2 g2 fixed"
+    from speccert.ir import Linear
+
+    assert Linear(torch.ones(8, 4), None, fixed=True).describe() == "Linear 4->8 fixed"

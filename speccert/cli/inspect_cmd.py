@@ -72,6 +72,7 @@ def inspect_report(graph: Graph) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "model": src.path if src else None,
+        "factory": src.extra.get("factory") if src else None,  # 'module:factory' (model: its weights)
         "format": src.format if src else None,
         "sha256": src.sha256 if src else None,
         "input_shape": list(graph.input_shape),
@@ -95,7 +96,10 @@ def inspect_report(graph: Graph) -> dict[str, Any]:
 
 def _table(report: dict[str, Any]) -> Table:
     warn = bool(report["non_finite_parameters"])
-    table = Table(title=f"{report['model']}", title_justify="left")
+    title = (
+        report["model"] if not report.get("factory") else f"{report['factory']} (weights {report['model']})"
+    )
+    table = Table(title=title, title_justify="left")
     table.add_column("node", overflow="fold")
     table.add_column("operator")
     table.add_column("input -> output shape")

@@ -30,12 +30,11 @@ class Linear(Op):
         return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
 
     def describe(self) -> str:
-        return f"Linear {self.weight.shape[1]}->{self.weight.shape[0]}"
+        return f"Linear {self.weight.shape[1]}->{self.weight.shape[0]}" + (" fixed" if self.fixed else "")
 
 
-FIXED_METADATA = (
-    "speccert.fixed"  # an ONNX file's metadata key: the initializers of its fixed layers' weights
-)
+# An ONNX file's metadata key: the initializers of its fixed layers' weights (a JSON list of names).
+FIXED_METADATA = "speccert.fixed"
 
 
 def is_fixed(op: Op) -> bool:
@@ -121,7 +120,9 @@ class ConvTranspose(Op):
 
     def describe(self) -> str:
         cout = self.weight.shape[1] * self.groups
-        return _describe_conv("ConvTranspose", self.weight.shape[0], cout, self)
+        return _describe_conv("ConvTranspose", self.weight.shape[0], cout, self) + (
+            " fixed" if self.fixed else ""
+        )
 
 
 def _describe_conv(kind: str, cin: int, cout: int, op: Conv | ConvTranspose) -> str:
