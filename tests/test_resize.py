@@ -366,28 +366,35 @@ def test_pt2_written_by_speccert_reads_back_fixed(tmp_path: Path, mode: str) -> 
     torch.testing.assert_close(again.forward(x), g.forward(x), rtol=0, atol=0)
 
 
-def test_a_buffer_weight_in_a_users_model_is_fixed(tmp_path: Path) -> None:
-    """A torch model's own constant filter (a buffer, e.g. an anti-aliasing blur) is a constant of the
-    file: imported fixed, where the same layer with a parameter weight is learned."""
+def test_only_speccerts_record_makes_a_pt2_layer_fixed(tmp_path: Path) -> None:
+    """A .pt2 written by speccert names its fixed weights in the archive (speccert.ir.FIXED_METADATA); a
+    user's model, whose weight may be a buffer for its own reasons (or lifted as one by a conversion, as
+    TorchScript's is), is read as written: learned. A record that is not a list of names is exit 4."""
+    from speccert.importers.torch_import import save_pt2
+    from speccert.ir.ops import FIXED_METADATA
 
     class Net(nn.Module):
-        def __init__(self, as_buffer: bool) -> None:
+        def __init__(self) -> None:
             super().__init__()
-            w = torch.randn(3, 6)
-            if as_buffer:
-                self.register_buffer("mix", w)
-            else:
-                self.mix = nn.Parameter(w)
+            self.register_buffer("mix", torch.randn(3, 6))
             self.fc = nn.Linear(3, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.fc(torch.nn.functional.linear(x, self.mix))
 
     x = torch.rand(2, 6)
-    for as_buffer in (True, False):
-        torch.export.save(torch.export.export(Net(as_buffer).eval(), (x,)), str(tmp_path / "n.pt2"))
-        g = speccert.load(str(tmp_path / "n.pt2"))
-        assert [n.op.fixed for n in g.nodes if isinstance(n.op, Linear)] == [as_buffer, False]
+    ep = torch.export.export(Net().eval(), (x,))
+    torch.export.save(ep, str(tmp_path / "n.pt2"))
+    g = speccert.load(str(tmp_path / "n.pt2"))
+    assert [n.op.fixed for n in g.nodes if isinstance(n.op, Linear)] == [False, False]
+    save_pt2(g, tmp_path / "again.pt2")  # nothing fixed: no record
+    extra = {FIXED_METADATA: ""}
+    torch.export.load(str(tmp_path / "again.pt2"), extra_files=extra)
+    assert extra[FIXED_METADATA] == ""
+    for bad in ('{"mix": 1}', "not json", '["mix", 2]'):
+        torch.export.save(ep, str(tmp_path / "bad.pt2"), extra_files={FIXED_METADATA: bad})
+        with pytest.raises(InputError, match=FIXED_METADATA):
+            speccert.load(str(tmp_path / "bad.pt2"))
 
 
 def test_bilinear_upsampling_written_to_onnx_reads_back_fixed(tmp_path: Path) -> None:

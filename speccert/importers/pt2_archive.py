@@ -63,10 +63,11 @@ def _memoised_type_hints() -> Iterator[None]:
             serialize.typing = typing
 
 
-def load_exported(path: str) -> torch.export.ExportedProgram:
-    """`torch.export.load(path)`, with the deserialiser's type-hint lookups memoised."""
+def load_exported(path: str, extra_files: dict[str, Any] | None = None) -> torch.export.ExportedProgram:
+    """`torch.export.load(path)`, with the deserialiser's type-hint lookups memoised; `extra_files`
+    (name -> "") is filled with the archive's extra files of those names, as torch.export.load does."""
     with _memoised_type_hints():
-        return torch.export.load(path)
+        return torch.export.load(path, extra_files=extra_files)
 
 
 __all__ = ["load_exported"]

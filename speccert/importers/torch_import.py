@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import pickle
 import sys
@@ -35,6 +36,7 @@ from speccert.importers.torch_module import _has_mutation as _has_mutation  # re
 from speccert.importers.torch_module import convert, from_module
 from speccert.importers.torch_safety import check_archive_sizes, no_code_unpickling
 from speccert.ir.graph import Graph, ModelSource, file_sha256
+from speccert.ir.ops import FIXED_METADATA, is_fixed
 
 Tensor = torch.Tensor
 
@@ -229,9 +231,10 @@ def _load_pt2(
 ) -> Graph:
     check_archive_sizes(path)
     guard = contextlib.nullcontext() if trust_pickle else no_code_unpickling()
+    extra = {FIXED_METADATA: ""}
     try:
         with quiet(), guard:
-            ep = load_exported(str(path))
+            ep = load_exported(str(path), extra)
     except pickle.UnpicklingError:
         raise InputError(
             f"{path} is a torch.export archive holding pickled Python objects (weights, constants or example "
@@ -241,12 +244,27 @@ def _load_pt2(
     except Exception as exc:  # noqa: BLE001 - corrupt or incompatible archive
         raise InputError(f"cannot read {path} as a torch.export archive: {first_line(exc)}") from None
     shape, batch = _example_shape(ep, input_shape, path)
-    source = ModelSource(str(path), "pt2", file_sha256(path))
+    source = ModelSource(str(path), "pt2", file_sha256(path), _fixed_record(path, extra[FIXED_METADATA]))
     graph = convert(ep, shape, batch, allow_unsupported, source, share_constants=True)
     if check:
         module = ep.module()
         check_faithful(graph, module, batches=(batch, batch), what=f"{path.name} (torch.export)")
     return graph
+
+
+def _fixed_record(path: Path, raw: Any) -> dict[str, str]:
+    """The archive's record of fixed layers' weights (speccert's writer: an upsampling's constants), as
+    ModelSource.extra; an InputError when it is not a JSON list of names."""
+    if not raw:
+        return {}
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InputError(f"{path}: its '{FIXED_METADATA}' record is not a JSON list of weight names")
+    return {FIXED_METADATA: json.dumps(names)}
 
 
 def _load_torchscript(
@@ -348,6 +366,8 @@ def save_pt2(graph: Graph, path: str | os.PathLike[str], example_batch: int = 2)
     else fixed at `example_batch`); written to a temporary file first, then renamed."""
     path = Path(path)
     module = graph.to_torch().eval()
+    fixed = {id(t) for n in graph.nodes if is_fixed(n.op) for t in n.op.parameters().values()}
+    record = [name for name, t in module.named_buffers() if id(t) in fixed]
     x = torch.randn((example_batch, *graph.input_shape), generator=torch.Generator().manual_seed(0)).to(
         graph.dtype
     )
@@ -359,7 +379,7 @@ def save_pt2(graph: Graph, path: str | os.PathLike[str], example_batch: int = 2)
         except Exception:  # noqa: BLE001 - some graphs specialise the batch; a fixed batch still loads
             ep = torch.export.export(module, (x,))
         tmp = path.with_name(f".{path.stem}.tmp.pt2")
-        torch.export.save(ep, str(tmp))
+        torch.export.save(ep, str(tmp), extra_files={FIXED_METADATA: json.dumps(record)} if record else None)
     tmp.replace(path)
     return path
 

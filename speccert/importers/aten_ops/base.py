@@ -77,7 +77,7 @@ class ConvertContext:
         self.nodes: list[Node] = []
         self.node_name = ""
         self.param_names: dict[int, str] = {}  # id(tensor) -> its state_dict key, for node names
-        self.buffers: set[int] = set()  # id(tensor) of the module's buffers (and constants folded from them)
+        self.fixed: set[int] = set()  # id(tensor) of fixed layers' weights (and constants folded from them)
         self._names: set[str] = set()
         self._consts: dict[int, tuple[Tensor, Tensor]] = {}  # id(source) -> (source kept alive, copy)
 
@@ -94,10 +94,10 @@ class ConvertContext:
 
         `like` (a parameter of the op) names the node after the module that owns it, e.g.
         `layer1.0.conv1`, so parameter names in the graph match the model's state_dict keys. A Linear or
-        ConvTranspose whose `like` is a buffer of the module, not a parameter, is `fixed` (never trained:
-        an upsampling's constant, as speccert writes it to a .pt2, or a model's own fixed filter).
+        ConvTranspose whose `like` is a weight the archive records as fixed (speccert's .pt2 writer: an
+        upsampling's constant) is `fixed`.
         """
-        if like is not None and id(like) in self.buffers and isinstance(op, (Linear, ConvTranspose)):
+        if like is not None and id(like) in self.fixed and isinstance(op, (Linear, ConvTranspose)):
             op = dataclasses.replace(op, fixed=True)
         base = self.node_name
         if like is not None and id(like) in self.param_names:

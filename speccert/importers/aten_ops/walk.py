@@ -15,6 +15,7 @@ converters only see input-dependent tensors (`TensorValue`) and concrete constan
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from speccert.importers.merges import merge_affine
 from speccert.importers.problems import ATTENTION, group_problems
 from speccert.importers.sorting import fuse_sorts
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node, live_nodes
-from speccert.ir.ops import Householder, Opaque
+from speccert.ir.ops import FIXED_METADATA, Householder, Opaque
 
 Tensor = torch.Tensor
 
@@ -94,12 +95,14 @@ def _has_tensor_value(v: Any) -> bool:
     return any(isinstance(x, (TensorValue, NotAvailable, PendingCircularPad)) for x in _flat(v))
 
 
-def _placeholder_values(ep: ExportedProgram) -> tuple[dict[str, Any], dict[int, str], set[int], list[str]]:
-    """Constants for lifted parameters/buffers/constants, their state_dict keys, the ids of the buffers,
-    and the user inputs."""
+def _placeholder_values(
+    ep: ExportedProgram, fixed_keys: frozenset[str]
+) -> tuple[dict[str, Any], dict[int, str], set[int], list[str]]:
+    """Constants for lifted parameters/buffers/constants, their state_dict keys, the ids of those among
+    `fixed_keys` (fixed layers' weights), and the user inputs."""
     values: dict[str, Any] = {}
     names: dict[int, str] = {}
-    buffers: set[int] = set()
+    fixed: set[int] = set()
     user: list[str] = []
     for spec in ep.graph_signature.input_specs:
         arg_name = getattr(spec.arg, "name", None)
@@ -118,9 +121,9 @@ def _placeholder_values(ep: ExportedProgram) -> tuple[dict[str, Any], dict[int, 
             and spec.kind in (InputKind.PARAMETER, InputKind.BUFFER)
         ):
             names[id(t)] = spec.target
-            if spec.kind == InputKind.BUFFER:
-                buffers.add(id(t))
-    return values, names, buffers, user
+            if spec.target in fixed_keys:
+                fixed.add(id(t))
+    return values, names, fixed, user
 
 
 def _materialise_pending(
@@ -200,8 +203,8 @@ def _fold(target: Callable[..., Any], node: torch.fx.Node, env: dict[str, Any], 
     if isinstance(y, Tensor) and len(named) == 1:
         ctx.param_names[id(y)] = named[0]  # `permute(l.weight)` still names the node `l`
     sources = [id(t) for t in _flat([args, list(kwargs.values())]) if isinstance(t, Tensor)]
-    if isinstance(y, Tensor) and sources and all(i in ctx.buffers for i in sources):
-        ctx.buffers.add(id(y))  # `t(buffer)` is still the buffer's constant
+    if isinstance(y, Tensor) and sources and all(i in ctx.fixed for i in sources):
+        ctx.fixed.add(id(y))  # `t(weight)` of a fixed weight is still a constant of the file
     return y
 
 
@@ -223,7 +226,9 @@ def exported_to_graph(
     holds, like a loaded .pt2: the copy would double the model's memory).
     """
     ctx = ConvertContext(batch, share=share_constants)
-    env, ctx.param_names, ctx.buffers, user = _placeholder_values(ep)
+    # the fixed layers' weights the archive records (speccert.importers.torch_import reads and checks them)
+    fixed_keys = frozenset(json.loads(source.extra.get(FIXED_METADATA, "[]")) if source is not None else ())
+    env, ctx.param_names, ctx.fixed, user = _placeholder_values(ep, fixed_keys)
     if len(user) != 1:
         raise UnsupportedModelError(
             f"the model takes {len(user)} inputs; speccert needs exactly one tensor input"
