@@ -97,7 +97,7 @@ def _rec(epoch: int, clean: float, cra: float) -> EpochRecord:
 
 def test_pareto_front_keeps_only_undominated_epochs() -> None:
     h = [_rec(0, 0.9, 0.0), _rec(1, 0.8, 0.5), _rec(2, 0.7, 0.4), _rec(3, 0.8, 0.6), _rec(4, 0.8, 0.6)]
-    assert [r.epoch for r in pareto_front(h, 0.5)] == [3, 0]  # 1, 2 dominated by 3; 4 ties 3 (later)
+    assert [r.epoch for r in pareto_front(h, 0.5)] == [4, 0]  # 1, 2 dominated by 4; 3 ties 4 (earlier)
 
 
 def _subset(path: Path, n: int) -> Dataset:
@@ -228,3 +228,27 @@ def test_catalog_json_and_docs_tables_are_current() -> None:
 
     assert CATALOG_JSON.read_text(encoding="utf-8") == catalog_json()
     assert DOCS.read_text(encoding="utf-8") == docs_text()
+
+
+def test_the_written_epoch_is_on_the_pareto_front_when_epochs_tie(tmp_path: Path) -> None:
+    """Every epoch measures the same (a target far out of reach): the written epoch is the last trained
+    one, and the Pareto table lists it (it listed only the input model, epoch 0, and no row said
+    'written'); a dominated later epoch does not replace a better one on a tie of target scores."""
+    from speccert.exporters import save_onnx
+    from speccert.training.records import replaces_on_tie
+    from speccert.training.targets import Measurement
+    from speccert.training.toy import toy_mlp
+
+    path = tmp_path / "m.onnx"
+    save_onnx(toy_mlp(dtype=torch.float32), path)
+    res = finetune(
+        str(path), TRAIN, VAL, ["cra@0.1>=0.99"], penalty="lmt", epochs=2, batch_size=20,
+        out=tmp_path / "o.onnx", evaluator=lambda graph: Measurement(0.5, {0.1: 0.0}, 1.0),
+    )  # fmt: skip
+    assert res.best_epoch == 2
+    assert [r.epoch for r in res.pareto] == [2]
+    assert (run_dir_for(tmp_path / "o.onnx") / "epoch-2.pt").is_file()
+    h = [_rec(0, 0.9, 0.0), _rec(1, 0.9, 0.1)]
+    assert not replaces_on_tie(h, 1, _rec(2, 0.8, 0.1), 0.5)  # dominated by epoch 1: it stays
+    assert replaces_on_tie(h, 1, _rec(2, 0.9, 0.1), 0.5)  # an exact tie: the later epoch
+    assert replaces_on_tie(h, 1, _rec(2, 0.95, 0.05), 0.5)  # neither dominates: the later epoch

@@ -40,15 +40,28 @@ class EpochRecord:
         return cls(**d)
 
 
+def dominates(a: EpochRecord, b: EpochRecord, eps: float) -> bool:
+    """`a` is at least as good as `b` on clean and certified accuracy at `eps`, and better on one."""
+    ca, cb = a.cra.get(eps, 0.0), b.cra.get(eps, 0.0)
+    return a.clean >= b.clean and ca >= cb and (a.clean > b.clean or ca > cb)
+
+
+def replaces_on_tie(history: list[EpochRecord], best_epoch: int, rec: EpochRecord, eps: float) -> bool:
+    """On a tie of target scores: a trained epoch `rec` replaces the best one unless that one dominates it
+    on clean and certified accuracy at `eps` (the written epoch then stays on the Pareto front)."""
+    best = next((r for r in history if r.epoch == best_epoch), None)
+    return rec.epoch > 0 and (best is None or not dominates(best, rec, eps))
+
+
 def pareto_front(history: list[EpochRecord], eps: float) -> list[EpochRecord]:
     """The epochs no other epoch beats on both clean accuracy and certified accuracy at `eps`
-    (ties keep the earlier epoch), sorted by certified accuracy, highest first."""
+    (ties keep the later epoch, trained further: as the best epoch's choice, so the written epoch is
+    on the front), sorted by certified accuracy, highest first."""
     front: list[EpochRecord] = []
     for r in history:
         c = r.cra.get(eps, 0.0)
         dominated = any(
-            (o.clean >= r.clean and o.cra.get(eps, 0.0) >= c)
-            and (o.clean > r.clean or o.cra.get(eps, 0.0) > c or o.epoch < r.epoch)
+            dominates(o, r, eps) or (o.clean == r.clean and o.cra.get(eps, 0.0) == c and o.epoch > r.epoch)
             for o in history
             if o is not r
         )

@@ -43,7 +43,7 @@ from speccert.training.evaluate import Evaluator
 from speccert.training.penalties import make_penalty, penalty_class
 from speccert.training.reach import ReachWatch, epochs_left, out_of_time
 from speccert.training.recipes import Recipe
-from speccert.training.records import EpochRecord, FinetuneResult, pareto_front
+from speccert.training.records import EpochRecord, FinetuneResult, pareto_front, replaces_on_tie
 from speccert.training.run_setup import RunPaths, logits_graph, private_copy
 from speccert.training.schedule import WeightSchedule
 from speccert.training.targets import Target, check_targets
@@ -304,8 +304,12 @@ class FinetuneRun:
             time.perf_counter() - t0, why,
         )  # fmt: skip
         sc = _score(tl, m)
-        if self.best is None or sc > self.best[0] or (sc == self.best[0] and self.epoch > 0):
-            self.best = (sc, self.epoch)  # ties: the later trained epoch
+        if (
+            self.best is None
+            or sc > self.best[0]
+            or (sc == self.best[0] and replaces_on_tie(self.history, self.best[1], rec, max(self.cfg.eps)))
+        ):
+            self.best = (sc, self.epoch)  # ties: the later trained epoch, unless the best dominates it
             self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
             if self.paths.run_dir is not None:
                 atomic_save({"model": self.best_state, "epoch": self.epoch}, self.paths.run_dir / BEST)
