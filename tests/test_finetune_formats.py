@@ -211,3 +211,16 @@ def test_cli_runs_and_exits_0_when_the_target_holds(
     assert code == 0, captured.err
     assert "every target met" in captured.out and "Certify report of the output model" in captured.out
     assert (tmp_path / "o.onnx").is_file()
+
+
+def test_a_small_held_out_split_is_noted(tmp_path: Path) -> None:
+    """Without validation data the targets are measured on 10% of the training data: on 60 points that is
+    6, which the result's notes say (a 15-point corpus file measured its targets on 1 point, silently)."""
+    from speccert.exporters.onnx_export import save_onnx
+
+    save_onnx(toy_mlp(dtype=torch.float32), tmp_path / "m.onnx")
+    kw = {"targets": ["cra@0.1>=0.9"], "penalty": "lmt", "epochs": 1, "batch_size": 20, "evaluator": _never}
+    alone = finetune(str(tmp_path / "m.onnx"), TRAIN, None, out=tmp_path / "a.onnx", **kw)
+    assert any(n.startswith("the targets were measured on 6 held-out points") for n in alone.notes)
+    given = finetune(str(tmp_path / "m.onnx"), TRAIN, VAL, out=tmp_path / "b.onnx", **kw)
+    assert not any("held-out" in n for n in given.notes)

@@ -253,7 +253,19 @@ def finetune(
     if widening.widths:
         res.widened = widening.widths
         res.notes.insert(0, widening.note())
+    if val_data is None and len(val) < FEW_HELD_OUT:
+        res.notes.insert(0, held_out_note(len(val)))
     return res
+
+
+FEW_HELD_OUT = 100  # a held-out split smaller than this gets a note: its figures move by >= 1% per point
+
+
+def held_out_note(n: int) -> str:
+    return (
+        f"the targets were measured on {n} held-out point{'s' if n != 1 else ''} (10% of the training "
+        "data, no validation data given): give validation data (--val) for figures that mean more"
+    )
 
 
 def _check_audit(audit: int, evaluator: Evaluator | None) -> None:
