@@ -13,7 +13,6 @@ axis 0 of the ONNX input; IR shapes exclude it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections import Counter
@@ -44,7 +43,7 @@ from speccert.importers.ort_reference import Reference
 from speccert.importers.problems import group_problems
 from speccert.importers.sorting import fuse_sorts
 from speccert.ir.graph import INPUT, Graph, ModelSource, Node, file_sha256, live_nodes
-from speccert.ir.ops import FIXED_METADATA, ConvTranspose, Linear, Op, Opaque
+from speccert.ir.ops import FIXED_METADATA, ConvTranspose, Linear, Op, Opaque, fixed_names
 from speccert.limits import check_bytes
 
 Problem = tuple[str, str, str]
@@ -218,11 +217,8 @@ def _fixed_weights(path: Path, model: onnx.ModelProto) -> set[str]:
     raw = next((p.value for p in model.metadata_props if p.key == FIXED_METADATA), None)
     if raw is None:
         return set()
-    try:
-        names = json.loads(raw)
-    except ValueError:
-        names = None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    names = fixed_names(raw)
+    if names is None:
         raise InputError(f"{path}: metadata '{FIXED_METADATA}' is not a JSON list of tensor names")
     return set(names)
 

@@ -36,7 +36,7 @@ from speccert.importers.torch_module import _has_mutation as _has_mutation  # re
 from speccert.importers.torch_module import convert, from_module
 from speccert.importers.torch_safety import check_archive_sizes, no_code_unpickling
 from speccert.ir.graph import Graph, ModelSource, file_sha256
-from speccert.ir.ops import FIXED_METADATA, is_fixed
+from speccert.ir.ops import FIXED_METADATA, fixed_names, is_fixed
 
 Tensor = torch.Tensor
 
@@ -257,12 +257,8 @@ def _fixed_record(path: Path, raw: Any) -> dict[str, str]:
     ModelSource.extra; an InputError when it is not a JSON list of names."""
     if not raw:
         return {}
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    try:
-        names = json.loads(text)
-    except ValueError:
-        names = None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    names = fixed_names(raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw))
+    if names is None:
         raise InputError(f"{path}: its '{FIXED_METADATA}' record is not a JSON list of weight names")
     return {FIXED_METADATA: json.dumps(names)}
 

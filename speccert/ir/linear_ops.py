@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,8 +34,19 @@ class Linear(Op):
         return f"Linear {self.weight.shape[1]}->{self.weight.shape[0]}" + (" fixed" if self.fixed else "")
 
 
-# An ONNX file's metadata key: the initializers of its fixed layers' weights (a JSON list of names).
+# A model file's record of its fixed layers' weights (a JSON list of names): an ONNX metadata key (the
+# initializers), a .pt2 archive's extra file (the module's buffers).
 FIXED_METADATA = "speccert.fixed"
+
+
+def fixed_names(text: str) -> list[str] | None:
+    """The names in a FIXED_METADATA record, or None when it is not a JSON list of names."""
+    try:
+        names = json.loads(text)
+    except ValueError:
+        return None
+    ok = isinstance(names, list) and all(isinstance(n, str) for n in names)
+    return names if ok else None
 
 
 def is_fixed(op: Op) -> bool:

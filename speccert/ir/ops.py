@@ -22,6 +22,7 @@ from speccert.ir.linear_ops import (
     Pad,
     Reshape,
     Transpose,
+    fixed_names,
     is_fixed,
 )
 from speccert.ir.nonlinear_ops import (
@@ -77,6 +78,7 @@ __all__ = [
     "ConvTranspose",
     "Extremum",
     "FIXED_METADATA",
+    "fixed_names",
     "is_fixed",
     "GlobalAvgPool",
     "Householder",
