@@ -63,17 +63,14 @@ def _register() -> None:
     from speccert.cli import bench_cmd, certify_cmd, finetune_cmd, gate_cmd, inspect_cmd, norms_cmd
     from speccert.cli.common import short_help
 
-    app.command("inspect", help=inspect_cmd.__doc__, short_help=short_help(inspect_cmd.__doc__))(
-        inspect_cmd.command
-    )
-    app.command("norms", help=norms_cmd.__doc__, short_help=short_help(norms_cmd.__doc__))(norms_cmd.command)
-    app.command("certify", help=certify_cmd.__doc__, short_help=short_help(certify_cmd.__doc__))(
-        certify_cmd.command
-    )
-    app.command("finetune", help=finetune_cmd.__doc__, short_help=short_help(finetune_cmd.__doc__))(
-        finetune_cmd.command
-    )
-    app.command("gate", help=gate_cmd.__doc__, short_help=short_help(gate_cmd.__doc__))(gate_cmd.command)
+    for name, cmd in (
+        ("inspect", inspect_cmd),
+        ("norms", norms_cmd),
+        ("certify", certify_cmd),
+        ("finetune", finetune_cmd),
+        ("gate", gate_cmd),
+    ):
+        app.command(name, help=cmd.__doc__, short_help=short_help(cmd.__doc__))(cmd.command)
     app.add_typer(
         bench_cmd.bench_app, name="bench", help=bench_cmd.__doc__, short_help=short_help(bench_cmd.__doc__)
     )

@@ -280,6 +280,29 @@ def nearest_upsample(emit: Emit[V], x: V, shape: tuple[int, ...], maps: Sequence
     return emit(ConvTranspose(ones, None, tuple(factors), (0,) * k, (0,) * k, (1,) * k, c, fixed=True), x)
 
 
+def sources(n: int, m: int, scale: Fraction, transform: str) -> list[Fraction]:
+    """The input coordinate of each of the m output indices (input length n, scale m / n or as given),
+    exactly, by ONNX Resize's coordinate transformation `transform` (torch's interpolations are two of
+    them: align_corners, and half_pixel for align_corners=False)."""
+    half = Fraction(1, 2)
+    out = []
+    for i in range(m):
+        if transform == "asymmetric":
+            x = i / scale
+        elif transform == "tf_half_pixel_for_nn":
+            x = (i + half) / scale
+        elif transform == "align_corners":
+            x = Fraction(0) if m == 1 else Fraction(i * (n - 1), m - 1)
+        elif transform == "pytorch_half_pixel" and m == 1:
+            x = Fraction(0)
+        else:  # half_pixel, pytorch_half_pixel, and half_pixel_symmetric's adjustment of the length
+            symmetric = transform == "half_pixel_symmetric"
+            offset = Fraction(n, 2) * (1 - Fraction(m) / (n * scale)) if symmetric else Fraction(0)
+            x = offset + (i + half) / scale - half
+        out.append(x)
+    return out
+
+
 def interpolation_matrix(n: int, sources: Sequence[Fraction]) -> torch.Tensor:
     """[len(sources), n]: row i interpolates linearly at input coordinate sources[i] (clamped to
     [0, n - 1]): weight 1 - w on floor, w on the next index. Exact rationals; LoweringError when an

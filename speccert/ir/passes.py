@@ -16,7 +16,7 @@ import dataclasses
 import torch
 
 from speccert.ir.graph import INPUT, Graph, Node
-from speccert.ir.ops import Affine, BatchNorm, Conv, Linear, Reshape
+from speccert.ir.ops import Affine, BatchNorm, Conv, Linear, Reshape, is_fixed
 
 Tensor = torch.Tensor
 
@@ -114,7 +114,7 @@ def _merge_linear(a: Node, b: Node) -> Node:
     wa, wb = a.op.weight.detach(), b.op.weight.detach()  # type: ignore[attr-defined]
     ba = a.op.bias.detach() if a.op.bias is not None else torch.zeros(wa.shape[0], dtype=wa.dtype)  # type: ignore[attr-defined]
     bb = b.op.bias.detach() if b.op.bias is not None else torch.zeros(wb.shape[0], dtype=wb.dtype)  # type: ignore[attr-defined]
-    fixed = a.op.fixed and b.op.fixed  # type: ignore[attr-defined]  # a learned factor makes it learned
+    fixed = is_fixed(a.op) and is_fixed(b.op)  # a learned factor makes it learned
     return Node(b.name, Linear(weight=wb @ wa, bias=wb @ ba + bb, fixed=fixed), a.inputs, b.shape)
 
 

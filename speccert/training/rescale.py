@@ -71,9 +71,10 @@ def _learned(seg: Segment) -> bool:
     return seg.layer is not None and not is_fixed(seg.layer)
 
 
-def _uniform_plan(graph: Graph, c: float) -> Plan | None:
-    """The uniform plan, or None when some op would not carry the scale exactly."""
-    segs = segment_of(find_segments(graph))
+def _uniform_plan(graph: Graph, found: list[Segment], c: float) -> Plan | None:
+    """The uniform plan over the graph's segments `found`, or None when some op would not carry the scale
+    exactly."""
+    segs = segment_of(found)
     scale: dict[str, float] = {INPUT: 1.0}
     plan: Plan = []
     for node in graph.nodes:
@@ -107,8 +108,8 @@ def _uniform_plan(graph: Graph, c: float) -> Plan | None:
     return plan
 
 
-def _last_layer_plan(graph: Graph, f: float) -> Plan | None:
-    weighted = [s for s in find_segments(graph) if _learned(s)]
+def _last_layer_plan(graph: Graph, found: list[Segment], f: float) -> Plan | None:
+    weighted = [s for s in found if _learned(s)]
     if not weighted:
         return None
     last = weighted[-1]
@@ -124,10 +125,11 @@ def rescale_logits(graph: Graph, factor: float) -> str:
     Returns how: "uniform", "last layer" or "" (not possible for this graph: nothing changed)."""
     if not (factor > 0 and math.isfinite(factor)):
         raise ValueError(f"rescale factor must be positive and finite, got {factor}")
-    n = sum(1 for s in find_segments(graph) if _learned(s))
-    how, plan = "uniform", _uniform_plan(graph, factor ** (1.0 / max(n, 1)))
+    found = find_segments(graph)
+    n = sum(1 for s in found if _learned(s))
+    how, plan = "uniform", _uniform_plan(graph, found, factor ** (1.0 / max(n, 1)))
     if plan is None:
-        how, plan = "last layer", _last_layer_plan(graph, factor)
+        how, plan = "last layer", _last_layer_plan(graph, found, factor)
     if plan is None:
         return ""
     with torch.no_grad():

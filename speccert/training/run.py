@@ -87,13 +87,6 @@ class Hooks:
     on_step: StepHook | None = None
 
 
-def _score(targets: list[Target], m: Any) -> tuple[int, float]:
-    """Best epoch: every target met first, then the smallest summed distance to the targets (not the
-    count of targets met, which would prefer an untouched input that only meets its clean target)."""
-    check = check_targets(targets, m)
-    return int(check.met), -check.distance
-
-
 class FinetuneRun:
     """One run: `restore()` (when resuming), then `run()` -> FinetuneResult."""
 
@@ -303,7 +296,9 @@ class FinetuneRun:
             self.epoch, loss, m.clean, dict(m.cra), m.lipschitz, used, check.met, check.missed,
             time.perf_counter() - t0, why,
         )  # fmt: skip
-        sc = _score(tl, m)
+        # best epoch: every target met first, then the smallest summed distance to the targets (not the
+        # count of targets met, which would prefer an untouched input that only meets its clean target)
+        sc = (int(check.met), -check.distance)
         if (
             self.best is None
             or sc > self.best[0]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TypeGuard
 
 import torch
 
@@ -69,7 +70,7 @@ def widen(graph: Graph, factor: float, seed: int = 0, scale: float = 0.1) -> Wid
     ops: dict[str, Op] = {n.name: n.op for n in graph.nodes}
     widths: list[tuple[str, int, int]] = []
     for node in graph.nodes:
-        if not isinstance(node.op, _LAYERS) or not _learned(node.op) or node.name == graph.output:
+        if not _learned(node.op) or node.name == graph.output:
             continue
         reader, between = _next_layer(graph, node)
         if reader is None:  # feeds the output through channelwise ops only: not hidden
@@ -92,7 +93,7 @@ def widen(graph: Graph, factor: float, seed: int = 0, scale: float = 0.1) -> Wid
     return Widening(graph.replace_nodes(nodes), tuple(widths), factor)
 
 
-def _learned(op: Op) -> bool:
+def _learned(op: Op) -> TypeGuard[Conv | Linear]:
     """A Conv / Linear with learned weights: an upsampling's fixed layer (an interpolation matrix acting on a
     spatial axis) is neither widened nor read as a layer; between two layers it is refused by name."""
     return isinstance(op, _LAYERS) and not is_fixed(op)

@@ -31,18 +31,25 @@ from speccert.importers.lowering import (
     interpolation_matrix,
     linear_resample,
     nearest_upsample,
+    sources,
 )
+
+
+def _axis(
+    n: int, axis: int, sizes: Sequence[int] | None, factors: Sequence[float | None]
+) -> tuple[int, float | None]:
+    """(output length, scale factor or None) of spatial axis `axis` of length n, as torch reads them."""
+    f = factors[axis] if axis < len(factors) else None
+    return (int(sizes[axis]) if sizes else math.floor(n * float(f or 1.0))), f
 
 
 def _upsample(
     ctx: ConvertContext, x_arg: Any, sizes: Sequence[int] | None, factors: Sequence[float | None], exact: bool
 ) -> TensorValue:
     x = tensor_arg(x_arg, "upsample input")
-    spatial = x.shape[2:]
     maps = []
-    for axis, n in enumerate(spatial):
-        f = factors[axis] if axis < len(factors) else None
-        m = int(sizes[axis]) if sizes else math.floor(n * float(f or 1.0))
+    for axis, n in enumerate(x.shape[2:]):
+        m, f = _axis(n, axis, sizes, factors)
         r = 1.0 / float(f) if f else n / m
         half = 0.5 if exact else 0.0
         maps.append([min(math.floor((i + half) * r), n - 1) for i in range(m)])
@@ -96,24 +103,16 @@ def _linear(
 ) -> TensorValue:
     x = tensor_arg(x_arg, "interpolation input")
     mats = []
-    for axis, n in enumerate(x.shape[2:]):
-        f = factors[axis] if axis < len(factors) else None
-        m = int(sizes[axis]) if sizes else math.floor(n * float(f or 1.0))
-        if corners:
-            src = [Fraction(0) if m == 1 else Fraction(i * (n - 1), m - 1) for i in range(m)]
-        else:
-            r = 1 / Fraction(float(f)) if f else Fraction(n, m)
-            src = [max(Fraction(0), (i + Fraction(1, 2)) * r - Fraction(1, 2)) for i in range(m)]
-        mats.append(src)
     try:
-        return linear_resample(
-            emitter(ctx),
-            x,
-            x.shape[1:],
-            [interpolation_matrix(n, src) for n, src in zip(x.shape[2:], mats, strict=True)],
-        )
+        for axis, n in enumerate(x.shape[2:]):
+            m, f = _axis(n, axis, sizes, factors)
+            scale = Fraction(float(f)) if f else Fraction(m, n)
+            # torch's max(0, (i + 1/2) / scale - 1/2) is half_pixel, clamped by interpolation_matrix
+            src = sources(n, m, scale, "align_corners" if corners else "half_pixel")
+            mats.append(interpolation_matrix(n, src))
+        return linear_resample(emitter(ctx), x, x.shape[1:], mats)
     except LoweringError as exc:
-        raise Unsupported(f"{'bi' if len(mats) == 2 else ''}linear interpolation: {exc}") from None
+        raise Unsupported(f"{'bi' if len(x.shape) == 4 else ''}linear interpolation: {exc}") from None
 
 
 @aten_op("aten.upsample_linear1d.vec", "aten.upsample_bilinear2d.vec")

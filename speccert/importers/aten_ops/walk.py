@@ -202,9 +202,10 @@ def _fold(target: Callable[..., Any], node: torch.fx.Node, env: dict[str, Any], 
     ]
     if isinstance(y, Tensor) and len(named) == 1:
         ctx.param_names[id(y)] = named[0]  # `permute(l.weight)` still names the node `l`
-    sources = [id(t) for t in _flat([args, list(kwargs.values())]) if isinstance(t, Tensor)]
-    if isinstance(y, Tensor) and sources and all(i in ctx.fixed for i in sources):
-        ctx.fixed.add(id(y))  # `t(weight)` of a fixed weight is still a constant of the file
+    if ctx.fixed and isinstance(y, Tensor):  # only a .pt2 with fixed weights pays for this
+        sources = [id(t) for t in _flat([args, list(kwargs.values())]) if isinstance(t, Tensor)]
+        if sources and all(i in ctx.fixed for i in sources):
+            ctx.fixed.add(id(y))  # `t(weight)` of a fixed weight is still a constant of the file
     return y
 
 

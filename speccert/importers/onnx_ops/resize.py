@@ -29,6 +29,7 @@ from speccert.importers.lowering import (
     interpolation_matrix,
     linear_resample,
     nearest_upsample,
+    sources,
 )
 from speccert.importers.onnx_ops import (
     Act,
@@ -52,28 +53,6 @@ TRANSFORMS = (
     "asymmetric",
     "tf_half_pixel_for_nn",
 )
-
-
-def sources(n: int, m: int, scale: Fraction, transform: str) -> list[Fraction]:
-    """The input coordinate of each of the m output indices (input length n, scale m / n or as given),
-    exactly, by the spec's coordinate transformation `transform`."""
-    half = Fraction(1, 2)
-    out = []
-    for i in range(m):
-        if transform == "asymmetric":
-            x = i / scale
-        elif transform == "tf_half_pixel_for_nn":
-            x = (i + half) / scale
-        elif transform == "align_corners":
-            x = Fraction(0) if m == 1 else Fraction(i * (n - 1), m - 1)
-        elif transform == "pytorch_half_pixel" and m == 1:
-            x = Fraction(0)
-        else:  # half_pixel, pytorch_half_pixel, and half_pixel_symmetric's adjustment of the length
-            symmetric = transform == "half_pixel_symmetric"
-            offset = Fraction(n, 2) * (1 - Fraction(m) / (n * scale)) if symmetric else Fraction(0)
-            x = offset + (i + half) / scale - half
-        out.append(x)
-    return out
 
 
 def _round(x: Fraction, mode: str) -> int:
